@@ -1,0 +1,3 @@
+from mlxlora.cli import main
+
+raise SystemExit(main())

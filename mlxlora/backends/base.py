@@ -1,0 +1,73 @@
+"""The small interface every training backend implements. The engine only talks to this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class Batch:
+    """One micro-batch, host side. `loss_mask[b, t]` says whether target `tokens[b, t + 1]` counts."""
+
+    tokens: np.ndarray  # (B, T) int32, right-padded
+    loss_mask: np.ndarray  # (B, T - 1) bool
+    real_tokens: int  # non-padding tokens in the batch
+
+    @property
+    def label_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.real_tokens / self.tokens.size
+
+
+@dataclass
+class BackendInfo:
+    name: str
+    device: str
+    dtype: str
+    blas: str
+    versions: dict[str, str]
+    memory_budget_bytes: int | None  # what training may use on this device, if known
+
+
+class Backend(Protocol):
+    """Loads a model with LoRA layers and runs forward/backward/update on host batches."""
+
+    info: BackendInfo
+    tokenizer: Any  # HF-style: encode(), apply_chat_template(), eos_token_id
+
+    def load(self, model_dir: Path, config: Any) -> None: ...
+
+    def param_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        ...
+
+    def accumulate(self, batch: Batch, seed: int) -> float:
+        """Forward and backward on one micro-batch; add its gradient; return its mean loss."""
+        ...
+
+    def update(self, lr: float, grad_clip: float, micro_batches: int) -> float:
+        """Apply the accumulated gradient (averaged over micro_batches); return its norm."""
+        ...
+
+    def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        """(summed loss, label tokens) without gradients."""
+        ...
+
+    def save_adapter(self, directory: Path) -> None: ...
+
+    def save_state(self, directory: Path) -> None:
+        """Adapter weights plus optimizer state, enough to resume exactly."""
+        ...
+
+    def load_state(self, directory: Path) -> None: ...
+
+    def peak_memory_bytes(self) -> int: ...
+
+    def reset_peak_memory(self) -> None: ...

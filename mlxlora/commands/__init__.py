@@ -1,0 +1,1 @@
+"""Subcommands of the `mlxlora` CLI: each module has `register(subparsers)`."""

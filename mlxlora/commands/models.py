@@ -1,0 +1,6 @@
+"""`mlxlora models` (placeholder until implemented)."""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="models (not yet implemented)")
+    p.set_defaults(func=lambda args: print("not yet implemented") or 1)

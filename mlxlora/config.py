@@ -1,0 +1,275 @@
+"""Run configuration: typed dataclasses, YAML loading, `key.sub=value` overrides, validation.
+
+Validation collects every problem into one ConfigError that names the key, the bad value and
+what is allowed. Unknown keys are errors. Imports no mlx, torch or textual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlxlora.errors import ConfigError
+
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SCHEDULES = ("constant", "linear", "cosine", "staged")
+BACKENDS = ("auto", "mlx", "torch")
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class DataConfig:
+    """Which records to train on and how to cut them."""
+
+    dataset: str = _help("Workspace dataset name, or a JSON/JSONL file (imported on first use).", "")
+    validation: str | None = _help("Validation dataset name or file; None splits the dataset.", None)
+    val_split: float = _help("Fraction of the dataset held out when `validation` is None.", 0.1)
+    max_length: int = _help("Longest sequence in tokens; longer records are truncated.", 2048)
+    completions_only: bool = _help("Compute the loss on the answer only, not the prompt.", True)
+
+
+@dataclass
+class LoraConfig:
+    """Shape of the LoRA adapter."""
+
+    rank: int = _help("Rank r of the low-rank update.", 8)
+    alpha: float = _help("Scaling numerator; the update is scaled by alpha / rank.", 16.0)
+    dropout: float = _help("Dropout on the LoRA input, 0 <= dropout < 1.", 0.0)
+    target_modules: list[str] = _help(
+        "Projections to adapt, by short name.", factory=lambda: ["q_proj", "v_proj"]
+    )
+    num_layers: int = _help("Adapt the last N transformer blocks; -1 means all.", -1)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when validation loss stops improving."""
+
+    patience: int = _help("Evaluations without improvement before stopping; 0 disables.", 0)
+    min_delta: float = _help("Smallest drop in validation loss that counts as improvement.", 0.0)
+
+
+@dataclass
+class StageConfig:
+    """One stage of a staged learning-rate schedule."""
+
+    learning_rate: float = _help("Learning rate during this stage.", 1e-4)
+    epochs: float = _help("Length of this stage in epochs.", 1.0)
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation and bookkeeping."""
+
+    learning_rate: float = _help("Peak learning rate (AdamW).", 1e-4)
+    epochs: float = _help("Passes over the training set (ignored by staged: stages set it).", 3.0)
+    max_steps: int = _help("Stop after this many optimizer steps; 0 means no limit.", 0)
+    batch_size: int = _help("Sequences per micro-batch.", 4)
+    grad_accumulation: int = _help("Micro-batches per optimizer step.", 1)
+    warmup_steps: int = _help("Linear warmup from 0 over this many optimizer steps.", 0)
+    schedule: str = _help("constant | linear | cosine | staged (decay after warmup).", "constant")
+    stages: list[StageConfig] = _help("Stages for schedule: staged.", factory=list)
+    weight_decay: float = _help("AdamW weight decay.", 0.0)
+    grad_clip: float = _help("Clip the global gradient norm to this; 0 disables.", 1.0)
+    early_stopping: EarlyStoppingConfig = _help(
+        "Early stopping on validation loss.", factory=EarlyStoppingConfig
+    )
+    eval_every: int = _help("Evaluate every N optimizer steps; 0 means once per epoch.", 0)
+    val_batches: int = _help("Validation batches per evaluation; -1 means the whole set.", -1)
+    log_every: int = _help("Emit a step event every N optimizer steps.", 1)
+    seed: int = _help("Seed for data order, splits, LoRA init and dropout.", 0)
+    grad_checkpoint: bool = _help("Recompute activations in backward to save memory.", False)
+
+
+@dataclass
+class Config:
+    """A complete, resolved training job."""
+
+    name: str = _help("Run name; the run directory starts with it.", "run")
+    model: str = _help("builtin:tiny, an HF repo id, or a local model directory.", "builtin:tiny")
+    backend: str = _help("auto | mlx | torch.", "auto")
+    data: DataConfig = _help("Dataset section.", factory=DataConfig)
+    lora: LoraConfig = _help("LoRA section.", factory=LoraConfig)
+    training: TrainingConfig = _help("Training section.", factory=TrainingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# --- building from plain data -------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    """Turn a YAML value into `tp`, recording a problem instead of raising."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, problems)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a mapping, got {value!r}")
+            return tp()
+        return _build(tp, value, key + ".", problems)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list, got {value!r}")
+            return []
+        return [_coerce(v, inner, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "5e-5" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return None
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str, problems: list[str]):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            problems.append(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(known))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            value = _coerce(data[f.name], hints[f.name], prefix + f.name, problems)
+            if value is not None or data[f.name] is None:
+                kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def _check(cfg: Config, problems: list[str]) -> None:
+    def need(ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            problems.append(f"{key}: {value!r} is not allowed ({allowed})")
+
+    t, lo, d = cfg.training, cfg.lora, cfg.data
+    need(cfg.backend in BACKENDS, "backend", cfg.backend, " | ".join(BACKENDS))
+    need(bool(cfg.model), "model", cfg.model, "a model reference")
+    need(bool(d.dataset), "data.dataset", d.dataset, "a dataset name or file")
+    need(0.0 <= d.val_split < 1.0, "data.val_split", d.val_split, "0 <= val_split < 1")
+    need(d.max_length >= 8, "data.max_length", d.max_length, ">= 8")
+    need(lo.rank >= 1, "lora.rank", lo.rank, ">= 1")
+    need(lo.alpha > 0, "lora.alpha", lo.alpha, "> 0")
+    need(0.0 <= lo.dropout < 1.0, "lora.dropout", lo.dropout, "0 <= dropout < 1")
+    need(lo.num_layers == -1 or lo.num_layers >= 1, "lora.num_layers", lo.num_layers, "-1 or >= 1")
+    for m in lo.target_modules:
+        need(m in TARGET_MODULES, "lora.target_modules", m, ", ".join(TARGET_MODULES))
+    need(bool(lo.target_modules), "lora.target_modules", lo.target_modules, "at least one")
+    need(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "> 0")
+    need(t.epochs > 0, "training.epochs", t.epochs, "> 0")
+    need(t.max_steps >= 0, "training.max_steps", t.max_steps, ">= 0")
+    need(t.batch_size >= 1, "training.batch_size", t.batch_size, ">= 1")
+    need(t.grad_accumulation >= 1, "training.grad_accumulation", t.grad_accumulation, ">= 1")
+    need(t.warmup_steps >= 0, "training.warmup_steps", t.warmup_steps, ">= 0")
+    need(t.schedule in SCHEDULES, "training.schedule", t.schedule, " | ".join(SCHEDULES))
+    need(t.grad_clip >= 0, "training.grad_clip", t.grad_clip, ">= 0 (0 disables)")
+    need(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, ">= 0")
+    need(t.eval_every >= 0, "training.eval_every", t.eval_every, ">= 0 (0 = every epoch)")
+    need(t.val_batches == -1 or t.val_batches >= 1, "training.val_batches", t.val_batches, "-1 or >= 1")
+    need(t.log_every >= 1, "training.log_every", t.log_every, ">= 1")
+    need(t.early_stopping.patience >= 0, "training.early_stopping.patience",
+         t.early_stopping.patience, ">= 0 (0 disables)")
+    need(t.early_stopping.min_delta >= 0, "training.early_stopping.min_delta",
+         t.early_stopping.min_delta, ">= 0")
+    if t.schedule == "staged":
+        need(bool(t.stages), "training.stages", t.stages, "at least one stage for schedule: staged")
+    elif t.stages:
+        problems.append("training.stages: only used with schedule: staged")
+    for i, s in enumerate(t.stages):
+        need(s.learning_rate > 0, f"training.stages[{i}].learning_rate", s.learning_rate, "> 0")
+        need(s.epochs > 0, f"training.stages[{i}].epochs", s.epochs, "> 0")
+
+
+def from_dict(data: dict, source: str = "config") -> Config:
+    """Build and validate a Config; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"expected a mapping at the top level, got {type(data).__name__}"], source)
+    cfg = _build(Config, data, "", problems)
+    if not problems:
+        _check(cfg, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    if cfg.training.schedule == "staged":
+        cfg.training.epochs = sum(s.epochs for s in cfg.training.stages)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`lora.rank=16` -> (["lora", "rank"], 16); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([f"override {text!r}: expected key.sub=value"], "--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"override {text!r}: {part} is not a section"], "--set")
+        node[path[-1]] = value
+    return data
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or start from defaults when path is None) and apply overrides."""
+    data: dict = {}
+    source = str(path) if path else "config"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError([f"file not found: {p}"], source)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"not valid YAML: {str(exc).splitlines()[0]}"], source) from None
+    cfg = from_dict(apply_overrides(data, list(overrides)), source)
+    if path is not None:
+        _resolve_relative_files(cfg, Path(path).resolve().parent)
+    return cfg
+
+
+def _resolve_relative_files(cfg: Config, base: Path) -> None:
+    """Dataset files in a config are relative to the config file, so presets run from anywhere."""
+    for attr in ("dataset", "validation"):
+        ref = getattr(cfg.data, attr)
+        if ref and ref.endswith((".json", ".jsonl")) and not Path(ref).is_absolute():
+            candidate = base / ref
+            if candidate.exists():
+                setattr(cfg.data, attr, str(candidate))

@@ -1,0 +1,196 @@
+"""Training events: the only seam between the engine and its faces (CLI, TUI, reports).
+
+A run writes one JSON object per line to `events.jsonl`; every object has `type` and `time`.
+Readers parse lines back into the same dataclasses and can follow a live file. Imports no
+mlx, torch or textual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+
+@dataclass
+class Event:
+    type: ClassVar[str] = "event"
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, **dataclasses.asdict(self)}
+
+
+@dataclass
+class RunStarted(Event):
+    type: ClassVar[str] = "run_started"
+    run_dir: str
+    model: str
+    backend: str
+    device: str
+    train_records: int
+    val_records: int
+    total_steps: int
+    steps_per_epoch: int
+    trainable_params: int
+    total_params: int
+    estimated_peak_gb: float
+    truncated_records: int = 0
+    resumed_from_step: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Step(Event):
+    type: ClassVar[str] = "step"
+    step: int
+    epoch: float
+    loss: float
+    lr: float
+    tokens: int  # effective (non-padding, labelled) tokens in this step
+    tokens_per_sec: float
+    peak_memory_gb: float
+    grad_norm: float = 0.0
+    padding_fraction: float = 0.0
+
+
+@dataclass
+class Eval(Event):
+    type: ClassVar[str] = "eval"
+    step: int
+    epoch: float
+    val_loss: float
+    perplexity: float
+    best: bool = False
+
+
+@dataclass
+class EpochEnd(Event):
+    type: ClassVar[str] = "epoch_end"
+    epoch: int
+    step: int
+    train_loss: float
+
+
+@dataclass
+class Checkpoint(Event):
+    type: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+    best: bool = False
+
+
+@dataclass
+class EarlyStop(Event):
+    type: ClassVar[str] = "early_stop"
+    step: int
+    best_step: int
+    best_val_loss: float
+    patience: int
+
+
+@dataclass
+class RunFinished(Event):
+    type: ClassVar[str] = "run_finished"
+    step: int
+    final_train_loss: float | None
+    best_val_loss: float | None
+    best_step: int | None
+    elapsed_sec: float
+    stopped: bool = False  # stopped on request (Ctrl-C, stop file) rather than completed
+
+
+@dataclass
+class RunFailed(Event):
+    type: ClassVar[str] = "run_failed"
+    reason: str
+    step: int = 0
+    last_checkpoint: str | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls
+    for cls in (RunStarted, Step, Eval, EpochEnd, Checkpoint, EarlyStop, RunFinished, RunFailed)
+}
+
+
+def parse(line: str) -> Event | None:
+    """Parse one JSONL line; None for blank, partial or unknown lines (a reader must not crash)."""
+    try:
+        data: dict[str, Any] = json.loads(line)
+        cls = EVENT_TYPES[data.pop("type")]
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+class EventWriter:
+    """Appends events to a JSONL file, one flushed line each, and passes them to listeners."""
+
+    def __init__(self, path: str | Path, listeners: list | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self.listeners = list(listeners or [])
+
+    def emit(self, event: Event) -> Event:
+        self._file.write(json.dumps(event.to_dict(), ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_events(path: str | Path) -> list[Event]:
+    """All complete events in a file (a missing file has none)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    with open(p, encoding="utf-8") as f:
+        return [e for e in map(parse, f) if e is not None]
+
+
+def follow(path: str | Path, poll: float = 0.2, stop=lambda: False) -> Iterator[Event]:
+    """Yield events as they are appended, like `tail -f`; ends after a terminal event or `stop()`.
+
+    A line is only parsed once it ends in a newline, so a half-written line is never lost.
+    """
+    p = Path(path)
+    while not p.exists():
+        if stop():
+            return
+        time.sleep(poll)
+    with open(p, encoding="utf-8") as f:
+        pending = ""
+        while True:
+            chunk = f.readline()
+            if not chunk:
+                if stop():
+                    return
+                time.sleep(poll)
+                continue
+            pending += chunk
+            if not pending.endswith("\n"):
+                continue
+            event, pending = parse(pending), ""
+            if event is None:
+                continue
+            yield event
+            if isinstance(event, (RunFinished, RunFailed)):
+                return

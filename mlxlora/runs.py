@@ -1,0 +1,225 @@
+"""The workspace and run directories.
+
+A run is a directory: `config.yaml` (resolved), `events.jsonl`, `adapters/` (latest adapter,
+`best/`, `checkpoints/step-NNNNNNN/`), `summary.json`. Anything that shows a run reads only that
+directory. Imports no mlx, torch or textual.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxlora.errors import RunError
+from mlxlora.events import Event, RunFailed, RunFinished, RunStarted, Step, read_events
+
+
+def home() -> Path:
+    """The workspace: `$MLXLORA_HOME`, default `~/.mlxlora`."""
+    return Path(os.environ.get("MLXLORA_HOME", Path.home() / ".mlxlora")).expanduser()
+
+
+def runs_root() -> Path:
+    return home() / "runs"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def adapters(self) -> Path:
+        return self.root / "adapters"
+
+    @property
+    def best(self) -> Path:
+        return self.adapters / "best"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.adapters / "checkpoints"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def stop_request(self) -> Path:
+        """Touching this file asks a running job to checkpoint and stop (used by the TUI)."""
+        return self.root / "STOP"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:07d}"
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.checkpoints.glob("step-*")) if self.checkpoints.exists() else []
+        return found[-1] if found else None
+
+
+def new_run_dir(name: str, parent: Path | None = None) -> Path:
+    """A fresh, unique run directory named `<name>-<YYYYmmdd-HHMMSS>`."""
+    parent = parent or runs_root()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        candidate = parent / (f"{slug}-{stamp}" + (f"-{i}" if i else ""))
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+    raise RunError(f"could not create a run directory under {parent}")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(final: Path):
+    """Yield a temporary sibling directory; on success it replaces `final` in one rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(paths: RunPaths):
+    """Hold the run directory for one training process; a stale lock (dead pid) is taken over."""
+    if paths.lock.exists():
+        try:
+            pid = int(paths.lock.read_text().strip() or 0)
+        except ValueError:
+            pid = 0
+        if pid and pid != os.getpid() and _pid_alive(pid):
+            raise RunError(f"{paths.root}: run is in use by process {pid}")
+    paths.lock.write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        paths.lock.unlink(missing_ok=True)
+
+
+@dataclass
+class RunInfo:
+    """What `runs list` and the TUI show about a run, derived from its directory only."""
+
+    path: Path
+    name: str
+    status: str  # running | finished | stopped | failed | interrupted | new
+    model: str
+    step: int
+    last_loss: float | None
+    best_val_loss: float | None
+    started: float | None
+
+
+def run_status(events: list[Event], locked: bool) -> str:
+    last = next((e for e in reversed(events) if isinstance(e, (RunFinished, RunFailed, RunStarted))), None)
+    if isinstance(last, RunFinished):
+        return "stopped" if last.stopped else "finished"
+    if isinstance(last, RunFailed):
+        return "failed"
+    if isinstance(last, RunStarted):
+        return "running" if locked else "interrupted"
+    return "new"
+
+
+def run_info(path: Path) -> RunInfo:
+    paths = RunPaths(path)
+    events = read_events(paths.events)
+    started = next((e for e in events if isinstance(e, RunStarted)), None)
+    steps = [e for e in events if isinstance(e, Step)]
+    summary = json.loads(paths.summary.read_text()) if paths.summary.exists() else {}
+    locked = False
+    if paths.lock.exists():
+        try:
+            locked = _pid_alive(int(paths.lock.read_text().strip() or 0))
+        except ValueError:
+            locked = False
+    return RunInfo(
+        path=path,
+        name=path.name,
+        status=run_status(events, locked),
+        model=started.model if started else "",
+        step=steps[-1].step if steps else 0,
+        last_loss=steps[-1].loss if steps else None,
+        best_val_loss=summary.get("best_val_loss"),
+        started=started.time if started else None,
+    )
+
+
+def list_runs(root: Path | None = None) -> list[RunInfo]:
+    root = root or runs_root()
+    if not root.exists():
+        return []
+    dirs = [p for p in root.iterdir() if (p / "config.yaml").exists()]
+    return sorted((run_info(p) for p in dirs), key=lambda r: r.started or 0, reverse=True)
+
+
+def find_run(ref: str) -> Path:
+    """A run by path or by (unique prefix of) its name in the workspace."""
+    p = Path(ref).expanduser()
+    if (p / "config.yaml").exists():
+        return p
+    root = runs_root()
+    matches = sorted(root.glob(f"{ref}*")) if root.exists() else []
+    matches = [m for m in matches if (m / "config.yaml").exists()]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RunError(f"{ref}: no such run (see `mlxlora runs list`)")
+    names = ", ".join(m.name for m in matches[:5])
+    raise RunError(f"{ref}: matches {len(matches)} runs ({names}); give more of the name")
