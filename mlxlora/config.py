@@ -32,8 +32,12 @@ def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclas
 class DataConfig:
     """Which records to train on and how to cut them."""
 
-    dataset: str = _help("Workspace dataset name, or a JSON/JSONL file (imported on first use).", "")
-    validation: str | None = _help("Validation dataset name or file; None splits the dataset.", None)
+    dataset: str = _help(
+        "Workspace dataset name, or a JSON/JSONL file (imported on first use).", ""
+    )
+    validation: str | None = _help(
+        "Validation dataset name or file; None splits the dataset.", None
+    )
     val_split: float = _help("Fraction of the dataset held out when `validation` is None.", 0.1)
     max_length: int = _help("Longest sequence in tokens; longer records are truncated.", 2048)
     completions_only: bool = _help("Compute the loss on the answer only, not the prompt.", True)
@@ -193,12 +197,25 @@ def _check(cfg: Config, problems: list[str]) -> None:
     need(t.grad_clip >= 0, "training.grad_clip", t.grad_clip, ">= 0 (0 disables)")
     need(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, ">= 0")
     need(t.eval_every >= 0, "training.eval_every", t.eval_every, ">= 0 (0 = every epoch)")
-    need(t.val_batches == -1 or t.val_batches >= 1, "training.val_batches", t.val_batches, "-1 or >= 1")
+    need(
+        t.val_batches == -1 or t.val_batches >= 1,
+        "training.val_batches",
+        t.val_batches,
+        "-1 or >= 1",
+    )
     need(t.log_every >= 1, "training.log_every", t.log_every, ">= 1")
-    need(t.early_stopping.patience >= 0, "training.early_stopping.patience",
-         t.early_stopping.patience, ">= 0 (0 disables)")
-    need(t.early_stopping.min_delta >= 0, "training.early_stopping.min_delta",
-         t.early_stopping.min_delta, ">= 0")
+    need(
+        t.early_stopping.patience >= 0,
+        "training.early_stopping.patience",
+        t.early_stopping.patience,
+        ">= 0 (0 disables)",
+    )
+    need(
+        t.early_stopping.min_delta >= 0,
+        "training.early_stopping.min_delta",
+        t.early_stopping.min_delta,
+        ">= 0",
+    )
     if t.schedule == "staged":
         need(bool(t.stages), "training.stages", t.stages, "at least one stage for schedule: staged")
     elif t.stages:
@@ -212,7 +229,9 @@ def from_dict(data: dict, source: str = "config") -> Config:
     """Build and validate a Config; raise one ConfigError listing every problem."""
     problems: list[str] = []
     if not isinstance(data, dict):
-        raise ConfigError([f"expected a mapping at the top level, got {type(data).__name__}"], source)
+        raise ConfigError(
+            [f"expected a mapping at the top level, got {type(data).__name__}"], source
+        )
     cfg = _build(Config, data, "", problems)
     if not problems:
         _check(cfg, problems)

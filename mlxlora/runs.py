@@ -167,7 +167,9 @@ class RunInfo:
 
 
 def run_status(events: list[Event], locked: bool) -> str:
-    last = next((e for e in reversed(events) if isinstance(e, (RunFinished, RunFailed, RunStarted))), None)
+    last = next(
+        (e for e in reversed(events) if isinstance(e, (RunFinished, RunFailed, RunStarted))), None
+    )
     if isinstance(last, RunFinished):
         return "stopped" if last.stopped else "finished"
     if isinstance(last, RunFailed):

@@ -11,7 +11,7 @@ import numpy as np
 
 @dataclass
 class Batch:
-    """One micro-batch, host side. `loss_mask[b, t]` says whether target `tokens[b, t + 1]` counts."""
+    """One micro-batch, host side. `loss_mask[b, t]`: does target `tokens[b, t + 1]` count."""
 
     tokens: np.ndarray  # (B, T) int32, right-padded
     loss_mask: np.ndarray  # (B, T - 1) bool

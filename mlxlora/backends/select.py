@@ -9,7 +9,10 @@ from mlxlora.errors import BackendUnavailable
 
 
 def mlx_available() -> bool:
-    return importlib.util.find_spec("mlx") is not None and importlib.util.find_spec("mlx_lm") is not None
+    return (
+        importlib.util.find_spec("mlx") is not None
+        and importlib.util.find_spec("mlx_lm") is not None
+    )
 
 
 def torch_available() -> bool:
@@ -22,9 +25,13 @@ def resolve_name(requested: str) -> str:
             return "mlx"
         if torch_available():
             return "torch"
-        raise BackendUnavailable("no backend installed: pip install mlxlora (MLX) or mlxlora[torch]")
+        raise BackendUnavailable(
+            "no backend installed: pip install mlxlora (MLX) or mlxlora[torch]"
+        )
     if requested == "mlx" and not mlx_available():
-        raise BackendUnavailable("backend mlx: install it with `pip install mlx mlx-lm` (Linux: mlx[cpu])")
+        raise BackendUnavailable(
+            "backend mlx: install it with `pip install mlx mlx-lm` (Linux: mlx[cpu])"
+        )
     if requested == "torch":
         raise BackendUnavailable("backend torch: not implemented yet; use backend: mlx")
     return requested

@@ -1,6 +1,165 @@
-"""`mlxlora train` (placeholder until implemented)."""
+"""`mlxlora train`: run or resume a job headless, with a rich progress bar or JSON events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlxlora.events import (
+    EarlyStop,
+    Eval,
+    Event,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    Step,
+)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train (not yet implemented)")
-    p.set_defaults(func=lambda args: print("not yet implemented") or 1)
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model with LoRA",
+        description="Fine-tune a model with LoRA. Example: mlxlora train configs/quickstart.yaml",
+    )
+    p.add_argument("config", nargs="?", help="YAML config (see configs/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set lora.rank=16 (repeatable)",
+    )
+    p.add_argument("--run-dir", type=Path, help="write the run here instead of the workspace")
+    p.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mlxlora import config, engine, runs
+    from mlxlora.errors import ConfigError
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError(
+                ["--resume takes the run's own config; drop CONFIG and --set"], "train"
+            )
+        run_dir, cfg = runs.find_run(args.resume), None
+    else:
+        if not args.config:
+            raise ConfigError(
+                ["give a CONFIG file (try configs/quickstart.yaml) or --resume RUN"], "train"
+            )
+        cfg = config.load(args.config, args.overrides)
+        run_dir = args.run_dir or runs.new_run_dir(cfg.name)
+    view = JsonView() if args.json else ProgressView()
+    with view:
+        summary = engine.train(cfg, run_dir, resume=bool(args.resume), listeners=[view.on_event])
+    if not args.json:
+        view.print_summary(summary)
+    return 0
+
+
+class JsonView:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def on_event(self, event: Event) -> None:
+        print(json.dumps(event.to_dict(), ensure_ascii=False), flush=True)
+
+
+class ProgressView:
+    """A rich progress bar with loss, lr, tokens/s, memory and ETA; notes for evals and saves."""
+
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+    def log(self, text: str) -> None:
+        self.progress.console.print(text)
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self._started(event)
+        elif isinstance(event, Step):
+            stats = (
+                f"loss {event.loss:.4f}  lr {event.lr:.2e}  {event.tokens_per_sec:,.0f} tok/s"
+                f"  mem {event.peak_memory_gb:.2f} GB"
+            )
+            self.progress.update(self.task, completed=event.step, stats=stats)
+        elif isinstance(event, Eval):
+            mark = "  [green]best[/]" if event.best else ""
+            ppl = f"ppl {event.perplexity:.2f}"
+            self.log(f"step {event.step}: val loss {event.val_loss:.4f}  {ppl}{mark}")
+        elif isinstance(event, EarlyStop):
+            self.log(
+                f"[yellow]early stop[/] at step {event.step}: no improvement for "
+                f"{event.patience} evaluations "
+                f"(best {event.best_val_loss:.4f} at step {event.best_step})"
+            )
+        elif isinstance(event, RunFailed):
+            self.log(f"[red]run failed[/] at step {event.step}: {event.reason}")
+        elif isinstance(event, RunFinished) and event.stopped:
+            self.log(
+                f"[yellow]stopped[/] at step {event.step}; resume with: mlxlora train --resume RUN"
+            )
+
+    def _started(self, e: RunStarted) -> None:
+        resumed = f", resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""
+        self.log(f"[bold]{e.model}[/] on {e.backend} ({e.device}){resumed}")
+        self.log(
+            f"  {e.train_records} train / {e.val_records} validation records, "
+            f"{e.total_steps} steps ({e.steps_per_epoch} per epoch), "
+            f"{e.trainable_params:,} trainable of {e.total_params:,} parameters, "
+            f"estimated peak {e.estimated_peak_gb:.2f} GB"
+        )
+        for warning in e.warnings:
+            self.log(f"  [yellow]warning:[/] {warning}")
+        self.log(f"  run directory: {e.run_dir}")
+        self.task = self.progress.add_task(
+            "train", total=e.total_steps, completed=e.resumed_from_step, stats=""
+        )
+
+    def print_summary(self, summary: dict) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="summary", show_header=False, box=None)
+        for key, value in summary.items():
+            if isinstance(value, float):
+                value = f"{value:.4f}"
+            table.add_row(key.replace("_", " "), str(value))
+        Console().print(table)

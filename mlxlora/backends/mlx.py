@@ -1,0 +1,270 @@
+"""The MLX backend: mlx-lm's models and LoRA layers, driven one micro-batch at a time.
+
+The device choice lives here and only here (`select_device`). On Apple Silicon the model keeps
+its own dtype on the GPU and the wired-memory limit is raised as mlx-lm does; on a CPU, bf16
+matmuls are ~25x slower than float32, so floating weights are cast to float32.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from mlxlora.backends.blas import blas_in_use, preload_openblas
+
+preload_openblas()  # must precede the first `import mlx.core`
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+import mlx.optimizers as optim  # noqa: E402
+import numpy as np  # noqa: E402
+from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
+
+from mlxlora.backends.base import BackendInfo, Batch  # noqa: E402
+from mlxlora.errors import ModelError  # noqa: E402
+
+LOSS_CHUNK_ROWS = 1024  # label positions per chunk of the output projection
+# Model types whose logits are exactly head(model.model(x)) (optionally soft-capped).
+CHUNKABLE_TYPES = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "smollm3",
+}
+
+
+def select_device() -> tuple[str, mx.Dtype | None]:
+    """(device name, compute dtype override). The one place that picks where MLX runs."""
+    if mx.metal.is_available():
+        mx.set_default_device(mx.gpu)
+        return "gpu (Metal)", None
+    if hasattr(mx, "cuda") and mx.cuda.is_available():
+        mx.set_default_device(mx.gpu)
+        return "gpu (CUDA)", None
+    mx.set_default_device(mx.cpu)
+    return "cpu", mx.float32
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe() -> BackendInfo:
+    device, dtype = select_device()
+    budget = mx.device_info().get("max_recommended_working_set_size") if "gpu" in device else None
+    return BackendInfo(
+        name="mlx",
+        device=device,
+        dtype="float32" if dtype == mx.float32 else "model dtype",
+        blas=blas_in_use() if device == "cpu" else "Metal/CUDA kernels",
+        versions={
+            "mlx": mx.__version__,
+            "mlx-lm": _version("mlx-lm"),
+            "python": platform.python_version(),
+        },
+        memory_budget_bytes=budget,
+    )
+
+
+def lora_keys(model: nn.Module, targets: list[str]) -> list[str]:
+    """Module paths inside a transformer block whose last name is one of `targets`."""
+    keys = {
+        name
+        for name, module in model.layers[0].named_modules()
+        if name.split(".")[-1] in targets and isinstance(module, (nn.Linear, nn.QuantizedLinear))
+    }
+    if not keys:
+        found = sorted(
+            {
+                n.split(".")[-1]
+                for n, m in model.layers[0].named_modules()
+                if isinstance(m, (nn.Linear, nn.QuantizedLinear))
+            }
+        )
+        raise ModelError(
+            f"lora.target_modules {targets} match no layer; this model has: {', '.join(found)}"
+        )
+    return sorted(keys)
+
+
+def _output_head(model: nn.Module, model_type: str):
+    """A function hidden -> logits equal to the model's own, or None when it cannot be split."""
+    if model_type not in CHUNKABLE_TYPES or not hasattr(model, "model"):
+        return None
+    head = model.lm_head if "lm_head" in model else model.model.embed_tokens.as_linear
+    cap = getattr(model, "final_logit_softcapping", None) if model_type == "gemma2" else None
+    if cap:
+        return lambda h: mx.tanh(head(h) / cap) * cap
+    return head
+
+
+class MLXBackend:
+    """Backend implementation for MLX (see backends/base.py for the contract)."""
+
+    def __init__(self):
+        self.info = describe()
+        self.model = None
+        self.tokenizer = None
+        self.optimizer = None
+        self._grads = None
+
+    # --- setup ------------------------------------------------------------------------
+
+    def load(self, model_dir: Path, config) -> None:
+        from mlx_lm.tuner.trainer import grad_checkpoint
+        from mlx_lm.tuner.utils import linear_to_lora_layers
+        from mlx_lm.utils import load, maybe_set_recommended_wired_limit
+
+        device, dtype = select_device()
+        if device.startswith("gpu"):
+            maybe_set_recommended_wired_limit()
+        try:
+            model, tokenizer, model_config = load(str(model_dir), return_config=True)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ModelError(f"{model_dir}: cannot load model: {exc}") from None
+        if dtype is not None:
+            model.set_dtype(dtype)
+        model.freeze()
+        lora = config.lora
+        n_layers = len(model.layers) if lora.num_layers == -1 else lora.num_layers
+        if n_layers > len(model.layers):
+            raise ModelError(
+                f"lora.num_layers={n_layers} but the model has {len(model.layers)} layers"
+            )
+        self.lora_parameters = {
+            "rank": lora.rank,
+            "scale": lora.alpha / lora.rank,
+            "dropout": lora.dropout,
+            "keys": lora_keys(model, lora.target_modules),
+        }
+        self.num_layers = n_layers
+        mx.random.seed(config.training.seed)
+        linear_to_lora_layers(model, n_layers, self.lora_parameters)
+        if config.training.grad_checkpoint:
+            grad_checkpoint(model.layers[0])
+        model.train()
+        self.model, self.tokenizer = model, tokenizer
+        self.model_type = model_config.get("model_type", "")
+        self._head = _output_head(model, self.model_type)
+        self.optimizer = optim.AdamW(learning_rate=0.0, weight_decay=config.training.weight_decay)
+        self._value_and_grad = nn.value_and_grad(model, self._loss)
+
+    def param_counts(self) -> tuple[int, int]:
+        trainable = sum(v.size for _, v in tree_flatten(self.model.trainable_parameters()))
+        total = sum(v.size for _, v in tree_flatten(self.model.parameters()))
+        return trainable, total
+
+    # --- loss -------------------------------------------------------------------------
+
+    def _chunk_loss_sum(self, hidden: mx.array, targets: mx.array) -> mx.array:
+        logits = self._head(hidden).astype(mx.float32)
+        return nn.losses.cross_entropy(logits, targets, reduction="sum")
+
+    def _loss(self, model, tokens: mx.array, positions: mx.array, targets: mx.array) -> mx.array:
+        """Summed cross-entropy over the labelled positions only.
+
+        Full-vocabulary logits for every position are the largest tensor of a LoRA step
+        (4 x 1024 x 151,936 x 4 B = 2.5 GB). Only labelled rows go through the output
+        projection, a chunk at a time, under mx.checkpoint so the backward pass recomputes one
+        chunk's logits instead of keeping them all alive.
+        """
+        inputs = tokens[:, :-1]
+        if self._head is None:  # unknown architecture: the model's own full logits
+            logits = model(inputs).reshape(
+                -1, model.args.vocab_size if hasattr(model, "args") else -1
+            )
+            return nn.losses.cross_entropy(
+                logits[positions].astype(mx.float32), targets, reduction="sum"
+            )
+        hidden = model.model(inputs)
+        hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
+        total = mx.array(0.0)
+        for start in range(0, positions.size, LOSS_CHUNK_ROWS):
+            chunk_targets = targets[start : start + LOSS_CHUNK_ROWS]
+            # targets are captured, not passed: checkpoint differentiates every input it gets
+            chunk_loss = mx.checkpoint(lambda h, t=chunk_targets: self._chunk_loss_sum(h, t))
+            total = total + chunk_loss(hidden[start : start + LOSS_CHUNK_ROWS])
+        return total
+
+    @staticmethod
+    def _labels(batch: Batch) -> tuple[mx.array, mx.array, mx.array, int]:
+        flat = batch.loss_mask.reshape(-1)
+        positions = np.flatnonzero(flat).astype(np.int32)
+        targets = batch.tokens[:, 1:].reshape(-1)[positions]
+        return mx.array(batch.tokens), mx.array(positions), mx.array(targets), positions.size
+
+    # --- steps ------------------------------------------------------------------------
+
+    def accumulate(self, batch: Batch, seed: int) -> float:
+        mx.random.seed(seed)  # dropout masks depend on the step only: resume is exact
+        tokens, positions, targets, n = self._labels(batch)
+        loss_sum, grads = self._value_and_grad(self.model, tokens, positions, targets)
+        grads = tree_map(lambda g: g / n, grads)
+        self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
+        mx.eval(loss_sum, self._grads)
+        return loss_sum.item() / n
+
+    def update(self, lr: float, grad_clip: float, micro_batches: int) -> float:
+        grads = self._grads
+        if micro_batches > 1:
+            grads = tree_map(lambda g: g / micro_batches, grads)
+        if grad_clip > 0:
+            grads, norm = optim.clip_grad_norm(grads, grad_clip)
+        else:
+            norm = mx.sqrt(sum((g * g).sum() for _, g in tree_flatten(grads)))
+        self.optimizer.learning_rate = mx.array(lr)
+        self.optimizer.update(self.model, grads)
+        mx.eval(self.model.trainable_parameters(), self.optimizer.state, norm)
+        self._grads = None
+        return norm.item()
+
+    def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        self.model.eval()
+        tokens, positions, targets, n = self._labels(batch)
+        loss_sum = self._loss(self.model, tokens, positions, targets)
+        mx.eval(loss_sum)
+        self.model.train()
+        return loss_sum.item(), n
+
+    # --- files ------------------------------------------------------------------------
+
+    def save_adapter(self, directory: Path) -> None:
+        """mlx-lm's adapter layout: loadable by `mlx_lm.generate --adapter-path`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = dict(tree_flatten(self.model.trainable_parameters()))
+        mx.save_safetensors(str(directory / "adapters.safetensors"), weights)
+        config = {
+            "fine_tune_type": "lora",
+            "num_layers": self.num_layers,
+            "lora_parameters": self.lora_parameters,
+            "model_type": self.model_type,
+        }
+        (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
+
+    def save_state(self, directory: Path) -> None:
+        self.save_adapter(directory)
+        state = dict(tree_flatten(self.optimizer.state))
+        mx.save_safetensors(str(directory / "optimizer.safetensors"), state)
+
+    def load_state(self, directory: Path) -> None:
+        weights = mx.load(str(directory / "adapters.safetensors"))
+        self.model.load_weights(list(weights.items()), strict=False)
+        state = mx.load(str(directory / "optimizer.safetensors"))
+        self.optimizer.state = tree_unflatten(list(state.items()))
+        mx.eval(self.model.parameters(), self.optimizer.state)
+
+    def peak_memory_bytes(self) -> int:
+        return mx.get_peak_memory()
+
+    def reset_peak_memory(self) -> None:
+        mx.reset_peak_memory()

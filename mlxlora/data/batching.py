@@ -1,0 +1,125 @@
+"""Tokenize normalized records and cut them into length-bucketed batches.
+
+Records arrive normalized (`{"messages": [...]}` or `{"text": ...}`, see formats.normalize). A
+chat record is rendered with the tokenizer's chat template; with `completions_only` the loss
+covers only the last assistant turn (the prompt is everything the model sees before it).
+
+Batches group records of similar length so that padding stays small; the batch order, and which
+equal-length neighbours share a batch, is drawn from (seed, epoch) alone, so a resumed run sees
+exactly the data order an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlxlora.backends.base import Batch
+
+PAD_MULTIPLE = 8  # pad batch length to a multiple of this: few distinct shapes, little padding
+
+
+@dataclass(frozen=True)
+class Example:
+    tokens: tuple[int, ...]
+    offset: int  # first token index that is a training target
+    truncated: bool = False
+
+
+def _render_chat(tokenizer, messages: list[dict]) -> tuple[str, str]:
+    """(prompt text, full text) for a chat; the prompt ends where the last answer begins."""
+    if getattr(tokenizer, "chat_template", None):
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt = tokenizer.apply_chat_template(
+            messages[:-1], tokenize=False, add_generation_prompt=True
+        )
+        return prompt, full
+    # No chat template: a plain, readable layout, answer followed by EOS.
+    prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages[:-1]) + "assistant: "
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    return prompt, prompt + messages[-1]["content"] + eos
+
+
+def encode(record: dict, tokenizer, completions_only: bool = True) -> Example:
+    """Token ids and loss offset for one normalized record."""
+    if "text" in record:
+        ids = list(tokenizer.encode(record["text"]))
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids.append(eos)
+        return Example(tuple(ids), 0)
+    prompt, full = _render_chat(tokenizer, record["messages"])
+    ids = tokenizer.encode(full, add_special_tokens=False)
+    offset = len(tokenizer.encode(prompt, add_special_tokens=False)) if completions_only else 0
+    return Example(tuple(ids), min(offset, len(ids) - 1))
+
+
+def encode_all(
+    records: list[dict], tokenizer, max_length: int, completions_only: bool = True
+) -> tuple[list[Example], int, int]:
+    """Encode and truncate to max_length. Returns (examples, truncated, dropped).
+
+    A record whose prompt alone fills max_length has nothing left to learn from and is dropped.
+    """
+    examples, truncated, dropped = [], 0, 0
+    for record in records:
+        ex = encode(record, tokenizer, completions_only)
+        if len(ex.tokens) > max_length:
+            truncated += 1
+            if ex.offset >= max_length - 1:
+                dropped += 1
+                continue
+            ex = Example(ex.tokens[:max_length], ex.offset, truncated=True)
+        if len(ex.tokens) < 2:
+            dropped += 1
+            continue
+        examples.append(ex)
+    return examples, truncated, dropped
+
+
+def batch_order(
+    examples: list[Example], batch_size: int, seed: int, epoch: int, shuffle: bool = True
+) -> list[list[int]]:
+    """Indices of each batch: sorted by length (ties broken at random), batches shuffled."""
+    rng = np.random.default_rng([seed, epoch])
+    lengths = np.array([len(e.tokens) for e in examples])
+    tiebreak = rng.random(len(examples)) if shuffle else np.arange(len(examples))
+    order = np.lexsort((tiebreak, lengths))
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def collate(examples: list[Example], max_length: int) -> Batch:
+    """Right-pad a group of examples into a Batch with its loss mask."""
+    longest = max(len(e.tokens) for e in examples)
+    width = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, max_length)
+    width = max(width, longest)
+    tokens = np.zeros((len(examples), width), dtype=np.int32)
+    mask = np.zeros((len(examples), width - 1), dtype=bool)
+    for row, ex in enumerate(examples):
+        n = len(ex.tokens)
+        tokens[row, :n] = ex.tokens
+        # target t + 1 is learned when offset <= t + 1 < n
+        mask[row, max(ex.offset - 1, 0) : n - 1] = True
+    real = sum(len(e.tokens) for e in examples)
+    return Batch(tokens=tokens, loss_mask=mask, real_tokens=real)
+
+
+def micro_batches_per_epoch(n_examples: int, batch_size: int) -> int:
+    return -(-n_examples // batch_size)
+
+
+def split(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic train/validation split; at least one validation record when asked for."""
+    if fraction <= 0 or len(records) < 2:
+        return list(records), []
+    rng = np.random.default_rng([seed, 7919])
+    order = rng.permutation(len(records))
+    n_val = max(1, round(len(records) * fraction))
+    val_idx = set(order[:n_val].tolist())
+    train = [r for i, r in enumerate(records) if i not in val_idx]
+    val = [r for i, r in enumerate(records) if i in val_idx]
+    return train, val

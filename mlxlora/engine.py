@@ -1,0 +1,416 @@
+"""The backend-agnostic training loop: epochs, schedule, accumulation, evaluation, early
+stopping, checkpoints and resume. It talks to a backend through backends/base.py and to the
+world only through events (events.jsonl) and the files of the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mlxlora import config as config_mod
+from mlxlora import schedules
+from mlxlora.config import Config
+from mlxlora.data import batching
+from mlxlora.errors import DataError, TrainingFailed
+from mlxlora.events import (
+    Checkpoint,
+    EarlyStop,
+    EpochEnd,
+    Eval,
+    EventWriter,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    Step,
+)
+from mlxlora.runs import RunPaths, atomic_dir, atomic_write_text, run_lock
+
+KEEP_CHECKPOINTS = 2  # rolling step checkpoints kept besides best/
+
+
+@dataclass
+class TrainerState:
+    """Where the loop stands; saved with every checkpoint so a resumed run continues exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch in progress (0-based)
+    batch_in_epoch: int = 0  # micro-batches of this epoch already trained on
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    elapsed: float = 0.0
+    last_train_loss: float | None = None
+    epoch_losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """Everything the loop needs, built before the first step."""
+
+    config: Config
+    paths: RunPaths
+    backend: object
+    train: list
+    val: list
+    steps_per_epoch: int
+    total_steps: int
+    schedule: object
+    truncated: int
+    warnings: list[str]
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM or by a STOP file in the run directory (how the TUI asks)."""
+
+    def __init__(self, paths: RunPaths):
+        self.paths = paths
+        self.raised = False
+
+    def __call__(self, *_):
+        self.raised = True
+
+    def is_set(self) -> bool:
+        return self.raised or self.paths.stop_request.exists()
+
+
+def load_records(cfg: Config) -> tuple[list[dict], list[dict]]:
+    """Normalized (train, validation) records for a config."""
+    from mlxlora.data import formats, store
+
+    meta, records = store.resolve(cfg.data.dataset)
+    train = [formats.normalize(r, meta.type) for r in records]
+    if cfg.data.validation:
+        vmeta, vrecords = store.resolve(cfg.data.validation)
+        return train, [formats.normalize(r, vmeta.type) for r in vrecords]
+    return batching.split(train, cfg.data.val_split, cfg.training.seed)
+
+
+def prepare(cfg: Config, paths: RunPaths, backend) -> Prepared:
+    from mlxlora.models.resolve import resolve_model
+
+    train_records, val_records = load_records(cfg)
+    model_dir = resolve_model(cfg.model)
+    backend.load(model_dir, cfg)
+    d, t = cfg.data, cfg.training
+    tok = backend.tokenizer
+    train, truncated, dropped = batching.encode_all(
+        train_records, tok, d.max_length, d.completions_only
+    )
+    val, _, _ = batching.encode_all(val_records, tok, d.max_length, d.completions_only)
+    if not train:
+        raise DataError(f"{d.dataset}: no record fits data.max_length={d.max_length}")
+    micro = batching.micro_batches_per_epoch(len(train), t.batch_size)
+    steps_per_epoch = -(-micro // t.grad_accumulation)
+    total = max(1, round(t.epochs * steps_per_epoch))
+    if t.max_steps:
+        total = min(total, t.max_steps)
+    warnings = []
+    if truncated:
+        warnings.append(f"{truncated} records longer than max_length={d.max_length} were truncated")
+    if dropped:
+        warnings.append(
+            f"{dropped} records had no answer tokens within max_length and were skipped"
+        )
+    return Prepared(
+        config=cfg,
+        paths=paths,
+        backend=backend,
+        train=train,
+        val=val,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        schedule=schedules.build(t, steps_per_epoch, total),
+        truncated=truncated,
+        warnings=warnings,
+    )
+
+
+class Trainer:
+    def __init__(self, prep: Prepared, events: EventWriter, state: TrainerState):
+        self.p, self.events, self.state = prep, events, state
+        self.cfg = prep.config
+        self.t = prep.config.training
+        self.stop = StopFlag(prep.paths)
+        self._started = time.perf_counter() - state.elapsed
+
+    # --- evaluation and checkpoints --------------------------------------------------
+
+    def evaluate(self) -> float | None:
+        if not self.p.val:
+            return None
+        batches = batching.batch_order(self.p.val, self.t.batch_size, 0, 0, shuffle=False)
+        if self.t.val_batches > 0:
+            batches = batches[: self.t.val_batches]
+        total, tokens = 0.0, 0
+        for idx in batches:
+            loss, n = self.p.backend.eval_loss(
+                batching.collate([self.p.val[i] for i in idx], self.cfg.data.max_length)
+            )
+            total, tokens = total + loss, tokens + n
+        return total / max(tokens, 1)
+
+    def checkpoint(self, val_loss: float | None) -> None:
+        s, paths, backend = self.state, self.p.paths, self.p.backend
+        improved = val_loss is not None and (
+            s.best_val_loss is None or val_loss < s.best_val_loss - self.t.early_stopping.min_delta
+        )
+        if improved:
+            s.best_val_loss, s.best_step, s.evals_since_best = val_loss, s.step, 0
+        elif val_loss is not None:
+            s.evals_since_best += 1
+        if val_loss is not None:
+            self.events.emit(
+                Eval(
+                    step=s.step,
+                    epoch=self._epoch_float(),
+                    val_loss=val_loss,
+                    perplexity=_perplexity(val_loss),
+                    best=improved,
+                )
+            )
+        s.elapsed = time.perf_counter() - self._started
+        target = paths.checkpoint(s.step)
+        with atomic_dir(target) as tmp:
+            backend.save_state(tmp)
+            atomic_write_text(tmp / "trainer_state.json", json.dumps(asdict(s), indent=2))
+        self._publish_latest_adapter(target)
+        if improved:
+            with atomic_dir(paths.best) as tmp:
+                backend.save_adapter(tmp)
+        for old in sorted(paths.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+            _remove_tree(old)
+        self.events.emit(Checkpoint(step=s.step, path=str(target), best=improved))
+
+    def _publish_latest_adapter(self, checkpoint: Path) -> None:
+        """adapters/adapters.safetensors + adapter_config.json always hold the latest weights."""
+        for name in ("adapters.safetensors", "adapter_config.json"):
+            tmp = self.p.paths.adapters / f".{name}.tmp"
+            tmp.write_bytes((checkpoint / name).read_bytes())
+            os.replace(tmp, self.p.paths.adapters / name)
+
+    def _epoch_float(self) -> float:
+        return self.state.step / self.p.steps_per_epoch
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Train to the end, an early stop, or a stop request. Returns how it ended."""
+        s, t = self.state, self.t
+        last_eval_step = s.step if s.step else -1
+        while s.step < self.p.total_steps:
+            order = batching.batch_order(self.p.train, t.batch_size, t.seed, s.epoch)
+            while s.batch_in_epoch < len(order) and s.step < self.p.total_steps:
+                group = order[s.batch_in_epoch : s.batch_in_epoch + t.grad_accumulation]
+                self.train_step(group)
+                s.batch_in_epoch += len(group)
+                if t.eval_every and s.step % t.eval_every == 0:
+                    self.checkpoint(self.evaluate())
+                    last_eval_step = s.step
+                    if self.should_stop_early():
+                        return "early_stop"
+                if self.stop.is_set():
+                    if last_eval_step != s.step:
+                        self.checkpoint(None)
+                    return "stopped"
+            if s.batch_in_epoch >= len(order):
+                loss = sum(s.epoch_losses) / max(len(s.epoch_losses), 1)
+                self.events.emit(EpochEnd(epoch=s.epoch + 1, step=s.step, train_loss=loss))
+                s.epoch, s.batch_in_epoch, s.epoch_losses = s.epoch + 1, 0, []
+                if not t.eval_every:
+                    self.checkpoint(self.evaluate())
+                    last_eval_step = s.step
+                    if self.should_stop_early():
+                        return "early_stop"
+        if last_eval_step != s.step:
+            self.checkpoint(self.evaluate())
+        return "completed"
+
+    def train_step(self, group: list[list[int]]) -> None:
+        s, t, backend = self.state, self.t, self.p.backend
+        tic = time.perf_counter()
+        losses, real, pad_total = [], 0, 0
+        for i, idx in enumerate(group):
+            batch = batching.collate([self.p.train[j] for j in idx], self.cfg.data.max_length)
+            loss = backend.accumulate(batch, seed=(t.seed * 1_000_003 + s.step) * 64 + i)
+            if not math.isfinite(loss):
+                self.fail(f"loss became {loss} at step {s.step + 1}; lower training.learning_rate")
+            losses.append(loss)
+            real += batch.real_tokens
+            pad_total += batch.tokens.size
+        lr = self.p.schedule(s.step + 1)
+        norm = backend.update(lr, t.grad_clip, len(group))
+        if not math.isfinite(norm):
+            self.fail(
+                f"gradient norm became {norm} at step {s.step + 1}; lower training.learning_rate"
+            )
+        s.step += 1
+        loss = sum(losses) / len(losses)
+        s.last_train_loss = loss
+        s.epoch_losses.append(loss)
+        if s.step % t.log_every == 0 or s.step == self.p.total_steps:
+            dt = time.perf_counter() - tic
+            self.events.emit(
+                Step(
+                    step=s.step,
+                    epoch=round(self._epoch_float(), 4),
+                    loss=loss,
+                    lr=lr,
+                    tokens=real,
+                    tokens_per_sec=real / dt,
+                    grad_norm=norm,
+                    peak_memory_gb=backend.peak_memory_bytes() / 1e9,
+                    padding_fraction=1 - real / pad_total,
+                )
+            )
+
+    def should_stop_early(self) -> bool:
+        es, s = self.t.early_stopping, self.state
+        if es.patience and s.best_val_loss is not None and s.evals_since_best >= es.patience:
+            self.events.emit(
+                EarlyStop(
+                    step=s.step,
+                    best_step=s.best_step,
+                    best_val_loss=s.best_val_loss,
+                    patience=es.patience,
+                )
+            )
+            return True
+        return False
+
+    def fail(self, reason: str) -> None:
+        last = self.p.paths.latest_checkpoint()
+        self.events.emit(
+            RunFailed(
+                reason=reason, step=self.state.step, last_checkpoint=str(last) if last else None
+            )
+        )
+        kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
+        raise TrainingFailed(reason + kept)
+
+
+def _install_stop_handlers(handler) -> dict:
+    """Ctrl-C / SIGTERM finish the current step, checkpoint and stop (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_summary(prep: Prepared, state: TrainerState, outcome: str) -> dict:
+    summary = {
+        "outcome": outcome,
+        "steps": state.step,
+        "total_steps": prep.total_steps,
+        "final_train_loss": state.last_train_loss,
+        "best_val_loss": state.best_val_loss,
+        "best_step": state.best_step,
+        "elapsed_sec": round(state.elapsed, 2),
+        "peak_memory_gb": round(prep.backend.peak_memory_bytes() / 1e9, 3),
+        "adapter": str(prep.paths.adapters),
+        "best_adapter": str(prep.paths.best) if prep.paths.best.exists() else None,
+    }
+    atomic_write_text(prep.paths.summary, json.dumps(summary, indent=2))
+    return summary
+
+
+def train(
+    cfg: Config | None,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    listeners: list | None = None,
+    backend=None,
+) -> dict:
+    """Run (or resume) a training job in `run_dir`; returns the summary dict.
+
+    With resume, the config is read back from the run directory and training continues from
+    its latest checkpoint with the optimizer state, schedule position and data order it had.
+    """
+    from mlxlora.backends import select
+
+    paths = RunPaths(Path(run_dir))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with run_lock(paths):
+        if resume:
+            cfg = config_mod.load(paths.config)
+        else:
+            atomic_write_text(paths.config, cfg.to_yaml())
+        paths.stop_request.unlink(missing_ok=True)
+        backend = backend or select.create(cfg.backend)
+        with EventWriter(paths.events, listeners) as events:
+            return _run(cfg, paths, backend, events, resume)
+
+
+def _run(cfg: Config, paths: RunPaths, backend, events: EventWriter, resume: bool) -> dict:
+    from mlxlora.errors import MlxloraError, RunError
+
+    state = TrainerState()
+    try:
+        prep = prepare(cfg, paths, backend)
+        if resume:
+            ckpt = paths.latest_checkpoint()
+            if ckpt is None:
+                raise RunError(f"{paths.root}: no checkpoint to resume from; start a new run")
+            state = TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
+            backend.load_state(ckpt)
+        trainable, total = backend.param_counts()
+        events.emit(
+            RunStarted(
+                run_dir=str(paths.root),
+                model=cfg.model,
+                backend=backend.info.name,
+                device=backend.info.device,
+                train_records=len(prep.train),
+                val_records=len(prep.val),
+                total_steps=prep.total_steps,
+                steps_per_epoch=prep.steps_per_epoch,
+                trainable_params=trainable,
+                total_params=total,
+                estimated_peak_gb=0.0,
+                truncated_records=prep.truncated,
+                resumed_from_step=state.step,
+                warnings=prep.warnings,
+            )
+        )
+        trainer = Trainer(prep, events, state)
+        previous = _install_stop_handlers(trainer.stop)
+        try:
+            outcome = trainer.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        state.elapsed = time.perf_counter() - trainer._started
+    except TrainingFailed:
+        raise
+    except MlxloraError as exc:
+        events.emit(RunFailed(reason=str(exc), step=state.step))
+        raise
+    summary = write_summary(prep, state, outcome)
+    events.emit(
+        RunFinished(
+            step=state.step,
+            final_train_loss=state.last_train_loss,
+            best_val_loss=state.best_val_loss,
+            best_step=state.best_step,
+            elapsed_sec=state.elapsed,
+            stopped=outcome == "stopped",
+        )
+    )
+    paths.stop_request.unlink(missing_ok=True)
+    return summary
