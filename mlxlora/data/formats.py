@@ -1,0 +1,378 @@
+"""Dataset files and record formats: reading, format detection, validation, normalization.
+
+Files are a JSON array of objects, or JSON Lines (one object per line, blank lines allowed).
+A file holding a single JSON object is read as one record. Files must be UTF-8 (a leading BOM
+is accepted).
+
+Every problem is a `DataError` whose message is one line naming the file, the record and the
+field, e.g. ``data.jsonl: line 7: field "output": expected a string, got 3``. Records of a JSON
+Lines file are named by their 1-based line number (``line 7``); records of a JSON array by
+their 0-based index in the array (``record 7`` is ``data[7]`` / ``jq '.[7]'``).
+
+Formats (extra keys in a record are allowed and ignored):
+
+- ``instruction``: ``instruction`` (str), optional ``input`` (str or null), ``output`` (str)
+- ``chat``: ``messages``: list of ``{"role": "system"|"user"|"assistant", "content": str}``,
+  with at least one user message, ending with an assistant message
+- ``completion``: ``prompt`` (str), ``completion`` (str)
+- ``text``: ``text`` (str)
+
+`normalize` turns any record into what the training code consumes: ``{"messages": [...]}``
+(the loss is on the last assistant message) or ``{"text": str}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlxlora.errors import DataError
+
+FORMATS = ("instruction", "chat", "completion", "text")
+ROLES = ("system", "user", "assistant")
+
+# The keys that identify each format; detection looks for these.
+_SIGNATURE = {
+    "instruction": ("instruction", "output"),
+    "chat": ("messages",),
+    "completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+_EXPECTED_KEYS = "instruction/input/output, messages, prompt/completion or text"
+
+
+class Records(list):
+    """A list of record dicts that remembers where each record came from (`line 7`, `record 3`)."""
+
+    def __init__(self, items=(), locations: list[str] | None = None):
+        super().__init__(items)
+        self.locations = list(locations) if locations is not None else None
+
+
+def where(records: list, index: int) -> str:
+    """How error messages name record `index`: its JSONL line, else its 0-based index."""
+    locations = getattr(records, "locations", None)
+    if locations is not None and index < len(locations):
+        return locations[index]
+    return f"record {index}"
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """A short JSON rendering of a bad value for an error message."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+# --- reading files --------------------------------------------------------------------------
+
+
+def read_text(path: str | Path) -> str:
+    """The file's text as strict UTF-8; DataError naming the line and byte offset otherwise."""
+    p = Path(path)
+    source = str(path)
+    if not p.exists():
+        raise DataError(f"{source}: file not found")
+    if p.is_dir():
+        raise DataError(f"{source}: is a directory, expected a .json or .jsonl file")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        bad = raw[exc.start : exc.start + 1].hex()
+        raise DataError(
+            f"{source}: line {line}: not valid UTF-8 (byte 0x{bad} at offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def load_records(path: str | Path) -> Records:
+    """Read a JSON array file or a JSON Lines file into a list of dicts (see module docstring)."""
+    source = str(path)
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(f"{source}: file is empty (expected a JSON array or JSON Lines)")
+    try:
+        whole = _loads(text)
+    except ValueError as exc:
+        whole = exc
+    if not isinstance(whole, Exception):
+        if isinstance(whole, dict):  # one object: a one-line JSONL file or a lone JSON object
+            body = text.strip()
+            first = text[: text.index(body[0])].count("\n") + 1
+            return Records([whole], [f"line {first}" if "\n" not in body else "record 0"])
+        if not isinstance(whole, list):
+            raise DataError(
+                f"{source}: top-level JSON is {_kind_of(whole)}; expected an array of objects "
+                "or JSON Lines (one object per line)"
+            )
+        if not whole:
+            raise DataError(f"{source}: the JSON array is empty (no records)")
+        for i, item in enumerate(whole):
+            if not isinstance(item, dict):
+                raise DataError(
+                    f"{source}: record {i}: expected a JSON object, got {_kind_of(item)} "
+                    f"{_show(item)}"
+                )
+        return Records(whole, [f"record {i}" for i in range(len(whole))])
+    if text.lstrip().startswith("["):  # meant as one JSON array, but it does not parse
+        exc = whole
+        if isinstance(exc, json.JSONDecodeError):
+            raise DataError(
+                f"{source}: line {exc.lineno}, column {exc.colno}: malformed JSON: {exc.msg}"
+            ) from None
+        raise DataError(f"{source}: malformed JSON: {exc}") from None
+    return _load_jsonl(text, source)
+
+
+def _load_jsonl(text: str, source: str) -> Records:
+    records: list[dict] = []
+    locations: list[str] = []
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = _loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{source}: line {n}, column {exc.colno}: malformed JSON: {exc.msg}"
+            ) from None
+        except ValueError as exc:
+            raise DataError(f"{source}: line {n}: malformed JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise DataError(
+                f"{source}: line {n}: expected a JSON object, got {_kind_of(value)} {_show(value)}"
+            )
+        records.append(value)
+        locations.append(f"line {n}")
+    return Records(records, locations)
+
+
+# --- detection --------------------------------------------------------------------------------
+
+
+def _candidates(record: dict) -> list[str]:
+    """Formats whose identifying keys appear in the record (any one of them is enough)."""
+    return [kind for kind, keys in _SIGNATURE.items() if any(k in record for k in keys)]
+
+
+def detect_format(records: list[dict], source: str = "data", sample: int = 10) -> str:
+    """The format of `records`, judged by the keys of the first `sample` records.
+
+    DataError (naming the record) when the keys fit no format, fit several, or the first records
+    disagree. Pass an explicit type to skip detection.
+    """
+    if not records:
+        raise DataError(f"{source}: no records")
+    found: str | None = None
+    first_at = ""
+    for i, record in enumerate(records[:sample]):
+        at = where(records, i)
+        if not isinstance(record, dict):
+            raise DataError(f"{source}: {at}: expected a JSON object, got {_kind_of(record)}")
+        kinds = _candidates(record)
+        keys = ", ".join(f'"{k}"' for k in record) or "no keys"
+        if not kinds:
+            raise DataError(
+                f"{source}: {at}: cannot tell the format from keys {keys}; expected "
+                f"{_EXPECTED_KEYS} (or pass --type)"
+            )
+        if len(kinds) > 1:
+            raise DataError(
+                f"{source}: {at}: ambiguous format: keys {keys} fit {' and '.join(kinds)}; "
+                f"pass --type {'|'.join(kinds)}"
+            )
+        if found is None:
+            found, first_at = kinds[0], at
+        elif kinds[0] != found:
+            raise DataError(
+                f"{source}: {at}: looks like {kinds[0]} but {first_at} looks like {found}; "
+                "all records must have one format"
+            )
+    assert found is not None
+    return found
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def _text_field(record: dict, key: str, required: bool = True) -> str | None:
+    """Problem with record[key] as a text field, or None when fine."""
+    if key not in record:
+        if not required:
+            return None
+        have = ", ".join(f'"{k}"' for k in record) or "none"
+        return f'field "{key}": missing (record has {have})'
+    value = record[key]
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        return f'field "{key}": expected a string, got {_show(value)}'
+    if required and not value.strip():
+        return f'field "{key}": is empty' if not value else f'field "{key}": is only whitespace'
+    return None
+
+
+def _chat_problem(record: dict) -> str | None:
+    if "messages" not in record:
+        have = ", ".join(f'"{k}"' for k in record) or "none"
+        return f'field "messages": missing (record has {have})'
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        return f'field "messages": expected a list of messages, got {_show(messages)}'
+    if not messages:
+        return 'field "messages": is empty'
+    for j, m in enumerate(messages):
+        at = f"messages[{j}]"
+        if not isinstance(m, dict):
+            return f'field "{at}": expected an object with "role" and "content", got {_show(m)}'
+        if "role" not in m:
+            return f'field "{at}.role": missing'
+        role = m["role"]
+        if role not in ROLES:
+            return (
+                f'field "{at}.role": unknown role {_show(role)} '
+                "(expected system, user or assistant)"
+            )
+        if "content" not in m:
+            return f'field "{at}.content": missing'
+        content = m["content"]
+        if not isinstance(content, str):
+            return f'field "{at}.content": expected a string, got {_show(content)}'
+        if not content.strip():
+            return (
+                f'field "{at}.content": is empty'
+                if not content
+                else (f'field "{at}.content": is only whitespace')
+            )
+    if not any(m["role"] == "user" for m in messages):
+        return 'field "messages": has no user message'
+    if messages[-1]["role"] != "assistant":
+        return (
+            f'field "messages": must end with an assistant message '
+            f"(the last one is {messages[-1]['role']})"
+        )
+    return None
+
+
+def record_problem(record: Any, kind: str) -> str | None:
+    """The first problem with one record as `kind` (without the file/record prefix), or None."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, got {_kind_of(record)}"
+    if kind == "instruction":
+        return (
+            _text_field(record, "instruction")
+            or _text_field(record, "input", required=False)
+            or _text_field(record, "output")
+        )
+    if kind == "chat":
+        return _chat_problem(record)
+    if kind == "completion":
+        return _text_field(record, "prompt") or _text_field(record, "completion")
+    if kind == "text":
+        return _text_field(record, "text")
+    raise DataError(f"unknown dataset type {kind!r} (expected {', '.join(FORMATS)})")
+
+
+def check_kind(kind: str, source: str = "data") -> str:
+    if kind not in FORMATS:
+        raise DataError(f"{source}: unknown dataset type {kind!r} (expected {', '.join(FORMATS)})")
+    return kind
+
+
+def validate(records: list[dict], kind: str, source: str = "data") -> None:
+    """Check every record as `kind`; the first problem raises DataError (file, record, field)."""
+    check_kind(kind, source)
+    if not records:
+        raise DataError(f"{source}: no records")
+    for i, record in enumerate(records):
+        problem = record_problem(record, kind)
+        if problem:
+            raise DataError(f"{source}: {where(records, i)}: {problem}")
+
+
+# --- normalization --------------------------------------------------------------------------
+
+
+def normalize(record: dict, kind: str) -> dict:
+    """`{"messages": [{"role", "content"}, ...]}`, or `{"text": str}` for text records.
+
+    instruction -> user: instruction (+ "\\n\\n" + input when input is non-empty),
+    assistant: output.
+    completion -> user: prompt, assistant: completion. chat keeps only role and content.
+    """
+    if kind == "instruction":
+        user = record["instruction"]
+        extra = record.get("input") or ""
+        if extra.strip():
+            user = f"{user}\n\n{extra}"
+        return {
+            "messages": [
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": record["output"]},
+            ]
+        }
+    if kind == "chat":
+        return {
+            "messages": [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+        }
+    if kind == "completion":
+        return {
+            "messages": [
+                {"role": "user", "content": record["prompt"]},
+                {"role": "assistant", "content": record["completion"]},
+            ]
+        }
+    if kind == "text":
+        return {"text": record["text"]}
+    raise DataError(f"unknown dataset type {kind!r} (expected {', '.join(FORMATS)})")
+
+
+def full_text(normalized: dict) -> str:
+    """All the text of a normalized record: message contents joined with "\\n", or the text."""
+    if "text" in normalized:
+        return normalized["text"]
+    return "\n".join(m["content"] for m in normalized["messages"])
+
+
+def answer_text(normalized: dict) -> str:
+    """What the model learns to write: the last assistant message, or the whole text."""
+    if "text" in normalized:
+        return normalized["text"]
+    for m in reversed(normalized["messages"]):
+        if m["role"] == "assistant":
+            return m["content"]
+    return ""

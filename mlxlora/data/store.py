@@ -1,0 +1,280 @@
+"""The dataset store: validated datasets kept in the workspace by name.
+
+Layout: ``home()/datasets/<name>/records.jsonl`` (the validated original records, one JSON
+object per line, UTF-8) and ``meta.json`` (see `DatasetMeta`). An import is validated in full
+first, written into a temporary sibling directory and renamed into place, so a failed import
+stores nothing.
+
+``sha256`` is the hash of ``records.jsonl``, whose bytes are a canonical serialization of the
+records (`serialize_records`); so the same records imported from a JSON array file or from a
+JSONL file with different spacing hash the same, which is what `resolve` compares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mlxlora.data.formats import check_kind, detect_format, load_records, validate
+from mlxlora.errors import DataError
+from mlxlora.runs import home
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME = 100
+RECORDS_FILE = "records.jsonl"
+META_FILE = "meta.json"
+
+
+@dataclass
+class DatasetMeta:
+    """What `meta.json` holds about a stored dataset."""
+
+    name: str
+    description: str
+    type: str
+    records: int
+    sha256: str
+    source: str
+    created: str  # ISO 8601, UTC
+
+    @property
+    def path(self) -> Path:
+        return dataset_dir(self.name)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DatasetMeta:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def datasets_root() -> Path:
+    return home() / "datasets"
+
+
+def dataset_dir(name: str) -> Path:
+    return datasets_root() / name
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > MAX_NAME:
+        raise DataError(
+            f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-', starting with "
+            f"a letter or digit (at most {MAX_NAME} characters)"
+        )
+    return name
+
+
+def serialize_records(records: list[dict]) -> bytes:
+    """The canonical bytes of records.jsonl: one compact-ish JSON object per line, UTF-8."""
+    lines = (json.dumps(r, ensure_ascii=False) for r in records)
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def records_sha256(records: list[dict]) -> str:
+    return hashlib.sha256(serialize_records(records)).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_meta(directory: Path) -> DatasetMeta | None:
+    try:
+        return DatasetMeta.from_dict(json.loads((directory / META_FILE).read_text("utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def list_datasets() -> list[DatasetMeta]:
+    """Stored datasets, sorted by name. Half-written or foreign directories are skipped."""
+    root = datasets_root()
+    if not root.is_dir():
+        return []
+    found = []
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        meta = _read_meta(d)
+        if meta is not None:
+            found.append(meta)
+    return found
+
+
+def exists(name: str) -> bool:
+    return bool(NAME_RE.fullmatch(name)) and (dataset_dir(name) / META_FILE).is_file()
+
+
+def _unknown(name: str) -> DataError:
+    names = [m.name for m in list_datasets()]
+    if names:
+        return DataError(f"unknown dataset {name!r} (available: {', '.join(names)})")
+    return DataError(
+        f"unknown dataset {name!r} (no datasets yet; add one with "
+        "`mlxlora data import FILE --name NAME`)"
+    )
+
+
+def get_meta(name: str) -> DatasetMeta:
+    if not exists(name):
+        raise _unknown(name)
+    meta = _read_meta(dataset_dir(name))
+    if meta is None:
+        raise DataError(f"dataset {name!r}: {META_FILE} is unreadable; remove and re-import it")
+    return meta
+
+
+def load_dataset(name: str) -> tuple[DatasetMeta, list[dict]]:
+    """A stored dataset's meta and its records (checked against the stored sha256)."""
+    meta = get_meta(name)
+    path = dataset_dir(name) / RECORDS_FILE
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise DataError(f"dataset {name!r}: cannot read {path}: {exc.strerror or exc}") from None
+    if digest != meta.sha256:
+        raise DataError(
+            f"dataset {name!r}: {path} changed since it was imported (sha256 mismatch); "
+            f"remove it with `mlxlora data rm {name}` and import the file again"
+        )
+    return meta, load_records(path)
+
+
+def remove_dataset(name: str) -> None:
+    if not exists(name):
+        raise _unknown(name)
+    target = dataset_dir(name)
+    trash = Path(tempfile.mkdtemp(dir=datasets_root(), prefix=f".rm-{name}."))
+    os.replace(target, trash / name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def import_records(
+    records: list[dict], name: str, kind: str, description: str = "", source: str = ""
+) -> DatasetMeta:
+    """Store already-validated records under `name` (atomic; DataError if the name is taken)."""
+    check_name(name)
+    if exists(name):
+        raise _duplicate(name)
+    root = datasets_root()
+    root.mkdir(parents=True, exist_ok=True)
+    data = serialize_records(records)
+    meta = DatasetMeta(
+        name=name,
+        description=description,
+        type=kind,
+        records=len(records),
+        sha256=hashlib.sha256(data).hexdigest(),
+        source=source,
+        created=_now(),
+    )
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".import-{name}."))
+    try:
+        (tmp / RECORDS_FILE).write_bytes(data)
+        (tmp / META_FILE).write_text(
+            json.dumps(meta.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+        final = dataset_dir(name)
+        try:
+            os.rename(tmp, final)  # fails if another import created a non-empty `final` meanwhile
+        except OSError:
+            if exists(name):
+                raise _duplicate(name) from None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _duplicate(name: str) -> DataError:
+    return DataError(
+        f"dataset {name!r} already exists; choose another --name or remove it first "
+        f"(`mlxlora data rm {name}`)"
+    )
+
+
+def import_dataset(
+    path: str | Path, name: str, description: str = "", kind: str | None = None
+) -> DatasetMeta:
+    """Validate every record of a JSON/JSONL file, then store it under `name`."""
+    check_name(name)
+    if kind is not None:
+        check_kind(kind, str(path))
+    if exists(name):
+        raise _duplicate(name)
+    source = str(path)
+    records = load_records(path)
+    kind = kind or detect_format(records, source)
+    validate(records, kind, source)
+    return import_records(
+        records, name, kind, description, source=str(Path(path).expanduser().resolve())
+    )
+
+
+def stem_name(path: str | Path) -> str:
+    """A valid dataset name from a file name: `my data.jsonl` -> `my-data`."""
+    stem = Path(path).name
+    for suffix in (".jsonl", ".json"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip("._-").rstrip("-")
+    return (slug or "dataset")[:MAX_NAME]
+
+
+def looks_like_file(ref: str) -> bool:
+    return ref.lower().endswith((".json", ".jsonl")) or os.sep in ref or "/" in ref
+
+
+def resolve(ref: str, kind: str | None = None) -> tuple[DatasetMeta, list[dict]]:
+    """A workspace dataset by name, or a .json/.jsonl file imported on first use.
+
+    A file is stored under its stem. If that name holds the same records (same sha256) it is
+    reused; if it holds different ones, the file goes under `<stem>-<first 8 hex of sha256>`
+    (reused likewise when it already exists).
+    """
+    ref = str(ref)
+    p = Path(ref).expanduser()
+    if looks_like_file(ref) and p.is_file():
+        return _resolve_file(p, kind)
+    if NAME_RE.fullmatch(ref) and exists(ref):
+        return load_dataset(ref)
+    if p.is_file():
+        return _resolve_file(p, kind)
+    if looks_like_file(ref):
+        raise DataError(f"{ref}: file not found (and no dataset of that name)")
+    raise _unknown(ref)
+
+
+def _resolve_file(path: Path, kind: str | None) -> tuple[DatasetMeta, list[dict]]:
+    source = str(path)
+    records = load_records(path)
+    kind = kind or detect_format(records, source)
+    validate(records, kind, source)
+    digest = records_sha256(records)
+    base = stem_name(path)
+    hashed = f"{base[: MAX_NAME - 9]}-{digest[:8]}"
+    for name in (base, hashed):
+        if exists(name):
+            meta = get_meta(name)
+            if meta.sha256 == digest:
+                return load_dataset(name)
+            continue
+        meta = import_records(
+            records, name, kind, f"imported from {path.name}", source=str(path.resolve())
+        )
+        return meta, load_records(dataset_dir(name) / RECORDS_FILE)
+    raise DataError(
+        f"{source}: datasets {base!r} and {hashed!r} both exist with other records; "
+        "import the file with an explicit --name"
+    )

@@ -1,0 +1,175 @@
+"""The dataset store in $MLXLORA_HOME/datasets."""
+
+import json
+
+import pytest
+
+from mlxlora.data import store
+from mlxlora.errors import DataError
+
+RECORDS = [
+    {"instruction": "糖尿病とは？", "output": "血糖値が高い状態が続く病気です。"},
+    {"instruction": "Define fever.", "input": "", "output": "A raised body temperature."},
+]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "home"
+    monkeypatch.setenv("MLXLORA_HOME", str(h))
+    return h
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
+    return path
+
+
+def stored(home):
+    root = home / "datasets"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def test_import_writes_records_and_meta(home, tmp_path):
+    src = write_jsonl(tmp_path / "med.jsonl", RECORDS)
+    meta = store.import_dataset(src, "med", "medical QA")
+    d = home / "datasets" / "med"
+    assert meta.name == "med" and meta.type == "instruction" and meta.records == 2
+    assert meta.description == "medical QA"
+    assert meta.source == str(src.resolve())
+    on_disk = json.loads((d / "meta.json").read_text("utf-8"))
+    assert on_disk == meta.to_dict()
+    assert set(on_disk) == {"name", "description", "type", "records", "sha256", "source", "created"}
+    import hashlib
+
+    assert hashlib.sha256((d / "records.jsonl").read_bytes()).hexdigest() == meta.sha256
+    assert store.records_sha256(RECORDS) == meta.sha256
+    assert "T" in meta.created  # ISO time
+    assert stored(home) == ["med"]
+
+
+def test_load_list_remove(home, tmp_path):
+    store.import_dataset(write_jsonl(tmp_path / "b.jsonl", RECORDS), "b")
+    store.import_dataset(write_jsonl(tmp_path / "a.jsonl", [{"text": "x"}]), "a", kind="text")
+    assert [m.name for m in store.list_datasets()] == ["a", "b"]
+    meta, records = store.load_dataset("b")
+    assert meta.name == "b" and records == RECORDS
+    store.remove_dataset("a")
+    assert [m.name for m in store.list_datasets()] == ["b"]
+    assert stored(home) == ["b"]
+
+
+def test_unknown_name_lists_available(home, tmp_path):
+    with pytest.raises(DataError, match="no datasets yet"):
+        store.load_dataset("nope")
+    store.import_dataset(write_jsonl(tmp_path / "x.jsonl", RECORDS), "x")
+    store.import_dataset(write_jsonl(tmp_path / "y.jsonl", RECORDS), "y")
+    for fn in (store.load_dataset, store.remove_dataset):
+        with pytest.raises(DataError, match=r"unknown dataset 'nope' \(available: x, y\)"):
+            fn("nope")
+
+
+def test_duplicate_name(home, tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    store.import_dataset(src, "d")
+    before = (home / "datasets" / "d" / "meta.json").read_text()
+    with pytest.raises(DataError, match="'d' already exists"):
+        store.import_dataset(src, "d")
+    assert (home / "datasets" / "d" / "meta.json").read_text() == before
+    assert stored(home) == ["d"]
+
+
+@pytest.mark.parametrize("name", ["", "-x", ".hidden", "a/b", "a b", "日本語", "x" * 101])
+def test_invalid_names(home, tmp_path, name):
+    src = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    with pytest.raises(DataError, match="invalid dataset name"):
+        store.import_dataset(src, name)
+    assert stored(home) == []
+
+
+def test_failed_import_stores_nothing(home, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", RECORDS + [{"instruction": "q", "output": ""}])
+    with pytest.raises(DataError, match=r'bad.jsonl: line 3: field "output": is empty'):
+        store.import_dataset(bad, "bad")
+    assert stored(home) == []
+
+
+def test_write_failure_leaves_no_temp_dir(home, tmp_path, monkeypatch):
+    src = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store.os, "rename", boom)
+    with pytest.raises(OSError):
+        store.import_dataset(src, "d")
+    assert stored(home) == []
+    assert store.list_datasets() == []
+
+
+def test_explicit_type_is_validated(home, tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    with pytest.raises(DataError, match='field "messages": missing'):
+        store.import_dataset(src, "d", kind="chat")
+    with pytest.raises(DataError, match="unknown dataset type"):
+        store.import_dataset(src, "d", kind="tsv")
+    assert stored(home) == []
+
+
+def test_tampered_records_are_detected(home, tmp_path):
+    store.import_dataset(write_jsonl(tmp_path / "d.jsonl", RECORDS), "d")
+    with open(home / "datasets" / "d" / "records.jsonl", "a") as f:
+        f.write('{"instruction": "x", "output": "y"}\n')
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        store.load_dataset("d")
+
+
+def test_resolve_by_name_and_file(home, tmp_path):
+    src = write_jsonl(tmp_path / "my data.jsonl", RECORDS)
+    meta, records = store.resolve(str(src))  # imported on first use under its stem
+    assert meta.name == "my-data" and records == RECORDS
+    again, _ = store.resolve(str(src))  # same content: reused
+    assert again.created == meta.created and stored(home) == ["my-data"]
+    by_name, _ = store.resolve("my-data")
+    assert by_name.sha256 == meta.sha256
+
+
+def test_resolve_same_records_from_json_array_reuses(home, tmp_path):
+    write_jsonl(tmp_path / "qa.jsonl", RECORDS)
+    (tmp_path / "sub").mkdir()
+    arr = tmp_path / "sub" / "qa.json"
+    arr.write_text(json.dumps(RECORDS, indent=2, ensure_ascii=False), "utf-8")
+    m1, _ = store.resolve(str(tmp_path / "qa.jsonl"))
+    m2, _ = store.resolve(str(arr))
+    assert m1.name == m2.name == "qa"
+    assert stored(home) == ["qa"]
+
+
+def test_resolve_changed_file_gets_hashed_name(home, tmp_path):
+    src = write_jsonl(tmp_path / "qa.jsonl", RECORDS)
+    store.resolve(str(src))
+    write_jsonl(src, RECORDS[:1])
+    meta, records = store.resolve(str(src))
+    digest = store.records_sha256(RECORDS[:1])
+    assert meta.name == f"qa-{digest[:8]}" and records == RECORDS[:1]
+    again, _ = store.resolve(str(src))
+    assert again.name == meta.name
+    assert stored(home) == ["qa", f"qa-{digest[:8]}"]
+
+
+def test_resolve_errors(home, tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        store.resolve(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DataError, match="unknown dataset 'nothing'"):
+        store.resolve("nothing")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": ""}\n')
+    with pytest.raises(DataError, match='line 1: field "text": is empty'):
+        store.resolve(str(bad))
+    assert stored(home) == []
+
+
+def test_stem_name():
+    assert store.stem_name("/x/My Data.v2.JSONL") == "My-Data.v2"
+    assert store.stem_name("日本語.json") == "dataset"
+    assert store.stem_name("_under.jsonl") == "under"
