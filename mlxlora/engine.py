@@ -158,6 +158,10 @@ class Trainer:
 
     def checkpoint(self, val_loss: float | None) -> None:
         s, paths, backend = self.state, self.p.paths, self.p.backend
+        if val_loss is not None and not math.isfinite(val_loss):
+            self.fail(
+                f"validation loss became {val_loss} at step {s.step}; lower the learning rate"
+            )
         improved = val_loss is not None and (
             s.best_val_loss is None or val_loss < s.best_val_loss - self.t.early_stopping.min_delta
         )

@@ -1,0 +1,138 @@
+"""The real engine on the real builtin:tiny model: loss falls, files load, resume is exact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mlxlora import config, engine
+from mlxlora.errors import TrainingFailed
+from mlxlora.events import Checkpoint, EarlyStop, Eval, RunFailed, RunFinished, Step, read_events
+from mlxlora.runs import RunPaths
+
+
+def make_config(data, *overrides):
+    base = {
+        "name": "t",
+        "model": "builtin:tiny",
+        "data": {"dataset": str(data), "val_split": 0.1, "max_length": 128},
+        "lora": {"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "training": {"learning_rate": 5e-3, "epochs": 1, "batch_size": 4, "seed": 3},
+    }
+    return config.from_dict(config.apply_overrides(base, list(overrides)))
+
+
+def steps(run_dir):
+    return {e.step: e.loss for e in read_events(RunPaths(run_dir).events) if isinstance(e, Step)}
+
+
+def test_loss_falls_and_adapter_loads_in_mlx_lm(home, quickstart_data, tmp_path):
+    cfg = make_config(quickstart_data, "training.epochs=3")
+    summary = engine.train(cfg, tmp_path / "run")
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    losses = [e.loss for e in events if isinstance(e, Step)]
+    evals = [e.val_loss for e in events if isinstance(e, Eval)]
+    assert len(losses) == summary["steps"] == 81
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.2
+    assert evals[-1] < evals[0]
+    assert summary["best_val_loss"] == min(evals)
+    assert isinstance(events[-1], RunFinished) and not events[-1].stopped
+
+    paths = RunPaths(tmp_path / "run")
+    for d in (paths.adapters, paths.best):
+        assert (d / "adapters.safetensors").exists() and (d / "adapter_config.json").exists()
+    assert paths.config.exists() and paths.summary.exists()
+
+    import mlx.core as mx
+    from mlx_lm.utils import load
+
+    from mlxlora.models.resolve import resolve_model
+
+    model_dir = resolve_model("builtin:tiny")
+    base, tok = load(str(model_dir))
+    tuned, _ = load(str(model_dir), adapter_path=str(paths.adapters))
+    ids = mx.array([tok.encode("What is the capital of France?")])
+    diff = mx.abs(tuned(ids) - base(ids)).max().item()
+    assert diff > 1e-3  # the adapter changes the model
+
+
+def test_resume_after_stop_matches_uninterrupted_run(home, quickstart_data, tmp_path):
+    overrides = (
+        "training.max_steps=10",
+        "training.eval_every=3",
+        "lora.dropout=0.1",
+        "training.grad_accumulation=2",
+        "training.schedule=cosine",
+        "training.warmup_steps=2",
+    )
+    full = tmp_path / "full"
+    engine.train(make_config(quickstart_data, *overrides), full)
+
+    part = tmp_path / "part"
+    paths = RunPaths(part)
+
+    def stop_after_five(event):
+        if isinstance(event, Step) and event.step == 5:
+            paths.stop_request.touch()
+
+    summary = engine.train(
+        make_config(quickstart_data, *overrides), part, listeners=[stop_after_five]
+    )
+    assert summary["outcome"] == "stopped" and summary["steps"] == 5
+    assert paths.latest_checkpoint().name == "step-0000005"
+
+    engine.train(None, part, resume=True)
+    expected, got = steps(full), steps(part)
+    assert sorted(got) == list(range(1, 11))
+    np.testing.assert_allclose(
+        [got[s] for s in range(1, 11)], [expected[s] for s in range(1, 11)], rtol=1e-5
+    )
+    assert json.loads(paths.summary.read_text())["steps"] == 10
+
+
+def test_nan_loss_fails_cleanly_and_keeps_last_good_checkpoint(home, quickstart_data, tmp_path):
+    good = make_config(quickstart_data, "training.max_steps=2", "training.eval_every=1")
+    run = tmp_path / "run"
+    engine.train(good, run)
+    # continue the same run directory with an absurd learning rate: it must fail, not save
+    paths = RunPaths(run)
+    bad = paths.config.read_text().replace("learning_rate: 0.005", "learning_rate: 1.0e+30")
+    bad = bad.replace("max_steps: 2", "max_steps: 6").replace("grad_clip: 1.0", "grad_clip: 0.0")
+    paths.config.write_text(bad)
+    with pytest.raises(TrainingFailed, match="nan|inf"):
+        engine.train(None, run, resume=True)
+    last = read_events(paths.events)[-1]
+    assert isinstance(last, RunFailed) and last.last_checkpoint.endswith("step-0000002")
+    assert paths.latest_checkpoint().name == "step-0000002"
+    assert (paths.latest_checkpoint() / "adapters.safetensors").exists()
+
+
+def test_early_stopping_keeps_best(home, quickstart_data, tmp_path):
+    # min_delta larger than any possible drop: only the first evaluation counts as best
+    cfg = make_config(
+        quickstart_data,
+        "training.eval_every=2",
+        "training.epochs=2",
+        "training.early_stopping.patience=2",
+        "training.early_stopping.min_delta=100.0",
+    )
+    summary = engine.train(cfg, tmp_path / "run")
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    stop = [e for e in events if isinstance(e, EarlyStop)]
+    assert summary["outcome"] == "early_stop" and len(stop) == 1
+    assert stop[0].step == 6 and stop[0].best_step == 2
+    assert [c.step for c in events if isinstance(c, Checkpoint) and c.best] == [2]
+
+
+def test_truncation_is_reported(home, tmp_path):
+    data = tmp_path / "long.jsonl"
+    long = " ".join(["word"] * 400)
+    rows = [{"prompt": f"q{i}", "completion": long if i % 2 else "short"} for i in range(8)]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = make_config(data, "data.max_length=64", "training.max_steps=1", "data.val_split=0")
+    engine.train(cfg, tmp_path / "run")
+    started = read_events(tmp_path / "run" / "events.jsonl")[0]
+    assert started.truncated_records == 4
+    assert any("truncated" in w for w in started.warnings)
