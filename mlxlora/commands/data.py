@@ -173,9 +173,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _num(x) -> str:
-    if isinstance(x, float) and not x.is_integer():
-        return f"{x:,.1f}"
-    return f"{int(x):,}"
+    return f"{x:,.1f}" if isinstance(x, float) else f"{x:,}"
 
 
 def render(report: dict, console) -> None:

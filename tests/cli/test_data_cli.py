@@ -1,0 +1,258 @@
+"""`mlxlora data ...`: in-process through `mlxlora.cli.main`, and one real subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlxlora.cli import main
+
+GOOD = [
+    {"instruction": "糖尿病とは？", "input": "", "output": "血糖値が高い状態が続く病気です。"},
+    {"instruction": "What is anemia?", "output": "A low hemoglobin level; a common symptom."},
+    {"instruction": "What is anemia?", "output": "A low hemoglobin level; a common symptom."},
+]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "home"
+    monkeypatch.setenv("MLXLORA_HOME", str(h))
+    monkeypatch.setenv("COLUMNS", "200")  # rich: no wrapping of long lines in captured output
+    return h
+
+
+def stored(home):
+    root = home / "datasets"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
+    return path
+
+
+# Each bad input: (file name, bytes, what the one-line error must contain besides the file name).
+BAD_INPUTS = {
+    "malformed_json": (
+        "broken.jsonl",
+        b'{"instruction": "a", "output": "b"}\n{"instruction": "a" "output": "b"}\n',
+        ["line 2, column 21", "malformed JSON"],
+    ),
+    "malformed_json_array": (
+        "broken.json",
+        b'[\n {"prompt": "a", "completion": "b"},\n {"prompt": "a", "completion": }\n]\n',
+        ["line 3, column", "malformed JSON"],
+    ),
+    "missing_field": (
+        "missing.jsonl",
+        b'{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n',
+        ["line 2", 'field "output"', "missing"],
+    ),
+    "wrong_type": (
+        "wrongtype.json",
+        b'[{"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": 3}]',
+        ["record 1", 'field "completion"', "expected a string, got 3"],
+    ),
+    "empty_text": (
+        "emptytext.jsonl",
+        b'{"text": "fine"}\n\n{"text": "   "}\n',
+        ["line 3", 'field "text"', "whitespace"],
+    ),
+    "empty_chat_content": (
+        "chat.jsonl",
+        json.dumps(
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}
+        ).encode()
+        + b"\n",
+        ["line 1", 'field "messages[1].content"', "is empty"],
+    ),
+    "empty_file": ("empty.jsonl", b"", ["file is empty"]),
+    "non_utf8": (
+        "latin1.jsonl",
+        b'{"text": "ok"}\n{"text": "na\xefve"}\n',
+        ["line 2", "not valid UTF-8", "offset 27"],
+    ),
+    "not_records": ("scalar.json", b'"just a string"', ["top-level JSON is a string"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_one_line_error_and_nothing_stored(home, tmp_path, capsys, case):
+    name, content, expected = BAD_INPUTS[case]
+    path = tmp_path / name
+    path.write_bytes(content)
+    code = main(["data", "import", str(path), "--name", "bad"])
+    out, err = capsys.readouterr()
+    assert code == 3
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mlxlora: error: ")
+    assert name in lines[0]
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+    assert "Traceback" not in err + out
+    assert stored(home) == []
+
+
+def test_duplicate_name(home, tmp_path, capsys):
+    src = jsonl(tmp_path / "med.jsonl", GOOD)
+    assert main(["data", "import", str(src), "--name", "med"]) == 0
+    meta_before = (home / "datasets" / "med" / "meta.json").read_text()
+    capsys.readouterr()
+    assert main(["data", "import", str(src), "--name", "med"]) == 3
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "'med' already exists" in err and "Traceback" not in err
+    assert stored(home) == ["med"]
+    assert (home / "datasets" / "med" / "meta.json").read_text() == meta_before
+
+
+def test_invalid_name(home, tmp_path, capsys):
+    src = jsonl(tmp_path / "med.jsonl", GOOD)
+    assert main(["data", "import", str(src), "--name", "../escape"]) == 3
+    assert "invalid dataset name" in capsys.readouterr().err
+    assert stored(home) == []
+
+
+def test_import_list_show_rm(home, tmp_path, capsys):
+    src = jsonl(tmp_path / "med.jsonl", GOOD)
+    assert main(["data", "import", str(src), "--name", "med", "--description", "医療 QA"]) == 0
+    assert "imported med: 3 instruction records" in capsys.readouterr().out
+
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "med" in out and "instruction" in out and "医療 QA" in out and " 3 " in out
+
+    assert main(["data", "show", "med", "--terms", "medical"]) == 0
+    out = capsys.readouterr().out
+    assert "length per record" in out and "chars" in out
+    assert "histogram (chars per record)" in out and "█" in out
+    assert "exact duplicates: 1" in out
+    assert "hits per 1,000 answer characters" in out and "血糖値 1" in out
+
+    assert main(["data", "show", "med", "--json", "--terms", "medical"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["records"] == 3 and report["type"] == "instruction"
+    assert report["duplicates"]["indices"] == [2]
+    assert report["meta"]["description"] == "医療 QA"
+    td = report["term_density"]
+    # answers: 血糖値 (1 hit), then "hemoglobin" no, "symptom" (1 hit) in each English answer
+    assert td["hits"] == 3 and td["records_with_term"] == 3
+
+    assert main(["data", "rm", "med"]) == 0
+    assert "removed dataset med" in capsys.readouterr().out
+    assert stored(home) == []
+    assert main(["data", "list"]) == 0
+    assert "no datasets yet" in capsys.readouterr().out
+
+
+def test_import_name_defaults_to_stem_and_type_flag(home, tmp_path, capsys):
+    src = jsonl(tmp_path / "notes.jsonl", [{"text": "a", "instruction": "b", "output": "c"}])
+    assert main(["data", "import", str(src)]) == 3
+    assert "ambiguous format" in capsys.readouterr().err
+    assert main(["data", "import", str(src), "--type", "text"]) == 0
+    assert stored(home) == ["notes"]
+
+
+def test_show_unknown_and_file_without_storing(home, tmp_path, capsys):
+    assert main(["data", "show", "nope"]) == 3
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
+    src = jsonl(tmp_path / "loose.jsonl", GOOD)
+    assert main(["data", "show", str(src), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 3
+    assert stored(home) == []
+    assert main(["data", "show", str(tmp_path / "gone.jsonl")]) == 3
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_show_terms_file_and_missing_terms(home, tmp_path, capsys):
+    src = jsonl(tmp_path / "med.jsonl", GOOD)
+    terms = tmp_path / "mine.txt"
+    terms.write_text("hemoglobin\n血糖\n", "utf-8")
+    assert main(["data", "show", str(src), "--json", "--terms", str(terms)]) == 0
+    td = json.loads(capsys.readouterr().out)["term_density"]
+    assert td["source"] == "mine.txt" and td["hits"] == 3
+    assert main(["data", "show", str(src), "--terms", str(tmp_path / "no.txt")]) == 3
+    assert "terms file not found" in capsys.readouterr().err
+
+
+def make_tokenizer_dir(path: Path) -> Path:
+    """A tiny local HF tokenizer: whitespace split, word-level vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    path.mkdir()
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"})
+    )
+    return path
+
+
+def test_show_with_model_counts_tokens(home, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    model = make_tokenizer_dir(tmp_path / "model")
+    recs = [{"text": "a a a"}, {"text": "a a a a a a a a"}, {"text": "a"}]
+    src = jsonl(tmp_path / "t.jsonl", recs)
+    args = ["data", "show", str(src), "--model", str(model), "--max-length", "4"]
+    assert main(args + ["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tokens"]["max"] == 8 and report["tokens"]["min"] == 1
+    assert report["histogram"]["unit"] == "tokens"
+    assert report["too_long"] == {"max_length": 4, "count": 1, "indices": [1]}
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "tokens" in out and "longer than 4 tokens: 1 (records 1)" in out
+
+
+def test_show_with_missing_model_dir(home, tmp_path, capsys):
+    src = jsonl(tmp_path / "t.jsonl", GOOD)
+    assert main(["data", "show", str(src), "--model", str(tmp_path / "nomodel")]) == 4
+    err = capsys.readouterr().err
+    assert "model directory not found" in err and "Traceback" not in err
+
+
+def run_cli(*args, home):
+    env = {**os.environ, "MLXLORA_HOME": str(home)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "mlxlora", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_subprocess_bad_inputs(tmp_path):
+    home = tmp_path / "home"
+    for case in ("wrong_type", "non_utf8", "malformed_json"):
+        name, content, expected = BAD_INPUTS[case]
+        path = tmp_path / name
+        path.write_bytes(content)
+        proc = run_cli("data", "import", str(path), "--name", "x", home=home)
+        assert proc.returncode == 3, proc.stderr
+        assert "Traceback" not in proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0]
+        assert all(part in lines[0] for part in expected), lines[0]
+        assert stored(home) == []
+
+
+def test_subprocess_import_then_duplicate(tmp_path):
+    home = tmp_path / "home"
+    src = jsonl(tmp_path / "med.jsonl", GOOD)
+    ok = run_cli("data", "import", str(src), "--name", "med", home=home)
+    assert ok.returncode == 0, ok.stderr
+    dup = run_cli("data", "import", str(src), "--name", "med", home=home)
+    assert dup.returncode == 3
+    assert dup.stderr.strip().splitlines() == [
+        "mlxlora: error: dataset 'med' already exists; choose another --name or remove it first "
+        "(`mlxlora data rm med`)"
+    ]
+    assert stored(home) == ["med"]
