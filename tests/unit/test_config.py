@@ -1,0 +1,96 @@
+"""Config loading, overrides and validation; every shipped preset loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlxlora import config
+from mlxlora.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_and_overrides_are_typed():
+    cfg = config.load(
+        None,
+        [
+            "data.dataset=x",
+            "lora.rank=16",
+            "training.learning_rate=5e-5",
+            "lora.target_modules=[q_proj,k_proj]",
+        ],
+    )
+    assert cfg.lora.rank == 16 and cfg.training.learning_rate == 5e-5
+    assert cfg.lora.target_modules == ["q_proj", "k_proj"]
+    assert isinstance(cfg.training.learning_rate, float)
+
+
+def test_every_problem_is_listed_with_key_value_and_allowed():
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(
+            {
+                "data": {"dataset": "x"},
+                "lora": {"rank": 0, "dropout": 1.5, "target_modules": ["qkv"]},
+                "training": {"schedule": "exp", "batch_size": 0},
+            }
+        )
+    text = str(err.value)
+    for key in (
+        "lora.rank",
+        "lora.dropout",
+        "lora.target_modules",
+        "training.schedule",
+        "training.batch_size",
+    ):
+        assert key in text
+    assert "'exp'" in text and "constant | linear | cosine | staged" in text
+    assert len(err.value.problems) == 5
+
+
+def test_unknown_and_mistyped_keys_are_errors():
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(
+            {"data": {"dataset": "x"}, "lora": {"rnk": 8}, "training": {"epochs": "many"}}
+        )
+    text = str(err.value)
+    assert "lora.rnk: unknown key" in text and "training.epochs: expected float" in text
+
+
+def test_staged_schedule_sets_epochs_from_stages():
+    cfg = config.from_dict(
+        {
+            "data": {"dataset": "x"},
+            "training": {
+                "schedule": "staged",
+                "stages": [
+                    {"learning_rate": 1e-4, "epochs": 2},
+                    {"learning_rate": 1e-5, "epochs": 1},
+                ],
+            },
+        }
+    )
+    assert cfg.training.epochs == 3
+    with pytest.raises(ConfigError, match="training.stages"):
+        config.from_dict({"data": {"dataset": "x"}, "training": {"schedule": "staged"}})
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        config.load(None, ["lora.rank"])
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = config.load(REPO / "configs" / "quickstart.yaml")
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert config.load(path) == cfg
+    assert Path(cfg.data.dataset).is_absolute() and Path(cfg.data.dataset).exists()
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_preset_loads_and_opens_with_its_command(preset):
+    cfg = config.load(preset)
+    assert preset.read_text().splitlines()[0] == f"# mlxlora train configs/{preset.name}"
+    assert cfg.name

@@ -1,0 +1,53 @@
+"""Events round-trip through JSONL and a follower sees a live file grow."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from mlxlora.events import EventWriter, RunFinished, Step, follow, parse, read_events
+
+
+def step(n):
+    return Step(
+        step=n,
+        epoch=0.1 * n,
+        loss=1.0 / n,
+        lr=1e-4,
+        tokens=10,
+        tokens_per_sec=5.0,
+        peak_memory_gb=0.1,
+    )
+
+
+def test_round_trip_and_garbage_lines(tmp_path):
+    path = tmp_path / "events.jsonl"
+    with EventWriter(path) as w:
+        w.emit(step(1))
+    with open(path, "a") as f:
+        f.write('not json\n{"type": "unknown"}\n{"type": "step", "step"')  # torn tail
+    events = read_events(path)
+    assert len(events) == 1 and events[0].step == 1 and events[0].loss == 1.0
+    assert parse("") is None
+
+
+def test_follow_sees_appended_events_until_finish(tmp_path):
+    path = tmp_path / "events.jsonl"
+    seen = []
+
+    def reader():
+        seen.extend(follow(path, poll=0.01))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    with EventWriter(path) as w:
+        for n in range(1, 4):
+            w.emit(step(n))
+            time.sleep(0.02)
+        w.emit(
+            RunFinished(
+                step=3, final_train_loss=0.3, best_val_loss=None, best_step=None, elapsed_sec=1.0
+            )
+        )
+    t.join(timeout=5)
+    assert [type(e).__name__ for e in seen] == ["Step", "Step", "Step", "RunFinished"]
