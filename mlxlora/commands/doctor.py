@@ -1,6 +1,128 @@
-"""`mlxlora doctor` (placeholder until implemented)."""
+"""`mlxlora doctor`: what this machine will train with, in one screen (or `--json`)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("mlx", "mlx-lm", "transformers", "torch", "tokenizers", "huggingface-hub", "textual")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("doctor", help="doctor (not yet implemented)")
-    p.set_defaults(func=lambda args: print("not yet implemented") or 1)
+    p = sub.add_parser("doctor", help="check the backend, device, memory and workspace")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run)
+
+
+def version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _disk_free(path: Path) -> int | None:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def collect() -> dict:
+    """Everything doctor reports, as plain data."""
+    from mlxlora import __version__
+    from mlxlora.backends import blas, select
+    from mlxlora.errors import MlxloraError
+    from mlxlora.memory import memory_budget, total_memory
+    from mlxlora.models.resolve import hub_cache_dir, hub_offline
+    from mlxlora.runs import home
+
+    report: dict = {
+        "mlxlora": __version__,
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+    }
+    try:
+        info = select.describe("auto")
+    except MlxloraError as exc:  # no backend installed: still report the rest
+        info, report["backend_error"] = None, str(exc)
+    report["backend"] = info.name if info else "none"
+    report["device"] = info.device if info else None
+    report["dtype"] = info.dtype if info else None
+    # Asked after describe(): the backend has imported mlx by now, with whatever BLAS it got.
+    report["blas"] = blas.blas_in_use()
+    report["versions"] = {name: version(name) for name in PACKAGES}
+    report["memory_total_bytes"] = total_memory()
+    report["training_budget_bytes"] = memory_budget()
+    report["device_budget_bytes"] = info.memory_budget_bytes if info else None
+    ws = home()
+    report["workspace"] = str(ws)
+    report["workspace_disk_free_bytes"] = _disk_free(ws)
+    report["hf_cache"] = str(hub_cache_dir())
+    report["hf_offline"] = hub_offline()
+    return report
+
+
+def render(report: dict) -> list[tuple[str, str]]:
+    from mlxlora.memory import fmt_bytes
+
+    def size(n):
+        return fmt_bytes(n) if n is not None else "unknown"
+
+    backend = report["backend"]
+    if report.get("backend_error"):
+        backend += f" ({report['backend_error']})"
+    rows = [
+        ("mlxlora", report["mlxlora"]),
+        ("python", report["python"]),
+        ("platform", report["platform"]),
+        ("backend (auto)", backend),
+        ("device", report["device"] or "-"),
+        ("dtype", report["dtype"] or "-"),
+        ("BLAS", report["blas"]),
+    ]
+    rows += [(name, v) for name, v in report["versions"].items()]
+    rows += [
+        ("memory", size(report["memory_total_bytes"])),
+        (
+            "training budget",
+            size(report["training_budget_bytes"])
+            + (
+                f" (Metal recommends {size(report['device_budget_bytes'])})"
+                if report["device_budget_bytes"]
+                else ""
+            ),
+        ),
+        ("workspace", report["workspace"]),
+        ("disk free", size(report["workspace_disk_free_bytes"])),
+        ("HF cache", report["hf_cache"] + (" (offline)" if report["hf_offline"] else "")),
+    ]
+    return rows
+
+
+def run(args) -> int:
+    report = collect()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in render(report):
+        style = "red" if value == "not installed" and key in ("mlx", "mlx-lm") else ""
+        table.add_row(key, f"[{style}]{value}[/]" if style else value)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160, file=sys.stdout)
+    console.print(table)
+    return 0

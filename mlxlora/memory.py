@@ -1,0 +1,313 @@
+"""Training memory: a rough estimate for LoRA on a model, the budget of this machine, and what
+to change when it will not fit. Imports no mlx or torch.
+
+The estimate is arithmetic on the architecture (hidden size, layers, heads, vocab), not a
+measurement; it aims to be within tens of percent of MLX's peak and, more importantly, to move
+the right way when a setting changes. `info` is a dict as `mlxlora.models.model_info` or a
+catalog entry gives: hidden_size, num_hidden_layers, vocab_size, num_attention_heads,
+num_key_value_heads, intermediate_size, head_dim, params, quantization, weight_bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+GIB = 1024**3
+# Metal's recommendedMaxWorkingSetSize, what MLX may keep resident on the GPU, is about
+# 2/3 to 3/4 of unified memory depending on the machine; we plan with 3/4 of it.
+UNIFIED_BUDGET_FRACTION = 0.75
+# Rows (tokens) per chunk of the chunked cross-entropy: logits exist for one chunk at a time.
+LOSS_CHUNK_TOKENS = 1024
+# Logits (float32), their softmax and their gradient: about three vocab-wide float32 arrays.
+LOGIT_COPIES = 3
+LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
+
+
+def fmt_bytes(n: float) -> str:
+    """1536 -> '1.5 KB', in powers of 1024 (what Activity Monitor calls GB)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+@dataclass(frozen=True)
+class TrainShape:
+    """The settings that drive training memory, as in a Config."""
+
+    batch_size: int = 4
+    max_length: int = 2048
+    lora_rank: int = 8
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_layers: int = -1
+    grad_checkpoint: bool = False
+    dtype_bytes: int = 2
+    chunked_loss: bool = True
+    grad_accumulation: int = 1
+
+    @classmethod
+    def from_config(cls, cfg, dtype_bytes: int = 2) -> TrainShape:
+        return cls(
+            batch_size=cfg.training.batch_size,
+            max_length=cfg.data.max_length,
+            lora_rank=cfg.lora.rank,
+            lora_targets=tuple(cfg.lora.target_modules),
+            lora_layers=cfg.lora.num_layers,
+            grad_checkpoint=cfg.training.grad_checkpoint,
+            dtype_bytes=dtype_bytes,
+            grad_accumulation=cfg.training.grad_accumulation,
+        )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes, by what holds them."""
+
+    weights: int
+    lora_params: int  # count of trainable parameters
+    lora_optimizer: int  # bytes: LoRA weights, gradients, Adam m and v (float32)
+    activations: int
+    logits: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.lora_optimizer + self.activations + self.logits
+
+    def breakdown(self) -> list[tuple[str, int]]:
+        """(label, bytes) rows for display, total last."""
+        return [
+            ("model weights", self.weights),
+            (f"LoRA + optimizer ({self.lora_params:,} params)", self.lora_optimizer),
+            ("activations", self.activations),
+            ("logits / loss", self.logits),
+            ("total", self.total),
+        ]
+
+    def __str__(self) -> str:
+        return ", ".join(f"{label} {fmt_bytes(n)}" for label, n in self.breakdown())
+
+
+def _dims(info: dict) -> tuple[int, int, int, int, int, int, int]:
+    h = int(info["hidden_size"])
+    heads = int(info["num_attention_heads"])
+    kv_heads = int(info.get("num_key_value_heads") or heads)
+    head_dim = int(info.get("head_dim") or h // heads)
+    return (
+        h,
+        int(info["num_hidden_layers"]),
+        int(info["vocab_size"]),
+        heads,
+        kv_heads * head_dim,
+        heads * head_dim,
+        int(info["intermediate_size"]),
+    )
+
+
+def lora_shapes(info: dict) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each adaptable projection."""
+    h, _, _, _, kv, q, inter = _dims(info)
+    return {
+        "q_proj": (h, q),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (q, h),
+        "gate_proj": (h, inter),
+        "up_proj": (h, inter),
+        "down_proj": (inter, h),
+    }
+
+
+def weight_bytes(info: dict, dtype_bytes: int, bits: int | None = None) -> int:
+    """Resident weights: measured tensor bytes when known, else from params and quantization."""
+    quant = info.get("quantization") or {}
+    if bits is None and info.get("weight_bytes"):
+        return int(info["weight_bytes"])
+    bits = bits or quant.get("bits")
+    params = int(info["params"])
+    if not bits:
+        return params * dtype_bytes
+    group = quant.get("group_size") or 64
+    return int(params * bits / 8 + params / group * 2 * dtype_bytes)  # + a scale and bias per group
+
+
+def estimate_training_memory(
+    info: dict,
+    batch_size: int,
+    max_length: int,
+    lora_rank: int,
+    lora_targets: list[str],
+    lora_layers: int,
+    grad_checkpoint: bool,
+    dtype_bytes: int,
+    chunked_loss: bool = True,
+    fused_attention: bool = True,
+    weights: int | None = None,
+) -> MemoryEstimate:
+    """Peak memory of one LoRA training step, worst case: every sequence `max_length` long.
+
+    Activations (what autograd keeps, per token of an adapted layer, in the model dtype): the
+    frozen projections need no saved inputs for their backward (only W), so a llama block keeps
+    about 4*hidden (two norm inputs, the attention output, the LoRA input) + q, k, v after rope
+    (q_dim + 2*kv_dim) + 3*intermediate (gate, up, silu(gate)), plus the input of o_proj or
+    down_proj when those are adapted. Layers below the first adapted one keep nothing.
+    Attention scores (batch*heads*len^2, scores and probabilities in the model dtype): with
+    the fused kernel they exist for one layer at a time during backward; unfused, every
+    adapted layer keeps them. With grad checkpointing only each adapted layer's input is kept,
+    and one layer's activations are rebuilt at a time in backward.
+    Logits: float32 logits, softmax and gradient, for one LOSS_CHUNK_TOKENS chunk with the
+    chunked loss, or for every token without it.
+    """
+    h, layers, vocab, heads, kv, q, inter = _dims(info)
+    adapted = layers if lora_layers < 0 else min(lora_layers, layers)
+    shapes = lora_shapes(info)
+    lora_params = adapted * sum(lora_rank * sum(shapes[t]) for t in lora_targets)
+    tokens = batch_size * max_length
+
+    per_token = 4 * h + q + 2 * kv + 3 * inter
+    if "o_proj" in lora_targets:
+        per_token += q
+    if "down_proj" in lora_targets:
+        per_token += inter
+    one_layer = tokens * per_token * dtype_bytes
+    scores = batch_size * heads * max_length**2 * dtype_bytes * 2
+    if grad_checkpoint:
+        activations = adapted * tokens * h * dtype_bytes + one_layer + scores
+    else:
+        activations = adapted * one_layer + (scores if fused_attention else adapted * scores)
+    rows = min(tokens, LOSS_CHUNK_TOKENS) if chunked_loss else tokens
+    logits = rows * vocab * 4 * LOGIT_COPIES
+    return MemoryEstimate(
+        weights=weights if weights is not None else weight_bytes(info, dtype_bytes),
+        lora_params=lora_params,
+        lora_optimizer=lora_params * LORA_BYTES_PER_PARAM,
+        activations=activations,
+        logits=logits,
+    )
+
+
+def estimate(info: dict, shape: TrainShape, weights: int | None = None) -> MemoryEstimate:
+    return estimate_training_memory(
+        info,
+        shape.batch_size,
+        shape.max_length,
+        shape.lora_rank,
+        list(shape.lora_targets),
+        shape.lora_layers,
+        shape.grad_checkpoint,
+        shape.dtype_bytes,
+        shape.chunked_loss,
+        weights=weights,
+    )
+
+
+# --- the budget of this machine -----------------------------------------------------------
+
+
+def total_memory() -> int | None:
+    """Physical memory in bytes (unified memory on Apple Silicon), or None if unknown."""
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "hw.memsize"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout
+            return int(out.strip())
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cgroup_limit() -> int | None:
+    try:
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return None
+    return int(raw) if raw.isdigit() else None
+
+
+def is_apple_silicon() -> bool:
+    import platform
+
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def unified_budget(total_bytes: int) -> int:
+    """What training may use of a Mac with this much unified memory."""
+    return int(total_bytes * UNIFIED_BUDGET_FRACTION)
+
+
+def memory_budget() -> int | None:
+    """Bytes training may use here: 3/4 of unified memory on Apple Silicon (about Metal's
+    recommended working set, the GPU's share), else total RAM (capped by a cgroup limit)."""
+    total = total_memory()
+    if total is None:
+        return None
+    if is_apple_silicon():
+        return unified_budget(total)
+    limit = _cgroup_limit()
+    return min(total, limit) if limit else total
+
+
+# --- what to change -----------------------------------------------------------------------
+
+
+def fit_advice(est: MemoryEstimate, budget: int, info: dict, shape: TrainShape) -> list[str]:
+    """Changes, in priority order and each on top of the ones before, that bring the estimate
+    under `budget`, each with the estimated total after it; [] when it already fits."""
+    if est.total <= budget:
+        return []
+    advice: list[str] = []
+    weights = None
+    current = shape
+    steps = []
+    if current.batch_size > 1:
+        accum = current.batch_size * current.grad_accumulation
+        steps.append(
+            (
+                f"training.batch_size=1 training.grad_accumulation={accum} (same effective batch)",
+                lambda s: replace(s, batch_size=1, grad_accumulation=accum),
+                None,
+            )
+        )
+    if current.max_length > 1024:
+        steps.append(("data.max_length=1024", lambda s: replace(s, max_length=1024), None))
+    if not current.grad_checkpoint:
+        steps.append(
+            ("training.grad_checkpoint=true", lambda s: replace(s, grad_checkpoint=True), None)
+        )
+    if not (info.get("quantization") or {}).get("bits"):
+        steps.append(
+            (
+                "a 4-bit model (e.g. the mlx-community ...-4bit version)",
+                lambda s: s,
+                weight_bytes(info, shape.dtype_bytes, bits=4),
+            )
+        )
+    layers = int(info["num_hidden_layers"])
+    if current.lora_layers < 0 or current.lora_layers > 8:
+        if layers > 8:
+            steps.append(("lora.num_layers=8", lambda s: replace(s, lora_layers=8), None))
+    for text, change, new_weights in steps:
+        current = change(current)
+        weights = new_weights if new_weights is not None else weights
+        total = estimate(info, current, weights=weights).total
+        fits = total <= budget
+        prefix = "" if not advice else "then "
+        advice.append(f"{prefix}{text}: ~{fmt_bytes(total)}" + (" (fits)" if fits else ""))
+        if fits:
+            return advice
+    advice.append(
+        f"still over the budget of {fmt_bytes(budget)}: pick a smaller model (`mlxlora models`)"
+    )
+    return advice

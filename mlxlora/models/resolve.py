@@ -1,0 +1,294 @@
+"""The one place a model reference becomes a local HF-format directory, and what is in it.
+
+Accepted references (see ACCEPTED): `builtin:NAME`, an existing local model directory, or a
+Hugging Face repo id `org/name`. `resolve_model` classifies the reference and dispatches on its
+kind through RESOLVERS, so a new kind (a GGUF file, `ollama:NAME`) is one classifier branch and
+one function. Imports no mlx or torch; huggingface_hub only when a hub reference is resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from mlxlora.errors import ModelError
+
+ACCEPTED = (
+    "builtin:tiny (offline test model)",
+    "a local model directory with config.json",
+    "a Hugging Face repo id such as mlx-community/Qwen2.5-0.5B-Instruct-4bit",
+)
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja", "*.tiktoken"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _accepted() -> str:
+    return "accepted: " + "; ".join(ACCEPTED)
+
+
+# --- classification -----------------------------------------------------------------------
+
+
+def reference_kind(ref: str) -> str:
+    """'builtin' | 'local' | 'hub' for a reference, or ModelError naming the accepted forms."""
+    ref = ref.strip()
+    if not ref:
+        raise ModelError(f"empty model reference ({_accepted()})")
+    if ref.startswith("builtin:"):
+        return "builtin"
+    path = Path(ref).expanduser()
+    if path.exists():
+        return "local"
+    if ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref:
+        raise ModelError(f"{ref}: no such directory")
+    if _REPO_ID.match(ref) and ".." not in ref:
+        return "hub"
+    raise ModelError(f"{ref}: not a model reference ({_accepted()})")
+
+
+def resolve_model(ref: str, progress: bool = True) -> Path:
+    """A local HF-format model directory for `ref`, building or downloading it if needed."""
+    kind = reference_kind(ref)
+    return RESOLVERS[kind](ref.strip(), progress)
+
+
+# --- builtin ------------------------------------------------------------------------------
+
+
+def builtin_dir(name: str = "tiny") -> Path:
+    from mlxlora.models.builtin import BUILTIN_TINY_VERSION
+    from mlxlora.runs import home
+
+    return home() / "models" / f"builtin-{name}-v{BUILTIN_TINY_VERSION}"
+
+
+def _resolve_builtin(ref: str, progress: bool) -> Path:
+    name = ref.split(":", 1)[1]
+    if name != "tiny":
+        raise ModelError(f"{ref}: unknown builtin model (available: builtin:tiny)")
+    from mlxlora.models.builtin import build_tiny
+
+    final = builtin_dir(name)
+    if (final / "config.json").exists():
+        return final
+    # Build beside the final place and rename: readers never see half a model, and of two
+    # processes building at once the first rename wins and the other discards its copy.
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        build_tiny(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# --- local --------------------------------------------------------------------------------
+
+
+def _resolve_local(ref: str, progress: bool) -> Path:
+    path = Path(ref).expanduser().resolve()
+    if not path.is_dir():
+        raise ModelError(f"{ref}: a file, not a model directory ({_accepted()})")
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"{ref}: not a model directory: config.json is missing "
+            "(expected HF format: config.json, *.safetensors, tokenizer files)"
+        )
+    return path
+
+
+# --- hugging face hub ---------------------------------------------------------------------
+
+
+def hub_cache_dir() -> Path:
+    """The HF hub cache as the environment says now (huggingface_hub reads it at import)."""
+    env = os.environ
+    if env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(env.get("HF_HUB_CACHE") or env["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    xdg = env.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def hub_offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _complete(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _not_cached(repo: str, cache: Path, why: str) -> ModelError:
+    return ModelError(
+        f"{repo}: not in the Hugging Face cache at {cache} and {why}; on a connected machine "
+        f"run `huggingface-cli download {repo}` and copy its cache folder "
+        f"models--{repo.replace('/', '--')} into {cache} (or set HF_HUB_CACHE)"
+    )
+
+
+def _resolve_hub(repo: str, progress: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    cache = hub_cache_dir()
+    try:
+        local = Path(
+            snapshot_download(
+                repo, cache_dir=cache, allow_patterns=HUB_PATTERNS, local_files_only=True
+            )
+        )
+        if _complete(local):
+            return local
+    except Exception:  # not cached (LocalEntryNotFoundError and kin): go to the network
+        pass
+    if hub_offline():
+        raise _not_cached(repo, cache, "HF_HUB_OFFLINE is set")
+    was_disabled = are_progress_bars_disabled()
+    if not progress:
+        disable_progress_bars()
+    try:
+        path = Path(snapshot_download(repo, cache_dir=cache, allow_patterns=HUB_PATTERNS))
+    except GatedRepoError:
+        raise ModelError(
+            f"{repo}: gated on the Hub: accept its licence on huggingface.co, then "
+            "`huggingface-cli login`"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelError(
+            f"{repo}: no such model on the Hugging Face Hub (private? `huggingface-cli login`)"
+        ) from None
+    except Exception as exc:  # no network, DNS, proxy, timeouts: all the same to the user
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise _not_cached(repo, cache, f"the Hub cannot be reached ({first})") from None
+    finally:
+        if not progress and not was_disabled:
+            enable_progress_bars()
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{repo}: downloaded, but it has no config.json (not an HF-format model)")
+    return path
+
+
+RESOLVERS: dict[str, Callable[[str, bool], Path]] = {
+    "builtin": _resolve_builtin,
+    "local": _resolve_local,
+    "hub": _resolve_hub,
+}
+
+
+# --- what is in a model directory ---------------------------------------------------------
+
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "BF16": 2,
+    "F16": 2,
+    "I64": 8,
+    "I32": 4,
+    "U32": 4,
+    "I16": 2,
+    "U16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
+_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+
+
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a .safetensors file: {name: {dtype, shape, data_offsets}}."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > 100_000_000:
+            raise ModelError(f"{path}: not a safetensors file (header length {n})")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def _prod(shape: list[int]) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def count_parameters(model_dir: Path, bits: int | None = None) -> tuple[int, int, str | None]:
+    """(parameters, bytes of tensors, dominant float dtype) from the safetensors headers.
+
+    A quantized linear stores `W.weight` as uint32 words packing 32/bits values, plus
+    `W.scales` and `W.biases` per group; it counts as the unpacked weight, and its scales and
+    biases count as bytes but not as parameters.
+    """
+    tensors: dict[str, dict] = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        tensors.update(safetensors_header(file))
+    params = nbytes = 0
+    float_elems: dict[str, int] = {}
+    for name, t in tensors.items():
+        n = _prod(t["shape"])
+        nbytes += n * _DTYPE_BYTES.get(t["dtype"], 4)
+        base = name.rsplit(".", 1)[0]
+        packed = (
+            f"{base}.scales" in tensors and tensors.get(f"{base}.weight", {}).get("dtype") == "U32"
+        )
+        if packed and name.endswith((".scales", ".biases")):
+            continue
+        if packed and name.endswith(".weight"):
+            n = n * 32 // (bits or 4)
+        elif t["dtype"] in _DTYPE_NAMES:
+            float_elems[t["dtype"]] = float_elems.get(t["dtype"], 0) + n
+        params += n
+    dominant = max(float_elems, key=float_elems.get) if float_elems else None
+    return params, nbytes, _DTYPE_NAMES.get(dominant) if dominant else None
+
+
+def model_info(model_dir: str | Path) -> dict:
+    """Architecture, quantization, parameter count and dtype of a local model directory."""
+    model_dir = Path(model_dir)
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{model_dir}: config.json is missing") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{model_dir}/config.json: not valid JSON ({exc})") from None
+    text = {**config, **config.get("text_config", {})}  # multimodal configs nest the LM
+    quant = config.get("quantization") or config.get("quantization_config") or None
+    bits = quant.get("bits") if isinstance(quant, dict) else None
+    heads = text.get("num_attention_heads")
+    hidden = text.get("hidden_size")
+    params, nbytes, st_dtype = count_parameters(model_dir, bits)
+    return {
+        "model_type": text.get("model_type") or config.get("model_type"),
+        "hidden_size": hidden,
+        "num_hidden_layers": text.get("num_hidden_layers"),
+        "vocab_size": text.get("vocab_size"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": text.get("num_key_value_heads") or heads,
+        "intermediate_size": text.get("intermediate_size"),
+        "head_dim": text.get("head_dim") or (hidden // heads if hidden and heads else None),
+        "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
+        "quantization": ({"bits": bits, "group_size": quant.get("group_size")} if bits else None),
+        "params": params,
+        "weight_bytes": nbytes,
+        "dtype": config.get("torch_dtype") or config.get("dtype") or st_dtype,
+    }
