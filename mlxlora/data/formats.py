@@ -112,6 +112,8 @@ def read_text(path: str | Path) -> str:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         bad = raw[exc.start : exc.start + 1].hex()
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise DataError(f"{source}: the file is UTF-16; save it as UTF-8") from None
         raise DataError(
             f"{source}: line {line}: not valid UTF-8 (byte 0x{bad} at offset {exc.start}); "
             "save the file as UTF-8"

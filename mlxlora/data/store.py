@@ -186,10 +186,15 @@ def import_records(
         final = dataset_dir(name)
         try:
             os.rename(tmp, final)  # fails if another import created a non-empty `final` meanwhile
-        except OSError:
+        except OSError as exc:
             if exists(name):
                 raise _duplicate(name) from None
-            raise
+            if final.exists():
+                raise DataError(
+                    f"cannot store dataset {name!r}: {final} exists and is not a dataset; "
+                    "move it away or choose another --name"
+                ) from None
+            raise DataError(f"cannot store dataset {name!r}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -265,15 +270,20 @@ def _resolve_file(path: Path, kind: str | None) -> tuple[DatasetMeta, list[dict]
     base = stem_name(path)
     hashed = f"{base[: MAX_NAME - 9]}-{digest[:8]}"
     for name in (base, hashed):
-        if exists(name):
-            meta = get_meta(name)
-            if meta.sha256 == digest:
-                return load_dataset(name)
-            continue
-        meta = import_records(
-            records, name, kind, f"imported from {path.name}", source=str(path.resolve())
-        )
-        return meta, load_records(dataset_dir(name) / RECORDS_FILE)
+        for _ in range(2):  # a second pass when another process imported `name` meanwhile
+            if exists(name):
+                break
+            try:
+                meta = import_records(
+                    records, name, kind, f"imported from {path.name}", source=str(path.resolve())
+                )
+            except DataError:
+                if not exists(name):
+                    raise
+                continue
+            return meta, load_records(dataset_dir(name) / RECORDS_FILE)
+        if get_meta(name).sha256 == digest:
+            return load_dataset(name)
     raise DataError(
         f"{source}: datasets {base!r} and {hashed!r} both exist with other records; "
         "import the file with an explicit --name"

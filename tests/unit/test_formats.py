@@ -299,3 +299,9 @@ def test_full_and_answer_text():
     assert full_text(n) == "You are a nurse.\nHi\nHello"
     assert answer_text(n) == "Hello"
     assert full_text({"text": "t"}) == answer_text({"text": "t"}) == "t"
+
+
+def test_utf16_gets_a_hint(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes('{"text": "a"}\n'.encode("utf-16"))
+    assert error_of(load_records, p) == f"{p}: the file is UTF-16; save it as UTF-8"

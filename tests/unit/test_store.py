@@ -101,7 +101,7 @@ def test_write_failure_leaves_no_temp_dir(home, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(store.os, "rename", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(DataError, match="cannot store dataset 'd': disk full"):
         store.import_dataset(src, "d")
     assert stored(home) == []
     assert store.list_datasets() == []
@@ -173,3 +173,26 @@ def test_stem_name():
     assert store.stem_name("/x/My Data.v2.JSONL") == "My-Data.v2"
     assert store.stem_name("日本語.json") == "dataset"
     assert store.stem_name("_under.jsonl") == "under"
+
+
+def test_resolve_survives_concurrent_import_of_same_file(home, tmp_path, monkeypatch):
+    src = write_jsonl(tmp_path / "qa.jsonl", RECORDS)
+    real = store.import_records
+
+    def racing(records, name, kind, description="", source=""):
+        real(records, name, kind, "the other process", source)  # another process wins the race
+        return real(records, name, kind, description, source)  # ours then finds the name taken
+
+    monkeypatch.setattr(store, "import_records", racing)
+    meta, records = store.resolve(str(src))
+    assert meta.name == "qa" and meta.description == "the other process" and records == RECORDS
+    assert stored(home) == ["qa"]
+
+
+def test_foreign_directory_in_the_way(home, tmp_path):
+    (home / "datasets" / "d").mkdir(parents=True)
+    (home / "datasets" / "d" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="exists and is not a dataset"):
+        store.import_dataset(write_jsonl(tmp_path / "d.jsonl", RECORDS), "d")
+    assert stored(home) == ["d"]
+    assert store.list_datasets() == []
