@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install mlxlora from this checkout: ./install.sh (app) or ./install.sh dev (app + tests + lint).
+# On Linux it also installs OpenBLAS (Debian/Ubuntu: libopenblas0-pthread), which MLX's CPU
+# backend then uses instead of its ~30x slower reference BLAS.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(uname -s)" = Linux ] && ! ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null
+  else
+    echo "install.sh: no apt-get; install OpenBLAS with your package manager for fast CPU training" >&2
+  fi
+fi
+
+extras=""
+[ "${1:-}" = dev ] && extras="[dev]"
+python3 -m pip install -q --disable-pip-version-check -e ".${extras}"
