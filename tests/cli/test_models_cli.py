@@ -1,0 +1,128 @@
+"""`mlxlora models` and `mlxlora doctor`, in-process and as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mlxlora import memory
+from mlxlora.cli import main
+from mlxlora.commands import models as models_cmd
+from mlxlora.memory import GIB, TrainShape, estimate
+from mlxlora.models.catalog import CATALOG, find
+
+
+@pytest.fixture
+def linux_box(monkeypatch):
+    """Pretend this machine is a Linux box whose training budget is 20 GiB."""
+    monkeypatch.setattr(models_cmd, "memory_budget", lambda: 20 * GIB)
+    monkeypatch.setattr(models_cmd, "is_apple_silicon", lambda: False)
+
+
+def models_json(capsys, *args) -> dict:
+    assert main(["models", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_models_json_numbers_and_marks(linux_box, capsys):
+    data = models_json(capsys)
+    assert (data["batch_size"], data["max_length"]) == (4, 2048)
+    assert data["budgets"] == {
+        "this machine": 20 * GIB,
+        "16 GB Mac": 12 * GIB,
+        "24 GB Mac": 18 * GIB,
+        "32 GB Mac": 24 * GIB,
+    }
+    assert [m["id"] for m in data["models"]] == [m.id for m in CATALOG]
+    for row in data["models"]:
+        entry = find(row["id"])
+        mac = estimate(entry.info(), TrainShape()).total
+        local = estimate(entry.info(), TrainShape(dtype_bytes=4)).total  # float32 on a CPU
+        assert (row["train_bytes"], row["train_bytes_this_machine"]) == (mac, local)
+        assert row["fits"] == {
+            "this machine": local <= 20 * GIB,
+            "16 GB Mac": mac <= 12 * GIB,
+            "24 GB Mac": mac <= 18 * GIB,
+            "32 GB Mac": mac <= 24 * GIB,
+        }
+    by_id = {m["id"].split("/")[1]: m["fits"] for m in data["models"]}
+    assert by_id["SmolLM2-135M-Instruct"]["16 GB Mac"] is True
+    assert by_id["Llama-3.2-1B-Instruct-4bit"]["16 GB Mac"] is False
+    assert by_id["Llama-3.2-1B-Instruct-4bit"]["24 GB Mac"] is True
+    assert not any(by_id["Mistral-7B-Instruct-v0.3-4bit"].values())
+    assert data["builtin"]["id"] == "builtin:tiny" and data["builtin"]["params"] == 787_584
+
+
+def test_smaller_batches_fit_more(linux_box, capsys):
+    big = models_json(capsys)
+    small = models_json(capsys, "--batch-size", "1", "--max-length", "1024", "--grad-checkpoint")
+    assert small["grad_checkpoint"] is True
+    for b, s in zip(big["models"], small["models"], strict=True):
+        assert s["train_bytes"] < b["train_bytes"]
+    qwen7 = next(m for m in small["models"] if m["id"].endswith("Qwen2.5-7B-Instruct-4bit"))
+    assert qwen7["fits"]["16 GB Mac"] is True
+
+
+def test_models_table(linux_box, capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for m in CATALOG:
+        assert m.id in out
+    assert "builtin:tiny" in out and "16 GB Mac" in out and "(12.0 GB)" in out
+    row = next(line for line in out.splitlines() if "Mistral-7B" in line)
+    assert "✗" in row and "✓" not in row
+
+
+def test_budget_unknown_gives_question_mark(monkeypatch, capsys):
+    monkeypatch.setattr(models_cmd, "memory_budget", lambda: None)
+    data = models_json(capsys)
+    assert all(m["fits"]["this machine"] is None for m in data["models"])
+
+
+def test_doctor_json_in_a_subprocess(tmp_path):
+    env = {**__import__("os").environ, "MLXLORA_HOME": str(tmp_path / "ws")}
+    out = subprocess.run(
+        [sys.executable, "-m", "mlxlora", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["mlxlora"] == __import__("mlxlora").__version__
+    assert report["backend"] == "mlx" and report["device"]
+    assert set(report["versions"]) >= {"mlx", "mlx-lm", "transformers", "torch"}
+    assert all(isinstance(v, str) and v for v in report["versions"].values())
+    assert report["memory_total_bytes"] == memory.total_memory()
+    assert report["training_budget_bytes"] == memory.memory_budget()
+    assert report["workspace"] == str(tmp_path / "ws")
+    assert report["workspace_disk_free_bytes"] > 0  # measured on the nearest existing parent
+    if sys.platform.startswith("linux"):
+        assert report["dtype"] == "float32" and report["device"] == "cpu"
+        assert report["blas"].startswith(("OpenBLAS", "reference"))
+
+
+def test_doctor_text(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MLXLORA_HOME", str(tmp_path))
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for key in ("backend (auto)", "device", "BLAS", "mlx-lm", "torch", "training budget", "disk"):
+        assert key in out
+    assert str(tmp_path) in out
+
+
+def test_doctor_without_a_backend(monkeypatch, capsys):
+    from mlxlora.backends import select
+    from mlxlora.errors import BackendUnavailable
+
+    def unavailable(requested="auto"):
+        raise BackendUnavailable("no backend installed")
+
+    monkeypatch.setattr(select, "describe", unavailable)
+    assert main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"] == "none" and report["backend_error"] == "no backend installed"

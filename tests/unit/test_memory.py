@@ -1,0 +1,187 @@
+"""The training memory estimate, the machine budget and fit advice, checked with numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlxlora import memory
+from mlxlora.config import Config
+from mlxlora.memory import (
+    GIB,
+    MemoryEstimate,
+    TrainShape,
+    estimate,
+    estimate_training_memory,
+    fit_advice,
+    fmt_bytes,
+    weight_bytes,
+)
+from mlxlora.models.catalog import find
+
+SMALL = {
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "vocab_size": 1000,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "params": 100_000,
+    "quantization": None,
+}
+
+
+def small(**kw) -> MemoryEstimate:
+    args = dict(
+        batch_size=2,
+        max_length=32,
+        lora_rank=4,
+        lora_targets=["q_proj", "v_proj"],
+        lora_layers=-1,
+        grad_checkpoint=False,
+        dtype_bytes=2,
+    )
+    return estimate_training_memory(SMALL, **{**args, **kw})
+
+
+def test_estimate_arithmetic():
+    est = small()
+    # LoRA: rank 4 on q (64->64) and v (64->32): 4*128 + 4*96 = 896 per layer, 4 layers.
+    assert est.lora_params == 3584
+    assert est.lora_optimizer == 3584 * 16  # float32 weight, grad, Adam m and v
+    assert est.weights == 100_000 * 2
+    # Per token per layer: 4*64 + q 64 + 2*kv 32 + 3*128 = 768 elements of 2 bytes, 64 tokens;
+    # plus one layer of attention scores and probabilities: 2*4*32*32 * 2 bytes * 2.
+    assert est.activations == 4 * (64 * 768 * 2) + 2 * 4 * 32 * 32 * 2 * 2 == 425_984
+    assert est.logits == 64 * 1000 * 4 * 3  # fewer tokens than one loss chunk
+    assert est.total == 200_000 + 57_344 + 425_984 + 768_000 == 1_451_328
+    labels = [label for label, _ in est.breakdown()]
+    assert labels[0] == "model weights" and labels[-1] == "total" and "3,584" in labels[1]
+    assert est.breakdown()[-1][1] == est.total
+
+
+def test_estimate_moves_the_right_way():
+    base = small()
+    assert small(grad_checkpoint=True).activations == 4 * 64 * 64 * 2 + 64 * 768 * 2 + 32_768
+    assert small(fused_attention=False).activations == 4 * (64 * 768 * 2 + 32_768)
+    half = small(lora_layers=2)
+    assert half.lora_params == base.lora_params // 2
+    assert half.activations == 2 * 64 * 768 * 2 + 32_768
+    assert small(lora_layers=99).lora_params == base.lora_params
+    wide = small(lora_targets=["o_proj", "down_proj"])
+    assert wide.lora_params == 4 * (4 * (64 + 64) + 4 * (128 + 64))
+    assert wide.activations == 4 * (64 * (768 + 64 + 128) * 2) + 32_768
+    assert small(dtype_bytes=4).activations == 2 * base.activations
+    # The loss chunk caps logits at 1024 rows; without chunking every token's logits live.
+    assert small(batch_size=8, max_length=256).logits == 1024 * 1000 * 12
+    assert small(batch_size=8, max_length=256, chunked_loss=False).logits == 2048 * 1000 * 12
+
+
+def test_lora_params_match_mlx_lm_for_llama_1b():
+    info = find("mlx-community/Llama-3.2-1B-Instruct-4bit").info()
+    qv = estimate(info, TrainShape(lora_rank=8))
+    assert qv.lora_params == 851_968  # mlx-lm: "Trainable parameters: ... (0.852M/1235.814M)"
+    every = estimate(info, TrainShape(lora_rank=8, lora_targets=tuple(memory.lora_shapes(info))))
+    assert every.lora_params == 16 * 8 * (4096 + 2 * 2560 + 4096 + 3 * 10240) == 5_636_096
+    assert qv.weights == info["weight_bytes"]  # the measured download size when known
+
+
+def test_weight_bytes():
+    info = {"params": 1_000_000, "quantization": None}
+    assert weight_bytes(info, 2) == 2_000_000
+    assert weight_bytes(info, 2, bits=4) == 500_000 + 1_000_000 // 64 * 2 * 2
+    q8 = {"params": 1_000_000, "quantization": {"bits": 8, "group_size": 32}}
+    assert weight_bytes(q8, 2) == 1_000_000 + 1_000_000 // 32 * 4
+    assert weight_bytes({**q8, "weight_bytes": 123}, 2) == 123
+
+
+def test_train_shape_from_config():
+    cfg = Config()
+    cfg.training.batch_size, cfg.data.max_length, cfg.lora.num_layers = 2, 512, 8
+    shape = TrainShape.from_config(cfg)
+    assert shape == TrainShape(batch_size=2, max_length=512, lora_layers=8)
+
+
+def test_fmt_bytes():
+    assert fmt_bytes(512) == "512 B"
+    assert fmt_bytes(1536) == "1.5 KB"
+    assert fmt_bytes(12 * GIB) == "12.0 GB"
+    assert fmt_bytes(3000 * GIB) == "3000.0 GB"
+
+
+# --- budget -------------------------------------------------------------------------------
+
+
+def test_budget_on_apple_silicon(monkeypatch):
+    monkeypatch.setattr(memory, "is_apple_silicon", lambda: True)
+    monkeypatch.setattr(memory, "total_memory", lambda: 16 * GIB)
+    assert memory.memory_budget() == 12 * GIB
+
+
+def test_budget_on_linux(monkeypatch):
+    monkeypatch.setattr(memory, "is_apple_silicon", lambda: False)
+    monkeypatch.setattr(memory, "total_memory", lambda: 64 * GIB)
+    monkeypatch.setattr(memory, "_cgroup_limit", lambda: None)
+    assert memory.memory_budget() == 64 * GIB
+    monkeypatch.setattr(memory, "_cgroup_limit", lambda: 8 * GIB)
+    assert memory.memory_budget() == 8 * GIB
+    monkeypatch.setattr(memory, "total_memory", lambda: None)
+    assert memory.memory_budget() is None
+
+
+def test_this_machine_has_memory():
+    assert memory.total_memory() > 256 * 1024**2
+
+
+# --- advice -------------------------------------------------------------------------------
+
+
+def test_no_advice_when_it_fits():
+    info = find("mlx-community/Qwen2.5-0.5B-Instruct-4bit").info()
+    shape = TrainShape(batch_size=1, max_length=1024)
+    assert fit_advice(estimate(info, shape), 12 * GIB, info, shape) == []
+
+
+def test_advice_in_priority_order_until_it_fits():
+    info = find("mlx-community/Llama-3.2-3B-Instruct-4bit").info()
+    shape = TrainShape(batch_size=4, max_length=2048, grad_accumulation=2)
+    step1 = TrainShape(batch_size=1, max_length=2048, grad_accumulation=8)
+    step2 = TrainShape(batch_size=1, max_length=1024, grad_accumulation=8)
+    t0, t1, t2 = (estimate(info, s).total for s in (shape, step1, step2))
+    assert t0 > t1 > t2
+    budget = (t1 + t2) // 2
+    advice = fit_advice(estimate(info, shape), budget, info, shape)
+    assert advice == [
+        "training.batch_size=1 training.grad_accumulation=8 (same effective batch): "
+        f"~{fmt_bytes(t1)}",
+        f"then data.max_length=1024: ~{fmt_bytes(t2)} (fits)",
+    ]
+
+
+def test_advice_offers_checkpointing_4bit_and_fewer_layers():
+    info = find("mlx-community/SmolLM2-360M-Instruct").info()  # bf16, 32 layers
+    shape = TrainShape(batch_size=1, max_length=1024)
+    ckpt = TrainShape(batch_size=1, max_length=1024, grad_checkpoint=True)
+    q4 = weight_bytes(info, 2, bits=4)
+    totals = [
+        estimate(info, ckpt).total,
+        estimate(info, ckpt, weights=q4).total,
+        estimate(info, TrainShape(1, 1024, grad_checkpoint=True, lora_layers=8), weights=q4).total,
+    ]
+    assert totals == sorted(totals, reverse=True) and len(set(totals)) == 3
+    budget = 100 * 1024**2
+    assert fit_advice(estimate(info, shape), budget, info, shape) == [
+        f"training.grad_checkpoint=true: ~{fmt_bytes(totals[0])}",
+        f"then a 4-bit model (e.g. the mlx-community ...-4bit version): ~{fmt_bytes(totals[1])}",
+        f"then lora.num_layers=8: ~{fmt_bytes(totals[2])}",
+        "still over the budget of 100.0 MB: pick a smaller model (`mlxlora models`)",
+    ]
+    # With a budget just above the 4-bit total the advice stops there.
+    advice = fit_advice(estimate(info, shape), totals[1], info, shape)
+    assert len(advice) == 2 and advice[-1].endswith("(fits)")
+
+
+@pytest.mark.parametrize("gb,fits", [(16, False), (24, True), (32, True)])
+def test_llama_1b_fit_on_macs(gb, fits):
+    info = find("mlx-community/Llama-3.2-1B-Instruct-4bit").info()
+    total = estimate(info, TrainShape()).total
+    assert (total <= memory.unified_budget(gb * GIB)) is fits
