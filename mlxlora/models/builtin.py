@@ -41,8 +41,8 @@ CHATML_TEMPLATE = (
 
 def corpus_lines() -> list[str]:
     """The bundled English + Japanese corpus the tokenizer is trained on."""
-    text = resources.files("mlxlora.models").joinpath("tiny_corpus.txt").read_text("utf-8")
-    return [line for line in text.splitlines() if line.strip()]
+    text = resources.files("mlxlora.models").joinpath("tiny_corpus.json").read_text("utf-8")
+    return json.loads(text)["lines"]
 
 
 def train_tokenizer():
