@@ -64,9 +64,9 @@ def builtin_tiny_info() -> dict:
 def rows(shape: TrainShape) -> tuple[dict[str, int | None], list[dict]]:
     """(budgets, one dict per catalog model) — what the table and --json show."""
     b = budgets()
-    # On a Mac the model trains in its own dtype (bf16); elsewhere MLX's CPU backend computes
-    # in float32, which doubles activations for the "this machine" column.
-    here = shape if is_apple_silicon() else replace(shape, dtype_bytes=4)
+    # On a Mac the model trains in its own dtype (bf16) with fused attention; elsewhere MLX's
+    # CPU backend computes in float32 with unfused attention (every layer keeps its scores).
+    here = shape if is_apple_silicon() else replace(shape, dtype_bytes=4, fused_attention=False)
     out = []
     for m in CATALOG:
         mac = estimate(m.info(), shape)
