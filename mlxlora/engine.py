@@ -64,6 +64,7 @@ class Prepared:
     schedule: object
     truncated: int
     warnings: list[str]
+    estimated_peak_gb: float
 
 
 class StopFlag:
@@ -111,7 +112,8 @@ def prepare(cfg: Config, paths: RunPaths, backend) -> Prepared:
     total = max(1, round(t.epochs * steps_per_epoch))
     if t.max_steps:
         total = min(total, t.max_steps)
-    warnings = []
+    longest = max(len(e.tokens) for e in train + val)
+    estimated_gb, warnings = memory_check(cfg, model_dir, backend, longest)
     if truncated:
         warnings.append(f"{truncated} records longer than max_length={d.max_length} were truncated")
     if dropped:
@@ -129,7 +131,30 @@ def prepare(cfg: Config, paths: RunPaths, backend) -> Prepared:
         schedule=schedules.build(t, steps_per_epoch, total),
         truncated=truncated,
         warnings=warnings,
+        estimated_peak_gb=estimated_gb,
     )
+
+
+def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[float, list[str]]:
+    """Estimated peak (GB) for the longest batch, and advice when it exceeds the budget."""
+    from dataclasses import replace
+
+    from mlxlora import memory
+    from mlxlora.models.resolve import model_info
+
+    info = model_info(model_dir)
+    on_cpu = backend.info.device == "cpu"
+    shape = memory.TrainShape.from_config(cfg, dtype_bytes=4 if on_cpu else 2)
+    shape = replace(shape, max_length=min(longest, cfg.data.max_length), fused_attention=not on_cpu)
+    est = memory.estimate(info, shape)
+    budget = backend.info.memory_budget_bytes or memory.memory_budget()
+    if not budget or est.total <= budget:
+        return est.total / 1e9, []
+    head = (
+        f"estimated peak memory {memory.fmt_bytes(est.total)} exceeds the "
+        f"{memory.fmt_bytes(budget)} this device can use; try: "
+    )
+    return est.total / 1e9, [head + "; ".join(memory.fit_advice(est, budget, info, shape))]
 
 
 class Trainer:
@@ -386,7 +411,7 @@ def _run(cfg: Config, paths: RunPaths, backend, events: EventWriter, resume: boo
                 steps_per_epoch=prep.steps_per_epoch,
                 trainable_params=trainable,
                 total_params=total,
-                estimated_peak_gb=0.0,
+                estimated_peak_gb=prep.estimated_peak_gb,
                 truncated_records=prep.truncated,
                 resumed_from_step=state.step,
                 warnings=prep.warnings,

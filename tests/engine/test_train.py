@@ -136,3 +136,17 @@ def test_truncation_is_reported(home, tmp_path):
     started = read_events(tmp_path / "run" / "events.jsonl")[0]
     assert started.truncated_records == 4
     assert any("truncated" in w for w in started.warnings)
+
+
+def test_memory_estimate_warns_with_advice_when_over_budget(
+    home, quickstart_data, tmp_path, monkeypatch
+):
+    from mlxlora import memory
+
+    cfg = make_config(quickstart_data, "training.max_steps=1", "data.max_length=2048")
+    monkeypatch.setattr(memory, "memory_budget", lambda: 2 * 1024**2)  # a 2 MB device
+    engine.train(cfg, tmp_path / "run")
+    started = read_events(tmp_path / "run" / "events.jsonl")[0]
+    assert started.estimated_peak_gb > 0.002
+    (warning,) = [w for w in started.warnings if "exceeds" in w]
+    assert "training.batch_size=1 training.grad_accumulation=4" in warning
