@@ -83,19 +83,17 @@ class ProgressView:
             MofNCompleteColumn,
             Progress,
             TextColumn,
-            TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
         self.console = Console(stderr=True)
+        # Fits an 80-column terminal: step count, bar, the numbers that matter, ETA.
         self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
             MofNCompleteColumn(),
+            BarColumn(bar_width=16),
             TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
             TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TimeRemainingColumn(compact=True),
             console=self.console,
         )
         self.task = None
@@ -116,8 +114,8 @@ class ProgressView:
             self._started(event)
         elif isinstance(event, Step):
             stats = (
-                f"loss {event.loss:.4f}  lr {event.lr:.2e}  {event.tokens_per_sec:,.0f} tok/s"
-                f"  mem {event.peak_memory_gb:.2f} GB"
+                f"loss {event.loss:.3f} lr {event.lr:.1e} {event.tokens_per_sec:,.0f} tok/s"
+                f" {event.peak_memory_gb:.2f} GB"
             )
             self.progress.update(self.task, completed=event.step, stats=stats)
         elif isinstance(event, Eval):

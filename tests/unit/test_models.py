@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 
 from mlxlora.errors import ModelError
 from mlxlora.models import catalog
-from mlxlora.models.builtin import build_tiny
+from mlxlora.models.builtin import BUILTIN_TINY_VERSION, build_tiny
 from mlxlora.models.resolve import builtin_dir, model_info, reference_kind, resolve_model
 
 TINY_PARAMS = 1536 * 128 + 4 * (2 * 128 * 128 + 2 * 128 * 64 + 3 * 128 * 256 + 2 * 128) + 128
@@ -115,11 +115,11 @@ def test_tiny_loads_in_mlx_lm(tiny):
 def test_builtin_resolves_once_into_the_workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("MLXLORA_HOME", str(tmp_path / "ws"))
     path = resolve_model("builtin:tiny", progress=False)
-    assert path == builtin_dir() == tmp_path / "ws" / "models" / "builtin-tiny-v1"
+    assert path == builtin_dir() == tmp_path / "ws" / "models" / f"builtin-tiny-v{BUILTIN_TINY_VERSION}"
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert resolve_model("builtin:tiny") == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in path.parent.iterdir()) == ["builtin-tiny-v1"]  # no temp left
+    assert sorted(p.name for p in path.parent.iterdir()) == [f"builtin-tiny-v{BUILTIN_TINY_VERSION}"]  # no temp left
 
 
 def test_local_directory(tiny, tmp_path):
