@@ -115,11 +115,12 @@ def test_tiny_loads_in_mlx_lm(tiny):
 def test_builtin_resolves_once_into_the_workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("MLXLORA_HOME", str(tmp_path / "ws"))
     path = resolve_model("builtin:tiny", progress=False)
-    assert path == builtin_dir() == tmp_path / "ws" / "models" / f"builtin-tiny-v{BUILTIN_TINY_VERSION}"
+    name = f"builtin-tiny-v{BUILTIN_TINY_VERSION}"
+    assert path == builtin_dir() == tmp_path / "ws" / "models" / name
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert resolve_model("builtin:tiny") == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
-    assert sorted(p.name for p in path.parent.iterdir()) == [f"builtin-tiny-v{BUILTIN_TINY_VERSION}"]  # no temp left
+    assert sorted(p.name for p in path.parent.iterdir()) == [name]  # no temp left
 
 
 def test_local_directory(tiny, tmp_path):
