@@ -45,7 +45,7 @@ def register(sub) -> None:
         description="NAME is a stored dataset, or a .json/.jsonl file (analysed, not stored).",
     )
     show.add_argument("name", metavar="NAME", help="dataset name or file")
-    show.add_argument("--model", metavar="MODEL_DIR", help="local HF model dir: count tokens")
+    show.add_argument("--model", metavar="MODEL", help="count tokens with this model's tokenizer")
     show.add_argument(
         "--max-length", type=int, default=2048, help="flag records longer than this (tokens)"
     )
@@ -112,11 +112,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_tokenizer(model_dir: str):
-    """A tokenizer from a local Hugging Face model directory (transformers imported here only)."""
-    path = Path(model_dir).expanduser()
-    if not path.is_dir():
-        raise ModelError(f"{model_dir}: model directory not found")
+def load_tokenizer(model_ref: str):
+    """The tokenizer of any model reference (builtin:, hub id, directory; transformers here only)."""
+    from mlxlora.models.resolve import resolve_model
+
+    path = resolve_model(model_ref)
     try:
         from transformers import AutoTokenizer
     except ImportError:
@@ -127,7 +127,7 @@ def load_tokenizer(model_dir: str):
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # noqa: BLE001 - any loader failure is the user's directory
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{model_dir}: cannot load a tokenizer: {first}") from None
+        raise ModelError(f"{model_ref}: cannot load a tokenizer: {first}") from None
 
 
 def _load_for_show(ref: str):

@@ -180,41 +180,29 @@ def test_show_terms_file_and_missing_terms(home, tmp_path, capsys):
     assert "terms file not found" in capsys.readouterr().err
 
 
-def make_tokenizer_dir(path: Path) -> Path:
-    """A tiny local HF tokenizer: whitespace split, word-level vocabulary."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    path.mkdir()
-    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"})
-    )
-    return path
-
-
 def test_show_with_model_counts_tokens(home, tmp_path, capsys):
-    pytest.importorskip("transformers")
-    model = make_tokenizer_dir(tmp_path / "model")
-    recs = [{"text": "a a a"}, {"text": "a a a a a a a a"}, {"text": "a"}]
+    from mlxlora.commands.data import load_tokenizer
+
+    recs = [{"text": "a a a"}, {"text": "the capital of France is Paris " * 3}, {"text": "a"}]
+    counts = [len(load_tokenizer("builtin:tiny").encode(r["text"])) for r in recs]
     src = jsonl(tmp_path / "t.jsonl", recs)
-    args = ["data", "show", str(src), "--model", str(model), "--max-length", "4"]
+    limit = counts[0] + 1
+    args = ["data", "show", str(src), "--model", "builtin:tiny", "--max-length", str(limit)]
     assert main(args + ["--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["tokens"]["max"] == 8 and report["tokens"]["min"] == 1
+    assert report["tokens"]["max"] == max(counts) and report["tokens"]["min"] == min(counts)
     assert report["histogram"]["unit"] == "tokens"
-    assert report["too_long"] == {"max_length": 4, "count": 1, "indices": [1]}
+    assert report["too_long"] == {"max_length": limit, "count": 1, "indices": [1]}
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "tokens" in out and "longer than 4 tokens: 1 (records 1)" in out
+    assert "tokens" in out and f"longer than {limit} tokens: 1 (records 1)" in out
 
 
 def test_show_with_missing_model_dir(home, tmp_path, capsys):
     src = jsonl(tmp_path / "t.jsonl", GOOD)
     assert main(["data", "show", str(src), "--model", str(tmp_path / "nomodel")]) == 4
     err = capsys.readouterr().err
-    assert "model directory not found" in err and "Traceback" not in err
+    assert "nomodel" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def run_cli(*args, home):
