@@ -113,7 +113,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def load_tokenizer(model_ref: str):
-    """The tokenizer of any model reference (builtin:, hub id, directory; transformers here only)."""
+    """The tokenizer of any model reference (builtin:, hub id, directory)."""
     from mlxlora.models.resolve import resolve_model
 
     path = resolve_model(model_ref)
