@@ -97,6 +97,26 @@ def lora_keys(model: nn.Module, targets: list[str]) -> list[str]:
     return sorted(keys)
 
 
+def checkpoint_layers(layers) -> None:
+    """Recompute each block's activations in the backward pass (less memory, ~30% more time).
+
+    mlx-lm's grad_checkpoint patches the block class itself, which leaks into every model of
+    the process; a per-model subclass keeps it to these instances and parameter names intact.
+    """
+    base = type(layers[0])
+
+    def call(self, *args, **kwargs):
+        def inner(params, *args, **kwargs):
+            self.update(params)
+            return base.__call__(self, *args, **kwargs)
+
+        return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+    checkpointed = type(f"Checkpointed{base.__name__}", (base,), {"__call__": call})
+    for layer in layers:
+        layer.__class__ = checkpointed
+
+
 def _output_head(model: nn.Module, model_type: str):
     """A function hidden -> logits equal to the model's own, or None when it cannot be split."""
     if model_type not in CHUNKABLE_TYPES or not hasattr(model, "model"):
@@ -121,7 +141,6 @@ class MLXBackend:
     # --- setup ------------------------------------------------------------------------
 
     def load(self, model_dir: Path, config) -> None:
-        from mlx_lm.tuner.trainer import grad_checkpoint
         from mlx_lm.tuner.utils import linear_to_lora_layers
         from mlx_lm.utils import load, maybe_set_recommended_wired_limit
 
@@ -151,7 +170,7 @@ class MLXBackend:
         mx.random.seed(config.training.seed)
         linear_to_lora_layers(model, n_layers, self.lora_parameters)
         if config.training.grad_checkpoint:
-            grad_checkpoint(model.layers[0])
+            checkpoint_layers(model.layers)
         model.train()
         self.model, self.tokenizer = model, tokenizer
         self.model_type = model_config.get("model_type", "")

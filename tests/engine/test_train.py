@@ -150,3 +150,39 @@ def test_memory_estimate_warns_with_advice_when_over_budget(
     assert started.estimated_peak_gb > 0.002
     (warning,) = [w for w in started.warnings if "exceeds" in w]
     assert "training.batch_size=1 training.grad_accumulation=4" in warning
+
+
+def test_gradient_checkpointing_gives_the_same_losses(home, quickstart_data, tmp_path):
+    plain, ckpt = tmp_path / "plain", tmp_path / "ckpt"
+    engine.train(make_config(quickstart_data, "training.max_steps=4"), plain)
+    engine.train(
+        make_config(quickstart_data, "training.max_steps=4", "training.grad_checkpoint=true"), ckpt
+    )
+    a, b = steps(plain), steps(ckpt)
+    np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-5)
+
+
+def test_qlora_on_a_4bit_model(home, quickstart_data, tmp_path):
+    from mlx_lm.convert import convert
+
+    from mlxlora.models.resolve import resolve_model
+
+    q4 = tmp_path / "tiny-4bit"
+    convert(
+        str(resolve_model("builtin:tiny")),
+        mlx_path=str(q4),
+        quantize=True,
+        q_group_size=32,
+        q_bits=4,
+    )
+    assert json.loads((q4 / "config.json").read_text())["quantization"]["bits"] == 4
+    cfg = make_config(quickstart_data, "training.epochs=2")
+    cfg.model = str(q4)
+    summary = engine.train(cfg, tmp_path / "run")
+    losses = list(steps(tmp_path / "run").values())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2
+    weights = __import__("safetensors.numpy", fromlist=["load_file"]).load_file(
+        str(tmp_path / "run" / "adapters" / "adapters.safetensors")
+    )
+    assert weights and all("lora_" in k for k in weights)
+    assert summary["outcome"] == "completed"
