@@ -65,6 +65,7 @@ class Prepared:
     truncated: int
     warnings: list[str]
     estimated_peak_gb: float
+    dataset: str
 
 
 class StopFlag:
@@ -81,22 +82,25 @@ class StopFlag:
         return self.raised or self.paths.stop_request.exists()
 
 
-def load_records(cfg: Config) -> tuple[list[dict], list[dict]]:
-    """Normalized (train, validation) records for a config."""
+def load_records(cfg: Config) -> tuple[list[dict], list[dict], str]:
+    """Normalized (train, validation) records for a config, and the dataset's workspace name.
+
+    A dataset file is imported into the workspace on first use (store.resolve).
+    """
     from mlxlora.data import formats, store
 
     meta, records = store.resolve(cfg.data.dataset)
     train = [formats.normalize(r, meta.type) for r in records]
     if cfg.data.validation:
         vmeta, vrecords = store.resolve(cfg.data.validation)
-        return train, [formats.normalize(r, vmeta.type) for r in vrecords]
-    return batching.split(train, cfg.data.val_split, cfg.training.seed)
+        return train, [formats.normalize(r, vmeta.type) for r in vrecords], meta.name
+    return *batching.split(train, cfg.data.val_split, cfg.training.seed), meta.name
 
 
 def prepare(cfg: Config, paths: RunPaths, backend) -> Prepared:
     from mlxlora.models.resolve import resolve_model
 
-    train_records, val_records = load_records(cfg)
+    train_records, val_records, dataset = load_records(cfg)
     model_dir = resolve_model(cfg.model)
     backend.load(model_dir, cfg)
     d, t = cfg.data, cfg.training
@@ -132,6 +136,7 @@ def prepare(cfg: Config, paths: RunPaths, backend) -> Prepared:
         truncated=truncated,
         warnings=warnings,
         estimated_peak_gb=estimated_gb,
+        dataset=dataset,
     )
 
 
@@ -402,6 +407,7 @@ def _run(cfg: Config, paths: RunPaths, backend, events: EventWriter, resume: boo
         events.emit(
             RunStarted(
                 run_dir=str(paths.root),
+                dataset=prep.dataset,
                 model=cfg.model,
                 backend=backend.info.name,
                 device=backend.info.device,

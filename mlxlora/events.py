@@ -40,6 +40,7 @@ class RunStarted(Event):
     trainable_params: int
     total_params: int
     estimated_peak_gb: float
+    dataset: str = ""
     truncated_records: int = 0
     resumed_from_step: int = 0
     warnings: list[str] = field(default_factory=list)

@@ -139,10 +139,12 @@ class ProgressView:
         resumed = f", resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""
         self.log(f"[bold]{e.model}[/] on {e.backend} ({e.device}){resumed}")
         self.log(
-            f"  {e.train_records} train / {e.val_records} validation records, "
-            f"{e.total_steps} steps ({e.steps_per_epoch} per epoch), "
-            f"{e.trainable_params:,} trainable of {e.total_params:,} parameters, "
-            f"estimated peak {e.estimated_peak_gb:.2f} GB"
+            f"  dataset [bold]{e.dataset}[/]: {e.train_records} train / {e.val_records} validation"
+            f" records; {e.total_steps} steps ({e.steps_per_epoch} per epoch)"
+        )
+        self.log(
+            f"  LoRA: {e.trainable_params:,} trainable of {e.total_params:,} parameters; "
+            f"estimated peak memory {e.estimated_peak_gb:.2f} GB"
         )
         for warning in e.warnings:
             self.log(f"  [yellow]warning:[/] {warning}")
