@@ -180,9 +180,7 @@ class Trainer:
             batches = batches[: self.t.val_batches]
         total, tokens = 0.0, 0
         for idx in batches:
-            loss, n = self.p.backend.eval_loss(
-                batching.collate([self.p.val[i] for i in idx], self.cfg.data.max_length)
-            )
+            loss, n = self.p.backend.eval_loss(batching.collate([self.p.val[i] for i in idx]))
             total, tokens = total + loss, tokens + n
         return total / max(tokens, 1)
 
@@ -271,7 +269,7 @@ class Trainer:
         tic = time.perf_counter()
         losses, real, pad_total = [], 0, 0
         for i, idx in enumerate(group):
-            batch = batching.collate([self.p.train[j] for j in idx], self.cfg.data.max_length)
+            batch = batching.collate([self.p.train[j] for j in idx])
             loss = backend.accumulate(batch, seed=(t.seed * 1_000_003 + s.step) * 64 + i)
             if not math.isfinite(loss):
                 self.fail(f"loss became {loss} at step {s.step + 1}; lower training.learning_rate")

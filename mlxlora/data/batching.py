@@ -17,8 +17,6 @@ import numpy as np
 
 from mlxlora.backends.base import Batch
 
-PAD_MULTIPLE = 8  # pad batch length to a multiple of this: few distinct shapes, little padding
-
 
 @dataclass(frozen=True)
 class Example:
@@ -92,11 +90,11 @@ def batch_order(
     return batches
 
 
-def collate(examples: list[Example], max_length: int) -> Batch:
+def collate(examples: list[Example]) -> Batch:
     """Right-pad a group of examples into a Batch with its loss mask."""
-    longest = max(len(e.tokens) for e in examples)
-    width = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, max_length)
-    width = max(width, longest)
+    # Pad to the longest member only: the step is not compiled, so odd shapes cost nothing,
+    # and rounding up (mlx-lm pads to 32k+1) is most of the padding on short records.
+    width = max(len(e.tokens) for e in examples)
     tokens = np.zeros((len(examples), width), dtype=np.int32)
     mask = np.zeros((len(examples), width - 1), dtype=bool)
     for row, ex in enumerate(examples):
