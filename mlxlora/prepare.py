@@ -1,0 +1,112 @@
+"""Everything a run needs before its first step: records, model, tokenized examples, step
+counts, schedule and a memory estimate. Backend-agnostic; the backend is passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxlora import schedules
+from mlxlora.config import Config
+from mlxlora.data import batching
+from mlxlora.errors import DataError
+from mlxlora.runs import RunPaths
+
+
+@dataclass
+class Prepared:
+    """Everything the loop needs, built before the first step."""
+
+    config: Config
+    paths: RunPaths
+    backend: object
+    train: list
+    val: list
+    steps_per_epoch: int
+    total_steps: int
+    schedule: object
+    truncated: int
+    warnings: list[str]
+    estimated_peak_gb: float
+    dataset: str
+
+
+def load_records(cfg: Config) -> tuple[list[dict], list[dict], str]:
+    """Normalized (train, validation) records for a config, and the dataset's workspace name.
+
+    A dataset file is imported into the workspace on first use (store.resolve).
+    """
+    from mlxlora.data import formats, store
+
+    meta, records = store.resolve(cfg.data.dataset)
+    train = [formats.normalize(r, meta.type) for r in records]
+    if cfg.data.validation:
+        vmeta, vrecords = store.resolve(cfg.data.validation)
+        return train, [formats.normalize(r, vmeta.type) for r in vrecords], meta.name
+    return *batching.split(train, cfg.data.val_split, cfg.training.seed), meta.name
+
+
+def prepare(cfg: Config, paths: RunPaths, backend) -> Prepared:
+    from mlxlora.models.resolve import resolve_model
+
+    train_records, val_records, dataset = load_records(cfg)
+    model_dir = resolve_model(cfg.model)
+    backend.load(model_dir, cfg)
+    d, t = cfg.data, cfg.training
+    tok = backend.tokenizer
+    train, truncated, dropped = batching.encode_all(
+        train_records, tok, d.max_length, d.completions_only
+    )
+    val, _, _ = batching.encode_all(val_records, tok, d.max_length, d.completions_only)
+    if not train:
+        raise DataError(f"{d.dataset}: no record fits data.max_length={d.max_length}")
+    micro = batching.micro_batches_per_epoch(len(train), t.batch_size)
+    steps_per_epoch = -(-micro // t.grad_accumulation)
+    total = max(1, round(t.epochs * steps_per_epoch))
+    if t.max_steps:
+        total = min(total, t.max_steps)
+    longest = max(len(e.tokens) for e in train + val)
+    estimated_gb, warnings = memory_check(cfg, model_dir, backend, longest)
+    if truncated:
+        warnings.append(f"{truncated} records longer than max_length={d.max_length} were truncated")
+    if dropped:
+        warnings.append(
+            f"{dropped} records had no answer tokens within max_length and were skipped"
+        )
+    return Prepared(
+        config=cfg,
+        paths=paths,
+        backend=backend,
+        train=train,
+        val=val,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        schedule=schedules.build(t, steps_per_epoch, total),
+        truncated=truncated,
+        warnings=warnings,
+        estimated_peak_gb=estimated_gb,
+        dataset=dataset,
+    )
+
+
+def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[float, list[str]]:
+    """Estimated peak (GB) for the longest batch, and advice when it exceeds the budget."""
+    from dataclasses import replace
+
+    from mlxlora import memory
+    from mlxlora.models.resolve import model_info
+
+    info = model_info(model_dir)
+    on_cpu = backend.info.device == "cpu"
+    shape = memory.TrainShape.from_config(cfg, dtype_bytes=4 if on_cpu else 2)
+    shape = replace(shape, max_length=min(longest, cfg.data.max_length), fused_attention=not on_cpu)
+    est = memory.estimate(info, shape)
+    budget = backend.info.memory_budget_bytes or memory.memory_budget()
+    if not budget or est.total <= budget:
+        return est.total / 1e9, []
+    head = (
+        f"estimated peak memory {memory.fmt_bytes(est.total)} exceeds the "
+        f"{memory.fmt_bytes(budget)} this device can use; try: "
+    )
+    return est.total / 1e9, [head + "; ".join(memory.fit_advice(est, budget, info, shape))]
