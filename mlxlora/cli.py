@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from mlxlora import __version__
-from mlxlora.commands import data, doctor, models, runs, train
+from mlxlora.commands import data, doctor, generate, models, runs, train
 from mlxlora.errors import MlxloraError
 
-COMMANDS = (train, data, runs, models, doctor)
+COMMANDS = (train, data, runs, generate, models, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

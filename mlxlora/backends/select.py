@@ -51,3 +51,12 @@ def describe(requested: str = "auto"):
     from mlxlora.backends import mlx
 
     return mlx.describe() if name == "mlx" else None
+
+
+def generator(requested: str, model_dir, adapter_dir=None):
+    """A loaded generator (`.generate(messages, max_tokens)`, `.perplexity(text)`) for the
+    backend `requested` would give, with the LoRA adapter in `adapter_dir` applied if given."""
+    name = resolve_name(requested)
+    from mlxlora.backends.mlx_infer import MLXGenerator
+
+    return MLXGenerator(model_dir, adapter_dir) if name == "mlx" else None

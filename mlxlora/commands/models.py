@@ -1,4 +1,5 @@
-"""`mlxlora models`: recommended models, their estimated training memory, and what fits where."""
+"""`mlxlora models`: the builtin models, GGUF models in Ollama's store, and recommended hub
+models with their estimated training memory and what fits where."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from mlxlora.memory import (
     memory_budget,
     unified_budget,
 )
-from mlxlora.models.catalog import CATALOG
+from mlxlora.models import ollama
+from mlxlora.models.catalog import CATALOG, find
+from mlxlora.models.resolve import BUILTINS, SMOLLM2_INSTALL, find_smollm2_gguf
 
 MAC_SIZES_GB = (16, 24, 32)  # M4 MacBook Air configurations
 
@@ -59,6 +62,43 @@ def builtin_tiny_info() -> dict:
         "quantization": None,
         "weight_bytes": params * 4,
     }
+
+
+def builtin_rows(shape: TrainShape) -> list[dict]:
+    """builtin:tiny and builtin:smollm2-135m: size, training memory, installed or how to."""
+    tiny = builtin_tiny_info()
+    smol = find("HuggingFaceTB/SmolLM2-135M-Instruct")
+    smol_file = find_smollm2_gguf()
+    return [
+        {
+            "id": "builtin:tiny",
+            "description": BUILTINS["tiny"],
+            "params": tiny["params"],
+            "train_bytes": estimate(tiny, shape).total,
+            "installed": True,
+            "install": None,
+            "path": None,
+        },
+        {
+            "id": "builtin:smollm2-135m",
+            "description": BUILTINS["smollm2-135m"],
+            "params": smol.params,
+            "train_bytes": estimate(smol.info(), shape).total,
+            "installed": smol_file is not None,
+            "install": None if smol_file else SMOLLM2_INSTALL,
+            "path": str(smol_file) if smol_file else None,
+        },
+    ]
+
+
+def ollama_rows() -> dict:
+    """The GGUF models in Ollama's local store (manifests only; nothing is converted)."""
+    store = ollama.store_dir()
+    models = [
+        {"id": f"ollama:{e.ref}", "size_bytes": e.size, "path": str(e.gguf_path)}
+        for e in ollama.entries(store)
+    ]
+    return {"store": str(store), "exists": store.is_dir(), "models": models}
 
 
 def rows(shape: TrainShape) -> tuple[dict[str, int | None], list[dict]]:
@@ -109,6 +149,8 @@ def run(args) -> int:
     )
     b, models = rows(shape)
     tiny = estimate(builtin_tiny_info(), shape)
+    builtins = builtin_rows(shape)
+    local = ollama_rows()
     if args.json:
         print(
             json.dumps(
@@ -128,6 +170,8 @@ def run(args) -> int:
                         "params": builtin_tiny_info()["params"],
                         "train_bytes": tiny.total,
                     },
+                    "builtins": builtins,
+                    "ollama": local,
                 },
                 indent=2,
             )
@@ -140,6 +184,25 @@ def run(args) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=160, file=sys.stdout)
+    console.print("[bold]Built in[/] (model: ...)")
+    for row in builtins:
+        state = (
+            "[green]installed[/]"
+            if row["installed"]
+            else f"[yellow]not installed[/]: {row['install']}"
+        )
+        console.print(
+            f"  {row['id']:<22} {_params(row['params']):>6}  ~{fmt_bytes(row['train_bytes'])} "
+            f"to train  {row['description']}; {state}",
+            highlight=False,
+        )
+    console.print(f"[bold]Ollama[/] (model: ollama:NAME:TAG) — store {local['store']}")
+    if not local["models"]:
+        why = "no models" if local["exists"] else "not found (set OLLAMA_MODELS)"
+        console.print(f"  {why}; `ollama pull NAME` adds one", highlight=False)
+    for row in local["models"]:
+        console.print(f"  {row['id']:<40} {fmt_bytes(row['size_bytes']):>9}", highlight=False)
+    console.print()
     table = Table(
         title=f"Recommended models — LoRA r{shape.lora_rank} on q/v, all layers, "
         f"batch {shape.batch_size} x {shape.max_length} tokens"
@@ -164,11 +227,6 @@ def run(args) -> int:
             *(_mark(r["fits"][name]) for name in b),
         )
     console.print(table)
-    console.print(
-        f"builtin:tiny — {_params(builtin_tiny_info()['params'])} params, random weights and a "
-        f"tokenizer trained on a small English/Japanese corpus; built offline, "
-        f"~{fmt_bytes(tiny.total)} to train. For testing the pipeline, not for results."
-    )
     note = "" if is_apple_silicon() else " (this machine: float32 on CPU)"
     console.print(
         f"[dim]train mem: weights + LoRA/Adam + activations + chunked-loss logits, bf16{note}. "

