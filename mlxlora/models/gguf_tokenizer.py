@@ -90,7 +90,7 @@ def spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list
 
 def build_tokenizer(meta: dict):
     """A `tokenizers.Tokenizer` equivalent to the GGUF's; `meta` holds the tokenizer.* keys."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
     kind = meta.get("tokenizer.ggml.model")
     tokens: list[str] = meta["tokenizer.ggml.tokens"]
@@ -120,9 +120,12 @@ def build_tokenizer(meta: dict):
             unk = tokens[types.index(UNKNOWN)]
         tok = Tokenizer(models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
         prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(
-            replacement="▁", prepend_scheme="always" if prefix else "never", split=False
-        )
+        # SentencePiece always prepends "▁" (even before leading spaces) and turns every space
+        # into "▁": HF's Llama tokenizer.json does it as a normalizer, so do we.
+        steps = [normalizers.Replace(" ", "▁")]
+        if prefix:
+            steps.insert(0, normalizers.Prepend("▁"))
+        tok.normalizer = normalizers.Sequence(steps)
         steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
         if prefix:
             steps.append(decoders.Strip(" ", 1, 0))
