@@ -24,60 +24,22 @@ from pathlib import Path
 import numpy as np
 
 from mlxlora.errors import ModelError
+from mlxlora.models.gguf_weights import (  # noqa: F401  (names re-exported for callers)
+    ARCHS,
+    BLOCK_NAMES,
+    GLOBAL_NAMES,
+    QUANT_TYPES,
+    hf_config,
+    hf_name,
+    llama3_factors,
+    rope_freqs_scaling,
+    unpermute,
+    write_weights,
+)
 
 # Bump when the bytes written change: a cached directory from another version is rebuilt.
 CONVERTER_VERSION = 1
-SHARD_BYTES = 2 * 1024**3
 MAGIC = b"GGUF"
-
-# general.architecture -> (model_type, architectures, llama.cpp permuted Q/K rows, norm offset)
-ARCHS = {
-    "llama": ("llama", "LlamaForCausalLM", True, 0.0),
-    "mistral": ("mistral", "MistralForCausalLM", True, 0.0),
-    "qwen2": ("qwen2", "Qwen2ForCausalLM", False, 0.0),
-    "gemma": ("gemma", "GemmaForCausalLM", False, 1.0),
-}
-QUANT_TYPES = (
-    "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-)  # fmt: skip
-
-GLOBAL_NAMES = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "output": "lm_head",
-}
-BLOCK_NAMES = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
-SKIPPED = ("rope_freqs.weight",)  # llama3 rope factors: computed from config by mlx-lm
-SKIPPED_BLOCK = ("attn_rot_embd",)
-
-
-def hf_name(name: str) -> str | None:
-    """The HF tensor name for a GGUF one; None for one we drop; ModelError if unknown."""
-    if name in SKIPPED:
-        return None
-    stem, _, suffix = name.rpartition(".")
-    if suffix not in ("weight", "bias"):
-        raise ModelError(f"unexpected tensor {name!r}")
-    if stem in GLOBAL_NAMES:
-        return f"{GLOBAL_NAMES[stem]}.{suffix}"
-    parts = stem.split(".")
-    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit():
-        if parts[2] in SKIPPED_BLOCK:
-            return None
-        if parts[2] in BLOCK_NAMES:
-            return f"model.layers.{parts[1]}.{BLOCK_NAMES[parts[2]]}.{suffix}"
-    raise ModelError(f"unexpected tensor {name!r}")
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -153,7 +115,7 @@ def _summary(path: Path, reader, meta: dict) -> dict:
     }
 
 
-def _problem(info: dict, reader) -> str | None:
+def _problem(info: dict, reader, meta: dict) -> str | None:
     """Why we cannot convert this file (one line), or None."""
     from mlxlora.models.gguf_tokenizer import TOKENIZER_MODELS
 
@@ -173,6 +135,9 @@ def _problem(info: dict, reader) -> str | None:
     for key in ("block_count", "embedding_length", "feed_forward_length", "head_count"):
         if not info[key]:
             return f"metadata {arch}.{key.replace('head_', 'attention.head_')} is missing"
+    has_freqs, llama3 = rope_freqs_scaling(meta, reader)
+    if has_freqs and not llama3:
+        return "its rope_freqs tensor matches no Llama 3 rope scaling we can express in config.json"
     for t in reader.tensors:
         try:
             hf_name(t.name)
@@ -189,7 +154,7 @@ def describe(path: str | Path) -> dict:
     path = Path(path).expanduser()
     reader, meta = _open(path)
     info = _summary(path, reader, meta)
-    info["problem"] = _problem(info, reader)
+    info["problem"] = _problem(info, reader, meta)
     info["supported"] = info["problem"] is None
     return info
 
@@ -261,126 +226,13 @@ def _complete(final: Path) -> bool:
 # --- conversion ---------------------------------------------------------------------------
 
 
-def hf_config(meta: dict, reader) -> dict:
-    arch = meta["general.architecture"]
-    model_type, architecture, _, _ = ARCHS[arch]
-
-    def a(key: str, default=None):
-        value = meta.get(f"{arch}.{key}")
-        return default if value is None else value
-
-    names = {t.name for t in reader.tensors}
-    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    hidden = int(a("embedding_length"))
-    heads = int(a("attention.head_count"))
-    kv_heads = int(a("attention.head_count_kv", heads))
-    head_dim = int(a("attention.key_length", hidden // heads))
-    bias = "blk.0.attn_q.bias" in names
-    config = {
-        "architectures": [architecture],
-        "model_type": model_type,
-        "hidden_size": hidden,
-        "num_hidden_layers": int(a("block_count")),
-        "intermediate_size": int(a("feed_forward_length")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": head_dim,
-        "vocab_size": int(embd.shape[-1]),
-        "max_position_embeddings": int(a("context_length", 4096)),
-        "rms_norm_eps": float(a("attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": float(a("rope.freq_base", 10000.0)),
-        "hidden_act": "gelu_pytorch_tanh" if arch == "gemma" else "silu",
-        "attention_bias": bias,
-        "mlp_bias": False,
-        "tie_word_embeddings": arch == "gemma" or "output.weight" not in names,
-        "torch_dtype": "float32",
-    }
-    if arch == "gemma":
-        config["hidden_activation"] = "gelu_pytorch_tanh"
-    scaling = a("rope.scaling.type")
-    if scaling == "linear" and a("rope.scaling.factor"):
-        config["rope_scaling"] = {"type": "linear", "factor": float(a("rope.scaling.factor"))}
-    for key, name in (("bos", "bos"), ("eos", "eos"), ("padding", "pad")):
-        value = meta.get(f"tokenizer.ggml.{key}_token_id")
-        if value is not None:
-            config[f"{name}_token_id"] = int(value)
-    return config
-
-
-def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's rope permutation of the rows of a Q or K projection (or bias)."""
-    rows = w.shape[0]
-    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _tensor(t, config: dict, arch: str) -> np.ndarray:
-    from gguf.quants import dequantize
-
-    shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # ne is innermost-first
-    w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
-    _, _, permuted, norm_offset = ARCHS[arch]
-    stem = t.name.rsplit(".", 1)[0]
-    if permuted and stem.endswith((".attn_q", ".attn_k")):
-        n = config["num_attention_heads"] if stem.endswith("q") else config["num_key_value_heads"]
-        w = unpermute(w, n)
-    if norm_offset and t.name.endswith("norm.weight"):
-        w = w - np.float32(norm_offset)
-    return np.ascontiguousarray(w)
-
-
-def _write_weights(dest: Path, reader, config: dict, arch: str, progress: bool) -> None:
-    from safetensors.numpy import save_file
-
-    todo = []
-    for t in reader.tensors:
-        name = hf_name(t.name)
-        if name is None or (name == "lm_head.weight" and config["tie_word_embeddings"]):
-            continue
-        todo.append((name, t, int(t.n_elements) * 4))
-    shards: list[list] = [[]]
-    size = 0
-    for item in todo:
-        if shards[-1] and size + item[2] > SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append(item)
-        size += item[2]
-    n = len(shards)
-    weight_map = {}
-    done, start = 0, time.monotonic()
-    for k, shard in enumerate(shards, 1):
-        file = "model.safetensors" if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
-        tensors = {}
-        for name, t, _ in shard:
-            tensors[name] = _tensor(t, config, arch)
-            weight_map[name] = file
-            done += 1
-            if progress and (done % 50 == 0 or done == len(todo)):
-                print(
-                    f"\r  dequantized {done}/{len(todo)} tensors ({time.monotonic() - start:.1f}s)",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        save_file(tensors, str(dest / file), metadata={"format": "pt"})
-        del tensors
-    if progress:
-        print(file=sys.stderr)
-    if n > 1:
-        index = {
-            "metadata": {"total_size": sum(i[2] for i in todo)},
-            "weight_map": dict(sorted(weight_map.items())),
-        }
-        (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
 def _build(dest: Path, path: Path, digest: str, reader, meta: dict, progress: bool) -> None:
     from mlxlora.models.gguf_tokenizer import write_tokenizer
 
     arch = meta["general.architecture"]
     config = hf_config(meta, reader)
     config["mlxlora_gguf"] = {"file": path.name, "sha256": digest}
-    _write_weights(dest, reader, config, arch, progress)
+    write_weights(dest, reader, config, arch, progress)
     write_tokenizer(dest, meta, config["max_position_embeddings"])
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     source = {
@@ -405,7 +257,7 @@ def convert(path: str | Path, progress: bool = True) -> Path:
         return cache_dir(digest)
     reader, meta = _open(path)
     info = _summary(path, reader, meta)
-    problem = _problem(info, reader)
+    problem = _problem(info, reader, meta)
     if problem:
         raise ModelError(f"{path}: {problem}")
     if digest is None:

@@ -200,11 +200,11 @@ def hf_config(family: str, vocab: int) -> dict:
     }
 
 
-def write_hf(dest: Path, family: str, weights: dict, vocab: int) -> Path:
+def write_hf(dest: Path, family: str, weights: dict, vocab: int, **extra) -> Path:
     from safetensors.numpy import save_file
 
     dest.mkdir(parents=True)
-    (dest / "config.json").write_text(json.dumps(hf_config(family, vocab)))
+    (dest / "config.json").write_text(json.dumps({**hf_config(family, vocab), **extra}))
     save_file(weights, str(dest / "model.safetensors"))
     return dest
 
@@ -223,6 +223,8 @@ BLOCK = {v: k for k, v in g.BLOCK_NAMES.items()}
 
 
 def gguf_name(name: str) -> str:
+    if name == "rope_freqs.weight":
+        return name
     stem, suffix = name.rsplit(".", 1)
     if stem in GGUF_NAMES:
         return f"{GGUF_NAMES[stem]}.{suffix}"
@@ -357,6 +359,36 @@ def test_logits_match_original(family, qtype, tokenizers_, tmp_path, home):
     assert source["path"] == str(path.resolve())
     assert source["size"] == path.stat().st_size
     assert out.name == f"gguf-{source['sha256'][:16]}"
+
+
+def test_llama3_rope_scaling_from_rope_freqs(tokenizers_, tmp_path, home):
+    """Llama 3.1/3.2 GGUFs carry rope_freqs instead of rope_scaling: we recover the latter."""
+    meta, vocab = tokenizers_["llama"]
+    weights = hf_weights("llama", vocab)
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    ref = write_hf(tmp_path / "ref", "llama", weights, vocab, rope_scaling=scaling)
+    factors = g.llama3_factors(10000.0, HEAD_DIM, 32.0, 1.0, 4.0, 8192).astype(np.float32)
+    assert factors.min() == 1.0 and factors.max() == 32.0  # some frequencies are rescaled
+    path = write_gguf(
+        tmp_path / "l3.gguf", "llama", {**weights, "rope_freqs.weight": factors}, meta
+    )
+    out = g.convert(path, progress=False)
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_scaling"] == scaling
+    ids = np.random.default_rng(2).integers(0, vocab, 64).tolist()
+    np.testing.assert_allclose(logits(out, ids), logits(ref, ids), atol=1e-4, rtol=1e-4)
+    # factors no Llama 3 scaling produces: refused before any work, naming the tensor
+    odd = write_gguf(
+        tmp_path / "odd.gguf", "llama", {**weights, "rope_freqs.weight": factors[::-1].copy()}, meta
+    )
+    with pytest.raises(ModelError, match="rope_freqs"):
+        g.convert(odd, progress=False)
 
 
 def test_cache_second_convert_is_instant(tokenizers_, tmp_path, home):
