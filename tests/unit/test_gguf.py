@@ -408,6 +408,23 @@ def test_cache_second_convert_is_instant(tokenizers_, tmp_path, home):
     assert [p.name for p in (home / "models").iterdir() if p.is_dir()] == [first.name]
 
 
+def test_shards_past_the_limit(tokenizers_, tmp_path, home, monkeypatch):
+    from mlxlora.models import gguf_weights
+
+    meta, vocab = tokenizers_["qwen2"]
+    weights = hf_weights("qwen2", vocab)
+    ref = write_hf(tmp_path / "ref", "qwen2", weights, vocab)
+    path = write_gguf(tmp_path / "s.gguf", "qwen2", weights, meta)
+    monkeypatch.setattr(gguf_weights, "SHARD_BYTES", 100_000)
+    out = g.convert(path, progress=False)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(files) > 2 and set(index["weight_map"].values()) == set(files)
+    assert set(index["weight_map"]) == set(weights)
+    ids = np.random.default_rng(3).integers(0, vocab, 16).tolist()
+    np.testing.assert_allclose(logits(out, ids), logits(ref, ids), atol=1e-4, rtol=1e-4)
+
+
 def test_describe(tokenizers_, tmp_path):
     meta, vocab = tokenizers_["qwen2"]
     path = write_gguf(tmp_path / "q.gguf", "qwen2", hf_weights("qwen2", vocab), meta, "Q8_0")
