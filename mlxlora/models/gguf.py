@@ -135,6 +135,10 @@ def _problem(info: dict, reader, meta: dict) -> str | None:
     for key in ("block_count", "embedding_length", "feed_forward_length", "head_count"):
         if not info[key]:
             return f"metadata {arch}.{key.replace('head_', 'attention.head_')} is missing"
+    if not any(t.name == "token_embd.weight" for t in reader.tensors):
+        return "it has no token_embd.weight tensor"
+    if not meta.get("tokenizer.ggml.tokens"):
+        return "it has no tokenizer.ggml.tokens (the vocabulary)"
     has_freqs, llama3 = rope_freqs_scaling(meta, reader)
     if has_freqs and not llama3:
         return "its rope_freqs tensor matches no Llama 3 rope scaling we can express in config.json"
