@@ -1,0 +1,552 @@
+"""LoRA training throughput and peak memory: mlxlora's MLX backend against stock mlx-lm.
+
+    python benchmarks/train_vs_mlx_lm.py [--shape tiny|qwen|all] [--steps N]
+
+Both sides train the SAME model, the SAME token sequences (with the same prompt offsets) and the
+same hyperparameters, each in its own fresh subprocess (so peaks never mix):
+
+* stock: `mlx_lm.tuner.trainer.train` with `TrainingArgs`, its `default_loss` and its
+  `iterate_batches` (sorted by length, padded to 32k+1, batches shuffled), the model loaded with
+  `mlx_lm.utils.load`, cast to float32, frozen, LoRA applied with
+  `mlx_lm.tuner.utils.linear_to_lora_layers` (same rank, scale, dropout, keys, num_layers) and
+  `mlx.optimizers.AdamW` (same learning rate and weight decay). Its dataset is a tiny object whose
+  `__getitem__` returns `(tokens, offset)`, exactly what mlx-lm's datasets return with
+  `mask_prompt`. No validation (`val_dataset=None`, `steps_per_eval` > iters), no saves in the
+  loop (`steps_per_save` > iters).
+* mlxlora: `MLXBackend` driven through the calls the engine makes for a training step:
+  `backend.load(model_dir, cfg)`, then for each batch of `batching.batch_order` (one order per
+  epoch, seed 0) `batching.collate`, `backend.accumulate` and `backend.update` (constant
+  learning rate, grad_accumulation 1, no validation: `data.val_split=0`). Its batches are padded
+  as `batching.collate` pads them (currently: to the longest sequence of the batch). Gradient clipping is
+  off (`training.grad_clip=0`) because stock mlx-lm does not clip.
+
+Each side trains whole epochs (iters = epochs x batches per epoch) over a sequence count that is a
+multiple of the batch size, so both train on every sequence exactly `epochs` times, in batches
+of the same size (the batches are length-sorted on both sides; their order differs).
+
+Before timing, each side runs ONE untimed warm-up step on the batch of the shortest sequences
+(stock: a separate `train(..., iters=1)` call; mlxlora: one accumulate + update), then
+`mx.reset_peak_memory()`.
+
+Measured, per side:
+* tokens/s: effective (non-padding) tokens per second = the sum of the real lengths of every
+  sequence in every trained batch, divided by the wall time from the start of the first timed
+  step to the end of the last (stock: the whole `train()` call, which includes its batching and
+  the per-shape `mx.compile` traces; mlxlora: the loop of collate + accumulate + update). Model
+  loading, data preparation and the warm-up step are excluded.
+* peak memory: `mx.get_peak_memory()` after the timed training (reset after the warm-up; the
+  frozen weights, which stay allocated, are part of both peaks).
+* ratios: mlxlora / stock for both (tokens/s above 1 and peak memory below 1 favour mlxlora).
+
+Shapes:
+* tiny: builtin:tiny (llama, vocab 1536) on tutorial/data/quickstart.jsonl, encoded by mlxlora's
+  batching.encode_all (completions only, max_length 256), LoRA r=8 alpha=16 on q,k,v,o, lr 2e-3,
+  batch 4, 2 epochs.
+* qwen: a Qwen2.5-0.5B layout (qwen2, vocab 151,936, hidden 896, intermediate 4864, 14 heads,
+  2 kv heads, tied embeddings) with only 2 layers, random float32 weights (seed 0), built in a
+  temp dir with builtin:tiny's tokenizer files; 48 synthetic sequences of uniform random token ids
+  with lengths uniform in 64..1024 (seed 0) and prompt offset = 30% of the length; LoRA r=8
+  alpha=16 on q,k,v,o, lr 1e-4, batch 4, 1 epoch = 4 steps. Only 4: on 2 CPU cores one step of
+  this shape takes 25-40 s (the 151,936-wide output projection and, above all, MLX's scalar
+  `exp` over the logits dominate), and each side should finish in about 3 minutes.
+
+Each child prints one line `RESULT {json}`; the parent prints a table and one line per shape
+`<shape>: tokens/s ratio X, peak memory ratio Y`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from mlxlora.backends.blas import blas_in_use, preload_openblas  # noqa: E402
+
+preload_openblas()  # before the first `import mlx.core` (mlx_lm imports it too)
+
+SEED = 0
+SIDES = ("stock", "mlxlora", "mlxlora-fused")
+SHAPES = {
+    "tiny": {
+        "batch_size": 4,
+        "epochs": 2,
+        "max_length": 256,
+        "rank": 8,
+        "alpha": 16.0,
+        "dropout": 0.0,
+        "targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "lr": 2e-3,
+    },
+    "qwen": {
+        "batch_size": 4,
+        "epochs": 1,
+        "max_length": 1024,
+        "rank": 8,
+        "alpha": 16.0,
+        "dropout": 0.0,
+        "targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "lr": 1e-4,
+        "num_sequences": 16,
+        "min_len": 64,
+        "max_len": 1024,
+        "prompt_fraction": 0.3,
+        "layers": 2,
+    },
+}
+QWEN_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "vocab_size": 151936,
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "tie_word_embeddings": True,
+    "hidden_act": "silu",
+    "torch_dtype": "float32",
+}
+
+
+# --- preparation (parent process) ---------------------------------------------------------
+
+
+def build_qwen(dest: Path, layers: int) -> Path:
+    """An HF-format qwen2 directory with random float32 weights that mlx_lm.utils.load loads."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from mlxlora.models.resolve import resolve_model
+
+    dest.mkdir(parents=True, exist_ok=True)
+    cfg = dict(QWEN_CONFIG, num_hidden_layers=layers)
+    (dest / "config.json").write_text(json.dumps(cfg, indent=2))
+    tiny = resolve_model("builtin:tiny", progress=False)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny / name).exists():
+            shutil.copy(tiny / name, dest / name)
+    rng = np.random.default_rng(SEED)
+    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+
+    def w(*shape):
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
+
+    weights = {"model.embed_tokens.weight": w(v, h), "model.norm.weight": np.ones(h, np.float32)}
+    for n in range(layers):
+        p = f"model.layers.{n}."
+        weights.update(
+            {
+                p + "self_attn.q_proj.weight": w(h, h),
+                p + "self_attn.q_proj.bias": w(h),
+                p + "self_attn.k_proj.weight": w(kv, h),
+                p + "self_attn.k_proj.bias": w(kv),
+                p + "self_attn.v_proj.weight": w(kv, h),
+                p + "self_attn.v_proj.bias": w(kv),
+                p + "self_attn.o_proj.weight": w(h, h),
+                p + "mlp.gate_proj.weight": w(i, h),
+                p + "mlp.up_proj.weight": w(i, h),
+                p + "mlp.down_proj.weight": w(h, i),
+                p + "input_layernorm.weight": np.ones(h, np.float32),
+                p + "post_attention_layernorm.weight": np.ones(h, np.float32),
+            }
+        )
+    save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    return dest
+
+
+def qwen_sequences(spec: dict) -> list[list]:
+    import numpy as np
+
+    rng = np.random.default_rng([SEED, 151936])
+    lengths = rng.integers(spec["min_len"], spec["max_len"] + 1, size=spec["num_sequences"])
+    out = []
+    for n in lengths:
+        ids = rng.integers(0, QWEN_CONFIG["vocab_size"], size=int(n)).tolist()
+        out.append([ids, int(round(n * spec["prompt_fraction"]))])
+    return out
+
+
+def tiny_sequences(model_dir: Path, spec: dict) -> list[list]:
+    """quickstart.jsonl encoded exactly as the engine encodes it (same tokenizer mlx-lm loads)."""
+    from mlx_lm.utils import load_tokenizer
+
+    from mlxlora.data import batching, formats
+
+    records = formats.load_records(ROOT / "tutorial" / "data" / "quickstart.jsonl")
+    kind = formats.detect_format(records)
+    normalized = [formats.normalize(r, kind) for r in records]
+    tokenizer = load_tokenizer(model_dir)
+    examples, _, _ = batching.encode_all(normalized, tokenizer, spec["max_length"], True)
+    return [[list(e.tokens), e.offset] for e in examples]
+
+
+def prepare(shape: str, workdir: Path) -> tuple[Path, Path]:
+    spec = SHAPES[shape]
+    if shape == "tiny":
+        from mlxlora.models.resolve import resolve_model
+
+        model_dir = resolve_model("builtin:tiny", progress=False)
+        seqs = tiny_sequences(model_dir, spec)
+    else:
+        model_dir = build_qwen(workdir / "qwen2-2layer", spec["layers"])
+        seqs = qwen_sequences(spec)
+    seqs = seqs[: len(seqs) - len(seqs) % spec["batch_size"]]  # whole batches on both sides
+    data = workdir / f"{shape}-sequences.json"
+    data.write_text(json.dumps(seqs))
+    return model_dir, data
+
+
+# --- the two sides (child processes) ------------------------------------------------------
+
+
+def mlxlora_config(spec: dict):
+    from mlxlora import config as config_mod
+
+    return config_mod.from_dict(
+        {
+            "model": "benchmark",
+            "data": {"dataset": "benchmark.jsonl", "val_split": 0.0, "max_length": spec["max_length"]},
+            "lora": {
+                "rank": spec["rank"],
+                "alpha": spec["alpha"],
+                "dropout": spec["dropout"],
+                "target_modules": spec["targets"],
+                "num_layers": -1,
+            },
+            "training": {
+                "learning_rate": spec["lr"],
+                "batch_size": spec["batch_size"],
+                "grad_clip": 0.0,
+                "weight_decay": 0.0,
+                "schedule": "constant",
+                "seed": SEED,
+            },
+        }
+    )
+
+
+def shortest(seqs: list, n: int) -> list[int]:
+    """Indices of the n shortest sequences: the (cheap) warm-up batch of both sides."""
+    return sorted(range(len(seqs)), key=lambda i: (len(seqs[i][0]), i))[:n]
+
+
+def fused_loss_backend():
+    """EXPERIMENT (`--experimental-fused`): MLXBackend with a one-pass labelled-position loss.
+
+    The shipped `_loss` runs each chunk under mx.checkpoint, so per labelled row the backward
+    pass recomputes the output projection and the logsumexp, then takes the softmax: 2 forward
+    + 1 backward matmuls and 3 full-vocabulary `exp` passes. Here each chunk is an
+    `mx.custom_function` whose forward computes the loss AND d(loss)/d(hidden) (softmax minus
+    one-hot, pulled back through the head with mx.vjp) with a single `exp` pass, and whose vjp
+    just scales that stored (rows x hidden) gradient: 1 forward + 1 backward matmul, 1 `exp`
+    pass, and still only one chunk of logits alive. Not a change to mlxlora: a measurement for
+    a proposed change to mlxlora/backends/mlx.py.
+    """
+    import mlx.core as mx
+
+    from mlxlora.backends import mlx as mb
+
+    def fused_chunk(head, hidden, targets):
+        @mx.custom_function
+        def f(h):
+            logits = head(h).astype(mx.float32)
+            m = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
+            e = mx.exp(logits - m)
+            s = e.sum(axis=-1, keepdims=True)
+            idx = targets[:, None]
+            picked = mx.take_along_axis(logits, idx, axis=-1)
+            loss = (m + mx.log(s) - picked).sum()
+            probs = e * (1.0 / s)
+            dlogits = mx.put_along_axis(
+                probs, idx, mx.take_along_axis(probs, idx, axis=-1) - 1.0, axis=-1
+            )
+            _, (dh,) = mx.vjp(head, [h], [dlogits.astype(h.dtype)])
+            return loss, dh
+
+        @f.vjp
+        def f_vjp(primals, cotangents, outputs):
+            return (cotangents[0] * outputs[1],)
+
+        return f(hidden)[0]
+
+    class FusedLossBackend(mb.MLXBackend):
+        def _loss(self, model, tokens, positions, targets):
+            if self._head is None:
+                return super()._loss(model, tokens, positions, targets)
+            hidden = model.model(tokens[:, :-1])
+            hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
+            total = mx.array(0.0)
+            rows = mb.LOSS_CHUNK_ROWS
+            for start in range(0, positions.size, rows):
+                chunk = fused_chunk(
+                    self._head, hidden[start : start + rows], targets[start : start + rows]
+                )
+                total = total + chunk
+            return total
+
+    return FusedLossBackend
+
+
+def collate(examples: list, max_length: int):
+    """batching.collate under either signature it has had (with or without max_length)."""
+    import inspect
+
+    from mlxlora.data import batching
+
+    if len(inspect.signature(batching.collate).parameters) >= 2:
+        return batching.collate(examples, max_length)
+    return batching.collate(examples)
+
+
+def run_mlxlora(spec: dict, model_dir: Path, seqs: list, fused: bool = False) -> dict:
+    import mlx.core as mx
+
+    from mlxlora.backends.mlx import MLXBackend
+    from mlxlora.data import batching
+
+    cfg = mlxlora_config(spec)
+    backend = fused_loss_backend()() if fused else MLXBackend()
+    backend.load(model_dir, cfg)
+    examples = [batching.Example(tuple(t), o) for t, o in seqs]
+    bs, lr, max_len = spec["batch_size"], spec["lr"], spec["max_length"]
+
+    def step(idx, seed):
+        batch = batching.collate([examples[j] for j in idx])
+        loss = backend.accumulate(batch, seed=seed)
+        backend.update(lr, 0.0, 1)
+        return loss, batch.real_tokens
+
+    step(shortest(seqs, bs), seed=12345)  # warm-up, untimed
+    mx.synchronize()
+    mx.reset_peak_memory()
+    tokens, losses, steps = 0, [], 0
+    tic = time.perf_counter()
+    for epoch in range(spec["epochs"]):
+        for idx in batching.batch_order(examples, bs, SEED, epoch):
+            loss, real = step(idx, seed=(SEED * 1_000_003 + steps) * 64)
+            tokens += real
+            losses.append(loss)
+            steps += 1
+    mx.synchronize()
+    wall = time.perf_counter() - tic
+    return {
+        "steps": steps,
+        "tokens": tokens,
+        "wall_s": wall,
+        "peak_bytes": mx.get_peak_memory(),
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+    }
+
+
+class TokenDataset:
+    """mlx-lm's dataset protocol with mask_prompt: item i is (tokens, prompt offset)."""
+
+    def __init__(self, seqs: list):
+        self._data = [(list(t), int(o)) for t, o in seqs]
+
+    def __getitem__(self, idx: int):
+        return self._data[idx]
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def run_stock(spec: dict, model_dir: Path, seqs: list, workdir: Path) -> dict:
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    import numpy as np
+    from mlx_lm.tuner import trainer
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import load
+
+    from mlxlora.backends.mlx import lora_keys
+
+    model, _tokenizer = load(str(model_dir))
+    model.set_dtype(mx.float32)
+    model.freeze()
+    params = {
+        "rank": spec["rank"],
+        "scale": spec["alpha"] / spec["rank"],
+        "dropout": spec["dropout"],
+        "keys": lora_keys(model, spec["targets"]),
+    }
+    mx.random.seed(SEED)
+    linear_to_lora_layers(model, len(model.layers), params)
+    model.train()
+    optimizer = optim.AdamW(learning_rate=spec["lr"], weight_decay=0.0)
+    bs = spec["batch_size"]
+    seen = {"tokens": 0}
+
+    def counting_batches(**kwargs):
+        # stock iterate_batches; we only add up the real lengths of what it yields
+        for batch, lengths in trainer.iterate_batches(**kwargs):
+            seen["tokens"] += int(np.array(lengths)[:, 1].sum())
+            yield batch, lengths
+
+    reports = []
+
+    class Callback(trainer.TrainingCallback if hasattr(trainer, "TrainingCallback") else object):
+        def on_train_loss_report(self, info):
+            reports.append(info)
+
+        def on_val_loss_report(self, info):
+            pass
+
+    def args(iters):
+        return trainer.TrainingArgs(
+            batch_size=bs,
+            iters=iters,
+            val_batches=0,
+            steps_per_report=iters,
+            steps_per_eval=iters + 1,
+            steps_per_save=iters + 1,
+            max_seq_length=2048,
+            adapter_file=str(workdir / "stock-adapters.safetensors"),
+            grad_checkpoint=False,
+        )
+
+    # warm-up: one untimed step on the first batch of sequences
+    warm = TokenDataset([seqs[i] for i in shortest(seqs, bs)])
+    trainer.train(model, optimizer, warm, None, args(1), trainer.default_loss)
+    mx.synchronize()
+    seen["tokens"] = 0
+    reports.clear()
+
+    iters = spec["epochs"] * (len(seqs) // bs)
+    np.random.seed(SEED)  # iterate_batches shuffles with numpy's global generator
+    mx.reset_peak_memory()
+    tic = time.perf_counter()
+    trainer.train(
+        model,
+        optimizer,
+        TokenDataset(seqs),
+        None,
+        args(iters),
+        trainer.default_loss,
+        counting_batches,
+        Callback(),
+    )
+    mx.synchronize()
+    wall = time.perf_counter() - tic
+    return {
+        "steps": iters,
+        "tokens": seen["tokens"],
+        "wall_s": wall,
+        "peak_bytes": mx.get_peak_memory(),
+        "mean_loss": reports[-1]["train_loss"] if reports else None,
+        "stock_reported_peak_gb": reports[-1]["peak_memory"] if reports else None,
+    }
+
+
+def child(args) -> None:
+    spec = SHAPES[args.shape]
+    if args.steps:
+        spec = dict(spec, epochs=1)
+    seqs = json.loads(Path(args.data).read_text())
+    if args.steps:
+        seqs = seqs[: args.steps * spec["batch_size"]]
+    import mlx.core as mx
+
+    mx.set_default_device(mx.cpu)
+    workdir = Path(args.data).parent
+    if args.side == "stock":
+        out = run_stock(spec, Path(args.model_dir), seqs, workdir)
+    else:
+        out = run_mlxlora(spec, Path(args.model_dir), seqs, fused=args.side == "mlxlora-fused")
+    out.update(side=args.side, shape=args.shape, tokens_per_s=out["tokens"] / out["wall_s"])
+    out["blas"] = blas_in_use()
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+# --- parent -------------------------------------------------------------------------------
+
+
+def run_side(side: str, shape: str, model_dir: Path, data: Path, steps: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--shape", shape,
+           "--model-dir", str(model_dir), "--data", str(data)]
+    if steps:
+        cmd += ["--steps", str(steps)]
+    print(f"  running {shape} / {side} in a fresh subprocess ...", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"{side} side failed on shape {shape} (exit {proc.returncode})")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=["tiny", "qwen", "all"], default="all")
+    p.add_argument("--steps", type=int, default=0,
+                   help="train only this many batches, one epoch (quick check); 0: the default")
+    p.add_argument("--experimental-fused", action="store_true",
+                   help="also run mlxlora with a one-pass fused loss (a proposed backend change)")
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.side:
+        child(args)
+        return 0
+
+    import platform
+
+    import mlx.core as mx
+    from importlib import metadata
+
+    shapes = ["tiny", "qwen"] if args.shape == "all" else [args.shape]
+    print("command: python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]))
+    print(
+        f"mlx {mx.__version__}, mlx-lm {metadata.version('mlx-lm')}, python "
+        f"{platform.python_version()}, {os.cpu_count()} CPU cores, {blas_in_use()}"
+    )
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mlxlora-bench-") as tmp:
+        for shape in shapes:
+            workdir = Path(tmp) / shape
+            workdir.mkdir()
+            model_dir, data = prepare(shape, workdir)
+            sides = SIDES if args.experimental_fused else SIDES[:2]
+            res = {side: run_side(side, shape, model_dir, data, args.steps) for side in sides}
+            rows.append((shape, res))
+    print()
+    header = f"{'shape':6} {'side':13} {'steps':>5} {'tokens':>7} {'wall s':>8} {'tokens/s':>9} {'peak GB':>8}"
+    print(header)
+    print("-" * len(header))
+    for shape, res in rows:
+        for side, r in res.items():
+            print(f"{shape:6} {side:13} {r['steps']:>5} {r['tokens']:>7} {r['wall_s']:>8.2f} "
+                  f"{r['tokens_per_s']:>9.1f} {r['peak_bytes'] / 1e9:>8.3f}")
+    print()
+    for shape, res in rows:
+        s, m = res["stock"], res["mlxlora"]
+        if s["tokens"] != m["tokens"]:
+            print(f"note: {shape}: the sides trained on different token totals "
+                  f"({s['tokens']} vs {m['tokens']})")
+        print(f"{shape}: tokens/s ratio {m['tokens_per_s'] / s['tokens_per_s']:.2f}, "
+              f"peak memory ratio {m['peak_bytes'] / s['peak_bytes']:.2f}")
+        if "mlxlora-fused" in res:
+            f = res["mlxlora-fused"]
+            print(f"{shape} (experimental fused loss, not shipped): tokens/s ratio "
+                  f"{f['tokens_per_s'] / s['tokens_per_s']:.2f}, peak memory ratio "
+                  f"{f['peak_bytes'] / s['peak_bytes']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
