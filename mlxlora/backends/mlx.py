@@ -128,6 +128,39 @@ def _output_head(model: nn.Module, model_type: str):
     return head
 
 
+def fused_cross_entropy(head, hidden: mx.array, targets: mx.array) -> mx.array:
+    """Summed cross-entropy of head(hidden) against targets, with its gradient made in forward.
+
+    Autograd (or mx.checkpoint) would keep or recompute the (rows x vocab) logits for the
+    backward pass and take exp over them three times; on a CPU that exp, not the matmul, is
+    the cost. Here the forward pass computes the softmax once, turns it into d(loss)/d(hidden)
+    (rows x hidden, small) and drops the logits; the backward pass only scales that gradient.
+    MLX has no fused cross-entropy for this, hence the custom function.
+    """
+
+    @mx.custom_function
+    def loss_and_grad(h):
+        logits = head(h).astype(mx.float32)
+        top = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
+        exp = mx.exp(logits - top)
+        total = exp.sum(axis=-1, keepdims=True)
+        index = targets[:, None]
+        picked = mx.take_along_axis(logits, index, axis=-1)
+        loss = (top + mx.log(total) - picked).sum()
+        probs = exp / total
+        dlogits = mx.put_along_axis(
+            probs, index, mx.take_along_axis(probs, index, axis=-1) - 1.0, axis=-1
+        )
+        _, (dh,) = mx.vjp(head, [h], [dlogits.astype(h.dtype)])
+        return loss, dh
+
+    @loss_and_grad.vjp
+    def _(primals, cotangents, outputs):
+        return (cotangents[0] * outputs[1],)
+
+    return loss_and_grad(hidden)[0]
+
+
 class MLXBackend:
     """Backend implementation for MLX (see backends/base.py for the contract)."""
 
@@ -185,34 +218,31 @@ class MLXBackend:
 
     # --- loss -------------------------------------------------------------------------
 
-    def _chunk_loss_sum(self, hidden: mx.array, targets: mx.array) -> mx.array:
-        logits = self._head(hidden).astype(mx.float32)
-        return nn.losses.cross_entropy(logits, targets, reduction="sum")
-
-    def _loss(self, model, tokens: mx.array, positions: mx.array, targets: mx.array) -> mx.array:
+    def _loss(
+        self, model, tokens: mx.array, positions: mx.array, targets: mx.array, train: bool = True
+    ) -> mx.array:
         """Summed cross-entropy over the labelled positions only.
 
         Full-vocabulary logits for every position are the largest tensor of a LoRA step
         (4 x 1024 x 151,936 x 4 B = 2.5 GB). Only labelled rows go through the output
-        projection, a chunk at a time, under mx.checkpoint so the backward pass recomputes one
-        chunk's logits instead of keeping them all alive.
+        projection, one chunk at a time; in training each chunk is a fused loss-and-gradient
+        function (see fused_cross_entropy), so no chunk's logits outlive it.
         """
         inputs = tokens[:, :-1]
         if self._head is None:  # unknown architecture: the model's own full logits
-            logits = model(inputs).reshape(
-                -1, model.args.vocab_size if hasattr(model, "args") else -1
-            )
-            return nn.losses.cross_entropy(
-                logits[positions].astype(mx.float32), targets, reduction="sum"
-            )
+            logits = model(inputs)
+            logits = logits.reshape(-1, logits.shape[-1])[positions].astype(mx.float32)
+            return nn.losses.cross_entropy(logits, targets, reduction="sum")
         hidden = model.model(inputs)
         hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
         total = mx.array(0.0)
         for start in range(0, positions.size, LOSS_CHUNK_ROWS):
-            chunk_targets = targets[start : start + LOSS_CHUNK_ROWS]
-            # targets are captured, not passed: checkpoint differentiates every input it gets
-            chunk_loss = mx.checkpoint(lambda h, t=chunk_targets: self._chunk_loss_sum(h, t))
-            total = total + chunk_loss(hidden[start : start + LOSS_CHUNK_ROWS])
+            rows = slice(start, start + LOSS_CHUNK_ROWS)
+            if train:
+                total = total + fused_cross_entropy(self._head, hidden[rows], targets[rows])
+            else:
+                logits = self._head(hidden[rows]).astype(mx.float32)
+                total = total + nn.losses.cross_entropy(logits, targets[rows], reduction="sum")
         return total
 
     @staticmethod
@@ -250,7 +280,7 @@ class MLXBackend:
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self.model.eval()
         tokens, positions, targets, n = self._labels(batch)
-        loss_sum = self._loss(self.model, tokens, positions, targets)
+        loss_sum = self._loss(self.model, tokens, positions, targets, train=False)
         mx.eval(loss_sum)
         self.model.train()
         return loss_sum.item(), n
