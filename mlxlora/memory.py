@@ -21,7 +21,14 @@ GIB = 1024**3
 # 2/3 to 3/4 of unified memory depending on the machine; we plan with 3/4 of it.
 UNIFIED_BUDGET_FRACTION = 0.75
 # Rows (tokens) per chunk of the chunked cross-entropy: logits exist for one chunk at a time.
-LOSS_CHUNK_TOKENS = 1024
+LOSS_CHUNK_ELEMENTS = 2**25  # logits per loss chunk: 128 MB in float32, whatever the vocab
+
+
+def loss_chunk_rows(vocab_size: int) -> int:
+    """Labelled positions per chunk of the output projection (the MLX backend uses this too):
+    a fixed logit budget, so a 152k vocabulary takes 220 rows a chunk and a 49k one 682."""
+    return max(64, min(1024, LOSS_CHUNK_ELEMENTS // max(vocab_size, 1)))
+
 # Logits (float32), their softmax and their gradient: about three vocab-wide float32 arrays.
 LOGIT_COPIES = 3
 LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
@@ -162,7 +169,7 @@ def estimate_training_memory(
     the fused kernel they exist for one layer at a time during backward; unfused, every
     adapted layer keeps them. With grad checkpointing only each adapted layer's input is kept,
     and one layer's activations are rebuilt at a time in backward.
-    Logits: float32 logits, softmax and gradient, for one LOSS_CHUNK_TOKENS chunk with the
+    Logits: float32 logits, softmax and gradient, for one loss_chunk_rows(vocab) chunk with the
     chunked loss, or for every token without it.
     """
     h, layers, vocab, heads, kv, q, inter = _dims(info)
@@ -182,7 +189,7 @@ def estimate_training_memory(
         activations = adapted * tokens * h * dtype_bytes + one_layer + scores
     else:
         activations = adapted * one_layer + (scores if fused_attention else adapted * scores)
-    rows = min(tokens, LOSS_CHUNK_TOKENS) if chunked_loss else tokens
+    rows = min(tokens, loss_chunk_rows(vocab)) if chunked_loss else tokens
     logits = rows * vocab * 4 * LOGIT_COPIES
     return MemoryEstimate(
         weights=weights if weights is not None else weight_bytes(info, dtype_bytes),

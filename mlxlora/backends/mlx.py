@@ -24,8 +24,8 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
 from mlxlora.backends.base import BackendInfo, Batch  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
+from mlxlora.memory import loss_chunk_rows  # noqa: E402
 
-LOSS_CHUNK_ROWS = 1024  # label positions per chunk of the output projection
 # Model types whose logits are exactly head(model.model(x)) (optionally soft-capped).
 CHUNKABLE_TYPES = {
     "llama",
@@ -208,6 +208,7 @@ class MLXBackend:
         self.model, self.tokenizer = model, tokenizer
         self.model_type = model_config.get("model_type", "")
         self._head = _output_head(model, self.model_type)
+        self._chunk_rows = loss_chunk_rows(model_config["vocab_size"])
         self.optimizer = optim.AdamW(learning_rate=0.0, weight_decay=config.training.weight_decay)
         self._value_and_grad = nn.value_and_grad(model, self._loss)
 
@@ -236,8 +237,9 @@ class MLXBackend:
         hidden = model.model(inputs)
         hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
         total = mx.array(0.0)
-        for start in range(0, positions.size, LOSS_CHUNK_ROWS):
-            rows = slice(start, start + LOSS_CHUNK_ROWS)
+        chunk = self._chunk_rows
+        for start in range(0, positions.size, chunk):
+            rows = slice(start, start + chunk)
             if train:
                 total = total + fused_cross_entropy(self._head, hidden[rows], targets[rows])
             else:
@@ -284,6 +286,18 @@ class MLXBackend:
         mx.eval(loss_sum)
         self.model.train()
         return loss_sum.item(), n
+
+    def generate(self, messages: list[dict], max_tokens: int) -> str:
+        """Greedy answer of the model as it is now (adapter included), dropout off."""
+        from mlxlora.backends.mlx_infer import add_end_of_turn_tokens, generate_text, prompt_tokens
+
+        add_end_of_turn_tokens(self.tokenizer)
+        self.model.eval()
+        try:
+            prompt = prompt_tokens(self.tokenizer, messages)
+            return generate_text(self.model, self.tokenizer, prompt, max_tokens)[0]
+        finally:
+            self.model.train()
 
     # --- files ------------------------------------------------------------------------
 

@@ -46,13 +46,13 @@ def reference_loss(model, tokens, mask):
 
 
 @pytest.mark.parametrize("chunk_rows", [1024, 7])  # one chunk, and many with a ragged tail
-def test_loss_and_gradients_match_full_logits(backend, monkeypatch, chunk_rows):
+def test_loss_and_gradients_match_full_logits(backend, chunk_rows):
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
     b, batch = backend
-    monkeypatch.setattr(mlx_backend, "LOSS_CHUNK_ROWS", chunk_rows)
+    b._chunk_rows = chunk_rows
     tokens, positions, targets, n = b._labels(batch)
     assert 0 < n < batch.loss_mask.size  # prompts are masked out
     mask = mx.array(batch.loss_mask)
