@@ -106,6 +106,9 @@ class Config:
     data: DataConfig = _help("Dataset section.", factory=DataConfig)
     lora: LoraConfig = _help("LoRA section.", factory=LoraConfig)
     training: TrainingConfig = _help("Training section.", factory=TrainingConfig)
+    samples: list[str] = _help(
+        "Held-out prompts the model answers (greedy) before and after training.", factory=list
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

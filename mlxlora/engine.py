@@ -27,12 +27,14 @@ from mlxlora.events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    Sample,
     Step,
 )
 from mlxlora.prepare import Prepared, prepare
 from mlxlora.runs import RunPaths, atomic_dir, atomic_write_text, run_lock
 
 KEEP_CHECKPOINTS = 2  # rolling step checkpoints kept besides best/
+SAMPLE_MAX_TOKENS = 64
 
 
 @dataclass
@@ -204,6 +206,13 @@ class Trainer:
                 )
             )
 
+    def answer_samples(self, when: str) -> None:
+        for prompt in self.cfg.samples:
+            answer = self.p.backend.generate(
+                [{"role": "user", "content": prompt}], SAMPLE_MAX_TOKENS
+            )
+            self.events.emit(Sample(step=self.state.step, when=when, prompt=prompt, answer=answer))
+
     def should_stop_early(self) -> bool:
         es, s = self.t.early_stopping, self.state
         if es.patience and s.best_val_loss is not None and s.evals_since_best >= es.patience:
@@ -324,12 +333,15 @@ def _run(cfg: Config, paths: RunPaths, backend, events: EventWriter, resume: boo
             )
         )
         trainer = Trainer(prep, events, state)
+        if state.step == 0:
+            trainer.answer_samples("before")
         previous = _install_stop_handlers(trainer.stop)
         try:
             outcome = trainer.run()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        trainer.answer_samples("after")
         state.elapsed = time.perf_counter() - trainer._started
     except TrainingFailed:
         raise

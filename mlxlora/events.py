@@ -79,6 +79,15 @@ class EpochEnd(Event):
 
 
 @dataclass
+class Sample(Event):
+    type: ClassVar[str] = "sample"
+    step: int
+    when: str  # before | after (training)
+    prompt: str
+    answer: str
+
+
+@dataclass
 class Checkpoint(Event):
     type: ClassVar[str] = "checkpoint"
     step: int
@@ -116,7 +125,17 @@ class RunFailed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
-    for cls in (RunStarted, Step, Eval, EpochEnd, Checkpoint, EarlyStop, RunFinished, RunFailed)
+    for cls in (
+        RunStarted,
+        Step,
+        Eval,
+        EpochEnd,
+        Sample,
+        Checkpoint,
+        EarlyStop,
+        RunFinished,
+        RunFailed,
+    )
 }
 
 

@@ -60,6 +60,10 @@ class Backend(Protocol):
         """(summed loss, label tokens) without gradients."""
         ...
 
+    def generate(self, messages: list[dict], max_tokens: int) -> str:
+        """Greedy answer of the model as it stands (adapter included)."""
+        ...
+
     def save_adapter(self, directory: Path) -> None: ...
 
     def save_state(self, directory: Path) -> None:

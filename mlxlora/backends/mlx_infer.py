@@ -26,6 +26,44 @@ from mlxlora.errors import ModelError  # noqa: E402
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 
+def add_end_of_turn_tokens(tokenizer) -> None:
+    """Make generation stop at whichever END_OF_TURN tokens this vocabulary has."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    for token in END_OF_TURN:
+        if token in vocab:
+            tokenizer.add_eos_token(token)
+
+
+def prompt_tokens(tokenizer, messages: list[dict], raw: bool = False) -> list[int]:
+    """Token ids for the prompt: the chat template with the assistant turn opened, or (raw,
+    or a tokenizer without a template) the message contents joined as plain text."""
+    if not raw and getattr(tokenizer, "has_chat_template", False):
+        return list(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        )
+    return list(tokenizer.encode("\n\n".join(m["content"] for m in messages)))
+
+
+def generate_text(model, tokenizer, prompt: list[int], max_tokens: int) -> tuple[str, dict]:
+    """Greedy continuation of `prompt` up to end of turn or max_tokens: (new text, stats)."""
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    pieces = []
+    stats = {"prompt_tokens": len(prompt), "generation_tokens": 0}
+    for response in stream_generate(
+        model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(temp=0.0)
+    ):
+        pieces.append(response.text)
+        stats = {
+            "prompt_tokens": response.prompt_tokens,
+            "generation_tokens": response.generation_tokens,
+            "generation_tps": response.generation_tps,
+            "finish_reason": response.finish_reason,
+        }
+    return "".join(pieces), stats
+
+
 class MLXGenerator:
     """A model (plus adapter) loaded once; `generate` and `perplexity` as many times as needed."""
 
@@ -45,52 +83,18 @@ class MLXGenerator:
             model.set_dtype(dtype)
         model.eval()
         self.model, self.tokenizer = model, tokenizer
-        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-        for token in END_OF_TURN:
-            if token in vocab:
-                tokenizer.add_eos_token(token)
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "has_chat_template", False))
+        add_end_of_turn_tokens(tokenizer)
 
     def prompt_tokens(self, messages: list[dict], raw: bool = False) -> list[int]:
-        """Token ids for the prompt: the chat template with the assistant turn opened, or (raw,
-        or a tokenizer without a template) the message contents joined as plain text."""
-        if not raw and self.has_chat_template:
-            return list(
-                self.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=True
-                )
-            )
-        text = "\n\n".join(m["content"] for m in messages)
-        return list(self.tokenizer.encode(text))
+        return prompt_tokens(self.tokenizer, messages, raw)
 
     def generate(self, messages: list[dict], max_tokens: int = 100, raw: bool = False) -> str:
         """The greedy continuation, up to end of turn or `max_tokens` new tokens, new text only."""
-        from mlx_lm.generate import stream_generate
-        from mlx_lm.sample_utils import make_sampler
-
         if max_tokens < 1:
             raise ModelError(f"max_tokens must be at least 1 (got {max_tokens})")
-        prompt = self.prompt_tokens(messages, raw)
-        pieces = []
-        self.last_stats = {"prompt_tokens": len(prompt), "generation_tokens": 0}
-        for response in stream_generate(
-            self.model,
-            self.tokenizer,
-            prompt,
-            max_tokens=max_tokens,
-            sampler=make_sampler(temp=0.0),
-        ):
-            pieces.append(response.text)
-            self.last_stats = {
-                "prompt_tokens": response.prompt_tokens,
-                "generation_tokens": response.generation_tokens,
-                "generation_tps": response.generation_tps,
-                "finish_reason": response.finish_reason,
-            }
-        return "".join(pieces)
+        prompt = prompt_tokens(self.tokenizer, messages, raw)
+        text, self.last_stats = generate_text(self.model, self.tokenizer, prompt, max_tokens)
+        return text
 
     def perplexity(self, text: str) -> float:
         """exp(mean next-token cross-entropy) of `text`, every token after the first scored."""

@@ -12,6 +12,7 @@ from mlxlora.events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    Sample,
     Step,
 )
 
@@ -122,6 +123,11 @@ class ProgressView:
             mark = "  [green]best[/]" if event.best else ""
             ppl = f"ppl {event.perplexity:.2f}"
             self.log(f"step {event.step}: val loss {event.val_loss:.4f}  {ppl}{mark}")
+        elif isinstance(event, Sample):
+            from rich.markup import escape
+
+            answer = escape(" ".join(event.answer.split()))
+            self.log(f"[bold]{event.when} training[/] '{escape(event.prompt)}'\n  -> {answer}")
         elif isinstance(event, EarlyStop):
             self.log(
                 f"[yellow]early stop[/] at step {event.step}: no improvement for "

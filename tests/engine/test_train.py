@@ -186,3 +186,13 @@ def test_qlora_on_a_4bit_model(home, quickstart_data, tmp_path):
     )
     assert weights and all("lora_" in k for k in weights)
     assert summary["outcome"] == "completed"
+
+
+def test_samples_are_answered_before_and_after(home, quickstart_data, tmp_path):
+    cfg = make_config(
+        quickstart_data, "training.max_steps=3", "samples=['What is the capital of Chile?']"
+    )
+    engine.train(cfg, tmp_path / "run")
+    samples = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e.type == "sample"]
+    assert [(s.when, s.step) for s in samples] == [("before", 0), ("after", 3)]
+    assert all(s.prompt == "What is the capital of Chile?" and s.answer for s in samples)
