@@ -17,7 +17,7 @@ same hyperparameters, each in its own fresh subprocess (so peaks never mix):
   `backend.load(model_dir, cfg)`, then for each batch of `batching.batch_order` (one order per
   epoch, seed 0) `batching.collate`, `backend.accumulate` and `backend.update` (constant
   learning rate, grad_accumulation 1, no validation: `data.val_split=0`). Its batches are padded
-  as `batching.collate` pads them (currently: to the longest sequence of the batch). Gradient clipping is
+  as `batching.collate` pads them (to the longest sequence of the batch). Gradient clipping is
   off (`training.grad_clip=0`) because stock mlx-lm does not clip.
 
 Each side trains whole epochs (iters = epochs x batches per epoch) over a sequence count that is a
@@ -75,7 +75,7 @@ from mlxlora.backends.blas import blas_in_use, preload_openblas  # noqa: E402
 preload_openblas()  # before the first `import mlx.core` (mlx_lm imports it too)
 
 SEED = 0
-SIDES = ("stock", "mlxlora", "mlxlora-fused")
+SIDES = ("stock", "mlxlora")
 SHAPES = {
     "tiny": {
         "batch_size": 4,
@@ -218,7 +218,11 @@ def mlxlora_config(spec: dict):
     return config_mod.from_dict(
         {
             "model": "benchmark",
-            "data": {"dataset": "benchmark.jsonl", "val_split": 0.0, "max_length": spec["max_length"]},
+            "data": {
+                "dataset": "benchmark.jsonl",
+                "val_split": 0.0,
+                "max_length": spec["max_length"],
+            },
             "lora": {
                 "rank": spec["rank"],
                 "alpha": spec["alpha"],
@@ -243,85 +247,17 @@ def shortest(seqs: list, n: int) -> list[int]:
     return sorted(range(len(seqs)), key=lambda i: (len(seqs[i][0]), i))[:n]
 
 
-def fused_loss_backend():
-    """EXPERIMENT (`--experimental-fused`): MLXBackend with a one-pass labelled-position loss.
-
-    The shipped `_loss` runs each chunk under mx.checkpoint, so per labelled row the backward
-    pass recomputes the output projection and the logsumexp, then takes the softmax: 2 forward
-    + 1 backward matmuls and 3 full-vocabulary `exp` passes. Here each chunk is an
-    `mx.custom_function` whose forward computes the loss AND d(loss)/d(hidden) (softmax minus
-    one-hot, pulled back through the head with mx.vjp) with a single `exp` pass, and whose vjp
-    just scales that stored (rows x hidden) gradient: 1 forward + 1 backward matmul, 1 `exp`
-    pass, and still only one chunk of logits alive. Not a change to mlxlora: a measurement for
-    a proposed change to mlxlora/backends/mlx.py.
-    """
-    import mlx.core as mx
-
-    from mlxlora.backends import mlx as mb
-
-    def fused_chunk(head, hidden, targets):
-        @mx.custom_function
-        def f(h):
-            logits = head(h).astype(mx.float32)
-            m = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
-            e = mx.exp(logits - m)
-            s = e.sum(axis=-1, keepdims=True)
-            idx = targets[:, None]
-            picked = mx.take_along_axis(logits, idx, axis=-1)
-            loss = (m + mx.log(s) - picked).sum()
-            probs = e * (1.0 / s)
-            dlogits = mx.put_along_axis(
-                probs, idx, mx.take_along_axis(probs, idx, axis=-1) - 1.0, axis=-1
-            )
-            _, (dh,) = mx.vjp(head, [h], [dlogits.astype(h.dtype)])
-            return loss, dh
-
-        @f.vjp
-        def f_vjp(primals, cotangents, outputs):
-            return (cotangents[0] * outputs[1],)
-
-        return f(hidden)[0]
-
-    class FusedLossBackend(mb.MLXBackend):
-        def _loss(self, model, tokens, positions, targets):
-            if self._head is None:
-                return super()._loss(model, tokens, positions, targets)
-            hidden = model.model(tokens[:, :-1])
-            hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
-            total = mx.array(0.0)
-            rows = mb.LOSS_CHUNK_ROWS
-            for start in range(0, positions.size, rows):
-                chunk = fused_chunk(
-                    self._head, hidden[start : start + rows], targets[start : start + rows]
-                )
-                total = total + chunk
-            return total
-
-    return FusedLossBackend
-
-
-def collate(examples: list, max_length: int):
-    """batching.collate under either signature it has had (with or without max_length)."""
-    import inspect
-
-    from mlxlora.data import batching
-
-    if len(inspect.signature(batching.collate).parameters) >= 2:
-        return batching.collate(examples, max_length)
-    return batching.collate(examples)
-
-
-def run_mlxlora(spec: dict, model_dir: Path, seqs: list, fused: bool = False) -> dict:
+def run_mlxlora(spec: dict, model_dir: Path, seqs: list) -> dict:
     import mlx.core as mx
 
     from mlxlora.backends.mlx import MLXBackend
     from mlxlora.data import batching
 
     cfg = mlxlora_config(spec)
-    backend = fused_loss_backend()() if fused else MLXBackend()
+    backend = MLXBackend()
     backend.load(model_dir, cfg)
     examples = [batching.Example(tuple(t), o) for t, o in seqs]
-    bs, lr, max_len = spec["batch_size"], spec["lr"], spec["max_length"]
+    bs, lr = spec["batch_size"], spec["lr"]
 
     def step(idx, seed):
         batch = batching.collate([examples[j] for j in idx])
@@ -466,7 +402,7 @@ def child(args) -> None:
     if args.side == "stock":
         out = run_stock(spec, Path(args.model_dir), seqs, workdir)
     else:
-        out = run_mlxlora(spec, Path(args.model_dir), seqs, fused=args.side == "mlxlora-fused")
+        out = run_mlxlora(spec, Path(args.model_dir), seqs)
     out.update(side=args.side, shape=args.shape, tokens_per_s=out["tokens"] / out["wall_s"])
     out["blas"] = blas_in_use()
     print("RESULT " + json.dumps(out), flush=True)
@@ -476,8 +412,18 @@ def child(args) -> None:
 
 
 def run_side(side: str, shape: str, model_dir: Path, data: Path, steps: int) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--shape", shape,
-           "--model-dir", str(model_dir), "--data", str(data)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--side",
+        side,
+        "--shape",
+        shape,
+        "--model-dir",
+        str(model_dir),
+        "--data",
+        str(data),
+    ]
     if steps:
         cmd += ["--steps", str(steps)]
     print(f"  running {shape} / {side} in a fresh subprocess ...", flush=True)
@@ -486,16 +432,18 @@ def run_side(side: str, shape: str, model_dir: Path, data: Path, steps: int) -> 
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"{side} side failed on shape {shape} (exit {proc.returncode})")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["tiny", "qwen", "all"], default="all")
-    p.add_argument("--steps", type=int, default=0,
-                   help="train only this many batches, one epoch (quick check); 0: the default")
-    p.add_argument("--experimental-fused", action="store_true",
-                   help="also run mlxlora with a one-pass fused loss (a proposed backend change)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="train only this many batches, one epoch (quick check); 0: the default",
+    )
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -505,9 +453,9 @@ def main(argv=None) -> int:
         return 0
 
     import platform
+    from importlib import metadata
 
     import mlx.core as mx
-    from importlib import metadata
 
     shapes = ["tiny", "qwen"] if args.shape == "all" else [args.shape]
     print("command: python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]))
@@ -521,30 +469,33 @@ def main(argv=None) -> int:
             workdir = Path(tmp) / shape
             workdir.mkdir()
             model_dir, data = prepare(shape, workdir)
-            sides = SIDES if args.experimental_fused else SIDES[:2]
-            res = {side: run_side(side, shape, model_dir, data, args.steps) for side in sides}
+            res = {side: run_side(side, shape, model_dir, data, args.steps) for side in SIDES}
             rows.append((shape, res))
     print()
-    header = f"{'shape':6} {'side':13} {'steps':>5} {'tokens':>7} {'wall s':>8} {'tokens/s':>9} {'peak GB':>8}"
+    header = (
+        f"{'shape':6} {'side':13} {'steps':>5} {'tokens':>7} {'wall s':>8} {'tokens/s':>9}"
+        f" {'peak GB':>8}"
+    )
     print(header)
     print("-" * len(header))
     for shape, res in rows:
         for side, r in res.items():
-            print(f"{shape:6} {side:13} {r['steps']:>5} {r['tokens']:>7} {r['wall_s']:>8.2f} "
-                  f"{r['tokens_per_s']:>9.1f} {r['peak_bytes'] / 1e9:>8.3f}")
+            print(
+                f"{shape:6} {side:13} {r['steps']:>5} {r['tokens']:>7} {r['wall_s']:>8.2f} "
+                f"{r['tokens_per_s']:>9.1f} {r['peak_bytes'] / 1e9:>8.3f}"
+            )
     print()
     for shape, res in rows:
         s, m = res["stock"], res["mlxlora"]
         if s["tokens"] != m["tokens"]:
-            print(f"note: {shape}: the sides trained on different token totals "
-                  f"({s['tokens']} vs {m['tokens']})")
-        print(f"{shape}: tokens/s ratio {m['tokens_per_s'] / s['tokens_per_s']:.2f}, "
-              f"peak memory ratio {m['peak_bytes'] / s['peak_bytes']:.2f}")
-        if "mlxlora-fused" in res:
-            f = res["mlxlora-fused"]
-            print(f"{shape} (experimental fused loss, not shipped): tokens/s ratio "
-                  f"{f['tokens_per_s'] / s['tokens_per_s']:.2f}, peak memory ratio "
-                  f"{f['peak_bytes'] / s['peak_bytes']:.2f}")
+            print(
+                f"note: {shape}: the sides trained on different token totals "
+                f"({s['tokens']} vs {m['tokens']})"
+            )
+        print(
+            f"{shape}: tokens/s ratio {m['tokens_per_s'] / s['tokens_per_s']:.2f}, "
+            f"peak memory ratio {m['peak_bytes'] / s['peak_bytes']:.2f}"
+        )
     return 0
 
 
