@@ -33,6 +33,15 @@ def home(tmp_path, monkeypatch, built_tiny):
     return ws
 
 
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An empty Ollama model store ($OLLAMA_MODELS), laid out by the tests that use it."""
+    root = tmp_path / "ollama-models"
+    root.mkdir()
+    monkeypatch.setenv("OLLAMA_MODELS", str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def quickstart_data():
     return REPO / "tutorial" / "data" / "quickstart.jsonl"

@@ -209,13 +209,3 @@ def test_smollm2_knows_the_capital_of_france(home):
     )  # fmt: skip
     assert again.stdout == out.stdout  # greedy, and the converted model is cached
     print(f"smollm2: first {first:.1f}s (converting), cached {time.perf_counter() - start:.1f}s")
-
-
-def test_no_mlx_at_import():
-    code = (
-        "import sys, mlxlora.evaluate, mlxlora.commands.generate, mlxlora.models.ollama, "
-        "mlxlora.models.resolve, mlxlora.cli; mlxlora.cli.build_parser(); "
-        "print(any(m == 'mlx' or m.startswith(('mlx.', 'torch', 'textual')) for m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

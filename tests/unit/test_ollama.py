@@ -70,14 +70,6 @@ def add_model(
     return file
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    root = tmp_path / "ollama-models"
-    root.mkdir()
-    monkeypatch.setenv("OLLAMA_MODELS", str(root))
-    return root
-
-
 def test_store_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "x"))
     assert ollama.store_dir() == tmp_path / "x"

@@ -29,14 +29,6 @@ def conversions(monkeypatch, tmp_path):
     return calls, out
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    root = tmp_path / "ollama"
-    root.mkdir()
-    monkeypatch.setenv("OLLAMA_MODELS", str(root))
-    return root
-
-
 def test_kinds(tmp_path, built_tiny):
     gguf = tmp_path / "m.Q4_0.GGUF"
     gguf.write_bytes(FAKE_GGUF)
