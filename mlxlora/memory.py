@@ -29,6 +29,18 @@ def loss_chunk_rows(vocab_size: int) -> int:
     a fixed logit budget, so a 152k vocabulary takes 220 rows a chunk and a 49k one 682."""
     return max(64, min(1024, LOSS_CHUNK_ELEMENTS // max(vocab_size, 1)))
 
+# Query rows per block of the MLX backend's CPU attention (blocked_causal_attention): a block
+# of queries only meets the keys before it, so the masked upper triangle is never materialised.
+ATTENTION_BLOCK = 64
+
+
+def causal_block_fraction(length: int, block: int = ATTENTION_BLOCK) -> float:
+    """Share of the (length x length) scores that the blocked causal attention computes and
+    keeps: (n + 1) / 2n for n query blocks (1 for one block, -> 1/2 for long sequences)."""
+    n = max(1, -(-length // block))
+    return (n + 1) / (2 * n)
+
+
 # Logits (float32), their softmax and their gradient: about three vocab-wide float32 arrays.
 LOGIT_COPIES = 3
 LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
@@ -56,8 +68,8 @@ class TrainShape:
     dtype_bytes: int = 2
     chunked_loss: bool = True
     grad_accumulation: int = 1
-    # MLX's fused attention backward (Metal); on a CPU MLX falls back to the unfused ops,
-    # which keep every layer's scores: measured on CPU within ~25% of the unfused estimate.
+    # MLX's fused attention backward (Metal); on a CPU the MLX backend's blocked causal
+    # attention keeps every layer's causal probabilities (see estimate_training_memory).
     fused_attention: bool = True
 
     @classmethod
@@ -166,8 +178,10 @@ def estimate_training_memory(
     (q_dim + 2*kv_dim) + 3*intermediate (gate, up, silu(gate)), plus the input of o_proj or
     down_proj when those are adapted. Layers below the first adapted one keep nothing.
     Attention scores (batch*heads*len^2, scores and probabilities in the model dtype): with
-    the fused kernel they exist for one layer at a time during backward; unfused, every
-    adapted layer keeps them. With grad checkpointing only each adapted layer's input is kept,
+    the fused kernel they exist for one layer at a time during backward. On a CPU the MLX
+    backend's blocked causal attention keeps, in every adapted layer, the probabilities of the
+    causal blocks only (causal_block_fraction of len^2, no scores) and two copies of q
+    (measured at 2 x 512 on SmolLM2-135M: ~53 MB a layer, estimate ~50 MB). With grad checkpointing only each adapted layer's input is kept,
     and one layer's activations are rebuilt at a time in backward.
     Logits: float32 logits, softmax and gradient, for one loss_chunk_rows(vocab) chunk with the
     chunked loss, or for every token without it.
@@ -184,7 +198,11 @@ def estimate_training_memory(
     if "down_proj" in lora_targets:
         per_token += inter
     one_layer = tokens * per_token * dtype_bytes
-    scores = batch_size * heads * max_length**2 * dtype_bytes * 2
+    if fused_attention:  # scores and probabilities, one layer at a time in backward
+        scores = batch_size * heads * max_length**2 * dtype_bytes * 2
+    else:  # blocked CPU attention: each layer keeps its blocks' probabilities and 2 copies of q
+        probs = batch_size * heads * max_length**2 * causal_block_fraction(max_length)
+        scores = int(probs * dtype_bytes) + tokens * 2 * q * dtype_bytes
     if grad_checkpoint:
         activations = adapted * tokens * h * dtype_bytes + one_layer + scores
     else:
