@@ -29,11 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mlxlora.backends import mlx as backend_mod  # noqa: E402  (preloads OpenBLAS)
-
+# isort: off
+from mlxlora.backends import mlx as backend_mod  # noqa: E402  (preloads OpenBLAS before mlx)
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
+# isort: on
 
 MB = 1e6
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
@@ -78,8 +79,11 @@ def step_peak(b, batch, layers, n_layers, forward_only=False):
 
 def piece(fn, *arrays, cot=None, repeat=3):
     """(peak MB over the inputs, seconds) of fn's forward + backward at these inputs."""
+
     def run():
-        out, grads = mx.vjp(fn, list(arrays), [cot if cot is not None else mx.ones_like(fn(*arrays))])
+        out, grads = mx.vjp(
+            fn, list(arrays), [cot if cot is not None else mx.ones_like(fn(*arrays))]
+        )
         mx.eval(out, grads)
 
     run()
@@ -157,33 +161,45 @@ def main(argv=None) -> int:
     pieces = [
         (
             "attention, mx.fast CPU fallback (causal)",
-            lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal"),
-            (q, k, v), cot, n_all,
+            lambda q, k, v: mx.fast.scaled_dot_product_attention(
+                q, k, v, scale=scale, mask="causal"
+            ),
+            (q, k, v),
+            cot,
+            n_all,
         ),
         (
             "attention, blocked_causal_attention",
             lambda q, k, v: backend_mod.blocked_causal_attention(q, k, v, scale),
-            (q, k, v), cot, n_all,
+            (q, k, v),
+            cot,
+            n_all,
         ),
         ("swiglu silu(gate)*up (compiled)", swiglu, (gate, up), gate, n_all),
         ("rms_norm (mx.fast)", lambda x: mx.fast.rms_norm(x, w, 1e-5), (hid,), hid, 2 * n_all),
         (
             "rope on q (mx.fast)",
             lambda x: mx.fast.rope(x, D, traditional=False, base=1e5, scale=1.0, offset=0),
-            (q,), q, n_all,
+            (q,),
+            q,
+            n_all,
         ),
         ("LoRALinear 576->1536 (frozen W + A, B)", lin, (hid,), gate, 2 * n_all),
         (
             f"fused loss chunk ({chunk} rows x vocab)",
             lambda h: backend_mod.fused_cross_entropy(b._head, h, t_chunk),
-            (h_chunk,), None, 1,
+            (h_chunk,),
+            None,
+            1,
         ),
     ]
     print("\n| piece (forward + backward, 2 x 512) | peak MB | ms | x per step | s per step |")
     print("|---|---:|---:|---:|---:|")
     for name, fn, arrays, c, times in pieces:
         peak, sec = piece(fn, *arrays, cot=c)
-        print(f"| {name} | {peak:.1f} | {sec * 1e3:.1f} | {times} | {sec * times:.2f} |", flush=True)
+        print(
+            f"| {name} | {peak:.1f} | {sec * 1e3:.1f} | {times} | {sec * times:.2f} |", flush=True
+        )
 
     # --- flops -------------------------------------------------------------------------
     total_params = sum(v.size for _, v in nn.utils.tree_flatten(b.model.parameters()))
@@ -192,10 +208,14 @@ def main(argv=None) -> int:
     # attention 4*B*H*L^2*D forward (q k^T and p v, causal half counted), x2 backward.
     attn = 4 * 2 * H * 512 * 512 * D * 0.5 * 3 * n_all
     flops = 4 * total_params * T + 2 * trainable * T + attn
-    print(f"\nstep flops ~{flops / 1e9:.0f} GFLOP (4*N*T, N={total_params / 1e6:.0f}M incl. the tied "
-          f"head, + LoRA grads + causal attention x3)")
-    for mode, (peak, sec) in whole.items():
-        print(f"{mode}: {sec:.2f} s a step = {T / sec:.0f} tokens/s, {flops / sec / 1e9:.0f} GFLOP/s")
+    print(
+        f"\nstep flops ~{flops / 1e9:.0f} GFLOP (4*N*T, N={total_params / 1e6:.0f}M incl. the tied "
+        f"head, + LoRA grads + causal attention x3)"
+    )
+    for mode, (_, sec) in whole.items():
+        print(
+            f"{mode}: {sec:.2f} s a step = {T / sec:.0f} tokens/s, {flops / sec / 1e9:.0f} GFLOP/s"
+        )
     a = mx.random.normal((1024, 576))
     W = mx.random.normal((1536, 576))
     mx.eval(a, W, a @ W.T)

@@ -29,6 +29,7 @@ def loss_chunk_rows(vocab_size: int) -> int:
     a fixed logit budget, so a 152k vocabulary takes 220 rows a chunk and a 49k one 682."""
     return max(64, min(1024, LOSS_CHUNK_ELEMENTS // max(vocab_size, 1)))
 
+
 # Query rows per block of the MLX backend's CPU attention (blocked_causal_attention): a block
 # of queries only meets the keys before it, so the masked upper triangle is never materialised.
 ATTENTION_BLOCK = 64
@@ -181,8 +182,9 @@ def estimate_training_memory(
     the fused kernel they exist for one layer at a time during backward. On a CPU the MLX
     backend's blocked causal attention keeps, in every adapted layer, the probabilities of the
     causal blocks only (causal_block_fraction of len^2, no scores) and two copies of q
-    (measured at 2 x 512 on SmolLM2-135M: ~53 MB a layer, estimate ~50 MB). With grad checkpointing only each adapted layer's input is kept,
-    and one layer's activations are rebuilt at a time in backward.
+    (measured at 2 x 512 on SmolLM2-135M: ~53 MB a layer, estimate ~50 MB). With grad
+    checkpointing only each adapted layer's input is kept, and one layer's activations are
+    rebuilt at a time in backward.
     Logits: float32 logits, softmax and gradient, for one loss_chunk_rows(vocab) chunk with the
     chunked loss, or for every token without it.
     """

@@ -89,7 +89,7 @@ def test_blocked_causal_attention_matches_fused_kernel(length):
     ref_out, ref_grads = mx.vjp(fused, [q, k, v], [cot])
     out, grads = mx.vjp(blocked, [q, k, v], [cot])
     np.testing.assert_allclose(np.array(out[0]), np.array(ref_out[0]), rtol=1e-5, atol=1e-5)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         np.testing.assert_allclose(np.array(g), np.array(r), rtol=1e-4, atol=1e-5)
 
 
