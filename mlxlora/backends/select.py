@@ -20,43 +20,40 @@ def torch_available() -> bool:
 
 
 def resolve_name(requested: str) -> str:
-    if requested == "auto":
-        if mlx_available():
-            return "mlx"
-        if torch_available():
-            return "torch"
-        raise BackendUnavailable(
-            "no backend installed: pip install mlxlora (MLX) or mlxlora[torch]"
-        )
-    if requested == "mlx" and not mlx_available():
+    """The backend that will run `requested` (auto | mlx | torch), or a clear error.
+
+    Only MLX is implemented so far; torch (PyTorch + PEFT on CUDA hosts) comes later, so
+    every name resolves to "mlx" or fails here, and the functions below may assume MLX.
+    """
+    if requested == "torch" or (requested == "auto" and not mlx_available() and torch_available()):
+        raise BackendUnavailable("backend torch: not implemented yet; use backend: mlx")
+    if not mlx_available():
         raise BackendUnavailable(
             "backend mlx: install it with `pip install mlx mlx-lm` (Linux: mlx[cpu])"
         )
-    if requested == "torch":
-        raise BackendUnavailable("backend torch: not implemented yet; use backend: mlx")
-    return requested
+    return "mlx"
 
 
 def create(requested: str = "auto"):
-    """A fresh backend instance for `requested` (auto | mlx | torch)."""
-    name = resolve_name(requested)
+    """A fresh training backend for `requested`."""
+    resolve_name(requested)
     from mlxlora.backends.mlx import MLXBackend
 
-    return MLXBackend() if name == "mlx" else None
+    return MLXBackend()
 
 
 def describe(requested: str = "auto"):
     """BackendInfo of the backend `requested` would give, without loading a model."""
-    name = resolve_name(requested)
+    resolve_name(requested)
     from mlxlora.backends import mlx
 
-    return mlx.describe() if name == "mlx" else None
+    return mlx.describe()
 
 
 def generator(requested: str, model_dir, adapter_dir=None):
     """A loaded generator (`.generate(messages, max_tokens)`, `.perplexity(text)`) for the
     backend `requested` would give, with the LoRA adapter in `adapter_dir` applied if given."""
-    name = resolve_name(requested)
+    resolve_name(requested)
     from mlxlora.backends.mlx_infer import MLXGenerator
 
-    return MLXGenerator(model_dir, adapter_dir) if name == "mlx" else None
+    return MLXGenerator(model_dir, adapter_dir)

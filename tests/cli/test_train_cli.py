@@ -132,3 +132,9 @@ def test_stop_file_stops_and_resume_finishes(home, tmp_path):
     assert mlxlora("train", "--resume", str(run)).returncode == 0
     shown = json.loads(mlxlora("runs", "show", str(run), "--json").stdout)
     assert shown["info"]["status"] == "finished" and shown["summary"]["steps"] == 40
+
+
+def test_torch_backend_is_refused_clearly_until_it_exists(home, tmp_path):
+    out = mlxlora("train", QUICK, "--set", "backend=torch", "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 7 and "Traceback" not in out.stderr
+    assert "backend torch: not implemented yet" in out.stderr
