@@ -127,7 +127,8 @@ class ProgressView:
             from rich.markup import escape
 
             answer = escape(" ".join(event.answer.split()))
-            self.log(f"[bold]{event.when} training[/] '{escape(event.prompt)}'\n  -> {answer}")
+            prompt = escape(" ".join(event.prompt.split()))
+            self.log(f"[bold]{event.when} training[/] '{prompt}'\n  -> {answer}")
         elif isinstance(event, EarlyStop):
             self.log(
                 f"[yellow]early stop[/] at step {event.step}: no improvement for "
