@@ -19,6 +19,7 @@ from mlxlora.errors import ConfigError
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULES = ("constant", "linear", "cosine", "staged")
+QUANTIZED_BASE = ("auto", "keep", "dequantize")
 BACKENDS = ("auto", "mlx", "torch")
 
 
@@ -103,6 +104,11 @@ class Config:
     name: str = _help("Run name; the run directory starts with it.", "run")
     model: str = _help("builtin:tiny, an HF repo id, or a local model directory.", "builtin:tiny")
     backend: str = _help("auto | mlx | torch.", "auto")
+    quantized_base: str = _help(
+        "A quantized base model: keep (QLoRA: least memory, fast on Apple GPUs, slow matmuls on"
+        " a CPU), dequantize (float weights), or auto (dequantize on a CPU when they fit).",
+        "auto",
+    )
     data: DataConfig = _help("Dataset section.", factory=DataConfig)
     lora: LoraConfig = _help("LoRA section.", factory=LoraConfig)
     training: TrainingConfig = _help("Training section.", factory=TrainingConfig)
@@ -179,6 +185,12 @@ def _check(cfg: Config, problems: list[str]) -> None:
 
     t, lo, d = cfg.training, cfg.lora, cfg.data
     need(cfg.backend in BACKENDS, "backend", cfg.backend, " | ".join(BACKENDS))
+    need(
+        cfg.quantized_base in QUANTIZED_BASE,
+        "quantized_base",
+        cfg.quantized_base,
+        " | ".join(QUANTIZED_BASE),
+    )
     need(bool(cfg.model), "model", cfg.model, "a model reference")
     need(bool(d.dataset), "data.dataset", d.dataset, "a dataset name or file")
     need(0.0 <= d.val_split < 1.0, "data.val_split", d.val_split, "0 <= val_split < 1")

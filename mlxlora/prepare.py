@@ -101,7 +101,7 @@ def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[f
     on_cpu = backend.info.device == "cpu"
     shape = memory.TrainShape.from_config(cfg, dtype_bytes=4 if on_cpu else 2)
     shape = replace(shape, max_length=min(longest, cfg.data.max_length), fused_attention=not on_cpu)
-    est = memory.estimate(info, shape)
+    est = memory.estimate(info, shape, weights=backend.weight_bytes())
     budget = backend.info.memory_budget_bytes or memory.memory_budget()
     if not budget or est.total <= budget:
         return est.total / 1e9, []

@@ -44,6 +44,10 @@ class Backend(Protocol):
 
     def load(self, model_dir: Path, config: Any) -> None: ...
 
+    def weight_bytes(self) -> int:
+        """Bytes the loaded weights occupy on the device, as they will train."""
+        ...
+
     def param_counts(self) -> tuple[int, int]:
         """(trainable, total) parameter counts."""
         ...

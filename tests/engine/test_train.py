@@ -162,9 +162,12 @@ def test_gradient_checkpointing_gives_the_same_losses(home, quickstart_data, tmp
     np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-5)
 
 
-def test_qlora_on_a_4bit_model(home, quickstart_data, tmp_path):
+@pytest.mark.parametrize("policy", ["keep", "auto"])
+def test_4bit_base_trains_as_qlora_or_dequantized_on_cpu(home, quickstart_data, tmp_path, policy):
+    import mlx.nn as nn
     from mlx_lm.convert import convert
 
+    from mlxlora.backends.mlx import MLXBackend
     from mlxlora.models.resolve import resolve_model
 
     q4 = tmp_path / "tiny-4bit"
@@ -176,16 +179,20 @@ def test_qlora_on_a_4bit_model(home, quickstart_data, tmp_path):
         q_bits=4,
     )
     assert json.loads((q4 / "config.json").read_text())["quantization"]["bits"] == 4
-    cfg = make_config(quickstart_data, "training.epochs=2")
+    cfg = make_config(quickstart_data, "training.epochs=2", f"quantized_base={policy}")
     cfg.model = str(q4)
-    summary = engine.train(cfg, tmp_path / "run")
+    backend = MLXBackend()
+    summary = engine.train(cfg, tmp_path / "run", backend=backend)
     losses = list(steps(tmp_path / "run").values())
+    assert summary["outcome"] == "completed"
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2
+    q_proj = backend.model.layers[0].self_attn.q_proj
+    # keep: LoRA around the 4-bit layer (QLoRA); auto on a CPU: dequantized to float32 first
+    assert isinstance(q_proj.linear, nn.QuantizedLinear) == (policy == "keep")
     weights = __import__("safetensors.numpy", fromlist=["load_file"]).load_file(
         str(tmp_path / "run" / "adapters" / "adapters.safetensors")
     )
     assert weights and all("lora_" in k for k in weights)
-    assert summary["outcome"] == "completed"
 
 
 def test_samples_are_answered_before_and_after(home, quickstart_data, tmp_path):
