@@ -212,7 +212,7 @@ def run(args) -> int:
         + (", grad checkpointing" if shape.grad_checkpoint else ""),
         title_justify="left",
     )
-    table.add_column("model (model: ...)", no_wrap=True)
+    table.add_column("model (model: ...) / original HF id", no_wrap=True)
     table.add_column("params", justify="right")
     table.add_column("quant")
     table.add_column("download", justify="right")
@@ -222,7 +222,7 @@ def run(args) -> int:
         table.add_column(label, justify="center")
     for r in models:
         table.add_row(
-            r["id"],
+            f"{r['id']}\n[dim]{r['hf_id']}[/]",
             _params(r["params"]),
             r["quant"],
             fmt_bytes(r["download_bytes"]),
