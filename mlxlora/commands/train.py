@@ -9,7 +9,6 @@ from mlxlora.events import (
     EarlyStop,
     Eval,
     Event,
-    RunFailed,
     RunFinished,
     RunStarted,
     Sample,
@@ -135,8 +134,6 @@ class ProgressView:
                 f"{event.patience} evaluations "
                 f"(best {event.best_val_loss:.4f} at step {event.best_step})"
             )
-        elif isinstance(event, RunFailed):
-            self.log(f"[red]run failed[/] at step {event.step}: {event.reason}")
         elif isinstance(event, RunFinished) and event.stopped:
             self.log(
                 f"[yellow]stopped[/] at step {event.step}; resume with: mlxlora train --resume RUN"
