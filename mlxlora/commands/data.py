@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from mlxlora.errors import DataError, ModelError
@@ -117,6 +118,8 @@ def load_tokenizer(model_ref: str):
     from mlxlora.models.resolve import resolve_model
 
     path = resolve_model(model_ref)
+    # Only the tokenizer is needed: silence transformers' "PyTorch was not found" advisory.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         from transformers import AutoTokenizer
     except ImportError:
