@@ -79,7 +79,9 @@ class Trainer:
     def evaluate(self) -> float | None:
         if not self.p.val:
             return None
-        batches = batching.batch_order(self.p.val, self.t.batch_size, 0, 0, shuffle=False)
+        # Shuffled with a fixed seed: the same batches every evaluation, and a val_batches
+        # limit samples all lengths instead of taking the shortest records.
+        batches = batching.batch_order(self.p.val, self.t.batch_size, self.t.seed, 0)
         if self.t.val_batches > 0:
             batches = batches[: self.t.val_batches]
         total, tokens = 0.0, 0

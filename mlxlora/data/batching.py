@@ -76,18 +76,13 @@ def encode_all(
     return examples, truncated, dropped
 
 
-def batch_order(
-    examples: list[Example], batch_size: int, seed: int, epoch: int, shuffle: bool = True
-) -> list[list[int]]:
+def batch_order(examples: list[Example], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """Indices of each batch: sorted by length (ties broken at random), batches shuffled."""
     rng = np.random.default_rng([seed, epoch])
     lengths = np.array([len(e.tokens) for e in examples])
-    tiebreak = rng.random(len(examples)) if shuffle else np.arange(len(examples))
-    order = np.lexsort((tiebreak, lengths))
+    order = np.lexsort((rng.random(len(examples)), lengths))
     batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
-    if shuffle:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def collate(examples: list[Example]) -> Batch:
