@@ -1,7 +1,9 @@
 """A GGUF file (llama.cpp, Ollama) becomes a normal HF-format model directory.
 
-`convert(path)` reads the file with `gguf.GGUFReader`, dequantizes every tensor to float32,
-renames llama.cpp's tensor names to the HF ones, undoes what llama.cpp's converter did to
+`convert(path)` reads the file with `gguf.GGUFReader`, keeps Q4_0 / Q4_1 / Q8_0 projections and
+embeddings as MLX 4- or 8-bit affine-quantized tensors (exactly the same values; config.json
+gets mlx-lm's `quantization` block) and dequantizes the rest (F32 to float32, other types to
+float16), renames llama.cpp's tensor names to the HF ones, undoes what llama.cpp's converter did to
 them (the rope row permutation of Q and K for llama/mistral, the +1 on gemma's norms), and
 writes config.json, model.safetensors (sharded past 2 GB) and the tokenizer files rebuilt from
 the metadata (gguf_tokenizer). The result is cached under `home()/models/gguf-<sha256[:16]>/`,
@@ -38,7 +40,7 @@ from mlxlora.models.gguf_weights import (  # noqa: F401  (names re-exported for 
 )
 
 # Bump when the bytes written change: a cached directory from another version is rebuilt.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: Q4_0/Q4_1/Q8_0 kept quantized, float16
 MAGIC = b"GGUF"
 
 
@@ -236,7 +238,7 @@ def _build(dest: Path, path: Path, digest: str, reader, meta: dict, progress: bo
     arch = meta["general.architecture"]
     config = hf_config(meta, reader)
     config["mlxlora_gguf"] = {"file": path.name, "sha256": digest}
-    write_weights(dest, reader, config, arch, progress)
+    config.update(write_weights(dest, reader, config, arch, progress))
     write_tokenizer(dest, meta, config["max_position_embeddings"])
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     source = {

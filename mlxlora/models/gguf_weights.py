@@ -1,9 +1,18 @@
-"""GGUF tensors and hyperparameters as HF ones: names, config.json, dequantized weights.
+"""GGUF tensors and hyperparameters as HF ones: names, config.json, weights.
 
 llama.cpp's converter renames every tensor, permutes the rows of Q and K for llama/mistral (its
 rope layout), adds 1 to gemma's norm weights, and replaces Llama 3's rope_scaling by a table of
-per-frequency factors (rope_freqs). This module undoes each of those and writes float32
-safetensors, sharded past 2 GB. Imports no mlx or torch: numpy, gguf, safetensors only.
+per-frequency factors (rope_freqs). This module undoes each of those and writes safetensors,
+sharded past 2 GB.
+
+Weights stay quantized where MLX's affine quantization (w = scales * q + biases, q unsigned,
+group 32) represents the GGUF block exactly: Q4_0 (d*(q-8): scales d, biases -8d), Q4_1
+(d*q + m: scales d, biases m) and Q8_0 (d*q, q signed: q+128 at 8 bits, biases -128d), for the
+2-D tensors mlx-lm quantizes (the Linear projections and the token embedding). config.json then
+gets mlx-lm's `quantization` block, with per-module entries for 8-bit modules and `false` for
+the projections left in float. Every other tensor is dequantized: F32 stays float32, the rest
+(F16, BF16, K-quants, Q5_x, 1-D quantized tensors) become float16 (float32 where float16 would
+overflow). Imports no mlx or torch: numpy, gguf, safetensors only.
 """
 
 from __future__ import annotations
@@ -46,6 +55,15 @@ BLOCK_NAMES = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+# GGUF types MLX's affine quantization holds exactly at group size 32 -> bits
+KEPT_TYPES = {"Q4_0": 4, "Q4_1": 4, "Q8_0": 8}
+GROUP_SIZE = 32
+# the HF modules mlx-lm's load_model quantizes (nn.Linear and nn.Embedding have to_quantized)
+QUANTIZABLE = (
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+)  # fmt: skip
+QUANTIZABLE_GLOBAL = ("model.embed_tokens", "lm_head")
 SKIPPED = ("rope_freqs.weight",)  # llama3 rope factors: rope_scaling in config.json instead
 SKIPPED_BLOCK = ("attn_rot_embd",)
 
@@ -167,22 +185,144 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _fix_rows(w: np.ndarray, name: str, config: dict, arch: str) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation (rows only: also valid for packed weights)."""
+    _, _, permuted, _ = ARCHS[arch]
+    stem = name.rsplit(".", 1)[0]
+    if permuted and stem.endswith((".attn_q", ".attn_k")):
+        n = config["num_attention_heads"] if stem.endswith("q") else config["num_key_value_heads"]
+        w = unpermute(w, n)
+    return w
+
+
 def dequantized(t, config: dict, arch: str) -> np.ndarray:
+    """The tensor in float32, in the HF layout."""
     from gguf.quants import dequantize
 
     shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # ne is innermost-first
     w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
-    _, _, permuted, norm_offset = ARCHS[arch]
-    stem = t.name.rsplit(".", 1)[0]
-    if permuted and stem.endswith((".attn_q", ".attn_k")):
-        n = config["num_attention_heads"] if stem.endswith("q") else config["num_key_value_heads"]
-        w = unpermute(w, n)
+    w = _fix_rows(w, t.name, config, arch)
+    _, _, _, norm_offset = ARCHS[arch]
     if norm_offset and t.name.endswith("norm.weight"):
         w = w - np.float32(norm_offset)
     return np.ascontiguousarray(w)
 
 
-def write_weights(dest: Path, reader, config: dict, arch: str, progress: bool) -> None:
+def _block_bytes(data: np.ndarray, rows: int, block: int) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(data, dtype=np.uint8)).reshape(rows, -1, block)
+
+
+def _scale_dtype(*arrays: np.ndarray) -> type:
+    """float16 when every value survives the round trip (GGUF's d and m are float16 already;
+    -8d and -128d are exact unless they overflow), else float32."""
+    with np.errstate(over="ignore"):
+        for a in arrays:
+            if not np.array_equal(a.astype(np.float16).astype(np.float32), a, equal_nan=True):
+                return np.float32
+    return np.float16
+
+
+def mlx_quantized(data: np.ndarray, qtype: str, rows: int, cols: int):
+    """(weight uint32 [rows, cols*bits/32], scales, biases [rows, cols/32], bits): the MLX
+    affine quantization of Q4_0 / Q4_1 / Q8_0 block bytes, equal value for value.
+
+    MLX packs values little end first: value i of a group of 32/bits sits at bit i*bits of its
+    uint32 word, so the words read as little-endian bytes hold (q0 | q1 << 4), (q2 | q3 << 4)...
+    for 4 bits and q0, q1, q2... for 8 bits. GGUF's Q4 blocks hold q[j] | q[j+16] << 4 in byte j.
+    """
+    groups = cols // GROUP_SIZE
+    if qtype == "Q8_0":
+        b = _block_bytes(data, rows, 34)
+        d = b[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+        q = (b[..., 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+        scales, biases, bits = d, d * np.float32(-128), 8
+    elif qtype in ("Q4_0", "Q4_1"):
+        head = 2 if qtype == "Q4_0" else 4
+        b = _block_bytes(data, rows, head + 16)
+        d = b[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+        if qtype == "Q4_0":
+            biases = d * np.float32(-8)
+        else:
+            biases = b[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+        qs = b[..., head:]
+        q32 = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # the block's 32 values in order
+        q = (q32[..., 0::2] | (q32[..., 1::2] << 4)).astype(np.uint8)
+        scales, bits = d, 4
+    else:
+        raise ValueError(f"{qtype} is not kept quantized")
+    weight = np.ascontiguousarray(q.reshape(rows, -1)).view("<u4").astype(np.uint32)
+    dtype = _scale_dtype(scales, biases)
+    scales = scales.reshape(rows, groups).astype(dtype)
+    biases = biases.reshape(rows, groups).astype(dtype)
+    return weight, scales, biases, bits
+
+
+def module_of(name: str) -> str | None:
+    """The HF module path of a weight mlx-lm would quantize (its Linear / Embedding), or None."""
+    if not name.endswith(".weight"):
+        return None
+    stem = name[: -len(".weight")]
+    if stem in QUANTIZABLE_GLOBAL or stem.endswith(QUANTIZABLE):
+        return stem
+    return None
+
+
+def plan(t, name: str) -> tuple[str, int]:
+    """How a tensor is written -- 'q4' / 'q8' (kept quantized), 'f32' or 'f16' -- and its bytes.
+
+    Only 2-D tensors of quantizable modules stay quantized: 1-D quantized tensors (llama.cpp
+    writes none) and the rest are dequantized.
+    """
+    kind = t.tensor_type.name
+    n = int(t.n_elements)
+    if (
+        kind in KEPT_TYPES
+        and module_of(name)
+        and len(t.shape) == 2
+        and int(t.shape[0]) % GROUP_SIZE == 0
+    ):
+        bits = KEPT_TYPES[kind]
+        return f"q{bits}", n * bits // 8 + n // GROUP_SIZE * 2 * 2
+    if kind == "F32":
+        return "f32", n * 4
+    return "f16", n * 2
+
+
+def as_float16(w: np.ndarray) -> np.ndarray:
+    """float16 unless that overflows (then float32: a few outliers must not become inf)."""
+    with np.errstate(over="ignore"):
+        h = w.astype(np.float16)
+    if np.isinf(h).any() and not np.isinf(w).any():
+        return w
+    return h
+
+
+def quantization_config(plans: dict[str, tuple[str, int]]) -> dict | None:
+    """mlx-lm's `quantization` for the written tensors: the width of the most modules as the
+    default, an entry for each module of another width, `False` for a quantizable module in
+    float."""
+    widths: dict[int, int] = {}
+    for kind, _ in plans.values():
+        if kind.startswith("q"):
+            widths[int(kind[1:])] = widths.get(int(kind[1:]), 0) + 1
+    if not widths:
+        return None
+    default = max(widths, key=widths.get)
+    quant: dict = {"group_size": GROUP_SIZE, "bits": default}
+    for name, (kind, _) in sorted(plans.items()):
+        module = module_of(name)
+        if module is None:
+            continue
+        if not kind.startswith("q"):
+            quant[module] = False
+        elif int(kind[1:]) != default:
+            quant[module] = {"group_size": GROUP_SIZE, "bits": int(kind[1:])}
+    return quant
+
+
+def write_weights(dest: Path, reader, config: dict, arch: str, progress: bool) -> dict:
+    """Write the safetensors; returns what config.json must add: `quantization` (when any
+    tensor stays quantized) and `torch_dtype`."""
     from safetensors.numpy import save_file
 
     todo = []
@@ -190,39 +330,64 @@ def write_weights(dest: Path, reader, config: dict, arch: str, progress: bool) -
         name = hf_name(t.name)
         if name is None or (name == "lm_head.weight" and config["tie_word_embeddings"]):
             continue
-        todo.append((name, t, int(t.n_elements) * 4))
+        kind, nbytes = plan(t, name)
+        todo.append((name, t, kind, nbytes))
     shards: list[list] = [[]]
     size = 0
     for item in todo:
-        if shards[-1] and size + item[2] > SHARD_BYTES:
+        if shards[-1] and size + item[3] > SHARD_BYTES:
             shards.append([])
             size = 0
         shards[-1].append(item)
-        size += item[2]
+        size += item[3]
     n = len(shards)
     weight_map = {}
+    total = 0
+    dtypes: set[str] = set()
     done, start = 0, time.monotonic()
     for k, shard in enumerate(shards, 1):
         file = "model.safetensors" if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
         tensors = {}
-        for name, t, _ in shard:
-            tensors[name] = dequantized(t, config, arch)
-            weight_map[name] = file
+        for name, t, kind, _ in shard:
+            if kind.startswith("q"):
+                rows, cols = int(t.shape[1]), int(t.shape[0])  # ne is innermost-first
+                weight, scales, biases = mlx_quantized(t.data, t.tensor_type.name, rows, cols)[:3]
+                stem = name[: -len(".weight")]
+                parts = {
+                    name: weight,
+                    f"{stem}.scales": scales,
+                    f"{stem}.biases": biases,
+                }
+                for key, value in parts.items():
+                    tensors[key] = np.ascontiguousarray(_fix_rows(value, t.name, config, arch))
+                    weight_map[key] = file
+                dtypes.add(str(scales.dtype))
+            else:
+                w = dequantized(t, config, arch)
+                tensors[name] = w if kind == "f32" else as_float16(w)
+                weight_map[name] = file
+                dtypes.add(str(tensors[name].dtype))
             done += 1
             if progress and (done % 50 == 0 or done == len(todo)):
                 print(
-                    f"\r  dequantized {done}/{len(todo)} tensors ({time.monotonic() - start:.1f}s)",
+                    f"\r  converted {done}/{len(todo)} tensors ({time.monotonic() - start:.1f}s)",
                     end="",
                     file=sys.stderr,
                     flush=True,
                 )
+        total += sum(v.nbytes for v in tensors.values())
         save_file(tensors, str(dest / file), metadata={"format": "pt"})
         del tensors
     if progress:
         print(file=sys.stderr)
     if n > 1:
         index = {
-            "metadata": {"total_size": sum(i[2] for i in todo)},
+            "metadata": {"total_size": total},
             "weight_map": dict(sorted(weight_map.items())),
         }
         (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    extra: dict = {"torch_dtype": "float16" if "float16" in dtypes else "float32"}
+    quant = quantization_config({name: (kind, nbytes) for name, _, kind, nbytes in todo})
+    if quant:
+        extra["quantization"] = quant
+    return extra

