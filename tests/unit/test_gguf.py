@@ -505,6 +505,32 @@ def test_packing_overflowing_float16_keeps_float32_scales():
     np.testing.assert_array_equal(np.array(got), gguf.quants.dequantize(blocks, qt))
 
 
+def test_plan_keeps_only_exact_types():
+    """K-quants, Q5_x, F16/BF16 and 1-D tensors are dequantized (float16; F32 stays float32);
+    only Q4_0/Q4_1/Q8_0 weights of the modules mlx-lm quantizes stay packed."""
+    from types import SimpleNamespace
+
+    def tensor(kind, shape):
+        kind = getattr(gguf.GGMLQuantizationType, kind)
+        return SimpleNamespace(tensor_type=kind, shape=np.array(shape), n_elements=np.prod(shape))
+
+    proj, emb, norm = (
+        "model.layers.0.mlp.down_proj.weight",
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+    )
+    n = 256 * 64
+    assert gguf_weights.plan(tensor("Q4_0", [256, 64]), proj) == ("q4", n // 2 + n // 32 * 4)
+    assert gguf_weights.plan(tensor("Q4_1", [256, 64]), "lm_head.weight")[0] == "q4"
+    assert gguf_weights.plan(tensor("Q8_0", [256, 64]), emb) == ("q8", n + n // 32 * 4)
+    for kind in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q5_0", "Q5_1", "F16", "BF16"):
+        assert gguf_weights.plan(tensor(kind, [256, 64]), proj) == ("f16", n * 2), kind
+    assert gguf_weights.plan(tensor("F32", [256, 64]), proj) == ("f32", n * 4)
+    assert gguf_weights.plan(tensor("Q8_0", [256]), norm) == ("f16", 512)  # 1-D: not a module
+    assert gguf_weights.module_of("model.layers.0.self_attn.q_proj.bias") is None
+    assert gguf_weights.as_float16(np.array([1e5, 1.0], np.float32)).dtype == np.float32
+
+
 def test_mixed_types(tokenizers_, tmp_path, home):
     """A file mixing Q8_0, Q4_1, Q4_0, Q5_0/Q5_1 (not exact at group 32), F16 and F32, as
     quantized GGUFs do: per-module widths in config.json, the rest in float16, same logits."""
