@@ -133,6 +133,17 @@ def dequantize_base(model: nn.Module, policy: str, device: str) -> bool:
     return budget is None or (params + packed) * 4 <= budget / 2
 
 
+def fit_to_device(model: nn.Module, policy: str, device: str, dtype) -> nn.Module:
+    """The model as it should compute on `device`: dequantized per `policy`, cast to `dtype`."""
+    if dequantize_base(model, policy, device):
+        from mlx_lm.utils import dequantize_model
+
+        model = dequantize_model(model)
+    if dtype is not None:
+        model.set_dtype(dtype)
+    return model
+
+
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -265,12 +276,7 @@ class MLXBackend:
             model, tokenizer, model_config = load(str(model_dir), return_config=True)
         except (FileNotFoundError, ValueError) as exc:
             raise ModelError(f"{model_dir}: cannot load model: {exc}") from None
-        if dequantize_base(model, config.quantized_base, device):
-            from mlx_lm.utils import dequantize_model
-
-            model = dequantize_model(model)
-        if dtype is not None:
-            model.set_dtype(dtype)
+        model = fit_to_device(model, config.quantized_base, device, dtype)
         if device == "cpu":  # Metal/CUDA keep mx.fast's fused attention kernels
             use_blocked_attention(model)
         model.freeze()

@@ -17,7 +17,7 @@ preload_openblas()  # must precede the first `import mlx.core`
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
-from mlxlora.backends.mlx import select_device  # noqa: E402
+from mlxlora.backends.mlx import fit_to_device, select_device  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
 
 # Tokens that end an assistant turn in common chat templates. mlx-lm stops at the tokenizer's
@@ -79,8 +79,7 @@ class MLXGenerator:
             what = f"{model_dir} with adapter {adapter_dir}" if adapter_dir else str(model_dir)
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise ModelError(f"cannot load {what}: {first}") from None
-        if dtype is not None:
-            model.set_dtype(dtype)
+        model = fit_to_device(model, "auto", self.device, dtype)
         model.eval()
         self.model, self.tokenizer = model, tokenizer
         add_end_of_turn_tokens(tokenizer)
