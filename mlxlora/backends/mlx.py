@@ -139,9 +139,18 @@ def fit_to_device(model: nn.Module, policy: str, device: str, dtype) -> nn.Modul
         from mlx_lm.utils import dequantize_model
 
         model = dequantize_model(model)
-    if dtype is not None:
-        model.set_dtype(dtype)
+    model.set_dtype(dtype or half_dtype(model))
     return model
+
+
+def half_dtype(model: nn.Module) -> mx.Dtype:
+    """On a GPU: the model's half-precision dtype, if it has one, else float32.
+
+    A converted GGUF keeps its norms in float32 beside float16 weights; left alone, each norm
+    would promote the activations after it to float32 (twice the memory, slower kernels).
+    """
+    dtypes = {v.dtype for _, v in tree_flatten(model.parameters())}
+    return next((d for d in (mx.bfloat16, mx.float16) if d in dtypes), mx.float32)
 
 
 def _version(dist: str) -> str:

@@ -99,3 +99,17 @@ def test_cpu_backend_routes_causal_attention_through_blocks(backend):
     b, _ = backend
     module = sys.modules[type(b.model).__module__]
     assert getattr(module.scaled_dot_product_attention, "_mlxlora_blocked", False)
+
+
+def test_gpu_fit_gives_one_half_dtype_to_every_floating_weight(home):
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import load
+
+    model, _ = load(str(resolve_model("builtin:tiny")))
+    model.set_dtype(mx.float16)
+    model.model.norm.weight = model.model.norm.weight.astype(mx.float32)  # as a GGUF's norms
+    model = mlx_backend.fit_to_device(model, "keep", "gpu (Metal)", None)
+    assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float16}
+    model = mlx_backend.fit_to_device(model, "keep", "cpu", mx.float32)
+    assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float32}
