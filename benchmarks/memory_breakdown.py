@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
 
 # isort: off
 from mlxlora.backends import mlx as backend_mod  # noqa: E402  (preloads OpenBLAS before mlx)
+from mlxlora.backends.mlx_attention import blocked_causal_attention  # noqa: E402
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
         ),
         (
             "attention, blocked_causal_attention",
-            lambda q, k, v: backend_mod.blocked_causal_attention(q, k, v, scale),
+            lambda q, k, v: blocked_causal_attention(q, k, v, scale),
             (q, k, v),
             cot,
             n_all,

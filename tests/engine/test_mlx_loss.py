@@ -8,6 +8,7 @@ import pytest
 
 from mlxlora import config
 from mlxlora.backends import mlx as mlx_backend
+from mlxlora.backends import mlx_attention
 from mlxlora.data import batching
 from mlxlora.models.resolve import resolve_model
 
@@ -84,7 +85,7 @@ def test_blocked_causal_attention_matches_fused_kernel(length):
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
 
     def blocked(q, k, v):
-        return mlx_backend.blocked_causal_attention(q, k, v, scale, block=32)
+        return mlx_attention.blocked_causal_attention(q, k, v, scale, block=32)
 
     ref_out, ref_grads = mx.vjp(fused, [q, k, v], [cot])
     out, grads = mx.vjp(blocked, [q, k, v], [cot])
