@@ -52,8 +52,8 @@ def test_estimate_arithmetic():
     # Per token per layer: 4*64 + q 64 + 2*kv 32 + 3*128 = 768 elements of 2 bytes, 64 tokens;
     # plus one layer of attention scores and probabilities: 2*4*32*32 * 2 bytes * 2.
     assert est.activations == 4 * (64 * 768 * 2) + 2 * 4 * 32 * 32 * 2 * 2 == 425_984
-    assert est.logits == 64 * 1000 * 4 * 3  # fewer tokens than one loss chunk
-    assert est.total == 200_000 + 57_344 + 425_984 + 768_000 == 1_451_328
+    assert est.logits == 64 * 1000 * 4 * 4  # fewer tokens than one loss chunk
+    assert est.total == 200_000 + 57_344 + 425_984 + 1_024_000 == 1_707_328
     labels = [label for label, _ in est.breakdown()]
     assert labels[0] == "model weights" and labels[-1] == "total" and "3,584" in labels[1]
     assert est.breakdown()[-1][1] == est.total
@@ -72,8 +72,8 @@ def test_estimate_moves_the_right_way():
     assert wide.activations == 4 * (64 * (768 + 64 + 128) * 2) + 32_768
     assert small(dtype_bytes=4).activations == 2 * base.activations
     # The loss chunk caps logits at 1024 rows; without chunking every token's logits live.
-    assert small(batch_size=8, max_length=256).logits == 1024 * 1000 * 12
-    assert small(batch_size=8, max_length=256, chunked_loss=False).logits == 2048 * 1000 * 12
+    assert small(batch_size=8, max_length=256).logits == 1024 * 1000 * 16
+    assert small(batch_size=8, max_length=256, chunked_loss=False).logits == 2048 * 1000 * 16
 
 
 def test_lora_params_match_mlx_lm_for_llama_1b():
