@@ -18,6 +18,7 @@ from mlxlora import config as config_mod
 from mlxlora.config import Config
 from mlxlora.data import batching
 from mlxlora.errors import TrainingFailed
+from mlxlora.evaluate import messages_for
 from mlxlora.events import (
     Checkpoint,
     EarlyStop,
@@ -31,7 +32,7 @@ from mlxlora.events import (
     Step,
 )
 from mlxlora.prepare import Prepared, prepare
-from mlxlora.runs import RunPaths, atomic_dir, atomic_write_text, run_lock
+from mlxlora.runs import ADAPTER_FILES, RunPaths, atomic_dir, atomic_write_text, run_lock
 
 KEEP_CHECKPOINTS = 2  # rolling step checkpoints kept besides best/
 SAMPLE_MAX_TOKENS = 64
@@ -136,7 +137,7 @@ class Trainer:
 
     def _publish_latest_adapter(self, checkpoint: Path) -> None:
         """adapters/adapters.safetensors + adapter_config.json always hold the latest weights."""
-        for name in ("adapters.safetensors", "adapter_config.json"):
+        for name in ADAPTER_FILES:
             tmp = self.p.paths.adapters / f".{name}.tmp"
             tmp.write_bytes((checkpoint / name).read_bytes())
             os.replace(tmp, self.p.paths.adapters / name)
@@ -220,9 +221,7 @@ class Trainer:
 
     def answer_samples(self, when: str) -> None:
         for prompt in self.cfg.samples:
-            answer = self.p.backend.generate(
-                [{"role": "user", "content": prompt}], SAMPLE_MAX_TOKENS
-            )
+            answer = self.p.backend.generate(messages_for(prompt), SAMPLE_MAX_TOKENS)
             self.events.emit(Sample(step=self.state.step, when=when, prompt=prompt, answer=answer))
 
     def should_stop_early(self) -> bool:

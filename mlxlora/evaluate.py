@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxlora.errors import ModelError, RunError
-
-ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
+from mlxlora.runs import ADAPTER_FILES
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ from pathlib import Path
 from mlxlora.errors import RunError
 from mlxlora.events import Event, RunFailed, RunFinished, RunStarted, Step, read_events
 
+# What an adapter directory holds (mlx-lm's layout: `mlx_lm.generate --adapter-path DIR`).
+ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
+
 
 def home() -> Path:
     """The workspace: `$MLXLORA_HOME`, default `~/.mlxlora`."""
