@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -122,7 +123,7 @@ class Trainer:
                     best=improved,
                 )
             )
-        s.elapsed = time.perf_counter() - self._started
+        s.elapsed = self.elapsed()
         target = paths.checkpoint(s.step)
         with atomic_dir(target) as tmp:
             backend.save_state(tmp)
@@ -132,7 +133,7 @@ class Trainer:
             with atomic_dir(paths.best) as tmp:
                 backend.save_adapter(tmp)
         for old in sorted(paths.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
-            _remove_tree(old)
+            shutil.rmtree(old, ignore_errors=True)
         self.events.emit(Checkpoint(step=s.step, path=str(target), best=improved))
 
     def _publish_latest_adapter(self, checkpoint: Path) -> None:
@@ -141,6 +142,10 @@ class Trainer:
             tmp = self.p.paths.adapters / f".{name}.tmp"
             tmp.write_bytes((checkpoint / name).read_bytes())
             os.replace(tmp, self.p.paths.adapters / name)
+
+    def elapsed(self) -> float:
+        """Training seconds so far, across resumes."""
+        return time.perf_counter() - self._started
 
     def _epoch_float(self) -> float:
         return self.state.step / self.p.steps_per_epoch
@@ -260,12 +265,6 @@ def _perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def write_summary(prep: Prepared, state: TrainerState, outcome: str) -> dict:
     summary = {
         "outcome": outcome,
@@ -353,7 +352,7 @@ def _run(cfg: Config, paths: RunPaths, backend, events: EventWriter, resume: boo
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         trainer.answer_samples("after")
-        state.elapsed = time.perf_counter() - trainer._started
+        state.elapsed = trainer.elapsed()
     except TrainingFailed:
         raise
     except MlxloraError as exc:
