@@ -49,12 +49,12 @@ LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
 
 
 def fmt_bytes(n: float) -> str:
-    """1536 -> '1.5 KB', in powers of 1024 (what Activity Monitor calls GB)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+    """1536 -> '1.5 KiB': powers of 1024, named as such (Activity Monitor calls them GB)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GB"
+    return f"{n:.1f} GiB"
 
 
 @dataclass(frozen=True)

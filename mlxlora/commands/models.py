@@ -143,6 +143,19 @@ def _mark(ok: bool | None) -> str:
     return "?" if ok is None else ("[green]✓[/]" if ok else "[red]✗[/]")
 
 
+def _fit_cell(row: dict, column: str) -> str:
+    """✓/✗ for a budget column; a ✗ on this machine shows its own (float32 on CPU) estimate,
+    which is why a model that fits a smaller Mac may not fit here."""
+    ok = row["fits"][column]
+    if (
+        ok is False
+        and column == "this machine"
+        and row["train_bytes_this_machine"] != row["train_bytes"]
+    ):
+        return f"{_mark(ok)} {fmt_bytes(row['train_bytes_this_machine'])}"
+    return _mark(ok)
+
+
 def run(args) -> int:
     shape = TrainShape(
         batch_size=args.batch_size, max_length=args.max_length, grad_checkpoint=args.grad_checkpoint
@@ -184,6 +197,7 @@ def run(args) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=160, file=sys.stdout)
+    batch = f"batch {shape.batch_size} x {shape.max_length}"
     console.print("[bold]Built in[/] (model: ...)")
     for row in builtins:
         state = (
@@ -193,7 +207,7 @@ def run(args) -> int:
         )
         console.print(
             f"  {row['id']:<22} {_params(row['params']):>6}  ~{fmt_bytes(row['train_bytes'])} "
-            f"to train  {row['description']}; {state}",
+            f"to train ({batch})  {row['description']}; {state}",
             highlight=False,
             soft_wrap=True,
         )
@@ -216,7 +230,7 @@ def run(args) -> int:
     table.add_column("params", justify="right")
     table.add_column("quant")
     table.add_column("download", justify="right")
-    table.add_column("train mem", justify="right")
+    table.add_column(f"train mem\n{shape.batch_size} x {shape.max_length}", justify="right")
     for name, budget in b.items():
         label = name if budget is None else f"{name}\n({fmt_bytes(budget)})"
         table.add_column(label, justify="center")
@@ -227,13 +241,17 @@ def run(args) -> int:
             r["quant"],
             fmt_bytes(r["download_bytes"]),
             fmt_bytes(r["train_bytes"]),
-            *(_mark(r["fits"][name]) for name in b),
+            *(_fit_cell(r, name) for name in b),
         )
     console.print(table)
-    note = "" if is_apple_silicon() else " (this machine: float32 on CPU)"
+    here = (
+        "" if is_apple_silicon() else " (this machine: float32 on CPU, shown where it does not fit)"
+    )
     console.print(
-        f"[dim]train mem: weights + LoRA/Adam + activations + chunked-loss logits, bf16{note}. "
-        "Budget: 3/4 of unified memory on a Mac. Too big? Try --batch-size 1, "
-        "--max-length 1024 or --grad-checkpoint.[/]"
+        f"[dim]train mem: weights + LoRA/Adam + activations + chunked-loss logits, bf16{here}. "
+        "Budget: 3/4 of unified memory on a Mac. Too big? See the estimate with "
+        "--batch-size 1 --max-length 1024 --grad-checkpoint here, then train with "
+        "--set training.batch_size=1 --set training.grad_accumulation=4 "
+        "--set data.max_length=1024 --set training.grad_checkpoint=true.[/]"
     )
     return 0

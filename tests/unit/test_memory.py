@@ -103,9 +103,9 @@ def test_train_shape_from_config():
 
 def test_fmt_bytes():
     assert fmt_bytes(512) == "512 B"
-    assert fmt_bytes(1536) == "1.5 KB"
-    assert fmt_bytes(12 * GIB) == "12.0 GB"
-    assert fmt_bytes(3000 * GIB) == "3000.0 GB"
+    assert fmt_bytes(1536) == "1.5 KiB"
+    assert fmt_bytes(12 * GIB) == "12.0 GiB"
+    assert fmt_bytes(3000 * GIB) == "3000.0 GiB"
 
 
 # --- budget -------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_advice_offers_checkpointing_4bit_and_fewer_layers():
         f"training.grad_checkpoint=true: ~{fmt_bytes(totals[0])}",
         f"then a 4-bit model (e.g. the mlx-community ...-4bit version): ~{fmt_bytes(totals[1])}",
         f"then lora.num_layers=8: ~{fmt_bytes(totals[2])}",
-        "still over the budget of 100.0 MB: pick a smaller model (`mlxlora models`)",
+        "still over the budget of 100.0 MiB: pick a smaller model (`mlxlora models`)",
     ]
     # With a budget just above the 4-bit total the advice stops there.
     advice = fit_advice(estimate(info, shape), totals[1], info, shape)
