@@ -209,6 +209,24 @@ def tiny_sequences(model_dir: Path, spec: dict) -> list[list]:
     return [[list(e.tokens), e.offset] for e in examples]
 
 
+def float_copy(model_dir: Path, dest: Path) -> Path:
+    """The model with every quantized layer dequantized, saved as a plain HF-format directory.
+
+    The GGUF conversion keeps SmolLM2's Q8_0 tensors as MLX 8-bit weights. Loaded as is, stock
+    mlx-lm would train that quantized model (QLoRA, MLX's slow CPU quantized matmul) while
+    mlxlora's `quantized_base: auto` dequantizes it: unequal work. Both sides train this copy,
+    the float model a stock user would download.
+    """
+    from mlx_lm.utils import dequantize_model, load, save
+
+    model, tokenizer, config = load(str(model_dir), return_config=True)
+    model = dequantize_model(model)
+    config.pop("quantization", None)
+    config.pop("quantization_config", None)
+    save(dest, model_dir, model, tokenizer, config)
+    return dest
+
+
 def prepare(shape: str, workdir: Path) -> tuple[Path, Path]:
     spec = SHAPES[shape]
     if shape == "tiny":
@@ -219,7 +237,8 @@ def prepare(shape: str, workdir: Path) -> tuple[Path, Path]:
     elif shape == "smollm2":
         from mlxlora.models.resolve import resolve_model
 
-        model_dir = resolve_model("builtin:smollm2-135m", progress=False)
+        gguf_dir = resolve_model("builtin:smollm2-135m", progress=False)
+        model_dir = float_copy(gguf_dir, workdir / "smollm2-float")
         seqs = random_sequences(spec, spec["vocab_size"])
     else:
         model_dir = build_qwen(workdir / "qwen2-2layer", spec["layers"])
@@ -277,6 +296,7 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list) -> dict:
     cfg = mlxlora_config(spec)
     backend = MLXBackend()
     backend.load(model_dir, cfg)
+    work = trained_weights(backend.model)  # before any step: the weights both sides start from
     examples = [batching.Example(tuple(t), o) for t, o in seqs]
     bs, lr = spec["batch_size"], spec["lr"]
 
@@ -306,7 +326,41 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list) -> dict:
         "peak_bytes": mx.get_peak_memory(),
         "first_loss": losses[0],
         "last_loss": losses[-1],
+        "work": work,
     }
+
+
+def trained_weights(model) -> dict:
+    """What a side trains, taken before its first step: quantized layers, weight dtypes, sizes
+    and a checksum of the weights."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    quantized = [n for n, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    params = sorted(tree_flatten(model.parameters()), key=lambda kv: kv[0])
+    checksum = sum(mx.abs(v.astype(mx.float32)).sum().item() for _, v in params)
+    return {
+        "quantized_layers": len(quantized),
+        "dtypes": sorted({str(v.dtype) for _, v in params}),
+        "params": sum(v.size for _, v in params),
+        "trainable": sum(v.size for _, v in tree_flatten(model.trainable_parameters())),
+        "weights_checksum": float(f"{checksum:.6g}"),  # sum of |w|: equal weights, equal sums
+    }
+
+
+def check_equal_work(shape: str, res: dict) -> None:
+    """Refuse to compare sides that did not do the same work: the same weights (quantized or
+    not, dtypes, a checksum), the same LoRA size, the same steps and tokens. (Their losses
+    differ slightly: stock mlx-lm's mask also counts one padding target per sequence.)"""
+    s, m = res["stock"], res["mlxlora"]
+    problems = [
+        f"{key}: stock {s[key]} vs mlxlora {m[key]}"
+        for key in ("work", "tokens", "steps")
+        if s[key] != m[key]
+    ]
+    if problems:
+        raise SystemExit(f"{shape}: the sides did unequal work, no ratio: " + "; ".join(problems))
 
 
 class TokenDataset:
@@ -344,6 +398,7 @@ def run_stock(spec: dict, model_dir: Path, seqs: list, workdir: Path) -> dict:
     mx.random.seed(SEED)
     linear_to_lora_layers(model, len(model.layers), params)
     model.train()
+    work = trained_weights(model)
     optimizer = optim.AdamW(learning_rate=spec["lr"], weight_decay=0.0)
     bs = spec["batch_size"]
     seen = {"tokens": 0}
@@ -405,6 +460,7 @@ def run_stock(spec: dict, model_dir: Path, seqs: list, workdir: Path) -> dict:
         "wall_s": wall,
         "peak_bytes": mx.get_peak_memory(),
         "mean_loss": reports[-1]["train_loss"] if reports else None,
+        "work": work,
         "stock_reported_peak_gb": reports[-1]["peak_memory"] if reports else None,
     }
 
@@ -496,6 +552,7 @@ def main(argv=None) -> int:
             workdir.mkdir()
             model_dir, data = prepare(shape, workdir)
             res = {side: run_side(side, shape, model_dir, data, args.steps) for side in SIDES}
+            check_equal_work(shape, res)
             rows.append((shape, res))
     print()
     header = (
@@ -513,11 +570,7 @@ def main(argv=None) -> int:
     print()
     for shape, res in rows:
         s, m = res["stock"], res["mlxlora"]
-        if s["tokens"] != m["tokens"]:
-            print(
-                f"note: {shape}: the sides trained on different token totals "
-                f"({s['tokens']} vs {m['tokens']})"
-            )
+        print(f"{shape}: both sides trained {s['work']}")
         print(
             f"{shape}: tokens/s ratio {m['tokens_per_s'] / s['tokens_per_s']:.2f}, "
             f"peak memory ratio {m['peak_bytes'] / s['peak_bytes']:.2f}"
