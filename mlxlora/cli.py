@@ -11,10 +11,10 @@ import os
 import sys
 
 from mlxlora import __version__
-from mlxlora.commands import data, doctor, generate, models, runs, train
+from mlxlora.commands import data, doctor, generate, models, runs, train, tui
 from mlxlora.errors import MlxloraError
 
-COMMANDS = (train, data, runs, generate, models, doctor)
+COMMANDS = (train, data, runs, generate, models, doctor, tui)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
+    if argv is None and len(sys.argv) == 1 and tui.interactive():
+        argv = ["tui"]  # `mlxlora` alone in a terminal opens the studio
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

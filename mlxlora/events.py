@@ -186,6 +186,39 @@ def read_events(path: str | Path) -> list[Event]:
         return [e for e in map(parse, f) if e is not None]
 
 
+class EventTail:
+    """Reads a growing events file incrementally: each `read()` returns only the events
+    appended since the last call, never re-reading the file (a TUI polls many runs cheaply).
+
+    A half-written last line waits for its newline; a corrupt line is skipped; a file that was
+    replaced or shrank is read again from the start.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._offset = 0
+        self._pending = b""
+        self._inode: int | None = None
+
+    def read(self, max_bytes: int = 1 << 24) -> list[Event]:
+        """New complete events, reading at most `max_bytes` this call (the rest next time)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return []
+        if stat.st_ino != self._inode or stat.st_size < self._offset:
+            self._inode, self._offset, self._pending = stat.st_ino, 0, b""
+        if stat.st_size == self._offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            chunk = f.read(max_bytes)
+        self._offset += len(chunk)
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        events = (parse(line.decode("utf-8", "replace")) for line in lines)
+        return [e for e in events if e is not None]
+
+
 def follow(path: str | Path, poll: float = 0.2, stop=lambda: False) -> Iterator[Event]:
     """Yield events as they are appended, like `tail -f`; ends after a terminal event or `stop()`.
 

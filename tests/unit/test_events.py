@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -51,3 +52,24 @@ def test_follow_sees_appended_events_until_finish(tmp_path):
         )
     t.join(timeout=5)
     assert [type(e).__name__ for e in seen] == ["Step", "Step", "Step", "RunFinished"]
+
+
+def test_tail_reads_only_what_was_appended(tmp_path):
+    from mlxlora.events import EventTail
+
+    path = tmp_path / "events.jsonl"
+    tail = EventTail(path)
+    assert tail.read() == []  # no file yet
+    with EventWriter(path) as w:
+        w.emit(step(1))
+    assert [e.step for e in tail.read()] == [1]
+    assert tail.read() == []
+    line = json.dumps(step(2).to_dict())
+    with open(path, "a") as f:
+        f.write("{not json}\n" + line[:20])  # a corrupt line, then half a line
+    assert tail.read() == []
+    with open(path, "a") as f:
+        f.write(line[20:] + "\n")
+    assert [e.step for e in tail.read()] == [2]
+    path.write_text(line + "\n")  # replaced by a shorter file: read from the start again
+    assert [e.step for e in tail.read()] == [2]

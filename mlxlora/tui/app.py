@@ -1,0 +1,89 @@
+"""The app: one tab per step of the workflow, each on a number key, and a command palette
+that lists every action of the app and of the tab in view (from their key bindings)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Header, TabbedContent, TabPane
+
+from mlxlora.tui.screens import compare, datasets, playground, runs, system, train
+
+# (tab id, title, the widget class that fills it); the number key is the position.
+TABS = (
+    ("datasets", "Datasets", datasets.DatasetsTab),
+    ("train", "Train", train.TrainTab),
+    ("runs", "Runs", runs.RunsTab),
+    ("compare", "Compare", compare.CompareTab),
+    ("playground", "Playground", playground.PlaygroundTab),
+    ("system", "System", system.SystemTab),
+)
+
+
+class MlxloraApp(App):
+    """mlxlora's studio. Work runs in child processes; the app only reads and renders."""
+
+    TITLE = "mlxlora"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        *(
+            Binding(str(i), f"show_tab('{tab}')", title, show=False)
+            for i, (tab, title, _) in enumerate(TABS, 1)
+        ),
+        Binding("question_mark", "toggle_help", "Help"),
+        Binding("ctrl+q", "quit", "Quit"),
+    ]
+
+    def __init__(self, initial: str = "datasets"):
+        super().__init__()
+        self.initial = initial
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(initial=self.initial):
+            for i, (tab, title, widget) in enumerate(TABS, 1):
+                with TabPane(f"{i} {title}", id=tab):
+                    yield widget(id=f"{tab}-tab")
+        yield Footer()
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_toggle_help(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for i, (tab, title, _) in enumerate(TABS, 1):
+            yield SystemCommand(
+                f"Go to {title}", f"Show the {title} tab (key {i})", self._show(tab)
+            )
+        for binding, node in self._tab_bindings():
+            yield SystemCommand(
+                binding.description,
+                f"{binding.description} (key {binding.key})",
+                lambda node=node, action=binding.action: self.run_action(action, node),
+            )
+
+    def _show(self, tab: str):
+        return lambda: self.action_show_tab(tab)
+
+    def _tab_bindings(self):
+        """Bindings of the tab in view and its widgets: every action a user can take there."""
+        active = self.query_one(TabbedContent).active
+        pane = self.query_one(f"#{active}", TabPane)
+        for node in pane.query("*"):
+            for binding in getattr(node, "BINDINGS", []):
+                if isinstance(binding, Binding) and binding.description:
+                    yield binding, node
+
+
+def run(initial: str = "datasets") -> int:
+    MlxloraApp(initial).run()
+    return 0
