@@ -393,7 +393,7 @@ def run_stock(spec: dict, model_dir: Path, seqs: list, workdir: Path) -> dict:
         "rank": spec["rank"],
         "scale": spec["alpha"] / spec["rank"],
         "dropout": spec["dropout"],
-        "keys": lora_keys(model, spec["targets"]),
+        "keys": lora_keys(model.layers, spec["targets"]).keys,
     }
     mx.random.seed(SEED)
     linear_to_lora_layers(model, len(model.layers), params)

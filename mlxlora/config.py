@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
+from mlxlora import targets
 from mlxlora.errors import ConfigError
 
-TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULES = ("constant", "linear", "cosine", "staged")
 QUANTIZED_BASE = ("auto", "keep", "dequantize")
 BACKENDS = ("auto", "mlx", "torch")
@@ -52,7 +52,9 @@ class LoraConfig:
     alpha: float = _help("Scaling numerator; the update is scaled by alpha / rank.", 16.0)
     dropout: float = _help("Dropout on the LoRA input, 0 <= dropout < 1.", 0.0)
     target_modules: list[str] = _help(
-        "Projections to adapt, by short name.", factory=lambda: ["q_proj", "v_proj"]
+        "Projections to adapt: short names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,"
+        " down_proj), mapped onto fused or renamed modules, or the model's own module names.",
+        factory=lambda: ["q_proj", "v_proj"],
     )
     num_layers: int = _help("Adapt the last N transformer blocks; -1 means all.", -1)
 
@@ -130,8 +132,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+# What _coerce returns for a value it could not use; the field keeps its default.
+_INVALID = object()
+
+
 def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
-    """Turn a YAML value into `tp`, recording a problem instead of raising."""
+    """Turn a YAML value into `tp`, or record a problem and return _INVALID."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -148,8 +154,9 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list):
             problems.append(f"{key}: expected a list, got {value!r}")
-            return []
-        return [_coerce(v, inner, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+            return _INVALID
+        items = [_coerce(v, inner, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+        return _INVALID if _INVALID in items else items
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):
@@ -159,7 +166,7 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
             pass
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
-        return None
+        return _INVALID
     return value
 
 
@@ -173,7 +180,7 @@ def _build(cls: type, data: dict, prefix: str, problems: list[str]):
     for f in dataclasses.fields(cls):
         if f.name in data:
             value = _coerce(data[f.name], hints[f.name], prefix + f.name, problems)
-            if value is not None or data[f.name] is None:
+            if value is not _INVALID:
                 kwargs[f.name] = value
     return cls(**kwargs)
 
@@ -200,7 +207,12 @@ def _check(cfg: Config, problems: list[str]) -> None:
     need(0.0 <= lo.dropout < 1.0, "lora.dropout", lo.dropout, "0 <= dropout < 1")
     need(lo.num_layers == -1 or lo.num_layers >= 1, "lora.num_layers", lo.num_layers, "-1 or >= 1")
     for m in lo.target_modules:
-        need(m in TARGET_MODULES, "lora.target_modules", m, ", ".join(TARGET_MODULES))
+        need(
+            targets.is_module_name(m),
+            "lora.target_modules",
+            m,
+            f"{', '.join(targets.SHORT_NAMES)}, or a module name of the model such as qkv_proj",
+        )
     need(bool(lo.target_modules), "lora.target_modules", lo.target_modules, "at least one")
     need(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "> 0")
     need(t.epochs > 0, "training.epochs", t.epochs, "> 0")
@@ -248,13 +260,26 @@ def from_dict(data: dict, source: str = "config") -> Config:
             [f"expected a mapping at the top level, got {type(data).__name__}"], source
         )
     cfg = _build(Config, data, "", problems)
-    if not problems:
-        _check(cfg, problems)
+    # A value that failed to coerce kept its default, so checking is safe, but a default can
+    # itself be invalid (dataset ""): report each key once.
+    failed = {_key(p) for p in problems}
+    checked: list[str] = []
+    _check(cfg, checked)
+    problems += [p for p in checked if not any(_within(_key(p), f) for f in failed)]
     if problems:
         raise ConfigError(problems, source)
     if cfg.training.schedule == "staged":
         cfg.training.epochs = sum(s.epochs for s in cfg.training.stages)
     return cfg
+
+
+def _key(problem: str) -> str:
+    """The key a problem names: 'lora.target_modules[0]: ...' -> 'lora.target_modules'."""
+    return problem.split(":", 1)[0].split("[", 1)[0]
+
+
+def _within(key: str, section: str) -> bool:
+    return key == section or key.startswith(section + ".")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -292,11 +317,20 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"not valid YAML: {str(exc).splitlines()[0]}"], source) from None
+            raise ConfigError([_yaml_problem(exc)], source) from None
     cfg = from_dict(apply_overrides(data, list(overrides)), source)
     if path is not None:
         _resolve_relative_files(cfg, Path(path).resolve().parent)
     return cfg
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """'not valid YAML at line L, column C: what' from a yaml (or decoding) error."""
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f"not valid YAML: {what}"
+    return f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {what}"
 
 
 def _resolve_relative_files(cfg: Config, base: Path) -> None:

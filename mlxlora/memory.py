@@ -192,7 +192,8 @@ def estimate_training_memory(
     h, layers, vocab, heads, kv, q, inter = _dims(info)
     adapted = layers if lora_layers < 0 else min(lora_layers, layers)
     shapes = lora_shapes(info)
-    lora_params = adapted * sum(lora_rank * sum(shapes[t]) for t in lora_targets)
+    # A model's own module name (qkv_proj) has no shape here; LoRA weights are tiny anyway.
+    lora_params = adapted * sum(lora_rank * sum(shapes.get(t, ())) for t in lora_targets)
     tokens = batch_size * max_length
 
     per_token = 4 * h + q + 2 * kv + 3 * inter

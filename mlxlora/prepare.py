@@ -13,6 +13,12 @@ from mlxlora.data import batching
 from mlxlora.errors import DataError
 from mlxlora.runs import RunPaths
 
+# Says what batching._render_chat does for a tokenizer without a chat template.
+NO_CHAT_TEMPLATE = (
+    "the model has no chat template: chat records train as plain text, one 'role: content'"
+    " line per prompt message, then 'assistant: ' + the answer + EOS"
+)
+
 
 @dataclass
 class Prepared:
@@ -68,6 +74,11 @@ def prepare(cfg: Config, paths: RunPaths, backend) -> Prepared:
         total = min(total, t.max_steps)
     longest = max(len(e.tokens) for e in train + val)
     estimated_gb, warnings = memory_check(cfg, model_dir, backend, longest)
+    warnings += backend.lora_targets.warnings()
+    if not getattr(tok, "chat_template", None) and any(
+        "messages" in r for r in train_records + val_records
+    ):
+        warnings.append(NO_CHAT_TEMPLATE)
     if truncated:
         warnings.append(f"{truncated} records longer than max_length={d.max_length} were truncated")
     if dropped:

@@ -41,6 +41,7 @@ class Backend(Protocol):
 
     info: BackendInfo
     tokenizer: Any  # HF-style: encode(), apply_chat_template(), eos_token_id
+    lora_targets: Any  # targets.TargetMatch: what load() adapted for lora.target_modules
 
     def load(self, model_dir: Path, config: Any) -> None: ...
 

@@ -26,6 +26,7 @@ from mlxlora.backends.base import BackendInfo, Batch  # noqa: E402
 from mlxlora.backends.mlx_attention import use_blocked_attention  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
 from mlxlora.memory import loss_chunk_rows  # noqa: E402
+from mlxlora.targets import TargetMatch, match_targets  # noqa: E402
 
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
 # Model types whose logits are exactly head(model.model(x)) (optionally soft-capped).
@@ -120,25 +121,15 @@ def describe() -> BackendInfo:
     )
 
 
-def lora_keys(model: nn.Module, targets: list[str]) -> list[str]:
-    """Module paths inside a transformer block whose last name is one of `targets`."""
-    keys = {
+def lora_keys(layers: list[nn.Module], targets: list[str]) -> TargetMatch:
+    """The linear layers of `layers` (the adapted blocks) that `targets` name (see targets.py)."""
+    linear = {
         name
-        for name, module in model.layers[0].named_modules()
-        if name.split(".")[-1] in targets and isinstance(module, (nn.Linear, nn.QuantizedLinear))
+        for layer in layers
+        for name, module in layer.named_modules()
+        if isinstance(module, (nn.Linear, nn.QuantizedLinear))
     }
-    if not keys:
-        found = sorted(
-            {
-                n.split(".")[-1]
-                for n, m in model.layers[0].named_modules()
-                if isinstance(m, (nn.Linear, nn.QuantizedLinear))
-            }
-        )
-        raise ModelError(
-            f"lora.target_modules {targets} match no layer; this model has: {', '.join(found)}"
-        )
-    return sorted(keys)
+    return match_targets(targets, sorted(linear))
 
 
 def checkpoint_layers(layers) -> None:
@@ -238,11 +229,12 @@ class MLXBackend:
             raise ModelError(
                 f"lora.num_layers={n_layers} but the model has {len(model.layers)} layers"
             )
+        self.lora_targets = lora_keys(model.layers[-n_layers:], lora.target_modules)
         self.lora_parameters = {
             "rank": lora.rank,
             "scale": lora.alpha / lora.rank,
             "dropout": lora.dropout,
-            "keys": lora_keys(model, lora.target_modules),
+            "keys": self.lora_targets.keys,
         }
         self.num_layers = n_layers
         mx.random.seed(config.training.seed)

@@ -32,7 +32,7 @@ def test_every_problem_is_listed_with_key_value_and_allowed():
         config.from_dict(
             {
                 "data": {"dataset": "x"},
-                "lora": {"rank": 0, "dropout": 1.5, "target_modules": ["qkv"]},
+                "lora": {"rank": 0, "dropout": 1.5, "target_modules": ["q proj"]},
                 "training": {"schedule": "exp", "batch_size": 0},
             }
         )
@@ -56,6 +56,63 @@ def test_unknown_and_mistyped_keys_are_errors():
         )
     text = str(err.value)
     assert "lora.rnk: unknown key" in text and "training.epochs: expected float" in text
+
+
+def test_unknown_keys_and_bad_values_are_reported_together():
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(
+            {
+                "data": {"dataset": "x", "max_len": 512, "max_length": None},
+                "lora": {"rank": 0, "target_modules": [3, "q_proj"], "alpha": "big"},
+                "training": {"batch_size": 0, "epochs": None, "stages": 5},
+            }
+        )
+    assert err.value.problems == [
+        "data.max_len: unknown key (allowed: completions_only, dataset, max_length, val_split,"
+        " validation)",
+        "data.max_length: expected int, got None",
+        "lora.alpha: expected float, got 'big'",
+        "lora.target_modules[0]: expected str, got 3",
+        "training.epochs: expected float, got None",
+        "training.stages: expected a list, got 5",
+        "lora.rank: 0 is not allowed (>= 1)",
+        "training.batch_size: 0 is not allowed (>= 1)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        ({"data": {"dataset": 5}}, "data.dataset: expected str, got 5"),
+        ({"data": 5}, "data: expected a mapping, got 5"),
+    ],
+)
+def test_a_mistyped_key_is_reported_once_not_again_for_its_default(data, problem):
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(data)
+    assert err.value.problems == [problem]
+
+
+@pytest.mark.parametrize("name", ["qkv_proj", "gate_up_proj", "mlp.c_fc", "c_proj", "w1"])
+def test_a_model_s_own_module_names_are_valid_targets(name):
+    cfg = config.from_dict({"data": {"dataset": "x"}, "lora": {"target_modules": [name]}})
+    assert cfg.lora.target_modules == [name]
+
+
+@pytest.mark.parametrize("name", ["", "q proj", "mlp.", "1st", "../x", "q_proj;"])
+def test_targets_that_cannot_name_a_module_are_refused(name):
+    with pytest.raises(ConfigError, match=r"lora.target_modules: .* is not allowed \(q_proj, "):
+        config.from_dict({"data": {"dataset": "x"}, "lora": {"target_modules": [name]}})
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  dataset: x\nlora:\n  rank: 8\n   alpha: 16\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert str(err.value) == (
+        f"{path}: not valid YAML at line 5, column 9: mapping values are not allowed here"
+    )
 
 
 def test_staged_schedule_sets_epochs_from_stages():
