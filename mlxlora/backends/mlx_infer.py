@@ -35,13 +35,17 @@ def add_end_of_turn_tokens(tokenizer) -> None:
 
 
 def prompt_tokens(tokenizer, messages: list[dict], raw: bool = False) -> list[int]:
-    """Token ids for the prompt: the chat template with the assistant turn opened, or (raw,
-    or a tokenizer without a template) the message contents joined as plain text."""
-    if not raw and getattr(tokenizer, "has_chat_template", False):
+    """Token ids for the prompt: the chat template with the assistant turn opened; for a
+    tokenizer without a template the plain layout training uses; raw: the contents as text."""
+    if raw:
+        return list(tokenizer.encode("\n\n".join(m["content"] for m in messages)))
+    if getattr(tokenizer, "has_chat_template", False):
         return list(
             tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         )
-    return list(tokenizer.encode("\n\n".join(m["content"] for m in messages)))
+    from mlxlora.data.batching import plain_prompt
+
+    return list(tokenizer.encode(plain_prompt(messages), add_special_tokens=False))
 
 
 def generate_text(model, tokenizer, prompt: list[int], max_tokens: int) -> tuple[str, dict]:

@@ -33,10 +33,17 @@ def _render_chat(tokenizer, messages: list[dict]) -> tuple[str, str]:
             messages[:-1], tokenize=False, add_generation_prompt=True
         )
         return prompt, full
-    # No chat template: a plain, readable layout, answer followed by EOS.
-    prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages[:-1]) + "assistant: "
+    prompt = plain_prompt(messages[:-1])
     eos = getattr(tokenizer, "eos_token", None) or ""
-    return prompt, prompt + messages[-1]["content"] + eos
+    return prompt, prompt + " " + messages[-1]["content"] + eos
+
+
+def plain_prompt(messages: list[dict]) -> str:
+    """The layout for a model without a chat template: `role: content` lines, then the
+    assistant turn opened. Training and generation both use it, so a tuned model is prompted
+    the way it learned. It ends at the colon: the space belongs to the answer's first token
+    (byte-level BPE merges it there), so the prompt's tokens are a prefix of the full text's."""
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
 def encode(record: dict, tokenizer, completions_only: bool = True) -> Example:

@@ -157,3 +157,18 @@ def test_model_without_chat_template_says_which_layout_it_trains(
     started = next(e for e in events if isinstance(e, RunStarted))
     assert NO_CHAT_TEMPLATE in started.warnings
     assert "'assistant: ' + the answer + EOS" in NO_CHAT_TEMPLATE
+
+
+def test_generation_prompts_a_template_less_model_the_way_it_trained(built_tiny, tmp_path):
+    """Without a chat template, generation used to join the contents with blank lines while
+    training used `role: content` lines: the tuned model was asked in a layout it never saw."""
+    from mlx_lm.utils import load
+
+    from mlxlora.backends.mlx_infer import prompt_tokens
+    from mlxlora.data.batching import encode
+
+    build_model(tmp_path / "plain", "llama", built_tiny, chat_template=False)
+    _, tokenizer = load(str(tmp_path / "plain"))
+    chat = [{"role": "user", "content": "What is 2 plus 2?"}]
+    trained = encode({"messages": [*chat, {"role": "assistant", "content": "4."}]}, tokenizer)
+    assert prompt_tokens(tokenizer, chat) == list(trained.tokens[: trained.offset])
