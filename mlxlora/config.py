@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from mlxlora import names
 from mlxlora.errors import ConfigError
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -184,6 +185,9 @@ def _check(cfg: Config, problems: list[str]) -> None:
             problems.append(f"{key}: {value!r} is not allowed ({allowed})")
 
     t, lo, d = cfg.training, cfg.lora, cfg.data
+    name_problem = names.name_problem(cfg.name)
+    if name_problem:
+        problems.append(f"name: {cfg.name!r} cannot name a run: {name_problem}")
     need(cfg.backend in BACKENDS, "backend", cfg.backend, " | ".join(BACKENDS))
     need(
         cfg.quantized_base in QUANTIZED_BASE,
