@@ -119,7 +119,7 @@ def check_new_run_dir(path: Path) -> None:
 def check_resumable(paths: RunPaths) -> None:
     """Refuse to resume a run that has finished or has no checkpoint to continue from."""
     if not paths.config.is_file():
-        raise RunError(f"{paths.root}: not a run directory (it has no config.yaml)")
+        raise RunError(f"{paths.root}: not a run directory (no config.yaml)")
     if run_status(read_events(paths.events), locked=False) == "finished":
         raise RunError(
             f"{paths.root}: this run has finished (completed or early-stopped); nothing to "
