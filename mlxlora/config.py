@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from mlxlora import targets
+from mlxlora import names, targets
 from mlxlora.errors import ConfigError
 
 SCHEDULES = ("constant", "linear", "cosine", "staged")
@@ -191,6 +191,9 @@ def _check(cfg: Config, problems: list[str]) -> None:
             problems.append(f"{key}: {value!r} is not allowed ({allowed})")
 
     t, lo, d = cfg.training, cfg.lora, cfg.data
+    name_problem = names.name_problem(cfg.name)
+    if name_problem:
+        problems.append(f"name: {cfg.name!r} cannot name a run: {name_problem}")
     need(cfg.backend in BACKENDS, "backend", cfg.backend, " | ".join(BACKENDS))
     need(
         cfg.quantized_base in QUANTIZED_BASE,

@@ -12,7 +12,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mlxlora import config as config_mod
@@ -33,7 +33,16 @@ from mlxlora.events import (
     Step,
 )
 from mlxlora.prepare import Prepared, prepare
-from mlxlora.runs import ADAPTER_FILES, RunPaths, atomic_dir, atomic_write_text, run_lock
+from mlxlora.runs import (
+    ADAPTER_FILES,
+    RunPaths,
+    atomic_dir,
+    atomic_write_text,
+    check_new_run_dir,
+    check_resumable,
+    new_run_dir,
+    run_lock,
+)
 
 KEEP_CHECKPOINTS = 2  # rolling step checkpoints kept besides best/
 SAMPLE_MAX_TOKENS = 64
@@ -59,13 +68,13 @@ class StopFlag:
 
     def __init__(self, paths: RunPaths):
         self.paths = paths
-        self.raised = False
+        self.signal: str | None = None  # "SIGINT" or "SIGTERM" once one asked to stop
 
-    def __call__(self, *_):
-        self.raised = True
+    def __call__(self, signum: int, _frame=None):
+        self.signal = signal.Signals(signum).name
 
     def is_set(self) -> bool:
-        return self.raised or self.paths.stop_request.exists()
+        return self.signal is not None or self.paths.stop_request.exists()
 
 
 class Trainer:
@@ -284,42 +293,63 @@ def write_summary(prep: Prepared, state: TrainerState, outcome: str) -> dict:
 
 def train(
     cfg: Config | None,
-    run_dir: Path,
+    run_dir: Path | None = None,
     *,
     resume: bool = False,
     listeners: list | None = None,
     backend=None,
 ) -> dict:
-    """Run (or resume) a training job in `run_dir`; returns the summary dict.
+    """Run (or resume) a training job; returns the summary dict.
 
-    With resume, the config is read back from the run directory and training continues from
-    its latest checkpoint with the optimizer state, schedule position and data order it had.
+    Everything that can fail before the first step (dataset, model, backend, tokenizing) is
+    checked before the run directory is created, so a directory exists only for a run that
+    started.
+
+    Args:
+        cfg: The job; None with `resume` (the run's own config is read back).
+        run_dir: Where the run lives. None: a new directory in the workspace named after
+            `cfg.name`. A new run refuses a directory that already holds anything.
+        resume: Continue the run in `run_dir` from its latest checkpoint, with the optimizer
+            state, schedule position and data order it had. A finished run is refused.
+        listeners: Callables that receive every event as it is written.
+        backend: A backend instance; default the one `cfg.backend` selects.
     """
     from mlxlora.backends import select
 
-    paths = RunPaths(Path(run_dir))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with run_lock(paths):
-        if resume:
+    if resume:
+        paths = RunPaths(Path(run_dir))
+        with run_lock(paths):
+            check_resumable(paths)
             cfg = config_mod.load(paths.config)
-        else:
-            atomic_write_text(paths.config, cfg.to_yaml())
-        paths.stop_request.unlink(missing_ok=True)
-        backend = backend or select.create(cfg.backend)
-        with EventWriter(paths.events, listeners) as events:
-            return _run(cfg, paths, backend, events, resume)
+            prep = prepare(cfg, paths, backend or select.create(cfg.backend))
+            return _start(prep, listeners, resume=True)
+    if run_dir is not None:
+        check_new_run_dir(Path(run_dir))
+    prep = prepare(cfg, None, backend or select.create(cfg.backend))
+    if run_dir is None:
+        paths = RunPaths(new_run_dir(cfg.name))
+    else:
+        paths = RunPaths(Path(run_dir))
+        paths.root.mkdir(parents=True, exist_ok=True)
+    with run_lock(paths):
+        atomic_write_text(paths.config, cfg.to_yaml())
+        return _start(replace(prep, paths=paths), listeners, resume=False)
 
 
-def _run(cfg: Config, paths: RunPaths, backend, events: EventWriter, resume: bool) -> dict:
-    from mlxlora.errors import MlxloraError, RunError
+def _start(prep: Prepared, listeners: list | None, resume: bool) -> dict:
+    prep.paths.stop_request.unlink(missing_ok=True)
+    with EventWriter(prep.paths.events, listeners) as events:
+        return _run(prep, events, resume)
 
+
+def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
+    from mlxlora.errors import MlxloraError
+
+    cfg, paths, backend = prep.config, prep.paths, prep.backend
     state = TrainerState()
     try:
-        prep = prepare(cfg, paths, backend)
         if resume:
             ckpt = paths.latest_checkpoint()
-            if ckpt is None:
-                raise RunError(f"{paths.root}: no checkpoint to resume from; start a new run")
             state = TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
             backend.load_state(ckpt)
         trainable, total = backend.param_counts()
@@ -351,7 +381,8 @@ def _run(cfg: Config, paths: RunPaths, backend, events: EventWriter, resume: boo
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        trainer.answer_samples("after")
+        if outcome != "stopped":  # a stopped run answers them when it finishes
+            trainer.answer_samples("after")
         state.elapsed = trainer.elapsed()
     except TrainingFailed:
         raise
@@ -370,6 +401,7 @@ def _run(cfg: Config, paths: RunPaths, backend, events: EventWriter, resume: boo
             best_step=state.best_step,
             elapsed_sec=state.elapsed,
             stopped=outcome == "stopped",
+            signal=trainer.stop.signal if outcome == "stopped" else None,
         )
     )
     paths.stop_request.unlink(missing_ok=True)

@@ -112,6 +112,7 @@ class RunFinished(Event):
     best_step: int | None
     elapsed_sec: float
     stopped: bool = False  # stopped on request (Ctrl-C, stop file) rather than completed
+    signal: str | None = None  # SIGINT or SIGTERM when a signal stopped it (None: STOP file)
 
 
 @dataclass

@@ -25,7 +25,7 @@ class Prepared:
     """Everything the loop needs, built before the first step."""
 
     config: Config
-    paths: RunPaths
+    paths: RunPaths | None  # None until the run directory is created, after preparation
     backend: object
     train: list
     val: list
@@ -53,7 +53,7 @@ def load_records(cfg: Config) -> tuple[list[dict], list[dict], str]:
     return *batching.split(train, cfg.data.val_split, cfg.training.seed), meta.name
 
 
-def prepare(cfg: Config, paths: RunPaths, backend) -> Prepared:
+def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     from mlxlora.models.resolve import resolve_model
 
     train_records, val_records, dataset = load_records(cfg)

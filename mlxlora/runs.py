@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlxlora import names
 from mlxlora.errors import RunError
 from mlxlora.events import Event, RunFailed, RunFinished, RunStarted, Step, read_events
 
@@ -79,18 +81,58 @@ class RunPaths:
 
 
 def new_run_dir(name: str, parent: Path | None = None) -> Path:
-    """A fresh, unique run directory named `<name>-<YYYYmmdd-HHMMSS>`."""
+    """A fresh, unique run directory named `<name>-<YYYYmmdd-HHMMSS>`, the name NFC-normalised.
+
+    The name keeps its letters in any language (`医療専門知識モデル_v1-20261125-093000`), so
+    `find_run` finds the run by the name the user gave.
+    """
+    problem = names.name_problem(name)
+    if problem:
+        raise RunError(f"run name {name!r}: {problem}")
     parent = parent or runs_root()
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
-        candidate = parent / (f"{slug}-{stamp}" + (f"-{i}" if i else ""))
+        candidate = parent / (f"{names.normalize(name)}-{stamp}" + (f"-{i}" if i else ""))
         try:
             candidate.mkdir(parents=True)
             return candidate
         except FileExistsError:
             continue
     raise RunError(f"could not create a run directory under {parent}")
+
+
+def check_new_run_dir(path: Path) -> None:
+    """Refuse a `--run-dir` that is not new or empty: a run directory belongs to one run."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise RunError(f"{path}: not a directory; choose another --run-dir")
+    if (path / "config.yaml").exists() or (path / "events.jsonl").exists():
+        raise RunError(
+            f"{path}: already holds a run; continue it with `{resume_command(path)}` "
+            "or choose another --run-dir"
+        )
+    if any(path.iterdir()):
+        raise RunError(f"{path}: not empty; choose a new or empty --run-dir")
+
+
+def check_resumable(paths: RunPaths) -> None:
+    """Refuse to resume a run that has finished or has no checkpoint to continue from."""
+    if not paths.config.is_file():
+        raise RunError(f"{paths.root}: not a run directory (no config.yaml)")
+    if run_status(read_events(paths.events), locked=False) == "finished":
+        raise RunError(
+            f"{paths.root}: this run has finished (completed or early-stopped); nothing to "
+            "resume; start a new run to train more"
+        )
+    if paths.latest_checkpoint() is None:
+        raise RunError(f"{paths.root}: no checkpoint to resume from; start a new run")
+
+
+def resume_command(path: Path) -> str:
+    """The command that resumes the run in `path`: by name in the workspace, else by path."""
+    in_workspace = path.resolve().parent == runs_root().resolve()
+    return f"mlxlora train --resume {shlex.quote(path.name if in_workspace else str(path))}"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -141,6 +183,8 @@ def _pid_alive(pid: int) -> bool:
 @contextmanager
 def run_lock(paths: RunPaths):
     """Hold the run directory for one training process; a stale lock (dead pid) is taken over."""
+    if not paths.root.is_dir():
+        raise RunError(f"{paths.root}: no such run directory")
     if paths.lock.exists():
         try:
             pid = int(paths.lock.read_text().strip() or 0)
@@ -214,17 +258,47 @@ def list_runs(root: Path | None = None) -> list[RunInfo]:
     return sorted((run_info(p) for p in dirs), key=lambda r: r.started or 0, reverse=True)
 
 
+# `<name>-<YYYYmmdd-HHMMSS>`, with `-N` when two runs of one name start in the same second.
+_STAMPED = re.compile(r"(?P<name>.+)-\d{8}-\d{6}(?:-\d+)?")
+
+
+def given_name(path: Path) -> str:
+    """The name the user gave a workspace run: its directory name without the time stamp."""
+    found = _STAMPED.fullmatch(path.name)
+    return found["name"] if found else path.name
+
+
 def find_run(ref: str) -> Path:
-    """A run by path or by (unique prefix of) its name in the workspace."""
-    p = Path(ref).expanduser()
-    if (p / "config.yaml").exists():
-        return p
+    """A run by directory, or in the workspace by its full directory name, the name the user
+    gave it (NFC-normalised), or a unique prefix of its directory name.
+
+    Names are compared as text, never as patterns: a `[` or `*` in a reference is a character.
+    """
+    path = Path(ref).expanduser()
+    if (path / "config.yaml").is_file():
+        return path
+    if os.sep in ref or ref.startswith("~"):  # a path (a name never holds a separator)
+        problem = "not a run directory (no config.yaml)" if path.exists() else "no such directory"
+        raise RunError(f"{ref}: {problem}")
+    return _find_by_name(names.normalize(ref))
+
+
+def _find_by_name(ref: str) -> Path:
     root = runs_root()
-    matches = sorted(root.glob(f"{ref}*")) if root.exists() else []
-    matches = [m for m in matches if (m / "config.yaml").exists()]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise RunError(f"{ref}: no such run (see `mlxlora runs list`)")
-    names = ", ".join(m.name for m in matches[:5])
-    raise RunError(f"{ref}: matches {len(matches)} runs ({names}); give more of the name")
+    found = (
+        sorted(p for p in root.iterdir() if (p / "config.yaml").is_file()) if root.is_dir() else []
+    )
+    for matches in (
+        [p for p in found if p.name == ref],
+        [p for p in found if given_name(p) == ref],
+        [p for p in found if ref and p.name.startswith(ref)],
+    ):
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            shown = ", ".join(m.name for m in matches[:5])
+            more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+            raise RunError(
+                f"{ref}: {len(matches)} runs match ({shown}{more}); give the full directory name"
+            )
+    raise RunError(f"{ref}: no such run (see `mlxlora runs list`)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 from mlxlora.events import (
@@ -38,6 +39,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    """Train or resume; exit 0 when the run ends (or a STOP file stops it), 128 + the signal's
+    number when SIGINT or SIGTERM stopped it (130, 143)."""
     from mlxlora import config, engine, runs
     from mlxlora.errors import ConfigError
 
@@ -53,13 +56,31 @@ def run(args) -> int:
                 ["give a CONFIG file (try configs/quickstart.yaml) or --resume RUN"], "train"
             )
         cfg = config.load(args.config, args.overrides)
-        run_dir = args.run_dir or runs.new_run_dir(cfg.name)
+        run_dir = args.run_dir  # None: the engine names one in the workspace once prepared
     view = JsonView() if args.json else ProgressView()
+    ending = Ending()
     with view:
-        summary = engine.train(cfg, run_dir, resume=bool(args.resume), listeners=[view.on_event])
+        summary = engine.train(
+            cfg, run_dir, resume=bool(args.resume), listeners=[view.on_event, ending]
+        )
     if not args.json:
         view.print_summary(summary)
-    return 0
+    return ending.exit_code()
+
+
+class Ending:
+    """Keeps the run_finished event: the signal that stopped a run decides the exit code."""
+
+    def __init__(self):
+        self.finished: RunFinished | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunFinished):
+            self.finished = event
+
+    def exit_code(self) -> int:
+        stopped_by = self.finished.signal if self.finished else None
+        return 128 + signal.Signals[stopped_by].value if stopped_by else 0
 
 
 class JsonView:
@@ -97,6 +118,7 @@ class ProgressView:
             console=self.console,
         )
         self.task = None
+        self.run_dir = ""  # from run_started: the resume command names it
 
     def __enter__(self):
         self.progress.start()
@@ -135,11 +157,22 @@ class ProgressView:
                 f"(best {event.best_val_loss:.4f} at step {event.best_step})"
             )
         elif isinstance(event, RunFinished) and event.stopped:
-            self.log(
-                f"[yellow]stopped[/] at step {event.step}; resume with: mlxlora train --resume RUN"
-            )
+            self._stopped(event)
+
+    def _stopped(self, e: RunFinished) -> None:
+        from rich.markup import escape
+
+        from mlxlora.runs import resume_command
+
+        by = f" by {e.signal}" if e.signal else ""
+        command = escape(resume_command(Path(self.run_dir)))
+        # not wrapped: the command is copied from the terminal as one line
+        self.progress.console.print(
+            f"[yellow]stopped[/]{by} at step {e.step}; resume with: {command}", soft_wrap=True
+        )
 
     def _started(self, e: RunStarted) -> None:
+        self.run_dir = e.run_dir
         resumed = f", resumed at step {e.resumed_from_step}" if e.resumed_from_step else ""
         self.log(f"[bold]{e.model}[/] on {e.backend} ({e.device}){resumed}")
         self.log(

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from mlxlora.events import Checkpoint, RunFinished, Step, read_events
+import pytest
+
+from mlxlora.events import Checkpoint, RunFinished, Sample, Step, read_events
+from mlxlora.runs import RunPaths
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = str(REPO / "configs" / "tiny.yaml")
@@ -125,6 +130,7 @@ def test_stop_file_stops_and_resume_finishes(home, tmp_path):
     assert proc.returncode == 0
     finished = json.loads(rest.splitlines()[-1])
     assert finished["type"] == "run_finished" and finished["stopped"] is True
+    assert finished["signal"] is None  # the STOP file is a request, not a signal: exit 0
     assert finished["step"] < 40
     shown = json.loads(mlxlora("runs", "show", str(run), "--json").stdout)
     assert shown["info"]["status"] == "stopped"
@@ -138,3 +144,139 @@ def test_torch_backend_is_refused_clearly_until_it_exists(home, tmp_path):
     out = mlxlora("train", QUICK, "--set", "backend=torch", "--run-dir", str(tmp_path / "run"))
     assert out.returncode == 7 and "Traceback" not in out.stderr
     assert "backend torch: not implemented yet" in out.stderr
+
+
+def one_line_error(out) -> str:
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    return out.stderr
+
+
+def file_bytes(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_run_dir_holding_a_run_is_refused_and_a_finished_run_is_not_resumed(home, tmp_path):
+    run = tmp_path / "run"
+    assert (
+        mlxlora("train", QUICK, "--set", "training.max_steps=2", "--run-dir", str(run)).returncode
+        == 0
+    )
+    before = file_bytes(run)
+
+    again = mlxlora("train", QUICK, "--run-dir", str(run))
+    assert again.returncode == 5
+    assert "already holds a run" in one_line_error(again)
+    assert f"mlxlora train --resume {run}" in again.stderr
+
+    resumed = mlxlora("train", "--resume", str(run))
+    assert resumed.returncode == 5
+    assert "has finished" in one_line_error(resumed)
+    assert file_bytes(run) == before
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fresh = mlxlora("train", QUICK, "--set", "training.max_steps=1", "--run-dir", str(empty))
+    assert fresh.returncode == 0 and (empty / "summary.json").exists()
+
+
+def broken_model(tmp_path) -> str:
+    from mlxlora.models.resolve import resolve_model
+
+    model = tmp_path / "broken-model"
+    __import__("shutil").copytree(resolve_model("builtin:tiny"), model)
+    (model / "config.json").write_text("{not json")
+    return str(model)
+
+
+@pytest.mark.parametrize(
+    "override, code, says, in_run_dir",
+    [
+        ("model=/no/such/model", 4, "no such directory", False),
+        ("model={broken}", 4, "cannot load model", True),
+        ("data.dataset=no-such-dataset", 3, "unknown dataset", False),
+        ("data.max_length=8", 3, "no record fits", True),
+    ],
+)
+def test_errors_before_training_leave_no_run_directory(
+    home, tmp_path, override, code, says, in_run_dir
+):
+    override = override.format(broken=broken_model(tmp_path) if "broken" in override else "")
+    run_dir = tmp_path / "run"
+    where = ["--run-dir", str(run_dir)] if in_run_dir else []
+    out = mlxlora("train", QUICK, "--set", override, *where)
+    assert out.returncode == code
+    assert says in one_line_error(out)
+    assert not run_dir.exists() and not (home / "runs").exists()
+
+
+def test_ctrl_c_stops_with_a_checkpoint_exit_130_and_resumes(home, tmp_path):
+    run = tmp_path / "my runs" / "first"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlxlora", "train", QUICK, "--set", "training.max_steps=40"]
+        + ["--set", "samples=['What is the capital of Chile?']", "--run-dir", str(run), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    for line in proc.stdout:
+        if json.loads(line)["type"] == "step":
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130
+    finished = json.loads(rest.splitlines()[-1])
+    assert finished["type"] == "run_finished" and finished["stopped"] is True
+    assert finished["signal"] == "SIGINT" and finished["step"] < 40
+    assert RunPaths(run).latest_checkpoint().name == f"step-{finished['step']:07d}"
+    samples = [e.when for e in read_events(run / "events.jsonl") if isinstance(e, Sample)]
+    assert samples == ["before"]  # the stopped run is not done: no answers "after" yet
+
+    assert mlxlora("train", "--resume", str(run)).returncode == 0
+    samples = [e.when for e in read_events(run / "events.jsonl") if isinstance(e, Sample)]
+    assert samples == ["before", "after"]
+
+
+def test_sigterm_exits_143_and_prints_the_real_resume_command(home):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlxlora", "train", QUICK, "--set", "name=停止 テスト"]
+        + ["--set", "training.max_steps=200"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any(
+        '"type": "step"' in p.read_text(encoding="utf-8")
+        for p in (home / "runs").glob("*/events.jsonl")
+    ):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143
+    (run,) = (home / "runs").iterdir()
+    assert run.name.startswith("停止 テスト-")
+    assert "stopped by SIGTERM at step" in err
+    assert f"resume with: mlxlora train --resume {shlex.quote(run.name)}\n" in err
+    assert RunPaths(run).latest_checkpoint() is not None
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", ""])
+def test_names_that_are_paths_are_refused_before_anything_is_created(home, tmp_path, name):
+    out = mlxlora("train", QUICK, "--set", f"name={name}")
+    assert out.returncode == 2
+    assert "name:" in one_line_error(out) and "cannot name a run" in out.stderr
+    assert not (home / "runs").exists()
+
+
+def test_japanese_run_name_is_kept_and_found(home):
+    name = "医療専門知識モデル_v1"
+    assert (
+        mlxlora("train", QUICK, "--set", f"name={name}", "--set", "training.max_steps=1").returncode
+        == 0
+    )
+    (run,) = (home / "runs").iterdir()
+    assert run.name.startswith(f"{name}-")
+    shown = mlxlora("runs", "show", name, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["info"]["path"] == str(run)

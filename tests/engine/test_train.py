@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mlxlora import config, engine
-from mlxlora.errors import TrainingFailed
+from mlxlora import config, engine, runs
+from mlxlora.errors import RunError, TrainingFailed
 from mlxlora.events import Checkpoint, EarlyStop, Eval, RunFailed, RunFinished, Step, read_events
 from mlxlora.runs import RunPaths
 
@@ -93,13 +93,18 @@ def test_resume_after_stop_matches_uninterrupted_run(home, quickstart_data, tmp_
 
 
 def test_nan_loss_fails_cleanly_and_keeps_last_good_checkpoint(home, quickstart_data, tmp_path):
-    good = make_config(quickstart_data, "training.max_steps=2", "training.eval_every=1")
+    good = make_config(quickstart_data, "training.max_steps=6", "training.eval_every=1")
     run = tmp_path / "run"
-    engine.train(good, run)
-    # continue the same run directory with an absurd learning rate: it must fail, not save
     paths = RunPaths(run)
+
+    def stop_after_two(event):
+        if isinstance(event, Step) and event.step == 2:
+            paths.stop_request.touch()
+
+    engine.train(good, run, listeners=[stop_after_two])
+    # resume the stopped run with an absurd learning rate: it must fail, not save
     bad = paths.config.read_text().replace("learning_rate: 0.005", "learning_rate: 1.0e+30")
-    bad = bad.replace("max_steps: 2", "max_steps: 6").replace("grad_clip: 1.0", "grad_clip: 0.0")
+    bad = bad.replace("grad_clip: 1.0", "grad_clip: 0.0")
     paths.config.write_text(bad)
     with pytest.raises(TrainingFailed, match="nan|inf"):
         engine.train(None, run, resume=True)
@@ -124,6 +129,21 @@ def test_early_stopping_keeps_best(home, quickstart_data, tmp_path):
     assert summary["outcome"] == "early_stop" and len(stop) == 1
     assert stop[0].step == 6 and stop[0].best_step == 2
     assert [c.step for c in events if isinstance(c, Checkpoint) and c.best] == [2]
+
+    # an early-stopped run has finished: resuming it is refused and changes nothing
+    files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(RunError, match="has finished"):
+        engine.train(None, tmp_path / "run", resume=True)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
+
+
+def test_a_new_run_is_named_after_the_job_in_the_workspace(home, quickstart_data):
+    cfg = make_config(quickstart_data, "training.max_steps=1", "name=医療専門知識モデル_v1")
+    summary = engine.train(cfg)
+    (run,) = runs.runs_root().iterdir()
+    assert run.name.startswith("医療専門知識モデル_v1-") and summary["outcome"] == "completed"
+    assert runs.find_run("医療専門知識モデル_v1") == run
+    assert read_events(RunPaths(run).events)[0].run_dir == str(run)
 
 
 def test_truncation_is_reported(home, tmp_path):
