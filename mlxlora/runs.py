@@ -170,7 +170,7 @@ def atomic_dir(final: Path):
         raise
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -190,7 +190,7 @@ def run_lock(paths: RunPaths):
             pid = int(paths.lock.read_text().strip() or 0)
         except ValueError:
             pid = 0
-        if pid and pid != os.getpid() and _pid_alive(pid):
+        if pid and pid != os.getpid() and pid_alive(pid):
             raise RunError(f"{paths.root}: run is in use by process {pid}")
     paths.lock.write_text(str(os.getpid()))
     try:
@@ -235,7 +235,7 @@ def run_info(path: Path) -> RunInfo:
     locked = False
     if paths.lock.exists():
         try:
-            locked = _pid_alive(int(paths.lock.read_text().strip() or 0))
+            locked = pid_alive(int(paths.lock.read_text().strip() or 0))
         except ValueError:
             locked = False
     return RunInfo(
