@@ -18,6 +18,7 @@ from mlxlora.events import (
     Eval,
     RunFailed,
     RunFinished,
+    RunStarted,
     Step,
     read_events,
 )
@@ -172,6 +173,33 @@ def test_nan_loss_fails_cleanly_and_keeps_last_good_checkpoint(home, quickstart_
     assert isinstance(last, RunFailed) and last.last_checkpoint.endswith("step-0000002")
     assert paths.latest_checkpoint().name == "step-0000002"
     assert (paths.latest_checkpoint() / "adapters.safetensors").exists()
+
+
+def test_early_stopping_and_batch_size_warn_when_they_cannot_work(home, quickstart_data, tmp_path):
+    no_val = make_config(
+        quickstart_data,
+        "data.val_split=0",
+        "training.early_stopping.patience=2",
+        "training.max_steps=1",
+    )
+    engine.train(no_val, tmp_path / "no-val")
+    started = read_events(tmp_path / "no-val" / "events.jsonl")[0]
+    assert isinstance(started, RunStarted) and started.val_records == 0
+    assert started.warnings == [
+        "no validation set (data.val_split is 0): training.early_stopping.patience=2 does "
+        "nothing; set data.val_split or data.validation"
+    ]
+
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"prompt": "What is 2 plus 2?", "completion": "4"}) + "\n")
+    cfg = make_config(one, "training.early_stopping.patience=1", "training.max_steps=1")
+    engine.train(cfg, tmp_path / "one")
+    started = read_events(tmp_path / "one" / "events.jsonl")[0]
+    assert started.warnings == [
+        "no validation set (no validation record is left): training.early_stopping.patience=1 "
+        "does nothing; set data.val_split or data.validation",
+        "training.batch_size=4 is larger than the 1 training records: every batch holds 1",
+    ]
 
 
 def test_early_stopping_keeps_best(home, quickstart_data, tmp_path):
