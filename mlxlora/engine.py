@@ -33,6 +33,7 @@ from mlxlora.events import (
     Sample,
     Step,
 )
+from mlxlora.models.resolve import gguf_source
 from mlxlora.prepare import Prepared, prepare
 from mlxlora.runs import ADAPTER_FILES, RunPaths, atomic_dir, atomic_write_text, run_lock
 
@@ -297,6 +298,9 @@ def write_summary(prep: Prepared, state: TrainerState, outcome: str) -> dict:
         "best_step": state.best_step,
         "elapsed_sec": round(state.elapsed, 2),
         "peak_memory_gb": round(prep.backend.peak_memory_bytes() / 1e9, 3),
+        "model": prep.config.model,
+        "model_dir": str(prep.model_dir),
+        **gguf_source(prep.model_dir),
         "adapter": str(prep.paths.adapters),
         "best_adapter": str(prep.paths.best) if prep.paths.best.exists() else None,
     }

@@ -30,6 +30,7 @@ class Prepared:
     warnings: list[str]
     estimated_peak_gb: float
     dataset: str
+    model_dir: Path  # the local HF-format directory the model reference resolved to
 
 
 def load_records(cfg: Config) -> tuple[list[dict], list[dict], str]:
@@ -88,6 +89,7 @@ def prepare(cfg: Config, paths: RunPaths, backend) -> Prepared:
         warnings=warnings,
         estimated_peak_gb=estimated_gb,
         dataset=dataset,
+        model_dir=model_dir,
     )
 
 

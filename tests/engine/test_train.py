@@ -60,9 +60,9 @@ def test_loss_falls_and_adapter_loads_in_mlx_lm(home, quickstart_data, tmp_path)
     import mlx.core as mx
     from mlx_lm.utils import load
 
-    from mlxlora.models.resolve import resolve_model
-
-    model_dir = str(resolve_model("builtin:tiny"))
+    # only what adapter_config.json says, as `mlx_lm.generate --model M --adapter-path A` would
+    model_dir = json.loads((paths.adapters / "adapter_config.json").read_text())["model"]
+    assert summary["model"] == "builtin:tiny" and summary["model_dir"] == model_dir
     base, tok = load(model_dir)
     tuned, _ = load(model_dir, adapter_path=str(paths.adapters))
     ids = mx.array([tok.encode("What is the capital of France?")])
@@ -158,23 +158,6 @@ def test_best_is_the_lowest_validation_loss_whatever_min_delta(home, quickstart_
     assert all(np.array_equal(best[k], saved[lowest][k]) for k in best)
 
 
-def test_nan_loss_fails_cleanly_and_keeps_last_good_checkpoint(home, quickstart_data, tmp_path):
-    good = make_config(quickstart_data, "training.max_steps=2", "training.eval_every=1")
-    run = tmp_path / "run"
-    engine.train(good, run)
-    # continue the same run directory with an absurd learning rate: it must fail, not save
-    paths = RunPaths(run)
-    bad = paths.config.read_text().replace("learning_rate: 0.005", "learning_rate: 1.0e+30")
-    bad = bad.replace("max_steps: 2", "max_steps: 6").replace("grad_clip: 1.0", "grad_clip: 0.0")
-    paths.config.write_text(bad)
-    with pytest.raises(TrainingFailed, match="nan|inf"):
-        engine.train(None, run, resume=True)
-    last = read_events(paths.events)[-1]
-    assert isinstance(last, RunFailed) and last.last_checkpoint.endswith("step-0000002")
-    assert paths.latest_checkpoint().name == "step-0000002"
-    assert (paths.latest_checkpoint() / "adapters.safetensors").exists()
-
-
 def test_early_stopping_and_batch_size_warn_when_they_cannot_work(home, quickstart_data, tmp_path):
     no_val = make_config(
         quickstart_data,
@@ -200,6 +183,23 @@ def test_early_stopping_and_batch_size_warn_when_they_cannot_work(home, quicksta
         "does nothing; set data.val_split or data.validation",
         "training.batch_size=4 is larger than the 1 training records: every batch holds 1",
     ]
+
+
+def test_nan_loss_fails_cleanly_and_keeps_last_good_checkpoint(home, quickstart_data, tmp_path):
+    good = make_config(quickstart_data, "training.max_steps=2", "training.eval_every=1")
+    run = tmp_path / "run"
+    engine.train(good, run)
+    # continue the same run directory with an absurd learning rate: it must fail, not save
+    paths = RunPaths(run)
+    bad = paths.config.read_text().replace("learning_rate: 0.005", "learning_rate: 1.0e+30")
+    bad = bad.replace("max_steps: 2", "max_steps: 6").replace("grad_clip: 1.0", "grad_clip: 0.0")
+    paths.config.write_text(bad)
+    with pytest.raises(TrainingFailed, match="nan|inf"):
+        engine.train(None, run, resume=True)
+    last = read_events(paths.events)[-1]
+    assert isinstance(last, RunFailed) and last.last_checkpoint.endswith("step-0000002")
+    assert paths.latest_checkpoint().name == "step-0000002"
+    assert (paths.latest_checkpoint() / "adapters.safetensors").exists()
 
 
 def test_early_stopping_keeps_best(home, quickstart_data, tmp_path):
