@@ -1,0 +1,56 @@
+"""`mlxlora runs show` as a user reads it: config changes, model, samples, numbers, no None."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+from mlxlora import config, engine
+from mlxlora.cli import main
+from mlxlora.runs import RunPaths
+
+
+def test_show_prints_config_model_command_samples_and_dashes(
+    home, quickstart_data, tmp_path, capsys
+):
+    cfg = config.load(
+        None,
+        [
+            f"data.dataset={quickstart_data}",
+            "data.val_split=0",
+            "training.max_steps=3",
+            "lora.rank=4",
+            "samples=['日本の首都は？']",
+        ],
+    )
+    run = tmp_path / "my run"  # a space: the printed command must quote it
+    summary = engine.train(cfg, run)
+    assert summary["best_val_loss"] is None
+
+    assert main(["runs", "show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out
+    lines = [line.strip() for line in out.splitlines()]
+    assert "best val loss: —" in lines and "outcome: completed" in lines
+    assert any(re.fullmatch(r"train loss ema: \d+\.\d{4}", line) for line in lines)
+    assert "elapsed sec" in out and not re.search(r"\d\.\d{5}", out)
+    # the config's differences from the defaults, and only those
+    for line in ("training.max_steps: 3", "lora.rank: 4", "data.val_split: 0.0"):
+        assert line in lines
+    assert not any(line.startswith("training.grad_clip") for line in lines)
+    assert "before training (step 0) '日本の首都は？'" in lines
+    assert "after training (step 3) '日本の首都は？'" in lines
+    model_dir = summary["model_dir"]
+    adapters = RunPaths(run).adapters
+    command = (
+        f"mlx_lm.generate --model {shlex.quote(model_dir)} --adapter-path "
+        f"{shlex.quote(str(adapters))} --prompt '日本の首都は？'"
+    )
+    assert command in lines and "'" in command.split("--adapter-path")[1]
+
+    assert main(["runs", "show", str(run), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["config"] == json.loads(json.dumps(cfg.to_dict()))
+    assert shown["model_dir"] == model_dir
+    assert [s["when"] for s in shown["samples"]] == ["before", "after"]
