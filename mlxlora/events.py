@@ -57,6 +57,7 @@ class Step(Event):
     peak_memory_gb: float
     grad_norm: float = 0.0
     padding_fraction: float = 0.0
+    loss_ema: float | None = None  # smoothed loss (metrics.ema over every step); `loss` is raw
 
 
 @dataclass
@@ -107,12 +108,13 @@ class EarlyStop(Event):
 class RunFinished(Event):
     type: ClassVar[str] = "run_finished"
     step: int
-    final_train_loss: float | None
     best_val_loss: float | None
     best_step: int | None
     elapsed_sec: float
     stopped: bool = False  # stopped on request (Ctrl-C, stop file) rather than completed
     signal: str | None = None  # SIGINT or SIGTERM when a signal stopped it (None: STOP file)
+    train_loss_last_epoch: float | None = None  # mean of the last (or the partial) epoch
+    train_loss_ema: float | None = None  # smoothed loss at the last step
 
 
 @dataclass
