@@ -203,6 +203,11 @@ class EventTail:
         self._pending = b""
         self._inode: int | None = None
 
+    @property
+    def offset(self) -> int:
+        """Bytes of the file read so far (a reader compares it with the size to catch up)."""
+        return self._offset
+
     def read(self, max_bytes: int = 1 << 24) -> list[Event]:
         """New complete events, reading at most `max_bytes` this call (the rest next time)."""
         try:

@@ -199,6 +199,15 @@ def run_lock(paths: RunPaths):
         paths.lock.unlink(missing_ok=True)
 
 
+def is_locked(paths: RunPaths) -> bool:
+    """A live process holds the run (a lock left by a killed one does not count)."""
+    try:
+        pid = int(paths.lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    return pid > 0 and pid_alive(pid)  # kill(0) would ask about our own process group
+
+
 @dataclass
 class RunInfo:
     """What `runs list` and the TUI show about a run, derived from its directory only."""
@@ -232,16 +241,10 @@ def run_info(path: Path) -> RunInfo:
     started = next((e for e in events if isinstance(e, RunStarted)), None)
     steps = [e for e in events if isinstance(e, Step)]
     summary = json.loads(paths.summary.read_text()) if paths.summary.exists() else {}
-    locked = False
-    if paths.lock.exists():
-        try:
-            locked = pid_alive(int(paths.lock.read_text().strip() or 0))
-        except ValueError:
-            locked = False
     return RunInfo(
         path=path,
         name=path.name,
-        status=run_status(events, locked),
+        status=run_status(events, is_locked(paths)),
         model=started.model if started else "",
         step=steps[-1].step if steps else 0,
         last_loss=steps[-1].loss if steps else None,
