@@ -141,12 +141,18 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+# Looked up once, not per line: a 100,000-step run is parsed line by line when a face opens it.
+FIELD_NAMES = {
+    cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()
+}
+
+
 def parse(line: str) -> Event | None:
     """Parse one JSONL line; None for blank, partial or unknown lines (a reader must not crash)."""
     try:
         data: dict[str, Any] = json.loads(line)
         cls = EVENT_TYPES[data.pop("type")]
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = FIELD_NAMES[cls]
         return cls(**{k: v for k, v in data.items() if k in names})
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -28,15 +28,8 @@ from mlxlora.events import (
     Sample,
     Step,
 )
+from mlxlora.metrics import ema
 from mlxlora.runs import run_status
-
-# Weight of the past in the smoothed train loss: about the last 10 logged steps count.
-LOSS_EMA_DECAY = 0.9
-
-
-def ema(previous: float | None, value: float, decay: float = LOSS_EMA_DECAY) -> float:
-    """Exponential moving average of a loss: `value` itself for the first step."""
-    return value if previous is None else decay * previous + (1 - decay) * value
 
 
 class Curve:
@@ -134,7 +127,9 @@ class RunView:
     def _step(self, e: Step) -> None:
         self.last_step = e
         self.session_first_step = self.session_first_step or e
-        self.smooth.append(e.step, ema(self.smooth.last(), e.loss))
+        # the engine's EMA saw every step (log_every may skip some); older runs lack it
+        smooth = e.loss_ema if e.loss_ema is not None else ema(self.smooth.last(), e.loss)
+        self.smooth.append(e.step, smooth)
         self.train.append(e.step, e.loss)
         self.peak_memory_gb = max(self.peak_memory_gb, e.peak_memory_gb)
         self._tps_sum, self._tps_count = self._tps_sum + e.tokens_per_sec, self._tps_count + 1

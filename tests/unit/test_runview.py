@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from mlxlora import runs
 from mlxlora.events import EventWriter, RunStarted, Step
-from mlxlora.runview import RunView, downsample, ema
+from mlxlora.metrics import ema
+from mlxlora.runview import RunView, downsample
 
 
 def started(resumed_from: int = 0) -> RunStarted:
