@@ -235,12 +235,22 @@ def run_status(events: list[Event], locked: bool) -> str:
     return "new"
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object file (summary.json, eval.json), or {} when missing, half-written or not
+    an object: a face shows what it can instead of failing on one bad file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def run_info(path: Path) -> RunInfo:
     paths = RunPaths(path)
     events = read_events(paths.events)
     started = next((e for e in events if isinstance(e, RunStarted)), None)
     steps = [e for e in events if isinstance(e, Step)]
-    summary = json.loads(paths.summary.read_text()) if paths.summary.exists() else {}
+    summary = read_json(paths.summary)
     return RunInfo(
         path=path,
         name=path.name,

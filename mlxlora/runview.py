@@ -8,7 +8,6 @@ only its new events. Imports no mlx, torch or textual.
 
 from __future__ import annotations
 
-import json
 import math
 from array import array
 from collections import deque
@@ -225,16 +224,6 @@ _HANDLERS = {
     RunFinished: RunView._ending,
     RunFailed: RunView._ending,
 }
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object file (summary.json, eval.json), or {} when missing, half-written or not
-    an object: a face shows what it can instead of failing on one bad file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def read_config(path: Path) -> dict:

@@ -107,8 +107,8 @@ def show_run(args) -> int:
     info = runs.run_info(path)
     paths = runs.RunPaths(path)
     cfg = config.load(paths.config)
-    summary = _read_json(paths.summary)
-    adapter_config = _read_json(paths.adapters / "adapter_config.json")
+    summary = runs.read_json(paths.summary)
+    adapter_config = runs.read_json(paths.adapters / "adapter_config.json")
     model_dir = adapter_config.get("model") or summary.get("model_dir")
     events = read_events(paths.events)
     evals = [e for e in events if isinstance(e, Eval)]
@@ -126,10 +126,6 @@ def show_run(args) -> int:
         return 0
     _print_run(info, cfg, model_dir, paths, evals, samples, summary)
     return 0
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def _print_run(info, cfg, model_dir, paths, evals, samples, summary) -> None:

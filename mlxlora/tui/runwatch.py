@@ -18,7 +18,8 @@ from textual.worker import get_current_worker
 
 from mlxlora import queue, runs
 from mlxlora.events import Event, EventTail
-from mlxlora.runview import RunView, read_json
+from mlxlora.runs import read_json
+from mlxlora.runview import RunView
 from mlxlora.tui.messages import RunsPolled
 
 SLICE_BYTES = 1 << 20  # about 4,000 step events per run per poll

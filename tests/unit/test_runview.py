@@ -44,3 +44,16 @@ def test_an_empty_lock_file_is_not_a_running_run(tmp_path, monkeypatch):
         w.emit(started())
     (path / ".lock").write_text("")  # kill(0, 0) asks about our own process group: alive
     assert runs.run_info(path).status == "interrupted"
+
+
+def test_a_half_written_summary_does_not_break_runs_list(home, capsys):
+    from mlxlora.cli import main
+
+    run = runs.runs_root() / "half-20261125-000000"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: half\n")
+    with EventWriter(run / "events.jsonl") as w:
+        w.emit(started())
+    (run / "summary.json").write_text('{"outcome": "compl')  # killed mid-write
+    assert main(["runs", "list"]) == 0
+    assert "half-20261125-000000" in capsys.readouterr().out
