@@ -7,6 +7,8 @@ import shlex
 import time
 from pathlib import Path
 
+from mlxlora.fmt import NONE, num
+
 
 def register(sub) -> None:
     p = sub.add_parser("runs", help="list and inspect training runs")
@@ -26,17 +28,10 @@ def register(sub) -> None:
     show.set_defaults(func=show_run)
 
 
-NONE = "—"  # what a run does not have (no validation set, not finished)
-
-
-def _fmt(value, spec=".4f") -> str:
-    return NONE if value is None else format(value, spec)
-
-
 def fmt_value(value) -> str:
     """A run's value as `train` and `runs show` print it: 4 decimals, — for None."""
     if isinstance(value, float):
-        return _fmt(value)
+        return num(value)
     return NONE if value is None else str(value)
 
 
@@ -91,8 +86,8 @@ def list_runs(args) -> int:
             i.status,
             i.model,
             str(i.step),
-            _fmt(i.last_loss),
-            _fmt(i.best_val_loss),
+            num(i.last_loss),
+            num(i.best_val_loss),
             started,
         )
     Console().print(table)
@@ -150,7 +145,7 @@ def _print_run(info, cfg, model_dir, paths, evals, samples, summary) -> None:
         table.add_column(col)
     for e in evals:
         best = "*" if e.best else ""
-        table.add_row(str(e.step), f"{e.epoch:.2f}", _fmt(e.val_loss), f"{e.perplexity:.2f}", best)
+        table.add_row(str(e.step), f"{e.epoch:.2f}", num(e.val_loss), f"{e.perplexity:.2f}", best)
     console.print(table)
     for s in samples:
         prompt, answer = (escape(" ".join(t.split())) for t in (s.prompt, s.answer))

@@ -16,6 +16,7 @@ from mlxlora.events import (
     Sample,
     Step,
 )
+from mlxlora.fmt import clock
 
 
 def register(sub) -> None:
@@ -191,7 +192,7 @@ class ProgressView:
         due = self._last_plain is None or now - self._last_plain >= self.plain_every
         if due or e.step == task.total:
             self._last_plain = now
-            self.log(f"step {e.step}/{task.total:.0f}  {stats}  ETA {_clock(task.time_remaining)}")
+            self.log(f"step {e.step}/{task.total:.0f}  {stats}  ETA {clock(task.time_remaining)}")
 
     def _started(self, e: RunStarted) -> None:
         self.run_dir = e.run_dir
@@ -222,12 +223,3 @@ class ProgressView:
         for label, text in summary_rows(summary):
             table.add_row(label, text)
         Console().print(table)
-
-
-def _clock(seconds: float | None) -> str:
-    """1:02:03 or 2:03; '?' before the speed is known."""
-    if seconds is None:
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -80,7 +80,7 @@ def test_every_run_with_its_status_chart_samples_and_failure(home, monkeypatch):
             assert app.query_one("#total-progress", ProgressBar).percentage == 1.0
 
             await select(pilot, "live-20250615-000000")
-            assert "ETA     0:00:36" in screen_text(app)  # 18 steps at 2 s each
+            assert "ETA     0:36" in screen_text(app)  # 18 steps at 2 s each
             assert app.query_one("#total-progress", ProgressBar).percentage == 0.4
         assert job.id in [j.id for j in queue.jobs()]
 
@@ -128,7 +128,7 @@ def test_damaged_and_vanishing_run_directories_show_what_is_readable(home):
             await select(pilot, "bad-20250615-000000")
             assert statuses(app)["bad-20250615-000000"] == "interrupted"  # no ending readable
             text = screen_text(app)
-            assert "step    19/30" in text and "ETA     -" in text
+            assert "step    19/30" in text and "ETA     —" in text
             shutil.rmtree(runs.runs_root() / "gone-20250615-000000")
             await wait_for(pilot, lambda: list(statuses(app)) == ["bad-20250615-000000"])
             shutil.rmtree(runs.runs_root())

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mlxlora.fmt import clock, num  # noqa: F401 (the tabs import them from here)
 from mlxlora.runview import downsample
 
 BARS = "▁▂▃▄▅▆▇█"
-
-
-def num(value: float | None, spec: str = ".4f") -> str:
-    """`value` formatted; "-" when unknown."""
-    return "-" if value is None else format(value, spec)
-
-
-def clock(seconds: float | None) -> str:
-    """h:mm:ss; "-" when unknown."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def sparkline(values: Sequence[float], width: int = 12) -> str:
