@@ -59,12 +59,8 @@ def collect() -> dict:
     return report
 
 
-def render(report: dict) -> list[tuple[str, str]]:
-    from mlxlora.memory import fmt_bytes
-
-    def size(n):
-        return fmt_bytes(n) if n is not None else "unknown"
-
+def machine_rows(report: dict) -> list[tuple[str, str]]:
+    """(label, value) rows of what runs the training: versions, backend, device, BLAS."""
     backend = report["backend"]
     if report.get("backend_error"):
         backend += f" ({report['backend_error']})"
@@ -77,8 +73,17 @@ def render(report: dict) -> list[tuple[str, str]]:
         ("dtype", report["dtype"] or "-"),
         ("BLAS", report["blas"]),
     ]
-    rows += [(name, v) for name, v in report["versions"].items()]
-    rows += [
+    return rows + [(name, v) for name, v in report["versions"].items()]
+
+
+def render(report: dict) -> list[tuple[str, str]]:
+    """Every row `mlxlora doctor` prints: the machine, its memory, the workspace."""
+    from mlxlora.memory import fmt_bytes
+
+    def size(n):
+        return fmt_bytes(n) if n is not None else "unknown"
+
+    return machine_rows(report) + [
         ("memory", size(report["memory_total_bytes"])),
         (
             "training budget",
@@ -93,7 +98,6 @@ def render(report: dict) -> list[tuple[str, str]]:
         ("disk free", size(report["workspace_disk_free_bytes"])),
         ("HF cache", report["hf_cache"] + (" (offline)" if report["hf_offline"] else "")),
     ]
-    return rows
 
 
 def run(args) -> int:
