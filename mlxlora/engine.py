@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mlxlora import config as config_mod
+from mlxlora import metrics
 from mlxlora.config import Config
 from mlxlora.data import batching
 from mlxlora.errors import TrainingFailed
@@ -32,6 +33,7 @@ from mlxlora.events import (
     Sample,
     Step,
 )
+from mlxlora.models.resolve import gguf_source
 from mlxlora.prepare import Prepared, prepare
 from mlxlora.runs import (
     ADAPTER_FILES,
@@ -55,12 +57,23 @@ class TrainerState:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # epoch in progress (0-based)
     batch_in_epoch: int = 0  # micro-batches of this epoch already trained on
-    best_val_loss: float | None = None
+    best_val_loss: float | None = None  # the lowest validation loss so far
     best_step: int | None = None
+    # Patience counts evaluations since the loss last fell by more than min_delta below
+    # patience_val_loss (the loss of that evaluation); best ignores min_delta.
     evals_since_best: int = 0
+    patience_val_loss: float | None = None
     elapsed: float = 0.0
-    last_train_loss: float | None = None
+    last_train_loss: float | None = None  # the last step's raw loss
+    loss_ema: float | None = None  # metrics.ema over every step's loss
+    completed_epoch_loss: float | None = None  # mean train loss of the last completed epoch
     epoch_losses: list[float] = field(default_factory=list)
+
+    def train_loss_last_epoch(self) -> float | None:
+        """Mean train loss of the epoch in progress, or of the last completed one if none is."""
+        if self.epoch_losses:
+            return sum(self.epoch_losses) / len(self.epoch_losses)
+        return self.completed_epoch_loss
 
 
 class StopFlag:
@@ -115,13 +128,7 @@ class Trainer:
             self.fail(
                 f"validation loss became {val_loss} at step {s.step}; lower the learning rate"
             )
-        improved = val_loss is not None and (
-            s.best_val_loss is None or val_loss < s.best_val_loss - self.t.early_stopping.min_delta
-        )
-        if improved:
-            s.best_val_loss, s.best_step, s.evals_since_best = val_loss, s.step, 0
-        elif val_loss is not None:
-            s.evals_since_best += 1
+        improved = val_loss is not None and self._record_eval(val_loss)
         if val_loss is not None:
             self.events.emit(
                 Eval(
@@ -144,6 +151,18 @@ class Trainer:
         for old in sorted(paths.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
         self.events.emit(Checkpoint(step=s.step, path=str(target), best=improved))
+
+    def _record_eval(self, val_loss: float) -> bool:
+        """Update best and patience with a validation loss; True when it is the lowest yet."""
+        s, min_delta = self.state, self.t.early_stopping.min_delta
+        lowest = s.best_val_loss is None or val_loss < s.best_val_loss
+        if lowest:
+            s.best_val_loss, s.best_step = val_loss, s.step
+        if s.patience_val_loss is None or val_loss < s.patience_val_loss - min_delta:
+            s.patience_val_loss, s.evals_since_best = val_loss, 0
+        else:
+            s.evals_since_best += 1
+        return lowest
 
     def _publish_latest_adapter(self, checkpoint: Path) -> None:
         """adapters/adapters.safetensors + adapter_config.json always hold the latest weights."""
@@ -186,6 +205,7 @@ class Trainer:
                 loss = sum(s.epoch_losses) / max(len(s.epoch_losses), 1)
                 self.events.emit(EpochEnd(epoch=s.epoch + 1, step=s.step, train_loss=loss))
                 s.epoch, s.batch_in_epoch, s.epoch_losses = s.epoch + 1, 0, []
+                s.completed_epoch_loss = loss
                 if not t.eval_every:
                     self.checkpoint(self.evaluate())
                     last_eval_step = s.step
@@ -216,6 +236,7 @@ class Trainer:
         s.step += 1
         loss = sum(losses) / len(losses)
         s.last_train_loss = loss
+        s.loss_ema = metrics.ema(s.loss_ema, loss)
         s.epoch_losses.append(loss)
         if s.step % t.log_every == 0 or s.step == self.p.total_steps:
             dt = time.perf_counter() - tic
@@ -224,6 +245,7 @@ class Trainer:
                     step=s.step,
                     epoch=round(self._epoch_float(), 4),
                     loss=loss,
+                    loss_ema=s.loss_ema,
                     lr=lr,
                     tokens=real,
                     tokens_per_sec=real / dt,
@@ -279,11 +301,15 @@ def write_summary(prep: Prepared, state: TrainerState, outcome: str) -> dict:
         "outcome": outcome,
         "steps": state.step,
         "total_steps": prep.total_steps,
-        "final_train_loss": state.last_train_loss,
+        "train_loss_last_epoch": state.train_loss_last_epoch(),
+        "train_loss_ema": state.loss_ema,
         "best_val_loss": state.best_val_loss,
         "best_step": state.best_step,
         "elapsed_sec": round(state.elapsed, 2),
         "peak_memory_gb": round(prep.backend.peak_memory_bytes() / 1e9, 3),
+        "model": prep.config.model,
+        "model_dir": str(prep.model_dir),
+        **gguf_source(prep.model_dir),
         "adapter": str(prep.paths.adapters),
         "best_adapter": str(prep.paths.best) if prep.paths.best.exists() else None,
     }
@@ -396,7 +422,8 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
     events.emit(
         RunFinished(
             step=state.step,
-            final_train_loss=state.last_train_loss,
+            train_loss_last_epoch=state.train_loss_last_epoch(),
+            train_loss_ema=state.loss_ema,
             best_val_loss=state.best_val_loss,
             best_step=state.best_step,
             elapsed_sec=state.elapsed,

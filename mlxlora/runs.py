@@ -199,6 +199,22 @@ def run_lock(paths: RunPaths):
         paths.lock.unlink(missing_ok=True)
 
 
+def is_locked(paths: RunPaths) -> bool:
+    """A live process holds the run (a lock left by a killed one does not count)."""
+    try:
+        pid = int(paths.lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    return pid > 0 and pid_alive(pid)  # kill(0) would ask about our own process group
+
+
+def running_runs(root: Path | None = None) -> list[Path]:
+    """Run directories of the workspace whose training process is alive now."""
+    root = root or runs_root()
+    found = root.iterdir() if root.is_dir() else ()
+    return sorted(p for p in found if is_locked(RunPaths(p)))
+
+
 @dataclass
 class RunInfo:
     """What `runs list` and the TUI show about a run, derived from its directory only."""
@@ -226,33 +242,16 @@ def run_status(events: list[Event], locked: bool) -> str:
     return "new"
 
 
-def lock_held(paths: RunPaths) -> bool:
-    """Whether a live process holds the run (it is training now); cheap enough to poll."""
-    try:
-        pid = int(paths.lock.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return False
-    return pid > 0 and pid_alive(pid)  # kill(0) would probe our own process group
-
-
-def running_runs(root: Path | None = None) -> list[Path]:
-    """Run directories of the workspace whose training process is alive now."""
-    root = root or runs_root()
-    found = root.iterdir() if root.is_dir() else ()
-    return sorted(p for p in found if lock_held(RunPaths(p)))
-
-
 def run_info(path: Path) -> RunInfo:
     paths = RunPaths(path)
     events = read_events(paths.events)
     started = next((e for e in events if isinstance(e, RunStarted)), None)
     steps = [e for e in events if isinstance(e, Step)]
     summary = json.loads(paths.summary.read_text()) if paths.summary.exists() else {}
-    locked = lock_held(paths)
     return RunInfo(
         path=path,
         name=path.name,
-        status=run_status(events, locked),
+        status=run_status(events, is_locked(paths)),
         model=started.model if started else "",
         step=steps[-1].step if steps else 0,
         last_loss=steps[-1].loss if steps else None,
