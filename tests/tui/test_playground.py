@@ -70,7 +70,7 @@ def test_both_answers_stream_from_children(home):
     asyncio.run(go())
 
 
-def test_cancel_stops_the_child(home):
+def test_cancel_and_closing_the_app_stop_the_child(home):
     train_tiny_run(home)
 
     async def go():
@@ -85,13 +85,21 @@ def test_cancel_stops_the_child(home):
             await until(pilot, lambda: tab.child is None, seconds=10)
             for pane in (base, tuned):
                 assert str(pane.query_one(".status").render()) == "cancelled"
-            try:
-                os.killpg(pid, 0)
-                raise AssertionError(f"process group {pid} still alive")
-            except ProcessLookupError:
-                pass
+            assert_gone(pid)
 
-    asyncio.run(go())
+            await pilot.press("enter")  # again, then close the app while it streams
+            await until(pilot, lambda: tab.child and base.text)
+            return tab.child.process.pid
+
+    assert_gone(asyncio.run(go()))  # closing the app stopped it too
+
+
+def assert_gone(pid: int) -> None:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return
+    raise AssertionError(f"process group {pid} still alive")
 
 
 def test_a_failed_child_shows_its_error_in_its_pane(home):

@@ -171,7 +171,7 @@ class SystemTab(Vertical):
             self.doctor = await doctor_report()
             rows = machine_rows(self.doctor)
         except (OSError, RuntimeError) as exc:
-            rows = [("doctor", f"failed: {exc}")]
+            self.doctor, rows = {}, [("doctor", f"failed: {exc}")]
         self.post_message(self.Sampled("sys-machine", rows))
         self._sample_memory()  # the rows that come from doctor
 
@@ -200,8 +200,8 @@ class SystemTab(Vertical):
         return rows
 
     def _budget_rows(self) -> list[tuple[str, str]]:
-        if self.doctor is None:
-            return [("MLX may wire", "asking doctor…")]
+        if not self.doctor:
+            return [("MLX may wire", "asking doctor…" if self.doctor is None else "unknown")]
         wired = self.doctor.get("device_budget_bytes")
         return [
             ("MLX may wire", size(wired) if wired else "- (no Metal GPU)"),
