@@ -208,6 +208,13 @@ def is_locked(paths: RunPaths) -> bool:
     return pid > 0 and pid_alive(pid)  # kill(0) would ask about our own process group
 
 
+def running_runs(root: Path | None = None) -> list[Path]:
+    """Run directories of the workspace whose training process is alive now."""
+    root = root or runs_root()
+    found = root.iterdir() if root.is_dir() else ()
+    return sorted(p for p in found if is_locked(RunPaths(p)))
+
+
 @dataclass
 class RunInfo:
     """What `runs list` and the TUI show about a run, derived from its directory only."""

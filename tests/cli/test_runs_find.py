@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import unicodedata
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from mlxlora import runs
 from mlxlora.cli import main
 from mlxlora.errors import RunError
+from mlxlora.events import EventWriter, RunStarted
 
 
 def make_runs(*dir_names: str) -> list:
@@ -84,3 +86,16 @@ def test_a_path_that_is_not_a_run_is_one_line(home, tmp_path, capsys, args, says
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("mlxlora: error: ")
     assert says in err
+
+
+def test_running_runs_are_those_a_live_process_holds(home):
+    live, dead, empty, free = make_runs("live-1", "dead-1", "empty-1", "free-1")
+    (live / ".lock").write_text(str(os.getpid()))
+    (dead / ".lock").write_text("999999999")
+    (empty / ".lock").write_text("")  # a lock being written: pid 0 is no process
+    assert runs.running_runs() == [live]
+    for run in (live, empty):
+        with EventWriter(runs.RunPaths(run).events) as events:
+            events.emit(RunStarted(str(run), "builtin:tiny", "mlx", "cpu", 8, 2, 4, 4, 10, 99, 0.1))
+    assert runs.run_info(live).status == "running"
+    assert runs.run_info(empty).status == "interrupted"
