@@ -63,7 +63,7 @@ class RunDetail(Horizontal):
     DEFAULT_CSS = """
     RunDetail { height: 1fr; }
     RunDetail LossChart { width: 1fr; }
-    RunDetail #run-side { width: 40; padding: 0 0 0 1; }
+    RunDetail #run-side { width: 40; padding: 0 0 0 1; scrollbar-gutter: stable; }
     RunDetail .bar { height: 1; }
     RunDetail .bar Label { width: 6; }
     RunDetail .bar ProgressBar, RunDetail .bar Bar { width: 1fr; }
