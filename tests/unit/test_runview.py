@@ -7,6 +7,7 @@ from mlxlora.events import (
     Eval,
     EventTail,
     EventWriter,
+    RunFinished,
     RunStarted,
     Step,
     StepBlock,
@@ -100,3 +101,20 @@ def test_bulk_reading_folds_to_the_same_view_as_event_by_event(tmp_path):
     assert (bulk.last_step, bulk.session_first_step) == (whole.last_step, whole.session_first_step)
     assert bulk.peak_memory_gb == whole.peak_memory_gb == 0.5 + 599 / 1e4
     assert abs(bulk.mean_tokens_per_sec - whole.mean_tokens_per_sec) < 1e-9
+
+
+def test_run_info_reads_the_head_and_the_tail_of_a_long_run(tmp_path, monkeypatch):
+    """A list of runs must not re-read every run's whole history (the studio shows it often)."""
+    run = tmp_path / "long"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: long\n")
+    with EventWriter(run / "events.jsonl") as w:
+        w.emit(started())
+        for n in range(1, 3001):
+            w.emit(step(n, 5.0 - n / 1000, at=1000.0 + n))
+    monkeypatch.setattr(runs, "read_events", None)  # it must not be called
+    info = runs.run_info(run)
+    assert (info.status, info.step, info.last_loss, info.model) == ("interrupted", 3000, 2.0, "m")
+    with EventWriter(run / "events.jsonl") as w:
+        w.emit(RunFinished(step=3000, best_val_loss=1.5, best_step=3000, elapsed_sec=9.0))
+    assert runs.run_info(run).status == "finished"
