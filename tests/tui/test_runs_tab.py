@@ -234,3 +234,12 @@ def test_stop_a_live_run(home):
             assert "stopped" in app.query_one(RunsTab).book.status(path)
 
     asyncio.run(go())
+
+
+def test_snapshot_light_theme(home, snap_compare, monkeypatch):
+    """The studio in Textual's light theme (ctrl+p, Theme): charts and status colours read."""
+    monkeypatch.setattr(memory, "total_memory", lambda: 16 * memory.GIB)
+    four_runs()
+    app = MlxloraApp(initial="runs")
+    app.theme = "textual-light"
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settle)

@@ -59,3 +59,11 @@ def test_mlxlora_alone_opens_the_studio_and_shows_a_run_finishing(home, tmp_path
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     assert [j.state for j in queue.jobs()] == ["done"]
     assert os.environ.get("MLXLORA_HOME") == str(home)
+
+
+def test_mlxlora_alone_without_a_terminal_prints_its_help(home):
+    out = subprocess.run(
+        [sys.executable, "-m", "mlxlora"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and out.stdout.startswith("usage: mlxlora")
+    assert "tui" in out.stdout and "textual" not in out.stderr
