@@ -225,5 +225,60 @@ def test_save_never_overwrites(workspace, tmp_path):
 def test_snapshot(workspace, snap_compare, size):
     async def loaded(pilot):
         await settle(pilot.app, pilot)
+        pilot.app.query_one("#f-name", Input).value = "医療テスト"  # wide characters
+        await settle(pilot.app, pilot)
 
     assert snap_compare(MlxloraApp("train"), terminal_size=size, run_before=loaded)
+
+
+def write_model(directory: Path, blocks: list[str]) -> Path:
+    """A local model directory whose first block holds these linear layers (gpt2-like)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    directory.mkdir()
+    arch = {
+        "model_type": "gpt2",
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "vocab_size": 16,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    }
+    (directory / "config.json").write_text(json.dumps(arch), "utf-8")
+    tensors = {f"transformer.h.0.{b}.weight": np.zeros((8, 8), np.float32) for b in blocks}
+    tensors["transformer.h.0.ln_1.weight"] = np.zeros(8, np.float32)  # not a linear layer
+    save_file(tensors, str(directory / "model.safetensors"))
+    return directory
+
+
+def test_the_model_picker_and_the_models_own_modules(workspace, tmp_path):
+    gpt2 = write_model(tmp_path / "gpt2", ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            pick = app.query_one("#train-model-pick", Select)
+            qwen = "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
+            label = next(str(label) for label, value in pick._options if value == qwen)
+            assert label == f"{qwen}  494M  too big"  # batch 4 x 2048 in float32 on a CPU
+            pick.value = qwen
+            await settle(app, pilot)
+            assert app.query_one("#f-model", Input).value == qwen
+            assert text(app, "#train-model-info") == "494M params, 267.0 MiB (4-bit)"
+            assert "will not fit" in text(app, "#train-memory")
+            await type_into(pilot, app, "#f-data-max_length", "256")
+            assert text(app, "#train-memory").startswith("[green]memory ~")
+
+            await type_into(pilot, app, "#f-model", "someone/not-in-the-catalog")
+            assert text(app, "#train-memory") == (
+                "memory: unknown (size unknown until training fetches or converts it)"
+            )
+
+            await type_into(pilot, app, "#f-model", str(gpt2))
+            names = [box.name for box in app.query(Checkbox)]
+            assert names == ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+            assert problems(app) == {}
+
+    asyncio.run(go())

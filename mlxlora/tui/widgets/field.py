@@ -27,6 +27,7 @@ class FieldRow(Vertical):
         self.label = label
         self.widgets = widgets
         self.help = help
+        self.shown = ""
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="field-line"):
@@ -39,5 +40,8 @@ class FieldRow(Vertical):
             self.query_one(Label).tooltip = self.help
 
     def show_problems(self, problems: list[str]) -> None:
-        self.query_one(".field-problem", Static).update("\n".join(problems))
-        self.set_class(bool(problems), "-invalid")
+        text = "\n".join(problems)
+        if text != self.shown:  # an update re-lays the form out: only on a change
+            self.shown = text
+            self.query_one(".field-problem", Static).update(text)
+            self.set_class(bool(problems), "-invalid")

@@ -119,6 +119,8 @@ class TrainTab(Vertical):
         return FieldRow(label, _input(key), key=key, help=form.help_text(key))
 
     async def on_mount(self) -> None:
+        self.inputs = [box for box in self.query(Input) if box.name in form.INPUT_KEYS]
+        self.rows = list(self.query(FieldRow))
         await self.fill(self.base)
         self._load_model_options()
 
@@ -166,6 +168,8 @@ class TrainTab(Vertical):
         names = choices + [t for t in checked if t not in choices]
         async with self.targets_lock:  # a preset and a model read may both rebuild them
             grid = self.query_one("#train-targets", Grid)
+            if [(b.name, b.value) for b in grid.children] == [(n, n in checked) for n in names]:
+                return
             await grid.remove_children()
             await grid.mount_all(Checkbox(n, n in checked, name=n, compact=True) for n in names)
 
@@ -206,7 +210,7 @@ class TrainTab(Vertical):
 
     def form_data(self) -> dict:
         """The config dict the form holds now."""
-        texts = {box.name: box.value for box in self.query(Input) if box.name in form.INPUT_KEYS}
+        texts = {box.name: box.value for box in self.inputs}
         dataset = self.query_one("#f-dataset", Select).value
         return form.build(
             self.base,
@@ -220,31 +224,33 @@ class TrainTab(Vertical):
     def validate(self) -> Config | None:
         """Validate the form with `config.from_dict`; show each problem under its field."""
         self.cfg, by_field, other = form.validate(self.form_data(), self.keys)
-        for row in self.query(FieldRow):
+        for row in self.rows:
             row.show_problems(by_field.get(row.key, []))
         count = sum(map(len, by_field.values())) + len(other)
         status = "; ".join(other) if other else (f"{count} problem(s) to fix" if count else "")
-        self.query_one("#train-status", Static).update(
-            status or "ready: ctrl+g starts, ctrl+s saves as YAML"
-        )
-        self._show_memory()
+        self._say("#train-status", status or "ready: ctrl+g starts, ctrl+s saves as YAML")
+        self._say("#train-memory", self._memory_text())
         return self.cfg
 
-    def _show_memory(self) -> None:
-        line = self.query_one("#train-memory", Static)
+    def _say(self, selector: str, text: str) -> None:
+        """Update a line only when its text changes: an update re-lays the form out."""
+        line = self.query_one(selector, Static)
+        if line.content != text:
+            line.update(text)
+
+    def _memory_text(self) -> str:
         facts = self.model_facts.get(self.cfg.model if self.cfg else "")
         if self.cfg is None:
-            line.update("memory: fix the problems above to see the estimate")
-        elif facts is None:
-            line.update("memory: reading the model…")
-        elif facts[0] is None:
-            line.update(f"memory: unknown ({facts[2]})")
-        else:
-            verdict = form.memory_verdict(self.cfg, facts[0], self.budget)
-            style = VERDICT_STYLE.get(verdict.verdict, "")
-            text = f"[{style}]{verdict.line()}[/]" if style else verdict.line()
-            advice = "; ".join(verdict.advice)
-            line.update(text + (f"\ntry: {advice}" if advice else ""))
+            return "memory: fix the problems above to see the estimate"
+        if facts is None:
+            return "memory: reading the model…"
+        if facts[0] is None:
+            return f"memory: unknown ({facts[2]})"
+        verdict = form.memory_verdict(self.cfg, facts[0], self.budget)
+        style = VERDICT_STYLE.get(verdict.verdict, "")
+        text = f"[{style}]{verdict.line()}[/]" if style else verdict.line()
+        advice = "; ".join(verdict.advice)
+        return text + (f"\ntry: {advice}" if advice else "")
 
     @on(Input.Changed)
     async def _input_changed(self, event: Input.Changed) -> None:
@@ -288,7 +294,7 @@ class TrainTab(Vertical):
         try:
             cfg = config.load(value)
         except MlxloraError as exc:
-            self.query_one("#train-status", Static).update(str(exc))
+            self._say("#train-status", str(exc))
             return
         await self.fill(cfg.to_dict())
 
@@ -302,7 +308,7 @@ class TrainTab(Vertical):
 
         job = queue.add_train(cfg.to_yaml(), cfg.name)
         queue.ensure_runner()
-        self.query_one("#train-status", Static).update(f"queued {job.name}")
+        self._say("#train-status", f"queued {job.name}")
         self.app.action_show_tab("runs")
 
     def action_save_yaml(self) -> None:
@@ -313,7 +319,7 @@ class TrainTab(Vertical):
 
     def _saved(self, path) -> None:
         if path is not None:
-            self.query_one("#train-status", Static).update(f"saved {path}")
+            self._say("#train-status", f"saved {path}")
 
     @on(Button.Pressed, "#train-start")
     def _start_pressed(self) -> None:
