@@ -197,3 +197,31 @@ def test_snapshot(datasets, snap_compare, size):
         await settle(pilot.app, pilot)
 
     assert snap_compare(MlxloraApp(), terminal_size=size, run_before=loaded)
+
+
+def test_the_file_picker_offers_only_data_files(home, tmp_path, monkeypatch):
+    files = tmp_path / "files"
+    (files / "sub").mkdir(parents=True)
+    for name in ("a.jsonl", "b.json", "notes.txt", ".hidden.jsonl"):
+        (files / name).write_text("{}\n", "utf-8")
+    monkeypatch.chdir(files)
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            await pilot.press("i")
+            await pilot.click("#import-browse")
+            tree = app.screen.query_one("#picker-tree")
+            for _ in range(100):  # the tree loads in a worker that never completes
+                if tree.root.children:
+                    break
+                await pilot.pause(0.05)
+            shown = [str(node.label) for node in tree.root.children]
+            assert shown == ["sub", "a.jsonl", "b.json"]
+            tree.select_node(tree.root.children[1])
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.screen.query_one("#import-path", Input).value == str(files / "a.jsonl")
+
+    asyncio.run(go())
