@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Install mlxlora from this checkout: ./install.sh (app) or ./install.sh dev (app + tests + lint).
 # On Linux it also installs OpenBLAS (Debian/Ubuntu: libopenblas0-pthread), which MLX's CPU
-# backend then uses instead of its ~30x slower reference BLAS.
+# backend then uses instead of its ~30x slower reference BLAS, and for dev tmux (the studio's
+# end-to-end test drives it in a real terminal).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if [ "$(uname -s)" = Linux ] && ! ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1; then
+packages=()
+if [ "$(uname -s)" = Linux ]; then
+  ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1 \
+    || packages+=(libopenblas0-pthread)
+  [ "${1:-}" = dev ] && ! command -v tmux >/dev/null 2>&1 && packages+=(tmux)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
   else
-    echo "install.sh: no apt-get; install OpenBLAS with your package manager for fast CPU training" >&2
+    echo "install.sh: no apt-get; install ${packages[*]} with your package manager" >&2
   fi
 fi
 

@@ -7,6 +7,7 @@ what is allowed. Unknown keys are errors. Imports no mlx, torch or textual.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -342,5 +343,5 @@ def _resolve_relative_files(cfg: Config, base: Path) -> None:
         ref = getattr(cfg.data, attr)
         if ref and ref.endswith((".json", ".jsonl")) and not Path(ref).is_absolute():
             candidate = base / ref
-            if candidate.exists():
-                setattr(cfg.data, attr, str(candidate))
+            if candidate.exists():  # normpath: configs/../data.jsonl reads data.jsonl
+                setattr(cfg.data, attr, os.path.normpath(candidate))

@@ -8,6 +8,7 @@ torch at module level; the backend is loaded on the first call.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,8 @@ class AdapterRef:
     backend: str  # that run's backend (auto when unknown)
 
 
-def _is_adapter_dir(path: Path) -> bool:
+def is_adapter_dir(path: Path) -> bool:
+    """Whether `path` holds a saved adapter (mlx-lm's layout)."""
     return all((path / f).is_file() for f in ADAPTER_FILES)
 
 
@@ -40,7 +42,7 @@ def resolve_adapter(ref: str) -> AdapterRef:
     from mlxlora.runs import RunPaths, find_run
 
     path = Path(ref).expanduser()
-    if path.is_dir() and _is_adapter_dir(path) and not (path / "config.yaml").exists():
+    if path.is_dir() and is_adapter_dir(path) and not (path / "config.yaml").exists():
         # an adapter directory; inside a run (adapters/, adapters/best, a checkpoint)?
         run = next((p for p in path.resolve().parents if (p / "config.yaml").is_file()), None)
         if run is not None and run not in path.resolve().parents[:3]:
@@ -57,7 +59,7 @@ def resolve_adapter(ref: str) -> AdapterRef:
             ) from None
         raise
     adapters = RunPaths(run).adapters
-    if not _is_adapter_dir(adapters):
+    if not is_adapter_dir(adapters):
         raise RunError(f"{run}: no adapter saved yet (nothing in {adapters})")
     model, backend = _run_config(run)
     return AdapterRef(adapters.resolve(), run, model, backend)
@@ -100,6 +102,35 @@ def generate(
     """The model's greedy answer to `prompt` (chat template applied unless `raw`)."""
     gen, _, _ = load_generator(model_ref, adapter, progress)
     return gen.generate(messages_for(prompt, system), max_tokens=max_tokens, raw=raw)
+
+
+def generate_stream(
+    model_ref: str | None,
+    prompt: str,
+    adapter: str | None = None,
+    max_tokens: int = 100,
+    system: str | None = None,
+    raw: bool = False,
+    progress: bool = True,
+) -> Iterator[dict]:
+    """`generate`'s answer as events while it is generated: `{"type": "token", "text": piece}`
+    per piece, then `{"type": "done", "text": the whole answer, "prompt_tokens",
+    "generation_tokens", "tokens_per_sec", "finish_reason"}`."""
+    gen, _, _ = load_generator(model_ref, adapter, progress)
+    pieces = []
+    for piece in gen.stream(messages_for(prompt, system), max_tokens=max_tokens, raw=raw):
+        pieces.append(piece)
+        if piece:  # the closing response of a turn carries no text
+            yield {"type": "token", "text": piece}
+    stats = gen.last_stats
+    yield {
+        "type": "done",
+        "text": "".join(pieces),
+        "prompt_tokens": stats["prompt_tokens"],
+        "generation_tokens": stats["generation_tokens"],
+        "tokens_per_sec": stats.get("generation_tps"),
+        "finish_reason": stats.get("finish_reason"),
+    }
 
 
 def perplexity(

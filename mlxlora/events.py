@@ -57,6 +57,7 @@ class Step(Event):
     peak_memory_gb: float
     grad_norm: float = 0.0
     padding_fraction: float = 0.0
+    loss_ema: float | None = None  # smoothed loss (metrics.ema over every step); `loss` is raw
 
 
 @dataclass
@@ -107,12 +108,13 @@ class EarlyStop(Event):
 class RunFinished(Event):
     type: ClassVar[str] = "run_finished"
     step: int
-    final_train_loss: float | None
     best_val_loss: float | None
     best_step: int | None
     elapsed_sec: float
     stopped: bool = False  # stopped on request (Ctrl-C, stop file) rather than completed
     signal: str | None = None  # SIGINT or SIGTERM when a signal stopped it (None: STOP file)
+    train_loss_last_epoch: float | None = None  # mean of the last (or the partial) epoch
+    train_loss_ema: float | None = None  # smoothed loss at the last step
 
 
 @dataclass
@@ -139,12 +141,18 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+# Looked up once, not per line: a 100,000-step run is parsed line by line when a face opens it.
+FIELD_NAMES = {
+    cls: frozenset(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()
+}
+
+
 def parse(line: str) -> Event | None:
     """Parse one JSONL line; None for blank, partial or unknown lines (a reader must not crash)."""
     try:
         data: dict[str, Any] = json.loads(line)
         cls = EVENT_TYPES[data.pop("type")]
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = FIELD_NAMES[cls]
         return cls(**{k: v for k, v in data.items() if k in names})
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -200,6 +208,11 @@ class EventTail:
         self._offset = 0
         self._pending = b""
         self._inode: int | None = None
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the file read so far (a reader compares it with the size to catch up)."""
+        return self._offset
 
     def read(self, max_bytes: int = 1 << 24) -> list[Event]:
         """New complete events, reading at most `max_bytes` this call (the rest next time)."""

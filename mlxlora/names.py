@@ -30,13 +30,14 @@ def name_problem(name: object) -> str | None:
         return f"it starts with a dot ({RULE})"
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
         return f"it is longer than {MAX_NAME_BYTES} bytes in UTF-8"
-    bad = sorted({c for c in name if not _allowed(c)})
+    bad = sorted({c for c in name if not is_name_char(c)})
     if bad:
         shown = ", ".join(repr(c) if c.isprintable() else f"U+{ord(c):04X}" for c in bad)
         return f"it contains {shown} ({RULE})"
     return None
 
 
-def _allowed(char: str) -> bool:
+def is_name_char(char: str) -> bool:
+    """Whether `char` may appear in a name (a leading dot aside)."""
     # L* letters, M* combining marks (needed by Devanagari, Thai, ...), N* digits.
     return char in PUNCTUATION or unicodedata.category(char)[0] in "LMN"

@@ -36,6 +36,7 @@ class Prepared:
     warnings: list[str]
     estimated_peak_gb: float
     dataset: str
+    model_dir: Path  # the local HF-format directory the model reference resolved to
 
 
 def load_records(cfg: Config) -> tuple[list[dict], list[dict], str]:
@@ -85,6 +86,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         warnings.append(
             f"{dropped} records had no answer tokens within max_length and were skipped"
         )
+    warnings += setup_warnings(cfg, len(train), len(val))
     return Prepared(
         config=cfg,
         paths=paths,
@@ -98,7 +100,26 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         warnings=warnings,
         estimated_peak_gb=estimated_gb,
         dataset=dataset,
+        model_dir=model_dir,
     )
+
+
+def setup_warnings(cfg: Config, n_train: int, n_val: int) -> list[str]:
+    """Settings that would silently do nothing or less than they say with this data."""
+    t, warnings = cfg.training, []
+    if not n_val and t.early_stopping.patience:
+        split_off = not cfg.data.validation and cfg.data.val_split <= 0
+        why = "data.val_split is 0" if split_off else "no validation record is left"
+        warnings.append(
+            f"no validation set ({why}): training.early_stopping.patience="
+            f"{t.early_stopping.patience} does nothing; set data.val_split or data.validation"
+        )
+    if t.batch_size > n_train:
+        warnings.append(
+            f"training.batch_size={t.batch_size} is larger than the {n_train} training records: "
+            f"every batch holds {n_train}"
+        )
+    return warnings
 
 
 def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[float, list[str]]:

@@ -170,7 +170,7 @@ def atomic_dir(final: Path):
         raise
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -190,13 +190,29 @@ def run_lock(paths: RunPaths):
             pid = int(paths.lock.read_text().strip() or 0)
         except ValueError:
             pid = 0
-        if pid and pid != os.getpid() and _pid_alive(pid):
+        if pid and pid != os.getpid() and pid_alive(pid):
             raise RunError(f"{paths.root}: run is in use by process {pid}")
     paths.lock.write_text(str(os.getpid()))
     try:
         yield
     finally:
         paths.lock.unlink(missing_ok=True)
+
+
+def is_locked(paths: RunPaths) -> bool:
+    """A live process holds the run (a lock left by a killed one does not count)."""
+    try:
+        pid = int(paths.lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    return pid > 0 and pid_alive(pid)  # kill(0) would ask about our own process group
+
+
+def running_runs(root: Path | None = None) -> list[Path]:
+    """Run directories of the workspace whose training process is alive now."""
+    root = root or runs_root()
+    found = root.iterdir() if root.is_dir() else ()
+    return sorted(p for p in found if is_locked(RunPaths(p)))
 
 
 @dataclass
@@ -226,22 +242,26 @@ def run_status(events: list[Event], locked: bool) -> str:
     return "new"
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object file (summary.json, eval.json), or {} when missing, half-written or not
+    an object: a face shows what it can instead of failing on one bad file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def run_info(path: Path) -> RunInfo:
     paths = RunPaths(path)
     events = read_events(paths.events)
     started = next((e for e in events if isinstance(e, RunStarted)), None)
     steps = [e for e in events if isinstance(e, Step)]
-    summary = json.loads(paths.summary.read_text()) if paths.summary.exists() else {}
-    locked = False
-    if paths.lock.exists():
-        try:
-            locked = _pid_alive(int(paths.lock.read_text().strip() or 0))
-        except ValueError:
-            locked = False
+    summary = read_json(paths.summary)
     return RunInfo(
         path=path,
         name=path.name,
-        status=run_status(events, locked),
+        status=run_status(events, is_locked(paths)),
         model=started.model if started else "",
         step=steps[-1].step if steps else 0,
         last_loss=steps[-1].loss if steps else None,

@@ -26,6 +26,7 @@ from mlxlora.backends.base import BackendInfo, Batch  # noqa: E402
 from mlxlora.backends.mlx_attention import use_blocked_attention  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
 from mlxlora.memory import loss_chunk_rows  # noqa: E402
+from mlxlora.models.resolve import gguf_source  # noqa: E402
 from mlxlora.targets import TargetMatch, match_targets  # noqa: E402
 
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
@@ -243,6 +244,7 @@ class MLXBackend:
             checkpoint_layers(model.layers)
         model.train()
         self.model, self.tokenizer = model, tokenizer
+        self.model_dir = Path(model_dir)
         self.model_type = model_config.get("model_type", "")
         self._head = _output_head(model, self.model_type)
         self._chunk_rows = loss_chunk_rows(model_config["vocab_size"])
@@ -348,6 +350,8 @@ class MLXBackend:
         weights = dict(tree_flatten(self.model.trainable_parameters()))
         mx.save_safetensors(str(directory / "adapters.safetensors"), weights)
         config = {
+            "model": str(self.model_dir),  # as in mlx-lm's own adapter configs
+            **gguf_source(self.model_dir),
             "fine_tune_type": "lora",
             "num_layers": self.num_layers,
             "lora_parameters": self.lora_parameters,

@@ -8,6 +8,7 @@ numbers it was trained with.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 from mlxlora.backends.blas import preload_openblas
@@ -48,23 +49,33 @@ def prompt_tokens(tokenizer, messages: list[dict], raw: bool = False) -> list[in
     return list(tokenizer.encode(plain_prompt(messages), add_special_tokens=False))
 
 
-def generate_text(model, tokenizer, prompt: list[int], max_tokens: int) -> tuple[str, dict]:
-    """Greedy continuation of `prompt` up to end of turn or max_tokens: (new text, stats)."""
+def stream_text(model, tokenizer, prompt: list[int], max_tokens: int) -> Iterator[tuple[str, dict]]:
+    """Greedy continuation of `prompt` up to end of turn or max_tokens, piece by piece as the
+    detokenizer completes them: (new text piece, stats so far)."""
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
-    pieces = []
-    stats = {"prompt_tokens": len(prompt), "generation_tokens": 0}
     for response in stream_generate(
         model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(temp=0.0)
     ):
-        pieces.append(response.text)
-        stats = {
-            "prompt_tokens": response.prompt_tokens,
-            "generation_tokens": response.generation_tokens,
-            "generation_tps": response.generation_tps,
-            "finish_reason": response.finish_reason,
-        }
+        yield (
+            response.text,
+            {
+                "prompt_tokens": response.prompt_tokens,
+                "generation_tokens": response.generation_tokens,
+                "generation_tps": response.generation_tps,
+                "finish_reason": response.finish_reason,
+            },
+        )
+
+
+def generate_text(model, tokenizer, prompt: list[int], max_tokens: int) -> tuple[str, dict]:
+    """Greedy continuation of `prompt` up to end of turn or max_tokens: (new text, stats)."""
+    pieces = []
+    stats = {"prompt_tokens": len(prompt), "generation_tokens": 0}
+    for piece, now in stream_text(model, tokenizer, prompt, max_tokens):
+        pieces.append(piece)
+        stats = now
     return "".join(pieces), stats
 
 
@@ -91,13 +102,22 @@ class MLXGenerator:
     def prompt_tokens(self, messages: list[dict], raw: bool = False) -> list[int]:
         return prompt_tokens(self.tokenizer, messages, raw)
 
-    def generate(self, messages: list[dict], max_tokens: int = 100, raw: bool = False) -> str:
-        """The greedy continuation, up to end of turn or `max_tokens` new tokens, new text only."""
+    def stream(
+        self, messages: list[dict], max_tokens: int = 100, raw: bool = False
+    ) -> Iterator[str]:
+        """The greedy continuation's new text piece by piece, up to end of turn or
+        `max_tokens` new tokens; `last_stats` holds the counts and speed once it is done."""
         if max_tokens < 1:
             raise ModelError(f"max_tokens must be at least 1 (got {max_tokens})")
         prompt = prompt_tokens(self.tokenizer, messages, raw)
-        text, self.last_stats = generate_text(self.model, self.tokenizer, prompt, max_tokens)
-        return text
+        self.last_stats = {"prompt_tokens": len(prompt), "generation_tokens": 0}
+        for piece, stats in stream_text(self.model, self.tokenizer, prompt, max_tokens):
+            self.last_stats = stats
+            yield piece
+
+    def generate(self, messages: list[dict], max_tokens: int = 100, raw: bool = False) -> str:
+        """The greedy continuation, up to end of turn or `max_tokens` new tokens, new text only."""
+        return "".join(self.stream(messages, max_tokens, raw))
 
     def perplexity(self, text: str) -> float:
         """exp(mean next-token cross-entropy) of `text`, every token after the first scored."""

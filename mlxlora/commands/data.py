@@ -13,6 +13,9 @@ from pathlib import Path
 from mlxlora.errors import DataError, ModelError
 
 TYPES = ("instruction", "chat", "completion", "text")
+DEFAULT_MAX_LENGTH = 2048
+MAX_BOILERPLATE_SHOWN = 5
+TOKENS_HINT = "tokens: pass --model REF (e.g. builtin:smollm2-135m) or --config CONFIG"
 
 
 def register(sub) -> None:
@@ -46,9 +49,19 @@ def register(sub) -> None:
         description="NAME is a stored dataset, or a .json/.jsonl file (analysed, not stored).",
     )
     show.add_argument("name", metavar="NAME", help="dataset name or file")
-    show.add_argument("--model", metavar="MODEL", help="count tokens with this model's tokenizer")
     show.add_argument(
-        "--max-length", type=int, default=2048, help="flag records longer than this (tokens)"
+        "--config",
+        metavar="CONFIG",
+        help="take --max-length and --model from this training config (data.max_length, model)",
+    )
+    show.add_argument(
+        "--model", metavar="REF", help="count tokens with this model's tokenizer (any model ref)"
+    )
+    show.add_argument(
+        "--max-length",
+        type=int,
+        help=f"flag records longer than this many tokens (default: the config's, else "
+        f"{DEFAULT_MAX_LENGTH})",
     )
     show.add_argument(
         "--terms", metavar="medical|FILE", help="domain terms: a bundled list or a file"
@@ -71,12 +84,18 @@ def _console():
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from mlxlora.data import store
 
-    name = args.name or store.stem_name(args.file)
-    meta = store.import_dataset(args.file, name, args.description, kind=args.type)
-    _console().print(
-        f"imported [bold]{meta.name}[/]: {meta.records} {meta.type} records "
+    # Only an omitted --name defaults to the file's stem; `--name ''` is refused as empty.
+    name = store.stem_name(args.file) if args.name is None else args.name
+    meta, warnings = store.import_dataset(args.file, name, args.description, kind=args.type)
+    console = _console()
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    console.print(
+        f"imported [bold]{escape(meta.name)}[/]: {meta.records} {meta.type} records "
         f"(sha256 {meta.sha256[:12]})"
     )
     return 0
@@ -106,10 +125,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from mlxlora.data import store
 
-    store.remove_dataset(args.name)
-    _console().print(f"removed dataset [bold]{args.name}[/]")
+    meta = store.remove_dataset(args.name)
+    _console().print(f"removed dataset [bold]{escape(meta.name)}[/]")
     return 0
 
 
@@ -137,7 +158,7 @@ def _load_for_show(ref: str):
     """(title, kind, records) of a stored dataset, or of a file without storing it."""
     from mlxlora.data import formats, store
 
-    if store.NAME_RE.fullmatch(ref) and store.exists(ref):
+    if store.exists(ref):
         meta, records = store.load_dataset(ref)
         return meta.name, meta.type, records, meta
     if Path(ref).expanduser().is_file():
@@ -151,16 +172,30 @@ def _load_for_show(ref: str):
     raise AssertionError("unreachable")
 
 
+def _length_and_model(args: argparse.Namespace) -> tuple[int, str | None]:
+    """(max_length, model ref) for `data show`: the flags, else the config's, else defaults."""
+    max_length, model = DEFAULT_MAX_LENGTH, None
+    if args.config:
+        from mlxlora import config
+
+        cfg = config.load(args.config)
+        max_length, model = cfg.data.max_length, cfg.model
+    if args.max_length is not None:
+        if args.max_length < 1:
+            raise DataError(f"--max-length: {args.max_length} is not allowed (>= 1)")
+        max_length = args.max_length
+    return max_length, args.model or model
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from mlxlora.data import analysis
 
-    if args.max_length is not None and args.max_length < 1:
-        raise DataError(f"--max-length: {args.max_length} is not allowed (>= 1)")
+    max_length, model = _length_and_model(args)
     title, kind, records, meta = _load_for_show(args.name)
     terms = analysis.load_terms(args.terms) if args.terms else None
-    tokenizer = load_tokenizer(args.model) if args.model else None
+    tokenizer = load_tokenizer(model) if model else None
     report = analysis.analyze(
-        records, kind, tokenizer=tokenizer, max_length=args.max_length, terms=terms
+        records, kind, tokenizer=tokenizer, max_length=max_length, terms=terms
     )
     report["name"] = title
     if meta is not None:
@@ -179,15 +214,29 @@ def _num(x) -> str:
     return f"{x:,.1f}" if isinstance(x, float) else f"{x:,}"
 
 
+def _records(numbers: list[int], count: int) -> str:
+    """`3, 7` or `3, 7, ...` when more than the listed numbers exist."""
+    return ", ".join(map(str, numbers)) + (", ..." if count > len(numbers) else "")
+
+
 def render(report: dict, console) -> None:
+    """`data show`'s text view of an `analysis.analyze` report (readable at 80 columns)."""
     from rich.markup import escape
-    from rich.table import Table
 
     meta = report.get("meta")
     head = f"[bold]{escape(report['name'])}[/]  {report['type']}, {report['records']:,} records"
     if meta and meta.get("description"):
         head += f"  - {escape(meta['description'])}"
     console.print(head)
+    _render_lengths(report, console)
+    _render_histogram(report["histogram"], console)
+    _render_repeats(report, console)
+    if report.get("term_density") is not None:
+        _render_terms(report["term_density"], console)
+
+
+def _render_lengths(report: dict, console) -> None:
+    from rich.table import Table
 
     stats = Table(title="length per record", title_justify="left")
     stats.add_column("")
@@ -197,11 +246,24 @@ def render(report: dict, console) -> None:
         s = report.get(unit)
         if s:
             stats.add_row(unit, *(_num(s[k]) for k in ("mean", "median", "p95", "min", "max")))
-    if not report.get("tokens"):
-        stats.caption = "tokens: pass --model MODEL_DIR"
     console.print(stats)
+    if not report.get("tokens"):
+        console.print(TOKENS_HINT)
+    capped = report["analysed_chars"]
+    if report.get("tokens") and capped["longer"]:
+        console.print(
+            f"tokens counted on the first {capped['cap']:,} characters of a record "
+            f"({capped['longer']:,} longer)"
+        )
+    too_long = report.get("too_long")
+    if too_long is not None:
+        line = f"longer than {too_long['max_length']:,} tokens: {too_long['count']:,}"
+        if too_long["count"]:
+            line = f"[yellow]{line}[/] (records {_records(too_long['records'], too_long['count'])})"
+        console.print(line)
 
-    hist = report["histogram"]
+
+def _render_histogram(hist: dict, console) -> None:
     bins = hist["bins"]
     top = max(b["count"] for b in bins) or 1
     width = 40
@@ -214,30 +276,49 @@ def render(report: dict, console) -> None:
             bar = "▏"
         console.print(f"  {label} │{bar} {b['count']:,}")
 
-    too_long = report.get("too_long")
-    if too_long is not None:
-        line = f"longer than {too_long['max_length']:,} tokens: {too_long['count']:,}"
-        if too_long["count"]:
-            line += f" (records {', '.join(map(str, too_long['indices']))}"
-            line += ", ...)" if too_long["count"] > len(too_long["indices"]) else ")"
-            line = f"[yellow]{line}[/]"
+
+def _render_repeats(report: dict, console) -> None:
+    from rich.markup import escape
+
+    for key, what in (("duplicates", "exact duplicates"), ("near_duplicates", "near duplicates")):
+        dup = report[key]
+        line = f"{what}: {dup['count']:,}"
+        if dup["count"]:
+            pairs = ", ".join(f"{b} repeats {a}" for a, b in dup["pairs"])
+            more = ", ..." if dup["count"] > len(dup["pairs"]) else ""
+            line = f"[yellow]{line}[/] (record {pairs}{more})"
         console.print(line)
-
-    dup = report["duplicates"]
-    line = f"exact duplicates: {dup['count']:,}"
-    if dup["count"]:
-        pairs = ", ".join(f"{b} repeats {a}" for a, b in dup["pairs"])
-        more = ", ..." if dup["count"] > len(dup["pairs"]) else ""
-        line = f"[yellow]{line}[/] (record {pairs}{more})"
-    console.print(line)
-
-    td = report.get("term_density")
-    if td is not None:
+    common = report["boilerplate"]
+    console.print(
+        f"boilerplate sentences: {len(common):,}" + (" (share of records)" if common else "")
+    )
+    for b in common[:MAX_BOILERPLATE_SHOWN]:
         console.print(
-            f"[bold]domain terms[/] ({escape(td['source'])}, {td['terms']} terms): "
-            f"{td['per_1000_chars']:.2f} hits per 1,000 answer characters; "
-            f"{td['share_with_term']:.0%} of records have at least one "
-            f"({td['hits']:,} hits in {td['answer_chars']:,} characters)"
+            f"  {b['share']:4.0%}  {escape(b['text'])}", no_wrap=True, overflow="ellipsis"
         )
-        if td["top"]:
-            console.print("  top: " + ", ".join(f"{escape(t)} {c}" for t, c in td["top"]))
+
+
+def _render_terms(td: dict, console) -> None:
+    from rich.markup import escape
+
+    console.print(
+        f"[bold]domain terms[/] ({escape(td['source'])}, {td['terms']} terms): "
+        f"{td['per_1000_chars']:.2f} hits per 1,000 answer characters"
+    )
+    console.print(
+        f"  {td['share_with_term']:.0%} of records have at least one "
+        f"({td['hits']:,} hits in {td['answer_chars']:,} characters)"
+    )
+    rest = td.get("without_boilerplate")
+    if rest is not None:
+        repeated = td["hits"] - rest["hits"]
+        share = repeated / td["hits"] if td["hits"] else 0.0
+        console.print(
+            f"  {td['hits']:,} hits, {repeated:,} of them ({share:.0%}) in boilerplate sentences"
+        )
+        console.print(
+            f"  without boilerplate: {rest['per_1000_chars']:.2f} per 1,000 characters, "
+            f"{rest['share_with_term']:.0%} of records"
+        )
+    if td["top"]:
+        console.print("  top: " + ", ".join(f"{escape(t)} {c}" for t, c in td["top"]))

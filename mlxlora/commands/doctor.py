@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import sys
 from importlib import metadata
-from pathlib import Path
 
 PACKAGES = ("mlx", "mlx-lm", "transformers", "torch", "tokenizers", "huggingface-hub", "textual")
 
@@ -25,21 +23,12 @@ def version(dist: str) -> str:
         return "not installed"
 
 
-def _disk_free(path: Path) -> int | None:
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        return shutil.disk_usage(probe).free
-    except OSError:
-        return None
-
-
 def collect() -> dict:
     """Everything doctor reports, as plain data."""
     from mlxlora import __version__
     from mlxlora.backends import blas, select
     from mlxlora.errors import MlxloraError
+    from mlxlora.machine import disk_free
     from mlxlora.memory import memory_budget, total_memory
     from mlxlora.models.resolve import hub_cache_dir, hub_offline
     from mlxlora.runs import home
@@ -64,18 +53,14 @@ def collect() -> dict:
     report["device_budget_bytes"] = info.memory_budget_bytes if info else None
     ws = home()
     report["workspace"] = str(ws)
-    report["workspace_disk_free_bytes"] = _disk_free(ws)
+    report["workspace_disk_free_bytes"] = disk_free(ws)
     report["hf_cache"] = str(hub_cache_dir())
     report["hf_offline"] = hub_offline()
     return report
 
 
-def render(report: dict) -> list[tuple[str, str]]:
-    from mlxlora.memory import fmt_bytes
-
-    def size(n):
-        return fmt_bytes(n) if n is not None else "unknown"
-
+def machine_rows(report: dict) -> list[tuple[str, str]]:
+    """(label, value) rows of what runs the training: versions, backend, device, BLAS."""
     backend = report["backend"]
     if report.get("backend_error"):
         backend += f" ({report['backend_error']})"
@@ -88,8 +73,17 @@ def render(report: dict) -> list[tuple[str, str]]:
         ("dtype", report["dtype"] or "-"),
         ("BLAS", report["blas"]),
     ]
-    rows += [(name, v) for name, v in report["versions"].items()]
-    rows += [
+    return rows + [(name, v) for name, v in report["versions"].items()]
+
+
+def render(report: dict) -> list[tuple[str, str]]:
+    """Every row `mlxlora doctor` prints: the machine, its memory, the workspace."""
+    from mlxlora.memory import fmt_bytes
+
+    def size(n):
+        return fmt_bytes(n) if n is not None else "unknown"
+
+    return machine_rows(report) + [
         ("memory", size(report["memory_total_bytes"])),
         (
             "training budget",
@@ -104,7 +98,6 @@ def render(report: dict) -> list[tuple[str, str]]:
         ("disk free", size(report["workspace_disk_free_bytes"])),
         ("HF cache", report["hf_cache"] + (" (offline)" if report["hf_offline"] else "")),
     ]
-    return rows
 
 
 def run(args) -> int:

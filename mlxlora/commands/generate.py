@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 
@@ -30,23 +31,45 @@ def register(sub) -> None:
     p.add_argument(
         "--raw", action="store_true", help="send the prompt as plain text, no chat template"
     )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help='print JSON lines as the answer comes: {"type": "token", "text": ...} per piece, '
+        'then {"type": "done", "text": ..., "prompt_tokens": ..., "generation_tokens": ..., '
+        '"tokens_per_sec": ..., "finish_reason": ...}; an error as {"type": "error", ...}',
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from mlxlora import evaluate
+    from mlxlora.errors import MlxloraError
+
+    if not args.stream:
+        answer = evaluate.generate(**_request(args))
+        print(answer, flush=True)  # exactly the new text (a trailing newline added)
+        return 0
+    try:
+        # no download progress bars: a reader of the stream shows its own "loading" state
+        for event in evaluate.generate_stream(**_request(args), progress=False):
+            print(json.dumps(event), flush=True)  # a reader sees each piece as it comes
+    except MlxloraError as exc:
+        print(json.dumps({"type": "error", "message": str(exc)}), flush=True)
+        raise  # and the usual one-line error and exit code
+    return 0
+
+
+def _request(args) -> dict:
+    """evaluate.generate's arguments from the command line, checked."""
     from mlxlora.errors import ConfigError
 
     if args.max_tokens < 1:
         raise ConfigError([f"--max-tokens must be at least 1 (got {args.max_tokens})"], "generate")
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    answer = evaluate.generate(
-        args.model,
-        prompt,
-        adapter=args.adapter,
-        max_tokens=args.max_tokens,
-        system=args.system,
-        raw=args.raw,
-    )
-    print(answer, flush=True)  # exactly the new text (a trailing newline added)
-    return 0
+    return {
+        "model_ref": args.model,
+        "prompt": sys.stdin.read() if args.prompt == "-" else args.prompt,
+        "adapter": args.adapter,
+        "max_tokens": args.max_tokens,
+        "system": args.system,
+        "raw": args.raw,
+    }

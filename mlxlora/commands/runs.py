@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
+from pathlib import Path
+
+from mlxlora.fmt import NONE, num
 
 
 def register(sub) -> None:
@@ -12,14 +16,54 @@ def register(sub) -> None:
     ls = rs.add_parser("list", help="all runs in the workspace, newest first")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=list_runs)
-    show = rs.add_parser("show", help="one run: config, progress, evaluations, summary")
+    show = rs.add_parser(
+        "show",
+        help="one run: config, model, evaluations, samples, summary",
+        description="One run: its settings that differ from the defaults (--json: the whole "
+        "config), the model directory and an mlx_lm.generate command for its adapter, "
+        "evaluations, the sample answers before and after training, and its summary.",
+    )
     show.add_argument("run", help="run name (or unique prefix) or directory")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=show_run)
 
 
-def _fmt(value, spec=".4f") -> str:
-    return "-" if value is None else format(value, spec)
+def fmt_value(value) -> str:
+    """A run's value as `train` and `runs show` print it: 4 decimals, — for None."""
+    if isinstance(value, float):
+        return num(value)
+    return NONE if value is None else str(value)
+
+
+def summary_rows(summary: dict) -> list[tuple[str, str]]:
+    """(label, text) for each entry of a summary.json."""
+    return [(key.replace("_", " "), fmt_value(value)) for key, value in summary.items()]
+
+
+def config_changes(cfg) -> dict:
+    """The settings of a config that differ from the defaults, as {"key.sub": value}."""
+    from mlxlora.config import Config
+
+    defaults = _flatten(Config().to_dict())
+    return {k: v for k, v in _flatten(cfg.to_dict()).items() if defaults.get(k) != v}
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def generate_command(model_dir: str, adapters: Path, prompt: str) -> str:
+    """The mlx-lm command line that answers `prompt` with this run's adapter."""
+    return (
+        f"mlx_lm.generate --model {shlex.quote(model_dir)} "
+        f"--adapter-path {shlex.quote(str(adapters))} --prompt {shlex.quote(prompt)}"
+    )
 
 
 def list_runs(args) -> int:
@@ -42,8 +86,8 @@ def list_runs(args) -> int:
             i.status,
             i.model,
             str(i.step),
-            _fmt(i.last_loss),
-            _fmt(i.best_val_loss),
+            num(i.last_loss),
+            num(i.best_val_loss),
             started,
         )
     Console().print(table)
@@ -51,44 +95,61 @@ def list_runs(args) -> int:
 
 
 def show_run(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from mlxlora import config, runs
+    from mlxlora.events import Eval, Sample, read_events
 
-    from mlxlora import runs
-    from mlxlora.events import Eval, read_events
-
-    path = runs.find_run(args.run)
+    path = runs.find_run(args.run).resolve()
     info = runs.run_info(path)
     paths = runs.RunPaths(path)
-    summary = json.loads(paths.summary.read_text()) if paths.summary.exists() else {}
-    evals = [e for e in read_events(paths.events) if isinstance(e, Eval)]
+    cfg = config.load(paths.config)
+    summary = runs.read_json(paths.summary)
+    adapter_config = runs.read_json(paths.adapters / "adapter_config.json")
+    model_dir = adapter_config.get("model") or summary.get("model_dir")
+    events = read_events(paths.events)
+    evals = [e for e in events if isinstance(e, Eval)]
+    samples = [e for e in events if isinstance(e, Sample)]
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "info": {**vars(info), "path": str(path)},
-                    "summary": summary,
-                    "evals": [e.to_dict() for e in evals],
-                },
-                indent=2,
-            )
-        )
+        shown = {
+            "info": {**vars(info), "path": str(path)},
+            "config": cfg.to_dict(),
+            "model_dir": model_dir,
+            "summary": summary,
+            "evals": [e.to_dict() for e in evals],
+            "samples": [e.to_dict() for e in samples],
+        }
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
         return 0
-    console = Console()
-    console.print(f"[bold]{info.name}[/]  {info.status}  model {info.model}  step {info.step}")
-    console.print(f"directory {path}")
+    _print_run(info, cfg, model_dir, paths, evals, samples, summary)
+    return 0
+
+
+def _print_run(info, cfg, model_dir, paths, evals, samples, summary) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(highlight=False, soft_wrap=True)  # paths and commands stay whole
+    console.print(f"[bold]{escape(info.name)}[/]  {info.status}  step {info.step}")
+    console.print(f"directory {escape(str(paths.root))}")
+    console.print(f"model {escape(cfg.model)}: {escape(model_dir or NONE)}")
+    if model_dir:
+        prompt = cfg.samples[0] if cfg.samples else "Hello"
+        command = generate_command(model_dir, paths.adapters, prompt)
+        console.print(f"  {escape(command)}")
+    console.print("config (changes from the defaults):")
+    for key, value in config_changes(cfg).items():
+        text = json.dumps(value, ensure_ascii=False) if isinstance(value, list) else value
+        console.print(f"  {key}: {escape(str(text))}")
     table = Table(title="evaluations")
     for col in ("step", "epoch", "val loss", "perplexity", "best"):
         table.add_column(col)
     for e in evals:
-        table.add_row(
-            str(e.step),
-            f"{e.epoch:.2f}",
-            f"{e.val_loss:.4f}",
-            f"{e.perplexity:.2f}",
-            "*" if e.best else "",
-        )
+        best = "*" if e.best else ""
+        table.add_row(str(e.step), f"{e.epoch:.2f}", num(e.val_loss), f"{e.perplexity:.2f}", best)
     console.print(table)
-    for key, value in summary.items():
-        console.print(f"  {key.replace('_', ' ')}: {value}")
-    return 0
+    for s in samples:
+        prompt, answer = (escape(" ".join(t.split())) for t in (s.prompt, s.answer))
+        console.print(f"[bold]{s.when} training[/] (step {s.step}) '{prompt}'\n  -> {answer}")
+    console.print("summary:")
+    for label, text in summary_rows(summary):
+        console.print(f"  {label}: {escape(text)}")

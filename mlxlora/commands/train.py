@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 from mlxlora.events import (
@@ -15,6 +16,7 @@ from mlxlora.events import (
     Sample,
     Step,
 )
+from mlxlora.fmt import clock
 
 
 def register(sub) -> None:
@@ -95,9 +97,13 @@ class JsonView:
 
 
 class ProgressView:
-    """A rich progress bar with loss, lr, tokens/s, memory and ETA; notes for evals and saves."""
+    """A rich progress bar with loss, lr, tokens/s, memory and ETA; notes for evals and saves.
 
-    def __init__(self):
+    Without a terminal (a log file, CI) the bar cannot redraw, so a plain line with the same
+    numbers is printed at the first step, then every `plain_every` seconds and at the last.
+    """
+
+    def __init__(self, plain_every: float = 10.0):
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -108,6 +114,9 @@ class ProgressView:
         )
 
         self.console = Console(stderr=True)
+        self.live = self.console.is_terminal
+        self.plain_every = plain_every
+        self._last_plain: float | None = None
         # Fits an 80-column terminal: step count, bar, the numbers that matter, ETA.
         self.progress = Progress(
             MofNCompleteColumn(),
@@ -121,11 +130,13 @@ class ProgressView:
         self.run_dir = ""  # from run_started: the resume command names it
 
     def __enter__(self):
-        self.progress.start()
+        if self.live:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
         return False
 
     def log(self, text: str) -> None:
@@ -135,11 +146,7 @@ class ProgressView:
         if isinstance(event, RunStarted):
             self._started(event)
         elif isinstance(event, Step):
-            stats = (
-                f"loss {event.loss:.3f} lr {event.lr:.1e} {event.tokens_per_sec:,.0f} tok/s"
-                f" {event.peak_memory_gb:.2f} GB"
-            )
-            self.progress.update(self.task, completed=event.step, stats=stats)
+            self._step(event)
         elif isinstance(event, Eval):
             mark = "  [green]best[/]" if event.best else ""
             ppl = f"ppl {event.perplexity:.2f}"
@@ -152,8 +159,8 @@ class ProgressView:
             self.log(f"[bold]{event.when} training[/] '{prompt}'\n  -> {answer}")
         elif isinstance(event, EarlyStop):
             self.log(
-                f"[yellow]early stop[/] at step {event.step}: no improvement for "
-                f"{event.patience} evaluations "
+                f"[yellow]early stop[/] at step {event.step}: no improvement beyond "
+                f"early_stopping.min_delta for {event.patience} evaluations "
                 f"(best {event.best_val_loss:.4f} at step {event.best_step})"
             )
         elif isinstance(event, RunFinished) and event.stopped:
@@ -170,6 +177,22 @@ class ProgressView:
         self.progress.console.print(
             f"[yellow]stopped[/]{by} at step {e.step}; resume with: {command}", soft_wrap=True
         )
+
+    def _step(self, e: Step) -> None:
+        # The smoothed loss: one micro-batch's loss jumps too much to read.
+        stats = (
+            f"loss {e.loss_ema:.3f} lr {e.lr:.1e} {e.tokens_per_sec:,.0f} tok/s"
+            f" {e.peak_memory_gb:.2f} GB"
+        )
+        self.progress.update(self.task, completed=e.step, stats=stats)  # also feeds the ETA
+        if self.live:
+            return
+        task = self.progress.tasks[0]  # the one task this view adds
+        now = time.monotonic()
+        due = self._last_plain is None or now - self._last_plain >= self.plain_every
+        if due or e.step == task.total:
+            self._last_plain = now
+            self.log(f"step {e.step}/{task.total:.0f}  {stats}  ETA {clock(task.time_remaining)}")
 
     def _started(self, e: RunStarted) -> None:
         self.run_dir = e.run_dir
@@ -194,9 +217,9 @@ class ProgressView:
         from rich.console import Console
         from rich.table import Table
 
+        from mlxlora.commands.runs import summary_rows
+
         table = Table(title="summary", show_header=False, box=None)
-        for key, value in summary.items():
-            if isinstance(value, float):
-                value = f"{value:.4f}"
-            table.add_row(key.replace("_", " "), str(value))
+        for label, text in summary_rows(summary):
+            table.add_row(label, text)
         Console().print(table)

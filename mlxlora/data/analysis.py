@@ -1,12 +1,21 @@
-"""Dataset statistics: lengths, a histogram, over-long records, duplicates, domain-term density.
+"""Dataset statistics: lengths, a histogram, over-long records, duplicates, boilerplate sentences,
+domain-term density.
 
-Definitions (all record indices are 0-based positions in the dataset):
+Definitions (record numbers in the report count from 1, as in error messages: record 1 is the
+first record):
 
 - **text of a record**: the record normalized (`formats.normalize`), then all message contents
   joined with "\\n" (text records: the text itself).
 - **answer text**: the content of the last assistant message (text records: the whole text).
+- **analysed prefix**: given `max_length`, only the first `CHARS_PER_TOKEN * max_length`
+  characters of a record's text (and of its answer) are tokenized, compared, split into
+  sentences and searched for terms. Training never sees more than max_length tokens, and
+  tokenizers average 3-5 characters per token on prose, so a record longer than the prefix is
+  over max_length on its prefix alone; this bounds the work (a 50 MB record costs what a 16 KB
+  one does). Character lengths are always those of the whole text; `analysed_chars` says how
+  many records were longer than the prefix.
 - **characters** are Python `len` (code points); **tokens** are `len(tokenizer.encode(text))`
-  of the record's text (no chat template, so a few tokens below what training sees).
+  of the record's analysed prefix (no chat template, so a few tokens below what training sees).
 - **summary** of lengths: mean, median, p95 (linear interpolation between closest ranks, as
   numpy's default), min and max.
 - **histogram**: up to 10 equal-width integer bins `[lo, hi]` (inclusive) from min to max length,
@@ -14,6 +23,13 @@ Definitions (all record indices are 0-based positions in the dataset):
 - **too long**: records whose token count exceeds `max_length` (needs a tokenizer).
 - **duplicates**: records whose normalized content equals an earlier record's; `count` is the
   number of such later copies (records minus distinct records).
+- **near duplicates**: records that are not exact duplicates but whose text equals an earlier
+  record's after `canonical` (NFKC, case folded, punctuation dropped, whitespace collapsed).
+- **sentences** of an answer: split after 。！？ and after .!? followed by whitespace, and at
+  line breaks; a sentence is compared by its `canonical` form and counts once per record.
+  Sentences with fewer than `MIN_SENTENCE_CHARS` letters or digits ("1.", "OK") are ignored.
+- **boilerplate**: a sentence found in at least `BOILERPLATE_SHARE` of the records and in at
+  least `BOILERPLATE_MIN_RECORDS` records, such as a caution line closing every answer.
 - **domain-term density**: terms are matched in the answer text after NFKC normalization and
   case folding (so "ＣＴ", "ct" and "CT" match "CT"). Matching scans left to right and at each
   position takes the longest term that matches there; matches do not overlap (so in "糖尿病"
@@ -23,6 +39,8 @@ Definitions (all record indices are 0-based positions in the dataset):
   counts in "doses" and "CT" in "CT検査". Then
   `per_1000_chars` = 1000 x (term hits in all answers) / (characters in all answers), and
   `share_with_term` = (records whose answer has at least one hit) / (records).
+  `without_boilerplate` is the same measure on the answers with every boilerplate sentence
+  removed (the remaining sentences joined with "\\n"), so repeated lines do not inflate it.
 """
 
 from __future__ import annotations
@@ -42,6 +60,11 @@ from mlxlora.errors import DataError
 BUNDLED_TERMS = {"medical": Path(__file__).with_name("terms_medical.txt")}
 HISTOGRAM_BINS = 10
 MAX_INDICES = 10
+CHARS_PER_TOKEN = 8
+BOILERPLATE_SHARE = 0.3
+BOILERPLATE_MIN_RECORDS = 3
+MIN_SENTENCE_CHARS = 3
+_SENTENCE_END = re.compile(r"(?<=[。！？])|(?<=[.!?])(?=\s)|\n")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -157,6 +180,70 @@ def term_density(answers: list[str], terms: list[str], label: str = "terms") -> 
     }
 
 
+# --- sentences, boilerplate, near duplicates ---------------------------------------------------
+
+
+def canonical(text: str) -> str:
+    """`text` compared loosely: NFKC, case folded, punctuation dropped, whitespace collapsed."""
+    kept = (c for c in _fold(text) if not unicodedata.category(c).startswith("P"))
+    return " ".join("".join(kept).split())
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of `text` (see the module docstring), stripped, empty ones dropped."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def _keyed_sentences(answer: str) -> list[tuple[str, str]]:
+    """(sentence, canonical key) for each sentence of an answer."""
+    return [(s, canonical(s)) for s in sentences(answer)]
+
+
+def _judgeable(key: str) -> bool:
+    return sum(c.isalnum() for c in key) >= MIN_SENTENCE_CHARS
+
+
+def boilerplate(split: list[list[tuple[str, str]]]) -> list[dict]:
+    """Sentences repeated across records (see the module docstring), most widespread first.
+
+    Args:
+        split: each record's `(sentence, canonical key)` pairs.
+
+    Returns:
+        `{"key", "text", "records", "share"}` per boilerplate sentence, `text` as first written.
+    """
+    counts: Counter[str] = Counter()
+    first_text: dict[str, str] = {}
+    for pairs in split:
+        for s, k in pairs:
+            first_text.setdefault(k, s)
+        counts.update({k for _, k in pairs if _judgeable(k)})
+    floor = max(BOILERPLATE_MIN_RECORDS, math.ceil(BOILERPLATE_SHARE * len(split)))
+    return [
+        {"key": k, "text": first_text[k], "records": n, "share": n / len(split)}
+        for k, n in counts.most_common()
+        if n >= floor
+    ]
+
+
+def _copies(keys: list[str]) -> list[list[int]]:
+    """[first, later] 0-based index pairs of keys equal to an earlier one."""
+    first_seen: dict[str, int] = {}
+    pairs = []
+    for i, key in enumerate(keys):
+        if key in first_seen:
+            pairs.append([first_seen[key], i])
+        else:
+            first_seen[key] = i
+    return pairs
+
+
+def _numbered(pairs: list[list[int]]) -> dict:
+    """The report's view of copy pairs: 1-based record numbers, the first MAX_INDICES shown."""
+    shown = [[a + 1, b + 1] for a, b in pairs[:MAX_INDICES]]
+    return {"count": len(pairs), "records": [b for _, b in shown], "pairs": shown}
+
+
 # --- the report -------------------------------------------------------------------------------
 
 
@@ -169,57 +256,55 @@ def analyze(
 ) -> dict:
     """Statistics of validated `records` of type `kind` (see the module docstring).
 
-    `tokenizer` is anything with `.encode(str) -> list[int]`. `terms` is a list of terms or a
-    `(label, terms)` pair from `load_terms`.
+    Args:
+        records: validated records of one format.
+        kind: their format (`formats.FORMATS`).
+        tokenizer: anything with `.encode(str) -> list[int]`; None skips token statistics.
+        max_length: the training length in tokens: flags longer records and bounds the analysed
+            prefix of each record; None analyses whole records.
+        terms: a list of terms or a `(label, terms)` pair from `load_terms`.
     """
     if not records:
         raise DataError("no records to analyze")
+    cap = CHARS_PER_TOKEN * max_length if max_length is not None else None
     normalized = [normalize(r, kind) for r in records]
     texts = [full_text(n) for n in normalized]
     chars = [len(t) for t in texts]
-    report: dict[str, Any] = {
-        "type": kind,
-        "records": len(records),
-        "chars": summarize(chars),
-        "tokens": None,
-    }
-    tokens: list[int] | None = None
-    if tokenizer is not None:
-        tokens = [len(tokenizer.encode(t)) for t in texts]
-        report["tokens"] = summarize(tokens)
+    report: dict[str, Any] = {"type": kind, "records": len(records), "chars": summarize(chars)}
+    tokens = [len(tokenizer.encode(t[:cap])) for t in texts] if tokenizer is not None else None
+    report["tokens"] = summarize(tokens) if tokens is not None else None
+    report["analysed_chars"] = {"cap": cap, "longer": sum(n > cap for n in chars) if cap else 0}
     report["histogram"] = {
         "unit": "tokens" if tokens is not None else "chars",
         "bins": histogram(tokens if tokens is not None else chars),
     }
+    report["too_long"] = None
     if max_length is not None and tokens is not None:
-        over = [i for i, n in enumerate(tokens) if n > max_length]
+        over = [i + 1 for i, n in enumerate(tokens) if n > max_length]
         report["too_long"] = {
             "max_length": max_length,
             "count": len(over),
-            "indices": over[:MAX_INDICES],
+            "records": over[:MAX_INDICES],
         }
-    else:
-        report["too_long"] = None
 
-    first_seen: dict[str, int] = {}
-    copies: list[list[int]] = []
-    for i, n in enumerate(normalized):
-        key = json.dumps(n, ensure_ascii=False, sort_keys=True)
-        if key in first_seen:
-            copies.append([first_seen[key], i])
-        else:
-            first_seen[key] = i
-    report["duplicates"] = {
-        "count": len(copies),
-        "indices": [dup for _, dup in copies[:MAX_INDICES]],
-        "pairs": copies[:MAX_INDICES],  # [first occurrence, later copy]
-    }
+    exact = _copies([json.dumps(n, ensure_ascii=False, sort_keys=True) for n in normalized])
+    repeated = {b for _, b in exact}
+    near = [p for p in _copies([canonical(t[:cap]) for t in texts]) if p[1] not in repeated]
+    report["duplicates"] = _numbered(exact)
+    report["near_duplicates"] = _numbered(near)
 
+    answers = [answer_text(n)[:cap] for n in normalized]
+    split = [_keyed_sentences(a) for a in answers]
+    common = boilerplate(split)
+    report["boilerplate"] = [{k: b[k] for k in ("text", "records", "share")} for b in common]
+    report["term_density"] = None
     if terms is not None:
         label, term_list = terms if isinstance(terms, tuple) else ("terms", list(terms))
-        report["term_density"] = term_density(
-            [answer_text(n) for n in normalized], term_list, label
-        )
-    else:
-        report["term_density"] = None
+        td = term_density(answers, term_list, label)
+        td["without_boilerplate"] = None
+        if common:
+            keys = {b["key"] for b in common}
+            rest = ["\n".join(s for s, k in pairs if k not in keys) for pairs in split]
+            td["without_boilerplate"] = term_density(rest, term_list, label)
+        report["term_density"] = td
     return report

@@ -6,8 +6,9 @@ is accepted).
 
 Every problem is a `DataError` whose message is one line naming the file, the record and the
 field, e.g. ``data.jsonl: line 7: field "output": expected a string, got 3``. Records of a JSON
-Lines file are named by their 1-based line number (``line 7``); records of a JSON array by
-their 0-based index in the array (``record 7`` is ``data[7]`` / ``jq '.[7]'``).
+Lines file are named by their line number (``line 7``); records of a JSON array by their
+position, counting from 1 (``record 7`` is the seventh record, ``data[6]`` / ``jq '.[6]'``).
+Internal indices are 0-based; every number a user reads counts from 1.
 
 Formats (extra keys in a record are allowed and ignored):
 
@@ -51,11 +52,11 @@ class Records(list):
 
 
 def where(records: list, index: int) -> str:
-    """How error messages name record `index`: its JSONL line, else its 0-based index."""
+    """How messages name the record at 0-based `index`: its JSONL line, else `record index+1`."""
     locations = getattr(records, "locations", None)
     if locations is not None and index < len(locations):
         return locations[index]
-    return f"record {index}"
+    return f"record {index + 1}"
 
 
 def _show(value: Any, limit: int = 40) -> str:
@@ -135,7 +136,7 @@ def load_records(path: str | Path) -> Records:
         if isinstance(whole, dict):  # one object: a one-line JSONL file or a lone JSON object
             body = text.strip()
             first = text[: text.index(body[0])].count("\n") + 1
-            return Records([whole], [f"line {first}" if "\n" not in body else "record 0"])
+            return Records([whole], [f"line {first}" if "\n" not in body else "record 1"])
         if not isinstance(whole, list):
             raise DataError(
                 f"{source}: top-level JSON is {_kind_of(whole)}; expected an array of objects "
@@ -143,13 +144,13 @@ def load_records(path: str | Path) -> Records:
             )
         if not whole:
             raise DataError(f"{source}: the JSON array is empty (no records)")
-        for i, item in enumerate(whole):
+        for i, item in enumerate(whole, start=1):
             if not isinstance(item, dict):
                 raise DataError(
                     f"{source}: record {i}: expected a JSON object, got {_kind_of(item)} "
                     f"{_show(item)}"
                 )
-        return Records(whole, [f"record {i}" for i in range(len(whole))])
+        return Records(whole, [f"record {i}" for i in range(1, len(whole) + 1)])
     if text.lstrip().startswith("["):  # meant as one JSON array, but it does not parse
         exc = whole
         if isinstance(exc, json.JSONDecodeError):

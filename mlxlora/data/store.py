@@ -8,6 +8,9 @@ stores nothing.
 ``sha256`` is the hash of ``records.jsonl``, whose bytes are a canonical serialization of the
 records (`serialize_records`); so the same records imported from a JSON array file or from a
 JSONL file with different spacing hash the same, which is what `resolve` compares.
+
+Dataset names follow `mlxlora.names` (letters and digits of any language, never a path) and are
+stored and looked up in their NFC form, so a name typed decomposed finds the stored dataset.
 """
 
 from __future__ import annotations
@@ -22,14 +25,24 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mlxlora.data.formats import check_kind, detect_format, load_records, validate
+from mlxlora import names
+from mlxlora.data.formats import (
+    check_kind,
+    detect_format,
+    full_text,
+    load_records,
+    normalize,
+    validate,
+    where,
+)
 from mlxlora.errors import DataError
 from mlxlora.runs import home
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-MAX_NAME = 100
 RECORDS_FILE = "records.jsonl"
 META_FILE = "meta.json"
+# Far beyond any useful max_length (~100k chars is ~25k tokens): worth a warning at import.
+LONG_RECORD_CHARS = 100_000
+MAX_LONG_WARNINGS = 5
 
 
 @dataclass
@@ -66,12 +79,11 @@ def dataset_dir(name: str) -> Path:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > MAX_NAME:
-        raise DataError(
-            f"invalid dataset name {name!r}: use letters, digits, '.', '_' or '-', starting with "
-            f"a letter or digit (at most {MAX_NAME} characters)"
-        )
-    return name
+    """The stored (NFC) form of a dataset name; DataError saying why when it cannot be one."""
+    problem = names.name_problem(name)
+    if problem:
+        raise DataError(f"invalid dataset name {name!r}: {problem}")
+    return names.normalize(name)
 
 
 def serialize_records(records: list[dict]) -> bytes:
@@ -111,13 +123,16 @@ def list_datasets() -> list[DatasetMeta]:
 
 
 def exists(name: str) -> bool:
-    return bool(NAME_RE.fullmatch(name)) and (dataset_dir(name) / META_FILE).is_file()
+    """Whether `name` (in any Unicode normal form) names a stored dataset."""
+    if names.name_problem(name) is not None:
+        return False
+    return (dataset_dir(names.normalize(name)) / META_FILE).is_file()
 
 
 def _unknown(name: str) -> DataError:
-    names = [m.name for m in list_datasets()]
-    if names:
-        return DataError(f"unknown dataset {name!r} (available: {', '.join(names)})")
+    available = [m.name for m in list_datasets()]
+    if available:
+        return DataError(f"unknown dataset {name!r} (available: {', '.join(available)})")
     return DataError(
         f"unknown dataset {name!r} (no datasets yet; add one with "
         "`mlxlora data import FILE --name NAME`)"
@@ -125,6 +140,8 @@ def _unknown(name: str) -> DataError:
 
 
 def get_meta(name: str) -> DatasetMeta:
+    """A stored dataset's meta; DataError for an invalid or unknown name."""
+    name = check_name(name)
     if not exists(name):
         raise _unknown(name)
     meta = _read_meta(dataset_dir(name))
@@ -135,6 +152,7 @@ def get_meta(name: str) -> DatasetMeta:
 
 def load_dataset(name: str) -> tuple[DatasetMeta, list[dict]]:
     """A stored dataset's meta and its records (checked against the stored sha256)."""
+    name = check_name(name)
     meta = get_meta(name)
     path = dataset_dir(name) / RECORDS_FILE
     try:
@@ -149,20 +167,22 @@ def load_dataset(name: str) -> tuple[DatasetMeta, list[dict]]:
     return meta, load_records(path)
 
 
-def remove_dataset(name: str) -> None:
-    if not exists(name):
-        raise _unknown(name)
+def remove_dataset(name: str) -> DatasetMeta:
+    """Remove a stored dataset; returns the meta it had."""
+    name = check_name(name)
+    meta = get_meta(name)
     target = dataset_dir(name)
     trash = Path(tempfile.mkdtemp(dir=datasets_root(), prefix=f".rm-{name}."))
     os.replace(target, trash / name)
     shutil.rmtree(trash, ignore_errors=True)
+    return meta
 
 
 def import_records(
     records: list[dict], name: str, kind: str, description: str = "", source: str = ""
 ) -> DatasetMeta:
     """Store already-validated records under `name` (atomic; DataError if the name is taken)."""
-    check_name(name)
+    name = check_name(name)
     if exists(name):
         raise _duplicate(name)
     root = datasets_root()
@@ -210,9 +230,12 @@ def _duplicate(name: str) -> DataError:
 
 def import_dataset(
     path: str | Path, name: str, description: str = "", kind: str | None = None
-) -> DatasetMeta:
-    """Validate every record of a JSON/JSONL file, then store it under `name`."""
-    check_name(name)
+) -> tuple[DatasetMeta, list[str]]:
+    """Validate every record of a JSON/JSONL file, then store it under `name`.
+
+    Returns the stored meta and warnings about records far longer than training ever uses.
+    """
+    name = check_name(name)
     if kind is not None:
         check_kind(kind, str(path))
     if exists(name):
@@ -221,20 +244,54 @@ def import_dataset(
     records = load_records(path)
     kind = kind or detect_format(records, source)
     validate(records, kind, source)
-    return import_records(
+    meta = import_records(
         records, name, kind, description, source=str(Path(path).expanduser().resolve())
     )
+    return meta, long_records(records, kind, source)
+
+
+def long_records(records: list[dict], kind: str, source: str = "data") -> list[str]:
+    """Warnings for records of more than `LONG_RECORD_CHARS` characters (kept, not refused).
+
+    Training reads at most data.max_length tokens of a record, so the rest is never learned.
+    """
+    long = [
+        (i, n)
+        for i, r in enumerate(records)
+        if (n := len(full_text(normalize(r, kind)))) > LONG_RECORD_CHARS
+    ]
+    found = [
+        f"{source}: {where(records, i)} is {n:,} characters; training truncates it to "
+        "data.max_length tokens"
+        for i, n in long[:MAX_LONG_WARNINGS]
+    ]
+    if len(long) > MAX_LONG_WARNINGS:
+        found.append(
+            f"{source}: {len(long) - MAX_LONG_WARNINGS:,} more records are over "
+            f"{LONG_RECORD_CHARS:,} characters"
+        )
+    return found
 
 
 def stem_name(path: str | Path) -> str:
-    """A valid dataset name from a file name: `my data.jsonl` -> `my-data`."""
-    stem = Path(path).name
+    """A valid dataset name from a file name: `my data.jsonl` -> `my-data`, `医療.json` -> `医療`.
+
+    Spaces and characters a name cannot hold become `-`; the result is NFC and fits in
+    `names.MAX_NAME_BYTES`.
+    """
+    stem = names.normalize(Path(path).name)
     for suffix in (".jsonl", ".json"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip("._-").rstrip("-")
-    return (slug or "dataset")[:MAX_NAME]
+    slug = "".join(c if c != " " and names.is_name_char(c) else "-" for c in stem)
+    slug = re.sub("-{2,}", "-", slug).lstrip("._-").rstrip("-")
+    return check_name(_fit(slug or "dataset", names.MAX_NAME_BYTES))
+
+
+def _fit(name: str, max_bytes: int) -> str:
+    """`name` cut to at most `max_bytes` of UTF-8, never inside a character."""
+    return names.normalize(name.encode("utf-8")[:max_bytes].decode("utf-8", "ignore"))
 
 
 def looks_like_file(ref: str) -> bool:
@@ -252,7 +309,7 @@ def resolve(ref: str, kind: str | None = None) -> tuple[DatasetMeta, list[dict]]
     p = Path(ref).expanduser()
     if looks_like_file(ref) and p.is_file():
         return _resolve_file(p, kind)
-    if NAME_RE.fullmatch(ref) and exists(ref):
+    if exists(ref):
         return load_dataset(ref)
     if p.is_file():
         return _resolve_file(p, kind)
@@ -268,7 +325,7 @@ def _resolve_file(path: Path, kind: str | None) -> tuple[DatasetMeta, list[dict]
     validate(records, kind, source)
     digest = records_sha256(records)
     base = stem_name(path)
-    hashed = f"{base[: MAX_NAME - 9]}-{digest[:8]}"
+    hashed = f"{_fit(base, names.MAX_NAME_BYTES - 9)}-{digest[:8]}"
     for name in (base, hashed):
         for _ in range(2):  # a second pass when another process imported `name` meanwhile
             if exists(name):

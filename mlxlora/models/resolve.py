@@ -355,6 +355,20 @@ def count_parameters(
     return params, nbytes, _DTYPE_NAMES.get(dominant) if dominant else None
 
 
+def gguf_source(model_dir: str | Path) -> dict:
+    """{"gguf": file, "gguf_sha256": digest} for a directory converted from a GGUF, else {}.
+
+    Read from the source.json that gguf.convert writes (the cache is keyed by that digest), so
+    no multi-gigabyte file is hashed again. The file is the one first converted to this
+    directory: another path holding the same bytes shares it.
+    """
+    try:
+        source = json.loads((Path(model_dir) / "source.json").read_text(encoding="utf-8"))
+        return {"gguf": source["path"], "gguf_sha256": source["sha256"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def model_info(model_dir: str | Path) -> dict:
     """Architecture, quantization, parameter count and dtype of a local model directory."""
     model_dir = Path(model_dir)

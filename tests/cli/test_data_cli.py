@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ BAD_INPUTS = {
     "wrong_type": (
         "wrongtype.json",
         b'[{"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": 3}]',
-        ["record 1", 'field "completion"', "expected a string, got 3"],
+        ["record 2", 'field "completion"', "expected a string, got 3"],
     ),
     "empty_text": (
         "emptytext.jsonl",
@@ -111,11 +112,50 @@ def test_duplicate_name(home, tmp_path, capsys):
     assert (home / "datasets" / "med" / "meta.json").read_text() == meta_before
 
 
-def test_invalid_name(home, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("../escape", "starts with a dot"),
+        ("..", "starts with a dot"),
+        (".hidden", "starts with a dot"),
+        ("医療/../../escape", "'/'"),
+        ("a\x00b", "U+0000"),
+        ("", "the name is empty"),
+        ("  ", "the name is empty"),
+    ],
+)
+def test_invalid_name(home, tmp_path, capsys, name, why):
     src = jsonl(tmp_path / "med.jsonl", GOOD)
-    assert main(["data", "import", str(src), "--name", "../escape"]) == 3
-    assert "invalid dataset name" in capsys.readouterr().err
+    assert main(["data", "import", str(src), "--name", name]) == 3
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mlxlora: error: invalid dataset name ")
+    assert why in lines[0]
+    assert stored(home) == [] and not (home / "escape").exists()
+
+
+def test_names_in_any_language(home, tmp_path, capsys):
+    name = "医療専門知識データセット"
+    src = jsonl(tmp_path / "med.jsonl", GOOD)
+    assert main(["data", "import", str(src), "--name", name]) == 0
+    assert f"imported {name}: 3 instruction records" in capsys.readouterr().out
+    accented = unicodedata.normalize("NFD", "données été")  # typed decomposed, as on macOS
+    assert main(["data", "import", str(src), "--name", accented]) == 0
+    assert stored(home) == ["données été", name]
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert name in out and "données été" in out
+    assert main(["data", "show", accented, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "données été"
+    assert main(["data", "rm", accented]) == 0
+    assert "removed dataset données été" in capsys.readouterr().out
+    assert main(["data", "rm", name]) == 0
     assert stored(home) == []
+
+
+def test_name_defaults_to_the_stem_in_any_language(home, tmp_path, capsys):
+    src = jsonl(tmp_path / "医療専門知識データセット.jsonl", GOOD)
+    assert main(["data", "import", str(src)]) == 0
+    assert stored(home) == ["医療専門知識データセット"]
 
 
 def test_import_list_show_rm(home, tmp_path, capsys):
@@ -131,13 +171,13 @@ def test_import_list_show_rm(home, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "length per record" in out and "chars" in out
     assert "histogram (chars per record)" in out and "█" in out
-    assert "exact duplicates: 1" in out
+    assert "exact duplicates: 1 (record 3 repeats 2)" in out
     assert "hits per 1,000 answer characters" in out and "血糖値 1" in out
 
     assert main(["data", "show", "med", "--json", "--terms", "medical"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["records"] == 3 and report["type"] == "instruction"
-    assert report["duplicates"]["indices"] == [2]
+    assert report["duplicates"]["records"] == [3]
     assert report["meta"]["description"] == "医療 QA"
     td = report["term_density"]
     # answers: 血糖値 (1 hit), then "hemoglobin" no, "symptom" (1 hit) in each English answer
@@ -184,18 +224,86 @@ def test_show_with_model_counts_tokens(home, tmp_path, capsys):
     from mlxlora.commands.data import load_tokenizer
 
     recs = [{"text": "a a a"}, {"text": "the capital of France is Paris " * 3}, {"text": "a"}]
-    counts = [len(load_tokenizer("builtin:tiny").encode(r["text"])) for r in recs]
+    tokenizer = load_tokenizer("builtin:tiny")
+    limit = len(tokenizer.encode(recs[0]["text"])) + 1
+    # Tokens are counted on at most 8 characters per token of max_length: enough to flag.
+    counts = [len(tokenizer.encode(r["text"][: 8 * limit])) for r in recs]
+    assert counts[1] > limit
     src = jsonl(tmp_path / "t.jsonl", recs)
-    limit = counts[0] + 1
     args = ["data", "show", str(src), "--model", "builtin:tiny", "--max-length", str(limit)]
     assert main(args + ["--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["tokens"]["max"] == max(counts) and report["tokens"]["min"] == min(counts)
     assert report["histogram"]["unit"] == "tokens"
-    assert report["too_long"] == {"max_length": limit, "count": 1, "indices": [1]}
+    assert report["too_long"] == {"max_length": limit, "count": 1, "records": [2]}
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "tokens" in out and f"longer than {limit} tokens: 1 (records 1)" in out
+    assert "tokens" in out and f"longer than {limit} tokens: 1 (records 2)" in out
+
+
+def test_show_takes_max_length_and_model_from_a_config(home, tmp_path, capsys):
+    recs = [{"text": "a a a"}, {"text": "the capital of France is Paris " * 3}]
+    src = jsonl(tmp_path / "t.jsonl", recs)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: builtin:tiny\ndata:\n  dataset: t.jsonl\n  max_length: 9\n")
+    assert main(["data", "show", str(src), "--config", str(cfg), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tokens"] is not None  # the config's model counted them
+    assert report["too_long"] == {"max_length": 9, "count": 1, "records": [2]}
+    assert main(["data", "show", str(src), "--config", str(cfg), "--max-length", "200"]) == 0
+    assert "longer than 200 tokens: 0" in capsys.readouterr().out
+    assert main(["data", "show", str(src)]) == 0
+    assert "tokens: pass --model REF (e.g. builtin:smollm2-135m)" in capsys.readouterr().out
+    assert main(["data", "show", str(src), "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+def caution_records(n=10):
+    """n answers; 8 in 10 end with the same caution line."""
+    caution = "詳しくは医師に相談してください。"
+    return [
+        {"instruction": f"質問{i}", "output": f"症例{i}は糖尿病です。" + (caution if i % 5 else "")}
+        for i in range(n)
+    ]
+
+
+def test_show_reports_boilerplate_and_density_without_it_at_80_columns(
+    home, tmp_path, capsys, monkeypatch
+):
+    from rich.cells import cell_len
+
+    monkeypatch.setenv("COLUMNS", "80")
+    src = jsonl(tmp_path / "caution.jsonl", caution_records())
+    assert main(["data", "show", str(src), "--terms", "medical"]) == 0
+    out = capsys.readouterr().out
+    assert max(cell_len(line) for line in out.splitlines()) <= 80, out
+    assert "boilerplate sentences: 1" in out
+    assert " 80%  詳しくは医師に相談してください。" in out
+    # 10 糖尿病 + 8 医師 hits; the 8 医師 sit in the caution line (each line unwrapped)
+    assert "\n  18 hits, 8 of them (44%) in boilerplate sentences\n" in out
+    assert "\n  without boilerplate: 100.00 per 1,000 characters, 100% of records\n" in out
+    assert "tokens: pass --model REF" in out
+
+
+def test_huge_record_warns_at_import_and_is_analysed_up_to_max_length(home, tmp_path, capsys):
+    from mlxlora.commands.data import load_tokenizer
+
+    huge = "The capital of France is Paris. " * 650_000  # 20,800,000 characters
+    src = jsonl(tmp_path / "big.jsonl", [{"text": "short"}, {"text": huge}])
+    assert main(["data", "import", str(src), "--name", "big"]) == 0
+    out = capsys.readouterr().out
+    assert f"line 2 is {len(huge):,} characters; training truncates it to data.max_length" in out
+    assert "imported big: 2 text records" in out
+    args = ["data", "show", "big", "--model", "builtin:tiny", "--max-length", "100", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    capped = len(load_tokenizer("builtin:tiny").encode(huge[:800]))  # 8 characters per token
+    assert report["tokens"]["max"] == capped
+    assert report["chars"]["max"] == len(huge)
+    assert report["too_long"] == {"max_length": 100, "count": 1, "records": [2]}
+    assert main(args[:-1]) == 0
+    out = capsys.readouterr().out
+    assert "tokens counted on the first 800 characters of a record (1 longer)" in out
 
 
 def test_show_with_missing_model_dir(home, tmp_path, capsys):

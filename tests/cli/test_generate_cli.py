@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -171,6 +172,44 @@ def test_generate_errors_are_one_line(home):
         out = cli("generate", *args, home=home)
         assert out.returncode == code, (args, out.stderr)
         assert out.stderr.count("\n") == 1 and words in out.stderr and out.stdout == ""
+
+
+def stream_events(out) -> list[dict]:
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("mode", [[], ["--raw"]])
+def test_stream_pieces_make_the_plain_answer(home, mode):
+    args = ("--model", "builtin:tiny", "--prompt", "The capital of Japan is", "--max-tokens", "9")
+    plain = cli("generate", *args, *mode, home=home)
+    out = cli("generate", *args, *mode, "--stream", home=home)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    *tokens, done = stream_events(out)
+    assert len(tokens) > 1 and {e["type"] for e in tokens} == {"token"}
+    assert done["type"] == "done" and "".join(e["text"] for e in tokens) == done["text"]
+    assert plain.stdout == done["text"] + "\n"
+    assert done["generation_tokens"] == 9 and done["finish_reason"] == "length"
+    assert done["prompt_tokens"] >= 5 and done["tokens_per_sec"] > 0
+
+
+def test_stream_through_an_adapter(trained):
+    home, _ = trained
+    args = ("--adapter", "quick", "--prompt", "What is LoRA?", "--max-tokens", "6")
+    *tokens, done = stream_events(cli("generate", *args, "--stream", home=home))
+    assert done["type"] == "done" and "".join(e["text"] for e in tokens) == done["text"]
+    assert cli("generate", *args, home=home).stdout == done["text"] + "\n"
+
+
+def test_stream_errors(home):
+    for args, code in (
+        (["--model", "not a model!"], 4),
+        (["--model", "builtin:tiny", "--max-tokens", "0"], 2),
+    ):
+        out = cli("generate", *args, "--prompt", "hi", "--stream", home=home)
+        assert out.returncode == code, out.stderr
+        [error] = stream_events(out)
+        assert error["type"] == "error" and error["message"]
+        assert out.stderr == f"mlxlora: error: {error['message']}\n"
 
 
 def test_prompt_from_stdin(home):

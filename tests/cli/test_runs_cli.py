@@ -1,86 +1,56 @@
-"""Finding a run by what users type: names in any language, prefixes, paths that are no run."""
+"""`mlxlora runs show` as a user reads it: config changes, model, samples, numbers, no None."""
 
 from __future__ import annotations
 
-import unicodedata
+import json
+import re
+import shlex
 
-import pytest
-
-from mlxlora import runs
+from mlxlora import config, engine
 from mlxlora.cli import main
-from mlxlora.errors import RunError
+from mlxlora.runs import RunPaths
 
 
-def make_runs(*dir_names: str) -> list:
-    """Workspace runs as `runs list` sees them: directories holding a config.yaml."""
-    made = []
-    for name in dir_names:
-        path = runs.runs_root() / name
-        path.mkdir(parents=True)
-        (path / "config.yaml").write_text(f"name: {name}\n", encoding="utf-8")
-        made.append(path)
-    return made
-
-
-def test_japanese_name_finds_its_run_before_longer_names_that_start_with_it(home):
-    v1, v10 = make_runs(
-        "医療専門知識モデル_v1-20261125-093000", "医療専門知識モデル_v10-20261125-093100"
+def test_show_prints_config_model_command_samples_and_dashes(
+    home, quickstart_data, tmp_path, capsys
+):
+    cfg = config.load(
+        None,
+        [
+            f"data.dataset={quickstart_data}",
+            "data.val_split=0",
+            "training.max_steps=3",
+            "lora.rank=4",
+            "samples=['日本の首都は？']",
+        ],
     )
-    assert runs.find_run("医療専門知識モデル_v1") == v1
-    assert runs.find_run("医療専門知識モデル_v10") == v10
-    assert runs.find_run("医療専門知識モデル_v1-20261125") == v1  # a unique prefix
-    with pytest.raises(RunError, match="2 runs match") as err:
-        runs.find_run("医療")
-    assert v1.name in str(err.value) and v10.name in str(err.value)
+    run = tmp_path / "my run"  # a space: the printed command must quote it
+    summary = engine.train(cfg, run)
+    assert summary["best_val_loss"] is None
 
+    assert main(["runs", "show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out
+    lines = [line.strip() for line in out.splitlines()]
+    assert "best val loss: —" in lines and "outcome: completed" in lines
+    assert any(re.fullmatch(r"train loss ema: \d+\.\d{4}", line) for line in lines)
+    assert "elapsed sec" in out and not re.search(r"\d\.\d{5}", out)
+    # the config's differences from the defaults, and only those
+    for line in ("training.max_steps: 3", "lora.rank: 4", "data.val_split: 0.0"):
+        assert line in lines
+    assert not any(line.startswith("training.grad_clip") for line in lines)
+    assert "before training (step 0) '日本の首都は？'" in lines
+    assert "after training (step 3) '日本の首都は？'" in lines
+    model_dir = summary["model_dir"]
+    adapters = RunPaths(run).adapters
+    command = (
+        f"mlx_lm.generate --model {shlex.quote(model_dir)} --adapter-path "
+        f"{shlex.quote(str(adapters))} --prompt '日本の首都は？'"
+    )
+    assert command in lines and "'" in command.split("--adapter-path")[1]
 
-def test_runs_sharing_a_name_are_listed(home):
-    first, second = make_runs("llama3 日本語-20261125-093000", "llama3 日本語-20261125-093000-1")
-    with pytest.raises(RunError) as err:
-        runs.find_run("llama3 日本語")
-    assert "2 runs match" in str(err.value)
-    assert first.name in str(err.value) and second.name in str(err.value)
-    assert runs.find_run(second.name) == second  # the full directory name is exact
-
-
-def test_accented_name_typed_decomposed_finds_the_composed_run(home):
-    (run,) = make_runs("données-été-20261125-093000")
-    typed = unicodedata.normalize("NFD", "données-été")  # how macOS hands it over
-    assert runs.find_run(typed) == run
-
-
-def test_pattern_characters_in_a_reference_are_plain_text(home):
-    make_runs("alpha-20261125-093000", "beta-20261125-093000")
-    for ref in ("a*", "[ab]lpha", "?lpha", "*"):
-        with pytest.raises(RunError, match="no such run"):
-            runs.find_run(ref)
-
-
-def test_new_run_directory_keeps_the_users_name(home):
-    path = runs.new_run_dir(unicodedata.normalize("NFD", "Ärzte Modell 2"))
-    assert path.parent == runs.runs_root()
-    assert path.name.startswith("Ärzte Modell 2-") and runs.given_name(path) == "Ärzte Modell 2"
-    with pytest.raises(RunError, match="starts with a dot"):
-        runs.new_run_dir("../x")
-
-
-@pytest.mark.parametrize(
-    "args, says",
-    [
-        (["runs", "show", "{missing}"], "no such directory"),
-        (["runs", "show", "{plain_dir}"], "not a run directory"),
-        (["train", "--resume", "{missing}"], "no such directory"),
-        (["train", "--resume", "{plain_dir}"], "not a run directory"),
-        (["generate", "--adapter", "{missing}", "--prompt", "hi"], "no such directory"),
-        (["generate", "--adapter", "{plain_dir}", "--prompt", "hi"], "neither a run nor"),
-    ],
-)
-def test_a_path_that_is_not_a_run_is_one_line(home, tmp_path, capsys, args, says):
-    make_runs("alpha-20261125-093000")
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    where = {"missing": str(tmp_path / "no" / "such-run"), "plain_dir": str(plain)}
-    assert main([a.format(**where) for a in args]) == RunError.exit_code
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("mlxlora: error: ")
-    assert says in err
+    assert main(["runs", "show", str(run), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["config"] == json.loads(json.dumps(cfg.to_dict()))
+    assert shown["model_dir"] == model_dir
+    assert [s["when"] for s in shown["samples"]] == ["before", "after"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -280,3 +281,42 @@ def test_japanese_run_name_is_kept_and_found(home):
     shown = mlxlora("runs", "show", name, "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["info"]["path"] == str(run)
+
+
+def test_without_a_terminal_progress_is_plain_lines(home, tmp_path):
+    run = tmp_path / "run"
+    out = mlxlora(
+        "train",
+        QUICK,
+        "--set",
+        "training.max_steps=3",
+        "--set",
+        "data.val_split=0",
+        "--set",
+        "training.early_stopping.patience=2",
+        "--run-dir",
+        str(run),
+    )
+    assert out.returncode == 0, out.stderr
+    # stderr is a pipe: the first and the last step print a line (10 s apart otherwise)
+    line = r"step {}/3  loss \d+\.\d{{3}} lr \d\.\de[-+]\d\d [\d,]+ tok/s \d+\.\d\d GB  ETA \S+"
+    lines = out.stderr.splitlines()
+    assert re.fullmatch(line.format(1), lines[-2]) and re.fullmatch(line.format(3), lines[-1])
+    assert "warning: no validation set (data.val_split is 0)" in out.stderr
+    assert all(len(text) <= 80 for text in lines)
+    rows = [re.split(r"\s{2,}", row.strip()) for row in out.stdout.splitlines()]
+    summary = dict(row for row in rows if len(row) == 2)
+    assert summary["best val loss"] == "—" and summary["outcome"] == "completed"
+    assert re.fullmatch(r"\d+\.\d{4}", summary["train loss ema"])
+    assert "None" not in out.stdout
+
+
+def test_plain_progress_interval_is_an_argument(home, tmp_path, capsys):
+    from mlxlora import config, engine
+    from mlxlora.commands.train import ProgressView
+
+    cfg = config.load(QUICK, ["training.max_steps=4"])
+    with ProgressView(plain_every=0.0) as view:
+        engine.train(cfg, tmp_path / "run", listeners=[view.on_event])
+    err = capsys.readouterr().err
+    assert [int(s) for s in re.findall(r"^step (\d+)/4 ", err, re.M)] == [1, 2, 3, 4]

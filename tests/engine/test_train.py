@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
-from mlxlora import config, engine, runs
+from mlxlora import config, engine, metrics, runs
 from mlxlora.errors import RunError, TrainingFailed
-from mlxlora.events import Checkpoint, EarlyStop, Eval, RunFailed, RunFinished, Step, read_events
+from mlxlora.events import (
+    Checkpoint,
+    EarlyStop,
+    EpochEnd,
+    Eval,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    Step,
+    read_events,
+)
 from mlxlora.runs import RunPaths
 
 
@@ -48,11 +60,11 @@ def test_loss_falls_and_adapter_loads_in_mlx_lm(home, quickstart_data, tmp_path)
     import mlx.core as mx
     from mlx_lm.utils import load
 
-    from mlxlora.models.resolve import resolve_model
-
-    model_dir = resolve_model("builtin:tiny")
-    base, tok = load(str(model_dir))
-    tuned, _ = load(str(model_dir), adapter_path=str(paths.adapters))
+    # only what adapter_config.json says, as `mlx_lm.generate --model M --adapter-path A` would
+    model_dir = json.loads((paths.adapters / "adapter_config.json").read_text())["model"]
+    assert summary["model"] == "builtin:tiny" and summary["model_dir"] == model_dir
+    base, tok = load(model_dir)
+    tuned, _ = load(model_dir, adapter_path=str(paths.adapters))
     ids = mx.array([tok.encode("What is the capital of France?")])
     diff = mx.abs(tuned(ids) - base(ids)).max().item()
     assert diff > 1e-3  # the adapter changes the model
@@ -83,13 +95,94 @@ def test_resume_after_stop_matches_uninterrupted_run(home, quickstart_data, tmp_
     assert summary["outcome"] == "stopped" and summary["steps"] == 5
     assert paths.latest_checkpoint().name == "step-0000005"
 
-    engine.train(None, part, resume=True)
+    resumed = engine.train(None, part, resume=True)
     expected, got = steps(full), steps(part)
     assert sorted(got) == list(range(1, 11))
     np.testing.assert_allclose(
         [got[s] for s in range(1, 11)], [expected[s] for s in range(1, 11)], rtol=1e-5
     )
     assert json.loads(paths.summary.read_text())["steps"] == 10
+    # the smoothed loss and the epoch mean carry over the stop exactly (TrainerState)
+    full_summary = json.loads(RunPaths(full).summary.read_text())
+    for key in ("train_loss_last_epoch", "train_loss_ema", "best_val_loss", "best_step"):
+        assert resumed[key] == pytest.approx(full_summary[key], rel=1e-5), key
+    smoothed = [e.loss_ema for e in read_events(paths.events) if isinstance(e, Step)]
+    full_smoothed = [e.loss_ema for e in read_events(RunPaths(full).events) if isinstance(e, Step)]
+    np.testing.assert_allclose(smoothed, full_smoothed, rtol=1e-5)
+    # 10 steps are less than an epoch: the last epoch is the partial one
+    assert resumed["train_loss_last_epoch"] == pytest.approx(np.mean(list(got.values())))
+
+
+def test_train_loss_is_the_last_epoch_mean_and_a_smoothed_loss(home, quickstart_data, tmp_path):
+    summary = engine.train(make_config(quickstart_data, "training.epochs=2"), tmp_path / "run")
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    step_events = [e for e in events if isinstance(e, Step)]
+    ema = None
+    for e in step_events:  # raw loss in the events, the smoothed one beside it
+        ema = metrics.ema(ema, e.loss)
+        assert e.loss_ema == pytest.approx(ema)
+    last_epoch = [e for e in events if isinstance(e, EpochEnd)][-1]
+    second = [e.loss for e in step_events if e.step > summary["total_steps"] // 2]
+    assert last_epoch.train_loss == pytest.approx(np.mean(second))
+    finished = events[-1]
+    assert isinstance(finished, RunFinished)
+    assert summary["train_loss_last_epoch"] == finished.train_loss_last_epoch
+    assert finished.train_loss_last_epoch == pytest.approx(last_epoch.train_loss)
+    assert summary["train_loss_ema"] == finished.train_loss_ema == step_events[-1].loss_ema
+    assert summary["train_loss_ema"] != step_events[-1].loss
+    assert "final_train_loss" not in summary
+
+
+def test_best_is_the_lowest_validation_loss_whatever_min_delta(home, quickstart_data, tmp_path):
+    # early stopping off: min_delta only counts for patience, the best adapter is the lowest
+    cfg = make_config(
+        quickstart_data,
+        "training.eval_every=2",
+        "training.max_steps=12",
+        "training.early_stopping.min_delta=100.0",
+    )
+    saved = {}
+
+    def keep_checkpoint(event):  # rolling checkpoints are deleted: keep each one's weights
+        if isinstance(event, Checkpoint):
+            saved[event.step] = load_file(str(Path(event.path) / "adapters.safetensors"))
+
+    summary = engine.train(cfg, tmp_path / "run", listeners=[keep_checkpoint])
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    evals = {e.step: e.val_loss for e in events if isinstance(e, Eval) and e.step}
+    lowest = min(evals, key=evals.get)
+    assert lowest != min(evals)  # the first evaluation is not the best one: the test can tell
+    assert summary["best_step"] == lowest and summary["best_val_loss"] == evals[lowest]
+    best = load_file(str(RunPaths(tmp_path / "run").best / "adapters.safetensors"))
+    assert best.keys() == saved[lowest].keys()
+    assert all(np.array_equal(best[k], saved[lowest][k]) for k in best)
+
+
+def test_early_stopping_and_batch_size_warn_when_they_cannot_work(home, quickstart_data, tmp_path):
+    no_val = make_config(
+        quickstart_data,
+        "data.val_split=0",
+        "training.early_stopping.patience=2",
+        "training.max_steps=1",
+    )
+    engine.train(no_val, tmp_path / "no-val")
+    started = read_events(tmp_path / "no-val" / "events.jsonl")[0]
+    assert isinstance(started, RunStarted) and started.val_records == 0
+    assert started.warnings == [
+        "no validation set (data.val_split is 0): training.early_stopping.patience=2 does "
+        "nothing; set data.val_split or data.validation"
+    ]
+
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"prompt": "What is 2 plus 2?", "completion": "4"}) + "\n")
+    cfg = make_config(one, "training.early_stopping.patience=1", "training.max_steps=1")
+    engine.train(cfg, tmp_path / "one")
+    started = read_events(tmp_path / "one" / "events.jsonl")[0]
+    assert started.warnings == [
+        "no validation set (no validation record is left): training.early_stopping.patience=1 "
+        "does nothing; set data.val_split or data.validation",
+        "training.batch_size=4 is larger than the 1 training records: every batch holds 1",
+    ]
 
 
 def test_nan_loss_fails_cleanly_and_keeps_last_good_checkpoint(home, quickstart_data, tmp_path):
@@ -115,7 +208,8 @@ def test_nan_loss_fails_cleanly_and_keeps_last_good_checkpoint(home, quickstart_
 
 
 def test_early_stopping_keeps_best(home, quickstart_data, tmp_path):
-    # min_delta larger than any possible drop: only the first evaluation counts as best
+    # min_delta larger than any possible drop: patience runs out two evaluations after the
+    # first, while the best adapter still follows the lowest loss
     cfg = make_config(
         quickstart_data,
         "training.eval_every=2",
@@ -127,8 +221,11 @@ def test_early_stopping_keeps_best(home, quickstart_data, tmp_path):
     events = read_events(tmp_path / "run" / "events.jsonl")
     stop = [e for e in events if isinstance(e, EarlyStop)]
     assert summary["outcome"] == "early_stop" and len(stop) == 1
-    assert stop[0].step == 6 and stop[0].best_step == 2
-    assert [c.step for c in events if isinstance(c, Checkpoint) and c.best] == [2]
+    evals = {e.step: e.val_loss for e in events if isinstance(e, Eval) and e.step}
+    lowest = min(evals, key=evals.get)
+    assert stop[0].step == 6 and stop[0].best_step == lowest == summary["best_step"]
+    lows = [s for s in evals if evals[s] == min(v for t, v in evals.items() if t <= s)]
+    assert [c.step for c in events if isinstance(c, Checkpoint) and c.best] == lows
 
     # an early-stopped run has finished: resuming it is refused and changes nothing
     files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}

@@ -13,8 +13,9 @@ from textual.widgets import DataTable, Input, Static, TabbedContent
 from mlxlora.data import store
 from mlxlora.errors import DataError
 from mlxlora.tui.app import MlxloraApp
+from mlxlora.tui.screens.datasets import DatasetsTab
 from mlxlora.tui.screens.datasets.import_dialog import ImportDialog
-from mlxlora.tui.widgets.confirm import ConfirmDialog
+from mlxlora.tui.widgets.confirm import Confirm
 
 CREATED = "2025-04-01T09:30:00+00:00"
 JA_RECORDS = [
@@ -48,8 +49,11 @@ def table_rows(app) -> list[list[str]]:
 
 
 async def settle(app, pilot):
+    """Wait for this tab's workers (other tabs run watchers that never end)."""
     await pilot.pause()
-    await app.workers.wait_for_complete()
+    await app.workers.wait_for_complete(
+        w for w in app.workers if isinstance(w.node, (DatasetsTab, ImportDialog))
+    )
     await pilot.pause()
 
 
@@ -75,10 +79,11 @@ def test_import_a_good_and_a_bad_file_from_the_form(home, tmp_path, quickstart_d
             await settle(app, pilot)
             assert "no datasets yet" in text(app, "#ds-status")
 
-            await import_from_form(app, pilot, quickstart_data, "qs")
+            await import_from_form(app, pilot, quickstart_data, "クイック")
             assert not isinstance(app.screen, ImportDialog)
-            assert [r[:3] for r in table_rows(app)] == [["qs", "instruction", "120"]]
-            assert "120 records" in text(app, "#ds-report")
+            assert [r[:3] for r in table_rows(app)] == [["クイック", "instruction", "120"]]
+            assert "クイック  instruction, 120 records" in text(app, "#ds-report")
+            assert text(app, "#ds-status") == "imported クイック"
 
             await import_from_form(app, pilot, bad, "bad")
             assert isinstance(app.screen, ImportDialog)  # stays open, showing why
@@ -88,11 +93,11 @@ def test_import_a_good_and_a_bad_file_from_the_form(home, tmp_path, quickstart_d
             assert error == str(engine.value) and "\n" not in error
             assert error.startswith(f'{bad}: line 2: field "output"')
             await pilot.press("escape")
-            assert [r[0] for r in table_rows(app)] == ["qs"]
+            assert [r[0] for r in table_rows(app)] == ["クイック"]
 
     asyncio.run(go())
     assert not store.exists("bad")
-    assert sorted(p.name for p in (home / "datasets").iterdir()) == ["qs"]  # nothing half-stored
+    assert sorted(p.name for p in (home / "datasets").iterdir()) == ["クイック"]  # nothing else
 
 
 def test_analysis_and_preview_of_the_selected_dataset(datasets):
@@ -106,7 +111,9 @@ def test_analysis_and_preview_of_the_selected_dataset(datasets):
             report = text(app, "#ds-report")
             assert "medical-ja  instruction, 3 records" in report
             assert "histogram (chars per record)" in report
-            assert "exact duplicates: 1 (record 2 repeats 1)" in report
+            # Record numbers count from 1, as in the preview below.
+            assert "exact duplicates: 1 (record 3 repeats 2)" in report
+            assert "near duplicates: 0" in report and "boilerplate sentences: 0" in report
 
             app.query_one("#ds-detail", TabbedContent).active = "ds-preview"
             await pilot.pause()
@@ -152,7 +159,7 @@ def test_delete_asks_first(datasets):
         async with app.run_test(size=(80, 24)) as pilot:
             await settle(app, pilot)
             await pilot.press("d")
-            assert isinstance(app.screen, ConfirmDialog)
+            assert isinstance(app.screen, Confirm)
             await pilot.press("n")
             assert store.exists("medical-ja")
             await pilot.press("d", "y")
@@ -186,7 +193,7 @@ def test_broken_datasets_show_as_errors_not_crashes(datasets):
             await settle(app, pilot)
             assert "meta.json is missing or unreadable" in text(app, "#ds-report")
             await pilot.press("d")  # nothing to delete through the store: no dialog
-            assert not isinstance(app.screen, ConfirmDialog)
+            assert not isinstance(app.screen, Confirm)
 
     asyncio.run(go())
 

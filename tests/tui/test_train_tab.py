@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,11 @@ def problems(app) -> dict[str, str]:
 
 
 async def settle(app, pilot):
+    """Wait for this tab's workers (other tabs run watchers that never end)."""
     await pilot.pause()
-    await app.workers.wait_for_complete()
+    await app.workers.wait_for_complete(
+        w for w in app.workers if isinstance(w.node, (TrainTab, SaveYamlDialog))
+    )
     await pilot.pause()
 
 
@@ -282,3 +286,34 @@ def test_the_model_picker_and_the_models_own_modules(workspace, tmp_path):
             assert problems(app) == {}
 
     asyncio.run(go())
+
+
+def test_start_queues_the_job_and_the_runner_trains_it(workspace):
+    from textual.widgets import TabbedContent
+
+    from mlxlora import queue
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            app.query_one("#train-preset", Select).value = str(REPO / "configs" / "tiny.yaml")
+            await settle(app, pilot)
+            await type_into(pilot, app, "#f-name", "開始テスト")
+            await type_into(pilot, app, "#f-training-epochs", "1")
+            cfg = app.query_one(TrainTab).cfg
+            await pilot.press("ctrl+g")
+            await pilot.pause()
+            assert app.query_one(TabbedContent).active == "runs"
+            return cfg
+
+    cfg = asyncio.run(go())
+    (job,) = queue.jobs()
+    assert job.name == "開始テスト" and config.load(job.config) == cfg
+    deadline = time.monotonic() + 240
+    while job.state != "done" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        (job,) = queue.jobs()
+    assert (job.state, job.exit_code, job.error) == ("done", 0, None)
+    events = [json.loads(line) for line in Path(job.run_dir, "events.jsonl").open()]
+    assert events[-1]["type"] == "run_finished"

@@ -3,20 +3,26 @@
 import pytest
 
 from mlxlora.data.analysis import (
+    CHARS_PER_TOKEN,
     TermMatcher,
     analyze,
+    canonical,
     histogram,
     load_terms,
     percentile,
+    sentences,
     term_density,
 )
 from mlxlora.errors import DataError
 
 
 class CharTokenizer:
-    """One token per character, plus one BOS token."""
+    """One token per character, plus one BOS token; remembers the longest text it was given."""
+
+    longest = 0
 
     def encode(self, text):
+        self.longest = max(self.longest, len(text))
         return [0] + [ord(c) for c in text]
 
 
@@ -69,7 +75,8 @@ def test_tokens_and_too_long_on_joined_messages():
     assert r["tokens"]["median"] == 7.0
     assert r["histogram"]["unit"] == "tokens"
     assert sum(b["count"] for b in r["histogram"]["bins"]) == 3
-    assert r["too_long"] == {"max_length": 6, "count": 2, "indices": [1, 2]}
+    # record numbers count from 1: the 2nd and 3rd records are too long
+    assert r["too_long"] == {"max_length": 6, "count": 2, "records": [2, 3]}
 
 
 def test_duplicates_compare_normalized_records():
@@ -82,8 +89,8 @@ def test_duplicates_compare_normalized_records():
     ]
     dup = analyze(recs, "instruction")["duplicates"]
     assert dup["count"] == 3
-    assert dup["indices"] == [1, 3, 4]
-    assert dup["pairs"] == [[0, 1], [0, 3], [2, 4]]
+    assert dup["records"] == [2, 4, 5]
+    assert dup["pairs"] == [[1, 2], [1, 4], [3, 5]]
 
 
 def test_term_matching_japanese_longest_first_non_overlapping():
@@ -131,6 +138,7 @@ def test_term_density_chat_uses_last_assistant_and_text_uses_all():
     assert analyze([chat], "chat", terms=["肺炎", "喘息"])["term_density"] == {
         **td,
         "source": "terms",
+        "without_boilerplate": None,
     }
     assert td["hits"] == 1 and td["answer_chars"] == 2 and td["per_1000_chars"] == 500.0
     r = analyze(texts("肺炎と喘息"), "text", terms=["肺炎", "喘息"])
@@ -159,3 +167,81 @@ def test_terms_file(tmp_path):
 def test_no_records():
     with pytest.raises(DataError):
         analyze([], "text")
+
+
+def test_sentences_japanese_and_english():
+    text = "高血圧です。注意！本当？ Yes. No!\nThird line: 3.5 mg"
+    assert sentences(text) == [
+        "高血圧です。",
+        "注意！",
+        "本当？",
+        "Yes.",
+        "No!",
+        "Third line: 3.5 mg",
+    ]
+    assert (
+        canonical("  詳しくは 医師に\u3000相談してください！") == "詳しくは 医師に 相談してください"
+    )
+    assert canonical("Ask  your DOCTOR.") == canonical("ask your doctor!") == "ask your doctor"
+
+
+def _caution_records():
+    """10 records; 8 end with one caution line (one typed with ！), 4 mention 糖尿病."""
+    caution = "詳しくは医師に相談してください。"  # 16 characters
+    recs = []
+    for i in range(10):
+        body = f"症例{i}は糖尿病です。" if i < 4 else f"症例{i}は軽症です。"  # 10 / 9 characters
+        tail = caution if i < 7 else caution.replace("。", "！") if i == 7 else ""
+        recs.append({"instruction": f"q{i}", "output": body + tail})
+    return recs
+
+
+def test_boilerplate_sentence_and_density_without_it():
+    r = analyze(_caution_records(), "instruction", terms=("mini", ["医師", "糖尿病"]))
+    assert r["boilerplate"] == [
+        {"text": "詳しくは医師に相談してください。", "records": 8, "share": 0.8}
+    ]
+    td = r["term_density"]
+    # with: 4 x 糖尿病 + 8 x 医師 in 4*26 + 4*25 + 2*9 = 222 answer characters
+    assert td["hits"] == 12 and td["answer_chars"] == 222
+    assert td["per_1000_chars"] == pytest.approx(12000 / 222)
+    assert td["records_with_term"] == 8
+    # without the caution line: 4 hits in 4*10 + 6*9 = 94 characters, in 4 records
+    rest = td["without_boilerplate"]
+    assert rest["hits"] == 4 and rest["answer_chars"] == 94
+    assert rest["per_1000_chars"] == pytest.approx(4000 / 94)
+    assert rest["records_with_term"] == 4 and rest["top"] == [["糖尿病", 4]]
+
+
+def test_boilerplate_needs_share_records_and_letters():
+    recs = [{"instruction": f"q{i}", "output": f"答え{i}です。OK."} for i in range(10)]
+    recs[0]["output"] += " Please see a doctor."  # 1 of 10 records
+    recs[1]["output"] += " Please see a doctor."
+    recs[2]["output"] += " Please see a doctor."  # 3 of 10: exactly the 30% share
+    found = analyze(recs, "instruction")["boilerplate"]
+    assert found == [{"text": "Please see a doctor.", "records": 3, "share": 0.3}]  # not "OK."
+    two = [{"text": f"Same line here. Other {i}."} for i in range(2)]
+    assert analyze(two, "text")["boilerplate"] == []  # 100% of records, but only 2
+
+
+def test_near_duplicates_beside_exact_ones():
+    recs = texts("Fever is high.", "fever  is HIGH!", "Fever is high.", "Cough.", "ＣＯＵＧＨ")
+    r = analyze(recs, "text")
+    assert r["duplicates"] == {"count": 1, "records": [3], "pairs": [[1, 3]]}
+    assert r["near_duplicates"] == {"count": 2, "records": [2, 5], "pairs": [[1, 2], [4, 5]]}
+
+
+def test_huge_record_is_tokenized_only_up_to_the_cap():
+    max_length = 64
+    cap = CHARS_PER_TOKEN * max_length
+    huge = "糖尿病。" * 500_000  # 2,000,000 characters
+    tok = CharTokenizer()
+    r = analyze(
+        texts("short", huge), "text", tokenizer=tok, max_length=max_length, terms=["糖尿病"]
+    )
+    assert tok.longest == cap
+    assert r["chars"]["max"] == len(huge)  # the true length is still reported
+    assert r["tokens"]["max"] == cap + 1  # BOS + one token per analysed character
+    assert r["too_long"] == {"max_length": max_length, "count": 1, "records": [2]}
+    assert r["analysed_chars"] == {"cap": cap, "longer": 1}
+    assert r["term_density"]["answer_chars"] == len("short") + cap

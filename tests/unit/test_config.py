@@ -151,3 +151,13 @@ def test_every_preset_loads_and_opens_with_its_command(preset):
     cfg = config.load(preset)
     assert preset.read_text().splitlines()[0] == f"# mlxlora train configs/{preset.name}"
     assert cfg.name
+
+
+def test_dataset_files_are_relative_to_the_config_and_normalised():
+    """configs/quickstart.yaml names ../tutorial/data/quickstart.jsonl: runs show that path
+    without the `configs/..` detour."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = config.load(repo / "configs" / "quickstart.yaml")
+    assert cfg.data.dataset == str(repo / "tutorial" / "data" / "quickstart.jsonl")

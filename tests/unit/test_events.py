@@ -47,7 +47,7 @@ def test_follow_sees_appended_events_until_finish(tmp_path):
             time.sleep(0.02)
         w.emit(
             RunFinished(
-                step=3, final_train_loss=0.3, best_val_loss=None, best_step=None, elapsed_sec=1.0
+                step=3, train_loss_ema=0.3, best_val_loss=None, best_step=None, elapsed_sec=1.0
             )
         )
     t.join(timeout=5)
@@ -73,3 +73,16 @@ def test_tail_reads_only_what_was_appended(tmp_path):
     assert [e.step for e in tail.read()] == [2]
     path.write_text(line + "\n")  # replaced by a shorter file: read from the start again
     assert [e.step for e in tail.read()] == [2]
+
+
+def test_events_of_older_runs_still_parse():
+    # before train_loss_last_epoch / train_loss_ema / loss_ema, a run wrote these lines
+    finished = parse(
+        '{"type": "run_finished", "time": 1.0, "step": 81, "final_train_loss": 0.5852, '
+        '"best_val_loss": 0.1726, "best_step": 81, "elapsed_sec": 12.5, "stopped": false}'
+    )
+    assert isinstance(finished, RunFinished) and finished.best_val_loss == 0.1726
+    assert finished.train_loss_last_epoch is None and finished.train_loss_ema is None
+    old_step = step(2).to_dict()
+    del old_step["loss_ema"]
+    assert parse(json.dumps(old_step)).loss_ema is None

@@ -55,13 +55,24 @@ def test_json_array_and_bom(tmp_path):
     p.write_bytes("\ufeff".encode() + json.dumps([TEXT, TEXT], indent=2).encode())
     records = load_records(p)
     assert records == [TEXT, TEXT]
-    assert records.locations == ["record 0", "record 1"]
+    assert records.locations == ["record 1", "record 2"]
+
+
+def test_json_array_records_count_from_one_like_jsonl_lines(tmp_path):
+    bad = [TEXT, TEXT, TEXT, {"text": 4}]
+    arr = tmp_path / "d.json"
+    arr.write_text(json.dumps(bad))
+    assert error_of(validate, load_records(arr), "text", "d.json").startswith("d.json: record 4: ")
+    lines = write_jsonl(tmp_path / "d.jsonl", bad)
+    assert error_of(validate, load_records(lines), "text", "d.jsonl").startswith("d.jsonl: line 4:")
+    assert error_of(validate, [TEXT, {"text": 4}], "text", "d").startswith("d: record 2: ")
 
 
 def test_single_object_file(tmp_path):
     p = tmp_path / "one.json"
     p.write_text(json.dumps(INSTR, indent=2))
     assert load_records(p) == [INSTR]
+    assert load_records(p).locations == ["record 1"]
     one_line = write_jsonl(tmp_path / "one.jsonl", [INSTR])
     assert load_records(one_line).locations == ["line 1"]
 
@@ -112,7 +123,7 @@ def test_top_level_not_array_or_object(tmp_path, top, kind):
 def test_record_not_an_object(tmp_path):
     p = tmp_path / "d.json"
     p.write_text('[{"text": "a"}, ["text", "b"]]')
-    assert "d.json: record 1: expected a JSON object, got an array" in error_of(load_records, p)
+    assert "d.json: record 2: expected a JSON object, got an array" in error_of(load_records, p)
     q = tmp_path / "d.jsonl"
     q.write_text('{"text": "a"}\n"just a string"\n')
     assert "d.jsonl: line 2: expected a JSON object, got a string" in error_of(load_records, q)
@@ -149,7 +160,7 @@ def test_detect(record, kind):
 def test_detect_unknown_keys_names_record():
     msg = error_of(detect_format, [TEXT, {"question": "q", "answer": "a"}], "d.jsonl")
     assert msg.startswith(
-        'd.jsonl: record 1: cannot tell the format from keys "question", "answer"'
+        'd.jsonl: record 2: cannot tell the format from keys "question", "answer"'
     )
     assert "--type" in msg
 
@@ -243,7 +254,7 @@ def test_valid_records_pass():
 def test_validate_first_problem_names_record_and_field(kind, record, expected):
     good = {"instruction": INSTR, "chat": CHAT, "completion": COMP, "text": TEXT}[kind]
     msg = error_of(validate, [good, good, record], kind, "data.jsonl")
-    assert msg.startswith("data.jsonl: record 2: ")
+    assert msg.startswith("data.jsonl: record 3: ")
     assert expected in msg
 
 

@@ -644,6 +644,19 @@ def test_cache_second_convert_is_instant(tokenizers_, tmp_path, home):
     assert [p.name for p in (home / "models").iterdir() if p.is_dir()] == [first.name]
 
 
+def test_gguf_source_of_a_converted_directory(tokenizers_, tmp_path, home):
+    from mlxlora.models.resolve import gguf_source
+
+    meta, vocab = tokenizers_["llama"]
+    path = write_gguf(tmp_path / "m.gguf", "llama", hf_weights("llama", vocab), meta)
+    converted = g.convert(path, progress=False)
+    assert gguf_source(converted) == {
+        "gguf": str(path.resolve()),
+        "gguf_sha256": g.file_sha256(path),
+    }
+    assert gguf_source(tmp_path) == {}  # not converted from a GGUF
+
+
 def test_shards_past_the_limit(tokenizers_, tmp_path, home, monkeypatch):
     meta, vocab = tokenizers_["qwen2"]
     weights = hf_weights("qwen2", vocab)

@@ -1,10 +1,12 @@
 """The dataset store in $MLXLORA_HOME/datasets."""
 
 import json
+import unicodedata
 
 import pytest
 
 from mlxlora.data import store
+from mlxlora.data.formats import load_records
 from mlxlora.errors import DataError
 
 RECORDS = [
@@ -32,7 +34,8 @@ def stored(home):
 
 def test_import_writes_records_and_meta(home, tmp_path):
     src = write_jsonl(tmp_path / "med.jsonl", RECORDS)
-    meta = store.import_dataset(src, "med", "medical QA")
+    meta, warnings = store.import_dataset(src, "med", "medical QA")
+    assert warnings == []
     d = home / "datasets" / "med"
     assert meta.name == "med" and meta.type == "instruction" and meta.records == 2
     assert meta.description == "medical QA"
@@ -79,11 +82,48 @@ def test_duplicate_name(home, tmp_path):
     assert stored(home) == ["d"]
 
 
-@pytest.mark.parametrize("name", ["", "-x", ".hidden", "a/b", "a b", "日本語", "x" * 101])
-def test_invalid_names(home, tmp_path, name):
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("..", "starts with a dot"),
+        ("../escape", "starts with a dot"),
+        (".hidden", "starts with a dot"),
+        ("a/b", "'/'"),
+        ("医療/../../x", "'/'"),
+        ("a\\b", "'\\\\'"),
+        ("tab\there", "U+0009"),
+        ("x" * 201, "longer than 200 bytes"),
+        ("医" * 67, "longer than 200 bytes"),
+    ],
+)
+def test_invalid_names(home, tmp_path, name, why):
     src = write_jsonl(tmp_path / "d.jsonl", RECORDS)
-    with pytest.raises(DataError, match="invalid dataset name"):
+    with pytest.raises(DataError, match="invalid dataset name") as info:
         store.import_dataset(src, name)
+    assert why in str(info.value) and "\n" not in str(info.value)
+    assert stored(home) == [] and not (home / "escape").exists() and not (tmp_path / "x").exists()
+    with pytest.raises(DataError, match="invalid dataset name"):
+        store.load_dataset(name)
+
+
+NAMES = ["医療専門知識データセット", "données-été", "Ärzte Modell 2", "med_v2 医療", "x" * 200]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_names_in_any_language(home, tmp_path, name):
+    src = write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    typed = unicodedata.normalize("NFD", name)  # as macOS hands over an accented name
+    meta, _ = store.import_dataset(src, typed)
+    assert meta.name == name and stored(home) == [name]
+    assert store.exists(typed) and store.exists(name)
+    assert store.load_dataset(typed)[1] == RECORDS
+    assert store.resolve(typed)[0].name == name
+    with pytest.raises(DataError, match="already exists"):
+        store.import_dataset(src, name)
+    assert [m.name for m in store.list_datasets()] == [name]
+    assert store.remove_dataset(typed).name == name
     assert stored(home) == []
 
 
@@ -171,8 +211,22 @@ def test_resolve_errors(home, tmp_path):
 
 def test_stem_name():
     assert store.stem_name("/x/My Data.v2.JSONL") == "My-Data.v2"
-    assert store.stem_name("日本語.json") == "dataset"
+    assert store.stem_name("医療専門知識データセット.json") == "医療専門知識データセット"
+    assert store.stem_name(unicodedata.normalize("NFD", "été.jsonl")) == "été"
     assert store.stem_name("_under.jsonl") == "under"
+    assert store.stem_name("a?b:c.jsonl") == "a-b-c"
+    assert store.stem_name("???.json") == "dataset"
+    long = store.stem_name("医" * 100 + ".jsonl")
+    assert long == "医" * 66  # 198 bytes: whole characters within the 200-byte limit
+
+
+def test_resolve_file_with_japanese_name(home, tmp_path):
+    src = write_jsonl(tmp_path / "医療専門知識データセット.jsonl", RECORDS)
+    meta, records = store.resolve(str(src))
+    assert meta.name == "医療専門知識データセット" and records == RECORDS
+    write_jsonl(src, RECORDS[:1])
+    digest = store.records_sha256(RECORDS[:1])
+    assert store.resolve(str(src))[0].name == f"医療専門知識データセット-{digest[:8]}"
 
 
 def test_resolve_survives_concurrent_import_of_same_file(home, tmp_path, monkeypatch):
@@ -196,3 +250,29 @@ def test_foreign_directory_in_the_way(home, tmp_path):
         store.import_dataset(write_jsonl(tmp_path / "d.jsonl", RECORDS), "d")
     assert stored(home) == ["d"]
     assert store.list_datasets() == []
+
+
+def test_config_finds_a_dataset_by_a_name_typed_decomposed(home, tmp_path):
+    from mlxlora import config, prepare
+
+    store.import_dataset(write_jsonl(tmp_path / "d.jsonl", RECORDS), "données médicales")
+    typed = unicodedata.normalize("NFD", "données médicales")
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"data:\n  dataset: {typed}\n  validation: {typed}\n", "utf-8")
+    train, val, name = prepare.load_records(config.load(cfg_file))
+    assert name == "données médicales" and len(train) == len(val) == 2
+    assert stored(home) == ["données médicales"]
+
+
+def test_long_records_warn_with_their_location(tmp_path):
+    big = "x" * (store.LONG_RECORD_CHARS + 1)
+    p = write_jsonl(tmp_path / "d.jsonl", [RECORDS[0], {"instruction": "q", "output": big}])
+    records = load_records(p)
+    assert store.long_records(records, "instruction", "d.jsonl") == [
+        f"d.jsonl: line 2 is {store.LONG_RECORD_CHARS + 3:,} characters; training truncates it to "
+        "data.max_length tokens"
+    ]
+    assert store.long_records([{"text": "x" * store.LONG_RECORD_CHARS}], "text") == []
+    many = store.long_records([{"text": big}] * 7, "text", "d")
+    assert len(many) == 6 and many[0].startswith("d: record 1 is ")
+    assert many[-1] == f"d: 2 more records are over {store.LONG_RECORD_CHARS:,} characters"

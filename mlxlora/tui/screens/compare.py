@@ -1,14 +1,128 @@
-"""The Compare tab."""
+"""The Compare tab: pick runs; their numbers and differing config keys side by side, and their
+loss curves overlaid, one colour per run.
+
+Only the picked runs' events are read (a `RunWatcher` restricted to them), so a workspace of
+many long runs costs nothing until they are compared.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import Static
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, SelectionList
+
+from mlxlora import runs
+from mlxlora.experiments import METRICS, config_differences, run_metrics
+from mlxlora.runview import read_config
+from mlxlora.tui.messages import RunsPolled
+from mlxlora.tui.runwatch import RunBook, watch
+from mlxlora.tui.widgets.loss_chart import PALETTE, LossChart, Series
+from mlxlora.tui.widgets.text import num
+
+DRAW_SEC = 0.5
+
+
+def _newest_first(paths: list[Path]) -> list[Path]:
+    """By the time stamp in the directory name, then the name (no events need reading)."""
+    return sorted(paths, key=lambda p: (p.name[len(runs.given_name(p)) :], p.name), reverse=True)
 
 
 class CompareTab(Vertical):
-    """Placeholder until the Compare tab is built (issue 8)."""
+    """Runs to pick beside their curves; below, a row per picked run: the config keys that
+    differ, then the numbers."""
+
+    DEFAULT_CSS = """
+    CompareTab #compare-top { height: 1fr; }
+    CompareTab #compare-pick { width: 30; }
+    CompareTab LossChart { width: 1fr; }
+    CompareTab #compare-table { height: auto; max-height: 45%; }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.book = RunBook()
+        self.picked: list[Path] = []
+        self._listed: list[Path] = []
+        self._dirty = False
 
     def compose(self) -> ComposeResult:
-        yield Static("Compare: not built yet")
+        with Horizontal(id="compare-top"):
+            yield SelectionList[str](id="compare-pick")
+            yield LossChart("train loss (smoothed) and val loss (o)", id="compare-chart")
+        yield DataTable(id="compare-table", cursor_type="row")
+
+    def on_mount(self) -> None:
+        self._draw_table([])  # the hint to pick runs
+        self.watch_runs()
+        self.set_interval(DRAW_SEC, self.redraw)
+
+    def on_show(self) -> None:
+        self.query_one(SelectionList).focus()  # space picks a run straight away
+
+    @work(thread=True, exit_on_error=False, group="compare-watch")
+    def watch_runs(self) -> None:
+        watch(self, only=lambda: set(self.picked))
+
+    def on_runs_polled(self, message: RunsPolled) -> None:
+        self._dirty = self.book.apply(message.poll) or self._dirty
+
+    def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
+        self.picked = [Path(v) for v in event.selection_list.selected]
+        self._dirty = True
+
+    def redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        self._draw_list()
+        picked = [p for p in self.picked if p in self.book.views]
+        self._draw_table(picked)
+        self._draw_chart(picked)
+
+    def _draw_list(self) -> None:
+        present = _newest_first(self.book.present)
+        if present == self._listed:
+            return
+        pick = self.query_one(SelectionList)
+        pick.clear_options()
+        pick.add_options((p.name, str(p), p in self.picked) for p in present)
+        self._listed = present
+        self.picked = [p for p in self.picked if p in present]
+
+    def _draw_table(self, picked: list[Path]) -> None:
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        if len(picked) < 2:
+            table.add_column("pick two or more runs to compare them")
+            return
+        differing = config_differences([read_config(runs.RunPaths(p).config) for p in picked])
+        table.add_column("run")
+        for key in _short_names(list(differing)):
+            table.add_column(key)
+        for _, title, _ in METRICS:
+            table.add_column(title)
+        for i, path in enumerate(picked):
+            metrics = run_metrics(self.book.views[path])
+            cells = [Text(runs.given_name(path), style=PALETTE[i % len(PALETTE)])]
+            cells += [Text(str(values[i])) for values in differing.values()]
+            cells += [Text(num(metrics.get(key), spec)) for key, _, spec in METRICS]
+            table.add_row(*cells, key=str(path))
+
+    def _draw_chart(self, picked: list[Path]) -> None:
+        series = []
+        for i, path in enumerate(picked):
+            view, color = self.book.views[path], PALETTE[i % len(PALETTE)]
+            name = runs.given_name(path)
+            series.append(Series(name, view.smooth.x, view.smooth.y, color))
+            series.append(Series("", view.val.x, view.val.y, color, points=True))
+        self.query_one(LossChart).plot(series)
+
+
+def _short_names(keys: list[str]) -> list[str]:
+    """Column titles: a key's last part (`rank`) where no other key ends the same."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return [part if last.count(part) == 1 else key for key, part in zip(keys, last, strict=True)]

@@ -1,14 +1,215 @@
-"""The Runs tab."""
+"""The Runs tab: every run and queued job with live status; the selected one in detail.
+
+A worker thread tails every run's events (`RunWatcher`) and posts the news; this widget folds
+it into one `RunView` per run and redraws what changed at most `DRAW_SEC` apart, however fast
+events arrive. Stop, Resume and Delete act on the selected row.
+"""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import Static
+from textual.widgets import DataTable
+
+from mlxlora import memory, queue, runs
+from mlxlora.errors import MlxloraError
+from mlxlora.tui.messages import RunsPolled
+from mlxlora.tui.runwatch import RunBook, watch
+from mlxlora.tui.screens.run_detail import RunDetail
+from mlxlora.tui.widgets.confirm import Confirm
+from mlxlora.tui.widgets.text import num, sparkline
+
+DRAW_SEC = 0.25
+COLUMNS = ("name", "status", "step", "loss", "best val", "loss curve")
+RESUMABLE = ("stopped", "interrupted", "failed")
 
 
 class RunsTab(Vertical):
-    """Placeholder until the Runs tab is built (issue 8)."""
+    """Runs and queued jobs in a table; the highlighted one's chart and numbers below."""
+
+    DEFAULT_CSS = """
+    RunsTab #runs-table { height: auto; max-height: 30%; min-height: 4; }
+    """
+    BINDINGS = [
+        Binding("s", "stop_run", "Stop run"),
+        Binding("r", "resume_run", "Resume run"),
+        Binding("d", "delete_run", "Delete run"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.book = RunBook()
+        self._dirty = False  # news arrived since the last redraw
+        self._catching_up = False
+        self._rows: dict[str, tuple] = {}  # row key -> cells as drawn
 
     def compose(self) -> ComposeResult:
-        yield Static("Runs: not built yet")
+        yield DataTable(id="runs-table", cursor_type="row")
+        yield RunDetail(id="run-detail")
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for column in COLUMNS:
+            table.add_column(column, key=column)
+        self.query_one(RunDetail).machine_bytes = memory.total_memory()
+        self.watch_runs()
+        self.set_interval(DRAW_SEC, self.redraw)
+
+    def on_show(self) -> None:
+        self.query_one(DataTable).focus()  # the tab's keys act on the table's selected row
+
+    @work(thread=True, exit_on_error=False, group="runs-watch")
+    def watch_runs(self) -> None:
+        queue.ensure_runner()  # jobs queued while no app and no runner was around
+        watch(self)
+
+    def on_runs_polled(self, message: RunsPolled) -> None:
+        self._dirty = self.book.apply(message.poll) or self._dirty
+        self._catching_up = message.poll.behind  # a big run is still arriving: draw it once
+
+    # --- drawing --------------------------------------------------------------------------
+
+    def rows(self) -> dict[str, tuple]:
+        """Cells of every row by key: jobs without a run first, then runs newest first."""
+        rows = {}
+        for job in self.book.jobs:
+            status = _job_status(job)
+            if status:
+                rows[f"job:{job.id}"] = (job.name, status, "", "", "", "")
+        by_age = sorted(self.book.views.values(), key=lambda v: v.first_time or 0, reverse=True)
+        for view in by_age:
+            best = view.best_eval
+            rows[str(view.path)] = (
+                view.path.name,
+                self.book.status(view.path),
+                f"{view.step}/{view.total_steps or '-'}",
+                num(view.train.last()),
+                num(best.val_loss if best else None),
+                sparkline(view.smooth.y, 12),
+            )
+        return rows
+
+    def redraw(self) -> None:
+        if not self._dirty or self._catching_up:
+            return
+        self._draw_table()
+        self._draw_detail()
+        self._dirty = False
+
+    def _draw_table(self) -> None:
+        table = self.query_one(DataTable)
+        rows = self.rows()
+        if list(rows) == list(self._rows):
+            for key, cells in rows.items():
+                for column, old, new in zip(COLUMNS, self._rows[key], cells, strict=True):
+                    if old != new:
+                        table.update_cell(key, column, Text(new), update_width=True)
+        else:
+            selected = self.selected_key()
+            table.clear()
+            for key, cells in rows.items():
+                table.add_row(*map(Text, cells), key=key)
+            if selected in rows:
+                table.move_cursor(row=list(rows).index(selected))
+        self._rows = rows
+
+    def _draw_detail(self) -> None:
+        key, book = self.selected_key(), self.book
+        detail = self.query_one(RunDetail)
+        job = next((j for j in book.jobs if f"job:{j.id}" == key), None)
+        if job:
+            detail.show_job(job, _job_status(job) or job.state)
+        elif key and Path(key) in book.views:
+            path = Path(key)
+            detail.show(book.views[path], book.status(path))
+
+    def selected_key(self) -> str | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self._draw_detail()
+
+    # --- actions --------------------------------------------------------------------------
+
+    def _selected_run(self) -> Path | None:
+        key = self.selected_key()
+        return Path(key) if key and Path(key) in self.book.views else None
+
+    def action_stop_run(self) -> None:
+        """Ask the selected running run to checkpoint and stop (the STOP file)."""
+        path = self._selected_run()
+        if path is None or self.book.status(path) != "running":
+            self.notify("Only a running run can be stopped", severity="warning")
+            return
+        runs.RunPaths(path).stop_request.touch()
+        self.notify(f"Stopping {path.name} after its current step (checkpoint kept)")
+
+    def action_resume_run(self) -> None:
+        """Queue the selected stopped, interrupted or failed run to continue."""
+        path = self._selected_run()
+        status = self.book.status(path) if path else None
+        if path is None or status not in RESUMABLE:
+            self.notify("Only a stopped, interrupted or failed run resumes", severity="warning")
+            return
+        try:
+            runs.check_resumable(runs.RunPaths(path))
+        except MlxloraError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        queue.add_resume(path)
+        queue.ensure_runner()
+        self.notify(f"Queued: resume {path.name}")
+
+    def action_delete_run(self) -> None:
+        """Delete the selected run's directory (asks first), or drop a queued job."""
+        key = self.selected_key()
+        if key is None:
+            return
+        if key.startswith("job:"):
+            self._delete_job(key.removeprefix("job:"))
+            return
+        path = self._selected_run()
+        if path is None:
+            return
+        if self.book.status(path) == "running":
+            self.notify("A running run is not deleted; stop it first", severity="warning")
+            return
+        question = f"Delete run {path.name} with its adapters and checkpoints?"
+        self.app.push_screen(Confirm(question), lambda yes: yes and self._delete_run(path))
+
+    def _delete_run(self, path: Path) -> None:
+        if runs.is_locked(runs.RunPaths(path)):  # started since the question was asked
+            self.notify(f"{path.name} is running now; not deleted", severity="error")
+            return
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            self.notify(f"{path.name}: {exc}", severity="error")
+            return
+        self.notify(f"Deleted {path.name}")
+
+    def _delete_job(self, job_id: str) -> None:
+        try:
+            job = queue.remove(job_id)
+        except MlxloraError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"Removed queued job {job.name}")
+
+
+def _job_status(job: queue.Job) -> str | None:
+    """How a job without a run directory shows; None for a job whose run shows it."""
+    if job.run_dir:
+        return None
+    if job.state == "done":
+        return "failed" if job.exit_code else None
+    return "starting" if job.state == "running" else "queued"

@@ -1,4 +1,4 @@
-"""A yes/no question in a modal dialog."""
+"""A yes/no question over the screen, for actions that cannot be undone."""
 
 from __future__ import annotations
 
@@ -9,38 +9,47 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 
-class ConfirmDialog(ModalScreen[bool]):
-    """Asks `question`; dismisses with True for yes, False for no or escape."""
+class Confirm(ModalScreen[bool]):
+    """Dismisses with True for yes (`y`, the Yes button), False for no (`n`, Escape)."""
 
     DEFAULT_CSS = """
-    ConfirmDialog { align: center middle; }
-    ConfirmDialog > Vertical {
-        width: 60; max-width: 90%; height: auto;
-        border: thick $warning; background: $surface; padding: 1 2;
+    Confirm {
+        align: center middle;
     }
-    ConfirmDialog #confirm-buttons { height: auto; margin-top: 1; }
-    ConfirmDialog Button { margin-right: 2; }
+    Confirm > Vertical {
+        width: 60;
+        max-width: 90%;
+        height: auto;
+        border: thick $error;
+        background: $surface;
+        padding: 1 2;
+    }
+    Confirm Horizontal {
+        height: auto;
+        margin-top: 1;
+    }
+    Confirm Button {
+        margin-right: 2;
+    }
     """
     BINDINGS = [
         Binding("y", "answer(True)", "Yes"),
         Binding("n,escape", "answer(False)", "No"),
     ]
 
-    def __init__(self, question: str, yes: str = "Yes"):
+    def __init__(self, question: str):
         super().__init__()
         self.question = question
-        self.yes = yes
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.question, id="confirm-question", markup=False)
-            with Horizontal(id="confirm-buttons"):
-                yield Button(self.yes, variant="error", id="confirm-yes", compact=True)
-                yield Button("No", id="confirm-no", compact=True)
+            yield Static(self.question)
+            with Horizontal():
+                yield Button("Yes (y)", variant="error", id="yes")
+                yield Button("No (n)", id="no")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        event.stop()
-        self.dismiss(event.button.id == "confirm-yes")
+        self.dismiss(event.button.id == "yes")
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)

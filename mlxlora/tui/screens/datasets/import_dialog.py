@@ -19,9 +19,10 @@ from mlxlora.tui.widgets.file_picker import FilePicker
 AUTO = "auto"
 
 
-class ImportDialog(ModalScreen[str | None]):
-    """Dismisses with the stored dataset's name, or None when cancelled. An import that fails
-    shows the engine's one-line error and stores nothing (the store imports atomically)."""
+class ImportDialog(ModalScreen[tuple[str, list[str]] | None]):
+    """Dismisses with the stored dataset's name and the import's warnings, or None when
+    cancelled. An import that fails shows the engine's one-line error and stores nothing
+    (the store imports atomically)."""
 
     DEFAULT_CSS = """
     ImportDialog { align: center middle; }
@@ -98,11 +99,13 @@ class ImportDialog(ModalScreen[str | None]):
     def _import(self, path: str, name: str, description: str, kind: str) -> None:
         """Validates every record, so it runs off the UI thread."""
         try:
-            meta = store.import_dataset(path, name, description, None if kind == AUTO else kind)
+            meta, warnings = store.import_dataset(
+                path, name, description, None if kind == AUTO else kind
+            )
         except MlxloraError as exc:
             self.app.call_from_thread(self._error, str(exc))
             return
-        self.app.call_from_thread(self.dismiss, meta.name)
+        self.app.call_from_thread(self.dismiss, (meta.name, warnings))
 
     def _error(self, text: str) -> None:
         self.query_one("#import-error", Static).update(text)

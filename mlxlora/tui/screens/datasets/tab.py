@@ -19,7 +19,7 @@ from mlxlora.data import store
 from mlxlora.errors import MlxloraError
 from mlxlora.tui.screens.datasets.import_dialog import ImportDialog
 from mlxlora.tui.screens.datasets.view import load_report, preview_text, report_text
-from mlxlora.tui.widgets.confirm import ConfirmDialog
+from mlxlora.tui.widgets.confirm import Confirm
 
 COLUMNS = ("name", "type", "records", "created", "description")
 BROKEN = "broken:"  # row key prefix of a store directory that is not a readable dataset
@@ -189,19 +189,18 @@ class DatasetsTab(Vertical):
     def action_import_dataset(self) -> None:
         self.app.push_screen(ImportDialog(), self._imported)
 
-    def _imported(self, name: str | None) -> None:
-        if name:
+    def _imported(self, result: tuple[str, list[str]] | None) -> None:
+        if result:
+            name, warnings = result
             self.action_refresh(select=name)
-            self._status(f"imported {name}")
+            self._status("; ".join([f"imported {name}", *warnings]))
 
     def action_delete_dataset(self) -> None:
         name = self.selected
         if not name or name.startswith(BROKEN):
             return
         question = f"Delete dataset {name}? Its stored records are removed from the workspace."
-        self.app.push_screen(
-            ConfirmDialog(question, yes="Delete"), lambda yes: self._delete(name, yes)
-        )
+        self.app.push_screen(Confirm(question), lambda yes: self._delete(name, yes))
 
     def _delete(self, name: str, yes: bool | None) -> None:
         if not yes:

@@ -1,0 +1,22 @@
+"""Numbers and durations as short text, the same in the CLI and the studio.
+
+What does not exist (no validation set, a run not finished) is shown as NONE, never `None`.
+"""
+
+from __future__ import annotations
+
+NONE = "—"
+
+
+def num(value: float | None, spec: str = ".4f") -> str:
+    """`value` formatted with `spec`; NONE when unknown."""
+    return NONE if value is None else format(value, spec)
+
+
+def clock(seconds: float | None) -> str:
+    """2:03 or 1:02:03; NONE when unknown (before the speed is known)."""
+    if seconds is None:
+        return NONE
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,0 +1,131 @@
+"""What this machine has right now: memory in use and available (what `free -h` and Activity
+Monitor show), the disk a workspace uses and the space left. Imports no mlx or torch.
+
+`mlxlora.memory` plans training against the machine's total; this module reads the live
+figures the System tab refreshes every few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MEMINFO = Path("/proc/meminfo")
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    """Bytes of physical (on Apple Silicon: unified) memory."""
+
+    total: int
+    available: int  # what programs can still get without swapping (MemAvailable)
+
+    @property
+    def used(self) -> int:
+        """In use by programs: total less available, as `free` counts it."""
+        return self.total - self.available
+
+
+def memory_usage() -> MemoryUsage | None:
+    """Total and available memory now, or None where this system does not say."""
+    try:
+        if sys.platform == "darwin":
+            return _darwin_usage()
+        return parse_meminfo(MEMINFO.read_text())
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        return None
+
+
+def parse_meminfo(text: str) -> MemoryUsage:
+    """MemTotal and MemAvailable of Linux's /proc/meminfo (given in KiB)."""
+    kib = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if value.strip().endswith("kB"):
+            kib[key] = int(value.split()[0])
+    return MemoryUsage(total=kib["MemTotal"] * 1024, available=kib["MemAvailable"] * 1024)
+
+
+def _darwin_usage() -> MemoryUsage:
+    def run(*cmd: str) -> str:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True).stdout
+
+    return parse_vm_stat(int(run("sysctl", "-n", "hw.memsize")), run("vm_stat"))
+
+
+def parse_vm_stat(total: int, text: str) -> MemoryUsage:
+    """macOS: free, inactive and speculative pages of `vm_stat` are what programs can still get
+    (file cache the system drops on demand), as Activity Monitor's "Memory Used" implies."""
+    page = int(re.search(r"page size of (\d+) bytes", text)[1])
+    pages = {
+        key.strip(): int(value.strip().rstrip("."))
+        for key, _, value in (line.partition(":") for line in text.splitlines()[1:])
+        if value.strip().rstrip(".").isdigit()
+    }
+    free = sum(pages.get(f"Pages {kind}", 0) for kind in ("free", "inactive", "speculative"))
+    return MemoryUsage(total=total, available=min(total, free * page))
+
+
+def disk_free(path: Path) -> int | None:
+    """Free bytes on the disk that holds `path` (or would: its nearest existing parent)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class DiskUse:
+    bytes: int
+    complete: bool  # False: the walk hit its bounds and `bytes` is a lower bound
+
+
+def disk_use(root: Path, max_entries: int = 200_000, max_seconds: float = 10.0) -> DiskUse:
+    """Bytes `root` takes on disk, as `du -s` counts them (allocated blocks, a hard-linked file
+    once, symlinks not followed), walking at most `max_entries` entries or `max_seconds`."""
+    deadline = time.monotonic() + max_seconds
+    seen: set[tuple[int, int]] = set()
+    try:
+        total = _blocks(root.lstat())  # the directory itself, as du counts it
+    except OSError:
+        return DiskUse(0, complete=True)
+    entries, stack = 0, [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as found:
+                for entry in found:
+                    entries += 1
+                    if entries > max_entries or time.monotonic() > deadline:
+                        return DiskUse(total, complete=False)
+                    total += _allocated(entry, seen)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+        except OSError:  # vanished or unreadable while we walked: count the rest
+            continue
+    return DiskUse(total, complete=True)
+
+
+def _allocated(entry: os.DirEntry, seen: set[tuple[int, int]]) -> int:
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return 0
+    if st.st_nlink > 1 and not entry.is_dir(follow_symlinks=False):
+        if (st.st_dev, st.st_ino) in seen:
+            return 0
+        seen.add((st.st_dev, st.st_ino))
+    return _blocks(st)
+
+
+def _blocks(st: os.stat_result) -> int:
+    return st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size

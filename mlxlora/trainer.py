@@ -1,0 +1,274 @@
+"""The backend-agnostic training loop: epochs, schedule, accumulation, evaluation, early
+stopping and checkpoints. It talks to a backend through backends/base.py and to the world only
+through events and the files of the run directory; engine.py runs it as a job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mlxlora import metrics
+from mlxlora.data import batching
+from mlxlora.errors import TrainingFailed
+from mlxlora.evaluate import messages_for
+from mlxlora.events import (
+    Checkpoint,
+    EarlyStop,
+    EpochEnd,
+    Eval,
+    EventWriter,
+    RunFailed,
+    Sample,
+    Step,
+)
+from mlxlora.prepare import Prepared
+from mlxlora.runs import ADAPTER_FILES, RunPaths, atomic_dir, atomic_write_text
+
+KEEP_CHECKPOINTS = 2  # rolling step checkpoints kept besides best/
+SAMPLE_MAX_TOKENS = 64
+
+
+@dataclass
+class TrainerState:
+    """Where the loop stands; saved with every checkpoint so a resumed run continues exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch in progress (0-based)
+    batch_in_epoch: int = 0  # micro-batches of this epoch already trained on
+    best_val_loss: float | None = None  # the lowest validation loss so far
+    best_step: int | None = None
+    # Patience counts evaluations since the loss last fell by more than min_delta below
+    # patience_val_loss (the loss of that evaluation); best ignores min_delta.
+    evals_since_best: int = 0
+    patience_val_loss: float | None = None
+    elapsed: float = 0.0
+    last_train_loss: float | None = None  # the last step's raw loss
+    loss_ema: float | None = None  # metrics.ema over every step's loss
+    completed_epoch_loss: float | None = None  # mean train loss of the last completed epoch
+    epoch_losses: list[float] = field(default_factory=list)
+
+    def train_loss_last_epoch(self) -> float | None:
+        """Mean train loss of the epoch in progress, or of the last completed one if none is."""
+        if self.epoch_losses:
+            return sum(self.epoch_losses) / len(self.epoch_losses)
+        return self.completed_epoch_loss
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM or by a STOP file in the run directory (how the TUI asks)."""
+
+    def __init__(self, paths: RunPaths):
+        self.paths = paths
+        self.signal: str | None = None  # "SIGINT" or "SIGTERM" once one asked to stop
+
+    def __call__(self, signum: int, _frame=None):
+        self.signal = signal.Signals(signum).name
+
+    def is_set(self) -> bool:
+        return self.signal is not None or self.paths.stop_request.exists()
+
+
+class Trainer:
+    def __init__(self, prep: Prepared, events: EventWriter, state: TrainerState):
+        self.p, self.events, self.state = prep, events, state
+        self.cfg = prep.config
+        self.t = prep.config.training
+        self.stop = StopFlag(prep.paths)
+        self._started = time.perf_counter() - state.elapsed
+
+    # --- evaluation and checkpoints --------------------------------------------------
+
+    def evaluate(self) -> float | None:
+        if not self.p.val:
+            return None
+        # Shuffled with a fixed seed: the same batches every evaluation, and a val_batches
+        # limit samples all lengths instead of taking the shortest records.
+        batches = batching.batch_order(self.p.val, self.t.batch_size, self.t.seed, 0)
+        if self.t.val_batches > 0:
+            batches = batches[: self.t.val_batches]
+        total, tokens = 0.0, 0
+        for idx in batches:
+            loss, n = self.p.backend.eval_loss(batching.collate([self.p.val[i] for i in idx]))
+            total, tokens = total + loss, tokens + n
+        return total / max(tokens, 1)
+
+    def baseline_eval(self) -> None:
+        """Validation loss of the untouched model: the number every later eval is read against.
+        Reported only; it is not a checkpoint and does not count for early stopping."""
+        val_loss = self.evaluate()
+        if val_loss is not None:
+            ppl = _perplexity(val_loss)
+            self.events.emit(Eval(step=0, epoch=0.0, val_loss=val_loss, perplexity=ppl))
+
+    def checkpoint(self, val_loss: float | None) -> None:
+        s, paths, backend = self.state, self.p.paths, self.p.backend
+        if val_loss is not None and not math.isfinite(val_loss):
+            self.fail(
+                f"validation loss became {val_loss} at step {s.step}; lower the learning rate"
+            )
+        improved = val_loss is not None and self._record_eval(val_loss)
+        if val_loss is not None:
+            self.events.emit(
+                Eval(
+                    step=s.step,
+                    epoch=self._epoch_float(),
+                    val_loss=val_loss,
+                    perplexity=_perplexity(val_loss),
+                    best=improved,
+                )
+            )
+        s.elapsed = self.elapsed()
+        target = paths.checkpoint(s.step)
+        with atomic_dir(target) as tmp:
+            backend.save_state(tmp)
+            atomic_write_text(tmp / "trainer_state.json", json.dumps(asdict(s), indent=2))
+        self._publish_latest_adapter(target)
+        if improved:
+            with atomic_dir(paths.best) as tmp:
+                backend.save_adapter(tmp)
+        for old in sorted(paths.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.events.emit(Checkpoint(step=s.step, path=str(target), best=improved))
+
+    def _record_eval(self, val_loss: float) -> bool:
+        """Update best and patience with a validation loss; True when it is the lowest yet."""
+        s, min_delta = self.state, self.t.early_stopping.min_delta
+        lowest = s.best_val_loss is None or val_loss < s.best_val_loss
+        if lowest:
+            s.best_val_loss, s.best_step = val_loss, s.step
+        if s.patience_val_loss is None or val_loss < s.patience_val_loss - min_delta:
+            s.patience_val_loss, s.evals_since_best = val_loss, 0
+        else:
+            s.evals_since_best += 1
+        return lowest
+
+    def _publish_latest_adapter(self, checkpoint: Path) -> None:
+        """adapters/adapters.safetensors + adapter_config.json always hold the latest weights."""
+        for name in ADAPTER_FILES:
+            tmp = self.p.paths.adapters / f".{name}.tmp"
+            tmp.write_bytes((checkpoint / name).read_bytes())
+            os.replace(tmp, self.p.paths.adapters / name)
+
+    def elapsed(self) -> float:
+        """Training seconds so far, across resumes."""
+        return time.perf_counter() - self._started
+
+    def _epoch_float(self) -> float:
+        return self.state.step / self.p.steps_per_epoch
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Train to the end, an early stop, or a stop request. Returns how it ended."""
+        s, t = self.state, self.t
+        last_eval_step = s.step if s.step else -1
+        if s.step == 0:
+            self.baseline_eval()
+        while s.step < self.p.total_steps:
+            order = batching.batch_order(self.p.train, t.batch_size, t.seed, s.epoch)
+            while s.batch_in_epoch < len(order) and s.step < self.p.total_steps:
+                group = order[s.batch_in_epoch : s.batch_in_epoch + t.grad_accumulation]
+                self.train_step(group)
+                s.batch_in_epoch += len(group)
+                if t.eval_every and s.step % t.eval_every == 0:
+                    self.checkpoint(self.evaluate())
+                    last_eval_step = s.step
+                    if self.should_stop_early():
+                        return "early_stop"
+                if self.stop.is_set():
+                    if last_eval_step != s.step:
+                        self.checkpoint(None)
+                    return "stopped"
+            if s.batch_in_epoch >= len(order):
+                loss = sum(s.epoch_losses) / max(len(s.epoch_losses), 1)
+                self.events.emit(EpochEnd(epoch=s.epoch + 1, step=s.step, train_loss=loss))
+                s.epoch, s.batch_in_epoch, s.epoch_losses = s.epoch + 1, 0, []
+                s.completed_epoch_loss = loss
+                if not t.eval_every:
+                    self.checkpoint(self.evaluate())
+                    last_eval_step = s.step
+                    if self.should_stop_early():
+                        return "early_stop"
+        if last_eval_step != s.step:
+            self.checkpoint(self.evaluate())
+        return "completed"
+
+    def train_step(self, group: list[list[int]]) -> None:
+        s, t, backend = self.state, self.t, self.p.backend
+        tic = time.perf_counter()
+        losses, real, pad_total = [], 0, 0
+        for i, idx in enumerate(group):
+            batch = batching.collate([self.p.train[j] for j in idx])
+            loss = backend.accumulate(batch, seed=(t.seed * 1_000_003 + s.step) * 64 + i)
+            if not math.isfinite(loss):
+                self.fail(f"loss became {loss} at step {s.step + 1}; lower training.learning_rate")
+            losses.append(loss)
+            real += batch.real_tokens
+            pad_total += batch.tokens.size
+        lr = self.p.schedule(s.step + 1)
+        norm = backend.update(lr, t.grad_clip, len(group))
+        if not math.isfinite(norm):
+            self.fail(
+                f"gradient norm became {norm} at step {s.step + 1}; lower training.learning_rate"
+            )
+        s.step += 1
+        loss = sum(losses) / len(losses)
+        s.last_train_loss = loss
+        s.loss_ema = metrics.ema(s.loss_ema, loss)
+        s.epoch_losses.append(loss)
+        if s.step % t.log_every == 0 or s.step == self.p.total_steps:
+            dt = time.perf_counter() - tic
+            self.events.emit(
+                Step(
+                    step=s.step,
+                    epoch=round(self._epoch_float(), 4),
+                    loss=loss,
+                    loss_ema=s.loss_ema,
+                    lr=lr,
+                    tokens=real,
+                    tokens_per_sec=real / dt,
+                    grad_norm=norm,
+                    peak_memory_gb=backend.peak_memory_bytes() / 1e9,
+                    padding_fraction=1 - real / pad_total,
+                )
+            )
+
+    def answer_samples(self, when: str) -> None:
+        for prompt in self.cfg.samples:
+            answer = self.p.backend.generate(messages_for(prompt), SAMPLE_MAX_TOKENS)
+            self.events.emit(Sample(step=self.state.step, when=when, prompt=prompt, answer=answer))
+
+    def should_stop_early(self) -> bool:
+        es, s = self.t.early_stopping, self.state
+        if es.patience and s.best_val_loss is not None and s.evals_since_best >= es.patience:
+            self.events.emit(
+                EarlyStop(
+                    step=s.step,
+                    best_step=s.best_step,
+                    best_val_loss=s.best_val_loss,
+                    patience=es.patience,
+                )
+            )
+            return True
+        return False
+
+    def fail(self, reason: str) -> None:
+        last = self.p.paths.latest_checkpoint()
+        self.events.emit(
+            RunFailed(
+                reason=reason, step=self.state.step, last_checkpoint=str(last) if last else None
+            )
+        )
+        kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
+        raise TrainingFailed(reason + kept)
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))

@@ -1,0 +1,180 @@
+"""The Runs tab's lower half: one run's loss chart, numbers, progress, failure, samples, log."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
+from textual.widgets import Label, Log, ProgressBar, Static
+
+from mlxlora.events import (
+    Checkpoint,
+    EarlyStop,
+    EpochEnd,
+    Eval,
+    Event,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    Sample,
+    Step,
+)
+from mlxlora.memory import GIB
+from mlxlora.queue import Job
+from mlxlora.runview import RunView
+from mlxlora.tui.widgets.loss_chart import LossChart, Series
+from mlxlora.tui.widgets.text import clock, num
+
+LOG_LINES = 200
+
+
+def describe(event: Event) -> str:
+    """One log line for an event."""
+    match event:
+        case Step():
+            return f"step {event.step} loss {event.loss:.4f} lr {event.lr:.1e}"
+        case Eval():
+            return f"eval step {event.step} val {event.val_loss:.4f}" + (
+                " best" if event.best else ""
+            )
+        case RunStarted():
+            resumed = (
+                f" resumed at step {event.resumed_from_step}" if event.resumed_from_step else ""
+            )
+            return f"started {event.model} on {event.device}{resumed}"
+        case EpochEnd():
+            return f"epoch {event.epoch} ended, train loss {event.train_loss:.4f}"
+        case Checkpoint():
+            return f"checkpoint step {event.step}" + (" (best)" if event.best else "")
+        case Sample():
+            return f"sample {event.when}: {event.prompt}"
+        case EarlyStop():
+            return f"early stop at step {event.step}: best {event.best_val_loss:.4f}"
+        case RunFinished():
+            return f"stopped at step {event.step}" if event.stopped else "finished"
+        case RunFailed():
+            return f"failed: {event.reason}"
+    return event.type
+
+
+class RunDetail(Horizontal):
+    """What one run (or a job that has no run yet) shows; `show()` redraws it."""
+
+    DEFAULT_CSS = """
+    RunDetail { height: 1fr; }
+    RunDetail LossChart { width: 1fr; }
+    RunDetail #run-side { width: 40; padding: 0 0 0 1; }
+    RunDetail .bar { height: 1; }
+    RunDetail .bar Label { width: 6; }
+    RunDetail .bar ProgressBar, RunDetail .bar Bar { width: 1fr; }
+    RunDetail #run-failure { color: $error; text-style: bold; }
+    RunDetail #run-samples { margin-top: 1; }
+    RunDetail Log { height: 12; margin-top: 1; }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.machine_bytes: int | None = None
+        self._logged: tuple[object, int] = (None, 0)  # (run shown, events written to the log)
+
+    def compose(self) -> ComposeResult:
+        yield LossChart("loss", id="run-chart")
+        with VerticalScroll(id="run-side"):
+            yield Static(id="run-stats")
+            with Horizontal(classes="bar"):
+                yield Label("epoch")
+                yield ProgressBar(id="epoch-progress", show_eta=False)
+            with Horizontal(classes="bar"):
+                yield Label("total")
+                yield ProgressBar(id="total-progress", show_eta=False)
+            yield Static(id="run-failure")
+            yield Static(id="run-samples")
+            yield Log(id="run-log", max_lines=LOG_LINES)
+
+    def show(self, view: RunView, status: str) -> None:
+        self.query_one("#run-stats", Static).update(Content(self._stats(view, status)))
+        epoch_done, _ = view.epoch_progress()
+        self.query_one("#epoch-progress", ProgressBar).update(total=1.0, progress=epoch_done)
+        self.query_one("#total-progress", ProgressBar).update(
+            total=view.total_steps or None, progress=view.step
+        )
+        self.query_one("#run-failure", Static).update(
+            Content(f"failed: {view.failure}" if view.failure else "")
+        )
+        self.query_one("#run-samples", Static).update(Content(_samples(view)))
+        self._log(view)
+        self.query_one(LossChart).plot(
+            [
+                Series("train", view.train.x, view.train.y, "gray"),
+                Series("smoothed", view.smooth.x, view.smooth.y, "cyan"),
+                Series("val", view.val.x, view.val.y, "orange", points=True),
+            ],
+            vlines=[s for s in view.epoch_ends if s < view.step],  # not the last step's
+        )
+
+    def show_job(self, job: Job, status: str) -> None:
+        """A queued job, or one that failed before it started a run."""
+        self.query_one("#run-stats", Static).update(
+            Content(f"{job.name}\nstatus  {status}\njob     {job.id} ({job.kind})")
+        )
+        for bar in self.query(ProgressBar):
+            bar.update(total=None, progress=0)
+        self.query_one("#run-failure", Static).update(
+            Content(f"failed: {job.error}" if job.error else "")
+        )
+        self.query_one("#run-samples", Static).update("")
+        self.query_one(Log).clear()
+        self._logged = (job, 0)
+        self.query_one(LossChart).plot([])
+
+    def _stats(self, view: RunView, status: str) -> str:
+        start, step = view.started, view.last_step
+        best = view.best_eval
+        _, epochs = view.epoch_progress()
+        eta = view.eta_seconds() if status == "running" else None
+        lines = [
+            f"{view.path.name}",
+            f"status  {status}",
+            f"model   {start.model if start else '-'}",
+            f"step    {view.step}/{view.total_steps or '-'}"
+            + (f"  epoch {step.epoch:.2f}/{epochs}" if step else ""),
+            f"loss    {num(step.loss if step else None)}  smoothed {num(view.smooth.last())}",
+            f"val     {num(view.val.last())}  best {num(best.val_loss if best else None)}"
+            + (f" @{best.step}" if best else ""),
+            f"lr      {num(step.lr if step else None, '.2e')}",
+            f"tok/s   {num(step.tokens_per_sec if step else None, '.0f')}",
+            f"memory  {self._memory(view)}",
+            f"ETA     {clock(eta)}  elapsed {clock(view.elapsed_sec)}",
+        ]
+        return "\n".join(lines)
+
+    def _memory(self, view: RunView) -> str:
+        peak = view.peak_memory
+        machine = f" of {self.machine_bytes / GIB:.0f} GiB" if self.machine_bytes else ""
+        return f"{num(peak * 1e9 / GIB if peak else None, '.2f')} GiB peak{machine}"
+
+    def _log(self, view: RunView) -> None:
+        """Write only the events not yet written (all of the last ones for a new run)."""
+        log = self.query_one(Log)
+        shown, written = self._logged
+        if shown is not view:
+            log.clear()
+            written = 0
+        new = min(view.events_seen - written, len(view.log))
+        if new:
+            start = view.first_time or 0.0
+            lines = list(view.log)[-new:]
+            log.write_lines(f"{clock(e.time - start)} {describe(e)}" for e in lines)
+        self._logged = (view, view.events_seen)
+
+
+def _samples(view: RunView) -> str:
+    prompts = dict.fromkeys(prompt for _, prompt in view.samples)
+    parts = []
+    for prompt in prompts:
+        parts.append(f"Q: {prompt}")
+        for when in ("before", "after"):
+            sample = view.samples.get((when, prompt))
+            if sample:
+                parts.append(f"  {when}: {sample.answer.strip()}")
+    return "\n".join(parts)

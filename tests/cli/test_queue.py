@@ -1,0 +1,104 @@
+"""The job queue: jobs run one at a time, in order, by one runner, and outlive who queued them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlxlora import config, queue
+from mlxlora.cli import main
+from mlxlora.events import RunStarted, read_events
+from mlxlora.runs import RunPaths, list_runs
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def tiny_yaml(name: str, **overrides) -> str:
+    sets = [f"name={name}", "training.max_steps=2"] + [f"{k}={v}" for k, v in overrides.items()]
+    return config.load(TINY, sets).to_yaml()
+
+
+def test_jobs_run_one_at_a_time_in_order(home):
+    first = queue.add_train(tiny_yaml("第一"), "第一")
+    second = queue.add_train(tiny_yaml("second"), "second")
+    assert [j.state for j in queue.jobs()] == ["queued", "queued"]
+    assert queue.work(idle_exit=0) == 2
+    done = {j.id: j for j in queue.jobs()}
+    assert [done[j.id].state for j in (first, second)] == ["done", "done"]
+    assert all(done[j.id].exit_code == 0 and done[j.id].error is None for j in (first, second))
+    starts, ends = [], []
+    for job in (first, second):
+        events = read_events(RunPaths(Path(done[job.id].run_dir)).events)
+        starts.append(next(e for e in events if isinstance(e, RunStarted)).time)
+        ends.append(events[-1].time)
+    assert ends[0] <= starts[1]  # the second started after the first finished
+    assert sorted(r.status for r in list_runs()) == ["finished", "finished"]
+
+
+def test_a_job_that_cannot_start_keeps_its_one_line_error_and_makes_no_run(home):
+    queue.add_train(tiny_yaml("broken", **{"data.dataset": "no-such-dataset"}), "broken")
+    assert queue.work(idle_exit=0) == 1
+    (job,) = queue.jobs()
+    assert job.state == "done" and job.exit_code == 3 and job.run_dir is None
+    assert job.error.startswith("unknown dataset 'no-such-dataset'")
+    assert list_runs() == []
+
+
+def test_removed_job_never_starts_and_running_job_cannot_be_removed(home, capsys):
+    job = queue.add_train(tiny_yaml("gone"), "gone")
+    assert main(["queue", "rm", job.id[:12]]) == 0
+    assert queue.jobs() == [] and not Path(job.config).exists()
+    assert queue.work(idle_exit=0) == 0
+    done = queue.add_train(tiny_yaml("kept"), "kept")
+    queue.work(idle_exit=0)
+    assert main(["queue", "rm", done.id]) == 5
+    assert "is done, not queued" in capsys.readouterr().err
+
+
+def test_resume_job_continues_a_stopped_run(home, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlxlora", "train", str(TINY), "--run-dir", str(run)]
+        + ["--set", "training.max_steps=20", "--set", "training.eval_every=2", "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:  # stop it (as the TUI does) after its first checkpoint
+        if json.loads(line)["type"] == "checkpoint":
+            RunPaths(run).stop_request.touch()
+    assert proc.wait(timeout=120) == 0
+    assert [r.status for r in list_runs(tmp_path)] == ["stopped"]
+    job = queue.add_resume(run)
+    assert queue.work(idle_exit=0) == 1
+    (done,) = queue.jobs()
+    assert (done.id, done.exit_code, done.run_dir) == (job.id, 0, str(run.resolve()))
+    assert [r.status for r in list_runs(tmp_path)] == ["finished"]
+
+
+def test_two_runners_never_start_a_job_twice(home):
+    for i in range(3):
+        queue.add_train(tiny_yaml(f"job{i}"), f"job{i}")
+    cmd = [sys.executable, "-m", "mlxlora", "queue", "work"]
+    runners = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = sorted(r.communicate(timeout=300)[0].strip() for r in runners)
+    assert outs == ["another runner is working the queue", "ran 3 jobs"]
+    assert len(list_runs()) == 3 and all(j.exit_code == 0 for j in queue.jobs())
+
+
+def test_ensure_runner_starts_a_detached_runner_that_drains_the_queue(home):
+    assert queue.ensure_runner() is False  # nothing queued: no runner
+    queue.add_train(tiny_yaml("detached"), "detached")
+    assert queue.ensure_runner() is True
+    assert queue.ensure_runner() is False  # one is working already
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(j.state == "done" for j in queue.jobs()):
+        time.sleep(0.5)
+    (job,) = queue.jobs()
+    assert job.state == "done" and job.exit_code == 0
+    while queue.runner_alive() and time.monotonic() < deadline:
+        time.sleep(0.5)  # it exits on its own once the queue stays empty
+    assert not queue.runner_alive()

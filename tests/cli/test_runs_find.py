@@ -1,0 +1,101 @@
+"""Finding a run by what users type: names in any language, prefixes, paths that are no run."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+
+import pytest
+
+from mlxlora import runs
+from mlxlora.cli import main
+from mlxlora.errors import RunError
+from mlxlora.events import EventWriter, RunStarted
+
+
+def make_runs(*dir_names: str) -> list:
+    """Workspace runs as `runs list` sees them: directories holding a config.yaml."""
+    made = []
+    for name in dir_names:
+        path = runs.runs_root() / name
+        path.mkdir(parents=True)
+        (path / "config.yaml").write_text(f"name: {name}\n", encoding="utf-8")
+        made.append(path)
+    return made
+
+
+def test_japanese_name_finds_its_run_before_longer_names_that_start_with_it(home):
+    v1, v10 = make_runs(
+        "医療専門知識モデル_v1-20261125-093000", "医療専門知識モデル_v10-20261125-093100"
+    )
+    assert runs.find_run("医療専門知識モデル_v1") == v1
+    assert runs.find_run("医療専門知識モデル_v10") == v10
+    assert runs.find_run("医療専門知識モデル_v1-20261125") == v1  # a unique prefix
+    with pytest.raises(RunError, match="2 runs match") as err:
+        runs.find_run("医療")
+    assert v1.name in str(err.value) and v10.name in str(err.value)
+
+
+def test_runs_sharing_a_name_are_listed(home):
+    first, second = make_runs("llama3 日本語-20261125-093000", "llama3 日本語-20261125-093000-1")
+    with pytest.raises(RunError) as err:
+        runs.find_run("llama3 日本語")
+    assert "2 runs match" in str(err.value)
+    assert first.name in str(err.value) and second.name in str(err.value)
+    assert runs.find_run(second.name) == second  # the full directory name is exact
+
+
+def test_accented_name_typed_decomposed_finds_the_composed_run(home):
+    (run,) = make_runs("données-été-20261125-093000")
+    typed = unicodedata.normalize("NFD", "données-été")  # how macOS hands it over
+    assert runs.find_run(typed) == run
+
+
+def test_pattern_characters_in_a_reference_are_plain_text(home):
+    make_runs("alpha-20261125-093000", "beta-20261125-093000")
+    for ref in ("a*", "[ab]lpha", "?lpha", "*"):
+        with pytest.raises(RunError, match="no such run"):
+            runs.find_run(ref)
+
+
+def test_new_run_directory_keeps_the_users_name(home):
+    path = runs.new_run_dir(unicodedata.normalize("NFD", "Ärzte Modell 2"))
+    assert path.parent == runs.runs_root()
+    assert path.name.startswith("Ärzte Modell 2-") and runs.given_name(path) == "Ärzte Modell 2"
+    with pytest.raises(RunError, match="starts with a dot"):
+        runs.new_run_dir("../x")
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["runs", "show", "{missing}"], "no such directory"),
+        (["runs", "show", "{plain_dir}"], "not a run directory"),
+        (["train", "--resume", "{missing}"], "no such directory"),
+        (["train", "--resume", "{plain_dir}"], "not a run directory"),
+        (["generate", "--adapter", "{missing}", "--prompt", "hi"], "no such directory"),
+        (["generate", "--adapter", "{plain_dir}", "--prompt", "hi"], "neither a run nor"),
+    ],
+)
+def test_a_path_that_is_not_a_run_is_one_line(home, tmp_path, capsys, args, says):
+    make_runs("alpha-20261125-093000")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    where = {"missing": str(tmp_path / "no" / "such-run"), "plain_dir": str(plain)}
+    assert main([a.format(**where) for a in args]) == RunError.exit_code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("mlxlora: error: ")
+    assert says in err
+
+
+def test_running_runs_are_those_a_live_process_holds(home):
+    live, dead, empty, free = make_runs("live-1", "dead-1", "empty-1", "free-1")
+    (live / ".lock").write_text(str(os.getpid()))
+    (dead / ".lock").write_text("999999999")
+    (empty / ".lock").write_text("")  # a lock being written: pid 0 is no process
+    assert runs.running_runs() == [live]
+    for run in (live, empty):
+        with EventWriter(runs.RunPaths(run).events) as events:
+            events.emit(RunStarted(str(run), "builtin:tiny", "mlx", "cpu", 8, 2, 4, 4, 10, 99, 0.1))
+    assert runs.run_info(live).status == "running"
+    assert runs.run_info(empty).status == "interrupted"

@@ -1,0 +1,79 @@
+"""The Compare tab: pick runs; their numbers, the config keys they differ in, their curves."""
+
+from __future__ import annotations
+
+import asyncio
+
+from run_fixtures import T0, wait_for, write_run
+from textual.widgets import DataTable, SelectionList
+
+from mlxlora.experiments import config_differences
+from mlxlora.tui.app import MlxloraApp
+from mlxlora.tui.widgets.loss_chart import LossChart
+
+
+def two_runs():
+    write_run("base", end="finished")
+    write_run(
+        "rank16",
+        end="finished",
+        overrides=("lora.rank=16", "training.learning_rate=1e-3"),
+        loss_scale=0.8,
+        started=T0 + 100,
+    )
+
+
+def table(app) -> list[list[str]]:
+    t = app.query_one("#compare-table", DataTable)
+    header = [str(c.label) for c in t.ordered_columns]
+    return [header] + [[str(c) for c in t.get_row(r.key)] for r in t.ordered_rows]
+
+
+async def pick_both(pilot) -> None:
+    await wait_for(pilot, lambda: pilot.app.query_one(SelectionList).option_count == 2)
+    await pilot.press("down", "space", "down", "space")
+    await wait_for(pilot, lambda: len(table(pilot.app)) == 3)
+
+
+def test_two_runs_side_by_side(home):
+    two_runs()
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=(80, 24)) as pilot:
+            assert table(app) == [["pick two or more runs to compare them"]]
+            await pick_both(pilot)
+            header, rank16, base = table(app)
+            assert header[:3] == ["run", "rank", "learning_rate"]
+            assert rank16[:3] == ["rank16", "16", "0.001"]
+            assert base[:3] == ["base", "8", "0.0005"]
+            assert header[3:5] == ["final val", "best val"]
+            assert rank16[3:5] == ["0.7570", "0.7570"] and base[3:5] == ["0.9463", "0.9463"]
+            chart = app.query_one("#compare-chart", LossChart)
+            assert [s.label for s in chart.series if s.label] == ["rank16", "base"]
+            assert [len(s.x) for s in chart.series] == [30, 4, 30, 4]  # lines and val points
+            assert len({s.color for s in chart.series}) == 2  # one colour per run
+
+    asyncio.run(go())
+
+
+def test_config_differences_lists_only_keys_that_differ():
+    a = {"name": "a", "lora": {"rank": 8, "alpha": 16}, "training": {"epochs": 3}}
+    b = {"name": "b", "lora": {"rank": 16, "alpha": 16}, "training": {"epochs": 3, "seed": 1}}
+    assert config_differences([a, b]) == {"lora.rank": [8, 16], "training.seed": [None, 1]}
+    assert config_differences([a, a]) == {}
+
+
+def test_snapshot_80x24(home, snap_compare):
+    two_runs()
+    assert snap_compare(MlxloraApp(initial="compare"), terminal_size=(80, 24), run_before=settle)
+
+
+def test_snapshot_160x48(home, snap_compare):
+    two_runs()
+    assert snap_compare(MlxloraApp(initial="compare"), terminal_size=(160, 48), run_before=settle)
+
+
+async def settle(pilot) -> None:
+    await pick_both(pilot)
+    await pilot.pause(0.6)

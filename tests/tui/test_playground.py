@@ -1,0 +1,164 @@
+"""The Playground: the base and the tuned model answer one prompt, streamed from children."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mlxlora.tui.app import MlxloraApp
+from mlxlora.tui.screens.playground import AnswerPane, PlaygroundTab
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def train_tiny_run(home, name="quick"):
+    """A real 3-step run on builtin:tiny in the workspace: what the Playground offers."""
+    run = home / "runs" / name
+    out = subprocess.run(
+        [sys.executable, "-m", "mlxlora", "train", "configs/tiny.yaml", "--set",
+         "training.max_steps=3", "--set", "training.learning_rate=0.01", "--run-dir", str(run),
+         "--json"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return run
+
+
+async def until(pilot, condition, seconds=120.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await pilot.pause(0.05)
+
+
+async def ask(pilot, prompt: str, max_tokens: str):
+    app = pilot.app
+    tab = app.query_one(PlaygroundTab)
+    await until(pilot, lambda: tab.runs)
+    app.query_one("#play-max-tokens").value = max_tokens
+    app.query_one("#play-prompt").value = prompt
+    app.query_one("#play-prompt").focus()
+    await pilot.press("enter")
+    return app.query_one("#play-base", AnswerPane), app.query_one("#play-tuned", AnswerPane)
+
+
+def test_both_answers_stream_from_children(home):
+    run = train_tiny_run(home)
+    from mlxlora import evaluate
+
+    prompt = "東京について教えて"
+    expected_base = evaluate.generate("builtin:tiny", prompt, max_tokens=7)
+    expected_tuned = evaluate.generate(None, prompt, adapter=str(run), max_tokens=7)
+
+    async def go():
+        app = MlxloraApp("playground")
+        async with app.run_test(size=(80, 24)) as pilot:
+            base, tuned = await ask(pilot, prompt, "7")
+            assert base.border_subtitle == "builtin:tiny" and tuned.border_subtitle == run.name
+            tab = app.query_one(PlaygroundTab)
+            await until(pilot, lambda: base.over and tuned.over and tab.child is None)
+            for pane, expected in ((base, expected_base), (tuned, expected_tuned)):
+                status = str(pane.query_one(".status").render())
+                assert pane.text == expected, status
+                assert status.startswith("done · 7 tokens · ") and "tokens/s" in status
+
+    asyncio.run(go())
+
+
+def test_cancel_and_closing_the_app_stop_the_child(home):
+    train_tiny_run(home)
+
+    async def go():
+        app = MlxloraApp("playground")
+        async with app.run_test(size=(80, 24)) as pilot:
+            tab = app.query_one(PlaygroundTab)
+            base, tuned = await ask(pilot, "hi", "1000000")
+            await until(pilot, lambda: base.text)  # streaming from the base model
+            pid = tab.child.process.pid
+            await pilot.press("escape")
+            await until(pilot, lambda: base.over and tuned.over, seconds=10)
+            await until(pilot, lambda: tab.child is None, seconds=10)
+            for pane in (base, tuned):
+                assert str(pane.query_one(".status").render()) == "cancelled"
+            assert_gone(pid)
+
+            await pilot.press("enter")  # again, then close the app while it streams
+            await until(pilot, lambda: tab.child and base.text)
+            return tab.child.process.pid
+
+    assert_gone(asyncio.run(go()))  # closing the app stopped it too
+
+
+def assert_gone(pid: int) -> None:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return
+    raise AssertionError(f"process group {pid} still alive")
+
+
+def test_a_failed_child_shows_its_error_in_its_pane(home):
+    run = train_tiny_run(home)
+    (run / "adapters" / "adapters.safetensors").write_bytes(b"not weights")
+
+    async def go():
+        app = MlxloraApp("playground")
+        async with app.run_test(size=(80, 24)) as pilot:
+            base, tuned = await ask(pilot, "hi", "3")
+            await until(pilot, lambda: base.over and tuned.over)
+            assert str(base.query_one(".status").render()).startswith("done · 3 tokens")
+            status = str(tuned.query_one(".status").render())
+            assert status.startswith("error: ") and "\n" not in status, status
+            assert tuned.has_class("-failed") and not base.has_class("-failed")
+
+    asyncio.run(go())
+
+
+# --- snapshots ------------------------------------------------------------------------------
+
+T0 = 1_764_000_000.0
+
+
+def finished_run(name: str) -> None:
+    """A finished run written by hand (fixed name and times): what the picker lists."""
+    from mlxlora import runs
+    from mlxlora.events import EventWriter, RunFinished, RunStarted
+
+    path = runs.runs_root() / name
+    (path / "adapters").mkdir(parents=True)
+    (path / "config.yaml").write_text("name: x\nmodel: builtin:tiny\n", encoding="utf-8")
+    for f in runs.ADAPTER_FILES:
+        (path / "adapters" / f).write_text("{}")
+    with EventWriter(path / "events.jsonl") as events:
+        events.emit(
+            RunStarted(str(path), "builtin:tiny", "mlx", "cpu", 8, 2, 3, 3, 10, 99, 0.1, time=T0)
+        )
+        events.emit(RunFinished(3, 6.7, 6.9, 3, 1.0, time=T0 + 60))
+
+
+async def answered(pilot) -> None:
+    """Both panes filled through their own methods with fixed text: a generation's tokens/s
+    differ from run to run, and what a snapshot tests is the layout."""
+    app = pilot.app
+    tab = app.query_one(PlaygroundTab)
+    await until(pilot, lambda: tab.runs)
+    app.query_one("#play-prompt").value = "東京について教えて"
+    base, tuned = app.query_one("#play-base", AnswerPane), app.query_one("#play-tuned", AnswerPane)
+    base.expect("builtin:tiny")
+    for piece in ("東京は", "日本の", "首都です。", " Tokyo is the capital of Japan."):
+        base.add(piece)
+    base.finish({"generation_tokens": 12, "tokens_per_sec": 48.25, "finish_reason": "stop"})
+    tuned.expect("医療専門知識モデル_v1-20261125-093000")
+    tuned.fail("cannot load the adapter: adapters.safetensors is not a safetensors file")
+    await pilot.pause(0.3)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def test_playground_snapshot(home, snap_compare, size):
+    finished_run("医療専門知識モデル_v1-20261125-093000")
+    assert snap_compare(MlxloraApp("playground"), terminal_size=size, run_before=answered)

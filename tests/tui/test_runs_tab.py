@@ -1,0 +1,236 @@
+"""The Runs tab: every run and queued job with its status, the selected run's chart, numbers,
+samples and failure; Stop, Resume and Delete; live runs; damaged run directories."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from run_fixtures import REPO, T0, screen_text, wait_for, write_run
+from textual.widgets import DataTable, ProgressBar
+
+from mlxlora import memory, queue, runs
+from mlxlora.tui.app import MlxloraApp
+from mlxlora.tui.screens.runs import RunsTab
+from mlxlora.tui.widgets.confirm import Confirm
+from mlxlora.tui.widgets.loss_chart import LossChart
+
+
+def four_runs():
+    """Newest first on screen: live, halted, broken, done."""
+    write_run("done", end="finished")
+    write_run("broken", steps=13, end="failed", started=T0 + 100)
+    write_run("halted", steps=15, end="stopped", started=T0 + 200)
+    write_run("live", steps=12, end="running", started=T0 + 300)
+
+
+def rows(app) -> dict[str, list[str]]:
+    table = app.query_one("#runs-table", DataTable)
+    return {
+        str(row.key.value): [str(c) for c in table.get_row(row.key)] for row in table.ordered_rows
+    }
+
+
+def statuses(app) -> dict[str, str]:
+    return {cells[0]: cells[1] for cells in rows(app).values()}
+
+
+async def select(pilot, name: str) -> None:
+    table = pilot.app.query_one("#runs-table", DataTable)
+    names = [cells[0] for cells in rows(pilot.app).values()]
+    table.move_cursor(row=names.index(name))
+    await pilot.pause(0.1)
+
+
+def test_every_run_with_its_status_chart_samples_and_failure(home, monkeypatch):
+    monkeypatch.setattr(queue, "ensure_runner", lambda: False)  # the queued job stays queued
+    four_runs()
+    job = queue.add_train((REPO / "configs" / "tiny.yaml").read_text(), "waiting")
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 5)
+            assert statuses(app) == {
+                "waiting": "queued",
+                "live-20250615-000000": "running",
+                "halted-20250615-000000": "stopped",
+                "broken-20250615-000000": "failed",
+                "done-20250615-000000": "finished",
+            }
+            done = rows(app)[str(runs.runs_root() / "done-20250615-000000")]
+            assert done[2:5] == ["30/30", "0.6475", "0.9463"]
+            assert len(done[5]) == 12 and done[5][0] == "█"  # the falling loss as a sparkline
+
+            await select(pilot, "broken-20250615-000000")
+            text = screen_text(app)
+            assert "failed: loss became nan at step 13" in text
+            assert "step    13/30" in text
+            chart = app.query_one("#run-chart", LossChart)
+            assert [len(s.x) for s in chart.series] == [13, 13, 2]  # raw, smoothed, 2 evals
+            assert chart.vlines == [10]  # the epoch boundary
+
+            await select(pilot, "done-20250615-000000")
+            panel = app.query_one("#run-samples").render()
+            assert "before: blue" in str(panel) and "after: 4" in str(panel)
+            assert app.query_one("#total-progress", ProgressBar).percentage == 1.0
+
+            await select(pilot, "live-20250615-000000")
+            assert "ETA     0:36" in screen_text(app)  # 18 steps at 2 s each
+            assert app.query_one("#total-progress", ProgressBar).percentage == 0.4
+        assert job.id in [j.id for j in queue.jobs()]
+
+    asyncio.run(go())
+
+
+def test_delete_asks_and_never_removes_a_running_run(home):
+    four_runs()
+    done = runs.runs_root() / "done-20250615-000000"
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 4)
+            await select(pilot, "done-20250615-000000")
+            await pilot.press("d")
+            assert isinstance(app.screen, Confirm)
+            await pilot.press("n")
+            assert done.is_dir()
+            await pilot.press("d", "y")
+            assert not done.exists()
+            await wait_for(pilot, lambda: "done-20250615-000000" not in statuses(app))
+
+            await select(pilot, "live-20250615-000000")
+            await pilot.press("d")
+            assert not isinstance(app.screen, Confirm)
+            assert (runs.runs_root() / "live-20250615-000000").is_dir()
+
+    asyncio.run(go())
+
+
+def test_damaged_and_vanishing_run_directories_show_what_is_readable(home):
+    bad = write_run("bad", steps=20, end="finished")
+    write_run("gone", end="finished", started=T0 + 100)
+    events = runs.RunPaths(bad).events
+    lines = events.read_bytes().splitlines(keepends=True)
+    # A corrupt line in the middle, a half-written last line, a summary cut short.
+    events.write_bytes(b"".join(lines[:12]) + b"{not json\n" + b"".join(lines[12:25]) + b'{"ty')
+    runs.RunPaths(bad).summary.write_text('{"elapsed_sec": 1', encoding="utf-8")
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 2)
+            await select(pilot, "bad-20250615-000000")
+            assert statuses(app)["bad-20250615-000000"] == "interrupted"  # no ending readable
+            text = screen_text(app)
+            assert "step    19/30" in text and "ETA     —" in text
+            shutil.rmtree(runs.runs_root() / "gone-20250615-000000")
+            await wait_for(pilot, lambda: list(statuses(app)) == ["bad-20250615-000000"])
+            shutil.rmtree(runs.runs_root())
+            await wait_for(pilot, lambda: not rows(app))
+
+    asyncio.run(go())
+
+
+def test_resume_queues_a_stopped_run(home, monkeypatch):
+    write_run("halted", steps=15, end="stopped")
+    started = []
+    monkeypatch.setattr(queue, "ensure_runner", lambda: started.append(1) or True)
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 1)
+            await pilot.press("r")
+            await wait_for(pilot, lambda: statuses(app)["halted-20250615-000000"] == "queued")
+        (job,) = queue.jobs()
+        assert job.kind == "resume" and job.run_dir == str(
+            runs.runs_root().resolve() / "halted-20250615-000000"
+        )
+        assert started  # a runner is asked for
+
+    asyncio.run(go())
+
+
+def test_snapshot_80x24(home, snap_compare, monkeypatch):
+    monkeypatch.setattr(memory, "total_memory", lambda: 16 * memory.GIB)
+    four_runs()
+    assert snap_compare(MlxloraApp(initial="runs"), terminal_size=(80, 24), run_before=settle)
+
+
+def test_snapshot_160x48(home, snap_compare, monkeypatch):
+    monkeypatch.setattr(memory, "total_memory", lambda: 16 * memory.GIB)
+    four_runs()
+    assert snap_compare(MlxloraApp(initial="runs"), terminal_size=(160, 48), run_before=settle)
+
+
+async def settle(pilot) -> None:
+    await wait_for(pilot, lambda: len(rows(pilot.app)) == 4)
+    await pilot.pause(0.5)
+
+
+# --- live runs: real training in a child process, as the queue's runner starts it -------
+
+
+def train(home, *overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "MLXLORA_HOME": str(home), "PYTHONPATH": str(REPO)}
+    sets = [a for o in overrides for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "mlxlora", "train", "configs/tiny.yaml", *sets, "--json"]
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.slow
+def test_a_live_run_moves_to_finished(home):
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            child = train(home, "training.max_steps=30", "training.log_every=1")
+            seen = set()
+
+            def finished():
+                for cells in rows(app).values():
+                    seen.add(cells[2])
+                    if cells[1] == "finished":
+                        return True
+                return False
+
+            await wait_for(pilot, finished, timeout=120, step=0.2)
+            assert child.wait(timeout=30) == 0, child.stderr.read()
+            (cells,) = rows(app).values()
+            assert cells[2] == "30/30"
+            assert len(seen - {"0/30", "30/30"}) >= 1, seen  # watched it move, not just end
+            await pilot.pause(0.5)
+            assert app.query_one("#total-progress", ProgressBar).percentage == 1.0
+            assert len(app.query_one("#run-chart", LossChart).series[0].x) == 30
+
+    asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_stop_a_live_run(home):
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            child = train(home, "training.max_steps=5000", "training.log_every=1")
+
+            def stepping():
+                return any(
+                    c[1] == "running" and int(c[2].split("/")[0]) >= 3 for c in rows(app).values()
+                )
+
+            await wait_for(pilot, stepping, timeout=120, step=0.2)
+            await pilot.press("s")
+            await wait_for(pilot, lambda: list(statuses(app).values()) == ["stopped"], timeout=60)
+            assert child.wait(timeout=30) == 0, child.stderr.read()
+            (path,) = [p for p in runs.runs_root().iterdir()]
+            assert runs.RunPaths(path).latest_checkpoint() is not None  # kept to resume from
+            assert "stopped" in app.query_one(RunsTab).book.status(path)
+
+    asyncio.run(go())

@@ -1,0 +1,79 @@
+"""Live machine figures: memory as `free` counts it, workspace disk use as `du` counts it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from mlxlora import machine
+
+# `vm_stat` on a 16 GB Apple Silicon Mac (pages of 16 KiB).
+VM_STAT = """Mach Virtual Memory Statistics: (page size of 16384 bytes)
+Pages free:                               12000.
+Pages active:                            400000.
+Pages inactive:                          300000.
+Pages speculative:                         8000.
+Pages throttled:                              0.
+Pages wired down:                        200000.
+Pages purgeable:                           5000.
+"Translation faults":                 123456789.
+Pages stored in compressor:              100000.
+"""
+
+
+@pytest.mark.skipif(not shutil.which("free"), reason="needs procps free")
+def test_memory_matches_free():
+    usage = machine.memory_usage()
+    mem = subprocess.run(["free", "-b"], capture_output=True, text=True).stdout.splitlines()[1]
+    total, available = int(mem.split()[1]), int(mem.split()[-1])
+    assert usage.total == total
+    assert abs(usage.available - available) < 256 * 2**20  # other processes come and go
+    assert usage.used == usage.total - usage.available and 0 < usage.used < usage.total
+
+
+def test_vm_stat_free_inactive_and_speculative_pages_are_available():
+    usage = machine.parse_vm_stat(16 * 2**30, VM_STAT)
+    assert usage.available == (12000 + 300000 + 8000) * 16384
+    assert usage.used == 16 * 2**30 - usage.available
+
+
+def test_meminfo_without_available_is_no_figure(monkeypatch, tmp_path):
+    fake = tmp_path / "meminfo"
+    fake.write_text("MemTotal:       16000000 kB\nMemFree:        100 kB\n")
+    monkeypatch.setattr(machine, "MEMINFO", fake)
+    monkeypatch.setattr(machine.sys, "platform", "linux")
+    assert machine.memory_usage() is None
+
+
+def workspace_tree(root):
+    (root / "models" / "tiny").mkdir(parents=True)
+    (root / "models" / "tiny" / "weights").write_bytes(os.urandom(300_000))
+    (root / "runs" / "東京-1").mkdir(parents=True)
+    (root / "runs" / "東京-1" / "events.jsonl").write_text("x" * 5000)
+    os.link(root / "models" / "tiny" / "weights", root / "runs" / "東京-1" / "linked")
+    (root / "runs" / "loop").symlink_to(root)  # never followed
+    (root / "small").write_text("a")
+
+
+@pytest.mark.skipif(not shutil.which("du"), reason="needs du")
+def test_disk_use_counts_like_du(tmp_path):
+    workspace_tree(tmp_path / "ws")
+    du = subprocess.run(["du", "-s", "--block-size=1", tmp_path / "ws"], capture_output=True)
+    found = machine.disk_use(tmp_path / "ws")
+    assert found.complete and found.bytes == int(du.stdout.split()[0])
+    assert found.bytes > 300_000
+
+
+def test_disk_use_is_bounded(tmp_path):
+    workspace_tree(tmp_path / "ws")
+    partial = machine.disk_use(tmp_path / "ws", max_entries=2)
+    assert not partial.complete and partial.bytes < machine.disk_use(tmp_path / "ws").bytes
+    assert machine.disk_use(tmp_path / "missing") == machine.DiskUse(0, complete=True)
+
+
+def test_disk_free_of_a_workspace_not_made_yet(tmp_path):
+    expected = shutil.disk_usage(tmp_path).free
+    assert abs(machine.disk_free(tmp_path / "not" / "yet") - expected) < 64 * 2**20
