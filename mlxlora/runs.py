@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mlxlora import names
 from mlxlora.errors import RunError
-from mlxlora.events import Event, RunFailed, RunFinished, RunStarted, Step, read_events
+from mlxlora.events import Event, RunFailed, RunFinished, RunStarted, Step, parse, read_events
 
 # What an adapter directory holds (mlx-lm's layout: `mlx_lm.generate --adapter-path DIR`).
 ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
@@ -252,10 +252,36 @@ def read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+TAIL_BYTES = 1 << 16  # the end of an events file that holds a run's latest state
+
+
+def head_and_tail_events(path: Path, tail_bytes: int = TAIL_BYTES) -> tuple[Event | None, list]:
+    """(first event, events of the last `tail_bytes`) of an events file, read in O(1).
+
+    Enough for a run's summary however long it trained: run_started comes first, and after a
+    run_finished or run_failed nothing is written but a resume's run_started, so the tail holds
+    the latest state (a tail without any of the three means the run is in its last start).
+    """
+    try:
+        with open(path, "rb") as f:
+            first = parse(f.readline().decode("utf-8", "replace"))
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - tail_bytes))
+            chunk = f.read()
+    except OSError:
+        return None, []
+    lines = chunk.split(b"\n")[1 if size > tail_bytes else 0 :]  # the first may be cut
+    return first, [e for e in (parse(ln.decode("utf-8", "replace")) for ln in lines) if e]
+
+
 def run_info(path: Path) -> RunInfo:
     paths = RunPaths(path)
-    events = read_events(paths.events)
-    started = next((e for e in events if isinstance(e, RunStarted)), None)
+    first, events = head_and_tail_events(paths.events)
+    if first is not None and not any(
+        isinstance(e, (RunStarted, RunFinished, RunFailed)) for e in events
+    ):
+        events = [first, *events]  # a long last segment: its run_started is before the tail
+    started = first if isinstance(first, RunStarted) else None
     steps = [e for e in events if isinstance(e, Step)]
     summary = read_json(paths.summary)
     return RunInfo(

@@ -26,6 +26,7 @@ from mlxlora.events import (
     RunStarted,
     Sample,
     Step,
+    StepBlock,
 )
 from mlxlora.metrics import ema
 from mlxlora.runs import run_status
@@ -44,6 +45,10 @@ class Curve:
     def append(self, x: float, y: float) -> None:
         self.x.append(x)
         self.y.append(y)
+
+    def extend(self, xs: array, ys: array) -> None:
+        self.x.extend(xs)
+        self.y.extend(ys)
 
     def drop_after(self, x: float) -> None:
         """Forget points past `x` (a resumed run repeats the steps after its checkpoint)."""
@@ -74,8 +79,11 @@ def downsample(
     return out_x, out_y
 
 
+LOG_SIZE = 200  # events a view keeps for a log (a bulk reader keeps this many whole)
+
+
 class RunView:
-    """One run as its events describe it; `add` folds new events in.
+    """One run as its events describe it; `add` folds new events in (`StepBlock`s too).
 
     Attributes:
         started: The latest `run_started` (a resumed run has one per session).
@@ -89,7 +97,7 @@ class RunView:
             read with `.get()`, its fields change between versions.
     """
 
-    def __init__(self, path: Path, log_size: int = 200):
+    def __init__(self, path: Path, log_size: int = LOG_SIZE):
         self.path = Path(path)
         self.started: RunStarted | None = None
         self.last_step: Step | None = None
@@ -107,11 +115,14 @@ class RunView:
         self.peak_memory_gb = 0.0
         self._tps_sum, self._tps_count = 0.0, 0
 
-    def add(self, events: Iterable[Event]) -> None:
+    def add(self, events: Iterable[Event | StepBlock]) -> None:
         for event in events:
             self.first_time = self.first_time or event.time
-            self.events_seen += 1
-            self.log.append(event)
+            if isinstance(event, StepBlock):  # older than the events a log shows
+                self.events_seen += len(event)
+            else:
+                self.events_seen += 1
+                self.log.append(event)
             handler = _HANDLERS.get(type(event))
             if handler:
                 handler(self, event)
@@ -132,6 +143,15 @@ class RunView:
         self.train.append(e.step, e.loss)
         self.peak_memory_gb = max(self.peak_memory_gb, e.peak_memory_gb)
         self._tps_sum, self._tps_count = self._tps_sum + e.tokens_per_sec, self._tps_count + 1
+
+    def _step_block(self, b: StepBlock) -> None:
+        self.last_step = b.last
+        self.session_first_step = self.session_first_step or b.first
+        self.smooth.extend(b.steps, b.losses_ema)  # a block's steps all carry loss_ema
+        self.train.extend(b.steps, b.losses)
+        self.peak_memory_gb = max(self.peak_memory_gb, b.peak_memory_gb)
+        self._tps_sum += b.tokens_per_sec_sum
+        self._tps_count += len(b)
 
     def _eval(self, e: Eval) -> None:
         self.evals.append(e)
@@ -217,6 +237,7 @@ class RunView:
 _HANDLERS = {
     RunStarted: RunView._started,
     Step: RunView._step,
+    StepBlock: RunView._step_block,
     Eval: RunView._eval,
     EpochEnd: RunView._epoch_end,
     Sample: RunView._sample,

@@ -17,6 +17,7 @@ def test_number_keys_switch_tabs(home):
             assert tabs.active == "datasets"
             for i, (tab, _, _) in enumerate(TABS, 1):
                 await pilot.press(str(i))
+                await pilot.pause()  # a tab's on_show (focus, workers) settles first
                 assert tabs.active == tab
             await pilot.press("question_mark")
             assert app.screen.query("HelpPanel")

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from mlxlora import runs
-from mlxlora.events import EventWriter, RunStarted, Step
+from mlxlora.events import (
+    Eval,
+    EventTail,
+    EventWriter,
+    RunFinished,
+    RunStarted,
+    Step,
+    StepBlock,
+    parse_bulk,
+    read_events,
+)
 from mlxlora.metrics import ema
 from mlxlora.runview import RunView, downsample
 
@@ -57,3 +67,54 @@ def test_a_half_written_summary_does_not_break_runs_list(home, capsys):
     (run / "summary.json").write_text('{"outcome": "compl')  # killed mid-write
     assert main(["runs", "list"]) == 0
     assert "half-2026" in capsys.readouterr().out  # the name, wrapped at 80 columns
+
+
+def test_bulk_reading_folds_to_the_same_view_as_event_by_event(tmp_path):
+    """A long run read in bulk (StepBlocks, in slices) gives the curves, numbers and log that
+    parsing every event gives: through a resume, an old step without loss_ema, an eval, a
+    corrupt line and a line cut off mid-write."""
+    path = tmp_path / "events.jsonl"
+    with EventWriter(path) as w:
+        w.emit(started())
+        for n in range(1, 600):
+            w.emit(
+                Step(n, n / 10, 3.0 - n / 1000, 1e-3, 10, 100.0 + n, 0.5 + n / 1e4, loss_ema=2.5)
+            )
+        w.emit(Eval(599, 59.9, 1.5, 4.5, time=2.0))
+        w.emit(started(resumed_from=500))
+        w.emit(Step(501, 50.1, 0.7, 1e-3, 10, 90.0, 0.3, time=3.0))  # no loss_ema: an old run
+        for n in range(502, 900):
+            w.emit(Step(n, n / 10, 1.0, 1e-3, 10, 80.0, 0.4, loss_ema=0.9, time=4.0))
+    with open(path, "a") as f:
+        f.write('{"type": "step", "time": 5.0, "step": 9\n{"type": "step", "time": 6.0, "st')
+
+    whole, bulk = RunView(tmp_path, log_size=50), RunView(tmp_path, log_size=50)
+    whole.add(read_events(path))
+    tail = EventTail(path)
+    while news := tail.read_bulk(max_bytes=20_000, keep=50):  # slices, as the app reads
+        bulk.add(news)
+    assert any(isinstance(e, StepBlock) for e in parse_bulk(path.read_bytes()[:60_000], 50))
+    for curve in ("train", "smooth", "val"):
+        assert getattr(bulk, curve).x == getattr(whole, curve).x
+        assert getattr(bulk, curve).y == getattr(whole, curve).y
+    assert list(bulk.log) == list(whole.log) and bulk.events_seen == whole.events_seen == 1001
+    assert (bulk.last_step, bulk.session_first_step) == (whole.last_step, whole.session_first_step)
+    assert bulk.peak_memory_gb == whole.peak_memory_gb == 0.5 + 599 / 1e4
+    assert abs(bulk.mean_tokens_per_sec - whole.mean_tokens_per_sec) < 1e-9
+
+
+def test_run_info_reads_the_head_and_the_tail_of_a_long_run(tmp_path, monkeypatch):
+    """A list of runs must not re-read every run's whole history (the studio shows it often)."""
+    run = tmp_path / "long"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: long\n")
+    with EventWriter(run / "events.jsonl") as w:
+        w.emit(started())
+        for n in range(1, 3001):
+            w.emit(step(n, 5.0 - n / 1000, at=1000.0 + n))
+    monkeypatch.setattr(runs, "read_events", None)  # it must not be called
+    info = runs.run_info(run)
+    assert (info.status, info.step, info.last_loss, info.model) == ("interrupted", 3000, 2.0, "m")
+    with EventWriter(run / "events.jsonl") as w:
+        w.emit(RunFinished(step=3000, best_val_loss=1.5, best_step=3000, elapsed_sec=9.0))
+    assert runs.run_info(run).status == "finished"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
@@ -63,7 +64,7 @@ class RunDetail(Horizontal):
     DEFAULT_CSS = """
     RunDetail { height: 1fr; }
     RunDetail LossChart { width: 1fr; }
-    RunDetail #run-side { width: 40; padding: 0 0 0 1; }
+    RunDetail #run-side { width: 40; padding: 0 0 0 1; scrollbar-gutter: stable; }
     RunDetail .bar { height: 1; }
     RunDetail .bar Label { width: 6; }
     RunDetail .bar ProgressBar, RunDetail .bar Bar { width: 1fr; }
@@ -76,6 +77,7 @@ class RunDetail(Horizontal):
         super().__init__(**kwargs)
         self.machine_bytes: int | None = None
         self._logged: tuple[object, int] = (None, 0)  # (run shown, events written to the log)
+        self._texts: dict[str, str] = {}  # panel id -> text shown
 
     def compose(self) -> ComposeResult:
         yield LossChart("loss", id="run-chart")
@@ -92,16 +94,14 @@ class RunDetail(Horizontal):
             yield Log(id="run-log", max_lines=LOG_LINES)
 
     def show(self, view: RunView, status: str) -> None:
-        self.query_one("#run-stats", Static).update(Content(self._stats(view, status)))
+        self._put("run-stats", self._stats(view, status))
         epoch_done, _ = view.epoch_progress()
         self.query_one("#epoch-progress", ProgressBar).update(total=1.0, progress=epoch_done)
         self.query_one("#total-progress", ProgressBar).update(
             total=view.total_steps or None, progress=view.step
         )
-        self.query_one("#run-failure", Static).update(
-            Content(f"failed: {view.failure}" if view.failure else "")
-        )
-        self.query_one("#run-samples", Static).update(Content(_samples(view)))
+        self._put("run-failure", f"failed: {view.failure}" if view.failure else "")
+        self._put("run-samples", _samples(view))
         self._log(view)
         self.query_one(LossChart).plot(
             [
@@ -114,18 +114,25 @@ class RunDetail(Horizontal):
 
     def show_job(self, job: Job, status: str) -> None:
         """A queued job, or one that failed before it started a run."""
-        self.query_one("#run-stats", Static).update(
-            Content(f"{job.name}\nstatus  {status}\njob     {job.id} ({job.kind})")
-        )
+        self._put("run-stats", f"{job.name}\nstatus  {status}\njob     {job.id} ({job.kind})")
         for bar in self.query(ProgressBar):
             bar.update(total=None, progress=0)
-        self.query_one("#run-failure", Static).update(
-            Content(f"failed: {job.error}" if job.error else "")
-        )
-        self.query_one("#run-samples", Static).update("")
+        self._put("run-failure", f"failed: {job.error}" if job.error else "")
+        self._put("run-samples", "")
         self.query_one(Log).clear()
         self._logged = (job, 0)
         self.query_one(LossChart).plot([])
+
+    def _put(self, panel: str, text: str) -> None:
+        """Show `text` in a panel; without a layout pass when its height stays the same (a
+        live run redraws four times a second, and a layout pass costs the whole screen)."""
+        old = self._texts.get(panel)
+        if text == old:
+            return
+        static = self.query_one(f"#{panel}", Static)
+        rows = _rows(text, static.size.width)
+        static.update(Content(text), layout=rows is None or rows != _rows(old, static.size.width))
+        self._texts[panel] = text
 
     def _stats(self, view: RunView, status: str) -> str:
         start, step = view.started, view.last_step
@@ -166,6 +173,14 @@ class RunDetail(Horizontal):
             lines = list(view.log)[-new:]
             log.write_lines(f"{clock(e.time - start)} {describe(e)}" for e in lines)
         self._logged = (view, view.events_seen)
+
+
+def _rows(text: str | None, width: int) -> int | None:
+    """Rows `text` takes at `width` cells; None when unknown (empty, or a line would wrap)."""
+    if not text:
+        return None
+    lines = text.split("\n")
+    return len(lines) if all(cell_len(line) <= width for line in lines) else None
 
 
 def _samples(view: RunView) -> str:

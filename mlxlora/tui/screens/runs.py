@@ -71,7 +71,10 @@ class RunsTab(Vertical):
 
     def on_runs_polled(self, message: RunsPolled) -> None:
         self._dirty = self.book.apply(message.poll) or self._dirty
+        caught_up = self._catching_up and not message.poll.behind
         self._catching_up = message.poll.behind  # a big run is still arriving: draw it once
+        if caught_up:
+            self.redraw()  # now, not at the next tick: the runs just opened
 
     # --- drawing --------------------------------------------------------------------------
 

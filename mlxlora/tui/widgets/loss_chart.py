@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +13,10 @@ from mlxlora.runview import downsample
 
 # One colour per run when curves are overlaid: names both plotext and Rich (table cells) know.
 PALETTE = ("cyan", "magenta", "green", "yellow", "red", "blue")
+# A render takes 30-80 ms of the UI thread: curves that keep growing (a live run) redraw at
+# most this often, so keys pressed meanwhile are answered at once.
+GROWING_REDRAW_SEC = 1.0
+KEPT_RENDERS = 8  # finished runs' charts, drawn again without plotting when shown again
 
 
 @dataclass
@@ -23,6 +29,12 @@ class Series:
     color: str
     points: bool = False
 
+    def fingerprint(self) -> tuple:
+        """What tells one state of the curve from another without reading all of it."""
+        n = min(len(self.x), len(self.y))
+        ends = (self.x[-1], self.y[-1], self.y[n // 2], self.y[0]) if n else ()
+        return (self.label, self.color, self.points, n, *ends)
+
 
 class LossChart(PlotextPlot):
     """Loss by step. `plot()` hands it curves; each render downsamples them to the widget's
@@ -33,13 +45,41 @@ class LossChart(PlotextPlot):
         self.chart_title = title
         self.series: list[Series] = []
         self.vlines: Sequence[float] = ()
+        self._rendered: OrderedDict[tuple, object] = OrderedDict()
+        self._rendered_at = 0.0
+        self._pending_redraw = None
 
     def plot(self, series: list[Series], vlines: Sequence[float] = ()) -> None:
-        """Draw these curves and vertical lines (epoch boundaries) on the next refresh."""
+        """Draw these curves and vertical lines (epoch boundaries) on the next refresh; the
+        same curves grown since the last render wait for `GROWING_REDRAW_SEC` to pass."""
+        growing = _sources(series) == _sources(self.series)
         self.series, self.vlines = series, vlines
-        self.refresh()
+        wait = self._rendered_at + GROWING_REDRAW_SEC - time.monotonic()
+        if not growing or wait <= 0:
+            self.refresh()
+        elif self._pending_redraw is None:
+            self._pending_redraw = self.set_timer(wait, self.refresh)
 
     def render(self):
+        if self._pending_redraw is not None:
+            self._pending_redraw.stop()
+            self._pending_redraw = None
+        self._rendered_at = time.monotonic()
+        key = (
+            self.size,
+            self.app.theme,
+            self.chart_title,
+            tuple(s.fingerprint() for s in self.series),
+            tuple(self.vlines),
+        )
+        if key not in self._rendered:
+            self._rendered[key] = self._draw()
+            while len(self._rendered) > KEPT_RENDERS:
+                self._rendered.popitem(last=False)
+        self._rendered.move_to_end(key)
+        return self._rendered[key]
+
+    def _draw(self):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -56,3 +96,8 @@ class LossChart(PlotextPlot):
         for x in self.vlines if drawn else ():
             plt.vertical_line(x, color="gray")
         return super().render()
+
+
+def _sources(series: list[Series]) -> list[tuple[int, int]]:
+    """Which arrays the curves come from: the same ones again are the same curves, grown."""
+    return [(id(s.x), id(s.y)) for s in series]

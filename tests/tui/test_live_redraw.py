@@ -1,0 +1,92 @@
+"""Redrawing a live run cheaply: LossChart's growing curves redraw at a bounded rate and a
+chart shown again is not plotted again; the run's numbers redraw without a layout pass."""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+
+from run_fixtures import wait_for
+from textual.app import App
+
+from mlxlora.tui.widgets import loss_chart
+from mlxlora.tui.widgets.loss_chart import LossChart, Series
+
+
+class ChartApp(App):
+    def compose(self):
+        yield LossChart("loss")
+
+
+def test_growing_curves_redraw_at_a_bounded_rate_and_charts_shown_again_are_kept(monkeypatch):
+    monkeypatch.setattr(loss_chart, "GROWING_REDRAW_SEC", 0.5)
+    plotted = []
+
+    async def go():
+        app = ChartApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            chart = app.query_one(LossChart)
+            draw = chart._draw
+            monkeypatch.setattr(chart, "_draw", lambda: plotted.append(1) or draw())
+            x, y = array("d", [1, 2]), array("d", [3.0, 2.0])
+            chart.plot([Series("train", x, y, "cyan")])
+            await pilot.pause()
+            assert len(plotted) == 1
+            for step in range(3, 8):  # a live run: five new steps in quick succession
+                x.append(step)
+                y.append(1.0)
+                chart.plot([Series("train", x, y, "cyan")])
+                await pilot.pause()
+            assert len(plotted) == 1  # not yet: the last drawing is younger than 0.5 s
+            await wait_for(pilot, lambda: len(plotted) == 2, timeout=2.0)  # then the latest
+            other = (array("d", [1.0]), array("d", [5.0]))
+            chart.plot([Series("train", *other, "cyan")])  # another run: drawn at once
+            await pilot.pause()
+            assert len(plotted) == 3
+            chart.plot([Series("train", x, y, "cyan")])  # back to the first, unchanged
+            await pilot.pause()
+            assert len(plotted) == 3 and chart.series[0].x is x
+
+    asyncio.run(go())
+
+
+def test_run_numbers_redraw_without_a_layout_pass_while_their_height_stays(tmp_path, monkeypatch):
+    """A live run's panel redraws four times a second: a layout pass each time would cost
+    the whole screen. A text of another height still gets one."""
+    from textual.widgets import Static
+
+    from mlxlora.events import RunFailed, RunStarted, Step
+    from mlxlora.runview import RunView
+    from mlxlora.tui.screens.run_detail import RunDetail
+
+    layouts = []
+    update = Static.update
+    monkeypatch.setattr(
+        Static,
+        "update",
+        lambda self, c="", *, layout=True: layouts.append(layout) or update(self, c, layout=layout),
+    )
+
+    class DetailApp(App):
+        def compose(self):
+            yield RunDetail()
+
+    async def go():
+        app = DetailApp()
+        async with app.run_test(size=(160, 48)) as pilot:
+            detail = app.query_one(RunDetail)
+            view = RunView(tmp_path)
+            view.add([RunStarted("r", "m", "mlx", "cpu", 8, 2, 100, 10, 1, 2, 0.1)])
+            for step in range(1, 4):
+                view.add([Step(step, step / 10, 2.0 / step, 1e-3, 10, 100.0, 0.5, time=step)])
+                layouts.clear()
+                detail.show(view, "running")
+                await pilot.pause()
+                if step > 1:
+                    assert layouts == [False]  # the stats changed, nothing else
+            view.add([RunFailed(reason="out of memory", step=3)])
+            layouts.clear()
+            detail.show(view, "failed")
+            assert layouts == [False, True]  # stats in place; the failure line appears
+
+    asyncio.run(go())
