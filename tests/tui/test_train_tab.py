@@ -85,6 +85,12 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
             tab = app.query_one(TrainTab)
             assert app.query_one("#f-dataset", Select).value == "quickstart"
             assert problems(app) == {}
+            store.import_records([{"text": "x"}], "後から", "text")  # while the app is open
+            await pilot.press("1", "2")
+            await settle(app, pilot)
+            options = app.query_one("#f-dataset", Select)._options
+            assert [v for _, v in options if v is not Select.NULL] == ["quickstart", "後から"]
+            assert app.query_one("#f-dataset", Select).value == "quickstart"
             await type_into(pilot, app, "#f-name", "医療テスト")
             assert app.query_one("#f-name", Input).value == "医療テスト"
 

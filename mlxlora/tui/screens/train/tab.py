@@ -126,9 +126,12 @@ class TrainTab(Vertical):
 
     def on_show(self) -> None:
         """Focus the form (not a field, which would take the number keys) when the tab comes
-        into view, so its keys work at once; tab moves into the fields."""
+        into view, so its keys work at once; tab moves into the fields. Datasets imported
+        meanwhile join the dataset choices."""
         if self.app.focused is None or self.app.focused not in self.query("*"):
             self.query_one("#train-form").focus()
+        dataset = self.query_one("#f-dataset", Select).value
+        self._set_datasets("" if dataset is Select.NULL else dataset)
 
     # --- filling the form from a config dict ----------------------------------------------
 
