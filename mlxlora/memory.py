@@ -292,6 +292,27 @@ def memory_budget() -> int | None:
     return min(total, limit) if limit else total
 
 
+def shape_here(shape: TrainShape) -> TrainShape:
+    """`shape` as this machine trains it: the model's own dtype (bf16) with fused attention on
+    a Mac; elsewhere MLX's CPU backend computes in float32 with unfused attention."""
+    if is_apple_silicon():
+        return shape
+    return replace(shape, dtype_bytes=4, fused_attention=False)
+
+
+# Share of the budget above which an estimate is "tight": it fits, with little to spare.
+TIGHT_FRACTION = 0.8
+
+
+def fit_verdict(total: int, budget: int | None) -> str:
+    """'fits', 'tight' (over TIGHT_FRACTION of the budget), 'will not fit', or 'unknown'."""
+    if not budget:
+        return "unknown"
+    if total > budget:
+        return "will not fit"
+    return "tight" if total > TIGHT_FRACTION * budget else "fits"
+
+
 # --- what to change -----------------------------------------------------------------------
 
 

@@ -113,3 +113,9 @@ def match_targets(requested: list[str], linear: list[str]) -> TargetMatch:
     return TargetMatch(
         keys, {n: p for n, p in adapted.items() if p}, missing=missing, linear=linear
     )
+
+
+def short_names_for(linear: list[str]) -> list[str]:
+    """The short names (in SHORT_NAMES order) that map onto some of a block's linear layers:
+    what a form offers as target checkboxes for a model."""
+    return [name for name in SHORT_NAMES if _paths_for(name, linear)]

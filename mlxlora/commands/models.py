@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 
-from mlxlora.memory import (
-    GIB,
-    TrainShape,
-    estimate,
-    fmt_bytes,
-    is_apple_silicon,
-    memory_budget,
-    unified_budget,
+from mlxlora import memory
+from mlxlora.memory import TrainShape, estimate, fmt_bytes
+from mlxlora.models.listing import (
+    builtin_rows,
+    builtin_tiny_info,
+    ollama_rows,
+    params_text,
+    rows,
 )
-from mlxlora.models import ollama
-from mlxlora.models.catalog import CATALOG, find
-from mlxlora.models.resolve import BUILTINS, SMOLLM2_INSTALL, find_smollm2_gguf
-
-MAC_SIZES_GB = (16, 24, 32)  # M4 MacBook Air configurations
 
 
 def register(sub) -> None:
@@ -38,105 +32,6 @@ def register(sub) -> None:
     p.add_argument("--grad-checkpoint", action="store_true", help="estimate with checkpointing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
-
-
-def budgets() -> dict[str, int | None]:
-    """Training budgets by column name: this machine, then the Mac sizes."""
-    out: dict[str, int | None] = {"this machine": memory_budget()}
-    for gb in MAC_SIZES_GB:
-        out[f"{gb} GB Mac"] = unified_budget(gb * GIB)
-    return out
-
-
-def builtin_tiny_info() -> dict:
-    from mlxlora.models.builtin import ARCH, VOCAB_SIZE
-
-    h, inter, layers = ARCH["hidden_size"], ARCH["intermediate_size"], ARCH["num_hidden_layers"]
-    kv = ARCH["num_key_value_heads"] * h // ARCH["num_attention_heads"]
-    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h
-    params = VOCAB_SIZE * h + layers * per_layer + h
-    return {
-        **ARCH,
-        "vocab_size": VOCAB_SIZE,
-        "params": params,
-        "quantization": None,
-        "weight_bytes": params * 4,
-    }
-
-
-def builtin_rows(shape: TrainShape) -> list[dict]:
-    """builtin:tiny and builtin:smollm2-135m: size, training memory, installed or how to."""
-    tiny = builtin_tiny_info()
-    smol = find("HuggingFaceTB/SmolLM2-135M-Instruct")
-    smol_file = find_smollm2_gguf()
-    return [
-        {
-            "id": "builtin:tiny",
-            "description": BUILTINS["tiny"],
-            "params": tiny["params"],
-            "train_bytes": estimate(tiny, shape).total,
-            "installed": True,
-            "install": None,
-            "path": None,
-        },
-        {
-            "id": "builtin:smollm2-135m",
-            "description": BUILTINS["smollm2-135m"],
-            "params": smol.params,
-            "train_bytes": estimate(smol.info(), shape).total,
-            "installed": smol_file is not None,
-            "install": None if smol_file else SMOLLM2_INSTALL,
-            "path": str(smol_file) if smol_file else None,
-        },
-    ]
-
-
-def ollama_rows() -> dict:
-    """The GGUF models in Ollama's local store (manifests only; nothing is converted)."""
-    store = ollama.store_dir()
-    models = [
-        {"id": f"ollama:{e.ref}", "size_bytes": e.size, "path": str(e.gguf_path)}
-        for e in ollama.entries(store)
-    ]
-    return {"store": str(store), "exists": store.is_dir(), "models": models}
-
-
-def rows(shape: TrainShape) -> tuple[dict[str, int | None], list[dict]]:
-    """(budgets, one dict per catalog model) — what the table and --json show."""
-    b = budgets()
-    # On a Mac the model trains in its own dtype (bf16) with fused attention; elsewhere MLX's
-    # CPU backend computes in float32 with unfused attention (every layer keeps its scores).
-    here = shape if is_apple_silicon() else replace(shape, dtype_bytes=4, fused_attention=False)
-    out = []
-    for m in CATALOG:
-        mac = estimate(m.info(), shape)
-        local = estimate(m.info(), here)
-        fits = {
-            name: (
-                None
-                if budget is None
-                else (local if name == "this machine" else mac).total <= budget
-            )
-            for name, budget in b.items()
-        }
-        out.append(
-            {
-                "id": m.id,
-                "hf_id": m.hf_id,
-                "params": m.params,
-                "quant": m.quant,
-                "download_bytes": m.download_bytes,
-                "train_bytes": mac.total,
-                "train_bytes_this_machine": local.total,
-                "fits": fits,
-                "note": m.note,
-            }
-        )
-    return b, out
-
-
-def _params(n: int) -> str:
-    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
 
 def _mark(ok: bool | None) -> str:
@@ -206,7 +101,7 @@ def run(args) -> int:
             else f"[yellow]not installed[/]: {row['install']}"
         )
         console.print(
-            f"  {row['id']:<22} {_params(row['params']):>6}  ~{fmt_bytes(row['train_bytes'])} "
+            f"  {row['id']:<22} {params_text(row['params']):>6}  ~{fmt_bytes(row['train_bytes'])} "
             f"to train ({batch})  {row['description']}; {state}",
             highlight=False,
             soft_wrap=True,
@@ -237,7 +132,7 @@ def run(args) -> int:
     for r in models:
         table.add_row(
             f"{r['id']}\n[dim]{r['hf_id']}[/]",
-            _params(r["params"]),
+            params_text(r["params"]),
             r["quant"],
             fmt_bytes(r["download_bytes"]),
             fmt_bytes(r["train_bytes"]),
@@ -245,7 +140,9 @@ def run(args) -> int:
         )
     console.print(table)
     here = (
-        "" if is_apple_silicon() else " (this machine: float32 on CPU, shown where it does not fit)"
+        ""
+        if memory.is_apple_silicon()
+        else " (this machine: float32 on CPU, shown where it does not fit)"
     )
     console.print(
         f"[dim]train mem: weights + LoRA/Adam + activations + chunked-loss logits, bf16{here}. "

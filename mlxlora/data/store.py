@@ -345,3 +345,16 @@ def _resolve_file(path: Path, kind: str | None) -> tuple[DatasetMeta, list[dict]
         f"{source}: datasets {base!r} and {hashed!r} both exist with other records; "
         "import the file with an explicit --name"
     )
+
+
+def broken_datasets() -> list[tuple[str, str]]:
+    """(directory name, problem) for each directory of the store that `list_datasets` skips
+    because its meta.json is missing or unreadable, so a listing can show it, not hide it."""
+    root = datasets_root()
+    if not root.is_dir():
+        return []
+    return [
+        (d.name, f"{META_FILE} is missing or unreadable; remove {d} and import the file again")
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and _read_meta(d) is None
+    ]

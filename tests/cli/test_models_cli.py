@@ -11,16 +11,16 @@ import pytest
 
 from mlxlora import memory
 from mlxlora.cli import main
-from mlxlora.commands import models as models_cmd
 from mlxlora.memory import GIB, TrainShape, estimate
+from mlxlora.models import listing
 from mlxlora.models.catalog import CATALOG, find
 
 
 @pytest.fixture
 def linux_box(monkeypatch):
     """Pretend this machine is a Linux box whose training budget is 20 GiB."""
-    monkeypatch.setattr(models_cmd, "memory_budget", lambda: 20 * GIB)
-    monkeypatch.setattr(models_cmd, "is_apple_silicon", lambda: False)
+    monkeypatch.setattr(memory, "memory_budget", lambda: 20 * GIB)
+    monkeypatch.setattr(memory, "is_apple_silicon", lambda: False)
 
 
 def models_json(capsys, *args) -> dict:
@@ -98,7 +98,7 @@ def test_models_table_says_why_and_what_train_accepts(linux_box, capsys):
 
 
 def test_budget_unknown_gives_question_mark(monkeypatch, capsys):
-    monkeypatch.setattr(models_cmd, "memory_budget", lambda: None)
+    monkeypatch.setattr(memory, "memory_budget", lambda: None)
     data = models_json(capsys)
     assert all(m["fits"]["this machine"] is None for m in data["models"])
 
@@ -159,7 +159,7 @@ def test_models_lists_builtins_and_ollama(linux_box, capsys, tmp_path, monkeypat
     assert data["ollama"] == {"store": str(store), "exists": False, "models": []}
     add_model(store, "qwen2.5:0.5b")
     add_model(store, "someone/tiny:v1", gguf=FAKE_GGUF * 2)
-    monkeypatch.setattr(models_cmd, "find_smollm2_gguf", lambda: None)
+    monkeypatch.setattr(listing, "find_smollm2_gguf", lambda: None)
     data = models_json(capsys)
     assert [b["id"] for b in data["builtins"]] == ["builtin:tiny", "builtin:smollm2-135m"]
     smol = data["builtins"][1]

@@ -185,3 +185,22 @@ def test_llama_1b_fit_on_macs(gb, fits):
     info = find("mlx-community/Llama-3.2-1B-Instruct-4bit").info()
     total = estimate(info, TrainShape()).total
     assert (total <= memory.unified_budget(gb * GIB)) is fits
+
+
+def test_fit_verdict_thresholds():
+    """Tight is over 80% of the budget and still fits; over the budget will not fit."""
+    budget = 1000
+    assert memory.fit_verdict(800, budget) == "fits"
+    assert memory.fit_verdict(801, budget) == "tight"
+    assert memory.fit_verdict(1000, budget) == "tight"
+    assert memory.fit_verdict(1001, budget) == "will not fit"
+    assert memory.fit_verdict(1, None) == "unknown"
+
+
+def test_shape_here_is_float32_unfused_off_a_mac(monkeypatch):
+    shape = TrainShape(batch_size=2)
+    monkeypatch.setattr(memory, "is_apple_silicon", lambda: True)
+    assert memory.shape_here(shape) == shape
+    monkeypatch.setattr(memory, "is_apple_silicon", lambda: False)
+    here = memory.shape_here(shape)
+    assert (here.dtype_bytes, here.fused_attention, here.batch_size) == (4, False, 2)

@@ -1,0 +1,114 @@
+"""The import form: a file, a name, a description and a type, stored by the CLI's own import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static
+
+from mlxlora.data import store
+from mlxlora.data.formats import FORMATS
+from mlxlora.errors import MlxloraError
+from mlxlora.tui.widgets.file_picker import FilePicker
+
+AUTO = "auto"
+
+
+class ImportDialog(ModalScreen[tuple[str, list[str]] | None]):
+    """Dismisses with the stored dataset's name and the import's warnings, or None when
+    cancelled. An import that fails shows the engine's one-line error and stores nothing
+    (the store imports atomically)."""
+
+    DEFAULT_CSS = """
+    ImportDialog { align: center middle; }
+    ImportDialog > Vertical {
+        width: 90%; max-width: 100; height: auto; max-height: 100%;
+        border: thick $primary; background: $surface; padding: 0 1;
+    }
+    ImportDialog .field, ImportDialog #import-buttons { height: auto; margin-top: 1; }
+    ImportDialog .field Label { width: 13; }
+    ImportDialog .field Input, ImportDialog .field Select { width: 1fr; }
+    ImportDialog #import-browse { margin-left: 1; }
+    ImportDialog #import-error { color: $error; margin-top: 1; }
+    ImportDialog #import-buttons Button { margin-right: 2; }
+    """
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static("[b]Import a dataset[/] (JSON array or JSON Lines)")
+            with Horizontal(classes="field"):
+                yield Label("file")
+                yield Input(
+                    placeholder="path to a .json or .jsonl file", id="import-path", compact=True
+                )
+                yield Button("Browse…", id="import-browse", compact=True)
+            with Horizontal(classes="field"):
+                yield Label("name")
+                yield Input(placeholder="default: the file's name", id="import-name", compact=True)
+            with Horizontal(classes="field"):
+                yield Label("description")
+                yield Input(id="import-description", compact=True)
+            with Horizontal(classes="field"):
+                yield Label("type")
+                yield Select(
+                    [(t, t) for t in (AUTO, *FORMATS)],
+                    value=AUTO,
+                    allow_blank=False,
+                    id="import-type",
+                    compact=True,
+                )
+            yield Static("", id="import-error", markup=False)
+            with Horizontal(id="import-buttons"):
+                yield Button("Import", variant="primary", id="import-ok", compact=True)
+                yield Button("Cancel", id="import-cancel", compact=True)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "import-browse":
+            self.app.push_screen(FilePicker(Path.cwd()), self._picked)
+        elif event.button.id == "import-ok":
+            self.action_import()
+        else:
+            self.dismiss(None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.action_import()
+
+    def _picked(self, path: Path | None) -> None:
+        if path is not None:
+            self.query_one("#import-path", Input).value = str(path)
+
+    def action_import(self) -> None:
+        path = self.query_one("#import-path", Input).value.strip()
+        if not path:
+            self._error("choose a file to import")
+            return
+        name = self.query_one("#import-name", Input).value.strip() or store.stem_name(path)
+        kind = self.query_one("#import-type", Select).value
+        self._error("importing…")
+        self._import(path, name, self.query_one("#import-description", Input).value, kind)
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def _import(self, path: str, name: str, description: str, kind: str) -> None:
+        """Validates every record, so it runs off the UI thread."""
+        try:
+            meta, warnings = store.import_dataset(
+                path, name, description, None if kind == AUTO else kind
+            )
+        except MlxloraError as exc:
+            self.app.call_from_thread(self._error, str(exc))
+            return
+        self.app.call_from_thread(self.dismiss, (meta.name, warnings))
+
+    def _error(self, text: str) -> None:
+        self.query_one("#import-error", Static).update(text)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

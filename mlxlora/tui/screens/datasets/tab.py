@@ -1,0 +1,215 @@
+"""The Datasets tab: a table of stored datasets; for the selected one, `data show`'s analysis
+(token counts from a child `mlxlora data show --model`, since tokenizers need transformers)
+and a preview of its first records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, DataTable, Input, Static, TabbedContent, TabPane
+
+from mlxlora.data import store
+from mlxlora.errors import MlxloraError
+from mlxlora.tui.screens.datasets.import_dialog import ImportDialog
+from mlxlora.tui.screens.datasets.view import load_report, preview_text, report_text
+from mlxlora.tui.widgets.confirm import Confirm
+
+COLUMNS = ("name", "type", "records", "created", "description")
+BROKEN = "broken:"  # row key prefix of a store directory that is not a readable dataset
+
+
+class DatasetsTab(Vertical):
+    """Stored datasets, the import form, and the analysis and records of the selected one."""
+
+    DEFAULT_CSS = """
+    DatasetsTab #ds-table { height: 1fr; min-height: 4; max-height: 12; }
+    DatasetsTab #ds-detail { height: 2fr; }
+    DatasetsTab #ds-tokens { height: 1; }
+    DatasetsTab #ds-model { width: 1fr; }
+    DatasetsTab #ds-count { margin-left: 1; }
+    DatasetsTab #ds-status { height: 1; color: $text-muted; }
+    """
+    BINDINGS = [
+        Binding("i", "import_dataset", "Import"),
+        Binding("d", "delete_dataset", "Delete"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.selected: str | None = None
+        self.broken: dict[str, str] = {}  # row key -> why that directory is not a dataset
+        self.report: dict | None = None  # the selected dataset's, re-rendered on resize
+
+    def compose(self) -> ComposeResult:
+        yield DataTable(id="ds-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="ds-status", markup=False)
+        with TabbedContent(id="ds-detail"):
+            with TabPane("Analysis", id="ds-analysis"):
+                with Horizontal(id="ds-tokens"):
+                    yield Input(
+                        placeholder="model for token counts (builtin:tiny, a hub id, a path)",
+                        id="ds-model",
+                        compact=True,
+                    )
+                    yield Button("Count tokens", id="ds-count", compact=True)
+                with VerticalScroll(id="ds-report-scroll"):
+                    yield Static("", id="ds-report")
+            with TabPane("Preview", id="ds-preview"):
+                with VerticalScroll(id="ds-records-scroll"):
+                    yield Static("", id="ds-records")
+
+    def on_mount(self) -> None:
+        self.query_one("#ds-table", DataTable).add_columns(*COLUMNS)
+        self.action_refresh()
+
+    def on_show(self) -> None:
+        """Focus the table when the tab comes into view, so its keys work at once."""
+        if self.app.focused is None or self.app.focused not in self.query("*"):
+            self.query_one("#ds-table", DataTable).focus()
+
+    # --- the table ------------------------------------------------------------------------
+
+    def action_refresh(self, select: str | None = None) -> None:
+        """Re-read the store; keep (or move to) the `select`ed dataset's row."""
+        table = self.query_one("#ds-table", DataTable)
+        table.clear()
+        for meta in store.list_datasets():
+            created = meta.created[:16].replace("T", " ")
+            table.add_row(
+                meta.name, meta.type, f"{meta.records:,}", created, meta.description, key=meta.name
+            )
+        self.broken = {BROKEN + name: problem for name, problem in store.broken_datasets()}
+        for key, problem in self.broken.items():
+            name = key.removeprefix(BROKEN)
+            table.add_row(
+                Text(name, style="red"), Text("error", style="red"), "", "", problem, key=key
+            )
+        if table.row_count == 0:
+            self.selected = None
+            self._status("no datasets yet: press i to import a .json or .jsonl file")
+            self._show_report(Text(""), Text(""))
+            return
+        self._status(f"{table.row_count} datasets (i import, d delete)")
+        wanted = select or self.selected
+        keys = [row.value for row in table.rows]
+        table.move_cursor(row=keys.index(wanted) if wanted in keys else 0)
+
+    @on(DataTable.RowHighlighted, "#ds-table")
+    def _row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        key = event.row_key.value
+        if key is None or key == self.selected:
+            return
+        self.selected = key
+        if key in self.broken:
+            self._show_report(Text(self.broken[key], style="red"), Text(""))
+            return
+        self._show_report(Text(f"reading {key}…"), Text(""))
+        self._load(key)
+
+    # --- the selected dataset -------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def _load(self, name: str) -> None:
+        """Reads and analyses every record: off the UI thread."""
+        try:
+            report, records = load_report(name)
+        except MlxloraError as exc:
+            self.app.call_from_thread(self._loaded, name, None, [], str(exc))
+            return
+        self.app.call_from_thread(self._loaded, name, report, records, None)
+
+    def _loaded(self, name: str, report: dict | None, records: list, error: str | None) -> None:
+        if name != self.selected:  # the user moved on meanwhile
+            return
+        if report is None:
+            self._show_report(Text(error or "", style="red"), Text(""))
+            return
+        self._show_report(Text(""), preview_text(records, report["type"]))
+        self._set_report(report)
+
+    def _set_report(self, report: dict | None) -> None:
+        self.report = report
+        if report is not None:
+            # The app's width, not the scroll area's: that is 0 while the tab is hidden.
+            width = max(40, self.app.size.width - 6)
+            self.query_one("#ds-report", Static).update(report_text(report, width))
+
+    def on_resize(self) -> None:
+        self._set_report(self.report)
+
+    def _show_report(self, report: Text, records: Text) -> None:
+        self.report = None
+        self.query_one("#ds-report", Static).update(report)
+        self.query_one("#ds-records", Static).update(records)
+
+    def _status(self, text: str) -> None:
+        self.query_one("#ds-status", Static).update(text)
+
+    # --- token counts: a child process, since a tokenizer needs transformers ------------------
+
+    @on(Button.Pressed, "#ds-count")
+    @on(Input.Submitted, "#ds-model")
+    def _count_pressed(self) -> None:
+        model = self.query_one("#ds-model", Input).value.strip()
+        if not model or not self.selected or self.selected.startswith(BROKEN):
+            self._status("pick a dataset and type a model to count tokens with")
+            return
+        self._status(f"counting tokens of {self.selected} with {model}…")
+        self._count_tokens(self.selected, model)
+
+    @work(exclusive=True, group="tokens", exit_on_error=False)
+    async def _count_tokens(self, name: str, model: str) -> None:
+        command = [sys.executable, "-m", "mlxlora", "data", "show", name, "--model", model]
+        proc = await asyncio.create_subprocess_exec(
+            *command, "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            out, err = await proc.communicate()
+        except asyncio.CancelledError:
+            proc.kill()
+            raise
+        if proc.returncode != 0:
+            lines = err.decode("utf-8", "replace").strip().splitlines() or ["failed"]
+            self._status(lines[-1].removeprefix("mlxlora: error: "))
+            return
+        self._status(f"tokens counted with {model}")
+        if name == self.selected:
+            self._set_report(json.loads(out))
+
+    # --- import and delete ----------------------------------------------------------------
+
+    def action_import_dataset(self) -> None:
+        self.app.push_screen(ImportDialog(), self._imported)
+
+    def _imported(self, result: tuple[str, list[str]] | None) -> None:
+        if result:
+            name, warnings = result
+            self.action_refresh(select=name)
+            self._status("; ".join([f"imported {name}", *warnings]))
+
+    def action_delete_dataset(self) -> None:
+        name = self.selected
+        if not name or name.startswith(BROKEN):
+            return
+        question = f"Delete dataset {name}? Its stored records are removed from the workspace."
+        self.app.push_screen(Confirm(question), lambda yes: self._delete(name, yes))
+
+    def _delete(self, name: str, yes: bool | None) -> None:
+        if not yes:
+            return
+        try:
+            store.remove_dataset(name)
+        except MlxloraError as exc:
+            self._status(str(exc))
+            return
+        self.selected = None
+        self.action_refresh()
+        self._status(f"deleted {name}")

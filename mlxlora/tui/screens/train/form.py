@@ -1,0 +1,171 @@
+"""What the Train form edits, with no widgets: the config keys of its fields, the dict it
+builds for `config.from_dict` (the one validation there is), the problems of that validation
+mapped back to fields, and the memory verdict of a valid config."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxlora import config, memory
+from mlxlora.config import Config
+from mlxlora.errors import ConfigError
+
+# Taken as typed; every other field is read as YAML, as `--set key=value` reads it.
+TEXT_KEYS = ("name", "model")
+TARGETS = "lora.target_modules"
+STAGES = "training.stages"
+SCHEDULE = "training.schedule"
+DATASET = "data.dataset"
+
+# (section title, ((config key, label), ...)): the fields typed into an Input.
+SECTIONS = (
+    ("LoRA", (
+        ("lora.rank", "rank"),
+        ("lora.alpha", "alpha"),
+        ("lora.dropout", "dropout"),
+        ("lora.num_layers", "layers"),
+    )),
+    ("Training", (
+        ("training.learning_rate", "learning rate"),
+        ("training.epochs", "epochs"),
+        ("training.batch_size", "batch size"),
+        ("training.grad_accumulation", "accumulation"),
+        ("data.max_length", "max length"),
+        ("training.warmup_steps", "warmup steps"),
+    )),
+    ("Early stopping and seed", (
+        ("training.early_stopping.patience", "patience"),
+        ("training.early_stopping.min_delta", "min delta"),
+        ("training.seed", "seed"),
+    )),
+)  # fmt: skip
+INPUT_KEYS = ("name", "model", *(key for _, fields in SECTIONS for key, _ in fields))
+
+
+def get(data: dict, key: str):
+    """`data["lora"]["rank"]` for "lora.rank"."""
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def put(data: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[last] = value
+
+
+def help_text(key: str) -> str:
+    """The config field's own help (the dataclass metadata `mlxlora train --help` shows)."""
+    cls = Config
+    *parents, last = key.split(".")
+    for part in parents:
+        cls = {f.name: f.default_factory for f in dataclasses.fields(cls)}[part]
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}[last]
+
+
+def text_of(value) -> str:
+    return "" if value is None else str(value)
+
+
+def parse_value(text: str):
+    """A typed value as `--set` reads it (YAML): "8" -> 8, "5e-5" stays text for from_dict."""
+    return config.parse_override(f"value={text}")[1]
+
+
+def default_data(dataset: str = "") -> dict:
+    """A new job: Config's defaults, on `dataset`."""
+    data = Config().to_dict()
+    data["data"]["dataset"] = dataset
+    return data
+
+
+def build(
+    base: dict,
+    texts: dict[str, str],
+    dataset: str,
+    schedule: str,
+    targets: list[str],
+    stages: list[tuple[str, str]],
+) -> dict:
+    """The config dict of the form: `base` (a preset, or defaults) with the form's values."""
+    data = copy.deepcopy(base)
+    for key, text in texts.items():
+        put(data, key, text if key in TEXT_KEYS else parse_value(text))
+    put(data, DATASET, dataset)
+    put(data, SCHEDULE, schedule)
+    put(data, TARGETS, targets)
+    staged = [{"learning_rate": parse_value(lr), "epochs": parse_value(ep)} for lr, ep in stages]
+    put(data, STAGES, staged if schedule == "staged" else [])
+    return data
+
+
+def field_of(problem: str, keys: tuple[str, ...]) -> str | None:
+    """The field a problem is about, by the key it starts with (the longest that matches):
+    'training.stages[1].epochs: ...' -> 'training.stages'."""
+    head = problem.split(": ", 1)[0]
+    for key in sorted(keys, key=len, reverse=True):
+        if head == key or head.startswith((key + ".", key + "[")):
+            return key
+    return None
+
+
+def validate(data: dict, keys: tuple[str, ...]) -> tuple[Config | None, dict[str, list[str]], list]:
+    """(the Config or None, problems by field key, problems no field owns)."""
+    try:
+        return config.from_dict(data, "form"), {}, []
+    except ConfigError as exc:
+        problems = exc.problems
+    by_field: dict[str, list[str]] = {}
+    other = []
+    for problem in problems:
+        key = field_of(problem, keys)
+        if key is None:
+            other.append(problem)
+        else:
+            by_field.setdefault(key, []).append(problem)
+    return None, by_field, other
+
+
+def ordered_targets(previous: list[str], checked: list[str]) -> list[str]:
+    """The checked targets in the order the config listed them, new ones after: a preset
+    saved unchanged keeps its list as it was."""
+    return [t for t in previous if t in checked] + [t for t in checked if t not in previous]
+
+
+def presets(directory: Path) -> list[Path]:
+    """Every config file in `directory`, by name."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def preset_dir() -> Path:
+    """`configs/` where mlxlora runs, else the one beside the package (a source checkout)."""
+    here = Path.cwd() / "configs"
+    return here if here.is_dir() else Path(__file__).resolve().parents[4] / "configs"
+
+
+@dataclass(frozen=True)
+class MemoryVerdict:
+    total: int
+    budget: int | None
+    verdict: str  # memory.fit_verdict's
+    advice: list[str]
+
+    def line(self) -> str:
+        budget = f" of a {memory.fmt_bytes(self.budget)} budget" if self.budget else ""
+        return f"memory ~{memory.fmt_bytes(self.total)}{budget}: {self.verdict}"
+
+
+def memory_verdict(cfg: Config, info: dict, budget: int | None) -> MemoryVerdict:
+    """The engine's estimate of `cfg` on this machine, its verdict and what to change."""
+    shape = memory.shape_here(memory.TrainShape.from_config(cfg))
+    est = memory.estimate(info, shape)
+    verdict = memory.fit_verdict(est.total, budget)
+    advice = memory.fit_advice(est, budget, info, shape) if verdict == "will not fit" else []
+    return MemoryVerdict(est.total, budget, verdict, advice)

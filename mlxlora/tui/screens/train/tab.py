@@ -1,0 +1,333 @@
+"""The Train tab: a new job's form. Every change rebuilds the config dict and validates it with
+`config.from_dict` (problems shown under their fields), and re-estimates memory; Start queues
+the job for the runner, Save as YAML writes a config `mlxlora train` runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, Checkbox, Input, Select, Static
+
+from mlxlora import config, memory
+from mlxlora.config import SCHEDULES, Config
+from mlxlora.data import store
+from mlxlora.errors import MlxloraError
+from mlxlora.tui.screens.train import form
+from mlxlora.tui.screens.train.models import describe, model_options
+from mlxlora.tui.screens.train.save_dialog import SaveYamlDialog
+from mlxlora.tui.screens.train.stages import StagesEditor
+from mlxlora.tui.widgets.field import FieldRow
+
+CUSTOM = "custom"
+VERDICT_STYLE = {"fits": "green", "tight": "yellow", "will not fit": "red"}
+
+
+def _input(key: str, value: str = "") -> Input:
+    return Input(value, name=key, id="f-" + key.replace(".", "-"), compact=True)
+
+
+class TrainTab(Vertical):
+    """The new-job form, its live memory verdict, and Start / Save as YAML."""
+
+    DEFAULT_CSS = """
+    TrainTab #train-form { height: 1fr; }
+    TrainTab .section { text-style: bold; margin-top: 1; color: $accent; }
+    TrainTab #train-model-info { padding-left: 15; color: $text-muted; }
+    TrainTab #train-targets { grid-size: 4; grid-gutter: 0 1; height: auto; width: 1fr; }
+    TrainTab #train-footer { height: auto; max-height: 8; border-top: solid $primary; }
+    TrainTab #train-status { color: $text-muted; }
+    TrainTab #train-buttons { height: 1; }
+    TrainTab #train-buttons Button { margin-right: 2; }
+    """
+    BINDINGS = [
+        Binding("ctrl+g", "start", "Start job"),
+        Binding("ctrl+s", "save_yaml", "Save as YAML"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        datasets = [m.name for m in store.list_datasets()]
+        self.base = form.default_data(datasets[0] if datasets else "")
+        self.budget = memory.memory_budget()
+        self.targets_lock = asyncio.Lock()
+        self.checked: list[str] = []  # the targets ticked (the checkboxes are rebuilt per model)
+        self.model_facts: dict[str, tuple[dict | None, list[str], str]] = {}
+        self.cfg: Config | None = None
+        self.keys = (*form.INPUT_KEYS, form.DATASET, form.TARGETS, form.STAGES, form.SCHEDULE)
+
+    # --- layout ---------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        presets = [(CUSTOM, CUSTOM), *((p.name, str(p)) for p in form.presets(form.preset_dir()))]
+        with VerticalScroll(id="train-form"):
+            yield FieldRow(
+                "preset",
+                Select(presets, value=CUSTOM, allow_blank=False, id="train-preset", compact=True),
+                key="preset",
+                help="Load a config file from configs/ into the form",
+            )
+            yield self._row("name", "name")
+            yield self._row("model", "base model")
+            yield FieldRow(
+                "",
+                Select([], prompt="pick a model…", id="train-model-pick", compact=True),
+                key="model-pick",
+            )
+            yield Static("", id="train-model-info", markup=False)
+            yield FieldRow(
+                "dataset",
+                Select([], prompt="no stored datasets", id="f-dataset", compact=True),
+                key=form.DATASET,
+                help=form.help_text(form.DATASET),
+            )
+            for title, fields in form.SECTIONS:
+                yield Static(title, classes="section")
+                for key, label in fields:
+                    yield self._row(key, label)
+                if title == "LoRA":
+                    yield FieldRow(
+                        "targets",
+                        Grid(id="train-targets"),
+                        key=form.TARGETS,
+                        help=form.help_text(form.TARGETS),
+                    )
+                if title == "Training":
+                    yield FieldRow(
+                        "schedule",
+                        Select(
+                            [(s, s) for s in SCHEDULES],
+                            allow_blank=False,
+                            id="f-schedule",
+                            compact=True,
+                        ),
+                        key=form.SCHEDULE,
+                        help=form.help_text(form.SCHEDULE),
+                    )
+                    yield FieldRow("stages", StagesEditor(), key=form.STAGES, id="train-stages")
+        with Vertical(id="train-footer"):
+            yield Static("", id="train-memory")
+            yield Static("", id="train-status", markup=False)
+            with Horizontal(id="train-buttons"):
+                yield Button("Start", variant="primary", id="train-start", compact=True)
+                yield Button("Save as YAML", id="train-save", compact=True)
+
+    def _row(self, key: str, label: str) -> FieldRow:
+        return FieldRow(label, _input(key), key=key, help=form.help_text(key))
+
+    async def on_mount(self) -> None:
+        self.inputs = [box for box in self.query(Input) if box.name in form.INPUT_KEYS]
+        self.rows = list(self.query(FieldRow))
+        await self.fill(self.base)
+        self._load_model_options()
+
+    def on_show(self) -> None:
+        """Focus the form (not a field, which would take the number keys) when the tab comes
+        into view, so its keys work at once; tab moves into the fields. Datasets imported
+        meanwhile join the dataset choices."""
+        if self.app.focused is None or self.app.focused not in self.query("*"):
+            self.query_one("#train-form").focus()
+        dataset = self.query_one("#f-dataset", Select).value
+        self._set_datasets("" if dataset is Select.NULL else dataset)
+
+    # --- filling the form from a config dict ----------------------------------------------
+
+    async def fill(self, data: dict) -> None:
+        """Show `data` (a preset's or the defaults) in the form; it becomes the base the form's
+        values go onto, so keys the form has no field for are kept as they were."""
+        self.base = data
+        for key in form.INPUT_KEYS:
+            self.query_one(f"#f-{key.replace('.', '-')}", Input).value = form.text_of(
+                form.get(data, key)
+            )
+        self._set_datasets(form.get(data, form.DATASET))
+        self.query_one("#f-schedule", Select).value = form.get(data, form.SCHEDULE)
+        self.query_one("#train-stages").display = form.get(data, form.SCHEDULE) == "staged"
+        stages = [
+            (form.text_of(s["learning_rate"]), form.text_of(s["epochs"]))
+            for s in form.get(data, form.STAGES)
+        ]
+        await self.query_one(StagesEditor).set_stages(stages)
+        self.checked = list(form.get(data, form.TARGETS))
+        await self._set_targets()
+        await self._describe_model(form.get(data, "model"))
+        self.validate()
+
+    def _set_datasets(self, current: str) -> None:
+        names = [m.name for m in store.list_datasets()]
+        if current and current not in names:
+            names.append(current)  # a preset's file, imported when training starts
+        select = self.query_one("#f-dataset", Select)
+        select.set_options((n, n) for n in names)
+        select.value = current if current else Select.NULL
+
+    async def _set_targets(self, choices: list[str] | None = None) -> None:
+        """Checkboxes for the model's target choices plus any other name ticked."""
+        choices = choices or list(self.model_facts.get(self._model(), (None, [], ""))[1])
+        checked = self.checked
+        names = choices + [t for t in checked if t not in choices]
+        async with self.targets_lock:  # a preset and a model read may both rebuild them
+            grid = self.query_one("#train-targets", Grid)
+            if [(b.name, b.value) for b in grid.children] == [(n, n in checked) for n in names]:
+                return
+            await grid.remove_children()
+            await grid.mount_all(Checkbox(n, n in checked, name=n, compact=True) for n in names)
+
+    # --- the model ------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="options", exit_on_error=False)
+    def _load_model_options(self) -> None:
+        """Reads Ollama's store and the catalog: off the UI thread."""
+        shape = memory.TrainShape.from_config(self.cfg) if self.cfg else memory.TrainShape()
+        options = model_options(shape, self.budget)
+        self.app.call_from_thread(self.query_one("#train-model-pick", Select).set_options, options)
+
+    def _model(self) -> str:
+        return self.query_one("#f-model", Input).value.strip()
+
+    async def _describe_model(self, ref: str) -> None:
+        if ref in self.model_facts:
+            await self._model_described(ref, self.model_facts[ref])
+        else:
+            self.query_one("#train-model-info", Static).update("reading the model…")
+            self._read_model(ref)
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
+    def _read_model(self, ref: str) -> None:
+        """May read a local model's safetensors headers: off the UI thread."""
+        facts = describe(ref)
+        self.app.call_from_thread(self._model_described, ref, facts)
+
+    async def _model_described(self, ref: str, facts: tuple[dict | None, list[str], str]) -> None:
+        self.model_facts[ref] = facts
+        if ref != self._model():
+            return
+        self.query_one("#train-model-info", Static).update(facts[2])
+        await self._set_targets(facts[1])
+        self.validate()
+
+    # --- validation and the memory verdict ----------------------------------------------
+
+    def form_data(self) -> dict:
+        """The config dict the form holds now."""
+        texts = {box.name: box.value for box in self.inputs}
+        dataset = self.query_one("#f-dataset", Select).value
+        return form.build(
+            self.base,
+            texts,
+            "" if dataset is Select.NULL else dataset,
+            self.query_one("#f-schedule", Select).value,
+            form.ordered_targets(form.get(self.base, form.TARGETS), self.checked),
+            self.query_one(StagesEditor).stages(),
+        )
+
+    def validate(self) -> Config | None:
+        """Validate the form with `config.from_dict`; show each problem under its field."""
+        self.cfg, by_field, other = form.validate(self.form_data(), self.keys)
+        for row in self.rows:
+            row.show_problems(by_field.get(row.key, []))
+        count = sum(map(len, by_field.values())) + len(other)
+        status = "; ".join(other) if other else (f"{count} problem(s) to fix" if count else "")
+        self._say("#train-status", status or "ready: ctrl+g starts, ctrl+s saves as YAML")
+        self._say("#train-memory", self._memory_text())
+        return self.cfg
+
+    def _say(self, selector: str, text: str) -> None:
+        """Update a line only when its text changes: an update re-lays the form out."""
+        line = self.query_one(selector, Static)
+        if line.content != text:
+            line.update(text)
+
+    def _memory_text(self) -> str:
+        facts = self.model_facts.get(self.cfg.model if self.cfg else "")
+        if self.cfg is None:
+            return "memory: fix the problems above to see the estimate"
+        if facts is None:
+            return "memory: reading the model…"
+        if facts[0] is None:
+            return f"memory: unknown ({facts[2]})"
+        verdict = form.memory_verdict(self.cfg, facts[0], self.budget)
+        style = VERDICT_STYLE.get(verdict.verdict, "")
+        text = f"[{style}]{verdict.line()}[/]" if style else verdict.line()
+        advice = "; ".join(verdict.advice)
+        return text + (f"\ntry: {advice}" if advice else "")
+
+    @on(Input.Changed)
+    async def _input_changed(self, event: Input.Changed) -> None:
+        if event.input.name == "model":
+            await self._describe_model(event.value.strip())
+        self.validate()
+
+    @on(Checkbox.Changed)
+    def _target_ticked(self, event: Checkbox.Changed) -> None:
+        name = event.checkbox.name
+        self.checked = [t for t in self.checked if t != name] + ([name] if event.value else [])
+        self.validate()
+
+    @on(StagesEditor.Changed)
+    def _stages_changed(self) -> None:
+        self.validate()
+
+    @on(Select.Changed)
+    async def _select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "train-preset":
+            await self._load_preset(event.value)
+        elif event.select.id == "train-model-pick" and event.value is not Select.NULL:
+            self.query_one("#f-model", Input).value = event.value
+        elif event.select.id == "f-schedule":
+            self.query_one("#train-stages").display = event.value == "staged"
+            await self._first_stage()
+            self.validate()
+        else:
+            self.validate()
+
+    async def _first_stage(self) -> None:
+        """Switching to staged starts from one stage with the form's rate and epochs."""
+        editor = self.query_one(StagesEditor)
+        if self.query_one("#f-schedule", Select).value == "staged" and not editor.stages():
+            lr = self.query_one("#f-training-learning_rate", Input).value
+            await editor.set_stages([(lr, self.query_one("#f-training-epochs", Input).value)])
+
+    async def _load_preset(self, value: str) -> None:
+        if value == CUSTOM:
+            return
+        try:
+            cfg = config.load(value)
+        except MlxloraError as exc:
+            self._say("#train-status", str(exc))
+            return
+        await self.fill(cfg.to_dict())
+
+    # --- actions --------------------------------------------------------------------------
+
+    def action_start(self) -> None:
+        cfg = self.validate()
+        if cfg is None:
+            return
+        from mlxlora import queue
+
+        job = queue.add_train(cfg.to_yaml(), cfg.name)
+        queue.ensure_runner()
+        self._say("#train-status", f"queued {job.name}")
+        self.app.action_show_tab("runs")
+
+    def action_save_yaml(self) -> None:
+        cfg = self.validate()
+        if cfg is None:
+            return
+        self.app.push_screen(SaveYamlDialog(cfg.to_yaml(), f"configs/{cfg.name}.yaml"), self._saved)
+
+    def _saved(self, path) -> None:
+        if path is not None:
+            self._say("#train-status", f"saved {path}")
+
+    @on(Button.Pressed, "#train-start")
+    def _start_pressed(self) -> None:
+        self.action_start()
+
+    @on(Button.Pressed, "#train-save")
+    def _save_pressed(self) -> None:
+        self.action_save_yaml()

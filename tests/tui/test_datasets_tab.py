@@ -1,0 +1,234 @@
+"""The Datasets tab: the table, importing from the form, analysis, preview, delete, and
+directories that are not datasets. Real store, real files, real `data show` child process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import pytest
+from textual.widgets import DataTable, Input, Static, TabbedContent
+
+from mlxlora.data import store
+from mlxlora.errors import DataError
+from mlxlora.tui.app import MlxloraApp
+from mlxlora.tui.screens.datasets import DatasetsTab
+from mlxlora.tui.screens.datasets.import_dialog import ImportDialog
+from mlxlora.tui.widgets.confirm import Confirm
+
+CREATED = "2025-04-01T09:30:00+00:00"
+JA_RECORDS = [
+    {"instruction": "糖尿病とは何ですか？", "output": "血糖値が高い状態が続く病気です。"},
+    {"instruction": "発熱の目安は？", "output": "一般に37.5℃以上を発熱とします。"},
+    {"instruction": "発熱の目安は？", "output": "一般に37.5℃以上を発熱とします。"},
+]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
+    return path
+
+
+@pytest.fixture
+def datasets(home, tmp_path, quickstart_data, monkeypatch):
+    """Two stored datasets with a fixed creation time (the table shows it)."""
+    monkeypatch.setattr(store, "_now", lambda: CREATED)
+    store.import_dataset(quickstart_data, "quickstart", "quick start Q&A")
+    store.import_dataset(write_jsonl(tmp_path / "ja.jsonl", JA_RECORDS), "medical-ja", "医療の質問")
+    return home
+
+
+def text(app, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).content)
+
+
+def table_rows(app) -> list[list[str]]:
+    table = app.query_one("#ds-table", DataTable)
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+async def settle(app, pilot):
+    """Wait for this tab's workers (other tabs run watchers that never end)."""
+    await pilot.pause()
+    await app.workers.wait_for_complete(
+        w for w in app.workers if isinstance(w.node, (DatasetsTab, ImportDialog))
+    )
+    await pilot.pause()
+
+
+async def import_from_form(app, pilot, path, name: str) -> None:
+    await pilot.press("i")
+    dialog = app.screen
+    assert isinstance(dialog, ImportDialog)
+    dialog.query_one("#import-path", Input).value = str(path)
+    dialog.query_one("#import-name", Input).focus()
+    await pilot.press(*name)
+    await pilot.click("#import-ok")
+    await settle(app, pilot)
+
+
+def test_import_a_good_and_a_bad_file_from_the_form(home, tmp_path, quickstart_data):
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl", [{"instruction": "a", "output": "b"}, {"instruction": "c"}]
+    )
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            assert "no datasets yet" in text(app, "#ds-status")
+
+            await import_from_form(app, pilot, quickstart_data, "クイック")
+            assert not isinstance(app.screen, ImportDialog)
+            assert [r[:3] for r in table_rows(app)] == [["クイック", "instruction", "120"]]
+            assert "クイック  instruction, 120 records" in text(app, "#ds-report")
+            assert text(app, "#ds-status") == "imported クイック"
+
+            await import_from_form(app, pilot, bad, "bad")
+            assert isinstance(app.screen, ImportDialog)  # stays open, showing why
+            error = text(app, "#import-error")
+            with pytest.raises(DataError) as engine:  # what `mlxlora data import` says
+                store.import_dataset(bad, "bad")
+            assert error == str(engine.value) and "\n" not in error
+            assert error.startswith(f'{bad}: line 2: field "output"')
+            await pilot.press("escape")
+            assert [r[0] for r in table_rows(app)] == ["クイック"]
+
+    asyncio.run(go())
+    assert not store.exists("bad")
+    assert sorted(p.name for p in (home / "datasets").iterdir()) == ["クイック"]  # nothing else
+
+
+def test_analysis_and_preview_of_the_selected_dataset(datasets):
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            rows = table_rows(app)
+            assert [r[0] for r in rows] == ["medical-ja", "quickstart"]
+            assert rows[0][1:] == ["instruction", "3", "2025-04-01 09:30", "医療の質問"]
+            report = text(app, "#ds-report")
+            assert "medical-ja  instruction, 3 records" in report
+            assert "histogram (chars per record)" in report
+            # Record numbers count from 1, as in the preview below.
+            assert "exact duplicates: 1 (record 3 repeats 2)" in report
+            assert "near duplicates: 0" in report and "boilerplate sentences: 0" in report
+
+            app.query_one("#ds-detail", TabbedContent).active = "ds-preview"
+            await pilot.pause()
+            preview = text(app, "#ds-records")
+            assert preview.startswith("record 1\nuser: 糖尿病とは何ですか？\nassistant: 血糖値")
+            assert "record 3" in preview and "record 4" not in preview
+
+            app.query_one("#ds-table").focus()
+            await pilot.press("down")
+            await settle(app, pilot)
+            assert "quickstart  instruction, 120 records" in text(app, "#ds-report")
+            assert text(app, "#ds-records").count("\nassistant: ") == 100  # first 100 only
+
+    asyncio.run(go())
+
+
+def test_token_counts_come_from_a_data_show_child(datasets):
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(100, 40)) as pilot:
+            await settle(app, pilot)
+            before = text(app, "#ds-report")
+            assert "│ tokens │" not in before and "histogram (chars per record)" in before
+            app.query_one("#ds-model", Input).value = "builtin:tiny"
+            await pilot.click("#ds-count")
+            await settle(app, pilot)
+            report = text(app, "#ds-report")
+            assert "histogram (tokens per record)" in report, report
+            assert "│ tokens │" in report
+            assert text(app, "#ds-status") == "tokens counted with builtin:tiny"
+
+            app.query_one("#ds-model", Input).value = "builtin:nope"
+            await pilot.click("#ds-count")
+            await settle(app, pilot)
+            assert "unknown builtin model" in text(app, "#ds-status")
+
+    asyncio.run(go())
+
+
+def test_delete_asks_first(datasets):
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            await pilot.press("d")
+            assert isinstance(app.screen, Confirm)
+            await pilot.press("n")
+            assert store.exists("medical-ja")
+            await pilot.press("d", "y")
+            await settle(app, pilot)
+            assert [r[0] for r in table_rows(app)] == ["quickstart"]
+            assert "quickstart  instruction" in text(app, "#ds-report")
+
+    asyncio.run(go())
+    assert not store.exists("medical-ja") and store.exists("quickstart")
+
+
+def test_broken_datasets_show_as_errors_not_crashes(datasets):
+    root = datasets / "datasets"
+    (root / "half").mkdir()  # an import interrupted before meta.json was written
+    shutil.copytree(root / "quickstart", root / "edited")
+    meta = json.loads((root / "edited" / "meta.json").read_text("utf-8"))
+    (root / "edited" / "meta.json").write_text(json.dumps({**meta, "name": "edited"}), "utf-8")
+    with open(root / "edited" / "records.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"text": "added by hand"}\n')
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            rows = table_rows(app)
+            assert [r[0] for r in rows] == ["edited", "medical-ja", "quickstart", "half"]
+            assert rows[3][1] == "error" and "meta.json is missing or unreadable" in rows[3][4]
+            assert "changed since it was imported" in text(app, "#ds-report")
+            app.query_one("#ds-table").focus()
+            await pilot.press("down", "down", "down")
+            await settle(app, pilot)
+            assert "meta.json is missing or unreadable" in text(app, "#ds-report")
+            await pilot.press("d")  # nothing to delete through the store: no dialog
+            assert not isinstance(app.screen, Confirm)
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def test_snapshot(datasets, snap_compare, size):
+    async def loaded(pilot):
+        await settle(pilot.app, pilot)
+
+    assert snap_compare(MlxloraApp(), terminal_size=size, run_before=loaded)
+
+
+def test_the_file_picker_offers_only_data_files(home, tmp_path, monkeypatch):
+    files = tmp_path / "files"
+    (files / "sub").mkdir(parents=True)
+    for name in ("a.jsonl", "b.json", "notes.txt", ".hidden.jsonl"):
+        (files / name).write_text("{}\n", "utf-8")
+    monkeypatch.chdir(files)
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            await pilot.press("i")
+            await pilot.click("#import-browse")
+            tree = app.screen.query_one("#picker-tree")
+            for _ in range(100):  # the tree loads in a worker that never completes
+                if tree.root.children:
+                    break
+                await pilot.pause(0.05)
+            shown = [str(node.label) for node in tree.root.children]
+            assert shown == ["sub", "a.jsonl", "b.json"]
+            tree.select_node(tree.root.children[1])
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.screen.query_one("#import-path", Input).value == str(files / "a.jsonl")
+
+    asyncio.run(go())

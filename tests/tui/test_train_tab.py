@@ -1,0 +1,325 @@
+"""The Train tab: a job on builtin:tiny typed into the form, validation by config.from_dict as
+it is typed, the live memory verdict, presets, and Save as YAML round trips."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import Button, Checkbox, Input, Select, Static
+
+from mlxlora import config, memory
+from mlxlora.data import store
+from mlxlora.models.listing import builtin_tiny_info
+from mlxlora.tui.app import MlxloraApp
+from mlxlora.tui.screens.train import TrainTab
+from mlxlora.tui.screens.train.save_dialog import SaveYamlDialog
+from mlxlora.tui.screens.train.stages import StageRow
+from mlxlora.tui.widgets.field import FieldRow
+
+REPO = Path(__file__).resolve().parents[2]
+BUDGET = 16 * memory.GIB
+
+
+@pytest.fixture
+def workspace(home, quickstart_data, monkeypatch):
+    """A workspace with the quick start dataset, on a pretend 16 GiB Linux box."""
+    monkeypatch.setattr(memory, "memory_budget", lambda: BUDGET)
+    monkeypatch.setattr(memory, "is_apple_silicon", lambda: False)
+    monkeypatch.chdir(REPO)  # presets are configs/*.yaml where mlxlora runs
+    store.import_dataset(quickstart_data, "quickstart", "quick start Q&A")
+    return home
+
+
+def text(app, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).content)
+
+
+def problems(app) -> dict[str, str]:
+    rows = app.query(FieldRow)
+    return {
+        r.key: str(r.query_one(".field-problem", Static).content)
+        for r in rows
+        if r.has_class("-invalid")
+    }
+
+
+async def settle(app, pilot):
+    """Wait for this tab's workers (other tabs run watchers that never end)."""
+    await pilot.pause()
+    await app.workers.wait_for_complete(
+        w for w in app.workers if isinstance(w.node, (TrainTab, SaveYamlDialog))
+    )
+    await pilot.pause()
+
+
+async def type_into(pilot, app, field: str | Input, value: str) -> None:
+    """Focus an Input (or its selector), clear it and type `value` key by key."""
+    field = app.query_one(field, Input) if isinstance(field, str) else field
+    field.focus()
+    field.value = ""
+    await pilot.press(*value)
+    await settle(app, pilot)
+
+
+async def save(app, pilot, path: Path) -> None:
+    await pilot.press("ctrl+s")
+    assert isinstance(app.screen, SaveYamlDialog)
+    app.screen.query_one("#save-path", Input).value = str(path)
+    await pilot.click("#save-ok")
+    await settle(app, pilot)
+
+
+def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
+    saved = tmp_path / "ジョブ.yaml"
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            tab = app.query_one(TrainTab)
+            assert app.query_one("#f-dataset", Select).value == "quickstart"
+            assert problems(app) == {}
+            store.import_records([{"text": "x"}], "後から", "text")  # while the app is open
+            await pilot.press("1", "2")
+            await settle(app, pilot)
+            options = app.query_one("#f-dataset", Select)._options
+            assert [v for _, v in options if v is not Select.NULL] == ["quickstart", "後から"]
+            assert app.query_one("#f-dataset", Select).value == "quickstart"
+            await type_into(pilot, app, "#f-name", "医療テスト")
+            assert app.query_one("#f-name", Input).value == "医療テスト"
+
+            await type_into(pilot, app, "#f-lora-rank", "0")
+            assert problems(app) == {"lora.rank": "lora.rank: 0 is not allowed (>= 1)"}
+            assert text(app, "#train-memory").startswith("memory: fix the problems above")
+            await type_into(pilot, app, "#f-lora-rank", "16")
+            await type_into(pilot, app, "#f-data-max_length", "256")
+            assert problems(app) == {}
+
+            # The verdict is the engine's estimate for this form on this (pretend) machine.
+            shape = memory.TrainShape(
+                lora_rank=16, max_length=256, dtype_bytes=4, fused_attention=False
+            )
+            total = memory.estimate(builtin_tiny_info(), shape).total
+            expected = f"memory ~{memory.fmt_bytes(total)} of a 16.0 GiB budget: fits"
+            assert text(app, "#train-memory") == f"[green]{expected}[/]"
+
+            await type_into(pilot, app, "#f-training-batch_size", "256")
+            await type_into(pilot, app, "#f-data-max_length", "8192")
+            verdict = text(app, "#train-memory")
+            assert "will not fit" in verdict and "try: training.batch_size=1" in verdict
+            await type_into(pilot, app, "#f-training-batch_size", "4")
+            await type_into(pilot, app, "#f-data-max_length", "256")
+
+            targets = {box.name: box for box in app.query(Checkbox)}
+            assert list(targets) == [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]  # builtin:tiny's real modules
+            targets["down_proj"].value = True
+            await settle(app, pilot)
+            assert tab.cfg.lora.target_modules == ["q_proj", "v_proj", "down_proj"]
+            await save(app, pilot, saved)
+            assert f"saved {saved}" == text(app, "#train-status")
+            return tab.cfg
+
+    cfg = asyncio.run(go())
+    assert cfg.name == "医療テスト" and cfg.lora.rank == 16 and cfg.data.dataset == "quickstart"
+    assert config.load(saved) == cfg
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlxlora",
+            "train",
+            str(saved),
+            "--set",
+            "training.max_steps=2",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").open()]
+    assert events[0]["type"] == "run_started" and events[-1]["type"] == "run_finished"
+    assert events[-1]["step"] == 2
+
+
+def test_stages_validate_and_save(workspace, tmp_path):
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            tab = app.query_one(TrainTab)
+            assert not app.query_one("#train-stages").display
+            app.query_one("#f-schedule", Select).value = "staged"
+            await settle(app, pilot)
+            assert app.query_one("#train-stages").display
+            assert [r.stage() for r in app.query(StageRow)] == [("0.0001", "3.0")]
+            app.query_one("#stage-add", Button).press()
+            await settle(app, pilot)
+            epochs = app.query(StageRow)[1].query_one(".stage-epochs", Input)
+            await type_into(pilot, app, epochs, "0")
+            assert problems(app) == {
+                "training.stages": "training.stages[1].epochs: 0.0 is not allowed (> 0)"
+            }
+            await type_into(pilot, app, epochs, "1.5")
+            assert problems(app) == {}
+            assert [(s.learning_rate, s.epochs) for s in tab.cfg.training.stages] == [
+                (1e-4, 3.0),
+                (1e-4, 1.5),
+            ]
+            assert tab.cfg.training.epochs == 4.5
+            await save(app, pilot, tmp_path / "staged.yaml")
+            return tab.cfg
+
+    cfg = asyncio.run(go())
+    assert config.load(tmp_path / "staged.yaml") == cfg
+
+
+@pytest.mark.parametrize("preset", ["tiny.yaml", "level3_medical_staged.yaml"])
+def test_a_preset_loads_and_saves_unchanged(workspace, tmp_path, preset):
+    path = REPO / "configs" / preset
+    expected = config.load(path)
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            app.query_one("#train-preset", Select).value = str(path)
+            await settle(app, pilot)
+            assert app.query_one("#f-name", Input).value == expected.name
+            assert app.query_one("#f-lora-rank", Input).value == str(expected.lora.rank)
+            checked = [box.name for box in app.query(Checkbox) if box.value]
+            assert sorted(checked) == sorted(expected.lora.target_modules)
+            stages = [r.stage() for r in app.query(StageRow)]
+            assert len(stages) == len(expected.training.stages)
+            assert problems(app) == {}
+            await save(app, pilot, tmp_path / "again.yaml")
+
+    asyncio.run(go())
+    assert config.load(tmp_path / "again.yaml") == expected
+
+
+def test_save_never_overwrites(workspace, tmp_path):
+    taken = tmp_path / "taken.yaml"
+    taken.write_text("keep me\n", "utf-8")
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            await save(app, pilot, taken)
+            assert isinstance(app.screen, SaveYamlDialog)
+            assert text(app, "#save-error") == f"{taken} exists; choose another name"
+
+    asyncio.run(go())
+    assert taken.read_text("utf-8") == "keep me\n"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def test_snapshot(workspace, snap_compare, size):
+    async def loaded(pilot):
+        await settle(pilot.app, pilot)
+        pilot.app.query_one("#f-name", Input).value = "医療テスト"  # wide characters
+        await settle(pilot.app, pilot)
+
+    assert snap_compare(MlxloraApp("train"), terminal_size=size, run_before=loaded)
+
+
+def write_model(directory: Path, blocks: list[str]) -> Path:
+    """A local model directory whose first block holds these linear layers (gpt2-like)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    directory.mkdir()
+    arch = {
+        "model_type": "gpt2",
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "vocab_size": 16,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    }
+    (directory / "config.json").write_text(json.dumps(arch), "utf-8")
+    tensors = {f"transformer.h.0.{b}.weight": np.zeros((8, 8), np.float32) for b in blocks}
+    tensors["transformer.h.0.ln_1.weight"] = np.zeros(8, np.float32)  # not a linear layer
+    save_file(tensors, str(directory / "model.safetensors"))
+    return directory
+
+
+def test_the_model_picker_and_the_models_own_modules(workspace, tmp_path):
+    gpt2 = write_model(tmp_path / "gpt2", ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"])
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            pick = app.query_one("#train-model-pick", Select)
+            qwen = "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
+            label = next(str(label) for label, value in pick._options if value == qwen)
+            assert label == f"{qwen}  494M  too big"  # batch 4 x 2048 in float32 on a CPU
+            pick.value = qwen
+            await settle(app, pilot)
+            assert app.query_one("#f-model", Input).value == qwen
+            assert text(app, "#train-model-info") == "494M params, 267.0 MiB (4-bit)"
+            assert "will not fit" in text(app, "#train-memory")
+            await type_into(pilot, app, "#f-data-max_length", "256")
+            assert text(app, "#train-memory").startswith("[green]memory ~")
+
+            await type_into(pilot, app, "#f-model", "someone/not-in-the-catalog")
+            assert text(app, "#train-memory") == (
+                "memory: unknown (size unknown until training fetches or converts it)"
+            )
+
+            await type_into(pilot, app, "#f-model", str(gpt2))
+            names = [box.name for box in app.query(Checkbox)]
+            assert names == ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+            assert problems(app) == {}
+
+    asyncio.run(go())
+
+
+def test_start_queues_the_job_and_the_runner_trains_it(workspace):
+    from textual.widgets import TabbedContent
+
+    from mlxlora import queue
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            app.query_one("#train-preset", Select).value = str(REPO / "configs" / "tiny.yaml")
+            await settle(app, pilot)
+            await type_into(pilot, app, "#f-name", "開始テスト")
+            await type_into(pilot, app, "#f-training-epochs", "1")
+            cfg = app.query_one(TrainTab).cfg
+            await pilot.press("ctrl+g")
+            await pilot.pause()
+            assert app.query_one(TabbedContent).active == "runs"
+            return cfg
+
+    cfg = asyncio.run(go())
+    (job,) = queue.jobs()
+    assert job.name == "開始テスト" and config.load(job.config) == cfg
+    deadline = time.monotonic() + 240
+    while job.state != "done" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        (job,) = queue.jobs()
+    assert (job.state, job.exit_code, job.error) == ("done", 0, None)
+    events = [json.loads(line) for line in Path(job.run_dir, "events.jsonl").open()]
+    assert events[-1]["type"] == "run_finished"
