@@ -1,0 +1,58 @@
+"""The speed benchmark refuses to compare sides that trained different weights (issue 7: the
+stock side trained the 4-bit SmolLM2 while mlxlora trained a float copy, a '9.6x' that was not
+like for like)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+nn = pytest.importorskip("mlx.nn")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_vs_mlx_lm.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("train_vs_mlx_lm", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_llama():
+    from mlx_lm.models import llama
+
+    args = llama.ModelArgs(
+        model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=256,
+    )
+    mx.random.seed(0)
+    model = llama.Model(args)
+    mx.eval(model.parameters())
+    return model
+
+
+def result(work):
+    return {"work": work, "tokens": 1000, "steps": 3}
+
+
+def test_a_quantized_side_against_a_float_side_is_refused(bench):
+    float_work = bench.trained_weights(tiny_llama())
+    quantized = tiny_llama()
+    nn.quantize(quantized, group_size=32, bits=4)
+    quantized_work = bench.trained_weights(quantized)
+    assert quantized_work["quantized_layers"] > 0 and float_work["quantized_layers"] == 0
+    with pytest.raises(SystemExit, match="unequal work"):
+        bench.check_equal_work("smollm2", {"stock": result(quantized_work),
+                                           "mlxlora": result(float_work)})
+
+
+def test_the_same_weights_compare(bench):
+    a, b = bench.trained_weights(tiny_llama()), bench.trained_weights(tiny_llama())
+    assert a == b
+    bench.check_equal_work("smollm2", {"stock": result(a), "mlxlora": result(b)})
+    with pytest.raises(SystemExit, match="steps"):
+        bench.check_equal_work("smollm2", {"stock": result(a),
+                                           "mlxlora": {**result(b), "steps": 4}})
