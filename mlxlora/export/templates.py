@@ -23,7 +23,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxlora.errors import ModelError
+from mlxlora.errors import ExportError
 
 PLAIN_TEMPLATE = "{{ .Prompt }}"
 PROBE = "\x00probe\x00"  # a user message no template writes by itself
@@ -90,7 +90,7 @@ def translate(template: str, bos: str = "", eos: str = "") -> ChatFormat:
     """The Go template and stop tokens equivalent to the Jinja `template`."""
     family = family_of(template)
     if family is None:
-        raise ModelError(
+        raise ExportError(
             "the model's chat template is of a family mlxlora cannot translate into an Ollama "
             f"TEMPLATE (supported: {SUPPORTED}); write the Modelfile TEMPLATE by hand"
         )

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from mlxlora.errors import ModelError
+from mlxlora.errors import ExportError
 from mlxlora.export import templates
 from tests.export import chat_templates as upstream
 
@@ -114,7 +114,7 @@ def test_system_text_that_looks_like_go_template_syntax_stays_literal(go_render)
 
 
 def test_an_unknown_template_is_refused_naming_the_supported_families():
-    with pytest.raises(ModelError, match="supported: ChatML"):
+    with pytest.raises(ExportError, match="supported: ChatML"):
         templates.translate("{% for m in messages %}### {{ m['content'] }}{% endfor %}")
 
 
