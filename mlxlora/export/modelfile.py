@@ -50,7 +50,7 @@ def quote(value: str, field: str) -> str:
         raise ExportError(f"{field}: Ollama's Modelfile parser would drop {shown}; remove them")
     if "\n" not in value and "\r" not in value and not value.startswith('""'):
         return f'"{value}"'
-    if UNQUOTABLE.search(value) or value.endswith('"""'):
+    if UNQUOTABLE.search(value):
         raise ExportError(f'{field}: a Modelfile cannot hold \'"""\' followed by a line break')
     return f'"""{value}"""'
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import chat_templates as upstream
 import pytest
 
 from mlxlora.errors import ExportError
 from mlxlora.export import templates
-from tests.export import chat_templates as upstream
 
 SYSTEM = {"role": "system", "content": "あなたは医療の専門家です。Answer briefly."}
 CONVERSATIONS = {
