@@ -64,3 +64,9 @@ def float_weights(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
     model = dequantize_model(model)
     for name, value in tree_flatten(model.parameters()):
         yield name, np.array(value.astype(mx.float32))
+
+
+def float_tensors(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file (an adapter) as float32 numpy arrays, whatever its dtype (bfloat16
+    included, which numpy cannot read)."""
+    return {k: np.array(v.astype(mx.float32)) for k, v in mx.load(str(path)).items()}
