@@ -107,8 +107,7 @@ def _write_weights(request, modelfile: Modelfile, model_dir: Path, tmp: Path, re
 def _create(result: ExportResult, report: Report) -> None:
     binary = ollama.binary()
     if binary is None:
-        report("ollama", f"ollama is not on PATH; to add the model run: {result.command}")
-        return
+        return  # the caller prints result.command for the user to run
     report("ollama", f"ollama create {result.name}")
     try:
         ollama.create(result.name, result.out / "Modelfile", binary)
