@@ -42,6 +42,7 @@ FAMILIES = {
     "llama2": ("llama2", upstream.LLAMA2, "<s>", "</s>", True),
     "mistral": ("mistral", upstream.MISTRAL, "<s>", "</s>", False),
     "gemma": ("gemma", upstream.GEMMA, "<bos>", "<eos>", False),
+    "gemma3": ("gemma", upstream.GEMMA3, "<bos>", "<eos>", True),
 }
 
 
