@@ -195,11 +195,8 @@ class SystemFrame:
 
 def _system_block(opening: str, closing: str, frame: SystemFrame) -> str:
     """The system turn: the conversation's system text, else the template's default, if any."""
-    around = (
-        go_string(frame.prefix) if frame.prefix else "",
-        go_string(frame.suffix) if frame.suffix else "",
-    )
-    block = "{{ if .System }}" + opening + around[0] + "{{ .System }}" + around[1] + closing
+    system = go_string(frame.prefix) + "{{ .System }}" + go_string(frame.suffix)
+    block = "{{ if .System }}" + opening + system + closing
     if frame.default is not None:
         block += "{{ else }}" + opening + go_string(frame.default) + closing
     return block + "{{ end }}"
@@ -214,7 +211,12 @@ def system_frame(template: str, family: str, bos: str, eos: str) -> SystemFrame:
     }[family]
     turn = re.compile(re.escape(opening) + "(.*?)" + re.escape(closing), re.S)
     user = {"role": "user", "content": PROBE}
-    alone = render_jinja(template, [user], True, bos, eos).split(PROBE, 1)[0]
+    try:
+        alone = render_jinja(template, [user], True, bos, eos).split(PROBE, 1)[0]
+    except Exception as exc:  # the template is the model's own code: any error is its own
+        raise ExportError(
+            f"the model's chat template fails to render one user message: {exc}"
+        ) from None
     found = turn.search(alone)
     system = {"role": "system", "content": SYSTEM_PROBE}
     try:
@@ -250,7 +252,9 @@ def render_jinja(
 
 def go_string(text: str) -> str:
     """`text` as a Go template action printing it literally, whatever it holds (`{{`, quotes,
-    characters a Modelfile would drop)."""
+    characters a Modelfile would drop); nothing for no text."""
+    if not text:
+        return ""
     out = []
     for char in text:
         if char in '"\\':

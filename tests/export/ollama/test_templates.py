@@ -128,3 +128,9 @@ def test_a_model_without_a_chat_template_gets_a_plain_prompt(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{}", "utf-8")
     fmt = templates.chat_format(tmp_path)
     assert (fmt.family, fmt.template, fmt.stops) == ("plain", "{{ .Prompt }}", ())
+
+
+def test_a_template_that_fails_to_render_is_one_line():
+    broken = "<|im_start|>{% for m in messages %}{{ m.content + 1 }}{% endfor %}"
+    with pytest.raises(ExportError, match="fails to render one user message"):
+        templates.translate(broken)
