@@ -26,7 +26,7 @@ UNQUOTABLE = re.compile(r'"""[ \t]*[\r\n]')
 @dataclass(frozen=True)
 class Modelfile:
     source: str  # FROM: a GGUF path relative to the Modelfile, or an Ollama model name
-    chat: ChatFormat
+    chat: ChatFormat | None  # None: no TEMPLATE, the FROM model's own applies
     system: str | None = None
     adapter: str | None = None  # ADAPTER: a GGUF LoRA adapter path
 
@@ -35,8 +35,9 @@ class Modelfile:
         lines = [f"FROM {quote(self.source, 'FROM')}"]
         if self.adapter:
             lines.append(f"ADAPTER {quote(self.adapter, 'ADAPTER')}")
-        lines.append(f"TEMPLATE {quote(self.chat.template, 'TEMPLATE')}")
-        lines += [f"PARAMETER stop {quote(stop, 'stop')}" for stop in self.chat.stops]
+        if self.chat:
+            lines.append(f"TEMPLATE {quote(self.chat.template, 'TEMPLATE')}")
+            lines += [f"PARAMETER stop {quote(stop, 'stop')}" for stop in self.chat.stops]
         if self.system:
             lines.append(f"SYSTEM {quote(self.system, 'SYSTEM')}")
         return "\n".join(lines) + "\n"

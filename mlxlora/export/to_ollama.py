@@ -60,7 +60,7 @@ def export_ollama(request: ExportRequest, report: Report = lambda stage, text: N
     report("check", f"base model {source.model_ref}")
     model_dir = resolve_model(source.model_ref, progress=False)
     check_supported(model_dir)
-    modelfile = _modelfile(model_dir, request.system, adapter_only, base_ollama)
+    modelfile = modelfile_for(model_dir, request.system, adapter_only, base_ollama, report)
     text = modelfile.render()  # refuses a SYSTEM text a Modelfile cannot hold, before any work
     out = Path(request.out) if request.out else source.run / EXPORT_DIR / _folder(name)
     try:
@@ -78,11 +78,26 @@ def _is_ollama(ref: str) -> bool:
     return ref.startswith("ollama:")
 
 
-def _modelfile(model_dir: Path, system, adapter_only: bool, base_ollama: str | None):
-    chat = templates.chat_format(model_dir)
-    if not adapter_only:
-        return Modelfile("./model.gguf", chat, system)
-    return Modelfile(base_ollama or "./base.gguf", chat, system, adapter="./adapter.gguf")
+def modelfile_for(model_dir: Path, system, adapter_only: bool, base_ollama, report: Report):
+    """The Modelfile of an export of a run on the model in `model_dir`."""
+    if not (adapter_only and base_ollama):
+        chat = templates.chat_format(model_dir)
+        if not adapter_only:
+            return Modelfile("./model.gguf", chat, system)
+        return Modelfile("./base.gguf", chat, system, adapter="./adapter.gguf")
+    return Modelfile(base_ollama, _ollama_base_chat(model_dir, base_ollama, report), system,
+                     adapter="./adapter.gguf")  # fmt: skip
+
+
+def _ollama_base_chat(model_dir: Path, base: str, report: Report):
+    """The chat format for an adapter on Ollama model `base`: translated from the chat template
+    the run trained with; when the GGUF carries none we know, `base`'s own TEMPLATE applies."""
+    try:
+        chat = templates.chat_format(model_dir)
+    except ExportError as exc:
+        chat = None
+        report("template", f"{exc}; using {base}'s own TEMPLATE")
+    return None if chat is None or chat.family == "plain" else chat
 
 
 def _write_weights(request, modelfile: Modelfile, model_dir: Path, tmp: Path, report: Report):

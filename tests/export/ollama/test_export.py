@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from mlxlora.errors import ExportError
+from mlxlora.export import to_ollama
 from mlxlora.export.to_ollama import ExportRequest, export_ollama
 from mlxlora.models.builtin import CHATML_TEMPLATE
 
@@ -89,6 +90,18 @@ def test_a_run_on_an_ollama_base_exports_an_adapter_from_that_model(run, store, 
     assert text.startswith('FROM "tiny-base"\nADAPTER "./adapter.gguf"\n')
     full = export_ollama(ExportRequest(run, "tiny-full", adapter_only=False))  # --full
     assert sorted(full.files) == ["Modelfile", "model.gguf"]
+
+
+@pytest.mark.parametrize(
+    "template", [None, "{% for m in messages %}### {{ m.content }}{% endfor %}"]
+)
+def test_an_adapter_on_an_ollama_base_keeps_its_template_when_ours_is_unknown(tmp_path, template):
+    config = {"chat_template": template} if template else {}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), "utf-8")
+    said = []
+    modelfile = to_ollama.modelfile_for(tmp_path, None, True, "llama3.2", lambda *a: said.append(a))
+    assert modelfile.render() == 'FROM "llama3.2"\nADAPTER "./adapter.gguf"\n'
+    assert [stage for stage, _ in said] == (["template"] if template else [])
 
 
 def add_ollama_model(store, name: str, gguf_file) -> None:
