@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -186,3 +187,19 @@ def test_cli_error_is_one_line_with_the_export_exit_code(run, no_ollama):
     assert out.stderr.splitlines() == [
         "mlxlora: error: Ollama model name 'a/b/c': expected NAME, NAME:TAG or NAMESPACE/NAME[:TAG]"
     ]
+
+
+def test_sigterm_mid_export_removes_the_temporary_files(run, fake_ollama):
+    """What the studio's Cancel sends: the export unwinds, exits 130 and leaves nothing."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mlxlora", "export", str(run), "--ollama", "tiny", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ,
+    )  # fmt: skip
+    for line in child.stdout:
+        if json.loads(line).get("stage") == "fuse":
+            break
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=120) == 130, child.stderr.read()
+    assert child.stderr.read().splitlines()[-1] == "mlxlora: interrupted"
+    assert list((run / "export").iterdir()) == []  # the temporary directory is gone
+    assert fake_ollama.calls() == []
