@@ -70,3 +70,14 @@ def float_tensors(path: Path) -> dict[str, np.ndarray]:
     """A safetensors file (an adapter) as float32 numpy arrays, whatever its dtype (bfloat16
     included, which numpy cannot read)."""
     return {k: np.array(v.astype(mx.float32)) for k, v in mx.load(str(path)).items()}
+
+
+def model_args(config: dict) -> dict:
+    """`config` with every hyperparameter mlx-lm's model class fills in by default (gemma2's
+    soft-capping, qwen2's rope_theta...): the values the model was trained and tested with."""
+    from dataclasses import asdict
+
+    from mlx_lm.utils import _get_classes
+
+    _, args_class = _get_classes(config)
+    return {**config, **asdict(args_class.from_dict(config))}

@@ -153,8 +153,8 @@ def _add_hparams(writer, arch: str, config: dict, name: str) -> None:
                 "gemma2 with query_pre_attn_scalar != head_dim: llama.cpp scales queries by "
                 "1/sqrt(head_dim)"
             )
-        writer.add_attn_logit_softcapping(float(config.get("attn_logit_softcapping") or 0.0))
-        writer.add_final_logit_softcapping(float(config.get("final_logit_softcapping") or 0.0))
+        writer.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
+        writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
         writer.add_sliding_window(int(config.get("sliding_window") or 4096))
 
 
@@ -248,10 +248,10 @@ def _write_model(model_dir: Path, path: Path, arch: str, quantize: str, template
     import gguf
     from gguf.quants import quantize as quantize_blocks
 
-    from mlxlora.backends.mlx_fuse import float_weights
+    from mlxlora.backends.mlx_fuse import float_weights, model_args
     from mlxlora.export.gguf_vocab import add_vocab
 
-    config = model_config(model_dir)
+    config = model_args(model_config(model_dir))
     writer = gguf.GGUFWriter(None, arch)
     _add_hparams(writer, arch, config, model_dir.name)
     writer.add_file_type(_file_type(quantize))
@@ -317,11 +317,11 @@ def write_lora_gguf(run_or_adapter_dir: Path, base_model_dir: Path, out: Path) -
     strength. Returns `out`."""
     import gguf
 
-    from mlxlora.backends.mlx_fuse import float_tensors
+    from mlxlora.backends.mlx_fuse import float_tensors, model_args
 
     adapter = _adapter_dir(run_or_adapter_dir)
     arch = check_supported(base_model_dir)
-    config = model_config(base_model_dir)
+    config = model_args(model_config(base_model_dir))
     settings = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     if settings.get("fine_tune_type", "lora") != "lora":
         raise ExportError(

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import hf_tokenizer, mlx_logits
+from export_helpers import hf_tokenizer, mlx_logits, train_tiny
 
 from mlxlora.errors import ExportError, RunError
 from mlxlora.export.fuse import fuse_run
@@ -42,7 +42,6 @@ def test_fused_model_equals_base_plus_adapter(in_tiny_home, tmp_path):
 
 
 def test_4bit_base_stays_4bit_unless_dequantized(in_tiny_home, tmp_path, quickstart_data):
-    from conftest import train_tiny
     from mlx_lm.convert import convert
 
     from mlxlora.models.resolve import resolve_model
