@@ -2,7 +2,8 @@
 
 A worker thread tails every run's events (`RunWatcher`) and posts the news; this widget folds
 it into one `RunView` per run and redraws what changed at most `DRAW_SEC` apart, however fast
-events arrive. Stop, Resume and Delete act on the selected row.
+events arrive. Stop, Resume, Delete and Export (to Ollama) act on the
+selected row.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mlxlora import memory, queue, runs
 from mlxlora.errors import MlxloraError
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
+from mlxlora.tui.screens.export import ExportDialog
 from mlxlora.tui.screens.run_detail import RunDetail
 from mlxlora.tui.widgets.confirm import Confirm
 from mlxlora.tui.widgets.text import num, sparkline
@@ -40,6 +42,7 @@ class RunsTab(Vertical):
         Binding("s", "stop_run", "Stop run"),
         Binding("r", "resume_run", "Resume run"),
         Binding("d", "delete_run", "Delete run"),
+        Binding("e", "export_run", "Export to Ollama"),
     ]
 
     def __init__(self, **kwargs):
@@ -171,6 +174,15 @@ class RunsTab(Vertical):
         queue.add_resume(path)
         queue.ensure_runner()
         self.notify(f"Queued: resume {path.name}")
+
+    def action_export_run(self) -> None:
+        """Open the Export dialog for the selected run (it runs `mlxlora export` as a child)."""
+        path = self._selected_run()
+        status = self.book.status(path) if path else None
+        if path is None or status in ("running", "failed"):
+            self.notify("Only a finished or stopped run exports", severity="warning")
+            return
+        self.app.push_screen(ExportDialog(path))
 
     def action_delete_run(self) -> None:
         """Delete the selected run's directory (asks first), or drop a queued job."""
