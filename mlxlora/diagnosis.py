@@ -22,12 +22,14 @@ from mlxlora.metrics import ema
 OVERFIT_EVALS = 2  # validation loss rising this many evaluations in a row (the tutorial's 2)
 OSCILLATION_WINDOW = 20  # the latest steps whose scatter around their trend line is measured
 OSCILLATION_MIN_STEPS = 10
-OSCILLATION_RATIO = 0.2  # residual standard deviation / mean loss beyond which loss oscillates
+OSCILLATION_RATIO = 0.2  # scatter around the trend / mean loss beyond which loss oscillates
+MAD_TO_STD = 1.4826
 SPIKE_WINDOW = 10  # a step's loss against the median of this many steps before it
 SPIKE_RATIO = 2.0
 PLATEAU_EVALS = 3  # evaluations (after the baseline) over which the best must improve
 PLATEAU_MIN_GAIN = 0.01  # relative improvement of best val loss and smoothed train loss
 SLOW_MIN_GAIN = 0.1  # after half the steps the smoothed loss should be this far below its start
+SLOW_START_STEPS = 5  # the start: the mean of the first losses (one batch may be unusual)
 TRUNCATION_WARN_SHARE = 0.1
 MEMORY_NEAR_SHARE = 0.9
 
@@ -121,8 +123,10 @@ class Diagnoser:
                 self.peak_gb = max(self.peak_gb, e.peak_memory_gb)
             elif isinstance(e, Eval):
                 self.evals.append(e)
+                self._check()  # at each evaluation, as the trainer does: first sightings
             elif isinstance(e, RunFailed):
                 self.failed = e
+                self._check()
             elif isinstance(e, Diagnosis):
                 self.shown.add(e.kind)
                 self.found.setdefault(e.kind, _from_event(e))
@@ -136,12 +140,17 @@ class Diagnoser:
         self.evals = [v for v in self.evals if v.step <= e.resumed_from_step]
         self.spikes_checked = min(self.spikes_checked, len(self.steps))
 
-    def findings(self) -> list[Finding]:
-        """Every kind found so far, the first sighting of each, in the order found."""
+    def _check(self) -> None:
         for check in CHECKS:
-            found = check(self)
-            if found and found.kind not in self.found:
-                self.found[found.kind] = found
+            if check.__name__ not in self.found:
+                found = check(self)
+                if found:
+                    self.found[found.kind] = found
+
+    def findings(self) -> list[Finding]:
+        """Every kind found so far, the first sighting of each (checked at each evaluation and
+        now), in the order found."""
+        self._check()
         return list(self.found.values())
 
     def new_findings(self) -> list[Finding]:
@@ -187,18 +196,21 @@ def overfitting(d: Diagnoser) -> Finding | None:
 
 
 def oscillation(d: Diagnoser) -> Finding | None:
-    """The latest losses scatter around their least-squares trend line by more than
-    OSCILLATION_RATIO of their mean."""
+    """The latest losses scatter around their trend line (robust_line; robust standard
+    deviation of the residuals) by more than OSCILLATION_RATIO of their mean."""
     window = d.steps[-OSCILLATION_WINDOW:]
     if len(window) < OSCILLATION_MIN_STEPS:
         return None
     xs, ys = [float(s) for s, _ in window], [loss for _, loss in window]
     if not all(map(math.isfinite, ys)):
         return None
-    slope, intercept = statistics.linear_regression(xs, ys)
+    slope, intercept = robust_line(xs, ys)
     residuals = [y - (slope * x + intercept) for x, y in zip(xs, ys, strict=True)]
     mean = statistics.fmean(ys)
-    ratio = statistics.pstdev(residuals) / mean if mean > 0 else 0.0
+    # the median absolute residual, scaled to a standard deviation for normal noise: one
+    # spike (lr_too_high's finding) does not make a curve oscillate
+    scatter = MAD_TO_STD * statistics.median(abs(r) for r in residuals)
+    ratio = scatter / mean if mean > 0 else 0.0
     if ratio <= OSCILLATION_RATIO:
         return None
     return _finding(
@@ -208,7 +220,7 @@ def oscillation(d: Diagnoser) -> Finding | None:
         f"train loss scatters {ratio:.0%} of its mean around its trend over steps "
         f"{window[0][0]}-{window[-1][0]} (threshold {OSCILLATION_RATIO:.0%})",
         steps=[window[0][0], window[-1][0]],
-        relative_std=round(ratio, 4),
+        relative_scatter=round(ratio, 4),
         threshold=OSCILLATION_RATIO,
     )
 
@@ -250,7 +262,7 @@ def plateau(d: Diagnoser) -> Finding | None:
     evals = [e for e in d.evals if e.step > 0]
     if len(evals) < PLATEAU_EVALS + 1:
         return None
-    before, recent = evals[: -PLATEAU_EVALS], evals[-PLATEAU_EVALS:]
+    before, recent = evals[:-PLATEAU_EVALS], evals[-PLATEAU_EVALS:]
     best_before = min(e.val_loss for e in before)
     best_now = min(best_before, *(e.val_loss for e in recent))
     train = [_smooth_at(d, before[-1].step), _smooth_at(d, recent[-1].step)]
@@ -277,7 +289,7 @@ def slow_convergence(d: Diagnoser) -> Finding | None:
     if not d.started or len(d.smooth) < 2 or d.started.resumed_from_step:
         return None
     step, now = d.smooth[-1]
-    first = d.steps[0][1]
+    first = statistics.fmean(loss for _, loss in d.steps[:SLOW_START_STEPS])
     if step < d.started.total_steps / 2 or first <= 0 or now < first * (1 - SLOW_MIN_GAIN):
         return None
     return _finding(
@@ -285,7 +297,7 @@ def slow_convergence(d: Diagnoser) -> Finding | None:
         "info",
         step,
         f"after {step} of {d.started.total_steps} steps the smoothed loss is {now:.4f}, "
-        f"less than {SLOW_MIN_GAIN:.0%} below the first step's {first:.4f}",
+        f"less than {SLOW_MIN_GAIN:.0%} below the first steps' {first:.4f}",
         steps=[d.steps[0][0], step],
         loss=[round(first, 4), round(now, 4)],
     )
@@ -329,6 +341,19 @@ def memory(d: Diagnoser) -> Finding | None:
         budget_gb=round(budget, 3),
         measured=bool(d.peak_gb),
     )
+
+
+def robust_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """(slope, intercept) by Theil-Sen: the median of the pairwise slopes, so one spike does
+    not tilt the trend as it would a least-squares line (20 points: 190 pairs)."""
+    slopes = [
+        (ys[j] - ys[i]) / (xs[j] - xs[i])
+        for i in range(len(xs))
+        for j in range(i + 1, len(xs))
+        if xs[j] != xs[i]
+    ]
+    slope = statistics.median(slopes) if slopes else 0.0
+    return slope, statistics.median(y - slope * x for x, y in zip(xs, ys, strict=True))
 
 
 def _smooth_at(d: Diagnoser, step: int) -> float | None:
