@@ -70,6 +70,13 @@ REMEDIES = {
     ],
 }
 SEVERITIES = ("info", "warning", "critical")
+
+
+def severity_rank(severity: str) -> int:
+    """0 for info up to 2 for critical (an unknown severity ranks as info)."""
+    return SEVERITIES.index(severity) if severity in SEVERITIES else 0
+
+
 _NON_FINITE = re.compile(r"became (nan|inf|-inf)", re.IGNORECASE)
 
 

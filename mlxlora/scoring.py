@@ -13,6 +13,7 @@ import unicodedata
 from collections import Counter
 
 from mlxlora.data.analysis import TermMatcher, canonical
+from mlxlora.fmt import num
 
 # Scripts written without spaces between words: a run of them is cut into character bigrams.
 # Japanese has no word boundaries a regex can find, and a morphological analyser (MeCab,
@@ -114,3 +115,25 @@ def aggregate(per_record: list[dict]) -> dict:
         values = [s[key] for s in per_record if s.get(key) is not None]
         out[key] = statistics.fmean(values) if values else None
     return out
+
+
+def score_rows(result: dict) -> list[tuple[str, str, str]]:
+    """(measure, tuned, base) rows of an eval.json: losses, then each score."""
+    base, base_scores = result.get("base") or {}, result.get("base_scores") or {}
+    rows = [
+        ("val loss", num(result.get("val_loss")), num(base.get("val_loss"))),
+        ("perplexity", num(result.get("perplexity"), ".2f"), num(base.get("perplexity"), ".2f")),
+    ]
+    for key, spec in SCORE_FORMATS:
+        value = (result.get("scores") or {}).get(key)
+        rows.append((key.replace("_", " "), num(value, spec), num(base_scores.get(key), spec)))
+    return rows
+
+
+SCORE_FORMATS = (
+    ("term_recall", ".3f"),
+    ("token_f1", ".3f"),
+    ("exact_match", ".3f"),
+    ("answer_chars", ".0f"),
+    ("safety_rate", ".3f"),
+)

@@ -268,10 +268,13 @@ class Trainer:
 
     def fail(self, reason: str) -> None:
         last = self.p.paths.latest_checkpoint()
-        self.events.emit(
-            RunFailed(
-                reason=reason, step=self.state.step, last_checkpoint=str(last) if last else None
-            )
+        failed = RunFailed(
+            reason=reason, step=self.state.step, last_checkpoint=str(last) if last else None
         )
+        # what the failure shows (a NaN: the learning rate) goes first: a reader stops at it
+        self.diagnoser.add([failed])
+        for finding in self.diagnoser.new_findings():
+            self.events.emit(finding.event())
+        self.events.emit(failed)
         kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
         raise TrainingFailed(reason + kept)

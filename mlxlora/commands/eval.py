@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from mlxlora.fmt import NONE, num
+from mlxlora.fmt import NONE
 
 
 def register(sub) -> None:
@@ -57,32 +57,11 @@ def run(args) -> int:
     return 0
 
 
-def score_rows(result: dict) -> list[tuple[str, str, str]]:
-    """(measure, tuned, base) rows of an eval.json: losses, then each score."""
-    base, base_scores = result.get("base") or {}, result.get("base_scores") or {}
-    rows = [
-        ("val loss", num(result.get("val_loss")), num(base.get("val_loss"))),
-        ("perplexity", num(result.get("perplexity"), ".2f"), num(base.get("perplexity"), ".2f")),
-    ]
-    for key, spec in SCORE_FORMATS:
-        value = (result.get("scores") or {}).get(key)
-        rows.append((key.replace("_", " "), num(value, spec), num(base_scores.get(key), spec)))
-    return rows
-
-
-SCORE_FORMATS = (
-    ("term_recall", ".3f"),
-    ("token_f1", ".3f"),
-    ("exact_match", ".3f"),
-    ("answer_chars", ".0f"),
-    ("safety_rate", ".3f"),
-)
-
-
 def print_result(result: dict) -> None:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+
+    from mlxlora.scoring import score_rows
 
     console = Console(highlight=False, soft_wrap=True)
     table = Table(title=f"{result['dataset']} ({result['split']}, {result['records']} records)")
@@ -92,8 +71,14 @@ def print_result(result: dict) -> None:
         table.add_row(*row)
     console.print(table)
     for a in result["answers"]:
-        console.print(f"[bold]Q:[/] {escape(a['prompt'])}")
-        console.print(f"  reference: {escape(a['reference'])}")
-        console.print(f"  tuned: {escape(a['tuned'])}")
-        if a.get("base") is not None:
-            console.print(f"  base: {escape(a['base'] or NONE)}")
+        console.print(f"[bold]Q:[/] {_line(a['prompt'])}")
+        for who in ("reference", "tuned", "base"):
+            if a.get(who) is not None:
+                console.print(f"  {who}: {_line(a[who])}")
+
+
+def _line(text: str) -> str:
+    """An answer on one line, markup escaped; NONE for an empty one."""
+    from rich.markup import escape
+
+    return escape(" ".join(text.split())) or NONE

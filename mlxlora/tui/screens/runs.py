@@ -88,9 +88,10 @@ class RunsTab(Vertical):
         by_age = sorted(self.book.views.values(), key=lambda v: v.first_time or 0, reverse=True)
         for view in by_age:
             best = view.best_eval
+            flag = f" ⚠ {view.flag}" if view.flag else ""  # the diagnosis, worst first
             rows[str(view.path)] = (
                 view.path.name,
-                self.book.status(view.path),
+                self.book.status(view.path) + flag,
                 f"{view.step}/{view.total_steps or '-'}",
                 num(view.train.last()),
                 num(best.val_loss if best else None),
