@@ -314,14 +314,15 @@ def truncation(d: Diagnoser) -> Finding | None:
     s = d.started
     if not s or not s.truncated_records:
         return None
-    share = s.truncated_records / max(s.train_records + s.val_records, 1)
+    # truncated counts training records, those dropped for it too (train_records does not)
+    share = s.truncated_records / max(s.train_records, s.truncated_records, 1)
     severity = "warning" if share >= TRUNCATION_WARN_SHARE else "info"
     return _finding(
         "truncation",
         severity,
         s.resumed_from_step,
-        f"{s.truncated_records} records ({share:.0%}) were cut at data.max_length: the model "
-        "never sees their ends",
+        f"{s.truncated_records} training records ({share:.0%}) were cut at data.max_length: "
+        "the model never sees their ends",
         truncated_records=s.truncated_records,
         share=round(share, 4),
     )

@@ -66,7 +66,7 @@ def test_runs_tab_flags_the_run_and_shows_eval_and_diagnosis(home):
             assert [c[1] for c in rows(app).values()].count("finished") == 1  # the plain run
             await select(pilot, path.name)
             diagnosis = str(app.query_one("#run-diagnosis").render())
-            assert "⚠ truncation (warning) @0: 30 records (68%) were cut" in diagnosis
+            assert "⚠ truncation (warning) @0: 30 training records (75%) were cut" in diagnosis
             assert "try data.max_length higher" in diagnosis
             text = str(app.query_one("#run-eval").render())
             assert "eval quickstart (12 records)  tuned / base" in text
@@ -89,7 +89,8 @@ def test_compare_tab_has_eval_columns_when_a_run_was_evaluated(home):
         async with app.run_test(size=(160, 30)) as pilot:
             await pick_both(pilot)
             header, rank16, base = table(app)
-            assert header[-7:] == ["eval val", "eval ppl", "terms", "F1", "exact", "chars", "safety"]
+            titles = ["eval val", "eval ppl", "terms", "F1", "exact", "chars", "safety"]
+            assert header[-7:] == titles
             assert base[-7:] == ["0.9500", "2.59", "0.500", "0.432", "0.250", "42", "—"]
             assert rank16[-7:] == ["—"] * 7
 

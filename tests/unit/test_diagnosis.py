@@ -133,7 +133,7 @@ def test_slow_convergence_loss_hardly_falls():
 def test_truncation_share_sets_severity():
     found = diagnose(run_events(truncated=30))
     assert [(f.kind, f.severity) for f in found] == [("truncation", "warning")]
-    assert found[0].evidence == {"truncated_records": 30, "share": 0.25}
+    assert found[0].evidence == {"truncated_records": 30, "share": 0.2778}  # of 108
     assert diagnose(run_events(truncated=3))[0].severity == "info"
 
 
