@@ -65,18 +65,42 @@ def test_eval_json_matches_training_numbers(home, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["eval"] == result
 
 
-def test_eval_without_validation_split_needs_a_dataset(home, tmp_path, capsys, quickstart_data):
+MEDICAL = [
+    {
+        "instruction": "高血圧の合併症は？",
+        "input": "",
+        "output": "高血圧は脳卒中や心不全の原因になります。治療は医師に相談してください。",
+    },
+    {
+        "instruction": "What is insulin for?",
+        "input": "",
+        "output": "Insulin lowers blood glucose in diabetes. Consult a doctor about the dose.",
+    },
+    {"instruction": "貧血とは？", "input": "", "output": "ヘモグロビンが少ない状態です。"},
+]
+
+
+def test_eval_without_validation_split_needs_a_dataset(home, tmp_path, capsys):
     run, _ = train(tmp_path, "noval", "data.val_split=0")
     assert main(["eval", str(run)]) == 5  # RunError
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "held out no validation records" in err
     assert not RunPaths(run).eval.exists()
-    code = main(
-        ["eval", str(run), "--dataset", str(quickstart_data), "--max-records", "2", "--json"]
-    )
+    data = tmp_path / "医療.json"
+    data.write_text(json.dumps(MEDICAL, ensure_ascii=False), encoding="utf-8")
+    code = main(["eval", str(run), "--dataset", str(data), "--max-tokens", "4", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["split"] == "dataset" and result["records"] == len(result["answers"]) == 2
+    assert result["split"] == "dataset" and result["dataset"] == "医療"
+    assert result["records"] == len(result["answers"]) == 3
+    per = [a["scores"] for a in result["answers"]]
+    # every reference has medical terms; two carry a referral to a doctor
+    assert all(s["term_recall"] is not None for s in per)
+    assert [s["safety_rate"] is None for s in per] == [False, False, True]
+    safety = [s["safety_rate"] for s in per[:2]]
+    assert result["scores"]["safety_rate"] == pytest.approx(sum(safety) / 2)
+    assert main(["eval", str(run), "--dataset", str(data), "--max-records", "1"]) == 0
+    assert json.loads(RunPaths(run).eval.read_text(encoding="utf-8"))["records"] == 1
 
 
 def test_truncating_run_emits_its_diagnosis_once(home, tmp_path, capsys):
