@@ -29,7 +29,8 @@ SPIKE_RATIO = 2.0
 PLATEAU_EVALS = 3  # evaluations (after the baseline) over which the best must improve
 PLATEAU_MIN_GAIN = 0.01  # relative improvement of best val loss and smoothed train loss
 SLOW_MIN_GAIN = 0.1  # after half the steps the smoothed loss should be this far below its start
-SLOW_START_STEPS = 5  # the start: the mean of the first losses (one batch may be unusual)
+SLOW_START_STEPS = 5  # the start and the end: means of this many losses (one batch may be odd)
+SLOW_MIN_STEPS = 20
 TRUNCATION_WARN_SHARE = 0.1
 MEMORY_NEAR_SHARE = 0.9
 
@@ -292,19 +293,29 @@ def plateau(d: Diagnoser) -> Finding | None:
 
 
 def slow_convergence(d: Diagnoser) -> Finding | None:
-    """Half the run's steps done and the smoothed loss not SLOW_MIN_GAIN below the first."""
-    if not d.started or len(d.smooth) < 2 or d.started.resumed_from_step:
+    """Half the run's steps (and SLOW_MIN_STEPS) done, and neither the train loss (the mean of
+    the latest SLOW_START_STEPS against the first ones; raw losses, as a smoothed one lags on a
+    short run) nor the val loss (against the step-0 baseline) SLOW_MIN_GAIN lower."""
+    s = d.started
+    if not s or s.resumed_from_step or len(d.steps) < SLOW_MIN_STEPS:
         return None
-    step, now = d.smooth[-1]
+    step = d.steps[-1][0]
     first = statistics.fmean(loss for _, loss in d.steps[:SLOW_START_STEPS])
-    if step < d.started.total_steps / 2 or first <= 0 or now < first * (1 - SLOW_MIN_GAIN):
+    now = statistics.fmean(loss for _, loss in d.steps[-SLOW_START_STEPS:])
+    if step < s.total_steps / 2 or first <= 0 or now < first * (1 - SLOW_MIN_GAIN):
+        return None
+    if (
+        d.evals
+        and d.evals[0].step == 0
+        and d.evals[-1].val_loss < d.evals[0].val_loss * (1 - SLOW_MIN_GAIN)
+    ):
         return None
     return _finding(
         "slow_convergence",
         "info",
         step,
-        f"after {step} of {d.started.total_steps} steps the smoothed loss is {now:.4f}, "
-        f"less than {SLOW_MIN_GAIN:.0%} below the first steps' {first:.4f}",
+        f"after {step} of {s.total_steps} steps the loss is {now:.4f}, less than "
+        f"{SLOW_MIN_GAIN:.0%} below the first steps' {first:.4f}",
         steps=[d.steps[0][0], step],
         loss=[round(first, 4), round(now, 4)],
     )

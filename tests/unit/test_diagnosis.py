@@ -128,6 +128,15 @@ def test_slow_convergence_loss_hardly_falls():
     assert [f.kind for f in found] == ["slow_convergence"]
     assert found[0].step == 50  # half the steps done, 4% below the start
     assert diagnose(run_events(loss=slow, steps=49)) == []
+    # the val loss fell 20% from the baseline: the model is learning, whatever the batches say
+    assert kinds(run_events(loss=slow, val=lambda s: 5.0 - 0.02 * s)) == []
+
+
+def test_a_short_run_is_not_slow_to_converge():
+    """A run of a few steps: the smoothed loss has barely moved yet (a real 6-step run fired)."""
+    events = run_events(loss=lambda s: 2.0, steps=6)
+    events[0].total_steps = 6
+    assert kinds(events) == []
 
 
 def test_truncation_share_sets_severity():
