@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from run_fixtures import T0, wait_for, write_run
 from test_compare_tab import pick_both, table
 from test_runs_tab import rows, select
@@ -93,5 +94,37 @@ def test_compare_tab_has_eval_columns_when_a_run_was_evaluated(home):
             assert header[-7:] == titles
             assert base[-7:] == ["0.9500", "2.59", "0.500", "0.432", "0.250", "42", "—"]
             assert rank16[-7:] == ["—"] * 7
+
+    asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_e_evaluates_the_selected_run_in_a_child(home):
+    from run_fixtures import REPO
+
+    from mlxlora import config, engine
+
+    cfg = config.load(REPO / "configs" / "tiny.yaml", ["name=trained", "training.max_steps=4"])
+    engine.train(cfg)  # in the workspace
+    path = next(runs.runs_root().iterdir())
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 1)
+            assert not app.query_one("#run-eval").display
+            await select(pilot, path.name)
+            await pilot.press("e")
+            await wait_for(pilot, lambda: app.query_one("#run-eval").display, timeout=120)
+            measured = json.loads(runs.RunPaths(path).eval.read_text(encoding="utf-8"))
+            panel = str(app.query_one("#run-eval").render())
+            assert f"val loss     {measured['val_loss']:.4f} / " in panel
+            assert measured["base"] is not None and len(measured["answers"]) == 12
+            # the worker reports and reaps its child once the child has exited
+            await wait_for(
+                pilot,
+                lambda: not any(w.is_running for w in app.workers if w.group == "runs-eval"),
+                timeout=30,
+            )
 
     asyncio.run(go())

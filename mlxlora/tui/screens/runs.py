@@ -19,6 +19,7 @@ from textual.widgets import DataTable
 
 from mlxlora import memory, queue, runs
 from mlxlora.errors import MlxloraError
+from mlxlora.tui.children import Child
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
 from mlxlora.tui.screens.run_detail import RunDetail
@@ -40,6 +41,7 @@ class RunsTab(Vertical):
         Binding("s", "stop_run", "Stop run"),
         Binding("r", "resume_run", "Resume run"),
         Binding("d", "delete_run", "Delete run"),
+        Binding("e", "evaluate_run", "Evaluate"),
     ]
 
     def __init__(self, **kwargs):
@@ -172,6 +174,32 @@ class RunsTab(Vertical):
         queue.add_resume(path)
         queue.ensure_runner()
         self.notify(f"Queued: resume {path.name}")
+
+    def action_evaluate_run(self) -> None:
+        """`mlxlora eval RUN --base` as a child process; eval.json shows when it is written."""
+        path = self._selected_run()
+        if path is None or self.book.status(path) not in ("finished", "early-stopped", "stopped"):
+            self.notify("Evaluate a run that has trained (finished or stopped)", severity="warning")
+            return
+        self.notify(f"Evaluating {path.name} (tuned and base)…")
+        self.evaluate(path)
+
+    @work(group="runs-eval", exit_on_error=False)
+    async def evaluate(self, path: Path) -> None:
+        child = await Child.start("eval", str(path), "--base", "--json")
+        try:
+            result = await child.json()  # read whole: a full stdout pipe would block the child
+        except ValueError:
+            result = None
+        finally:
+            await child.stop()  # also when the tab goes away first
+        if result is None:
+            self.notify(f"{path.name}: {child.error_line()}", severity="error")
+            return
+        base = (result.get("base") or {}).get("val_loss")
+        self.notify(
+            f"{path.name}: val loss {num(result['val_loss'])} (base {num(base)}); see eval"
+        )
 
     def action_delete_run(self) -> None:
         """Delete the selected run's directory (asks first), or drop a queued job."""
