@@ -12,9 +12,10 @@ import sys
 
 from mlxlora import __version__
 from mlxlora.commands import data, doctor, export, fuse, generate, models, queue, runs, train, tui
+from mlxlora.commands import eval as evaluation  # `eval` would hide the builtin
 from mlxlora.errors import MlxloraError
 
-COMMANDS = (train, queue, data, runs, generate, fuse, export, models, doctor, tui)
+COMMANDS = (train, queue, data, runs, evaluation, generate, fuse, export, models, doctor, tui)
 
 
 def build_parser() -> argparse.ArgumentParser:

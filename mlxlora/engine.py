@@ -40,6 +40,14 @@ def _install_stop_handlers(handler) -> dict:
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
+def _budget_gb(backend) -> float | None:
+    """What training may use on the backend's device, in GB (None when unknown)."""
+    from mlxlora.memory import memory_budget
+
+    budget = backend.info.memory_budget_bytes or memory_budget()
+    return round(budget / 1e9, 3) if budget else None
+
+
 def write_summary(prep: Prepared, state: TrainerState, outcome: str) -> dict:
     summary = {
         "outcome": outcome,
@@ -140,6 +148,7 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
                 truncated_records=prep.truncated,
                 resumed_from_step=state.step,
                 warnings=prep.warnings,
+                memory_budget_gb=_budget_gb(backend),
             )
         )
         trainer = Trainer(prep, events, state)

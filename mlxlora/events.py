@@ -45,6 +45,7 @@ class RunStarted(Event):
     truncated_records: int = 0
     resumed_from_step: int = 0
     warnings: list[str] = field(default_factory=list)
+    memory_budget_gb: float | None = None  # what training may use on this device, if known
 
 
 @dataclass
@@ -107,6 +108,19 @@ class EarlyStop(Event):
 
 
 @dataclass
+class Diagnosis(Event):
+    """A problem diagnosis.py found in the run so far (each kind once, when first seen)."""
+
+    type: ClassVar[str] = "diagnosis"
+    step: int
+    kind: str  # overfitting | oscillation | lr_too_high | plateau | slow_convergence | ...
+    severity: str  # info | warning | critical
+    message: str
+    evidence: dict = field(default_factory=dict)  # steps and values that show it
+    remedy: list[str] = field(default_factory=list)  # config changes that address it
+
+
+@dataclass
 class RunFinished(Event):
     type: ClassVar[str] = "run_finished"
     step: int
@@ -137,6 +151,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Sample,
         Checkpoint,
         EarlyStop,
+        Diagnosis,
         RunFinished,
         RunFailed,
     )

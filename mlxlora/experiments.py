@@ -1,8 +1,8 @@
 """Comparing runs: the numbers that tell them apart and the config keys they differ in.
 
 The TUI's Compare tab uses it now, and the `mlxlora compare` command will. Evaluation scores
-(eval.json) become more columns: a key in `run_metrics` and an entry in `METRICS`. Imports no
-mlx, torch or textual.
+(eval.json, `mlxlora eval`) are the `EVAL_METRICS` columns, shown when a run has them. Imports
+no mlx, torch or textual.
 """
 
 from __future__ import annotations
@@ -22,12 +22,28 @@ METRICS = (
     ("peak_memory_gb", "peak GB", ".2f"),
 )
 
+# eval.json's numbers (the tuned model's), in the same form.
+EVAL_METRICS = (
+    ("eval_val_loss", "eval val", ".4f"),
+    ("eval_perplexity", "eval ppl", ".2f"),
+    ("term_recall", "terms", ".3f"),
+    ("token_f1", "F1", ".3f"),
+    ("exact_match", "exact", ".3f"),
+    ("answer_chars", "chars", ".0f"),
+    ("safety_rate", "safety", ".3f"),
+)
+
 
 def run_metrics(view: RunView) -> dict[str, float | None]:
-    """A run's numbers for a comparison (None where the run has not got that far)."""
+    """A run's numbers for a comparison (None where the run has not got that far or has not
+    been evaluated)."""
     best = view.best_eval
     last = view.last_step
+    scores = view.eval.get("scores") or {}
     return {
+        "eval_val_loss": view.eval.get("val_loss"),
+        "eval_perplexity": view.eval.get("perplexity"),
+        **{key: scores.get(key) for key, _, _ in EVAL_METRICS[2:]},
         "final_val_loss": view.val.last(),
         "best_val_loss": best.val_loss if best else None,
         "perplexity": best.perplexity if best else None,

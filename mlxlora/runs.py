@@ -64,6 +64,11 @@ class RunPaths:
         return self.root / "summary.json"
 
     @property
+    def eval(self) -> Path:
+        """What `mlxlora eval` measured (evaluate.evaluate_run)."""
+        return self.root / "eval.json"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".lock"
 

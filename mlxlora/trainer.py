@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mlxlora import metrics
 from mlxlora.data import batching
+from mlxlora.diagnosis import Diagnoser
 from mlxlora.errors import TrainingFailed
 from mlxlora.evaluate import messages_for
 from mlxlora.events import (
@@ -27,6 +28,7 @@ from mlxlora.events import (
     RunFailed,
     Sample,
     Step,
+    read_events,
 )
 from mlxlora.prepare import Prepared
 from mlxlora.runs import ADAPTER_FILES, RunPaths, atomic_dir, atomic_write_text
@@ -82,6 +84,9 @@ class Trainer:
         self.t = prep.config.training
         self.stop = StopFlag(prep.paths)
         self._started = time.perf_counter() - state.elapsed
+        # fed every event, the earlier sessions' too (a resumed run keeps its history)
+        self.diagnoser = Diagnoser().add(read_events(prep.paths.events))
+        events.listeners.append(lambda event: self.diagnoser.add([event]))
 
     # --- evaluation and checkpoints --------------------------------------------------
 
@@ -104,7 +109,7 @@ class Trainer:
         Reported only; it is not a checkpoint and does not count for early stopping."""
         val_loss = self.evaluate()
         if val_loss is not None:
-            ppl = _perplexity(val_loss)
+            ppl = metrics.perplexity(val_loss)
             self.events.emit(Eval(step=0, epoch=0.0, val_loss=val_loss, perplexity=ppl))
 
     def checkpoint(self, val_loss: float | None) -> None:
@@ -120,7 +125,7 @@ class Trainer:
                     step=s.step,
                     epoch=self._epoch_float(),
                     val_loss=val_loss,
-                    perplexity=_perplexity(val_loss),
+                    perplexity=metrics.perplexity(val_loss),
                     best=improved,
                 )
             )
@@ -136,6 +141,8 @@ class Trainer:
         for old in sorted(paths.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
         self.events.emit(Checkpoint(step=s.step, path=str(target), best=improved))
+        for finding in self.diagnoser.new_findings():
+            self.events.emit(finding.event())
 
     def _record_eval(self, val_loss: float) -> bool:
         """Update best and patience with a validation loss; True when it is the lowest yet."""
@@ -261,14 +268,13 @@ class Trainer:
 
     def fail(self, reason: str) -> None:
         last = self.p.paths.latest_checkpoint()
-        self.events.emit(
-            RunFailed(
-                reason=reason, step=self.state.step, last_checkpoint=str(last) if last else None
-            )
+        failed = RunFailed(
+            reason=reason, step=self.state.step, last_checkpoint=str(last) if last else None
         )
+        # what the failure shows (a NaN: the learning rate) goes first: a reader stops at it
+        self.diagnoser.add([failed])
+        for finding in self.diagnoser.new_findings():
+            self.events.emit(finding.event())
+        self.events.emit(failed)
         kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
         raise TrainingFailed(reason + kept)
-
-
-def _perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

@@ -119,6 +119,16 @@ class MLXGenerator:
         """The greedy continuation, up to end of turn or `max_tokens` new tokens, new text only."""
         return "".join(self.stream(messages, max_tokens, raw))
 
+    def eval_loss(self, batch) -> tuple[float, int]:
+        """(summed cross-entropy over the batch's labelled targets, their count): the
+        training backend's validation loss, computed from full logits (no training head)."""
+        tokens = mx.array(batch.tokens)
+        logits = self.model(tokens[:, :-1]).astype(mx.float32)
+        losses = nn.losses.cross_entropy(logits, tokens[:, 1:], reduction="none")
+        total = (losses * mx.array(batch.loss_mask)).sum()
+        mx.eval(total)
+        return total.item(), batch.label_tokens
+
     def perplexity(self, text: str) -> float:
         """exp(mean next-token cross-entropy) of `text`, every token after the first scored."""
         ids = list(self.tokenizer.encode(text))

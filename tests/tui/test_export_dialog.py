@@ -30,7 +30,7 @@ async def open_export(pilot, name: str) -> ExportDialog:
     await wait_for(pilot, lambda: table.row_count > 0)
     keys = [str(row.key.value) for row in table.ordered_rows]
     table.move_cursor(row=next(i for i, k in enumerate(keys) if k.endswith(name)))
-    await pilot.press("e")
+    await pilot.press("x")
     await wait_for(pilot, lambda: isinstance(pilot.app.screen, ExportDialog))
     return pilot.app.screen
 

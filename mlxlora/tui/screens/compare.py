@@ -16,7 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, SelectionList
 
 from mlxlora import runs
-from mlxlora.experiments import METRICS, config_differences, run_metrics
+from mlxlora.experiments import EVAL_METRICS, METRICS, config_differences, run_metrics
 from mlxlora.runview import read_config
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
@@ -103,13 +103,15 @@ class CompareTab(Vertical):
         table.add_column("run")
         for key in _short_names(list(differing)):
             table.add_column(key)
-        for _, title, _ in METRICS:
+        evaluated = any(self.book.views[p].eval for p in picked)
+        columns = METRICS + EVAL_METRICS if evaluated else METRICS  # eval.json's when any has it
+        for _, title, _ in columns:
             table.add_column(title)
         for i, path in enumerate(picked):
             metrics = run_metrics(self.book.views[path])
             cells = [Text(runs.given_name(path), style=PALETTE[i % len(PALETTE)])]
             cells += [Text(str(values[i])) for values in differing.values()]
-            cells += [Text(num(metrics.get(key), spec)) for key, _, spec in METRICS]
+            cells += [Text(num(metrics.get(key), spec)) for key, _, spec in columns]
             table.add_row(*cells, key=str(path))
 
     def _draw_chart(self, picked: list[Path]) -> None:

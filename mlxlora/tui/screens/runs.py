@@ -20,6 +20,7 @@ from textual.widgets import DataTable
 
 from mlxlora import memory, queue, runs
 from mlxlora.errors import MlxloraError
+from mlxlora.tui.children import Child
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
 from mlxlora.tui.screens.export import ExportDialog
@@ -42,7 +43,8 @@ class RunsTab(Vertical):
         Binding("s", "stop_run", "Stop run"),
         Binding("r", "resume_run", "Resume run"),
         Binding("d", "delete_run", "Delete run"),
-        Binding("e", "export_run", "Export to Ollama"),
+        Binding("e", "evaluate_run", "Evaluate"),
+        Binding("x", "export_run", "Export to Ollama"),
     ]
 
     def __init__(self, **kwargs):
@@ -91,9 +93,10 @@ class RunsTab(Vertical):
         by_age = sorted(self.book.views.values(), key=lambda v: v.first_time or 0, reverse=True)
         for view in by_age:
             best = view.best_eval
+            flag = f" ⚠ {view.flag}" if view.flag else ""  # the diagnosis, worst first
             rows[str(view.path)] = (
                 view.path.name,
-                self.book.status(view.path),
+                self.book.status(view.path) + flag,
                 f"{view.step}/{view.total_steps or '-'}",
                 num(view.train.last()),
                 num(best.val_loss if best else None),
@@ -183,6 +186,32 @@ class RunsTab(Vertical):
             self.notify("Only a finished or stopped run exports", severity="warning")
             return
         self.app.push_screen(ExportDialog(path))
+
+    def action_evaluate_run(self) -> None:
+        """`mlxlora eval RUN --base` as a child process; eval.json shows when it is written."""
+        path = self._selected_run()
+        if path is None or self.book.status(path) not in ("finished", "early-stopped", "stopped"):
+            self.notify("Evaluate a run that has trained (finished or stopped)", severity="warning")
+            return
+        self.notify(f"Evaluating {path.name} (tuned and base)…")
+        self.evaluate(path)
+
+    @work(group="runs-eval", exit_on_error=False)
+    async def evaluate(self, path: Path) -> None:
+        child = await Child.start("eval", str(path), "--base", "--json")
+        try:
+            result = await child.json()  # read whole: a full stdout pipe would block the child
+        except ValueError:
+            result = None
+        finally:
+            await child.stop()  # also when the tab goes away first
+        if result is None:
+            self.notify(f"{path.name}: {child.error_line()}", severity="error")
+            return
+        base = (result.get("base") or {}).get("val_loss")
+        self.notify(
+            f"{path.name}: val loss {num(result['val_loss'])} (base {num(base)}); see eval"
+        )
 
     def action_delete_run(self) -> None:
         """Delete the selected run's directory (asks first), or drop a queued job."""
