@@ -11,10 +11,22 @@ import os
 import sys
 
 from mlxlora import __version__
-from mlxlora.commands import data, doctor, generate, models, queue, runs, train, tui
+from mlxlora.commands import (
+    compare,
+    data,
+    doctor,
+    generate,
+    merge,
+    models,
+    queue,
+    runs,
+    sweep,
+    train,
+    tui,
+)
 from mlxlora.errors import MlxloraError
 
-COMMANDS = (train, queue, data, runs, generate, models, doctor, tui)
+COMMANDS = (train, queue, sweep, data, runs, compare, merge, generate, models, doctor, tui)
 
 
 def build_parser() -> argparse.ArgumentParser:
