@@ -2,7 +2,8 @@
 # Install mlxlora from this checkout: ./install.sh (app) or ./install.sh dev (app + tests + lint).
 # On Linux it also installs OpenBLAS (Debian/Ubuntu: libopenblas0-pthread), which MLX's CPU
 # backend then uses instead of its ~30x slower reference BLAS, and for dev tmux (the studio's
-# end-to-end test drives it in a real terminal).
+# end-to-end test drives it in a real terminal) and chromium (a test screenshots the compare
+# report headless).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,6 +12,7 @@ if [ "$(uname -s)" = Linux ]; then
   ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1 \
     || packages+=(libopenblas0-pthread)
   [ "${1:-}" = dev ] && ! command -v tmux >/dev/null 2>&1 && packages+=(tmux)
+  [ "${1:-}" = dev ] && ! command -v chromium >/dev/null 2>&1 && packages+=(chromium)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then

@@ -207,7 +207,7 @@ def pick(comparison: Comparison) -> Pick:
     best = rows[order[0]]
     return Pick(
         best,
-        {r.name: round(c, 4) for r, c in zip(rows, costs, strict=True)},
+        {r.name: c for r, c in zip(rows, costs, strict=True)},
         weights,
         _reason(rows, order, costs, weights),
     )

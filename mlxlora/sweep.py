@@ -116,8 +116,8 @@ def read_record(name: str) -> dict:
 def start(
     sweep: str, configs: list[str], grids: list[str], sets: list[str]
 ) -> list[tuple[Member, str]]:
-    """Create or continue a sweep; returns each member with what was done for it now
-    (queued, resume queued, or its state when nothing was needed)."""
+    """Create or continue a sweep; returns each member with what was done for it now:
+    queued, resume queued, or skipped (its state: queued, running, finished, failed...)."""
     sweep = names.normalize(sweep)
     members = plan(sweep, configs, grids, sets)
     loaded = validate(sweep, members)
@@ -144,7 +144,7 @@ def _advance(member: Member, cfg: config.Config, known: _Known) -> str:
     if state in ("stopped", "interrupted") and run is not None:
         queue.add_resume(run)
         return "resume queued"
-    return state
+    return f"skipped ({state})"
 
 
 class _Known:
