@@ -30,8 +30,13 @@ WEIGHTS_FILE, CONFIG_FILE = ADAPTER_FILES
 class Source:
     ref: str  # as the user gave it
     path: Path  # the adapter directory
-    base: str  # the model it was trained on (the run's model reference, else the config's)
+    base: str  # the model reference it was trained on (builtin:tiny), as far as known
     config: dict  # its adapter_config.json
+
+    @property
+    def model_dir(self) -> str | None:
+        """The base model's directory, as mlx-lm's adapter config records it."""
+        return self.config.get("model")
 
 
 @dataclass
@@ -94,7 +99,8 @@ def sources(refs: list[str]) -> list[Source]:
         found.append(Source(ref, adapter.path, base, cfg))
     first = found[0]
     for s in found[1:]:
-        _same(first, s, "base model", lambda x: x.base)
+        both_dirs = first.model_dir and s.model_dir  # else the references say it
+        _same(first, s, "base model", lambda x, d=both_dirs: x.model_dir if d else x.base)
         _same(first, s, "fine-tune type", lambda x: x.config.get("fine_tune_type", "lora"))
         _same(first, s, "adapted layers (num_layers)", lambda x: x.config.get("num_layers"))
         _same(first, s, "targets", lambda x: sorted(_lora(x).get("keys") or []))
