@@ -199,3 +199,9 @@ def status(sweep: str) -> list[MemberStatus]:
 
 def sweep_names() -> list[str]:
     return sorted(p.stem for p in root().glob("*.json")) if root().is_dir() else []
+
+
+def run_sweep(run: Path) -> str | None:
+    """The sweep a run belongs to (its config's `sweep`), or None."""
+    value = read_config(runs.RunPaths(run).config).get("sweep")
+    return value if isinstance(value, str) and value else None
