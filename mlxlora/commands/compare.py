@@ -15,7 +15,14 @@ def register(sub) -> None:
         "memory, and the config keys they differ in. --report writes one HTML page with the "
         "loss curves overlaid; --pick names the run that best trades quality against cost.",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run names (or prefixes) or directories")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run names (or prefixes) or directories")
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add a sweep's finished runs (repeatable; see `mlxlora sweep status`)",
+    )
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.add_argument("--report", type=Path, metavar="FILE.html", help="write an HTML report")
     p.add_argument(
@@ -29,8 +36,13 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from mlxlora import experiments, runs
+    from mlxlora.errors import ConfigError
 
-    paths = list(dict.fromkeys(runs.find_run(ref).resolve() for ref in args.runs))
+    found = [runs.find_run(ref).resolve() for ref in args.runs]
+    found += [path.resolve() for name in args.sweep for path in sweep_runs(name)]
+    paths = list(dict.fromkeys(found))
+    if not paths:
+        raise ConfigError(["give runs to compare (RUN ... or --sweep NAME)"], "compare")
     comparison = experiments.compare(paths)
     chosen = experiments.pick(comparison) if args.pick else None
     if args.report:
@@ -53,6 +65,12 @@ def run(args) -> int:
     if args.report:
         print(f"report: {args.report}")
     return 0
+
+
+def sweep_runs(name: str) -> list[Path]:
+    from mlxlora import sweep
+
+    return [m.run for m in sweep.status(name) if m.state in sweep.DONE and m.run is not None]
 
 
 def write_report(path: Path, comparison, chosen) -> None:

@@ -86,3 +86,7 @@ def test_a_sweep_runs_one_at_a_time_continues_and_is_ranked(home, capsys):
         cfg = read_config(Path(m["path"]) / "config.yaml")
         assert cfg["sweep"] == "掃引" and cfg["name"] == m["run"]
     assert main(["sweep", "status"]) == 0 and capsys.readouterr().out.strip() == "掃引"
+    assert main(["compare", "--sweep", "掃引", "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in compared["runs"]] == ["掃引-rank4", "掃引-rank8"]
+    assert compared["differences"] == {"lora.rank": [4, 8]}
