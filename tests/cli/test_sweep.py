@@ -90,3 +90,34 @@ def test_a_sweep_runs_one_at_a_time_continues_and_is_ranked(home, capsys):
     compared = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in compared["runs"]] == ["掃引-rank4", "掃引-rank8"]
     assert compared["differences"] == {"lora.rank": [4, 8]}
+
+
+def stopped_run(name: str, sweep_name: str) -> Path:
+    """A run of the sweep stopped at step 2 with its checkpoint, written by hand."""
+    from mlxlora import config, runs
+    from mlxlora.events import EventWriter, RunFinished, RunStarted
+
+    cfg = config.load(TINY, [f"name={name}", f"sweep={sweep_name}", "lora.rank=4"])
+    path = runs.new_run_dir(name)
+    paths = runs.RunPaths(path)
+    paths.config.write_text(cfg.to_yaml(), encoding="utf-8")
+    paths.checkpoint(2).mkdir(parents=True)
+    with EventWriter(paths.events) as w:
+        w.emit(RunStarted(str(path), "builtin:tiny", "mlx", "cpu", 40, 4, 10, 10, 1, 2, 0.1))
+        w.emit(
+            RunFinished(step=2, best_val_loss=None, best_step=None, elapsed_sec=1.0, stopped=True)
+        )
+    return path
+
+
+def test_a_stopped_run_of_a_sweep_is_resumed_not_started_again(home, capsys):
+    args = ["sweep", TINY, "--grid", "lora.rank=4,8", "--name", "再開", "--no-start"]
+    assert main(args) == 0
+    for job in queue.jobs():
+        queue.remove(job.id)
+    path = stopped_run("再開-rank4", "再開")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "resume queued  再開-rank4" in out and "queued         再開-rank8" in out
+    resume, train = sorted(queue.jobs(), key=lambda j: j.kind)
+    assert (resume.kind, resume.run_dir, train.kind) == ("resume", str(path.resolve()), "train")
