@@ -183,7 +183,7 @@ class Pick:
     """The run `pick` chose, each run's cost (0 best, 1 worst), and why in plain words."""
 
     run: Compared
-    costs: dict[str, float]  # run name -> weighted cost
+    costs: list[float]  # each run's weighted cost, in the comparison's order
     weights: dict[str, float]  # the criteria used, renormalised
     reason: str
 
@@ -207,7 +207,7 @@ def pick(comparison: Comparison) -> Pick:
     best = rows[order[0]]
     return Pick(
         best,
-        {r.name: c for r, c in zip(rows, costs, strict=True)},
+        costs,
         weights,
         _reason(rows, order, costs, weights),
     )

@@ -54,7 +54,10 @@ def run(args) -> int:
                 "run": chosen.run.name,
                 "path": str(chosen.run.path),
                 "reason": chosen.reason,
-                "costs": chosen.costs,
+                "costs": [
+                    {"run": r.name, "path": str(r.path), "cost": cost}
+                    for r, cost in zip(comparison.runs, chosen.costs, strict=True)
+                ],
                 "weights": chosen.weights,
             }
         print(json.dumps(shown, indent=2, ensure_ascii=False))

@@ -113,10 +113,10 @@ def ranking(comparison) -> list[dict]:
     from mlxlora import experiments
 
     chosen = experiments.pick(comparison)
-    rows = sorted(comparison.runs, key=lambda r: chosen.costs[r.name])
+    rows = sorted(zip(chosen.costs, comparison.runs, strict=True), key=lambda pair: pair[0])
     ranked = [
-        {"run": r.name, "cost": chosen.costs[r.name], "best_val_loss": r.metrics["best_val_loss"]}
-        for r in rows
+        {"run": r.name, "cost": cost, "best_val_loss": r.metrics["best_val_loss"]}
+        for cost, r in rows
     ]
     return [{**ranked[0], "why": chosen.reason}, *ranked[1:]] if ranked else []
 

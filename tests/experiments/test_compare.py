@@ -95,7 +95,7 @@ def test_pick_weighs_quality_against_time_and_memory():
     assert chosen.run.name == "B"
     # without eval scores the others keep their proportions: 0.35/0.75 for best val
     assert chosen.weights["best_val_loss"] == pytest.approx(0.35 / 0.75)
-    assert chosen.costs == {"A": pytest.approx(0.4 / 0.75), "B": pytest.approx(0.35 / 0.75)}
+    assert chosen.costs == [pytest.approx(0.4 / 0.75), pytest.approx(0.35 / 0.75)]
     assert chosen.reason.startswith("B: best val 1.22 (2 of 2), val-train gap +0.050 (1 of 2)")
     assert "for A" in chosen.reason.splitlines()[1]
     # A clearly better model is worth its cost; eval scores count when a run has them
@@ -104,7 +104,7 @@ def test_pick_weighs_quality_against_time_and_memory():
     assert experiments.pick(experiments.Comparison([a, b], {})).run.name == "A"
     # a run missing a number counts as the worst on it; ties go to the earlier run
     c = row("C", best_val_loss=0.9, gap=0.10, elapsed_sec=500, peak_memory_gb=8.0)
-    assert experiments.pick(experiments.Comparison([c, a], {})).costs["C"] == pytest.approx(0.25)
+    assert experiments.pick(experiments.Comparison([c, a], {})).costs[0] == pytest.approx(0.25)
     twin = row("twin", **{k: v for k, v in a.metrics.items() if v is not None})
     assert experiments.pick(experiments.Comparison([twin, a], {})).run.name == "twin"
 
