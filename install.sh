@@ -2,8 +2,9 @@
 # Install mlxlora from this checkout: ./install.sh (app) or ./install.sh dev (app + tests + lint).
 # On Linux it also installs OpenBLAS (Debian/Ubuntu: libopenblas0-pthread), which MLX's CPU
 # backend then uses instead of its ~30x slower reference BLAS, and for dev tmux (the studio's
-# end-to-end test drives it in a real terminal) and Go (the Ollama export test renders its
-# TEMPLATE with Go's text/template, as Ollama does).
+# end-to-end test drives it in a real terminal), Go (the Ollama export test renders its
+# TEMPLATE with Go's text/template, as Ollama does) and chromium (a test screenshots the compare
+# report headless).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,6 +14,7 @@ if [ "$(uname -s)" = Linux ]; then
     || packages+=(libopenblas0-pthread)
   [ "${1:-}" = dev ] && ! command -v tmux >/dev/null 2>&1 && packages+=(tmux)
   [ "${1:-}" = dev ] && ! command -v go >/dev/null 2>&1 && packages+=(golang-go)
+  [ "${1:-}" = dev ] && ! command -v chromium >/dev/null 2>&1 && packages+=(chromium)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then

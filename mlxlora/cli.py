@@ -11,11 +11,28 @@ import os
 import sys
 
 from mlxlora import __version__
-from mlxlora.commands import data, doctor, export, fuse, generate, models, queue, runs, train, tui
+from mlxlora.commands import (
+    compare,
+    data,
+    doctor,
+    export,
+    fuse,
+    generate,
+    merge,
+    models,
+    queue,
+    runs,
+    sweep,
+    train,
+    tui,
+)
 from mlxlora.commands import eval as evaluation  # `eval` would hide the builtin
 from mlxlora.errors import MlxloraError
 
-COMMANDS = (train, queue, data, runs, evaluation, generate, fuse, export, models, doctor, tui)
+COMMANDS = (
+    train, queue, sweep, data, runs, evaluation, compare, merge, generate, fuse, export, models,
+    doctor, tui,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -118,6 +118,9 @@ class Config:
     samples: list[str] = _help(
         "Held-out prompts the model answers (greedy) before and after training.", factory=list
     )
+    sweep: str | None = _help(
+        "The sweep this run belongs to (set by `mlxlora sweep`; None for a run of its own).", None
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -202,6 +205,9 @@ def _check(cfg: Config, problems: list[str]) -> None:
         cfg.quantized_base,
         " | ".join(QUANTIZED_BASE),
     )
+    sweep_problem = names.name_problem(cfg.sweep) if cfg.sweep is not None else None
+    if sweep_problem:
+        problems.append(f"sweep: {cfg.sweep!r} cannot name a sweep: {sweep_problem}")
     need(bool(cfg.model), "model", cfg.model, "a model reference")
     need(bool(d.dataset), "data.dataset", d.dataset, "a dataset name or file")
     need(0.0 <= d.val_split < 1.0, "data.val_split", d.val_split, "0 <= val_split < 1")

@@ -40,6 +40,12 @@ def _run_config(run: Path) -> tuple[str | None, str]:
     return cfg.model, cfg.backend
 
 
+def _base_model(adapter: Path) -> str | None:
+    from mlxlora.runs import read_json
+
+    return read_json(adapter / "adapter_config.json").get("base_model")
+
+
 def resolve_adapter(ref: str) -> AdapterRef:
     """The adapter directory a `--adapter` argument names, and its run's model if it has one."""
     from mlxlora.runs import RunPaths, find_run
@@ -50,7 +56,8 @@ def resolve_adapter(ref: str) -> AdapterRef:
         run = next((p for p in path.resolve().parents if (p / "config.yaml").is_file()), None)
         if run is not None and run not in path.resolve().parents[:3]:
             run = None
-        model, backend = _run_config(run) if run else (None, "auto")
+        # outside a run, a merged adapter names its base (`mlxlora merge` writes base_model)
+        model, backend = _run_config(run) if run else (_base_model(path), "auto")
         return AdapterRef(path.resolve(), run, model, backend)
     try:
         run = find_run(ref)

@@ -21,6 +21,7 @@ from textual.widgets import DataTable
 from mlxlora import memory, queue, runs
 from mlxlora.errors import MlxloraError
 from mlxlora.tui.children import Child
+from mlxlora.sweep import run_sweep
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
 from mlxlora.tui.screens.export import ExportDialog
@@ -53,6 +54,7 @@ class RunsTab(Vertical):
         self._dirty = False  # news arrived since the last redraw
         self._catching_up = False
         self._rows: dict[str, tuple] = {}  # row key -> cells as drawn
+        self._sweeps: dict[Path, str | None] = {}  # run -> its sweep, read once
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="runs-table", cursor_type="row")
@@ -90,12 +92,11 @@ class RunsTab(Vertical):
             status = _job_status(job)
             if status:
                 rows[f"job:{job.id}"] = (job.name, status, "", "", "", "")
-        by_age = sorted(self.book.views.values(), key=lambda v: v.first_time or 0, reverse=True)
-        for view in by_age:
+        for view in self._grouped():
             best = view.best_eval
             flag = f" ⚠ {view.flag}" if view.flag else ""  # the diagnosis, worst first
             rows[str(view.path)] = (
-                view.path.name,
+                self._display_name(view.path),
                 self.book.status(view.path) + flag,
                 f"{view.step}/{view.total_steps or '-'}",
                 num(view.train.last()),
@@ -103,6 +104,27 @@ class RunsTab(Vertical):
                 sparkline(view.smooth.y, 12),
             )
         return rows
+
+    def _grouped(self) -> list:
+        """Runs newest first, a sweep's runs together where its newest run is."""
+        by_age = sorted(self.book.views.values(), key=lambda v: v.first_time or 0, reverse=True)
+        groups: dict[str, list] = {}
+        for view in by_age:
+            sweep = self._sweep_of(view.path)
+            groups.setdefault(sweep or str(view.path), []).append(view)
+        return [view for group in groups.values() for view in group]
+
+    def _sweep_of(self, path: Path) -> str | None:
+        if path not in self._sweeps:  # a run's config never changes: read it once
+            self._sweeps[path] = run_sweep(path)
+        return self._sweeps[path]
+
+    def _display_name(self, path: Path) -> str:
+        """A sweep's run as `sweep ▸ the rest of its name`."""
+        sweep = self._sweep_of(path)
+        if sweep and path.name.startswith(f"{sweep}-"):
+            return f"{sweep} ▸ {path.name.removeprefix(f'{sweep}-')}"
+        return path.name
 
     def redraw(self) -> None:
         if not self._dirty or self._catching_up:
