@@ -90,11 +90,12 @@ def test_compare_tab_has_eval_columns_when_a_run_was_evaluated(home):
         async with app.run_test(size=(160, 30)) as pilot:
             await pick_both(pilot)
             header, rank16, base = table(app)
-            titles = ["eval val", "terms", "F1", "exact", "safety", "chars"]
+            titles = ["eval val", "terms", "F1", "exact", "chars"]
             evaluated = dict(zip(header, base, strict=True))
             plain = dict(zip(header, rank16, strict=True))
-            assert [evaluated[t] for t in titles] == ["0.9500", "0.50", "0.43", "0.25", "—", "42"]
-            assert [plain[t] for t in titles] == ["—"] * 6
+            assert [evaluated[t] for t in titles] == ["0.9500", "0.50", "0.43", "0.25", "42"]
+            assert [plain[t] for t in titles] == ["—"] * 5
+            assert "safety" not in header  # no run has a safety rate: no column
 
     asyncio.run(go())
 
