@@ -35,6 +35,11 @@ def cuda_present() -> bool:
     return torch.cuda.is_available()
 
 
+def process_rank() -> int:
+    """This process's rank in a data-parallel job (torchrun sets RANK); 0 when alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def resolve_name(requested: str) -> str:
     """The backend that will run `requested` (auto | mlx | torch), or a clear error."""
     if requested == "auto":

@@ -83,7 +83,8 @@ def describe() -> BackendInfo:
     )
     return BackendInfo(
         name="torch",
-        device=f"gpu (CUDA, {torch.cuda.get_device_name(device)})" if budget else "cpu",
+        device=(f"gpu (CUDA, {torch.cuda.get_device_name(device)})" if budget else "cpu")
+        + torch_dist.describe(),
         dtype=str(dtype).removeprefix("torch."),
         blas="CUDA kernels" if budget else f"torch CPU ({torch.get_num_threads()} threads)",
         versions={

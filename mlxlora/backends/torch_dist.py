@@ -33,6 +33,11 @@ def init() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def describe() -> str:
+    """What to add to the device's name: the process count of a data-parallel job."""
+    return f", {world_size()} processes ({dist.get_backend()})" if world_size() > 1 else ""
+
+
 def my_rows(batch_rows: int) -> slice:
     """The rows of each batch this process trains on: every world_size-th from its rank."""
     return slice(rank(), batch_rows, world_size())
