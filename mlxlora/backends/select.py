@@ -36,8 +36,9 @@ def cuda_present() -> bool:
 
 
 def process_rank() -> int:
-    """This process's rank in a data-parallel job (torchrun sets RANK); 0 when alone."""
-    return int(os.environ.get("RANK", "0"))
+    """This process's rank in a data-parallel job (torchrun sets RANK, mlx.launch MLX_RANK);
+    0 when alone."""
+    return int(os.environ.get("RANK") or os.environ.get("MLX_RANK") or "0")
 
 
 def resolve_name(requested: str) -> str:
