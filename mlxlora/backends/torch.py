@@ -100,7 +100,11 @@ def describe() -> BackendInfo:
 class TorchBackend:
     """Backend implementation for transformers + PEFT (see backends/base.py for the contract)."""
 
-    def __init__(self):
+    def __init__(self, pack: bool = False):
+        """pack: each micro-batch as one row of its sequences back to back, no padding, each
+        attending only to itself (position ids restart per sequence; transformers turns that
+        into a block-diagonal mask for SDPA, varlen for flash-attention). Same loss."""
+        self.pack = pack
         torch_dist.init()
         self.info = describe()
         self.device, self.dtype = torch_peft.select_device()
@@ -155,17 +159,18 @@ class TorchBackend:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return F.cross_entropy(logits, targets, reduction="sum")
 
-    def _loss(self, tokens, positions, targets, train: bool) -> torch.Tensor:
+    def _loss(self, inputs, position_ids, positions, targets, train: bool) -> torch.Tensor:
         """Summed cross-entropy over the labelled positions only; only those rows go through
         the output projection, a chunk at a time, each chunk recomputed in backward instead
         of keeping its (rows x vocab) logits (the same plan as the MLX backend)."""
         lm = self._causal_lm()
-        inputs = tokens[:, :-1]
         if self.model_type not in CHUNKABLE_TYPES:
-            logits = lm(input_ids=inputs).logits
+            logits = lm(input_ids=inputs, position_ids=position_ids, use_cache=False).logits
             logits = logits.reshape(-1, logits.shape[-1])[positions].float()
             return F.cross_entropy(logits, targets, reduction="sum")
-        hidden = lm.get_decoder()(input_ids=inputs).last_hidden_state
+        decoder = lm.get_decoder()
+        hidden = decoder(input_ids=inputs, position_ids=position_ids, use_cache=False)
+        hidden = hidden.last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, positions.numel(), self._chunk_rows):
@@ -178,15 +183,18 @@ class TorchBackend:
         return total
 
     def _labels(self, batch: Batch, rows: slice):
-        tokens = batch.tokens[rows]
-        flat = batch.loss_mask[rows].reshape(-1)
-        positions = np.flatnonzero(flat)
-        targets = tokens[:, 1:].reshape(-1)[positions]
-        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))  # noqa: E731
-        return (
-            as_tensor(tokens).to(self.device),
-            as_tensor(positions).to(self.device),
-            as_tensor(targets).to(self.device),
+        """(inputs, position ids or None, labelled positions in the flattened inputs, targets)
+        for `rows` of the batch, padded as given or packed."""
+        tokens, mask = batch.tokens[rows], batch.loss_mask[rows]
+        if self.pack:
+            inputs, position_ids, positions, targets = packed(tokens, mask)
+        else:
+            positions = np.flatnonzero(mask.reshape(-1))
+            inputs, position_ids = tokens[:, :-1], None
+            targets = tokens[:, 1:].reshape(-1)[positions]
+        return tuple(
+            None if a is None else torch.from_numpy(np.asarray(a, np.int64)).to(self.device)
+            for a in (inputs, position_ids, positions, targets)
         )
 
     # --- steps ------------------------------------------------------------------------
@@ -298,6 +306,20 @@ class TorchBackend:
     def reset_peak_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+
+
+def packed(tokens: np.ndarray, mask: np.ndarray):
+    """A right-padded batch as one row: each sequence's inputs back to back (its padding and
+    its last token, which is only a target, left out), position ids restarting at each, and
+    the labelled positions and targets in that row."""
+    lengths = [int(np.flatnonzero(m)[-1]) + 2 for m in mask]  # the last target ends a sequence
+    inputs = np.concatenate([row[: n - 1] for row, n in zip(tokens, lengths, strict=True)])
+    position_ids = np.concatenate([np.arange(n - 1) for n in lengths])
+    starts = np.cumsum([0, *(n - 1 for n in lengths[:-1])])
+    rows = list(zip(starts, tokens, mask, lengths, strict=True))
+    positions = np.concatenate([start + np.flatnonzero(m[: n - 1]) for start, _, m, n in rows])
+    targets = np.concatenate([row[1:n][m[: n - 1]] for _, row, m, n in rows])
+    return inputs[None], position_ids[None], positions, targets
 
 
 def prompt_tokens(tokenizer, messages: list[dict]) -> list[int]:
