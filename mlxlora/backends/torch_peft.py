@@ -59,15 +59,16 @@ def quantization_kwargs(model_dir: Path, dtype: torch.dtype) -> dict:
 
 def load_base(model_dir: Path, device: torch.device, dtype: torch.dtype):
     """(model, tokenizer) from an HF-format directory, frozen, on `device` in `dtype`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # the run's events report progress; stderr stays quiet
     quant = quantization_kwargs(model_dir, dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype, attn_implementation="sdpa", **quant
-        )
+        config = AutoConfig.from_pretrained(model_dir)
+        if (config.pad_token_id or 0) >= config.vocab_size:  # a family default past the vocab
+            config.pad_token_id = None
+        model = from_pretrained(model_dir, config=config, dtype=dtype, **quant)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{model_dir}: cannot load model with transformers: {exc}") from None
@@ -79,6 +80,19 @@ def load_base(model_dir: Path, device: torch.device, dtype: torch.dtype):
         model.to(device)
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def from_pretrained(model_dir: Path, **kwargs):
+    """The model with SDPA attention, or transformers' default where a family has none
+    (gemma2's soft-capped attention)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs)
+    except ValueError as exc:
+        if "scaled_dot_product_attention" not in str(exc):
+            raise
+        return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
 
 
 def blocks(model) -> nn.ModuleList:
