@@ -11,10 +11,10 @@ import os
 import sys
 
 from mlxlora import __version__
-from mlxlora.commands import data, doctor, generate, models, queue, runs, train, tui
+from mlxlora.commands import adapter, data, doctor, generate, models, queue, runs, train, tui
 from mlxlora.errors import MlxloraError
 
-COMMANDS = (train, queue, data, runs, generate, models, doctor, tui)
+COMMANDS = (train, queue, data, runs, generate, adapter, models, doctor, tui)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +146,9 @@ def add_lora(model, paths: list[str], rank: int, alpha: float, dropout: float):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # PEFT reads an attribute transformers 5 deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(model, config)
 
 
 def lora_state(peft_model) -> dict[str, torch.Tensor]:
