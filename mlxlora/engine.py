@@ -6,7 +6,9 @@ It talks to the world only through events (events.jsonl) and the files of the ru
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -94,6 +96,8 @@ def train(
     """
     from mlxlora.backends import select
 
+    if select.process_rank() > 0:
+        return _train_secondary(cfg, run_dir, resume, backend)
     if resume:
         paths = RunPaths(Path(run_dir))
         with run_lock(paths):
@@ -112,6 +116,25 @@ def train(
     with run_lock(paths):
         atomic_write_text(paths.config, cfg.to_yaml())
         return _start(replace(prep, paths=paths), listeners, resume=False)
+
+
+def _train_secondary(cfg: Config | None, run_dir: Path | None, resume: bool, backend) -> dict:
+    """A data-parallel process other than the first (torchrun): it trains its share of every
+    batch in lockstep with the first, which alone writes the run; this process's own run
+    directory is scratch, a copy of the run when resuming, deleted at the end."""
+    from mlxlora.backends import select
+
+    with tempfile.TemporaryDirectory(prefix="mlxlora-rank-") as scratch:
+        mine = Path(scratch) / "run"
+        if resume:
+            shutil.copytree(Path(run_dir), mine)
+            cfg = config_mod.load(RunPaths(mine).config)
+        paths = RunPaths(mine)
+        prep = prepare(cfg, paths if resume else None, backend or select.create(cfg.backend))
+        if not resume:
+            mine.mkdir()
+            atomic_write_text(paths.config, cfg.to_yaml())
+        return _start(replace(prep, paths=paths), None, resume=resume)
 
 
 def _start(prep: Prepared, listeners: list | None, resume: bool) -> dict:

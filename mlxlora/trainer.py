@@ -31,7 +31,7 @@ from mlxlora.events import (
     read_events,
 )
 from mlxlora.prepare import Prepared
-from mlxlora.runs import ADAPTER_FILES, RunPaths, atomic_dir, atomic_write_text
+from mlxlora.runs import ADAPTER_FILES, PEFT_ADAPTER_FILE, RunPaths, atomic_dir, atomic_write_text
 
 KEEP_CHECKPOINTS = 2  # rolling step checkpoints kept besides best/
 SAMPLE_MAX_TOKENS = 64
@@ -157,8 +157,10 @@ class Trainer:
         return lowest
 
     def _publish_latest_adapter(self, checkpoint: Path) -> None:
-        """adapters/adapters.safetensors + adapter_config.json always hold the latest weights."""
-        for name in ADAPTER_FILES:
+        """adapters/adapters.safetensors + adapter_config.json always hold the latest weights
+        (and adapter_model.safetensors, PEFT's copy, where the backend writes one)."""
+        peft = [PEFT_ADAPTER_FILE] if (checkpoint / PEFT_ADAPTER_FILE).exists() else []
+        for name in (*ADAPTER_FILES, *peft):
             tmp = self.p.paths.adapters / f".{name}.tmp"
             tmp.write_bytes((checkpoint / name).read_bytes())
             os.replace(tmp, self.p.paths.adapters / name)

@@ -8,6 +8,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# Tokens that end an assistant turn in common chat templates. mlx-lm stops at the tokenizer's
+# eos_token_ids; a GGUF-converted or base tokenizer may name `<|endoftext|>` as EOS while the
+# chat template closes turns with `<|im_end|>` (SmolLM2, Qwen), so those count as well.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+
 
 @dataclass
 class Batch:

@@ -22,6 +22,7 @@ import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
+from mlxlora.backends import mlx_dist  # noqa: E402
 from mlxlora.backends.base import BackendInfo, Batch  # noqa: E402
 from mlxlora.backends.mlx_attention import use_blocked_attention  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
@@ -201,7 +202,9 @@ class MLXBackend:
     """Backend implementation for MLX (see backends/base.py for the contract)."""
 
     def __init__(self):
+        self.group = mlx_dist.group()
         self.info = describe()
+        self.info.device += mlx_dist.describe(self.group)
         self.model = None
         self.tokenizer = None
         self.optimizer = None
@@ -290,26 +293,34 @@ class MLXBackend:
                 total = total + nn.losses.cross_entropy(logits, targets[rows], reduction="sum")
         return total
 
-    @staticmethod
-    def _labels(batch: Batch) -> tuple[mx.array, mx.array, mx.array, int]:
-        flat = batch.loss_mask.reshape(-1)
-        positions = np.flatnonzero(flat).astype(np.int32)
-        targets = batch.tokens[:, 1:].reshape(-1)[positions]
-        return mx.array(batch.tokens), mx.array(positions), mx.array(targets), positions.size
+    def _labels(self, batch: Batch) -> tuple[mx.array, mx.array, mx.array] | None:
+        """This process's rows of the batch (all of them unless data-parallel), or None."""
+        rows = mlx_dist.my_rows(self.group, len(batch.tokens))
+        tokens = batch.tokens[rows]
+        if not len(tokens):
+            return None
+        positions = np.flatnonzero(batch.loss_mask[rows].reshape(-1)).astype(np.int32)
+        targets = tokens[:, 1:].reshape(-1)[positions]
+        return mx.array(tokens), mx.array(positions), mx.array(targets)
 
     # --- steps ------------------------------------------------------------------------
 
     def accumulate(self, batch: Batch, seed: int) -> float:
         mx.random.seed(seed)  # dropout masks depend on the step only: resume is exact
-        tokens, positions, targets, n = self._labels(batch)
-        loss_sum, grads = self._value_and_grad(self.model, tokens, positions, targets)
-        grads = tree_map(lambda g: g / n, grads)
+        n, labels = batch.label_tokens, self._labels(batch)
+        if labels is None:  # a data-parallel process with no rows of a short batch
+            loss_sum = mx.array(0.0)
+            grads = tree_map(mx.zeros_like, self.model.trainable_parameters())
+        else:
+            loss_sum, grads = self._value_and_grad(self.model, *labels)
+            grads = tree_map(lambda g: g / n, grads)
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
+        loss_sum = mlx_dist.sum_over_ranks(self.group, loss_sum)
         mx.eval(loss_sum, self._grads)
         return loss_sum.item() / n
 
     def update(self, lr: float, grad_clip: float, micro_batches: int) -> float:
-        grads = self._grads
+        grads = mlx_dist.sum_over_ranks(self.group, self._grads)
         if micro_batches > 1:
             grads = tree_map(lambda g: g / micro_batches, grads)
         if grad_clip > 0:
@@ -323,12 +334,15 @@ class MLXBackend:
         return norm.item()
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
-        self.model.eval()
-        tokens, positions, targets, n = self._labels(batch)
-        loss_sum = self._loss(self.model, tokens, positions, targets, train=False)
+        labels = self._labels(batch)
+        loss_sum = mx.array(0.0)
+        if labels is not None:
+            self.model.eval()
+            loss_sum = self._loss(self.model, *labels, train=False)
+            self.model.train()
+        loss_sum = mlx_dist.sum_over_ranks(self.group, loss_sum)
         mx.eval(loss_sum)
-        self.model.train()
-        return loss_sum.item(), n
+        return loss_sum.item(), batch.label_tokens
 
     def generate(self, messages: list[dict], max_tokens: int) -> str:
         """Greedy answer of the model as it is now (adapter included), dropout off."""

@@ -18,13 +18,9 @@ preload_openblas()  # must precede the first `import mlx.core`
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
+from mlxlora.backends.base import END_OF_TURN  # noqa: E402
 from mlxlora.backends.mlx import fit_to_device, select_device  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
-
-# Tokens that end an assistant turn in common chat templates. mlx-lm stops at the tokenizer's
-# eos_token_ids; a GGUF-converted or base tokenizer may name `<|endoftext|>` as EOS while the
-# chat template closes turns with `<|im_end|>` (SmolLM2, Qwen), so those count as well.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 
 def add_end_of_turn_tokens(tokenizer) -> None:

@@ -141,12 +141,6 @@ def test_stop_file_stops_and_resume_finishes(home, tmp_path):
     assert shown["info"]["status"] == "finished" and shown["summary"]["steps"] == 40
 
 
-def test_torch_backend_is_refused_clearly_until_it_exists(home, tmp_path):
-    out = mlxlora("train", QUICK, "--set", "backend=torch", "--run-dir", str(tmp_path / "run"))
-    assert out.returncode == 7 and "Traceback" not in out.stderr
-    assert "backend torch: not implemented yet" in out.stderr
-
-
 def one_line_error(out) -> str:
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     return out.stderr
