@@ -1,16 +1,23 @@
 """The app: one tab per step of the workflow, each on a number key, and a command palette
-that lists every action of the app and of the tab in view (from their key bindings)."""
+that lists every action of the app and of the tab in view (from their key bindings).
+
+A tab's widget is mounted when the tab is first shown: the app opens on one tab without paying
+for the other five (the Train form alone is a few hundred milliseconds), and a tab never
+opened reads and watches nothing."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.widgets import Header, TabbedContent, TabPane
 
+from mlxlora import queue
 from mlxlora.tui.screens import compare, datasets, playground, runs, system, train
+from mlxlora.tui.widgets.keys_footer import KeysFooter
 
 # (tab id, title, the widget class that fills it); the number key is the position.
 TABS = (
@@ -46,11 +53,30 @@ class MlxloraApp(App):
         with TabbedContent(initial=self.initial):
             for i, (tab, title, widget) in enumerate(TABS, 1):
                 with TabPane(f"{i} {title}", id=tab):
-                    yield widget(id=f"{tab}-tab")
-        yield Footer()
+                    if tab == self.initial:
+                        yield widget(id=f"{tab}-tab")
+        yield KeysFooter()
 
-    def action_show_tab(self, tab: str) -> None:
+    def on_mount(self) -> None:
+        self._ensure_runner()
+
+    @work(thread=True, exit_on_error=False, group="runner")
+    def _ensure_runner(self) -> None:
+        queue.ensure_runner()  # jobs queued while no app and no runner was around
+
+    async def action_show_tab(self, tab: str) -> None:
+        await self._fill(tab)
         self.query_one(TabbedContent).active = tab
+
+    async def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        await self._fill(event.pane.id)  # a tab's title clicked
+
+    async def _fill(self, tab: str) -> None:
+        """Mount the tab's widget the first time the tab is shown."""
+        pane = self.query_one(f"#{tab}", TabPane)
+        if not pane.children:
+            widget = next(w for t, _, w in TABS if t == tab)
+            await pane.mount(widget(id=f"{tab}-tab"))
 
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):
@@ -72,7 +98,7 @@ class MlxloraApp(App):
             )
 
     def _show(self, tab: str):
-        return lambda: self.action_show_tab(tab)
+        return lambda: self.run_action(f"show_tab('{tab}')")
 
     def _tab_bindings(self):
         """Bindings of the tab in view and its widgets: every action a user can take there."""

@@ -66,7 +66,6 @@ class RunsTab(Vertical):
 
     @work(thread=True, exit_on_error=False, group="runs-watch")
     def watch_runs(self) -> None:
-        queue.ensure_runner()  # jobs queued while no app and no runner was around
         watch(self)
 
     def on_runs_polled(self, message: RunsPolled) -> None:
