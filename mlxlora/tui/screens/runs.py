@@ -2,7 +2,7 @@
 
 A worker thread tails every run's events (`RunWatcher`) and posts the news; this widget folds
 it into one `RunView` per run and redraws what changed at most `DRAW_SEC` apart, however fast
-events arrive. Stop, Resume and Delete act on the selected row.
+events arrive, and only while the tab is in view. Stop, Resume and Delete act on the selected row.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class RunsTab(Vertical):
 
     def on_show(self) -> None:
         self.query_one(DataTable).focus()  # the tab's keys act on the table's selected row
+        self.redraw()  # what arrived while another tab was in view
 
     @work(thread=True, exit_on_error=False, group="runs-watch")
     def watch_runs(self) -> None:
@@ -98,7 +99,8 @@ class RunsTab(Vertical):
         return rows
 
     def redraw(self) -> None:
-        if not self._dirty or self._catching_up:
+        """Draw what changed; nothing while another tab is in view (news is still folded)."""
+        if not self._dirty or self._catching_up or not self.is_on_screen:
             return
         self._draw_table()
         self._draw_detail()
