@@ -64,19 +64,26 @@ class MlxloraApp(App):
     def _ensure_runner(self) -> None:
         queue.ensure_runner()  # jobs queued while no app and no runner was around
 
-    async def action_show_tab(self, tab: str) -> None:
-        await self._fill(tab)
-        self.query_one(TabbedContent).active = tab
+    def action_show_tab(self, tab: str) -> None:
+        tabs = self.query_one(TabbedContent)
+        self._fill(tabs.get_pane(tab))
+        if tabs.active != tab:
+            # the tab shown takes the focus (each focuses its own widget); left to Textual, the
+            # focus moves to a neighbour in the hidden tab (the Playground's run picker to its
+            # max tokens), and a focused widget's tab is shown again: the key did nothing
+            self.set_focus(None)
+        tabs.active = tab
 
-    async def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        await self._fill(event.pane.id)  # a tab's title clicked
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.tabbed_content is self.query_one(TabbedContent):  # not a tab's own tabs
+            self._fill(event.pane)  # a tab's title clicked
 
-    async def _fill(self, tab: str) -> None:
-        """Mount the tab's widget the first time the tab is shown."""
-        pane = self.query_one(f"#{tab}", TabPane)
+    def _fill(self, pane: TabPane) -> None:
+        """Mount the tab's widget the first time the tab is shown (it is in the DOM at once;
+        its own mounting follows)."""
         if not pane.children:
-            widget = next(w for t, _, w in TABS if t == tab)
-            await pane.mount(widget(id=f"{tab}-tab"))
+            widget = next(w for tab, _, w in TABS if tab == pane.id)
+            pane.mount(widget(id=f"{pane.id}-tab"))
 
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):
@@ -98,7 +105,7 @@ class MlxloraApp(App):
             )
 
     def _show(self, tab: str):
-        return lambda: self.run_action(f"show_tab('{tab}')")
+        return lambda: self.action_show_tab(tab)
 
     def _tab_bindings(self):
         """Bindings of the tab in view and its widgets: every action a user can take there."""

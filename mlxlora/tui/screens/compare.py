@@ -62,7 +62,7 @@ class CompareTab(Vertical):
 
     def on_show(self) -> None:
         self.query_one(SelectionList).focus()  # space picks a run straight away
-        self.redraw()  # what arrived while another tab was in view
+        self.call_after_refresh(self.redraw)  # what arrived while another tab was in view
 
     @work(thread=True, exit_on_error=False, group="compare-watch")
     def watch_runs(self) -> None:

@@ -63,7 +63,9 @@ class RunsTab(Vertical):
 
     def on_show(self) -> None:
         self.query_one(DataTable).focus()  # the tab's keys act on the table's selected row
-        self.redraw()  # what arrived while another tab was in view
+        # what arrived while another tab was in view, once the tab is on screen: the key that
+        # showed it is answered first (a chart drawing is 50 ms)
+        self.call_after_refresh(self.redraw)
 
     @work(thread=True, exit_on_error=False, group="runs-watch")
     def watch_runs(self) -> None:
@@ -140,7 +142,7 @@ class RunsTab(Vertical):
         return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
-        self._draw_detail()
+        self.call_after_refresh(self._draw_detail)  # the cursor moves on screen first
 
     # --- actions --------------------------------------------------------------------------
 

@@ -318,7 +318,7 @@ class TrainTab(Vertical):
         job = queue.add_train(cfg.to_yaml(), cfg.name)
         queue.ensure_runner()
         self._say("#train-status", f"queued {job.name}")
-        self.app.run_action("show_tab('runs')")
+        self.app.action_show_tab("runs")
 
     def action_save_yaml(self) -> None:
         cfg = self.validate()
