@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from rich.style import Style
 from rich.text import Text
+from textual.events import Click
 from textual.screen import Screen
 from textual.widget import Widget
 
@@ -42,6 +43,7 @@ class KeysFooter(Widget, can_focus=False):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._keys: tuple = ()  # (key, shown as, description, enabled) as drawn
+        self._spans: list[tuple[int, int, str]] = []  # (first cell, cell after, key) as drawn
 
     def on_mount(self) -> None:
         self.screen.bindings_updated_signal.subscribe(self, self._bindings_changed)
@@ -63,23 +65,30 @@ class KeysFooter(Widget, can_focus=False):
 
     def render(self) -> Text:
         palette_key = self.app.COMMAND_PALETTE_BINDING
-        keys = [k for k in self._keys if k[0] != palette_key]
-        line = Text.assemble(*(self._key(*k) for k in keys))
+        line, self._spans = Text(), []
+        for key in (k for k in self._keys if k[0] != palette_key):
+            self._append(line, *key)
         palette = [k for k in self._keys if k[0] == palette_key]
         if palette and self.app.ENABLE_COMMAND_PALETTE:
             right = self._key(*palette[0])
-            gap = self.size.width - line.cell_len - right.cell_len
-            line.append(" " * max(gap, 1))
-            line.append_text(right)
+            line.append(" " * max(self.size.width - line.cell_len - right.cell_len, 1))
+            self._append(line, *palette[0])
         return line
 
+    def _append(self, line: Text, key: str, *rest) -> None:
+        start = line.cell_len
+        line.append_text(self._key(key, *rest))
+        self._spans.append((start, line.cell_len, key))
+
     def _key(self, key: str, shown: str, description: str, enabled: bool) -> Text:
-        click = Style.from_meta({"@click": f"press_key({key!r})"})
-        key_style = self.get_component_rich_style("keys-footer--key") + click
-        text_style = self.get_component_rich_style("keys-footer--description") + click
+        key_style = self.get_component_rich_style("keys-footer--key")
+        text_style = self.get_component_rich_style("keys-footer--description")
         if not enabled:
             key_style, text_style = key_style + Style(dim=True), text_style + Style(dim=True)
         return Text.assemble((f" {shown} ", key_style), (f"{description} ", text_style))
 
-    def action_press_key(self, key: str) -> None:
-        self.app.simulate_key(key)
+    def on_click(self, event: Click) -> None:
+        """Press the key whose text was clicked (not an @click link: links draw underlined)."""
+        for start, end, key in self._spans:
+            if start <= event.x < end:
+                self.app.simulate_key(key)
