@@ -129,7 +129,8 @@ class TrainTab(Vertical):
         """Focus the preset picker (not a text field, which would take the number keys) when
         the tab comes into view, so its keys work at once; tab moves on through the fields.
         Not the form itself: focusing or leaving a container restyles all it holds (the whole
-        form, 40 ms a tab switch). Datasets imported meanwhile join the dataset choices."""
+        form, on every switch to and from the tab). Datasets imported meanwhile join the
+        dataset choices."""
         if self.app.focused is None or self.app.focused not in self.query("*"):
             self.query_one("#train-preset").focus()
         dataset = self.query_one("#f-dataset", Select).value
