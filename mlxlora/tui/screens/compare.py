@@ -66,6 +66,7 @@ class CompareTab(Vertical):
 
     def on_show(self) -> None:
         self.query_one(SelectionList).focus()  # space picks a run straight away
+        self.call_after_refresh(self.redraw)  # what arrived while another tab was in view
 
     @work(thread=True, exit_on_error=False, group="compare-watch")
     def watch_runs(self) -> None:
@@ -94,7 +95,8 @@ class CompareTab(Vertical):
         return [p for p in self._listed if self._sweep_of(p) == sweep]
 
     def redraw(self) -> None:
-        if not self._dirty:
+        """Draw what changed; nothing while another tab is in view."""
+        if not self._dirty or not self.is_on_screen:
             return
         self._dirty = False
         self._draw_list()

@@ -2,8 +2,8 @@
 
 A worker thread tails every run's events (`RunWatcher`) and posts the news; this widget folds
 it into one `RunView` per run and redraws what changed at most `DRAW_SEC` apart, however fast
-events arrive. Stop, Resume, Delete and Export (to Ollama) act on the
-selected row.
+events arrive, and only while the tab is in view. Stop, Resume, Delete, Evaluate and Export
+(to Ollama) act on the selected row.
 """
 
 from __future__ import annotations
@@ -70,10 +70,12 @@ class RunsTab(Vertical):
 
     def on_show(self) -> None:
         self.query_one(DataTable).focus()  # the tab's keys act on the table's selected row
+        # what arrived while another tab was in view, once the tab is on screen: the key that
+        # showed it is answered first (a chart drawing is 50 ms)
+        self.call_after_refresh(self.redraw)
 
     @work(thread=True, exit_on_error=False, group="runs-watch")
     def watch_runs(self) -> None:
-        queue.ensure_runner()  # jobs queued while no app and no runner was around
         watch(self)
 
     def on_runs_polled(self, message: RunsPolled) -> None:
@@ -127,7 +129,8 @@ class RunsTab(Vertical):
         return path.name
 
     def redraw(self) -> None:
-        if not self._dirty or self._catching_up:
+        """Draw what changed; nothing while another tab is in view (news is still folded)."""
+        if not self._dirty or self._catching_up or not self.is_on_screen:
             return
         self._draw_table()
         self._draw_detail()
@@ -167,7 +170,7 @@ class RunsTab(Vertical):
         return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
-        self._draw_detail()
+        self.call_after_refresh(self._draw_detail)  # the cursor moves on screen first
 
     # --- actions --------------------------------------------------------------------------
 
