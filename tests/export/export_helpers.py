@@ -74,6 +74,8 @@ def build_spm_llama(dest, built_tiny):
         sentence_iterator=iter(corpus_lines()), model_prefix=str(dest / "tokenizer"),
         vocab_size=1024, model_type="bpe", byte_fallback=True, character_coverage=0.9995,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2,
+        remove_extra_whitespaces=False, normalization_rule_name="identity",  # as Llama 2's
+        split_digits=True, allow_whitespace_only_pieces=True,
     )  # fmt: skip
     (dest / "tokenizer.vocab").unlink()
     (dest / "tokenizer_config.json").write_text(
