@@ -41,6 +41,7 @@ def test_fused_model_equals_base_plus_adapter(in_tiny_home, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
 
 
+@pytest.mark.slow
 def test_4bit_base_stays_4bit_unless_dequantized(in_tiny_home, tmp_path, quickstart_data):
     from mlx_lm.convert import convert
 
