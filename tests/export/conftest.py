@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from export_helpers import build_spm_llama, train_tiny
+from export_helpers import build_spm_llama, train_run
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +15,7 @@ def tiny_run(tmp_path_factory, built_tiny, quickstart_data):
 
     home = tmp_path_factory.mktemp("export-home")
     shutil.copytree(built_tiny, home / "models" / f"builtin-tiny-v{BUILTIN_TINY_VERSION}")
-    return home, train_tiny(home, home / "runs" / "tuned", quickstart_data)
+    return home, train_run(home, home / "runs" / "tuned", quickstart_data)
 
 
 @pytest.fixture

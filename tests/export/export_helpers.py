@@ -15,7 +15,8 @@ TEXTS = (
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]
 
 
-def train_tiny(home, run, data, model="builtin:tiny", steps=4):
+def train_run(home, run, data, model="builtin:tiny", steps=4, learning_rate=2e-2):
+    """A few steps of LoRA on q, k, v, o, gate and down (rank 4, alpha 16), in workspace `home`."""
     from mlxlora import config, engine
 
     cfg = config.from_dict(
@@ -24,7 +25,12 @@ def train_tiny(home, run, data, model="builtin:tiny", steps=4):
             "model": model,
             "data": {"dataset": str(data), "val_split": 0.1, "max_length": 64},
             "lora": {"rank": 4, "alpha": 16, "target_modules": TARGETS},
-            "training": {"learning_rate": 2e-2, "max_steps": steps, "batch_size": 2, "seed": 1},
+            "training": {
+                "learning_rate": learning_rate,
+                "max_steps": steps,
+                "batch_size": 2,
+                "seed": 1,
+            },
         }
     )
     with pytest.MonkeyPatch.context() as mp:
@@ -74,6 +80,8 @@ def build_spm_llama(dest, built_tiny):
         sentence_iterator=iter(corpus_lines()), model_prefix=str(dest / "tokenizer"),
         vocab_size=1024, model_type="bpe", byte_fallback=True, character_coverage=0.9995,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2,
+        remove_extra_whitespaces=False, normalization_rule_name="identity",  # as Llama 2's
+        split_digits=True, allow_whitespace_only_pieces=True,
     )  # fmt: skip
     (dest / "tokenizer.vocab").unlink()
     (dest / "tokenizer_config.json").write_text(

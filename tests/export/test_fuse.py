@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from export_helpers import hf_tokenizer, mlx_logits, train_tiny
+from export_helpers import hf_tokenizer, mlx_logits, train_run
 
 from mlxlora.errors import ExportError, RunError
 from mlxlora.export.fuse import fuse_run
@@ -41,6 +41,7 @@ def test_fused_model_equals_base_plus_adapter(in_tiny_home, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
 
 
+@pytest.mark.slow
 def test_4bit_base_stays_4bit_unless_dequantized(in_tiny_home, tmp_path, quickstart_data):
     from mlx_lm.convert import convert
 
@@ -48,7 +49,7 @@ def test_4bit_base_stays_4bit_unless_dequantized(in_tiny_home, tmp_path, quickst
 
     q4 = tmp_path / "tiny-4bit"
     convert(str(resolve_model("builtin:tiny")), mlx_path=str(q4), quantize=True, q_group_size=32)
-    run = train_tiny(os.environ["MLXLORA_HOME"], tmp_path / "run", quickstart_data, str(q4), 2)
+    run = train_run(os.environ["MLXLORA_HOME"], tmp_path / "run", quickstart_data, str(q4), 2)
     kept = fuse_run(run, tmp_path / "kept")
     floats = fuse_run(run, tmp_path / "floats", dequantize=True)
     assert json.loads((kept / "config.json").read_text())["quantization"]["bits"] == 4
