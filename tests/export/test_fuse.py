@@ -1,5 +1,5 @@
 """`mlxlora fuse`: the merged model is the base plus the adapter, loads in mlx-lm and
-transformers' tokenizer, and bad runs are refused on one line with nothing left behind."""
+transformers (same logits), and bad runs are refused on one line with nothing left behind."""
 
 from __future__ import annotations
 
@@ -129,3 +129,15 @@ def test_fuse_command(tiny_run, tmp_path):
     )  # fmt: skip
     assert bad.returncode == RunError.exit_code  # a model directory is not a run
     assert bad.stderr.startswith("mlxlora: error: ") and bad.stderr.count("\n") == 1
+
+
+def test_transformers_loads_the_fused_model_with_the_same_logits(in_tiny_home, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
+    out = fuse_run(in_tiny_home, tmp_path / "fused")
+    ids = hf_tokenizer(out).encode("What is the capital of France? 日本の首都は東京です。")
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(logits - mlx_logits(out, ids)).max() < 1e-3
