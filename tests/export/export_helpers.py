@@ -15,7 +15,7 @@ TEXTS = (
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]
 
 
-def train_run(home, run, data, model="builtin:tiny", steps=4, learning_rate=2e-2):
+def train_run(home, run, data, model="builtin:tiny", steps=4, learning_rate=2e-2, backend="mlx"):
     """A few steps of LoRA on q, k, v, o, gate and down (rank 4, alpha 16), in workspace `home`."""
     from mlxlora import config, engine
 
@@ -23,6 +23,7 @@ def train_run(home, run, data, model="builtin:tiny", steps=4, learning_rate=2e-2
         {
             "name": "export",
             "model": model,
+            "backend": backend,
             "data": {"dataset": str(data), "val_split": 0.1, "max_length": 64},
             "lora": {"rank": 4, "alpha": 16, "target_modules": TARGETS},
             "training": {

@@ -167,3 +167,34 @@ def test_smollm2_tuned_run_answers_as_mlxlora_generate(home, smollm2, quickstart
     answer = tok.decode(greedy(llama(gguf_path), list(ids), stops, 24))
     print(f"\nmlxlora generate: {expected!r}\nllama.cpp:        {answer!r}")
     assert answer == expected
+
+
+def test_a_torch_run_exports_and_llama_cpp_matches_peft(tiny_run, quickstart_data, tmp_path):
+    """Issue 12's export: a run trained by the torch backend fuses and exports like an MLX run;
+    llama.cpp's logits for the fused GGUF and for base + LoRA GGUF match PEFT's own model."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from export_helpers import train_run
+    from transformers import AutoModelForCausalLM
+
+    from mlxlora.export.fuse import fuse_run
+    from mlxlora.models.resolve import builtin_dir
+
+    home = tiny_run[0]
+    base = home / "models" / builtin_dir().name
+    run = train_run(home, tmp_path / "torch-run", quickstart_data, backend="torch")
+    ids = hf_tokenizer(base).encode(PROMPT)
+    hf = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    tuned = peft.PeftModel.from_pretrained(hf, RunPaths(run).adapters).eval()
+    with torch.no_grad():
+        want = tuned(torch.tensor([ids])).logits[0].numpy()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLXLORA_HOME", str(home))
+        fused = fuse_run(run, tmp_path / "fused")
+    assert_close(llama_logits(llama(write_gguf(fused, tmp_path / "m.gguf")), ids), want, "f16")
+    lora = write_lora_gguf(run, base, tmp_path / "lora.gguf")
+    base_gguf = write_gguf(base, tmp_path / "base.gguf")
+    with_lora = llama_logits(llama(base_gguf, lora), ids)
+    assert_close(with_lora, want, "f16")
+    plain = llama_logits(llama(base_gguf), ids)
+    assert np.abs(plain - want).max() > 10 * np.abs(with_lora - want).max()  # it applied

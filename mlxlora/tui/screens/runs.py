@@ -20,8 +20,8 @@ from textual.widgets import DataTable
 
 from mlxlora import memory, queue, runs
 from mlxlora.errors import MlxloraError
-from mlxlora.tui.children import Child
 from mlxlora.sweep import run_sweep
+from mlxlora.tui.children import Child
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
 from mlxlora.tui.screens.export import ExportDialog
