@@ -14,6 +14,21 @@ import numpy as np
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 
+# Model types whose logits are exactly head(decoder(x)), optionally soft-capped: both backends
+# compute their loss in chunks of rows through the head instead of materialising every logit.
+CHUNKABLE_TYPES = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "smollm3",
+}
+
+
 @dataclass
 class Batch:
     """One micro-batch, host side. `loss_mask[b, t]`: does target `tokens[b, t + 1]` count."""

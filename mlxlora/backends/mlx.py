@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
 from mlxlora.backends import mlx_dist  # noqa: E402
-from mlxlora.backends.base import BackendInfo, Batch  # noqa: E402
+from mlxlora.backends.base import CHUNKABLE_TYPES, BackendInfo, Batch  # noqa: E402
 from mlxlora.backends.mlx_attention import use_blocked_attention  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
 from mlxlora.memory import loss_chunk_rows  # noqa: E402
@@ -31,18 +31,6 @@ from mlxlora.models.resolve import gguf_source  # noqa: E402
 from mlxlora.targets import TargetMatch, match_targets  # noqa: E402
 
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
-# Model types whose logits are exactly head(model.model(x)) (optionally soft-capped).
-CHUNKABLE_TYPES = {
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "phi3",
-    "gemma",
-    "gemma2",
-    "gemma3_text",
-    "smollm3",
-}
 
 
 def select_device() -> tuple[str, mx.Dtype | None]:

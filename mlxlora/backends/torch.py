@@ -22,23 +22,10 @@ from torch.utils.checkpoint import checkpoint
 
 from mlxlora.adapters_convert import MLX_WEIGHTS
 from mlxlora.backends import torch_dist, torch_peft
-from mlxlora.backends.base import END_OF_TURN, BackendInfo, Batch
+from mlxlora.backends.base import CHUNKABLE_TYPES, END_OF_TURN, BackendInfo, Batch
 from mlxlora.errors import ModelError
 from mlxlora.memory import loss_chunk_rows
 from mlxlora.models.resolve import gguf_source
-
-# Model types whose logits are exactly lm_head(decoder(x)), optionally soft-capped.
-CHUNKABLE_TYPES = {
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "phi3",
-    "gemma",
-    "gemma2",
-    "gemma3_text",
-    "smollm3",
-}
 
 
 class MLXAdamW(torch.optim.Optimizer):
