@@ -124,15 +124,11 @@ def setup_warnings(cfg: Config, n_train: int, n_val: int) -> list[str]:
 
 def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[float, list[str]]:
     """Estimated peak (GB) for the longest batch, and advice when it exceeds the budget."""
-    from dataclasses import replace
-
     from mlxlora import memory
     from mlxlora.models.resolve import model_info
 
     info = model_info(model_dir)
-    on_cpu = backend.info.device == "cpu"
-    shape = memory.TrainShape.from_config(cfg, dtype_bytes=4 if on_cpu else 2)
-    shape = replace(shape, max_length=min(longest, cfg.data.max_length), fused_attention=not on_cpu)
+    shape = train_shape(cfg, backend, longest)
     est = memory.estimate(info, shape, weights=backend.weight_bytes())
     budget = backend.info.memory_budget_bytes or memory.memory_budget()
     if not budget or est.total <= budget:
@@ -142,3 +138,14 @@ def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[f
         f"{memory.fmt_bytes(budget)} this device can use; try: "
     )
     return est.total / 1e9, [head + "; ".join(memory.fit_advice(est, budget, info, shape))]
+
+
+def train_shape(cfg: Config, backend, longest: int):
+    """The memory.TrainShape of `cfg` as `backend` trains it, for batches up to `longest`."""
+    from dataclasses import replace
+
+    from mlxlora import memory
+
+    on_cpu = backend.info.device == "cpu"
+    shape = memory.TrainShape.from_config(cfg, dtype_bytes=4 if on_cpu else 2)
+    return replace(shape, max_length=min(longest, cfg.data.max_length), fused_attention=not on_cpu)

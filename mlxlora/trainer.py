@@ -213,7 +213,7 @@ class Trainer:
             real += batch.real_tokens
             pad_total += batch.tokens.size
         lr = self.p.schedule(s.step + 1)
-        norm = backend.update(lr, t.grad_clip, len(group))
+        norm = backend.update(lr, t.grad_clip)
         if not math.isfinite(norm):
             self.fail(
                 f"gradient norm became {norm} at step {s.step + 1}; lower training.learning_rate"
