@@ -2,6 +2,7 @@
 
     python benchmarks/memory_matrix.py                 # the whole matrix (~GBs, long)
     python benchmarks/memory_matrix.py --thin          # a slice that stays under ~6 GB
+    python benchmarks/memory_matrix.py --quick         # five cells, one step each
     python benchmarks/memory_matrix.py --fit           # SmolLM2 4 x 1024 fitted to 2/4/8 GB
     python benchmarks/memory_matrix.py --case '{...}'  # one case (what each subprocess runs)
 
@@ -50,7 +51,7 @@ def model_dir(name: str, cache: Path) -> Path:
     """The model directory of a case's model name, built into `cache` on first use."""
     from mlxlora.models.resolve import resolve_model
 
-    if name == "smollm2":
+    if name in ("smollm2", "smollm2-4bit"):  # the GGUF converts to a 4-bit MLX model
         return resolve_model("builtin:smollm2-135m")
     if name == "tiny":
         return resolve_model("builtin:tiny")
@@ -59,8 +60,6 @@ def model_dir(name: str, cache: Path) -> Path:
         return dest
     if name == "qwen-layout":
         return _random_model(QWEN_LAYOUT, dest)
-    if name == "smollm2-4bit":
-        return _quantized(resolve_model("builtin:smollm2-135m"), dest)
     raise SystemExit(f"unknown model {name}")
 
 
@@ -86,21 +85,18 @@ def _random_model(cfg: dict, dest: Path) -> Path:
     return dest
 
 
-def _quantized(source: Path, dest: Path) -> Path:
-    """`source` quantized to 4 bits (group 64) by mlx-lm, as an mlx-community -4bit repo is."""
-    from mlx_lm.convert import convert
-
-    convert(str(source), str(dest), quantize=True, q_bits=4, q_group_size=64)
-    return dest
-
-
 def case_config(case: dict) -> dict:
     return {
         "model": case["model_dir"],
-        "quantized_base": "keep",
+        # SmolLM2's GGUF converts to 4 bits: float32 weights unless the case keeps them
+        "quantized_base": "keep" if case["model"].endswith("4bit") else "dequantize",
         "data": {"dataset": "x", "max_length": case["max_length"]},
-        "lora": {"rank": case["rank"], "alpha": 2.0 * case["rank"], "dropout": 0.0,
-                 "target_modules": case["targets"]},
+        "lora": {
+            "rank": case["rank"],
+            "alpha": 2.0 * case["rank"],
+            "dropout": 0.0,
+            "target_modules": case["targets"],
+        },
         "training": {
             "batch_size": case["batch"],
             "grad_accumulation": case.get("accum", 1),
@@ -112,12 +108,11 @@ def case_config(case: dict) -> dict:
 
 def run_case(case: dict) -> dict:
     """One case in this process: (estimate breakdown, measured peak) as a dict."""
-    from mlxlora.backends import mlx as backend_mod  # preloads OpenBLAS before mlx
-
     import mlx.core as mx
     import numpy as np
 
     from mlxlora import config, memory
+    from mlxlora.backends import mlx as backend_mod  # preloads OpenBLAS before mlx
     from mlxlora.backends.base import Batch
     from mlxlora.models.resolve import model_info
     from mlxlora.prepare import train_shape
@@ -164,35 +159,58 @@ def matrix(thin: bool) -> list[dict]:
     """Issue 11's matrix; `thin` keeps the cells under ~6 GB on this CPU (float32)."""
     cases = []
     base = {"model": "smollm2", "rank": 16, "targets": ALL_LINEAR[:6], "accum": 1}
-    batches, lengths = ((1, 2, 4), (256, 512, 1024)) if thin else ((1, 2, 4, 8), (256, 512, 1024, 2048))
+    batches, lengths = ((1, 2, 4), (256, 1024)) if thin else ((1, 2, 4, 8), (256, 512, 1024, 2048))
     for b, length, ckpt in itertools.product(batches, lengths, (False, True)):
         if thin and b * length > 2048 and not ckpt:
             continue
         cases.append({**base, "batch": b, "max_length": length, "ckpt": ckpt})
     for rank, targets in itertools.product((8, 64), (ATTENTION, ALL_LINEAR)):
-        cases.append({**base, "rank": rank, "targets": targets, "batch": 2, "max_length": 512,
-                      "ckpt": False})
+        if thin and rank == 8:
+            continue
+        cases.append(
+            {**base, "rank": rank, "targets": targets, "batch": 2, "max_length": 512, "ckpt": False}
+        )
     cases.append({**base, "batch": 1, "max_length": 512, "ckpt": False, "accum": 4})
     for model in ("qwen-layout", "smollm2-4bit"):
-        for b, length, ckpt in ((1, 512, False), (2, 1024, False), (2, 1024, True),
-                                (4, 2048, True)):
+        for b, length, ckpt in (
+            (1, 512, False),
+            (2, 1024, False),
+            (2, 1024, True),
+            (4, 2048, True),
+        ):
             if thin and b * length > 2048 and not ckpt:
                 continue
             cases.append({**base, "model": model, "batch": b, "max_length": length, "ckpt": ckpt})
     return cases
 
 
+def quick() -> list[dict]:
+    """Five cells, one optimizer step each: what a loaded 2-core machine measures in minutes."""
+    base = {"rank": 16, "targets": ALL_LINEAR[:6], "steps": 1}
+    cells = [
+        ("smollm2", 2, 512, False),
+        ("smollm2", 4, 1024, True),
+        ("smollm2-4bit", 1, 512, False),
+        ("qwen-layout", 1, 512, False),
+        ("qwen-layout", 2, 1024, True),
+    ]
+    return [{**base, "model": m, "batch": b, "max_length": n, "ckpt": c} for m, b, n, c in cells]
+
+
 def describe(case: dict) -> str:
     targets = "attn" if case["targets"] == ATTENTION else f"{len(case['targets'])} linear"
     accum = f" x{case['accum']} acc" if case.get("accum", 1) > 1 else ""
-    return (f"{case['model']} | {case['batch']} x {case['max_length']}{accum} | "
-            f"{'on' if case['ckpt'] else 'off'} | r{case['rank']} {targets}")
+    return (
+        f"{case['model']} | {case['batch']} x {case['max_length']}{accum} | "
+        f"{'on' if case['ckpt'] else 'off'} | r{case['rank']} {targets}"
+    )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--case", help="run one case (JSON) here and print its result as JSON")
     p.add_argument("--thin", action="store_true", help="the slice that stays under ~6 GB")
+    p.add_argument("--quick", action="store_true", help="five cells, one step each")
     p.add_argument("--cache", type=Path, default=Path("/tmp/mlxlora-memory-matrix"))
     args = p.parse_args(argv)
     if args.case:
@@ -201,14 +219,19 @@ def main(argv=None) -> int:
     print("| model | batch x length | ckpt | LoRA | estimate GB | measured GB | ratio |")
     print("|---|---|---|---|---:|---:|---:|")
     ratios = []
-    for case in matrix(args.thin):
+    for case in quick() if args.quick else matrix(args.thin):
         r = measure(case, args.cache)
         ratio = r["estimate"] / r["measured"]
         ratios.append(ratio)
-        print(f"| {describe(case)} | {r['estimate'] / GB:.2f} | {r['measured'] / GB:.2f} | "
-              f"{ratio:.2f} |", flush=True)
-    print(f"\nratio estimate/measured: min {min(ratios):.2f}, max {max(ratios):.2f} "
-          f"(goal: 0.95 <= ratio <= 1.15)")
+        print(
+            f"| {describe(case)} | {r['estimate'] / GB:.2f} | {r['measured'] / GB:.2f} | "
+            f"{ratio:.2f} |",
+            flush=True,
+        )
+    print(
+        f"\nratio estimate/measured: min {min(ratios):.2f}, max {max(ratios):.2f} "
+        f"(goal: 0.95 <= ratio <= 1.15)"
+    )
     return 0
 
 

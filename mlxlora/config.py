@@ -22,8 +22,16 @@ from mlxlora.errors import ConfigError
 SCHEDULES = ("constant", "linear", "cosine", "staged")
 QUANTIZED_BASE = ("auto", "keep", "dequantize")
 FIT_MODES = ("off", "auto")
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20,
-               "GIB": 2**30}
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1e3,
+    "MB": 1e6,
+    "GB": 1e9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
 
 
 def parse_size(text: str) -> int | None:
@@ -34,6 +42,8 @@ def parse_size(text: str) -> int | None:
     if not match or match[2].upper() not in _SIZE_UNITS:
         return None
     return int(float(match[1]) * _SIZE_UNITS[match[2].upper()])
+
+
 BACKENDS = ("auto", "mlx", "torch")
 
 

@@ -102,7 +102,7 @@ def train(
         paths = RunPaths(Path(run_dir))
         paths.root.mkdir(parents=True, exist_ok=True)
     with run_lock(paths):
-        atomic_write_text(paths.config, cfg.to_yaml())
+        atomic_write_text(paths.config, prep.config.to_yaml())  # as fitted
         return _start(replace(prep, paths=paths), listeners, resume=False)
 
 
@@ -142,6 +142,8 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
                 warnings=prep.warnings,
             )
         )
+        if prep.fit is not None:
+            events.emit(prep.fit)
         trainer = Trainer(prep, events, state)
         if state.step == 0:
             trainer.answer_samples("before")

@@ -41,7 +41,7 @@ class TrainerState:
 
     step: int = 0  # optimizer steps done
     epoch: int = 0  # epoch in progress (0-based)
-    batch_in_epoch: int = 0  # micro-batches of this epoch already trained on
+    batch_in_epoch: int = 0  # steps (effective batches) of this epoch already trained on
     best_val_loss: float | None = None  # the lowest validation loss so far
     best_step: int | None = None
     # Patience counts evaluations since the loss last fell by more than min_delta below
@@ -172,11 +172,17 @@ class Trainer:
         if s.step == 0:
             self.baseline_eval()
         while s.step < self.p.total_steps:
-            order = batching.batch_order(self.p.train, t.batch_size, t.seed, s.epoch)
+            # A step's records are chosen by the effective batch, then split into
+            # micro-batches: a fitted micro-batch size trains on the same records per step.
+            effective = t.batch_size * t.grad_accumulation
+            order = batching.batch_order(self.p.train, effective, t.seed, s.epoch)
             while s.batch_in_epoch < len(order) and s.step < self.p.total_steps:
-                group = order[s.batch_in_epoch : s.batch_in_epoch + t.grad_accumulation]
+                records = order[s.batch_in_epoch]
+                group = [
+                    records[i : i + t.batch_size] for i in range(0, len(records), t.batch_size)
+                ]
                 self.train_step(group)
-                s.batch_in_epoch += len(group)
+                s.batch_in_epoch += 1
                 if t.eval_every and s.step % t.eval_every == 0:
                     self.checkpoint(self.evaluate())
                     last_eval_step = s.step

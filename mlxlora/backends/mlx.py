@@ -178,7 +178,9 @@ def fused_cross_entropy(head, hidden: mx.array, targets: mx.array) -> mx.array:
     def loss_and_grad(h):
         logits = head(h).astype(mx.float32)
         index = targets[:, None]
-        loss = (mx.logsumexp(logits, axis=-1) - mx.take_along_axis(logits, index, axis=-1)[:, 0]).sum()
+        loss = (
+            mx.logsumexp(logits, axis=-1) - mx.take_along_axis(logits, index, axis=-1)[:, 0]
+        ).sum()
         probs = mx.softmax(logits, axis=-1, precise=True)
         dlogits = mx.put_along_axis(
             probs, index, mx.take_along_axis(probs, index, axis=-1) - 1.0, axis=-1
