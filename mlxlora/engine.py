@@ -76,7 +76,8 @@ def train(
     started.
 
     Args:
-        cfg: The job; None with `resume` (the run's own config is read back).
+        cfg: The job; with `resume`, None (the run's own config is read back) or the run's
+            config with memory settings changed (`train --resume RUN --fit`).
         run_dir: Where the run lives. None: a new directory in the workspace named after
             `cfg.name`. A new run refuses a directory that already holds anything.
         resume: Continue the run in `run_dir` from its latest checkpoint, with the optimizer
@@ -90,8 +91,9 @@ def train(
         paths = RunPaths(Path(run_dir))
         with run_lock(paths):
             check_resumable(paths)
-            cfg = config_mod.load(paths.config)
+            cfg = cfg or config_mod.load(paths.config)
             prep = prepare(cfg, paths, backend or select.create(cfg.backend))
+            atomic_write_text(paths.config, prep.config.to_yaml())  # refitted: resume it so
             return _start(prep, listeners, resume=True)
     if run_dir is not None:
         check_new_run_dir(Path(run_dir))

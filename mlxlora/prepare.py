@@ -22,6 +22,29 @@ NO_CHAT_TEMPLATE = (
 
 
 @dataclass
+class MemoryGuard:
+    """The budget of a run with training.memory_budget, and the estimate of a coming step."""
+
+    budget: int
+    info: dict
+    config: Config
+    backend: object
+
+    def step_estimate(self, longest: int):
+        """memory.MemoryEstimate of a micro-batch whose longest record has `longest` tokens."""
+        from mlxlora import memory
+
+        shape = train_shape(self.config, self.backend, longest)
+        return memory.estimate(self.info, shape, weights=self.backend.weight_bytes())
+
+    def advice(self, longest: int) -> list[str]:
+        from mlxlora import memory
+
+        shape = train_shape(self.config, self.backend, longest)
+        return memory.fit_advice(self.step_estimate(longest), self.budget, self.info, shape)
+
+
+@dataclass
 class Prepared:
     """Everything the loop needs, built before the first step."""
 
@@ -39,6 +62,7 @@ class Prepared:
     dataset: str
     model_dir: Path  # the local HF-format directory the model reference resolved to
     fit: MemoryFit | None = None  # what training.fit chose, for the run's events
+    guard: MemoryGuard | None = None  # the budget a step must not pass (training.memory_budget)
 
 
 def load_records(cfg: Config) -> tuple[list[dict], list[dict], str]:
@@ -92,6 +116,12 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
             f"{dropped} records had no answer tokens within max_length and were skipped"
         )
     warnings += setup_warnings(cfg, len(train), len(val))
+    guard = None
+    if t.memory_budget:
+        from mlxlora.models.resolve import model_info
+
+        guard = MemoryGuard(training_budget(cfg, backend), model_info(model_dir), cfg, backend)
+        backend.limit_memory(guard.budget)
     return Prepared(
         config=cfg,
         paths=paths,
@@ -107,6 +137,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         dataset=dataset,
         model_dir=model_dir,
         fit=fit,
+        guard=guard,
     )
 
 

@@ -178,6 +178,7 @@ class Trainer:
             order = batching.batch_order(self.p.train, effective, t.seed, s.epoch)
             while s.batch_in_epoch < len(order) and s.step < self.p.total_steps:
                 records = order[s.batch_in_epoch]
+                self.check_memory(records, last_eval_step)
                 group = [
                     records[i : i + t.batch_size] for i in range(0, len(records), t.batch_size)
                 ]
@@ -245,6 +246,34 @@ class Trainer:
                     padding_fraction=1 - real / pad_total,
                 )
             )
+
+    def check_memory(self, records: list[int], last_checkpoint_step: int) -> None:
+        """Stop with a checkpoint before a step whose estimate (from its longest record)
+        would pass training.memory_budget, or after one whose measured peak did."""
+        guard = self.p.guard
+        if guard is None:
+            return
+        longest = max(len(self.p.train[i].tokens) for i in records)
+        need = guard.step_estimate(longest).total
+        peak = self.p.backend.peak_memory_bytes()
+        if need <= guard.budget and peak <= guard.budget:
+            return
+        from mlxlora.memory import fmt_bytes
+        from mlxlora.runs import resume_command
+
+        if last_checkpoint_step != self.state.step:
+            self.checkpoint(None)
+        what = (
+            f"needs ~{fmt_bytes(need)}"
+            if need > guard.budget
+            else f"the run's peak reached {fmt_bytes(peak)}"
+        )
+        advice = "; ".join(guard.advice(longest)) or "a smaller batch"
+        self.fail(
+            f"memory: step {self.state.step + 1} (records up to {longest} tokens) {what}, over "
+            f"the budget of {fmt_bytes(guard.budget)}; resume fitted with "
+            f"`{resume_command(self.p.paths.root)} --fit` or change: {advice}"
+        )
 
     def answer_samples(self, when: str) -> None:
         for prompt in self.cfg.samples:

@@ -58,6 +58,11 @@ class Backend(Protocol):
         its mean loss."""
         ...
 
+    def limit_memory(self, budget: int) -> None:
+        """Keep the framework's own allocations and caches within `budget` bytes, where the
+        device lets us (Apple Silicon)."""
+        ...
+
     def update(self, lr: float, grad_clip: float) -> float:
         """Apply the accumulated gradient, averaged over every labelled token of the step (so
         the micro-batch size does not change it); return its norm."""

@@ -372,6 +372,15 @@ class MLXBackend:
         self.optimizer.state = tree_unflatten(list(state.items()))
         mx.eval(self.model.parameters(), self.optimizer.state)
 
+    def limit_memory(self, budget: int) -> None:
+        """On Metal, MLX's memory limit (allocations past it wait for buffers to free, or
+        fail cleanly, instead of swapping the machine) and a cache limit of a quarter of it,
+        as mlx-lm sets the wired limit from the working set. Metal only: on a CPU MLX's limit
+        would be the machine's RAM, which the run already stops short of."""
+        if mx.metal.is_available():
+            mx.set_memory_limit(budget)
+            mx.set_cache_limit(budget // 4)
+
     def peak_memory_bytes(self) -> int:
         return mx.get_peak_memory()
 

@@ -97,3 +97,51 @@ def test_fit_chooses_a_configuration_under_a_small_budget(home, quickstart_data,
     assert summary["peak_memory_gb"] * 1e9 <= budget
     saved = config.load(RunPaths(tmp_path / "run").config)
     assert saved.training.batch_size == micro  # resume trains as fitted
+
+
+def test_budget_stop_checkpoints_and_resumes_fitted(home, tmp_path):
+    """Short records fit the budget; a long one later in the epoch would not: the run stops
+    before it with a checkpoint, and --resume with fit continues from there."""
+    from mlxlora import memory
+    from mlxlora.errors import TrainingFailed
+    from mlxlora.events import RunFailed
+    from mlxlora.models.resolve import model_info, resolve_model
+
+    data = tmp_path / "mixed.jsonl"
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}."} for i in range(15)]
+    rows.insert(9, {"instruction": "Repeat.", "input": "", "output": " ".join(["word"] * 400)})
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    info = model_info(resolve_model("builtin:tiny"))
+
+    def need(length, batch):
+        shape = memory.TrainShape(
+            batch_size=batch, max_length=length, lora_rank=4, dtype_bytes=4, fused_attention=False
+        )
+        return memory.estimate(info, shape, weights=int(info["params"]) * 4).total
+
+    budget = (need(64, 4) + need(512, 4)) // 2  # short batches fit, the long one does not
+    assert need(512, 1) < budget  # fitted to micro-batch 1, the long one fits
+    cfg = make_config(
+        data,
+        "data.val_split=0",
+        "data.max_length=512",
+        "training.batch_size=4",
+        "training.eval_every=1",
+        f"training.memory_budget={budget}B",
+    )
+    with pytest.raises(TrainingFailed, match="memory: step"):
+        engine.train(cfg, tmp_path / "run")
+    paths = RunPaths(tmp_path / "run")
+    events = read_events(paths.events)
+    failed = next(e for e in events if isinstance(e, RunFailed))
+    assert failed.step == 2  # seed 3 puts the long record in the third batch
+    assert "step 3 (records up to 512 tokens)" in failed.reason and "--fit" in failed.reason
+    assert failed.last_checkpoint == str(paths.checkpoint(2))  # no step lost
+    refit = config.from_dict(
+        config.apply_overrides(config.load(paths.config).to_dict(), ["training.fit=auto"])
+    )
+    summary = engine.train(refit, tmp_path / "run", resume=True)
+    assert summary["outcome"] == "completed" and summary["steps"] == 4
+    fit = next(e for e in read_events(paths.events) if isinstance(e, MemoryFit))
+    assert fit.changes["training.batch_size"] < 4
+    assert config.load(paths.config).training.batch_size == fit.changes["training.batch_size"]
