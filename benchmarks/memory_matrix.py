@@ -101,6 +101,7 @@ def case_config(case: dict) -> dict:
             "batch_size": case["batch"],
             "grad_accumulation": case.get("accum", 1),
             "grad_checkpoint": case["ckpt"],
+            "loss_chunk_rows": case.get("chunk", 0),
             "seed": 0,
         },
     }
@@ -197,6 +198,51 @@ def quick() -> list[dict]:
     return [{**base, "model": m, "batch": b, "max_length": n, "ckpt": c} for m, b, n, c in cells]
 
 
+def fitted(budget_gb: float) -> dict:
+    """SmolLM2 at 4 x 1024 (r16, q/k/v/o/gate/up) as training.fit chooses it for a budget."""
+    from mlxlora import config
+    from mlxlora.backends import select
+    from mlxlora.prepare import fit_config
+
+    case = {
+        "model": "smollm2",
+        "rank": 16,
+        "targets": ALL_LINEAR[:6],
+        "batch": 4,
+        "max_length": 1024,
+        "ckpt": False,
+        "steps": 1,
+    }
+    data = case_config({**case, "model_dir": "builtin:smollm2-135m"})
+    data["training"]["memory_budget"] = f"{budget_gb}GB"
+    cfg = config.from_dict(data)
+    cfg, event = fit_config(cfg, model_dir("smollm2", Path(".")), select.create("mlx"))
+    t = cfg.training
+    return {
+        **case,
+        "batch": t.batch_size,
+        "accum": t.grad_accumulation,
+        "ckpt": t.grad_checkpoint,
+        "chunk": t.loss_chunk_rows,
+        "fit": event.to_dict(),
+        "budget": int(budget_gb * GB),
+    }
+
+
+def fit_table(budgets: list[float], cache: Path) -> None:
+    print("| budget | fitted | estimate GB | measured GB | under budget |")
+    print("|---|---|---:|---:|---|")
+    for gb in budgets:
+        case = fitted(gb)
+        r = measure(case, cache)
+        chunk = f" chunk {case['chunk']}" if case["chunk"] else ""
+        print(
+            f"| {gb} GB | {describe(case)}{chunk} | {r['estimate'] / GB:.2f} | "
+            f"{r['measured'] / GB:.2f} | {r['measured'] <= case['budget']} |",
+            flush=True,
+        )
+
+
 def describe(case: dict) -> str:
     targets = "attn" if case["targets"] == ATTENTION else f"{len(case['targets'])} linear"
     accum = f" x{case['accum']} acc" if case.get("accum", 1) > 1 else ""
@@ -211,10 +257,20 @@ def main(argv=None) -> int:
     p.add_argument("--case", help="run one case (JSON) here and print its result as JSON")
     p.add_argument("--thin", action="store_true", help="the slice that stays under ~6 GB")
     p.add_argument("--quick", action="store_true", help="five cells, one step each")
+    p.add_argument(
+        "--fit",
+        nargs="*",
+        type=float,
+        metavar="GB",
+        help="SmolLM2 4 x 1024 fitted to these budgets (default 2 4 8)",
+    )
     p.add_argument("--cache", type=Path, default=Path("/tmp/mlxlora-memory-matrix"))
     args = p.parse_args(argv)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
+        return 0
+    if args.fit is not None:
+        fit_table(args.fit or [2, 4, 8], args.cache)
         return 0
     print("| model | batch x length | ckpt | LoRA | estimate GB | measured GB | ratio |")
     print("|---|---|---|---|---:|---:|---:|")
