@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from mlxlora import memory
@@ -209,3 +211,29 @@ def test_shape_here_is_float32_unfused_off_a_mac(monkeypatch):
     monkeypatch.setattr(memory, "is_apple_silicon", lambda: False)
     here = memory.shape_here(shape)
     assert (here.dtype_bytes, here.fused_attention, here.batch_size) == (4, False, 2)
+
+
+def test_fit_keeps_the_effective_batch_and_takes_the_fastest_that_fits():
+    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4, dtype_bytes=2)
+    whole = estimate(SMALL, shape).total
+    assert memory.fit_shape(SMALL, shape, whole).shape == shape  # fits as it is: unchanged
+    smaller = memory.fit_shape(SMALL, shape, whole - 1)
+    assert smaller.fits and smaller.estimate.total <= whole - 1
+    # a smaller loss chunk is the cheapest change (one more pass over the head)
+    assert smaller.shape == replace(shape, loss_chunk_rows=memory.loss_chunk_rows(1000) // 2)
+    assert smaller.changes(shape) == {"training.loss_chunk_rows": 512}
+    at_8 = [c for c in memory.fit_candidates(SMALL, shape) if c.batch_size == 8]
+    tighter = memory.fit_shape(SMALL, shape, min(estimate(SMALL, c).total for c in at_8) - 1)
+    tighter = tighter.shape
+    assert tighter.batch_size * tighter.grad_accumulation == 8 and tighter.batch_size < 8
+    impossible = memory.fit_shape(SMALL, shape, 1000)
+    assert not impossible.fits and "nothing with an effective batch of 8" in impossible.reason
+    least = min(estimate(SMALL, c).total for c in memory.fit_candidates(SMALL, shape))
+    assert impossible.estimate.total == least
+
+
+def test_smaller_loss_chunks_hold_fewer_logits():
+    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4)
+    rows = memory.loss_chunk_rows(SMALL["vocab_size"])
+    half = estimate(SMALL, replace(shape, loss_chunk_rows=rows // 2))
+    assert half.loss == (rows // 2) * 7 * 1000 * 4  # 4 copies + 3 of the next chunk
