@@ -1,9 +1,10 @@
 """Training memory: a rough estimate for LoRA on a model, the budget of this machine, and what
 to change when it will not fit. Imports no mlx or torch.
 
-The estimate is arithmetic on the architecture (hidden size, layers, heads, vocab), not a
-measurement; it aims to be within tens of percent of MLX's peak and, more importantly, to move
-the right way when a setting changes. `info` is a dict as `mlxlora.models.model_info` or a
+The estimate is arithmetic on the architecture (hidden size, layers, heads, vocab), with
+factors measured against MLX's peak (benchmarks/memory_matrix.py); it aims at 0.95-1.15 of the
+measured peak (never under: a user bets a run on it) and to move the right way when a setting
+changes. fit_shape picks the fastest settings with the same math that fit a budget. `info` is a dict as `mlxlora.models.model_info` or a
 catalog entry gives: hidden_size, num_hidden_layers, vocab_size, num_attention_heads,
 num_key_value_heads, intermediate_size, head_dim, params, quantization, weight_bytes.
 """
