@@ -211,8 +211,8 @@ def planned_weights(cfg: Config, info: dict, backend) -> int:
 
 def fit_config(cfg: Config, model_dir: Path, backend):
     """`cfg` with the fastest micro-batch, accumulation, checkpointing and loss chunk that fit
-    the budget (memory.fit_shape) at data.max_length, and the event that says why."""
-    from mlxlora import memory
+    the budget (memory_fit.fit_shape) at data.max_length, and the event that says why."""
+    from mlxlora import memory_fit
     from mlxlora.config import from_dict
     from mlxlora.models.resolve import model_info
 
@@ -221,7 +221,7 @@ def fit_config(cfg: Config, model_dir: Path, backend):
     if not budget:
         return cfg, None
     shape = train_shape(cfg, backend, cfg.data.max_length)
-    fit = memory.fit_shape(info, shape, budget, weights=planned_weights(cfg, info, backend))
+    fit = memory_fit.fit_shape(info, shape, budget, weights=planned_weights(cfg, info, backend))
     changes = fit.changes(shape)
     data = cfg.to_dict()
     for key, value in changes.items():

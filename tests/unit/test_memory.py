@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from mlxlora import memory
+from mlxlora import memory, memory_fit
 from mlxlora.config import Config
 from mlxlora.memory import (
     GIB,
@@ -216,19 +216,19 @@ def test_shape_here_is_float32_unfused_off_a_mac(monkeypatch):
 def test_fit_keeps_the_effective_batch_and_takes_the_fastest_that_fits():
     shape = TrainShape(batch_size=8, max_length=256, lora_rank=4, dtype_bytes=2)
     whole = estimate(SMALL, shape).total
-    assert memory.fit_shape(SMALL, shape, whole).shape == shape  # fits as it is: unchanged
-    smaller = memory.fit_shape(SMALL, shape, whole - 1)
+    assert memory_fit.fit_shape(SMALL, shape, whole).shape == shape  # fits as it is: unchanged
+    smaller = memory_fit.fit_shape(SMALL, shape, whole - 1)
     assert smaller.fits and smaller.estimate.total <= whole - 1
     # a smaller loss chunk is the cheapest change (one more pass over the head)
     assert smaller.shape == replace(shape, loss_chunk_rows=memory.loss_chunk_rows(1000) // 2)
     assert smaller.changes(shape) == {"training.loss_chunk_rows": 512}
-    at_8 = [c for c in memory.fit_candidates(SMALL, shape) if c.batch_size == 8]
-    tighter = memory.fit_shape(SMALL, shape, min(estimate(SMALL, c).total for c in at_8) - 1)
+    at_8 = [c for c in memory_fit.fit_candidates(SMALL, shape) if c.batch_size == 8]
+    tighter = memory_fit.fit_shape(SMALL, shape, min(estimate(SMALL, c).total for c in at_8) - 1)
     tighter = tighter.shape
     assert tighter.batch_size * tighter.grad_accumulation == 8 and tighter.batch_size < 8
-    impossible = memory.fit_shape(SMALL, shape, 1000)
+    impossible = memory_fit.fit_shape(SMALL, shape, 1000)
     assert not impossible.fits and "nothing with an effective batch of 8" in impossible.reason
-    least = min(estimate(SMALL, c).total for c in memory.fit_candidates(SMALL, shape))
+    least = min(estimate(SMALL, c).total for c in memory_fit.fit_candidates(SMALL, shape))
     assert impossible.estimate.total == least
 
 

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxlora import config, memory
+from mlxlora import config, memory, memory_fit
 from mlxlora.config import Config
 from mlxlora.errors import ConfigError
 
@@ -178,7 +178,7 @@ def memory_verdict(cfg: Config, info: dict, budget: int | None) -> MemoryVerdict
     advice, fit = [], ""
     if verdict == "will not fit":
         advice = memory.fit_advice(est, budget, info, shape)
-        chosen = memory.fit_shape(info, shape, budget)
+        chosen = memory_fit.fit_shape(info, shape, budget)
         if chosen.fits:
             changes = " ".join(f"{k}={v}" for k, v in chosen.changes(shape).items())
             fit = (
