@@ -203,7 +203,7 @@ def run_mlxlora(model_dir: Path, seqs: list[list[int]], pack: bool) -> dict:
 
     def step(idx):
         backend.accumulate(batching.collate([examples[i] for i in idx]), seed=0)
-        backend.update(LR, 1.0, 1)
+        backend.update(LR, 1.0)
 
     step(min(order, key=lambda idx: max(len(seqs[i]) for i in idx)))  # warm-up
     reset_peak()

@@ -86,7 +86,8 @@ def train(
     started.
 
     Args:
-        cfg: The job; None with `resume` (the run's own config is read back).
+        cfg: The job; with `resume`, None (the run's own config is read back) or the run's
+            config with memory settings changed (`train --resume RUN --fit`).
         run_dir: Where the run lives. None: a new directory in the workspace named after
             `cfg.name`. A new run refuses a directory that already holds anything.
         resume: Continue the run in `run_dir` from its latest checkpoint, with the optimizer
@@ -102,8 +103,9 @@ def train(
         paths = RunPaths(Path(run_dir))
         with run_lock(paths):
             check_resumable(paths)
-            cfg = config_mod.load(paths.config)
+            cfg = cfg or config_mod.load(paths.config)
             prep = prepare(cfg, paths, backend or select.create(cfg.backend))
+            atomic_write_text(paths.config, prep.config.to_yaml())  # refitted: resume it so
             return _start(prep, listeners, resume=True)
     if run_dir is not None:
         check_new_run_dir(Path(run_dir))
@@ -114,7 +116,7 @@ def train(
         paths = RunPaths(Path(run_dir))
         paths.root.mkdir(parents=True, exist_ok=True)
     with run_lock(paths):
-        atomic_write_text(paths.config, cfg.to_yaml())
+        atomic_write_text(paths.config, prep.config.to_yaml())  # as fitted
         return _start(replace(prep, paths=paths), listeners, resume=False)
 
 
@@ -174,6 +176,8 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
                 memory_budget_gb=_budget_gb(backend),
             )
         )
+        if prep.fit is not None:
+            events.emit(prep.fit)
         trainer = Trainer(prep, events, state)
         if state.step == 0:
             trainer.answer_samples("before")

@@ -134,6 +134,18 @@ class RunFinished(Event):
 
 
 @dataclass
+class MemoryFit(Event):
+    """training.fit chose these settings for the memory budget (before the first step)."""
+
+    type: ClassVar[str] = "memory_fit"
+    budget_bytes: int
+    estimated_bytes: int
+    changes: dict = field(default_factory=dict)
+    fits: bool = True
+    reason: str = ""
+
+
+@dataclass
 class RunFailed(Event):
     type: ClassVar[str] = "run_failed"
     reason: str
@@ -153,6 +165,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         EarlyStop,
         Diagnosis,
         RunFinished,
+        MemoryFit,
         RunFailed,
     )
 }

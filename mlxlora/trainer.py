@@ -43,7 +43,7 @@ class TrainerState:
 
     step: int = 0  # optimizer steps done
     epoch: int = 0  # epoch in progress (0-based)
-    batch_in_epoch: int = 0  # micro-batches of this epoch already trained on
+    batch_in_epoch: int = 0  # steps (effective batches) of this epoch already trained on
     best_val_loss: float | None = None  # the lowest validation loss so far
     best_step: int | None = None
     # Patience counts evaluations since the loss last fell by more than min_delta below
@@ -181,11 +181,18 @@ class Trainer:
         if s.step == 0:
             self.baseline_eval()
         while s.step < self.p.total_steps:
-            order = batching.batch_order(self.p.train, t.batch_size, t.seed, s.epoch)
+            # A step's records are chosen by the effective batch, then split into
+            # micro-batches: a fitted micro-batch size trains on the same records per step.
+            effective = t.batch_size * t.grad_accumulation
+            order = batching.batch_order(self.p.train, effective, t.seed, s.epoch)
             while s.batch_in_epoch < len(order) and s.step < self.p.total_steps:
-                group = order[s.batch_in_epoch : s.batch_in_epoch + t.grad_accumulation]
+                records = order[s.batch_in_epoch]
+                self.check_memory(records, last_eval_step)
+                group = [
+                    records[i : i + t.batch_size] for i in range(0, len(records), t.batch_size)
+                ]
                 self.train_step(group)
-                s.batch_in_epoch += len(group)
+                s.batch_in_epoch += 1
                 if t.eval_every and s.step % t.eval_every == 0:
                     self.checkpoint(self.evaluate())
                     last_eval_step = s.step
@@ -222,7 +229,7 @@ class Trainer:
             real += batch.real_tokens
             pad_total += batch.tokens.size
         lr = self.p.schedule(s.step + 1)
-        norm = backend.update(lr, t.grad_clip, len(group))
+        norm = backend.update(lr, t.grad_clip)
         if not math.isfinite(norm):
             self.fail(
                 f"gradient norm became {norm} at step {s.step + 1}; lower training.learning_rate"
@@ -248,6 +255,34 @@ class Trainer:
                     padding_fraction=1 - real / pad_total,
                 )
             )
+
+    def check_memory(self, records: list[int], last_checkpoint_step: int) -> None:
+        """Stop with a checkpoint before a step whose estimate (from its longest record)
+        would pass training.memory_budget, or after one whose measured peak did."""
+        guard = self.p.guard
+        if guard is None:
+            return
+        longest = max(len(self.p.train[i].tokens) for i in records)
+        need = guard.step_estimate(longest).total
+        peak = self.p.backend.peak_memory_bytes()
+        if need <= guard.budget and peak <= guard.budget:
+            return
+        from mlxlora.memory import fmt_bytes
+        from mlxlora.runs import resume_command
+
+        if last_checkpoint_step != self.state.step:
+            self.checkpoint(None)
+        what = (
+            f"needs ~{fmt_bytes(need)}"
+            if need > guard.budget
+            else f"the run's peak reached {fmt_bytes(peak)}"
+        )
+        advice = "; ".join(guard.advice(longest)) or "a smaller batch"
+        self.fail(
+            f"memory: step {self.state.step + 1} (records up to {longest} tokens) {what}, over "
+            f"the budget of {fmt_bytes(guard.budget)}; resume fitted with "
+            f"`{resume_command(self.p.paths.root)} --fit` or change: {advice}"
+        )
 
     def answer_samples(self, when: str) -> None:
         for prompt in self.cfg.samples:

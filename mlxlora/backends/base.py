@@ -74,11 +74,18 @@ class Backend(Protocol):
         ...
 
     def accumulate(self, batch: Batch, seed: int) -> float:
-        """Forward and backward on one micro-batch; add its gradient; return its mean loss."""
+        """Forward and backward on one micro-batch; add the gradient of its summed loss; return
+        its mean loss."""
         ...
 
-    def update(self, lr: float, grad_clip: float, micro_batches: int) -> float:
-        """Apply the accumulated gradient (averaged over micro_batches); return its norm."""
+    def limit_memory(self, budget: int) -> None:
+        """Keep the framework's own allocations and caches within `budget` bytes, where the
+        device lets us (Apple Silicon)."""
+        ...
+
+    def update(self, lr: float, grad_clip: float) -> float:
+        """Apply the accumulated gradient, averaged over every labelled token of the step (so
+        the micro-batch size does not change it); return its norm."""
         ...
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:

@@ -166,13 +166,11 @@ def fused_cross_entropy(head, hidden: mx.array, targets: mx.array) -> mx.array:
     @mx.custom_function
     def loss_and_grad(h):
         logits = head(h).astype(mx.float32)
-        top = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
-        exp = mx.exp(logits - top)
-        total = exp.sum(axis=-1, keepdims=True)
         index = targets[:, None]
-        picked = mx.take_along_axis(logits, index, axis=-1)
-        loss = (top + mx.log(total) - picked).sum()
-        probs = exp / total
+        loss = (
+            mx.logsumexp(logits, axis=-1) - mx.take_along_axis(logits, index, axis=-1)[:, 0]
+        ).sum()
+        probs = mx.softmax(logits, axis=-1, precise=True)
         dlogits = mx.put_along_axis(
             probs, index, mx.take_along_axis(probs, index, axis=-1) - 1.0, axis=-1
         )
@@ -197,6 +195,7 @@ class MLXBackend:
         self.tokenizer = None
         self.optimizer = None
         self._grads = None
+        self._labelled = 0  # labelled tokens in the gradients accumulated so far
 
     # --- setup ------------------------------------------------------------------------
 
@@ -238,7 +237,9 @@ class MLXBackend:
         self.model_dir = Path(model_dir)
         self.model_type = model_config.get("model_type", "")
         self._head = _output_head(model, self.model_type)
-        self._chunk_rows = loss_chunk_rows(model_config["vocab_size"])
+        self._chunk_rows = config.training.loss_chunk_rows or loss_chunk_rows(
+            model_config["vocab_size"]
+        )
         self.optimizer = optim.AdamW(learning_rate=0.0, weight_decay=config.training.weight_decay)
         self._value_and_grad = nn.value_and_grad(model, self._loss)
 
@@ -294,6 +295,8 @@ class MLXBackend:
     # --- steps ------------------------------------------------------------------------
 
     def accumulate(self, batch: Batch, seed: int) -> float:
+        """Adds the gradient of the summed loss: the update divides by every labelled token of
+        the step, so batch 4 and batch 2 x accumulation 2 take the same step."""
         mx.random.seed(seed)  # dropout masks depend on the step only: resume is exact
         n, labels = batch.label_tokens, self._labels(batch)
         if labels is None:  # a data-parallel process with no rows of a short batch
@@ -301,16 +304,15 @@ class MLXBackend:
             grads = tree_map(mx.zeros_like, self.model.trainable_parameters())
         else:
             loss_sum, grads = self._value_and_grad(self.model, *labels)
-            grads = tree_map(lambda g: g / n, grads)
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
+        self._labelled += n  # the whole batch's labels (every process's rows)
         loss_sum = mlx_dist.sum_over_ranks(self.group, loss_sum)
         mx.eval(loss_sum, self._grads)
         return loss_sum.item() / n
 
-    def update(self, lr: float, grad_clip: float, micro_batches: int) -> float:
+    def update(self, lr: float, grad_clip: float) -> float:
         grads = mlx_dist.sum_over_ranks(self.group, self._grads)
-        if micro_batches > 1:
-            grads = tree_map(lambda g: g / micro_batches, grads)
+        grads = tree_map(lambda g: g / self._labelled, grads)
         if grad_clip > 0:
             grads, norm = optim.clip_grad_norm(grads, grad_clip)
         else:
@@ -318,7 +320,7 @@ class MLXBackend:
         self.optimizer.learning_rate = mx.array(lr)
         self.optimizer.update(self.model, grads)
         mx.eval(self.model.trainable_parameters(), self.optimizer.state, norm)
-        self._grads = None
+        self._grads, self._labelled = None, 0
         return norm.item()
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
@@ -372,6 +374,15 @@ class MLXBackend:
         state = mx.load(str(directory / "optimizer.safetensors"))
         self.optimizer.state = tree_unflatten(list(state.items()))
         mx.eval(self.model.parameters(), self.optimizer.state)
+
+    def limit_memory(self, budget: int) -> None:
+        """On Metal, MLX's memory limit (allocations past it wait for buffers to free, or
+        fail cleanly, instead of swapping the machine) and a cache limit of a quarter of it,
+        as mlx-lm sets the wired limit from the working set. Metal only: on a CPU MLX's limit
+        would be the machine's RAM, which the run already stops short of."""
+        if mx.metal.is_available():
+            mx.set_memory_limit(budget)
+            mx.set_cache_limit(budget // 4)
 
     def peak_memory_bytes(self) -> int:
         return mx.get_peak_memory()

@@ -98,6 +98,7 @@ class TorchBackend:
         self.model = None
         self.tokenizer = None
         self.optimizer = None
+        self._labelled = 0  # labelled tokens in the gradients accumulated so far
 
     # --- setup ------------------------------------------------------------------------
 
@@ -187,21 +188,24 @@ class TorchBackend:
     # --- steps ------------------------------------------------------------------------
 
     def accumulate(self, batch: Batch, seed: int) -> float:
+        """Adds the gradient of the summed loss: the update divides by every labelled token of
+        the step, so batch 4 and batch 2 x accumulation 2 take the same step (as on MLX)."""
         torch.manual_seed(seed)  # dropout masks depend on the step only: resume is exact
         n = batch.label_tokens  # over the whole batch, on every rank
         rows = torch_dist.my_rows(len(batch.tokens))
         loss_sum = torch.zeros((), device=self.device)
         if len(batch.tokens[rows]):
             loss_sum = self._loss(*self._labels(batch, rows), train=True)
-            (loss_sum / n).backward()
+            loss_sum.backward()
+        self._labelled += n
         return torch_dist.sum_over_ranks(loss_sum.detach()).item() / n
 
-    def update(self, lr: float, grad_clip: float, micro_batches: int) -> float:
+    def update(self, lr: float, grad_clip: float) -> float:
         params = self._trainable
         torch_dist.sum_gradients(params)
-        if micro_batches > 1:
-            for p in params:
-                p.grad.div_(micro_batches)
+        for p in params:
+            p.grad.div_(self._labelled)
+        self._labelled = 0
         if grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
         else:
@@ -281,6 +285,13 @@ class TorchBackend:
             if name not in params:
                 raise ModelError(f"{directory}: optimizer state for unknown parameter {name}")
             self.optimizer.state[params[name]][moment] = value.to(self.device)
+
+    def limit_memory(self, budget: int) -> None:
+        """On CUDA, the caching allocator's cap (an allocation past it raises out-of-memory in
+        this process instead of starving others on the GPU); a CPU has no such cap."""
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), self.device)
 
     def peak_memory_bytes(self) -> int:
         """CUDA: the allocator's peak. CPU: the process's peak resident size (torch keeps no

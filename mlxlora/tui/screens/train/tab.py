@@ -259,6 +259,9 @@ class TrainTab(Vertical):
         verdict = form.memory_verdict(self.cfg, facts[0], self.budget)
         style = VERDICT_STYLE.get(verdict.verdict, "")
         text = f"[{style}]{verdict.line()}[/]" if style else verdict.line()
+        text += f"\n[dim]{verdict.parts()}[/]"
+        if verdict.fit:
+            text += f"\n{verdict.fit}"
         advice = "; ".join(verdict.advice)
         return text + (f"\ntry: {advice}" if advice else "")
 
