@@ -25,7 +25,8 @@ pytestmark = [
     pytest.mark.llamacpp,
     pytest.mark.skipif(
         importlib.util.find_spec("llama_cpp") is None,
-        reason="llama-cpp-python is not installed (pip install 'mlxlora[export]')",
+        reason="llama-cpp-python is not installed "
+        "(./install.sh dev llama-cpp, or pip install 'mlxlora[export]')",
     ),
 ]
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
