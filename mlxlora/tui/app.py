@@ -16,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import Header, TabbedContent, TabPane
 
 from mlxlora import queue
+from mlxlora.tui.children import Child
 from mlxlora.tui.screens import compare, datasets, playground, runs, system, train
 from mlxlora.tui.widgets.keys_footer import KeysFooter
 
@@ -59,6 +60,9 @@ class MlxloraApp(App):
 
     def on_mount(self) -> None:
         self._ensure_runner()
+
+    def on_unmount(self) -> None:
+        Child.cancel_all()  # nothing the app started outlives it (runs are the runner's)
 
     @work(thread=True, exit_on_error=False, group="runner")
     def _ensure_runner(self) -> None:

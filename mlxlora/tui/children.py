@@ -10,12 +10,14 @@ import json
 import os
 import signal
 import sys
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 
 CLI = (sys.executable, "-m", "mlxlora")
 LINE_LIMIT = 16 * 2**20  # a `done` line carries the whole answer
 STDERR_LINES = 20  # kept for the error line; progress bars beyond that are dropped
+_LIVE: weakref.WeakSet[Child] = weakref.WeakSet()  # every child started, until collected
 
 
 class Child:
@@ -23,6 +25,7 @@ class Child:
 
     def __init__(self, process: asyncio.subprocess.Process):
         self.process = process
+        _LIVE.add(self)
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
         # Drained all along: a child blocked on a full stderr pipe would never finish.
         self._stderr_read = asyncio.create_task(self._read_stderr())
@@ -105,6 +108,13 @@ class Child:
             except asyncio.TimeoutError:
                 self._signal(signal.SIGKILL)
         await self.wait()
+
+    @staticmethod
+    def cancel_all() -> None:
+        """SIGTERM every child still running. The app calls it as it closes: a worker's own
+        `stop()` in its `finally` may never run once the app's event loop has ended."""
+        for child in list(_LIVE):
+            child.cancel()
 
     def _signal(self, sig: int) -> None:
         if self.process.returncode is not None:

@@ -94,11 +94,16 @@ def test_cancel_and_closing_the_app_stop_the_child(home):
     assert_gone(asyncio.run(go()))  # closing the app stopped it too
 
 
-def assert_gone(pid: int) -> None:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return
+def assert_gone(pid: int, seconds: float = 5.0) -> None:
+    """The child's process group has ended (within a few seconds: a signalled process is
+    reaped by asyncio's watcher thread)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
     raise AssertionError(f"process group {pid} still alive")
 
 
