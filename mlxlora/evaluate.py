@@ -1,4 +1,5 @@
-"""Generation and perplexity for a model reference, optionally through a trained adapter.
+"""Generation and perplexity for a model reference, optionally through a trained adapter, and
+`evaluate_run`: a trained run's held-out loss and scored answers (eval.json).
 
 `adapter` is a run (name prefix or directory, see `mlxlora.runs.find_run`: its latest adapter in
 `adapters/`) or an adapter directory (`adapters.safetensors` + `adapter_config.json`, e.g. a
@@ -8,8 +9,10 @@ torch at module level; the backend is loaded on the first call.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from mlxlora.errors import ModelError, RunError
@@ -37,6 +40,12 @@ def _run_config(run: Path) -> tuple[str | None, str]:
     return cfg.model, cfg.backend
 
 
+def _base_model(adapter: Path) -> str | None:
+    from mlxlora.runs import read_json
+
+    return read_json(adapter / "adapter_config.json").get("base_model")
+
+
 def resolve_adapter(ref: str) -> AdapterRef:
     """The adapter directory a `--adapter` argument names, and its run's model if it has one."""
     from mlxlora.runs import RunPaths, find_run
@@ -47,7 +56,8 @@ def resolve_adapter(ref: str) -> AdapterRef:
         run = next((p for p in path.resolve().parents if (p / "config.yaml").is_file()), None)
         if run is not None and run not in path.resolve().parents[:3]:
             run = None
-        model, backend = _run_config(run) if run else (None, "auto")
+        # outside a run, a merged adapter names its base (`mlxlora merge` writes base_model)
+        model, backend = _run_config(run) if run else (_base_model(path), "auto")
         return AdapterRef(path.resolve(), run, model, backend)
     try:
         run = find_run(ref)
@@ -139,3 +149,140 @@ def perplexity(
     """Perplexity of `text` under the model (with the adapter, if given)."""
     gen, _, _ = load_generator(model_ref, adapter, progress)
     return gen.perplexity(text)
+
+
+# --- `mlxlora eval`: a trained run measured on held-out data -----------------------------------
+
+DEFAULT_TERMS = "medical"
+
+
+def held_out_records(cfg, dataset: str | None) -> tuple[list[dict], str, str]:
+    """(normalized records, split, dataset name): a stored dataset or file when given, else
+    the run's own validation split (data.validation, or the val_split that training held out,
+    drawn with the same seed)."""
+    from mlxlora.data import formats, store
+    from mlxlora.prepare import load_records
+
+    if dataset:
+        meta, records = store.resolve(dataset)
+        return [formats.normalize(r, meta.type) for r in records], "dataset", meta.name
+    _, val, name = load_records(cfg)
+    if not val:
+        raise RunError(
+            f"{cfg.name}: the run held out no validation records (data.val_split is 0 and no "
+            "data.validation); evaluate it on a dataset with --dataset"
+        )
+    return val, "validation", name
+
+
+def held_out_loss(gen, records: list[dict], cfg) -> tuple[float, float]:
+    """(mean validation loss per labelled token, perplexity), batched as training evaluates."""
+    from mlxlora import metrics
+    from mlxlora.data import batching
+    from mlxlora.errors import DataError
+
+    d, t = cfg.data, cfg.training
+    examples, _, _ = batching.encode_all(records, gen.tokenizer, d.max_length, d.completions_only)
+    if not examples:
+        raise DataError(f"no held-out record fits data.max_length={d.max_length}")
+    total, tokens = 0.0, 0
+    for idx in batching.batch_order(examples, t.batch_size, t.seed, 0):
+        loss, n = gen.eval_loss(batching.collate([examples[i] for i in idx]))
+        total, tokens = total + loss, tokens + n
+    val_loss = total / max(tokens, 1)
+    return val_loss, metrics.perplexity(val_loss)
+
+
+def _questions(records: list[dict]) -> list[tuple[list[dict], str]]:
+    """(prompt messages, reference answer) of each chat record that ends in an answer."""
+    return [
+        (r["messages"][:-1], r["messages"][-1]["content"])
+        for r in records
+        if "messages" in r and len(r["messages"]) > 1 and r["messages"][-1]["role"] == "assistant"
+    ]
+
+
+def _measure(model_ref, adapter, records, cfg, max_tokens, say) -> tuple[dict, list[str]]:
+    """(val_loss and perplexity, greedy answers to the records' questions) of one model."""
+    who = "tuned" if adapter else "base"
+    say(f"{who}: loading")
+    gen, _, _ = load_generator(model_ref, adapter, progress=False)
+    val_loss, ppl = held_out_loss(gen, records, cfg)
+    say(f"{who}: val loss {val_loss:.4f}, perplexity {ppl:.2f}")
+    answers = []
+    questions = _questions(records)
+    for i, (messages, _) in enumerate(questions, 1):
+        answers.append(gen.generate(messages, max_tokens=max_tokens))
+        say(f"{who}: answered {i}/{len(questions)}")
+    return {"val_loss": val_loss, "perplexity": ppl}, answers
+
+
+def evaluate_run(
+    run_ref: str,
+    dataset: str | None = None,
+    base: bool = False,
+    max_records: int | None = None,
+    max_tokens: int = 128,
+    terms: str | None = DEFAULT_TERMS,
+    say=lambda _message: None,
+) -> dict:
+    """Measure a trained run on held-out data and write `eval.json` in its directory.
+
+    Validation loss and perplexity, and greedy answers to the held-out questions scored
+    against the reference answers (mlxlora.scoring), for the tuned model (the run's latest
+    adapter) and, with `base`, the model it was trained from. Returns what it wrote.
+
+    Args:
+        run_ref: A run name, prefix or directory.
+        dataset: A stored dataset or a file to evaluate on (default: the run's validation split).
+        base: Measure the untrained base model too, side by side.
+        max_records: Evaluate only the first N held-out records.
+        max_tokens: New tokens per answer at most.
+        terms: A bundled term list (`medical`) or a terms file for term recall; None: none.
+        say: Receives a line of progress at each stage.
+    """
+    from mlxlora import config, scoring
+    from mlxlora.data.analysis import TermMatcher, load_terms
+    from mlxlora.runs import RunPaths, atomic_write_text, find_run
+
+    run = find_run(run_ref).resolve()
+    paths = RunPaths(run)
+    cfg = config.load(paths.config)
+    records, split, name = held_out_records(cfg, dataset)
+    records = records[:max_records] if max_records else records
+    matcher = TermMatcher(load_terms(terms)[1]) if terms else None
+    say(f"{len(records)} held-out records of {name} ({split})")
+    tuned, answers = _measure(None, str(run), records, cfg, max_tokens, say)
+    base_metrics, base_answers = (
+        _measure(cfg.model, None, records, cfg, max_tokens, say) if base else (None, None)
+    )
+    rows = []
+    for i, (messages, reference) in enumerate(_questions(records)):
+        rows.append(
+            {
+                "prompt": messages[-1]["content"],
+                "reference": reference,
+                "tuned": answers[i],
+                "base": base_answers[i] if base_answers else None,
+                "scores": scoring.score(answers[i], reference, matcher),
+                "base_scores": (
+                    scoring.score(base_answers[i], reference, matcher) if base_answers else None
+                ),
+            }
+        )
+    result = {
+        "dataset": name,
+        "split": split,
+        "records": len(records),
+        **tuned,
+        "base": base_metrics,
+        "scores": scoring.aggregate([r["scores"] for r in rows]),
+        "base_scores": scoring.aggregate([r["base_scores"] for r in rows]) if base else None,
+        "answers": rows,
+        "terms": terms,
+        "max_tokens": max_tokens,
+        "adapter": str(paths.adapters),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(paths.eval, json.dumps(result, indent=2, ensure_ascii=False))
+    return result

@@ -45,6 +45,7 @@ class RunStarted(Event):
     truncated_records: int = 0
     resumed_from_step: int = 0
     warnings: list[str] = field(default_factory=list)
+    memory_budget_gb: float | None = None  # what training may use on this device, if known
 
 
 @dataclass
@@ -107,6 +108,19 @@ class EarlyStop(Event):
 
 
 @dataclass
+class Diagnosis(Event):
+    """A problem diagnosis.py found in the run so far (each kind once, when first seen)."""
+
+    type: ClassVar[str] = "diagnosis"
+    step: int
+    kind: str  # overfitting | oscillation | lr_too_high | plateau | slow_convergence | ...
+    severity: str  # info | warning | critical
+    message: str
+    evidence: dict = field(default_factory=dict)  # steps and values that show it
+    remedy: list[str] = field(default_factory=list)  # config changes that address it
+
+
+@dataclass
 class RunFinished(Event):
     type: ClassVar[str] = "run_finished"
     step: int
@@ -117,6 +131,18 @@ class RunFinished(Event):
     signal: str | None = None  # SIGINT or SIGTERM when a signal stopped it (None: STOP file)
     train_loss_last_epoch: float | None = None  # mean of the last (or the partial) epoch
     train_loss_ema: float | None = None  # smoothed loss at the last step
+
+
+@dataclass
+class MemoryFit(Event):
+    """training.fit chose these settings for the memory budget (before the first step)."""
+
+    type: ClassVar[str] = "memory_fit"
+    budget_bytes: int
+    estimated_bytes: int
+    changes: dict = field(default_factory=dict)
+    fits: bool = True
+    reason: str = ""
 
 
 @dataclass
@@ -137,7 +163,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Sample,
         Checkpoint,
         EarlyStop,
+        Diagnosis,
         RunFinished,
+        MemoryFit,
         RunFailed,
     )
 }

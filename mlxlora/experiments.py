@@ -1,41 +1,118 @@
-"""Comparing runs: the numbers that tell them apart and the config keys they differ in.
+"""Comparing runs: the tutorial's benchmark table, the config keys runs differ in, and the
+pick of the run that best trades quality against cost.
 
-The TUI's Compare tab uses it now, and the `mlxlora compare` command will. Evaluation scores
-(eval.json) become more columns: a key in `run_metrics` and an entry in `METRICS`. Imports no
-mlx, torch or textual.
+One core for every face: `mlxlora compare` (table, JSON, HTML report), `mlxlora sweep status`
+(a sweep ranked) and the TUI's Compare tab. Evaluation scores come from a run's eval.json
+(written by `mlxlora eval`; a run without one is normal and shows no scores). Imports no mlx,
+torch or textual.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mlxlora.runview import RunView
+from mlxlora import runs
+from mlxlora.events import EventTail
+from mlxlora.runview import RunView, read_config
+
+# eval.json's specialist scores that say "better" when higher (answer length says nothing).
+QUALITY_SCORES = ("term_recall", "token_f1", "safety_rate")
 
 # (key in run_metrics, column title, format spec), in the order a table shows them.
 METRICS = (
     ("final_val_loss", "final val", ".4f"),
     ("best_val_loss", "best val", ".4f"),
     ("perplexity", "ppl", ".2f"),
+    ("gap", "val-train", "+.3f"),
+    ("eval_val_loss", "eval val", ".4f"),  # eval.json's (the tuned model's) from here on
+    ("term_recall", "terms", ".2f"),
+    ("token_f1", "F1", ".2f"),
+    ("exact_match", "exact", ".2f"),
+    ("safety_rate", "safety", ".2f"),
+    ("answer_chars", "chars", ".0f"),
     ("epochs", "epochs", ".2f"),
     ("elapsed_sec", "time s", ".0f"),
     ("tokens_per_sec", "tok/s", ".0f"),
     ("peak_memory_gb", "peak GB", ".2f"),
 )
 
+# compare --pick: each criterion's share of a run's cost, after the tutorial's "choosing the
+# best setting" (final metrics, generalisation, training time, memory). A criterion no run
+# has (no eval.json anywhere) drops out and the others keep their proportions.
+PICK_WEIGHTS = {
+    "best_val_loss": 0.35,  # final metrics: validation loss ...
+    "eval_score": 0.25,  # ... and the specialist scores (mean of QUALITY_SCORES)
+    "gap": 0.15,  # generalisation: validation minus training loss (overfitting)
+    "elapsed_sec": 0.15,  # training time
+    "peak_memory_gb": 0.10,  # memory
+}
+PICK_LABELS = {
+    "best_val_loss": "best val",
+    "eval_score": "eval score",
+    "gap": "val-train gap",
+    "elapsed_sec": "time",
+    "peak_memory_gb": "memory",
+}
+HIGHER_IS_BETTER = {"eval_score"}
 
-def run_metrics(view: RunView) -> dict[str, float | None]:
-    """A run's numbers for a comparison (None where the run has not got that far)."""
+
+def read_eval(run: Path) -> dict:
+    """A run's eval.json ({} when it has none)."""
+    return runs.read_json(runs.RunPaths(Path(run)).eval)
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok and math.isfinite(value) else None
+
+
+def run_metrics(view: RunView, evaluation: dict | None = None) -> dict[str, float | None]:
+    """A run's numbers for a comparison (None where the run has not got that far).
+
+    Args:
+        view: The run's events folded.
+        evaluation: Its eval.json; None takes the view's (kept live by the TUI) or reads it.
+    """
+    if evaluation is None:
+        evaluation = view.eval or read_eval(view.path)
+    scores = evaluation.get("scores") if isinstance(evaluation.get("scores"), dict) else {}
     best = view.best_eval
     last = view.last_step
-    return {
-        "final_val_loss": view.val.last(),
+    final_val, train = view.val.last(), view.smooth.last()
+    metrics = {
+        "final_val_loss": final_val,
         "best_val_loss": best.val_loss if best else None,
         "perplexity": best.perplexity if best else None,
+        "train_loss": train,
+        "gap": final_val - train if final_val is not None and train is not None else None,
         "epochs": last.epoch if last else None,
         "elapsed_sec": view.elapsed_sec,
         "tokens_per_sec": view.mean_tokens_per_sec,
         "peak_memory_gb": view.peak_memory,
     }
+    metrics["eval_val_loss"] = _number(evaluation.get("val_loss"))
+    metrics |= {key: _number(scores.get(key)) for key, _, _ in METRICS if key not in metrics}
+    quality = [metrics[k] for k in QUALITY_SCORES if metrics[k] is not None]
+    metrics["eval_score"] = sum(quality) / len(quality) if quality else None
+    return metrics
+
+
+def shown_metrics(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The METRICS some run has a value for (no eval.json anywhere: no score columns)."""
+    return [m for m in METRICS if any(r.get(m[0]) is not None for r in rows)]
+
+
+def load_view(path: Path) -> RunView:
+    """A run's whole event history folded, with its summary."""
+    paths = runs.RunPaths(path)
+    view, tail = RunView(path), EventTail(paths.events)
+    while chunk := tail.read_bulk():
+        view.add(chunk)
+    view.summary = runs.read_json(paths.summary)
+    return view
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
@@ -62,3 +139,132 @@ def config_differences(configs: list[dict], ignore: tuple[str, ...] = ("name",))
     keys = sorted({k for f in flat for k in f} - set(ignore))
     values = {k: [f.get(k) for f in flat] for k in keys}
     return {k: v for k, v in values.items() if any(x != v[0] for x in v[1:])}
+
+
+@dataclass
+class Compared:
+    """One run in a comparison."""
+
+    path: Path
+    name: str
+    status: str
+    metrics: dict[str, float | None]
+    evaluation: dict
+    view: RunView = field(repr=False)
+
+
+@dataclass
+class Comparison:
+    runs: list[Compared]
+    differences: dict[str, list]
+
+    def to_dict(self) -> dict:
+        return {
+            "runs": [
+                {"path": str(r.path), "name": r.name, "status": r.status, "metrics": r.metrics}
+                for r in self.runs
+            ],
+            "differences": self.differences,
+        }
+
+
+def compare(paths: list[Path]) -> Comparison:
+    """The benchmark table of these runs: their numbers and the config keys that differ."""
+    compared = []
+    for path in paths:
+        view, evaluation = load_view(path), read_eval(path)
+        status = view.status(runs.is_locked(runs.RunPaths(path)))
+        metrics = run_metrics(view, evaluation)
+        compared.append(Compared(path, runs.given_name(path), status, metrics, evaluation, view))
+    configs = [read_config(runs.RunPaths(p).config) for p in paths]
+    return Comparison(compared, config_differences(configs, ignore=("name", "sweep")))
+
+
+@dataclass
+class Pick:
+    """The run `pick` chose, each run's cost (0 best, 1 worst), and why in plain words."""
+
+    run: Compared
+    costs: list[float]  # each run's weighted cost, in the comparison's order
+    weights: dict[str, float]  # the criteria used, renormalised
+    reason: str
+
+
+def pick(comparison: Comparison) -> Pick:
+    """The run that best trades validation loss and eval scores against time and memory.
+
+    Each criterion is scaled over the compared runs (min-max: the best run 0, the worst 1; a
+    run missing the number counts as worst), weighted by PICK_WEIGHTS and summed; the lowest
+    cost wins, the earlier run on a tie. Deterministic: the same runs give the same pick.
+    """
+    rows = comparison.runs
+    present = {
+        k: w for k, w in PICK_WEIGHTS.items() if any(_criterion(r, k) is not None for r in rows)
+    }
+    total = sum(present.values()) or 1.0
+    weights = {k: w / total for k, w in present.items()}
+    scaled = {k: _scaled([_criterion(r, k) for r in rows], k in HIGHER_IS_BETTER) for k in weights}
+    costs = [sum(weights[k] * scaled[k][i] for k in weights) for i in range(len(rows))]
+    order = sorted(range(len(rows)), key=lambda i: (costs[i], i))
+    best = rows[order[0]]
+    return Pick(
+        best,
+        costs,
+        weights,
+        _reason(rows, order, costs, weights),
+    )
+
+
+def _criterion(row: Compared, key: str) -> float | None:
+    value = row.metrics.get(key)
+    return (
+        max(value, 0.0) if key == "gap" and value is not None else value
+    )  # val below train is fine
+
+
+def _scaled(values: list[float | None], higher_is_better: bool) -> list[float]:
+    known = [v for v in values if v is not None]
+    if not known:
+        return [0.0] * len(values)
+    lo, hi = min(known), max(known)
+    out = []
+    for v in values:
+        if v is None:
+            out.append(1.0)
+        elif hi == lo:
+            out.append(0.0)
+        else:
+            bad = (hi - v) if higher_is_better else (v - lo)
+            out.append(bad / (hi - lo))
+    return out
+
+
+def _reason(rows: list[Compared], order: list[int], costs: list[float], weights: dict) -> str:
+    best = rows[order[0]]
+    parts = []
+    for key in weights:
+        value = _criterion(best, key)
+        values = [_criterion(r, key) for r in rows]
+        ranked = sorted((v for v in values if v is not None), reverse=key in HIGHER_IS_BETTER)
+        place = f"{ranked.index(value) + 1} of {len(ranked)}" if value is not None else "none"
+        parts.append(f"{PICK_LABELS[key]} {_show(key, value)} ({place})")
+    line = f"{best.name}: " + ", ".join(parts)
+    if len(order) > 1:
+        runner = rows[order[1]]
+        line += (
+            f"\nweighted cost {costs[order[0]]:.3f} vs {costs[order[1]]:.3f} for {runner.name} "
+            "(0 = best on every criterion; weights "
+            + ", ".join(f"{PICK_LABELS[k]} {w:.2f}" for k, w in weights.items())
+            + ")"
+        )
+    return line
+
+
+def _show(key: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    if key == "elapsed_sec":
+        return f"{value:.0f} s"
+    if key == "peak_memory_gb":
+        return f"{value:.2f} GB"
+    return f"{value:+.3f}" if key == "gap" else f"{value:.4g}"

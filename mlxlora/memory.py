@@ -1,11 +1,13 @@
 """Training memory: a rough estimate for LoRA on a model, the budget of this machine, and what
 to change when it will not fit. Imports no mlx or torch.
 
-The estimate is arithmetic on the architecture (hidden size, layers, heads, vocab), not a
-measurement; it aims to be within tens of percent of MLX's peak and, more importantly, to move
-the right way when a setting changes. `info` is a dict as `mlxlora.models.model_info` or a
-catalog entry gives: hidden_size, num_hidden_layers, vocab_size, num_attention_heads,
-num_key_value_heads, intermediate_size, head_dim, params, quantization, weight_bytes.
+The estimate is arithmetic on the architecture (hidden size, layers, heads, vocab), with
+factors measured against MLX's peak (benchmarks/memory_matrix.py); it aims at 0.95-1.15 of the
+measured peak (never under: a user bets a run on it) and to move the right way when a setting
+changes (memory_fit.py fits a job to a budget with it). `info` is a dict as
+`mlxlora.models.model_info` or a catalog entry gives: hidden_size, num_hidden_layers,
+vocab_size, num_attention_heads, num_key_value_heads, intermediate_size, head_dim, params,
+quantization, weight_bytes.
 """
 
 from __future__ import annotations
@@ -42,10 +44,21 @@ def causal_block_fraction(length: int, block: int = ATTENTION_BLOCK) -> float:
     return (n + 1) / (2 * n)
 
 
-# The fused loss's vocab-wide float32 arrays for a chunk: logits, exp, probabilities and
-# their gradient (measured on SmolLM2: four at the peak of one 682-row chunk).
+# The fused loss's vocab-wide float32 arrays (rows x vocab) live at its peak: logits, the
+# softmax and its gradient, plus one for the transient of the output projection; while one
+# chunk's backward runs, MLX has the next chunk's logits and softmax computed already
+# (measured on random llama layouts, CPU, float32: 4 copies for one chunk, 7 for two or more).
 LOGIT_COPIES = 4
+NEXT_CHUNK_COPIES = 3
 LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
+# The CPU's blocked attention keeps each layer's causal probabilities for backward, and its
+# backward adds about a third more in gradients of the blocks; under mx.checkpoint half of
+# one layer's probabilities stays per layer (measured, random llama layouts, L 256-1024).
+BLOCKED_ATTENTION_FACTOR = 1.3
+CHECKPOINTED_ATTENTION_FACTOR = 0.5
+# MLX's own: the buffers of the gathers and reshapes, the embedding output, the backward's
+# transients of one layer; a share of the rest (the estimate must not under-promise).
+FRAMEWORK_OVERHEAD = 0.04
 
 
 def fmt_bytes(n: float) -> str:
@@ -73,6 +86,7 @@ class TrainShape:
     # MLX's fused attention backward (Metal); on a CPU the MLX backend's blocked causal
     # attention keeps every layer's causal probabilities (see estimate_training_memory).
     fused_attention: bool = True
+    loss_chunk_rows: int = 0  # 0: loss_chunk_rows(vocab)
 
     @classmethod
     def from_config(cls, cfg, dtype_bytes: int = 2) -> TrainShape:
@@ -85,6 +99,7 @@ class TrainShape:
             grad_checkpoint=cfg.training.grad_checkpoint,
             dtype_bytes=dtype_bytes,
             grad_accumulation=cfg.training.grad_accumulation,
+            loss_chunk_rows=cfg.training.loss_chunk_rows,
         )
 
 
@@ -95,20 +110,31 @@ class MemoryEstimate:
     weights: int
     lora_params: int  # count of trainable parameters
     lora_optimizer: int  # bytes: LoRA weights, gradients, Adam m and v (float32)
-    activations: int
-    logits: int
+    activations: int  # saved for backward (or, checkpointed, the layer inputs + one layer)
+    attention: int  # scores / probabilities
+    loss: int  # the live loss chunks
+    overhead: int = 0  # MLX's transients and buffers
 
     @property
     def total(self) -> int:
-        return self.weights + self.lora_optimizer + self.activations + self.logits
+        return (
+            self.weights
+            + self.lora_optimizer
+            + self.activations
+            + self.attention
+            + self.loss
+            + self.overhead
+        )
 
     def breakdown(self) -> list[tuple[str, int]]:
         """(label, bytes) rows for display, total last."""
         return [
             ("model weights", self.weights),
-            (f"LoRA + optimizer ({self.lora_params:,} params)", self.lora_optimizer),
-            ("activations", self.activations),
-            ("logits / loss", self.logits),
+            (f"LoRA + optimizer state ({self.lora_params:,} params)", self.lora_optimizer),
+            ("activations saved for backward", self.activations),
+            ("attention", self.attention),
+            ("loss chunks", self.loss),
+            ("framework overhead", self.overhead),
             ("total", self.total),
         ]
 
@@ -171,6 +197,7 @@ def estimate_training_memory(
     chunked_loss: bool = True,
     fused_attention: bool = True,
     weights: int | None = None,
+    chunk_rows: int = 0,
 ) -> MemoryEstimate:
     """Peak memory of one LoRA training step, worst case: every sequence `max_length` long.
 
@@ -179,15 +206,14 @@ def estimate_training_memory(
     about 4*hidden (two norm inputs, the attention output, the LoRA input) + q, k, v after rope
     (q_dim + 2*kv_dim) + 3*intermediate (gate, up, silu(gate)), plus the input of o_proj or
     down_proj when those are adapted. Layers below the first adapted one keep nothing.
-    Attention scores (batch*heads*len^2, scores and probabilities in the model dtype): with
-    the fused kernel they exist for one layer at a time during backward. On a CPU the MLX
-    backend's blocked causal attention keeps, in every adapted layer, the probabilities of the
-    causal blocks only (causal_block_fraction of len^2, no scores) and two copies of q
-    (measured at 2 x 512 on SmolLM2-135M: ~53 MB a layer, estimate ~50 MB). With grad
-    checkpointing only each adapted layer's input is kept, and one layer's activations are
-    rebuilt at a time in backward.
-    Logits: float32 logits, exp, probabilities and gradient (LOGIT_COPIES), for one
-    loss_chunk_rows(vocab) chunk with the chunked loss, or for every token without it.
+    Attention (batch*heads*len^2 in the model dtype): with the fused kernel, scores and
+    probabilities of one layer at a time in backward. On a CPU the MLX backend's blocked causal
+    attention keeps, in every adapted layer, the probabilities of the causal blocks only
+    (causal_block_fraction of len^2) and two copies of q, with BLOCKED_ATTENTION_FACTOR for
+    their backward. With grad checkpointing only each adapted layer's input is kept, and one
+    layer's activations are rebuilt at a time in backward.
+    Loss: float32 (rows x vocab) arrays, LOGIT_COPIES for a chunk of `chunk_rows` (default
+    loss_chunk_rows(vocab)) and NEXT_CHUNK_COPIES for the next one, or every token unchunked.
     """
     h, layers, vocab, heads, kv, q, inter = _dims(info)
     adapted = layers if lora_layers < 0 else min(lora_layers, layers)
@@ -203,23 +229,41 @@ def estimate_training_memory(
         per_token += inter
     one_layer = tokens * per_token * dtype_bytes
     if fused_attention:  # scores and probabilities, one layer at a time in backward
-        scores = batch_size * heads * max_length**2 * dtype_bytes * 2
-    else:  # blocked CPU attention: each layer keeps its blocks' probabilities and 2 copies of q
-        probs = batch_size * heads * max_length**2 * causal_block_fraction(max_length)
-        scores = int(probs * dtype_bytes) + tokens * 2 * q * dtype_bytes
-    if grad_checkpoint:
-        activations = adapted * tokens * h * dtype_bytes + one_layer + scores
+        attention = batch_size * heads * max_length**2 * dtype_bytes * 2
     else:
-        activations = adapted * one_layer + (scores if fused_attention else adapted * scores)
-    rows = min(tokens, loss_chunk_rows(vocab)) if chunked_loss else tokens
-    logits = rows * vocab * 4 * LOGIT_COPIES
+        attention = _blocked_attention(
+            batch_size, heads, max_length, q, dtype_bytes, adapted, grad_checkpoint
+        )
+    if grad_checkpoint:
+        activations = adapted * tokens * h * dtype_bytes + one_layer
+    else:
+        activations = adapted * one_layer
+    rows = min(tokens, chunk_rows or loss_chunk_rows(vocab)) if chunked_loss else tokens
+    next_rows = min(tokens - rows, rows)
+    loss = (rows * LOGIT_COPIES + next_rows * NEXT_CHUNK_COPIES) * vocab * 4
+    weights = weights if weights is not None else weight_bytes(info, dtype_bytes)
+    lora_optimizer = lora_params * LORA_BYTES_PER_PARAM
+    subtotal = weights + lora_optimizer + activations + attention + loss
     return MemoryEstimate(
-        weights=weights if weights is not None else weight_bytes(info, dtype_bytes),
+        weights=weights,
         lora_params=lora_params,
-        lora_optimizer=lora_params * LORA_BYTES_PER_PARAM,
+        lora_optimizer=lora_optimizer,
         activations=activations,
-        logits=logits,
+        attention=attention,
+        loss=loss,
+        overhead=int(subtotal * FRAMEWORK_OVERHEAD),
     )
+
+
+def _blocked_attention(batch, heads, length, q_dim, dtype_bytes, adapted, checkpointed) -> int:
+    """What the CPU's blocked causal attention keeps: every adapted layer's causal
+    probabilities and two copies of q, or, checkpointed, one such layer plus a share of the
+    probabilities per layer (see the factors)."""
+    probs = batch * heads * length**2 * causal_block_fraction(length) * dtype_bytes
+    one = int(probs * BLOCKED_ATTENTION_FACTOR) + batch * length * 2 * q_dim * dtype_bytes
+    if checkpointed:
+        return one + int(adapted * probs * CHECKPOINTED_ATTENTION_FACTOR)
+    return adapted * one
 
 
 def estimate(info: dict, shape: TrainShape, weights: int | None = None) -> MemoryEstimate:
@@ -235,6 +279,7 @@ def estimate(info: dict, shape: TrainShape, weights: int | None = None) -> Memor
         shape.chunked_loss,
         fused_attention=shape.fused_attention,
         weights=weights,
+        chunk_rows=shape.loss_chunk_rows,
     )
 
 

@@ -11,6 +11,7 @@ from mlxlora import schedules
 from mlxlora.config import Config
 from mlxlora.data import batching
 from mlxlora.errors import DataError
+from mlxlora.events import MemoryFit
 from mlxlora.runs import RunPaths
 
 # Says what batching._render_chat does for a tokenizer without a chat template.
@@ -18,6 +19,29 @@ NO_CHAT_TEMPLATE = (
     "the model has no chat template: chat records train as plain text, one 'role: content'"
     " line per prompt message, then 'assistant: ' + the answer + EOS"
 )
+
+
+@dataclass
+class MemoryGuard:
+    """The budget of a run with training.memory_budget, and the estimate of a coming step."""
+
+    budget: int
+    info: dict
+    config: Config
+    backend: object
+
+    def step_estimate(self, longest: int):
+        """memory.MemoryEstimate of a micro-batch whose longest record has `longest` tokens."""
+        from mlxlora import memory
+
+        shape = train_shape(self.config, self.backend, longest)
+        return memory.estimate(self.info, shape, weights=self.backend.weight_bytes())
+
+    def advice(self, longest: int) -> list[str]:
+        from mlxlora import memory
+
+        shape = train_shape(self.config, self.backend, longest)
+        return memory.fit_advice(self.step_estimate(longest), self.budget, self.info, shape)
 
 
 @dataclass
@@ -37,6 +61,8 @@ class Prepared:
     estimated_peak_gb: float
     dataset: str
     model_dir: Path  # the local HF-format directory the model reference resolved to
+    fit: MemoryFit | None = None  # what training.fit chose, for the run's events
+    guard: MemoryGuard | None = None  # the budget a step must not pass (training.memory_budget)
 
 
 def load_records(cfg: Config) -> tuple[list[dict], list[dict], str]:
@@ -59,6 +85,9 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
 
     train_records, val_records, dataset = load_records(cfg)
     model_dir = resolve_model(cfg.model)
+    fit = None
+    if cfg.training.fit == "auto":
+        cfg, fit = fit_config(cfg, model_dir, backend)
     backend.load(model_dir, cfg)
     d, t = cfg.data, cfg.training
     tok = backend.tokenizer
@@ -68,8 +97,8 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     val, _, _ = batching.encode_all(val_records, tok, d.max_length, d.completions_only)
     if not train:
         raise DataError(f"{d.dataset}: no record fits data.max_length={d.max_length}")
-    micro = batching.micro_batches_per_epoch(len(train), t.batch_size)
-    steps_per_epoch = -(-micro // t.grad_accumulation)
+    effective = t.batch_size * t.grad_accumulation
+    steps_per_epoch = batching.micro_batches_per_epoch(len(train), effective)
     total = max(1, round(t.epochs * steps_per_epoch))
     if t.max_steps:
         total = min(total, t.max_steps)
@@ -87,6 +116,12 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
             f"{dropped} records had no answer tokens within max_length and were skipped"
         )
     warnings += setup_warnings(cfg, len(train), len(val))
+    guard = None
+    if t.memory_budget:
+        from mlxlora.models.resolve import model_info
+
+        guard = MemoryGuard(training_budget(cfg, backend), model_info(model_dir), cfg, backend)
+        backend.limit_memory(guard.budget)
     return Prepared(
         config=cfg,
         paths=paths,
@@ -101,6 +136,8 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         estimated_peak_gb=estimated_gb,
         dataset=dataset,
         model_dir=model_dir,
+        fit=fit,
+        guard=guard,
     )
 
 
@@ -124,17 +161,13 @@ def setup_warnings(cfg: Config, n_train: int, n_val: int) -> list[str]:
 
 def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[float, list[str]]:
     """Estimated peak (GB) for the longest batch, and advice when it exceeds the budget."""
-    from dataclasses import replace
-
     from mlxlora import memory
     from mlxlora.models.resolve import model_info
 
     info = model_info(model_dir)
-    on_cpu = backend.info.device == "cpu"
-    shape = memory.TrainShape.from_config(cfg, dtype_bytes=4 if on_cpu else 2)
-    shape = replace(shape, max_length=min(longest, cfg.data.max_length), fused_attention=not on_cpu)
+    shape = train_shape(cfg, backend, longest)
     est = memory.estimate(info, shape, weights=backend.weight_bytes())
-    budget = backend.info.memory_budget_bytes or memory.memory_budget()
+    budget = training_budget(cfg, backend)
     if not budget or est.total <= budget:
         return est.total / 1e9, []
     head = (
@@ -142,3 +175,83 @@ def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[f
         f"{memory.fmt_bytes(budget)} this device can use; try: "
     )
     return est.total / 1e9, [head + "; ".join(memory.fit_advice(est, budget, info, shape))]
+
+
+def train_shape(cfg: Config, backend, longest: int):
+    """The memory.TrainShape of `cfg` as `backend` trains it, for batches up to `longest`."""
+    from dataclasses import replace
+
+    from mlxlora import memory
+
+    on_cpu = backend.info.device == "cpu"
+    shape = memory.TrainShape.from_config(cfg, dtype_bytes=4 if on_cpu else 2)
+    return replace(shape, max_length=min(longest, cfg.data.max_length), fused_attention=not on_cpu)
+
+
+def training_budget(cfg: Config, backend) -> int | None:
+    """Bytes the run may use: training.memory_budget, else what the device or machine has."""
+    from mlxlora import memory
+    from mlxlora.config import parse_size
+
+    if cfg.training.memory_budget:
+        return parse_size(cfg.training.memory_budget)
+    return backend.info.memory_budget_bytes or memory.memory_budget()
+
+
+def planned_weights(cfg: Config, info: dict, backend) -> int:
+    """Bytes the weights will take once loaded, before loading: float32 on a CPU unless a
+    quantized base is kept, else what the files hold."""
+    from mlxlora import memory
+
+    on_cpu = backend.info.device == "cpu"
+    if on_cpu and not (cfg.quantized_base == "keep" and info.get("quantization")):
+        return int(info["params"]) * 4
+    return memory.weight_bytes(info, 4 if on_cpu else 2)
+
+
+def fit_config(cfg: Config, model_dir: Path, backend):
+    """`cfg` with the fastest micro-batch, accumulation, checkpointing and loss chunk that fit
+    the budget (memory_fit.fit_shape) at data.max_length, and the event that says why."""
+    from mlxlora import memory_fit
+    from mlxlora.config import from_dict
+    from mlxlora.models.resolve import model_info
+
+    info = model_info(model_dir)
+    budget = training_budget(cfg, backend)
+    if not budget:
+        return cfg, None
+    shape = train_shape(cfg, backend, cfg.data.max_length)
+    fit = memory_fit.fit_shape(info, shape, budget, weights=planned_weights(cfg, info, backend))
+    changes = fit.changes(shape)
+    data = cfg.to_dict()
+    for key, value in changes.items():
+        section, name = key.split(".")
+        data[section][name] = value
+    event = MemoryFit(budget, fit.estimate.total, changes, fit.fits, fit.reason)
+    return from_dict(data), event
+
+
+def memory_plan(cfg: Config, backend) -> dict:
+    """What a run of `cfg` would hold at data.max_length, without loading the model: the
+    estimate's breakdown, the budget, the verdict, the fit (training.fit) and advice."""
+    from mlxlora import memory
+    from mlxlora.models.resolve import model_info, resolve_model
+
+    model_dir = resolve_model(cfg.model)
+    fit = None
+    if cfg.training.fit == "auto":
+        cfg, fit = fit_config(cfg, model_dir, backend)
+    info = model_info(model_dir)
+    shape = train_shape(cfg, backend, cfg.data.max_length)
+    est = memory.estimate(info, shape, weights=planned_weights(cfg, info, backend))
+    budget = training_budget(cfg, backend)
+    verdict = memory.fit_verdict(est.total, budget)
+    advice = memory.fit_advice(est, budget, info, shape) if verdict == "will not fit" else []
+    return {
+        "config": cfg,
+        "estimate": est,
+        "budget": budget,
+        "verdict": verdict,
+        "fit": fit,
+        "advice": advice,
+    }

@@ -24,6 +24,8 @@ from mlxlora.events import Event, RunFailed, RunFinished, RunStarted, Step, pars
 
 # What an adapter directory holds (mlx-lm's layout: `mlx_lm.generate --adapter-path DIR`).
 ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
+# Written beside them by the torch backend: the same adapter for `PeftModel.from_pretrained`.
+PEFT_ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def home() -> Path:
@@ -62,6 +64,11 @@ class RunPaths:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+    @property
+    def eval(self) -> Path:
+        """What `mlxlora eval` measured (evaluate.evaluate_run)."""
+        return self.root / "eval.json"
 
     @property
     def lock(self) -> Path:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import yaml
 
+from mlxlora.diagnosis import severity_rank
 from mlxlora.events import (
+    Diagnosis,
     EarlyStop,
     EpochEnd,
     Eval,
@@ -95,6 +97,8 @@ class RunView:
         log: The last events, newest last, for an event log.
         summary: The run's summary.json as last read ({} before the run wrote one); values
             read with `.get()`, its fields change between versions.
+        eval: The run's eval.json as last read ({} before `mlxlora eval` wrote one).
+        diagnoses: The `diagnosis` events, one per kind, in the order found.
     """
 
     def __init__(self, path: Path, log_size: int = LOG_SIZE):
@@ -110,6 +114,8 @@ class RunView:
         self.samples: dict[tuple[str, str], Sample] = {}
         self.log: deque[Event] = deque(maxlen=log_size)
         self.summary: dict = {}
+        self.eval: dict = {}
+        self.diagnoses: dict[str, Diagnosis] = {}
         self.first_time: float | None = None  # of the first event: when the run began
         self.events_seen = 0
         self.peak_memory_gb = 0.0
@@ -163,6 +169,9 @@ class RunView:
     def _sample(self, e: Sample) -> None:
         self.samples[(e.when, e.prompt)] = e
 
+    def _diagnosis(self, e: Diagnosis) -> None:
+        self.diagnoses.setdefault(e.kind, e)
+
     def _early_stop(self, e: EarlyStop) -> None:
         self.early_stop = e
 
@@ -211,6 +220,16 @@ class RunView:
         return self.summary.get("peak_memory_gb") or self.peak_memory_gb or None
 
     @property
+    def flag(self) -> str:
+        """The run's diagnosis in a word or two for a list: the worst finding's kind, with
+        how many more there are ("" when none)."""
+        if not self.diagnoses:
+            return ""
+        worst = max(self.diagnoses.values(), key=lambda d: severity_rank(d.severity))
+        more = len(self.diagnoses) - 1
+        return worst.kind + (f" +{more}" if more else "")
+
+    @property
     def failure(self) -> str | None:
         return self.ending.reason if isinstance(self.ending, RunFailed) else None
 
@@ -242,6 +261,7 @@ _HANDLERS = {
     EpochEnd: RunView._epoch_end,
     Sample: RunView._sample,
     EarlyStop: RunView._early_stop,
+    Diagnosis: RunView._diagnosis,
     RunFinished: RunView._ending,
     RunFailed: RunView._ending,
 }

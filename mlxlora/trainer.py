@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mlxlora import metrics
 from mlxlora.data import batching
+from mlxlora.diagnosis import Diagnoser
 from mlxlora.errors import TrainingFailed
 from mlxlora.evaluate import messages_for
 from mlxlora.events import (
@@ -27,9 +28,10 @@ from mlxlora.events import (
     RunFailed,
     Sample,
     Step,
+    read_events,
 )
 from mlxlora.prepare import Prepared
-from mlxlora.runs import ADAPTER_FILES, RunPaths, atomic_dir, atomic_write_text
+from mlxlora.runs import ADAPTER_FILES, PEFT_ADAPTER_FILE, RunPaths, atomic_dir, atomic_write_text
 
 KEEP_CHECKPOINTS = 2  # rolling step checkpoints kept besides best/
 SAMPLE_MAX_TOKENS = 64
@@ -41,7 +43,7 @@ class TrainerState:
 
     step: int = 0  # optimizer steps done
     epoch: int = 0  # epoch in progress (0-based)
-    batch_in_epoch: int = 0  # micro-batches of this epoch already trained on
+    batch_in_epoch: int = 0  # steps (effective batches) of this epoch already trained on
     best_val_loss: float | None = None  # the lowest validation loss so far
     best_step: int | None = None
     # Patience counts evaluations since the loss last fell by more than min_delta below
@@ -82,6 +84,9 @@ class Trainer:
         self.t = prep.config.training
         self.stop = StopFlag(prep.paths)
         self._started = time.perf_counter() - state.elapsed
+        # fed every event, the earlier sessions' too (a resumed run keeps its history)
+        self.diagnoser = Diagnoser().add(read_events(prep.paths.events))
+        events.listeners.append(lambda event: self.diagnoser.add([event]))
 
     # --- evaluation and checkpoints --------------------------------------------------
 
@@ -104,7 +109,7 @@ class Trainer:
         Reported only; it is not a checkpoint and does not count for early stopping."""
         val_loss = self.evaluate()
         if val_loss is not None:
-            ppl = _perplexity(val_loss)
+            ppl = metrics.perplexity(val_loss)
             self.events.emit(Eval(step=0, epoch=0.0, val_loss=val_loss, perplexity=ppl))
 
     def checkpoint(self, val_loss: float | None) -> None:
@@ -120,7 +125,7 @@ class Trainer:
                     step=s.step,
                     epoch=self._epoch_float(),
                     val_loss=val_loss,
-                    perplexity=_perplexity(val_loss),
+                    perplexity=metrics.perplexity(val_loss),
                     best=improved,
                 )
             )
@@ -136,6 +141,8 @@ class Trainer:
         for old in sorted(paths.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
         self.events.emit(Checkpoint(step=s.step, path=str(target), best=improved))
+        for finding in self.diagnoser.new_findings():
+            self.events.emit(finding.event())
 
     def _record_eval(self, val_loss: float) -> bool:
         """Update best and patience with a validation loss; True when it is the lowest yet."""
@@ -150,8 +157,10 @@ class Trainer:
         return lowest
 
     def _publish_latest_adapter(self, checkpoint: Path) -> None:
-        """adapters/adapters.safetensors + adapter_config.json always hold the latest weights."""
-        for name in ADAPTER_FILES:
+        """adapters/adapters.safetensors + adapter_config.json always hold the latest weights
+        (and adapter_model.safetensors, PEFT's copy, where the backend writes one)."""
+        peft = [PEFT_ADAPTER_FILE] if (checkpoint / PEFT_ADAPTER_FILE).exists() else []
+        for name in (*ADAPTER_FILES, *peft):
             tmp = self.p.paths.adapters / f".{name}.tmp"
             tmp.write_bytes((checkpoint / name).read_bytes())
             os.replace(tmp, self.p.paths.adapters / name)
@@ -172,11 +181,18 @@ class Trainer:
         if s.step == 0:
             self.baseline_eval()
         while s.step < self.p.total_steps:
-            order = batching.batch_order(self.p.train, t.batch_size, t.seed, s.epoch)
+            # A step's records are chosen by the effective batch, then split into
+            # micro-batches: a fitted micro-batch size trains on the same records per step.
+            effective = t.batch_size * t.grad_accumulation
+            order = batching.batch_order(self.p.train, effective, t.seed, s.epoch)
             while s.batch_in_epoch < len(order) and s.step < self.p.total_steps:
-                group = order[s.batch_in_epoch : s.batch_in_epoch + t.grad_accumulation]
+                records = order[s.batch_in_epoch]
+                self.check_memory(records, last_eval_step)
+                group = [
+                    records[i : i + t.batch_size] for i in range(0, len(records), t.batch_size)
+                ]
                 self.train_step(group)
-                s.batch_in_epoch += len(group)
+                s.batch_in_epoch += 1
                 if t.eval_every and s.step % t.eval_every == 0:
                     self.checkpoint(self.evaluate())
                     last_eval_step = s.step
@@ -213,7 +229,7 @@ class Trainer:
             real += batch.real_tokens
             pad_total += batch.tokens.size
         lr = self.p.schedule(s.step + 1)
-        norm = backend.update(lr, t.grad_clip, len(group))
+        norm = backend.update(lr, t.grad_clip)
         if not math.isfinite(norm):
             self.fail(
                 f"gradient norm became {norm} at step {s.step + 1}; lower training.learning_rate"
@@ -240,6 +256,34 @@ class Trainer:
                 )
             )
 
+    def check_memory(self, records: list[int], last_checkpoint_step: int) -> None:
+        """Stop with a checkpoint before a step whose estimate (from its longest record)
+        would pass training.memory_budget, or after one whose measured peak did."""
+        guard = self.p.guard
+        if guard is None:
+            return
+        longest = max(len(self.p.train[i].tokens) for i in records)
+        need = guard.step_estimate(longest).total
+        peak = self.p.backend.peak_memory_bytes()
+        if need <= guard.budget and peak <= guard.budget:
+            return
+        from mlxlora.memory import fmt_bytes
+        from mlxlora.runs import resume_command
+
+        if last_checkpoint_step != self.state.step:
+            self.checkpoint(None)
+        what = (
+            f"needs ~{fmt_bytes(need)}"
+            if need > guard.budget
+            else f"the run's peak reached {fmt_bytes(peak)}"
+        )
+        advice = "; ".join(guard.advice(longest)) or "a smaller batch"
+        self.fail(
+            f"memory: step {self.state.step + 1} (records up to {longest} tokens) {what}, over "
+            f"the budget of {fmt_bytes(guard.budget)}; resume fitted with "
+            f"`{resume_command(self.p.paths.root)} --fit` or change: {advice}"
+        )
+
     def answer_samples(self, when: str) -> None:
         for prompt in self.cfg.samples:
             answer = self.p.backend.generate(messages_for(prompt), SAMPLE_MAX_TOKENS)
@@ -261,14 +305,13 @@ class Trainer:
 
     def fail(self, reason: str) -> None:
         last = self.p.paths.latest_checkpoint()
-        self.events.emit(
-            RunFailed(
-                reason=reason, step=self.state.step, last_checkpoint=str(last) if last else None
-            )
+        failed = RunFailed(
+            reason=reason, step=self.state.step, last_checkpoint=str(last) if last else None
         )
+        # what the failure shows (a NaN: the learning rate) goes first: a reader stops at it
+        self.diagnoser.add([failed])
+        for finding in self.diagnoser.new_findings():
+            self.events.emit(finding.event())
+        self.events.emit(failed)
         kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
         raise TrainingFailed(reason + kept)
-
-
-def _perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))

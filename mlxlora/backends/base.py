@@ -8,6 +8,26 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# Tokens that end an assistant turn in common chat templates. mlx-lm stops at the tokenizer's
+# eos_token_ids; a GGUF-converted or base tokenizer may name `<|endoftext|>` as EOS while the
+# chat template closes turns with `<|im_end|>` (SmolLM2, Qwen), so those count as well.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+
+
+# Model types whose logits are exactly head(decoder(x)), optionally soft-capped: both backends
+# compute their loss in chunks of rows through the head instead of materialising every logit.
+CHUNKABLE_TYPES = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "smollm3",
+}
+
 
 @dataclass
 class Batch:
@@ -54,11 +74,18 @@ class Backend(Protocol):
         ...
 
     def accumulate(self, batch: Batch, seed: int) -> float:
-        """Forward and backward on one micro-batch; add its gradient; return its mean loss."""
+        """Forward and backward on one micro-batch; add the gradient of its summed loss; return
+        its mean loss."""
         ...
 
-    def update(self, lr: float, grad_clip: float, micro_batches: int) -> float:
-        """Apply the accumulated gradient (averaged over micro_batches); return its norm."""
+    def limit_memory(self, budget: int) -> None:
+        """Keep the framework's own allocations and caches within `budget` bytes, where the
+        device lets us (Apple Silicon)."""
+        ...
+
+    def update(self, lr: float, grad_clip: float) -> float:
+        """Apply the accumulated gradient, averaged over every labelled token of the step (so
+        the micro-batch size does not change it); return its norm."""
         ...
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:

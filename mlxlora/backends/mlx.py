@@ -22,7 +22,8 @@ import mlx.optimizers as optim  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
-from mlxlora.backends.base import BackendInfo, Batch  # noqa: E402
+from mlxlora.backends import mlx_dist  # noqa: E402
+from mlxlora.backends.base import CHUNKABLE_TYPES, BackendInfo, Batch  # noqa: E402
 from mlxlora.backends.mlx_attention import use_blocked_attention  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
 from mlxlora.memory import loss_chunk_rows  # noqa: E402
@@ -30,18 +31,6 @@ from mlxlora.models.resolve import gguf_source  # noqa: E402
 from mlxlora.targets import TargetMatch, match_targets  # noqa: E402
 
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
-# Model types whose logits are exactly head(model.model(x)) (optionally soft-capped).
-CHUNKABLE_TYPES = {
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "phi3",
-    "gemma",
-    "gemma2",
-    "gemma3_text",
-    "smollm3",
-}
 
 
 def select_device() -> tuple[str, mx.Dtype | None]:
@@ -177,13 +166,11 @@ def fused_cross_entropy(head, hidden: mx.array, targets: mx.array) -> mx.array:
     @mx.custom_function
     def loss_and_grad(h):
         logits = head(h).astype(mx.float32)
-        top = mx.stop_gradient(logits.max(axis=-1, keepdims=True))
-        exp = mx.exp(logits - top)
-        total = exp.sum(axis=-1, keepdims=True)
         index = targets[:, None]
-        picked = mx.take_along_axis(logits, index, axis=-1)
-        loss = (top + mx.log(total) - picked).sum()
-        probs = exp / total
+        loss = (
+            mx.logsumexp(logits, axis=-1) - mx.take_along_axis(logits, index, axis=-1)[:, 0]
+        ).sum()
+        probs = mx.softmax(logits, axis=-1, precise=True)
         dlogits = mx.put_along_axis(
             probs, index, mx.take_along_axis(probs, index, axis=-1) - 1.0, axis=-1
         )
@@ -201,11 +188,14 @@ class MLXBackend:
     """Backend implementation for MLX (see backends/base.py for the contract)."""
 
     def __init__(self):
+        self.group = mlx_dist.group()
         self.info = describe()
+        self.info.device += mlx_dist.describe(self.group)
         self.model = None
         self.tokenizer = None
         self.optimizer = None
         self._grads = None
+        self._labelled = 0  # labelled tokens in the gradients accumulated so far
 
     # --- setup ------------------------------------------------------------------------
 
@@ -247,7 +237,9 @@ class MLXBackend:
         self.model_dir = Path(model_dir)
         self.model_type = model_config.get("model_type", "")
         self._head = _output_head(model, self.model_type)
-        self._chunk_rows = loss_chunk_rows(model_config["vocab_size"])
+        self._chunk_rows = config.training.loss_chunk_rows or loss_chunk_rows(
+            model_config["vocab_size"]
+        )
         self.optimizer = optim.AdamW(learning_rate=0.0, weight_decay=config.training.weight_decay)
         self._value_and_grad = nn.value_and_grad(model, self._loss)
 
@@ -290,28 +282,37 @@ class MLXBackend:
                 total = total + nn.losses.cross_entropy(logits, targets[rows], reduction="sum")
         return total
 
-    @staticmethod
-    def _labels(batch: Batch) -> tuple[mx.array, mx.array, mx.array, int]:
-        flat = batch.loss_mask.reshape(-1)
-        positions = np.flatnonzero(flat).astype(np.int32)
-        targets = batch.tokens[:, 1:].reshape(-1)[positions]
-        return mx.array(batch.tokens), mx.array(positions), mx.array(targets), positions.size
+    def _labels(self, batch: Batch) -> tuple[mx.array, mx.array, mx.array] | None:
+        """This process's rows of the batch (all of them unless data-parallel), or None."""
+        rows = mlx_dist.my_rows(self.group, len(batch.tokens))
+        tokens = batch.tokens[rows]
+        if not len(tokens):
+            return None
+        positions = np.flatnonzero(batch.loss_mask[rows].reshape(-1)).astype(np.int32)
+        targets = tokens[:, 1:].reshape(-1)[positions]
+        return mx.array(tokens), mx.array(positions), mx.array(targets)
 
     # --- steps ------------------------------------------------------------------------
 
     def accumulate(self, batch: Batch, seed: int) -> float:
+        """Adds the gradient of the summed loss: the update divides by every labelled token of
+        the step, so batch 4 and batch 2 x accumulation 2 take the same step."""
         mx.random.seed(seed)  # dropout masks depend on the step only: resume is exact
-        tokens, positions, targets, n = self._labels(batch)
-        loss_sum, grads = self._value_and_grad(self.model, tokens, positions, targets)
-        grads = tree_map(lambda g: g / n, grads)
+        n, labels = batch.label_tokens, self._labels(batch)
+        if labels is None:  # a data-parallel process with no rows of a short batch
+            loss_sum = mx.array(0.0)
+            grads = tree_map(mx.zeros_like, self.model.trainable_parameters())
+        else:
+            loss_sum, grads = self._value_and_grad(self.model, *labels)
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
+        self._labelled += n  # the whole batch's labels (every process's rows)
+        loss_sum = mlx_dist.sum_over_ranks(self.group, loss_sum)
         mx.eval(loss_sum, self._grads)
         return loss_sum.item() / n
 
-    def update(self, lr: float, grad_clip: float, micro_batches: int) -> float:
-        grads = self._grads
-        if micro_batches > 1:
-            grads = tree_map(lambda g: g / micro_batches, grads)
+    def update(self, lr: float, grad_clip: float) -> float:
+        grads = mlx_dist.sum_over_ranks(self.group, self._grads)
+        grads = tree_map(lambda g: g / self._labelled, grads)
         if grad_clip > 0:
             grads, norm = optim.clip_grad_norm(grads, grad_clip)
         else:
@@ -319,16 +320,19 @@ class MLXBackend:
         self.optimizer.learning_rate = mx.array(lr)
         self.optimizer.update(self.model, grads)
         mx.eval(self.model.trainable_parameters(), self.optimizer.state, norm)
-        self._grads = None
+        self._grads, self._labelled = None, 0
         return norm.item()
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
-        self.model.eval()
-        tokens, positions, targets, n = self._labels(batch)
-        loss_sum = self._loss(self.model, tokens, positions, targets, train=False)
+        labels = self._labels(batch)
+        loss_sum = mx.array(0.0)
+        if labels is not None:
+            self.model.eval()
+            loss_sum = self._loss(self.model, *labels, train=False)
+            self.model.train()
+        loss_sum = mlx_dist.sum_over_ranks(self.group, loss_sum)
         mx.eval(loss_sum)
-        self.model.train()
-        return loss_sum.item(), n
+        return loss_sum.item(), batch.label_tokens
 
     def generate(self, messages: list[dict], max_tokens: int) -> str:
         """Greedy answer of the model as it is now (adapter included), dropout off."""
@@ -370,6 +374,15 @@ class MLXBackend:
         state = mx.load(str(directory / "optimizer.safetensors"))
         self.optimizer.state = tree_unflatten(list(state.items()))
         mx.eval(self.model.parameters(), self.optimizer.state)
+
+    def limit_memory(self, budget: int) -> None:
+        """On Metal, MLX's memory limit (allocations past it wait for buffers to free, or
+        fail cleanly, instead of swapping the machine) and a cache limit of a quarter of it,
+        as mlx-lm sets the wired limit from the working set. Metal only: on a CPU MLX's limit
+        would be the machine's RAM, which the run already stops short of."""
+        if mx.metal.is_available():
+            mx.set_memory_limit(budget)
+            mx.set_cache_limit(budget // 4)
 
     def peak_memory_bytes(self) -> int:
         return mx.get_peak_memory()

@@ -18,13 +18,9 @@ preload_openblas()  # must precede the first `import mlx.core`
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
+from mlxlora.backends.base import END_OF_TURN  # noqa: E402
 from mlxlora.backends.mlx import fit_to_device, select_device  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
-
-# Tokens that end an assistant turn in common chat templates. mlx-lm stops at the tokenizer's
-# eos_token_ids; a GGUF-converted or base tokenizer may name `<|endoftext|>` as EOS while the
-# chat template closes turns with `<|im_end|>` (SmolLM2, Qwen), so those count as well.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 
 def add_end_of_turn_tokens(tokenizer) -> None:
@@ -118,6 +114,16 @@ class MLXGenerator:
     def generate(self, messages: list[dict], max_tokens: int = 100, raw: bool = False) -> str:
         """The greedy continuation, up to end of turn or `max_tokens` new tokens, new text only."""
         return "".join(self.stream(messages, max_tokens, raw))
+
+    def eval_loss(self, batch) -> tuple[float, int]:
+        """(summed cross-entropy over the batch's labelled targets, their count): the
+        training backend's validation loss, computed from full logits (no training head)."""
+        tokens = mx.array(batch.tokens)
+        logits = self.model(tokens[:, :-1]).astype(mx.float32)
+        losses = nn.losses.cross_entropy(logits, tokens[:, 1:], reduction="none")
+        total = (losses * mx.array(batch.loss_mask)).sum()
+        mx.eval(total)
+        return total.item(), batch.label_tokens
 
     def perplexity(self, text: str) -> float:
         """exp(mean next-token cross-entropy) of `text`, every token after the first scored."""

@@ -1,9 +1,12 @@
-"""Choose a backend for a config: `auto` prefers MLX (Apple Silicon, or CPU/CUDA builds of MLX),
-then torch. Imports each backend module only when asked."""
+"""Choose a backend for a config. `auto`: MLX on Apple Silicon (Metal); torch where CUDA is
+there and Metal is not; otherwise MLX (its CPU build), then torch. Imports each backend module
+only when asked."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import platform
 
 from mlxlora.errors import BackendUnavailable
 
@@ -19,24 +22,46 @@ def torch_available() -> bool:
     return all(importlib.util.find_spec(m) for m in ("torch", "transformers", "peft"))
 
 
-def resolve_name(requested: str) -> str:
-    """The backend that will run `requested` (auto | mlx | torch), or a clear error.
+def apple_silicon() -> bool:
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
 
-    Only MLX is implemented so far; torch (PyTorch + PEFT on CUDA hosts) comes later, so
-    every name resolves to "mlx" or fails here, and the functions below may assume MLX.
-    """
-    if requested == "torch" or (requested == "auto" and not mlx_available() and torch_available()):
-        raise BackendUnavailable("backend torch: not implemented yet; use backend: mlx")
-    if not mlx_available():
+
+def cuda_present() -> bool:
+    """An NVIDIA driver is there and torch can use it (torch is imported only then)."""
+    if not os.path.exists("/proc/driver/nvidia/version") or not torch_available():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def process_rank() -> int:
+    """This process's rank in a data-parallel job (torchrun sets RANK, mlx.launch MLX_RANK);
+    0 when alone."""
+    return int(os.environ.get("RANK") or os.environ.get("MLX_RANK") or "0")
+
+
+def resolve_name(requested: str) -> str:
+    """The backend that will run `requested` (auto | mlx | torch), or a clear error."""
+    if requested == "auto":
+        if not (apple_silicon() and mlx_available()) and cuda_present():
+            return "torch"
+        requested = "mlx" if mlx_available() or not torch_available() else "torch"
+    if requested == "torch" and not torch_available():
+        raise BackendUnavailable("backend torch: install it with `pip install 'mlxlora[torch]'`")
+    if requested == "mlx" and not mlx_available():
         raise BackendUnavailable(
             "backend mlx: install it with `pip install mlx mlx-lm` (Linux: mlx[cpu])"
         )
-    return "mlx"
+    return requested
 
 
 def create(requested: str = "auto"):
     """A fresh training backend for `requested`."""
-    resolve_name(requested)
+    if resolve_name(requested) == "torch":
+        from mlxlora.backends.torch import TorchBackend
+
+        return TorchBackend()
     from mlxlora.backends.mlx import MLXBackend
 
     return MLXBackend()
@@ -44,16 +69,23 @@ def create(requested: str = "auto"):
 
 def describe(requested: str = "auto"):
     """BackendInfo of the backend `requested` would give, without loading a model."""
-    resolve_name(requested)
+    if resolve_name(requested) == "torch":
+        from mlxlora.backends import torch as torch_backend
+
+        return torch_backend.describe()
     from mlxlora.backends import mlx
 
     return mlx.describe()
 
 
 def generator(requested: str, model_dir, adapter_dir=None):
-    """A loaded generator (`.generate(messages, max_tokens)`, `.perplexity(text)`) for the
-    backend `requested` would give, with the LoRA adapter in `adapter_dir` applied if given."""
-    resolve_name(requested)
+    """A loaded generator (`.generate(messages, max_tokens)`, `.perplexity(text)`) with the LoRA
+    adapter in `adapter_dir` applied if given. MLX's: a torch run's adapter directory holds
+    mlx-lm's layout too, so generation and perplexity need MLX installed whichever trained it."""
+    if not mlx_available():
+        raise BackendUnavailable(
+            f"generation runs on MLX (requested backend {requested}): pip install mlx mlx-lm"
+        )
     from mlxlora.backends.mlx_infer import MLXGenerator
 
     return MLXGenerator(model_dir, adapter_dir)

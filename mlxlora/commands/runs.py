@@ -96,6 +96,7 @@ def list_runs(args) -> int:
 
 def show_run(args) -> int:
     from mlxlora import config, runs
+    from mlxlora.diagnosis import diagnose
     from mlxlora.events import Eval, Sample, read_events
 
     path = runs.find_run(args.run).resolve()
@@ -108,6 +109,8 @@ def show_run(args) -> int:
     events = read_events(paths.events)
     evals = [e for e in events if isinstance(e, Eval)]
     samples = [e for e in events if isinstance(e, Sample)]
+    measured = runs.read_json(paths.eval) or None
+    findings = [vars(f) for f in diagnose(events)]  # the trainer's, and any found since
     if args.json:
         shown = {
             "info": {**vars(info), "path": str(path)},
@@ -116,10 +119,14 @@ def show_run(args) -> int:
             "summary": summary,
             "evals": [e.to_dict() for e in evals],
             "samples": [e.to_dict() for e in samples],
+            "eval": measured,
+            "diagnosis": findings,
         }
         print(json.dumps(shown, indent=2, ensure_ascii=False))
         return 0
     _print_run(info, cfg, model_dir, paths, evals, samples, summary)
+    _print_eval(measured)
+    _print_diagnosis(findings)
     return 0
 
 
@@ -153,3 +160,23 @@ def _print_run(info, cfg, model_dir, paths, evals, samples, summary) -> None:
     console.print("summary:")
     for label, text in summary_rows(summary):
         console.print(f"  {label}: {escape(text)}")
+
+
+def _print_eval(measured: dict | None) -> None:
+    from mlxlora.commands.eval import print_result
+
+    if measured and measured.get("answers") is not None:
+        print(f"eval ({measured.get('created', NONE)}):")
+        print_result(measured)
+    else:
+        print("eval: none yet (mlxlora eval RUN)")
+
+
+def _print_diagnosis(findings: list[dict]) -> None:
+    if not findings:
+        print("diagnosis: no problem found")
+        return
+    print("diagnosis:")
+    for f in findings:
+        print(f"  [{f['severity']}] {f['kind']} at step {f['step']}: {f['message']}")
+        print(f"    try: {'; '.join(f['remedy'])}")

@@ -11,6 +11,7 @@ from mlxlora.events import (
     EarlyStop,
     Eval,
     Event,
+    MemoryFit,
     RunFinished,
     RunStarted,
     Sample,
@@ -37,6 +38,23 @@ def register(sub) -> None:
     p.add_argument("--run-dir", type=Path, help="write the run here instead of the workspace")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run")
     p.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
+    p.add_argument(
+        "--fit",
+        action="store_true",
+        help="choose micro-batch, accumulation, checkpointing and loss chunk to fit the memory "
+        "budget (training.fit=auto); with --resume, refit the run's config",
+    )
+    p.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="memory the run may use, e.g. 12GB (training.memory_budget); it stops with a "
+        "checkpoint before a step would pass it",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the memory estimate (breakdown, budget, verdict) and exit without training",
+    )
     p.set_defaults(func=run)
 
 
@@ -52,22 +70,78 @@ def run(args) -> int:
                 ["--resume takes the run's own config; drop CONFIG and --set"], "train"
             )
         run_dir, cfg = runs.find_run(args.resume), None
+        if memory_overrides(args):  # refit the run's own config (after a budget stop)
+            cfg = config.load(runs.RunPaths(run_dir).config, memory_overrides(args))
     else:
         if not args.config:
             raise ConfigError(
                 ["give a CONFIG file (try configs/quickstart.yaml) or --resume RUN"], "train"
             )
-        cfg = config.load(args.config, args.overrides)
+        cfg = config.load(args.config, args.overrides + memory_overrides(args))
         run_dir = args.run_dir  # None: the engine names one in the workspace once prepared
+    if args.dry_run:
+        return dry_run(cfg or config.load(runs.RunPaths(run_dir).config, memory_overrides(args)))
     view = JsonView() if args.json else ProgressView()
     ending = Ending()
     with view:
         summary = engine.train(
-            cfg, run_dir, resume=bool(args.resume), listeners=[view.on_event, ending]
+            cfg, run_dir, resume=bool(args.resume), listeners=[view.on_event, ending, say_fit]
         )
     if not args.json:
         view.print_summary(summary)
     return ending.exit_code()
+
+
+def memory_overrides(args) -> list[str]:
+    """--fit and --memory-budget as config overrides."""
+    out = ["training.fit=auto"] if args.fit else []
+    return out + ([f"training.memory_budget={args.memory_budget}"] if args.memory_budget else [])
+
+
+def say_fit(event: Event) -> None:
+    """The fit's choice, one line on stderr whatever the view (JSON goes to stdout)."""
+    import sys
+
+    from mlxlora.memory import fmt_bytes
+
+    if isinstance(event, MemoryFit):
+        chose = ", ".join(f"{k}={v}" for k, v in event.changes.items()) or "the config as it is"
+        print(
+            f"fit: {chose} (~{fmt_bytes(event.estimated_bytes)} of "
+            f"{fmt_bytes(event.budget_bytes)}): {event.reason}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def dry_run(cfg) -> int:
+    """Print what a run of `cfg` would hold in memory, and exit 0 (1 when it will not fit)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlxlora.backends import select
+    from mlxlora.memory import fmt_bytes
+    from mlxlora.prepare import memory_plan
+
+    plan = memory_plan(cfg, select.create(cfg.backend))
+    if plan["fit"] is not None:
+        say_fit(plan["fit"])
+    t, d = plan["config"].training, plan["config"].data
+    table = Table(
+        title=f"memory of {cfg.model}: batch {t.batch_size} x {d.max_length}, "
+        f"accumulation {t.grad_accumulation}, checkpointing {'on' if t.grad_checkpoint else 'off'}",
+        show_header=False,
+        box=None,
+    )
+    for label, n in plan["estimate"].breakdown():
+        table.add_row(label, fmt_bytes(n))
+    budget = fmt_bytes(plan["budget"]) if plan["budget"] else "unknown"
+    table.add_row("budget", budget)
+    table.add_row("verdict", plan["verdict"])
+    Console().print(table)
+    for line in plan["advice"]:
+        print(f"  try: {line}")
+    return 1 if plan["verdict"] == "will not fit" else 0
 
 
 class Ending:

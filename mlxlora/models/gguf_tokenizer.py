@@ -24,11 +24,11 @@ TOKENIZER_MODELS = ("gpt2", "llama")
 
 # The split regexes of the HF tokenizer.json files of each family, keyed by llama.cpp's
 # `tokenizer.ggml.pre` names (llama-vocab.cpp lists the same regexes per pre-tokenizer type).
-_LLAMA3_SPLIT = (
+LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_QWEN2_SPLIT = (
+QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
@@ -51,10 +51,10 @@ def _pre_tokenizer(pre: str | None):
             ]
         )
     if pre in PRE_LLAMA3:
-        split = pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated", invert=False)
+        split = pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False)
         return None, pre_tokenizers.Sequence([split, byte_level])
     if pre in PRE_QWEN2:
-        split = pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False)
+        split = pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False)
         return normalizers.NFC(), pre_tokenizers.Sequence([split, byte_level])
     # GPT-2's own regex: the default of ByteLevel, and the fallback for pre-tokenizers we do
     # not know (their split regex may differ a little: describe() reports the name).

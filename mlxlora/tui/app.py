@@ -1,16 +1,23 @@
 """The app: one tab per step of the workflow, each on a number key, and a command palette
-that lists every action of the app and of the tab in view (from their key bindings)."""
+that lists every action of the app and of the tab in view (from their key bindings).
+
+A tab's widget is mounted when the tab is first shown: the app opens on one tab without paying
+for the other five (the Train form alone is a few hundred milliseconds), and a tab never
+opened reads and watches nothing."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.widgets import Header, TabbedContent, TabPane
 
+from mlxlora import queue
 from mlxlora.tui.screens import compare, datasets, playground, runs, system, train
+from mlxlora.tui.widgets.keys_footer import KeysFooter
 
 # (tab id, title, the widget class that fills it); the number key is the position.
 TABS = (
@@ -46,11 +53,37 @@ class MlxloraApp(App):
         with TabbedContent(initial=self.initial):
             for i, (tab, title, widget) in enumerate(TABS, 1):
                 with TabPane(f"{i} {title}", id=tab):
-                    yield widget(id=f"{tab}-tab")
-        yield Footer()
+                    if tab == self.initial:
+                        yield widget(id=f"{tab}-tab")
+        yield KeysFooter()
+
+    def on_mount(self) -> None:
+        self._ensure_runner()
+
+    @work(thread=True, exit_on_error=False, group="runner")
+    def _ensure_runner(self) -> None:
+        queue.ensure_runner()  # jobs queued while no app and no runner was around
 
     def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        tabs = self.query_one(TabbedContent)
+        self._fill(tabs.get_pane(tab))
+        if tabs.active != tab:
+            # the tab shown takes the focus (each focuses its own widget); left to Textual, the
+            # focus moves to a neighbour in the hidden tab (the Playground's run picker to its
+            # max tokens), and a focused widget's tab is shown again: the key did nothing
+            self.set_focus(None)
+        tabs.active = tab
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.tabbed_content is self.query_one(TabbedContent):  # not a tab's own tabs
+            self._fill(event.pane)  # a tab's title clicked
+
+    def _fill(self, pane: TabPane) -> None:
+        """Mount the tab's widget the first time the tab is shown (it is in the DOM at once;
+        its own mounting follows)."""
+        if not pane.children:
+            widget = next(w for tab, _, w in TABS if tab == pane.id)
+            pane.mount(widget(id=f"{pane.id}-tab"))
 
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 class RunsPolled(Message):
     """A run watcher's news, posted from its thread (`mlxlora.tui.runwatch.watch`)."""
 
+    bubble = False  # for the tab that watches, not for each container up to the app
+
     def __init__(self, poll: Poll):
         super().__init__()
         self.poll = poll

@@ -34,6 +34,7 @@ class RunNews:
     events: list[Event | StepBlock] = field(default_factory=list)
     locked: bool = False
     summary: dict | None = None  # None: unchanged since the last poll
+    eval: dict | None = None  # eval.json, likewise
 
 
 @dataclass
@@ -49,14 +50,15 @@ class RunWatcher:
         self.root = root or runs.runs_root()
         self.max_bytes = max_bytes
         self._tails: dict[Path, EventTail] = {}
-        self._summary_mtimes: dict[Path, float] = {}
+        self._mtimes: dict[Path, float] = {}  # summary.json and eval.json as last read
 
     def poll(self, only: set[Path] | None = None) -> Poll:
         """What changed; `only`: read these runs alone (None: every run)."""
         present = self._run_dirs()
         for gone in set(self._tails) - set(present):
             del self._tails[gone]
-            self._summary_mtimes.pop(gone, None)
+            for file in (runs.RunPaths(gone).summary, runs.RunPaths(gone).eval):
+                self._mtimes.pop(file, None)
         news, behind = {}, False
         for path in present:
             if only is None or path in only:
@@ -74,11 +76,16 @@ class RunWatcher:
         paths = runs.RunPaths(path)
         tail = self._tails.setdefault(path, EventTail(paths.events))
         news = RunNews(path, tail.read_bulk(self.max_bytes, LOG_SIZE), runs.is_locked(paths))
-        mtime = _stat(paths.summary, "st_mtime")
-        if mtime is not None and self._summary_mtimes.get(path) != mtime:
-            self._summary_mtimes[path] = mtime
-            news.summary = read_json(paths.summary)
+        news.summary, news.eval = self._changed(paths.summary), self._changed(paths.eval)
         return news, (_stat(paths.events, "st_size") or 0) > tail.offset
+
+    def _changed(self, file: Path) -> dict | None:
+        """A JSON file's content when it changed since the last read, else None."""
+        mtime = _stat(file, "st_mtime")
+        if mtime is None or self._mtimes.get(file) == mtime:
+            return None
+        self._mtimes[file] = mtime
+        return read_json(file)
 
 
 def _stat(path: Path, attribute: str) -> float | None:
@@ -130,6 +137,8 @@ class RunBook:
             self.locked[path] = news.locked
             if news.summary is not None:
                 view.summary, changed = news.summary, True
+            if news.eval is not None:
+                view.eval, changed = news.eval, True
         if [vars(j) for j in poll.jobs] != [vars(j) for j in self.jobs]:
             self.jobs, changed = poll.jobs, True
         return changed

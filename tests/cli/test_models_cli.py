@@ -51,7 +51,9 @@ def test_models_json_numbers_and_marks(linux_box, capsys):
         }
     by_id = {m["id"].split("/")[1]: m["fits"] for m in data["models"]}
     assert by_id["SmolLM2-135M-Instruct"]["16 GB Mac"] is True
-    assert by_id["Llama-3.2-1B-Instruct-4bit"]["16 GB Mac"] is True  # batch 4 x 2048
+    # batch 4 x 2048: ~13.7 GB once two live loss chunks and MLX's overhead count (issue 11)
+    assert by_id["Llama-3.2-1B-Instruct-4bit"]["16 GB Mac"] is False
+    assert by_id["Llama-3.2-1B-Instruct-4bit"]["24 GB Mac"] is True
     assert by_id["Qwen2.5-7B-Instruct-4bit"]["16 GB Mac"] is False
     assert not any(by_id["Mistral-7B-Instruct-v0.3-4bit"].values())
     assert data["builtin"]["id"] == "builtin:tiny" and data["builtin"]["params"] == 787_584

@@ -141,12 +141,6 @@ def test_stop_file_stops_and_resume_finishes(home, tmp_path):
     assert shown["info"]["status"] == "finished" and shown["summary"]["steps"] == 40
 
 
-def test_torch_backend_is_refused_clearly_until_it_exists(home, tmp_path):
-    out = mlxlora("train", QUICK, "--set", "backend=torch", "--run-dir", str(tmp_path / "run"))
-    assert out.returncode == 7 and "Traceback" not in out.stderr
-    assert "backend torch: not implemented yet" in out.stderr
-
-
 def one_line_error(out) -> str:
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     return out.stderr
@@ -320,3 +314,42 @@ def test_plain_progress_interval_is_an_argument(home, tmp_path, capsys):
         engine.train(cfg, tmp_path / "run", listeners=[view.on_event])
     err = capsys.readouterr().err
     assert [int(s) for s in re.findall(r"^step (\d+)/4 ", err, re.M)] == [1, 2, 3, 4]
+
+
+def test_dry_run_prints_the_breakdown_and_the_fit(home):
+    out = mlxlora("train", QUICK, "--dry-run", "--set", "training.batch_size=8")
+    assert out.returncode == 0, out.stderr
+    for row in (
+        "model weights",
+        "LoRA + optimizer state",
+        "activations saved for backward",
+        "attention",
+        "loss chunks",
+        "framework overhead",
+        "total",
+        "budget",
+        "verdict",
+    ):
+        assert row in out.stdout
+    assert not (home / "runs").exists() or not any((home / "runs").iterdir())  # no run made
+
+    tight = mlxlora(
+        "train", QUICK, "--dry-run", "--set", "training.batch_size=8", "--memory-budget", "1MB"
+    )
+    assert tight.returncode == 1 and "will not fit" in tight.stdout and "try:" in tight.stdout
+
+    fitted = mlxlora(
+        "train",
+        QUICK,
+        "--dry-run",
+        "--set",
+        "training.batch_size=8",
+        "--set",
+        "data.max_length=512",
+        "--fit",
+        "--memory-budget",
+        "150MB",
+    )
+    assert fitted.returncode == 0, fitted.stdout + fitted.stderr
+    line = next(x for x in fitted.stderr.splitlines() if x.startswith("fit: "))
+    assert "training.batch_size=" in line and "fastest of" in line

@@ -15,6 +15,7 @@ import shutil
 import pytest
 
 from mlxlora import config, engine
+from mlxlora.backends.select import torch_available
 from mlxlora.errors import ModelError
 from mlxlora.events import Eval, RunStarted, Step, read_events
 from mlxlora.prepare import NO_CHAT_TEMPLATE
@@ -88,10 +89,11 @@ def build_model(dest, family: str, built_tiny, chat_template: bool = True) -> di
     return cfg
 
 
-def train(model_dir, data, run_dir, targets=SHORT_NAMES):
+def train(model_dir, data, run_dir, targets=SHORT_NAMES, backend="mlx"):
     cfg = config.from_dict(
         {
             "name": "arch",
+            "backend": backend,
             "model": str(model_dir),
             "data": {"dataset": str(data), "val_split": 0.1, "max_length": 64},
             "lora": {"rank": RANK, "alpha": 8, "target_modules": list(targets)},
@@ -101,6 +103,7 @@ def train(model_dir, data, run_dir, targets=SHORT_NAMES):
                 "eval_every": 3,
                 "val_batches": 1,
                 "batch_size": 2,
+                "seed": 1,
             },
         }
     )
@@ -108,14 +111,25 @@ def train(model_dir, data, run_dir, targets=SHORT_NAMES):
     return read_events(run_dir / "events.jsonl")
 
 
+BACKENDS = [
+    "mlx",
+    pytest.param(
+        "torch",
+        marks=pytest.mark.skipif(not torch_available(), reason="pip install 'mlxlora[torch]'"),
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_trains_every_requested_projection(
-    family, home, built_tiny, quickstart_data, tmp_path
+    family, backend, home, built_tiny, quickstart_data, tmp_path
 ):
     cfg = build_model(tmp_path / family, family, built_tiny)
-    events = train(tmp_path / family, quickstart_data, tmp_path / "run")
+    events = train(tmp_path / family, quickstart_data, tmp_path / "run", backend=backend)
 
     started = next(e for e in events if isinstance(e, RunStarted))
+    assert started.backend == backend
     per_block = sum(RANK * (n_in + n_out) for n_in, n_out in adapted_shapes(family, cfg))
     assert started.trainable_params == cfg["num_hidden_layers"] * per_block
     losses = [e.loss for e in events if isinstance(e, Step)]

@@ -201,8 +201,15 @@ def test_nan_loss_fails_cleanly_and_keeps_last_good_checkpoint(home, quickstart_
     paths.config.write_text(bad)
     with pytest.raises(TrainingFailed, match="nan|inf"):
         engine.train(None, run, resume=True)
-    last = read_events(paths.events)[-1]
+    *_, diagnosis, last = read_events(paths.events)
     assert isinstance(last, RunFailed) and last.last_checkpoint.endswith("step-0000002")
+    # the diagnosis goes first (a reader following the run stops at run_failed)
+    assert (diagnosis.type, diagnosis.kind, diagnosis.severity) == (
+        "diagnosis",
+        "lr_too_high",
+        "critical",
+    )
+    assert "training.learning_rate" in diagnosis.remedy[0]
     assert paths.latest_checkpoint().name == "step-0000002"
     assert (paths.latest_checkpoint() / "adapters.safetensors").exists()
 

@@ -34,3 +34,48 @@ def test_palette_offers_every_tab(home):
                 assert f"Go to {title}" in titles
 
     asyncio.run(go())
+
+
+def test_a_tab_is_mounted_when_first_shown(home):
+    from mlxlora.tui.screens.train import TrainTab
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            assert not app.query(TrainTab)  # the app opens on Runs alone
+            await pilot.press("2")
+            await pilot.pause()
+            assert app.query(TrainTab) and app.query_one(TabbedContent).active == "train"
+            form = app.query_one(TrainTab)
+            await pilot.press("3", "2")
+            await pilot.pause()
+            assert app.query_one(TrainTab) is form  # mounted once, kept
+
+    asyncio.run(go())
+
+
+def test_footer_shows_the_keys_here_redraws_only_when_they_change_and_clicks_press(home):
+    from mlxlora.tui.widgets.keys_footer import KeysFooter
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(120, 24)) as pilot:
+            await pilot.pause()
+            footer = app.query_one(KeysFooter)
+            line = footer.render().plain
+            assert "s Stop run" in line and "? Help" in line and line.rstrip().endswith("palette")
+            await pilot.press("2")
+            await pilot.pause()
+            line = footer.render().plain
+            assert "^g Start job" in line and "Stop run" not in line
+            refreshed = []
+            footer.refresh = lambda *a, **k: refreshed.append(1)
+            app.screen.refresh_bindings()  # the same keys again: nothing to redraw
+            await pilot.pause()
+            assert refreshed == []
+            del footer.refresh
+            await pilot.click(KeysFooter, offset=(line.index("Help"), 0))
+            await pilot.pause()
+            assert app.screen.query("HelpPanel")
+
+    asyncio.run(go())

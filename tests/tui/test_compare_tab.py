@@ -77,3 +77,29 @@ def test_snapshot_160x48(home, snap_compare):
 async def settle(pilot) -> None:
     await pick_both(pilot)
     await pilot.pause(0.6)
+
+
+def test_a_whole_sweep_is_picked_at_once(home):
+    write_run("single", end="finished")
+    write_run(
+        "掃引-rank4", end="finished", overrides=("sweep=掃引", "lora.rank=4"), started=T0 + 10
+    )
+    write_run(
+        "掃引-rank8", end="finished", overrides=("sweep=掃引",), loss_scale=0.9, started=T0 + 20
+    )
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=(100, 30)) as pilot:
+            pick = app.query_one(SelectionList)
+            await wait_for(pilot, lambda: pick.option_count == 4)
+            assert str(pick.get_option_at_index(0).prompt) == "▸ 掃引 (2 runs)"
+            await pilot.press("down", "space")  # the sweep's entry is first
+            await wait_for(pilot, lambda: len(table(app)) == 3)
+            header, *body = table(app)
+            assert header[:2] == ["run", "rank"]  # the sweep name itself is no difference
+            assert sorted(r[:2] for r in body) == [["掃引-rank4", "4"], ["掃引-rank8", "8"]]
+            await pilot.press("space")  # dropped again: its runs with it
+            await wait_for(pilot, lambda: len(table(app)) == 1)
+
+    asyncio.run(go())

@@ -243,3 +243,22 @@ def test_snapshot_light_theme(home, snap_compare, monkeypatch):
     app = MlxloraApp(initial="runs")
     app.theme = "textual-light"
     assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
+
+
+def test_a_sweeps_runs_show_together_under_its_name(home, monkeypatch):
+    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    write_run("掃引-rank4", overrides=("sweep=掃引",), started=T0)
+    write_run("other", started=T0 + 100)
+    write_run("掃引-rank8", overrides=("sweep=掃引",), started=T0 + 200)
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 3)
+            assert list(statuses(app)) == [
+                "掃引 ▸ rank8-20250615-000000",
+                "掃引 ▸ rank4-20250615-000000",
+                "other-20250615-000000",
+            ]
+
+    asyncio.run(go())

@@ -105,14 +105,19 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
             shape = memory.TrainShape(
                 lora_rank=16, max_length=256, dtype_bytes=4, fused_attention=False
             )
-            total = memory.estimate(builtin_tiny_info(), shape).total
-            expected = f"memory ~{memory.fmt_bytes(total)} of a 16.0 GiB budget: fits"
-            assert text(app, "#train-memory") == f"[green]{expected}[/]"
+            est = memory.estimate(builtin_tiny_info(), shape)
+            expected = f"memory ~{memory.fmt_bytes(est.total)} of a 16.0 GiB budget: fits"
+            verdict, parts = text(app, "#train-memory").split("\n")
+            assert verdict == f"[green]{expected}[/]"
+            # the breakdown, so a user sees what to cut
+            assert f"loss chunks {memory.fmt_bytes(est.loss)}" in parts
+            assert f"attention {memory.fmt_bytes(est.attention)}" in parts
 
             await type_into(pilot, app, "#f-training-batch_size", "256")
             await type_into(pilot, app, "#f-data-max_length", "8192")
             verdict = text(app, "#train-memory")
             assert "will not fit" in verdict and "try: training.batch_size=1" in verdict
+            assert "training.fit=auto fits it: training.batch_size=" in verdict  # the offer
             await type_into(pilot, app, "#f-training-batch_size", "4")
             await type_into(pilot, app, "#f-data-max_length", "256")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from mlxlora import memory
+from mlxlora import memory, memory_fit
 from mlxlora.config import Config
 from mlxlora.memory import (
     GIB,
@@ -50,10 +52,13 @@ def test_estimate_arithmetic():
     assert est.lora_optimizer == 3584 * 16  # float32 weight, grad, Adam m and v
     assert est.weights == 100_000 * 2
     # Per token per layer: 4*64 + q 64 + 2*kv 32 + 3*128 = 768 elements of 2 bytes, 64 tokens;
-    # plus one layer of attention scores and probabilities: 2*4*32*32 * 2 bytes * 2.
-    assert est.activations == 4 * (64 * 768 * 2) + 2 * 4 * 32 * 32 * 2 * 2 == 425_984
-    assert est.logits == 64 * 1000 * 4 * 4  # fewer tokens than one loss chunk
-    assert est.total == 200_000 + 57_344 + 425_984 + 1_024_000 == 1_707_328
+    # attention: one layer of scores and probabilities: 2*4*32*32 * 2 bytes * 2.
+    assert est.activations == 4 * (64 * 768 * 2) == 393_216
+    assert est.attention == 2 * 4 * 32 * 32 * 2 * 2 == 32_768
+    assert est.loss == 64 * 1000 * 4 * 4  # fewer tokens than one loss chunk: no next chunk
+    subtotal = 200_000 + 57_344 + 393_216 + 32_768 + 1_024_000
+    assert est.overhead == int(subtotal * memory.FRAMEWORK_OVERHEAD)
+    assert est.total == subtotal + est.overhead
     labels = [label for label, _ in est.breakdown()]
     assert labels[0] == "model weights" and labels[-1] == "total" and "3,584" in labels[1]
     assert est.breakdown()[-1][1] == est.total
@@ -61,19 +66,20 @@ def test_estimate_arithmetic():
 
 def test_estimate_moves_the_right_way():
     base = small()
-    assert small(grad_checkpoint=True).activations == 4 * 64 * 64 * 2 + 64 * 768 * 2 + 32_768
-    assert small(fused_attention=False).activations == 4 * (64 * 768 * 2 + 32_768)
+    assert small(grad_checkpoint=True).activations == 4 * 64 * 64 * 2 + 64 * 768 * 2
+    assert small(fused_attention=False).activations == base.activations
     half = small(lora_layers=2)
     assert half.lora_params == base.lora_params // 2
-    assert half.activations == 2 * 64 * 768 * 2 + 32_768
+    assert half.activations == 2 * 64 * 768 * 2
     assert small(lora_layers=99).lora_params == base.lora_params
     wide = small(lora_targets=["o_proj", "down_proj"])
     assert wide.lora_params == 4 * (4 * (64 + 64) + 4 * (128 + 64))
-    assert wide.activations == 4 * (64 * (768 + 64 + 128) * 2) + 32_768
+    assert wide.activations == 4 * (64 * (768 + 64 + 128) * 2)
     assert small(dtype_bytes=4).activations == 2 * base.activations
     # The loss chunk caps logits at 1024 rows; without chunking every token's logits live.
-    assert small(batch_size=8, max_length=256).logits == 1024 * 1000 * 16
-    assert small(batch_size=8, max_length=256, chunked_loss=False).logits == 2048 * 1000 * 16
+    # the next chunk's logits and softmax are computed while one chunk's backward runs.
+    assert small(batch_size=8, max_length=256).loss == (1024 * 4 + 1024 * 3) * 1000 * 4
+    assert small(batch_size=8, max_length=256, chunked_loss=False).loss == 2048 * 1000 * 16
 
 
 def test_lora_params_match_mlx_lm_for_llama_1b():
@@ -180,7 +186,8 @@ def test_advice_offers_checkpointing_4bit_and_fewer_layers():
     assert len(advice) == 2 and advice[-1].endswith("(fits)")
 
 
-@pytest.mark.parametrize("gb,fits", [(8, False), (16, True), (24, True)])
+# 4 x 2048 in bf16: ~13.7 GB with two live loss chunks and MLX's overhead counted.
+@pytest.mark.parametrize("gb,fits", [(8, False), (16, False), (24, True)])
 def test_llama_1b_fit_on_macs(gb, fits):
     info = find("mlx-community/Llama-3.2-1B-Instruct-4bit").info()
     total = estimate(info, TrainShape()).total
@@ -204,3 +211,29 @@ def test_shape_here_is_float32_unfused_off_a_mac(monkeypatch):
     monkeypatch.setattr(memory, "is_apple_silicon", lambda: False)
     here = memory.shape_here(shape)
     assert (here.dtype_bytes, here.fused_attention, here.batch_size) == (4, False, 2)
+
+
+def test_fit_keeps_the_effective_batch_and_takes_the_fastest_that_fits():
+    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4, dtype_bytes=2)
+    whole = estimate(SMALL, shape).total
+    assert memory_fit.fit_shape(SMALL, shape, whole).shape == shape  # fits as it is: unchanged
+    smaller = memory_fit.fit_shape(SMALL, shape, whole - 1)
+    assert smaller.fits and smaller.estimate.total <= whole - 1
+    # a smaller loss chunk is the cheapest change (one more pass over the head)
+    assert smaller.shape == replace(shape, loss_chunk_rows=memory.loss_chunk_rows(1000) // 2)
+    assert smaller.changes(shape) == {"training.loss_chunk_rows": 512}
+    at_8 = [c for c in memory_fit.fit_candidates(SMALL, shape) if c.batch_size == 8]
+    tighter = memory_fit.fit_shape(SMALL, shape, min(estimate(SMALL, c).total for c in at_8) - 1)
+    tighter = tighter.shape
+    assert tighter.batch_size * tighter.grad_accumulation == 8 and tighter.batch_size < 8
+    impossible = memory_fit.fit_shape(SMALL, shape, 1000)
+    assert not impossible.fits and "nothing with an effective batch of 8" in impossible.reason
+    least = min(estimate(SMALL, c).total for c in memory_fit.fit_candidates(SMALL, shape))
+    assert impossible.estimate.total == least
+
+
+def test_smaller_loss_chunks_hold_fewer_logits():
+    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4)
+    rows = memory.loss_chunk_rows(SMALL["vocab_size"])
+    half = estimate(SMALL, replace(shape, loss_chunk_rows=rows // 2))
+    assert half.loss == (rows // 2) * 7 * 1000 * 4  # 4 copies + 3 of the next chunk

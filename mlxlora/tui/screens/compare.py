@@ -1,5 +1,5 @@
-"""The Compare tab: pick runs; their numbers and differing config keys side by side, and their
-loss curves overlaid, one colour per run.
+"""The Compare tab: pick runs (or a whole sweep at once); their numbers and differing config
+keys side by side, and their loss curves overlaid, one colour per run.
 
 Only the picked runs' events are read (a `RunWatcher` restricted to them), so a workspace of
 many long runs costs nothing until they are compared.
@@ -16,14 +16,16 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, SelectionList
 
 from mlxlora import runs
-from mlxlora.experiments import METRICS, config_differences, run_metrics
+from mlxlora.experiments import config_differences, run_metrics, shown_metrics
 from mlxlora.runview import read_config
+from mlxlora.sweep import run_sweep
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
 from mlxlora.tui.widgets.loss_chart import PALETTE, LossChart, Series
 from mlxlora.tui.widgets.text import num
 
 DRAW_SEC = 0.5
+SWEEP = "sweep:"  # the value of a sweep's entry in the pick list
 
 
 def _newest_first(paths: list[Path]) -> list[Path]:
@@ -48,6 +50,8 @@ class CompareTab(Vertical):
         self.picked: list[Path] = []
         self._listed: list[Path] = []
         self._dirty = False
+        self._sweeps: dict[Path, str | None] = {}  # run -> its sweep, read once
+        self._sweeps_picked: set[str] = set()
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="compare-top"):
@@ -62,6 +66,7 @@ class CompareTab(Vertical):
 
     def on_show(self) -> None:
         self.query_one(SelectionList).focus()  # space picks a run straight away
+        self.call_after_refresh(self.redraw)  # what arrived while another tab was in view
 
     @work(thread=True, exit_on_error=False, group="compare-watch")
     def watch_runs(self) -> None:
@@ -71,11 +76,27 @@ class CompareTab(Vertical):
         self._dirty = self.book.apply(message.poll) or self._dirty
 
     def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
-        self.picked = [Path(v) for v in event.selection_list.selected]
+        pick = event.selection_list
+        sweeps = {v.removeprefix(SWEEP) for v in pick.selected if v.startswith(SWEEP)}
+        for sweep in sweeps ^ self._sweeps_picked:  # a sweep picked or dropped: all its runs
+            change = pick.select if sweep in sweeps else pick.deselect
+            for path in self._members(sweep):
+                change(str(path))
+        self._sweeps_picked = sweeps
+        self.picked = [Path(v) for v in pick.selected if not v.startswith(SWEEP)]
         self._dirty = True
 
+    def _sweep_of(self, path: Path) -> str | None:
+        if path not in self._sweeps:  # a run's config never changes: read it once
+            self._sweeps[path] = run_sweep(path)
+        return self._sweeps[path]
+
+    def _members(self, sweep: str) -> list[Path]:
+        return [p for p in self._listed if self._sweep_of(p) == sweep]
+
     def redraw(self) -> None:
-        if not self._dirty:
+        """Draw what changed; nothing while another tab is in view."""
+        if not self._dirty or not self.is_on_screen:
             return
         self._dirty = False
         self._draw_list()
@@ -89,8 +110,13 @@ class CompareTab(Vertical):
             return
         pick = self.query_one(SelectionList)
         pick.clear_options()
-        pick.add_options((p.name, str(p), p in self.picked) for p in present)
         self._listed = present
+        sweeps = dict.fromkeys(s for s in map(self._sweep_of, present) if s)  # newest first
+        pick.add_options(
+            (f"▸ {s} ({len(self._members(s))} runs)", SWEEP + s, s in self._sweeps_picked)
+            for s in sweeps
+        )
+        pick.add_options((p.name, str(p), p in self.picked) for p in present)
         self.picked = [p for p in self.picked if p in present]
 
     def _draw_table(self, picked: list[Path]) -> None:
@@ -99,17 +125,19 @@ class CompareTab(Vertical):
         if len(picked) < 2:
             table.add_column("pick two or more runs to compare them")
             return
-        differing = config_differences([read_config(runs.RunPaths(p).config) for p in picked])
+        configs = [read_config(runs.RunPaths(p).config) for p in picked]
+        differing = config_differences(configs, ignore=("name", "sweep"))
         table.add_column("run")
         for key in _short_names(list(differing)):
             table.add_column(key)
-        for _, title, _ in METRICS:
+        rows = [run_metrics(self.book.views[path]) for path in picked]
+        shown = shown_metrics(rows)  # score columns only once a run has eval.json
+        for _, title, _ in shown:
             table.add_column(title)
-        for i, path in enumerate(picked):
-            metrics = run_metrics(self.book.views[path])
+        for i, (path, metrics) in enumerate(zip(picked, rows, strict=True)):
             cells = [Text(runs.given_name(path), style=PALETTE[i % len(PALETTE)])]
             cells += [Text(str(values[i])) for values in differing.values()]
-            cells += [Text(num(metrics.get(key), spec)) for key, _, spec in METRICS]
+            cells += [Text(num(metrics.get(key), spec)) for key, _, spec in shown]
             table.add_row(*cells, key=str(path))
 
     def _draw_chart(self, picked: list[Path]) -> None:

@@ -160,9 +160,12 @@ class PlaygroundTab(Vertical):
 
     @on(RunsFound)
     def _show_runs(self, message: RunsFound) -> None:
+        runs = {str(run.path): run for run in message.runs}
+        if runs == self.runs:
+            return  # the picker as it is (setting its options re-lays the tab out)
         picker = self.query_one("#play-run", Select)
         chosen = picker.value
-        self.runs = {str(run.path): run for run in message.runs}
+        self.runs = runs
         picker.set_options((f"{run.name} · {run.model}", key) for key, run in self.runs.items())
         if chosen in self.runs:
             picker.value = chosen

@@ -10,6 +10,7 @@ from textual.widgets import Label, Log, ProgressBar, Static
 
 from mlxlora.events import (
     Checkpoint,
+    Diagnosis,
     EarlyStop,
     EpochEnd,
     Eval,
@@ -23,6 +24,7 @@ from mlxlora.events import (
 from mlxlora.memory import GIB
 from mlxlora.queue import Job
 from mlxlora.runview import RunView
+from mlxlora.scoring import score_rows
 from mlxlora.tui.widgets.loss_chart import LossChart, Series
 from mlxlora.tui.widgets.text import clock, num
 
@@ -49,6 +51,8 @@ def describe(event: Event) -> str:
             return f"checkpoint step {event.step}" + (" (best)" if event.best else "")
         case Sample():
             return f"sample {event.when}: {event.prompt}"
+        case Diagnosis():
+            return f"diagnosis: {event.kind} ({event.severity}) at step {event.step}"
         case EarlyStop():
             return f"early stop at step {event.step}: best {event.best_val_loss:.4f}"
         case RunFinished():
@@ -69,6 +73,9 @@ class RunDetail(Horizontal):
     RunDetail .bar Label { width: 6; }
     RunDetail .bar ProgressBar, RunDetail .bar Bar { width: 1fr; }
     RunDetail #run-failure { color: $error; text-style: bold; }
+    RunDetail #run-diagnosis { color: $warning; margin-top: 1; }
+    RunDetail #run-eval { margin-top: 1; }
+    RunDetail .optional { display: none; }
     RunDetail #run-samples { margin-top: 1; }
     RunDetail Log { height: 12; margin-top: 1; }
     """
@@ -90,6 +97,8 @@ class RunDetail(Horizontal):
                 yield Label("total")
                 yield ProgressBar(id="total-progress", show_eta=False)
             yield Static(id="run-failure")
+            yield Static(id="run-diagnosis", classes="optional")
+            yield Static(id="run-eval", classes="optional")
             yield Static(id="run-samples")
             yield Log(id="run-log", max_lines=LOG_LINES)
 
@@ -101,6 +110,8 @@ class RunDetail(Horizontal):
             total=view.total_steps or None, progress=view.step
         )
         self._put("run-failure", f"failed: {view.failure}" if view.failure else "")
+        self._put_optional("run-diagnosis", _diagnosis(view))
+        self._put_optional("run-eval", _eval(view.eval))
         self._put("run-samples", _samples(view))
         self._log(view)
         self.query_one(LossChart).plot(
@@ -118,6 +129,8 @@ class RunDetail(Horizontal):
         for bar in self.query(ProgressBar):
             bar.update(total=None, progress=0)
         self._put("run-failure", f"failed: {job.error}" if job.error else "")
+        self._put_optional("run-diagnosis", "")
+        self._put_optional("run-eval", "")
         self._put("run-samples", "")
         self.query_one(Log).clear()
         self._logged = (job, 0)
@@ -133,6 +146,11 @@ class RunDetail(Horizontal):
         rows = _rows(text, static.size.width)
         static.update(Content(text), layout=rows is None or rows != _rows(old, static.size.width))
         self._texts[panel] = text
+
+    def _put_optional(self, panel: str, text: str) -> None:
+        """`_put`, and a panel with nothing to say takes no room (its margin neither)."""
+        self._put(panel, text)
+        self.query_one(f"#{panel}", Static).display = bool(text)
 
     def _stats(self, view: RunView, status: str) -> str:
         start, step = view.started, view.last_step
@@ -193,3 +211,25 @@ def _samples(view: RunView) -> str:
             if sample:
                 parts.append(f"  {when}: {sample.answer.strip()}")
     return "\n".join(parts)
+
+
+def _diagnosis(view: RunView) -> str:
+    """Each finding: what, where, and the first remedy to try."""
+    lines = []
+    for d in view.diagnoses.values():
+        lines.append(f"⚠ {d.kind} ({d.severity}) @{d.step}: {d.message}")
+        if d.remedy:
+            lines.append(f"  try {d.remedy[0]}")
+    return "\n".join(lines)
+
+
+def _eval(measured: dict) -> str:
+    """eval.json's numbers, tuned and (when measured) base side by side."""
+    if measured.get("val_loss") is None:
+        return ""
+    base = measured.get("base") is not None
+    head = f"eval {measured.get('dataset', '')} ({measured.get('records', '?')} records)"
+    lines = [head + ("  tuned / base" if base else "")]
+    for label, tuned, base_value in score_rows(measured):
+        lines.append(f"  {label:<13}{tuned}" + (f" / {base_value}" if base else ""))
+    return "\n".join(lines)

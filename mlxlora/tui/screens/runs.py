@@ -2,7 +2,8 @@
 
 A worker thread tails every run's events (`RunWatcher`) and posts the news; this widget folds
 it into one `RunView` per run and redraws what changed at most `DRAW_SEC` apart, however fast
-events arrive. Stop, Resume and Delete act on the selected row.
+events arrive, and only while the tab is in view. Stop, Resume, Delete, Evaluate and Export
+(to Ollama) act on the selected row.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from textual.widgets import DataTable
 
 from mlxlora import memory, queue, runs
 from mlxlora.errors import MlxloraError
+from mlxlora.sweep import run_sweep
+from mlxlora.tui.children import Child
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
+from mlxlora.tui.screens.export import ExportDialog
 from mlxlora.tui.screens.run_detail import RunDetail
 from mlxlora.tui.widgets.confirm import Confirm
 from mlxlora.tui.widgets.text import num, sparkline
@@ -40,6 +44,8 @@ class RunsTab(Vertical):
         Binding("s", "stop_run", "Stop run"),
         Binding("r", "resume_run", "Resume run"),
         Binding("d", "delete_run", "Delete run"),
+        Binding("e", "evaluate_run", "Evaluate"),
+        Binding("x", "export_run", "Export to Ollama"),
     ]
 
     def __init__(self, **kwargs):
@@ -48,6 +54,7 @@ class RunsTab(Vertical):
         self._dirty = False  # news arrived since the last redraw
         self._catching_up = False
         self._rows: dict[str, tuple] = {}  # row key -> cells as drawn
+        self._sweeps: dict[Path, str | None] = {}  # run -> its sweep, read once
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="runs-table", cursor_type="row")
@@ -63,10 +70,12 @@ class RunsTab(Vertical):
 
     def on_show(self) -> None:
         self.query_one(DataTable).focus()  # the tab's keys act on the table's selected row
+        # what arrived while another tab was in view, once the tab is on screen: the key that
+        # showed it is answered first (a chart drawing is 50 ms)
+        self.call_after_refresh(self.redraw)
 
     @work(thread=True, exit_on_error=False, group="runs-watch")
     def watch_runs(self) -> None:
-        queue.ensure_runner()  # jobs queued while no app and no runner was around
         watch(self)
 
     def on_runs_polled(self, message: RunsPolled) -> None:
@@ -85,12 +94,12 @@ class RunsTab(Vertical):
             status = _job_status(job)
             if status:
                 rows[f"job:{job.id}"] = (job.name, status, "", "", "", "")
-        by_age = sorted(self.book.views.values(), key=lambda v: v.first_time or 0, reverse=True)
-        for view in by_age:
+        for view in self._grouped():
             best = view.best_eval
+            flag = f" ⚠ {view.flag}" if view.flag else ""  # the diagnosis, worst first
             rows[str(view.path)] = (
-                view.path.name,
-                self.book.status(view.path),
+                self._display_name(view.path),
+                self.book.status(view.path) + flag,
                 f"{view.step}/{view.total_steps or '-'}",
                 num(view.train.last()),
                 num(best.val_loss if best else None),
@@ -98,8 +107,30 @@ class RunsTab(Vertical):
             )
         return rows
 
+    def _grouped(self) -> list:
+        """Runs newest first, a sweep's runs together where its newest run is."""
+        by_age = sorted(self.book.views.values(), key=lambda v: v.first_time or 0, reverse=True)
+        groups: dict[str, list] = {}
+        for view in by_age:
+            sweep = self._sweep_of(view.path)
+            groups.setdefault(sweep or str(view.path), []).append(view)
+        return [view for group in groups.values() for view in group]
+
+    def _sweep_of(self, path: Path) -> str | None:
+        if path not in self._sweeps:  # a run's config never changes: read it once
+            self._sweeps[path] = run_sweep(path)
+        return self._sweeps[path]
+
+    def _display_name(self, path: Path) -> str:
+        """A sweep's run as `sweep ▸ the rest of its name`."""
+        sweep = self._sweep_of(path)
+        if sweep and path.name.startswith(f"{sweep}-"):
+            return f"{sweep} ▸ {path.name.removeprefix(f'{sweep}-')}"
+        return path.name
+
     def redraw(self) -> None:
-        if not self._dirty or self._catching_up:
+        """Draw what changed; nothing while another tab is in view (news is still folded)."""
+        if not self._dirty or self._catching_up or not self.is_on_screen:
             return
         self._draw_table()
         self._draw_detail()
@@ -139,7 +170,7 @@ class RunsTab(Vertical):
         return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
-        self._draw_detail()
+        self.call_after_refresh(self._draw_detail)  # the cursor moves on screen first
 
     # --- actions --------------------------------------------------------------------------
 
@@ -171,6 +202,41 @@ class RunsTab(Vertical):
         queue.add_resume(path)
         queue.ensure_runner()
         self.notify(f"Queued: resume {path.name}")
+
+    def action_export_run(self) -> None:
+        """Open the Export dialog for the selected run (it runs `mlxlora export` as a child)."""
+        path = self._selected_run()
+        status = self.book.status(path) if path else None
+        if path is None or status in ("running", "failed"):
+            self.notify("Only a finished or stopped run exports", severity="warning")
+            return
+        self.app.push_screen(ExportDialog(path))
+
+    def action_evaluate_run(self) -> None:
+        """`mlxlora eval RUN --base` as a child process; eval.json shows when it is written."""
+        path = self._selected_run()
+        if path is None or self.book.status(path) not in ("finished", "early-stopped", "stopped"):
+            self.notify("Evaluate a run that has trained (finished or stopped)", severity="warning")
+            return
+        self.notify(f"Evaluating {path.name} (tuned and base)…")
+        self.evaluate(path)
+
+    @work(group="runs-eval", exit_on_error=False)
+    async def evaluate(self, path: Path) -> None:
+        child = await Child.start("eval", str(path), "--base", "--json")
+        try:
+            result = await child.json()  # read whole: a full stdout pipe would block the child
+        except ValueError:
+            result = None
+        finally:
+            await child.stop()  # also when the tab goes away first
+        if result is None:
+            self.notify(f"{path.name}: {child.error_line()}", severity="error")
+            return
+        base = (result.get("base") or {}).get("val_loss")
+        self.notify(
+            f"{path.name}: val loss {num(result['val_loss'])} (base {num(base)}); see eval"
+        )
 
     def action_delete_run(self) -> None:
         """Delete the selected run's directory (asks first), or drop a queued job."""

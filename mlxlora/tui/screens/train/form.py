@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxlora import config, memory
+from mlxlora import config, memory, memory_fit
 from mlxlora.config import Config
 from mlxlora.errors import ConfigError
 
@@ -156,16 +156,32 @@ class MemoryVerdict:
     budget: int | None
     verdict: str  # memory.fit_verdict's
     advice: list[str]
+    breakdown: list[tuple[str, int]] = ()  # memory.MemoryEstimate.breakdown(), total last
+    fit: str = ""  # what training.fit=auto would choose, when the job will not fit as it is
 
     def line(self) -> str:
         budget = f" of a {memory.fmt_bytes(self.budget)} budget" if self.budget else ""
         return f"memory ~{memory.fmt_bytes(self.total)}{budget}: {self.verdict}"
 
+    def parts(self) -> str:
+        """'weights 513 MiB · LoRA + optimizer ... · framework overhead ...' (no total)."""
+        rows = [(label.split(" (")[0], n) for label, n in self.breakdown[:-1]]
+        return " · ".join(f"{label} {memory.fmt_bytes(n)}" for label, n in rows)
+
 
 def memory_verdict(cfg: Config, info: dict, budget: int | None) -> MemoryVerdict:
-    """The engine's estimate of `cfg` on this machine, its verdict and what to change."""
+    """The engine's estimate of `cfg` on this machine, its verdict, what to change, and what
+    training.fit would choose when it will not fit."""
     shape = memory.shape_here(memory.TrainShape.from_config(cfg))
     est = memory.estimate(info, shape)
     verdict = memory.fit_verdict(est.total, budget)
-    advice = memory.fit_advice(est, budget, info, shape) if verdict == "will not fit" else []
-    return MemoryVerdict(est.total, budget, verdict, advice)
+    advice, fit = [], ""
+    if verdict == "will not fit":
+        advice = memory.fit_advice(est, budget, info, shape)
+        chosen = memory_fit.fit_shape(info, shape, budget)
+        if chosen.fits:
+            changes = " ".join(f"{k}={v}" for k, v in chosen.changes(shape).items())
+            fit = (
+                f"training.fit=auto fits it: {changes} (~{memory.fmt_bytes(chosen.estimate.total)})"
+            )
+    return MemoryVerdict(est.total, budget, verdict, advice, est.breakdown(), fit)

@@ -57,6 +57,7 @@ class TrainTab(Vertical):
         self.checked: list[str] = []  # the targets ticked (the checkboxes are rebuilt per model)
         self.model_facts: dict[str, tuple[dict | None, list[str], str]] = {}
         self.cfg: Config | None = None
+        self._dataset_names: list[str] | None = None  # the dataset choices as shown
         self.keys = (*form.INPUT_KEYS, form.DATASET, form.TARGETS, form.STAGES, form.SCHEDULE)
 
     # --- layout ---------------------------------------------------------------------------
@@ -125,11 +126,13 @@ class TrainTab(Vertical):
         self._load_model_options()
 
     def on_show(self) -> None:
-        """Focus the form (not a field, which would take the number keys) when the tab comes
-        into view, so its keys work at once; tab moves into the fields. Datasets imported
-        meanwhile join the dataset choices."""
+        """Focus the preset picker (not a text field, which would take the number keys) when
+        the tab comes into view, so its keys work at once; tab moves on through the fields.
+        Not the form itself: focusing or leaving a container restyles all it holds (the whole
+        form, on every switch to and from the tab). Datasets imported meanwhile join the
+        dataset choices."""
         if self.app.focused is None or self.app.focused not in self.query("*"):
-            self.query_one("#train-form").focus()
+            self.query_one("#train-preset").focus()
         dataset = self.query_one("#f-dataset", Select).value
         self._set_datasets("" if dataset is Select.NULL else dataset)
 
@@ -161,8 +164,12 @@ class TrainTab(Vertical):
         if current and current not in names:
             names.append(current)  # a preset's file, imported when training starts
         select = self.query_one("#f-dataset", Select)
+        value = current if current else Select.NULL
+        if names == self._dataset_names and select.value == value:
+            return  # as shown (setting the options re-lays the form out)
+        self._dataset_names = names
         select.set_options((n, n) for n in names)
-        select.value = current if current else Select.NULL
+        select.value = value
 
     async def _set_targets(self, choices: list[str] | None = None) -> None:
         """Checkboxes for the model's target choices plus any other name ticked."""
@@ -252,6 +259,9 @@ class TrainTab(Vertical):
         verdict = form.memory_verdict(self.cfg, facts[0], self.budget)
         style = VERDICT_STYLE.get(verdict.verdict, "")
         text = f"[{style}]{verdict.line()}[/]" if style else verdict.line()
+        text += f"\n[dim]{verdict.parts()}[/]"
+        if verdict.fit:
+            text += f"\n{verdict.fit}"
         advice = "; ".join(verdict.advice)
         return text + (f"\ntry: {advice}" if advice else "")
 

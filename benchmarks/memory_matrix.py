@@ -1,0 +1,295 @@
+"""The training memory estimate against MLX's measured peak, over issue 11's matrix.
+
+    python benchmarks/memory_matrix.py                 # the whole matrix (~GBs, long)
+    python benchmarks/memory_matrix.py --thin          # a slice that stays under ~6 GB
+    python benchmarks/memory_matrix.py --quick         # five cells, one step each
+    python benchmarks/memory_matrix.py --fit           # SmolLM2 4 x 1024 fitted to 2/4/8 GB
+    python benchmarks/memory_matrix.py --case '{...}'  # one case (what each subprocess runs)
+
+Each case runs in a fresh subprocess: the MLX backend loads the model as a run would
+(MLXBackend.load with the case's config), trains `steps` optimizer steps on synthetic batches
+of `max_length` random tokens, every position labelled (the estimate's worst case), and
+prints the estimate (memory.estimate on the shape prepare.memory_check builds) and
+mx.get_peak_memory() over the whole process (loading included, as the run summary reports).
+Models: SmolLM2-135M (builtin:smollm2-135m, vocab 49,152), the same quantized to 4 bits and
+kept quantized, and a random qwen2 model with Qwen2.5's vocabulary (151,936) and a small
+hidden size (256, 4 layers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+QWEN_LAYOUT = {
+    "model_type": "qwen2",
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 1024,
+    "vocab_size": 151936,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1e6,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": True,
+}
+GB = 1e9
+
+
+def model_dir(name: str, cache: Path) -> Path:
+    """The model directory of a case's model name, built into `cache` on first use."""
+    from mlxlora.models.resolve import resolve_model
+
+    if name in ("smollm2", "smollm2-4bit"):  # the GGUF converts to a 4-bit MLX model
+        return resolve_model("builtin:smollm2-135m")
+    if name == "tiny":
+        return resolve_model("builtin:tiny")
+    dest = cache / name
+    if (dest / "config.json").exists():
+        return dest
+    if name == "qwen-layout":
+        return _random_model(QWEN_LAYOUT, dest)
+    raise SystemExit(f"unknown model {name}")
+
+
+def _random_model(cfg: dict, dest: Path) -> Path:
+    import shutil
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import _get_classes
+
+    from mlxlora.models.resolve import resolve_model
+
+    tiny = resolve_model("builtin:tiny")
+    dest.mkdir(parents=True)
+    (dest / "config.json").write_text(json.dumps(cfg))
+    model_class, args_class = _get_classes(cfg)
+    mx.random.seed(0)
+    model = model_class(args_class.from_dict(cfg))
+    mx.save_safetensors(str(dest / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny / name).exists():
+            shutil.copy(tiny / name, dest / name)
+    return dest
+
+
+def case_config(case: dict) -> dict:
+    return {
+        "model": case["model_dir"],
+        # SmolLM2's GGUF converts to 4 bits: float32 weights unless the case keeps them
+        "quantized_base": "keep" if case["model"].endswith("4bit") else "dequantize",
+        "data": {"dataset": "x", "max_length": case["max_length"]},
+        "lora": {
+            "rank": case["rank"],
+            "alpha": 2.0 * case["rank"],
+            "dropout": 0.0,
+            "target_modules": case["targets"],
+        },
+        "training": {
+            "batch_size": case["batch"],
+            "grad_accumulation": case.get("accum", 1),
+            "grad_checkpoint": case["ckpt"],
+            "loss_chunk_rows": case.get("chunk", 0),
+            "seed": 0,
+        },
+    }
+
+
+def run_case(case: dict) -> dict:
+    """One case in this process: (estimate breakdown, measured peak) as a dict."""
+    import mlx.core as mx
+    import numpy as np
+
+    from mlxlora import config, memory
+    from mlxlora.backends import mlx as backend_mod  # preloads OpenBLAS before mlx
+    from mlxlora.backends.base import Batch
+    from mlxlora.models.resolve import model_info
+    from mlxlora.prepare import train_shape
+
+    cfg = config.from_dict(case_config(case))
+    backend = backend_mod.MLXBackend()
+    backend.load(Path(case["model_dir"]), cfg)
+    info = model_info(case["model_dir"])
+    shape = train_shape(cfg, backend, case["max_length"])
+    est = memory.estimate(info, shape, weights=backend.weight_bytes())
+    rng = np.random.default_rng(0)
+    B, L = case["batch"], case["max_length"]
+    vocab = info["vocab_size"]
+    losses = []
+    for step in range(case.get("steps", 2)):
+        for micro in range(case.get("accum", 1)):
+            tokens = rng.integers(0, vocab, size=(B, L + 1)).astype(np.int32)
+            batch = Batch(tokens, np.ones((B, L), bool), tokens.size)
+            losses.append(backend.accumulate(batch, seed=step * 64 + micro))
+        backend.update(1e-4, 1.0)
+    return {
+        "estimate": est.total,
+        "breakdown": est.breakdown(),
+        "measured": mx.get_peak_memory(),
+        "losses": losses,
+    }
+
+
+def measure(case: dict, cache: Path) -> dict:
+    """run_case in a fresh subprocess (so no peak or buffer cache carries over)."""
+    case = {**case, "model_dir": str(model_dir(case["model"], cache))}
+    out = subprocess.run(
+        [sys.executable, __file__, "--case", json.dumps(case)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode:
+        raise SystemExit(f"case {case} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def matrix(thin: bool) -> list[dict]:
+    """Issue 11's matrix; `thin` keeps the cells under ~6 GB on this CPU (float32)."""
+    cases = []
+    base = {"model": "smollm2", "rank": 16, "targets": ALL_LINEAR[:6], "accum": 1}
+    batches, lengths = ((1, 2, 4), (256, 1024)) if thin else ((1, 2, 4, 8), (256, 512, 1024, 2048))
+    for b, length, ckpt in itertools.product(batches, lengths, (False, True)):
+        if thin and b * length > 2048 and not ckpt:
+            continue
+        cases.append({**base, "batch": b, "max_length": length, "ckpt": ckpt})
+    for rank, targets in itertools.product((8, 64), (ATTENTION, ALL_LINEAR)):
+        if thin and rank == 8:
+            continue
+        cases.append(
+            {**base, "rank": rank, "targets": targets, "batch": 2, "max_length": 512, "ckpt": False}
+        )
+    cases.append({**base, "batch": 1, "max_length": 512, "ckpt": False, "accum": 4})
+    for model in ("qwen-layout", "smollm2-4bit"):
+        for b, length, ckpt in (
+            (1, 512, False),
+            (2, 1024, False),
+            (2, 1024, True),
+            (4, 2048, True),
+        ):
+            if thin and b * length > 2048 and not ckpt:
+                continue
+            cases.append({**base, "model": model, "batch": b, "max_length": length, "ckpt": ckpt})
+    return cases
+
+
+def quick() -> list[dict]:
+    """Five cells, one optimizer step each: what a loaded 2-core machine measures in minutes."""
+    base = {"rank": 16, "targets": ALL_LINEAR[:6], "steps": 1}
+    cells = [
+        ("smollm2", 2, 512, False),
+        ("smollm2", 4, 1024, True),
+        ("smollm2-4bit", 1, 512, False),
+        ("qwen-layout", 1, 512, False),
+        ("qwen-layout", 2, 1024, True),
+    ]
+    return [{**base, "model": m, "batch": b, "max_length": n, "ckpt": c} for m, b, n, c in cells]
+
+
+def fitted(budget_gb: float) -> dict:
+    """SmolLM2 at 4 x 1024 (r16, q/k/v/o/gate/up) as training.fit chooses it for a budget."""
+    from mlxlora import config
+    from mlxlora.backends import select
+    from mlxlora.prepare import fit_config
+
+    case = {
+        "model": "smollm2",
+        "rank": 16,
+        "targets": ALL_LINEAR[:6],
+        "batch": 4,
+        "max_length": 1024,
+        "ckpt": False,
+        "steps": 1,
+    }
+    data = case_config({**case, "model_dir": "builtin:smollm2-135m"})
+    data["training"]["memory_budget"] = f"{budget_gb}GB"
+    cfg = config.from_dict(data)
+    cfg, event = fit_config(cfg, model_dir("smollm2", Path(".")), select.create("mlx"))
+    t = cfg.training
+    return {
+        **case,
+        "batch": t.batch_size,
+        "accum": t.grad_accumulation,
+        "ckpt": t.grad_checkpoint,
+        "chunk": t.loss_chunk_rows,
+        "fit": event.to_dict(),
+        "budget": int(budget_gb * GB),
+    }
+
+
+def fit_table(budgets: list[float], cache: Path) -> None:
+    print("| budget | fitted | estimate GB | measured GB | under budget |")
+    print("|---|---|---:|---:|---|")
+    for gb in budgets:
+        case = fitted(gb)
+        r = measure(case, cache)
+        chunk = f" chunk {case['chunk']}" if case["chunk"] else ""
+        print(
+            f"| {gb} GB | {describe(case)}{chunk} | {r['estimate'] / GB:.2f} | "
+            f"{r['measured'] / GB:.2f} | {r['measured'] <= case['budget']} |",
+            flush=True,
+        )
+
+
+def describe(case: dict) -> str:
+    targets = "attn" if case["targets"] == ATTENTION else f"{len(case['targets'])} linear"
+    accum = f" x{case['accum']} acc" if case.get("accum", 1) > 1 else ""
+    return (
+        f"{case['model']} | {case['batch']} x {case['max_length']}{accum} | "
+        f"{'on' if case['ckpt'] else 'off'} | r{case['rank']} {targets}"
+    )
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", help="run one case (JSON) here and print its result as JSON")
+    p.add_argument("--thin", action="store_true", help="the slice that stays under ~6 GB")
+    p.add_argument("--quick", action="store_true", help="five cells, one step each")
+    p.add_argument(
+        "--fit",
+        nargs="*",
+        type=float,
+        metavar="GB",
+        help="SmolLM2 4 x 1024 fitted to these budgets (default 2 4 8)",
+    )
+    p.add_argument("--cache", type=Path, default=Path("/tmp/mlxlora-memory-matrix"))
+    args = p.parse_args(argv)
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return 0
+    if args.fit is not None:
+        fit_table(args.fit or [2, 4, 8], args.cache)
+        return 0
+    print("| model | batch x length | ckpt | LoRA | estimate GB | measured GB | ratio |")
+    print("|---|---|---|---|---:|---:|---:|")
+    ratios = []
+    for case in quick() if args.quick else matrix(args.thin):
+        r = measure(case, args.cache)
+        ratio = r["estimate"] / r["measured"]
+        ratios.append(ratio)
+        print(
+            f"| {describe(case)} | {r['estimate'] / GB:.2f} | {r['measured'] / GB:.2f} | "
+            f"{ratio:.2f} |",
+            flush=True,
+        )
+    print(
+        f"\nratio estimate/measured: min {min(ratios):.2f}, max {max(ratios):.2f} "
+        f"(goal: 0.95 <= ratio <= 1.15)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,300 @@
+"""LoRA training throughput and peak memory: mlxlora's torch backend against the stock HF
+`Trainer` + PEFT, on the workload of issue 12.
+
+    python benchmarks/torch_vs_trainer.py [--shape llama-3.2-1b|qwen2.5-0.5b|all] [--steps N]
+    python benchmarks/torch_vs_trainer.py --tiny        # a small llama on the CPU (tested)
+
+Workload: the model's real architecture with random weights (seed 0; bf16 on CUDA, float32 on
+a CPU), LoRA rank 16 alpha 32 on q/k/v/o/gate/up, batch 8, random token sequences of random
+length 64-1024 (tiny: 16-128), every token after the first a target, learning rate 1e-4,
+gradient clipping at 1.0 (the Trainer's default), one pass over batch x steps sequences.
+
+* stock: `transformers.Trainer` (SDPA attention, per-batch right padding by a plain collator
+  with -100 labels on padding, its own shuffled order), PEFT's `get_peft_model`.
+* mlxlora: `TorchBackend` driven as the engine drives it: `batching.batch_order` (batches of
+  similar length), `collate`, `accumulate`, `update`; packed (no padding) unless --no-pack.
+
+Each side runs in its own subprocess (peaks never mix), after one untimed warm-up step.
+Effective tokens/s: the real (non-padding) tokens of every sequence over the timed wall time.
+Peak memory: CUDA `max_memory_allocated`; on a CPU the process's peak RSS (includes Python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
+BATCH, RANK, ALPHA, LR = 8, 16, 32, 1e-4
+SHAPES = {
+    "llama-3.2-1b": {
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "vocab_size": 128256,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+    },
+    "qwen2.5-0.5b": {
+        "model_type": "qwen2",
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+    },
+    "tiny": {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 1536,
+        "tie_word_embeddings": True,
+    },
+}
+
+
+def device_and_dtype():
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+def build_model(shape: str, dest: Path) -> None:
+    """The shape's architecture with random weights (seed 0), HF format, builtin:tiny's
+    tokenizer (the sequences are token ids; the backend only needs one to load)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mlxlora.models.resolve import resolve_model
+
+    spec = dict(SHAPES[shape])
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    torch.manual_seed(0)
+    _, dtype = device_and_dtype()
+    AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(dest)
+    tokenizer_dir = resolve_model("builtin:tiny", progress=False)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, dest / name)
+
+
+def sequences(shape: str, steps: int) -> list[list[int]]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    low, high = (16, 128) if shape == "tiny" else (64, 1024)
+    lengths = rng.integers(low, high + 1, BATCH * steps)
+    vocab = SHAPES[shape]["vocab_size"]
+    return [rng.integers(0, vocab, n).tolist() for n in lengths]
+
+
+def peak_bytes() -> int:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def run_stock(model_dir: Path, seqs: list[list[int]], workdir: Path) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    device, dtype = device_and_dtype()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    lora = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+
+    def collate(rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": ids.masked_fill(mask == 0, -100),
+        }
+
+    def trainer(data, steps):
+        args = TrainingArguments(
+            output_dir=str(workdir / "trainer"),
+            per_device_train_batch_size=BATCH,
+            max_steps=steps,
+            learning_rate=LR,
+            bf16=device.type == "cuda",
+            use_cpu=device.type == "cpu",
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            seed=0,
+            disable_tqdm=True,
+        )
+        rows = [{"input_ids": s} for s in data]
+        return Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+
+    trainer(sorted(seqs, key=len)[:BATCH], 1).train()  # warm-up
+    reset_peak()
+    timed = trainer(seqs, len(seqs) // BATCH)
+    tic = time.perf_counter()
+    timed.train()
+    return timed_result(seqs, tic, padding=None)
+
+
+def run_mlxlora(model_dir: Path, seqs: list[list[int]], pack: bool) -> dict:
+    import torch
+
+    from mlxlora import config
+    from mlxlora.backends.torch import TorchBackend
+    from mlxlora.data import batching
+
+    cfg = config.from_dict(
+        {
+            "model": str(model_dir),
+            "backend": "torch",
+            "data": {"dataset": "benchmark.jsonl"},
+            "lora": {"rank": RANK, "alpha": ALPHA, "dropout": 0.0, "target_modules": TARGETS},
+            "training": {"batch_size": BATCH, "learning_rate": LR, "grad_clip": 1.0, "seed": 0},
+        }
+    )
+    backend = TorchBackend(pack=pack)
+    backend.load(model_dir, cfg)
+    examples = [batching.Example(tuple(s), 0) for s in seqs]
+    order = batching.batch_order(examples, BATCH, 0, 0)
+
+    def step(idx):
+        backend.accumulate(batching.collate([examples[i] for i in idx]), seed=0)
+        backend.update(LR, 1.0)
+
+    step(min(order, key=lambda idx: max(len(seqs[i]) for i in idx)))  # warm-up
+    reset_peak()
+    tic = time.perf_counter()
+    padded = 0
+    for idx in order:
+        padded += len(idx) * max(len(seqs[i]) for i in idx)
+        step(idx)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    real = sum(len(s) for s in seqs)
+    return timed_result(seqs, tic, padding=0.0 if pack else 1 - real / padded)
+
+
+def timed_result(seqs, tic: float, padding: float | None) -> dict:
+    seconds = time.perf_counter() - tic
+    tokens = sum(len(s) for s in seqs)
+    return {
+        "tokens_per_sec": tokens / seconds,
+        "seconds": seconds,
+        "tokens": tokens,
+        "peak_bytes": peak_bytes(),
+        "padding_fraction": padding,
+    }
+
+
+def child(args) -> None:
+    seqs = json.loads(Path(args.data).read_text())
+    if args.side == "stock":
+        result = run_stock(Path(args.model_dir), seqs, Path(args.data).parent)
+    else:
+        result = run_mlxlora(Path(args.model_dir), seqs, pack=args.pack)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_side(side: str, model_dir: Path, data: Path, pack: bool) -> dict:
+    command = [sys.executable, __file__, "--child", side, "--model-dir", str(model_dir)]
+    command += ["--data", str(data), "--pack" if pack else "--no-pack"]
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{side} failed:\n{out.stderr[-4000:]}")
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def bench_shape(shape: str, steps: int, pack: bool, workdir: Path) -> dict:
+    model_dir = workdir / shape
+    build_model(shape, model_dir)
+    data = workdir / f"{shape}.json"
+    data.write_text(json.dumps(sequences(shape, steps)))
+    results = {side: run_side(side, model_dir, data, pack) for side in ("stock", "mlxlora")}
+    stock, ours = results["stock"], results["mlxlora"]
+    print(f"\n{shape}: {steps} steps of batch {BATCH} ({stock['tokens']} real tokens)")
+    for side, r in results.items():
+        pad = "" if r["padding_fraction"] is None else f", padding {r['padding_fraction']:.0%}"
+        print(
+            f"  {side:8s} {r['tokens_per_sec']:10.1f} tok/s  peak {r['peak_bytes'] / 1e9:6.3f} GB"
+            f"  ({r['seconds']:.1f} s{pad})"
+        )
+    speed = ours["tokens_per_sec"] / stock["tokens_per_sec"]
+    memory = ours["peak_bytes"] / stock["peak_bytes"]
+    print(f"  ratio    {speed:10.2f}x speed        {memory:6.2f}x peak memory (mlxlora / stock)")
+    return {"shape": shape, **results, "speed_ratio": speed, "memory_ratio": memory}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="all", choices=[*SHAPES, "all"])
+    parser.add_argument("--tiny", action="store_true", help="the tiny shape (CPU-friendly)")
+    parser.add_argument("--steps", type=int, default=None, help="default 20 (tiny: 3)")
+    parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--child", choices=["stock", "mlxlora"], dest="side")
+    parser.add_argument("--model-dir")
+    parser.add_argument("--data")
+    args = parser.parse_args(argv)
+    if args.side:
+        return child(args)
+    shapes = ["tiny"] if args.tiny else [s for s in SHAPES if s != "tiny"]
+    if args.shape != "all" and not args.tiny:
+        shapes = [args.shape]
+    device, dtype = device_and_dtype()
+    print(f"device {device}, {dtype}; other processes may share this machine")
+    with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
+        results = [
+            bench_shape(s, args.steps or (3 if s == "tiny" else 20), args.pack, Path(tmp))
+            for s in shapes
+        ]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The MLX side of export: merge an adapter into its base with mlx-lm's own LoRA layers, and
+read a model directory's weights back as float numpy arrays (a quantized base dequantized) for
+the GGUF writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from mlxlora.backends.blas import preload_openblas
+
+preload_openblas()  # must precede the first `import mlx.core`
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
+
+from mlxlora.errors import ExportError  # noqa: E402
+
+
+def fuse_adapter(model_dir: Path, adapter_dir: Path, out: Path, dequantize: bool = False) -> None:
+    """Write `model_dir` with the adapter in `adapter_dir` merged into its weights to `out`.
+
+    mlx-lm's LoRA, DoRA and embedding layers each know how to fold themselves into the layer
+    they wrap (`fuse()`), keeping a quantized layer quantized with its own bits and group size
+    unless asked not to; `mlx_lm.utils.save` then writes weights, config and tokenizer (with
+    its chat template) the way `mlx_lm.load` and transformers read them.
+    """
+    from mlx_lm.utils import dequantize_model, load, save
+
+    try:
+        model, tokenizer, config = load(
+            str(model_dir), adapter_path=str(adapter_dir), return_config=True
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"cannot load {model_dir} with adapter {adapter_dir}: {first}") from None
+    merged = [
+        (name, module.fuse(dequantize=dequantize))
+        for name, module in model.named_modules()
+        if hasattr(module, "fuse")
+    ]
+    if not merged:
+        raise ExportError(f"{adapter_dir}: the adapter adapts no layer of {model_dir}")
+    model.update_modules(tree_unflatten(merged))
+    if dequantize:
+        model = dequantize_model(model)
+        for key in ("quantization", "quantization_config"):
+            config.pop(key, None)
+    save(out, model_dir, model, tokenizer, config, donate_model=False)
+
+
+def float_weights(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """The model's tensors under their HF names as float32 numpy arrays, one at a time.
+
+    mlx-lm's `load_model` reads any layout it supports (sharded, MLX-quantized at any bits,
+    bfloat16) lazily; quantized layers are dequantized by mlx-lm, so a 4-bit base comes out as
+    the float weights it stands for.
+    """
+    from mlx_lm.utils import dequantize_model, load_model
+
+    model, _ = load_model(Path(model_dir), lazy=True)
+    model = dequantize_model(model)
+    for name, value in tree_flatten(model.parameters()):
+        yield name, np.array(value.astype(mx.float32))
+
+
+def float_tensors(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file (an adapter) as float32 numpy arrays, whatever its dtype (bfloat16
+    included, which numpy cannot read)."""
+    return {k: np.array(v.astype(mx.float32)) for k, v in mx.load(str(path)).items()}
+
+
+def model_args(config: dict) -> dict:
+    """`config` with every hyperparameter mlx-lm's model class fills in by default (gemma2's
+    soft-capping, qwen2's rope_theta...): the values the model was trained and tested with."""
+    from dataclasses import asdict
+
+    from mlx_lm.utils import _get_classes
+
+    _, args_class = _get_classes(config)
+    return {**config, **asdict(args_class.from_dict(config))}

@@ -1,0 +1,331 @@
+"""The torch backend: transformers models with PEFT's LoRA layers, driven one micro-batch at a
+time behind the same interface as the MLX backend (backends/base.py).
+
+It computes what the MLX backend computes: the summed cross-entropy over labelled positions
+divided by their count per micro-batch, gradients averaged over micro-batches, clipped by global
+norm, and MLX's AdamW (no bias correction, see MLXAdamW). bf16 on CUDA, float32 on a CPU.
+Under torchrun each process trains its share of every batch (backends/torch_dist.py).
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
+
+from mlxlora.adapters_convert import MLX_WEIGHTS
+from mlxlora.backends import torch_dist, torch_peft
+from mlxlora.backends.base import CHUNKABLE_TYPES, END_OF_TURN, BackendInfo, Batch
+from mlxlora.errors import ModelError
+from mlxlora.memory import loss_chunk_rows
+from mlxlora.models.resolve import gguf_source
+
+
+class MLXAdamW(torch.optim.Optimizer):
+    """AdamW computed as mlx.optimizers.AdamW does: decay `p *= 1 - lr * wd`, then
+    `p -= lr * m / (sqrt(v) + eps)` with no bias correction (MLX's default). torch's AdamW
+    always corrects the bias, which makes the first steps ~3x smaller; this keeps one config
+    training the same on both backends."""
+
+    def __init__(self, params, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        super().__init__(
+            params, {"lr": 0.0, "weight_decay": weight_decay, "betas": betas, "eps": eps}
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, wd, (b1, b2), eps = group["lr"], group["weight_decay"], group["betas"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["m"], state["v"] = torch.zeros_like(p), torch.zeros_like(p)
+                m, v = state["m"], state["v"]
+                p.mul_(1 - lr * wd)
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                p.addcdiv_(m, v.sqrt().add_(eps), value=-lr)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe() -> BackendInfo:
+    device, dtype = torch_peft.select_device()
+    budget = (
+        torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    )
+    return BackendInfo(
+        name="torch",
+        device=(f"gpu (CUDA, {torch.cuda.get_device_name(device)})" if budget else "cpu")
+        + torch_dist.describe(),
+        dtype=str(dtype).removeprefix("torch."),
+        blas="CUDA kernels" if budget else f"torch CPU ({torch.get_num_threads()} threads)",
+        versions={
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "peft": _version("peft"),
+            "python": platform.python_version(),
+        },
+        memory_budget_bytes=budget,
+    )
+
+
+class TorchBackend:
+    """Backend implementation for transformers + PEFT (see backends/base.py for the contract)."""
+
+    def __init__(self, pack: bool = False):
+        """pack: each micro-batch as one row of its sequences back to back, no padding, each
+        attending only to itself (position ids restart per sequence; transformers turns that
+        into a block-diagonal mask for SDPA, varlen for flash-attention). Same loss."""
+        self.pack = pack
+        torch_dist.init()
+        self.info = describe()
+        self.device, self.dtype = torch_peft.select_device()
+        self.model = None
+        self.tokenizer = None
+        self.optimizer = None
+        self._labelled = 0  # labelled tokens in the gradients accumulated so far
+
+    # --- setup ------------------------------------------------------------------------
+
+    def load(self, model_dir: Path, config) -> None:
+        self.model_dir = Path(model_dir)
+        base, self.tokenizer = torch_peft.load_base(self.model_dir, self.device, self.dtype)
+        lora = config.lora
+        n_blocks = len(torch_peft.blocks(base))
+        self.num_layers = n_blocks if lora.num_layers == -1 else lora.num_layers
+        self.lora_targets, paths = torch_peft.lora_targets(
+            base, self.num_layers, lora.target_modules
+        )
+        self.lora_parameters = {
+            "rank": lora.rank,
+            "scale": lora.alpha / lora.rank,
+            "dropout": lora.dropout,
+            "keys": self.lora_targets.keys,
+        }
+        torch.manual_seed(config.training.seed)
+        self.model = torch_peft.add_lora(base, paths, lora.rank, lora.alpha, lora.dropout)
+        if config.training.grad_checkpoint:
+            base.gradient_checkpointing_enable({"use_reentrant": False})
+        self.model.train()
+        self.model_type = base.config.model_type
+        self._chunk_rows = loss_chunk_rows(base.config.vocab_size)
+        self._softcap = getattr(base.config, "final_logit_softcapping", None)
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = MLXAdamW(self._trainable, config.training.weight_decay)
+
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def param_counts(self) -> tuple[int, int]:
+        return sum(p.numel() for p in self._trainable), sum(
+            p.numel() for p in self.model.parameters()
+        )
+
+    # --- loss -------------------------------------------------------------------------
+
+    def _causal_lm(self):
+        return self.model.base_model.model
+
+    def _head_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self._causal_lm().get_output_embeddings()(hidden).float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    def _loss(self, inputs, position_ids, positions, targets, train: bool) -> torch.Tensor:
+        """Summed cross-entropy over the labelled positions only; only those rows go through
+        the output projection, a chunk at a time, each chunk recomputed in backward instead
+        of keeping its (rows x vocab) logits (the same plan as the MLX backend)."""
+        lm = self._causal_lm()
+        if self.model_type not in CHUNKABLE_TYPES:
+            logits = lm(input_ids=inputs, position_ids=position_ids, use_cache=False).logits
+            logits = logits.reshape(-1, logits.shape[-1])[positions].float()
+            return F.cross_entropy(logits, targets, reduction="sum")
+        decoder = lm.get_decoder()
+        hidden = decoder(input_ids=inputs, position_ids=position_ids, use_cache=False)
+        hidden = hidden.last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, positions.numel(), self._chunk_rows):
+            rows = slice(start, start + self._chunk_rows)
+            if train:
+                part = checkpoint(self._head_loss, hidden[rows], targets[rows], use_reentrant=False)
+            else:
+                part = self._head_loss(hidden[rows], targets[rows])
+            total = total + part
+        return total
+
+    def _labels(self, batch: Batch, rows: slice):
+        """(inputs, position ids or None, labelled positions in the flattened inputs, targets)
+        for `rows` of the batch, padded as given or packed."""
+        tokens, mask = batch.tokens[rows], batch.loss_mask[rows]
+        if self.pack:
+            inputs, position_ids, positions, targets = packed(tokens, mask)
+        else:
+            positions = np.flatnonzero(mask.reshape(-1))
+            inputs, position_ids = tokens[:, :-1], None
+            targets = tokens[:, 1:].reshape(-1)[positions]
+        return tuple(
+            None if a is None else torch.from_numpy(np.asarray(a, np.int64)).to(self.device)
+            for a in (inputs, position_ids, positions, targets)
+        )
+
+    # --- steps ------------------------------------------------------------------------
+
+    def accumulate(self, batch: Batch, seed: int) -> float:
+        """Adds the gradient of the summed loss: the update divides by every labelled token of
+        the step, so batch 4 and batch 2 x accumulation 2 take the same step (as on MLX)."""
+        torch.manual_seed(seed)  # dropout masks depend on the step only: resume is exact
+        n = batch.label_tokens  # over the whole batch, on every rank
+        rows = torch_dist.my_rows(len(batch.tokens))
+        loss_sum = torch.zeros((), device=self.device)
+        if len(batch.tokens[rows]):
+            loss_sum = self._loss(*self._labels(batch, rows), train=True)
+            loss_sum.backward()
+        self._labelled += n
+        return torch_dist.sum_over_ranks(loss_sum.detach()).item() / n
+
+    def update(self, lr: float, grad_clip: float) -> float:
+        params = self._trainable
+        torch_dist.sum_gradients(params)
+        for p in params:
+            p.grad.div_(self._labelled)
+        self._labelled = 0
+        if grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm.item()
+
+    def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        self.model.eval()
+        rows = torch_dist.my_rows(len(batch.tokens))
+        loss_sum = torch.zeros((), device=self.device)
+        with torch.no_grad():
+            if len(batch.tokens[rows]):
+                loss_sum = self._loss(*self._labels(batch, rows), train=False)
+        self.model.train()
+        return torch_dist.sum_over_ranks(loss_sum).item(), batch.label_tokens
+
+    def generate(self, messages: list[dict], max_tokens: int) -> str:
+        """Greedy answer of the model as it is now (adapter included), dropout off."""
+        prompt = prompt_tokens(self.tokenizer, messages)
+        vocab = self.tokenizer.get_vocab()
+        stops = [vocab[t] for t in END_OF_TURN if t in vocab]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                ids = torch.tensor([prompt], device=self.device)
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_tokens,
+                    do_sample=False,
+                    eos_token_id=stops or None,
+                    pad_token_id=stops[0] if stops else 0,
+                )
+        finally:
+            self.model.train()
+        return self.tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True).strip()
+
+    # --- files ------------------------------------------------------------------------
+
+    def adapter_config(self) -> dict:
+        return {
+            "model": str(self.model_dir),
+            **gguf_source(self.model_dir),
+            "fine_tune_type": "lora",
+            "num_layers": self.num_layers,
+            "lora_parameters": self.lora_parameters,
+            "model_type": self.model_type,
+        }
+
+    def save_adapter(self, directory: Path) -> None:
+        """PEFT's files (PeftModel.from_pretrained) and mlx-lm's (mlx_lm --adapter-path)."""
+        torch_peft.save_adapter(self.model, directory, self.adapter_config())
+
+    def save_state(self, directory: Path) -> None:
+        self.save_adapter(directory)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        state = {"rng": torch.get_rng_state()}
+        for p, s in self.optimizer.state.items():
+            state[f"{names[id(p)]}.m"], state[f"{names[id(p)]}.v"] = s["m"], s["v"]
+        save_file(
+            {k: v.contiguous().cpu() for k, v in state.items()}, directory / "optimizer.safetensors"
+        )
+
+    def load_state(self, directory: Path) -> None:
+        from safetensors.numpy import load_file as load_numpy
+
+        torch_peft.load_mlx_weights(self.model, load_numpy(str(directory / MLX_WEIGHTS)))
+        state = load_file(directory / "optimizer.safetensors")
+        torch.set_rng_state(state.pop("rng"))
+        params = dict(self.model.named_parameters())
+        for key, value in state.items():
+            name, moment = key.rsplit(".", 1)
+            if name not in params:
+                raise ModelError(f"{directory}: optimizer state for unknown parameter {name}")
+            self.optimizer.state[params[name]][moment] = value.to(self.device)
+
+    def limit_memory(self, budget: int) -> None:
+        """On CUDA, the caching allocator's cap (an allocation past it raises out-of-memory in
+        this process instead of starving others on the GPU); a CPU has no such cap."""
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), self.device)
+
+    def peak_memory_bytes(self) -> int:
+        """CUDA: the allocator's peak. CPU: the process's peak resident size (torch keeps no
+        CPU allocator statistics), which includes the Python interpreter and libraries."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes vs KiB
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+    def reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+
+def packed(tokens: np.ndarray, mask: np.ndarray):
+    """A right-padded batch as one row: each sequence's inputs back to back (its padding and
+    its last token, which is only a target, left out), position ids restarting at each, and
+    the labelled positions and targets in that row."""
+    lengths = [int(np.flatnonzero(m)[-1]) + 2 for m in mask]  # the last target ends a sequence
+    inputs = np.concatenate([row[: n - 1] for row, n in zip(tokens, lengths, strict=True)])
+    position_ids = np.concatenate([np.arange(n - 1) for n in lengths])
+    starts = np.cumsum([0, *(n - 1 for n in lengths[:-1])])
+    rows = list(zip(starts, tokens, mask, lengths, strict=True))
+    positions = np.concatenate([start + np.flatnonzero(m[: n - 1]) for start, _, m, n in rows])
+    targets = np.concatenate([row[1:n][m[: n - 1]] for _, row, m, n in rows])
+    return inputs[None], position_ids[None], positions, targets
+
+
+def prompt_tokens(tokenizer, messages: list[dict]) -> list[int]:
+    """The chat template with the assistant turn opened, or the plain layout training uses."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:
+        from mlxlora.data.batching import plain_prompt
+
+        text = plain_prompt(messages)
+    return list(tokenizer.encode(text, add_special_tokens=False))

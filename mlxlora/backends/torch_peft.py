@@ -1,0 +1,186 @@
+"""Loading an HF model for LoRA training with transformers + PEFT, and its adapter in both files.
+
+The LoRA layers are PEFT's; which linear layers they wrap is decided by mlxlora.targets exactly
+as for MLX (the same short names, aliases and `lora.num_layers` counted from the last block),
+then handed to PEFT as full module paths so nothing else matches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlxlora.adapters_convert import peft_to_mlx, write_both
+from mlxlora.errors import BackendUnavailable, ModelError
+from mlxlora.targets import TargetMatch, match_targets
+
+
+def select_device() -> tuple[torch.device, torch.dtype]:
+    """(device, dtype): bf16 on CUDA, float32 on a CPU (bf16 matmuls are slow there)."""
+    if torch.cuda.is_available():
+        from mlxlora.backends.torch_dist import local_rank
+
+        return torch.device("cuda", local_rank()), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+def quantization_kwargs(model_dir: Path, dtype: torch.dtype) -> dict:
+    """from_pretrained arguments for a quantized checkpoint; {} for a float one.
+
+    An HF 4-bit checkpoint (bitsandbytes) trains as QLoRA; MLX's packed quantization has no
+    torch kernels, so such a directory is refused with what to do instead.
+    """
+    config = json.loads((model_dir / "config.json").read_text())
+    if "quantization" in config and "quantization_config" not in config:
+        raise ModelError(
+            f"{model_dir}: MLX-quantized weights cannot train with backend torch; "
+            "use backend: mlx or the unquantized model"
+        )
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if method is None:
+        return {}
+    if method != "bitsandbytes":
+        raise ModelError(f"{model_dir}: quantization {method!r} is not supported by backend torch")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise BackendUnavailable(
+            f"{model_dir} is 4-bit (QLoRA): install bitsandbytes (pip install bitsandbytes)"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype)
+    }
+
+
+def load_base(model_dir: Path, device: torch.device, dtype: torch.dtype):
+    """(model, tokenizer) from an HF-format directory, frozen, on `device` in `dtype`."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # the run's events report progress; stderr stays quiet
+    quant = quantization_kwargs(model_dir, dtype)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+        if (config.pad_token_id or 0) >= config.vocab_size:  # a family default past the vocab
+            config.pad_token_id = None
+        model = from_pretrained(model_dir, config=config, dtype=dtype, **quant)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{model_dir}: cannot load model with transformers: {exc}") from None
+    if quant:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model.to(device)
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def from_pretrained(model_dir: Path, **kwargs):
+    """The model with SDPA attention, or transformers' default where a family has none
+    (gemma2's soft-capped attention)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", **kwargs)
+    except ValueError as exc:
+        if "scaled_dot_product_attention" not in str(exc):
+            raise
+        return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+
+
+def blocks(model) -> nn.ModuleList:
+    """The transformer blocks (`model.layers`, `transformer.h`, ...) of an HF causal LM."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+        found = model
+        for part in path.split("."):
+            found = getattr(found, part, None)
+        if isinstance(found, nn.ModuleList):
+            return found
+    raise ModelError(f"{type(model).__name__}: cannot find its transformer blocks")
+
+
+def block_prefix(model, block_list: nn.ModuleList) -> str:
+    """`model.layers` for llama-like models: the module path of the block list."""
+    return next(name for name, module in model.named_modules() if module is block_list)
+
+
+def lora_targets(model, num_layers: int, requested: list[str]) -> tuple[TargetMatch, list[str]]:
+    """(target match inside one block, full module paths to adapt) for the last `num_layers`."""
+    block_list = blocks(model)
+    if num_layers > len(block_list):
+        raise ModelError(f"lora.num_layers={num_layers} but the model has {len(block_list)} layers")
+    first = len(block_list) - num_layers
+    linear = {
+        name
+        for block in block_list[first:]
+        for name, module in block.named_modules()
+        if isinstance(module, nn.Linear) or type(module).__name__ in ("Linear4bit", "Conv1D")
+    }
+    match = match_targets(requested, sorted(linear))
+    prefix = block_prefix(model, block_list)
+    paths = [f"{prefix}.{i}.{key}" for i in range(first, len(block_list)) for key in match.keys]
+    return match, paths
+
+
+def add_lora(model, paths: list[str], rank: int, alpha: float, dropout: float):
+    """The PeftModel with LoRA on exactly `paths`.
+
+    PEFT's default init (A kaiming-uniform with a=sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in));
+    B zero) is the distribution mlx-lm draws from, so both backends start alike.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=paths,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():  # PEFT reads an attribute transformers 5 deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(model, config)
+
+
+def lora_state(peft_model) -> dict[str, torch.Tensor]:
+    """PEFT's saved names (`base_model.model.<module>.lora_A.weight`) -> live LoRA parameters."""
+    out = {}
+    for name, param in peft_model.named_parameters():
+        if "lora_" in name:
+            out[name.replace(".default.", ".")] = param
+    return out
+
+
+def mlx_weights(peft_model) -> dict[str, np.ndarray]:
+    """The adapter in mlx-lm's layout (float32 numpy)."""
+    peft = {k: v.detach().float().cpu().numpy() for k, v in lora_state(peft_model).items()}
+    return peft_to_mlx(peft)
+
+
+def load_mlx_weights(peft_model, weights: dict[str, np.ndarray]) -> None:
+    """Set the LoRA parameters from mlx-lm layout tensors (every one must be present)."""
+    from mlxlora.adapters_convert import mlx_to_peft
+
+    live = lora_state(peft_model)
+    given = mlx_to_peft(weights)
+    if set(given) != set(live):
+        missing = sorted(set(live) ^ set(given))[:3]
+        raise ModelError(f"adapter does not fit this model's LoRA layers: {', '.join(missing)}")
+    with torch.no_grad():
+        for name, value in given.items():
+            live[name].copy_(torch.from_numpy(value))
+
+
+def save_adapter(peft_model, directory: Path, config: dict) -> None:
+    """Both layouts (PEFT's adapter_model.safetensors, mlx-lm's adapters.safetensors) and the
+    shared adapter_config.json; `config` holds mlx-lm's keys."""
+    write_both(directory, mlx_weights(peft_model), config)

@@ -1,0 +1,35 @@
+"""`mlxlora adapter convert`: an adapter in mlx-lm's layout or PEFT's, written in both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("adapter", help="convert LoRA adapters between mlx-lm and PEFT")
+    actions = p.add_subparsers(dest="adapter_command", metavar="ACTION", required=True)
+    convert = actions.add_parser(
+        "convert",
+        help="write an adapter directory (mlx-lm or PEFT layout) in both layouts",
+        description="Read SOURCE (adapters.safetensors or adapter_model.safetensors, with "
+        "adapter_config.json) and write TARGET holding both layouts: mlx_lm --adapter-path "
+        "and PeftModel.from_pretrained both load it.",
+    )
+    convert.add_argument("source", type=Path)
+    convert.add_argument("target", type=Path, help="a new directory")
+    convert.add_argument(
+        "--layers",
+        type=int,
+        help="the base model's layer count (PEFT source: counts mlx-lm's num_layers from it; "
+        "default: the highest adapted layer + 1)",
+    )
+    convert.set_defaults(func=run_convert)
+
+
+def run_convert(args) -> int:
+    from mlxlora.adapters_convert import convert
+
+    layout = convert(args.source, args.target, args.layers)
+    other = "PEFT" if layout == "mlx" else "mlx-lm"
+    print(f"{args.target}: {layout} adapter written with its {other} copy")
+    return 0

@@ -1,0 +1,107 @@
+"""`mlxlora compare RUN RUN ...`: the benchmark table, an HTML report, the pick."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare runs: losses, eval scores, time, memory, differing settings",
+        description="The benchmark table of runs: final and best validation loss, perplexity, "
+        "validation-minus-training gap, eval scores (eval.json), training time, tokens/s, peak "
+        "memory, and the config keys they differ in. --report writes one HTML page with the "
+        "loss curves overlaid; --pick names the run that best trades quality against cost.",
+    )
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run names (or prefixes) or directories")
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add a sweep's finished runs (repeatable; see `mlxlora sweep status`)",
+    )
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--report", type=Path, metavar="FILE.html", help="write an HTML report")
+    p.add_argument(
+        "--pick",
+        action="store_true",
+        help="name the best run: weighted best val loss 0.35, eval score 0.25, val-train gap "
+        "0.15, time 0.15, memory 0.10 (each scaled 0..1 over the runs; lowest cost wins)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mlxlora import experiments, runs
+    from mlxlora.errors import ConfigError
+
+    found = [runs.find_run(ref).resolve() for ref in args.runs]
+    found += [path.resolve() for name in args.sweep for path in sweep_runs(name)]
+    paths = list(dict.fromkeys(found))
+    if not paths:
+        raise ConfigError(["give runs to compare (RUN ... or --sweep NAME)"], "compare")
+    comparison = experiments.compare(paths)
+    chosen = experiments.pick(comparison) if args.pick else None
+    if args.report:
+        write_report(args.report, comparison, chosen)
+    if args.json:
+        shown = comparison.to_dict()
+        if chosen:
+            shown["pick"] = {
+                "run": chosen.run.name,
+                "path": str(chosen.run.path),
+                "reason": chosen.reason,
+                "costs": [
+                    {"run": r.name, "path": str(r.path), "cost": cost}
+                    for r, cost in zip(comparison.runs, chosen.costs, strict=True)
+                ],
+                "weights": chosen.weights,
+            }
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return 0
+    print_table(comparison)
+    if chosen:
+        print(f"pick: {chosen.reason}")
+    if args.report:
+        print(f"report: {args.report}")
+    return 0
+
+
+def sweep_runs(name: str) -> list[Path]:
+    from mlxlora import sweep
+
+    return [m.run for m in sweep.status(name) if m.state in sweep.DONE and m.run is not None]
+
+
+def write_report(path: Path, comparison, chosen) -> None:
+    from mlxlora import report
+    from mlxlora.runs import atomic_write_text
+
+    atomic_write_text(path, report.render(comparison, chosen))
+
+
+def print_table(comparison) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from mlxlora.experiments import shown_metrics
+    from mlxlora.fmt import num
+
+    rows = comparison.runs
+    metrics = shown_metrics([r.metrics for r in rows])
+    table = Table(title="compare")
+    for title in ("run", "status", *comparison.differences, *(t for _, t, _ in metrics)):
+        table.add_column(title)
+    for i, r in enumerate(rows):
+        cells = [r.name, r.status]
+        cells += [str(values[i]) for values in comparison.differences.values()]
+        cells += [num(r.metrics.get(key), spec) for key, _, spec in metrics]
+        table.add_row(*map(Text, cells))  # names and values are text, never markup
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 200)  # a pipe or log keeps every column readable
+    console.print(table)

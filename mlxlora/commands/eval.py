@@ -1,0 +1,84 @@
+"""`mlxlora eval RUN`: a trained run's held-out loss, perplexity and scored answers, tuned and
+(with --base) base side by side; written to eval.json in the run directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from mlxlora.fmt import NONE
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a trained run on held-out data (loss, perplexity, scored answers)",
+        description="Validation loss and perplexity on the run's validation split (or "
+        "--dataset), and greedy answers to its questions scored against the references: "
+        "domain-term recall, token F1, exact match, answer length, safety (docs/metrics.md). "
+        "Writes eval.json in the run directory. Example: mlxlora eval my-run --base",
+    )
+    p.add_argument("run", help="run name (or unique prefix) or directory")
+    p.add_argument(
+        "--dataset", metavar="D", help="a stored dataset or a file (default: the run's val split)"
+    )
+    p.add_argument("--base", action="store_true", help="also measure the untrained base model")
+    p.add_argument("--max-records", type=int, metavar="N", help="only the first N records")
+    p.add_argument("--max-tokens", type=int, default=128, help="new tokens per answer (128)")
+    p.add_argument(
+        "--terms",
+        default="medical",
+        help="term list for term recall: a bundled list (medical) or a file; 'none' for none",
+    )
+    p.add_argument("--json", action="store_true", help="print eval.json")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mlxlora.errors import ConfigError
+    from mlxlora.evaluate import evaluate_run
+
+    for flag, value in (("--max-tokens", args.max_tokens), ("--max-records", args.max_records)):
+        if value is not None and value < 1:
+            raise ConfigError([f"{flag} must be at least 1 (got {value})"], "eval")
+    result = evaluate_run(
+        args.run,
+        dataset=args.dataset,
+        base=args.base,
+        max_records=args.max_records,
+        max_tokens=args.max_tokens,
+        terms=None if args.terms == "none" else args.terms,
+        say=lambda message: print(f"eval: {message}", file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print_result(result)
+    return 0
+
+
+def print_result(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlxlora.scoring import score_rows
+
+    console = Console(highlight=False, soft_wrap=True)
+    table = Table(title=f"{result['dataset']} ({result['split']}, {result['records']} records)")
+    for column in ("measure", "tuned", "base"):
+        table.add_column(column)
+    for row in score_rows(result):
+        table.add_row(*row)
+    console.print(table)
+    for a in result["answers"]:
+        console.print(f"[bold]Q:[/] {_line(a['prompt'])}")
+        for who in ("reference", "tuned", "base"):
+            if a.get(who) is not None:
+                console.print(f"  {who}: {_line(a[who])}")
+
+
+def _line(text: str) -> str:
+    """An answer on one line, markup escaped; NONE for an empty one."""
+    from rich.markup import escape
+
+    return escape(" ".join(text.split())) or NONE

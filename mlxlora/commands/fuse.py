@@ -1,0 +1,37 @@
+"""`mlxlora fuse`: merge a run's adapter into its base model as a normal HF-format directory."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "fuse",
+        help="merge a run's adapter into its base model (an HF-format model directory)",
+        description="Merge the run's final adapter into the base weights and write a model "
+        "directory (safetensors, config.json, tokenizer files with the chat template) that "
+        "mlx-lm and transformers load. A quantized base stays quantized unless --dequantize. "
+        "Example: mlxlora fuse my-run --out ./my-model",
+    )
+    p.add_argument("run", metavar="RUN", help="a run (name, name prefix or directory)")
+    p.add_argument(
+        "--out", metavar="DIR", help="where to write the model (default: RUN/fused; replaced)"
+    )
+    p.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="write float weights even when the base model is quantized",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from mlxlora.export.fuse import fuse_run
+    from mlxlora.runs import find_run
+
+    out = fuse_run(
+        find_run(args.run), Path(args.out).expanduser() if args.out else None, args.dequantize
+    )
+    print(out, flush=True)
+    return 0

@@ -1,0 +1,149 @@
+"""`mlxlora sweep CONFIG --grid KEY=V1,V2 ...` and `mlxlora sweep status [NAME]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="queue a run per combination of settings (grid search, A/B test); rank them",
+        description="Queue one named run per combination of --grid values (and of --config "
+        "files: an A/B test) in the job queue the TUI uses; they train one at a time. Every "
+        "combination is validated before anything is queued. Running the same sweep again "
+        "continues it (finished runs are skipped, stopped ones resumed). `mlxlora sweep status "
+        "NAME` lists its runs and ranks the finished ones. Example: mlxlora sweep "
+        "configs/tiny.yaml --grid lora.rank=8,12,16 --grid training.learning_rate=5e-5,3e-5",
+    )
+    p.add_argument("target", nargs="?", metavar="CONFIG", help="YAML config, or `status`")
+    p.add_argument("status_name", nargs="?", metavar="NAME", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--config",
+        dest="configs",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="another config to run with every combination (repeat for an A/B test)",
+    )
+    p.add_argument(
+        "--grid",
+        dest="grids",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="values to try for a config key, split at commas (repeatable: every combination runs)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value in every run, as in `train` (repeatable)",
+    )
+    p.add_argument("--name", help="the sweep's name (default: the first config's name + -sweep)")
+    p.add_argument("--no-start", action="store_true", help="queue only; start no runner")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from mlxlora.errors import ConfigError
+
+    if args.target == "status":
+        return show_status(args.status_name or args.name, args.json)
+    if args.status_name:
+        raise ConfigError([f"unexpected argument {args.status_name!r}"], "sweep")
+    configs = ([args.target] if args.target else []) + args.configs
+    if not configs:
+        raise ConfigError(["give a CONFIG (and --grid KEY=V1,V2 or --config B.yaml)"], "sweep")
+    if len(configs) == 1 and not args.grids:
+        raise ConfigError(["nothing to sweep: give --grid KEY=V1,V2 or a second --config"], "sweep")
+    return start(args, configs)
+
+
+def start(args, configs: list[str]) -> int:
+    from mlxlora import config, queue, sweep
+
+    name = args.name or f"{config.load(configs[0], args.overrides).name}-sweep"
+    done = sweep.start(name, configs, args.grids, args.overrides)
+    started = False if args.no_start else queue.ensure_runner()
+    if args.json:
+        rows = [{"run": m.name, "values": m.values, "action": a} for m, a in done]
+        print(json.dumps({"sweep": name, "members": rows}, indent=2, ensure_ascii=False))
+        return 0
+    for member, action in done:
+        print(f"{action:14} {member.name}")
+    queued = sum(a in ("queued", "resume queued") for _, a in done)
+    note = "; runner started" if started else ""
+    print(f"sweep {name}: {queued} of {len(done)} runs queued{note}; see `mlxlora sweep status`")
+    return 0
+
+
+def show_status(name: str | None, as_json: bool) -> int:
+    from mlxlora import experiments, sweep
+
+    if not name:
+        found = sweep.sweep_names()
+        print(json.dumps(found, ensure_ascii=False) if as_json else "\n".join(found) or "no sweeps")
+        return 0
+    members = sweep.status(name)
+    finished = [m.run for m in members if m.state in sweep.DONE and m.run is not None]
+    ranked = ranking(experiments.compare(finished)) if finished else []
+    if as_json:
+        rows = [
+            {"run": m.member.name, "values": m.member.values, "state": m.state, "path": _str(m.run)}
+            for m in members
+        ]
+        print(
+            json.dumps(
+                {"sweep": name, "members": rows, "ranked": ranked}, indent=2, ensure_ascii=False
+            )
+        )
+        return 0
+    print_status(name, members, ranked)
+    return 0
+
+
+def ranking(comparison) -> list[dict]:
+    """Finished runs best first, by compare --pick's cost."""
+    from mlxlora import experiments
+
+    chosen = experiments.pick(comparison)
+    rows = sorted(zip(chosen.costs, comparison.runs, strict=True), key=lambda pair: pair[0])
+    ranked = [
+        {"run": r.name, "cost": cost, "best_val_loss": r.metrics["best_val_loss"]}
+        for cost, r in rows
+    ]
+    return [{**ranked[0], "why": chosen.reason}, *ranked[1:]] if ranked else []
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+def print_status(name: str, members, ranked: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from mlxlora.fmt import num
+
+    table = Table(title=Text(f"sweep {name}"))
+    for col in ("run", "state", "run directory"):
+        table.add_column(col)
+    for m in members:
+        table.add_row(Text(m.member.name), m.state, Text(_str(m.run) or "—"))
+    console = Console()
+    console.print(table)
+    if ranked:
+        console.print("ranked (compare --pick's weighted cost, lower is better):")
+        for i, r in enumerate(ranked, 1):
+            console.print(
+                f"  {i}. {r['run']}  cost {r['cost']:.3f}  best val {num(r['best_val_loss'])}",
+                markup=False,
+            )
+        console.print(f"pick: {ranked[0]['why']}", markup=False)

@@ -1,0 +1,62 @@
+"""Merge a run's adapter into its base model: a normal HF-format directory (safetensors,
+config.json, tokenizer files with the chat template) that mlx-lm and transformers load.
+
+The merge itself is mlx-lm's (`fuse()` of its LoRA layers, in `mlxlora.backends.mlx_fuse`);
+this module checks the run, picks the adapter and the output place, and writes atomically
+(a temporary sibling directory renamed into place). Imports no mlx at module level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxlora.errors import ExportError
+from mlxlora.runs import ADAPTER_FILES, RunPaths, atomic_dir, is_locked, run_status
+
+FUSED_DIR = "fused"  # the default output: <run>/fused
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """What an export starts from: the run, its final adapter and its base model reference."""
+
+    run: Path
+    adapter: Path
+    model_ref: str
+
+
+def export_source(run: Path) -> ExportSource:
+    """The run's final adapter and model, or ExportError (one line) when the run cannot be
+    exported: not a run, still running, failed, or no adapter saved."""
+    from mlxlora import config
+    from mlxlora.events import read_events
+
+    paths = RunPaths(Path(run))
+    if not paths.config.is_file():
+        raise ExportError(f"{paths.root}: not a run directory (no config.yaml)")
+    if is_locked(paths):
+        raise ExportError(f"{paths.root}: the run is still training; export it when it ends")
+    if run_status(read_events(paths.events), locked=False) == "failed":
+        raise ExportError(f"{paths.root}: the run failed; there is no trained adapter to export")
+    if not all((paths.adapters / f).is_file() for f in ADAPTER_FILES):
+        raise ExportError(
+            f"{paths.root}: no adapter saved (nothing in {paths.adapters}); train it first"
+        )
+    return ExportSource(paths.root, paths.adapters, config.load(paths.config).model)
+
+
+def fuse_run(run: Path, out: Path | None = None, dequantize: bool = False) -> Path:
+    """Write the run's base model with its final adapter merged in to `out` (default
+    `<run>/fused`) and return that directory. A quantized base stays quantized (the same bits
+    and group size) unless `dequantize`."""
+    from mlxlora.models.resolve import resolve_model
+
+    source = export_source(run)
+    out = Path(out) if out is not None else source.run / FUSED_DIR
+    model_dir = resolve_model(source.model_ref, progress=False)
+    from mlxlora.backends.mlx_fuse import fuse_adapter
+
+    with atomic_dir(out) as tmp:
+        fuse_adapter(model_dir, source.adapter, tmp, dequantize=dequantize)
+    return out

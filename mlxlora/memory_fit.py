@@ -1,0 +1,101 @@
+"""Fitting a training job to a memory budget: the settings that keep its math (effective
+batch, everything that changes results) and the fastest of them that the estimate fits.
+Imports no mlx or torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from mlxlora.memory import MemoryEstimate, TrainShape, estimate, fmt_bytes, loss_chunk_rows
+
+# Relative step time of the knobs fit turns (from this repo's CPU measurements: checkpointing
+# recomputes the forward pass, ~1/3 more; each extra micro-batch a step costs its overhead and
+# a less efficient matmul; each halving of the loss chunk one more pass over the head).
+CHECKPOINT_COST = 4 / 3
+MICRO_BATCH_COST = 0.08
+CHUNK_HALVING_COST = 0.02
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What fit_shape chose: the shape, its estimate, and why."""
+
+    shape: TrainShape
+    estimate: MemoryEstimate
+    budget: int
+    fits: bool
+    reason: str
+
+    def changes(self, before: TrainShape) -> dict[str, object]:
+        """Config keys whose value the fit changed, with the new values."""
+        keys = {
+            "training.batch_size": "batch_size",
+            "training.grad_accumulation": "grad_accumulation",
+            "training.grad_checkpoint": "grad_checkpoint",
+            "training.loss_chunk_rows": "loss_chunk_rows",
+        }
+        return {
+            key: getattr(self.shape, attr)
+            for key, attr in keys.items()
+            if getattr(self.shape, attr) != getattr(before, attr)
+        }
+
+
+def _relative_time(shape: TrainShape, default_rows: int) -> float:
+    halvings = 0
+    rows = shape.loss_chunk_rows or default_rows
+    while rows < default_rows:
+        rows, halvings = rows * 2, halvings + 1
+    ckpt = CHECKPOINT_COST if shape.grad_checkpoint else 1.0
+    return (
+        ckpt
+        * (1 + MICRO_BATCH_COST * (shape.grad_accumulation - 1))
+        * (1 + CHUNK_HALVING_COST * halvings)
+    )
+
+
+def fit_candidates(info: dict, shape: TrainShape) -> list[TrainShape]:
+    """Every shape with the same effective batch (micro-batch x accumulation) and the same
+    math: micro-batch sizes that divide it, checkpointing on or off, loss chunks of the
+    default size down to 1/8 of it."""
+    effective = shape.batch_size * shape.grad_accumulation
+    default_rows = loss_chunk_rows(int(info["vocab_size"]))
+    chunks = sorted({max(64, default_rows // d) for d in (1, 2, 4, 8)}, reverse=True)
+    return [
+        replace(
+            shape,
+            batch_size=micro,
+            grad_accumulation=effective // micro,
+            grad_checkpoint=ckpt,
+            loss_chunk_rows=0 if rows == default_rows else rows,
+        )
+        for micro in range(effective, 0, -1)
+        if effective % micro == 0
+        for ckpt in (False, True)
+        for rows in chunks
+    ]
+
+
+def fit_shape(info: dict, shape: TrainShape, budget: int, weights: int | None = None) -> Fit:
+    """The fastest shape (by _relative_time) whose estimate fits `budget`, keeping the
+    effective batch; when none fits, the one that needs least memory, with fits False."""
+    default_rows = loss_chunk_rows(int(info["vocab_size"]))
+    scored = [(estimate(info, s, weights=weights), s) for s in fit_candidates(info, shape)]
+    fitting = [(e, s) for e, s in scored if e.total <= budget]
+    if not fitting:
+        est, best = min(scored, key=lambda pair: pair[0].total)
+        why = (
+            f"nothing with an effective batch of {shape.batch_size * shape.grad_accumulation}"
+            f" fits {fmt_bytes(budget)}; the smallest needs ~{fmt_bytes(est.total)}"
+        )
+        return Fit(best, est, budget, False, why)
+    est, best = min(
+        fitting, key=lambda pair: (_relative_time(pair[1], default_rows), pair[0].total)
+    )
+    why = (
+        f"fastest of {len(fitting)} configurations with the same effective batch that fit "
+        f"{fmt_bytes(budget)}: ~{fmt_bytes(est.total)} estimated, "
+        f"{_relative_time(best, default_rows):.2f}x the time of one unchunked micro-batch "
+        "without checkpointing"
+    )
+    return Fit(best, est, budget, True, why)

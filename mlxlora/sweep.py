@@ -1,0 +1,207 @@
+"""Sweeps and A/B tests: every combination of a grid (and of configs) as its own named run,
+queued in the job queue the TUI uses, resumable, then ranked.
+
+A sweep is a record, `home()/sweeps/<name>.json` (its configs, grid, overrides and members),
+and runs whose config says `sweep: <name>`: a run tells which sweep it belongs to from its own
+directory, so the TUI groups runs without reading records. Running the same sweep again
+continues it: finished members are skipped, queued or running ones left alone, stopped or
+interrupted ones resumed, missing ones queued. Imports no mlx, torch or textual.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mlxlora import config, names, queue, runs
+from mlxlora.errors import ConfigError, RunError
+from mlxlora.runview import read_config
+
+DONE = ("finished", "early-stopped")
+
+
+def root() -> Path:
+    return runs.home() / "sweeps"
+
+
+def record_path(name: str) -> Path:
+    return root() / f"{names.normalize(name)}.json"
+
+
+def parse_grid(text: str) -> tuple[str, list[str]]:
+    """`lora.rank=8,12,16` -> ("lora.rank", ["8", "12", "16"]): values as typed (each is read
+    as YAML when it becomes an override, as `--set` reads it)."""
+    key, sep, raw = text.partition("=")
+    values = [v.strip() for v in raw.split(",") if v.strip()]
+    if not sep or not key.strip() or not values:
+        raise ConfigError([f"--grid {text!r}: expected key.sub=value1,value2,..."], "sweep")
+    if len(set(values)) != len(values):
+        raise ConfigError([f"--grid {text!r}: a value is repeated"], "sweep")
+    return key.strip(), values
+
+
+@dataclass
+class Member:
+    """One combination: the run it becomes."""
+
+    name: str  # the run's name: the sweep's and the values that vary
+    config: str  # its config file (an A/B test has several)
+    values: dict[str, str]  # grid key -> value as typed
+    overrides: list[str]  # --set overrides, then the grid's, then name and sweep
+
+
+def plan(sweep: str, configs: list[str], grids: list[str], sets: list[str]) -> list[Member]:
+    """Every combination of configs and grid values, named after what varies."""
+    grid = [parse_grid(g) for g in grids]
+    keys = [k for k, _ in grid]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(["--grid: the same key is given twice"], "sweep")
+    short = _short_keys(keys)
+    members = []
+    for path in configs:
+        label = [_name_part(Path(path).stem)] if len(configs) > 1 else []
+        for combo in itertools.product(*(values for _, values in grid)):
+            values = dict(zip(keys, combo, strict=True))
+            parts = label + [_name_part(f"{short[k]}{v}") for k, v in values.items()]
+            name = "-".join([sweep, *parts]) if parts else sweep
+            grid_sets = [f"{k}={v}" for k, v in values.items()]
+            overrides = [*sets, *grid_sets, f"name={name}", f"sweep={sweep}"]
+            members.append(Member(name, str(Path(path).resolve()), values, overrides))
+    return members
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """`lora.rank` -> `rank` where no other key ends the same."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: p if last.count(p) == 1 else k for k, p in zip(keys, last, strict=True)}
+
+
+def _name_part(text: str) -> str:
+    """Text made fit for a run name: other characters become '_' (`[8, 16]` -> `_8_16_`)."""
+    return "".join(c if names.is_name_char(c) else "_" for c in text)
+
+
+def validate(sweep: str, members: list[Member]) -> list[config.Config]:
+    """Every member's config, or one ConfigError naming each bad member: nothing is queued
+    unless every combination is valid."""
+    problem = names.name_problem(sweep)
+    if problem:
+        raise ConfigError([f"sweep name {sweep!r}: {problem}"], "sweep")
+    loaded, problems = [], []
+    for m in members:
+        try:
+            loaded.append(config.load(m.config, m.overrides))
+        except ConfigError as exc:
+            problems += [f"{m.name}: {p}" for p in exc.problems]
+    if problems:
+        raise ConfigError(problems, f"sweep {sweep}")
+    return loaded
+
+
+def _definition(configs: list[str], grids: list[str], sets: list[str]) -> dict:
+    return {
+        "configs": [str(Path(c).resolve()) for c in configs],
+        "grid": [list(parse_grid(g)) for g in grids],
+        "sets": list(sets),
+    }
+
+
+def read_record(name: str) -> dict:
+    return runs.read_json(record_path(name))
+
+
+def start(
+    sweep: str, configs: list[str], grids: list[str], sets: list[str]
+) -> list[tuple[Member, str]]:
+    """Create or continue a sweep; returns each member with what was done for it now:
+    queued, resume queued, or skipped (its state: queued, running, finished, failed...)."""
+    sweep = names.normalize(sweep)
+    members = plan(sweep, configs, grids, sets)
+    loaded = validate(sweep, members)
+    definition = _definition(configs, grids, sets)
+    record = read_record(sweep)
+    if record and {k: record.get(k) for k in definition} != definition:
+        raise RunError(
+            f"sweep {sweep} exists with other configs, grid or --set values "
+            f"({record_path(sweep)}); run it as it was, or choose another --name"
+        )
+    if not record:
+        record = {"name": sweep, "created": time.time(), **definition}
+        record["members"] = [asdict(m) for m in members]
+        runs.atomic_write_text(record_path(sweep), json.dumps(record, indent=2, ensure_ascii=False))
+    known = _Known(sweep)
+    return [(m, _advance(m, cfg, known)) for m, cfg in zip(members, loaded, strict=True)]
+
+
+def _advance(member: Member, cfg: config.Config, known: _Known) -> str:
+    state, run = known.state(member.name)
+    if state == "new":
+        queue.add_train(cfg.to_yaml(), member.name)
+        return "queued"
+    if state in ("stopped", "interrupted") and run is not None:
+        queue.add_resume(run)
+        return "resume queued"
+    return f"skipped ({state})"
+
+
+class _Known:
+    """The queue's waiting jobs and a sweep's runs, read once for all its members."""
+
+    def __init__(self, sweep: str):
+        self.waiting = [j for j in queue.jobs() if j.state in ("queued", "running")]
+        self.runs = _member_runs(sweep)
+
+    def state(self, name: str) -> tuple[str, Path | None]:
+        """(state, run directory) of a member: queued or running in the queue, else its
+        run's status (finished, early-stopped, stopped, interrupted, failed), else new."""
+        from mlxlora.experiments import load_view
+
+        jobs = [j for j in self.waiting if j.name == name]
+        run = self.runs.get(name)
+        if jobs:
+            return jobs[-1].state, run
+        if run is None:
+            return "new", None
+        return load_view(run).status(runs.is_locked(runs.RunPaths(run))), run
+
+
+def _member_runs(sweep: str) -> dict[str, Path]:
+    """The sweep's runs by name (the newest where a name has two)."""
+    found: dict[str, Path] = {}
+    for info in sorted(runs.list_runs(), key=lambda i: i.started or 0):
+        cfg = read_config(runs.RunPaths(info.path).config)
+        if cfg.get("sweep") == sweep and isinstance(cfg.get("name"), str):
+            found[cfg["name"]] = info.path
+    return found
+
+
+@dataclass
+class MemberStatus:
+    member: Member
+    state: str
+    run: Path | None
+
+
+def status(sweep: str) -> list[MemberStatus]:
+    """Each member of a recorded sweep with its state and run."""
+    sweep = names.normalize(sweep)
+    record = read_record(sweep)
+    if not record:
+        known = ", ".join(sorted(p.stem for p in root().glob("*.json"))) or "none yet"
+        raise RunError(f"no sweep named {sweep!r} (sweeps: {known})")
+    members = [Member(**m) for m in record.get("members", [])]
+    known = _Known(sweep)
+    return [MemberStatus(m, *known.state(m.name)) for m in members]
+
+
+def sweep_names() -> list[str]:
+    return sorted(p.stem for p in root().glob("*.json")) if root().is_dir() else []
+
+
+def run_sweep(run: Path) -> str | None:
+    """The sweep a run belongs to (its config's `sweep`), or None."""
+    value = read_config(runs.RunPaths(run).config).get("sweep")
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,118 @@
+"""`mlxlora eval` on a real tiny run, and the diagnosis a real run emits while training."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from mlxlora import config, engine
+from mlxlora.cli import main
+from mlxlora.events import Diagnosis, Eval, RunStarted, read_events
+from mlxlora.runs import RunPaths
+from tests.conftest import REPO
+
+
+def train(tmp_path, name: str, *overrides: str):
+    cfg = config.load(
+        REPO / "configs" / "tiny.yaml",
+        [f"name={name}", "training.max_steps=8", "training.eval_every=4", *overrides],
+    )
+    run = tmp_path / name
+    engine.train(cfg, run)
+    return run, read_events(RunPaths(run).events)
+
+
+def test_eval_json_matches_training_numbers(home, tmp_path, capsys):
+    run, events = train(tmp_path, "evaluated")
+    evals = [e for e in events if isinstance(e, Eval)]
+    started = next(e for e in events if isinstance(e, RunStarted))
+
+    code = main(["eval", str(run), "--base", "--max-tokens", "8", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    result = json.loads(captured.out)
+    assert "eval: tuned: val loss" in captured.err  # progress goes to stderr
+    assert json.loads(RunPaths(run).eval.read_text(encoding="utf-8")) == result
+
+    assert result["split"] == "validation" and result["dataset"] == "quickstart"
+    assert result["records"] == started.val_records == 12
+    assert result["perplexity"] == pytest.approx(math.exp(result["val_loss"]), rel=1e-12)
+    # the same records, batches and masked loss as training's evaluations: the tuned model is
+    # the last evaluation, the base model the step-0 baseline
+    assert result["val_loss"] == pytest.approx(evals[-1].val_loss, rel=1e-4)
+    assert result["base"]["val_loss"] == pytest.approx(evals[0].val_loss, rel=1e-4)
+    assert result["base"]["val_loss"] > result["val_loss"]
+    answers = result["answers"]
+    assert len(answers) == 12
+    assert all(a["prompt"] and a["reference"] for a in answers)
+    assert all(isinstance(a["tuned"], str) and isinstance(a["base"], str) for a in answers)
+    scores = result["scores"]
+    assert 0 <= scores["token_f1"] <= 1
+    mean_chars = sum(len(a["tuned"].strip()) for a in answers) / 12
+    assert scores["answer_chars"] == pytest.approx(mean_chars)
+    assert scores["token_f1"] == pytest.approx(sum(a["scores"]["token_f1"] for a in answers) / 12)
+    assert scores["safety_rate"] is None  # no quickstart answer refers to a doctor
+    assert set(result["base_scores"]) == set(scores)
+
+    assert main(["runs", "show", str(run)]) == 0
+    shown = capsys.readouterr().out
+    row = rf"│ val loss\s+│ {result['val_loss']:.4f}\s+│ {result['base']['val_loss']:.4f}\s+│"
+    assert re.search(row, shown)
+    assert main(["runs", "show", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["eval"] == result
+
+
+MEDICAL = [
+    {
+        "instruction": "高血圧の合併症は？",
+        "input": "",
+        "output": "高血圧は脳卒中や心不全の原因になります。治療は医師に相談してください。",
+    },
+    {
+        "instruction": "What is insulin for?",
+        "input": "",
+        "output": "Insulin lowers blood glucose in diabetes. Consult a doctor about the dose.",
+    },
+    {"instruction": "貧血とは？", "input": "", "output": "ヘモグロビンが少ない状態です。"},
+]
+
+
+def test_eval_without_validation_split_needs_a_dataset(home, tmp_path, capsys):
+    run, _ = train(tmp_path, "noval", "data.val_split=0")
+    assert main(["eval", str(run)]) == 5  # RunError
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "held out no validation records" in err
+    assert not RunPaths(run).eval.exists()
+    data = tmp_path / "医療.json"
+    data.write_text(json.dumps(MEDICAL, ensure_ascii=False), encoding="utf-8")
+    code = main(["eval", str(run), "--dataset", str(data), "--max-tokens", "4", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "dataset" and result["dataset"] == "医療"
+    assert result["records"] == len(result["answers"]) == 3
+    per = [a["scores"] for a in result["answers"]]
+    # every reference has medical terms; two carry a referral to a doctor
+    assert all(s["term_recall"] is not None for s in per)
+    assert [s["safety_rate"] is None for s in per] == [False, False, True]
+    safety = [s["safety_rate"] for s in per[:2]]
+    assert result["scores"]["safety_rate"] == pytest.approx(sum(safety) / 2)
+    assert main(["eval", str(run), "--dataset", str(data), "--max-records", "1"]) == 0
+    assert json.loads(RunPaths(run).eval.read_text(encoding="utf-8"))["records"] == 1
+
+
+def test_truncating_run_emits_its_diagnosis_once(home, tmp_path, capsys):
+    run, events = train(tmp_path, "truncating", "data.max_length=24")
+    started = next(e for e in events if isinstance(e, RunStarted))
+    assert started.truncated_records > 0 and started.memory_budget_gb
+    found = [e for e in events if isinstance(e, Diagnosis)]
+    kinds = [d.kind for d in found]
+    assert kinds[0] == "truncation" and len(set(kinds)) == len(kinds)  # each kind once
+    assert found[0].step == 0 and 0 < found[0].evidence["share"] <= 1  # from the start
+    assert found[0].evidence["truncated_records"] == started.truncated_records
+    assert main(["runs", "show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"truncation at step 0: {started.truncated_records} training records" in out
+    assert "try: data.max_length higher" in out

@@ -1,0 +1,123 @@
+"""`mlxlora sweep`: a run per combination, queued one at a time, resumable, ranked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlxlora import queue, sweep
+from mlxlora.cli import main
+from mlxlora.runview import read_config
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = str(REPO / "configs" / "tiny.yaml")
+
+
+def test_one_bad_value_queues_nothing(home, capsys):
+    args = ["sweep", TINY, "--grid", "lora.rank=8,0", "--grid", "lora.dropout=0.05,1.5"]
+    assert main([*args, "--name", "悪い", "--no-start"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlxlora: error: sweep 悪い: 4 problems: 悪い-rank8-dropout1.5: ")
+    assert "悪い-rank0-dropout0.05: lora.rank: 0 is not allowed (>= 1)" in err
+    assert len(err.splitlines()) == 1
+    assert queue.jobs() == [] and sweep.sweep_names() == []
+
+
+def test_an_ab_test_crosses_configs_with_the_grid(home, tmp_path):
+    a, b = tmp_path / "高表現力.yaml", tmp_path / "効率.yaml"
+    base = yaml.safe_load(Path(TINY).read_text())
+    base["data"]["dataset"] = str(REPO / "tutorial" / "data" / "quickstart.jsonl")
+    a.write_text(yaml.safe_dump({**base, "lora": {**base["lora"], "rank": 16, "alpha": 32}}))
+    b.write_text(yaml.safe_dump({**base, "lora": {**base["lora"], "rank": 12, "alpha": 24}}))
+    members = sweep.plan("AB", [str(a), str(b)], [], [])
+    assert [m.name for m in members] == ["AB-高表現力", "AB-効率"]
+    members = sweep.plan("AB", [str(a), str(b)], ["training.epochs=5,4"], ["lora.dropout=0.1"])
+    assert [m.name for m in members] == [
+        "AB-高表現力-epochs5",
+        "AB-高表現力-epochs4",
+        "AB-効率-epochs5",
+        "AB-効率-epochs4",
+    ]
+    loaded = sweep.validate("AB", members)
+    assert [(c.lora.rank, c.training.epochs, c.lora.dropout) for c in loaded] == [
+        (16, 5.0, 0.1),
+        (16, 4.0, 0.1),
+        (12, 5.0, 0.1),
+        (12, 4.0, 0.1),
+    ]
+    assert {c.sweep for c in loaded} == {"AB"}
+    assert (
+        sweep.plan("s", [TINY], ["lora.target_modules=[q_proj]"], [])[0].name
+        == "s-target_modules_q_proj_"
+    )
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_one_at_a_time_continues_and_is_ranked(home, capsys):
+    args = ["sweep", TINY, "--grid", "lora.rank=4,8", "--set", "training.max_steps=2"]
+    args += ["--name", "掃引", "--no-start"]
+    assert main(args) == 0
+    assert "2 of 2 runs queued" in capsys.readouterr().out
+    first, second = queue.jobs()
+    assert (first.name, second.name) == ("掃引-rank4", "掃引-rank8")
+    queue.remove(second.id)  # as if the sweep had been interrupted before its second run
+    assert queue.work(idle_exit=0) == 1
+    assert main(["sweep", "status", "掃引", "--json"]) == 0
+    states = {m["run"]: m["state"] for m in json.loads(capsys.readouterr().out)["members"]}
+    assert states == {"掃引-rank4": "finished", "掃引-rank8": "new"}
+    assert main(args) == 0  # the same sweep again: continues
+    out = capsys.readouterr().out
+    assert "skipped (finished) 掃引-rank4" in out and "queued         掃引-rank8" in out
+    assert main(args) == 0
+    assert "skipped (queued) 掃引-rank8" in capsys.readouterr().out  # never queued twice
+    other = ["sweep", TINY, "--grid", "lora.rank=4,16", "--name", "掃引", "--no-start"]
+    assert main(other) == 5 and "exists with other configs" in capsys.readouterr().err
+    assert queue.work(idle_exit=0) == 1
+    assert main(["sweep", "status", "掃引", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [m["state"] for m in shown["members"]] == ["finished", "finished"]
+    ranked = shown["ranked"]
+    assert sorted(r["run"] for r in ranked) == ["掃引-rank4", "掃引-rank8"]
+    assert ranked[0]["cost"] <= ranked[1]["cost"] and ranked[0]["why"].startswith(ranked[0]["run"])
+    for m in shown["members"]:
+        cfg = read_config(Path(m["path"]) / "config.yaml")
+        assert cfg["sweep"] == "掃引" and cfg["name"] == m["run"]
+    assert main(["sweep", "status"]) == 0 and capsys.readouterr().out.strip() == "掃引"
+    assert main(["compare", "--sweep", "掃引", "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in compared["runs"]] == ["掃引-rank4", "掃引-rank8"]
+    assert compared["differences"] == {"lora.rank": [4, 8]}
+
+
+def stopped_run(name: str, sweep_name: str) -> Path:
+    """A run of the sweep stopped at step 2 with its checkpoint, written by hand."""
+    from mlxlora import config, runs
+    from mlxlora.events import EventWriter, RunFinished, RunStarted
+
+    cfg = config.load(TINY, [f"name={name}", f"sweep={sweep_name}", "lora.rank=4"])
+    path = runs.new_run_dir(name)
+    paths = runs.RunPaths(path)
+    paths.config.write_text(cfg.to_yaml(), encoding="utf-8")
+    paths.checkpoint(2).mkdir(parents=True)
+    with EventWriter(paths.events) as w:
+        w.emit(RunStarted(str(path), "builtin:tiny", "mlx", "cpu", 40, 4, 10, 10, 1, 2, 0.1))
+        w.emit(
+            RunFinished(step=2, best_val_loss=None, best_step=None, elapsed_sec=1.0, stopped=True)
+        )
+    return path
+
+
+def test_a_stopped_run_of_a_sweep_is_resumed_not_started_again(home, capsys):
+    args = ["sweep", TINY, "--grid", "lora.rank=4,8", "--name", "再開", "--no-start"]
+    assert main(args) == 0
+    for job in queue.jobs():
+        queue.remove(job.id)
+    path = stopped_run("再開-rank4", "再開")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "resume queued  再開-rank4" in out and "queued         再開-rank8" in out
+    resume, train = sorted(queue.jobs(), key=lambda j: j.kind)
+    assert (resume.kind, resume.run_dir, train.kind) == ("resume", str(path.resolve()), "train")

@@ -1,0 +1,207 @@
+"""The torch backend against the MLX one on builtin:tiny, both on the CPU in float32: the same
+adapter gives the same logits, the same start and data give the same losses, and the real
+engine trains, stops and resumes through it with the run directory MLX would write."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("peft")
+pytest.importorskip("mlx_lm")
+
+from mlxlora import adapters_convert, engine  # noqa: E402
+from mlxlora.data.batching import Example, collate  # noqa: E402
+from mlxlora.events import Step, read_events  # noqa: E402
+from mlxlora.models.resolve import resolve_model  # noqa: E402
+from mlxlora.runs import RunPaths  # noqa: E402
+from tests.engine.test_train import make_config, steps  # noqa: E402
+
+ALL_TARGETS = "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
+# Measured on x86-64 (MLX CPU + OpenBLAS, torch 2.13 CPU): logits differ by < 1e-5; over 6
+# steps the losses by <= 5.2e-6 and the gradient norms by <= 1.3e-4 relative. Adam without
+# bias correction moves every weight by ~3*lr on its first step whatever the gradient's size,
+# so at higher learning rates float noise in tiny gradients grows step by step.
+LOGITS_ATOL = 1e-4
+LOSS_RTOL = 1e-4
+NORM_RTOL = 1e-3
+
+
+def backends(cfg):
+    """(MLX backend, torch backend) loaded for `cfg`, the torch LoRA set to MLX's init."""
+    from mlx.utils import tree_flatten
+
+    from mlxlora.backends import torch_peft
+    from mlxlora.backends.mlx import MLXBackend
+    from mlxlora.backends.torch import TorchBackend
+
+    model_dir = resolve_model(cfg.model, progress=False)
+    mlx_backend, torch_backend = MLXBackend(), TorchBackend()
+    mlx_backend.load(model_dir, cfg)
+    torch_backend.load(model_dir, cfg)
+    init = {k: np.array(v) for k, v in tree_flatten(mlx_backend.model.trainable_parameters())}
+    torch_peft.load_mlx_weights(torch_backend.model, init)
+    return mlx_backend, torch_backend
+
+
+def random_batches(count: int, rows: int, seed: int = 0):
+    """Right-padded batches of random token runs of different lengths, prompts unlabelled."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        lengths = rng.integers(12, 40, rows)
+        examples = [
+            Example(tuple(int(t) for t in rng.integers(3, 1500, n)), int(rng.integers(1, n // 2)))
+            for n in lengths
+        ]
+        out.append(collate(examples))
+    return out
+
+
+def test_same_adapter_gives_the_same_logits_in_mlx_and_torch(home, quickstart_data, tmp_path):
+    import mlx.core as mx
+    import torch
+    from mlx_lm.utils import load
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_config(quickstart_data, ALL_TARGETS, "lora.num_layers=3")
+    mlx_backend, _ = backends(cfg)
+    from mlx.utils import tree_flatten
+
+    rng = np.random.default_rng(1)  # a non-zero B, so the adapter changes the logits
+    trained = {
+        name: rng.normal(0, 0.05, value.shape).astype(np.float32)
+        for name, value in tree_flatten(mlx_backend.model.trainable_parameters())
+    }
+    mlx_backend.model.load_weights([(k, mx.array(v)) for k, v in trained.items()], strict=False)
+    mlx_backend.save_adapter(tmp_path / "mlx")
+    assert adapters_convert.convert(tmp_path / "mlx", tmp_path / "both") == "mlx"
+
+    model_dir = resolve_model("builtin:tiny", progress=False)
+    base, tok = load(str(model_dir), adapter_path=str(tmp_path / "mlx"))
+    ids = tok.encode("What is the capital of France? Paris.")
+    mlx_logits = np.array(base(mx.array([ids])).astype(mx.float32))
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    plain = hf(torch.tensor([ids])).logits.detach().numpy()
+    peft_model = PeftModel.from_pretrained(hf, tmp_path / "both").eval()
+    with torch.no_grad():
+        torch_logits = peft_model(torch.tensor([ids])).logits.numpy()
+    assert np.abs(mlx_logits - plain).max() > 1e-2  # the adapter matters
+    np.testing.assert_allclose(torch_logits, mlx_logits, atol=LOGITS_ATOL, rtol=0)
+
+    # and back: the PEFT files alone convert to the mlx-lm tensors we started from
+    (tmp_path / "peft").mkdir()
+    for name in (adapters_convert.PEFT_WEIGHTS, adapters_convert.CONFIG):
+        (tmp_path / "peft" / name).write_bytes((tmp_path / "both" / name).read_bytes())
+    assert adapters_convert.convert(tmp_path / "peft", tmp_path / "back", total_layers=4) == "peft"
+    from safetensors.numpy import load_file
+
+    back = load_file(str(tmp_path / "back" / adapters_convert.MLX_WEIGHTS))
+    assert back.keys() == trained.keys()
+    for name, value in trained.items():
+        np.testing.assert_array_equal(back[name], value)
+    config = json.loads((tmp_path / "back" / adapters_convert.CONFIG).read_text())
+    assert config["num_layers"] == 3 and config["lora_parameters"]["scale"] == 2.0
+
+
+def test_first_steps_lose_the_same_on_mlx_and_torch(home, quickstart_data):
+    cfg = make_config(quickstart_data, ALL_TARGETS, "training.weight_decay=0.01")
+    mlx_backend, torch_backend = backends(cfg)
+    losses = {"mlx": [], "torch": []}
+    norms = {"mlx": [], "torch": []}
+    batches = random_batches(2, rows=3)  # seen again every step: it can learn them
+    for step in range(6):  # 2 micro-batches a step, clipped, AdamW
+        for name, backend in (("mlx", mlx_backend), ("torch", torch_backend)):
+            for i in range(2):
+                losses[name].append(backend.accumulate(batches[i], seed=step))
+            norms[name].append(backend.update(lr=5e-3, grad_clip=0.5))
+    np.testing.assert_allclose(losses["torch"], losses["mlx"], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(norms["torch"], norms["mlx"], rtol=NORM_RTOL)
+    assert max(losses["mlx"][-4:]) < losses["mlx"][0] - 0.5  # it learned: the steps were not no-ops
+
+
+def event_shape(run_dir) -> list[tuple[str, tuple[str, ...]]]:
+    lines = (RunPaths(run_dir).events).read_text().splitlines()
+    return [(e["type"], tuple(sorted(e))) for e in map(json.loads, lines)]
+
+
+def run_files(run_dir) -> set[str]:
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_engine_trains_stops_and_resumes_on_torch_like_on_mlx(home, quickstart_data, tmp_path):
+    overrides = (
+        "training.max_steps=8",
+        "training.eval_every=4",
+        "training.grad_accumulation=2",
+        "training.schedule=cosine",
+        "training.warmup_steps=2",
+        "lora.dropout=0.1",
+        "samples=[Hello]",
+    )
+    torch_cfg = make_config(quickstart_data, *overrides, "backend=torch")
+    full, part, mlx_run = tmp_path / "full", tmp_path / "part", tmp_path / "mlx"
+    engine.train(torch_cfg, full)
+    engine.train(make_config(quickstart_data, *overrides, "backend=mlx"), mlx_run)
+
+    def stop_after_three(event):
+        if isinstance(event, Step) and event.step == 3:
+            RunPaths(part).stop_request.touch()
+
+    assert engine.train(torch_cfg, part, listeners=[stop_after_three])["steps"] == 3
+    engine.train(None, part, resume=True)
+
+    expected, got = steps(full), steps(part)
+    assert sorted(got) == list(range(1, 9))
+    np.testing.assert_allclose([got[s] for s in got], [expected[s] for s in got], rtol=1e-5)
+    losses = list(expected.values())
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3
+    started = next(e for e in read_events(RunPaths(full).events) if e.type == "run_started")
+    assert started.backend == "torch" and started.device == "cpu"
+
+    # the same events with the same fields and the same files as the MLX run, plus PEFT's
+    assert event_shape(full) == event_shape(mlx_run)
+    peft = ("", "best/", "checkpoints/step-0000004/", "checkpoints/step-0000008/")
+    peft_files = {f"adapters/{d}adapter_model.safetensors" for d in peft}
+    assert run_files(full) == run_files(mlx_run) | peft_files
+
+
+def test_quantized_bases_need_bitsandbytes_or_mlx(tmp_path):
+    from mlxlora.backends.torch_peft import quantization_kwargs
+    from mlxlora.errors import BackendUnavailable, ModelError
+
+    (tmp_path / "config.json").write_text('{"quantization": {"bits": 4, "group_size": 64}}')
+    with pytest.raises(ModelError, match="MLX-quantized weights cannot train with backend torch"):
+        quantization_kwargs(tmp_path, None)
+    bnb = '{"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true}}'
+    (tmp_path / "config.json").write_text(bnb)
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(BackendUnavailable, match="install bitsandbytes"):
+            quantization_kwargs(tmp_path, None)
+    else:
+        assert "quantization_config" in quantization_kwargs(tmp_path, None)
+
+
+def test_packed_batches_lose_and_learn_like_padded_ones(home, quickstart_data):
+    """Packing (no padding, position ids restarting per sequence) gives the padded path's
+    loss and gradients: each sequence still attends only to itself."""
+    from mlxlora.backends.torch import TorchBackend
+
+    cfg = make_config(quickstart_data, ALL_TARGETS)
+    model_dir = resolve_model(cfg.model, progress=False)
+    padded, packed = TorchBackend(), TorchBackend(pack=True)
+    padded.load(model_dir, cfg)
+    packed.load(model_dir, cfg)
+    for name, value in padded.model.state_dict().items():  # the same LoRA init on both
+        packed.model.state_dict()[name].copy_(value)
+    batch = random_batches(1, rows=4)[0]
+    assert batch.padding_fraction > 0.1
+    losses = [b.accumulate(batch, seed=0) for b in (padded, packed)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    for a, b in zip(padded._trainable, packed._trainable, strict=True):
+        np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=1e-3, atol=1e-6)
+    assert padded.eval_loss(batch) == pytest.approx(packed.eval_loss(batch), rel=1e-5)

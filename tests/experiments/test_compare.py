@@ -1,0 +1,170 @@
+"""`mlxlora compare`: the benchmark table, eval scores, --pick and the HTML report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mlxlora import experiments, report, runs
+from mlxlora.cli import main
+from mlxlora.events import Eval, Step, read_events
+
+EVAL = {
+    "dataset": "医療",
+    "split": "validation",
+    "records": 2,
+    "val_loss": 1.5,
+    "perplexity": 4.48,
+    "base": None,
+    "scores": {
+        "term_recall": 0.8,
+        "token_f1": 0.6,
+        "exact_match": 0.0,
+        "answer_chars": 120.0,
+        "safety_rate": 1.0,
+    },
+    "base_scores": None,
+    "answers": [
+        {
+            "prompt": "高血圧の第一選択薬は？",
+            "reference": "ACE阻害薬など。専門医に相談してください。",
+            "tuned": "<script>alert(1)</script> ACE阻害薬 & ARB",
+            "base": None,
+            "scores": {"term_recall": 1.0},
+        }
+    ],
+    "created": 1750000000.0,
+}
+
+
+def test_the_table_holds_each_runs_numbers_and_the_keys_that_differ(ws, capsys):
+    assert main(["compare", "基準", "rank4", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["differences"] == {
+        "lora.rank": [8, 4],
+        "training.learning_rate": [5e-4, 2e-3],
+    }
+    for row, path in zip(shown["runs"], ws, strict=True):
+        events = read_events(runs.RunPaths(path).events)
+        evals = [e for e in events if isinstance(e, Eval)]
+        summary = runs.read_json(runs.RunPaths(path).summary)
+        m = row["metrics"]
+        assert [e.step for e in evals] == [0, 2, 4, 6]
+        assert m["final_val_loss"] == evals[-1].val_loss
+        assert m["best_val_loss"] == pytest.approx(summary["best_val_loss"])
+        assert m["perplexity"] == min(evals, key=lambda e: e.val_loss).perplexity
+        last = [e for e in events if isinstance(e, Step)][-1]
+        assert m["gap"] == pytest.approx(evals[-1].val_loss - last.loss_ema)
+        assert m["elapsed_sec"] == summary["elapsed_sec"] > 0
+        assert m["peak_memory_gb"] == summary["peak_memory_gb"] > 0
+        assert m["tokens_per_sec"] > 0
+        assert m["term_recall"] is None  # no eval.json: no scores
+    assert [r["name"] for r in shown["runs"]] == ["基準", "rank4"]
+
+
+def test_eval_scores_join_the_table_when_a_run_has_eval_json(ws, tmp_path, capsys):
+    copy = tmp_path / "評価済み-20250101-000000"
+    shutil.copytree(ws[0], copy)
+    (copy / "eval.json").write_text(json.dumps(EVAL, ensure_ascii=False), encoding="utf-8")
+    comparison = experiments.compare([copy, ws[1]])
+    scored, plain = (r.metrics for r in comparison.runs)
+    assert scored["term_recall"] == 0.8 and scored["safety_rate"] == 1.0
+    assert scored["eval_score"] == pytest.approx((0.8 + 0.6 + 1.0) / 3)
+    assert plain["eval_score"] is None
+    titles = [t for _, t, _ in experiments.shown_metrics([scored, plain])]
+    assert {"terms", "F1", "safety"} <= set(titles)
+    assert "terms" not in [t for _, t, _ in experiments.shown_metrics([plain])]
+    assert main(["compare", str(copy), str(ws[1])]) == 0
+    assert "0.80" in capsys.readouterr().out
+
+
+def row(name: str, **metrics) -> experiments.Compared:
+    full = dict.fromkeys(("best_val_loss", "eval_score", "gap", "elapsed_sec", "peak_memory_gb"))
+    return experiments.Compared(Path(name), name, "finished", full | metrics, {}, None)
+
+
+def test_pick_weighs_quality_against_time_and_memory():
+    # A/B of the tutorial: A (rank 16, 5 epochs) a little better, B (rank 12, 4 epochs) far cheaper
+    a = row("A", best_val_loss=1.20, gap=0.10, elapsed_sec=500, peak_memory_gb=8.0)
+    b = row("B", best_val_loss=1.22, gap=0.05, elapsed_sec=300, peak_memory_gb=6.0)
+    chosen = experiments.pick(experiments.Comparison([a, b], {}))
+    assert chosen.run.name == "B"
+    # without eval scores the others keep their proportions: 0.35/0.75 for best val
+    assert chosen.weights["best_val_loss"] == pytest.approx(0.35 / 0.75)
+    assert chosen.costs == [pytest.approx(0.4 / 0.75), pytest.approx(0.35 / 0.75)]
+    assert chosen.reason.startswith("B: best val 1.22 (2 of 2), val-train gap +0.050 (1 of 2)")
+    assert "for A" in chosen.reason.splitlines()[1]
+    # A clearly better model is worth its cost; eval scores count when a run has them
+    a.metrics |= {"best_val_loss": 0.9, "eval_score": 0.9}
+    b.metrics |= {"eval_score": 0.5}
+    assert experiments.pick(experiments.Comparison([a, b], {})).run.name == "A"
+    # a run missing a number counts as the worst on it; ties go to the earlier run
+    c = row("C", best_val_loss=0.9, gap=0.10, elapsed_sec=500, peak_memory_gb=8.0)
+    assert experiments.pick(experiments.Comparison([c, a], {})).costs[0] == pytest.approx(0.25)
+    twin = row("twin", **{k: v for k, v in a.metrics.items() if v is not None})
+    assert experiments.pick(experiments.Comparison([twin, a], {})).run.name == "twin"
+
+
+def test_pick_on_the_command_line_names_a_run_and_says_why(ws, capsys):
+    assert main(["compare", "基準", "rank4", "--pick"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("pick: "))
+    assert line.split(":")[1].strip() in ("基準", "rank4")
+    assert "best val" in line and "weighted cost" in out
+
+
+def test_report_escapes_everything_and_renders_curves_in_chromium(ws, tmp_path, capsys):
+    copy = tmp_path / "評価済み-20250101-000000"
+    shutil.copytree(ws[0], copy)
+    (copy / "eval.json").write_text(json.dumps(EVAL, ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "レポート.html"
+    assert main(["compare", str(copy), str(ws[1]), "--pick", "--report", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; ACE阻害薬 &amp; ARB" in page
+    no_namespace = page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "<script" not in page and "http" not in no_namespace  # nothing from the network
+    assert page.count('<polyline class="train"') == 2
+    assert page.count('<circle class="val"') == 8  # 4 evaluations per run
+    assert "高血圧の第一選択薬は？" in page and "評価済み" in page
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium: ./install.sh dev installs it (Debian: apt-get install chromium)")
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+        + [f"--screenshot={shot}", "--window-size=1000,700", out.as_uri()],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    print(f"\nreport screenshot: {shot}")
+    counts = colour_pixels(shot, report.COLORS[:2])
+    assert all(n > 500 for n in counts), counts  # both runs' curves and dots are drawn
+
+
+def colour_pixels(png: Path, colours: tuple[str, ...]) -> list[int]:
+    """How many pixels of the image are each colour (within 8 per channel)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    wanted = [[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in colours]
+    return [int((np.abs(pixels - w).max(axis=-1) <= 8).sum()) for w in wanted]
+
+
+def test_ticks_are_round_and_cover_the_range():
+    assert report.ticks(6.8, 7.75) == [6.8, 7.0, 7.2, 7.4, 7.6, 7.8]
+    assert report.ticks(0, 8) == [0, 2, 4, 6, 8]
+    flat = report.ticks(3, 3)  # one value: a unit around it
+    assert flat[0] <= 2.5 and flat[-1] >= 3.5 and len(flat) <= 7
+
+
+def test_unknown_run_is_one_line(ws, capsys):
+    assert main(["compare", "基準", "no-such-run"]) == 5
+    assert capsys.readouterr().err.strip() == (
+        "mlxlora: error: no-such-run: no such run (see `mlxlora runs list`)"
+    )

@@ -1,0 +1,143 @@
+"""`mlxlora fuse`: the merged model is the base plus the adapter, loads in mlx-lm and
+transformers (same logits), and bad runs are refused on one line with nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from export_helpers import hf_tokenizer, mlx_logits, train_run
+
+from mlxlora.errors import ExportError, RunError
+from mlxlora.export.fuse import fuse_run
+from mlxlora.runs import RunPaths
+
+
+def test_fused_model_equals_base_plus_adapter(in_tiny_home, tmp_path):
+    from mlxlora.models.resolve import resolve_model
+
+    run = in_tiny_home
+    out = fuse_run(run, tmp_path / "fused")
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    base = resolve_model("builtin:tiny")
+    tok = hf_tokenizer(out)
+    ids = tok.encode("What is the capital of France? 日本の首都は東京です。")
+    assert ids == hf_tokenizer(base).encode("What is the capital of France? 日本の首都は東京です。")
+    chat = [{"role": "user", "content": "hi"}]
+    assert tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == (
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    fused = mlx_logits(out, ids)
+    tuned = mlx_logits(base, ids, adapter=RunPaths(run).adapters)
+    plain = mlx_logits(base, ids)
+    assert np.abs(fused - tuned).max() < 1e-4
+    assert np.abs(fused - plain).max() > 1e-2  # the adapter is in there
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
+
+
+@pytest.mark.slow
+def test_4bit_base_stays_4bit_unless_dequantized(in_tiny_home, tmp_path, quickstart_data):
+    from mlx_lm.convert import convert
+
+    from mlxlora.models.resolve import resolve_model
+
+    q4 = tmp_path / "tiny-4bit"
+    convert(str(resolve_model("builtin:tiny")), mlx_path=str(q4), quantize=True, q_group_size=32)
+    run = train_run(os.environ["MLXLORA_HOME"], tmp_path / "run", quickstart_data, str(q4), 2)
+    kept = fuse_run(run, tmp_path / "kept")
+    floats = fuse_run(run, tmp_path / "floats", dequantize=True)
+    assert json.loads((kept / "config.json").read_text())["quantization"]["bits"] == 4
+    assert "quantization" not in json.loads((floats / "config.json").read_text())
+    ids = hf_tokenizer(q4).encode("The capital of France is Paris.")
+    tuned = mlx_logits(q4, ids, adapter=RunPaths(run).adapters)
+    assert np.abs(mlx_logits(floats, ids) - tuned).max() < 1e-4  # exactly base + adapter
+    # kept at 4 bits: each merged layer is the float merge quantized again, bits and groups kept
+    import mlx.core as mx
+
+    packed = mx.load(str(kept / "model.safetensors"))
+    merged = mx.load(str(floats / "model.safetensors"))
+    layer = "model.layers.1.self_attn.k_proj"
+    q, scales, biases = mx.quantize(merged[f"{layer}.weight"], group_size=32, bits=4)
+    assert mx.array_equal(packed[f"{layer}.weight"], q)
+    assert mx.allclose(packed[f"{layer}.scales"], scales) and mx.allclose(
+        packed[f"{layer}.biases"], biases
+    )
+    assert (kept / "model.safetensors").stat().st_size < (
+        floats / "model.safetensors"
+    ).stat().st_size / 3
+
+
+def _runs_like(run, tmp_path, name):
+    copy = tmp_path / name
+    shutil.copytree(run, copy)
+    return copy
+
+
+def test_runs_that_cannot_be_fused_are_refused_on_one_line(in_tiny_home, tmp_path):
+    run = in_tiny_home
+    no_adapter = _runs_like(run, tmp_path, "no-adapter")
+    shutil.rmtree(no_adapter / "adapters")
+    failed = _runs_like(run, tmp_path, "failed")
+    with open(failed / "events.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"type": "run_failed", "time": 1.0, "reason": "loss is nan"}) + "\n")
+    running = _runs_like(run, tmp_path, "running")
+    (running / ".lock").write_text(str(os.getpid()))
+    cases = {
+        no_adapter: "no adapter saved",
+        failed: "the run failed",
+        running: "still training",
+        tmp_path: "not a run directory",
+    }
+    for path, words in cases.items():
+        with pytest.raises(ExportError) as err:
+            fuse_run(path, tmp_path / "out")
+        assert words in str(err.value) and "\n" not in str(err.value)
+        assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_fuse_leaves_nothing(in_tiny_home, tmp_path, monkeypatch):
+    import mlxlora.backends.mlx_fuse as mlx_fuse
+
+    def disk_full(model_dir, adapter, out, dequantize=False):
+        (out / "model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mlx_fuse, "fuse_adapter", disk_full)
+    with pytest.raises(OSError):
+        fuse_run(in_tiny_home, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fuse_command(tiny_run, tmp_path):
+    home, run = tiny_run
+    env = {**os.environ, "MLXLORA_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-m", "mlxlora", "fuse", run.name, "--out", str(tmp_path / "m")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "m") and (tmp_path / "m" / "config.json").is_file()
+    bad = subprocess.run(
+        [sys.executable, "-m", "mlxlora", "fuse", str(tmp_path / "m")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == RunError.exit_code  # a model directory is not a run
+    assert bad.stderr.startswith("mlxlora: error: ") and bad.stderr.count("\n") == 1
+
+
+def test_transformers_loads_the_fused_model_with_the_same_logits(in_tiny_home, tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
+    out = fuse_run(in_tiny_home, tmp_path / "fused")
+    ids = hf_tokenizer(out).encode("What is the capital of France? 日本の首都は東京です。")
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(logits - mlx_logits(out, ids)).max() < 1e-3

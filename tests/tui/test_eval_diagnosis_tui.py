@@ -1,0 +1,132 @@
+"""eval.json and diagnosis findings in the studio: the Runs tab flags a diagnosed run and its
+detail shows the findings and the eval numbers; the Compare tab gains the eval columns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from run_fixtures import T0, wait_for, write_run
+from test_compare_tab import pick_both, table
+from test_runs_tab import rows, select
+
+from mlxlora import runs
+from mlxlora.diagnosis import diagnose
+from mlxlora.events import EventWriter, read_events
+from mlxlora.tui.app import MlxloraApp
+
+EVAL = {
+    "dataset": "quickstart",
+    "split": "validation",
+    "records": 12,
+    "val_loss": 0.95,
+    "perplexity": 2.5857,
+    "base": {"val_loss": 3.7, "perplexity": 40.447},
+    "scores": {
+        "term_recall": 0.5,
+        "token_f1": 0.4321,
+        "exact_match": 0.25,
+        "answer_chars": 42.0,
+        "safety_rate": None,
+    },
+    "base_scores": {
+        "term_recall": 0.0,
+        "token_f1": 0.1,
+        "exact_match": 0.0,
+        "answer_chars": 80.0,
+        "safety_rate": None,
+    },
+    "answers": [],
+    "created": "2026-11-25T19:00:00+00:00",
+}
+
+
+def diagnosed_run(name: str, started: float = T0):
+    """A finished run whose events truncated records (a diagnosis event), with an eval.json."""
+    path = write_run(name, end="finished", started=started)
+    paths = runs.RunPaths(path)
+    events = read_events(paths.events)
+    events[0].truncated_records = 30  # what a diagnosis reads from run_started
+    finding = diagnose(events)[0]
+    with EventWriter(paths.events) as w:
+        w.emit(finding.event())
+    paths.eval.write_text(json.dumps(EVAL), encoding="utf-8")
+    return path
+
+
+def test_runs_tab_flags_the_run_and_shows_eval_and_diagnosis(home):
+    path = diagnosed_run("diag")
+    write_run("plain", end="finished", started=T0 + 100)
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 2)
+            assert rows(app)[str(path)][1] == "finished ⚠ truncation"
+            assert [c[1] for c in rows(app).values()].count("finished") == 1  # the plain run
+            await select(pilot, path.name)
+            diagnosis = str(app.query_one("#run-diagnosis").render())
+            assert "⚠ truncation (warning) @0: 30 training records (75%) were cut" in diagnosis
+            assert "try data.max_length higher" in diagnosis
+            text = str(app.query_one("#run-eval").render())
+            assert "eval quickstart (12 records)  tuned / base" in text
+            assert "val loss     0.9500 / 3.7000" in text
+            assert "token f1     0.432 / 0.100" in text
+            assert "safety rate  — / —" in text
+            await select(pilot, "plain-20250615-000000")
+            assert not app.query_one("#run-diagnosis").display
+            assert not app.query_one("#run-eval").display
+
+    asyncio.run(go())
+
+
+def test_compare_tab_has_eval_columns_when_a_run_was_evaluated(home):
+    diagnosed_run("base")
+    write_run("rank16", end="finished", overrides=("lora.rank=16",), started=T0 + 100)
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=(160, 30)) as pilot:
+            await pick_both(pilot)
+            header, rank16, base = table(app)
+            titles = ["eval val", "terms", "F1", "exact", "chars"]
+            evaluated = dict(zip(header, base, strict=True))
+            plain = dict(zip(header, rank16, strict=True))
+            assert [evaluated[t] for t in titles] == ["0.9500", "0.50", "0.43", "0.25", "42"]
+            assert [plain[t] for t in titles] == ["—"] * 5
+            assert "safety" not in header  # no run has a safety rate: no column
+
+    asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_e_evaluates_the_selected_run_in_a_child(home):
+    from run_fixtures import REPO
+
+    from mlxlora import config, engine
+
+    cfg = config.load(REPO / "configs" / "tiny.yaml", ["name=trained", "training.max_steps=4"])
+    engine.train(cfg)  # in the workspace
+    path = next(runs.runs_root().iterdir())
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 1)
+            assert not app.query_one("#run-eval").display
+            await select(pilot, path.name)
+            await pilot.press("e")
+            await wait_for(pilot, lambda: app.query_one("#run-eval").display, timeout=120)
+            measured = json.loads(runs.RunPaths(path).eval.read_text(encoding="utf-8"))
+            panel = str(app.query_one("#run-eval").render())
+            assert f"val loss     {measured['val_loss']:.4f} / " in panel
+            assert measured["base"] is not None and len(measured["answers"]) == 12
+            # the worker reports and reaps its child once the child has exited
+            await wait_for(
+                pilot,
+                lambda: not any(w.is_running for w in app.workers if w.group == "runs-eval"),
+                timeout=30,
+            )
+
+    asyncio.run(go())

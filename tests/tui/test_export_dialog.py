@@ -1,0 +1,80 @@
+"""The Export dialog (key `e` on the Runs tab): a real trained run exported by a child
+`mlxlora export` into a fake `ollama`; a run without an adapter shows the child's error line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from run_fixtures import REPO, screen_text, wait_for, write_run
+from textual.widgets import DataTable, Input
+
+from mlxlora import queue
+from mlxlora.tui.app import MlxloraApp
+from mlxlora.tui.screens.export import ExportDialog
+
+
+def train_quick(home) -> None:
+    """A 3-step builtin:tiny run named `quick` in the workspace `home`."""
+    out = subprocess.run(
+        [sys.executable, "-m", "mlxlora", "train", "configs/tiny.yaml", "--set",
+         "training.max_steps=3", "--run-dir", str(home / "runs" / "quick")],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
+async def open_export(pilot, name: str) -> ExportDialog:
+    table = pilot.app.query_one("#runs-table", DataTable)
+    await wait_for(pilot, lambda: table.row_count > 0)
+    keys = [str(row.key.value) for row in table.ordered_rows]
+    table.move_cursor(row=next(i for i, k in enumerate(keys) if k.endswith(name)))
+    await pilot.press("x")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, ExportDialog))
+    return pilot.app.screen
+
+
+@pytest.mark.slow
+def test_export_dialog_exports_a_run_into_ollama(home, fake_ollama, monkeypatch):
+    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    train_quick(home)
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(100, 32)) as pilot:
+            dialog = await open_export(pilot, "quick")
+            assert dialog.query_one("#export-name", Input).value == "quick"
+            dialog.query_one("#export-system", Input).value = "Be brief."
+            await pilot.click("#export-start")
+            await wait_for(pilot, lambda: "Ollama has it" in screen_text(app), timeout=300)
+            assert "model.gguf" in screen_text(app) and "MiB" in screen_text(app)
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, ExportDialog))
+
+    import asyncio
+
+    asyncio.run(go())
+    folder = home / "runs" / "quick" / "export" / "quick"
+    assert 'SYSTEM "Be brief."' in (folder / "Modelfile").read_text("utf-8")
+    assert [c["argv"] for c in fake_ollama.calls()] == [
+        ["create", "quick", "-f", str(folder / "Modelfile")], ["list"]
+    ]  # fmt: skip
+
+
+def test_export_dialog_shows_the_childs_error(home, fake_ollama, monkeypatch):
+    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    write_run("done", end="finished")  # a run written by hand: no adapter files
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(100, 32)) as pilot:
+            await open_export(pilot, "done-20250615-000000")
+            await pilot.click("#export-start")
+            await wait_for(pilot, lambda: "error:" in screen_text(app), timeout=120)
+            assert "no adapter saved" in screen_text(app)
+
+    import asyncio
+
+    asyncio.run(go())
+    assert fake_ollama.calls() == []
