@@ -65,16 +65,18 @@ def unknown_word(argv: list[str]) -> str | None:
 def for_tiny(argv: list[str]) -> list[str]:
     """The command as the test runs it: builtin:tiny, short training, few tokens, no runner."""
     out = list(argv)
+    axes = 0
     for i, word in enumerate(out[:-1]):
         if word == "--model":
             out[i + 1] = "builtin:tiny"
-        if word == "--grid":  # two values per axis keep a sweep to a few runs
+        if word == "--grid":  # two values on the first axis, one on the others: two runs
             key, values = out[i + 1].split("=", 1)
-            out[i + 1] = f"{key}={','.join(values.split(',')[:2])}"
+            out[i + 1] = f"{key}={','.join(values.split(',')[: 2 if axes == 0 else 1])}"
+            axes += 1
     words = tuple(out[1:3])
     if words[:1] in TRAINS or words in TRAINS:
         out += TINY_TRAINING
-    if words == ("queue", "add"):
+    if words == ("queue", "add") or words[:1] == ("sweep",):
         out.append("--no-start")  # the test drains the queue itself, no detached runner
     if words[:1] == ("generate",):
         out += ["--max-tokens", "8"]
@@ -141,6 +143,8 @@ def test_the_tutorials_commands_run_in_order(home, tmp_path, monkeypatch, capsys
         assert code == 0, f"{shlex.join(command)} -> exit {code}\n{err[-2000:]}"
         if command[1:3] == ["queue", "add"]:
             assert queue.work(idle_exit=0) == 1
+        if command[1] == "sweep":  # every combination trained, one at a time
+            assert queue.work(idle_exit=0) >= 2
         ran += 1
     print(f"ran {ran} tutorial commands; awaiting the CLI: {pending}")
     assert ran >= 15
