@@ -60,6 +60,8 @@ def run(args) -> int:
     configs = ([args.target] if args.target else []) + args.configs
     if not configs:
         raise ConfigError(["give a CONFIG (and --grid KEY=V1,V2 or --config B.yaml)"], "sweep")
+    if len({Path(c).resolve() for c in configs}) < len(configs):
+        raise ConfigError(["a config is given twice: each --config is another setting"], "sweep")
     if len(configs) == 1 and not args.grids:
         raise ConfigError(["nothing to sweep: give --grid KEY=V1,V2 or a second --config"], "sweep")
     return start(args, configs)

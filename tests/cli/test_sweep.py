@@ -121,3 +121,9 @@ def test_a_stopped_run_of_a_sweep_is_resumed_not_started_again(home, capsys):
     assert "resume queued  再開-rank4" in out and "queued         再開-rank8" in out
     resume, train = sorted(queue.jobs(), key=lambda j: j.kind)
     assert (resume.kind, resume.run_dir, train.kind) == ("resume", str(path.resolve()), "train")
+
+
+def test_a_config_given_twice_is_refused(home, capsys):
+    assert main(["sweep", TINY, "--config", TINY, "--no-start"]) == 2
+    assert "a config is given twice" in capsys.readouterr().err
+    assert queue.jobs() == []
