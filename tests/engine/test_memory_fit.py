@@ -87,7 +87,16 @@ def test_fit_chooses_a_configuration_under_a_small_budget(home, quickstart_data,
         f"training.memory_budget={budget}B",
         "training.batch_size=8",
     )
-    summary = engine.train(cfg, tmp_path / "run")
+    # in a fresh process, as a user runs it: MLX's peak is per process, and this one holds
+    # other tests' models
+    job = tmp_path / "job.yaml"
+    job.write_text(cfg.to_yaml())
+    run = subprocess.run(
+        [sys.executable, "-m", "mlxlora", "train", str(job), "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(RunPaths(tmp_path / "run").summary.read_text())
     fit = next(
         e for e in read_events(RunPaths(tmp_path / "run").events) if isinstance(e, MemoryFit)
     )
