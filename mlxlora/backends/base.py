@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +28,14 @@ CHUNKABLE_TYPES = {
     "gemma3_text",
     "smollm3",
 }
+
+
+def package_version(dist: str) -> str:
+    """An installed distribution's version, for doctor and the run summary."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import platform
-from importlib import metadata
 from pathlib import Path
 
 from mlxlora.backends.blas import blas_in_use, preload_openblas
@@ -23,7 +22,7 @@ import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
 from mlxlora.backends import mlx_dist  # noqa: E402
-from mlxlora.backends.base import CHUNKABLE_TYPES, BackendInfo, Batch  # noqa: E402
+from mlxlora.backends.base import CHUNKABLE_TYPES, BackendInfo, Batch, package_version  # noqa: E402
 from mlxlora.backends.mlx_attention import use_blocked_attention  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
 from mlxlora.memory import loss_chunk_rows  # noqa: E402
@@ -87,13 +86,6 @@ def half_dtype(model: nn.Module) -> mx.Dtype:
     return next((d for d in (mx.bfloat16, mx.float16) if d in dtypes), mx.float32)
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def describe() -> BackendInfo:
     device, dtype = select_device()
     budget = mx.device_info().get("max_recommended_working_set_size") if "gpu" in device else None
@@ -104,7 +96,7 @@ def describe() -> BackendInfo:
         blas=blas_in_use() if device == "cpu" else "Metal/CUDA kernels",
         versions={
             "mlx": mx.__version__,
-            "mlx-lm": _version("mlx-lm"),
+            "mlx-lm": package_version("mlx-lm"),
             "python": platform.python_version(),
         },
         memory_budget_bytes=budget,

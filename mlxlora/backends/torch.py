@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import platform
 import resource
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mlxlora.adapters_convert import MLX_WEIGHTS
 from mlxlora.backends import torch_dist, torch_peft
-from mlxlora.backends.base import CHUNKABLE_TYPES, END_OF_TURN, BackendInfo, Batch
+from mlxlora.backends.base import CHUNKABLE_TYPES, END_OF_TURN, BackendInfo, Batch, package_version
 from mlxlora.errors import ModelError
 from mlxlora.memory import loss_chunk_rows
 from mlxlora.models.resolve import gguf_source
@@ -56,13 +55,6 @@ class MLXAdamW(torch.optim.Optimizer):
                 p.addcdiv_(m, v.sqrt().add_(eps), value=-lr)
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def describe() -> BackendInfo:
     device, dtype = torch_peft.select_device()
     budget = (
@@ -76,8 +68,8 @@ def describe() -> BackendInfo:
         blas="CUDA kernels" if budget else f"torch CPU ({torch.get_num_threads()} threads)",
         versions={
             "torch": torch.__version__,
-            "transformers": _version("transformers"),
-            "peft": _version("peft"),
+            "transformers": package_version("transformers"),
+            "peft": package_version("peft"),
             "python": platform.python_version(),
         },
         memory_budget_bytes=budget,
