@@ -218,13 +218,13 @@ async def open_big(big: Path) -> dict:
         frames = Frames(app)
         chart = app.query_one("#run-chart", LossChart)
         drawn = {"points": 0}
-        render = chart.render
+        draw = chart._draw
 
-        def counted_render():
+        def counted_draw():  # plotted, then turned into the lines of the next frame
             drawn["points"] = max((len(s.x) for s in chart.series), default=0)
-            return render()
+            return draw()
 
-        chart.render = counted_render
+        chart._draw = counted_draw
         table = app.query_one("#runs-table", DataTable)
         while str(big) not in {str(r.key.value) for r in table.ordered_rows}:
             await asyncio.sleep(0.01)  # not pilot.pause: that visits every widget

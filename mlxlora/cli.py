@@ -31,8 +31,21 @@ from mlxlora.commands import eval as evaluation  # `eval` would hide the builtin
 from mlxlora.errors import MlxloraError
 
 COMMANDS = (
-    train, queue, sweep, data, runs, evaluation, compare, merge, generate, adapter, fuse,
-    export, models, doctor, tui,
+    train,
+    queue,
+    sweep,
+    data,
+    runs,
+    evaluation,
+    compare,
+    merge,
+    generate,
+    adapter,
+    fuse,
+    export,
+    models,
+    doctor,
+    tui,
 )
 
 

@@ -25,8 +25,14 @@ def tiny_llama():
     from mlx_lm.models import llama
 
     args = llama.ModelArgs(
-        model_type="llama", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=256,
+        model_type="llama",
+        hidden_size=64,
+        num_hidden_layers=2,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        vocab_size=256,
     )
     mx.random.seed(0)
     model = llama.Model(args)
@@ -45,8 +51,9 @@ def test_a_quantized_side_against_a_float_side_is_refused(bench):
     quantized_work = bench.trained_weights(quantized)
     assert quantized_work["quantized_layers"] > 0 and float_work["quantized_layers"] == 0
     with pytest.raises(SystemExit, match="unequal work"):
-        bench.check_equal_work("smollm2", {"stock": result(quantized_work),
-                                           "mlxlora": result(float_work)})
+        bench.check_equal_work(
+            "smollm2", {"stock": result(quantized_work), "mlxlora": result(float_work)}
+        )
 
 
 def test_the_same_weights_compare(bench):
@@ -54,5 +61,6 @@ def test_the_same_weights_compare(bench):
     assert a == b
     bench.check_equal_work("smollm2", {"stock": result(a), "mlxlora": result(b)})
     with pytest.raises(SystemExit, match="steps"):
-        bench.check_equal_work("smollm2", {"stock": result(a),
-                                           "mlxlora": {**result(b), "steps": 4}})
+        bench.check_equal_work(
+            "smollm2", {"stock": result(a), "mlxlora": {**result(b), "steps": 4}}
+        )

@@ -90,3 +90,52 @@ def test_run_numbers_redraw_without_a_layout_pass_while_their_height_stays(tmp_p
             assert layouts == [False, True]  # stats in place; the failure line appears
 
     asyncio.run(go())
+
+
+def test_a_chart_shown_again_is_not_turned_into_lines_again(monkeypatch):
+    """Textual repaints a widget each time it is shown (every switch back to Runs); turning
+    plotext's text into screen lines is ~15 ms, so the lines of a drawing are kept."""
+    converted = []
+
+    async def go():
+        app = ChartApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            chart = app.query_one(LossChart)
+            to_lines = chart._to_lines
+            monkeypatch.setattr(chart, "_to_lines", lambda t: converted.append(1) or to_lines(t))
+            x, y = array("d", [1, 2, 3]), array("d", [3.0, 2.0, 1.5])
+            chart.plot([Series("train", x, y, "cyan")])
+            await pilot.pause()
+            assert len(converted) == 1
+            for _ in range(3):
+                chart.display = False
+                await pilot.pause()
+                chart.display = True
+                await pilot.pause()
+            assert len(converted) == 1 and chart.region.area > 0
+            assert any("⠀" < ch <= "⣿" for ch in _screen(app))  # braille: the curve is drawn
+
+    asyncio.run(go())
+
+
+def _screen(app) -> str:
+    return "\n".join(
+        "".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips()
+    )
+
+
+def test_the_studio_takes_what_it_built_out_of_the_collectors_sweeps(home):
+    """A full collection walks every object the app holds (~70 ms here) and a key pressed
+    meanwhile waits: what the app has built at start is frozen once the first screen is out."""
+    import gc
+
+    from mlxlora.tui.app import MlxloraApp
+
+    async def go():
+        gc.unfreeze()
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: gc.get_freeze_count() > 10_000, timeout=5.0)
+        gc.unfreeze()
+
+    asyncio.run(go())

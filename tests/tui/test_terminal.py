@@ -57,6 +57,9 @@ def test_mlxlora_alone_opens_the_studio_and_shows_a_run_finishing(home, tmp_path
         assert session not in tmux("list-sessions")  # the app quit on ctrl+q
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    deadline = time.monotonic() + 30  # the runner records the job once its child has exited
+    while [j.state for j in queue.jobs()] != ["done"] and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert [j.state for j in queue.jobs()] == ["done"]
     assert os.environ.get("MLXLORA_HOME") == str(home)
 

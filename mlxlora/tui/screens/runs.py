@@ -234,9 +234,7 @@ class RunsTab(Vertical):
             self.notify(f"{path.name}: {child.error_line()}", severity="error")
             return
         base = (result.get("base") or {}).get("val_loss")
-        self.notify(
-            f"{path.name}: val loss {num(result['val_loss'])} (base {num(base)}); see eval"
-        )
+        self.notify(f"{path.name}: val loss {num(result['val_loss'])} (base {num(base)}); see eval")
 
     def action_delete_run(self) -> None:
         """Delete the selected run's directory (asks first), or drop a queued job."""

@@ -1,4 +1,8 @@
-"""A line chart of loss curves (plotext), downsampled to the width it is drawn at."""
+"""A line chart of loss curves (plotext), downsampled to the width it is drawn at.
+
+It draws through Textual's line API (`render_line`) from lines it keeps: turning plotext's
+text into screen lines costs ~15 ms, and Textual asks again whenever the chart is shown or
+repainted (every tab switch back to Runs), so each drawing is turned into lines once."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from textual.strip import Strip
+from textual.visual import Visual, visualize
 from textual_plotext import PlotextPlot
 
 from mlxlora.runview import downsample
@@ -16,7 +22,7 @@ PALETTE = ("cyan", "magenta", "green", "yellow", "red", "blue")
 # A render takes 30-80 ms of the UI thread: curves that keep growing (a live run) redraw at
 # most this often, so keys pressed meanwhile are answered at once.
 GROWING_REDRAW_SEC = 1.0
-KEPT_RENDERS = 8  # finished runs' charts, drawn again without plotting when shown again
+KEPT_RENDERS = 8  # finished runs' charts, shown again without plotting
 
 
 @dataclass
@@ -45,7 +51,7 @@ class LossChart(PlotextPlot):
         self.chart_title = title
         self.series: list[Series] = []
         self.vlines: Sequence[float] = ()
-        self._rendered: OrderedDict[tuple, object] = OrderedDict()
+        self._rendered: OrderedDict[tuple, list[Strip]] = OrderedDict()
         self._rendered_at = 0.0
         self._pending_redraw = None
 
@@ -60,11 +66,14 @@ class LossChart(PlotextPlot):
         elif self._pending_redraw is None:
             self._pending_redraw = self.set_timer(wait, self.refresh)
 
-    def render(self):
-        if self._pending_redraw is not None:
-            self._pending_redraw.stop()
-            self._pending_redraw = None
-        self._rendered_at = time.monotonic()
+    def render_line(self, y: int) -> Strip:
+        lines = self._lines()
+        if y < len(lines):
+            return lines[y]
+        return Strip.blank(self.size.width, self.visual_style.rich_style)
+
+    def _lines(self) -> list[Strip]:
+        """The chart's screen lines for the current curves, size and theme: kept, or drawn."""
         key = (
             self.size,
             self.app.theme,
@@ -73,11 +82,22 @@ class LossChart(PlotextPlot):
             tuple(self.vlines),
         )
         if key not in self._rendered:
-            self._rendered[key] = self._draw()
+            self._rendered[key] = self._to_lines(self._draw())
             while len(self._rendered) > KEPT_RENDERS:
                 self._rendered.popitem(last=False)
+            self._drawn()
         self._rendered.move_to_end(key)
         return self._rendered[key]
+
+    def _drawn(self) -> None:
+        if self._pending_redraw is not None:
+            self._pending_redraw.stop()
+            self._pending_redraw = None
+        self._rendered_at = time.monotonic()
+
+    def _to_lines(self, text) -> list[Strip]:
+        width, height = self.size
+        return Visual.to_strips(self, visualize(self, text), width, height, self.visual_style)
 
     def _draw(self):
         plt = self.plt
