@@ -118,10 +118,21 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
             verdict = text(app, "#train-memory")
             assert "will not fit" in verdict and "try: training.batch_size=1" in verdict
             assert "training.fit=auto fits it: training.batch_size=" in verdict  # the offer
+            fit = app.query_one("#f-fit", Checkbox)
+            await pilot.click(fit)  # taken: the verdict is the configuration the run starts as
+            await settle(app, pilot)
+            assert fit.value and app.query_one(TrainTab).cfg.training.fit == "auto"
+            verdict = text(app, "#train-memory")
+            assert verdict.split("\n")[0].endswith(("fits[/]", "tight[/]"))
+            assert "will not fit" not in verdict
+            assert "fit: auto changes training.batch_size=" in verdict
+            await pilot.click(fit)
+            await settle(app, pilot)
+            assert "will not fit" in text(app, "#train-memory")
             await type_into(pilot, app, "#f-training-batch_size", "4")
             await type_into(pilot, app, "#f-data-max_length", "256")
 
-            targets = {box.name: box for box in app.query(Checkbox)}
+            targets = {box.name: box for box in app.query("#train-targets Checkbox")}
             assert list(targets) == [
                 "q_proj",
                 "k_proj",
@@ -209,7 +220,7 @@ def test_a_preset_loads_and_saves_unchanged(workspace, tmp_path, preset):
             await settle(app, pilot)
             assert app.query_one("#f-name", Input).value == expected.name
             assert app.query_one("#f-lora-rank", Input).value == str(expected.lora.rank)
-            checked = [box.name for box in app.query(Checkbox) if box.value]
+            checked = [box.name for box in app.query("#train-targets Checkbox") if box.value]
             assert sorted(checked) == sorted(expected.lora.target_modules)
             stages = [r.stage() for r in app.query(StageRow)]
             assert len(stages) == len(expected.training.stages)
@@ -292,7 +303,7 @@ def test_the_model_picker_and_the_models_own_modules(workspace, tmp_path):
             )
 
             await type_into(pilot, app, "#f-model", str(gpt2))
-            names = [box.name for box in app.query(Checkbox)]
+            names = [box.name for box in app.query("#train-targets Checkbox")]
             assert names == ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
             assert problems(app) == {}
 

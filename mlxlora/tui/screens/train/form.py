@@ -19,6 +19,7 @@ TARGETS = "lora.target_modules"
 STAGES = "training.stages"
 SCHEDULE = "training.schedule"
 DATASET = "data.dataset"
+FIT = "training.fit"
 
 # (section title, ((config key, label), ...)): the fields typed into an Input.
 SECTIONS = (
@@ -91,9 +92,11 @@ def build(
     schedule: str,
     targets: list[str],
     stages: list[tuple[str, str]],
+    fit: bool = False,
 ) -> dict:
     """The config dict of the form: `base` (a preset, or defaults) with the form's values."""
     data = copy.deepcopy(base)
+    put(data, FIT, "auto" if fit else "off")
     for key, text in texts.items():
         put(data, key, text if key in TEXT_KEYS else parse_value(text))
     put(data, DATASET, dataset)
@@ -173,6 +176,8 @@ def memory_verdict(cfg: Config, info: dict, budget: int | None) -> MemoryVerdict
     """The engine's estimate of `cfg` on this machine, its verdict, what to change, and what
     training.fit would choose when it will not fit."""
     shape = memory.shape_here(memory.TrainShape.from_config(cfg))
+    if cfg.training.fit == "auto" and budget:
+        return _fitted_verdict(info, shape, budget)
     est = memory.estimate(info, shape)
     verdict = memory.fit_verdict(est.total, budget)
     advice, fit = [], ""
@@ -181,7 +186,17 @@ def memory_verdict(cfg: Config, info: dict, budget: int | None) -> MemoryVerdict
         chosen = memory_fit.fit_shape(info, shape, budget)
         if chosen.fits:
             changes = " ".join(f"{k}={v}" for k, v in chosen.changes(shape).items())
-            fit = (
-                f"training.fit=auto fits it: {changes} (~{memory.fmt_bytes(chosen.estimate.total)})"
-            )
+            total = memory.fmt_bytes(chosen.estimate.total)
+            fit = f"training.fit=auto fits it: {changes} (~{total}); tick 'fit to memory'"
+    return MemoryVerdict(est.total, budget, verdict, advice, est.breakdown(), fit)
+
+
+def _fitted_verdict(info: dict, shape: memory.TrainShape, budget: int) -> MemoryVerdict:
+    """With training.fit=auto the run starts as the engine's fit chooses: that is the verdict."""
+    chosen = memory_fit.fit_shape(info, shape, budget)
+    est = chosen.estimate
+    verdict = memory.fit_verdict(est.total, budget)
+    changes = " ".join(f"{k}={v}" for k, v in chosen.changes(shape).items()) or "nothing"
+    fit = f"fit: auto changes {changes}" if chosen.fits else f"fit: auto cannot: {chosen.reason}"
+    advice = [] if chosen.fits else memory.fit_advice(est, budget, info, chosen.shape)
     return MemoryVerdict(est.total, budget, verdict, advice, est.breakdown(), fit)

@@ -58,7 +58,14 @@ class TrainTab(Vertical):
         self.model_facts: dict[str, tuple[dict | None, list[str], str]] = {}
         self.cfg: Config | None = None
         self._dataset_names: list[str] | None = None  # the dataset choices as shown
-        self.keys = (*form.INPUT_KEYS, form.DATASET, form.TARGETS, form.STAGES, form.SCHEDULE)
+        self.keys = (
+            *form.INPUT_KEYS,
+            form.DATASET,
+            form.TARGETS,
+            form.STAGES,
+            form.SCHEDULE,
+            form.FIT,
+        )
 
     # --- layout ---------------------------------------------------------------------------
 
@@ -109,6 +116,12 @@ class TrainTab(Vertical):
                         help=form.help_text(form.SCHEDULE),
                     )
                     yield FieldRow("stages", StagesEditor(), key=form.STAGES, id="train-stages")
+                    yield FieldRow(
+                        "memory",
+                        Checkbox("fit to memory", id="f-fit", compact=True),
+                        key=form.FIT,
+                        help=form.help_text(form.FIT),
+                    )
         with Vertical(id="train-footer"):
             yield Static("", id="train-memory")
             yield Static("", id="train-status", markup=False)
@@ -154,6 +167,7 @@ class TrainTab(Vertical):
             for s in form.get(data, form.STAGES)
         ]
         await self.query_one(StagesEditor).set_stages(stages)
+        self.query_one("#f-fit", Checkbox).value = form.get(data, form.FIT) == "auto"
         self.checked = list(form.get(data, form.TARGETS))
         await self._set_targets()
         await self._describe_model(form.get(data, "model"))
@@ -229,6 +243,7 @@ class TrainTab(Vertical):
             self.query_one("#f-schedule", Select).value,
             form.ordered_targets(form.get(self.base, form.TARGETS), self.checked),
             self.query_one(StagesEditor).stages(),
+            self.query_one("#f-fit", Checkbox).value,
         )
 
     def validate(self) -> Config | None:
@@ -273,6 +288,9 @@ class TrainTab(Vertical):
 
     @on(Checkbox.Changed)
     def _target_ticked(self, event: Checkbox.Changed) -> None:
+        if event.checkbox.id == "f-fit":
+            self.validate()
+            return
         name = event.checkbox.name
         self.checked = [t for t in self.checked if t != name] + ([name] if event.value else [])
         self.validate()
