@@ -383,3 +383,41 @@ def test_sweep_dialog_checks_the_grid_and_queues_every_combination(workspace, mo
     assert job.training == cfg.training  # the form's job, but for the grid's keys
     assert [m.state for m in sweep.status("医療-sweep")] == ["queued"] * 4
     assert (sweep.root() / "医療-sweep.yaml").read_text("utf-8") == cfg.to_yaml()
+
+
+def test_a_sweep_queued_again_continues_and_another_base_is_refused(workspace, monkeypatch):
+    from mlxlora import queue
+    from mlxlora.tui.screens.train.sweep_dialog import SweepDialog
+
+    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+
+    async def sweep_form(app, pilot) -> str:
+        """Open the dialog on the form, sweep lora.rank=4,8, queue; what the dialog said."""
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        app.screen.query_one("#sweep-grid").text = "lora.rank=4,8"
+        await pilot.pause()
+        await pilot.click("#sweep-queue")
+        await pilot.pause()
+        if isinstance(app.screen, SweepDialog):
+            said = str(app.screen.query_one("#sweep-plan", Static).content)
+            await pilot.press("escape")
+            return said
+        return text(app, "#train-status")
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            first = await sweep_form(app, pilot)
+            await pilot.press("2")
+            again = await sweep_form(app, pilot)  # the same form: the sweep continues
+            await type_into(pilot, app, "#f-training-epochs", "1")
+            other = await sweep_form(app, pilot)
+            return first, again, other
+
+    first, again, other = asyncio.run(go())
+    assert first == "sweep run-sweep: 2 of 2 runs queued"
+    assert again == "sweep run-sweep: 0 of 2 runs queued"  # both still waiting in the queue
+    assert other.startswith("sweep run-sweep exists with another base config")
+    assert len(queue.jobs()) == 2
