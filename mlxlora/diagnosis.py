@@ -78,6 +78,20 @@ def severity_rank(severity: str) -> int:
     return SEVERITIES.index(severity) if severity in SEVERITIES else 0
 
 
+def flag(diagnoses: Iterable[Diagnosis]) -> str:
+    """A run's diagnosis in a word or two for a list (the TUI's Runs tab, `runs list`): the
+    worst finding's kind (the first finding of each kind counts), with how many other kinds
+    there are; "" when none."""
+    first: dict[str, Diagnosis] = {}
+    for d in diagnoses:
+        first.setdefault(d.kind, d)
+    if not first:
+        return ""
+    worst = max(first.values(), key=lambda d: severity_rank(d.severity))
+    more = len(first) - 1
+    return worst.kind + (f" +{more}" if more else "")
+
+
 _NON_FINITE = re.compile(r"became (nan|inf|-inf)", re.IGNORECASE)
 
 

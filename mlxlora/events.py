@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import mmap
 import re
 import time
 from array import array
@@ -303,6 +304,32 @@ def read_events(path: str | Path) -> list[Event]:
         return []
     with open(p, encoding="utf-8") as f:
         return [e for e in map(parse, f) if e is not None]
+
+
+def read_events_of(path: str | Path, *types: type[Event]) -> list[Event]:
+    """The events of these types in a file, in order, parsing no other line: a line is read
+    only when it begins as EventWriter begins theirs (`{"type": "diagnosis"`), found by a
+    byte search, so a listing of long runs neither parses nor scans their step events line
+    by line. A missing or empty file has none."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            lines = sorted(line for t in types for line in _lines_starting(data, t.type))
+    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
+        return []
+    found = (parse(line.decode("utf-8", "replace")) for _, line in lines)
+    return [e for e in found if isinstance(e, types)]
+
+
+def _lines_starting(data: mmap.mmap, event_type: str) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of each line of `data` that is an event of this type."""
+    start = b'{"type": "%s"' % event_type.encode()
+    at = data.find(start)
+    while at != -1:
+        end = data.find(b"\n", at)
+        end = len(data) if end == -1 else end
+        if at == 0 or data[at - 1] == ord("\n"):  # not the text inside another event
+            yield at, data[at:end]
+        at = data.find(start, end)
 
 
 class EventTail:

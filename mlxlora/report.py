@@ -13,9 +13,11 @@ from __future__ import annotations
 import html
 import math
 import time
+from pathlib import Path
 
 from mlxlora.experiments import Comparison, Pick, shown_metrics
 from mlxlora.fmt import num
+from mlxlora.runs import atomic_write_text
 from mlxlora.runview import downsample
 
 # Distinct on white and for the common colour blindnesses (Okabe-Ito), one per run.
@@ -39,6 +41,11 @@ svg text { font-size: 12px; fill: #333; }
 
 def color(i: int) -> str:
     return COLORS[i % len(COLORS)]
+
+
+def write(path: Path, comparison: Comparison, chosen: Pick | None = None) -> None:
+    """The page written to `path` whole (readers never see half of it)."""
+    atomic_write_text(path, render(comparison, chosen))
 
 
 def render(comparison: Comparison, chosen: Pick | None = None) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from mlxlora.diagnosis import severity_rank
+from mlxlora.diagnosis import flag as diagnosis_flag
 from mlxlora.events import (
     Diagnosis,
     EarlyStop,
@@ -221,13 +221,8 @@ class RunView:
 
     @property
     def flag(self) -> str:
-        """The run's diagnosis in a word or two for a list: the worst finding's kind, with
-        how many more there are ("" when none)."""
-        if not self.diagnoses:
-            return ""
-        worst = max(self.diagnoses.values(), key=lambda d: severity_rank(d.severity))
-        more = len(self.diagnoses) - 1
-        return worst.kind + (f" +{more}" if more else "")
+        """The run's diagnosis in a word or two for a list ("" when none)."""
+        return diagnosis_flag(self.diagnoses.values())
 
     @property
     def failure(self) -> str | None:

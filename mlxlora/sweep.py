@@ -84,16 +84,21 @@ def _name_part(text: str) -> str:
     return "".join(c if names.is_name_char(c) else "_" for c in text)
 
 
-def validate(sweep: str, members: list[Member]) -> list[config.Config]:
+def validate(sweep: str, members: list[Member], load=config.load) -> list[config.Config]:
     """Every member's config, or one ConfigError naming each bad member: nothing is queued
-    unless every combination is valid."""
+    unless every combination is valid.
+
+    Args:
+        load: (config file, overrides) -> Config; the TUI's sweep dialog passes one that puts
+            the overrides on the form's config, before that config is written anywhere.
+    """
     problem = names.name_problem(sweep)
     if problem:
         raise ConfigError([f"sweep name {sweep!r}: {problem}"], "sweep")
     loaded, problems = [], []
     for m in members:
         try:
-            loaded.append(config.load(m.config, m.overrides))
+            loaded.append(load(m.config, m.overrides))
         except ConfigError as exc:
             problems += [f"{m.name}: {p}" for p in exc.problems]
     if problems:
@@ -107,6 +112,23 @@ def _definition(configs: list[str], grids: list[str], sets: list[str]) -> dict:
         "grid": [list(parse_grid(g)) for g in grids],
         "sets": list(sets),
     }
+
+
+def save_base(sweep: str, text: str) -> Path:
+    """Write a config made elsewhere (the TUI's form) as the sweep's base, `sweeps/<name>.yaml`:
+    one path per sweep, so queueing it again continues it; refused when that sweep exists with
+    another base config."""
+    problem = names.name_problem(sweep)
+    if problem:
+        raise ConfigError([f"sweep name {sweep!r}: {problem}"], "sweep")
+    path = root() / f"{names.normalize(sweep)}.yaml"
+    if path.is_file() and path.read_text(encoding="utf-8") != text:
+        raise RunError(
+            f"sweep {names.normalize(sweep)} exists with another base config ({path}); "
+            "choose another name"
+        )
+    runs.atomic_write_text(path, text)
+    return path
 
 
 def read_record(name: str) -> dict:

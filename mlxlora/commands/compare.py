@@ -46,7 +46,9 @@ def run(args) -> int:
     comparison = experiments.compare(paths)
     chosen = experiments.pick(comparison) if args.pick else None
     if args.report:
-        write_report(args.report, comparison, chosen)
+        from mlxlora import report
+
+        report.write(args.report, comparison, chosen)
     if args.json:
         shown = comparison.to_dict()
         if chosen:
@@ -74,13 +76,6 @@ def sweep_runs(name: str) -> list[Path]:
     from mlxlora import sweep
 
     return [m.run for m in sweep.status(name) if m.state in sweep.DONE and m.run is not None]
-
-
-def write_report(path: Path, comparison, chosen) -> None:
-    from mlxlora import report
-    from mlxlora.runs import atomic_write_text
-
-    atomic_write_text(path, report.render(comparison, chosen))
 
 
 def print_table(comparison) -> None:

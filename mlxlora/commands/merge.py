@@ -33,11 +33,18 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return 0
-    layers = result.layer_errors
-    worst = sorted(layers, key=layers.get, reverse=True)[:SHOWN_LAYERS]
-    print(f"merged {len(result.sources)} adapters at rank {result.rank} into {result.out}")
-    print(f"relative error (Frobenius) over all {len(layers)} layers: {result.error:.3e}")
-    for module in worst:
-        print(f"  {layers[module]:.3e}  {module}")
-    print(f"try it: mlxlora generate --adapter {result.out} --prompt '...'")
+    print("\n".join(summary_lines(result.to_dict())))
     return 0
+
+
+def summary_lines(result: dict) -> list[str]:
+    """What a merge did, from its --json result: the overall error and the worst layers
+    (the CLI prints these lines, the TUI's merge dialog shows them)."""
+    layers = result["layer_errors"]
+    worst = sorted(layers, key=layers.get, reverse=True)[:SHOWN_LAYERS]
+    return [
+        f"merged {len(result['sources'])} adapters at rank {result['rank']} into {result['out']}",
+        f"relative error (Frobenius) over all {len(layers)} layers: {result['error']:.3e}",
+        *(f"  {layers[module]:.3e}  {module}" for module in worst),
+        f"try it: mlxlora generate --adapter {result['out']} --prompt '...'",
+    ]

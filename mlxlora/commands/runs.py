@@ -73,17 +73,21 @@ def list_runs(args) -> int:
     from mlxlora import runs
 
     infos = runs.list_runs()
+    flags = [diagnosis_flag(i.path) for i in infos]
     if args.json:
-        print(json.dumps([{**vars(i), "path": str(i.path)} for i in infos], indent=2))
+        shown = [
+            {**vars(i), "path": str(i.path), "flag": f} for i, f in zip(infos, flags, strict=True)
+        ]
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
         return 0
     table = Table(title=f"runs in {runs.runs_root()}")
     for col in ("name", "status", "model", "step", "loss", "best val", "started"):
         table.add_column(col)
-    for i in infos:
+    for i, flag in zip(infos, flags, strict=True):
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.started)) if i.started else "-"
         table.add_row(
             i.name,
-            i.status,
+            i.status + (f" ⚠ {flag}" if flag else ""),  # as the TUI's Runs tab flags it
             i.model,
             str(i.step),
             num(i.last_loss),
@@ -92,6 +96,16 @@ def list_runs(args) -> int:
         )
     Console().print(table)
     return 0
+
+
+def diagnosis_flag(path: Path) -> str:
+    """The run's diagnosis flag as the TUI's Runs tab shows it, from the `diagnosis` events
+    the run wrote (only those lines are parsed); "" when none."""
+    from mlxlora import diagnosis
+    from mlxlora.events import Diagnosis, read_events_of
+    from mlxlora.runs import RunPaths
+
+    return diagnosis.flag(read_events_of(RunPaths(path).events, Diagnosis))
 
 
 def show_run(args) -> int:

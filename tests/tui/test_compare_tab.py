@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
-from run_fixtures import T0, wait_for, write_run
-from textual.widgets import DataTable, SelectionList
+from run_fixtures import T0, screen_text, wait_for, write_run
+from textual.widgets import DataTable, SelectionList, Static
 
 from mlxlora.experiments import config_differences
 from mlxlora.tui.app import MlxloraApp
@@ -103,3 +104,41 @@ def test_a_whole_sweep_is_picked_at_once(home):
             await wait_for(pilot, lambda: len(table(app)) == 1)
 
     asyncio.run(go())
+
+
+def test_p_names_the_best_run_and_h_writes_the_report(home):
+    """The verdict of `compare --pick` on screen; the report written where the note says."""
+    two_runs()
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=(100, 30)) as pilot:
+            commands = [c.title for c in app.get_system_commands(app.screen)]
+            assert {"Pick the best", "HTML report", "Merge adapters"} <= set(commands)
+            await wait_for(pilot, lambda: app.query_one(SelectionList).option_count == 2)
+            await pilot.press("down", "space", "p")  # one run is no comparison
+            await wait_for(pilot, lambda: "Pick two or more runs" in " ".join(notes(app)))
+            await pilot.press("down", "space")
+            await wait_for(pilot, lambda: len(table(app)) == 3)
+            await pilot.press("p")
+            verdict = app.query_one("#compare-verdict", Static)
+            await wait_for(pilot, lambda: verdict.display)
+            shown = screen_text(app)
+            # rank16's losses are 0.8x base's, time and memory equal: base loses on best val
+            # alone, whose weight is 0.35 of the 0.75 left without eval scores
+            assert "pick rank16: best val 0.757 (1 of 2)" in shown
+            assert "weighted cost 0.000 vs 0.467 for base" in shown
+            await pilot.press("h")
+            await wait_for(pilot, lambda: "Report written:" in notes(app)[-1])
+            return notes(app)[-1]
+
+    note = asyncio.run(go())
+    report = Path(note.removeprefix("Report written: "))
+    assert report.parent == home / "reports" and report.suffix == ".html"
+    page = report.read_text("utf-8")
+    assert "<svg" in page and page.count("<polyline") == 2 and "rank16" in page
+    assert '<p class="pick">rank16: best val 0.757' in page
+
+
+def notes(app) -> list[str]:
+    return [str(n.message) for n in app._notifications]

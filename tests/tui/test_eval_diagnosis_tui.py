@@ -130,3 +130,17 @@ def test_e_evaluates_the_selected_run_in_a_child(home):
             )
 
     asyncio.run(go())
+
+
+def test_runs_list_flags_the_run_as_the_runs_tab_does(home, capsys):
+    from mlxlora.cli import main
+
+    diagnosed_run("診断")
+    write_run("plain", end="finished", started=T0 + 100)
+    assert main(["runs", "list", "--json"]) == 0
+    listed = {r["name"]: r["flag"] for r in json.loads(capsys.readouterr().out)}
+    assert listed == {"診断-20250615-000000": "truncation", "plain-20250615-000000": ""}
+    assert main(["runs", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("finished ⚠" in line and "診断" in line for line in lines)
+    assert sum("⚠" in line for line in lines) == 1  # the plain run has no flag

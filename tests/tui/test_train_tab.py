@@ -339,3 +339,96 @@ def test_start_queues_the_job_and_the_runner_trains_it(workspace):
     assert (job.state, job.exit_code, job.error) == ("done", 0, None)
     events = [json.loads(line) for line in Path(job.run_dir, "events.jsonl").open()]
     assert events[-1]["type"] == "run_finished"
+
+
+def test_sweep_dialog_checks_the_grid_and_queues_every_combination(workspace, monkeypatch):
+    """ctrl+t: the form's job as a sweep's base; the grid validated as typed (nothing queued
+    while a combination is invalid), then every combination queued as `mlxlora sweep` does."""
+    from textual.widgets import TabbedContent
+
+    from mlxlora import queue, sweep
+    from mlxlora.tui.screens.train.sweep_dialog import SweepDialog
+
+    monkeypatch.setattr(queue, "ensure_runner", lambda: False)  # queued, not trained
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            await type_into(pilot, app, "#f-name", "医療")
+            cfg = app.query_one(TrainTab).cfg
+            await pilot.press("ctrl+t")
+            await pilot.pause()
+            dialog = app.screen
+            assert isinstance(dialog, SweepDialog)
+            assert dialog.query_one("#sweep-name", Input).value == "医療-sweep"
+            queue_button = dialog.query_one("#sweep-queue", Button)
+            plan = dialog.query_one("#sweep-plan", Static)
+            assert "type a grid" in str(plan.content) and queue_button.disabled
+            await pilot.press(*"lora.rank=8,16")
+            assert str(plan.content) == "2 runs: 医療-sweep-rank8, 医療-sweep-rank16"
+            await pilot.press("enter", *"lora.dropout=0.05,2")
+            error = str(plan.content)
+            assert error.startswith("sweep 医療-sweep: 2 problems: 医療-sweep-rank8-dropout2:")
+            assert "lora.dropout" in error and len(error.splitlines()) == 1
+            assert plan.has_class("-failed") and queue_button.disabled
+            await pilot.click("#sweep-queue")
+            assert queue.jobs() == [] and app.screen is dialog  # nothing queued on an error
+            await pilot.press("backspace", *"0.1")
+            assert str(plan.content).startswith("4 runs: 医療-sweep-rank8-dropout0.05, ")
+            await pilot.click("#sweep-queue")
+            await pilot.pause()
+            assert not isinstance(app.screen, SweepDialog)
+            assert text(app, "#train-status") == "sweep 医療-sweep: 4 of 4 runs queued"
+            assert app.query_one(TabbedContent).active == "runs"
+            return cfg
+
+    cfg = asyncio.run(go())
+    jobs = {job.name: config.load(job.config) for job in queue.jobs()}
+    assert sorted(jobs) == sorted(
+        f"医療-sweep-rank{r}-dropout{d}" for r in (8, 16) for d in ("0.05", "0.1")
+    )
+    job = jobs["医療-sweep-rank16-dropout0.1"]
+    assert (job.lora.rank, job.lora.dropout, job.sweep) == (16, 0.1, "医療-sweep")
+    assert job.data.dataset == cfg.data.dataset == "quickstart"
+    assert job.training == cfg.training  # the form's job, but for the grid's keys
+    assert [m.state for m in sweep.status("医療-sweep")] == ["queued"] * 4
+    assert (sweep.root() / "医療-sweep.yaml").read_text("utf-8") == cfg.to_yaml()
+
+
+def test_a_sweep_queued_again_continues_and_another_base_is_refused(workspace, monkeypatch):
+    from mlxlora import queue
+    from mlxlora.tui.screens.train.sweep_dialog import SweepDialog
+
+    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+
+    async def sweep_form(app, pilot) -> str:
+        """Open the dialog on the form, sweep lora.rank=4,8, queue; what the dialog said."""
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        app.screen.query_one("#sweep-grid").text = "lora.rank=4,8"
+        await pilot.pause()
+        await pilot.click("#sweep-queue")
+        await pilot.pause()
+        if isinstance(app.screen, SweepDialog):
+            said = str(app.screen.query_one("#sweep-plan", Static).content)
+            await pilot.press("escape")
+            return said
+        return text(app, "#train-status")
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            first = await sweep_form(app, pilot)
+            await pilot.press("2")
+            again = await sweep_form(app, pilot)  # the same form: the sweep continues
+            await type_into(pilot, app, "#f-training-epochs", "1")
+            other = await sweep_form(app, pilot)
+            return first, again, other
+
+    first, again, other = asyncio.run(go())
+    assert first == "sweep run-sweep: 2 of 2 runs queued"
+    assert again == "sweep run-sweep: 0 of 2 runs queued"  # both still waiting in the queue
+    assert other.startswith("sweep run-sweep exists with another base config")
+    assert len(queue.jobs()) == 2

@@ -1,26 +1,33 @@
 """The Compare tab: pick runs (or a whole sweep at once); their numbers and differing config
-keys side by side, and their loss curves overlaid, one colour per run.
+keys side by side, and their loss curves overlaid, one colour per run. Keys: `p` names the best
+run and why (`compare --pick`), `h` writes the HTML report (`compare --report`), `m` merges the
+picked runs' adapters (`merge`, in a dialog).
 
 Only the picked runs' events are read (a `RunWatcher` restricted to them), so a workspace of
-many long runs costs nothing until they are compared.
+many long runs costs nothing until they are compared. The pick and the report only read run
+directories, through the same core as `mlxlora compare`: they run in a thread worker.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, SelectionList
+from textual.widgets import DataTable, SelectionList, Static
 
-from mlxlora import runs
+from mlxlora import experiments, report, runs
+from mlxlora.errors import MlxloraError
 from mlxlora.experiments import config_differences, run_metrics, shown_metrics
 from mlxlora.runview import read_config
 from mlxlora.sweep import run_sweep
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
+from mlxlora.tui.screens.merge import MergeDialog
 from mlxlora.tui.widgets.loss_chart import PALETTE, LossChart, Series
 from mlxlora.tui.widgets.text import num
 
@@ -42,7 +49,13 @@ class CompareTab(Vertical):
     CompareTab #compare-pick { width: 30; }
     CompareTab LossChart { width: 1fr; }
     CompareTab #compare-table { height: auto; max-height: 45%; }
+    CompareTab #compare-verdict { height: auto; max-height: 4; background: $boost; }
     """
+    BINDINGS = [
+        Binding("p", "pick_best", "Pick the best"),
+        Binding("h", "write_report", "HTML report"),
+        Binding("m", "merge_runs", "Merge adapters"),
+    ]
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -58,9 +71,11 @@ class CompareTab(Vertical):
             yield SelectionList[str](id="compare-pick")
             yield LossChart("train loss (smoothed) and val loss (o)", id="compare-chart")
         yield DataTable(id="compare-table", cursor_type="row")
+        yield Static("", id="compare-verdict", markup=False)
 
     def on_mount(self) -> None:
         self._draw_table([])  # the hint to pick runs
+        self.query_one("#compare-verdict").display = False
         self.watch_runs()
         self.set_interval(DRAW_SEC, self.redraw)
 
@@ -84,6 +99,7 @@ class CompareTab(Vertical):
                 change(str(path))
         self._sweeps_picked = sweeps
         self.picked = [Path(v) for v in pick.selected if not v.startswith(SWEEP)]
+        self.query_one("#compare-verdict").display = False  # it was about other runs
         self._dirty = True
 
     def _sweep_of(self, path: Path) -> str | None:
@@ -148,6 +164,50 @@ class CompareTab(Vertical):
             series.append(Series(name, view.smooth.x, view.smooth.y, color))
             series.append(Series("", view.val.x, view.val.y, color, points=True))
         self.query_one(LossChart).plot(series)
+
+    # --- pick, report, merge ---------------------------------------------------------------
+
+    def _two_or_more(self, what: str) -> list[Path] | None:
+        if len(self.picked) < 2:
+            self.notify(f"Pick two or more runs (space) to {what}", severity="warning")
+            return None
+        return list(self.picked)
+
+    def action_pick_best(self) -> None:
+        """`compare --pick`: the run that best trades quality against cost, and why."""
+        if paths := self._two_or_more("pick the best"):
+            self._compare(paths, None)
+
+    def action_write_report(self) -> None:
+        """`compare --pick --report FILE`: the HTML page, under the workspace's reports/."""
+        if paths := self._two_or_more("write a report"):
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self._compare(paths, runs.home() / "reports" / f"compare-{stamp}.html")
+
+    @work(thread=True, exclusive=True, group="compare-pick", exit_on_error=False)
+    def _compare(self, paths: list[Path], report_path: Path | None) -> None:
+        """Reads every picked run's events whole: off the UI thread."""
+        try:
+            comparison = experiments.compare(paths)
+            chosen = experiments.pick(comparison)
+            if report_path is not None:
+                report.write(report_path, comparison, chosen)
+        except (MlxloraError, OSError) as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error")
+            return
+        self.app.call_from_thread(self._show_verdict, chosen.reason, report_path)
+
+    def _show_verdict(self, reason: str, report_path: Path | None) -> None:
+        verdict = self.query_one("#compare-verdict", Static)
+        verdict.update(Text.assemble(("pick ", "bold green"), reason))
+        verdict.display = True
+        if report_path is not None:
+            self.notify(f"Report written: {report_path}", title="compare --report", timeout=10)
+
+    def action_merge_runs(self) -> None:
+        """The merge dialog for the picked runs' adapters (`mlxlora merge` as a child)."""
+        if paths := self._two_or_more("merge their adapters"):
+            self.app.push_screen(MergeDialog(paths))
 
 
 def _short_names(keys: list[str]) -> list[str]:

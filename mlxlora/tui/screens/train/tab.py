@@ -1,6 +1,7 @@
 """The Train tab: a new job's form. Every change rebuilds the config dict and validates it with
 `config.from_dict` (problems shown under their fields), and re-estimates memory; Start queues
-the job for the runner, Save as YAML writes a config `mlxlora train` runs."""
+the job for the runner, Sweep… queues a run per combination of a grid on the form's job (as
+`mlxlora sweep`), Save as YAML writes a config `mlxlora train` runs."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from mlxlora.tui.screens.train import form
 from mlxlora.tui.screens.train.models import describe, model_options
 from mlxlora.tui.screens.train.save_dialog import SaveYamlDialog
 from mlxlora.tui.screens.train.stages import StagesEditor
+from mlxlora.tui.screens.train.sweep_dialog import SweepDialog
 from mlxlora.tui.widgets.field import FieldRow
 
 CUSTOM = "custom"
@@ -46,6 +48,7 @@ class TrainTab(Vertical):
     BINDINGS = [
         Binding("ctrl+g", "start", "Start job"),
         Binding("ctrl+s", "save_yaml", "Save as YAML"),
+        Binding("ctrl+t", "sweep", "Sweep…"),
     ]
 
     def __init__(self, **kwargs):
@@ -127,6 +130,7 @@ class TrainTab(Vertical):
             yield Static("", id="train-status", markup=False)
             with Horizontal(id="train-buttons"):
                 yield Button("Start", variant="primary", id="train-start", compact=True)
+                yield Button("Sweep…", id="train-sweep", compact=True)
                 yield Button("Save as YAML", id="train-save", compact=True)
 
     def _row(self, key: str, label: str) -> FieldRow:
@@ -253,7 +257,9 @@ class TrainTab(Vertical):
             row.show_problems(by_field.get(row.key, []))
         count = sum(map(len, by_field.values())) + len(other)
         status = "; ".join(other) if other else (f"{count} problem(s) to fix" if count else "")
-        self._say("#train-status", status or "ready: ctrl+g starts, ctrl+s saves as YAML")
+        self._say(
+            "#train-status", status or "ready: ctrl+g starts, ctrl+t sweeps, ctrl+s saves as YAML"
+        )
         self._say("#train-memory", self._memory_text())
         return self.cfg
 
@@ -348,6 +354,18 @@ class TrainTab(Vertical):
             return
         self.app.push_screen(SaveYamlDialog(cfg.to_yaml(), f"configs/{cfg.name}.yaml"), self._saved)
 
+    def action_sweep(self) -> None:
+        cfg = self.validate()
+        if cfg is None:
+            self.notify("Fix the form first: it is the sweep's base job", severity="warning")
+            return
+        self.app.push_screen(SweepDialog(cfg), self._swept)
+
+    def _swept(self, queued: str | None) -> None:
+        if queued is not None:
+            self._say("#train-status", queued)
+            self.app.action_show_tab("runs")
+
     def _saved(self, path) -> None:
         if path is not None:
             self._say("#train-status", f"saved {path}")
@@ -355,6 +373,10 @@ class TrainTab(Vertical):
     @on(Button.Pressed, "#train-start")
     def _start_pressed(self) -> None:
         self.action_start()
+
+    @on(Button.Pressed, "#train-sweep")
+    def _sweep_pressed(self) -> None:
+        self.action_sweep()
 
     @on(Button.Pressed, "#train-save")
     def _save_pressed(self) -> None:

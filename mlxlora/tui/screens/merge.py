@@ -1,0 +1,150 @@
+"""The Merge dialog (key `m` on the Compare tab): the picked runs' adapters combined into one.
+
+It runs `mlxlora merge RUN RUN ... --rank R [--weights W1,W2] --out DIR --json` as a child
+process (the merge reads weight files through the backend: never in the app), then shows the
+approximation error overall and for the worst layers, as the CLI prints them, or the child's
+one-line error (adapters of different bases or targets are refused there). The merged adapter
+goes to the workspace's `merged/<name>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+from mlxlora import names, runs
+from mlxlora.commands.merge import summary_lines
+from mlxlora.runview import read_config
+from mlxlora.tui.children import Child
+
+
+def merged_dir(name: str) -> Path:
+    """Where the dialog writes a merged adapter named `name`."""
+    return runs.home() / "merged" / names.normalize(name)
+
+
+class MergeDialog(ModalScreen[None]):
+    """Rank, weights and output name; Merge starts the child, Escape stops it and closes."""
+
+    DEFAULT_CSS = """
+    MergeDialog { align: center middle; }
+    MergeDialog > Vertical {
+        width: 90%; max-width: 100; height: auto; max-height: 100%;
+        border: thick $primary; background: $surface; padding: 0 1;
+    }
+    MergeDialog .field, MergeDialog #merge-buttons { height: auto; margin-top: 1; }
+    MergeDialog .field Label { width: 13; }
+    MergeDialog .field Input { width: 1fr; }
+    MergeDialog #merge-buttons Button { margin-right: 2; }
+    MergeDialog #merge-log { height: auto; margin-top: 1; color: $text-muted; }
+    MergeDialog #merge-log.-failed { color: $error; }
+    """
+    BINDINGS = [Binding("escape", "close", "Cancel / close")]
+
+    def __init__(self, picked: list[Path]):
+        super().__init__()
+        self.picked = picked
+        self.running = False
+
+    def compose(self) -> ComposeResult:
+        given = [runs.given_name(p) for p in self.picked]
+        with Vertical():
+            yield Static(Text.assemble(("Merge adapters: ", "bold"), ", ".join(given)))
+            yield Static(
+                "the weighted sum of their updates, cut back to the rank by SVD", classes="hint"
+            )
+            rank = str(_largest_rank(self.picked))
+            yield _field("Rank", Input(rank, type="integer", id="merge-rank"))
+            yield _field(
+                "Weights",
+                Input(placeholder="equal; or one per run, e.g. 0.7,0.3", id="merge-weights"),
+            )
+            yield _field("Output name", Input(_suggested_name(given), id="merge-name"))
+            with Horizontal(id="merge-buttons"):
+                yield Button("Merge", variant="primary", id="merge-start", compact=True)
+                yield Button("Close (Esc)", id="merge-close", compact=True)
+            yield Static("", id="merge-log")
+
+    def on_mount(self) -> None:
+        self.query_one("#merge-rank", Input).focus()
+
+    @on(Button.Pressed, "#merge-start")
+    @on(Input.Submitted)
+    def start(self) -> None:
+        if self.running:
+            return  # one merge at a time
+        rank = self.query_one("#merge-rank", Input).value.strip()
+        name = self.query_one("#merge-name", Input).value
+        problem = names.name_problem(name)
+        if not rank:
+            self._show("error: give the merged adapter's rank", failed=True)
+        elif problem:
+            self._show(f"error: output name {name!r}: {problem}", failed=True)
+        else:
+            self._merge(self._arguments(rank, merged_dir(name)))
+
+    def _arguments(self, rank: str, out: Path) -> list[str]:
+        weights = self.query_one("#merge-weights", Input).value.strip()
+        args = [*map(str, self.picked), "--rank", rank, "--out", str(out), "--json"]
+        return args + (["--weights", weights] if weights else [])
+
+    @on(Button.Pressed, "#merge-close")
+    def action_close(self) -> None:
+        self.workers.cancel_group(self, "merge")  # stops the child, see _merge
+        self.dismiss(None)
+
+    @work(exclusive=True, group="merge", exit_on_error=False)
+    async def _merge(self, args: list[str]) -> None:
+        self.running = True
+        self.query_one("#merge-start", Button).disabled = True
+        self._show("merging…", failed=False)
+        child = await Child.start("merge", *args)
+        try:
+            result = await child.json()  # read whole: a full stdout pipe would block the child
+        except ValueError:
+            result = None
+        except asyncio.CancelledError:
+            self._show("cancelled", failed=True)
+            raise
+        finally:
+            await child.stop()  # cancelled or not, nothing is left running
+            self.running = False
+            if self.is_attached:  # not when Escape closed the dialog
+                self.query_one("#merge-start", Button).disabled = False
+        if result is None:
+            self._show(f"error: {child.error_line()}", failed=True)
+        else:
+            self._show("\n".join(summary_lines(result)))
+
+    def _show(self, text: str, failed: bool = False) -> None:
+        if not self.is_attached:
+            return
+        log = self.query_one("#merge-log", Static)
+        log.update(Text(text))
+        log.set_class(failed, "-failed")
+
+
+def _field(label: str, widget: Input) -> Horizontal:
+    widget.compact = True
+    return Horizontal(Label(label), widget, classes="field")
+
+
+def _largest_rank(picked: list[Path]) -> int:
+    """The highest rank among the runs: merging at it keeps what the largest one holds."""
+    loras = [read_config(runs.RunPaths(p).config).get("lora") or {} for p in picked]
+    ranks = [lora.get("rank") for lora in loras if isinstance(lora, dict)]
+    return max((r for r in ranks if isinstance(r, int)), default=8)
+
+
+def _suggested_name(given: list[str]) -> str:
+    """`a-b-merged` from the runs' names, or `merged` when that is no valid name."""
+    name = "-".join([*given, "merged"])
+    return "merged" if names.name_problem(name) else name
