@@ -15,8 +15,10 @@ def register(sub) -> None:
         help="evaluate a trained run on held-out data (loss, perplexity, scored answers)",
         description="Validation loss and perplexity on the run's validation split (or "
         "--dataset), and greedy answers to its questions scored against the references: "
-        "domain-term recall, token F1, exact match, answer length, safety (docs/metrics.md). "
-        "Writes eval.json in the run directory. Example: mlxlora eval my-run --base",
+        "domain-term recall, token F1, exact match, answer length, safety, and the answers' "
+        "self-consistency against --consistency K sampled answers (K extra generations per "
+        "question; docs/metrics.md). Writes eval.json in the run directory. "
+        "Example: mlxlora eval my-run --base",
     )
     p.add_argument("run", help="run name (or unique prefix) or directory")
     p.add_argument(
@@ -30,6 +32,20 @@ def register(sub) -> None:
         default="medical",
         help="term list for term recall: a bundled list (medical) or a file; 'none' for none",
     )
+    p.add_argument(
+        "--consistency",
+        type=int,
+        default=3,
+        metavar="K",
+        help="answers sampled per question for the consistency score: K extra generations "
+        "each (3; 0: no score)",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=0.7, help="temperature of those samples (0.7)"
+    )
+    p.add_argument(
+        "--seed", type=int, help="seed of the first sample, +1 each (the run's training.seed)"
+    )
     p.add_argument("--json", action="store_true", help="print eval.json")
     p.set_defaults(func=run)
 
@@ -41,6 +57,9 @@ def run(args) -> int:
     for flag, value in (("--max-tokens", args.max_tokens), ("--max-records", args.max_records)):
         if value is not None and value < 1:
             raise ConfigError([f"{flag} must be at least 1 (got {value})"], "eval")
+    for flag, value in (("--consistency", args.consistency), ("--temperature", args.temperature)):
+        if value < 0:
+            raise ConfigError([f"{flag} must be 0 or more (got {value})"], "eval")
     result = evaluate_run(
         args.run,
         dataset=args.dataset,
@@ -48,6 +67,9 @@ def run(args) -> int:
         max_records=args.max_records,
         max_tokens=args.max_tokens,
         terms=None if args.terms == "none" else args.terms,
+        consistency=args.consistency,
+        temperature=args.temperature,
+        seed=args.seed,
         say=lambda message: print(f"eval: {message}", file=sys.stderr, flush=True),
     )
     if args.json:
@@ -65,6 +87,12 @@ def print_result(result: dict) -> None:
 
     console = Console(highlight=False, soft_wrap=True)
     table = Table(title=f"{result['dataset']} ({result['split']}, {result['records']} records)")
+    sampling = result.get("consistency")
+    if sampling:
+        table.caption = (
+            f"consistency: {sampling['samples']} sampled answers per question at temperature "
+            f"{sampling['temperature']:g}, seeds from {sampling['seed']}"
+        )
     for column in ("measure", "tuned", "base"):
         table.add_column(column)
     for row in score_rows(result):
