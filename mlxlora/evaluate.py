@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -205,11 +205,12 @@ def _questions(records: list[dict]) -> list[tuple[list[dict], str]]:
 @dataclass(frozen=True)
 class Sampling:
     """The answers drawn besides the greedy one for the consistency score: `samples` per
-    question (0: none), at `temperature`, the j-th with seed `seed + j` (reproducible)."""
+    question (0: none, no score), at `temperature`, the j-th with seed `seed + j`, so the same
+    flags give the same answers (`seed` None: the run's training.seed)."""
 
     samples: int = 3
     temperature: float = 0.7
-    seed: int = 0
+    seed: int | None = None
 
     def draw(self, gen, messages: list[dict], max_tokens: int) -> list[str]:
         return [
@@ -243,16 +244,15 @@ def evaluate_run(
     max_records: int | None = None,
     max_tokens: int = 128,
     terms: str | None = DEFAULT_TERMS,
-    consistency: int = 3,
-    temperature: float = 0.7,
-    seed: int | None = None,
+    sampling: Sampling = Sampling(),
     say=lambda _message: None,
 ) -> dict:
     """Measure a trained run on held-out data and write `eval.json` in its directory.
 
     Validation loss and perplexity, and greedy answers to the held-out questions scored
-    against the reference answers (mlxlora.scoring), for the tuned model (the run's latest
-    adapter) and, with `base`, the model it was trained from. Returns what it wrote.
+    against the reference answers and for consistency with sampled answers (mlxlora.scoring),
+    for the tuned model (the run's latest adapter) and, with `base`, the model it was trained
+    from. Returns what it wrote.
 
     Args:
         run_ref: A run name, prefix or directory.
@@ -261,10 +261,8 @@ def evaluate_run(
         max_records: Evaluate only the first N held-out records.
         max_tokens: New tokens per answer at most.
         terms: A bundled term list (`medical`) or a terms file for term recall; None: none.
-        consistency: Answers sampled per question, besides the greedy one, for the
-            self-consistency score (0: no score, no extra generations).
-        temperature: The sampling temperature of those answers.
-        seed: The first sample's seed (None: the run's training.seed).
+        sampling: The answers sampled per question, besides the greedy one, for the
+            self-consistency score (samples 0: no score, no extra generations).
         say: Receives a line of progress at each stage.
     """
     from mlxlora import config, scoring
@@ -277,7 +275,8 @@ def evaluate_run(
     records, split, name = held_out_records(cfg, dataset)
     records = records[:max_records] if max_records else records
     matcher = TermMatcher(load_terms(terms)[1]) if terms else None
-    sampling = Sampling(consistency, temperature, cfg.training.seed if seed is None else seed)
+    if sampling.seed is None:
+        sampling = replace(sampling, seed=cfg.training.seed)
     say(f"{len(records)} held-out records of {name} ({split})")
     tuned, answers, samples = _measure(None, str(run), records, cfg, max_tokens, sampling, say)
     base_metrics, base_answers, base_samples = (
@@ -315,7 +314,7 @@ def evaluate_run(
         "terms": terms,
         "max_tokens": max_tokens,
         "consistency": (
-            {**asdict(sampling), "support_f1": scoring.SUPPORT_F1} if consistency else None
+            {**asdict(sampling), "support_f1": scoring.SUPPORT_F1} if sampling.samples else None
         ),
         "adapter": str(paths.adapters),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from mlxlora.evaluate import Sampling
 from mlxlora.fmt import NONE
 
 
@@ -32,16 +33,20 @@ def register(sub) -> None:
         default="medical",
         help="term list for term recall: a bundled list (medical) or a file; 'none' for none",
     )
+    default = Sampling()
     p.add_argument(
         "--consistency",
         type=int,
-        default=3,
+        default=default.samples,
         metavar="K",
         help="answers sampled per question for the consistency score: K extra generations "
-        "each (3; 0: no score)",
+        f"each ({default.samples}; 0: no score)",
     )
     p.add_argument(
-        "--temperature", type=float, default=0.7, help="temperature of those samples (0.7)"
+        "--temperature",
+        type=float,
+        default=default.temperature,
+        help=f"temperature of those samples ({default.temperature:g})",
     )
     p.add_argument(
         "--seed", type=int, help="seed of the first sample, +1 each (the run's training.seed)"
@@ -67,9 +72,7 @@ def run(args) -> int:
         max_records=args.max_records,
         max_tokens=args.max_tokens,
         terms=None if args.terms == "none" else args.terms,
-        consistency=args.consistency,
-        temperature=args.temperature,
-        seed=args.seed,
+        sampling=Sampling(args.consistency, args.temperature, args.seed),
         say=lambda message: print(f"eval: {message}", file=sys.stderr, flush=True),
     )
     if args.json:

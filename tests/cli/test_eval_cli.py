@@ -144,6 +144,10 @@ def test_consistency_is_reproducible_and_counts_sampled_answers(home, tmp_path, 
     assert per == [
         scoring.consistency(a["tuned"], a["tuned_samples"]) for a in rows
     ]  # eval.json holds what the score was computed from
+    assert main(["runs", "show", str(run)]) == 0
+    shown = capsys.readouterr().out
+    assert re.search(rf"│ consistency\s+│ {score:.3f}\s+│", shown)
+    assert "consistency: 2 sampled answers per question at temperature 0.7, seeds from 0" in shown
     other = evaluate("--consistency", "2", "--seed", "7")
     assert [a["tuned_samples"] for a in other["answers"]] != [a["tuned_samples"] for a in rows]
     # at temperature 0 a sample is the greedy answer: every sentence supported (the tiny model's
