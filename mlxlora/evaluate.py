@@ -222,6 +222,8 @@ class Sampling:
 def _measure(model_ref, adapter, records, cfg, max_tokens, sampling, say):
     """(val_loss and perplexity, greedy answers to the records' questions, each question's
     sampled answers) of one model."""
+    from mlxlora import scoring
+
     who = "tuned" if adapter else "base"
     say(f"{who}: loading")
     gen, _, _ = load_generator(model_ref, adapter, progress=False)
@@ -229,11 +231,12 @@ def _measure(model_ref, adapter, records, cfg, max_tokens, sampling, say):
     say(f"{who}: val loss {val_loss:.4f}, perplexity {ppl:.2f}")
     answers, samples = [], []
     questions = _questions(records)
-    cost = f" (1 greedy + {sampling.samples} sampled each)" if sampling.samples else ""
     for i, (messages, _) in enumerate(questions, 1):
         answers.append(gen.generate(messages, max_tokens=max_tokens))
-        samples.append(sampling.draw(gen, messages, max_tokens))
-        say(f"{who}: answered {i}/{len(questions)}{cost}")
+        # an answer without a sentence gets no consistency score: drawing for it is wasted
+        has_sentence = bool(scoring.sentences(answers[-1]))
+        samples.append(sampling.draw(gen, messages, max_tokens) if has_sentence else [])
+        say(f"{who}: answered {i}/{len(questions)} ({1 + len(samples[-1])} generations)")
     return {"val_loss": val_loss, "perplexity": ppl}, answers, samples
 
 

@@ -56,6 +56,10 @@ def test_eval_json_matches_training_numbers(home, tmp_path, capsys):
     assert scores["token_f1"] == pytest.approx(sum(a["scores"]["token_f1"] for a in answers) / 12)
     assert scores["safety_rate"] is None  # no quickstart answer refers to a doctor
     assert set(result["base_scores"]) == set(scores)
+    # 8 steps in, the tiny model answers only line breaks: no sentence, so no consistency score
+    # and no sampled answers drawn for it (they would cost generations for nothing)
+    assert all(not scoring.sentences(a["tuned"]) for a in answers)
+    assert scores["consistency"] is None and all(a["tuned_samples"] == [] for a in answers)
 
     assert main(["runs", "show", str(run)]) == 0
     shown = capsys.readouterr().out
