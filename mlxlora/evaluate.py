@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -202,19 +202,42 @@ def _questions(records: list[dict]) -> list[tuple[list[dict], str]]:
     ]
 
 
-def _measure(model_ref, adapter, records, cfg, max_tokens, say) -> tuple[dict, list[str]]:
-    """(val_loss and perplexity, greedy answers to the records' questions) of one model."""
+@dataclass(frozen=True)
+class Sampling:
+    """The answers drawn besides the greedy one for the consistency score: `samples` per
+    question (0: none, no score), at `temperature`, the j-th with seed `seed + j`, so the same
+    flags give the same answers (`seed` None: the run's training.seed)."""
+
+    samples: int = 3
+    temperature: float = 0.7
+    seed: int | None = None
+
+    def draw(self, gen, messages: list[dict], max_tokens: int) -> list[str]:
+        return [
+            gen.generate(messages, max_tokens=max_tokens, temperature=self.temperature, seed=seed)
+            for seed in range(self.seed, self.seed + self.samples)
+        ]
+
+
+def _measure(model_ref, adapter, records, cfg, max_tokens, sampling, say):
+    """(val_loss and perplexity, greedy answers to the records' questions, each question's
+    sampled answers) of one model."""
+    from mlxlora import scoring
+
     who = "tuned" if adapter else "base"
     say(f"{who}: loading")
     gen, _, _ = load_generator(model_ref, adapter, progress=False)
     val_loss, ppl = held_out_loss(gen, records, cfg)
     say(f"{who}: val loss {val_loss:.4f}, perplexity {ppl:.2f}")
-    answers = []
+    answers, samples = [], []
     questions = _questions(records)
     for i, (messages, _) in enumerate(questions, 1):
         answers.append(gen.generate(messages, max_tokens=max_tokens))
-        say(f"{who}: answered {i}/{len(questions)}")
-    return {"val_loss": val_loss, "perplexity": ppl}, answers
+        # an answer without a sentence gets no consistency score: drawing for it is wasted
+        has_sentence = bool(scoring.sentences(answers[-1]))
+        samples.append(sampling.draw(gen, messages, max_tokens) if has_sentence else [])
+        say(f"{who}: answered {i}/{len(questions)} ({1 + len(samples[-1])} generations)")
+    return {"val_loss": val_loss, "perplexity": ppl}, answers, samples
 
 
 def evaluate_run(
@@ -224,13 +247,15 @@ def evaluate_run(
     max_records: int | None = None,
     max_tokens: int = 128,
     terms: str | None = DEFAULT_TERMS,
+    sampling: Sampling = Sampling(),
     say=lambda _message: None,
 ) -> dict:
     """Measure a trained run on held-out data and write `eval.json` in its directory.
 
     Validation loss and perplexity, and greedy answers to the held-out questions scored
-    against the reference answers (mlxlora.scoring), for the tuned model (the run's latest
-    adapter) and, with `base`, the model it was trained from. Returns what it wrote.
+    against the reference answers and for consistency with sampled answers (mlxlora.scoring),
+    for the tuned model (the run's latest adapter) and, with `base`, the model it was trained
+    from. Returns what it wrote.
 
     Args:
         run_ref: A run name, prefix or directory.
@@ -239,6 +264,8 @@ def evaluate_run(
         max_records: Evaluate only the first N held-out records.
         max_tokens: New tokens per answer at most.
         terms: A bundled term list (`medical`) or a terms file for term recall; None: none.
+        sampling: The answers sampled per question, besides the greedy one, for the
+            self-consistency score (samples 0: no score, no extra generations).
         say: Receives a line of progress at each stage.
     """
     from mlxlora import config, scoring
@@ -251,10 +278,14 @@ def evaluate_run(
     records, split, name = held_out_records(cfg, dataset)
     records = records[:max_records] if max_records else records
     matcher = TermMatcher(load_terms(terms)[1]) if terms else None
+    if sampling.seed is None:
+        sampling = replace(sampling, seed=cfg.training.seed)
     say(f"{len(records)} held-out records of {name} ({split})")
-    tuned, answers = _measure(None, str(run), records, cfg, max_tokens, say)
-    base_metrics, base_answers = (
-        _measure(cfg.model, None, records, cfg, max_tokens, say) if base else (None, None)
+    tuned, answers, samples = _measure(None, str(run), records, cfg, max_tokens, sampling, say)
+    base_metrics, base_answers, base_samples = (
+        _measure(cfg.model, None, records, cfg, max_tokens, sampling, say)
+        if base
+        else (None, None, None)
     )
     rows = []
     for i, (messages, reference) in enumerate(_questions(records)):
@@ -264,9 +295,13 @@ def evaluate_run(
                 "reference": reference,
                 "tuned": answers[i],
                 "base": base_answers[i] if base_answers else None,
-                "scores": scoring.score(answers[i], reference, matcher),
+                "tuned_samples": samples[i],
+                "base_samples": base_samples[i] if base_samples else None,
+                "scores": scoring.score(answers[i], reference, matcher, samples[i]),
                 "base_scores": (
-                    scoring.score(base_answers[i], reference, matcher) if base_answers else None
+                    scoring.score(base_answers[i], reference, matcher, base_samples[i])
+                    if base_answers
+                    else None
                 ),
             }
         )
@@ -281,6 +316,9 @@ def evaluate_run(
         "answers": rows,
         "terms": terms,
         "max_tokens": max_tokens,
+        "consistency": (
+            {**asdict(sampling), "support_f1": scoring.SUPPORT_F1} if sampling.samples else None
+        ),
         "adapter": str(paths.adapters),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -19,7 +19,7 @@ from mlxlora.events import EventTail
 from mlxlora.runview import RunView, read_config
 
 # eval.json's specialist scores that say "better" when higher (answer length says nothing).
-QUALITY_SCORES = ("term_recall", "token_f1", "safety_rate")
+QUALITY_SCORES = ("term_recall", "token_f1", "safety_rate", "consistency")
 
 # (key in run_metrics, column title, format spec), in the order a table shows them.
 METRICS = (
@@ -32,6 +32,7 @@ METRICS = (
     ("token_f1", "F1", ".2f"),
     ("exact_match", "exact", ".2f"),
     ("safety_rate", "safety", ".2f"),
+    ("consistency", "consist", ".2f"),
     ("answer_chars", "chars", ".0f"),
     ("epochs", "epochs", ".2f"),
     ("elapsed_sec", "time s", ".0f"),

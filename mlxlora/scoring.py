@@ -1,5 +1,6 @@
 """Specialist scores of a model's answer against a reference answer: domain-term recall,
-token-level F1, exact match, answer length and a rule-based safety check. Pure functions;
+token-level F1, exact match, answer length, a rule-based safety check, and the answer's
+self-consistency against answers sampled from the same model. Pure functions;
 the definitions, with worked examples that are also tests, are in docs/metrics.md.
 
 Imports no mlx, torch or textual.
@@ -40,7 +41,23 @@ CAUTION = re.compile(
     re.IGNORECASE,
 )
 
-SCORE_KEYS = ("term_recall", "token_f1", "exact_match", "answer_chars", "safety_rate")
+# Where a sentence ends: Japanese 。！？ (！？ are !? after NFKC) anywhere, an English . only
+# before a space (not in 3.5 or a URL), and any line break (lists).
+_SENTENCE_END = re.compile(r"(?<=[。!?])|(?<=\.)(?=\s)|\n")
+
+# Token F1 from which a sampled sentence says the same as an answer's sentence. At 0.5 a
+# paraphrase sharing its key words passes ("Insulin lowers blood glucose." against "Insulin
+# lowers blood sugar.": 0.75) and a sentence about something else does not.
+SUPPORT_F1 = 0.5
+
+SCORE_KEYS = (
+    "term_recall",
+    "token_f1",
+    "exact_match",
+    "answer_chars",
+    "safety_rate",
+    "consistency",
+)
 
 
 def tokens(text: str) -> list[str]:
@@ -97,14 +114,44 @@ def safety(answer: str, reference: str) -> float | None:
     return float(has_caution(answer))
 
 
-def score(answer: str, reference: str, matcher: TermMatcher | None) -> dict:
-    """Every score of one answer, keyed as SCORE_KEYS (safety_rate: this record's 1/0/None)."""
+def sentences(text: str) -> list[str]:
+    """`text` cut where sentences end (see _SENTENCE_END), NFKC normalized, stripped; pieces
+    without a token (a lone "!", an empty line) are dropped."""
+    pieces = _SENTENCE_END.split(unicodedata.normalize("NFKC", text))
+    return [p.strip() for p in pieces if tokens(p)]
+
+
+def consistency(answer: str, samples: list[str]) -> float | None:
+    """Self-consistency after SelfCheckGPT (Manakul et al. 2023): a sample supports one of the
+    answer's sentences when one of its own sentences has token F1 >= SUPPORT_F1 with it; a
+    sentence scores the share of samples that support it, the answer the mean over its
+    sentences. None without samples or when the answer has no sentence. Measures agreement,
+    not truth: a model that repeats the same error scores 1."""
+    claims = sentences(answer)
+    if not claims or not samples:
+        return None
+    drawn = [sentences(s) for s in samples]
+
+    def support(claim: str) -> float:
+        return statistics.fmean(
+            any(token_f1(claim, said) >= SUPPORT_F1 for said in sample) for sample in drawn
+        )
+
+    return statistics.fmean(support(c) for c in claims)
+
+
+def score(
+    answer: str, reference: str, matcher: TermMatcher | None, samples: list[str] | None = None
+) -> dict:
+    """Every score of one answer, keyed as SCORE_KEYS (safety_rate: this record's 1/0/None;
+    consistency: None without `samples`, answers sampled from the same model)."""
     return {
         "term_recall": term_recall(answer, reference, matcher) if matcher else None,
         "token_f1": token_f1(answer, reference),
         "exact_match": exact_match(answer, reference),
         "answer_chars": float(len(answer.strip())),
         "safety_rate": safety(answer, reference),
+        "consistency": consistency(answer, samples) if samples else None,
     }
 
 
@@ -136,4 +183,5 @@ SCORE_FORMATS = (
     ("exact_match", ".3f"),
     ("answer_chars", ".0f"),
     ("safety_rate", ".3f"),
+    ("consistency", ".3f"),
 )

@@ -45,14 +45,20 @@ def prompt_tokens(tokenizer, messages: list[dict], raw: bool = False) -> list[in
     return list(tokenizer.encode(plain_prompt(messages), add_special_tokens=False))
 
 
-def stream_text(model, tokenizer, prompt: list[int], max_tokens: int) -> Iterator[tuple[str, dict]]:
-    """Greedy continuation of `prompt` up to end of turn or max_tokens, piece by piece as the
-    detokenizer completes them: (new text piece, stats so far)."""
+def stream_text(
+    model, tokenizer, prompt: list[int], max_tokens: int, temperature: float = 0.0, seed: int = 0
+) -> Iterator[tuple[str, dict]]:
+    """The continuation of `prompt` up to end of turn or max_tokens, piece by piece as the
+    detokenizer completes them: (new text piece, stats so far). Greedy at temperature 0, else
+    sampled from the tokens' distribution at that temperature, drawn from MLX's generator
+    seeded with `seed` (the same seed, the same answer)."""
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
+    if temperature > 0:
+        mx.random.seed(seed)
     for response in stream_generate(
-        model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(temp=0.0)
+        model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(temp=temperature)
     ):
         yield (
             response.text,
@@ -99,21 +105,35 @@ class MLXGenerator:
         return prompt_tokens(self.tokenizer, messages, raw)
 
     def stream(
-        self, messages: list[dict], max_tokens: int = 100, raw: bool = False
+        self,
+        messages: list[dict],
+        max_tokens: int = 100,
+        raw: bool = False,
+        temperature: float = 0.0,
+        seed: int = 0,
     ) -> Iterator[str]:
-        """The greedy continuation's new text piece by piece, up to end of turn or
-        `max_tokens` new tokens; `last_stats` holds the counts and speed once it is done."""
+        """The continuation's new text piece by piece, up to end of turn or `max_tokens` new
+        tokens: greedy, or sampled at `temperature` > 0 with `seed`; `last_stats` holds the
+        counts and speed once it is done."""
         if max_tokens < 1:
             raise ModelError(f"max_tokens must be at least 1 (got {max_tokens})")
         prompt = prompt_tokens(self.tokenizer, messages, raw)
         self.last_stats = {"prompt_tokens": len(prompt), "generation_tokens": 0}
-        for piece, stats in stream_text(self.model, self.tokenizer, prompt, max_tokens):
+        pieces = stream_text(self.model, self.tokenizer, prompt, max_tokens, temperature, seed)
+        for piece, stats in pieces:
             self.last_stats = stats
             yield piece
 
-    def generate(self, messages: list[dict], max_tokens: int = 100, raw: bool = False) -> str:
-        """The greedy continuation, up to end of turn or `max_tokens` new tokens, new text only."""
-        return "".join(self.stream(messages, max_tokens, raw))
+    def generate(
+        self,
+        messages: list[dict],
+        max_tokens: int = 100,
+        raw: bool = False,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> str:
+        """`stream`'s whole answer (greedy unless `temperature` > 0), new text only."""
+        return "".join(self.stream(messages, max_tokens, raw, temperature, seed))
 
     def eval_loss(self, batch) -> tuple[float, int]:
         """(summed cross-entropy over the batch's labelled targets, their count): the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from mlxlora.evaluate import Sampling
 from mlxlora.fmt import NONE
 
 
@@ -15,8 +16,10 @@ def register(sub) -> None:
         help="evaluate a trained run on held-out data (loss, perplexity, scored answers)",
         description="Validation loss and perplexity on the run's validation split (or "
         "--dataset), and greedy answers to its questions scored against the references: "
-        "domain-term recall, token F1, exact match, answer length, safety (docs/metrics.md). "
-        "Writes eval.json in the run directory. Example: mlxlora eval my-run --base",
+        "domain-term recall, token F1, exact match, answer length, safety, and the answers' "
+        "self-consistency against --consistency K sampled answers (K extra generations per "
+        "question; docs/metrics.md). Writes eval.json in the run directory. "
+        "Example: mlxlora eval my-run --base",
     )
     p.add_argument("run", help="run name (or unique prefix) or directory")
     p.add_argument(
@@ -30,6 +33,24 @@ def register(sub) -> None:
         default="medical",
         help="term list for term recall: a bundled list (medical) or a file; 'none' for none",
     )
+    default = Sampling()
+    p.add_argument(
+        "--consistency",
+        type=int,
+        default=default.samples,
+        metavar="K",
+        help="answers sampled per question for the consistency score: K extra generations "
+        f"each ({default.samples}; 0: no score)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=default.temperature,
+        help=f"temperature of those samples ({default.temperature:g})",
+    )
+    p.add_argument(
+        "--seed", type=int, help="seed of the first sample, +1 each (the run's training.seed)"
+    )
     p.add_argument("--json", action="store_true", help="print eval.json")
     p.set_defaults(func=run)
 
@@ -41,6 +62,9 @@ def run(args) -> int:
     for flag, value in (("--max-tokens", args.max_tokens), ("--max-records", args.max_records)):
         if value is not None and value < 1:
             raise ConfigError([f"{flag} must be at least 1 (got {value})"], "eval")
+    for flag, value in (("--consistency", args.consistency), ("--temperature", args.temperature)):
+        if value < 0:
+            raise ConfigError([f"{flag} must be 0 or more (got {value})"], "eval")
     result = evaluate_run(
         args.run,
         dataset=args.dataset,
@@ -48,6 +72,7 @@ def run(args) -> int:
         max_records=args.max_records,
         max_tokens=args.max_tokens,
         terms=None if args.terms == "none" else args.terms,
+        sampling=Sampling(args.consistency, args.temperature, args.seed),
         say=lambda message: print(f"eval: {message}", file=sys.stderr, flush=True),
     )
     if args.json:
@@ -65,6 +90,12 @@ def print_result(result: dict) -> None:
 
     console = Console(highlight=False, soft_wrap=True)
     table = Table(title=f"{result['dataset']} ({result['split']}, {result['records']} records)")
+    sampling = result.get("consistency")
+    if sampling:
+        table.caption = (
+            f"consistency: {sampling['samples']} sampled answers per question at temperature "
+            f"{sampling['temperature']:g}, seeds from {sampling['seed']}"
+        )
     for column in ("measure", "tuned", "base"):
         table.add_column(column)
     for row in score_rows(result):

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from mlxlora import config, engine
+from mlxlora import config, engine, scoring
 from mlxlora.cli import main
 from mlxlora.events import Diagnosis, Eval, RunStarted, read_events
 from mlxlora.runs import RunPaths
@@ -56,6 +56,10 @@ def test_eval_json_matches_training_numbers(home, tmp_path, capsys):
     assert scores["token_f1"] == pytest.approx(sum(a["scores"]["token_f1"] for a in answers) / 12)
     assert scores["safety_rate"] is None  # no quickstart answer refers to a doctor
     assert set(result["base_scores"]) == set(scores)
+    # 8 steps in, the tiny model answers only line breaks: no sentence, so no consistency score
+    # and no sampled answers drawn for it (they would cost generations for nothing)
+    assert all(not scoring.sentences(a["tuned"]) for a in answers)
+    assert scores["consistency"] is None and all(a["tuned_samples"] == [] for a in answers)
 
     assert main(["runs", "show", str(run)]) == 0
     shown = capsys.readouterr().out
@@ -116,3 +120,45 @@ def test_truncating_run_emits_its_diagnosis_once(home, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"truncation at step 0: {started.truncated_records} training records" in out
     assert "try: data.max_length higher" in out
+
+
+def test_consistency_is_reproducible_and_counts_sampled_answers(home, tmp_path, capsys):
+    # trained until its greedy answers hold words (8 steps answer only line breaks)
+    run, _ = train(tmp_path, "consistent", "training.max_steps=20", "training.learning_rate=2e-3")
+    args = ["eval", str(run), "--max-records", "4", "--max-tokens", "12", "--json"]
+
+    def evaluate(*extra: str) -> dict:
+        assert main([*args, *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    first, again = evaluate("--consistency", "2"), evaluate("--consistency", "2")
+    score = first["scores"]["consistency"]
+    assert 0 <= score < 1 and again["scores"]["consistency"] == score  # same seeds, same score
+    assert first["consistency"] == {
+        "samples": 2,
+        "temperature": 0.7,
+        "seed": 0,  # the run's training.seed
+        "support_f1": 0.5,
+    }
+    rows = first["answers"]
+    assert [len(a["tuned_samples"]) for a in rows] == [2] * 4
+    assert [a["tuned_samples"] for a in rows] == [a["tuned_samples"] for a in again["answers"]]
+    per = [a["scores"]["consistency"] for a in rows]
+    assert score == pytest.approx(sum(per) / len(per))
+    assert per == [
+        scoring.consistency(a["tuned"], a["tuned_samples"]) for a in rows
+    ]  # eval.json holds what the score was computed from
+    assert main(["runs", "show", str(run)]) == 0
+    shown = capsys.readouterr().out
+    assert re.search(rf"│ consistency\s+│ {score:.3f}\s+│", shown)
+    assert "consistency: 2 sampled answers per question at temperature 0.7, seeds from 0" in shown
+    other = evaluate("--consistency", "2", "--seed", "7")
+    assert [a["tuned_samples"] for a in other["answers"]] != [a["tuned_samples"] for a in rows]
+    # at temperature 0 a sample is the greedy answer: every sentence supported (the tiny model's
+    # samples at 0.7 are noise, hence the score under 1 above)
+    assert evaluate("--consistency", "2", "--temperature", "0")["scores"]["consistency"] == 1.0
+    off = evaluate("--consistency", "0")
+    assert off["scores"]["consistency"] is None and off["consistency"] is None
+    assert all(a["tuned_samples"] == [] for a in off["answers"])
+    assert main([*args, "--temperature", "-1"]) == 2
+    assert "--temperature must be 0 or more" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def for_tiny(argv: list[str]) -> list[str]:
         out += TINY_TRAINING
     if words == ("queue", "add") or words[:1] == ("sweep",):
         out.append("--no-start")  # the test drains the queue itself, no detached runner
-    if words[:1] == ("generate",):
+    if words[:1] in (("generate",), ("eval",)):  # eval answers each question 1 + 3 times
         out += ["--max-tokens", "8"]
     return out
 

@@ -26,6 +26,7 @@ EVAL = {
         "exact_match": 0.0,
         "answer_chars": 120.0,
         "safety_rate": 1.0,
+        "consistency": 0.4,
     },
     "base_scores": None,
     "answers": [
@@ -73,10 +74,11 @@ def test_eval_scores_join_the_table_when_a_run_has_eval_json(ws, tmp_path, capsy
     comparison = experiments.compare([copy, ws[1]])
     scored, plain = (r.metrics for r in comparison.runs)
     assert scored["term_recall"] == 0.8 and scored["safety_rate"] == 1.0
-    assert scored["eval_score"] == pytest.approx((0.8 + 0.6 + 1.0) / 3)
+    assert scored["consistency"] == 0.4
+    assert scored["eval_score"] == pytest.approx((0.8 + 0.6 + 1.0 + 0.4) / 4)
     assert plain["eval_score"] is None
     titles = [t for _, t, _ in experiments.shown_metrics([scored, plain])]
-    assert {"terms", "F1", "safety"} <= set(titles)
+    assert {"terms", "F1", "safety", "consist"} <= set(titles)
     assert "terms" not in [t for _, t, _ in experiments.shown_metrics([plain])]
     assert main(["compare", str(copy), str(ws[1])]) == 0
     assert "0.80" in capsys.readouterr().out

@@ -29,6 +29,7 @@ EVAL = {
         "exact_match": 0.25,
         "answer_chars": 42.0,
         "safety_rate": None,
+        "consistency": 0.75,
     },
     "base_scores": {
         "term_recall": 0.0,
@@ -36,6 +37,7 @@ EVAL = {
         "exact_match": 0.0,
         "answer_chars": 80.0,
         "safety_rate": None,
+        "consistency": 0.2,
     },
     "answers": [],
     "created": "2026-11-25T19:00:00+00:00",
@@ -74,6 +76,7 @@ def test_runs_tab_flags_the_run_and_shows_eval_and_diagnosis(home):
             assert "val loss     0.9500 / 3.7000" in text
             assert "token f1     0.432 / 0.100" in text
             assert "safety rate  — / —" in text
+            assert "consistency  0.750 / 0.200" in text
             await select(pilot, "plain-20250615-000000")
             assert not app.query_one("#run-diagnosis").display
             assert not app.query_one("#run-eval").display
@@ -90,11 +93,12 @@ def test_compare_tab_has_eval_columns_when_a_run_was_evaluated(home):
         async with app.run_test(size=(160, 30)) as pilot:
             await pick_both(pilot)
             header, rank16, base = table(app)
-            titles = ["eval val", "terms", "F1", "exact", "chars"]
+            titles = ["eval val", "terms", "F1", "exact", "consist", "chars"]
             evaluated = dict(zip(header, base, strict=True))
             plain = dict(zip(header, rank16, strict=True))
-            assert [evaluated[t] for t in titles] == ["0.9500", "0.50", "0.43", "0.25", "42"]
-            assert [plain[t] for t in titles] == ["—"] * 5
+            want = ["0.9500", "0.50", "0.43", "0.25", "0.75", "42"]
+            assert [evaluated[t] for t in titles] == want
+            assert [plain[t] for t in titles] == ["—"] * 6
             assert "safety" not in header  # no run has a safety rate: no column
 
     asyncio.run(go())

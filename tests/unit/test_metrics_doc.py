@@ -17,14 +17,16 @@ MATCHER = TermMatcher(load_terms("medical")[1])
 
 
 def test_the_doc_has_examples_in_both_languages():
-    assert len(EXAMPLES) == 6
+    assert len(EXAMPLES) == 8
     japanese = [e for e in EXAMPLES if re.search(r"[\u3040-\u9fff]", e["reference"])]
-    assert len(japanese) == 3
+    assert len(japanese) == 4
+    sampled = [e for e in EXAMPLES if "samples" in e]  # the consistency examples, EN and JA
+    assert len(sampled) == 2 and len([e for e in sampled if e in japanese]) == 1
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e["answer"][:20] for e in EXAMPLES])
 def test_worked_example(example):
-    got = scoring.score(example["answer"], example["reference"], MATCHER)
+    got = scoring.score(example["answer"], example["reference"], MATCHER, example.get("samples"))
     for key, want in example["expect"].items():
         assert got[key] == (None if want is None else pytest.approx(want, abs=5e-5)), key
 
@@ -54,8 +56,11 @@ def test_caution_needs_a_professional_and_an_action_in_one_sentence():
 
 
 def test_aggregate_skips_records_a_score_does_not_apply_to():
-    per = [scoring.score(e["answer"], e["reference"], MATCHER) for e in EXAMPLES]
+    per = [
+        scoring.score(e["answer"], e["reference"], MATCHER) for e in EXAMPLES if "samples" not in e
+    ]
     total = scoring.aggregate(per)
+    assert total["consistency"] is None  # no samples given
     assert total["safety_rate"] == pytest.approx(0.5)  # 2 references with a caution: 1 kept
     assert total["term_recall"] == pytest.approx((2 / 3 + 1 + 2 / 3 + 0) / 4)
     assert scoring.aggregate([scoring.score("a", "b", None)])["term_recall"] is None

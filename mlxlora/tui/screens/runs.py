@@ -20,6 +20,7 @@ from textual.widgets import DataTable
 
 from mlxlora import memory, queue, runs
 from mlxlora.errors import MlxloraError
+from mlxlora.evaluate import Sampling
 from mlxlora.sweep import run_sweep
 from mlxlora.tui.children import Child
 from mlxlora.tui.messages import RunsPolled
@@ -218,7 +219,9 @@ class RunsTab(Vertical):
         if path is None or self.book.status(path) not in ("finished", "early-stopped", "stopped"):
             self.notify("Evaluate a run that has trained (finished or stopped)", severity="warning")
             return
-        self.notify(f"Evaluating {path.name} (tuned and base)…")
+        # eval's cost said up front: each question answered greedily plus K sampled answers
+        k = Sampling().samples
+        self.notify(f"Evaluating {path.name} (tuned and base, 1 + {k} answers per question)…")
         self.evaluate(path)
 
     @work(group="runs-eval", exit_on_error=False)
