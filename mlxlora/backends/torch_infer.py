@@ -81,7 +81,8 @@ def stream_text(
     decoder = DecodeStream(skip_special_tokens=False)  # what mlx-lm's detokenizers show
     stats = {"prompt_tokens": len(prompt), "generation_tokens": 0, "finish_reason": None}
     stats["tokens"], stats["generation_tps"] = [], 0.0
-    start = None
+    start, pending = None, []  # pending: tokens of a character not complete yet
+    trim = trims_first_space(tokenizer)
     for count, token in enumerate(next_tokens(model, prompt, max_tokens, temperature, seed), 1):
         start = start or time.perf_counter()  # speed after the prompt, as mlx-lm measures it
         stats["generation_tokens"] = count
@@ -90,11 +91,32 @@ def stream_text(
             stats["finish_reason"] = "stop"
             break
         stats["tokens"].append(token)
+        piece = decoder.step(tokenizer.backend_tokenizer, token)
+        pending = [] if piece is not None else [*pending, token]
         if count == max_tokens:
             stats["finish_reason"] = "length"
-        yield decoder.step(tokenizer.backend_tokenizer, token) or "", dict(stats)
+            piece = (piece or "") + flush(tokenizer, pending)
+        if piece and trim:
+            piece, trim = piece.removeprefix(" "), False
+        yield piece or "", dict(stats)
     if stats["finish_reason"] == "stop":
-        yield "", dict(stats)
+        piece = flush(tokenizer, pending)
+        yield piece.removeprefix(" ") if trim else piece, dict(stats)
+
+
+def trims_first_space(tokenizer) -> bool:
+    """Whether mlx-lm shows this tokenizer's answers without their leading space: its byte-level
+    BPE detokenizer drops it (`Ġword` first), HF's decoder keeps it. SentencePiece decoders
+    drop it on both sides already."""
+    from tokenizers.decoders import ByteLevel
+
+    return isinstance(tokenizer.backend_tokenizer.decoder, ByteLevel)
+
+
+def flush(tokenizer, pending: list[int]) -> str:
+    """The text of tokens left incomplete at the end, replacement characters included (as
+    mlx-lm's detokenizers finalize)."""
+    return tokenizer.decode(pending, skip_special_tokens=False) if pending else ""
 
 
 def load_adapter(model, adapter_dir: Path):
