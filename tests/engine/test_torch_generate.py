@@ -21,7 +21,7 @@ from mlxlora.backends import select, torch_infer  # noqa: E402
 from mlxlora.evaluate import messages_for  # noqa: E402
 from mlxlora.events import Sample, read_events  # noqa: E402
 from mlxlora.runs import RunPaths  # noqa: E402
-from tests.engine.test_torch_backend import ALL_TARGETS  # noqa: E402
+from tests.engine.test_torch_backend import ALL_TARGETS, random_batches  # noqa: E402
 from tests.engine.test_train import make_config  # noqa: E402
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -107,6 +107,9 @@ def test_greedy_torch_equals_mlx_token_for_token(torch_run, built_tiny, tmp_path
                 seen.update(got["tokens"])
         text = "The capital of Japan is Tokyo."
         assert torch_gen.perplexity(text) == pytest.approx(mlx_gen.perplexity(text), rel=1e-4)
+        batch = random_batches(1, rows=3)[0]  # eval's held-out loss, padded and masked
+        got, want = torch_gen.eval_loss(batch), mlx_gen.eval_loss(batch)
+        assert got[1] == want[1] and got[0] == pytest.approx(want[0], rel=1e-5)
     assert reasons == {"stop", "length"} and len(seen) > 20  # the comparison covered something
 
 
@@ -163,6 +166,7 @@ def cli(*args, home):
     )
 
 
+@pytest.mark.slow
 def test_streamed_answers_read_the_same_from_both(torch_run, tmp_path):
     home, run, _ = torch_run
     noisy = noisy_copy(RunPaths(run).adapters, tmp_path / "noisy")
