@@ -119,6 +119,10 @@ class TorchBackend:
         self.model = torch_peft.add_lora(base, paths, lora.rank, lora.alpha, lora.dropout)
         if config.training.grad_checkpoint:
             base.gradient_checkpointing_enable({"use_reentrant": False})
+        if config.training.compile:
+            # the decoder (LoRA layers included) as one graph; dynamic: batches differ in
+            # length, and one graph with symbolic shapes serves them all
+            base.get_decoder().compile(dynamic=True)
         self.model.train()
         self.model_type = base.config.model_type
         self._chunk_rows = loss_chunk_rows(base.config.vocab_size)
