@@ -230,15 +230,17 @@ class TorchBackend:
 
     def generate(self, messages: list[dict], max_tokens: int) -> str:
         """Greedy answer of the model as it is now (adapter included), dropout off: the torch
-        generator's loop, so the run's samples read as `mlxlora generate` would answer."""
+        generator's loop, so the run's samples read as `mlxlora generate` would answer. Eager
+        even when training.compile is on: a few short answers would wait for a second graph
+        (the KV-cached decode) to compile."""
         from mlxlora.backends.torch_infer import stream_text
 
         self.model.eval()
         try:
             prompt = prompt_tokens(self.tokenizer, messages)
-            return "".join(
-                piece for piece, _ in stream_text(self.model, self.tokenizer, prompt, max_tokens)
-            )
+            with torch.compiler.set_stance("force_eager"):
+                pieces = stream_text(self.model, self.tokenizer, prompt, max_tokens)
+                return "".join(piece for piece, _ in pieces)
         finally:
             self.model.train()
 

@@ -221,7 +221,7 @@ def test_compiled_forward_loses_like_eager(home, quickstart_data):
     model_dir = resolve_model("builtin:tiny", progress=False)
     batches = random_batches(3, rows=3)
     assert len({b.tokens.shape[1] for b in batches}) == 3
-    losses = {}
+    losses, answers = {}, {}
     for compiled in (False, True):
         cfg = make_config(quickstart_data, ALL_TARGETS, f"training.compile={compiled}")
         backend = TorchBackend()
@@ -232,5 +232,7 @@ def test_compiled_forward_loses_like_eager(home, quickstart_data):
         for step, batch in enumerate(batches):
             losses[compiled].append(backend.accumulate(batch, seed=step))
             backend.update(lr=5e-3, grad_clip=0.5)
+        answers[compiled] = backend.generate([{"role": "user", "content": "hi"}], 6)  # eager
     np.testing.assert_allclose(losses[True], losses[False], rtol=0, atol=1e-5)
+    assert answers[True] == answers[False]
     assert losses[True][2] != losses[True][0]  # three different steps
