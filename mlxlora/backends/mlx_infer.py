@@ -40,7 +40,8 @@ def stream_text(
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
-    mx.random.seed(seed)
+    if temperature > 0:  # greedy leaves MLX's global generator (training's dropout) alone
+        mx.random.seed(seed)
     tokens = []
     for response in stream_generate(
         model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(temp=temperature)

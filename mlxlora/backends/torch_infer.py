@@ -129,7 +129,11 @@ def load_adapter(model, adapter_dir: Path):
         raise ModelError(f"{adapter_dir}: cannot read the adapter: {exc}") from None
     modules = adapted_modules(mlx_to_peft(weights))
     rank = config["rank"]
-    peft_model = torch_peft.add_lora(model, modules, rank, config["scale"] * rank, 0.0)
+    try:
+        peft_model = torch_peft.add_lora(model, modules, rank, config["scale"] * rank, 0.0)
+    except ValueError as exc:  # PEFT: a module the adapter names is not in this model
+        first = (str(exc).splitlines() or ["does not fit"])[0]
+        raise ModelError(f"{adapter_dir}: the adapter does not fit this model: {first}") from None
     torch_peft.load_mlx_weights(peft_model, weights)
     return peft_model
 
