@@ -142,6 +142,29 @@ def test_a_run_generates_on_the_backend_it_trained_on(torch_run, monkeypatch):
     assert isinstance(evaluate.load_generator("builtin:tiny")[0], TorchGenerator)
 
 
+def test_eval_of_a_torch_run_answers_on_torch_as_mlx_would(torch_run, built_tiny, monkeypatch):
+    from mlxlora import config
+
+    home, run, _ = torch_run
+    monkeypatch.setenv("MLXLORA_HOME", str(home))
+    asked = []
+    real = torch_infer.stream_text
+
+    def spy(model, tokenizer, prompt, max_tokens, *args):
+        asked.append(max_tokens)
+        yield from real(model, tokenizer, prompt, max_tokens, *args)
+
+    monkeypatch.setattr(torch_infer, "stream_text", spy)
+    result = evaluate.evaluate_run(str(run), max_records=3, max_tokens=6)
+    assert asked == [6] * len(result["answers"]) and asked
+    cfg = config.load(RunPaths(run).config)
+    records = evaluate.held_out_records(cfg, None)[0][:3]
+    mlx_gen = select.generator("mlx", built_tiny, RunPaths(run).adapters)
+    assert result["val_loss"] == pytest.approx(evaluate.held_out_loss(mlx_gen, records, cfg)[0])
+    for row, (messages, _) in zip(result["answers"], evaluate._questions(records), strict=True):
+        assert row["tuned"] == mlx_gen.generate(messages, 6)
+
+
 def test_sampling_is_seeded_on_both_backends(torch_run, built_tiny, tmp_path):
     _, run, _ = torch_run
     messages = messages_for(PROMPTS[2])
