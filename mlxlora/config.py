@@ -121,6 +121,11 @@ class TrainingConfig:
     log_every: int = _help("Emit a step event every N optimizer steps.", 1)
     seed: int = _help("Seed for data order, splits, LoRA init and dropout.", 0)
     grad_checkpoint: bool = _help("Recompute activations in backward to save memory.", False)
+    compile: bool = _help(
+        "Backend torch: torch.compile the model's forward (the first steps wait while it"
+        " compiles; needs a C++ compiler on a CPU). Backend mlx: not yet, trains uncompiled.",
+        False,
+    )
     loss_chunk_rows: int = _help(
         "Labelled tokens per chunk of the loss; 0 picks by vocabulary (128 MB of logits).", 0
     )

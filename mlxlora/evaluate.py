@@ -75,8 +75,14 @@ def resolve_adapter(ref: str) -> AdapterRef:
     return AdapterRef(adapters.resolve(), run, model, backend)
 
 
-def load_generator(model_ref: str | None, adapter: str | None = None, progress: bool = True):
-    """(generator, model directory, adapter directory or None) for a model and/or adapter."""
+def load_generator(
+    model_ref: str | None,
+    adapter: str | None = None,
+    progress: bool = True,
+    backend: str | None = None,
+):
+    """(generator, model directory, adapter directory or None) for a model and/or adapter, on
+    `backend` (auto | mlx | torch; default: the adapter run's backend, else auto)."""
     from mlxlora.backends import select
     from mlxlora.models.resolve import resolve_model
 
@@ -90,7 +96,7 @@ def load_generator(model_ref: str | None, adapter: str | None = None, progress: 
             )
         raise ModelError("give a model (--model REF) or a trained run (--adapter RUN)")
     model_dir = resolve_model(ref, progress=progress)
-    backend = found.backend if found else "auto"
+    backend = backend or (found.backend if found else "auto")
     adapter_dir = found.path if found else None
     return select.generator(backend, model_dir, adapter_dir), model_dir, adapter_dir
 
@@ -106,12 +112,14 @@ def generate(
     adapter: str | None = None,
     max_tokens: int = 100,
     system: str | None = None,
-    raw: bool = False,
     progress: bool = True,
+    backend: str | None = None,
+    **options,
 ) -> str:
-    """The model's greedy answer to `prompt` (chat template applied unless `raw`)."""
-    gen, _, _ = load_generator(model_ref, adapter, progress)
-    return gen.generate(messages_for(prompt, system), max_tokens=max_tokens, raw=raw)
+    """The model's answer to `prompt` (chat template applied unless `raw`); `options`: the
+    generator's raw, temperature (0: greedy, the default) and seed."""
+    gen, _, _ = load_generator(model_ref, adapter, progress, backend)
+    return gen.generate(messages_for(prompt, system), max_tokens=max_tokens, **options)
 
 
 def generate_stream(
@@ -120,15 +128,16 @@ def generate_stream(
     adapter: str | None = None,
     max_tokens: int = 100,
     system: str | None = None,
-    raw: bool = False,
     progress: bool = True,
+    backend: str | None = None,
+    **options,
 ) -> Iterator[dict]:
     """`generate`'s answer as events while it is generated: `{"type": "token", "text": piece}`
     per piece, then `{"type": "done", "text": the whole answer, "prompt_tokens",
     "generation_tokens", "tokens_per_sec", "finish_reason"}`."""
-    gen, _, _ = load_generator(model_ref, adapter, progress)
+    gen, _, _ = load_generator(model_ref, adapter, progress, backend)
     pieces = []
-    for piece in gen.stream(messages_for(prompt, system), max_tokens=max_tokens, raw=raw):
+    for piece in gen.stream(messages_for(prompt, system), max_tokens=max_tokens, **options):
         pieces.append(piece)
         if piece:  # the closing response of a turn carries no text
             yield {"type": "token", "text": piece}

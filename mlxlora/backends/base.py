@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from mlxlora.errors import ModelError
 
 # Tokens that end an assistant turn in common chat templates. mlx-lm stops at the tokenizer's
 # eos_token_ids; a GGUF-converted or base tokenizer may name `<|endoftext|>` as EOS while the
@@ -28,6 +31,29 @@ CHUNKABLE_TYPES = {
     "gemma3_text",
     "smollm3",
 }
+
+
+def prompt_tokens(tokenizer, messages: list[dict], raw: bool = False) -> list[int]:
+    """Token ids for a generation prompt, the same on both backends: the chat template with the
+    assistant turn opened; for a tokenizer without a template the plain layout training uses;
+    raw: the contents as text. `tokenizer`: an HF tokenizer or mlx-lm's wrapper of one."""
+    if raw:
+        return list(tokenizer.encode("\n\n".join(m["content"] for m in messages)))
+    templated = getattr(tokenizer, "has_chat_template", None)  # mlx-lm's wrapper says
+    if templated if templated is not None else getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)  # transformers 5
+    from mlxlora.data.batching import plain_prompt
+
+    return list(tokenizer.encode(plain_prompt(messages), add_special_tokens=False))
+
+
+def check_request(max_tokens: int, temperature: float) -> None:
+    """A generation request both generators accept, or a one-line error."""
+    if max_tokens < 1:
+        raise ModelError(f"max_tokens must be at least 1 (got {max_tokens})")
+    if temperature < 0:
+        raise ModelError(f"temperature must be 0 (greedy) or more (got {temperature})")
 
 
 def package_version(dist: str) -> str:

@@ -18,7 +18,7 @@ preload_openblas()  # must precede the first `import mlx.core`
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
-from mlxlora.backends.base import END_OF_TURN  # noqa: E402
+from mlxlora.backends.base import END_OF_TURN, check_request, prompt_tokens  # noqa: E402
 from mlxlora.backends.mlx import fit_to_device, select_device  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
 
@@ -31,35 +31,23 @@ def add_end_of_turn_tokens(tokenizer) -> None:
             tokenizer.add_eos_token(token)
 
 
-def prompt_tokens(tokenizer, messages: list[dict], raw: bool = False) -> list[int]:
-    """Token ids for the prompt: the chat template with the assistant turn opened; for a
-    tokenizer without a template the plain layout training uses; raw: the contents as text."""
-    if raw:
-        return list(tokenizer.encode("\n\n".join(m["content"] for m in messages)))
-    if getattr(tokenizer, "has_chat_template", False):
-        return list(
-            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        )
-    from mlxlora.data.batching import plain_prompt
-
-    return list(tokenizer.encode(plain_prompt(messages), add_special_tokens=False))
-
-
 def stream_text(
     model, tokenizer, prompt: list[int], max_tokens: int, temperature: float = 0.0, seed: int = 0
 ) -> Iterator[tuple[str, dict]]:
-    """The continuation of `prompt` up to end of turn or max_tokens, piece by piece as the
-    detokenizer completes them: (new text piece, stats so far). Greedy at temperature 0, else
-    sampled from the tokens' distribution at that temperature, drawn from MLX's generator
-    seeded with `seed` (the same seed, the same answer)."""
+    """The continuation of `prompt` up to end of turn or max_tokens, greedy (temperature 0) or
+    sampled with `seed`, piece by piece as the detokenizer completes them: (new text piece,
+    stats so far; `tokens`: the new token ids, the stop token left out)."""
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
-    if temperature > 0:
+    if temperature > 0:  # greedy leaves MLX's global generator (training's dropout) alone
         mx.random.seed(seed)
+    tokens = []
     for response in stream_generate(
         model, tokenizer, prompt, max_tokens=max_tokens, sampler=make_sampler(temp=temperature)
     ):
+        if response.finish_reason != "stop":  # the closing response of a stop holds its token
+            tokens.append(response.token)
         yield (
             response.text,
             {
@@ -67,6 +55,7 @@ def stream_text(
                 "generation_tokens": response.generation_tokens,
                 "generation_tps": response.generation_tps,
                 "finish_reason": response.finish_reason,
+                "tokens": tokens,
             },
         )
 
@@ -112,28 +101,22 @@ class MLXGenerator:
         temperature: float = 0.0,
         seed: int = 0,
     ) -> Iterator[str]:
-        """The continuation's new text piece by piece, up to end of turn or `max_tokens` new
-        tokens: greedy, or sampled at `temperature` > 0 with `seed`; `last_stats` holds the
-        counts and speed once it is done."""
-        if max_tokens < 1:
-            raise ModelError(f"max_tokens must be at least 1 (got {max_tokens})")
+        """The continuation's new text piece by piece (greedy at temperature 0, else sampled
+        with `seed`), up to end of turn or `max_tokens` new tokens; `last_stats` holds the
+        counts, speed and new token ids once it is done."""
+        check_request(max_tokens, temperature)
         prompt = prompt_tokens(self.tokenizer, messages, raw)
-        self.last_stats = {"prompt_tokens": len(prompt), "generation_tokens": 0}
-        pieces = stream_text(self.model, self.tokenizer, prompt, max_tokens, temperature, seed)
-        for piece, stats in pieces:
+        self.last_stats = {"prompt_tokens": len(prompt), "generation_tokens": 0, "tokens": []}
+        for piece, stats in stream_text(
+            self.model, self.tokenizer, prompt, max_tokens, temperature, seed
+        ):
             self.last_stats = stats
             yield piece
 
-    def generate(
-        self,
-        messages: list[dict],
-        max_tokens: int = 100,
-        raw: bool = False,
-        temperature: float = 0.0,
-        seed: int = 0,
-    ) -> str:
-        """`stream`'s whole answer (greedy unless `temperature` > 0), new text only."""
-        return "".join(self.stream(messages, max_tokens, raw, temperature, seed))
+    def generate(self, messages: list[dict], max_tokens: int = 100, **options) -> str:
+        """The continuation up to end of turn or `max_tokens` new tokens, new text only;
+        `options`: stream's raw, temperature, seed."""
+        return "".join(self.stream(messages, max_tokens, **options))
 
     def eval_loss(self, batch) -> tuple[float, int]:
         """(summed cross-entropy over the batch's labelled targets, their count): the

@@ -79,13 +79,13 @@ def describe(requested: str = "auto"):
 
 
 def generator(requested: str, model_dir, adapter_dir=None):
-    """A loaded generator (`.generate(messages, max_tokens)`, `.perplexity(text)`) with the LoRA
-    adapter in `adapter_dir` applied if given. MLX's: a torch run's adapter directory holds
-    mlx-lm's layout too, so generation and perplexity need MLX installed whichever trained it."""
-    if not mlx_available():
-        raise BackendUnavailable(
-            f"generation runs on MLX (requested backend {requested}): pip install mlx mlx-lm"
-        )
+    """A loaded generator (`.stream`, `.generate`, `.perplexity`, `.eval_loss`) with the LoRA
+    adapter in `adapter_dir` applied if given, on the backend `requested` resolves to as for
+    training: every run's adapter directory holds mlx-lm's layout, which both load."""
+    if resolve_name(requested) == "torch":
+        from mlxlora.backends.torch_infer import TorchGenerator
+
+        return TorchGenerator(model_dir, adapter_dir)
     from mlxlora.backends.mlx_infer import MLXGenerator
 
     return MLXGenerator(model_dir, adapter_dir)

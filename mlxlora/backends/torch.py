@@ -21,10 +21,21 @@ from torch.utils.checkpoint import checkpoint
 
 from mlxlora.adapters_convert import MLX_WEIGHTS
 from mlxlora.backends import torch_dist, torch_peft
-from mlxlora.backends.base import CHUNKABLE_TYPES, END_OF_TURN, BackendInfo, Batch, package_version
+from mlxlora.backends.base import (
+    CHUNKABLE_TYPES,
+    BackendInfo,
+    Batch,
+    package_version,
+    prompt_tokens,
+)
 from mlxlora.errors import ModelError
 from mlxlora.memory import loss_chunk_rows
 from mlxlora.models.resolve import gguf_source
+
+# torch.compile's code generator. The CI test swaps in "aot_eager" (the same graph capture,
+# dynamic shapes and AOT backward, run with eager kernels): Inductor's C++ kernels take ~4 min
+# to build on 2 CPU cores.
+COMPILE_BACKEND = "inductor"
 
 
 class MLXAdamW(torch.optim.Optimizer):
@@ -113,6 +124,10 @@ class TorchBackend:
         self.model = torch_peft.add_lora(base, paths, lora.rank, lora.alpha, lora.dropout)
         if config.training.grad_checkpoint:
             base.gradient_checkpointing_enable({"use_reentrant": False})
+        if config.training.compile:
+            # the decoder (LoRA layers included) as one graph; dynamic: batches differ in
+            # length, and one graph with symbolic shapes serves them all
+            base.get_decoder().compile(dynamic=True, backend=COMPILE_BACKEND)
         self.model.train()
         self.model_type = base.config.model_type
         self._chunk_rows = loss_chunk_rows(base.config.vocab_size)
@@ -219,25 +234,20 @@ class TorchBackend:
         return torch_dist.sum_over_ranks(loss_sum).item(), batch.label_tokens
 
     def generate(self, messages: list[dict], max_tokens: int) -> str:
-        """Greedy answer of the model as it is now (adapter included), dropout off."""
-        prompt = prompt_tokens(self.tokenizer, messages)
-        vocab = self.tokenizer.get_vocab()
-        stops = [vocab[t] for t in END_OF_TURN if t in vocab]
+        """Greedy answer of the model as it is now (adapter included), dropout off: the torch
+        generator's loop, so the run's samples read as `mlxlora generate` would answer. Eager
+        even when training.compile is on: a few short answers would wait for a second graph
+        (the KV-cached decode) to compile."""
+        from mlxlora.backends.torch_infer import stream_text
+
         self.model.eval()
         try:
-            with torch.no_grad():
-                ids = torch.tensor([prompt], device=self.device)
-                out = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=max_tokens,
-                    do_sample=False,
-                    eos_token_id=stops or None,
-                    pad_token_id=stops[0] if stops else 0,
-                )
+            prompt = prompt_tokens(self.tokenizer, messages)
+            with torch.compiler.set_stance("force_eager"):
+                pieces = stream_text(self.model, self.tokenizer, prompt, max_tokens)
+                return "".join(piece for piece, _ in pieces)
         finally:
             self.model.train()
-        return self.tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True).strip()
 
     # --- files ------------------------------------------------------------------------
 
@@ -310,14 +320,3 @@ def packed(tokens: np.ndarray, mask: np.ndarray):
     positions = np.concatenate([start + np.flatnonzero(m[: n - 1]) for start, _, m, n in rows])
     targets = np.concatenate([row[1:n][m[: n - 1]] for _, row, m, n in rows])
     return inputs[None], position_ids[None], positions, targets
-
-
-def prompt_tokens(tokenizer, messages: list[dict]) -> list[int]:
-    """The chat template with the assistant turn opened, or the plain layout training uses."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    else:
-        from mlxlora.data.batching import plain_prompt
-
-        text = plain_prompt(messages)
-    return list(tokenizer.encode(text, add_special_tokens=False))

@@ -1,4 +1,5 @@
-"""`mlxlora generate`: a model's greedy answer to one prompt, optionally through an adapter."""
+"""`mlxlora generate`: a model's answer to one prompt (greedy, or sampled with a seed),
+optionally through an adapter, on MLX or torch."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "generate",
         help="generate an answer from a model, optionally with a trained adapter",
-        description="Greedy generation from a model (with its chat template unless --raw). "
+        description="Generation from a model (with its chat template unless --raw), greedy "
+        "unless --temperature is above 0. "
         "Examples: mlxlora generate --model builtin:smollm2-135m --prompt 'Hello'; "
         "mlxlora generate --adapter RUN --prompt 'Hello' (uses the run's model).",
     )
@@ -28,6 +30,19 @@ def register(sub) -> None:
     )
     p.add_argument("--max-tokens", type=int, default=100, help="new tokens at most (default 100)")
     p.add_argument("--system", help="a system message")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0 answers greedily (the default); above 0 samples, with --seed",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the sampling seed (default 0)")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "mlx", "torch"),
+        help="where to generate (default: the --adapter run's backend, else auto: as training "
+        "picks it)",
+    )
     p.add_argument(
         "--raw", action="store_true", help="send the prompt as plain text, no chat template"
     )
@@ -65,6 +80,8 @@ def _request(args) -> dict:
 
     if args.max_tokens < 1:
         raise ConfigError([f"--max-tokens must be at least 1 (got {args.max_tokens})"], "generate")
+    if args.temperature < 0:
+        raise ConfigError([f"--temperature must be 0 or more (got {args.temperature})"], "generate")
     return {
         "model_ref": args.model,
         "prompt": sys.stdin.read() if args.prompt == "-" else args.prompt,
@@ -72,4 +89,7 @@ def _request(args) -> dict:
         "max_tokens": args.max_tokens,
         "system": args.system,
         "raw": args.raw,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "backend": args.backend,
     }

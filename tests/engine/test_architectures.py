@@ -8,6 +8,7 @@ per adapted linear layer per block, fused projections with their fused sizes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -178,7 +179,7 @@ def test_generation_prompts_a_template_less_model_the_way_it_trained(built_tiny,
     training used `role: content` lines: the tuned model was asked in a layout it never saw."""
     from mlx_lm.utils import load
 
-    from mlxlora.backends.mlx_infer import prompt_tokens
+    from mlxlora.backends.base import prompt_tokens
     from mlxlora.data.batching import encode
 
     build_model(tmp_path / "plain", "llama", built_tiny, chat_template=False)
@@ -186,3 +187,8 @@ def test_generation_prompts_a_template_less_model_the_way_it_trained(built_tiny,
     chat = [{"role": "user", "content": "What is 2 plus 2?"}]
     trained = encode({"messages": [*chat, {"role": "assistant", "content": "4."}]}, tokenizer)
     assert prompt_tokens(tokenizer, chat) == list(trained.tokens[: trained.offset])
+    if importlib.util.find_spec("transformers"):  # the torch generator's tokenizer: the same
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(tmp_path / "plain")
+        assert prompt_tokens(hf, chat) == list(trained.tokens[: trained.offset])

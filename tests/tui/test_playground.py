@@ -16,13 +16,13 @@ from mlxlora.tui.screens.playground import AnswerPane, PlaygroundTab
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
-def train_tiny_run(home, name="quick"):
+def train_tiny_run(home, name="quick", backend="auto"):
     """A real 3-step run on builtin:tiny in the workspace: what the Playground offers."""
     run = home / "runs" / name
     out = subprocess.run(
         [sys.executable, "-m", "mlxlora", "train", "configs/tiny.yaml", "--set",
-         "training.max_steps=3", "--set", "training.learning_rate=0.01", "--run-dir", str(run),
-         "--json"],
+         "training.max_steps=3", "--set", "training.learning_rate=0.01", "--set",
+         f"backend={backend}", "--run-dir", str(run), "--json"],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -47,8 +47,12 @@ async def ask(pilot, prompt: str, max_tokens: str):
     return app.query_one("#play-base", AnswerPane), app.query_one("#play-tuned", AnswerPane)
 
 
-def test_both_answers_stream_from_children(home):
-    run = train_tiny_run(home)
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_both_answers_stream_from_children(home, backend):
+    """The tuned answer streams from the backend the run trained on (torch: torch_infer)."""
+    if backend == "torch":
+        pytest.importorskip("peft")
+    run = train_tiny_run(home, backend=backend)
     from mlxlora import evaluate
 
     prompt = "東京について教えて"
