@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlxlora import runs
+from mlxlora import config, runs
 from mlxlora.events import EventTail
 from mlxlora.runview import RunView, read_config
 
@@ -128,17 +128,22 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_differences(configs: list[dict], ignore: tuple[str, ...] = ("name",)) -> dict:
+def config_differences(
+    configs: list[dict], ignore: tuple[str, ...] = ("name",), defaults: dict | None = None
+) -> dict:
     """The dotted config keys whose values differ between runs, each with every run's value
-    (None where a run's config lacks the key), in key order.
+    (the default where a run's config lacks the key: a run made before a setting existed
+    trained as its default; None without one), in key order.
 
     Args:
         configs: Each run's config as a dict (config.yaml as loaded).
         ignore: Keys that differ by design (the run name is shown as the run itself).
+        defaults: The config's defaults as a dict.
     """
     flat = [flatten(c) for c in configs]
+    default = flatten(defaults or {})
     keys = sorted({k for f in flat for k in f} - set(ignore))
-    values = {k: [f.get(k) for f in flat] for k in keys}
+    values = {k: [f.get(k, default.get(k)) for f in flat] for k in keys}
     return {k: v for k, v in values.items() if any(x != v[0] for x in v[1:])}
 
 
@@ -178,7 +183,8 @@ def compare(paths: list[Path]) -> Comparison:
         metrics = run_metrics(view, evaluation)
         compared.append(Compared(path, runs.given_name(path), status, metrics, evaluation, view))
     configs = [read_config(runs.RunPaths(p).config) for p in paths]
-    return Comparison(compared, config_differences(configs, ignore=("name", "sweep")))
+    defaults = config.Config().to_dict()
+    return Comparison(compared, config_differences(configs, ("name", "sweep"), defaults))
 
 
 @dataclass

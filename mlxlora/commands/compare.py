@@ -79,6 +79,8 @@ def sweep_runs(name: str) -> list[Path]:
 
 
 def print_table(comparison) -> None:
+    """The numbers, one row per run; then the settings that differ, one row per setting
+    (as columns, a few differing lists such as stages or prompts made the table unreadable)."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -89,14 +91,26 @@ def print_table(comparison) -> None:
     rows = comparison.runs
     metrics = shown_metrics([r.metrics for r in rows])
     table = Table(title="compare")
-    for title in ("run", "status", *comparison.differences, *(t for _, t, _ in metrics)):
+    for title in ("#", "run", "status", *(t for _, t, _ in metrics)):
         table.add_column(title)
-    for i, r in enumerate(rows):
-        cells = [r.name, r.status]
-        cells += [str(values[i]) for values in comparison.differences.values()]
-        cells += [num(r.metrics.get(key), spec) for key, _, spec in metrics]
+    for i, r in enumerate(rows, 1):
+        cells = [str(i), r.name, r.status, *(num(r.metrics.get(k), spec) for k, _, spec in metrics)]
         table.add_row(*map(Text, cells))  # names and values are text, never markup
     console = Console()
     if not console.is_terminal:
         console.width = max(console.width, 200)  # a pipe or log keeps every column readable
     console.print(table)
+    if comparison.differences:
+        settings = Table(title="settings that differ")
+        for title in ("setting", *(f"#{i}" for i in range(1, len(rows) + 1))):
+            settings.add_column(title)
+        for key, values in comparison.differences.items():
+            settings.add_row(*map(Text, (key, *map(setting_text, values))))
+        console.print(settings)
+
+
+def setting_text(value) -> str:
+    """A config value as typed in YAML: lists and mappings compact, on one line."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return "—" if value is None else str(value)

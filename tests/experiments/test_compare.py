@@ -170,3 +170,30 @@ def test_unknown_run_is_one_line(ws, capsys):
     assert capsys.readouterr().err.strip() == (
         "mlxlora: error: no-such-run: no such run (see `mlxlora runs list`)"
     )
+
+
+def test_a_setting_a_run_predates_counts_as_its_default_and_settings_print_as_rows(capsys):
+    """A run made before `training.fit` existed trained as `fit: off`: no difference. The
+    settings that differ print one per row (as columns, lists such as stages were unreadable)."""
+    from mlxlora import config
+    from mlxlora.commands.compare import print_table
+
+    old = {"lora": {"rank": 8}, "training": {"learning_rate": 1e-4}}
+    new = {"lora": {"rank": 16}, "training": {"learning_rate": 1e-4, "fit": "off"}}
+    staged = {"lora": {"rank": 8}, "training": {"fit": "auto", "stages": [{"epochs": 2}]}}
+    defaults = config.Config().to_dict()
+    differences = experiments.config_differences([old, new], defaults=defaults)
+    assert differences == {"lora.rank": [8, 16]}
+    differences = experiments.config_differences([old, new, staged], defaults=defaults)
+    assert differences["training.fit"] == ["off", "off", "auto"]
+    assert differences["training.stages"] == [[], [], [{"epochs": 2}]]
+    runs = [row(name, best_val_loss=1.0) for name in ("a", "b", "c")]
+    print_table(experiments.Comparison(runs, differences))
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "training.stages" in ln)
+    assert [cell.strip() for cell in line.split("│")[1:-1]] == [
+        "training.stages",
+        "[]",
+        "[]",
+        '[{"epochs": 2}]',
+    ]
