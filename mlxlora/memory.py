@@ -49,9 +49,9 @@ def causal_block_fraction(length: int, block: int = ATTENTION_BLOCK) -> float:
 # chunks do not run one at a time: measured (CPU, random llama layouts and SmolLM2's head,
 # vocab 8k-152k, 1-38 chunks), the first SIDE_BY_SIDE_CHUNKS chunks are all live together and
 # each row beyond them adds about half a row of logits. Splitting 2048 rows into two chunks
-# of 1024 holds as much as one chunk of 2048; chunking pays only beyond five chunks.
+# of 1024 holds as much as one chunk of 2048; chunking pays only beyond four chunks.
 LOGIT_COPIES = 3
-SIDE_BY_SIDE_CHUNKS = 5
+SIDE_BY_SIDE_CHUNKS = 4
 LATER_ROW_COPIES = 0.5
 UNCHUNKED_LOGIT_COPIES = 4  # the model's own logits through nn.losses.cross_entropy
 LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v

@@ -233,10 +233,10 @@ def test_fit_keeps_the_effective_batch_and_takes_the_fastest_that_fits():
     assert impossible.estimate.total == least
 
 
-def test_smaller_loss_chunks_hold_fewer_logits_beyond_five_chunks():
+def test_smaller_loss_chunks_hold_fewer_logits_beyond_four_chunks():
     shape = TrainShape(batch_size=8, max_length=256, lora_rank=4)  # 2048 labelled rows
     rows = memory.loss_chunk_rows(SMALL["vocab_size"])
     loss = {d: estimate(SMALL, replace(shape, loss_chunk_rows=rows // d)).loss for d in (1, 2, 4)}
     assert loss[1] == loss[2] == 2048 * 3 * 1000 * 4  # 2 or 4 chunks, all live side by side
-    # 8 chunks of 256: five side by side (3 copies), the other 768 rows half a copy each
-    assert loss[4] == (5 * 256 * 3 + 768 * 0.5) * 1000 * 4
+    # 8 chunks of 256: four side by side (3 copies), the other 1024 rows half a copy each
+    assert loss[4] == (4 * 256 * 3 + 1024 * 0.5) * 1000 * 4
