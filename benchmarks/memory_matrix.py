@@ -3,6 +3,7 @@
     python benchmarks/memory_matrix.py                 # the whole matrix (~GBs, long)
     python benchmarks/memory_matrix.py --thin          # a slice that stays under ~6 GB
     python benchmarks/memory_matrix.py --quick         # five cells, one step each
+    python benchmarks/memory_matrix.py --axes          # one more cell per axis, one step each
     python benchmarks/memory_matrix.py --fit           # SmolLM2 4 x 1024 fitted to 2/4/8 GB
     python benchmarks/memory_matrix.py --case '{...}'  # one case (what each subprocess runs)
 
@@ -198,6 +199,22 @@ def quick() -> list[dict]:
     return [{**base, "model": m, "batch": b, "max_length": n, "ckpt": c} for m, b, n, c in cells]
 
 
+def axes() -> list[dict]:
+    """Past --quick, each axis of the matrix once at a size a shared 2-core machine affords:
+    length 2048, batch 8, rank 64 attention-only, rank 8 all linear, accumulation, and the two
+    builtin:tiny cells of the CI test."""
+    base = {"model": "smollm2", "rank": 16, "targets": ALL_LINEAR[:6], "steps": 1}
+    return [
+        {**base, "batch": 1, "max_length": 2048, "ckpt": True},
+        {**base, "batch": 8, "max_length": 256, "ckpt": False},
+        {**base, "rank": 64, "targets": ATTENTION, "batch": 2, "max_length": 512, "ckpt": False},
+        {**base, "rank": 8, "targets": ALL_LINEAR, "batch": 2, "max_length": 512, "ckpt": False},
+        {**base, "batch": 1, "max_length": 512, "ckpt": False, "accum": 4},
+        {**base, "model": "tiny", "rank": 8, "batch": 2, "max_length": 256, "ckpt": False},
+        {**base, "model": "tiny", "rank": 8, "batch": 4, "max_length": 512, "ckpt": True},
+    ]
+
+
 def fitted(budget_gb: float) -> dict:
     """SmolLM2 at 4 x 1024 (r16, q/k/v/o/gate/up) as training.fit chooses it for a budget."""
     from mlxlora import config
@@ -257,6 +274,7 @@ def main(argv=None) -> int:
     p.add_argument("--case", help="run one case (JSON) here and print its result as JSON")
     p.add_argument("--thin", action="store_true", help="the slice that stays under ~6 GB")
     p.add_argument("--quick", action="store_true", help="five cells, one step each")
+    p.add_argument("--axes", action="store_true", help="one more cell per axis, one step each")
     p.add_argument(
         "--fit",
         nargs="*",
@@ -275,7 +293,8 @@ def main(argv=None) -> int:
     print("| model | batch x length | ckpt | LoRA | estimate GB | measured GB | ratio |")
     print("|---|---|---|---|---:|---:|---:|")
     ratios = []
-    for case in quick() if args.quick else matrix(args.thin):
+    cases = quick() if args.quick else axes() if args.axes else matrix(args.thin)
+    for case in cases:
         r = measure(case, args.cache)
         ratio = r["estimate"] / r["measured"]
         ratios.append(ratio)

@@ -22,7 +22,7 @@ GIB = 1024**3
 # Metal's recommendedMaxWorkingSetSize, what MLX may keep resident on the GPU, is about
 # 2/3 to 3/4 of unified memory depending on the machine; we plan with 3/4 of it.
 UNIFIED_BUDGET_FRACTION = 0.75
-# Rows (tokens) per chunk of the chunked cross-entropy: logits exist for one chunk at a time.
+# Rows (tokens) per chunk of the chunked cross-entropy (see loss_bytes for how many are live).
 LOSS_CHUNK_ELEMENTS = 2**25  # logits per loss chunk: 128 MB in float32, whatever the vocab
 
 
@@ -44,18 +44,20 @@ def causal_block_fraction(length: int, block: int = ATTENTION_BLOCK) -> float:
     return (n + 1) / (2 * n)
 
 
-# The fused loss's vocab-wide float32 arrays (rows x vocab) live at its peak: logits, the
-# softmax and its gradient, plus one for the transient of the output projection; while one
-# chunk's backward runs, MLX has the next chunk's logits and softmax computed already
-# (measured on random llama layouts, CPU, float32: 4 copies for one chunk, 7 for two or more).
-LOGIT_COPIES = 4
-NEXT_CHUNK_COPIES = 3
+# The fused loss keeps three float32 (rows x vocab) arrays per chunk: logits, softmax and its
+# gradient. MLX evaluates the lazy graph breadth-first up to a frontier (MLX_BFS_MAX_WIDTH), so
+# chunks do not run one at a time: measured (CPU, random llama layouts and SmolLM2's head,
+# vocab 8k-152k, 1-38 chunks), the first SIDE_BY_SIDE_CHUNKS chunks are all live together and
+# each row beyond them adds about half a row of logits. Splitting 2048 rows into two chunks
+# of 1024 holds as much as one chunk of 2048; chunking pays only beyond four chunks.
+LOGIT_COPIES = 3
+SIDE_BY_SIDE_CHUNKS = 4
+LATER_ROW_COPIES = 0.5
+UNCHUNKED_LOGIT_COPIES = 4  # the model's own logits through nn.losses.cross_entropy
 LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
 # The CPU's blocked attention keeps each layer's causal probabilities for backward, and its
-# backward adds about a third more in gradients of the blocks; under mx.checkpoint half of
-# one layer's probabilities stays per layer (measured, random llama layouts, L 256-1024).
+# backward adds about a third more in gradients of the blocks (measured, random llama layouts).
 BLOCKED_ATTENTION_FACTOR = 1.3
-CHECKPOINTED_ATTENTION_FACTOR = 0.5
 # MLX's own: the buffers of the gathers and reshapes, the embedding output, the backward's
 # transients of one layer; a share of the rest (the estimate must not under-promise).
 FRAMEWORK_OVERHEAD = 0.04
@@ -210,10 +212,12 @@ def estimate_training_memory(
     probabilities of one layer at a time in backward. On a CPU the MLX backend's blocked causal
     attention keeps, in every adapted layer, the probabilities of the causal blocks only
     (causal_block_fraction of len^2) and two copies of q, with BLOCKED_ATTENTION_FACTOR for
-    their backward. With grad checkpointing only each adapted layer's input is kept, and one
-    layer's activations are rebuilt at a time in backward.
-    Loss: float32 (rows x vocab) arrays, LOGIT_COPIES for a chunk of `chunk_rows` (default
-    loss_chunk_rows(vocab)) and NEXT_CHUNK_COPIES for the next one, or every token unchunked.
+    their backward.
+    Gradient checkpointing (mx.checkpoint around each block) keeps only each adapted block's
+    input (tokens x hidden); MLX starts rebuilding the last block (its activations and
+    attention) while the loss chunks are still live, so one block's worth is counted on top
+    (measured: no block's attention probabilities outlive its backward).
+    Loss: see loss_bytes.
     """
     h, layers, vocab, heads, kv, q, inter = _dims(info)
     adapted = layers if lora_layers < 0 else min(lora_layers, layers)
@@ -231,18 +235,16 @@ def estimate_training_memory(
     if fused_attention:  # scores and probabilities, one layer at a time in backward
         attention = batch_size * heads * max_length**2 * dtype_bytes * 2
     else:
-        attention = _blocked_attention(
-            batch_size, heads, max_length, q, dtype_bytes, adapted, grad_checkpoint
-        )
+        attention = _blocked_attention(batch_size, heads, max_length, q, dtype_bytes)
+        attention *= 1 if grad_checkpoint else adapted
     if grad_checkpoint:
         activations = adapted * tokens * h * dtype_bytes + one_layer
     else:
         activations = adapted * one_layer
-    rows = min(tokens, chunk_rows or loss_chunk_rows(vocab)) if chunked_loss else tokens
-    next_rows = min(tokens - rows, rows)
-    loss = (rows * LOGIT_COPIES + next_rows * NEXT_CHUNK_COPIES) * vocab * 4
+    rows = (chunk_rows or loss_chunk_rows(vocab)) if chunked_loss else 0
     weights = weights if weights is not None else weight_bytes(info, dtype_bytes)
     lora_optimizer = lora_params * LORA_BYTES_PER_PARAM
+    loss = loss_bytes(tokens, rows, vocab)
     subtotal = weights + lora_optimizer + activations + attention + loss
     return MemoryEstimate(
         weights=weights,
@@ -255,15 +257,22 @@ def estimate_training_memory(
     )
 
 
-def _blocked_attention(batch, heads, length, q_dim, dtype_bytes, adapted, checkpointed) -> int:
-    """What the CPU's blocked causal attention keeps: every adapted layer's causal
-    probabilities and two copies of q, or, checkpointed, one such layer plus a share of the
-    probabilities per layer (see the factors)."""
+def loss_bytes(tokens: int, chunk_rows: int, vocab: int) -> int:
+    """The live float32 logits of the loss over `tokens` labelled rows: LOGIT_COPIES for the
+    rows of the chunks MLX runs side by side, LATER_ROW_COPIES for the rest (chunk_rows 0:
+    the model's own unchunked logits)."""
+    if not chunk_rows:
+        return tokens * vocab * 4 * UNCHUNKED_LOGIT_COPIES
+    side_by_side = min(tokens, SIDE_BY_SIDE_CHUNKS * chunk_rows)
+    copies = side_by_side * LOGIT_COPIES + (tokens - side_by_side) * LATER_ROW_COPIES
+    return int(copies * vocab * 4)
+
+
+def _blocked_attention(batch, heads, length, q_dim, dtype_bytes) -> int:
+    """What the CPU's blocked causal attention keeps for one layer's backward: the causal
+    probabilities (and their gradients, BLOCKED_ATTENTION_FACTOR) and two copies of q."""
     probs = batch * heads * length**2 * causal_block_fraction(length) * dtype_bytes
-    one = int(probs * BLOCKED_ATTENTION_FACTOR) + batch * length * 2 * q_dim * dtype_bytes
-    if checkpointed:
-        return one + int(adapted * probs * CHECKPOINTED_ATTENTION_FACTOR)
-    return adapted * one
+    return int(probs * BLOCKED_ATTENTION_FACTOR) + batch * length * 2 * q_dim * dtype_bytes
 
 
 def estimate(info: dict, shape: TrainShape, weights: int | None = None) -> MemoryEstimate:

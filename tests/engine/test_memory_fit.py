@@ -45,14 +45,9 @@ def measure(batch, length, ckpt):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batch,length", [(2, 256), (1, 1024)])
-def test_estimate_within_15_percent_never_5_under(home, batch, length):
-    assert 0.95 <= measure(batch, length, ckpt=False) <= 1.15
-
-
-@pytest.mark.slow
-def test_checkpointed_estimate_never_under(home):
-    assert measure(4, 512, ckpt=True) >= 0.95  # over-estimates today (1.47 measured)
+@pytest.mark.parametrize("batch,length,ckpt", [(2, 256, False), (1, 1024, False), (4, 512, True)])
+def test_estimate_within_15_percent_never_5_under(home, batch, length, ckpt):
+    assert 0.95 <= measure(batch, length, ckpt) <= 1.15
 
 
 def test_micro_batches_take_the_same_steps(home, quickstart_data, tmp_path):

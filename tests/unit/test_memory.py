@@ -55,8 +55,8 @@ def test_estimate_arithmetic():
     # attention: one layer of scores and probabilities: 2*4*32*32 * 2 bytes * 2.
     assert est.activations == 4 * (64 * 768 * 2) == 393_216
     assert est.attention == 2 * 4 * 32 * 32 * 2 * 2 == 32_768
-    assert est.loss == 64 * 1000 * 4 * 4  # fewer tokens than one loss chunk: no next chunk
-    subtotal = 200_000 + 57_344 + 393_216 + 32_768 + 1_024_000
+    assert est.loss == 64 * 1000 * 4 * 3  # one chunk: logits, softmax and its gradient
+    subtotal = 200_000 + 57_344 + 393_216 + 32_768 + 768_000
     assert est.overhead == int(subtotal * memory.FRAMEWORK_OVERHEAD)
     assert est.total == subtotal + est.overhead
     labels = [label for label, _ in est.breakdown()]
@@ -76,9 +76,9 @@ def test_estimate_moves_the_right_way():
     assert wide.lora_params == 4 * (4 * (64 + 64) + 4 * (128 + 64))
     assert wide.activations == 4 * (64 * (768 + 64 + 128) * 2)
     assert small(dtype_bytes=4).activations == 2 * base.activations
-    # The loss chunk caps logits at 1024 rows; without chunking every token's logits live.
-    # the next chunk's logits and softmax are computed while one chunk's backward runs.
-    assert small(batch_size=8, max_length=256).loss == (1024 * 4 + 1024 * 3) * 1000 * 4
+    # Two chunks of 1024 rows run side by side (MLX's breadth-first evaluation): as much as
+    # one chunk of 2048; without chunking the model's own logits (4 copies) for every token.
+    assert small(batch_size=8, max_length=256).loss == 2048 * 3 * 1000 * 4
     assert small(batch_size=8, max_length=256, chunked_loss=False).loss == 2048 * 1000 * 16
 
 
@@ -219,9 +219,10 @@ def test_fit_keeps_the_effective_batch_and_takes_the_fastest_that_fits():
     assert memory_fit.fit_shape(SMALL, shape, whole).shape == shape  # fits as it is: unchanged
     smaller = memory_fit.fit_shape(SMALL, shape, whole - 1)
     assert smaller.fits and smaller.estimate.total <= whole - 1
-    # a smaller loss chunk is the cheapest change (one more pass over the head)
-    assert smaller.shape == replace(shape, loss_chunk_rows=memory.loss_chunk_rows(1000) // 2)
-    assert smaller.changes(shape) == {"training.loss_chunk_rows": 512}
+    # a smaller loss chunk is the cheapest change (more passes over the head); half the rows
+    # saves nothing (four chunks still run side by side), a quarter does
+    assert smaller.shape == replace(shape, loss_chunk_rows=memory.loss_chunk_rows(1000) // 4)
+    assert smaller.changes(shape) == {"training.loss_chunk_rows": 256}
     at_8 = [c for c in memory_fit.fit_candidates(SMALL, shape) if c.batch_size == 8]
     tighter = memory_fit.fit_shape(SMALL, shape, min(estimate(SMALL, c).total for c in at_8) - 1)
     tighter = tighter.shape
@@ -232,8 +233,10 @@ def test_fit_keeps_the_effective_batch_and_takes_the_fastest_that_fits():
     assert impossible.estimate.total == least
 
 
-def test_smaller_loss_chunks_hold_fewer_logits():
-    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4)
+def test_smaller_loss_chunks_hold_fewer_logits_beyond_four_chunks():
+    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4)  # 2048 labelled rows
     rows = memory.loss_chunk_rows(SMALL["vocab_size"])
-    half = estimate(SMALL, replace(shape, loss_chunk_rows=rows // 2))
-    assert half.loss == (rows // 2) * 7 * 1000 * 4  # 4 copies + 3 of the next chunk
+    loss = {d: estimate(SMALL, replace(shape, loss_chunk_rows=rows // d)).loss for d in (1, 2, 4)}
+    assert loss[1] == loss[2] == 2048 * 3 * 1000 * 4  # 2 or 4 chunks, all live side by side
+    # 8 chunks of 256: four side by side (3 copies), the other 1024 rows half a copy each
+    assert loss[4] == (4 * 256 * 3 + 1024 * 0.5) * 1000 * 4
