@@ -56,6 +56,41 @@ def check_request(max_tokens: int, temperature: float) -> None:
         raise ModelError(f"temperature must be 0 (greedy) or more (got {temperature})")
 
 
+class Generator:
+    """What both backends' generators share: the prompt, the answer streamed piece by piece
+    with its stats, the whole answer. A backend's generator holds `model` and `tokenizer` and
+    supplies `_stream_text` (its decoding loop)."""
+
+    def prompt_tokens(self, messages: list[dict], raw: bool = False) -> list[int]:
+        return prompt_tokens(self.tokenizer, messages, raw)
+
+    def stream(
+        self,
+        messages: list[dict],
+        max_tokens: int = 100,
+        raw: bool = False,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ):
+        """The continuation's new text piece by piece (greedy at temperature 0, else sampled
+        with `seed`), up to end of turn or `max_tokens` new tokens; `last_stats` holds the
+        counts, speed and new token ids once it is done."""
+        check_request(max_tokens, temperature)
+        prompt = prompt_tokens(self.tokenizer, messages, raw)
+        self.last_stats = {"prompt_tokens": len(prompt), "generation_tokens": 0, "tokens": []}
+        for piece, stats in self._stream_text(prompt, max_tokens, temperature, seed):
+            self.last_stats = stats
+            yield piece
+
+    def generate(self, messages: list[dict], max_tokens: int = 100, **options) -> str:
+        """The continuation up to end of turn or `max_tokens` new tokens, new text only;
+        `options`: stream's raw, temperature, seed."""
+        return "".join(self.stream(messages, max_tokens, **options))
+
+    def _stream_text(self, prompt: list[int], max_tokens: int, temperature: float, seed: int):
+        raise NotImplementedError
+
+
 def package_version(dist: str) -> str:
     """An installed distribution's version, for doctor and the run summary."""
     try:

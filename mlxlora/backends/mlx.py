@@ -328,7 +328,8 @@ class MLXBackend:
 
     def generate(self, messages: list[dict], max_tokens: int) -> str:
         """Greedy answer of the model as it is now (adapter included), dropout off."""
-        from mlxlora.backends.mlx_infer import add_end_of_turn_tokens, generate_text, prompt_tokens
+        from mlxlora.backends.base import prompt_tokens
+        from mlxlora.backends.mlx_infer import add_end_of_turn_tokens, generate_text
 
         add_end_of_turn_tokens(self.tokenizer)
         self.model.eval()

@@ -18,7 +18,7 @@ preload_openblas()  # must precede the first `import mlx.core`
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
-from mlxlora.backends.base import END_OF_TURN, check_request, prompt_tokens  # noqa: E402
+from mlxlora.backends.base import END_OF_TURN, Generator  # noqa: E402
 from mlxlora.backends.mlx import fit_to_device, select_device  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
 
@@ -70,7 +70,7 @@ def generate_text(model, tokenizer, prompt: list[int], max_tokens: int) -> tuple
     return "".join(pieces), stats
 
 
-class MLXGenerator:
+class MLXGenerator(Generator):
     """A model (plus adapter) loaded once; `generate` and `perplexity` as many times as needed."""
 
     def __init__(self, model_dir: Path, adapter_dir: Path | None = None):
@@ -90,33 +90,8 @@ class MLXGenerator:
         self.model, self.tokenizer = model, tokenizer
         add_end_of_turn_tokens(tokenizer)
 
-    def prompt_tokens(self, messages: list[dict], raw: bool = False) -> list[int]:
-        return prompt_tokens(self.tokenizer, messages, raw)
-
-    def stream(
-        self,
-        messages: list[dict],
-        max_tokens: int = 100,
-        raw: bool = False,
-        temperature: float = 0.0,
-        seed: int = 0,
-    ) -> Iterator[str]:
-        """The continuation's new text piece by piece (greedy at temperature 0, else sampled
-        with `seed`), up to end of turn or `max_tokens` new tokens; `last_stats` holds the
-        counts, speed and new token ids once it is done."""
-        check_request(max_tokens, temperature)
-        prompt = prompt_tokens(self.tokenizer, messages, raw)
-        self.last_stats = {"prompt_tokens": len(prompt), "generation_tokens": 0, "tokens": []}
-        for piece, stats in stream_text(
-            self.model, self.tokenizer, prompt, max_tokens, temperature, seed
-        ):
-            self.last_stats = stats
-            yield piece
-
-    def generate(self, messages: list[dict], max_tokens: int = 100, **options) -> str:
-        """The continuation up to end of turn or `max_tokens` new tokens, new text only;
-        `options`: stream's raw, temperature, seed."""
-        return "".join(self.stream(messages, max_tokens, **options))
+    def _stream_text(self, prompt: list[int], max_tokens: int, temperature: float, seed: int):
+        return stream_text(self.model, self.tokenizer, prompt, max_tokens, temperature, seed)
 
     def eval_loss(self, batch) -> tuple[float, int]:
         """(summed cross-entropy over the batch's labelled targets, their count): the

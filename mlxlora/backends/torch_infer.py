@@ -23,7 +23,7 @@ from safetensors.numpy import load_file
 
 from mlxlora.adapters_convert import CONFIG, MLX_WEIGHTS, adapted_modules, mlx_to_peft
 from mlxlora.backends import torch_peft
-from mlxlora.backends.base import END_OF_TURN, check_request, prompt_tokens
+from mlxlora.backends.base import END_OF_TURN, Generator
 from mlxlora.errors import ModelError
 
 
@@ -138,7 +138,7 @@ def load_adapter(model, adapter_dir: Path):
     return peft_model
 
 
-class TorchGenerator:
+class TorchGenerator(Generator):
     """A model (plus adapter) loaded once; `generate` and `perplexity` as many times as needed."""
 
     def __init__(self, model_dir: Path, adapter_dir: Path | None = None):
@@ -149,30 +149,8 @@ class TorchGenerator:
             model = load_adapter(model, Path(adapter_dir))
         self.model = model.eval()
 
-    def prompt_tokens(self, messages: list[dict], raw: bool = False) -> list[int]:
-        return prompt_tokens(self.tokenizer, messages, raw)
-
-    def stream(
-        self,
-        messages: list[dict],
-        max_tokens: int = 100,
-        raw: bool = False,
-        temperature: float = 0.0,
-        seed: int = 0,
-    ) -> Iterator[str]:
-        """As MLXGenerator.stream: new text piece by piece; `last_stats` once it is done."""
-        check_request(max_tokens, temperature)
-        prompt = prompt_tokens(self.tokenizer, messages, raw)
-        self.last_stats = {"prompt_tokens": len(prompt), "generation_tokens": 0, "tokens": []}
-        for piece, stats in stream_text(
-            self.model, self.tokenizer, prompt, max_tokens, temperature, seed
-        ):
-            self.last_stats = stats
-            yield piece
-
-    def generate(self, messages: list[dict], max_tokens: int = 100, **options) -> str:
-        """As MLXGenerator.generate: the new text up to end of turn or `max_tokens`."""
-        return "".join(self.stream(messages, max_tokens, **options))
+    def _stream_text(self, prompt: list[int], max_tokens: int, temperature: float, seed: int):
+        return stream_text(self.model, self.tokenizer, prompt, max_tokens, temperature, seed)
 
     def _summed_loss(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         with torch.no_grad():
