@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.skipif(
         importlib.util.find_spec("llama_cpp") is None,
         reason="llama-cpp-python is not installed "
-        "(./install.sh dev llama-cpp, or pip install 'mlxlora[export]')",
+        "(./install.sh dev builds it, or pip install 'mlxlora[export]')",
     ),
 ]
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
