@@ -47,7 +47,8 @@ async def open_merge(pilot, count: int) -> MergeDialog:
     pick = pilot.app.query_one(SelectionList)
     await wait_for(pilot, lambda: pick.option_count == count)
     for _ in range(count):
-        await pilot.press("down", "space")
+        await pilot.press("space", "down")  # the first run is under the cursor at once
+    await wait_for(pilot, lambda: len(pick.selected) == count)
     await pilot.press("m")
     await wait_for(pilot, lambda: isinstance(pilot.app.screen, MergeDialog))
     return pilot.app.screen

@@ -125,6 +125,7 @@ class CompareTab(Vertical):
         if present == self._listed:
             return
         pick = self.query_one(SelectionList)
+        highlighted = pick.highlighted or 0  # the first space picks a run, the cursor stays put
         pick.clear_options()
         self._listed = present
         sweeps = dict.fromkeys(s for s in map(self._sweep_of, present) if s)  # newest first
@@ -133,6 +134,8 @@ class CompareTab(Vertical):
             for s in sweeps
         )
         pick.add_options((p.name, str(p), p in self.picked) for p in present)
+        if pick.option_count:
+            pick.highlighted = min(highlighted, pick.option_count - 1)
         self.picked = [p for p in self.picked if p in present]
 
     def _draw_table(self, picked: list[Path]) -> None:
