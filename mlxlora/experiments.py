@@ -183,8 +183,13 @@ def compare(paths: list[Path]) -> Comparison:
         metrics = run_metrics(view, evaluation)
         compared.append(Compared(path, runs.given_name(path), status, metrics, evaluation, view))
     configs = [read_config(runs.RunPaths(p).config) for p in paths]
-    defaults = config.Config().to_dict()
-    return Comparison(compared, config_differences(configs, ("name", "sweep"), defaults))
+    return Comparison(compared, setting_differences(configs))
+
+
+def setting_differences(configs: list[dict]) -> dict:
+    """What the runs' settings differ in, as every face shows it: the name and sweep differ by
+    design, and a setting a run predates counts as its default."""
+    return config_differences(configs, ("name", "sweep"), config.Config().to_dict())
 
 
 @dataclass

@@ -22,7 +22,7 @@ from textual.widgets import DataTable, SelectionList, Static
 
 from mlxlora import experiments, report, runs
 from mlxlora.errors import MlxloraError
-from mlxlora.experiments import config_differences, run_metrics, shown_metrics
+from mlxlora.experiments import run_metrics, setting_differences, shown_metrics
 from mlxlora.runview import read_config
 from mlxlora.sweep import run_sweep
 from mlxlora.tui.messages import RunsPolled
@@ -145,7 +145,7 @@ class CompareTab(Vertical):
             table.add_column("pick two or more runs to compare them")
             return
         configs = [read_config(runs.RunPaths(p).config) for p in picked]
-        differing = config_differences(configs, ignore=("name", "sweep"))
+        differing = setting_differences(configs)
         table.add_column("run")
         for key in _short_names(list(differing)):
             table.add_column(key)
