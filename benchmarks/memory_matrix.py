@@ -132,7 +132,7 @@ def run_case(case: dict) -> dict:
     for step in range(case.get("steps", 2)):
         for micro in range(case.get("accum", 1)):
             tokens = rng.integers(0, vocab, size=(B, L + 1)).astype(np.int32)
-            batch = Batch(tokens, np.ones((B, L), bool), tokens.size)
+            batch = Batch(tokens, np.ones((B, L), bool), B * L)
             losses.append(backend.accumulate(batch, seed=step * 64 + micro))
         backend.update(1e-4, 1.0)
     return {
@@ -246,16 +246,32 @@ def fitted(budget_gb: float) -> dict:
     }
 
 
+def step_losses(case: dict, result: dict) -> list[float]:
+    """Each optimizer step's loss: the mean of its micro-batches' (every position labelled,
+    every micro-batch as long, so each counts the same)."""
+    accum = case.get("accum", 1)
+    micro = result["losses"]
+    return [sum(micro[i : i + accum]) / accum for i in range(0, len(micro), accum)]
+
+
 def fit_table(budgets: list[float], cache: Path) -> None:
-    print("| budget | fitted | estimate GB | measured GB | under budget |")
-    print("|---|---|---:|---:|---|")
+    """Each budget's fitted configuration measured, and its step losses against the unfitted
+    run's (the same effective batch on the same tokens: the same math)."""
+    unfitted = {**fitted(max(budgets)), "batch": 4, "accum": 1, "ckpt": False, "chunk": 0}
+    reference = step_losses(unfitted, measure({**unfitted, "steps": 2}, cache))
+    print(f"unfitted {describe(unfitted)}: step losses {', '.join(f'{x:.5f}' for x in reference)}")
+    print("| budget | fitted | estimate GB | measured GB | under budget | step losses | max diff |")
+    print("|---|---|---:|---:|---|---|---:|")
     for gb in budgets:
-        case = fitted(gb)
+        case = {**fitted(gb), "steps": 2}
         r = measure(case, cache)
+        losses = step_losses(case, r)
+        diff = max(abs(a - b) for a, b in zip(losses, reference, strict=True))
         chunk = f" chunk {case['chunk']}" if case["chunk"] else ""
         print(
             f"| {gb} GB | {describe(case)}{chunk} | {r['estimate'] / GB:.2f} | "
-            f"{r['measured'] / GB:.2f} | {r['measured'] <= case['budget']} |",
+            f"{r['measured'] / GB:.2f} | {r['measured'] <= case['budget']} | "
+            f"{', '.join(f'{x:.5f}' for x in losses)} | {diff:.1e} |",
             flush=True,
         )
 

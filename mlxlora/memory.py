@@ -45,14 +45,19 @@ def causal_block_fraction(length: int, block: int = ATTENTION_BLOCK) -> float:
 
 
 # The fused loss keeps three float32 (rows x vocab) arrays per chunk: logits, softmax and its
-# gradient. MLX evaluates the lazy graph breadth-first up to a frontier (MLX_BFS_MAX_WIDTH), so
-# chunks do not run one at a time: measured (CPU, random llama layouts and SmolLM2's head,
-# vocab 8k-152k, 1-38 chunks), the first SIDE_BY_SIDE_CHUNKS chunks are all live together and
-# each row beyond them adds about half a row of logits. Splitting 2048 rows into two chunks
-# of 1024 holds as much as one chunk of 2048; chunking pays only beyond four chunks.
+# gradient. How many chunks are live at once depends on the order MLX evaluates the lazy graph
+# in (measured, fused loss alone and whole steps; benchmarks/README.md):
+# * breadth-first up to a frontier of MLX_BFS_MAX_WIDTH=20 (MLX's default, kept on a GPU): the
+#   first SIDE_BY_SIDE_CHUNKS chunks are live together and each row beyond them adds about
+#   half a row of logits;
+# * depth-first (MLX_BFS_MAX_WIDTH=1, which the MLX backend sets on a CPU, where it costs no
+#   time): DEPTH_FIRST_LIVE_CHUNKS chunks, whatever their number (MLX's CPU stream runs a few
+#   operations ahead of the one it computes), plus the hidden-sized gradient that each chunk's
+#   slice of the hidden states hands back to autograd.
 LOGIT_COPIES = 3
 SIDE_BY_SIDE_CHUNKS = 4
 LATER_ROW_COPIES = 0.5
+DEPTH_FIRST_LIVE_CHUNKS = 3
 UNCHUNKED_LOGIT_COPIES = 4  # the model's own logits through nn.losses.cross_entropy
 LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
 # The CPU's blocked attention keeps each layer's causal probabilities for backward, and its
@@ -89,6 +94,7 @@ class TrainShape:
     # attention keeps every layer's causal probabilities (see estimate_training_memory).
     fused_attention: bool = True
     loss_chunk_rows: int = 0  # 0: loss_chunk_rows(vocab)
+    depth_first: bool = False  # MLX evaluates depth-first (on a CPU, see LOGIT_COPIES)
 
     @classmethod
     def from_config(cls, cfg, dtype_bytes: int = 2) -> TrainShape:
@@ -200,6 +206,7 @@ def estimate_training_memory(
     fused_attention: bool = True,
     weights: int | None = None,
     chunk_rows: int = 0,
+    depth_first: bool = False,
 ) -> MemoryEstimate:
     """Peak memory of one LoRA training step, worst case: every sequence `max_length` long.
 
@@ -214,9 +221,10 @@ def estimate_training_memory(
     (causal_block_fraction of len^2) and two copies of q, with BLOCKED_ATTENTION_FACTOR for
     their backward.
     Gradient checkpointing (mx.checkpoint around each block) keeps only each adapted block's
-    input (tokens x hidden); MLX starts rebuilding the last block (its activations and
-    attention) while the loss chunks are still live, so one block's worth is counted on top
-    (measured: no block's attention probabilities outlive its backward).
+    input (tokens x hidden); MLX starts rebuilding the last block while the loss chunks are
+    still live: breadth-first its activations and attention, depth-first (a CPU) its
+    attention only, so that much is counted on top (measured: no block's attention
+    probabilities outlive its backward).
     Loss: see loss_bytes.
     """
     h, layers, vocab, heads, kv, q, inter = _dims(info)
@@ -237,14 +245,18 @@ def estimate_training_memory(
     else:
         attention = _blocked_attention(batch_size, heads, max_length, q, dtype_bytes)
         attention *= 1 if grad_checkpoint else adapted
+    rows = (chunk_rows or loss_chunk_rows(vocab)) if chunked_loss else 0
+    loss = loss_bytes(tokens, rows, vocab, depth_first, hidden_row_bytes=h * dtype_bytes)
     if grad_checkpoint:
-        activations = adapted * tokens * h * dtype_bytes + one_layer
+        # The rebuilt block: breadth-first, on top of the loss chunks; depth-first only its
+        # attention is (the rest comes once the chunks are gone, counted as far as it
+        # outgrows them).
+        rebuilt = max(0, one_layer - loss) if depth_first else one_layer
+        activations = adapted * tokens * h * dtype_bytes + rebuilt
     else:
         activations = adapted * one_layer
-    rows = (chunk_rows or loss_chunk_rows(vocab)) if chunked_loss else 0
     weights = weights if weights is not None else weight_bytes(info, dtype_bytes)
     lora_optimizer = lora_params * LORA_BYTES_PER_PARAM
-    loss = loss_bytes(tokens, rows, vocab)
     subtotal = weights + lora_optimizer + activations + attention + loss
     return MemoryEstimate(
         weights=weights,
@@ -257,12 +269,17 @@ def estimate_training_memory(
     )
 
 
-def loss_bytes(tokens: int, chunk_rows: int, vocab: int) -> int:
-    """The live float32 logits of the loss over `tokens` labelled rows: LOGIT_COPIES for the
-    rows of the chunks MLX runs side by side, LATER_ROW_COPIES for the rest (chunk_rows 0:
-    the model's own unchunked logits)."""
+def loss_bytes(
+    tokens: int, chunk_rows: int, vocab: int, depth_first: bool = False, hidden_row_bytes: int = 0
+) -> int:
+    """The live float32 logits of the loss over `tokens` labelled rows (see LOGIT_COPIES;
+    chunk_rows 0: the model's own unchunked logits), and depth-first the hidden-sized
+    gradients the chunks hand back (`hidden_row_bytes` a row)."""
     if not chunk_rows:
         return tokens * vocab * 4 * UNCHUNKED_LOGIT_COPIES
+    if depth_first:
+        logits = min(tokens, DEPTH_FIRST_LIVE_CHUNKS * chunk_rows) * LOGIT_COPIES * vocab * 4
+        return logits + -(-tokens // chunk_rows) * tokens * hidden_row_bytes
     side_by_side = min(tokens, SIDE_BY_SIDE_CHUNKS * chunk_rows)
     copies = side_by_side * LOGIT_COPIES + (tokens - side_by_side) * LATER_ROW_COPIES
     return int(copies * vocab * 4)
@@ -289,6 +306,7 @@ def estimate(info: dict, shape: TrainShape, weights: int | None = None) -> Memor
         fused_attention=shape.fused_attention,
         weights=weights,
         chunk_rows=shape.loss_chunk_rows,
+        depth_first=shape.depth_first,
     )
 
 
@@ -347,11 +365,14 @@ def memory_budget() -> int | None:
 
 
 def shape_here(shape: TrainShape) -> TrainShape:
-    """`shape` as this machine trains it: the model's own dtype (bf16) with fused attention on
-    a Mac; elsewhere MLX's CPU backend computes in float32 with unfused attention."""
-    if is_apple_silicon():
-        return shape
-    return replace(shape, dtype_bytes=4, fused_attention=False)
+    """`shape` as this machine trains it (see on_cpu)."""
+    return on_cpu(shape) if not is_apple_silicon() else shape
+
+
+def on_cpu(shape: TrainShape) -> TrainShape:
+    """`shape` as MLX's CPU backend trains it: float32 (bf16 matmuls are slow there), the
+    blocked attention instead of the fused kernel, and depth-first evaluation."""
+    return replace(shape, dtype_bytes=4, fused_attention=False, depth_first=True)
 
 
 # Share of the budget above which an estimate is "tight": it fits, with little to spare.

@@ -23,7 +23,8 @@ NO_CHAT_TEMPLATE = (
 
 @dataclass
 class MemoryGuard:
-    """The budget of a run with training.memory_budget, and the estimate of a coming step."""
+    """The budget of a run (training.memory_budget or the machine's), and the estimate of a
+    coming step."""
 
     budget: int
     info: dict
@@ -119,11 +120,12 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         )
     warnings += setup_warnings(cfg, len(train), len(val))
     guard = None
-    if t.memory_budget:
+    budget = training_budget(cfg, backend)
+    if budget:  # training.memory_budget, else this device's or machine's
         from mlxlora.models.resolve import model_info
 
-        guard = MemoryGuard(training_budget(cfg, backend), model_info(model_dir), cfg, backend)
-        backend.limit_memory(guard.budget)
+        guard = MemoryGuard(budget, model_info(model_dir), cfg, backend)
+        backend.limit_memory(budget)
     return Prepared(
         config=cfg,
         paths=paths,
@@ -185,9 +187,10 @@ def train_shape(cfg: Config, backend, longest: int):
 
     from mlxlora import memory
 
-    on_cpu = backend.info.device == "cpu"
-    shape = memory.TrainShape.from_config(cfg, dtype_bytes=4 if on_cpu else 2)
-    return replace(shape, max_length=min(longest, cfg.data.max_length), fused_attention=not on_cpu)
+    shape = memory.TrainShape.from_config(cfg)
+    if backend.info.device.startswith("cpu"):
+        shape = memory.on_cpu(shape)
+    return replace(shape, max_length=min(longest, cfg.data.max_length))
 
 
 def training_budget(cfg: Config, backend) -> int | None:
@@ -205,7 +208,7 @@ def planned_weights(cfg: Config, info: dict, backend) -> int:
     quantized base is kept, else what the files hold."""
     from mlxlora import memory
 
-    on_cpu = backend.info.device == "cpu"
+    on_cpu = backend.info.device.startswith("cpu")
     if on_cpu and not (cfg.quantized_base == "keep" and info.get("quantization")):
         return int(info["params"]) * 4
     return memory.weight_bytes(info, 4 if on_cpu else 2)

@@ -258,7 +258,7 @@ class Trainer:
 
     def check_memory(self, records: list[int], last_checkpoint_step: int) -> None:
         """Stop with a checkpoint before a step whose estimate (from its longest record)
-        would pass training.memory_budget, or after one whose measured peak did."""
+        would pass the run's memory budget, or after one whose measured peak did."""
         guard = self.p.guard
         if guard is None:
             return

@@ -8,6 +8,7 @@ matmuls are ~25x slower than float32, so floating weights are cast to float32.
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -22,8 +23,13 @@ import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
 from mlxlora.backends import mlx_dist  # noqa: E402
-from mlxlora.backends.base import CHUNKABLE_TYPES, BackendInfo, Batch, package_version  # noqa: E402
+from mlxlora.backends.base import BackendInfo, Batch, package_version  # noqa: E402
 from mlxlora.backends.mlx_attention import use_blocked_attention  # noqa: E402
+from mlxlora.backends.mlx_loss import (  # noqa: E402
+    chunked_cross_entropy,
+    chunked_cross_entropy_for_training,
+    output_head,
+)
 from mlxlora.errors import ModelError  # noqa: E402
 from mlxlora.memory import loss_chunk_rows  # noqa: E402
 from mlxlora.models.resolve import gguf_source  # noqa: E402
@@ -41,6 +47,10 @@ def select_device() -> tuple[str, mx.Dtype | None]:
         mx.set_default_device(mx.gpu)
         return "gpu (CUDA)", None
     mx.set_default_device(mx.cpu)
+    # Depth-first evaluation holds 3 loss chunks where MLX's default (a breadth-first frontier
+    # of 20) holds 4 or more, at the same speed on a CPU (memory.LOGIT_COPIES). MLX reads this
+    # once, at the process's first evaluation; a width the user set is kept.
+    os.environ.setdefault("MLX_BFS_MAX_WIDTH", "1")
     return "cpu", mx.float32
 
 
@@ -134,48 +144,6 @@ def checkpoint_layers(layers) -> None:
         layer.__class__ = checkpointed
 
 
-def _output_head(model: nn.Module, model_type: str):
-    """A function hidden -> logits equal to the model's own, or None when it cannot be split."""
-    if model_type not in CHUNKABLE_TYPES or not hasattr(model, "model"):
-        return None
-    head = model.lm_head if "lm_head" in model else model.model.embed_tokens.as_linear
-    cap = getattr(model, "final_logit_softcapping", None) if model_type == "gemma2" else None
-    if cap:
-        return lambda h: mx.tanh(head(h) / cap) * cap
-    return head
-
-
-def fused_cross_entropy(head, hidden: mx.array, targets: mx.array) -> mx.array:
-    """Summed cross-entropy of head(hidden) against targets, with its gradient made in forward.
-
-    Autograd (or mx.checkpoint) would keep or recompute the (rows x vocab) logits for the
-    backward pass and take exp over them three times; on a CPU that exp, not the matmul, is
-    the cost. Here the forward pass computes the softmax once, turns it into d(loss)/d(hidden)
-    (rows x hidden, small) and drops the logits; the backward pass only scales that gradient.
-    MLX has no fused cross-entropy for this, hence the custom function.
-    """
-
-    @mx.custom_function
-    def loss_and_grad(h):
-        logits = head(h).astype(mx.float32)
-        index = targets[:, None]
-        loss = (
-            mx.logsumexp(logits, axis=-1) - mx.take_along_axis(logits, index, axis=-1)[:, 0]
-        ).sum()
-        probs = mx.softmax(logits, axis=-1, precise=True)
-        dlogits = mx.put_along_axis(
-            probs, index, mx.take_along_axis(probs, index, axis=-1) - 1.0, axis=-1
-        )
-        _, (dh,) = mx.vjp(head, [h], [dlogits.astype(h.dtype)])
-        return loss, dh
-
-    @loss_and_grad.vjp
-    def _(primals, cotangents, outputs):
-        return (cotangents[0] * outputs[1],)
-
-    return loss_and_grad(hidden)[0]
-
-
 class MLXBackend:
     """Backend implementation for MLX (see backends/base.py for the contract)."""
 
@@ -228,7 +196,7 @@ class MLXBackend:
         self.model, self.tokenizer = model, tokenizer
         self.model_dir = Path(model_dir)
         self.model_type = model_config.get("model_type", "")
-        self._head = _output_head(model, self.model_type)
+        self._head = output_head(model, self.model_type)
         self._chunk_rows = config.training.loss_chunk_rows or loss_chunk_rows(
             model_config["vocab_size"]
         )
@@ -249,13 +217,7 @@ class MLXBackend:
     def _loss(
         self, model, tokens: mx.array, positions: mx.array, targets: mx.array, train: bool = True
     ) -> mx.array:
-        """Summed cross-entropy over the labelled positions only.
-
-        Full-vocabulary logits for every position are the largest tensor of a LoRA step
-        (4 x 1024 x 151,936 x 4 B = 2.5 GB). Only labelled rows go through the output
-        projection, one chunk at a time; in training each chunk is a fused loss-and-gradient
-        function (see fused_cross_entropy), so no chunk's logits outlive it.
-        """
+        """Summed cross-entropy over the labelled positions only (see mlx_loss)."""
         inputs = tokens[:, :-1]
         if self._head is None:  # unknown architecture: the model's own full logits
             logits = model(inputs)
@@ -263,16 +225,8 @@ class MLXBackend:
             return nn.losses.cross_entropy(logits, targets, reduction="sum")
         hidden = model.model(inputs)
         hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
-        total = mx.array(0.0)
-        chunk = self._chunk_rows
-        for start in range(0, positions.size, chunk):
-            rows = slice(start, start + chunk)
-            if train:
-                total = total + fused_cross_entropy(self._head, hidden[rows], targets[rows])
-            else:
-                logits = self._head(hidden[rows]).astype(mx.float32)
-                total = total + nn.losses.cross_entropy(logits, targets[rows], reduction="sum")
-        return total
+        loss = chunked_cross_entropy_for_training if train else chunked_cross_entropy
+        return loss(self._head, hidden, targets, self._chunk_rows)
 
     def _labels(self, batch: Batch) -> tuple[mx.array, mx.array, mx.array] | None:
         """This process's rows of the batch (all of them unless data-parallel), or None."""

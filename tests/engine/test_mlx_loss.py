@@ -115,3 +115,42 @@ def test_gpu_fit_gives_one_half_dtype_to_every_floating_weight(home):
     assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float16}
     model = mlx_backend.fit_to_device(model, "keep", "cpu", mx.float32)
     assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float32}
+
+
+DEPTH_FIRST_PROBE = """
+from mlxlora.backends import mlx as backend
+from mlxlora.backends.mlx_loss import chunked_cross_entropy_for_training
+import mlx.core as mx
+backend.select_device()
+vocab, hidden, rows, chunks = 8192, 64, 256, 8
+mx.random.seed(0)
+w = mx.random.normal((vocab, hidden)) * 0.02
+x = mx.random.normal((rows * chunks, hidden))
+targets = mx.random.randint(0, vocab, (rows * chunks,))
+scale = mx.ones((hidden,))
+mx.eval(w, x, targets, scale)
+loss = lambda s: chunked_cross_entropy_for_training(lambda h: h @ w.T, x * s, targets, rows)
+before = mx.get_active_memory()
+mx.reset_peak_memory()
+mx.eval(mx.value_and_grad(loss)(scale))
+print(mx.get_peak_memory() - before)
+"""
+
+
+def test_on_a_cpu_the_loss_holds_three_chunks_however_many_there_are():
+    """select_device has MLX evaluate depth-first on a CPU: eight loss chunks hold three
+    chunks' logits, softmax and gradient (MLX's default breadth-first order held 14 chunk-sized
+    arrays), as memory.loss_bytes says. A fresh process: MLX reads the setting once."""
+    import subprocess
+    import sys
+
+    from mlxlora import memory
+
+    out = subprocess.run(
+        [sys.executable, "-c", DEPTH_FIRST_PROBE], capture_output=True, text=True, check=True
+    )
+    measured = int(out.stdout.split()[-1])
+    chunk = 256 * 8192 * 4
+    expected = memory.loss_bytes(2048, 256, 8192, depth_first=True, hidden_row_bytes=64 * 4)
+    assert measured < 10.5 * chunk
+    assert 0.95 <= expected / measured <= 1.1

@@ -265,18 +265,22 @@ def test_truncation_is_reported(home, tmp_path):
     assert any("truncated" in w for w in started.warnings)
 
 
-def test_memory_estimate_warns_with_advice_when_over_budget(
+def test_over_the_machines_budget_a_run_warns_with_advice_and_stops_before_its_first_step(
     home, quickstart_data, tmp_path, monkeypatch
 ):
+    """No training.memory_budget: the machine's budget is watched all the same."""
     from mlxlora import memory
 
     cfg = make_config(quickstart_data, "training.max_steps=1", "data.max_length=2048")
     monkeypatch.setattr(memory, "memory_budget", lambda: 2 * 1024**2)  # a 2 MB device
-    engine.train(cfg, tmp_path / "run")
-    started = read_events(tmp_path / "run" / "events.jsonl")[0]
+    with pytest.raises(TrainingFailed, match=r"step 1 .* over the budget of 2\.0 MiB"):
+        engine.train(cfg, tmp_path / "run")
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    started = events[0]
     assert started.estimated_peak_gb > 0.002
     (warning,) = [w for w in started.warnings if "exceeds" in w]
     assert "training.batch_size=1 training.grad_accumulation=4" in warning
+    assert not [e for e in events if isinstance(e, Step)]
 
 
 def test_gradient_checkpointing_gives_the_same_losses(home, quickstart_data, tmp_path):

@@ -210,7 +210,8 @@ def test_shape_here_is_float32_unfused_off_a_mac(monkeypatch):
     assert memory.shape_here(shape) == shape
     monkeypatch.setattr(memory, "is_apple_silicon", lambda: False)
     here = memory.shape_here(shape)
-    assert (here.dtype_bytes, here.fused_attention, here.batch_size) == (4, False, 2)
+    assert (here.dtype_bytes, here.fused_attention, here.depth_first) == (4, False, True)
+    assert here.batch_size == 2
 
 
 def test_fit_keeps_the_effective_batch_and_takes_the_fastest_that_fits():
@@ -240,3 +241,29 @@ def test_smaller_loss_chunks_hold_fewer_logits_beyond_four_chunks():
     assert loss[1] == loss[2] == 2048 * 3 * 1000 * 4  # 2 or 4 chunks, all live side by side
     # 8 chunks of 256: four side by side (3 copies), the other 1024 rows half a copy each
     assert loss[4] == (4 * 256 * 3 + 1024 * 0.5) * 1000 * 4
+
+
+def test_depth_first_three_loss_chunks_are_live_whatever_their_number():
+    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4, depth_first=True)  # 2048 rows
+    rows = memory.loss_chunk_rows(SMALL["vocab_size"])  # 1024
+    hidden_row = SMALL["hidden_size"] * shape.dtype_bytes
+    loss = {d: estimate(SMALL, replace(shape, loss_chunk_rows=rows // d)).loss for d in (1, 2, 8)}
+    # 2 chunks: both live; 4 and 16 chunks: three live, plus each chunk's hidden-sized gradient
+    assert loss[1] == 2048 * 3 * 1000 * 4 + 2 * 2048 * hidden_row
+    assert loss[2] == 3 * 512 * 3 * 1000 * 4 + 4 * 2048 * hidden_row
+    assert loss[8] == 3 * 128 * 3 * 1000 * 4 + 16 * 2048 * hidden_row
+    # so on a CPU fit halves the chunk where breadth-first it had to quarter it
+    whole = estimate(SMALL, shape).total
+    fitted = memory_fit.fit_shape(SMALL, shape, whole - 1).shape
+    assert fitted == replace(shape, loss_chunk_rows=rows // 2)
+
+
+def test_depth_first_checkpointing_counts_the_rebuilt_blocks_attention_not_its_activations():
+    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4, grad_checkpoint=True)
+    breadth, depth = estimate(SMALL, shape), estimate(SMALL, replace(shape, depth_first=True))
+    inputs = 4 * 2048 * 64 * 2
+    assert breadth.activations == inputs + 2048 * 768 * 2  # + the rebuilt block
+    assert depth.activations == inputs  # the block's activations come after the loss chunks
+    assert depth.attention == breadth.attention
+    small_vocab = estimate({**SMALL, "vocab_size": 10}, replace(shape, depth_first=True))
+    assert small_vocab.activations == inputs + 2048 * 768 * 2 - small_vocab.loss  # outgrows it
