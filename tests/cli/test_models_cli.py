@@ -41,7 +41,7 @@ def test_models_json_numbers_and_marks(linux_box, capsys):
     for row in data["models"]:
         entry = find(row["id"])
         mac = estimate(entry.info(), TrainShape()).total
-        local = estimate(entry.info(), TrainShape(dtype_bytes=4, fused_attention=False)).total
+        local = estimate(entry.info(), memory.on_cpu(TrainShape())).total
         assert (row["train_bytes"], row["train_bytes_this_machine"]) == (mac, local)
         assert row["fits"] == {
             "this machine": local <= 20 * GIB,

@@ -117,9 +117,7 @@ def test_budget_stop_checkpoints_and_resumes_fitted(home, tmp_path):
     info = model_info(resolve_model("builtin:tiny"))
 
     def need(length, batch):
-        shape = memory.TrainShape(
-            batch_size=batch, max_length=length, lora_rank=4, dtype_bytes=4, fused_attention=False
-        )
+        shape = memory.on_cpu(memory.TrainShape(batch_size=batch, max_length=length, lora_rank=4))
         return memory.estimate(info, shape, weights=int(info["params"]) * 4).total
 
     budget = (need(64, 4) + need(512, 4)) // 2  # short batches fit, the long one does not

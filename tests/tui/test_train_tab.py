@@ -102,9 +102,7 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
             assert problems(app) == {}
 
             # The verdict is the engine's estimate for this form on this (pretend) machine.
-            shape = memory.TrainShape(
-                lora_rank=16, max_length=256, dtype_bytes=4, fused_attention=False
-            )
+            shape = memory.on_cpu(memory.TrainShape(lora_rank=16, max_length=256))
             est = memory.estimate(builtin_tiny_info(), shape)
             expected = f"memory ~{memory.fmt_bytes(est.total)} of a 16.0 GiB budget: fits"
             verdict, parts = text(app, "#train-memory").split("\n")
