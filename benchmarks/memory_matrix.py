@@ -110,11 +110,11 @@ def case_config(case: dict) -> dict:
 
 def run_case(case: dict) -> dict:
     """One case in this process: (estimate breakdown, measured peak) as a dict."""
+    from mlxlora.backends import mlx as backend_mod  # noqa: I001  (loads OpenBLAS before mlx)
     import mlx.core as mx
     import numpy as np
 
     from mlxlora import config, memory
-    from mlxlora.backends import mlx as backend_mod  # preloads OpenBLAS before mlx
     from mlxlora.backends.base import Batch
     from mlxlora.models.resolve import model_info
     from mlxlora.prepare import train_shape
