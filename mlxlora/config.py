@@ -122,8 +122,9 @@ class TrainingConfig:
     seed: int = _help("Seed for data order, splits, LoRA init and dropout.", 0)
     grad_checkpoint: bool = _help("Recompute activations in backward to save memory.", False)
     compile: bool = _help(
-        "Backend torch: torch.compile the model's forward (the first steps wait while it"
-        " compiles; needs a C++ compiler on a CPU). Backend mlx: not yet, trains uncompiled.",
+        "Compile the step: torch.compile of the model's forward (backend torch), mx.compile of"
+        " the loss and gradient with batches padded to a multiple of 64 tokens (backend mlx)."
+        " The first step of each new shape waits while it compiles; a CPU needs a C++ compiler.",
         False,
     )
     loss_chunk_rows: int = _help(

@@ -36,6 +36,7 @@ from mlxlora.models.resolve import gguf_source  # noqa: E402
 from mlxlora.targets import TargetMatch, match_targets  # noqa: E402
 
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
+COMPILE_BUCKET = 64  # training.compile pads batches to a multiple of this many positions
 
 
 def select_device() -> tuple[str, mx.Dtype | None]:
@@ -102,7 +103,7 @@ def describe() -> BackendInfo:
     return BackendInfo(
         name="mlx",
         device=device,
-        dtype="float32" if dtype == mx.float32 else "model dtype",
+        dtype="model dtype" if dtype is None else "float32",
         blas=blas_in_use() if device == "cpu" else "Metal/CUDA kernels",
         versions={
             "mlx": mx.__version__,
@@ -202,6 +203,19 @@ class MLXBackend:
         )
         self.optimizer = optim.AdamW(learning_rate=0.0, weight_decay=config.training.weight_decay)
         self._value_and_grad = nn.value_and_grad(model, self._loss)
+        self._compiled = self._compile_loss_and_grad() if config.training.compile else None
+
+    def _compile_loss_and_grad(self):
+        """The loss and its gradient as one mx.compile'd graph (fused elementwise kernels), as
+        mlx-lm compiles its step. One graph per input shape: batches are padded to a multiple
+        of COMPILE_BUCKET positions and the loss covers every row, unlabelled ones weighted 0,
+        so a run compiles a handful of graphs rather than one per batch."""
+        state = [self.model.state, mx.random.state]  # read and (dropout's key) advanced
+
+        def loss_and_grad(tokens, targets, weights):
+            return self._value_and_grad(self.model, tokens, None, targets, weights)
+
+        return mx.compile(loss_and_grad, inputs=state, outputs=state)
 
     def weight_bytes(self) -> int:
         """Bytes the loaded weights occupy as they will train (after any cast or dequantize)."""
@@ -215,18 +229,32 @@ class MLXBackend:
     # --- loss -------------------------------------------------------------------------
 
     def _loss(
-        self, model, tokens: mx.array, positions: mx.array, targets: mx.array, train: bool = True
+        self,
+        model,
+        tokens: mx.array,
+        positions: mx.array | None,
+        targets: mx.array,
+        weights: mx.array | None = None,
+        train: bool = True,
     ) -> mx.array:
-        """Summed cross-entropy over the labelled positions only (see mlx_loss)."""
+        """Summed cross-entropy over the labelled positions only (see mlx_loss); positions
+        None: over every position, each weighted (the compiled step's fixed shapes)."""
         inputs = tokens[:, :-1]
         if self._head is None:  # unknown architecture: the model's own full logits
             logits = model(inputs)
-            logits = logits.reshape(-1, logits.shape[-1])[positions].astype(mx.float32)
-            return nn.losses.cross_entropy(logits, targets, reduction="sum")
+            logits = logits.reshape(-1, logits.shape[-1]).astype(mx.float32)
+            if positions is None:
+                return (nn.losses.cross_entropy(logits, targets) * weights).sum()
+            return nn.losses.cross_entropy(logits[positions], targets, reduction="sum")
         hidden = model.model(inputs)
-        hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
-        loss = chunked_cross_entropy_for_training if train else chunked_cross_entropy
-        return loss(self._head, hidden, targets, self._chunk_rows)
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        if positions is not None:
+            hidden = hidden[positions]
+        if not train:
+            return chunked_cross_entropy(self._head, hidden, targets, self._chunk_rows)
+        return chunked_cross_entropy_for_training(
+            self._head, hidden, targets, self._chunk_rows, weights
+        )
 
     def _labels(self, batch: Batch) -> tuple[mx.array, mx.array, mx.array] | None:
         """This process's rows of the batch (all of them unless data-parallel), or None."""
@@ -238,16 +266,32 @@ class MLXBackend:
         targets = tokens[:, 1:].reshape(-1)[positions]
         return mx.array(tokens), mx.array(positions), mx.array(targets)
 
+    def _bucketed_labels(self, batch: Batch) -> tuple[mx.array, mx.array, mx.array] | None:
+        """(tokens, targets, weights) of this process's rows, padded to a multiple of
+        COMPILE_BUCKET positions: every position a target, weighted 1 if labelled, else 0."""
+        rows = mlx_dist.my_rows(self.group, len(batch.tokens))
+        tokens, mask = batch.tokens[rows], batch.loss_mask[rows]
+        if not len(tokens):
+            return None
+        pad = -mask.shape[1] % COMPILE_BUCKET
+        tokens = np.pad(tokens, ((0, 0), (0, pad)))
+        weights = np.pad(mask, ((0, 0), (0, pad))).reshape(-1).astype(np.float32)
+        return mx.array(tokens), mx.array(tokens[:, 1:].reshape(-1)), mx.array(weights)
+
     # --- steps ------------------------------------------------------------------------
 
     def accumulate(self, batch: Batch, seed: int) -> float:
         """Adds the gradient of the summed loss: the update divides by every labelled token of
         the step, so batch 4 and batch 2 x accumulation 2 take the same step."""
         mx.random.seed(seed)  # dropout masks depend on the step only: resume is exact
-        n, labels = batch.label_tokens, self._labels(batch)
+        n = batch.label_tokens
+        compiled = self._compiled is not None
+        labels = self._bucketed_labels(batch) if compiled else self._labels(batch)
         if labels is None:  # a data-parallel process with no rows of a short batch
             loss_sum = mx.array(0.0)
             grads = tree_map(mx.zeros_like, self.model.trainable_parameters())
+        elif compiled:
+            loss_sum, grads = self._compiled(*labels)
         else:
             loss_sum, grads = self._value_and_grad(self.model, *labels)
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)

@@ -117,12 +117,13 @@ def test_gpu_fit_gives_one_half_dtype_to_every_floating_weight(home):
     assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float32}
 
 
-DEPTH_FIRST_PROBE = """
+LOSS_MEMORY_PROBE = """
+import sys
 from mlxlora.backends import mlx as backend
 from mlxlora.backends.mlx_loss import chunked_cross_entropy_for_training
 import mlx.core as mx
 backend.select_device()
-vocab, hidden, rows, chunks = 8192, 64, 256, 8
+vocab, hidden, rows, chunks = 8192, 64, 256, int(sys.argv[1])
 mx.random.seed(0)
 w = mx.random.normal((vocab, hidden)) * 0.02
 x = mx.random.normal((rows * chunks, hidden))
@@ -137,20 +138,56 @@ print(mx.get_peak_memory() - before)
 """
 
 
-def test_on_a_cpu_the_loss_holds_three_chunks_however_many_there_are():
-    """select_device has MLX evaluate depth-first on a CPU: eight loss chunks hold three
-    chunks' logits, softmax and gradient (MLX's default breadth-first order held 14 chunk-sized
-    arrays), as memory.loss_bytes says. A fresh process: MLX reads the setting once."""
+def loss_peak(chunks: int, bfs_width: str | None = None) -> int:
+    """Peak bytes of the fused chunked loss and its gradient, measured in a fresh process (MLX
+    reads MLX_BFS_MAX_WIDTH once; None: as select_device leaves it)."""
+    import os
     import subprocess
     import sys
 
+    env = dict(os.environ)
+    env.pop("MLX_BFS_MAX_WIDTH", None)
+    if bfs_width:
+        env["MLX_BFS_MAX_WIDTH"] = bfs_width
+    command = [sys.executable, "-c", LOSS_MEMORY_PROBE, str(chunks)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return int(out.stdout.split()[-1])
+
+
+CHUNK = 256 * 8192 * 4  # one chunk's float32 logits in the probe
+
+
+def test_on_a_cpu_the_loss_holds_three_chunks_however_many_there_are():
+    """select_device has MLX evaluate depth-first on a CPU: eight loss chunks hold three
+    chunks' logits, softmax and gradient (MLX's default breadth-first order held 14 chunk-sized
+    arrays before the chunks were chained), as memory.loss_bytes says."""
     from mlxlora import memory
 
-    out = subprocess.run(
-        [sys.executable, "-c", DEPTH_FIRST_PROBE], capture_output=True, text=True, check=True
-    )
-    measured = int(out.stdout.split()[-1])
-    chunk = 256 * 8192 * 4
+    measured = loss_peak(8)
     expected = memory.loss_bytes(2048, 256, 8192, depth_first=True, hidden_row_bytes=64 * 4)
-    assert measured < 10.5 * chunk
+    assert measured < 10.5 * CHUNK
     assert 0.95 <= expected / measured <= 1.1
+
+
+def test_breadth_first_the_chained_chunks_run_one_after_another():
+    """MLX's default order (a GPU's) computed unchained chunks side by side: 32 chunks held
+    24.6 chunk-sized arrays. Each chunk now waits for the loss so far: 3.5 chunks are live, as
+    memory.loss_bytes says for breadth-first."""
+    from mlxlora import memory
+
+    measured = loss_peak(32, bfs_width="20")
+    expected = memory.loss_bytes(32 * 256, 256, 8192, depth_first=False)
+    assert measured < 12 * CHUNK
+    assert 0.95 <= expected / measured <= 1.1
+
+
+def test_a_gpu_backend_describes_itself(monkeypatch):
+    """On a GPU select_device keeps the model's dtype (None): describing the backend compared
+    None with mx.float32 and raised, so no GPU run could start (found on a CUDA GPU)."""
+    monkeypatch.setattr(mlx_backend, "select_device", lambda: ("gpu (CUDA)", None))
+    info = mlx_backend.describe()
+    assert (info.device, info.dtype, info.blas) == (
+        "gpu (CUDA)",
+        "model dtype",
+        "Metal/CUDA kernels",
+    )
