@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import random_models  # noqa: E402
+
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 QWEN_LAYOUT = {
@@ -60,30 +62,8 @@ def model_dir(name: str, cache: Path) -> Path:
     if (dest / "config.json").exists():
         return dest
     if name == "qwen-layout":
-        return _random_model(QWEN_LAYOUT, dest)
+        return random_models.random_model(QWEN_LAYOUT, dest)
     raise SystemExit(f"unknown model {name}")
-
-
-def _random_model(cfg: dict, dest: Path) -> Path:
-    import shutil
-
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.utils import _get_classes
-
-    from mlxlora.models.resolve import resolve_model
-
-    tiny = resolve_model("builtin:tiny")
-    dest.mkdir(parents=True)
-    (dest / "config.json").write_text(json.dumps(cfg))
-    model_class, args_class = _get_classes(cfg)
-    mx.random.seed(0)
-    model = model_class(args_class.from_dict(cfg))
-    mx.save_safetensors(str(dest / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tiny / name).exists():
-            shutil.copy(tiny / name, dest / name)
-    return dest
 
 
 def case_config(case: dict) -> dict:

