@@ -147,3 +147,21 @@ def no_ollama(monkeypatch, tmp_path):
     import shutil
 
     assert shutil.which("ollama") is None
+
+
+def random_batches(count: int, rows: int, seed: int = 0):
+    """Right-padded batches of random token runs of different lengths, prompts unlabelled."""
+    import numpy as np
+
+    from mlxlora.data.batching import Example, collate
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        lengths = rng.integers(12, 40, rows)
+        examples = [
+            Example(tuple(int(t) for t in rng.integers(3, 1500, n)), int(rng.integers(1, n // 2)))
+            for n in lengths
+        ]
+        out.append(collate(examples))
+    return out

@@ -10,22 +10,8 @@ import pytest
 pytest.importorskip("mlx_lm")
 
 from mlxlora import config  # noqa: E402
-from mlxlora.data.batching import Example, collate  # noqa: E402
 from mlxlora.models.resolve import resolve_model  # noqa: E402
-
-
-def batches(count: int, rows: int):
-    """Right-padded batches of 12-40 tokens (none a multiple of 64), prompts unlabelled."""
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(count):
-        lengths = rng.integers(12, 40, rows)
-        examples = [
-            Example(tuple(int(t) for t in rng.integers(3, 1500, n)), int(rng.integers(1, n // 2)))
-            for n in lengths
-        ]
-        out.append(collate(examples))
-    return out
+from tests.conftest import random_batches  # noqa: E402
 
 
 def train(compiled: bool, dropout: float = 0.0, checkpoint: bool = False) -> list[float]:
@@ -43,7 +29,7 @@ def train(compiled: bool, dropout: float = 0.0, checkpoint: bool = False) -> lis
     backend = MLXBackend()
     backend.load(resolve_model("builtin:tiny", progress=False), cfg)
     assert (backend._compiled is not None) == compiled  # the step that trains is the one asked
-    data, out = batches(3, 3), []
+    data, out = random_batches(3, rows=3), []
     for step in range(3):
         for micro in range(2):
             out.append(backend.accumulate(data[(step + micro) % 3], seed=step * 64 + micro))

@@ -14,10 +14,10 @@ pytest.importorskip("peft")
 pytest.importorskip("mlx_lm")
 
 from mlxlora import adapters_convert, engine  # noqa: E402
-from mlxlora.data.batching import Example, collate  # noqa: E402
 from mlxlora.events import Step, read_events  # noqa: E402
 from mlxlora.models.resolve import resolve_model  # noqa: E402
 from mlxlora.runs import RunPaths  # noqa: E402
+from tests.conftest import random_batches  # noqa: E402
 from tests.engine.test_train import make_config, steps  # noqa: E402
 
 ALL_TARGETS = "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]"
@@ -45,20 +45,6 @@ def backends(cfg):
     init = {k: np.array(v) for k, v in tree_flatten(mlx_backend.model.trainable_parameters())}
     torch_peft.load_mlx_weights(torch_backend.model, init)
     return mlx_backend, torch_backend
-
-
-def random_batches(count: int, rows: int, seed: int = 0):
-    """Right-padded batches of random token runs of different lengths, prompts unlabelled."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        lengths = rng.integers(12, 40, rows)
-        examples = [
-            Example(tuple(int(t) for t in rng.integers(3, 1500, n)), int(rng.integers(1, n // 2)))
-            for n in lengths
-        ]
-        out.append(collate(examples))
-    return out
 
 
 def test_same_adapter_gives_the_same_logits_in_mlx_and_torch(home, quickstart_data, tmp_path):

@@ -21,7 +21,8 @@ from mlxlora.backends import select, torch_infer  # noqa: E402
 from mlxlora.evaluate import messages_for  # noqa: E402
 from mlxlora.events import Sample, read_events  # noqa: E402
 from mlxlora.runs import RunPaths  # noqa: E402
-from tests.engine.test_torch_backend import ALL_TARGETS, random_batches  # noqa: E402
+from tests.conftest import random_batches  # noqa: E402
+from tests.engine.test_torch_backend import ALL_TARGETS  # noqa: E402
 from tests.engine.test_train import make_config  # noqa: E402
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
