@@ -52,7 +52,7 @@ install_llama_cpp() {
 
 extras=""
 if [ "${1:-}" = dev ]; then
-  extras="[dev,torch]"
+  extras="[dev,torch,qlora]"
   # The torch backend's tests run on the CPU: on Linux without an NVIDIA driver, pin the CPU
   # build first so the extra does not pull the CUDA wheels (gigabytes).
   if [ "$(uname -s)" = Linux ] && [ ! -e /proc/driver/nvidia/version ]; then

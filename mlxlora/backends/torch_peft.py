@@ -30,12 +30,10 @@ def select_device() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def quantization_kwargs(model_dir: Path, dtype: torch.dtype) -> dict:
-    """from_pretrained arguments for a quantized checkpoint; {} for a float one.
-
-    An HF 4-bit checkpoint (bitsandbytes) trains as QLoRA; MLX's packed quantization has no
-    torch kernels, so such a directory is refused with what to do instead.
-    """
+def is_bnb_quantized(model_dir: Path) -> bool:
+    """True for an HF bitsandbytes 4-bit checkpoint (trains as QLoRA: transformers loads it
+    quantized, as its config says); False for a float one. MLX's packed quantization has no
+    torch kernels, so such a directory is refused with what to do instead."""
     config = json.loads((model_dir / "config.json").read_text())
     if "quantization" in config and "quantization_config" not in config:
         raise ModelError(
@@ -44,18 +42,14 @@ def quantization_kwargs(model_dir: Path, dtype: torch.dtype) -> dict:
         )
     method = (config.get("quantization_config") or {}).get("quant_method")
     if method is None:
-        return {}
+        return False
     if method != "bitsandbytes":
         raise ModelError(f"{model_dir}: quantization {method!r} is not supported by backend torch")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise BackendUnavailable(
             f"{model_dir} is 4-bit (QLoRA): install bitsandbytes (pip install bitsandbytes)"
         )
-    from transformers import BitsAndBytesConfig
-
-    return {
-        "quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype)
-    }
+    return True
 
 
 def load_base(model_dir: Path, device: torch.device, dtype: torch.dtype):
@@ -64,16 +58,16 @@ def load_base(model_dir: Path, device: torch.device, dtype: torch.dtype):
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # the run's events report progress; stderr stays quiet
-    quant = quantization_kwargs(model_dir, dtype)
+    quantized = is_bnb_quantized(model_dir)
     try:
         config = AutoConfig.from_pretrained(model_dir)
         if (config.pad_token_id or 0) >= config.vocab_size:  # a family default past the vocab
             config.pad_token_id = None
-        model = from_pretrained(model_dir, config=config, dtype=dtype, **quant)
+        model = from_pretrained(model_dir, config=config, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{model_dir}: cannot load model with transformers: {exc}") from None
-    if quant:
+    if quantized:  # placed by transformers' bitsandbytes loader
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)

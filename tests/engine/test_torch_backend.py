@@ -157,19 +157,60 @@ def test_engine_trains_stops_and_resumes_on_torch_like_on_mlx(home, quickstart_d
 
 
 def test_quantized_bases_need_bitsandbytes_or_mlx(tmp_path):
-    from mlxlora.backends.torch_peft import quantization_kwargs
+    from mlxlora.backends.torch_peft import is_bnb_quantized
     from mlxlora.errors import BackendUnavailable, ModelError
 
     (tmp_path / "config.json").write_text('{"quantization": {"bits": 4, "group_size": 64}}')
     with pytest.raises(ModelError, match="MLX-quantized weights cannot train with backend torch"):
-        quantization_kwargs(tmp_path, None)
+        is_bnb_quantized(tmp_path)
     bnb = '{"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true}}'
     (tmp_path / "config.json").write_text(bnb)
     if importlib.util.find_spec("bitsandbytes") is None:
         with pytest.raises(BackendUnavailable, match="install bitsandbytes"):
-            quantization_kwargs(tmp_path, None)
+            is_bnb_quantized(tmp_path)
     else:
-        assert "quantization_config" in quantization_kwargs(tmp_path, None)
+        assert is_bnb_quantized(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    assert not is_bnb_quantized(tmp_path)
+
+
+def bnb_4bit_tiny(dest):
+    """builtin:tiny quantized to 4 bits by transformers' bitsandbytes loader and saved: an HF
+    4-bit checkpoint, as the hub's -bnb-4bit models are."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    source = resolve_model("builtin:tiny", progress=False)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant)
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(source).save_pretrained(dest)
+    return dest
+
+
+def test_a_bitsandbytes_4bit_base_trains_as_qlora(home, tmp_path):
+    """QLoRA where bitsandbytes is installed (its CPU kernels here): the base stays 4-bit under
+    PEFT's LoRA layers, the loss falls, and the adapter is PEFT's."""
+    pytest.importorskip("bitsandbytes")
+    from mlxlora import config
+    from mlxlora.backends.torch import TorchBackend
+
+    model_dir = bnb_4bit_tiny(tmp_path / "tiny-bnb-4bit")
+    cfg = config.from_dict(
+        {"model": str(model_dir), "backend": "torch", "data": {"dataset": "x"}, "lora": {"rank": 8}}
+    )
+    backend = TorchBackend()
+    backend.load(model_dir, cfg)
+    linear = type(backend.model.base_model.model.model.layers[0].self_attn.q_proj)
+    assert (linear.__module__, linear.__name__) == ("peft.tuners.lora.bnb", "Linear4bit")
+    batches, losses = random_batches(2, rows=3), []
+    for step in range(6):
+        losses += [backend.accumulate(batch, seed=step) for batch in batches]
+        backend.update(lr=5e-3, grad_clip=0.5)
+    assert max(losses[-2:]) < losses[0] - 0.5
+    backend.save_adapter(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / adapters_convert.CONFIG).read_text())
+    assert saved["peft_type"] == "LORA" and saved["r"] == 8
 
 
 def test_packed_batches_lose_and_learn_like_padded_ones(home, quickstart_data):
