@@ -99,7 +99,9 @@ def half_dtype(model: nn.Module) -> mx.Dtype:
 
 def describe() -> BackendInfo:
     device, dtype = select_device()
-    budget = mx.device_info().get("max_recommended_working_set_size") if "gpu" in device else None
+    gpu = mx.device_info() if "gpu" in device else {}
+    # Metal: the working set macOS recommends for the GPU; CUDA: the card's memory
+    budget = gpu.get("max_recommended_working_set_size") or gpu.get("total_memory")
     return BackendInfo(
         name="mlx",
         device=device,

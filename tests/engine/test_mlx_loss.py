@@ -183,11 +183,17 @@ def test_breadth_first_the_chained_chunks_run_one_after_another():
 
 def test_a_gpu_backend_describes_itself(monkeypatch):
     """On a GPU select_device keeps the model's dtype (None): describing the backend compared
-    None with mx.float32 and raised, so no GPU run could start (found on a CUDA GPU)."""
+    None with mx.float32 and raised, so no GPU run could start (found on a CUDA GPU); its
+    memory budget is the GPU's (MLX's CUDA device_info names it total_memory)."""
     monkeypatch.setattr(mlx_backend, "select_device", lambda: ("gpu (CUDA)", None))
+    monkeypatch.setattr(mlx_backend.mx, "device_info", lambda: {"total_memory": 80 * 2**30})
     info = mlx_backend.describe()
     assert (info.device, info.dtype, info.blas) == (
         "gpu (CUDA)",
         "model dtype",
         "Metal/CUDA kernels",
     )
+    assert info.memory_budget_bytes == 80 * 2**30  # the card's memory, not the host's RAM
+    metal = {"max_recommended_working_set_size": 11 * 2**30, "memory_size": 16 * 2**30}
+    monkeypatch.setattr(mlx_backend.mx, "device_info", lambda: metal)
+    assert mlx_backend.describe().memory_budget_bytes == 11 * 2**30
