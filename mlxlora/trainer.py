@@ -87,6 +87,7 @@ class Trainer:
         # fed every event, the earlier sessions' too (a resumed run keeps its history)
         self.diagnoser = Diagnoser().add(read_events(prep.paths.events))
         events.listeners.append(lambda event: self.diagnoser.add([event]))
+        self._longest_trained = 0  # the longest record a step of this session has trained
 
     # --- evaluation and checkpoints --------------------------------------------------
 
@@ -257,15 +258,20 @@ class Trainer:
             )
 
     def check_memory(self, records: list[int], last_checkpoint_step: int) -> None:
-        """Stop with a checkpoint before a step whose estimate (from its longest record)
-        would pass the run's memory budget, or after one whose measured peak did."""
+        """Stop with a checkpoint before a step whose estimate (from its longest record, scaled
+        by how far the steps so far outgrew theirs) would pass the run's memory budget, or
+        after one whose measured peak did."""
         guard = self.p.guard
         if guard is None:
             return
+        from mlxlora.memory import calibrated_need
+
         longest = max(len(self.p.train[i].tokens) for i in records)
-        need = guard.step_estimate(longest).total
         peak = self.p.backend.peak_memory_bytes()
+        trained = self._longest_trained and guard.step_estimate(self._longest_trained).total
+        need = calibrated_need(guard.step_estimate(longest).total, peak, trained)
         if need <= guard.budget and peak <= guard.budget:
+            self._longest_trained = max(self._longest_trained, longest)
             return
         from mlxlora.memory import fmt_bytes
         from mlxlora.runs import resume_command

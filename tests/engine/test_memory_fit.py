@@ -152,3 +152,69 @@ def test_budget_stop_checkpoints_and_resumes_fitted(home, tmp_path):
     fit = next(e for e in read_events(paths.events) if isinstance(e, MemoryFit))
     assert fit.changes["training.batch_size"] < 4
     assert config.load(paths.config).training.batch_size == fit.changes["training.batch_size"]
+
+
+UNDER_PROMISING_TRAIN = """
+import dataclasses, sys
+from mlxlora import prepare
+from mlxlora.cli import main
+
+real = prepare.MemoryGuard.step_estimate
+
+def under_promising(self, longest):  # a quarter of the truth, as a GPU's estimate can be
+    est = real(self, longest)
+    return dataclasses.replace(
+        est, **{f.name: getattr(est, f.name) // 4 for f in dataclasses.fields(est)}
+    )
+
+prepare.MemoryGuard.step_estimate = under_promising
+sys.exit(main(["train", *sys.argv[1:]]))
+"""
+
+
+def test_an_estimate_that_under_promises_is_corrected_by_the_measured_steps(home, tmp_path):
+    """The guard scales a coming step's estimate by how far the steps so far outgrew theirs:
+    with an estimate at a quarter of the truth, the long batch that the estimate alone would
+    let through still stops the run before it, with its checkpoint."""
+    from mlxlora import memory
+    from mlxlora.events import RunFailed
+    from mlxlora.models.resolve import model_info, resolve_model
+
+    data = tmp_path / "mixed.jsonl"
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}."} for i in range(15)]
+    rows.insert(9, {"instruction": "Repeat.", "input": "", "output": " ".join(["word"] * 400)})
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    info = model_info(resolve_model("builtin:tiny"))
+
+    def need(length, batch):
+        shape = memory.on_cpu(memory.TrainShape(batch_size=batch, max_length=length, lora_rank=4))
+        return memory.estimate(info, shape, weights=int(info["params"]) * 4).total
+
+    budget = (need(64, 4) + need(512, 4)) // 2
+    assert need(512, 4) // 4 < budget  # the under-promising estimate alone lets it through
+    cfg = make_config(
+        data,
+        "data.val_split=0",
+        "data.max_length=512",
+        "training.batch_size=4",
+        "training.eval_every=1",
+        f"training.memory_budget={budget}B",
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(cfg.to_yaml())
+    command = [
+        sys.executable,
+        "-c",
+        UNDER_PROMISING_TRAIN,
+        str(job),
+        "--run-dir",
+        str(tmp_path / "run"),
+    ]
+    stopped = subprocess.run(command, capture_output=True, text=True)
+    assert stopped.returncode != 0 and "memory: step 3" in stopped.stderr, stopped.stderr[-2000:]
+    failed = next(
+        e for e in read_events(RunPaths(tmp_path / "run").events) if isinstance(e, RunFailed)
+    )
+    assert failed.step == 2 and failed.last_checkpoint == str(
+        RunPaths(tmp_path / "run").checkpoint(2)
+    )

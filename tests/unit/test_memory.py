@@ -267,3 +267,9 @@ def test_depth_first_checkpointing_counts_the_rebuilt_blocks_attention_not_its_a
     assert depth.attention == breadth.attention
     small_vocab = estimate({**SMALL, "vocab_size": 10}, replace(shape, depth_first=True))
     assert small_vocab.activations == inputs + 2048 * 768 * 2 - small_vocab.loss  # outgrows it
+
+
+def test_a_coming_steps_need_grows_by_how_far_the_steps_so_far_outgrew_their_estimate():
+    assert memory.calibrated_need(1000, peak=5000, trained_estimate=0) == 1000  # no step yet
+    assert memory.calibrated_need(1000, peak=1600, trained_estimate=1000) == 1600  # 0.6x short
+    assert memory.calibrated_need(1000, peak=900, trained_estimate=1000) == 1000  # never less
