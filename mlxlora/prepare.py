@@ -106,8 +106,6 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     longest = max(len(e.tokens) for e in train + val)
     estimated_gb, warnings = memory_check(cfg, model_dir, backend, longest)
     warnings += backend.lora_targets.warnings()
-    if t.compile and backend.info.name != "torch":
-        warnings.append("training.compile: only backend torch compiles yet; this run does not")
     if not getattr(tok, "chat_template", None) and any(
         "messages" in r for r in train_records + val_records
     ):

@@ -164,14 +164,12 @@ def test_settings_that_cannot_work_warn(home, quickstart_data, tmp_path):
         "data.val_split=0",
         "training.early_stopping.patience=2",
         "training.max_steps=1",
-        "training.compile=true",
         "backend=mlx",
     )
     engine.train(no_val, tmp_path / "no-val")
     started = read_events(tmp_path / "no-val" / "events.jsonl")[0]
     assert isinstance(started, RunStarted) and started.val_records == 0
     assert started.warnings == [
-        "training.compile: only backend torch compiles yet; this run does not",
         "no validation set (data.val_split is 0): training.early_stopping.patience=2 does "
         "nothing; set data.val_split or data.validation",
     ]
