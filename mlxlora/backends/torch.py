@@ -132,7 +132,7 @@ class TorchBackend:
         self.model = torch_peft.add_lora(base, paths, lora.rank, lora.alpha, lora.dropout)
         if config.training.grad_checkpoint:
             base.gradient_checkpointing_enable({"use_reentrant": False})
-        if config.training.compile:
+        if config.training.compile is True:  # auto: off (an H200 compiled the 1B decoder > 2 min)
             # the decoder (LoRA layers included) as one graph; dynamic: batches differ in
             # length, and one graph with symbolic shapes serves them all
             base.get_decoder().compile(dynamic=True, backend=COMPILE_BACKEND)

@@ -14,7 +14,7 @@ from mlxlora.models.resolve import resolve_model  # noqa: E402
 from tests.conftest import random_batches  # noqa: E402
 
 
-def train(compiled: bool, dropout: float = 0.0, checkpoint: bool = False) -> list[float]:
+def train(compiled, dropout: float = 0.0, checkpoint: bool = False) -> list[float]:
     """Losses and gradient norms of 3 steps of 2 micro-batches (AdamW with weight decay)."""
     from mlxlora.backends.mlx import MLXBackend
 
@@ -28,7 +28,7 @@ def train(compiled: bool, dropout: float = 0.0, checkpoint: bool = False) -> lis
     )
     backend = MLXBackend()
     backend.load(resolve_model("builtin:tiny", progress=False), cfg)
-    assert (backend._compiled is not None) == compiled  # the step that trains is the one asked
+    assert (backend._compiled is not None) == (compiled is True)  # auto: not on a CPU
     data, out = random_batches(3, rows=3), []
     for step in range(3):
         for micro in range(2):
@@ -49,3 +49,19 @@ def test_compiled_dropout_is_the_same_for_the_same_seed(home):
     resumed run redraws the same masks: the same seeds give the same steps."""
     first, second = train(True, dropout=0.1), train(True, dropout=0.1)
     assert first == second
+
+
+def test_auto_compiles_on_a_gpu_only(home, monkeypatch):
+    """training.compile: auto (the default) leaves a CPU uncompiled (MLX would first build
+    its kernels with the C++ compiler); on a GPU it compiles (1.43x faster on an H200)."""
+    from mlxlora.backends import mlx as mlx_backend
+
+    def loaded():
+        cfg = config.from_dict({"model": "builtin:tiny", "data": {"dataset": "unused.jsonl"}})
+        backend = mlx_backend.MLXBackend()
+        backend.load(resolve_model("builtin:tiny", progress=False), cfg)
+        return backend
+
+    assert loaded()._compiled is None
+    monkeypatch.setattr(mlx_backend, "select_device", lambda: ("gpu (Metal)", None))
+    assert loaded()._compiled is not None

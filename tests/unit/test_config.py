@@ -93,6 +93,26 @@ def test_a_mistyped_key_is_reported_once_not_again_for_its_default(data, problem
     assert err.value.problems == [problem]
 
 
+@pytest.mark.parametrize("value", [True, False, "auto"])
+def test_compile_is_true_false_or_auto(value):
+    cfg = config.from_dict({"data": {"dataset": "x"}, "training": {"compile": value}})
+    assert cfg.training.compile == value
+    assert config.from_dict({"data": {"dataset": "x"}}).training.compile == "auto"
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("yes", "training.compile: 'yes' is not allowed (auto | true | false)"),
+        (1, "training.compile: expected bool or str, got 1"),
+    ],
+)
+def test_compile_refuses_other_values(value, problem):
+    with pytest.raises(ConfigError) as err:
+        config.from_dict({"data": {"dataset": "x"}, "training": {"compile": value}})
+    assert err.value.problems == [problem]
+
+
 @pytest.mark.parametrize("name", ["qkv_proj", "gate_up_proj", "mlp.c_fc", "c_proj", "w1"])
 def test_a_model_s_own_module_names_are_valid_targets(name):
     cfg = config.from_dict({"data": {"dataset": "x"}, "lora": {"target_modules": [name]}})
