@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from torch import nn
 from mlxlora.adapters_convert import peft_to_mlx, write_both
 from mlxlora.errors import BackendUnavailable, ModelError
 from mlxlora.targets import TargetMatch, match_targets
+
+# bitsandbytes, which peft imports where it is installed, warns at import on CPUs with
+# AVX512-BF16 that an optional kernel package is missing, then uses its own kernel: a line of
+# noise on every torch command's stderr.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def select_device() -> tuple[torch.device, torch.dtype]:
