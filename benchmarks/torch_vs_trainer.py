@@ -234,7 +234,7 @@ def profiled():
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
-    if torch_cuda():
+    if device_and_dtype()[0].type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     return profile(activities=activities)
 
@@ -243,17 +243,11 @@ def print_profile(profiler, seconds: float) -> None:
     """The operators with the most self device time (CPU time without a GPU), and the share of
     the wall time the device computed: far under 1 means the GPU waits for Python."""
     events = profiler.key_averages()
-    device = "device" if torch_cuda() else "cpu"
+    device = "device" if device_and_dtype()[0].type == "cuda" else "cpu"
     key = f"self_{device}_time_total"
     busy = sum(getattr(e, key) for e in events) / 1e6
     print(events.table(sort_by=key, row_limit=30))
     print(f"{device} busy {busy:.2f} s of {seconds:.2f} s wall ({busy / seconds:.0%})")
-
-
-def torch_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def timed_result(seqs, tic: float, padding: float | None) -> dict:

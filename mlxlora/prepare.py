@@ -31,12 +31,16 @@ class MemoryGuard:
     config: Config
     backend: object
 
+    def __post_init__(self):
+        # the loaded weights do not change while training: summed once, not before every step
+        self.weights = self.backend.weight_bytes()
+
     def step_estimate(self, longest: int):
         """memory.MemoryEstimate of a micro-batch whose longest record has `longest` tokens."""
         from mlxlora import memory
 
         shape = train_shape(self.config, self.backend, longest)
-        return memory.estimate(self.info, shape, weights=self.backend.weight_bytes())
+        return memory.estimate(self.info, shape, weights=self.weights)
 
     def advice(self, longest: int) -> list[str]:
         from mlxlora import memory

@@ -87,7 +87,7 @@ class Trainer:
         # fed every event, the earlier sessions' too (a resumed run keeps its history)
         self.diagnoser = Diagnoser().add(read_events(prep.paths.events))
         events.listeners.append(lambda event: self.diagnoser.add([event]))
-        self._longest_trained = 0  # the longest record a step of this session has trained
+        self._trained_estimate = 0  # the largest estimate of a step this session trained
 
     # --- evaluation and checkpoints --------------------------------------------------
 
@@ -268,10 +268,10 @@ class Trainer:
 
         longest = max(len(self.p.train[i].tokens) for i in records)
         peak = self.p.backend.peak_memory_bytes()
-        trained = self._longest_trained and guard.step_estimate(self._longest_trained).total
-        need = calibrated_need(guard.step_estimate(longest).total, peak, trained)
+        estimate = guard.step_estimate(longest).total
+        need = calibrated_need(estimate, peak, self._trained_estimate)
         if need <= guard.budget and peak <= guard.budget:
-            self._longest_trained = max(self._longest_trained, longest)
+            self._trained_estimate = max(self._trained_estimate, estimate)
             return
         from mlxlora.memory import fmt_bytes
         from mlxlora.runs import resume_command

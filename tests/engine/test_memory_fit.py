@@ -103,25 +103,23 @@ def test_fit_chooses_a_configuration_under_a_small_budget(home, quickstart_data,
     assert saved.training.batch_size == micro  # resume trains as fitted
 
 
-def test_budget_stop_checkpoints_and_resumes_fitted(home, tmp_path):
-    """Short records fit the budget; a long one later in the epoch would not: the run stops
-    before it with a checkpoint, and --resume with fit continues from there."""
+def tiny_need(length: int, batch: int) -> int:
+    """builtin:tiny's CPU estimate for `batch` records of `length` tokens (r4 LoRA)."""
     from mlxlora import memory
-    from mlxlora.events import RunFailed
     from mlxlora.models.resolve import model_info, resolve_model
 
+    info = model_info(resolve_model("builtin:tiny"))
+    shape = memory.on_cpu(memory.TrainShape(batch_size=batch, max_length=length, lora_rank=4))
+    return memory.estimate(info, shape, weights=int(info["params"]) * 4).total
+
+
+def mixed_length_job(tmp_path, budget: int):
+    """A job file: 16 short records and one of ~400 tokens (the third batch, seed 3), batch 4,
+    an evaluation and checkpoint every step, under `budget` bytes."""
     data = tmp_path / "mixed.jsonl"
     rows = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}."} for i in range(15)]
     rows.insert(9, {"instruction": "Repeat.", "input": "", "output": " ".join(["word"] * 400)})
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    info = model_info(resolve_model("builtin:tiny"))
-
-    def need(length, batch):
-        shape = memory.on_cpu(memory.TrainShape(batch_size=batch, max_length=length, lora_rank=4))
-        return memory.estimate(info, shape, weights=int(info["params"]) * 4).total
-
-    budget = (need(64, 4) + need(512, 4)) // 2  # short batches fit, the long one does not
-    assert need(512, 1) < budget  # fitted to micro-batch 1, the long one fits
     cfg = make_config(
         data,
         "data.val_split=0",
@@ -130,10 +128,21 @@ def test_budget_stop_checkpoints_and_resumes_fitted(home, tmp_path):
         "training.eval_every=1",
         f"training.memory_budget={budget}B",
     )
-    # The CLI in fresh processes, as a user runs it: MLX's peak is per process, and this
-    # process holds other tests' models.
     job = tmp_path / "job.yaml"
     job.write_text(cfg.to_yaml())
+    return job
+
+
+def test_budget_stop_checkpoints_and_resumes_fitted(home, tmp_path):
+    """Short records fit the budget; a long one later in the epoch would not: the run stops
+    before it with a checkpoint, and --resume with fit continues from there."""
+    from mlxlora.events import RunFailed
+
+    budget = (tiny_need(64, 4) + tiny_need(512, 4)) // 2  # short batches fit, the long one not
+    assert tiny_need(512, 1) < budget  # fitted to micro-batch 1, the long one fits
+    job = mixed_length_job(tmp_path, budget)
+    # The CLI in fresh processes, as a user runs it: MLX's peak is per process, and this
+    # process holds other tests' models.
     train = [sys.executable, "-m", "mlxlora", "train"]
     stopped = subprocess.run([*train, str(job), "--run-dir", str(tmp_path / "run")],
                              capture_output=True, text=True)  # fmt: skip
@@ -176,32 +185,11 @@ def test_an_estimate_that_under_promises_is_corrected_by_the_measured_steps(home
     """The guard scales a coming step's estimate by how far the steps so far outgrew theirs:
     with an estimate at a quarter of the truth, the long batch that the estimate alone would
     let through still stops the run before it, with its checkpoint."""
-    from mlxlora import memory
     from mlxlora.events import RunFailed
-    from mlxlora.models.resolve import model_info, resolve_model
 
-    data = tmp_path / "mixed.jsonl"
-    rows = [{"instruction": f"Say {i}.", "input": "", "output": f"{i}."} for i in range(15)]
-    rows.insert(9, {"instruction": "Repeat.", "input": "", "output": " ".join(["word"] * 400)})
-    data.write_text("\n".join(json.dumps(r) for r in rows))
-    info = model_info(resolve_model("builtin:tiny"))
-
-    def need(length, batch):
-        shape = memory.on_cpu(memory.TrainShape(batch_size=batch, max_length=length, lora_rank=4))
-        return memory.estimate(info, shape, weights=int(info["params"]) * 4).total
-
-    budget = (need(64, 4) + need(512, 4)) // 2
-    assert need(512, 4) // 4 < budget  # the under-promising estimate alone lets it through
-    cfg = make_config(
-        data,
-        "data.val_split=0",
-        "data.max_length=512",
-        "training.batch_size=4",
-        "training.eval_every=1",
-        f"training.memory_budget={budget}B",
-    )
-    job = tmp_path / "job.yaml"
-    job.write_text(cfg.to_yaml())
+    budget = (tiny_need(64, 4) + tiny_need(512, 4)) // 2
+    assert tiny_need(512, 4) // 4 < budget  # the under-promising estimate alone lets it through
+    job = mixed_length_job(tmp_path, budget)
     command = [
         sys.executable,
         "-c",
