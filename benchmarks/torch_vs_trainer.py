@@ -19,8 +19,10 @@ gradient clipping at 1.0 (the Trainer's default), one pass over batch x steps se
 * mlxlora-packed: each batch as one row of its sequences back to back, no padding, position
   ids restarting per sequence (transformers turns them into a block-diagonal mask for SDPA).
 
-* mlxlora-compiled: mlxlora with `training.compile` (torch.compile of the decoder, Inductor,
-  dynamic shapes); its compilation happens in the warm-up step, outside the timing.
+* mlxlora-compiled: mlxlora with `training.compile` (torch.compile of each transformer block,
+  Inductor, dynamic shapes); its compilation happens in the warm-up step, outside the timing.
+* mlxlora-flash: mlxlora with SDPA kept off its cuDNN kernel (flash, else memory-efficient):
+  cuDNN's attention builds a plan for every new sequence length, and here every batch has one.
 * mlxlora-profiled: mlxlora's first PROFILED_STEPS timed steps under torch.profiler (not a
   speed figure); prints the operators that took the most device time and how busy the device
   was over the wall time. Few steps: on an H200, 20 profiled steps of the 1B shape did not
@@ -53,7 +55,14 @@ from benchmarks import random_models  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
 BATCH, RANK, ALPHA, LR = 8, 16, 32, 1e-4
-SIDES = ("stock", "mlxlora", "mlxlora-packed", "mlxlora-compiled", "mlxlora-profiled")
+SIDES = (
+    "stock",
+    "mlxlora",
+    "mlxlora-packed",
+    "mlxlora-compiled",
+    "mlxlora-flash",
+    "mlxlora-profiled",
+)
 PROFILED_STEPS = 3
 SHAPES = {
     "llama-3.2-1b": random_models.LLAMA_3_2_1B,
@@ -178,7 +187,12 @@ def run_stock(model_dir: Path, seqs: list[list[int]], workdir: Path) -> dict:
 
 
 def run_mlxlora(
-    model_dir: Path, seqs: list[list[int]], pack: bool, compile: bool, profile: bool = False
+    model_dir: Path,
+    seqs: list[list[int]],
+    pack: bool,
+    compile: bool,
+    profile: bool = False,
+    flash: bool = False,
 ) -> dict:
     import torch
 
@@ -210,6 +224,14 @@ def run_mlxlora(
         backend.accumulate(batching.collate([examples[i] for i in idx]), seed=0)
         backend.update(LR, 1.0)
 
+    with without_cudnn_attention() if flash else contextlib.nullcontext():
+        return timed_steps(step, order, seqs, pack, profile)
+
+
+def timed_steps(step, order: list, seqs: list[list[int]], pack: bool, profile: bool) -> dict:
+    """One untimed warm-up step (the longest batch), then the batches of `order`, timed."""
+    import torch
+
     step(min(order, key=lambda idx: max(len(seqs[i]) for i in idx)))  # warm-up
     reset_peak()
     profiler = profiled() if profile else contextlib.nullcontext()
@@ -228,6 +250,13 @@ def run_mlxlora(
     if profile:
         print_profile(profiler, result["seconds"])
     return result
+
+
+def without_cudnn_attention():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernels = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel(kernels)
 
 
 def profiled():
@@ -268,8 +297,8 @@ def child(args) -> None:
         result = run_stock(Path(args.model_dir), seqs, Path(args.data).parent)
     else:
         pack, compiled = args.side.endswith("packed"), args.side.endswith("compiled")
-        profile = args.side.endswith("profiled")
-        result = run_mlxlora(Path(args.model_dir), seqs, pack, compiled, profile)
+        profile, flash = args.side.endswith("profiled"), args.side.endswith("flash")
+        result = run_mlxlora(Path(args.model_dir), seqs, pack, compiled, profile, flash)
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -123,7 +123,7 @@ class TrainingConfig:
     grad_checkpoint: bool = _help("Recompute activations in backward to save memory.", False)
     compile: bool | str = _help(
         "Compile the step: true, false, or auto (backend mlx on a GPU, where it measured 1.43x"
-        " faster). torch.compile of the model's forward (backend torch), mx.compile of the"
+        " faster). torch.compile of the transformer blocks (backend torch), mx.compile of the"
         " loss and gradient with batches padded to a multiple of 64 tokens (backend mlx)."
         " The first step of each new shape waits while it compiles; a CPU needs a C++ compiler.",
         "auto",

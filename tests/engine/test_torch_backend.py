@@ -236,10 +236,13 @@ def test_packed_batches_lose_and_learn_like_padded_ones(home, quickstart_data):
 
 def test_compiled_forward_loses_like_eager(home, quickstart_data, monkeypatch):
     """training.compile: the same losses as the uncompiled model for 3 steps of batches of
-    different lengths (one graph with dynamic shapes), and the model really is compiled.
+    different lengths (graphs with dynamic shapes, shared by the blocks), and every block is compiled.
     Compiled through dynamo and AOTAutograd with eager kernels: Inductor's C++ build is ~4 min
     here (measured by hand with Inductor: losses within 7.8e-7)."""
+    from torch._dynamo.utils import counters
+
     from mlxlora.backends import torch as torch_backend
+    from mlxlora.backends import torch_peft
     from mlxlora.backends.torch import TorchBackend
 
     monkeypatch.setattr(torch_backend, "COMPILE_BACKEND", "aot_eager")
@@ -247,18 +250,23 @@ def test_compiled_forward_loses_like_eager(home, quickstart_data, monkeypatch):
     model_dir = resolve_model("builtin:tiny", progress=False)
     batches = random_batches(3, rows=3)
     assert len({b.tokens.shape[1] for b in batches}) == 3
-    losses, answers = {}, {}
+    losses, answers, graphs = {}, {}, {}
     for compiled in (False, True):
         cfg = make_config(quickstart_data, ALL_TARGETS, f"training.compile={compiled}")
         backend = TorchBackend()
         backend.load(model_dir, cfg)
-        decoder = backend._causal_lm().get_decoder()
-        assert (decoder._compiled_call_impl is not None) == compiled
+        blocks = torch_peft.blocks(backend._causal_lm())
+        assert [b._compiled_call_impl is not None for b in blocks] == [compiled] * len(blocks)
+        counters.clear()
         losses[compiled] = []
         for step, batch in enumerate(batches):
             losses[compiled].append(backend.accumulate(batch, seed=step))
             backend.update(lr=5e-3, grad_clip=0.5)
         answers[compiled] = backend.generate([{"role": "user", "content": "hi"}], 6)  # eager
+        graphs[compiled] = counters["stats"]["unique_graphs"]
     np.testing.assert_allclose(losses[True], losses[False], rtol=0, atol=1e-5)
     assert answers[True] == answers[False]
+    # two graphs for every block and batch length: the first block's input (the frozen
+    # embedding's output) needs no gradient, the others' do
+    assert graphs == {False: 0, True: 2}
     assert losses[True][2] != losses[True][0]  # three different steps
