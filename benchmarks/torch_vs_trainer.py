@@ -194,8 +194,6 @@ def run_mlxlora(
     profile: bool = False,
     flash: bool = False,
 ) -> dict:
-    import torch
-
     from mlxlora import config
     from mlxlora.backends.torch import TorchBackend
     from mlxlora.data import batching

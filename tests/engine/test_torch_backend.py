@@ -236,7 +236,7 @@ def test_packed_batches_lose_and_learn_like_padded_ones(home, quickstart_data):
 
 def test_compiled_forward_loses_like_eager(home, quickstart_data, monkeypatch):
     """training.compile: the same losses as the uncompiled model for 3 steps of batches of
-    different lengths (graphs with dynamic shapes, shared by the blocks), and every block is compiled.
+    different lengths (graphs with dynamic shapes, shared by the blocks), every block compiled.
     Compiled through dynamo and AOTAutograd with eager kernels: Inductor's C++ build is ~4 min
     here (measured by hand with Inductor: losses within 7.8e-7)."""
     from torch._dynamo.utils import counters
