@@ -23,11 +23,12 @@ torch)
     # 2026-11-26 on an H200: stock, mlxlora and mlxlora-packed took ~25 s each; compiling the
     # whole 1B decoder did not finish in 120 s (now block by block); 20 profiled steps did not
     # finish in 85 s (now 3)
-    timeout 330 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 150 \
-        --sides stock,mlxlora,mlxlora-flash,mlxlora-profiled,mlxlora-compiled \
+    # the first lease on 2026-11-26 ran 8 sides, the compiled one block by block, in 250 s
+    timeout 170 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 110 \
+        --sides stock,mlxlora,mlxlora-compiled \
         --json "$out/torch-llama.json" 2>&1 | tee "$out/torch-llama.log"
-    timeout 100 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --side-timeout 40 \
-        --sides stock,mlxlora,mlxlora-flash --json "$out/torch-qwen.json" \
+    timeout 150 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --side-timeout 90 \
+        --sides stock,mlxlora,mlxlora-profiled,mlxlora-compiled --json "$out/torch-qwen.json" \
         2>&1 | tee "$out/torch-qwen.log"
     ;;
 mlx)

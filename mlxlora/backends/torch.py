@@ -212,8 +212,10 @@ class TorchBackend:
         rows = torch_dist.my_rows(len(batch.tokens))
         loss_sum = torch.zeros((), device=self.device)
         if len(batch.tokens[rows]):
-            loss_sum = self._loss(*self._labels(batch, rows), train=True)
-            loss_sum.backward()
+            # backward too: gradient checkpointing runs the forward again in it
+            with torch_peft.varying_length_attention():
+                loss_sum = self._loss(*self._labels(batch, rows), train=True)
+                loss_sum.backward()
         self._labelled += n
         return torch_dist.sum_over_ranks(loss_sum.detach()).item() / n
 
@@ -237,7 +239,7 @@ class TorchBackend:
         self.model.eval()
         rows = torch_dist.my_rows(len(batch.tokens))
         loss_sum = torch.zeros((), device=self.device)
-        with torch.no_grad():
+        with torch.no_grad(), torch_peft.varying_length_attention():
             if len(batch.tokens[rows]):
                 loss_sum = self._loss(*self._labels(batch, rows), train=False)
         self.model.train()

@@ -57,7 +57,7 @@ def next_tokens(
     device = next(model.parameters()).device
     draw = torch.Generator(device).manual_seed(seed) if temperature > 0 else None
     inputs, cache, cache_name = torch.tensor([prompt], device=device), None, cache_argument(model)
-    with torch.no_grad():
+    with torch.no_grad(), torch_peft.varying_length_attention():
         for _ in range(max_tokens):
             out = model(input_ids=inputs, use_cache=True, logits_to_keep=1, **{cache_name: cache})
             cache, logits = out[cache_name], out.logits[0, -1].float()

@@ -270,3 +270,30 @@ def test_compiled_forward_loses_like_eager(home, quickstart_data, monkeypatch):
     # embedding's output) needs no gradient, the others' do
     assert graphs == {False: 0, True: 2}
     assert losses[True][2] != losses[True][0]  # three different steps
+
+
+def test_attention_never_takes_cudnns_per_length_plans(home, quickstart_data):
+    """Training steps (the checkpointed forward run again in backward too), evaluation and
+    generation keep SDPA off cuDNN's kernel, which plans for every new sequence length (the
+    1B step ran 1.72x faster without it on an H200). Checked where SDPA chooses: the flag
+    inside every attention call."""
+    import torch
+
+    from mlxlora.backends import torch_peft
+    from mlxlora.backends.torch import TorchBackend
+
+    backend = TorchBackend()
+    cfg = make_config(quickstart_data, "training.grad_checkpoint=true")
+    backend.load(resolve_model("builtin:tiny", progress=False), cfg)
+    blocks = torch_peft.blocks(backend._causal_lm())
+    seen = []
+    for block in blocks:
+        block.self_attn.register_forward_hook(
+            lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        )
+    batch = random_batches(1, rows=2)[0]
+    backend.accumulate(batch, seed=0)
+    backend.eval_loss(batch)
+    backend.generate([{"role": "user", "content": "hi"}], 3)
+    assert len(seen) == len(blocks) * (2 + 1 + 3)  # forward, recompute; eval; 3 tokens
+    assert not any(seen)

@@ -19,7 +19,7 @@ def test_tiny_benchmark_reports_both_sides(home, tmp_path):
     out = tmp_path / "bench.json"
     script = REPO / "benchmarks" / "torch_vs_trainer.py"
     command = [sys.executable, str(script), "--tiny", "--steps", "2", "--json", str(out)]
-    command += ["--sides", "stock,mlxlora,mlxlora-packed,mlxlora-flash"]
+    command += ["--sides", "stock,mlxlora,mlxlora-packed,mlxlora-cudnn"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x speed" in proc.stdout and "x peak memory" in proc.stdout
@@ -29,7 +29,7 @@ def test_tiny_benchmark_reports_both_sides(home, tmp_path):
     assert min(r["tokens_per_sec"] for r in (stock, ours, packed)) > 0
     assert 0 < ours["padding_fraction"] < 0.5  # padded, to the longest of similar lengths
     assert packed["padding_fraction"] == 0.0
-    assert result["mlxlora-flash"]["tokens"] == ours["tokens"]  # the CPU's flash kernel
+    assert result["mlxlora-cudnn"]["tokens"] == ours["tokens"]  # SDPA's own choice
     assert result["speed_ratio"] == pytest.approx(ours["tokens_per_sec"] / stock["tokens_per_sec"])
     assert result["packed_speed_ratio"] == pytest.approx(
         packed["tokens_per_sec"] / stock["tokens_per_sec"]
