@@ -47,16 +47,16 @@ def causal_block_fraction(length: int, block: int = ATTENTION_BLOCK) -> float:
 # The fused loss keeps three float32 (rows x vocab) arrays per chunk: logits, softmax and its
 # gradient. How many chunks are live at once depends on the order MLX evaluates the lazy graph
 # in (measured, fused loss alone and whole steps; benchmarks/README.md):
-# * breadth-first up to a frontier of MLX_BFS_MAX_WIDTH=20 (MLX's default, kept on a GPU):
-#   BREADTH_FIRST_LIVE_CHUNKS, whatever their number, since each chunk waits for the loss so
-#   far (mlx_loss chains them: unchained, every chunk ran side by side; measured on a CPU,
-#   10.1-11.0 chunk-sized arrays for 4-64 chunks, 24.6 unchained at 32);
+# * breadth-first up to a frontier of MLX_BFS_MAX_WIDTH=20 (MLX's default, kept on a GPU): the
+#   first SIDE_BY_SIDE_CHUNKS chunks are live together and each row beyond them adds about
+#   half a row of logits (measured on a CPU: 32 chunks held 24.6 chunk-sized arrays);
 # * depth-first (MLX_BFS_MAX_WIDTH=1, which the MLX backend sets on a CPU, where it costs no
 #   time): DEPTH_FIRST_LIVE_CHUNKS chunks, whatever their number (MLX's CPU stream runs a few
 #   operations ahead of the one it computes), plus the hidden-sized gradient that each chunk's
 #   slice of the hidden states hands back to autograd.
 LOGIT_COPIES = 3
-BREADTH_FIRST_LIVE_CHUNKS = 3.5
+SIDE_BY_SIDE_CHUNKS = 4
+LATER_ROW_COPIES = 0.5
 DEPTH_FIRST_LIVE_CHUNKS = 3
 UNCHUNKED_LOGIT_COPIES = 4  # the model's own logits through nn.losses.cross_entropy
 LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
@@ -280,8 +280,9 @@ def loss_bytes(
     if depth_first:
         logits = min(tokens, DEPTH_FIRST_LIVE_CHUNKS * chunk_rows) * LOGIT_COPIES * vocab * 4
         return logits + -(-tokens // chunk_rows) * tokens * hidden_row_bytes
-    live = min(tokens, BREADTH_FIRST_LIVE_CHUNKS * chunk_rows)
-    return int(live * LOGIT_COPIES * vocab * 4)
+    side_by_side = min(tokens, SIDE_BY_SIDE_CHUNKS * chunk_rows)
+    copies = side_by_side * LOGIT_COPIES + (tokens - side_by_side) * LATER_ROW_COPIES
+    return int(copies * vocab * 4)
 
 
 def _blocked_attention(batch, heads, length, q_dim, dtype_bytes) -> int:

@@ -220,10 +220,10 @@ def test_fit_keeps_the_effective_batch_and_takes_the_fastest_that_fits():
     assert memory_fit.fit_shape(SMALL, shape, whole).shape == shape  # fits as it is: unchanged
     smaller = memory_fit.fit_shape(SMALL, shape, whole - 1)
     assert smaller.fits and smaller.estimate.total <= whole - 1
-    # a smaller loss chunk is the cheapest change (more passes over the head): half the rows,
-    # three and a half of its four chunks live
-    assert smaller.shape == replace(shape, loss_chunk_rows=memory.loss_chunk_rows(1000) // 2)
-    assert smaller.changes(shape) == {"training.loss_chunk_rows": 512}
+    # a smaller loss chunk is the cheapest change (more passes over the head); half the rows
+    # saves nothing (four chunks still run side by side), a quarter does
+    assert smaller.shape == replace(shape, loss_chunk_rows=memory.loss_chunk_rows(1000) // 4)
+    assert smaller.changes(shape) == {"training.loss_chunk_rows": 256}
     at_8 = [c for c in memory_fit.fit_candidates(SMALL, shape) if c.batch_size == 8]
     tighter = memory_fit.fit_shape(SMALL, shape, min(estimate(SMALL, c).total for c in at_8) - 1)
     tighter = tighter.shape
@@ -234,13 +234,13 @@ def test_fit_keeps_the_effective_batch_and_takes_the_fastest_that_fits():
     assert impossible.estimate.total == least
 
 
-def test_breadth_first_three_and_a_half_chained_loss_chunks_are_live():
+def test_smaller_loss_chunks_hold_fewer_logits_beyond_four_chunks():
     shape = TrainShape(batch_size=8, max_length=256, lora_rank=4)  # 2048 labelled rows
     rows = memory.loss_chunk_rows(SMALL["vocab_size"])
-    loss = {d: estimate(SMALL, replace(shape, loss_chunk_rows=rows // d)).loss for d in (1, 2, 8)}
-    assert loss[1] == 2048 * 3 * 1000 * 4  # 2 chunks: both live
-    assert loss[2] == 3.5 * 512 * 3 * 1000 * 4  # 4 chunks: three and a half
-    assert loss[8] == 3.5 * 128 * 3 * 1000 * 4  # 16 chunks: as many, a quarter the size
+    loss = {d: estimate(SMALL, replace(shape, loss_chunk_rows=rows // d)).loss for d in (1, 2, 4)}
+    assert loss[1] == loss[2] == 2048 * 3 * 1000 * 4  # 2 or 4 chunks, all live side by side
+    # 8 chunks of 256: four side by side (3 copies), the other 1024 rows half a copy each
+    assert loss[4] == (4 * 256 * 3 + 1024 * 0.5) * 1000 * 4
 
 
 def test_depth_first_three_loss_chunks_are_live_whatever_their_number():
@@ -252,7 +252,7 @@ def test_depth_first_three_loss_chunks_are_live_whatever_their_number():
     assert loss[1] == 2048 * 3 * 1000 * 4 + 2 * 2048 * hidden_row
     assert loss[2] == 3 * 512 * 3 * 1000 * 4 + 4 * 2048 * hidden_row
     assert loss[8] == 3 * 128 * 3 * 1000 * 4 + 16 * 2048 * hidden_row
-    # so fit halves the chunk to fit under the whole estimate
+    # so on a CPU fit halves the chunk where breadth-first it had to quarter it
     whole = estimate(SMALL, shape).total
     fitted = memory_fit.fit_shape(SMALL, shape, whole - 1).shape
     assert fitted == replace(shape, loss_chunk_rows=rows // 2)
