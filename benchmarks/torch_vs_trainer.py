@@ -320,19 +320,21 @@ def bench_shape(shape: str, steps: int, sides: list[str], workdir: Path, timeout
     data = workdir / f"{shape}.json"
     seqs = sequences(shape, steps)
     data.write_text(json.dumps(seqs))
-    results = {side: run_side(side, model_dir, data, timeout) for side in sides}
     print(f"\n{shape}: {steps} steps of batch {BATCH} ({sum(map(len, seqs))} real tokens)")
-    summary = {"shape": shape, **results}
-    stock = results.get("stock", {"error": "not run"})
-    for side, r in results.items():
+    results = {}
+    for side in sides:  # each line as its side ends: a run cut short keeps what it measured
+        results[side] = r = run_side(side, model_dir, data, timeout)
         if "error" in r:
-            print(f"  {side:16s} {r['error']}")
+            print(f"  {side:16s} {r['error']}", flush=True)
             continue
         pad = "" if r["padding_fraction"] is None else f", padding {r['padding_fraction']:.0%}"
         print(
             f"  {side:16s} {r['tokens_per_sec']:10.1f} tok/s  peak {r['peak_bytes'] / 1e9:6.3f} GB"
-            f"  ({r['seconds']:.1f} s{pad})"
+            f"  ({r['seconds']:.1f} s{pad})",
+            flush=True,
         )
+    summary = {"shape": shape, **results}
+    stock = results.get("stock", {"error": "not run"})
     for side, r in results.items():
         if side == "stock" or "error" in r or "error" in stock:
             continue
