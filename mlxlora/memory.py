@@ -52,12 +52,16 @@ def causal_block_fraction(length: int, block: int = ATTENTION_BLOCK) -> float:
 #   half a row of logits (measured on a CPU: 32 chunks held 24.6 chunk-sized arrays);
 # * depth-first (MLX_BFS_MAX_WIDTH=1, which the MLX backend sets on a CPU, where it costs no
 #   time): DEPTH_FIRST_LIVE_CHUNKS chunks, whatever their number (MLX's CPU stream runs a few
-#   operations ahead of the one it computes), plus the hidden-sized gradient that each chunk's
-#   slice of the hidden states hands back to autograd.
+#   operations ahead of the one it computes), plus HIDDEN_GRADIENTS_LIVE hidden-sized
+#   gradients (tokens x hidden) that the chunks' slices of the hidden states hand back to
+#   autograd. The fused loss alone holds one per chunk (the probe's peak grows with the square
+#   of their number); whole steps do not: counted per chunk, checkpointed SmolLM2 and
+#   qwen-layout steps of 4-16k tokens came out over-estimated by about that term (1.16-1.25).
 LOGIT_COPIES = 3
 SIDE_BY_SIDE_CHUNKS = 4
 LATER_ROW_COPIES = 0.5
 DEPTH_FIRST_LIVE_CHUNKS = 3
+HIDDEN_GRADIENTS_LIVE = 2  # the sum so far and the one being added
 UNCHUNKED_LOGIT_COPIES = 4  # the model's own logits through nn.losses.cross_entropy
 LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
 # The CPU's blocked attention keeps each layer's causal probabilities for backward, and its
@@ -279,7 +283,8 @@ def loss_bytes(
         return tokens * vocab * 4 * UNCHUNKED_LOGIT_COPIES
     if depth_first:
         logits = min(tokens, DEPTH_FIRST_LIVE_CHUNKS * chunk_rows) * LOGIT_COPIES * vocab * 4
-        return logits + -(-tokens // chunk_rows) * tokens * hidden_row_bytes
+        chunks = -(-tokens // chunk_rows)
+        return logits + min(chunks, HIDDEN_GRADIENTS_LIVE) * tokens * hidden_row_bytes
     side_by_side = min(tokens, SIDE_BY_SIDE_CHUNKS * chunk_rows)
     copies = side_by_side * LOGIT_COPIES + (tokens - side_by_side) * LATER_ROW_COPIES
     return int(copies * vocab * 4)

@@ -248,10 +248,10 @@ def test_depth_first_three_loss_chunks_are_live_whatever_their_number():
     rows = memory.loss_chunk_rows(SMALL["vocab_size"])  # 1024
     hidden_row = SMALL["hidden_size"] * shape.dtype_bytes
     loss = {d: estimate(SMALL, replace(shape, loss_chunk_rows=rows // d)).loss for d in (1, 2, 8)}
-    # 2 chunks: both live; 4 and 16 chunks: three live, plus each chunk's hidden-sized gradient
+    # 2 chunks: both live; 4 and 16 chunks: three live; two hidden-sized gradients however many
     assert loss[1] == 2048 * 3 * 1000 * 4 + 2 * 2048 * hidden_row
-    assert loss[2] == 3 * 512 * 3 * 1000 * 4 + 4 * 2048 * hidden_row
-    assert loss[8] == 3 * 128 * 3 * 1000 * 4 + 16 * 2048 * hidden_row
+    assert loss[2] == 3 * 512 * 3 * 1000 * 4 + 2 * 2048 * hidden_row
+    assert loss[8] == 3 * 128 * 3 * 1000 * 4 + 2 * 2048 * hidden_row
     # so on a CPU fit halves the chunk where breadth-first it had to quarter it
     whole = estimate(SMALL, shape).total
     fitted = memory_fit.fit_shape(SMALL, shape, whole - 1).shape
