@@ -20,15 +20,15 @@ case $phase in
 torch)
     python3 -c "import torch, transformers, peft; print('torch', torch.__version__,
         'transformers', transformers.__version__, 'peft', peft.__version__)"
-    # 2026-11-26 on an H200: stock, mlxlora and mlxlora-packed took ~25 s each; compiling the
-    # whole 1B decoder did not finish in 120 s (now block by block); 20 profiled steps did not
-    # finish in 85 s (now 3)
-    # the first lease on 2026-11-26 ran 8 sides, the compiled one block by block, in 250 s
+    # 2026-11-26, H200: stock, mlxlora and mlxlora-packed took ~25 s each; a whole 1B decoder
+    # did not compile in 120 s (now block by block); 20 profiled steps did not finish in 85 s
+    # (now 3). The second lease ran 8 sides in 250 s. Next: the LoRA products' precision
+    # (mlxlora against mlxlora-fp32lora), compile against eager, the 0.5B profile again.
     timeout 170 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 110 \
-        --sides stock,mlxlora,mlxlora-compiled \
+        --sides stock,mlxlora,mlxlora-fp32lora,mlxlora-compiled \
         --json "$out/torch-llama.json" 2>&1 | tee "$out/torch-llama.log"
     timeout 150 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --side-timeout 90 \
-        --sides stock,mlxlora,mlxlora-profiled,mlxlora-compiled --json "$out/torch-qwen.json" \
+        --sides stock,mlxlora,mlxlora-fp32lora,mlxlora-profiled --json "$out/torch-qwen.json" \
         2>&1 | tee "$out/torch-qwen.log"
     ;;
 mlx)

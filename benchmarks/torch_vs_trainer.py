@@ -24,6 +24,9 @@ gradient clipping at 1.0 (the Trainer's default), one pass over batch x steps se
 * mlxlora-cudnn: mlxlora with SDPA free to take its cuDNN kernel (torch's choice on Hopper),
   which the backend avoids: it builds a plan for every new sequence length, and here every
   batch has one (2026-11-26, H200: the 1B shape 17.3k tokens/s with it, 29.9k without).
+* mlxlora-fp32lora: mlxlora with PEFT's default precision for the LoRA products (each adapted
+  layer's input cast up to the float32 LoRA weights, no autocast), which the backend avoids on a
+  half-precision base (torch_peft.half_precision_forward); the same as mlxlora on a CPU.
 * mlxlora-profiled: mlxlora's first PROFILED_STEPS timed steps under torch.profiler (not a
   speed figure); prints the operators that took the most device time and how busy the device
   was over the wall time. Few steps: on an H200, 20 profiled steps of the 1B shape did not
@@ -62,6 +65,7 @@ SIDES = (
     "mlxlora-packed",
     "mlxlora-compiled",
     "mlxlora-cudnn",
+    "mlxlora-fp32lora",
     "mlxlora-profiled",
 )
 PROFILED_STEPS = 3
@@ -194,6 +198,7 @@ def run_mlxlora(
     compile: bool,
     profile: bool = False,
     cudnn: bool = False,
+    fp32_lora: bool = False,
 ) -> dict:
     from mlxlora import config
     from mlxlora.backends import torch_peft
@@ -215,6 +220,11 @@ def run_mlxlora(
             },
         }
     )
+    # the sides that undo one of the backend's choices, before load sets them up
+    if cudnn:  # SDPA as torch picks its kernel
+        torch_peft.varying_length_attention = contextlib.nullcontext
+    if fp32_lora:  # PEFT's own precision for the LoRA products
+        torch_peft.half_precision_forward = lambda *_: contextlib.nullcontext
     backend = TorchBackend(pack=pack)
     backend.load(model_dir, cfg)
     examples = [batching.Example(tuple(s), 0) for s in seqs]
@@ -224,8 +234,6 @@ def run_mlxlora(
         backend.accumulate(batching.collate([examples[i] for i in idx]), seed=0)
         backend.update(LR, 1.0)
 
-    if cudnn:  # what the backend's steps run in: SDPA as torch picks its kernel
-        torch_peft.varying_length_attention = contextlib.nullcontext
     return timed_steps(step, order, seqs, pack, profile)
 
 
@@ -292,7 +300,8 @@ def child(args) -> None:
     else:
         pack, compiled = args.side.endswith("packed"), args.side.endswith("compiled")
         profile, cudnn = args.side.endswith("profiled"), args.side.endswith("cudnn")
-        result = run_mlxlora(Path(args.model_dir), seqs, pack, compiled, profile, cudnn)
+        fp32_lora = args.side.endswith("fp32lora")
+        result = run_mlxlora(Path(args.model_dir), seqs, pack, compiled, profile, cudnn, fp32_lora)
     print("RESULT " + json.dumps(result), flush=True)
 
 

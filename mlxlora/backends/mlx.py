@@ -50,8 +50,8 @@ def select_device() -> tuple[str, mx.Dtype | None]:
     mx.set_default_device(mx.cpu)
     # Depth-first evaluation holds less than MLX's default (a breadth-first frontier of 20) at
     # the same speed on a CPU (SmolLM2 4 x 1024 checkpointed: 2.12 against 2.32 GB, measured
-    # with the loss chunks chained; memory.LOGIT_COPIES). MLX reads this once, at the process's first
-    # evaluation; a width the user set is kept.
+    # with the loss chunks chained; memory.LOGIT_COPIES). MLX reads this once, at the
+    # process's first evaluation; a width the user set is kept.
     os.environ.setdefault("MLX_BFS_MAX_WIDTH", "1")
     return "cpu", mx.float32
 

@@ -130,8 +130,10 @@ class TorchBackend:
         }
         torch.manual_seed(config.training.seed)
         self.model = torch_peft.add_lora(base, paths, lora.rank, lora.alpha, lora.dropout)
-        if config.training.grad_checkpoint:
-            base.gradient_checkpointing_enable({"use_reentrant": False})
+        self._precision = torch_peft.half_precision_forward(self.model, self.device, self.dtype)
+        if config.training.grad_checkpoint:  # transformers 5.2x renamed it (the old name warns)
+            enable = getattr(base, "activation_checkpointing_enable", None)
+            (enable or base.gradient_checkpointing_enable)({"use_reentrant": False})
         if config.training.compile is True:  # auto: off (an H200 compiled the 1B decoder > 2 min)
             # block by block (LoRA layers included): the blocks share their code, so dynamo
             # traces one and reuses its graph for the rest (a whole 1B decoder did not finish
@@ -214,7 +216,8 @@ class TorchBackend:
         if len(batch.tokens[rows]):
             # backward too: gradient checkpointing runs the forward again in it
             with torch_peft.varying_length_attention():
-                loss_sum = self._loss(*self._labels(batch, rows), train=True)
+                with self._precision():  # the forward only, as autocast asks
+                    loss_sum = self._loss(*self._labels(batch, rows), train=True)
                 loss_sum.backward()
         self._labelled += n
         return torch_dist.sum_over_ranks(loss_sum.detach()).item() / n
@@ -239,7 +242,7 @@ class TorchBackend:
         self.model.eval()
         rows = torch_dist.my_rows(len(batch.tokens))
         loss_sum = torch.zeros((), device=self.device)
-        with torch.no_grad(), torch_peft.varying_length_attention():
+        with torch.no_grad(), torch_peft.varying_length_attention(), self._precision():
             if len(batch.tokens[rows]):
                 loss_sum = self._loss(*self._labels(batch, rows), train=False)
         self.model.train()
@@ -255,7 +258,7 @@ class TorchBackend:
         self.model.eval()
         try:
             prompt = prompt_tokens(self.tokenizer, messages)
-            with torch.compiler.set_stance("force_eager"):
+            with torch.compiler.set_stance("force_eager"), self._precision():
                 pieces = stream_text(self.model, self.tokenizer, prompt, max_tokens)
                 return "".join(piece for piece, _ in pieces)
         finally:
