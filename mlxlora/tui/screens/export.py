@@ -16,33 +16,24 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets import Button, Input, Select, Static
 
 from mlxlora.errors import ExportError
 from mlxlora.export.modelfile import ollama_model_name
 from mlxlora.memory import fmt_bytes
 from mlxlora.runs import given_name
 from mlxlora.tui.children import Child
+from mlxlora.tui.widgets.dialog import Dialog, field
 
 QUANTIZATIONS = ("f16", "q8_0", "q4_0", "q4_k_m")
 KINDS = (("automatic (adapter-only on an ollama: base)", ""), ("full model", "--full"),
          ("adapter only", "--adapter-only"))  # fmt: skip
 
 
-class ExportDialog(ModalScreen[None]):
+class ExportDialog(Dialog[None]):
     """Name, quantization, system prompt and kind; Export starts the child, Escape stops it."""
 
     DEFAULT_CSS = """
-    ExportDialog { align: center middle; }
-    ExportDialog > Vertical {
-        width: 90%; max-width: 100; height: auto; max-height: 100%;
-        border: thick $primary; background: $surface; padding: 0 1;
-    }
-    ExportDialog .field, ExportDialog #export-buttons { height: auto; margin-top: 1; }
-    ExportDialog .field Label { width: 13; }
-    ExportDialog .field Input, ExportDialog .field Select { width: 1fr; }
-    ExportDialog #export-buttons Button { margin-right: 2; }
     ExportDialog #export-log { height: auto; margin-top: 1; color: $text-muted; }
     ExportDialog #export-log.-failed { color: $error; }
     """
@@ -57,8 +48,8 @@ class ExportDialog(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static(Text.assemble(("Export to Ollama: ", "bold"), self.run.name))
-            yield _field("Ollama name", Input(_suggested_name(self.run), id="export-name"))
-            yield _field(
+            yield field("Ollama name", Input(_suggested_name(self.run), id="export-name"))
+            yield field(
                 "Quantize",
                 Select(
                     [(q, q) for q in QUANTIZATIONS],
@@ -67,9 +58,9 @@ class ExportDialog(ModalScreen[None]):
                     id="export-quantize",
                 ),
             )
-            yield _field("System", Input(placeholder="optional system prompt", id="export-system"))
-            yield _field("Kind", Select(KINDS, value="", allow_blank=False, id="export-kind"))
-            with Horizontal(id="export-buttons"):
+            yield field("System", Input(placeholder="optional system prompt", id="export-system"))
+            yield field("Kind", Select(KINDS, value="", allow_blank=False, id="export-kind"))
+            with Horizontal(id="export-buttons", classes="buttons"):
                 yield Button("Export", variant="primary", id="export-start", compact=True)
                 yield Button("Close (Esc)", id="export-close", compact=True)
             yield Static("", id="export-log")  # fmt: skip
@@ -150,11 +141,6 @@ class ExportDialog(ModalScreen[None]):
         log = self.query_one("#export-log", Static)
         log.update(Text("\n".join(lines)))
         log.set_class(failed, "-failed")
-
-
-def _field(label: str, widget: Input | Select) -> Horizontal:
-    widget.compact = True
-    return Horizontal(Label(label), widget, classes="field")
 
 
 def _suggested_name(run: Path) -> str:

@@ -17,13 +17,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Input, Static
 
 from mlxlora import names, runs
 from mlxlora.commands.merge import summary_lines
 from mlxlora.runview import read_config
 from mlxlora.tui.children import Child
+from mlxlora.tui.widgets.dialog import Dialog, field
 
 
 def merged_dir(name: str) -> Path:
@@ -31,19 +31,10 @@ def merged_dir(name: str) -> Path:
     return runs.home() / "merged" / names.normalize(name)
 
 
-class MergeDialog(ModalScreen[None]):
+class MergeDialog(Dialog[None]):
     """Rank, weights and output name; Merge starts the child, Escape stops it and closes."""
 
     DEFAULT_CSS = """
-    MergeDialog { align: center middle; }
-    MergeDialog > Vertical {
-        width: 90%; max-width: 100; height: auto; max-height: 100%;
-        border: thick $primary; background: $surface; padding: 0 1;
-    }
-    MergeDialog .field, MergeDialog #merge-buttons { height: auto; margin-top: 1; }
-    MergeDialog .field Label { width: 13; }
-    MergeDialog .field Input { width: 1fr; }
-    MergeDialog #merge-buttons Button { margin-right: 2; }
     MergeDialog #merge-log { height: auto; margin-top: 1; color: $text-muted; }
     MergeDialog #merge-log.-failed { color: $error; }
     """
@@ -62,13 +53,13 @@ class MergeDialog(ModalScreen[None]):
                 "the weighted sum of their updates, cut back to the rank by SVD", classes="hint"
             )
             rank = str(_largest_rank(self.picked))
-            yield _field("Rank", Input(rank, type="integer", id="merge-rank"))
-            yield _field(
+            yield field("Rank", Input(rank, type="integer", id="merge-rank"))
+            yield field(
                 "Weights",
                 Input(placeholder="equal; or one per run, e.g. 0.7,0.3", id="merge-weights"),
             )
-            yield _field("Output name", Input(_suggested_name(given), id="merge-name"))
-            with Horizontal(id="merge-buttons"):
+            yield field("Output name", Input(_suggested_name(given), id="merge-name"))
+            with Horizontal(id="merge-buttons", classes="buttons"):
                 yield Button("Merge", variant="primary", id="merge-start", compact=True)
                 yield Button("Close (Esc)", id="merge-close", compact=True)
             yield Static("", id="merge-log")
@@ -130,11 +121,6 @@ class MergeDialog(ModalScreen[None]):
         log = self.query_one("#merge-log", Static)
         log.update(Text(text))
         log.set_class(failed, "-failed")
-
-
-def _field(label: str, widget: Input) -> Horizontal:
-    widget.compact = True
-    return Horizontal(Label(label), widget, classes="field")
 
 
 def _largest_rank(picked: list[Path]) -> int:

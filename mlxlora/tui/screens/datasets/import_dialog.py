@@ -8,63 +8,42 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets import Button, Input, Select, Static
 
 from mlxlora.data import store
 from mlxlora.data.formats import FORMATS
 from mlxlora.errors import MlxloraError
+from mlxlora.tui.widgets.dialog import Dialog, field
 from mlxlora.tui.widgets.file_picker import FilePicker
 
 AUTO = "auto"
 
 
-class ImportDialog(ModalScreen[tuple[str, list[str]] | None]):
+class ImportDialog(Dialog[tuple[str, list[str]] | None]):
     """Dismisses with the stored dataset's name and the import's warnings, or None when
     cancelled. An import that fails shows the engine's one-line error and stores nothing
     (the store imports atomically)."""
 
     DEFAULT_CSS = """
-    ImportDialog { align: center middle; }
-    ImportDialog > Vertical {
-        width: 90%; max-width: 100; height: auto; max-height: 100%;
-        border: thick $primary; background: $surface; padding: 0 1;
-    }
-    ImportDialog .field, ImportDialog #import-buttons { height: auto; margin-top: 1; }
-    ImportDialog .field Label { width: 13; }
-    ImportDialog .field Input, ImportDialog .field Select { width: 1fr; }
     ImportDialog #import-browse { margin-left: 1; }
     ImportDialog #import-error { color: $error; margin-top: 1; }
-    ImportDialog #import-buttons Button { margin-right: 2; }
     """
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static("[b]Import a dataset[/] (JSON array or JSON Lines)")
-            with Horizontal(classes="field"):
-                yield Label("file")
-                yield Input(
-                    placeholder="path to a .json or .jsonl file", id="import-path", compact=True
-                )
-                yield Button("Browse…", id="import-browse", compact=True)
-            with Horizontal(classes="field"):
-                yield Label("name")
-                yield Input(placeholder="default: the file's name", id="import-name", compact=True)
-            with Horizontal(classes="field"):
-                yield Label("description")
-                yield Input(id="import-description", compact=True)
-            with Horizontal(classes="field"):
-                yield Label("type")
-                yield Select(
-                    [(t, t) for t in (AUTO, *FORMATS)],
-                    value=AUTO,
-                    allow_blank=False,
-                    id="import-type",
-                    compact=True,
-                )
+            yield field(
+                "file",
+                Input(placeholder="path to a .json or .jsonl file", id="import-path"),
+                Button("Browse…", id="import-browse"),
+            )
+            yield field("name", Input(placeholder="default: the file's name", id="import-name"))
+            yield field("description", Input(id="import-description"))
+            types = [(t, t) for t in (AUTO, *FORMATS)]
+            yield field("type", Select(types, value=AUTO, allow_blank=False, id="import-type"))
             yield Static("", id="import-error", markup=False)
-            with Horizontal(id="import-buttons"):
+            with Horizontal(id="import-buttons", classes="buttons"):
                 yield Button("Import", variant="primary", id="import-ok", compact=True)
                 yield Button("Cancel", id="import-cancel", compact=True)
 

@@ -7,22 +7,16 @@ from pathlib import Path
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Static
 
+from mlxlora.tui.widgets.dialog import Dialog
 
-class SaveYamlDialog(ModalScreen[Path | None]):
+
+class SaveYamlDialog(Dialog[Path | None]):
     """Writes `text` to the path typed (never over an existing file); dismisses with it."""
 
     DEFAULT_CSS = """
-    SaveYamlDialog { align: center middle; }
-    SaveYamlDialog > Vertical {
-        width: 90%; max-width: 100; height: auto;
-        border: thick $primary; background: $surface; padding: 0 1;
-    }
     SaveYamlDialog #save-error { color: $error; }
-    SaveYamlDialog #save-buttons { height: auto; margin-top: 1; }
-    SaveYamlDialog #save-buttons Button { margin-right: 2; }
     """
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -36,7 +30,7 @@ class SaveYamlDialog(ModalScreen[Path | None]):
             yield Static("Save the job as a config file (run it with `mlxlora train FILE`)")
             yield Input(self.default, id="save-path", compact=True)
             yield Static("", id="save-error", markup=False)
-            with Horizontal(id="save-buttons"):
+            with Horizontal(id="save-buttons", classes="buttons"):
                 yield Button("Save", variant="primary", id="save-ok", compact=True)
                 yield Button("Cancel", id="save-cancel", compact=True)
 

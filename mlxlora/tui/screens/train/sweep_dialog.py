@@ -15,11 +15,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static, TextArea
+from textual.widgets import Button, Input, Static, TextArea
 
 from mlxlora import config, names, queue, sweep
 from mlxlora.errors import ConfigError, MlxloraError
+from mlxlora.tui.widgets.dialog import Dialog, field
 
 EXAMPLE = "one key per line, e.g.\nlora.rank=8,12,16\ntraining.learning_rate=5e-5,3e-5,1e-5"
 SHOWN_RUNS = 3  # run names listed in the plan line; the rest are counted
@@ -30,23 +30,13 @@ def grid_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-class SweepDialog(ModalScreen[str | None]):
+class SweepDialog(Dialog[str | None]):
     """Dismisses with what was queued (a line for the Train tab's status), None if cancelled."""
 
     DEFAULT_CSS = """
-    SweepDialog { align: center middle; }
-    SweepDialog > Vertical {
-        width: 90%; max-width: 100; height: auto; max-height: 100%;
-        border: thick $primary; background: $surface; padding: 0 1;
-    }
-    SweepDialog #sweep-name-row { height: auto; margin-top: 1; }
-    SweepDialog #sweep-name-row Label { width: 13; }
-    SweepDialog #sweep-name { width: 1fr; }
     SweepDialog #sweep-grid { height: 6; margin-top: 1; }
     SweepDialog #sweep-plan { height: auto; max-height: 4; color: $text-muted; }
     SweepDialog #sweep-plan.-failed { color: $error; }
-    SweepDialog #sweep-buttons { height: auto; margin-top: 1; }
-    SweepDialog #sweep-buttons Button { margin-right: 2; }
     """
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -63,12 +53,10 @@ class SweepDialog(ModalScreen[str | None]):
                     f"the form's job ({self.base.name}) once per combination, queued in turn",
                 )
             )
-            with Horizontal(id="sweep-name-row"):
-                yield Label("Sweep name")
-                yield Input(f"{self.base.name}-sweep", id="sweep-name", compact=True)
+            yield field("Sweep name", Input(f"{self.base.name}-sweep", id="sweep-name"))
             yield TextArea(id="sweep-grid", placeholder=EXAMPLE, compact=True)
             yield Static("", id="sweep-plan", markup=False)
-            with Horizontal(id="sweep-buttons"):
+            with Horizontal(id="sweep-buttons", classes="buttons"):
                 yield Button("Queue", variant="primary", id="sweep-queue", compact=True)
                 yield Button("Cancel (Esc)", id="sweep-cancel", compact=True)
 
