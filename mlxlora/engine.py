@@ -44,7 +44,7 @@ def _install_stop_handlers(handler) -> dict:
 
 def _budget_gb(backend) -> float | None:
     """What training may use on the backend's device, in GB (None when unknown)."""
-    from mlxlora.memory import memory_budget
+    from mlxlora.machine import memory_budget
 
     budget = backend.info.memory_budget_bytes or memory_budget()
     return round(budget / 1e9, 3) if budget else None

@@ -1,8 +1,8 @@
 """What this machine has right now: memory in use and available (what `free -h` and Activity
 Monitor show), the disk a workspace uses and the space left. Imports no mlx or torch.
 
-`mlxlora.memory` plans training against the machine's total; this module reads the live
-figures the System tab refreshes every few seconds.
+It also gives the budget training plans against (`memory_budget`: about Metal's working set
+on Apple Silicon, the RAM or cgroup limit elsewhere), which `mlxlora.memory` estimates fit.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MEMINFO = Path("/proc/meminfo")
+# Metal's recommendedMaxWorkingSetSize, what MLX may keep resident on the GPU, is about
+# 2/3 to 3/4 of unified memory depending on the machine; we plan with 3/4 of it.
+UNIFIED_BUDGET_FRACTION = 0.75
 
 
 @dataclass(frozen=True)
@@ -129,3 +132,54 @@ def _allocated(entry: os.DirEntry, seen: set[tuple[int, int]]) -> int:
 
 def _blocks(st: os.stat_result) -> int:
     return st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+
+
+def total_memory() -> int | None:
+    """Physical memory in bytes (unified memory on Apple Silicon), or None if unknown."""
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "hw.memsize"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout
+            return int(out.strip())
+        except (OSError, ValueError, subprocess.SubprocessError):
+            pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _cgroup_limit() -> int | None:
+    try:
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return None
+    return int(raw) if raw.isdigit() else None
+
+
+def is_apple_silicon() -> bool:
+    import platform
+
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def unified_budget(total_bytes: int) -> int:
+    """What training may use of a Mac with this much unified memory."""
+    return int(total_bytes * UNIFIED_BUDGET_FRACTION)
+
+
+def memory_budget() -> int | None:
+    """Bytes training may use here: 3/4 of unified memory on Apple Silicon (about Metal's
+    recommended working set, the GPU's share), else total RAM (capped by a cgroup limit)."""
+    total = total_memory()
+    if total is None:
+        return None
+    if is_apple_silicon():
+        return unified_budget(total)
+    limit = _cgroup_limit()
+    return min(total, limit) if limit else total

@@ -1,5 +1,5 @@
-"""Training memory: a rough estimate for LoRA on a model, the budget of this machine, and what
-to change when it will not fit. Imports no mlx or torch.
+"""Training memory: a rough estimate for LoRA on a model and what to change when it will not
+fit (the machine's budget: mlxlora.machine). Imports no mlx or torch.
 
 The estimate is arithmetic on the architecture (hidden size, layers, heads, vocab), with
 factors measured against MLX's peak (benchmarks/memory_matrix.py); it aims at 0.95-1.15 of the
@@ -12,16 +12,11 @@ quantization, weight_bytes.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
+
+from mlxlora import machine
 
 GIB = 1024**3
-# Metal's recommendedMaxWorkingSetSize, what MLX may keep resident on the GPU, is about
-# 2/3 to 3/4 of unified memory depending on the machine; we plan with 3/4 of it.
-UNIFIED_BUDGET_FRACTION = 0.75
 # Rows (tokens) per chunk of the chunked cross-entropy (see loss_bytes for how many are live).
 LOSS_CHUNK_ELEMENTS = 2**25  # logits per loss chunk: 128 MB in float32, whatever the vocab
 
@@ -315,63 +310,9 @@ def estimate(info: dict, shape: TrainShape, weights: int | None = None) -> Memor
     )
 
 
-# --- the budget of this machine -----------------------------------------------------------
-
-
-def total_memory() -> int | None:
-    """Physical memory in bytes (unified memory on Apple Silicon), or None if unknown."""
-    if sys.platform == "darwin":
-        try:
-            out = subprocess.run(
-                ["sysctl", "-n", "hw.memsize"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=True,
-            ).stdout
-            return int(out.strip())
-        except (OSError, ValueError, subprocess.SubprocessError):
-            pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _cgroup_limit() -> int | None:
-    try:
-        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-    except OSError:
-        return None
-    return int(raw) if raw.isdigit() else None
-
-
-def is_apple_silicon() -> bool:
-    import platform
-
-    return sys.platform == "darwin" and platform.machine() == "arm64"
-
-
-def unified_budget(total_bytes: int) -> int:
-    """What training may use of a Mac with this much unified memory."""
-    return int(total_bytes * UNIFIED_BUDGET_FRACTION)
-
-
-def memory_budget() -> int | None:
-    """Bytes training may use here: 3/4 of unified memory on Apple Silicon (about Metal's
-    recommended working set, the GPU's share), else total RAM (capped by a cgroup limit)."""
-    total = total_memory()
-    if total is None:
-        return None
-    if is_apple_silicon():
-        return unified_budget(total)
-    limit = _cgroup_limit()
-    return min(total, limit) if limit else total
-
-
 def shape_here(shape: TrainShape) -> TrainShape:
     """`shape` as this machine trains it (see on_cpu)."""
-    return on_cpu(shape) if not is_apple_silicon() else shape
+    return on_cpu(shape) if not machine.is_apple_silicon() else shape
 
 
 def on_cpu(shape: TrainShape) -> TrainShape:

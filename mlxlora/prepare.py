@@ -197,12 +197,12 @@ def train_shape(cfg: Config, backend, longest: int):
 
 def training_budget(cfg: Config, backend) -> int | None:
     """Bytes the run may use: training.memory_budget, else what the device or machine has."""
-    from mlxlora import memory
+    from mlxlora import machine
     from mlxlora.config import parse_size
 
     if cfg.training.memory_budget:
         return parse_size(cfg.training.memory_budget)
-    return backend.info.memory_budget_bytes or memory.memory_budget()
+    return backend.info.memory_budget_bytes or machine.memory_budget()
 
 
 def planned_weights(cfg: Config, info: dict, backend) -> int:

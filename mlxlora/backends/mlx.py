@@ -70,7 +70,7 @@ def dequantize_base(model: nn.Module, policy: str, device: str) -> bool:
         return True
     if device != "cpu":
         return False
-    from mlxlora.memory import memory_budget
+    from mlxlora.machine import memory_budget
 
     budget = memory_budget()
     params = sum(v.size for _, v in tree_flatten(model.parameters()))

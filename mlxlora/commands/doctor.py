@@ -28,8 +28,7 @@ def collect() -> dict:
     from mlxlora import __version__
     from mlxlora.backends import blas, select
     from mlxlora.errors import MlxloraError
-    from mlxlora.machine import disk_free
-    from mlxlora.memory import memory_budget, total_memory
+    from mlxlora.machine import disk_free, memory_budget, total_memory
     from mlxlora.models.resolve import hub_cache_dir, hub_offline
     from mlxlora.runs import home
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
-from mlxlora import memory
+from mlxlora import machine
 from mlxlora.memory import TrainShape, estimate, fmt_bytes
 from mlxlora.models.listing import (
     builtin_rows,
@@ -141,7 +141,7 @@ def run(args) -> int:
     console.print(table)
     here = (
         ""
-        if memory.is_apple_silicon()
+        if machine.is_apple_silicon()
         else " (this machine: float32 on CPU, shown where it does not fit)"
     )
     console.print(

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mlxlora import memory, targets
+from mlxlora import machine, memory, targets
 from mlxlora.errors import ModelError
-from mlxlora.memory import GIB, TrainShape, estimate, unified_budget
+from mlxlora.machine import unified_budget
+from mlxlora.memory import GIB, TrainShape, estimate
 from mlxlora.models import ollama
 from mlxlora.models.catalog import CATALOG, find
 from mlxlora.models.resolve import (
@@ -38,7 +39,7 @@ def params_text(n: int) -> str:
 
 def budgets() -> dict[str, int | None]:
     """Training budgets by column name: this machine, then the Mac sizes."""
-    out: dict[str, int | None] = {"this machine": memory.memory_budget()}
+    out: dict[str, int | None] = {"this machine": machine.memory_budget()}
     for gb in MAC_SIZES_GB:
         out[f"{gb} GB Mac"] = unified_budget(gb * GIB)
     return out

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mlxlora import memory
+from mlxlora import machine, memory
 from mlxlora.cli import main
 from mlxlora.memory import GIB, TrainShape, estimate
 from mlxlora.models import listing
@@ -19,8 +19,8 @@ from mlxlora.models.catalog import CATALOG, find
 @pytest.fixture
 def linux_box(monkeypatch):
     """Pretend this machine is a Linux box whose training budget is 20 GiB."""
-    monkeypatch.setattr(memory, "memory_budget", lambda: 20 * GIB)
-    monkeypatch.setattr(memory, "is_apple_silicon", lambda: False)
+    monkeypatch.setattr(machine, "memory_budget", lambda: 20 * GIB)
+    monkeypatch.setattr(machine, "is_apple_silicon", lambda: False)
 
 
 def models_json(capsys, *args) -> dict:
@@ -100,7 +100,7 @@ def test_models_table_says_why_and_what_train_accepts(linux_box, capsys):
 
 
 def test_budget_unknown_gives_question_mark(monkeypatch, capsys):
-    monkeypatch.setattr(memory, "memory_budget", lambda: None)
+    monkeypatch.setattr(machine, "memory_budget", lambda: None)
     data = models_json(capsys)
     assert all(m["fits"]["this machine"] is None for m in data["models"])
 
@@ -120,8 +120,8 @@ def test_doctor_json_in_a_subprocess(tmp_path):
     assert report["backend"] == "mlx" and report["device"]
     assert set(report["versions"]) >= {"mlx", "mlx-lm", "transformers", "torch"}
     assert all(isinstance(v, str) and v for v in report["versions"].values())
-    assert report["memory_total_bytes"] == memory.total_memory()
-    assert report["training_budget_bytes"] == memory.memory_budget()
+    assert report["memory_total_bytes"] == machine.total_memory()
+    assert report["training_budget_bytes"] == machine.memory_budget()
     assert report["workspace"] == str(tmp_path / "ws")
     assert report["workspace_disk_free_bytes"] > 0  # measured on the nearest existing parent
     if sys.platform.startswith("linux"):

@@ -267,10 +267,10 @@ def test_over_the_machines_budget_a_run_warns_with_advice_and_stops_before_its_f
     home, quickstart_data, tmp_path, monkeypatch
 ):
     """No training.memory_budget: the machine's budget is watched all the same."""
-    from mlxlora import memory
+    from mlxlora import machine
 
     cfg = make_config(quickstart_data, "training.max_steps=1", "data.max_length=2048")
-    monkeypatch.setattr(memory, "memory_budget", lambda: 2 * 1024**2)  # a 2 MB device
+    monkeypatch.setattr(machine, "memory_budget", lambda: 2 * 1024**2)  # a 2 MB device
     with pytest.raises(TrainingFailed, match=r"step 1 .* over the budget of 2\.0 MiB"):
         engine.train(cfg, tmp_path / "run")
     events = read_events(tmp_path / "run" / "events.jsonl")

@@ -13,7 +13,7 @@ import pytest
 from run_fixtures import REPO, T0, screen_text, wait_for, write_run
 from textual.widgets import DataTable, ProgressBar
 
-from mlxlora import memory, queue, runs
+from mlxlora import machine, memory, queue, runs
 from mlxlora.tui.app import MlxloraApp
 from mlxlora.tui.screens.runs import RunsTab
 from mlxlora.tui.widgets.confirm import Confirm
@@ -158,13 +158,13 @@ def test_resume_queues_a_stopped_run(home, monkeypatch):
 
 
 def test_snapshot_80x24(home, snap_compare, monkeypatch):
-    monkeypatch.setattr(memory, "total_memory", lambda: 16 * memory.GIB)
+    monkeypatch.setattr(machine, "total_memory", lambda: 16 * memory.GIB)
     four_runs()
     assert snap_compare(MlxloraApp(initial="runs"), terminal_size=(80, 24), run_before=settle)
 
 
 def test_snapshot_160x48(home, snap_compare, monkeypatch):
-    monkeypatch.setattr(memory, "total_memory", lambda: 16 * memory.GIB)
+    monkeypatch.setattr(machine, "total_memory", lambda: 16 * memory.GIB)
     four_runs()
     assert snap_compare(MlxloraApp(initial="runs"), terminal_size=(160, 48), run_before=settle)
 
@@ -238,7 +238,7 @@ def test_stop_a_live_run(home):
 
 def test_snapshot_light_theme(home, snap_compare, monkeypatch):
     """The studio in Textual's light theme (ctrl+p, Theme): charts and status colours read."""
-    monkeypatch.setattr(memory, "total_memory", lambda: 16 * memory.GIB)
+    monkeypatch.setattr(machine, "total_memory", lambda: 16 * memory.GIB)
     four_runs()
     app = MlxloraApp(initial="runs")
     app.theme = "textual-light"

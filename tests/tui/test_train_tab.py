@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Checkbox, Input, Select, Static
 
-from mlxlora import config, memory
+from mlxlora import config, machine, memory
 from mlxlora.data import store
 from mlxlora.models.listing import builtin_tiny_info
 from mlxlora.tui.app import MlxloraApp
@@ -29,8 +29,8 @@ BUDGET = 16 * memory.GIB
 @pytest.fixture
 def workspace(home, quickstart_data, monkeypatch):
     """A workspace with the quick start dataset, on a pretend 16 GiB Linux box."""
-    monkeypatch.setattr(memory, "memory_budget", lambda: BUDGET)
-    monkeypatch.setattr(memory, "is_apple_silicon", lambda: False)
+    monkeypatch.setattr(machine, "memory_budget", lambda: BUDGET)
+    monkeypatch.setattr(machine, "is_apple_silicon", lambda: False)
     monkeypatch.chdir(REPO)  # presets are configs/*.yaml where mlxlora runs
     store.import_dataset(quickstart_data, "quickstart", "quick start Q&A")
     return home

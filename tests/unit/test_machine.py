@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from mlxlora import machine
+from mlxlora.memory import GIB
 
 # `vm_stat` on a 16 GB Apple Silicon Mac (pages of 16 KiB).
 VM_STAT = """Mach Virtual Memory Statistics: (page size of 16384 bytes)
@@ -77,3 +78,27 @@ def test_disk_use_is_bounded(tmp_path):
 def test_disk_free_of_a_workspace_not_made_yet(tmp_path):
     expected = shutil.disk_usage(tmp_path).free
     assert abs(machine.disk_free(tmp_path / "not" / "yet") - expected) < 64 * 2**20
+
+
+# --- the training budget ---------------------------------------------------------------------
+
+
+def test_budget_on_apple_silicon(monkeypatch):
+    monkeypatch.setattr(machine, "is_apple_silicon", lambda: True)
+    monkeypatch.setattr(machine, "total_memory", lambda: 16 * GIB)
+    assert machine.memory_budget() == 12 * GIB
+
+
+def test_budget_on_linux(monkeypatch):
+    monkeypatch.setattr(machine, "is_apple_silicon", lambda: False)
+    monkeypatch.setattr(machine, "total_memory", lambda: 64 * GIB)
+    monkeypatch.setattr(machine, "_cgroup_limit", lambda: None)
+    assert machine.memory_budget() == 64 * GIB
+    monkeypatch.setattr(machine, "_cgroup_limit", lambda: 8 * GIB)
+    assert machine.memory_budget() == 8 * GIB
+    monkeypatch.setattr(machine, "total_memory", lambda: None)
+    assert machine.memory_budget() is None
+
+
+def test_this_machine_has_memory():
+    assert machine.total_memory() > 256 * 1024**2

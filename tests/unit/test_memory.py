@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from mlxlora import memory, memory_fit
+from mlxlora import machine, memory, memory_fit
 from mlxlora.config import Config
 from mlxlora.memory import (
     GIB,
@@ -114,30 +114,6 @@ def test_fmt_bytes():
     assert fmt_bytes(3000 * GIB) == "3000.0 GiB"
 
 
-# --- budget -------------------------------------------------------------------------------
-
-
-def test_budget_on_apple_silicon(monkeypatch):
-    monkeypatch.setattr(memory, "is_apple_silicon", lambda: True)
-    monkeypatch.setattr(memory, "total_memory", lambda: 16 * GIB)
-    assert memory.memory_budget() == 12 * GIB
-
-
-def test_budget_on_linux(monkeypatch):
-    monkeypatch.setattr(memory, "is_apple_silicon", lambda: False)
-    monkeypatch.setattr(memory, "total_memory", lambda: 64 * GIB)
-    monkeypatch.setattr(memory, "_cgroup_limit", lambda: None)
-    assert memory.memory_budget() == 64 * GIB
-    monkeypatch.setattr(memory, "_cgroup_limit", lambda: 8 * GIB)
-    assert memory.memory_budget() == 8 * GIB
-    monkeypatch.setattr(memory, "total_memory", lambda: None)
-    assert memory.memory_budget() is None
-
-
-def test_this_machine_has_memory():
-    assert memory.total_memory() > 256 * 1024**2
-
-
 # --- advice -------------------------------------------------------------------------------
 
 
@@ -191,7 +167,7 @@ def test_advice_offers_checkpointing_4bit_and_fewer_layers():
 def test_llama_1b_fit_on_macs(gb, fits):
     info = find("mlx-community/Llama-3.2-1B-Instruct-4bit").info()
     total = estimate(info, TrainShape()).total
-    assert (total <= memory.unified_budget(gb * GIB)) is fits
+    assert (total <= machine.unified_budget(gb * GIB)) is fits
 
 
 def test_fit_verdict_thresholds():
@@ -206,9 +182,9 @@ def test_fit_verdict_thresholds():
 
 def test_shape_here_is_float32_unfused_off_a_mac(monkeypatch):
     shape = TrainShape(batch_size=2)
-    monkeypatch.setattr(memory, "is_apple_silicon", lambda: True)
+    monkeypatch.setattr(machine, "is_apple_silicon", lambda: True)
     assert memory.shape_here(shape) == shape
-    monkeypatch.setattr(memory, "is_apple_silicon", lambda: False)
+    monkeypatch.setattr(machine, "is_apple_silicon", lambda: False)
     here = memory.shape_here(shape)
     assert (here.dtype_bytes, here.fused_attention, here.depth_first) == (4, False, True)
     assert here.batch_size == 2

@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
-from mlxlora import memory, queue, runs
+from mlxlora import machine, queue, runs
 from mlxlora.errors import MlxloraError
 from mlxlora.evaluate import Sampling
 from mlxlora.sweep import run_sweep
@@ -65,7 +65,7 @@ class RunsTab(Vertical):
         table = self.query_one(DataTable)
         for column in COLUMNS:
             table.add_column(column, key=column)
-        self.query_one(RunDetail).machine_bytes = memory.total_memory()
+        self.query_one(RunDetail).machine_bytes = machine.total_memory()
         self.watch_runs()
         self.set_interval(DRAW_SEC, self.redraw)
 

@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Checkbox, Input, Select, Static
 
-from mlxlora import config, memory
+from mlxlora import config, machine, memory
 from mlxlora.config import SCHEDULES, Config
 from mlxlora.data import store
 from mlxlora.errors import MlxloraError
@@ -55,7 +55,7 @@ class TrainTab(Vertical):
         super().__init__(**kwargs)
         datasets = [m.name for m in store.list_datasets()]
         self.base = form.default_data(datasets[0] if datasets else "")
-        self.budget = memory.memory_budget()
+        self.budget = machine.memory_budget()
         self.targets_lock = asyncio.Lock()
         self.checked: list[str] = []  # the targets ticked (the checkboxes are rebuilt per model)
         self.model_facts: dict[str, tuple[dict | None, list[str], str]] = {}
