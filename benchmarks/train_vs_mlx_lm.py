@@ -263,9 +263,11 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool) -> dict
     from mlxlora.models.resolve import model_info
     from mlxlora.prepare import train_shape
 
-    cfg = mlxlora_config(spec)
+    cfg = mlxlora_config(spec, compiled)
     backend = MLXBackend()
     backend.load(model_dir, cfg)
+    if (backend._compiled is not None) != compiled:  # the side must be what its name says
+        raise SystemExit(f"training.compile={compiled} but the backend compiled: {not compiled}")
     work = trained_weights(backend.model)  # before any step: the weights both sides start from
     longest = min(max(len(t) for t, _ in seqs), spec["max_length"])
     shape = train_shape(cfg, backend, longest)  # what a run's memory check estimates
@@ -298,6 +300,7 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool) -> dict
         "wall_s": wall,
         "peak_bytes": mx.get_peak_memory(),
         "estimate_bytes": estimate.total,
+        "compiled": backend._compiled is not None,
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "work": work,

@@ -122,10 +122,11 @@ class TrainingConfig:
     seed: int = _help("Seed for data order, splits, LoRA init and dropout.", 0)
     grad_checkpoint: bool = _help("Recompute activations in backward to save memory.", False)
     compile: bool | str = _help(
-        "Compile the step: true, false, or auto (backend mlx on a GPU, where it measured 1.43x"
-        " faster). torch.compile of the transformer blocks (backend torch), mx.compile of the"
-        " loss and gradient with batches padded to a multiple of 64 tokens (backend mlx)."
-        " The first step of each new shape waits while it compiles; a CPU needs a C++ compiler.",
+        "Compile the step: true, false, or auto (backend mlx on a GPU, as mlx-lm compiles its"
+        " step; not yet timed there). torch.compile of the transformer blocks (backend torch),"
+        " mx.compile of the loss and gradient with batches padded to a multiple of 64 tokens"
+        " (backend mlx). The first step of each new shape waits while it compiles; a CPU needs"
+        " a C++ compiler.",
         "auto",
     )
     loss_chunk_rows: int = _help(

@@ -207,7 +207,7 @@ class MLXBackend:
         self.optimizer = optim.AdamW(learning_rate=0.0, weight_decay=config.training.weight_decay)
         self._value_and_grad = nn.value_and_grad(model, self._loss)
         compile_step = config.training.compile
-        if compile_step == "auto":  # it pays on a GPU (H200: 1.43x); a CPU would JIT C++ first
+        if compile_step == "auto":  # a GPU, as mlx-lm compiles; a CPU would JIT C++ first
             compile_step = device.startswith("gpu")
         self._compiled = self._compile_loss_and_grad() if compile_step else None
 

@@ -64,3 +64,16 @@ def test_the_same_weights_compare(bench):
         bench.check_equal_work(
             "smollm2", {"stock": result(a), "mlxlora": {**result(b), "steps": 4}}
         )
+
+
+def test_the_compiled_side_trains_compiled(bench, home, tmp_path):
+    """mlxlora-compiled ran uncompiled until 2026-11-26 (its config left training.compile
+    false), so its H200 '1.43x' compared two uncompiled runs, the second with MLX's kernels
+    already built. The side now reports what the backend did and refuses a mismatch."""
+    import json
+
+    spec = bench.SHAPES["tiny"]
+    model_dir, data = bench.prepare("tiny", tmp_path)
+    seqs = json.loads(data.read_text())[: 2 * spec["batch_size"]]
+    assert bench.run_mlxlora(spec, model_dir, seqs, compiled=True)["compiled"] is True
+    assert bench.run_mlxlora(spec, model_dir, seqs, compiled=False)["compiled"] is False
