@@ -23,7 +23,7 @@ from mlxlora.events import (
     RunStarted,
 )
 from mlxlora.models.resolve import gguf_source
-from mlxlora.prepare import Prepared, prepare
+from mlxlora.prepare import Prepared, device_budget, prepare
 from mlxlora.runs import (
     RunPaths,
     atomic_write_text,
@@ -44,9 +44,7 @@ def _install_stop_handlers(handler) -> dict:
 
 def _budget_gb(backend) -> float | None:
     """What training may use on the backend's device, in GB (None when unknown)."""
-    from mlxlora.machine import memory_budget
-
-    budget = backend.info.memory_budget_bytes or memory_budget()
+    budget = device_budget(backend)
     return round(budget / 1e9, 3) if budget else None
 
 

@@ -197,11 +197,17 @@ def train_shape(cfg: Config, backend, longest: int):
 
 def training_budget(cfg: Config, backend) -> int | None:
     """Bytes the run may use: training.memory_budget, else what the device or machine has."""
-    from mlxlora import machine
     from mlxlora.config import parse_size
 
     if cfg.training.memory_budget:
         return parse_size(cfg.training.memory_budget)
+    return device_budget(backend)
+
+
+def device_budget(backend) -> int | None:
+    """Bytes training may use on the backend's device (a GPU's own memory), else the machine's."""
+    from mlxlora import machine
+
     return backend.info.memory_budget_bytes or machine.memory_budget()
 
 
