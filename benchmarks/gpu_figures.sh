@@ -23,7 +23,8 @@ torch)
     # 2026-11-26, H200: stock, mlxlora and mlxlora-packed took ~25 s each; a whole 1B decoder
     # did not compile in 120 s (now block by block); 20 profiled steps did not finish in 85 s
     # (now 3). The second lease ran 8 sides in 250 s. Next: the LoRA products' precision
-    # (mlxlora against mlxlora-fp32lora), compile against eager, the 0.5B profile again.
+    # (mlxlora against mlxlora-fp32lora), compile against eager (each side now prints its median
+    # and slowest step and, compiled, the graphs compiled while timed), the 0.5B profile again.
     timeout 170 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 110 \
         --sides stock,mlxlora,mlxlora-fp32lora,mlxlora-compiled \
         --json "$out/torch-llama.json" 2>&1 | tee "$out/torch-llama.log"

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import random_models  # noqa: E402
+from benchmarks import random_models, step_times  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
 BATCH, RANK, ALPHA, LR = 8, 16, 32, 1e-4
@@ -246,19 +246,31 @@ def timed_steps(step, order: list, seqs: list[list[int]], pack: bool, profile: b
     profiler = profiled() if profile else contextlib.nullcontext()
     order = order[:PROFILED_STEPS] if profile else order
     trained = [seqs[i] for idx in order for i in idx]
+    graphs_before = compiled_graphs()
     tic = time.perf_counter()
-    padded = 0
+    padded, step_ends = 0, []
     with profiler:
         for idx in order:
             padded += len(idx) * max(len(seqs[i]) for i in idx)
-            step(idx)
+            step(idx)  # its loss and norm are read back: each step ends synchronized
+            step_ends.append(time.perf_counter())
         if torch.cuda.is_available():
             torch.cuda.synchronize()
     real = sum(len(s) for s in trained)
     result = timed_result(trained, tic, padding=0.0 if pack else 1 - real / padded)
+    # a slow compiled side: graphs compiled again in the timed steps, or slow steps throughout?
+    result["step_seconds"] = [b - a for a, b in zip([tic, *step_ends[:-1]], step_ends, strict=True)]
+    result["graphs_compiled_while_timed"] = compiled_graphs() - graphs_before
     if profile:
         print_profile(profiler, result["seconds"])
     return result
+
+
+def compiled_graphs() -> int:
+    """How many graphs torch.compile has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def profiled():
@@ -323,6 +335,13 @@ def run_side(side: str, model_dir: Path, data: Path, timeout: float) -> dict:
     return json.loads(line.removeprefix("RESULT "))
 
 
+def step_spread(result: dict) -> str:
+    """The median and slowest timed step, and the graphs compiled among them (mlxlora sides)."""
+    graphs = result.get("graphs_compiled_while_timed")
+    compiled = f", {graphs} graphs compiled while timed" if graphs else ""
+    return step_times.spread(result.get("step_seconds", [])) + compiled
+
+
 def bench_shape(shape: str, steps: int, sides: list[str], workdir: Path, timeout: float):
     model_dir = workdir / shape
     build_model(shape, model_dir)
@@ -339,7 +358,7 @@ def bench_shape(shape: str, steps: int, sides: list[str], workdir: Path, timeout
         pad = "" if r["padding_fraction"] is None else f", padding {r['padding_fraction']:.0%}"
         print(
             f"  {side:16s} {r['tokens_per_sec']:10.1f} tok/s  peak {r['peak_bytes'] / 1e9:6.3f} GB"
-            f"  ({r['seconds']:.1f} s{pad})",
+            f"  ({r['seconds']:.1f} s{pad}{step_spread(r)})",
             flush=True,
         )
     summary = {"shape": shape, **results}

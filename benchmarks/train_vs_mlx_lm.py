@@ -74,7 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import random_models  # noqa: E402
+from benchmarks import random_models, step_times  # noqa: E402
 from mlxlora.backends.blas import blas_in_use, preload_openblas  # noqa: E402
 
 preload_openblas()  # before the first `import mlx.core` (mlx_lm imports it too)
@@ -284,11 +284,13 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool) -> dict
     step(shortest(seqs, bs), seed=12345)  # warm-up, untimed
     mx.synchronize()
     mx.reset_peak_memory()
-    tokens, losses, steps = 0, [], 0
+    tokens, losses, steps, step_seconds = 0, [], 0, []
     tic = time.perf_counter()
     for epoch in range(spec["epochs"]):
         for idx in batching.batch_order(examples, bs, SEED, epoch):
-            loss, real = step(idx, seed=(SEED * 1_000_003 + steps) * 64)
+            start = time.perf_counter()
+            loss, real = step(idx, seed=(SEED * 1_000_003 + steps) * 64)  # a float: synced
+            step_seconds.append(time.perf_counter() - start)
             tokens += real
             losses.append(loss)
             steps += 1
@@ -301,6 +303,8 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool) -> dict
         "peak_bytes": mx.get_peak_memory(),
         "estimate_bytes": estimate.total,
         "compiled": backend._compiled is not None,
+        # a compiled step traces again for each new batch shape: spikes show where
+        "step_seconds": step_seconds,
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "work": work,
@@ -494,10 +498,9 @@ def run_side(side: str, shape: str, model_dir: Path, data: Path, steps: int) -> 
         return None
     r = json.loads(lines[-1][len("RESULT ") :])
     estimate = f", estimate {r['estimate_bytes'] / 1e9:.3f} GB" if "estimate_bytes" in r else ""
-    print(  # as it comes: a run cut short keeps what it measured
-        f"    {r['tokens_per_s']:.1f} tokens/s, peak {r['peak_bytes'] / 1e9:.3f} GB{estimate}",
-        flush=True,
-    )
+    figures = f"{r['tokens_per_s']:.1f} tokens/s, peak {r['peak_bytes'] / 1e9:.3f} GB{estimate}"
+    spread = step_times.spread(r.get("step_seconds", []))
+    print(f"    {figures}{spread}", flush=True)  # as it comes: a cut run keeps what it measured
     return r
 
 

@@ -29,6 +29,9 @@ def test_tiny_benchmark_reports_both_sides(home, tmp_path):
     assert min(r["tokens_per_sec"] for r in (stock, ours, packed)) > 0
     assert 0 < ours["padding_fraction"] < 0.5  # padded, to the longest of similar lengths
     assert packed["padding_fraction"] == 0.0
+    assert len(ours["step_seconds"]) == 2 and sum(ours["step_seconds"]) <= ours["seconds"]
+    assert ours["graphs_compiled_while_timed"] == 0  # eager: no graph at all
+    assert "step median" in proc.stdout
     for undone in ("mlxlora-cudnn", "mlxlora-fp32lora"):  # a backend choice undone: same work
         assert result[undone]["tokens"] == ours["tokens"]
     assert result["speed_ratio"] == pytest.approx(ours["tokens_per_sec"] / stock["tokens_per_sec"])
