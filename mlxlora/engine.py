@@ -157,7 +157,7 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
         events.emit(
             RunStarted(
                 run_dir=str(paths.root),
-                dataset=prep.dataset,
+                dataset=cfg.data.dataset,  # the workspace name it was pinned to
                 model=cfg.model,
                 backend=backend.info.name,
                 device=backend.info.device,

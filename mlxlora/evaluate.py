@@ -175,13 +175,13 @@ def held_out_records(cfg, dataset: str | None) -> tuple[list[dict], str, str]:
     if dataset:
         meta, records = store.resolve(dataset)
         return [formats.normalize(r, meta.type) for r in records], "dataset", meta.name
-    _, val, name = load_records(cfg)
+    _, val, pinned = load_records(cfg)
     if not val:
         raise RunError(
             f"{cfg.name}: the run held out no validation records (data.val_split is 0 and no "
             "data.validation); evaluate it on a dataset with --dataset"
         )
-    return val, "validation", name
+    return val, "validation", pinned.data.dataset
 
 
 def held_out_loss(gen, records: list[dict], cfg) -> tuple[float, float]:

@@ -4,7 +4,7 @@ counts, schedule and a memory estimate. Backend-agnostic; the backend is passed 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlxlora import schedules
@@ -64,31 +64,47 @@ class Prepared:
     truncated: int
     warnings: list[str]
     estimated_peak_gb: float
-    dataset: str
     model_dir: Path  # the local HF-format directory the model reference resolved to
     fit: MemoryFit | None = None  # what training.fit chose, for the run's events
     guard: MemoryGuard | None = None  # the budget a step must not pass (training.memory_budget)
 
 
-def load_records(cfg: Config) -> tuple[list[dict], list[dict], str]:
-    """Normalized (train, validation) records for a config, and the dataset's workspace name.
+def load_records(cfg: Config) -> tuple[list[dict], list[dict], Config]:
+    """Normalized (train, validation) records for a config, and the config with its datasets
+    pinned: `data.dataset` and `data.validation` name the workspace datasets they resolved to.
 
-    A dataset file is imported into the workspace on first use (store.resolve).
+    A dataset file is imported into the workspace on first use (store.resolve), where its
+    records never change (other records from the same file go under another name): a run's
+    pinned config resumes and evaluates on the records it trained on, even after the file
+    was edited, moved or deleted.
     """
     from mlxlora.data import formats, store
 
     meta, records = store.resolve(cfg.data.dataset)
     train = [formats.normalize(r, meta.type) for r in records]
+    pinned = replace(cfg, data=replace(cfg.data, dataset=meta.name))
     if cfg.data.validation:
         vmeta, vrecords = store.resolve(cfg.data.validation)
-        return train, [formats.normalize(r, vmeta.type) for r in vrecords], meta.name
-    return *batching.split(train, cfg.data.val_split, cfg.training.seed), meta.name
+        val = [formats.normalize(r, vmeta.type) for r in vrecords]
+        return train, val, replace(pinned, data=replace(pinned.data, validation=vmeta.name))
+    return *batching.split(train, cfg.data.val_split, cfg.training.seed), pinned
+
+
+def changed_sources(given, pinned) -> list[str]:
+    """A warning for each dataset the config named (not a file) whose source file has changed
+    since it was stored: what a resumed run, pinned to its stored records, trains without."""
+    from mlxlora.data import store
+
+    refs = [(given.dataset, pinned.dataset), (given.validation, pinned.validation)]
+    named = [name for ref, name in refs if ref and not store.looks_like_file(ref)]
+    return [w for w in map(store.source_changed, named) if w]
 
 
 def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     from mlxlora.models.resolve import resolve_model
 
-    train_records, val_records, dataset = load_records(cfg)
+    given = cfg.data
+    train_records, val_records, cfg = load_records(cfg)
     model_dir = resolve_model(cfg.model)
     fit = None
     if cfg.training.fit == "auto":
@@ -120,7 +136,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         warnings.append(
             f"{dropped} records had no answer tokens within max_length and were skipped"
         )
-    warnings += setup_warnings(cfg, len(train), len(val))
+    warnings += setup_warnings(cfg, len(train), len(val)) + changed_sources(given, cfg.data)
     guard = None
     budget = training_budget(cfg, backend)
     if budget:  # training.memory_budget, else this device's or machine's
@@ -140,7 +156,6 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         truncated=truncated,
         warnings=warnings,
         estimated_peak_gb=estimated_gb,
-        dataset=dataset,
         model_dir=model_dir,
         fit=fit,
         guard=guard,

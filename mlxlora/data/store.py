@@ -347,6 +347,26 @@ def _resolve_file(path: Path, kind: str | None) -> tuple[DatasetMeta, list[dict]
     )
 
 
+def source_changed(name: str) -> str | None:
+    """A line saying the file dataset `name` was imported from now holds other records (None
+    when it is unchanged, gone, unreadable or was never a file): a run that names the stored
+    dataset keeps training on the records it was stored with."""
+    meta = get_meta(name)
+    path = Path(meta.source) if meta.source else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        current = records_sha256(load_records(path))
+    except (DataError, OSError):  # a file mid-edit: nothing to compare yet
+        return None
+    if current == meta.sha256:
+        return None
+    return (
+        f"{path} has changed since it was stored as dataset {name}: this run uses the stored "
+        "records (a new run on the file stores it as another dataset)"
+    )
+
+
 def broken_datasets() -> list[tuple[str, str]]:
     """(directory name, problem) for each directory of the store that `list_datasets` skips
     because its meta.json is missing or unreadable, so a listing can show it, not hide it."""

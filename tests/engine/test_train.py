@@ -113,6 +113,42 @@ def test_resume_after_stop_matches_uninterrupted_run(home, quickstart_data, tmp_
     assert resumed["train_loss_last_epoch"] == pytest.approx(np.mean(list(got.values())))
 
 
+def test_a_run_keeps_the_records_it_trained_on_when_its_file_changes(
+    home, quickstart_data, tmp_path
+):
+    """The run's config names the workspace copy of its dataset file: resuming after the file
+    was edited, and evaluating after it was deleted, use the records the run trained on."""
+    data = tmp_path / "notes.jsonl"  # a user's file, edited while the run waits
+    data.write_bytes(quickstart_data.read_bytes())
+    overrides = ("training.max_steps=6", "training.eval_every=3")
+    full = tmp_path / "full"
+    engine.train(make_config(data, *overrides), full)
+    part = tmp_path / "part"
+
+    def stop_after_three(event):
+        if isinstance(event, Step) and event.step == 3:
+            RunPaths(part).stop_request.touch()
+
+    engine.train(make_config(data, *overrides), part, listeners=[stop_after_three])
+    assert config.load(RunPaths(part).config).data.dataset == "notes"
+    lines = data.read_text(encoding="utf-8").splitlines()
+    data.write_text("\n".join(lines[len(lines) // 2 :]) + "\n", encoding="utf-8")  # half gone
+    engine.train(None, part, resume=True)
+    expected, got = steps(full), steps(part)
+    np.testing.assert_allclose([got[s] for s in range(1, 7)], [expected[s] for s in range(1, 7)])
+    first, resumed = [e for e in read_events(RunPaths(part).events) if isinstance(e, RunStarted)]
+    said = f"{data} has changed since it was stored as dataset notes: this run uses the stored"
+    assert not any("has changed" in w for w in first.warnings)
+    assert any(w.startswith(said) for w in resumed.warnings), resumed.warnings
+
+    data.unlink()
+    from mlxlora.evaluate import held_out_records
+
+    records, split, name = held_out_records(config.load(RunPaths(part).config), None)
+    assert (split, name, len(records)) == ("validation", "notes", first.val_records)
+    assert first.dataset == "notes"
+
+
 def test_train_loss_is_the_last_epoch_mean_and_a_smoothed_loss(home, quickstart_data, tmp_path):
     summary = engine.train(make_config(quickstart_data, "training.epochs=2"), tmp_path / "run")
     events = read_events(tmp_path / "run" / "events.jsonl")

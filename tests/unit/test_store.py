@@ -259,8 +259,9 @@ def test_config_finds_a_dataset_by_a_name_typed_decomposed(home, tmp_path):
     typed = unicodedata.normalize("NFD", "données médicales")
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(f"data:\n  dataset: {typed}\n  validation: {typed}\n", "utf-8")
-    train, val, name = prepare.load_records(config.load(cfg_file))
-    assert name == "données médicales" and len(train) == len(val) == 2
+    train, val, pinned = prepare.load_records(config.load(cfg_file))
+    assert pinned.data.dataset == pinned.data.validation == "données médicales"  # composed
+    assert len(train) == len(val) == 2
     assert stored(home) == ["données médicales"]
 
 
@@ -276,3 +277,19 @@ def test_long_records_warn_with_their_location(tmp_path):
     many = store.long_records([{"text": big}] * 7, "text", "d")
     assert len(many) == 6 and many[0].startswith("d: record 1 is ")
     assert many[-1] == f"d: 2 more records are over {store.LONG_RECORD_CHARS:,} characters"
+
+
+def test_a_stored_dataset_tells_when_its_source_file_changed(home, tmp_path):
+    source = write_jsonl(tmp_path / "メモ.jsonl", RECORDS)
+    meta, _ = store.resolve(str(source))
+    assert store.source_changed(meta.name) is None
+    write_jsonl(source, RECORDS[:1])
+    assert store.source_changed(meta.name) == (
+        f"{source.resolve()} has changed since it was stored as dataset メモ: this run uses the "
+        "stored records (a new run on the file stores it as another dataset)"
+    )
+    source.write_text("{not json", encoding="utf-8")  # mid-edit: nothing to compare yet
+    assert store.source_changed(meta.name) is None
+    source.unlink()
+    assert store.source_changed(meta.name) is None
+    assert store.load_dataset("メモ")[1] == RECORDS  # the stored records never changed
