@@ -31,6 +31,14 @@ def record_path(name: str) -> Path:
     return root() / f"{names.normalize(name)}.json"
 
 
+def default_name(config_name: str) -> str:
+    """A sweep's name when none is given: its base config's name + `-sweep`, unless that name
+    already says sweep (`level3_medical_sweep` stays itself, not `..._sweep-sweep`)."""
+    if config_name.lower().removesuffix("sweep")[-1:] in ("-", "_"):
+        return config_name
+    return f"{config_name}-sweep"
+
+
 def parse_grid(text: str) -> tuple[str, list[str]]:
     """`lora.rank=8,12,16` -> ("lora.rank", ["8", "12", "16"]): values as typed (each is read
     as YAML when it becomes an override, as `--set` reads it)."""

@@ -44,7 +44,10 @@ def register(sub) -> None:
         metavar="KEY=VALUE",
         help="override a config value in every run, as in `train` (repeatable)",
     )
-    p.add_argument("--name", help="the sweep's name (default: the first config's name + -sweep)")
+    p.add_argument(
+        "--name",
+        help="the sweep's name (default: the first config's name + -sweep, unless it ends so)",
+    )
     p.add_argument("--no-start", action="store_true", help="queue only; start no runner")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -70,7 +73,7 @@ def run(args) -> int:
 def start(args, configs: list[str]) -> int:
     from mlxlora import config, queue, sweep
 
-    name = args.name or f"{config.load(configs[0], args.overrides).name}-sweep"
+    name = args.name or sweep.default_name(config.load(configs[0], args.overrides).name)
     done = sweep.start(name, configs, args.grids, args.overrides)
     started = False if args.no_start else queue.ensure_runner()
     if args.json:

@@ -127,3 +127,17 @@ def test_a_config_given_twice_is_refused(home, capsys):
     assert main(["sweep", TINY, "--config", TINY, "--no-start"]) == 2
     assert "a config is given twice" in capsys.readouterr().err
     assert queue.jobs() == []
+
+
+def test_a_sweep_is_named_after_its_base_config_once(home, capsys):
+    assert sweep.default_name("医療") == "医療-sweep"
+    assert sweep.default_name("sweeper") == "sweeper-sweep"
+    medical_sweep = str(REPO / "configs" / "level3_medical_sweep.yaml")
+    args = ["sweep", medical_sweep, "--grid", "lora.rank=8,16", "--no-start", "--json"]
+    assert main(args) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["sweep"] == "医療専門知識モデル_sweep"  # its name, not ..._sweep-sweep
+    assert [m["run"] for m in planned["members"]] == [
+        "医療専門知識モデル_sweep-rank8",
+        "医療専門知識モデル_sweep-rank16",
+    ]

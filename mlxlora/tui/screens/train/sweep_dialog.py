@@ -53,7 +53,7 @@ class SweepDialog(Dialog[str | None]):
                     f"the form's job ({self.base.name}) once per combination, queued in turn",
                 )
             )
-            yield field("Sweep name", Input(f"{self.base.name}-sweep", id="sweep-name"))
+            yield field("Sweep name", Input(sweep.default_name(self.base.name), id="sweep-name"))
             yield TextArea(id="sweep-grid", placeholder=EXAMPLE, compact=True)
             yield Static("", id="sweep-plan", markup=False)
             with Horizontal(id="sweep-buttons", classes="buttons"):
