@@ -205,13 +205,15 @@ class Pick:
 def pick(comparison: Comparison) -> Pick:
     """The run that best trades validation loss and eval scores against time and memory.
 
-    Each criterion is scaled over the compared runs (min-max: the best run 0, the worst 1; a
-    run missing the number counts as worst), weighted by PICK_WEIGHTS and summed; the lowest
-    cost wins, the earlier run on a tie. Deterministic: the same runs give the same pick.
+    Each criterion is scaled over the compared runs (min-max: the best run 0, the worst 1),
+    weighted by PICK_WEIGHTS and summed; the lowest cost wins, the earlier run on a tie.
+    A criterion weighs only when every run has its number: a run not yet evaluated would
+    otherwise lose (or win) on a score nobody measured; the reason names what was left out.
+    Deterministic: the same runs give the same pick.
     """
     rows = comparison.runs
     present = {
-        k: w for k, w in PICK_WEIGHTS.items() if any(_criterion(r, k) is not None for r in rows)
+        k: w for k, w in PICK_WEIGHTS.items() if all(_criterion(r, k) is not None for r in rows)
     }
     total = sum(present.values()) or 1.0
     weights = {k: w / total for k, w in present.items()}
@@ -223,8 +225,20 @@ def pick(comparison: Comparison) -> Pick:
         best,
         costs,
         weights,
-        _reason(rows, order, costs, weights),
+        _reason(rows, order, costs, weights) + _left_out(rows),
     )
+
+
+def _left_out(rows: list[Compared]) -> str:
+    """'\nnot weighed: eval score (R has none: `mlxlora eval R`)' for each criterion some runs
+    have and others lack ('' when none)."""
+    lines = []
+    for key in PICK_WEIGHTS:
+        missing = [r.name for r in rows if _criterion(r, key) is None]
+        if missing and len(missing) < len(rows):
+            hint = f": `mlxlora eval {missing[0]}`" if key == "eval_score" else ""
+            lines.append(f"\nnot weighed: {PICK_LABELS[key]} ({', '.join(missing)} has none{hint})")
+    return "".join(lines)
 
 
 def _criterion(row: Compared, key: str) -> float | None:
@@ -234,21 +248,11 @@ def _criterion(row: Compared, key: str) -> float | None:
     )  # val below train is fine
 
 
-def _scaled(values: list[float | None], higher_is_better: bool) -> list[float]:
-    known = [v for v in values if v is not None]
-    if not known:
+def _scaled(values: list[float], higher_is_better: bool) -> list[float]:
+    lo, hi = min(values), max(values)
+    if hi == lo:
         return [0.0] * len(values)
-    lo, hi = min(known), max(known)
-    out = []
-    for v in values:
-        if v is None:
-            out.append(1.0)
-        elif hi == lo:
-            out.append(0.0)
-        else:
-            bad = (hi - v) if higher_is_better else (v - lo)
-            out.append(bad / (hi - lo))
-    return out
+    return [((hi - v) if higher_is_better else (v - lo)) / (hi - lo) for v in values]
 
 
 def _reason(rows: list[Compared], order: list[int], costs: list[float], weights: dict) -> str:
@@ -256,9 +260,8 @@ def _reason(rows: list[Compared], order: list[int], costs: list[float], weights:
     parts = []
     for key in weights:
         value = _criterion(best, key)
-        values = [_criterion(r, key) for r in rows]
-        ranked = sorted((v for v in values if v is not None), reverse=key in HIGHER_IS_BETTER)
-        place = f"{ranked.index(value) + 1} of {len(ranked)}" if value is not None else "none"
+        ranked = sorted((_criterion(r, key) for r in rows), reverse=key in HIGHER_IS_BETTER)
+        place = f"{ranked.index(value) + 1} of {len(ranked)}"
         parts.append(f"{PICK_LABELS[key]} {_show(key, value)} ({place})")
     line = f"{best.name}: " + ", ".join(parts)
     if len(order) > 1:
@@ -272,9 +275,7 @@ def _reason(rows: list[Compared], order: list[int], costs: list[float], weights:
     return line
 
 
-def _show(key: str, value: float | None) -> str:
-    if value is None:
-        return "—"
+def _show(key: str, value: float) -> str:
     if key == "elapsed_sec":
         return f"{value:.0f} s"
     if key == "peak_memory_gb":

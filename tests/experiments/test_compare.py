@@ -104,11 +104,26 @@ def test_pick_weighs_quality_against_time_and_memory():
     a.metrics |= {"best_val_loss": 0.9, "eval_score": 0.9}
     b.metrics |= {"eval_score": 0.5}
     assert experiments.pick(experiments.Comparison([a, b], {})).run.name == "A"
-    # a run missing a number counts as the worst on it; ties go to the earlier run
-    c = row("C", best_val_loss=0.9, gap=0.10, elapsed_sec=500, peak_memory_gb=8.0)
-    assert experiments.pick(experiments.Comparison([c, a], {})).costs[0] == pytest.approx(0.25)
+    # ties go to the earlier run
     twin = row("twin", **{k: v for k, v in a.metrics.items() if v is not None})
     assert experiments.pick(experiments.Comparison([twin, a], {})).run.name == "twin"
+
+
+def test_a_number_one_run_lacks_is_left_out_of_the_pick_and_said_so():
+    # the tutorial's A/B as measured: only v1 evaluated, v1 better on loss, v2 on the rest
+    v1 = row("v1", best_val_loss=1.741, eval_score=0.0544, gap=0.304, elapsed_sec=2914)
+    v2 = row("v2", best_val_loss=1.999, gap=0.183, elapsed_sec=720)
+    v1.metrics["peak_memory_gb"], v2.metrics["peak_memory_gb"] = 4.34, 4.32
+    chosen = experiments.pick(experiments.Comparison([v1, v2], {}))
+    # an absent score counted as the worst made v1 the pick (0.400 against 0.600)
+    assert chosen.run.name == "v2" and "eval_score" not in chosen.weights
+    assert chosen.costs == [pytest.approx(0.40 / 0.75), pytest.approx(0.35 / 0.75)]
+    assert (
+        chosen.reason.splitlines()[-1] == "not weighed: eval score (v2 has none: `mlxlora eval v2`)"
+    )
+    v2.metrics["eval_score"] = 0.05  # evaluated: the score weighs again
+    chosen = experiments.pick(experiments.Comparison([v1, v2], {}))
+    assert chosen.weights["eval_score"] == 0.25 and "not weighed" not in chosen.reason
 
 
 def test_pick_on_the_command_line_names_a_run_and_says_why(ws, capsys):
