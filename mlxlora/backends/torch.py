@@ -17,10 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch.utils.checkpoint import checkpoint
 
 from mlxlora.adapters_convert import MLX_WEIGHTS
-from mlxlora.backends import torch_dist, torch_peft
+from mlxlora.backends import torch_dist, torch_loss, torch_peft
 from mlxlora.backends.base import (
     CHUNKABLE_TYPES,
     BackendInfo,
@@ -161,16 +160,10 @@ class TorchBackend:
     def _causal_lm(self):
         return self.model.base_model.model
 
-    def _head_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self._causal_lm().get_output_embeddings()(hidden).float()
-        if self._softcap:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
-        return F.cross_entropy(logits, targets, reduction="sum")
-
-    def _loss(self, inputs, position_ids, positions, targets, train: bool) -> torch.Tensor:
+    def _loss(self, inputs, position_ids, positions, targets) -> torch.Tensor:
         """Summed cross-entropy over the labelled positions only; only those rows go through
-        the output projection, a chunk at a time, each chunk recomputed in backward instead
-        of keeping its (rows x vocab) logits (the same plan as the MLX backend)."""
+        the output projection, a chunk at a time, each chunk's gradient made in its forward
+        pass instead of keeping its (rows x vocab) logits (torch_loss, as the MLX backend)."""
         lm = self._causal_lm()
         if self.model_type not in CHUNKABLE_TYPES:
             logits = lm(input_ids=inputs, position_ids=position_ids, use_cache=False).logits
@@ -180,15 +173,10 @@ class TorchBackend:
         hidden = decoder(input_ids=inputs, position_ids=position_ids, use_cache=False)
         hidden = hidden.last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
-        total = hidden.new_zeros((), dtype=torch.float32)
-        for start in range(0, positions.numel(), self._chunk_rows):
-            rows = slice(start, start + self._chunk_rows)
-            if train:
-                part = checkpoint(self._head_loss, hidden[rows], targets[rows], use_reentrant=False)
-            else:
-                part = self._head_loss(hidden[rows], targets[rows])
-            total = total + part
-        return total
+        head = lm.get_output_embeddings()
+        return torch_loss.chunked_cross_entropy(
+            head, hidden, targets, self._chunk_rows, self._softcap
+        )
 
     def _labels(self, batch: Batch, rows: slice):
         """(inputs, position ids or None, labelled positions in the flattened inputs, targets)
@@ -218,7 +206,7 @@ class TorchBackend:
             # backward too: gradient checkpointing runs the forward again in it
             with torch_peft.varying_length_attention():
                 with self._precision():  # the forward only, as autocast asks
-                    loss_sum = self._loss(*self._labels(batch, rows), train=True)
+                    loss_sum = self._loss(*self._labels(batch, rows))
                 loss_sum.backward()
         self._labelled += n
         return torch_dist.sum_over_ranks(loss_sum.detach()).item() / n
@@ -245,7 +233,7 @@ class TorchBackend:
         loss_sum = torch.zeros((), device=self.device)
         with torch.no_grad(), torch_peft.varying_length_attention(), self._precision():
             if len(batch.tokens[rows]):
-                loss_sum = self._loss(*self._labels(batch, rows), train=False)
+                loss_sum = self._loss(*self._labels(batch, rows))
         self.model.train()
         return torch_dist.sum_over_ranks(loss_sum).item(), batch.label_tokens
 

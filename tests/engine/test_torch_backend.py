@@ -340,3 +340,44 @@ def test_a_half_precision_base_computes_lora_in_half_precision(home, quickstart_
         assert backend.generate([{"role": "user", "content": "hi"}], 3) is not None
     np.testing.assert_allclose(losses[torch.bfloat16], losses[torch.float32], rtol=2e-2)
     assert losses[torch.bfloat16][-1] < losses[torch.bfloat16][0] - 0.1
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_the_chunked_loss_makes_the_gradient_autograd_makes(softcap):
+    """torch_loss makes each chunk's d(loss)/d(hidden) in its forward pass: the loss and the
+    gradient equal autograd through the whole-vocabulary logits (float32; chunks of 7 rows
+    over 20, so the last chunk is short), and a half-precision head stays close to them."""
+    import torch
+    import torch.nn.functional as F
+
+    from mlxlora.backends import torch_loss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    head.weight.mul_(8)  # logits of a few units: the softcap bends them
+    hidden = torch.randn(20, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (20,))
+
+    def reference(h, weight):
+        logits = F.linear(h, weight).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    expected = reference(hidden, head.weight)
+    (expected_grad,) = torch.autograd.grad(expected * 3, hidden)
+    loss = torch_loss.chunked_cross_entropy(head, hidden, targets, 7, softcap)
+    (grad,) = torch.autograd.grad(loss * 3, hidden)  # the upstream gradient scales it
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # evaluation: the loss alone, the same number
+        torch.testing.assert_close(
+            torch_loss.chunked_cross_entropy(head, hidden, targets, 7, softcap), expected
+        )
+
+    half = hidden.detach().bfloat16().requires_grad_()
+    loss = torch_loss.chunked_cross_entropy(head.bfloat16(), half, targets, 7, softcap)
+    (grad,) = torch.autograd.grad(loss, half)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, expected, rtol=2e-2, atol=0)
+    torch.testing.assert_close(grad.float(), expected_grad / 3, rtol=5e-2, atol=2e-2)
