@@ -158,6 +158,7 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
             RunStarted(
                 run_dir=str(paths.root),
                 dataset=cfg.data.dataset,  # the workspace name it was pinned to
+                datasets=prep.datasets,
                 model=cfg.model,
                 backend=backend.info.name,
                 device=backend.info.device,

@@ -47,6 +47,7 @@ class RunStarted(Event):
     resumed_from_step: int = 0
     warnings: list[str] = field(default_factory=list)
     memory_budget_gb: float | None = None  # what training may use on this device, if known
+    datasets: dict[str, str] = field(default_factory=dict)  # stored name -> sha256 of records
 
 
 @dataclass

@@ -65,6 +65,7 @@ class Prepared:
     warnings: list[str]
     estimated_peak_gb: float
     model_dir: Path  # the local HF-format directory the model reference resolved to
+    datasets: dict[str, str]  # the stored datasets it trains and validates on: name -> sha256
     fit: MemoryFit | None = None  # what training.fit chose, for the run's events
     guard: MemoryGuard | None = None  # the budget a step must not pass (training.memory_budget)
 
@@ -90,6 +91,37 @@ def load_records(cfg: Config) -> tuple[list[dict], list[dict], Config]:
     return *batching.split(train, cfg.data.val_split, cfg.training.seed), pinned
 
 
+def dataset_digests(data) -> dict[str, str]:
+    """name -> sha256 of the stored datasets a config's data names (file paths, which a run
+    recorded before it pinned its datasets, are left out)."""
+    from mlxlora.data import store
+
+    refs = (data.dataset, data.validation)
+    return {n: store.get_meta(n).sha256 for n in refs if n and store.exists(n)}
+
+
+def check_same_records(paths: RunPaths, digests: dict[str, str]) -> None:
+    """Refuse to go on with a run (resume, evaluate) on a dataset that holds other records
+    than when the run started: one removed and imported again under its name."""
+    from mlxlora.events import RunStarted, parse
+
+    try:
+        with open(paths.events, encoding="utf-8") as f:
+            first = parse(f.readline())
+    except OSError:
+        return
+    if not isinstance(first, RunStarted):
+        return
+    for name, then in first.datasets.items():
+        now = digests.get(name)
+        if now is not None and now != then:
+            raise DataError(
+                f"dataset {name} holds other records than when run {paths.root.name} started "
+                f"(sha256 {then[:8]} then, {now[:8]} now): import the original again under "
+                "that name, or start a new run"
+            )
+
+
 def changed_sources(given, pinned) -> list[str]:
     """A warning for each dataset the config named (not a file) whose source file has changed
     since it was stored: what a resumed run, pinned to its stored records, trains without."""
@@ -105,6 +137,9 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
 
     given = cfg.data
     train_records, val_records, cfg = load_records(cfg)
+    datasets = dataset_digests(cfg.data)
+    if paths is not None:  # resuming
+        check_same_records(paths, datasets)
     model_dir = resolve_model(cfg.model)
     fit = None
     if cfg.training.fit == "auto":
@@ -147,6 +182,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     return Prepared(
         config=cfg,
         paths=paths,
+        datasets=datasets,
         backend=backend,
         train=train,
         val=val,

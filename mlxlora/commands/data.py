@@ -71,6 +71,7 @@ def register(sub) -> None:
 
     rm = dsub.add_parser("rm", help="remove a stored dataset")
     rm.add_argument("name", metavar="NAME")
+    rm.add_argument("--force", action="store_true", help="remove it even if runs use it")
     rm.set_defaults(func=cmd_rm)
 
 
@@ -129,7 +130,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
     from mlxlora.data import store
 
-    meta = store.remove_dataset(args.name)
+    meta = store.remove_dataset(args.name, force=args.force)
     _console().print(f"removed dataset [bold]{escape(meta.name)}[/]")
     return 0
 

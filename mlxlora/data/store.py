@@ -167,10 +167,33 @@ def load_dataset(name: str) -> tuple[DatasetMeta, list[dict]]:
     return meta, load_records(path)
 
 
-def remove_dataset(name: str) -> DatasetMeta:
-    """Remove a stored dataset; returns the meta it had."""
+def runs_using(name: str) -> list[str]:
+    """The workspace runs (directory names) whose config trains or validates on dataset
+    `name`: they resume and evaluate on its stored records."""
+    from mlxlora.runs import runs_root
+    from mlxlora.runview import read_config
+
+    root = runs_root()
+    configs = sorted(root.glob("*/config.yaml")) if root.exists() else []
+    return [
+        c.parent.name
+        for c in configs
+        if name in ((read_config(c).get("data") or {}).get(k) for k in ("dataset", "validation"))
+    ]
+
+
+def remove_dataset(name: str, force: bool = False) -> DatasetMeta:
+    """Remove a stored dataset; returns the meta it had. One that runs use is refused unless
+    `force`: they could no longer resume or be evaluated."""
     name = check_name(name)
     meta = get_meta(name)
+    users = runs_using(name)
+    if users and not force:
+        more = f" and {len(users) - 3} more" if len(users) > 3 else ""
+        raise DataError(
+            f"dataset {name} is used by run {', '.join(users[:3])}{more} (resume and eval read "
+            f"it); `mlxlora data rm {name} --force` removes it anyway"
+        )
     target = dataset_dir(name)
     trash = Path(tempfile.mkdtemp(dir=datasets_root(), prefix=f".rm-{name}."))
     os.replace(target, trash / name)

@@ -149,6 +149,36 @@ def test_a_run_keeps_the_records_it_trained_on_when_its_file_changes(
     assert first.dataset == "notes"
 
 
+def test_a_run_refuses_a_dataset_imported_again_with_other_records(home, quickstart_data, tmp_path):
+    from mlxlora.data import store
+    from mlxlora.errors import DataError
+    from mlxlora.evaluate import evaluate_run
+
+    store.import_dataset(quickstart_data, "ノート")
+    started = []
+
+    def stop_after_two(event):
+        started.extend([Path(event.run_dir)] if isinstance(event, RunStarted) else [])
+        if isinstance(event, Step) and event.step == 2:
+            RunPaths(started[0]).stop_request.touch()
+
+    cfg = make_config("ノート", "training.max_steps=6", "training.eval_every=3", "name=記録")
+    engine.train(cfg, None, listeners=[stop_after_two])  # a workspace run
+    part = started[0]
+    with pytest.raises(DataError, match=f"dataset ノート is used by run {part.name} .*--force"):
+        store.remove_dataset("ノート")
+    store.remove_dataset("ノート", force=True)
+    half = tmp_path / "half.jsonl"
+    half.write_text("".join(quickstart_data.read_text("utf-8").splitlines(True)[:20]), "utf-8")
+    store.import_dataset(half, "ノート")  # the same name, other records
+    said = f"dataset ノート holds other records than when run {part.name} started"
+    with pytest.raises(DataError, match=said):
+        engine.train(None, part, resume=True)
+    with pytest.raises(DataError, match=said):
+        evaluate_run(str(part), max_records=1, max_tokens=2)
+    assert steps(part) == {1: steps(part)[1], 2: steps(part)[2]}  # nothing trained on them
+
+
 def test_train_loss_is_the_last_epoch_mean_and_a_smoothed_loss(home, quickstart_data, tmp_path):
     summary = engine.train(make_config(quickstart_data, "training.epochs=2"), tmp_path / "run")
     events = read_events(tmp_path / "run" / "events.jsonl")

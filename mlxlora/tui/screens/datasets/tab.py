@@ -200,13 +200,15 @@ class DatasetsTab(Vertical):
         if not name or name.startswith(BROKEN):
             return
         question = f"Delete dataset {name}? Its stored records are removed from the workspace."
+        if users := store.runs_using(name):
+            question += f" Runs {', '.join(users)} use it: they could not resume or be evaluated."
         self.app.push_screen(Confirm(question), lambda yes: self._delete(name, yes))
 
     def _delete(self, name: str, yes: bool | None) -> None:
         if not yes:
             return
         try:
-            store.remove_dataset(name)
+            store.remove_dataset(name, force=True)  # asked, naming the runs that use it
         except MlxloraError as exc:
             self._status(str(exc))
             return
