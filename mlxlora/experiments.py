@@ -41,8 +41,8 @@ METRICS = (
 )
 
 # compare --pick: each criterion's share of a run's cost, after the tutorial's "choosing the
-# best setting" (final metrics, generalisation, training time, memory). A criterion no run
-# has (no eval.json anywhere) drops out and the others keep their proportions.
+# best setting" (final metrics, generalisation, training time, memory). A criterion not every
+# run has (eval.json) drops out and the others keep their proportions.
 PICK_WEIGHTS = {
     "best_val_loss": 0.35,  # final metrics: validation loss ...
     "eval_score": 0.25,  # ... and the specialist scores (mean of QUALITY_SCORES)
@@ -58,6 +58,18 @@ PICK_LABELS = {
     "peak_memory_gb": "memory",
 }
 HIGHER_IS_BETTER = {"eval_score"}
+# How far behind the best run a run must be on a criterion to take its whole weight: losses in
+# nats (0.1 = 10.5% higher perplexity), the eval score in its 0-1 units, time and memory as a
+# fraction over the best run's (twice the time, 1.5x the memory). Nearer, a share of it; a
+# negligible difference weighs next to nothing, however few runs are compared.
+PICK_DECISIVE = {
+    "best_val_loss": 0.1,
+    "eval_score": 0.1,
+    "gap": 0.1,
+    "elapsed_sec": 1.0,
+    "peak_memory_gb": 0.5,
+}
+RELATIVE = {"elapsed_sec", "peak_memory_gb"}  # measured against the best run's own figure
 
 
 def read_eval(run: Path) -> dict:
@@ -205,11 +217,11 @@ class Pick:
 def pick(comparison: Comparison) -> Pick:
     """The run that best trades validation loss and eval scores against time and memory.
 
-    Each criterion is scaled over the compared runs (min-max: the best run 0, the worst 1),
-    weighted by PICK_WEIGHTS and summed; the lowest cost wins, the earlier run on a tie.
-    A criterion weighs only when every run has its number: a run not yet evaluated would
-    otherwise lose (or win) on a score nobody measured; the reason names what was left out.
-    Deterministic: the same runs give the same pick.
+    On each criterion a run costs how far it is behind the best run, as a share of the
+    criterion's decisive difference (PICK_DECISIVE; capped at 1), times the criterion's weight
+    (PICK_WEIGHTS); the lowest total wins, the earlier run on a tie. A criterion weighs only
+    when every run has its number: a run not yet evaluated would otherwise lose (or win) on a
+    score nobody measured; the reason names what was left out. Deterministic.
     """
     rows = comparison.runs
     present = {
@@ -217,8 +229,8 @@ def pick(comparison: Comparison) -> Pick:
     }
     total = sum(present.values()) or 1.0
     weights = {k: w / total for k, w in present.items()}
-    scaled = {k: _scaled([_criterion(r, k) for r in rows], k in HIGHER_IS_BETTER) for k in weights}
-    costs = [sum(weights[k] * scaled[k][i] for k in weights) for i in range(len(rows))]
+    behind = {k: _behind([_criterion(r, k) for r in rows], k) for k in weights}
+    costs = [sum(weights[k] * behind[k][i] for k in weights) for i in range(len(rows))]
     order = sorted(range(len(rows)), key=lambda i: (costs[i], i))
     best = rows[order[0]]
     return Pick(
@@ -243,16 +255,19 @@ def _left_out(rows: list[Compared]) -> str:
 
 def _criterion(row: Compared, key: str) -> float | None:
     value = row.metrics.get(key)
-    return (
-        max(value, 0.0) if key == "gap" and value is not None else value
-    )  # val below train is fine
+    if key == "gap" and value is not None:
+        return max(value, 0.0)  # validation below training loss is no fault: all count as 0
+    return value
 
 
-def _scaled(values: list[float], higher_is_better: bool) -> list[float]:
-    lo, hi = min(values), max(values)
-    if hi == lo:
-        return [0.0] * len(values)
-    return [((hi - v) if higher_is_better else (v - lo)) / (hi - lo) for v in values]
+def _behind(values: list[float], key: str) -> list[float]:
+    """Each run's distance behind the best on criterion `key`, in decisive differences
+    (0 for the best run, at most 1)."""
+    best = max(values) if key in HIGHER_IS_BETTER else min(values)
+    gaps = [abs(v - best) for v in values]
+    if key in RELATIVE:
+        gaps = [g / best if best > 0 else float(g > 0) for g in gaps]
+    return [min(1.0, g / PICK_DECISIVE[key]) for g in gaps]
 
 
 def _reason(rows: list[Compared], order: list[int], costs: list[float], weights: dict) -> str:
@@ -262,7 +277,7 @@ def _reason(rows: list[Compared], order: list[int], costs: list[float], weights:
         value = _criterion(best, key)
         ranked = sorted((_criterion(r, key) for r in rows), reverse=key in HIGHER_IS_BETTER)
         place = f"{ranked.index(value) + 1} of {len(ranked)}"
-        parts.append(f"{PICK_LABELS[key]} {_show(key, value)} ({place})")
+        parts.append(f"{PICK_LABELS[key]} {_show(key, best.metrics[key])} ({place})")
     line = f"{best.name}: " + ", ".join(parts)
     if len(order) > 1:
         runner = rows[order[1]]

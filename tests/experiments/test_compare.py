@@ -95,9 +95,12 @@ def test_pick_weighs_quality_against_time_and_memory():
     b = row("B", best_val_loss=1.22, gap=0.05, elapsed_sec=300, peak_memory_gb=6.0)
     chosen = experiments.pick(experiments.Comparison([a, b], {}))
     assert chosen.run.name == "B"
-    # without eval scores the others keep their proportions: 0.35/0.75 for best val
+    # without eval scores the others keep their proportions: 0.35/0.75 for best val. Each run
+    # costs how far behind the best it is in decisive differences: A's gap half of 0.1, its
+    # time 2/3 of twice B's, its memory 2/3 of 1.5x B's; B's loss 0.02 of 0.1 nats
     assert chosen.weights["best_val_loss"] == pytest.approx(0.35 / 0.75)
-    assert chosen.costs == [pytest.approx(0.4 / 0.75), pytest.approx(0.35 / 0.75)]
+    a_cost = (0.15 * 0.5 + 0.15 * 2 / 3 + 0.10 * 2 / 3) / 0.75
+    assert chosen.costs == [pytest.approx(a_cost), pytest.approx(0.35 * 0.2 / 0.75)]
     assert chosen.reason.startswith("B: best val 1.22 (2 of 2), val-train gap +0.050 (1 of 2)")
     assert "for A" in chosen.reason.splitlines()[1]
     # A clearly better model is worth its cost; eval scores count when a run has them
@@ -115,15 +118,34 @@ def test_a_number_one_run_lacks_is_left_out_of_the_pick_and_said_so():
     v2 = row("v2", best_val_loss=1.999, gap=0.183, elapsed_sec=720)
     v1.metrics["peak_memory_gb"], v2.metrics["peak_memory_gb"] = 4.34, 4.32
     chosen = experiments.pick(experiments.Comparison([v1, v2], {}))
-    # an absent score counted as the worst made v1 the pick (0.400 against 0.600)
-    assert chosen.run.name == "v2" and "eval_score" not in chosen.weights
-    assert chosen.costs == [pytest.approx(0.40 / 0.75), pytest.approx(0.35 / 0.75)]
+    assert "eval_score" not in chosen.weights  # counted as v2's worst, it decided the pick
     assert (
         chosen.reason.splitlines()[-1] == "not weighed: eval score (v2 has none: `mlxlora eval v2`)"
     )
+    # v2's loss is 0.26 nats behind (over the decisive 0.1); v1 is behind on gap and time by
+    # more than theirs, and 0.02 GB of memory (0.5% of 4.3 GB) weighs next to nothing
+    memory = 0.10 / 0.75 * (0.02 / 4.32) / 0.5
+    assert chosen.run.name == "v1"
+    assert chosen.costs == [pytest.approx(0.30 / 0.75 + memory), pytest.approx(0.35 / 0.75)]
     v2.metrics["eval_score"] = 0.05  # evaluated: the score weighs again
     chosen = experiments.pick(experiments.Comparison([v1, v2], {}))
     assert chosen.weights["eval_score"] == 0.25 and "not weighed" not in chosen.reason
+
+
+def test_a_negligible_difference_weighs_next_to_nothing():
+    # a 6-step run against two trained ones (QA): far worse loss, far faster, equal memory
+    short = row("short", best_val_loss=7.093, gap=-0.472, elapsed_sec=2, peak_memory_gb=0.014)
+    long = [
+        row(f"long{i}", best_val_loss=v, gap=0.05, elapsed_sec=60, peak_memory_gb=0.015)
+        for i, v in enumerate((4.317, 4.3175))
+    ]
+    chosen = experiments.pick(experiments.Comparison([short, *long], {}))
+    assert chosen.run.name == "long0"
+    costs = dict(zip(["short", "long0", "long1"], chosen.costs, strict=True))
+    assert costs["long1"] - costs["long0"] == pytest.approx(0.35 / 0.75 * 0.005)
+    assert costs["short"] > costs["long0"] + 0.1
+    alone = experiments.pick(experiments.Comparison([short], {}))
+    assert "val-train gap -0.472 (1 of 1)" in alone.reason  # shown as measured, scored as 0
 
 
 def test_pick_on_the_command_line_names_a_run_and_says_why(ws, capsys):
@@ -212,3 +234,16 @@ def test_a_setting_a_run_predates_counts_as_its_default_and_settings_print_as_ro
         "[]",
         '[{"epochs": 2}]',
     ]
+
+
+def test_the_report_has_the_permissions_the_umask_gives(ws, tmp_path, capsys):
+    import os
+    import stat
+
+    out = tmp_path / "report.html"
+    old = os.umask(0o022)
+    try:
+        assert main(["compare", str(ws[0]), str(ws[1]), "--report", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # readable by others, not mkstemp's 0600
