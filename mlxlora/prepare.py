@@ -91,6 +91,18 @@ def load_records(cfg: Config) -> tuple[list[dict], list[dict], Config]:
     return *batching.split(train, cfg.data.val_split, cfg.training.seed), pinned
 
 
+def check_references(cfg: Config) -> None:
+    """The datasets and the model `cfg` names exist and load, checked without storing,
+    building or downloading anything: a job is refused before it is queued, not when it runs."""
+    from mlxlora.data import store
+    from mlxlora.models.resolve import check_model
+
+    for ref in (cfg.data.dataset, cfg.data.validation):
+        if ref:
+            store.check(ref)
+    check_model(cfg.model)
+
+
 def dataset_digests(data) -> dict[str, str]:
     """name -> sha256 of the stored datasets a config's data names (file paths, which a run
     recorded before it pinned its datasets, are left out)."""

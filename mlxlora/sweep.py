@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlxlora import config, names, queue, runs
-from mlxlora.errors import ConfigError, RunError
+from mlxlora.errors import ConfigError, MlxloraError, RunError
 from mlxlora.runview import read_config
 
 DONE = ("finished", "early-stopped")
@@ -92,26 +92,49 @@ def _name_part(text: str) -> str:
     return "".join(c if names.is_name_char(c) else "_" for c in text)
 
 
-def validate(sweep: str, members: list[Member], load=config.load) -> list[config.Config]:
+def validate(
+    sweep: str, members: list[Member], load=config.load, references: bool = True
+) -> list[config.Config]:
     """Every member's config, or one ConfigError naming each bad member: nothing is queued
     unless every combination is valid.
 
     Args:
         load: (config file, overrides) -> Config; the TUI's sweep dialog passes one that puts
             the overrides on the form's config, before that config is written anywhere.
+        references: Also check that each member's datasets and model exist and load
+            (prepare.check_references, once per distinct set); the dialog's live preview
+            leaves it to its Queue button.
     """
+    from mlxlora.prepare import check_references
+
     problem = names.name_problem(sweep)
     if problem:
         raise ConfigError([f"sweep name {sweep!r}: {problem}"], "sweep")
-    loaded, problems = [], []
+    loaded, problems, checked = [], [], {}
     for m in members:
         try:
-            loaded.append(load(m.config, m.overrides))
+            cfg = load(m.config, m.overrides)
         except ConfigError as exc:
             problems += [f"{m.name}: {p}" for p in exc.problems]
+            continue
+        loaded.append(cfg)
+        refs = (cfg.data.dataset, cfg.data.validation, cfg.model)
+        if references and refs not in checked:
+            checked[refs] = _problem(check_references, cfg)
+        if checked.get(refs):
+            problems.append(f"{m.name}: {checked[refs]}")
     if problems:
         raise ConfigError(problems, f"sweep {sweep}")
     return loaded
+
+
+def _problem(check, *args) -> str | None:
+    """What `check(*args)` refuses (its error's message), or None."""
+    try:
+        check(*args)
+    except MlxloraError as exc:
+        return str(exc)
+    return None
 
 
 def _definition(configs: list[str], grids: list[str], sets: list[str]) -> dict:

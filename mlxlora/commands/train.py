@@ -121,8 +121,9 @@ def dry_run(cfg) -> int:
 
     from mlxlora.backends import select
     from mlxlora.memory import fmt_bytes
-    from mlxlora.prepare import memory_plan
+    from mlxlora.prepare import check_references, memory_plan
 
+    check_references(cfg)  # what the run would refuse first, its dataset above all
     plan = memory_plan(cfg, select.create(cfg.backend))
     if plan["fit"] is not None:
         say_fit(plan["fit"])

@@ -328,14 +328,28 @@ def resolve(ref: str, kind: str | None = None) -> tuple[DatasetMeta, list[dict]]
     reused; if it holds different ones, the file goes under `<stem>-<first 8 hex of sha256>`
     (reused likewise when it already exists).
     """
-    ref = str(ref)
+    path = _locate(str(ref))
+    return load_dataset(str(ref)) if path is None else _resolve_file(path, kind)
+
+
+def check(ref: str) -> None:
+    """The DataError resolve would raise for `ref`, found without storing anything (a job is
+    checked before it is queued): an unknown name, a missing file, a bad record."""
+    path = _locate(str(ref))
+    if path is not None:
+        records = load_records(path)
+        validate(records, detect_format(records, str(path)), str(path))
+
+
+def _locate(ref: str) -> Path | None:
+    """The file `ref` names, None for a stored dataset of that name, else DataError."""
     p = Path(ref).expanduser()
     if looks_like_file(ref) and p.is_file():
-        return _resolve_file(p, kind)
+        return p
     if exists(ref):
-        return load_dataset(ref)
+        return None
     if p.is_file():
-        return _resolve_file(p, kind)
+        return p
     if looks_like_file(ref):
         raise DataError(f"{ref}: file not found (and no dataset of that name)")
     raise _unknown(ref)

@@ -70,6 +70,13 @@ def resolve_model(ref: str, progress: bool = True) -> Path:
     return RESOLVERS[kind](ref.strip(), progress)
 
 
+def check_model(ref: str) -> None:
+    """The ModelError resolve_model would raise for `ref`, found without building, converting
+    or downloading anything (a job is checked before it is queued). A hub id is checked for
+    its form only: whether the hub has it is known when the job downloads it."""
+    MODEL_CHECKS[reference_kind(ref)](ref.strip())
+
+
 # --- builtin ------------------------------------------------------------------------------
 
 
@@ -127,11 +134,16 @@ def _convert_gguf(path: Path, progress: bool, label: str) -> Path:
     return gguf.convert(path, progress=progress)
 
 
-def _resolve_builtin(ref: str, progress: bool) -> Path:
+def _builtin_name(ref: str) -> str:
     name = ref.split(":", 1)[1]
     if name not in BUILTINS:
         available = ", ".join(f"builtin:{n}" for n in BUILTINS)
         raise ModelError(f"{ref}: unknown builtin model (available: {available})")
+    return name
+
+
+def _resolve_builtin(ref: str, progress: bool) -> Path:
+    name = _builtin_name(ref)
     if name == "smollm2-135m":
         return _convert_gguf(smollm2_gguf(), progress, ref)
     from mlxlora.models.builtin import build_tiny
@@ -158,15 +170,19 @@ def _resolve_builtin(ref: str, progress: bool) -> Path:
 # --- gguf and ollama ----------------------------------------------------------------------
 
 
-def _resolve_gguf(ref: str, progress: bool) -> Path:
+def _gguf_file(ref: str) -> Path:
     path = Path(ref).expanduser().resolve()
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ModelError(f"{ref}: not a GGUF file (it does not start with the GGUF magic)")
-    return _convert_gguf(path, progress, ref)
+    return path
 
 
-def _resolve_ollama(ref: str, progress: bool) -> Path:
+def _resolve_gguf(ref: str, progress: bool) -> Path:
+    return _convert_gguf(_gguf_file(ref), progress, ref)
+
+
+def _ollama_gguf(ref: str) -> Path:
     from mlxlora.models import ollama
 
     found = ollama.find(ref)
@@ -175,13 +191,17 @@ def _resolve_ollama(ref: str, progress: bool) -> Path:
             f"{ref}: this Ollama model adds a LoRA adapter layer (ADAPTER in its Modelfile), "
             f"which mlxlora cannot apply; use its base model instead"
         )
-    return _convert_gguf(found.gguf_path, progress, ref)
+    return found.gguf_path
+
+
+def _resolve_ollama(ref: str, progress: bool) -> Path:
+    return _convert_gguf(_ollama_gguf(ref), progress, ref)
 
 
 # --- local --------------------------------------------------------------------------------
 
 
-def _resolve_local(ref: str, progress: bool) -> Path:
+def _resolve_local(ref: str, progress: bool = False) -> Path:
     path = Path(ref).expanduser().resolve()
     if not path.is_dir():
         raise ModelError(f"{ref}: a file, not a model directory ({_accepted()})")
@@ -277,6 +297,14 @@ RESOLVERS: dict[str, Callable[[str, bool], Path]] = {
     "gguf": _resolve_gguf,
     "local": _resolve_local,
     "hub": _resolve_hub,
+}
+# what check_model runs per kind: the resolvers' own checks, nothing built or fetched
+MODEL_CHECKS: dict[str, Callable[[str], object]] = {
+    "builtin": _builtin_name,
+    "ollama": _ollama_gguf,
+    "gguf": _gguf_file,
+    "local": _resolve_local,
+    "hub": lambda _ref: None,
 }
 
 

@@ -141,3 +141,14 @@ def test_a_sweep_is_named_after_its_base_config_once(home, capsys):
         "医療専門知識モデル_sweep-rank8",
         "医療専門知識モデル_sweep-rank16",
     ]
+
+
+def test_a_sweep_naming_a_missing_dataset_or_model_queues_nothing(home, capsys):
+    args = ["sweep", TINY, "--grid", "lora.rank=4,8", "--no-start", "--name", "欠け"]
+    assert main([*args, "--set", "data.dataset=存在しない"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlxlora: error: sweep 欠け: 2 problems: 欠け-rank4: ")
+    assert "unknown dataset '存在しない'" in err and len(err.splitlines()) == 1
+    assert main([*args, "--set", "model=builtin:nope"]) == 2
+    assert "builtin:nope: unknown builtin model" in capsys.readouterr().err
+    assert queue.jobs() == [] and sweep.sweep_names() == []

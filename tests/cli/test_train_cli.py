@@ -353,3 +353,10 @@ def test_dry_run_prints_the_breakdown_and_the_fit(home):
     assert fitted.returncode == 0, fitted.stdout + fitted.stderr
     line = next(x for x in fitted.stderr.splitlines() if x.startswith("fit: "))
     assert "training.batch_size=" in line and "fastest of" in line
+
+    missing = mlxlora("train", QUICK, "--dry-run", "--set", "data.dataset=無い.jsonl")
+    assert missing.returncode != 0 and "verdict" not in missing.stdout  # what the run refuses
+    assert missing.stderr.strip() == (
+        "mlxlora: error: 無い.jsonl: file not found (and no dataset of that name)"
+    )
+    assert not (home / "datasets").exists() or not any((home / "datasets").iterdir())

@@ -374,6 +374,15 @@ def test_sweep_dialog_checks_the_grid_and_queues_every_combination(workspace, mo
             assert queue.jobs() == [] and app.screen is dialog  # nothing queued on an error
             await pilot.press("backspace", *"0.1")
             assert str(plan.content).startswith("4 runs: 医療-sweep-rank8-dropout0.05, ")
+            grid = "model=builtin:nope"  # a valid config naming no model: refused on Queue
+            await pilot.press("enter", *grid)
+            assert not queue_button.disabled  # the live check reads no model or dataset
+            await pilot.click("#sweep-queue")
+            assert "builtin:nope: unknown builtin model" in str(plan.content)
+            assert queue.jobs() == [] and app.screen is dialog
+            assert not (sweep.root() / "医療-sweep.yaml").exists()  # no base written either
+            dialog.query_one("#sweep-grid").focus()  # the click focused the button
+            await pilot.press(*["backspace"] * (len(grid) + 1))
             await pilot.click("#sweep-queue")
             await pilot.pause()
             assert not isinstance(app.screen, SweepDialog)

@@ -80,7 +80,7 @@ class SweepDialog(Dialog[str | None]):
             if not grids:
                 raise ConfigError(["type a grid: key=value1,value2,..."], "sweep")
             members = sweep.plan(self._sweep_name(), ["form"], grids, [])
-            sweep.validate(self._sweep_name(), members, load=self._load)
+            sweep.validate(self._sweep_name(), members, load=self._load, references=False)
         except MlxloraError as exc:
             self._say(str(exc), failed=True)
             return
@@ -109,7 +109,8 @@ class SweepDialog(Dialog[str | None]):
         if not self.members:
             return
         name = self._sweep_name()
-        try:
+        try:  # datasets and models first: a refused sweep writes no base config
+            sweep.validate(name, self.members, load=self._load)
             base = sweep.save_base(name, self.base.to_yaml())
             done = sweep.start(name, [str(base)], self._grids(), [])
         except MlxloraError as exc:
