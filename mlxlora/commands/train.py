@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from mlxlora.events import (
     Step,
 )
 from mlxlora.fmt import clock
+from mlxlora.runs import RunPaths
 
 
 def register(sub) -> None:
@@ -100,8 +103,6 @@ def memory_overrides(args) -> list[str]:
 
 def say_fit(event: Event) -> None:
     """The fit's choice, one line on stderr whatever the view (JSON goes to stdout)."""
-    import sys
-
     from mlxlora.memory import fmt_bytes
 
     if isinstance(event, MemoryFit):
@@ -161,6 +162,13 @@ class Ending:
 
 
 class JsonView:
+    """The events as JSON lines on stdout. A reader that goes away (`--json | head`) stops the
+    run as a STOP file does: at a step's end, checkpointed and resumable, not failed."""
+
+    def __init__(self):
+        self.run_dir: str | None = None
+        self.reader_gone = False
+
     def __enter__(self):
         return self
 
@@ -168,7 +176,18 @@ class JsonView:
         return False
 
     def on_event(self, event: Event) -> None:
-        print(json.dumps(event.to_dict(), ensure_ascii=False), flush=True)
+        if isinstance(event, RunStarted):
+            self.run_dir = event.run_dir
+        if self.reader_gone:
+            return
+        try:
+            print(json.dumps(event.to_dict(), ensure_ascii=False), flush=True)
+        except BrokenPipeError:
+            self.reader_gone = True
+            # later writes, Python's own flush at exit included, go nowhere instead of failing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            if self.run_dir:
+                RunPaths(Path(self.run_dir)).stop_request.touch()
 
 
 class ProgressView:

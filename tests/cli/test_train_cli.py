@@ -360,3 +360,21 @@ def test_dry_run_prints_the_breakdown_and_the_fit(home):
         "mlxlora: error: 無い.jsonl: file not found (and no dataset of that name)"
     )
     assert not (home / "datasets").exists() or not any((home / "datasets").iterdir())
+
+
+def test_a_json_reader_that_goes_away_stops_the_run_resumably(home):
+    """`train --json | head -2`: the run stops at a step's end with its checkpoint, as a STOP
+    file stops it (it failed with an internal BrokenPipeError and no checkpoint before)."""
+    command = [sys.executable, "-m", "mlxlora", "train", QUICK, "--json"]
+    command += ["--set", "training.max_steps=400", "--set", "name=読み手"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = json.loads(proc.stdout.readline())
+    while json.loads(proc.stdout.readline())["type"] != "step":
+        pass
+    proc.stdout.close()  # the reader goes away while the run trains
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert "Traceback" not in proc.stderr.read()
+    paths = RunPaths(Path(first["run_dir"]))
+    finished = [e for e in read_events(paths.events) if isinstance(e, RunFinished)]
+    assert len(finished) == 1 and finished[0].stopped
+    assert paths.latest_checkpoint() is not None and finished[0].step < 400
