@@ -294,10 +294,10 @@ def _check(cfg: Config, problems: list[str]) -> None:
     need(t.fit in FIT_MODES, "training.fit", t.fit, " | ".join(FIT_MODES))
     need(t.compile in (True, False, "auto"), "training.compile", t.compile, "auto | true | false")
     need(
-        not t.memory_budget or parse_size(t.memory_budget) is not None,
+        not t.memory_budget or (parse_size(t.memory_budget) or 0) > 0,
         "training.memory_budget",
         t.memory_budget,
-        "a size such as 12GB or 512MB",
+        "a size above 0 such as 12GB or 512MB",
     )
     need(t.log_every >= 1, "training.log_every", t.log_every, ">= 1")
     need(

@@ -23,7 +23,7 @@ from mlxlora.events import (
     RunStarted,
 )
 from mlxlora.models.resolve import gguf_source
-from mlxlora.prepare import Prepared, device_budget, prepare
+from mlxlora.prepare import Prepared, prepare, training_budget
 from mlxlora.runs import (
     RunPaths,
     atomic_write_text,
@@ -42,9 +42,10 @@ def _install_stop_handlers(handler) -> dict:
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def _budget_gb(backend) -> float | None:
-    """What training may use on the backend's device, in GB (None when unknown)."""
-    budget = device_budget(backend)
+def _budget_gb(cfg: Config, backend) -> float | None:
+    """What the run may use, in GB: training.memory_budget, else what the backend's device
+    has (None when unknown): the budget its guard and diagnosis hold it to."""
+    budget = training_budget(cfg, backend)
     return round(budget / 1e9, 3) if budget else None
 
 
@@ -172,7 +173,7 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
                 truncated_records=prep.truncated,
                 resumed_from_step=state.step,
                 warnings=prep.warnings,
-                memory_budget_gb=_budget_gb(backend),
+                memory_budget_gb=_budget_gb(cfg, backend),
             )
         )
         if prep.fit is not None:

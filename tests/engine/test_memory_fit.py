@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from mlxlora import config, engine
-from mlxlora.events import MemoryFit, Step, read_events
+from mlxlora.events import MemoryFit, RunStarted, Step, read_events
 from mlxlora.runs import RunPaths
 from tests.engine.test_train import make_config
 
@@ -96,6 +96,10 @@ def test_fit_chooses_a_configuration_under_a_small_budget(home, quickstart_data,
         e for e in read_events(RunPaths(tmp_path / "run").events) if isinstance(e, MemoryFit)
     )
     assert fit.fits and fit.estimated_bytes <= budget and fit.changes
+    started = next(
+        e for e in read_events(RunPaths(tmp_path / "run").events) if isinstance(e, RunStarted)
+    )
+    assert started.memory_budget_gb == budget / 1e9  # the run's budget, not the machine's
     micro = fit.changes.get("training.batch_size", 8)
     assert micro * fit.changes.get("training.grad_accumulation", 1) == 8
     assert summary["peak_memory_gb"] * 1e9 <= budget

@@ -113,6 +113,15 @@ def test_compile_refuses_other_values(value, problem):
     assert err.value.problems == [problem]
 
 
+@pytest.mark.parametrize("budget", ["0GB", "0", "-1GB", "lots"])
+def test_a_memory_budget_must_be_a_size_above_zero(budget):
+    with pytest.raises(ConfigError) as err:
+        config.from_dict({"data": {"dataset": "x"}, "training": {"memory_budget": budget}})
+    assert err.value.problems == [
+        f"training.memory_budget: {budget!r} is not allowed (a size above 0 such as 12GB or 512MB)"
+    ]
+
+
 @pytest.mark.parametrize("name", ["qkv_proj", "gate_up_proj", "mlp.c_fc", "c_proj", "w1"])
 def test_a_model_s_own_module_names_are_valid_targets(name):
     cfg = config.from_dict({"data": {"dataset": "x"}, "lora": {"target_modules": [name]}})
