@@ -387,6 +387,8 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError([_yaml_problem(exc)], source) from None
+    if overrides:  # a bad value may be the command line's, not the file's
+        source += f" (with --set {', '.join(o.partition('=')[0] for o in overrides)})"
     cfg = from_dict(apply_overrides(data, list(overrides)), source)
     if path is not None:
         _resolve_relative_files(cfg, Path(path).resolve().parent)

@@ -113,6 +113,16 @@ def test_compile_refuses_other_values(value, problem):
     assert err.value.problems == [problem]
 
 
+def test_a_bad_value_from_the_command_line_is_not_blamed_on_the_file(tmp_path):
+    path = tmp_path / "設定.yaml"
+    path.write_text("data:\n  dataset: x\nlora:\n  rank: 8\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        config.load(path, ["lora.rank=0", "training.epochs=2"])
+    assert str(err.value) == (
+        f"{path} (with --set lora.rank, training.epochs): lora.rank: 0 is not allowed (>= 1)"
+    )
+
+
 @pytest.mark.parametrize("budget", ["0GB", "0", "-1GB", "lots"])
 def test_a_memory_budget_must_be_a_size_above_zero(budget):
     with pytest.raises(ConfigError) as err:
