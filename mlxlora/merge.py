@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from mlxlora.errors import ConfigError, RunError
-from mlxlora.runs import ADAPTER_FILES, atomic_dir, read_json
+from mlxlora.outputs import check_output_dir, output_dir
+from mlxlora.runs import ADAPTER_FILES, read_json
 
 WEIGHTS_FILE, CONFIG_FILE = ADAPTER_FILES
 
@@ -130,8 +131,8 @@ def merge(refs: list[str], weights: list[float], rank: int, out: Path) -> MergeR
 
     if rank < 1:
         raise ConfigError([f"--rank must be at least 1 (got {rank})"], "merge")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunError(f"{out}: exists and is not empty; choose a new --out directory")
+    # a new or empty directory only (not even an earlier merge), never in a run or the workspace
+    check_output_dir(out, "merge", replace=False, error=RunError)
     found = sources(refs)
     arrays = [load_arrays(s.path / WEIGHTS_FILE) for s in found]
     modules = _modules(found, arrays)
@@ -147,7 +148,7 @@ def merge(refs: list[str], weights: list[float], rank: int, out: Path) -> MergeR
         result.layer_errors[module] = math.sqrt(dropped / total) if total else 0.0
         dropped_all, total_all = dropped_all + dropped, total_all + total
     result.error = math.sqrt(dropped_all / total_all) if total_all else 0.0
-    with atomic_dir(out) as tmp:
+    with output_dir(out, "merge") as tmp:
         save_arrays(tmp / WEIGHTS_FILE, merged)
         (tmp / CONFIG_FILE).write_text(json.dumps(_config(found, result), indent=2), "utf-8")
     return result

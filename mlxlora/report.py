@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mlxlora.experiments import Comparison, Pick, shown_metrics
 from mlxlora.fmt import num
+from mlxlora.outputs import permissions_from_umask
 from mlxlora.runs import atomic_write_text
 from mlxlora.runview import downsample
 
@@ -44,8 +45,10 @@ def color(i: int) -> str:
 
 
 def write(path: Path, comparison: Comparison, chosen: Pick | None = None) -> None:
-    """The page written to `path` whole (readers never see half of it)."""
+    """The page written to `path` whole (readers never see half of it), with the permissions
+    the umask gives: the page is for sharing, not private like its temporary file (0600)."""
     atomic_write_text(path, render(comparison, chosen))
+    permissions_from_umask(Path(path))
 
 
 def render(comparison: Comparison, chosen: Pick | None = None) -> str:

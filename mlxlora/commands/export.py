@@ -45,7 +45,9 @@ def register(sub) -> None:
         help="one GGUF with the adapter merged in (default for other bases)",
     )
     p.add_argument(
-        "--out", metavar="DIR", help="where to write (default: RUN/export/NAME; replaced)"
+        "--out",
+        metavar="DIR",
+        help="where to write (default: RUN/export/NAME); only an earlier export is replaced",
     )
     p.add_argument(
         "--json",

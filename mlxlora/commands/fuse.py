@@ -14,7 +14,9 @@ def register(sub) -> None:
     )
     p.add_argument("run", metavar="RUN", help="a run (name, name prefix or directory)")
     p.add_argument(
-        "--out", metavar="DIR", help="where to write the model (default: RUN/fused; replaced)"
+        "--out",
+        metavar="DIR",
+        help="where to write the model (default: RUN/fused); only an earlier fuse is replaced",
     )
     p.add_argument(
         "--dequantize",

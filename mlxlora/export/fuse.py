@@ -2,8 +2,9 @@
 config.json, tokenizer files with the chat template) that mlx-lm and transformers load.
 
 The merge itself is mlx-lm's (`fuse()` of its LoRA layers, in `mlxlora.backends.mlx_fuse`);
-this module checks the run, picks the adapter and the output place, and writes atomically
-(a temporary sibling directory renamed into place). Imports no mlx at module level.
+this module checks the run, picks the adapter and the output place (refusing one that is not
+an earlier fuse output), and writes atomically (a temporary sibling directory renamed into
+place). Imports no mlx at module level.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxlora.errors import ExportError
-from mlxlora.runs import ADAPTER_FILES, RunPaths, atomic_dir, is_locked, run_status
+from mlxlora.outputs import check_output_dir, output_dir
+from mlxlora.runs import ADAPTER_FILES, RunPaths, is_locked, run_status
 
 FUSED_DIR = "fused"  # the default output: <run>/fused
 
@@ -49,14 +51,17 @@ def export_source(run: Path) -> ExportSource:
 def fuse_run(run: Path, out: Path | None = None, dequantize: bool = False) -> Path:
     """Write the run's base model with its final adapter merged in to `out` (default
     `<run>/fused`) and return that directory. A quantized base stays quantized (the same bits
-    and group size) unless `dequantize`."""
+    and group size) unless `dequantize`. An existing `out` is replaced only when it is an
+    earlier fuse output (outputs.check_output_dir)."""
     from mlxlora.models.resolve import resolve_model
 
     source = export_source(run)
-    out = Path(out) if out is not None else source.run / FUSED_DIR
+    default = source.run / FUSED_DIR
+    out = Path(out) if out is not None else default
+    check_output_dir(out, "fuse", default=default, error=ExportError)
     model_dir = resolve_model(source.model_ref, progress=False)
     from mlxlora.backends.mlx_fuse import fuse_adapter
 
-    with atomic_dir(out) as tmp:
+    with output_dir(out, "fuse") as tmp:
         fuse_adapter(model_dir, source.adapter, tmp, dequantize=dequantize)
     return out

@@ -142,3 +142,41 @@ def test_weights_must_match_the_adapters(ws, tmp_path, capsys):
         ["merge", "基準", "rank4", "--weights", "1", "--rank", "4", "--out", str(tmp_path / "x")]
     )
     assert code == 2 and "give 2 finite numbers" in capsys.readouterr().err
+
+
+def test_an_out_in_a_run_or_the_workspace_or_a_file_is_refused_in_one_line(ws, tmp_path, capsys):
+    import os
+
+    home = Path(os.environ["MLXLORA_HOME"])
+    run = shutil.copytree(ws[0], tmp_path / "a-run")  # a run outside the workspace
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "keep me"}\n')
+    cases = {
+        run: "is a run directory",
+        run / "merged": f"is inside the run directory {run}",
+        home / "runs" / "merged": "is in the workspace's runs folder",
+        home / "datasets" / "merged": "is in the workspace's datasets folder",
+        data: "is a file, not a directory",
+    }
+    for out, words in cases.items():
+        code = main(["merge", "基準", "--rank", "4", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 5 and words in err and len(err.strip().splitlines()) == 1, (out, err)
+    assert not (run / "merged").exists() and not (home / "runs" / "merged").exists()
+    assert not (home / "datasets" / "merged").exists()
+    assert data.read_text() == '{"text": "keep me"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-run", "train.jsonl"]
+
+
+def test_the_merged_adapter_has_the_permissions_the_umask_gives(ws, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        result = merge.merge(["基準"], [1.0], 4, tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(result.out.stat().st_mode) == 0o750  # not tempfile's 0700
+    for path in result.out.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path

@@ -141,3 +141,87 @@ def test_transformers_loads_the_fused_model_with_the_same_logits(in_tiny_home, t
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(logits - mlx_logits(out, ids)).max() < 1e-3
+
+
+def _state(folder) -> dict:
+    """Every path under `folder` (hidden ones included) with its bytes, to see nothing changed."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_an_out_that_is_not_an_earlier_fuse_output_is_refused_on_one_line(in_tiny_home, tmp_path):
+    home = in_tiny_home.parents[1]
+    run = _runs_like(in_tiny_home, tmp_path, "テスト実行")  # a run outside the workspace
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "keep me"}\n')
+    cases = {
+        mine: "exists and is not an earlier `mlxlora fuse` output",
+        data: "is a file, not a directory",
+        run: "is a run directory",
+        run / "adapters" / "model": f"is inside the run directory {run}",
+        home / "runs" / "model": "is in the workspace's runs folder",
+        home / "datasets": "is in the workspace's datasets folder",
+        home: "contains the workspace's runs folder",
+    }
+    before, workspace = _state(tmp_path), _state(home)
+    for out, words in cases.items():
+        with pytest.raises(ExportError) as err:
+            fuse_run(run, out)
+        assert words in str(err.value) and "\n" not in str(err.value), out
+        assert str(err.value).startswith(f"{out}: ")
+    assert _state(tmp_path) == before and _state(home) == workspace  # nothing moved or removed
+
+
+def test_fuse_command_refuses_the_runs_own_directory(tiny_run, tmp_path):
+    home, trained = tiny_run
+    run = _runs_like(trained, tmp_path, "テスト実行")
+    before = _state(run)
+    env = {**os.environ, "MLXLORA_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-m", "mlxlora", "fuse", str(run), "--out", str(run)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == ExportError.exit_code
+    assert out.stderr.splitlines() == [
+        f"mlxlora: error: {run}: is a run directory; choose another --out directory"
+    ]
+    assert _state(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["テスト実行"]
+
+
+def test_an_earlier_fuse_output_is_replaced_but_not_another_commands(in_tiny_home, tmp_path):
+    from mlxlora.outputs import OUTPUT_MARKER
+
+    out = fuse_run(in_tiny_home, tmp_path / "model")
+    assert json.loads((out / OUTPUT_MARKER).read_text())["command"] == "fuse"
+    (out / "stale.bin").write_bytes(b"old")
+    assert fuse_run(in_tiny_home, out) == out
+    assert not (out / "stale.bin").exists() and (out / "config.json").is_file()
+    (out / OUTPUT_MARKER).write_text(json.dumps({"command": "export"}))
+    with pytest.raises(ExportError, match="not an earlier `mlxlora fuse` output"):
+        fuse_run(in_tiny_home, out)
+    (out / OUTPUT_MARKER).unlink()  # an HF model directory like any other: not clearly ours
+    with pytest.raises(ExportError, match="not an earlier `mlxlora fuse` output"):
+        fuse_run(in_tiny_home, out)
+    # the default place, <run>/fused, holds only what fuse wrote there, marker or not
+    run = _runs_like(in_tiny_home, tmp_path, "older")
+    (run / "fused").mkdir()
+    (run / "fused" / "config.json").write_text("{}")
+    assert fuse_run(run) == run / "fused" and (run / "fused" / OUTPUT_MARKER).is_file()
+
+
+def test_the_fused_directory_has_the_permissions_the_umask_gives(in_tiny_home, tmp_path):
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        out = fuse_run(in_tiny_home, tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750  # not tempfile's 0700
+    for path in out.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o750 if path.is_dir() else 0o640), path

@@ -78,3 +78,23 @@ def test_export_dialog_shows_the_childs_error(home, fake_ollama, monkeypatch):
 
     asyncio.run(go())
     assert fake_ollama.calls() == []
+
+
+def test_export_dialog_says_which_ollama_name_it_used(home, fake_ollama, monkeypatch):
+    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    write_run("done", end="finished")  # no adapter: the child stops right after the name
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(100, 32)) as pilot:
+            dialog = await open_export(pilot, "done-20250615-000000")
+            dialog.query_one("#export-name", Input).value = "医療モデル"
+            await pilot.click("#export-start")
+            await wait_for(pilot, lambda: "error:" in screen_text(app), timeout=120)
+            assert "name: using the Ollama name 'mlxlora-36e9d8'" in screen_text(app)
+            assert "no adapter saved" in screen_text(app)
+
+    import asyncio
+
+    asyncio.run(go())
+    assert fake_ollama.calls() == []

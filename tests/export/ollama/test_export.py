@@ -32,8 +32,12 @@ def run(tiny_run, tmp_path, monkeypatch):
 
 
 def leftovers(folder) -> list[str]:
-    """Hidden temporary files or directories an export may have left."""
-    return sorted(p.name for p in folder.rglob(".*")) if folder.exists() else []
+    """Hidden temporary files or directories an export may have left (its marker is no
+    leftover: it says the folder is an export that a later one may replace)."""
+    from mlxlora.outputs import OUTPUT_MARKER
+
+    found = folder.rglob(".*") if folder.exists() else []
+    return sorted(p.name for p in found if p.name != OUTPUT_MARKER)
 
 
 def test_full_export_creates_the_model_in_ollama(run, fake_ollama):
@@ -46,7 +50,7 @@ def test_full_export_creates_the_model_in_ollama(run, fake_ollama):
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     stages = [line["stage"] for line in lines[:-1]]
     done = lines[-1]
-    assert stages == ["check", "fuse", "gguf", "ollama"]
+    assert stages == ["name", "check", "fuse", "gguf", "ollama"]
     name = done["name"]
     assert name.startswith("model-v1-") and done["created"] is True
     folder = run / "export" / name
@@ -173,6 +177,7 @@ def test_ollama_failing_is_one_line_and_keeps_the_finished_export(run, fake_olla
     with pytest.raises(ExportError, match="could not connect to ollama app.*is complete"):
         export_ollama(ExportRequest(run, "tiny", quantize="q4_0"))
     assert sorted(p.name for p in (run / "export" / "tiny").iterdir()) == [
+        ".mlxlora-output.json",
         "Modelfile",
         "model.gguf",
     ]
@@ -203,3 +208,96 @@ def test_sigterm_mid_export_removes_the_temporary_files(run, fake_ollama):
     assert child.stderr.read().splitlines()[-1] == "mlxlora: interrupted"
     assert list((run / "export").iterdir()) == []  # the temporary directory is gone
     assert fake_ollama.calls() == []
+
+
+def _state(folder) -> dict:
+    """Every path under `folder` (hidden ones included) with its bytes, to see nothing changed."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_an_out_that_is_not_an_earlier_export_is_refused_on_one_line(run, tmp_path, no_ollama):
+    from mlxlora.outputs import OUTPUT_MARKER
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "keep me"}\n')
+    fused = tmp_path / "fused"  # another command's output
+    fused.mkdir()
+    (fused / "config.json").write_text("{}")
+    (fused / OUTPUT_MARKER).write_text(json.dumps({"command": "fuse"}))
+    cases = {
+        mine: "exists and is not an earlier `mlxlora export` output",
+        data: "is a file, not a directory",
+        fused: "exists and is not an earlier `mlxlora export` output",
+        run: "is a run directory",
+        run / "adapters" / "ollama": f"is inside the run directory {run}",
+    }
+    before = _state(tmp_path)
+    for out, words in cases.items():
+        with pytest.raises(ExportError) as err:
+            export_ollama(ExportRequest(run, "tiny", out=out))
+        assert words in str(err.value) and "\n" not in str(err.value), out
+    assert _state(tmp_path) == before
+
+
+def test_an_earlier_export_is_replaced_marker_or_not(run, tmp_path, no_ollama):
+    from mlxlora.outputs import OUTPUT_MARKER
+
+    out = tmp_path / "ollama-model"
+    first = export_ollama(ExportRequest(run, "tiny", adapter_only=True, out=out))
+    assert sorted(first.files) == ["Modelfile", "adapter.gguf", "base.gguf"]  # no marker listed
+    again = export_ollama(ExportRequest(run, "tiny", out=out))
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "Modelfile", "model.gguf"]
+    assert sorted(again.files) == ["Modelfile", "model.gguf"]
+    (out / OUTPUT_MARKER).unlink()  # written before exports had a marker: known by its files
+    export_ollama(ExportRequest(run, "tiny", out=out))
+    (out / OUTPUT_MARKER).unlink()
+    (out / "notes.txt").write_text("mine")  # then it is not only an export any more
+    with pytest.raises(ExportError, match="not an earlier `mlxlora export` output"):
+        export_ollama(ExportRequest(run, "tiny", out=out))
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_name_made_valid_is_said_on_one_line(run, no_ollama):
+    out = subprocess.run(
+        [sys.executable, "-m", "mlxlora", "export", str(run), "--ollama", "医療モデル",
+         "--adapter-only"],
+        capture_output=True, text=True, env=os.environ, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    said = [line for line in out.stderr.splitlines() if line.startswith("name: ")]
+    assert said == [
+        "name: using the Ollama name 'mlxlora-36e9d8' for '医療モデル': Ollama names hold only "
+        "lowercase ASCII letters, digits, '_', '-' and '.' (a short hash of the name stands "
+        "for the letters that had to go)"
+    ]
+    stages = []
+    export_ollama(ExportRequest(run, "tiny", adapter_only=True), lambda s, m: stages.append(s))
+    assert "name" not in stages  # a valid name is used as given, silently
+    upper = []
+    result = export_ollama(
+        ExportRequest(run, "Tiny", adapter_only=True), lambda *a: upper.append(a)
+    )
+    assert result.name == "tiny" and upper[0] == (
+        "name",
+        "using the Ollama name 'tiny' for 'Tiny': Ollama names hold only lowercase ASCII "
+        "letters, digits, '_', '-' and '.'",
+    )
+
+
+def test_the_export_has_the_permissions_the_umask_gives(run, tmp_path, no_ollama):
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        result = export_ollama(ExportRequest(run, "tiny", adapter_only=True, out=tmp_path / "o"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(result.out.stat().st_mode) == 0o750  # not tempfile's 0700
+    for path in result.out.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
