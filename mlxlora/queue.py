@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from mlxlora import names
 from mlxlora.errors import RunError
 from mlxlora.events import RunStarted, parse
 from mlxlora.runs import atomic_write_text, home, pid_alive
@@ -116,28 +117,61 @@ def jobs() -> list[Job]:
     return sorted(found, key=lambda j: j.id)
 
 
+def short_id(job_id: str) -> str:
+    """The random tail of a job id (`21a655` of `01795687324370694375-21a655`): what a list
+    shows and a user types; the time-stamp head shared by jobs queued together is no use."""
+    return job_id.rpartition("-")[2] or job_id
+
+
 def find(ref: str) -> Job:
-    """A job by id or unique id prefix."""
-    matches = [j for j in jobs() if j.id.startswith(ref)]
-    if len(matches) != 1:
-        what = "no job" if not matches else f"{len(matches)} jobs"
-        raise RunError(f"{ref}: {what} with that id (see `mlxlora queue list`)")
-    return matches[0]
+    """A job by id, short id, name or unique id prefix; a reference that fits several jobs
+    is refused with them listed (one line)."""
+    found = jobs()
+    name = names.normalize(ref)
+    for matches in (
+        [j for j in found if ref in (j.id, short_id(j.id))],
+        [j for j in found if names.normalize(j.name) == name],
+        [j for j in found if ref and j.id.startswith(ref)],
+    ):
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            shown = ", ".join(f"{short_id(j.id)} {j.name} ({j.state})" for j in matches[:5])
+            more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+            raise RunError(f"{ref}: {len(matches)} jobs match ({shown}{more}); give the job id")
+    raise RunError(f"{ref}: no job with that id or name (see `mlxlora queue list`)")
 
 
-def remove(job_id: str) -> Job:
-    """Drop a queued job. A running job is stopped through its run, not here."""
-    job = find(job_id)
+def remove(ref: str) -> Job:
+    """Drop a queued job (by id, short id, name or id prefix). A running job is stopped
+    through its run, not here; a finished one goes with `clear_finished`."""
+    job = find(ref)
     try:
         _path(job.id, "queued").unlink()
     except FileNotFoundError:
+        todo = (
+            "`mlxlora queue clear` forgets finished jobs"
+            if job.state == "done"
+            else "stop its run instead (the Runs tab, or touch RUN/STOP)"
+        )
         raise RunError(
-            f"job {job.id} ({job.name}) is {job.state}, not queued; stop a running job's run "
-            "instead (the Runs tab, or touch RUN/STOP)"
+            f"job {short_id(job.id)} ({job.name}) is {job.state}, not queued; {todo}"
         ) from None
     if job.config:
         Path(job.config).unlink(missing_ok=True)
     return job
+
+
+def clear_finished() -> list[Job]:
+    """Forget the finished (done or failed) jobs with their configs and logs; a queued or
+    running job is never touched. Their runs stay (`mlxlora runs rm` deletes a run)."""
+    cleared = [j for j in jobs() if j.state == "done"]
+    for job in cleared:
+        _path(job.id, "done").unlink(missing_ok=True)
+        if job.config:
+            Path(job.config).unlink(missing_ok=True)
+        (root() / "logs" / f"{job.id}.log").unlink(missing_ok=True)
+    return cleared
 
 
 # --- the runner ------------------------------------------------------------------------

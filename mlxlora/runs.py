@@ -20,7 +20,17 @@ from pathlib import Path
 
 from mlxlora import names
 from mlxlora.errors import RunError
-from mlxlora.events import Event, RunFailed, RunFinished, RunStarted, Step, parse, read_events
+from mlxlora.events import (
+    Eval,
+    Event,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    Step,
+    parse,
+    read_events,
+    read_events_of,
+)
 
 # What an adapter directory holds (mlx-lm's layout: `mlx_lm.generate --adapter-path DIR`).
 ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
@@ -290,17 +300,61 @@ def run_info(path: Path) -> RunInfo:
         events = [first, *events]  # a long last segment: its run_started is before the tail
     started = first if isinstance(first, RunStarted) else None
     steps = [e for e in events if isinstance(e, Step)]
-    summary = read_json(paths.summary)
+    status = run_status(events, is_locked(paths))
     return RunInfo(
         path=path,
         name=path.name,
-        status=run_status(events, is_locked(paths)),
+        status=status,
         model=started.model if started else "",
         step=steps[-1].step if steps else 0,
         last_loss=steps[-1].loss if steps else None,
-        best_val_loss=summary.get("best_val_loss"),
+        best_val_loss=best_val_loss(paths, status),
         started=started.time if started else None,
     )
+
+
+def best_val_loss(paths: RunPaths, status: str) -> float | None:
+    """The run's best validation loss: its summary's once a session ended with one, else the
+    best of the evaluations so far (a running or killed run has no summary, or an earlier
+    session's), folded as the Runs tab folds them; only eval and run_started lines are read."""
+    from mlxlora.runview import RunView  # imports this module
+
+    summary = read_json(paths.summary)
+    if status in ("finished", "stopped") and "best_val_loss" in summary:
+        return summary["best_val_loss"]
+    view = RunView(paths.root)
+    view.add(read_events_of(paths.events, RunStarted, Eval))
+    return view.best_eval.val_loss if view.best_eval else None
+
+
+def delete_run(path: Path) -> None:
+    """Delete a run directory with its adapters and checkpoints (the CLI's `runs rm` and the
+    Runs tab's delete). Refused while a process trains it or a queued job will resume it.
+
+    The run is held (its lock) while it goes, so no training starts in it meanwhile, and it
+    is moved aside in one rename first: a listing never shows half a run.
+    """
+    from mlxlora import queue  # imports this module
+
+    paths = RunPaths(Path(path))
+    if not paths.config.is_file():
+        raise RunError(f"{path}: not a run directory (no config.yaml)")
+    waiting = [
+        j
+        for j in queue.jobs()
+        if j.state != "done" and j.run_dir and Path(j.run_dir).resolve() == paths.root.resolve()
+    ]
+    if waiting:
+        job, short = waiting[0], queue.short_id(waiting[0].id)
+        todo = f"`mlxlora queue rm {short}` first" if job.state == "queued" else "stop it first"
+        raise RunError(f"{paths.root.name}: job {short} is {job.state} for this run; {todo}")
+    try:
+        with run_lock(paths):
+            trash = Path(tempfile.mkdtemp(dir=paths.root.parent, prefix=f".rm-{paths.root.name}."))
+            os.replace(paths.root, trash / paths.root.name)
+    except RunError as exc:
+        raise RunError(f"{exc}; stop it first, then delete it") from None
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def list_runs(root: Path | None = None) -> list[RunInfo]:

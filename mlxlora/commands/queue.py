@@ -1,11 +1,13 @@
-"""`mlxlora queue add|list|rm|work`: jobs that run one at a time in a detached runner."""
+"""`mlxlora queue add|list|rm|clear|work`: jobs that run one at a time in a detached runner."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -32,8 +34,15 @@ def register(sub) -> None:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=list_jobs)
     rm = qs.add_parser("rm", help="drop a queued job")
-    rm.add_argument("job", help="job id (or unique prefix)")
+    rm.add_argument("job", help="job id (as `queue list` shows it, or the full id) or name")
     rm.set_defaults(func=remove_job)
+    clear = qs.add_parser(
+        "clear",
+        help="forget finished (done or failed) jobs; never a queued or running one",
+        description="Forget the finished jobs (done or failed) with their logs, so `queue "
+        "list` shows what is waiting and running. Their runs stay (`mlxlora runs rm`).",
+    )
+    clear.set_defaults(func=clear_jobs)
     work = qs.add_parser("work", help="be the runner: train queued jobs until none is left")
     work.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # from ensure_runner
     work.set_defaults(func=work_jobs)
@@ -41,41 +50,65 @@ def register(sub) -> None:
 
 def add_job(args) -> int:
     from mlxlora import config, queue
+    from mlxlora.prepare import check_references
 
     cfg = config.load(args.config, args.overrides)
+    check_references(cfg)  # what the run would refuse at its start
     job = queue.add_train(cfg.to_yaml(), cfg.name)
     started = False if args.no_start else queue.ensure_runner()
     note = "runner started" if started else "the runner will take it in turn"
-    print(f"queued {job.id} ({job.name}); {note}; see `mlxlora queue list`")
+    print(f"queued {queue.short_id(job.id)} ({job.name}); {note}; see `mlxlora queue list`")
     return 0
 
 
 def list_jobs(args) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from mlxlora import queue
+    from mlxlora.commands.runs import listing_table
 
     found = queue.jobs()
     if args.json:
         print(json.dumps([asdict(j) for j in found], indent=2, ensure_ascii=False))
         return 0
-    table = Table(title=f"jobs in {queue.root()}")
-    for col in ("id", "name", "kind", "state", "queued", "run / error"):
-        table.add_column(col)
+    shorts = Counter(queue.short_id(j.id) for j in found)
+    rows = []
     for j in found:
+        short = queue.short_id(j.id)
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created))
         state = j.state if j.exit_code in (None, 0) else f"{j.state} (exit {j.exit_code})"
-        table.add_row(j.id, j.name, j.kind, state, when, j.error or j.run_dir or "—")
-    Console().print(table)
+        shown_id = short if shorts[short] == 1 else j.id  # an id shown is one that finds it
+        rows.append([shown_id, j.name, j.kind, state, when, j.error or _run_name(j.run_dir)])
+    console = Console()
+    columns = ["id", "name", "kind", "state", "queued", "run / error"]
+    title = f"jobs in {queue.root()}"
+    console.print(listing_table(title, columns, rows, console.width, whole=2))
     return 0
+
+
+def _run_name(run_dir: str | None) -> str:
+    """A workspace run by its name (what `runs show` takes), any other by its path."""
+    from mlxlora.runs import runs_root
+
+    if not run_dir:
+        return "—"
+    path = Path(run_dir)
+    return path.name if path.parent.resolve() == runs_root().resolve() else run_dir
 
 
 def remove_job(args) -> int:
     from mlxlora import queue
 
     job = queue.remove(args.job)
-    print(f"removed {job.id} ({job.name})")
+    print(f"removed {queue.short_id(job.id)} ({job.name})")
+    return 0
+
+
+def clear_jobs(args) -> int:
+    from mlxlora import queue
+
+    cleared = queue.clear_finished()
+    print(f"cleared {len(cleared)} finished job{'' if len(cleared) == 1 else 's'}")
     return 0
 
 

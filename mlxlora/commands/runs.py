@@ -1,4 +1,4 @@
-"""`mlxlora runs list|show`: what the workspace's runs did, read from their directories."""
+"""`mlxlora runs list|show|rm`: what the workspace's runs did, read from their directories."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from mlxlora.fmt import NONE, num
 
 
 def register(sub) -> None:
-    p = sub.add_parser("runs", help="list and inspect training runs")
+    p = sub.add_parser("runs", help="list, inspect and delete training runs")
     rs = p.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     ls = rs.add_parser("list", help="all runs in the workspace, newest first")
     ls.add_argument("--json", action="store_true")
@@ -26,6 +26,15 @@ def register(sub) -> None:
     show.add_argument("run", help="run name (or unique prefix) or directory")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=show_run)
+    rm = rs.add_parser(
+        "rm",
+        help="delete a run with its adapters and checkpoints",
+        description="Delete a run's directory with its adapters and checkpoints (as the "
+        "studio's Runs tab does with d). A running run, or one a queued job will resume, is "
+        "refused.",
+    )
+    rm.add_argument("run", help="run name (whole: its directory's or the given one) or directory")
+    rm.set_defaults(func=remove_run)
 
 
 def fmt_value(value) -> str:
@@ -68,7 +77,6 @@ def generate_command(model_dir: str, adapters: Path, prompt: str) -> str:
 
 def list_runs(args) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from mlxlora import runs
 
@@ -80,21 +88,79 @@ def list_runs(args) -> int:
         ]
         print(json.dumps(shown, indent=2, ensure_ascii=False))
         return 0
-    table = Table(title=f"runs in {runs.runs_root()}")
-    for col in ("name", "status", "model", "step", "loss", "best val", "started"):
-        table.add_column(col)
+    rows = []
     for i, flag in zip(infos, flags, strict=True):
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.started)) if i.started else "-"
-        table.add_row(
-            i.name,
-            i.status + (f" ⚠ {flag}" if flag else ""),  # as the TUI's Runs tab flags it
-            i.model,
-            str(i.step),
-            num(i.last_loss),
-            num(i.best_val_loss),
-            started,
+        status = i.status + (f" ⚠ {flag}" if flag else "")  # as the TUI's Runs tab flags it
+        rows.append(
+            [i.name, status, i.model, str(i.step), num(i.last_loss), num(i.best_val_loss), started]
         )
-    Console().print(table)
+    console = Console()
+    columns = ["name", "status", "model", "step", "loss", "best val", "started"]
+    console.print(listing_table(f"runs in {runs.runs_root()}", columns, rows, console.width))
+    return 0
+
+
+MIN_COLUMN = 4  # cells the other columns of a listing keep beside its whole ones
+WORD_CAP = 12  # a longer word (a path) folds rather than squeeze the other columns
+
+
+def listing_table(title: str, columns: list[str], rows: list[list[str]], width: int, whole=1):
+    """A rich table whose first `whole` columns (what a user types back: a run's name, a job's
+    id and name) are never cut: they keep one line and the other columns wrap beside them,
+    each keeping its longest word when there is room (`fit_widths`). Only when the whole
+    columns alone overflow `width` do they fold too, still whole, onto more lines. No
+    borders: at 80 columns their cells are better spent on the text."""
+    from rich.cells import cell_len
+    from rich.table import Table
+    from rich.text import Text
+
+    cells = [[column, *(row[n] for row in rows)] for n, column in enumerate(columns)]
+    natural = [max(map(cell_len, texts)) for texts in cells]
+    words = [max(cell_len(w) for text in texts for w in [*text.split(), ""]) for texts in cells]
+    least = [min(WORD_CAP, w) for w in words]
+    room = width - 2 * (len(columns) - 1) - sum(natural[:whole])  # 2: the gap between columns
+    fits = room >= MIN_COLUMN * (len(columns) - whole)
+    widths = natural[:whole] + fit_widths(natural[whole:], least[whole:], room) if fits else None
+    table = Table(title=title, box=None, padding=(0, 1), pad_edge=False, header_style="bold")
+    for n, column in enumerate(columns):
+        table.add_column(
+            column, no_wrap=fits and n < whole, overflow="fold", width=widths and widths[n]
+        )
+    for row in rows:
+        table.add_row(*map(Text, row))  # text, never markup: an error may hold [brackets]
+    return table
+
+
+def fit_widths(natural: list[int], least: list[int], room: int) -> list[int]:
+    """Column widths within `room` cells: each its natural width when all fit, else at least
+    its longest word and the rest shared in proportion to what each still wants; when even
+    the words do not fit, the widest columns narrow first (their words fold): a number stays
+    whole longest."""
+    least = [min(a, b) for a, b in zip(least, natural, strict=True)]
+    if sum(natural) <= room:
+        return natural
+    if sum(least) >= room:
+        widths = list(least)
+        while sum(widths) > room and max(widths) > 1:  # the widest give way first
+            widths[widths.index(max(widths))] -= 1
+        return widths
+    want = [n - w for n, w in zip(natural, least, strict=True)]
+    spare = room - sum(least)
+    return [w + spare * more // sum(want) for w, more in zip(least, want, strict=True)]
+
+
+def remove_run(args) -> int:
+    from mlxlora import names, runs
+    from mlxlora.errors import RunError
+
+    path = runs.find_run(args.run)
+    typed = names.normalize(args.run)
+    if path.name != Path(args.run).name and typed not in (path.name, runs.given_name(path)):
+        # a prefix finds a run to show, never one to delete
+        raise RunError(f"{args.run}: give the whole name to delete {path.name}")
+    runs.delete_run(path)
+    print(f"deleted run {path.name} ({path.resolve().parent})")
     return 0
 
 

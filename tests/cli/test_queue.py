@@ -56,7 +56,7 @@ def test_removed_job_never_starts_and_running_job_cannot_be_removed(home, capsys
     done = queue.add_train(tiny_yaml("kept"), "kept")
     queue.work(idle_exit=0)
     assert main(["queue", "rm", done.id]) == 5
-    assert "is done, not queued" in capsys.readouterr().err
+    assert "is done, not queued; `mlxlora queue clear`" in capsys.readouterr().err
 
 
 def test_resume_job_continues_a_stopped_run(home, tmp_path):
@@ -102,3 +102,69 @@ def test_ensure_runner_starts_a_detached_runner_that_drains_the_queue(home):
     while queue.runner_alive() and time.monotonic() < deadline:
         time.sleep(0.5)  # it exits on its own once the queue stays empty
     assert not queue.runner_alive()
+
+
+def shown_rows(out: str) -> list[str]:
+    """The first lines of a listing's rows (a folded cell goes on below, indented)."""
+    return [line for line in out.splitlines()[2:] if line[:1].strip()]
+
+
+def test_queue_list_at_80_columns_shows_whole_ids_that_rm_takes_with_names(
+    home, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "80")
+    names = ["テスト実験モデル_長い名前_v1", "alpha", "beta", "alpha"]
+    queued = [queue.add_train(tiny_yaml(n), n) for n in names]
+    assert main(["queue", "list"]) == 0
+    rows = shown_rows(capsys.readouterr().out)
+    assert "…" not in "".join(rows)
+    ids = []
+    for job in queued:  # a row names its job whole, on one line, by an id that finds it
+        (row,) = [r for r in rows if r.split()[1] == job.name and queue.find(r.split()[0]) == job]
+        ids.append(row.split()[0])
+    assert len(set(ids)) == 4 and all(len(i) < 12 for i in ids)
+
+    assert main(["queue", "rm", ids[0]]) == 0
+    assert main(["queue", "rm", "beta"]) == 0  # by name
+    assert f"removed {ids[2]} (beta)" in capsys.readouterr().out
+    assert main(["queue", "rm", "alpha"]) == 5  # two jobs have it: refused, both listed
+    (err,) = capsys.readouterr().err.splitlines()
+    assert err == (
+        f"mlxlora: error: alpha: 2 jobs match ({ids[1]} alpha (queued), {ids[3]} alpha "
+        "(queued)); give the job id"
+    )
+    assert [j.id for j in queue.jobs()] == [queued[1].id, queued[3].id]
+
+
+def test_queue_clear_forgets_finished_jobs_and_never_a_waiting_or_running_one(home, capsys):
+    ok = queue.add_train(tiny_yaml("ok"), "ok")
+    bad = queue.add_train(tiny_yaml("bad", **{"data.dataset": "no-such-dataset"}), "bad")
+    assert queue.work(idle_exit=0) == 2
+    running = queue.add_train(tiny_yaml("running"), "running")
+    waiting = queue.add_train(tiny_yaml("waiting"), "waiting")
+    claimed = queue._claim_next()  # as the runner takes it and starts its child
+    assert claimed.id == running.id
+    queue._save(claimed)
+    logs = [queue.root() / "logs" / f"{job.id}.log" for job in (ok, bad)]
+    assert all(log.exists() for log in logs)
+    assert main(["queue", "clear"]) == 0
+    assert "cleared 2 finished jobs" in capsys.readouterr().out
+    assert [(j.id, j.state) for j in queue.jobs()] == [
+        (running.id, "running"),
+        (waiting.id, "queued"),
+    ]
+    assert not any(log.exists() for log in logs)
+    assert not Path(ok.config).exists() and not Path(bad.config).exists()
+    assert Path(running.config).exists() and Path(waiting.config).exists()
+    assert [r.status for r in list_runs()] == ["finished"]  # the finished job's run stays
+    assert main(["queue", "clear"]) == 0
+    assert "cleared 0 finished jobs" in capsys.readouterr().out
+
+
+def test_queue_add_refuses_a_dataset_that_is_not_there(home, capsys):
+    tiny = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
+    args = ["queue", "add", tiny, "--set", "data.dataset=存在しない", "--no-start"]
+    assert main(args) == 3  # a data error, as `train` gives it
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlxlora: error: unknown dataset '存在しない' (")
+    assert queue.jobs() == []

@@ -308,6 +308,12 @@ def test_the_model_picker_and_the_models_own_modules(workspace, tmp_path):
     asyncio.run(go())
 
 
+async def load_tiny_preset(app, pilot) -> None:
+    await settle(app, pilot)
+    app.query_one("#train-preset", Select).value = str(REPO / "configs" / "tiny.yaml")
+    await settle(app, pilot)
+
+
 def test_start_queues_the_job_and_the_runner_trains_it(workspace):
     from textual.widgets import TabbedContent
 
@@ -316,9 +322,7 @@ def test_start_queues_the_job_and_the_runner_trains_it(workspace):
     async def go():
         app = MlxloraApp("train")
         async with app.run_test(size=(80, 24)) as pilot:
-            await settle(app, pilot)
-            app.query_one("#train-preset", Select).value = str(REPO / "configs" / "tiny.yaml")
-            await settle(app, pilot)
+            await load_tiny_preset(app, pilot)
             await type_into(pilot, app, "#f-name", "開始テスト")
             await type_into(pilot, app, "#f-training-epochs", "1")
             cfg = app.query_one(TrainTab).cfg
@@ -337,6 +341,23 @@ def test_start_queues_the_job_and_the_runner_trains_it(workspace):
     assert (job.state, job.exit_code, job.error) == ("done", 0, None)
     events = [json.loads(line) for line in Path(job.run_dir, "events.jsonl").open()]
     assert events[-1]["type"] == "run_finished"
+
+
+def test_start_refuses_a_model_that_is_not_there_and_queues_nothing(workspace):
+    from mlxlora import queue
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await load_tiny_preset(app, pilot)
+            await type_into(pilot, app, "#f-model", "builtin:無い")
+            await pilot.press("ctrl+g")
+            await pilot.pause()
+            return text(app, "#train-status")
+
+    status = asyncio.run(go())
+    assert status.startswith("builtin:無い: unknown builtin model")
+    assert queue.jobs() == []
 
 
 def test_sweep_dialog_checks_the_grid_and_queues_every_combination(workspace, monkeypatch):

@@ -8,7 +8,6 @@ events arrive, and only while the tab is in view. Stop, Resume, Delete, Evaluate
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from rich.text import Text
@@ -257,12 +256,9 @@ class RunsTab(Vertical):
         self.app.push_screen(Confirm(question), lambda yes: yes and self._delete_run(path))
 
     def _delete_run(self, path: Path) -> None:
-        if runs.is_locked(runs.RunPaths(path)):  # started since the question was asked
-            self.notify(f"{path.name} is running now; not deleted", severity="error")
-            return
-        try:
-            shutil.rmtree(path)
-        except OSError as exc:
+        try:  # as `mlxlora runs rm`: refused if it started or was queued since the question
+            runs.delete_run(path)
+        except (MlxloraError, OSError) as exc:
             self.notify(f"{path.name}: {exc}", severity="error")
             return
         self.notify(f"Deleted {path.name}")

@@ -342,7 +342,13 @@ class TrainTab(Vertical):
         if cfg is None:
             return
         from mlxlora import queue
+        from mlxlora.prepare import check_references
 
+        try:  # what the run would refuse at its start: a missing dataset or model
+            check_references(cfg)
+        except MlxloraError as exc:
+            self._say("#train-status", str(exc))
+            return
         job = queue.add_train(cfg.to_yaml(), cfg.name)
         queue.ensure_runner()
         self._say("#train-status", f"queued {job.name}")

@@ -1,0 +1,102 @@
+"""`mlxlora runs list` and `runs rm` as a user meets them: whole names at 80 columns, the best
+validation loss of a run still training (or killed), and deleting a run but never a live one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from mlxlora import config, engine, queue, runs
+from mlxlora.cli import main
+from mlxlora.events import Eval, read_events
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny.yaml"
+LONG = "テスト実験モデル_長い名前_v1"
+
+
+def train(name: str, steps: int = 2) -> Path:
+    cfg = config.load(TINY, [f"name={name}", f"training.max_steps={steps}"])
+    run = runs.new_run_dir(name)
+    engine.train(cfg, run)
+    return run
+
+
+def test_runs_list_at_80_columns_keeps_each_name_whole(home, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    trained = [train(LONG), train("alpha")]
+    assert main(["runs", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    for run in trained:  # on one line, as `runs show` and `runs rm` take it
+        assert any(line.split()[:1] == [run.name] for line in out.splitlines())
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_runs_list_shows_the_best_val_so_far_of_a_running_then_killed_run(home, capsys):
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mlxlora", "train", str(TINY), "--json"]
+        + ["--set", "name=live", "--set", "training.max_steps=400"]
+        + ["--set", "training.eval_every=2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        evals = 0
+        for line in child.stdout:
+            evals += json.loads(line)["type"] == "eval"
+            if evals == 3:
+                os.kill(child.pid, signal.SIGSTOP)  # mid-run: it holds the run, writes nothing
+                break
+        (run,) = runs.list_runs()
+        seen = [
+            e.val_loss for e in read_events(runs.RunPaths(run.path).events) if isinstance(e, Eval)
+        ]
+        assert len(seen) >= 3 and not runs.RunPaths(run.path).summary.exists()
+        assert main(["runs", "list", "--json"]) == 0
+        (listed,) = json.loads(capsys.readouterr().out)
+        assert (listed["status"], listed["best_val_loss"]) == ("running", min(seen))
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert main(["runs", "list", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert (listed["status"], listed["best_val_loss"]) == ("interrupted", min(seen))
+    assert main(["runs", "list"]) == 0
+    assert f"{min(seen):.4f}" in capsys.readouterr().out
+
+
+def test_runs_rm_deletes_a_run_but_never_a_live_or_queued_one(home, capsys):
+    kept, gone = train("kept"), train("gone")
+    assert main(["runs", "rm", "gon"]) == 5  # a prefix finds a run to show, not to delete
+    assert capsys.readouterr().err.strip() == (
+        f"mlxlora: error: gon: give the whole name to delete {gone.name}"
+    )
+    assert main(["runs", "rm", "gone"]) == 0
+    assert f"deleted run {gone.name}" in capsys.readouterr().out
+    assert not gone.exists() and [r.path for r in runs.list_runs()] == [kept]
+    assert sorted(p.name for p in runs.runs_root().iterdir()) == [kept.name]  # nothing left
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        runs.RunPaths(kept).lock.write_text(str(sleeper.pid))  # a live process trains it
+        assert main(["runs", "rm", kept.name]) == 5
+        err = capsys.readouterr().err
+        assert f"in use by process {sleeper.pid}; stop it first" in err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert runs.RunPaths(kept).lock.read_text() == str(sleeper.pid)  # left as it was
+
+    job = queue.add_resume(kept)
+    assert main(["runs", "rm", str(kept)]) == 5
+    short = queue.short_id(job.id)
+    assert f"job {short} is queued for this run; `mlxlora queue rm {short}` first" in (
+        capsys.readouterr().err
+    )
+    queue.remove(short)
+    assert main(["runs", "rm", str(kept)]) == 0 and runs.list_runs() == []
