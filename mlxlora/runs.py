@@ -125,6 +125,8 @@ def check_new_run_dir(path: Path) -> None:
     if not path.is_dir():
         raise RunError(f"{path}: not a directory; choose another --run-dir")
     if (path / "config.yaml").exists() or (path / "events.jsonl").exists():
+        if run_status(read_events(path / "events.jsonl"), locked=False) == "finished":
+            raise RunError(f"{path}: already holds a finished run; choose another --run-dir")
         raise RunError(
             f"{path}: already holds a run; continue it with `{resume_command(path)}` "
             "or choose another --run-dir"

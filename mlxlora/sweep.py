@@ -43,12 +43,24 @@ def parse_grid(text: str) -> tuple[str, list[str]]:
     """`lora.rank=8,12,16` -> ("lora.rank", ["8", "12", "16"]): values as typed (each is read
     as YAML when it becomes an override, as `--set` reads it)."""
     key, sep, raw = text.partition("=")
-    values = [v.strip() for v in raw.split(",") if v.strip()]
+    values = [v.strip() for v in _top_level_split(raw) if v.strip()]
     if not sep or not key.strip() or not values:
         raise ConfigError([f"--grid {text!r}: expected key.sub=value1,value2,..."], "sweep")
     if len(set(values)) != len(values):
         raise ConfigError([f"--grid {text!r}: a value is repeated"], "sweep")
     return key.strip(), values
+
+
+def _top_level_split(raw: str) -> list[str]:
+    """`[q_proj,v_proj],[q_proj]` -> ["[q_proj,v_proj]", "[q_proj]"]: commas inside brackets
+    belong to a list value (lora.target_modules), not between values."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(raw):
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(c, 0)
+        if c == "," and depth == 0:
+            parts.append(raw[start:i])
+            start = i + 1
+    return [*parts, raw[start:]]
 
 
 @dataclass

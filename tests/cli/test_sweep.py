@@ -152,3 +152,12 @@ def test_a_sweep_naming_a_missing_dataset_or_model_queues_nothing(home, capsys):
     assert main([*args, "--set", "model=builtin:nope"]) == 2
     assert "builtin:nope: unknown builtin model" in capsys.readouterr().err
     assert queue.jobs() == [] and sweep.sweep_names() == []
+
+
+def test_a_grid_of_lists_splits_between_the_lists():
+    key, values = sweep.parse_grid("lora.target_modules=[q_proj,v_proj],[q_proj]")
+    assert (key, values) == ("lora.target_modules", ["[q_proj,v_proj]", "[q_proj]"])
+    members = sweep.plan("t", [TINY], ["lora.target_modules=[q_proj,v_proj],[q_proj]"], [])
+    loaded = sweep.validate("t", members)
+    assert [c.lora.target_modules for c in loaded] == [["q_proj", "v_proj"], ["q_proj"]]
+    assert sweep.parse_grid("lora.rank=8, 16")[1] == ["8", "16"]

@@ -131,6 +131,8 @@ def test_a_run_keeps_the_records_it_trained_on_when_its_file_changes(
 
     engine.train(make_config(data, *overrides), part, listeners=[stop_after_three])
     assert config.load(RunPaths(part).config).data.dataset == "notes"
+    with pytest.raises(RunError, match=r"already holds a run; continue it with `mlxlora train"):
+        runs.check_new_run_dir(part)  # stopped: resumable, so the error says how
     lines = data.read_text(encoding="utf-8").splitlines()
     data.write_text("\n".join(lines[len(lines) // 2 :]) + "\n", encoding="utf-8")  # half gone
     engine.train(None, part, resume=True)
