@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mlxlora.errors import MlxloraError, RunError
-from mlxlora.runs import atomic_dir, read_json, runs_root
+from mlxlora.runs import atomic_dir, is_run_dir, read_json, runs_root
 
 # Written into every directory that fuse, export and merge make for the user: it tells a later
 # run of the same command that it may replace the directory (and nothing else).
@@ -57,7 +57,7 @@ def check_output_dir(
                 refuse(f"is in the workspace's {what} folder {root}")
             if where in root.parents:
                 refuse(f"contains the workspace's {what} folder {root}")
-        run = next((p for p in (where, *where.parents) if _is_run_dir(p)), None)
+        run = next((p for p in (where, *where.parents) if is_run_dir(p)), None)
         if run == where:
             refuse("is a run directory")
         if run is not None:
@@ -73,16 +73,9 @@ def check_output_dir(
         ours = is_default or bool(earlier and earlier(out))
     if not ours:
         refuse(f"exists and is not an earlier `mlxlora {command}` output")
-    inner = next((p.parent for p in out.rglob("config.yaml") if _is_run_dir(p.parent)), None)
+    inner = next((p.parent for p in out.rglob("config.yaml") if is_run_dir(p.parent)), None)
     if inner is not None:
         refuse(f"contains the run directory {inner}")
-
-
-def _is_run_dir(path: Path) -> bool:
-    # config.yaml alone is common in a user's project folder; a run also has its events or lock
-    return (path / "config.yaml").is_file() and any(
-        (path / name).exists() for name in ("events.jsonl", ".lock", "adapters")
-    )
 
 
 @contextmanager

@@ -176,12 +176,11 @@ def atomic_dir(final: Path):
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
         yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
+        if final.exists():  # aside into a fresh folder: never over a sibling of the user's
+            aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old."))
+            os.replace(final, aside / final.name)
             os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, final)
     except BaseException:
@@ -329,6 +328,14 @@ def best_val_loss(paths: RunPaths, status: str) -> float | None:
     return view.best_eval.val_loss if view.best_eval else None
 
 
+def is_run_dir(path: Path) -> bool:
+    """A run's directory: its config.yaml (common in a user's project folder too) beside its
+    events, lock or adapters."""
+    return (path / "config.yaml").is_file() and any(
+        (path / name).exists() for name in ("events.jsonl", ".lock", "adapters")
+    )
+
+
 def delete_run(path: Path) -> None:
     """Delete a run directory with its adapters and checkpoints (the CLI's `runs rm` and the
     Runs tab's delete). Refused while a process trains it or a queued job will resume it.
@@ -339,8 +346,8 @@ def delete_run(path: Path) -> None:
     from mlxlora import queue  # imports this module
 
     paths = RunPaths(Path(path))
-    if not paths.config.is_file():
-        raise RunError(f"{path}: not a run directory (no config.yaml)")
+    if not is_run_dir(paths.root):  # a project folder with a config.yaml is not a run
+        raise RunError(f"{path}: not a run directory (no config.yaml beside events or adapters)")
     waiting = [
         j
         for j in queue.jobs()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import time
 from pathlib import Path
@@ -159,6 +160,10 @@ def remove_run(args) -> int:
     if path.name != Path(args.run).name and typed not in (path.name, runs.given_name(path)):
         # a prefix finds a run to show, never one to delete
         raise RunError(f"{args.run}: give the whole name to delete {path.name}")
+    in_workspace = path.resolve().parent == runs.runs_root().resolve()
+    if not in_workspace and os.sep not in args.run and "/" not in args.run:
+        # a bare name deletes a workspace run, never a same-named folder where you stand
+        raise RunError(f"{args.run}: no workspace run of that name; give a path to delete {path}")
     runs.delete_run(path)
     print(f"deleted run {path.name} ({path.resolve().parent})")
     return 0

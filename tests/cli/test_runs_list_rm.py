@@ -100,3 +100,16 @@ def test_runs_rm_deletes_a_run_but_never_a_live_or_queued_one(home, capsys):
     )
     queue.remove(short)
     assert main(["runs", "rm", str(kept)]) == 0 and runs.list_runs() == []
+
+
+def test_runs_rm_never_deletes_a_project_folder_that_has_a_config(home, tmp_path, monkeypatch):
+    """A user's folder with a config.yaml (and a workspace run of the same name elsewhere
+    or not) is not a run: a bare name looks only in the workspace, a path must be a run."""
+    project = tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / "config.yaml").write_text("name: mine\n")
+    (project / "src" / "notes.txt").write_text("precious")
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs", "rm", "proj"]) == 5
+    assert main(["runs", "rm", str(project)]) == 5
+    assert (project / "src" / "notes.txt").read_text() == "precious"
