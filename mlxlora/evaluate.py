@@ -279,14 +279,14 @@ def evaluate_run(
     """
     from mlxlora import config, scoring
     from mlxlora.data.analysis import TermMatcher, load_terms
-    from mlxlora.prepare import check_same_records, dataset_digests
+    from mlxlora.prepare import as_run_started
     from mlxlora.runs import RunPaths, atomic_write_text, find_run
 
     run = find_run(run_ref).resolve()
     paths = RunPaths(run)
     cfg = config.load(paths.config)
     if not dataset:  # its own validation records: the ones it was measured on in training
-        check_same_records(paths, dataset_digests(cfg.data))
+        cfg = as_run_started(cfg, paths)
     records, split, name = held_out_records(cfg, dataset)
     records = records[:max_records] if max_records else records
     matcher = TermMatcher(load_terms(terms)[1]) if terms else None

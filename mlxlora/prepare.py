@@ -112,26 +112,28 @@ def dataset_digests(data) -> dict[str, str]:
     return {n: store.get_meta(n).sha256 for n in refs if n and store.exists(n)}
 
 
-def check_same_records(paths: RunPaths, digests: dict[str, str]) -> None:
-    """Refuse to go on with a run (resume, evaluate) on a dataset that holds other records
-    than when the run started: one removed and imported again under its name."""
-    from mlxlora.events import RunStarted, parse
+def as_run_started(cfg: Config, paths: RunPaths) -> Config:
+    """An existing run's config (to resume or evaluate it) held to the records it started
+    with: a dataset file, named by a run from before configs were pinned, becomes the stored
+    dataset its first start resolved (the file may have changed since); a stored dataset that
+    was imported again with other records is refused (DataError)."""
+    from mlxlora.data import store
+    from mlxlora.events import RunStarted, read_events_of
 
-    try:
-        with open(paths.events, encoding="utf-8") as f:
-            first = parse(f.readline())
-    except OSError:
-        return
-    if not isinstance(first, RunStarted):
-        return
-    for name, then in first.datasets.items():
-        now = digests.get(name)
-        if now is not None and now != then:
-            raise DataError(
-                f"dataset {name} holds other records than when run {paths.root.name} started "
-                f"(sha256 {then[:8]} then, {now[:8]} now): import the original again under "
-                "that name, or start a new run"
-            )
+    starts = read_events_of(paths.events, RunStarted) if paths.events.is_file() else []
+    first = starts[0].dataset if starts else ""
+    if first and store.looks_like_file(cfg.data.dataset) and store.exists(first):
+        cfg = replace(cfg, data=replace(cfg.data, dataset=first))
+    now = dataset_digests(cfg.data)
+    for start in starts:  # a run resumed since it began records them at each start
+        for name, then in start.datasets.items():
+            if now.get(name, then) != then:
+                raise DataError(
+                    f"dataset {name} holds other records than when run {paths.root.name} "
+                    f"started (sha256 {then[:8]} then, {now[name][:8]} now): import the "
+                    "original again under that name, or start a new run"
+                )
+    return cfg
 
 
 def changed_sources(given, pinned) -> list[str]:
@@ -147,11 +149,11 @@ def changed_sources(given, pinned) -> list[str]:
 def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     from mlxlora.models.resolve import resolve_model
 
+    if paths is not None:  # resuming
+        cfg = as_run_started(cfg, paths)
     given = cfg.data
     train_records, val_records, cfg = load_records(cfg)
     datasets = dataset_digests(cfg.data)
-    if paths is not None:  # resuming
-        check_same_records(paths, datasets)
     model_dir = resolve_model(cfg.model)
     fit = None
     if cfg.training.fit == "auto":

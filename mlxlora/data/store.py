@@ -173,13 +173,14 @@ def runs_using(name: str) -> list[str]:
     from mlxlora.runs import runs_root
     from mlxlora.runview import read_config
 
+    def names_in(config: Path) -> set[str]:
+        data = read_config(config).get("data") or {}
+        refs = (data.get(k) for k in ("dataset", "validation"))
+        return {names.normalize(r) for r in refs if isinstance(r, str)}  # NFD as typed on macOS
+
     root = runs_root()
     configs = sorted(root.glob("*/config.yaml")) if root.exists() else []
-    return [
-        c.parent.name
-        for c in configs
-        if name in ((read_config(c).get("data") or {}).get(k) for k in ("dataset", "validation"))
-    ]
+    return [c.parent.name for c in configs if names.normalize(name) in names_in(c)]
 
 
 def remove_dataset(name: str, force: bool = False) -> DatasetMeta:

@@ -293,3 +293,14 @@ def test_a_stored_dataset_tells_when_its_source_file_changed(home, tmp_path):
     source.unlink()
     assert store.source_changed(meta.name) is None
     assert store.load_dataset("メモ")[1] == RECORDS  # the stored records never changed
+
+
+def test_runs_using_a_dataset_see_its_name_typed_decomposed(home):
+    from mlxlora import runs
+
+    run = runs.runs_root() / "r-20260101-000000"
+    run.mkdir(parents=True)
+    typed = unicodedata.normalize("NFD", "données médicales")
+    (run / "config.yaml").write_text(f"data:\n  validation: {typed}\n", encoding="utf-8")
+    assert store.runs_using("données médicales") == [run.name]
+    assert store.runs_using("autre") == []
