@@ -16,6 +16,7 @@ from typing import Any
 
 from mlxlora import config, runs
 from mlxlora.events import EventTail
+from mlxlora.fmt import NONE
 from mlxlora.runview import RunView, read_config
 
 # eval.json's specialist scores that say "better" when higher (answer length says nothing).
@@ -221,11 +222,16 @@ def pick(comparison: Comparison) -> Pick:
     criterion's decisive difference (PICK_DECISIVE; capped at 1), times the criterion's weight
     (PICK_WEIGHTS); the lowest total wins, the earlier run on a tie. A criterion weighs only
     when every run has its number: a run not yet evaluated would otherwise lose (or win) on a
-    score nobody measured; the reason names what was left out. Deterministic.
+    score nobody measured; the reason names what was left out. The validation loss is the
+    exception: a run without one (failed, or never evaluated) counts as behind on it by the
+    whole weight, or it would win on time alone. Deterministic.
     """
     rows = comparison.runs
     present = {
-        k: w for k, w in PICK_WEIGHTS.items() if all(_criterion(r, k) is not None for r in rows)
+        k: w
+        for k, w in PICK_WEIGHTS.items()
+        if all(_criterion(r, k) is not None for r in rows)
+        or (k == "best_val_loss" and any(_criterion(r, k) is not None for r in rows))
     }
     total = sum(present.values()) or 1.0
     weights = {k: w / total for k, w in present.items()}
@@ -247,9 +253,15 @@ def _left_out(rows: list[Compared]) -> str:
     lines = []
     for key in PICK_WEIGHTS:
         missing = [r.name for r in rows if _criterion(r, key) is None]
-        if missing and len(missing) < len(rows):
-            hint = f": `mlxlora eval {missing[0]}`" if key == "eval_score" else ""
-            lines.append(f"\nnot weighed: {PICK_LABELS[key]} ({', '.join(missing)} has none{hint})")
+        if not missing or len(missing) == len(rows):
+            continue
+        if key == "best_val_loss":
+            lines.append(
+                f"\ncounted as behind on {PICK_LABELS[key]}: {', '.join(missing)} has none"
+            )
+            continue
+        hint = f": `mlxlora eval {missing[0]}`" if key == "eval_score" else ""
+        lines.append(f"\nnot weighed: {PICK_LABELS[key]} ({', '.join(missing)} has none{hint})")
     return "".join(lines)
 
 
@@ -260,11 +272,12 @@ def _criterion(row: Compared, key: str) -> float | None:
     return value
 
 
-def _behind(values: list[float], key: str) -> list[float]:
+def _behind(values: list[float | None], key: str) -> list[float]:
     """Each run's distance behind the best on criterion `key`, in decisive differences
-    (0 for the best run, at most 1)."""
-    best = max(values) if key in HIGHER_IS_BETTER else min(values)
-    gaps = [abs(v - best) for v in values]
+    (0 for the best run, at most 1; 1 for a run without the number)."""
+    known = [v for v in values if v is not None]
+    best = max(known) if key in HIGHER_IS_BETTER else min(known)
+    gaps = [abs(v - best) if v is not None else math.inf for v in values]
     if key in RELATIVE:
         gaps = [g / best if best > 0 else float(g > 0) for g in gaps]
     return [min(1.0, g / PICK_DECISIVE[key]) for g in gaps]
@@ -275,8 +288,9 @@ def _reason(rows: list[Compared], order: list[int], costs: list[float], weights:
     parts = []
     for key in weights:
         value = _criterion(best, key)
-        ranked = sorted((_criterion(r, key) for r in rows), reverse=key in HIGHER_IS_BETTER)
-        place = f"{ranked.index(value) + 1} of {len(ranked)}"
+        values = [v for v in (_criterion(r, key) for r in rows) if v is not None]
+        ranked = sorted(values, reverse=key in HIGHER_IS_BETTER)
+        place = f"{ranked.index(value) + 1} of {len(ranked)}" if value is not None else "none"
         parts.append(f"{PICK_LABELS[key]} {_show(key, best.metrics[key])} ({place})")
     line = f"{best.name}: " + ", ".join(parts)
     if len(order) > 1:
@@ -290,7 +304,9 @@ def _reason(rows: list[Compared], order: list[int], costs: list[float], weights:
     return line
 
 
-def _show(key: str, value: float) -> str:
+def _show(key: str, value: float | None) -> str:
+    if value is None:
+        return NONE
     if key == "elapsed_sec":
         return f"{value:.0f} s"
     if key == "peak_memory_gb":

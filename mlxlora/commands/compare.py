@@ -29,7 +29,9 @@ def register(sub) -> None:
         "--pick",
         action="store_true",
         help="name the best run: weighted best val loss 0.35, eval score 0.25, val-train gap "
-        "0.15, time 0.15, memory 0.10 (each scaled 0..1 over the runs; lowest cost wins)",
+        "0.15, time 0.15, memory 0.10; on each a run costs how far it is behind the best, up to "
+        "a decisive 0.1 nats of loss or gap, 0.1 of score, 2x the time, 1.5x the memory; a "
+        "number some runs lack is left out (a missing val loss counts as behind); lowest wins",
     )
     p.set_defaults(func=run)
 

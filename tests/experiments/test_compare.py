@@ -247,3 +247,17 @@ def test_the_report_has_the_permissions_the_umask_gives(ws, tmp_path, capsys):
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o644  # readable by others, not mkstemp's 0600
+
+
+def test_a_run_without_a_validation_loss_is_never_picked_for_its_speed():
+    # a failed run: no evaluation, stopped after seconds (the review's case)
+    good = row("good", best_val_loss=1.20, gap=0.1, elapsed_sec=600, peak_memory_gb=8.0)
+    failed = row("failed", elapsed_sec=12, peak_memory_gb=7.0)
+    chosen = experiments.pick(experiments.Comparison([good, failed], {}))
+    assert chosen.run.name == "good" and "best_val_loss" in chosen.weights
+    assert chosen.reason.splitlines()[-2:] == [
+        "counted as behind on best val: failed has none",
+        "not weighed: val-train gap (failed has none)",
+    ]
+    alone = experiments.pick(experiments.Comparison([failed], {}))  # nothing to hold it to
+    assert alone.run.name == "failed" and "best_val_loss" not in alone.weights
