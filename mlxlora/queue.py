@@ -124,8 +124,8 @@ def short_id(job_id: str) -> str:
 
 
 def find(ref: str) -> Job:
-    """A job by id, short id, name or unique id prefix; a reference that fits several jobs
-    is refused with them listed (one line)."""
+    """A job by id, short id, name or unique id prefix; of several, the one still queued; a
+    reference that fits several otherwise is refused with them listed (one line)."""
     found = jobs()
     name = names.normalize(ref)
     for matches in (
@@ -133,6 +133,9 @@ def find(ref: str) -> Job:
         [j for j in found if names.normalize(j.name) == name],
         [j for j in found if ref and j.id.startswith(ref)],
     ):
+        waiting = [j for j in matches if j.state == "queued"]
+        if len(matches) > 1 and len(waiting) == 1:  # a name queued again after it ran
+            return waiting[0]
         if len(matches) == 1:
             return matches[0]
         if matches:

@@ -179,13 +179,14 @@ def read_record(name: str) -> dict:
 
 
 def start(
-    sweep: str, configs: list[str], grids: list[str], sets: list[str]
+    sweep: str, configs: list[str], grids: list[str], sets: list[str], references: bool = True
 ) -> list[tuple[Member, str]]:
     """Create or continue a sweep; returns each member with what was done for it now:
-    queued, resume queued, or skipped (its state: queued, running, finished, failed...)."""
+    queued, resume queued, or skipped (its state: queued, running, finished, failed...).
+    `references`: check the datasets and models too (validate); False where they just were."""
     sweep = names.normalize(sweep)
     members = plan(sweep, configs, grids, sets)
-    loaded = validate(sweep, members)
+    loaded = validate(sweep, members, references=references)
     definition = _definition(configs, grids, sets)
     record = read_record(sweep)
     if record and {k: record.get(k) for k in definition} != definition:

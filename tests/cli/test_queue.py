@@ -147,6 +147,10 @@ def test_queue_clear_forgets_finished_jobs_and_never_a_waiting_or_running_one(ho
     queue._save(claimed)
     logs = [queue.root() / "logs" / f"{job.id}.log" for job in (ok, bad)]
     assert all(log.exists() for log in logs)
+    assert queue.find("ok").id == ok.id
+    again = queue.add_train(tiny_yaml("ok"), "ok")  # queued again after it ran
+    assert queue.find("ok").id == again.id  # the one a user can still drop
+    queue.remove("ok")
     assert main(["queue", "clear"]) == 0
     assert "cleared 2 finished jobs" in capsys.readouterr().out
     assert [(j.id, j.state) for j in queue.jobs()] == [

@@ -112,7 +112,7 @@ class SweepDialog(Dialog[str | None]):
         try:  # datasets and models first: a refused sweep writes no base config
             sweep.validate(name, self.members, load=self._load)
             base = sweep.save_base(name, self.base.to_yaml())
-            done = sweep.start(name, [str(base)], self._grids(), [])
+            done = sweep.start(name, [str(base)], self._grids(), [], references=False)
         except MlxloraError as exc:
             self._say(str(exc), failed=True)
             return
