@@ -170,11 +170,18 @@ def clear_finished() -> list[Job]:
     running job is never touched. Their runs stay (`mlxlora runs rm` deletes a run)."""
     cleared = [j for j in jobs() if j.state == "done"]
     for job in cleared:
-        _path(job.id, "done").unlink(missing_ok=True)
-        if job.config:
-            Path(job.config).unlink(missing_ok=True)
-        (root() / "logs" / f"{job.id}.log").unlink(missing_ok=True)
+        forget(job)
     return cleared
+
+
+def forget(job: Job) -> None:
+    """Forget one finished job (the Runs tab's delete on a failed job's row)."""
+    if job.state != "done":
+        raise RunError(f"job {short_id(job.id)} ({job.name}) is {job.state}, not finished")
+    _path(job.id, "done").unlink(missing_ok=True)
+    if job.config:
+        Path(job.config).unlink(missing_ok=True)
+    (root() / "logs" / f"{job.id}.log").unlink(missing_ok=True)
 
 
 # --- the runner ------------------------------------------------------------------------

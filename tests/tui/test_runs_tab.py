@@ -157,6 +157,36 @@ def test_resume_queues_a_stopped_run(home, monkeypatch):
     asyncio.run(go())
 
 
+def test_a_resume_that_failed_to_start_shows_and_d_forgets_it(home):
+    """A resume refused before the run started again (its dataset gone) writes nothing in
+    the run: its own row says so (it was hidden behind the run's row), and d forgets it."""
+    write_run("halted", steps=15, end="stopped")
+    run = runs.runs_root().resolve() / "halted-20250615-000000"
+    queue.add_resume(run)
+    job = queue._claim_next()  # as the runner takes it, and the child then fails
+    job.exit_code, job.error = 3, "unknown dataset '医療QA' (no datasets yet)"
+    queue._finish(job)
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 2)
+            shown = {key: cells[1] for key, cells in rows(app).items()}
+            assert shown == {f"job:{job.id}": "resume failed", str(run): "stopped"}
+            table = app.query_one("#runs-table", DataTable)
+            table.move_cursor(row=list(shown).index(f"job:{job.id}"))
+            await pilot.pause(0.1)
+            assert "failed: unknown dataset '医療QA'" in screen_text(app)
+            await pilot.press("d")
+            await pilot.pause()
+            if isinstance(app.screen, Confirm):
+                await pilot.press("y")
+            await wait_for(pilot, lambda: len(rows(app)) == 1)
+        assert queue.jobs() == []
+
+    asyncio.run(go())
+
+
 def test_snapshot_80x24(home, snap_compare, monkeypatch):
     monkeypatch.setattr(machine, "total_memory", lambda: 16 * memory.GIB)
     four_runs()

@@ -90,8 +90,9 @@ class RunsTab(Vertical):
     def rows(self) -> dict[str, tuple]:
         """Cells of every row by key: jobs without a run first, then runs newest first."""
         rows = {}
+        latest = {j.run_dir: j for j in self.book.jobs if j.run_dir}  # jobs come oldest first
         for job in self.book.jobs:
-            status = _job_status(job)
+            status = _job_status(job, latest.get(job.run_dir) is job)
             if status:
                 rows[f"job:{job.id}"] = (job.name, status, "", "", "", "")
         for view in self._grouped():
@@ -158,7 +159,7 @@ class RunsTab(Vertical):
         detail = self.query_one(RunDetail)
         job = next((j for j in book.jobs if f"job:{j.id}" == key), None)
         if job:
-            detail.show_job(job, _job_status(job) or job.state)
+            detail.show_job(job, _job_status(job, True) or job.state)
         elif key and Path(key) in book.views:
             path = Path(key)
             detail.show(book.views[path], book.status(path))
@@ -264,18 +265,25 @@ class RunsTab(Vertical):
         self.notify(f"Deleted {path.name}")
 
     def _delete_job(self, job_id: str) -> None:
+        job = next((j for j in self.book.jobs if j.id == job_id), None)
         try:
-            job = queue.remove(job_id)
+            if job is not None and job.state == "done":  # a failed job's row: forget it
+                queue.forget(job)
+            else:
+                job = queue.remove(job_id)
         except MlxloraError as exc:
             self.notify(str(exc), severity="error")
             return
-        self.notify(f"Removed queued job {job.name}")
+        self.notify(f"Removed {'failed' if job.state == 'done' else 'queued'} job {job.name}")
 
 
-def _job_status(job: queue.Job) -> str | None:
-    """How a job without a run directory shows; None for a job whose run shows it."""
+def _job_status(job: queue.Job, latest_for_its_run: bool) -> str | None:
+    """How a job shows as a row of its own; None for a job its run's row shows. A resume
+    that failed before the run started again (its dataset removed, say) wrote nothing in
+    the run: its row says so while it is the run's latest job."""
     if job.run_dir:
-        return None
+        failed = job.state == "done" and job.exit_code and latest_for_its_run
+        return "resume failed" if failed and job.kind == "resume" else None
     if job.state == "done":
         return "failed" if job.exit_code else None
     return "starting" if job.state == "running" else "queued"
