@@ -207,11 +207,18 @@ class RunView:
 
     @property
     def elapsed_sec(self) -> float | None:
-        """Training seconds from the summary, else wall-clock from the first event to the
-        latest (stops included) while the run has no summary."""
+        """Training seconds from the summary while it is current (the latest session ended:
+        its summary is written before its end); in a session resumed since, the summary's
+        (its earlier sessions') plus this session's wall-clock so far; with no summary,
+        wall-clock from the first event to the latest (stops included)."""
         elapsed = self.summary.get("elapsed_sec")
-        if elapsed is None and self.log and self.first_time:
-            elapsed = self.log[-1].time - self.first_time
+        latest = self.log[-1].time if self.log else None
+        if elapsed is not None and (self.ending is not None or self.started is None):
+            return elapsed
+        if elapsed is not None and self.started and latest:
+            return elapsed + max(0.0, latest - self.started.time)
+        if latest and self.first_time:
+            return latest - self.first_time
         return elapsed
 
     @property

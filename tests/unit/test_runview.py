@@ -28,6 +28,18 @@ def step(n: int, loss: float, at: float) -> Step:
     return Step(n, n / 10, loss, 1e-3, 10, 100.0, 0.5, time=at)
 
 
+def test_a_resumed_runs_elapsed_time_goes_on_from_its_last_summary(tmp_path):
+    view = RunView(tmp_path)
+    first = started()
+    view.add([first, step(4, 2.0, first.time + 70)])  # log_every 4: step 5 not logged
+    view.summary = {"elapsed_sec": 77.0, "steps": 5}  # written when it stopped at step 5
+    view.add([RunFinished(step=5, best_val_loss=None, best_step=None, elapsed_sec=77.0)])
+    assert view.elapsed_sec == 77.0
+    resumed = started(resumed_from=5)
+    view.add([resumed, step(6, 1.0, resumed.time + 30)])  # the summary is the stop's
+    assert view.elapsed_sec == 77.0 + 30  # it froze at 77 before
+
+
 def test_a_resumed_run_drops_the_steps_it_repeats(tmp_path):
     view = RunView(tmp_path)
     view.add([started(), *(step(n, 2.0, n) for n in range(1, 8))])  # killed after step 7
