@@ -120,6 +120,14 @@ class CompareTab(Vertical):
         self._draw_table(picked)
         self._draw_chart(picked)
 
+    def _label(self, path: Path) -> str:
+        """A run as the list shows it: a sweep's run by what tells it from the others first
+        (`rank8-<stamp>  (sweep)`): a narrow list cuts the end of a line."""
+        sweep = self._sweep_of(path)
+        if sweep and path.name.startswith(f"{sweep}-"):
+            return f"{path.name.removeprefix(f'{sweep}-')}  ({sweep})"
+        return path.name
+
     def _draw_list(self) -> None:
         present = _newest_first(self.book.present)
         if present == self._listed:
@@ -133,7 +141,7 @@ class CompareTab(Vertical):
             (f"▸ {s} ({len(self._members(s))} runs)", SWEEP + s, s in self._sweeps_picked)
             for s in sweeps
         )
-        pick.add_options((p.name, str(p), p in self.picked) for p in present)
+        pick.add_options((self._label(p), str(p), p in self.picked) for p in present)
         if pick.option_count:
             pick.highlighted = min(highlighted, pick.option_count - 1)
         self.picked = [p for p in self.picked if p in present]
