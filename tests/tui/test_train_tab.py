@@ -350,6 +350,7 @@ def test_start_refuses_a_model_that_is_not_there_and_queues_nothing(workspace):
         app = MlxloraApp("train")
         async with app.run_test(size=(80, 24)) as pilot:
             await load_tiny_preset(app, pilot)
+            assert app.query_one("#f-dataset", Select).prompt == "choose a dataset"  # some stored
             await type_into(pilot, app, "#f-model", "builtin:無い")
             await pilot.press("ctrl+g")
             await pilot.pause()

@@ -187,6 +187,7 @@ class TrainTab(Vertical):
             return  # as shown (setting the options re-lays the form out)
         self._dataset_names = names
         select.set_options((n, n) for n in names)
+        select.prompt = "choose a dataset" if names else "no stored datasets"
         select.value = value
 
     async def _set_targets(self, choices: list[str] | None = None) -> None:
