@@ -190,6 +190,14 @@ class RunsTab(Vertical):
 
     def action_resume_run(self) -> None:
         """Queue the selected stopped, interrupted or failed run to continue."""
+        key = self.selected_key()
+        if key and key.startswith("job:"):  # failed before a run (or its resume) began
+            self.notify(
+                "This job wrote no run to resume: fix what its error says, then start it "
+                "again (d forgets the job)",
+                severity="warning",
+            )
+            return
         path = self._selected_run()
         status = self.book.status(path) if path else None
         if path is None or status not in RESUMABLE:
