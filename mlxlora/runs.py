@@ -336,18 +336,13 @@ def is_run_dir(path: Path) -> bool:
     )
 
 
-def delete_run(path: Path) -> None:
-    """Delete a run directory with its adapters and checkpoints (the CLI's `runs rm` and the
-    Runs tab's delete). Refused while a process trains it or a queued job will resume it.
-
-    The run is held (its lock) while it goes, so no training starts in it meanwhile, and it
-    is moved aside in one rename first: a listing never shows half a run.
-    """
+def check_deletable(paths: RunPaths) -> None:
+    """RunError unless `paths` is a run that no queued or running job is for (asked before
+    a face asks its user, and again when it deletes)."""
     from mlxlora import queue  # imports this module
 
-    paths = RunPaths(Path(path))
     if not is_run_dir(paths.root):  # a project folder with a config.yaml is not a run
-        raise RunError(f"{path}: not a run directory (no config.yaml beside events or adapters)")
+        raise RunError(f"{paths.root}: not a run directory (no config.yaml beside its events)")
     waiting = [
         j
         for j in queue.jobs()
@@ -357,6 +352,17 @@ def delete_run(path: Path) -> None:
         job, short = waiting[0], queue.short_id(waiting[0].id)
         todo = f"`mlxlora queue rm {short}` first" if job.state == "queued" else "stop it first"
         raise RunError(f"{paths.root.name}: job {short} is {job.state} for this run; {todo}")
+
+
+def delete_run(path: Path) -> None:
+    """Delete a run directory with its adapters and checkpoints (the CLI's `runs rm` and the
+    Runs tab's delete). Refused while a process trains it or a queued job will resume it.
+
+    The run is held (its lock) while it goes, so no training starts in it meanwhile, and it
+    is moved aside in one rename first: a listing never shows half a run.
+    """
+    paths = RunPaths(Path(path))
+    check_deletable(paths)
     try:
         with run_lock(paths):
             trash = Path(tempfile.mkdtemp(dir=paths.root.parent, prefix=f".rm-{paths.root.name}."))

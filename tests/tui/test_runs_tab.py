@@ -109,6 +109,14 @@ def test_delete_asks_and_never_removes_a_running_run(home):
             assert not isinstance(app.screen, Confirm)
             assert (runs.runs_root() / "live-20250615-000000").is_dir()
 
+            halted = runs.runs_root() / "halted-20250615-000000"
+            queue.add_resume(halted)  # a queued resume: refused before the question
+            await select(pilot, "halted-20250615-000000")
+            await pilot.press("d")
+            assert not isinstance(app.screen, Confirm) and halted.is_dir()
+            said = [str(n.message) for n in app._notifications]
+            assert any(m.startswith("halted-20250615-000000: job ") for m in said), said
+
     asyncio.run(go())
 
 

@@ -261,13 +261,21 @@ class RunsTab(Vertical):
         if self.book.status(path) == "running":
             self.notify("A running run is not deleted; stop it first", severity="warning")
             return
+        try:  # a queued resume refuses it: say so before asking
+            runs.check_deletable(runs.RunPaths(path))
+        except MlxloraError as exc:
+            self.notify(str(exc), severity="warning")
+            return
         question = f"Delete run {path.name} with its adapters and checkpoints?"
         self.app.push_screen(Confirm(question), lambda yes: yes and self._delete_run(path))
 
     def _delete_run(self, path: Path) -> None:
         try:  # as `mlxlora runs rm`: refused if it started or was queued since the question
             runs.delete_run(path)
-        except (MlxloraError, OSError) as exc:
+        except MlxloraError as exc:  # it names the run
+            self.notify(str(exc), severity="error")
+            return
+        except OSError as exc:
             self.notify(f"{path.name}: {exc}", severity="error")
             return
         self.notify(f"Deleted {path.name}")
