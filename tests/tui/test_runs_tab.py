@@ -17,7 +17,7 @@ from mlxlora import machine, memory, queue, runs
 from mlxlora.tui.app import MlxloraApp
 from mlxlora.tui.screens.runs import RunsTab
 from mlxlora.tui.widgets.confirm import Confirm
-from mlxlora.tui.widgets.loss_chart import LossChart
+from mlxlora.tui.widgets.loss_chart import LossChart, readable_lines
 
 
 def four_runs():
@@ -73,6 +73,9 @@ def test_every_run_with_its_status_chart_samples_and_failure(home, monkeypatch):
             chart = app.query_one("#run-chart", LossChart)
             assert [len(s.x) for s in chart.series] == [13, 13, 2]  # raw, smoothed, 2 evals
             assert chart.vlines == [10]  # the epoch boundary
+            width = chart.size.width
+            assert readable_lines([10], width) == [10]
+            assert readable_lines(list(range(width // 4 + 1)), width) == ()  # a bar per cell
 
             await select(pilot, "done-20250615-000000")
             panel = app.query_one("#run-samples").render()

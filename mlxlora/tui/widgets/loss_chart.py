@@ -113,9 +113,15 @@ class LossChart(PlotextPlot):
                 plt.scatter(x, y, label=s.label, color=s.color, marker="o")
             else:
                 plt.plot(x, y, label=s.label, color=s.color, marker="braille")
-        for x in self.vlines if drawn else ():
+        for x in readable_lines(self.vlines, self.size.width) if drawn else ():
             plt.vertical_line(x, color="gray")
         return super().render()
+
+
+def readable_lines(vlines: Sequence[float], width: int) -> Sequence[float]:
+    """The epoch boundaries to draw: all while they are a few cells apart on average; none
+    when there are more (77 epochs on 80 cells filled the plot with bars)."""
+    return vlines if len(vlines) <= width // 4 else ()
 
 
 def _sources(series: list[Series]) -> list[tuple[int, int]]:
