@@ -351,6 +351,13 @@ def test_start_refuses_a_model_that_is_not_there_and_queues_nothing(workspace):
         async with app.run_test(size=(80, 24)) as pilot:
             await load_tiny_preset(app, pilot)
             assert app.query_one("#f-dataset", Select).prompt == "choose a dataset"  # some stored
+            await type_into(pilot, app, "#f-lora-num_layers", "999")  # builtin:tiny has 4
+            await pilot.pause()
+            assert problems(app) == {
+                "lora.num_layers": "999 is more than the model's 4 layers (-1: all)"
+            }
+            await type_into(pilot, app, "#f-lora-num_layers", "-1")
+            assert problems(app) == {}
             await type_into(pilot, app, "#f-model", "builtin:無い")
             await pilot.press("ctrl+g")
             await pilot.pause()

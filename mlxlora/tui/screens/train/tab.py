@@ -254,6 +254,9 @@ class TrainTab(Vertical):
     def validate(self) -> Config | None:
         """Validate the form with `config.from_dict`; show each problem under its field."""
         self.cfg, by_field, other = form.validate(self.form_data(), self.keys)
+        if self.cfg is not None and (problem := self._layers_problem(self.cfg)):
+            by_field.setdefault("lora.num_layers", []).append(problem)
+            self.cfg = None
         for row in self.rows:
             row.show_problems(by_field.get(row.key, []))
         count = sum(map(len, by_field.values())) + len(other)
@@ -263,6 +266,15 @@ class TrainTab(Vertical):
         )
         self._say("#train-memory", self._memory_text())
         return self.cfg
+
+    def _layers_problem(self, cfg: Config) -> str | None:
+        """More LoRA layers than the model has (known once its facts are read): the run
+        would refuse it at its start."""
+        info = (self.model_facts.get(cfg.model) or (None,))[0] or {}
+        layers = info.get("num_hidden_layers")
+        if layers and cfg.lora.num_layers > layers:
+            return f"{cfg.lora.num_layers} is more than the model's {layers} layers (-1: all)"
+        return None
 
     def _say(self, selector: str, text: str) -> None:
         """Update a line only when its text changes: an update re-lays the form out."""
