@@ -10,7 +10,7 @@ from pathlib import Path
 from mlxlora import schedules
 from mlxlora.config import Config
 from mlxlora.data import batching
-from mlxlora.errors import DataError
+from mlxlora.errors import ConfigError, DataError
 from mlxlora.events import MemoryFit
 from mlxlora.runs import RunPaths
 
@@ -95,12 +95,24 @@ def check_references(cfg: Config) -> None:
     """The datasets and the model `cfg` names exist and load, checked without storing,
     building or downloading anything: a job is refused before it is queued, not when it runs."""
     from mlxlora.data import store
+    from mlxlora.models.listing import known_info
     from mlxlora.models.resolve import check_model
 
     for ref in (cfg.data.dataset, cfg.data.validation):
         if ref:
             store.check(ref)
     check_model(cfg.model)
+    if problem := layers_problem(cfg, known_info(cfg.model)):
+        raise ConfigError([f"lora.num_layers: {problem}"], cfg.name)
+
+
+def layers_problem(cfg: Config, info: dict | None) -> str | None:
+    """More LoRA layers than the model has, when its facts (`model_info`) are known: the run
+    would refuse it at its start."""
+    layers = (info or {}).get("num_hidden_layers")
+    if layers and cfg.lora.num_layers > layers:
+        return f"{cfg.lora.num_layers} is more than the model's {layers} layers (-1: all)"
+    return None
 
 
 def dataset_digests(data) -> dict[str, str]:

@@ -151,6 +151,8 @@ def test_a_sweep_naming_a_missing_dataset_or_model_queues_nothing(home, capsys):
     assert "unknown dataset '存在しない'" in err and len(err.splitlines()) == 1
     assert main([*args, "--set", "model=builtin:nope"]) == 2
     assert "builtin:nope: unknown builtin model" in capsys.readouterr().err
+    assert main([*args, "--set", "lora.num_layers=999"]) == 2  # builtin:tiny has 4
+    assert "lora.num_layers: 999 is more than the model's 4 layers" in capsys.readouterr().err
     assert queue.jobs() == [] and sweep.sweep_names() == []
 
 

@@ -17,6 +17,7 @@ from mlxlora import config, machine, memory
 from mlxlora.config import SCHEDULES, Config
 from mlxlora.data import store
 from mlxlora.errors import MlxloraError
+from mlxlora.prepare import layers_problem
 from mlxlora.tui.screens.train import form
 from mlxlora.tui.screens.train.models import describe, model_options
 from mlxlora.tui.screens.train.save_dialog import SaveYamlDialog
@@ -254,7 +255,8 @@ class TrainTab(Vertical):
     def validate(self) -> Config | None:
         """Validate the form with `config.from_dict`; show each problem under its field."""
         self.cfg, by_field, other = form.validate(self.form_data(), self.keys)
-        if self.cfg is not None and (problem := self._layers_problem(self.cfg)):
+        facts = self.model_facts.get(self.cfg.model) if self.cfg else None
+        if self.cfg is not None and (problem := layers_problem(self.cfg, (facts or (None,))[0])):
             by_field.setdefault("lora.num_layers", []).append(problem)
             self.cfg = None
         for row in self.rows:
@@ -266,15 +268,6 @@ class TrainTab(Vertical):
         )
         self._say("#train-memory", self._memory_text())
         return self.cfg
-
-    def _layers_problem(self, cfg: Config) -> str | None:
-        """More LoRA layers than the model has (known once its facts are read): the run
-        would refuse it at its start."""
-        info = (self.model_facts.get(cfg.model) or (None,))[0] or {}
-        layers = info.get("num_hidden_layers")
-        if layers and cfg.lora.num_layers > layers:
-            return f"{cfg.lora.num_layers} is more than the model's {layers} layers (-1: all)"
-        return None
 
     def _say(self, selector: str, text: str) -> None:
         """Update a line only when its text changes: an update re-lays the form out."""
