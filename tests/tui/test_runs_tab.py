@@ -188,6 +188,8 @@ def test_a_resume_that_failed_to_start_shows_and_d_forgets_it(home):
             table.move_cursor(row=list(shown).index(f"job:{job.id}"))
             await pilot.pause(0.1)
             assert "failed: unknown dataset '医療QA'" in screen_text(app)
+            bars = app.query(ProgressBar)
+            assert bars and all(b.total == 1 and b.progress == 0 for b in bars)  # not animating
             await pilot.press("r")  # nothing of its own to resume: says what to do
             said = lambda: [str(n.message) for n in app._notifications]  # noqa: E731
             await wait_for(pilot, lambda: any("wrote no run to resume" in m for m in said()))

@@ -126,8 +126,9 @@ class RunDetail(Horizontal):
     def show_job(self, job: Job, status: str) -> None:
         """A queued job, or one that failed before it started a run."""
         self._put("run-stats", f"{job.name}\nstatus  {status}\njob     {job.id} ({job.kind})")
+        waiting = job.state != "done"  # a bar that moves only for a job yet to start
         for bar in self.query(ProgressBar):
-            bar.update(total=None, progress=0)
+            bar.update(total=None if waiting else 1, progress=0)
         self._put("run-failure", f"failed: {job.error}" if job.error else "")
         self._put_optional("run-diagnosis", "")
         self._put_optional("run-eval", "")
