@@ -44,6 +44,7 @@ class MlxloraApp(App):
         ),
         Binding("question_mark", "toggle_help", "Help"),
         Binding("ctrl+q", "quit", "Quit"),
+        Binding("escape", "leave_field", "Leave the field", show=False),
     ]
 
     def __init__(self, initial: str = "datasets"):
@@ -91,6 +92,11 @@ class MlxloraApp(App):
             widget = next(w for tab, _, w in TABS if tab == pane.id)
             pane.mount(widget(id=f"{pane.id}-tab"))
             self.call_after_refresh(_settle_heap)
+
+    def action_leave_field(self) -> None:
+        """Escape leaves a text field, so the number keys switch tabs again (a dialog's own
+        escape, which cancels it, comes first)."""
+        self.screen.set_focus(None)
 
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):

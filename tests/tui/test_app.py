@@ -25,6 +25,24 @@ def test_number_keys_switch_tabs(home):
     asyncio.run(go())
 
 
+def test_escape_leaves_a_field_so_number_keys_switch_tabs_again(home):
+    from textual.widgets import Input
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            field = app.query_one("#f-name", Input)
+            field.focus()
+            await pilot.press("3")  # typed into the field, as a field takes keys
+            assert field.value.endswith("3") and app.query_one(TabbedContent).active == "train"
+            await pilot.press("escape", "3")
+            await pilot.pause()
+            assert app.query_one(TabbedContent).active == "runs"
+
+    asyncio.run(go())
+
+
 def test_palette_offers_every_tab(home):
     async def go():
         app = MlxloraApp()
