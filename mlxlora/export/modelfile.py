@@ -91,9 +91,18 @@ def ollama_model_name(name: str) -> str:
     return result
 
 
+def name_is_hashed(name: str) -> bool:
+    """Whether ollama_model_name(name) puts a hash in (letters of another script had to go)."""
+    return _other_script(unicodedata.normalize("NFKC", name).strip().partition(":")[0])
+
+
+def _other_script(part: str) -> bool:
+    return any(ord(c) > 127 and unicodedata.category(c)[0] in "LN" for c in part.split("/")[-1])
+
+
 def _model_part(part: str) -> str:
     ascii_part = _ascii_part(part, dots=True)
-    if not any(ord(c) > 127 and unicodedata.category(c)[0] in "LN" for c in part):
+    if not _other_script(part):
         return ascii_part
     digest = hashlib.sha256(part.encode("utf-8")).hexdigest()[:6]
     return f"{ascii_part or 'mlxlora'}-{digest}"

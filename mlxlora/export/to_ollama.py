@@ -11,9 +11,7 @@ nothing behind. A name Ollama cannot take is made valid and the one used is said
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ from mlxlora.errors import ExportError
 from mlxlora.export import ollama, templates
 from mlxlora.export.fuse import ExportSource, export_source
 from mlxlora.export.gguf_writer import QUANTIZATIONS, check_supported
-from mlxlora.export.modelfile import Modelfile, ollama_model_name
+from mlxlora.export.modelfile import Modelfile, name_is_hashed, ollama_model_name
 from mlxlora.outputs import OUTPUT_MARKER, check_output_dir, output_dir
 
 EXPORT_DIR = "export"  # default output: <run>/export/<ollama name>
@@ -93,9 +91,7 @@ def export_ollama(request: ExportRequest, report: Report = lambda stage, text: N
 def name_notice(given: str, name: str) -> str:
     """One line saying that `name` stands for the name the user gave, and why."""
     why = "Ollama names hold only lowercase ASCII letters, digits, '_', '-' and '.'"
-    model = unicodedata.normalize("NFKC", given).strip().partition(":")[0].split("/")[-1]
-    digest = hashlib.sha256(model.encode("utf-8")).hexdigest()[:6]
-    if name.partition(":")[0].endswith(f"-{digest}"):  # see modelfile._model_part
+    if name_is_hashed(given):
         why += " (a short hash of the name stands for the letters that had to go)"
     return f"using the Ollama name {name!r} for {given!r}: {why}"
 
