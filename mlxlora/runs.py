@@ -21,15 +21,11 @@ from pathlib import Path
 from mlxlora import names
 from mlxlora.errors import RunError
 from mlxlora.events import (
-    Eval,
     Event,
     RunFailed,
     RunFinished,
     RunStarted,
-    Step,
-    parse,
     read_events,
-    read_events_of,
 )
 
 # What an adapter directory holds (mlx-lm's layout: `mlx_lm.generate --adapter-path DIR`).
@@ -233,20 +229,6 @@ def running_runs(root: Path | None = None) -> list[Path]:
     return sorted(p for p in found if is_locked(RunPaths(p)))
 
 
-@dataclass
-class RunInfo:
-    """What `runs list` and the TUI show about a run, derived from its directory only."""
-
-    path: Path
-    name: str
-    status: str  # running | finished | stopped | failed | interrupted | new
-    model: str
-    step: int
-    last_loss: float | None
-    best_val_loss: float | None
-    started: float | None
-
-
 def run_status(events: list[Event], locked: bool) -> str:
     last = next(
         (e for e in reversed(events) if isinstance(e, (RunFinished, RunFailed, RunStarted))), None
@@ -270,114 +252,12 @@ def read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-TAIL_BYTES = 1 << 16  # the end of an events file that holds a run's latest state
-
-
-def head_and_tail_events(path: Path, tail_bytes: int = TAIL_BYTES) -> tuple[Event | None, list]:
-    """(first event, events of the last `tail_bytes`) of an events file, read in O(1).
-
-    Enough for a run's summary however long it trained: run_started comes first, and after a
-    run_finished or run_failed nothing is written but a resume's run_started, so the tail holds
-    the latest state (a tail without any of the three means the run is in its last start).
-    """
-    try:
-        with open(path, "rb") as f:
-            first = parse(f.readline().decode("utf-8", "replace"))
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - tail_bytes))
-            chunk = f.read()
-    except OSError:
-        return None, []
-    lines = chunk.split(b"\n")[1 if size > tail_bytes else 0 :]  # the first may be cut
-    return first, [e for e in (parse(ln.decode("utf-8", "replace")) for ln in lines) if e]
-
-
-def run_info(path: Path) -> RunInfo:
-    paths = RunPaths(path)
-    first, events = head_and_tail_events(paths.events)
-    if first is not None and not any(
-        isinstance(e, (RunStarted, RunFinished, RunFailed)) for e in events
-    ):
-        events = [first, *events]  # a long last segment: its run_started is before the tail
-    started = first if isinstance(first, RunStarted) else None
-    steps = [e for e in events if isinstance(e, Step)]
-    status = run_status(events, is_locked(paths))
-    return RunInfo(
-        path=path,
-        name=path.name,
-        status=status,
-        model=started.model if started else "",
-        step=steps[-1].step if steps else 0,
-        last_loss=steps[-1].loss if steps else None,
-        best_val_loss=best_val_loss(paths, status),
-        started=started.time if started else None,
-    )
-
-
-def best_val_loss(paths: RunPaths, status: str) -> float | None:
-    """The run's best validation loss: its summary's once a session ended with one, else the
-    best of the evaluations so far (a running or killed run has no summary, or an earlier
-    session's), folded as the Runs tab folds them; only eval and run_started lines are read."""
-    from mlxlora.runview import RunView  # imports this module
-
-    summary = read_json(paths.summary)
-    if status in ("finished", "stopped") and "best_val_loss" in summary:
-        return summary["best_val_loss"]
-    view = RunView(paths.root)
-    view.add(read_events_of(paths.events, RunStarted, Eval))
-    return view.best_eval.val_loss if view.best_eval else None
-
-
 def is_run_dir(path: Path) -> bool:
     """A run's directory: its config.yaml (common in a user's project folder too) beside its
     events, lock or adapters."""
     return (path / "config.yaml").is_file() and any(
         (path / name).exists() for name in ("events.jsonl", ".lock", "adapters")
     )
-
-
-def check_deletable(paths: RunPaths) -> None:
-    """RunError unless `paths` is a run that no queued or running job is for (asked before
-    a face asks its user, and again when it deletes)."""
-    from mlxlora import queue  # imports this module
-
-    if not is_run_dir(paths.root):  # a project folder with a config.yaml is not a run
-        raise RunError(f"{paths.root}: not a run directory (no config.yaml beside its events)")
-    waiting = [
-        j
-        for j in queue.jobs()
-        if j.state != "done" and j.run_dir and Path(j.run_dir).resolve() == paths.root.resolve()
-    ]
-    if waiting:
-        job, short = waiting[0], queue.short_id(waiting[0].id)
-        todo = f"`mlxlora queue rm {short}` first" if job.state == "queued" else "stop it first"
-        raise RunError(f"{paths.root.name}: job {short} is {job.state} for this run; {todo}")
-
-
-def delete_run(path: Path) -> None:
-    """Delete a run directory with its adapters and checkpoints (the CLI's `runs rm` and the
-    Runs tab's delete). Refused while a process trains it or a queued job will resume it.
-
-    The run is held (its lock) while it goes, so no training starts in it meanwhile, and it
-    is moved aside in one rename first: a listing never shows half a run.
-    """
-    paths = RunPaths(Path(path))
-    check_deletable(paths)
-    try:
-        with run_lock(paths):
-            trash = Path(tempfile.mkdtemp(dir=paths.root.parent, prefix=f".rm-{paths.root.name}."))
-            os.replace(paths.root, trash / paths.root.name)
-    except RunError as exc:
-        raise RunError(f"{exc}; stop it first, then delete it") from None
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def list_runs(root: Path | None = None) -> list[RunInfo]:
-    root = root or runs_root()
-    if not root.exists():
-        return []
-    dirs = [p for p in root.iterdir() if (p / "config.yaml").exists()]
-    return sorted((run_info(p) for p in dirs), key=lambda r: r.started or 0, reverse=True)
 
 
 # `<name>-<YYYYmmdd-HHMMSS>`, with `-N` when two runs of one name start in the same second.

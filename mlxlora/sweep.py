@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlxlora import config, names, queue, runs
+from mlxlora import config, names, queue, runlist, runs
 from mlxlora.errors import ConfigError, MlxloraError, RunError
 from mlxlora.runview import read_config
 
@@ -237,7 +237,7 @@ class _Known:
 def _member_runs(sweep: str) -> dict[str, Path]:
     """The sweep's runs by name (the newest where a name has two)."""
     found: dict[str, Path] = {}
-    for info in sorted(runs.list_runs(), key=lambda i: i.started or 0):
+    for info in sorted(runlist.list_runs(), key=lambda i: i.started or 0):
         cfg = read_config(runs.RunPaths(info.path).config)
         if cfg.get("sweep") == sweep and isinstance(cfg.get("name"), str):
             found[cfg["name"]] = info.path

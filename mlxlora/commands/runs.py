@@ -79,9 +79,9 @@ def generate_command(model_dir: str, adapters: Path, prompt: str) -> str:
 def list_runs(args) -> int:
     from rich.console import Console
 
-    from mlxlora import runs
+    from mlxlora import runlist, runs
 
-    infos = runs.list_runs()
+    infos = runlist.list_runs()
     flags = [diagnosis_flag(i.path) for i in infos]
     if args.json:
         shown = [
@@ -152,7 +152,7 @@ def fit_widths(natural: list[int], least: list[int], room: int) -> list[int]:
 
 
 def remove_run(args) -> int:
-    from mlxlora import names, runs
+    from mlxlora import names, runlist, runs
     from mlxlora.errors import RunError
 
     path = runs.find_run(args.run)
@@ -164,7 +164,7 @@ def remove_run(args) -> int:
     if not in_workspace and os.sep not in args.run and "/" not in args.run:
         # a bare name deletes a workspace run, never a same-named folder where you stand
         raise RunError(f"{args.run}: no workspace run of that name; give a path to delete {path}")
-    runs.delete_run(path)
+    runlist.delete_run(path)
     print(f"deleted run {path.name} ({path.resolve().parent})")
     return 0
 
@@ -180,12 +180,12 @@ def diagnosis_flag(path: Path) -> str:
 
 
 def show_run(args) -> int:
-    from mlxlora import config, runs
+    from mlxlora import config, runlist, runs
     from mlxlora.diagnosis import diagnose
     from mlxlora.events import Eval, Sample, read_events
 
     path = runs.find_run(args.run).resolve()
-    info = runs.run_info(path)
+    info = runlist.run_info(path)
     paths = runs.RunPaths(path)
     cfg = config.load(paths.config)
     summary = runs.read_json(paths.summary)

@@ -11,7 +11,8 @@ from pathlib import Path
 from mlxlora import config, queue
 from mlxlora.cli import main
 from mlxlora.events import RunStarted, read_events
-from mlxlora.runs import RunPaths, list_runs
+from mlxlora.runlist import list_runs
+from mlxlora.runs import RunPaths
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"

@@ -7,7 +7,7 @@ import unicodedata
 
 import pytest
 
-from mlxlora import runs
+from mlxlora import runlist, runs
 from mlxlora.cli import main
 from mlxlora.errors import RunError
 from mlxlora.events import EventWriter, RunStarted
@@ -97,5 +97,5 @@ def test_running_runs_are_those_a_live_process_holds(home):
     for run in (live, empty):
         with EventWriter(runs.RunPaths(run).events) as events:
             events.emit(RunStarted(str(run), "builtin:tiny", "mlx", "cpu", 8, 2, 4, 4, 10, 99, 0.1))
-    assert runs.run_info(live).status == "running"
-    assert runs.run_info(empty).status == "interrupted"
+    assert runlist.run_info(live).status == "running"
+    assert runlist.run_info(empty).status == "interrupted"

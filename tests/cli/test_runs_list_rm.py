@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlxlora import config, engine, queue, runs
+from mlxlora import config, engine, queue, runlist, runs
 from mlxlora.cli import main
 from mlxlora.events import Eval, read_events
 
@@ -52,7 +52,7 @@ def test_runs_list_shows_the_best_val_so_far_of_a_running_then_killed_run(home, 
             if evals == 3:
                 os.kill(child.pid, signal.SIGSTOP)  # mid-run: it holds the run, writes nothing
                 break
-        (run,) = runs.list_runs()
+        (run,) = runlist.list_runs()
         seen = [
             e.val_loss for e in read_events(runs.RunPaths(run.path).events) if isinstance(e, Eval)
         ]
@@ -78,7 +78,7 @@ def test_runs_rm_deletes_a_run_but_never_a_live_or_queued_one(home, capsys):
     )
     assert main(["runs", "rm", "gone"]) == 0
     assert f"deleted run {gone.name}" in capsys.readouterr().out
-    assert not gone.exists() and [r.path for r in runs.list_runs()] == [kept]
+    assert not gone.exists() and [r.path for r in runlist.list_runs()] == [kept]
     assert sorted(p.name for p in runs.runs_root().iterdir()) == [kept.name]  # nothing left
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -99,7 +99,7 @@ def test_runs_rm_deletes_a_run_but_never_a_live_or_queued_one(home, capsys):
         capsys.readouterr().err
     )
     queue.remove(short)
-    assert main(["runs", "rm", str(kept)]) == 0 and runs.list_runs() == []
+    assert main(["runs", "rm", str(kept)]) == 0 and runlist.list_runs() == []
 
 
 def test_runs_rm_never_deletes_a_project_folder_that_has_a_config(home, tmp_path, monkeypatch):

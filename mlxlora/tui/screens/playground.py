@@ -149,7 +149,8 @@ class PlaygroundTab(Vertical):
     @work(thread=True, exclusive=True, group="play-runs", exit_on_error=False)
     def _find_runs(self) -> None:
         from mlxlora.evaluate import is_adapter_dir
-        from mlxlora.runs import RunPaths, list_runs
+        from mlxlora.runlist import list_runs
+        from mlxlora.runs import RunPaths
 
         found = [
             run

@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
-from mlxlora import machine, queue, runs
+from mlxlora import machine, queue, runlist, runs
 from mlxlora.errors import MlxloraError
 from mlxlora.evaluate import Sampling
 from mlxlora.sweep import run_sweep
@@ -262,7 +262,7 @@ class RunsTab(Vertical):
             self.notify("A running run is not deleted; stop it first", severity="warning")
             return
         try:  # a queued resume refuses it: say so before asking
-            runs.check_deletable(runs.RunPaths(path))
+            runlist.check_deletable(runs.RunPaths(path))
         except MlxloraError as exc:
             self.notify(str(exc), severity="warning")
             return
@@ -271,7 +271,7 @@ class RunsTab(Vertical):
 
     def _delete_run(self, path: Path) -> None:
         try:  # as `mlxlora runs rm`: refused if it started or was queued since the question
-            runs.delete_run(path)
+            runlist.delete_run(path)
         except MlxloraError as exc:  # it names the run
             self.notify(str(exc), severity="error")
             return
