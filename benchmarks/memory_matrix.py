@@ -5,6 +5,7 @@
     python benchmarks/memory_matrix.py --quick         # five cells, one step each
     python benchmarks/memory_matrix.py --axes          # one more cell per axis, one step each
     python benchmarks/memory_matrix.py --fit           # SmolLM2 4 x 1024 fitted to 2/4/8 GB
+    python benchmarks/memory_matrix.py --unfused       # a GPU's attention rule, on the CPU
     python benchmarks/memory_matrix.py --case '{...}'  # one case (what each subprocess runs)
 
 Each case runs in a fresh subprocess: the MLX backend loads the model as a run would
@@ -15,6 +16,10 @@ mx.get_peak_memory() over the whole process (loading included, as the run summar
 Models: SmolLM2-135M (builtin:smollm2-135m, vocab 49,152), the same quantized to 4 bits and
 kept quantized, and a random qwen2 model with Qwen2.5's vocabulary (151,936) and a small
 hidden size (256, 4 layers).
+
+`--unfused` trains with mx.fast.scaled_dot_product_attention instead of the CPU's blocked
+attention: on a CPU it is the same unfused graph Metal trains with (MLX falls back to it while
+differentiating), so the "unfused" rule of memory.ATTENTION_MODES is measured here in float32.
 """
 
 from __future__ import annotations
@@ -94,16 +99,22 @@ def run_case(case: dict) -> dict:
     import mlx.core as mx
     import numpy as np
 
+    from dataclasses import replace
+
     from mlxlora import config, memory
     from mlxlora.backends.base import Batch
     from mlxlora.models.resolve import model_info
     from mlxlora.prepare import train_shape
 
+    if case.get("unfused"):  # mx.fast's attention, as on a GPU
+        backend_mod.use_blocked_attention = lambda model: False
     cfg = config.from_dict(case_config(case))
     backend = backend_mod.MLXBackend()
     backend.load(Path(case["model_dir"]), cfg)
     info = model_info(case["model_dir"])
     shape = train_shape(cfg, backend, case["max_length"])
+    if case.get("unfused"):
+        shape = replace(shape, attention="unfused")
     est = memory.estimate(info, shape, weights=backend.weight_bytes())
     rng = np.random.default_rng(0)
     B, L = case["batch"], case["max_length"]
@@ -195,6 +206,15 @@ def axes() -> list[dict]:
     ]
 
 
+def unfused() -> list[dict]:
+    """Cells without checkpointing, where the unfused rule counts every layer's
+    probabilities: SmolLM2 (9 heads, 30 layers) at 512-2048 and the GQA qwen layout."""
+    base = {"model": "smollm2", "rank": 16, "targets": ALL_LINEAR[:6], "steps": 1, "ckpt": False}
+    cells = [("smollm2", 2, 512), ("smollm2", 4, 512), ("smollm2", 1, 1024), ("smollm2", 2, 1024)]
+    cells += [("smollm2", 1, 2048), ("qwen-layout", 2, 1024), ("qwen-layout", 2, 2048)]
+    return [{**base, "model": m, "batch": b, "max_length": n, "unfused": True} for m, b, n in cells]
+
+
 def fitted(budget_gb: float) -> dict:
     """SmolLM2 at 4 x 1024 (r16, q/k/v/o/gate/up) as training.fit chooses it for a budget."""
     from mlxlora import config
@@ -258,6 +278,7 @@ def fit_table(budgets: list[float], cache: Path) -> None:
 
 def describe(case: dict) -> str:
     targets = "attn" if case["targets"] == ATTENTION else f"{len(case['targets'])} linear"
+    targets += ", unfused attention" if case.get("unfused") else ""
     accum = f" x{case['accum']} acc" if case.get("accum", 1) > 1 else ""
     return (
         f"{case['model']} | {case['batch']} x {case['max_length']}{accum} | "
@@ -271,6 +292,7 @@ def main(argv=None) -> int:
     p.add_argument("--thin", action="store_true", help="the slice that stays under ~6 GB")
     p.add_argument("--quick", action="store_true", help="five cells, one step each")
     p.add_argument("--axes", action="store_true", help="one more cell per axis, one step each")
+    p.add_argument("--unfused", action="store_true", help="a GPU's attention rule, on the CPU")
     p.add_argument(
         "--fit",
         nargs="*",
@@ -289,7 +311,9 @@ def main(argv=None) -> int:
     print("| model | batch x length | ckpt | LoRA | estimate GB | measured GB | ratio |")
     print("|---|---|---|---|---:|---:|---:|")
     ratios = []
-    cases = quick() if args.quick else axes() if args.axes else matrix(args.thin)
+    chosen = {"quick": quick, "axes": axes, "unfused": unfused}
+    picked = next((cells for flag, cells in chosen.items() if getattr(args, flag)), None)
+    cases = picked() if picked else matrix(args.thin)
     for case in cases:
         r = measure(case, args.cache)
         ratio = r["estimate"] / r["measured"]

@@ -18,12 +18,15 @@ same hyperparameters, each in its own fresh subprocess (so peaks never mix):
   `backend.load(model_dir, cfg)`, then for each batch of `batching.batch_order` (one order per
   epoch, seed 0) `batching.collate`, `backend.accumulate` and `backend.update` (constant
   learning rate, grad_accumulation 1, no validation: `data.val_split=0`). Its batches are padded
-  as `batching.collate` pads them (to the longest sequence of the batch). Gradient clipping is
+  as `batching.collate` pads them (to the longest sequence of the batch; on CUDA the backend
+  pads on to a multiple of 128 positions, CUDA_ATTENTION_TILE). Gradient clipping is
   off (`training.grad_clip=0`) because stock mlx-lm does not clip. It also reports the memory
   estimate a run would show for the shape (batch x the longest sequence) beside its peak.
 * mlxlora-compiled (--compiled): the same with `training.compile` (mx.compile'd loss and
   gradient, batches padded to a multiple of 64 positions); its first graph compiles in the
   warm-up step, later lengths compile inside the timing, as stock's do.
+* mlxlora-untiled (--untiled): mlxlora without the padding to 128 positions (on a CPU the
+  same as mlxlora), its estimate with the unfused attention rule.
 
 Each side trains whole epochs (iters = epochs x batches per epoch) over a sequence count that is a
 multiple of the batch size, so both train on every sequence exactly `epochs` times, in batches
@@ -80,7 +83,7 @@ from mlxlora.backends.blas import blas_in_use, preload_openblas  # noqa: E402
 preload_openblas()  # before the first `import mlx.core` (mlx_lm imports it too)
 
 SEED = 0
-SIDES = ("stock", "mlxlora", "mlxlora-compiled")  # the last only with --compiled
+SIDES = ("stock", "mlxlora", "mlxlora-compiled", "mlxlora-untiled")  # see --compiled, --untiled
 SHAPES = {
     "tiny": {
         "batch_size": 4,
@@ -254,7 +257,7 @@ def shortest(seqs: list, n: int) -> list[int]:
     return sorted(range(len(seqs)), key=lambda i: (len(seqs[i][0]), i))[:n]
 
 
-def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool) -> dict:
+def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool, untiled: bool) -> dict:
     import mlx.core as mx
 
     from mlxlora import memory
@@ -268,6 +271,8 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool) -> dict
     backend.load(model_dir, cfg)
     if (backend._compiled is not None) != compiled:  # the side must be what its name says
         raise SystemExit(f"training.compile={compiled} but the backend compiled: {not compiled}")
+    if untiled and backend.info.pad_multiple > 1:  # padded to their longest only: on CUDA,
+        backend.info.pad_multiple, backend.info.attention = 1, "unfused"  # the unfused VJP
     work = trained_weights(backend.model)  # before any step: the weights both sides start from
     longest = min(max(len(t) for t, _ in seqs), spec["max_length"])
     shape = train_shape(cfg, backend, longest)  # what a run's memory check estimates
@@ -463,7 +468,8 @@ def child(args) -> None:
     if args.side == "stock":
         out = run_stock(spec, Path(args.model_dir), seqs, workdir)
     else:
-        out = run_mlxlora(spec, Path(args.model_dir), seqs, args.side.endswith("compiled"))
+        compiled, untiled = args.side.endswith("compiled"), args.side.endswith("untiled")
+        out = run_mlxlora(spec, Path(args.model_dir), seqs, compiled, untiled)
     out.update(side=args.side, shape=args.shape, tokens_per_s=out["tokens"] / out["wall_s"])
     out["blas"] = blas_in_use()
     print("RESULT " + json.dumps(out), flush=True)
@@ -522,6 +528,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--compiled", action="store_true", help="also mlxlora with training.compile (mx.compile)"
     )
+    p.add_argument(
+        "--untiled",
+        action="store_true",
+        help="also mlxlora without CUDA's padding to 128 positions (CUDA_ATTENTION_TILE)",
+    )
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -548,7 +559,7 @@ def main(argv=None) -> int:
             workdir = Path(tmp) / shape
             workdir.mkdir()
             model_dir, data = prepare(shape, workdir)
-            sides = SIDES if args.compiled else SIDES[:2]
+            sides = [*SIDES[:2], *SIDES[2:3] * args.compiled, *SIDES[3:] * args.untiled]
             res = {side: run_side(side, shape, model_dir, data, args.steps) for side in sides}
             failed += [f"{shape} / {side}" for side, r in res.items() if r is None]
             res = {side: r for side, r in res.items() if r is not None}

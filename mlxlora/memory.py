@@ -62,6 +62,19 @@ LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
 # The CPU's blocked attention keeps each layer's causal probabilities for backward, and its
 # backward adds about a third more in gradients of the blocks (measured, random llama layouts).
 BLOCKED_ATTENTION_FACTOR = 1.3
+# How a training step's attention holds its (batch x heads x len x len) probabilities:
+# * "unfused": MLX on a GPU. Metal trains with mx.fast's unfused fallback for forward and
+#   backward ("faster for training", MLX's ScaledDotProductAttention::use_fallback), and on
+#   CUDA the fused backward exists only for lengths that are a multiple of 128: every layer
+#   that takes a gradient keeps its probabilities, and the layer in backward
+#   UNFUSED_BACKWARD_COPIES more (their gradient and the softmax's; checkpointed, one layer's
+#   two, as fused). Measured on a CPU, which differentiates the same unfused graph
+#   (`benchmarks/memory_matrix.py --unfused`); on Metal not yet;
+# * "blocked": the MLX backend on a CPU (blocked_causal_attention, causal blocks only);
+# * "fused": a flash kernel with its own backward (torch's SDPA on CUDA): one layer's scores
+#   and probabilities while it runs backward.
+ATTENTION_MODES = ("unfused", "blocked", "fused")
+UNFUSED_BACKWARD_COPIES = 2
 # MLX's own: the buffers of the gathers and reshapes, the embedding output, the backward's
 # transients of one layer; a share of the rest (the estimate must not under-promise).
 FRAMEWORK_OVERHEAD = 0.04
@@ -89,9 +102,9 @@ class TrainShape:
     dtype_bytes: int = 2
     chunked_loss: bool = True
     grad_accumulation: int = 1
-    # MLX's fused attention backward (Metal); on a CPU the MLX backend's blocked causal
-    # attention keeps every layer's causal probabilities (see estimate_training_memory).
-    fused_attention: bool = True
+    # How attention trains (see ATTENTION_MODES): "unfused" MLX on a GPU, "blocked" the MLX
+    # backend on a CPU, "fused" a flash kernel with its own backward (torch on CUDA).
+    attention: str = "unfused"
     loss_chunk_rows: int = 0  # 0: loss_chunk_rows(vocab)
     depth_first: bool = False  # MLX evaluates depth-first (on a CPU, see LOGIT_COPIES)
 
@@ -202,7 +215,7 @@ def estimate_training_memory(
     grad_checkpoint: bool,
     dtype_bytes: int,
     chunked_loss: bool = True,
-    fused_attention: bool = True,
+    attention_mode: str = "unfused",
     weights: int | None = None,
     chunk_rows: int = 0,
     depth_first: bool = False,
@@ -214,11 +227,12 @@ def estimate_training_memory(
     about 4*hidden (two norm inputs, the attention output, the LoRA input) + q, k, v after rope
     (q_dim + 2*kv_dim) + 3*intermediate (gate, up, silu(gate)), plus the input of o_proj or
     down_proj when those are adapted. Layers below the first adapted one keep nothing.
-    Attention (batch*heads*len^2 in the model dtype): with the fused kernel, scores and
-    probabilities of one layer at a time in backward. On a CPU the MLX backend's blocked causal
-    attention keeps, in every adapted layer, the probabilities of the causal blocks only
-    (causal_block_fraction of len^2) and two copies of q, with BLOCKED_ATTENTION_FACTOR for
-    their backward.
+    Attention (batch*heads*len^2 in the model dtype), by `attention_mode` (ATTENTION_MODES):
+    unfused, every adapted layer's probabilities and the backward's copies of one layer; fused
+    or checkpointed, the scores and probabilities of the one layer in backward; blocked (the
+    MLX backend on a CPU), in every adapted layer (checkpointed: one) the probabilities of the
+    causal blocks only (causal_block_fraction of len^2) and two copies of q, with
+    BLOCKED_ATTENTION_FACTOR for their backward.
     Gradient checkpointing (mx.checkpoint around each block) keeps only each adapted block's
     input (tokens x hidden); MLX starts rebuilding the last block while the loss chunks are
     still live: breadth-first its activations and attention, depth-first (a CPU) its
@@ -239,11 +253,14 @@ def estimate_training_memory(
     if "down_proj" in lora_targets:
         per_token += inter
     one_layer = tokens * per_token * dtype_bytes
-    if fused_attention:  # scores and probabilities, one layer at a time in backward
-        attention = batch_size * heads * max_length**2 * dtype_bytes * 2
-    else:
+    probs = batch_size * heads * max_length**2 * dtype_bytes  # one layer's
+    if attention_mode == "blocked":
         attention = _blocked_attention(batch_size, heads, max_length, q, dtype_bytes)
         attention *= 1 if grad_checkpoint else adapted
+    elif attention_mode == "unfused" and not grad_checkpoint:
+        attention = (adapted + UNFUSED_BACKWARD_COPIES) * probs
+    else:  # the layer in backward only (fused, or the one a checkpoint rebuilt)
+        attention = 2 * probs
     rows = (chunk_rows or loss_chunk_rows(vocab)) if chunked_loss else 0
     loss = loss_bytes(tokens, rows, vocab, depth_first, hidden_row_bytes=h * dtype_bytes)
     if grad_checkpoint:
@@ -303,7 +320,7 @@ def estimate(info: dict, shape: TrainShape, weights: int | None = None) -> Memor
         shape.grad_checkpoint,
         shape.dtype_bytes,
         shape.chunked_loss,
-        fused_attention=shape.fused_attention,
+        attention_mode=shape.attention,
         weights=weights,
         chunk_rows=shape.loss_chunk_rows,
         depth_first=shape.depth_first,
@@ -317,8 +334,8 @@ def shape_here(shape: TrainShape) -> TrainShape:
 
 def on_cpu(shape: TrainShape) -> TrainShape:
     """`shape` as MLX's CPU backend trains it: float32 (bf16 matmuls are slow there), the
-    blocked attention instead of the fused kernel, and depth-first evaluation."""
-    return replace(shape, dtype_bytes=4, fused_attention=False, depth_first=True)
+    blocked attention, and depth-first evaluation."""
+    return replace(shape, dtype_bytes=4, attention="blocked", depth_first=True)
 
 
 # Share of the budget above which an estimate is "tight": it fits, with little to spare.

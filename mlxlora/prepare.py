@@ -269,7 +269,9 @@ def train_shape(cfg: Config, backend, longest: int):
     shape = memory.TrainShape.from_config(cfg)
     if backend.info.device.startswith("cpu"):
         shape = memory.on_cpu(shape)
-    return replace(shape, max_length=min(longest, cfg.data.max_length))
+    length = min(longest, cfg.data.max_length)
+    length += -length % backend.info.pad_multiple
+    return replace(shape, max_length=length, attention=backend.info.attention)
 
 
 def training_budget(cfg: Config, backend) -> int | None:

@@ -124,6 +124,8 @@ class BackendInfo:
     blas: str
     versions: dict[str, str]
     memory_budget_bytes: int | None  # what training may use on this device, if known
+    attention: str = "unfused"  # how training keeps attention (memory.ATTENTION_MODES)
+    pad_multiple: int = 1  # the backend pads a batch's positions to a multiple of this
 
 
 class Backend(Protocol):

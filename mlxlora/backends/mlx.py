@@ -37,6 +37,15 @@ from mlxlora.targets import TargetMatch, match_targets  # noqa: E402
 
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
 COMPILE_BUCKET = 64  # training.compile pads batches to a multiple of this many positions
+# On CUDA, MLX differentiates attention with cuDNN's fused backward only when the sequence
+# length is a multiple of 128; other lengths recompute the unfused attention, whose
+# probabilities of every layer were live at once on an H200 (the estimate's 0.6x). Batches are
+# padded to it there (unlabelled positions after the last token: causal attention keeps them
+# out of every real position's result).
+CUDA_ATTENTION_TILE = 128
+# How each device trains attention (memory.ATTENTION_MODES): Metal differentiates mx.fast's
+# unfused fallback, the CPU the blocked attention of mlx_attention.
+ATTENTION_MODE = {"cpu": "blocked", "gpu (Metal)": "unfused", "gpu (CUDA)": "fused"}
 
 
 def select_device() -> tuple[str, mx.Dtype | None]:
@@ -114,6 +123,8 @@ def describe() -> BackendInfo:
             "python": platform.python_version(),
         },
         memory_budget_bytes=budget,
+        attention=ATTENTION_MODE[device],
+        pad_multiple=CUDA_ATTENTION_TILE if device == "gpu (CUDA)" else 1,
     )
 
 
@@ -175,7 +186,7 @@ class MLXBackend:
         except (FileNotFoundError, ValueError) as exc:
             raise ModelError(f"{model_dir}: cannot load model: {exc}") from None
         model = fit_to_device(model, config.quantized_base, device, dtype)
-        if device == "cpu":  # Metal/CUDA keep mx.fast's fused attention kernels
+        if device == "cpu":  # Metal/CUDA keep mx.fast's (memory.ATTENTION_MODES)
             use_blocked_attention(model)
         model.freeze()
         lora = config.lora
@@ -265,8 +276,11 @@ class MLXBackend:
     def _my_rows(self, batch: Batch) -> tuple[np.ndarray, np.ndarray] | None:
         """(tokens, loss mask) of this process's rows (all of them unless data-parallel)."""
         rows = mlx_dist.my_rows(self.group, len(batch.tokens))
-        tokens = batch.tokens[rows]
-        return (tokens, batch.loss_mask[rows]) if len(tokens) else None
+        tokens, mask = batch.tokens[rows], batch.loss_mask[rows]
+        if not len(tokens):
+            return None
+        pad = -mask.shape[1] % self.info.pad_multiple  # the model sees mask.shape[1] positions
+        return np.pad(tokens, ((0, 0), (0, pad))), np.pad(mask, ((0, 0), (0, pad)))
 
     def _labels(self, batch: Batch) -> tuple[mx.array, mx.array, mx.array] | None:
         """(tokens, labelled positions, their targets) of this process's rows, or None."""

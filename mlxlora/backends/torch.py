@@ -91,6 +91,7 @@ def describe() -> BackendInfo:
             "python": platform.python_version(),
         },
         memory_budget_bytes=budget,
+        attention="fused" if budget else "blocked",  # SDPA's flash kernels have a backward
     )
 
 

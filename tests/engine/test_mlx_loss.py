@@ -194,6 +194,34 @@ def test_a_gpu_backend_describes_itself(monkeypatch):
         "Metal/CUDA kernels",
     )
     assert info.memory_budget_bytes == 80 * 2**30  # the card's memory, not the host's RAM
+    # CUDA pads to cuDNN's fused attention backward; Metal trains attention unfused
+    assert (info.attention, info.pad_multiple) == ("fused", 128)
     metal = {"max_recommended_working_set_size": 11 * 2**30, "memory_size": 16 * 2**30}
     monkeypatch.setattr(mlx_backend.mx, "device_info", lambda: metal)
-    assert mlx_backend.describe().memory_budget_bytes == 11 * 2**30
+    monkeypatch.setattr(mlx_backend, "select_device", lambda: ("gpu (Metal)", None))
+    info = mlx_backend.describe()
+    assert info.memory_budget_bytes == 11 * 2**30
+    assert (info.attention, info.pad_multiple) == ("unfused", 1)
+
+
+def test_padding_to_the_attention_tile_changes_no_loss_or_gradient(backend):
+    """CUDA's batches are padded to a multiple of 128 positions (CUDA_ATTENTION_TILE): the
+    padded positions come after every real token and are unlabelled, so the step's loss and
+    LoRA gradients are those of the unpadded batch; the memory estimate counts the padded
+    length."""
+    from mlx.utils import tree_flatten
+
+    from mlxlora.prepare import train_shape
+
+    b, batch = backend
+    assert batch.loss_mask.shape[1] % 128  # the batch is not a multiple already
+    plain = b.accumulate(batch, seed=1), tree_flatten(b._grads)
+    b._grads, b._labelled = None, 0
+    b.info.pad_multiple = 128
+    assert b._labels(batch)[0].shape[1] - 1 == 128  # the model sees 128 positions
+    padded = b.accumulate(batch, seed=1), tree_flatten(b._grads)
+    assert padded[0] == pytest.approx(plain[0], rel=1e-5)
+    for (name, g), (_, h) in zip(plain[1], padded[1], strict=True):
+        np.testing.assert_allclose(np.array(h), np.array(g), rtol=1e-4, atol=1e-6, err_msg=name)
+    cfg = config.from_dict({"data": {"dataset": "x", "max_length": 1000}})
+    assert train_shape(cfg, b, 700).max_length == 768
