@@ -103,7 +103,7 @@ def run_case(case: dict) -> dict:
 
     from mlxlora import config, memory
     from mlxlora.backends.base import Batch
-    from mlxlora.models.resolve import model_info
+    from mlxlora.models.info import model_info
     from mlxlora.prepare import train_shape
 
     if case.get("unfused"):  # mx.fast's attention, as on a GPU

@@ -263,7 +263,7 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool, untiled
     from mlxlora import memory
     from mlxlora.backends.mlx import MLXBackend
     from mlxlora.data import batching
-    from mlxlora.models.resolve import model_info
+    from mlxlora.models.info import model_info
     from mlxlora.prepare import train_shape
 
     cfg = mlxlora_config(spec, compiled)

@@ -22,7 +22,7 @@ from mlxlora.events import (
     RunFinished,
     RunStarted,
 )
-from mlxlora.models.resolve import gguf_source
+from mlxlora.models.info import gguf_source
 from mlxlora.prepare import Prepared, prepare, training_budget
 from mlxlora.runs import (
     RunPaths,

@@ -201,7 +201,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     guard = None
     budget = training_budget(cfg, backend)
     if budget:  # training.memory_budget, else this device's or machine's
-        from mlxlora.models.resolve import model_info
+        from mlxlora.models.info import model_info
 
         guard = MemoryGuard(budget, model_info(model_dir), cfg, backend)
         backend.limit_memory(budget)
@@ -245,7 +245,7 @@ def setup_warnings(cfg: Config, n_train: int, n_val: int) -> list[str]:
 def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[float, list[str]]:
     """Estimated peak (GB) for the longest batch, and advice when it exceeds the budget."""
     from mlxlora import memory
-    from mlxlora.models.resolve import model_info
+    from mlxlora.models.info import model_info
 
     info = model_info(model_dir)
     shape = train_shape(cfg, backend, longest)
@@ -306,7 +306,7 @@ def fit_config(cfg: Config, model_dir: Path, backend):
     the budget (memory_fit.fit_shape) at data.max_length, and the event that says why."""
     from mlxlora import memory_fit
     from mlxlora.config import from_dict
-    from mlxlora.models.resolve import model_info
+    from mlxlora.models.info import model_info
 
     info = model_info(model_dir)
     budget = training_budget(cfg, backend)
@@ -327,7 +327,8 @@ def memory_plan(cfg: Config, backend) -> dict:
     """What a run of `cfg` would hold at data.max_length, without loading the model: the
     estimate's breakdown, the budget, the verdict, the fit (training.fit) and advice."""
     from mlxlora import memory
-    from mlxlora.models.resolve import model_info, resolve_model
+    from mlxlora.models.info import model_info
+    from mlxlora.models.resolve import resolve_model
 
     model_dir = resolve_model(cfg.model)
     fit = None

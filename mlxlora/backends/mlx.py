@@ -32,7 +32,7 @@ from mlxlora.backends.mlx_loss import (  # noqa: E402
 )
 from mlxlora.errors import ModelError  # noqa: E402
 from mlxlora.memory import loss_chunk_rows  # noqa: E402
-from mlxlora.models.resolve import gguf_source  # noqa: E402
+from mlxlora.models.info import gguf_source  # noqa: E402
 from mlxlora.targets import TargetMatch, match_targets  # noqa: E402
 
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)

@@ -29,7 +29,7 @@ from mlxlora.backends.base import (
 )
 from mlxlora.errors import ModelError
 from mlxlora.memory import loss_chunk_rows
-from mlxlora.models.resolve import gguf_source
+from mlxlora.models.info import gguf_source
 
 # torch.compile's code generator. The CI test swaps in "aot_eager" (the same graph capture,
 # dynamic shapes and AOT backward, run with eager kernels): Inductor's C++ kernels take ~4 min

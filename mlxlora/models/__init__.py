@@ -4,6 +4,7 @@ model for offline use, and a catalog of recommended hub models with their memory
 Imports no mlx or torch.
 """
 
-from mlxlora.models.resolve import model_info, resolve_model
+from mlxlora.models.info import model_info
+from mlxlora.models.resolve import resolve_model
 
 __all__ = ["model_info", "resolve_model"]

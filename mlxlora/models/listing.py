@@ -16,14 +16,13 @@ from mlxlora.machine import unified_budget
 from mlxlora.memory import GIB, TrainShape, estimate
 from mlxlora.models import ollama
 from mlxlora.models.catalog import CATALOG, find
+from mlxlora.models.info import model_info, safetensors_header
 from mlxlora.models.resolve import (
     BUILTINS,
     SMOLLM2_INSTALL,
     builtin_dir,
     find_smollm2_gguf,
-    model_info,
     reference_kind,
-    safetensors_header,
 )
 
 MAC_SIZES_GB = (16, 24, 32)  # M4 MacBook Air configurations

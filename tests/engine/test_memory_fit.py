@@ -110,7 +110,8 @@ def test_fit_chooses_a_configuration_under_a_small_budget(home, quickstart_data,
 def tiny_need(length: int, batch: int) -> int:
     """builtin:tiny's CPU estimate for `batch` records of `length` tokens (r4 LoRA)."""
     from mlxlora import memory
-    from mlxlora.models.resolve import model_info, resolve_model
+    from mlxlora.models.info import model_info
+    from mlxlora.models.resolve import resolve_model
 
     info = model_info(resolve_model("builtin:tiny"))
     shape = memory.on_cpu(memory.TrainShape(batch_size=batch, max_length=length, lora_rank=4))

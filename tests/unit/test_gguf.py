@@ -390,7 +390,7 @@ def test_logits_match_original(family, qtype, tokenizers_, tmp_path, home):
     import mlx.nn as nn
     from mlx_lm.utils import load
 
-    from mlxlora.models.resolve import model_info
+    from mlxlora.models.info import model_info
 
     meta, vocab = tokenizers_[family]
     weights = hf_weights(family, vocab)
@@ -537,7 +537,7 @@ def test_mixed_types(tokenizers_, tmp_path, home):
     import mlx.core as mx
     from mlx_lm.utils import load
 
-    from mlxlora.models.resolve import model_info
+    from mlxlora.models.info import model_info
 
     meta, vocab = tokenizers_["llama"]
     weights = hf_weights("llama", vocab)
@@ -645,7 +645,7 @@ def test_cache_second_convert_is_instant(tokenizers_, tmp_path, home):
 
 
 def test_gguf_source_of_a_converted_directory(tokenizers_, tmp_path, home):
-    from mlxlora.models.resolve import gguf_source
+    from mlxlora.models.info import gguf_source
 
     meta, vocab = tokenizers_["llama"]
     path = write_gguf(tmp_path / "m.gguf", "llama", hf_weights("llama", vocab), meta)

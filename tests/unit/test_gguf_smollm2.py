@@ -54,7 +54,7 @@ def test_config(smollm2):
 
 
 def test_model_info(smollm2):
-    from mlxlora.models.resolve import model_info
+    from mlxlora.models.info import model_info
 
     info = model_info(smollm2[1])
     assert info["params"] == 134_515_008  # as the float32 conversion counted

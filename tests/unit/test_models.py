@@ -11,7 +11,8 @@ from safetensors.numpy import save_file
 from mlxlora.errors import ModelError
 from mlxlora.models import catalog
 from mlxlora.models.builtin import BUILTIN_TINY_VERSION, build_tiny
-from mlxlora.models.resolve import builtin_dir, model_info, reference_kind, resolve_model
+from mlxlora.models.info import model_info
+from mlxlora.models.resolve import builtin_dir, reference_kind, resolve_model
 
 TINY_PARAMS = 1536 * 128 + 4 * (2 * 128 * 128 + 2 * 128 * 64 + 3 * 128 * 256 + 2 * 128) + 128
 TEXTS = [

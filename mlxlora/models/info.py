@@ -1,0 +1,132 @@
+"""What is in a local HF-format model directory: architecture, quantization, parameter count
+and dtype (read from config.json and the safetensors headers, no weights loaded), and the GGUF
+it was converted from. Imports no mlx or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from mlxlora.errors import ModelError
+
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "BF16": 2,
+    "F16": 2,
+    "I64": 8,
+    "I32": 4,
+    "U32": 4,
+    "I16": 2,
+    "U16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
+_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+
+
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a .safetensors file: {name: {dtype, shape, data_offsets}}."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > 100_000_000:
+            raise ModelError(f"{path}: not a safetensors file (header length {n})")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def _prod(shape: list[int]) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def count_parameters(
+    model_dir: Path, bits: int | None = None, quantization: dict | None = None
+) -> tuple[int, int, str | None]:
+    """(parameters, bytes of tensors, dominant float dtype) from the safetensors headers.
+
+    A quantized linear stores `W.weight` as uint32 words packing 32/bits values, plus
+    `W.scales` and `W.biases` per group; it counts as the unpacked weight, and its scales and
+    biases count as bytes but not as parameters. `quantization` (mlx-lm's config block) may
+    give a module its own width: `{"model.layers.3.mlp.down_proj": {"bits": 8, ...}}`.
+    """
+    tensors: dict[str, dict] = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        tensors.update(safetensors_header(file))
+    quantization = quantization or {}
+    params = nbytes = 0
+    float_elems: dict[str, int] = {}
+    for name, t in tensors.items():
+        n = _prod(t["shape"])
+        nbytes += n * _DTYPE_BYTES.get(t["dtype"], 4)
+        base = name.rsplit(".", 1)[0]
+        packed = (
+            f"{base}.scales" in tensors and tensors.get(f"{base}.weight", {}).get("dtype") == "U32"
+        )
+        if packed and name.endswith((".scales", ".biases")):
+            continue
+        if packed and name.endswith(".weight"):
+            own = quantization.get(base)
+            width = own.get("bits") if isinstance(own, dict) else None
+            n = n * 32 // (width or bits or 4)
+        elif t["dtype"] in _DTYPE_NAMES:
+            float_elems[t["dtype"]] = float_elems.get(t["dtype"], 0) + n
+        params += n
+    dominant = max(float_elems, key=float_elems.get) if float_elems else None
+    return params, nbytes, _DTYPE_NAMES.get(dominant) if dominant else None
+
+
+def gguf_source(model_dir: str | Path) -> dict:
+    """{"gguf": file, "gguf_sha256": digest} for a directory converted from a GGUF, else {}.
+
+    Read from the source.json that gguf.convert writes (the cache is keyed by that digest), so
+    no multi-gigabyte file is hashed again. The file is the one first converted to this
+    directory: another path holding the same bytes shares it.
+    """
+    try:
+        source = json.loads((Path(model_dir) / "source.json").read_text(encoding="utf-8"))
+        return {"gguf": source["path"], "gguf_sha256": source["sha256"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def model_info(model_dir: str | Path) -> dict:
+    """Architecture, quantization, parameter count and dtype of a local model directory."""
+    model_dir = Path(model_dir)
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{model_dir}: config.json is missing") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{model_dir}/config.json: not valid JSON ({exc})") from None
+    text = {**config, **config.get("text_config", {})}  # multimodal configs nest the LM
+    quant = config.get("quantization") or config.get("quantization_config") or None
+    bits = quant.get("bits") if isinstance(quant, dict) else None
+    heads = text.get("num_attention_heads")
+    hidden = text.get("hidden_size")
+    params, nbytes, st_dtype = count_parameters(
+        model_dir, bits, quant if isinstance(quant, dict) else None
+    )
+    return {
+        "model_type": text.get("model_type") or config.get("model_type"),
+        "hidden_size": hidden,
+        "num_hidden_layers": text.get("num_hidden_layers"),
+        "vocab_size": text.get("vocab_size"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": text.get("num_key_value_heads") or heads,
+        "intermediate_size": text.get("intermediate_size"),
+        "head_dim": text.get("head_dim") or (hidden // heads if hidden and heads else None),
+        "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
+        "quantization": ({"bits": bits, "group_size": quant.get("group_size")} if bits else None),
+        "params": params,
+        "weight_bytes": nbytes,
+        "dtype": config.get("torch_dtype") or config.get("dtype") or st_dtype,
+    }
