@@ -58,6 +58,23 @@ def test_two_runs_side_by_side(home):
     asyncio.run(go())
 
 
+def test_a_setting_never_takes_a_metric_columns_title(home):
+    """Runs that differ in training.epochs showed two columns titled "epochs": the setting
+    and the epochs each run trained (a QA finding)."""
+    write_run("one", end="finished")
+    write_run("two", end="finished", overrides=("training.epochs=2",), started=T0 + 100)
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=(120, 24)) as pilot:
+            await pick_both(pilot)
+            header = table(app)[0]
+            assert header[:2] == ["run", "training.epochs"]
+            assert header.count("epochs") == 1  # the metric: epochs run
+
+    asyncio.run(go())
+
+
 def test_config_differences_lists_only_keys_that_differ():
     a = {"name": "a", "lora": {"rank": 8, "alpha": 16}, "training": {"epochs": 3}}
     b = {"name": "b", "lora": {"rank": 16, "alpha": 16}, "training": {"epochs": 3, "seed": 1}}

@@ -154,11 +154,11 @@ class CompareTab(Vertical):
             return
         configs = [read_config(runs.RunPaths(p).config) for p in picked]
         differing = setting_differences(configs)
-        table.add_column("run")
-        for key in _short_names(list(differing)):
-            table.add_column(key)
         rows = [run_metrics(self.book.views[path]) for path in picked]
         shown = shown_metrics(rows)  # score columns only once a run has eval.json
+        table.add_column("run")
+        for key in _short_names(list(differing), taken={title for _, title, _ in shown}):
+            table.add_column(key)
         for _, title, _ in shown:
             table.add_column(title)
         for i, (path, metrics) in enumerate(zip(picked, rows, strict=True)):
@@ -221,7 +221,11 @@ class CompareTab(Vertical):
             self.app.push_screen(MergeDialog(paths))
 
 
-def _short_names(keys: list[str]) -> list[str]:
-    """Column titles: a key's last part (`rank`) where no other key ends the same."""
+def _short_names(keys: list[str], taken: set[str]) -> list[str]:
+    """Column titles: a key's last part (`rank`) where no other key ends the same and no
+    metric column has it as its title (training.epochs beside the epochs run)."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
-    return [part if last.count(part) == 1 else key for key, part in zip(keys, last, strict=True)]
+    return [
+        part if last.count(part) == 1 and part not in taken else key
+        for key, part in zip(keys, last, strict=True)
+    ]
