@@ -139,3 +139,26 @@ def test_the_studio_takes_what_it_built_out_of_the_collectors_sweeps(home):
         gc.unfreeze()
 
     asyncio.run(go())
+
+
+def test_a_japanese_run_name_keeps_the_legend_on_its_line():
+    """plotext lays out a character per cell; a name of two-cell characters made its legend
+    row wider than the chart, and the row wrapped: every line below it moved down."""
+
+    def drawn(chart) -> list:
+        return list(chart._rendered.values())[-1] if chart._rendered else []
+
+    async def go():
+        app = ChartApp()
+        async with app.run_test(size=(60, 16)) as pilot:
+            chart = app.query_one(LossChart)
+            curves = [("掃引-rank4", [3.0, 2.0, 1.5]), ("base", [3.0, 2.5, 2.0])]
+            chart.plot([Series(name, [1, 2, 3], y, "cyan") for name, y in curves])
+            await wait_for(pilot, lambda: any("掃" in line.text for line in drawn(chart)))
+            lines = drawn(chart)
+            assert len(lines) == 16 and all(line.cell_length == 60 for line in lines)
+            row = next(i for i, line in enumerate(lines) if "掃" in line.text)
+            assert lines[row].text.rstrip().endswith("│")  # the plot's right edge, in place
+            assert "base" in lines[row + 1].text  # the next legend entry, on the next row
+
+    asyncio.run(go())

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rich.cells import cell_len
 from textual.strip import Strip
 from textual.visual import Visual, visualize
 from textual_plotext import PlotextPlot
@@ -109,13 +110,22 @@ class LossChart(PlotextPlot):
         drawn = [s for s in self.series if len(s.x)]
         for s in drawn:
             x, y = downsample(s.x, s.y, points)
+            label = one_char_per_cell(s.label)
             if s.points:
-                plt.scatter(x, y, label=s.label, color=s.color, marker="o")
+                plt.scatter(x, y, label=label, color=s.color, marker="o")
             else:
-                plt.plot(x, y, label=s.label, color=s.color, marker="braille")
+                plt.plot(x, y, label=label, color=s.color, marker="braille")
         for x in readable_lines(self.vlines, self.size.width) if drawn else ():
             plt.vertical_line(x, color="gray")
         return super().render()
+
+
+def one_char_per_cell(text: str) -> str:
+    """`text` for plotext, which lays out one character per cell: each wide character (CJK,
+    two cells) is followed by a zero-width space that takes the cell it covers, or the row
+    would come out wider than the chart and wrap (a Japanese run name broke the legend's line
+    in two)."""
+    return "".join(c + "\u200b" if cell_len(c) == 2 else c for c in text)
 
 
 def readable_lines(vlines: Sequence[float], width: int) -> Sequence[float]:
