@@ -63,16 +63,17 @@ LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
 # backward adds about a third more in gradients of the blocks (measured, random llama layouts).
 BLOCKED_ATTENTION_FACTOR = 1.3
 # How a training step's attention holds its (batch x heads x len x len) probabilities:
-# * "unfused": MLX on a GPU. Metal trains with mx.fast's unfused fallback for forward and
+# * "unfused": MLX on Metal, which trains with mx.fast's unfused fallback for forward and
 #   backward ("faster for training", MLX's ScaledDotProductAttention::use_fallback), and on
-#   CUDA the fused backward exists only for lengths that are a multiple of 128: every layer
-#   that takes a gradient keeps its probabilities, and the layer in backward
+#   CUDA where cuDNN's attention does not apply (mlx_attention.takes_cudnn_attention): every
+#   layer that takes a gradient keeps its probabilities, and the layer in backward
 #   UNFUSED_BACKWARD_COPIES more (their gradient and the softmax's; checkpointed, one layer's
 #   two, as fused). Measured on a CPU, which differentiates the same unfused graph
 #   (`benchmarks/memory_matrix.py --unfused`); on Metal not yet;
 # * "blocked": the MLX backend on a CPU (blocked_causal_attention, causal blocks only);
-# * "fused": a flash kernel with its own backward (torch's SDPA on CUDA): one layer's scores
-#   and probabilities while it runs backward.
+# * "fused": a flash kernel with its own backward (torch's SDPA on CUDA; MLX on CUDA with
+#   cuDNN's, its batches padded to 128 positions): one layer's scores and probabilities while
+#   it runs backward. Not yet measured on a GPU.
 ATTENTION_MODES = ("unfused", "blocked", "fused")
 UNFUSED_BACKWARD_COPIES = 2
 # MLX's own: the buffers of the gathers and reshapes, the embedding output, the backward's
@@ -102,8 +103,8 @@ class TrainShape:
     dtype_bytes: int = 2
     chunked_loss: bool = True
     grad_accumulation: int = 1
-    # How attention trains (see ATTENTION_MODES): "unfused" MLX on a GPU, "blocked" the MLX
-    # backend on a CPU, "fused" a flash kernel with its own backward (torch on CUDA).
+    # How attention trains (see ATTENTION_MODES): "unfused" MLX on Metal, "blocked" the MLX
+    # backend on a CPU, "fused" a flash kernel with its own backward (torch or cuDNN on CUDA).
     attention: str = "unfused"
     loss_chunk_rows: int = 0  # 0: loss_chunk_rows(vocab)
     depth_first: bool = False  # MLX evaluates depth-first (on a CPU, see LOGIT_COPIES)
@@ -345,8 +346,9 @@ TIGHT_FRACTION = 0.8
 def calibrated_need(estimate: int, peak: int, trained_estimate: int) -> int:
     """A coming step's need: its estimate, scaled up by how far the measured peak of the steps
     so far passed their own estimate (`trained_estimate`, 0 before the first step). Where the
-    estimate under-promises (measured on a CUDA GPU: 0.6x) a run still stops before a longer
-    batch would pass its budget; where it over-promises it is left as is."""
+    estimate under-promises (on a CUDA GPU: 0.6x before attention counted as MLX trains it,
+    0.84-0.92x recomputed since) a run still stops before a longer batch would pass its
+    budget; where it over-promises it is left as is."""
     if not trained_estimate:
         return estimate
     return int(estimate * max(1.0, peak / trained_estimate))

@@ -24,7 +24,11 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
 from mlxlora.backends import mlx_dist  # noqa: E402
 from mlxlora.backends.base import BackendInfo, Batch, package_version  # noqa: E402
-from mlxlora.backends.mlx_attention import use_blocked_attention  # noqa: E402
+from mlxlora.backends.mlx_attention import (  # noqa: E402
+    CUDA_ATTENTION_TILE,
+    takes_cudnn_attention,
+    use_blocked_attention,
+)
 from mlxlora.backends.mlx_loss import (  # noqa: E402
     chunked_cross_entropy,
     chunked_cross_entropy_for_training,
@@ -37,15 +41,6 @@ from mlxlora.targets import TargetMatch, match_targets  # noqa: E402
 
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
 COMPILE_BUCKET = 64  # training.compile pads batches to a multiple of this many positions
-# On CUDA, MLX differentiates attention with cuDNN's fused backward only when the sequence
-# length is a multiple of 128; other lengths recompute the unfused attention, whose
-# probabilities of every layer were live at once on an H200 (the estimate's 0.6x). Batches are
-# padded to it there (unlabelled positions after the last token: causal attention keeps them
-# out of every real position's result).
-CUDA_ATTENTION_TILE = 128
-# How each device trains attention (memory.ATTENTION_MODES): Metal differentiates mx.fast's
-# unfused fallback, the CPU the blocked attention of mlx_attention.
-ATTENTION_MODE = {"cpu": "blocked", "gpu (Metal)": "unfused", "gpu (CUDA)": "fused"}
 
 
 def select_device() -> tuple[str, mx.Dtype | None]:
@@ -123,8 +118,9 @@ def describe() -> BackendInfo:
             "python": platform.python_version(),
         },
         memory_budget_bytes=budget,
-        attention=ATTENTION_MODE[device],
-        pad_multiple=CUDA_ATTENTION_TILE if device == "gpu (CUDA)" else 1,
+        # how training keeps attention (memory.ATTENTION_MODES): the CPU's blocked attention,
+        # else mx.fast's, unfused while differentiated (CUDA: until load finds cuDNN's kernel)
+        attention="blocked" if device == "cpu" else "unfused",
     )
 
 
@@ -188,6 +184,8 @@ class MLXBackend:
         model = fit_to_device(model, config.quantized_base, device, dtype)
         if device == "cpu":  # Metal/CUDA keep mx.fast's (memory.ATTENTION_MODES)
             use_blocked_attention(model)
+        elif device == "gpu (CUDA)" and takes_cudnn_attention(model, model_config):
+            self.info.attention, self.info.pad_multiple = "fused", CUDA_ATTENTION_TILE
         model.freeze()
         lora = config.lora
         n_layers = len(model.layers) if lora.num_layers == -1 else lora.num_layers

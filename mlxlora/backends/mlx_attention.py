@@ -1,7 +1,10 @@
-"""Causal attention for training on a CPU, where MLX has no fused attention kernel.
+"""How the MLX backend's training attention runs: on a CPU through blocked causal attention
+(MLX has no fused kernel there); on CUDA through cuDNN's fused kernels where they apply.
 
-Used by the MLX backend only when select_device() chose the CPU; Metal and CUDA keep
-mx.fast.scaled_dot_product_attention.
+Metal and CUDA keep mx.fast.scaled_dot_product_attention. Metal differentiates its unfused
+fallback; CUDA uses cuDNN's fused backward for lengths that are a multiple of
+CUDA_ATTENTION_TILE (MLX 0.32) and otherwise recomputes the unfused attention, whose
+probabilities of every layer were live at once on an H200 (the estimate's 0.6x then).
 """
 
 from __future__ import annotations
@@ -10,6 +13,11 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlxlora.memory import ATTENTION_BLOCK
+
+# CUDA batches are padded to a multiple of this many positions where cuDNN's attention applies:
+# unlabelled positions after the last token, which causal attention keeps out of every real
+# position's result.
+CUDA_ATTENTION_TILE = 128
 
 
 def blocked_causal_attention(queries, keys, values, scale: float, block: int = ATTENTION_BLOCK):
@@ -68,3 +76,27 @@ def use_blocked_attention(model: nn.Module) -> bool:
     attention._mlxlora_blocked = True
     module.scaled_dot_product_attention = attention
     return True
+
+
+def takes_cudnn_attention(model: nn.Module, model_config: dict) -> bool:
+    """Whether MLX's CUDA build trains this model's attention with cuDNN's fused kernels once
+    lengths are multiples of CUDA_ATTENTION_TILE (MLX 0.32's supports_sdpa_cudnn): the model
+    calls mx.fast's attention (mlx-lm's scaled_dot_product_attention; gemma2 computes its
+    own), in half precision, with heads of a multiple of 8 up to 128 wide, on a card of compute
+    capability 8 (Ampere) or later."""
+    import sys
+
+    from mlx.utils import tree_flatten
+
+    module = sys.modules.get(type(model).__module__)
+    text = {**model_config, **model_config.get("text_config", {})}
+    heads = text.get("num_attention_heads") or 0
+    head_dim = text.get("head_dim") or (text.get("hidden_size", 0) // heads if heads else 0)
+    dtypes = {v.dtype for _, v in tree_flatten(model.parameters())}
+    return (
+        getattr(module, "scaled_dot_product_attention", None) is not None
+        and bool(dtypes & {mx.bfloat16, mx.float16})
+        and 0 < head_dim <= 128
+        and head_dim % 8 == 0
+        and mx.device_info().get("compute_capability_major", 0) >= 8
+    )

@@ -194,14 +194,51 @@ def test_a_gpu_backend_describes_itself(monkeypatch):
         "Metal/CUDA kernels",
     )
     assert info.memory_budget_bytes == 80 * 2**30  # the card's memory, not the host's RAM
-    # CUDA pads to cuDNN's fused attention backward; Metal trains attention unfused
-    assert (info.attention, info.pad_multiple) == ("fused", 128)
+    # unfused until load finds cuDNN's attention (takes_cudnn_attention); Metal: always
+    assert (info.attention, info.pad_multiple) == ("unfused", 1)
     metal = {"max_recommended_working_set_size": 11 * 2**30, "memory_size": 16 * 2**30}
     monkeypatch.setattr(mlx_backend.mx, "device_info", lambda: metal)
     monkeypatch.setattr(mlx_backend, "select_device", lambda: ("gpu (Metal)", None))
     info = mlx_backend.describe()
     assert info.memory_budget_bytes == 11 * 2**30
     assert (info.attention, info.pad_multiple) == ("unfused", 1)
+
+
+def test_cudnn_attention_needs_mx_fast_half_precision_narrow_heads_and_ampere(monkeypatch):
+    """CUDA pads batches for cuDNN's fused attention only where MLX takes it: a model that
+    calls mx.fast's attention, in half precision, heads 8-128 wide, compute capability 8+."""
+    import mlx.core as mx
+    from mlx_lm.utils import _get_classes
+
+    def model(family: str, **extra):
+        cfg = {
+            "model_type": family,
+            "hidden_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 96,
+            "rms_norm_eps": 1e-6,
+            "vocab_size": 64,
+            **extra,
+        }
+        model_class, args_class = _get_classes(cfg)
+        built = model_class(args_class.from_dict(cfg))
+        built.set_dtype(mx.bfloat16)
+        return built, cfg
+
+    takes = mlx_attention.takes_cudnn_attention
+    monkeypatch.setattr(mx, "device_info", lambda: {"compute_capability_major": 9})
+    llama, cfg = model("llama")
+    assert takes(llama, cfg)
+    assert not takes(llama, {**cfg, "head_dim": 256})  # gemma-2-2b's heads
+    gemma2, gemma_cfg = model("gemma2", head_dim=16, query_pre_attn_scalar=16)
+    assert not takes(gemma2, gemma_cfg)  # its attention is its own (softcapping)
+    monkeypatch.setattr(mx, "device_info", lambda: {"compute_capability_major": 7})
+    assert not takes(llama, cfg)  # a V100
+    monkeypatch.setattr(mx, "device_info", lambda: {"compute_capability_major": 9})
+    llama.set_dtype(mx.float32)
+    assert not takes(llama, cfg)
 
 
 def test_padding_to_the_attention_tile_changes_no_loss_or_gradient(backend):

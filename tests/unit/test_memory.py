@@ -189,7 +189,7 @@ def test_fit_verdict_thresholds():
     assert memory.fit_verdict(1, None) == "unknown"
 
 
-def test_shape_here_is_float32_unfused_off_a_mac(monkeypatch):
+def test_shape_here_is_float32_blocked_off_a_mac(monkeypatch):
     shape = TrainShape(batch_size=2)
     monkeypatch.setattr(machine, "is_apple_silicon", lambda: True)
     assert memory.shape_here(shape) == shape
