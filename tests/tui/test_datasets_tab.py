@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, Input, Static, TabbedContent
@@ -226,8 +227,39 @@ def test_the_file_picker_offers_only_data_files(home, tmp_path, monkeypatch):
                 await pilot.pause(0.05)
             shown = [str(node.label) for node in tree.root.children]
             assert shown == ["sub", "a.jsonl", "b.json"]
-            tree.select_node(tree.root.children[1])
-            await pilot.press("enter")
+            tree.select_node(tree.root.children[1])  # as enter on it
+            await pilot.pause()
+            assert app.screen.query_one("#import-path", Input).value == str(files / "a.jsonl")
+
+    asyncio.run(go())
+
+
+def test_the_file_picker_opens_where_the_typed_path_points_and_climbs_up(home, tmp_path):
+    """Browse… opened at the working directory only: a file elsewhere could not be reached."""
+    files = tmp_path / "データ"
+    (files / "sub").mkdir(parents=True)
+    (files / "a.jsonl").write_text("{}\n", "utf-8")
+
+    async def shown(pilot, tree) -> list[str]:
+        for _ in range(100):  # the tree loads in a worker
+            if tree.root.children:
+                break
+            await pilot.pause(0.05)
+        return [str(node.label) for node in tree.root.children]
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            await pilot.press("i")
+            app.screen.query_one("#import-path", Input).value = str(files / "sub" / "x.jsonl")
+            await pilot.click("#import-browse")
+            tree = app.screen.query_one("#picker-tree")
+            assert Path(tree.path) == files / "sub"
+            await pilot.press("backspace")
+            await pilot.pause()
+            assert Path(tree.path) == files and await shown(pilot, tree) == ["sub", "a.jsonl"]
+            tree.select_node(tree.root.children[1])  # as enter on it
             await pilot.pause()
             assert app.screen.query_one("#import-path", Input).value == str(files / "a.jsonl")
 

@@ -1,4 +1,5 @@
-"""Pick a dataset file (.json / .jsonl) from a directory tree in a modal dialog."""
+"""Pick a dataset file (.json / .jsonl) from a directory tree in a modal dialog; backspace
+climbs to the parent folder, so a file anywhere on the disk can be reached."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ class FilePicker(ModalScreen[Path | None]):
     }
     FilePicker DataFileTree { height: 1fr; }
     """
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("backspace", "up", "Parent folder"),
+    ]
 
     def __init__(self, root: Path):
         super().__init__()
@@ -43,10 +47,17 @@ class FilePicker(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(
-                f"Pick a .json or .jsonl file under {self.root} (escape: cancel)", markup=False
-            )
+            yield Static(self._heading(), id="picker-heading", markup=False)
             yield DataFileTree(self.root, id="picker-tree")
+
+    def _heading(self) -> str:
+        return f"Pick a .json or .jsonl file under {self.root} (backspace: up, escape: cancel)"
+
+    def action_up(self) -> None:
+        if self.root.parent != self.root:
+            self.root = self.root.parent
+            self.query_one(DataFileTree).path = self.root
+            self.query_one("#picker-heading", Static).update(self._heading())
 
     def on_directory_tree_file_selected(self, event: DirectoryTree.FileSelected) -> None:
         event.stop()

@@ -50,7 +50,7 @@ class ImportDialog(Dialog[tuple[str, list[str]] | None]):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         if event.button.id == "import-browse":
-            self.app.push_screen(FilePicker(Path.cwd()), self._picked)
+            self.app.push_screen(FilePicker(self._browse_root()), self._picked)
         elif event.button.id == "import-ok":
             self.action_import()
         else:
@@ -59,6 +59,14 @@ class ImportDialog(Dialog[tuple[str, list[str]] | None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         self.action_import()
+
+    def _browse_root(self) -> Path:
+        """The folder of the path typed so far (or that folder itself), else the working one."""
+        typed = Path(self.query_one("#import-path", Input).value.strip()).expanduser()
+        for folder in (typed, typed.parent):
+            if str(folder) not in ("", ".") and folder.is_dir():
+                return folder.resolve()
+        return Path.cwd()
 
     def _picked(self, path: Path | None) -> None:
         if path is not None:
