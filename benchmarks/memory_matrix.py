@@ -20,6 +20,8 @@ hidden size (256, 4 layers).
 `--unfused` trains with mx.fast.scaled_dot_product_attention instead of the CPU's blocked
 attention: on a CPU it is the same unfused graph Metal trains with (MLX falls back to it while
 differentiating), so the "unfused" rule of memory.ATTENTION_MODES is measured here in float32.
+With MLX_BFS_MAX_WIDTH set above 1 (MLX's default, 20, is what a GPU keeps) the cases run
+breadth-first and are estimated with the breadth-first rules.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +118,8 @@ def run_case(case: dict) -> dict:
     shape = train_shape(cfg, backend, case["max_length"])
     if case.get("unfused"):
         shape = replace(shape, attention="unfused")
+    if os.environ.get("MLX_BFS_MAX_WIDTH", "1") != "1":  # breadth-first, as MLX on a GPU
+        shape = replace(shape, depth_first=False)
     est = memory.estimate(info, shape, weights=backend.weight_bytes())
     rng = np.random.default_rng(0)
     B, L = case["batch"], case["max_length"]
