@@ -206,6 +206,19 @@ def weight_bytes(info: dict, dtype_bytes: int, bits: int | None = None) -> int:
     return int(params * bits / 8 + params / group * 2 * dtype_bytes)  # + a scale and bias per group
 
 
+def planned_weights(info: dict, quantized_base: str, on_cpu: bool) -> int:
+    """Bytes the weights will take once loaded, before loading: float32 on a CPU unless a
+    quantized base is kept (the MLX backend dequantizes there), else what the files hold."""
+    if on_cpu and not (quantized_base == "keep" and info.get("quantization")):
+        return int(info["params"]) * 4
+    return weight_bytes(info, 4 if on_cpu else 2)
+
+
+def weights_here(info: dict, quantized_base: str = "auto") -> int:
+    """planned_weights on this machine, as shape_here sees it."""
+    return planned_weights(info, quantized_base, on_cpu=not machine.is_apple_silicon())
+
+
 def estimate_training_memory(
     info: dict,
     batch_size: int,
@@ -372,7 +385,7 @@ def fit_advice(est: MemoryEstimate, budget: int, info: dict, shape: TrainShape) 
     if est.total <= budget:
         return []
     advice: list[str] = []
-    weights = None
+    weights = est.weights  # as loaded (float32 on a CPU), not as the files hold them
     current = shape
     steps = []
     if current.batch_size > 1:

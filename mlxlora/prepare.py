@@ -295,10 +295,7 @@ def planned_weights(cfg: Config, info: dict, backend) -> int:
     quantized base is kept, else what the files hold."""
     from mlxlora import memory
 
-    on_cpu = backend.info.device.startswith("cpu")
-    if on_cpu and not (cfg.quantized_base == "keep" and info.get("quantization")):
-        return int(info["params"]) * 4
-    return memory.weight_bytes(info, 4 if on_cpu else 2)
+    return memory.planned_weights(info, cfg.quantized_base, backend.info.device.startswith("cpu"))
 
 
 def fit_config(cfg: Config, model_dir: Path, backend):

@@ -100,9 +100,10 @@ def run(args) -> int:
             if row["installed"]
             else f"[yellow]not installed[/]: {row['install']}"
         )
+        here = fmt_bytes(row["train_bytes_this_machine"])
         console.print(
-            f"  {row['id']:<22} {params_text(row['params']):>6}  ~{fmt_bytes(row['train_bytes'])} "
-            f"to train ({batch})  {row['description']}; {state}",
+            f"  {row['id']:<22} {params_text(row['params']):>6}  ~{here} to train here "
+            f"({batch})  {row['description']}; {state}",
             highlight=False,
             soft_wrap=True,
         )

@@ -62,16 +62,23 @@ def builtin_tiny_info() -> dict:
 
 
 def builtin_rows(shape: TrainShape) -> list[dict]:
-    """builtin:tiny and builtin:smollm2-135m: size, training memory, installed or how to."""
+    """builtin:tiny and builtin:smollm2-135m: size, training memory (on a Mac with `shape`,
+    and on this machine as it trains), installed or how to."""
     tiny = builtin_tiny_info()
     smol = find(SMOLLM2_HF)
     smol_file = find_smollm2_gguf()
+    here = memory.shape_here(shape)
+
+    def sizes(info: dict) -> dict:
+        local = estimate(info, here, weights=memory.weights_here(info))
+        return {"train_bytes": estimate(info, shape).total, "train_bytes_this_machine": local.total}
+
     return [
         {
             "id": "builtin:tiny",
             "description": BUILTINS["tiny"],
             "params": tiny["params"],
-            "train_bytes": estimate(tiny, shape).total,
+            **sizes(tiny),
             "installed": True,
             "install": None,
             "path": None,
@@ -80,7 +87,7 @@ def builtin_rows(shape: TrainShape) -> list[dict]:
             "id": "builtin:smollm2-135m",
             "description": BUILTINS["smollm2-135m"],
             "params": smol.params,
-            "train_bytes": estimate(smol.info(), shape).total,
+            **sizes(smol.info()),
             "installed": smol_file is not None,
             "install": None if smol_file else SMOLLM2_INSTALL,
             "path": str(smol_file) if smol_file else None,
@@ -105,7 +112,7 @@ def rows(shape: TrainShape) -> tuple[dict[str, int | None], list[dict]]:
     out = []
     for m in CATALOG:
         mac = estimate(m.info(), shape)
-        local = estimate(m.info(), here)
+        local = estimate(m.info(), here, weights=memory.weights_here(m.info()))
         fits = {
             name: (
                 None

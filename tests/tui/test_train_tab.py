@@ -129,6 +129,12 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
             assert "will not fit" in text(app, "#train-memory")
             await type_into(pilot, app, "#f-training-batch_size", "4")
             await type_into(pilot, app, "#f-data-max_length", "256")
+            # the run's own budget, as the CLI holds it to it (the form used the machine's)
+            await type_into(pilot, app, "#f-training-memory_budget", "1MB")
+            verdict = text(app, "#train-memory")
+            assert f"of a {memory.fmt_bytes(10**6)} budget: will not fit" in verdict
+            await type_into(pilot, app, "#f-training-memory_budget", "")
+            assert "of a 16.0 GiB budget: fits" in text(app, "#train-memory")
 
             targets = {box.name: box for box in app.query("#train-targets Checkbox")}
             assert list(targets) == [

@@ -258,3 +258,18 @@ def test_a_coming_steps_need_grows_by_how_far_the_steps_so_far_outgrew_their_est
     assert memory.calibrated_need(1000, peak=5000, trained_estimate=0) == 1000  # no step yet
     assert memory.calibrated_need(1000, peak=1600, trained_estimate=1000) == 1600  # 0.6x short
     assert memory.calibrated_need(1000, peak=900, trained_estimate=1000) == 1000  # never less
+
+
+def test_fit_advice_counts_the_weights_the_estimate_counted():
+    """The advice re-estimated each change with the files' weights (a 4-bit GGUF's 94 MiB)
+    where the CPU trains the dequantized float32 ones (513 MiB): "~307 MiB (fits)" under a
+    budget the weights alone pass (a QA finding)."""
+    info = find("mlx-community/SmolLM2-135M-Instruct").info()
+    shape = memory.on_cpu(TrainShape(batch_size=4, max_length=256))
+    loaded = info["params"] * 4
+    est = estimate(info, shape, weights=loaded)
+    advice = fit_advice(est, int(est.total * 0.9), info, shape)
+    one = estimate(info, replace(shape, batch_size=1, grad_accumulation=4), weights=loaded)
+    assert advice[0].startswith("training.batch_size=1 training.grad_accumulation=4")
+    assert advice[0].split("~")[1].split(" (")[0] == memory.fmt_bytes(one.total)
+    assert one.total > loaded

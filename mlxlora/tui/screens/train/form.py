@@ -36,6 +36,7 @@ SECTIONS = (
         ("training.grad_accumulation", "accumulation"),
         ("data.max_length", "max length"),
         ("training.warmup_steps", "warmup steps"),
+        ("training.memory_budget", "memory budget"),
     )),
     ("Early stopping and seed", (
         ("training.early_stopping.patience", "patience"),
@@ -172,18 +173,27 @@ class MemoryVerdict:
         return " · ".join(f"{label} {memory.fmt_bytes(n)}" for label, n in rows)
 
 
-def memory_verdict(cfg: Config, info: dict, budget: int | None) -> MemoryVerdict:
-    """The engine's estimate of `cfg` on this machine, its verdict, what to change, and what
-    training.fit would choose when it will not fit."""
+def run_budget(cfg: Config | None, machine_budget: int | None) -> int | None:
+    """The budget a run of `cfg` is held to: its training.memory_budget, else the machine's."""
+    if cfg is not None and cfg.training.memory_budget:
+        return config.parse_size(cfg.training.memory_budget)
+    return machine_budget
+
+
+def memory_verdict(cfg: Config, info: dict, machine_budget: int | None) -> MemoryVerdict:
+    """The engine's estimate of `cfg` on this machine, its verdict against the run's budget,
+    what to change, and what training.fit would choose when it will not fit."""
+    budget = run_budget(cfg, machine_budget)
     shape = memory.shape_here(memory.TrainShape.from_config(cfg))
+    weights = memory.weights_here(info, cfg.quantized_base)
     if cfg.training.fit == "auto" and budget:
-        return _fitted_verdict(info, shape, budget)
-    est = memory.estimate(info, shape)
+        return _fitted_verdict(info, shape, budget, weights)
+    est = memory.estimate(info, shape, weights=weights)
     verdict = memory.fit_verdict(est.total, budget)
     advice, fit = [], ""
     if verdict == "will not fit":
         advice = memory.fit_advice(est, budget, info, shape)
-        chosen = memory_fit.fit_shape(info, shape, budget)
+        chosen = memory_fit.fit_shape(info, shape, budget, weights=weights)
         if chosen.fits:
             changes = " ".join(f"{k}={v}" for k, v in chosen.changes(shape).items())
             total = memory.fmt_bytes(chosen.estimate.total)
@@ -191,9 +201,11 @@ def memory_verdict(cfg: Config, info: dict, budget: int | None) -> MemoryVerdict
     return MemoryVerdict(est.total, budget, verdict, advice, est.breakdown(), fit)
 
 
-def _fitted_verdict(info: dict, shape: memory.TrainShape, budget: int) -> MemoryVerdict:
+def _fitted_verdict(
+    info: dict, shape: memory.TrainShape, budget: int, weights: int
+) -> MemoryVerdict:
     """With training.fit=auto the run starts as the engine's fit chooses: that is the verdict."""
-    chosen = memory_fit.fit_shape(info, shape, budget)
+    chosen = memory_fit.fit_shape(info, shape, budget, weights=weights)
     est = chosen.estimate
     verdict = memory.fit_verdict(est.total, budget)
     changes = " ".join(f"{k}={v}" for k, v in chosen.changes(shape).items()) or "nothing"

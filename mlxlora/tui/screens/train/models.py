@@ -15,10 +15,10 @@ def _fit(total: int, budget: int | None) -> str:
 def model_options(shape: memory.TrainShape, budget: int | None) -> list[tuple[str, str]]:
     """(label, reference) for the builtins, Ollama's models and the catalog; the label has the
     size and the verdict of training it here with `shape`."""
-    here = memory.shape_here(shape)
     options = []
-    for row in listing.builtin_rows(here):
-        state = _fit(row["train_bytes"], budget) if row["installed"] else "not installed"
+    for row in listing.builtin_rows(shape):
+        fit = _fit(row["train_bytes_this_machine"], budget)
+        state = fit if row["installed"] else "not installed"
         options.append((f"{row['id']}  {listing.params_text(row['params'])}  {state}", row["id"]))
     for row in listing.ollama_rows()["models"]:
         size = memory.fmt_bytes(row["size_bytes"])

@@ -29,8 +29,17 @@ CUSTOM = "custom"
 VERDICT_STYLE = {"fits": "green", "tight": "yellow", "will not fit": "red"}
 
 
+PLACEHOLDERS = {"training.memory_budget": "this machine's (e.g. 12GB)"}
+
+
 def _input(key: str, value: str = "") -> Input:
-    return Input(value, name=key, id="f-" + key.replace(".", "-"), compact=True)
+    return Input(
+        value,
+        placeholder=PLACEHOLDERS.get(key, ""),
+        name=key,
+        id="f-" + key.replace(".", "-"),
+        compact=True,
+    )
 
 
 class TrainTab(Vertical):
@@ -57,6 +66,7 @@ class TrainTab(Vertical):
         datasets = [m.name for m in store.list_datasets()]
         self.base = form.default_data(datasets[0] if datasets else "")
         self.budget = machine.memory_budget()
+        self._marks_for: tuple | None = None  # the (shape, budget) the model marks are for
         self.targets_lock = asyncio.Lock()
         self.checked: list[str] = []  # the targets ticked (the checkboxes are rebuilt per model)
         self.model_facts: dict[str, tuple[dict | None, list[str], str]] = {}
@@ -141,7 +151,6 @@ class TrainTab(Vertical):
         self.inputs = [box for box in self.query(Input) if box.name in form.INPUT_KEYS]
         self.rows = list(self.query(FieldRow))
         await self.fill(self.base)
-        self._load_model_options()
 
     def on_show(self) -> None:
         """Focus the preset picker (not a text field, which would take the number keys) when
@@ -206,10 +215,9 @@ class TrainTab(Vertical):
     # --- the model ------------------------------------------------------------------------
 
     @work(thread=True, exclusive=True, group="options", exit_on_error=False)
-    def _load_model_options(self) -> None:
+    def _load_model_options(self, shape: memory.TrainShape, budget: int | None) -> None:
         """Reads Ollama's store and the catalog: off the UI thread."""
-        shape = memory.TrainShape.from_config(self.cfg) if self.cfg else memory.TrainShape()
-        options = model_options(shape, self.budget)
+        options = model_options(shape, budget)
         self.app.call_from_thread(self.query_one("#train-model-pick", Select).set_options, options)
 
     def _model(self) -> str:
@@ -267,7 +275,17 @@ class TrainTab(Vertical):
             "#train-status", status or "ready: ctrl+g starts, ctrl+t sweeps, ctrl+s saves as YAML"
         )
         self._say("#train-memory", self._memory_text())
+        self._refresh_model_options()
         return self.cfg
+
+    def _refresh_model_options(self) -> None:
+        """The picker's fit marks follow the form's shape and budget (a preset of 4 x 256
+        still showed the marks of the default 4 x 2048)."""
+        shape = memory.TrainShape.from_config(self.cfg) if self.cfg else memory.TrainShape()
+        marks_for = (shape, form.run_budget(self.cfg, self.budget))
+        if marks_for != self._marks_for:
+            self._marks_for = marks_for
+            self._load_model_options(*marks_for)
 
     def _say(self, selector: str, text: str) -> None:
         """Update a line only when its text changes: an update re-lays the form out."""
