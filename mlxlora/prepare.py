@@ -186,6 +186,9 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         total = min(total, t.max_steps)
     longest = max(len(e.tokens) for e in train + val)
     estimated_gb, warnings = memory_check(cfg, model_dir, backend, longest)
+    if fit is not None and not fit.fits and warnings:  # the run would fail at its first step
+        raise ConfigError([f"training.fit=auto: {fit.reason}; at the longest record ({longest} "
+                           f"tokens) the {warnings[0]}"])  # fmt: skip
     warnings += backend.lora_targets.warnings()
     if not getattr(tok, "chat_template", None) and any(
         "messages" in r for r in train_records + val_records
@@ -253,9 +256,10 @@ def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[f
     budget = training_budget(cfg, backend)
     if not budget or est.total <= budget:
         return est.total / 1e9, []
+    given = "of training.memory_budget" if cfg.training.memory_budget else "this device can use"
     head = (
         f"estimated peak memory {memory.fmt_bytes(est.total)} exceeds the "
-        f"{memory.fmt_bytes(budget)} this device can use; try: "
+        f"{memory.fmt_bytes(budget)} {given}; try: "
     )
     return est.total / 1e9, [head + "; ".join(memory.fit_advice(est, budget, info, shape))]
 

@@ -107,6 +107,20 @@ def test_fit_chooses_a_configuration_under_a_small_budget(home, quickstart_data,
     assert saved.training.batch_size == micro  # resume trains as fitted
 
 
+def test_fit_refuses_a_run_nothing_fits_before_it_starts(home, quickstart_data, tmp_path):
+    """`--fit` under a budget no configuration meets started the run anyway: it failed at its
+    first step and advised `--resume --fit`, which could never succeed (a QA finding). Now it
+    is refused on one line and no run directory is made."""
+    from mlxlora.cli import main
+    from mlxlora.runs import runs_root
+
+    cfg = make_config(quickstart_data, "data.max_length=256", "training.memory_budget=1MB")
+    job = tmp_path / "job.yaml"
+    job.write_text(cfg.to_yaml())
+    assert main(["train", str(job), "--fit"]) == 2
+    assert not runs_root().exists() or not any(runs_root().iterdir())
+
+
 def tiny_need(length: int, batch: int) -> int:
     """builtin:tiny's CPU estimate for `batch` records of `length` tokens (r4 LoRA)."""
     from mlxlora import memory
