@@ -33,6 +33,7 @@ SLOW_START_STEPS = 5  # the start and the end: means of this many losses (one ba
 SLOW_MIN_STEPS = 20
 TRUNCATION_WARN_SHARE = 0.1
 MEMORY_NEAR_SHARE = 0.9
+MEMORY_STOP = "memory: "  # how the trainer's run_failed reason begins when the budget stopped it
 
 REMEDIES = {
     "overfitting": [
@@ -354,7 +355,11 @@ def truncation(d: Diagnoser) -> Finding | None:
 
 
 def memory(d: Diagnoser) -> Finding | None:
-    """The estimate over the device's budget, or a measured peak within 10% of it."""
+    """A run the budget stopped, the estimate over the budget, or a measured peak within 10%
+    of it."""
+    if d.failed and d.failed.reason.startswith(MEMORY_STOP):
+        reason = d.failed.reason.removeprefix(MEMORY_STOP)
+        return _finding("memory", "critical", d.failed.step, f"stopped for memory: {reason}")
     s = d.started
     budget = s.memory_budget_gb if s else None
     if not budget:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlxlora import metrics
 from mlxlora.data import batching
-from mlxlora.diagnosis import Diagnoser
+from mlxlora.diagnosis import MEMORY_STOP, Diagnoser
 from mlxlora.errors import TrainingFailed
 from mlxlora.evaluate import messages_for
 from mlxlora.events import (
@@ -285,8 +285,8 @@ class Trainer:
         )
         advice = "; ".join(guard.advice(longest)) or "a smaller batch"
         self.fail(
-            f"memory: step {self.state.step + 1} (records up to {longest} tokens) {what}, over "
-            f"the budget of {fmt_bytes(guard.budget)}; resume fitted with "
+            f"{MEMORY_STOP}step {self.state.step + 1} (records up to {longest} tokens) {what},"
+            f" over the budget of {fmt_bytes(guard.budget)}; resume fitted with "
             f"`{resume_command(self.p.paths.root)} --fit` or change: {advice}"
         )
 

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from mlxlora import config, engine
-from mlxlora.events import MemoryFit, RunStarted, Step, read_events
+from mlxlora.events import Diagnosis, MemoryFit, RunStarted, Step, read_events
 from mlxlora.runs import RunPaths
 from tests.engine.test_train import make_config
 
@@ -172,6 +172,9 @@ def test_budget_stop_checkpoints_and_resumes_fitted(home, tmp_path):
     assert failed.step == 2  # seed 3 puts the long record in the third batch
     assert "step 3 (records up to 512 tokens)" in failed.reason and "--fit" in failed.reason
     assert failed.last_checkpoint == str(paths.checkpoint(2))  # no step lost
+    # flagged as the memory stop it was (runs list, the Runs tab, runs show)
+    (found,) = [e for e in events if isinstance(e, Diagnosis) and e.kind == "memory"]
+    assert found.severity == "critical" and found.message.startswith("stopped for memory: step 3")
     resumed = subprocess.run([*train, "--resume", str(paths.root), "--fit"],
                              capture_output=True, text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
