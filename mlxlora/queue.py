@@ -53,12 +53,13 @@ class Job:
     exit_code: int | None = None
     error: str | None = None  # the child's one-line error, when it failed
     finished: float | None = None
+    fit: bool = False  # resume: refit to the memory budget (`--fit`)
 
     def command(self) -> list[str]:
         """The `mlxlora train` child this job runs."""
         base = [sys.executable, "-m", "mlxlora", "train"]
         if self.kind == "resume":
-            return [*base, "--resume", str(self.run_dir), "--json"]
+            return [*base, "--resume", str(self.run_dir), *["--fit"] * self.fit, "--json"]
         return [*base, str(self.config), "--json"]
 
 
@@ -98,10 +99,11 @@ def add_train(config_yaml: str, name: str) -> Job:
     return job
 
 
-def add_resume(run_dir: Path) -> Job:
-    """Queue `mlxlora train --resume RUN` for a stopped or interrupted run."""
+def add_resume(run_dir: Path, fit: bool = False) -> Job:
+    """Queue `mlxlora train --resume RUN` (`--fit`: refitted to the memory budget) for a
+    stopped, interrupted or failed run."""
     run_dir = Path(run_dir).resolve()
-    job = Job(id=_new_id(), name=run_dir.name, kind="resume", created=time.time())
+    job = Job(id=_new_id(), name=run_dir.name, kind="resume", created=time.time(), fit=fit)
     job.run_dir = str(run_dir)
     _save(job)
     return job

@@ -168,6 +168,27 @@ def test_resume_queues_a_stopped_run(home, monkeypatch):
     asyncio.run(go())
 
 
+def test_a_run_the_memory_budget_stopped_resumes_fitted(home, monkeypatch):
+    """The failure says `--resume RUN --fit`; the studio's r queued a plain resume, which
+    failed again at the same step (a QA finding)."""
+    path = write_run("oom", steps=15, end="failed")
+    events = runs.RunPaths(path).events
+    nan = "loss became nan at step 13; lower training.learning_rate"
+    events.write_text(events.read_text().replace(nan, "memory: step 16 needs ~2.1 GiB"))
+    monkeypatch.setattr(queue, "ensure_runner", lambda: True)
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 1)
+            await pilot.press("r")
+            await wait_for(pilot, lambda: statuses(app)[path.name] == "queued")
+        (job,) = queue.jobs()
+        assert job.fit and job.command()[-3:] == [str(path.resolve()), "--fit", "--json"]
+
+    asyncio.run(go())
+
+
 def test_a_resume_that_failed_to_start_shows_and_d_forgets_it(home):
     """A resume refused before the run started again (its dataset gone) writes nothing in
     the run: its own row says so (it was hidden behind the run's row), and d forgets it."""

@@ -18,6 +18,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable
 
 from mlxlora import machine, queue, runlist, runs
+from mlxlora.diagnosis import MEMORY_STOP
 from mlxlora.errors import MlxloraError
 from mlxlora.evaluate import Sampling
 from mlxlora.sweep import run_sweep
@@ -208,9 +209,11 @@ class RunsTab(Vertical):
         except MlxloraError as exc:
             self.notify(str(exc), severity="error")
             return
-        queue.add_resume(path)
+        # a run the memory budget stopped resumes refitted, as its failure advises
+        fit = (self.book.views[path].failure or "").startswith(MEMORY_STOP)
+        queue.add_resume(path, fit=fit)
         queue.ensure_runner()
-        self.notify(f"Queued: resume {path.name}")
+        self.notify(f"Queued: resume {path.name}" + (", fitted to memory" if fit else ""))
 
     def action_export_run(self) -> None:
         """Open the Export dialog for the selected run (it runs `mlxlora export` as a child)."""
