@@ -2,7 +2,7 @@
 Monitor show), the disk a workspace uses and the space left. Imports no mlx or torch.
 
 It also gives the budget training plans against (`memory_budget`: about Metal's working set
-on Apple Silicon, the RAM or cgroup limit elsewhere), which `mlxlora.memory` estimates fit.
+on Apple Silicon, the memory available now elsewhere), which `mlxlora.memory` estimates fit.
 """
 
 from __future__ import annotations
@@ -175,11 +175,15 @@ def unified_budget(total_bytes: int) -> int:
 
 def memory_budget() -> int | None:
     """Bytes training may use here: 3/4 of unified memory on Apple Silicon (about Metal's
-    recommended working set, the GPU's share), else total RAM (capped by a cgroup limit)."""
-    total = total_memory()
-    if total is None:
-        return None
+    recommended working set, the GPU's share), else the memory available now (MemAvailable:
+    what the system and other programs leave; all of the RAM let a fit plan 23.3 of 23.5 GiB
+    on a machine without swap), capped by a cgroup limit."""
     if is_apple_silicon():
-        return unified_budget(total)
+        total = total_memory()
+        return unified_budget(total) if total else None
+    usage = memory_usage()
+    free = usage.available if usage else total_memory()
+    if free is None:
+        return None
     limit = _cgroup_limit()
-    return min(total, limit) if limit else total
+    return min(free, limit) if limit else free
