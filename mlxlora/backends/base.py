@@ -56,6 +56,13 @@ def check_request(max_tokens: int, temperature: float) -> None:
         raise ModelError(f"temperature must be 0 (greedy) or more (got {temperature})")
 
 
+def uncut(piece: str, finish_reason: str | None) -> str:
+    """The last piece of an answer without the replacement characters its token limit left
+    where it cut a character's bytes (every other Japanese answer cut short ended in "�");
+    other pieces as they are."""
+    return piece.rstrip("\ufffd") if finish_reason == "length" else piece
+
+
 class Generator:
     """What both backends' generators share: the prompt, the answer streamed piece by piece
     with its stats, the whole answer. A backend's generator holds `model` and `tokenizer` and

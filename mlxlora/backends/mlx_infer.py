@@ -18,7 +18,7 @@ preload_openblas()  # must precede the first `import mlx.core`
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
-from mlxlora.backends.base import END_OF_TURN, Generator  # noqa: E402
+from mlxlora.backends.base import END_OF_TURN, Generator, uncut  # noqa: E402
 from mlxlora.backends.mlx import fit_to_device, select_device  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
 
@@ -49,7 +49,7 @@ def stream_text(
         if response.finish_reason != "stop":  # the closing response of a stop holds its token
             tokens.append(response.token)
         yield (
-            response.text,
+            uncut(response.text, response.finish_reason),
             {
                 "prompt_tokens": response.prompt_tokens,
                 "generation_tokens": response.generation_tokens,

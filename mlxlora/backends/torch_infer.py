@@ -23,7 +23,7 @@ from safetensors.numpy import load_file
 
 from mlxlora.adapters_convert import CONFIG, MLX_WEIGHTS, adapted_modules, mlx_to_peft
 from mlxlora.backends import torch_peft
-from mlxlora.backends.base import END_OF_TURN, Generator
+from mlxlora.backends.base import END_OF_TURN, Generator, uncut
 from mlxlora.errors import ModelError
 
 
@@ -95,7 +95,7 @@ def stream_text(
         pending = [] if piece is not None else [*pending, token]
         if count == max_tokens:
             stats["finish_reason"] = "length"
-            piece = (piece or "") + flush(tokenizer, pending)
+            piece = uncut((piece or "") + flush(tokenizer, pending), "length")
         if piece and trim:
             piece, trim = piece.removeprefix(" "), False
         yield piece or "", dict(stats)

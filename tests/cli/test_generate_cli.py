@@ -248,3 +248,16 @@ def test_smollm2_knows_the_capital_of_france(home):
     )  # fmt: skip
     assert again.stdout == out.stdout  # greedy, and the converted model is cached
     print(f"smollm2: first {first:.1f}s (converting), cached {time.perf_counter() - start:.1f}s")
+
+
+def test_an_answer_cut_by_its_token_limit_ends_on_a_whole_character(smollm2):
+    """SmolLM2 spends two tokens on most Japanese characters: every odd limit cut one in half
+    and the answer (samples, eval.json, generate) ended in "�" (a QA finding)."""
+    from mlxlora.backends.mlx_infer import MLXGenerator
+
+    _, model_dir = smollm2
+    generator = MLXGenerator(model_dir)
+    question = [{"role": "user", "content": "高血圧とは？"}]
+    answers = [generator.generate(question, max_tokens=n) for n in (3, 4, 5)]
+    assert all(a and not a.endswith("\ufffd") for a in answers), answers
+    assert answers[0] == answers[1][: len(answers[0])]  # the same answer, a character shorter
