@@ -36,7 +36,7 @@ class RunInfo:
     status: str  # running | finished | stopped | failed | interrupted | new
     model: str
     step: int
-    last_loss: float | None
+    loss_ema: float | None  # the smoothed loss at the last step, as `train` shows it live
     best_val_loss: float | None
     started: float | None
 
@@ -79,7 +79,7 @@ def run_info(path: Path) -> RunInfo:
         status=status,
         model=started.model if started else "",
         step=steps[-1].step if steps else 0,
-        last_loss=steps[-1].loss if steps else None,
+        loss_ema=(steps[-1].loss_ema or steps[-1].loss) if steps else None,
         best_val_loss=best_val_loss(paths, status),
         started=started.time if started else None,
     )

@@ -94,10 +94,10 @@ def list_runs(args) -> int:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.started)) if i.started else "-"
         status = i.status + (f" ⚠ {flag}" if flag else "")  # as the TUI's Runs tab flags it
         rows.append(
-            [i.name, status, i.model, str(i.step), num(i.last_loss), num(i.best_val_loss), started]
+            [i.name, status, i.model, str(i.step), num(i.loss_ema), num(i.best_val_loss), started]
         )
     console = Console()
-    columns = ["name", "status", "model", "step", "loss", "best val", "started"]
+    columns = ["name", "status", "model", "step", "ema loss", "best val", "started"]
     console.print(listing_table(f"runs in {runs.runs_root()}", columns, rows, console.width))
     return 0
 

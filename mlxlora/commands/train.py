@@ -275,7 +275,7 @@ class ProgressView:
     def _step(self, e: Step) -> None:
         # The smoothed loss: one micro-batch's loss jumps too much to read.
         stats = (
-            f"loss {e.loss_ema:.3f} lr {e.lr:.1e} {e.tokens_per_sec:,.0f} tok/s"
+            f"ema loss {e.loss_ema:.3f} lr {e.lr:.1e} {e.tokens_per_sec:,.0f} tok/s"
             f" {e.peak_memory_gb:.2f} GB"
         )
         self.progress.update(self.task, completed=e.step, stats=stats)  # also feeds the ETA

@@ -63,7 +63,8 @@ def test_every_run_with_its_status_chart_samples_and_failure(home, monkeypatch):
                 "done-20250615-000000": "finished",
             }
             done = rows(app)[str(runs.runs_root() / "done-20250615-000000")]
-            assert done[2:5] == ["30/30", "0.6475", "0.9463"]
+            # the smoothed loss, as `train` shows it live (was the last step's raw 0.6475)
+            assert done[2:5] == ["30/30", "1.1601", "0.9463"]
             assert len(done[5]) == 12 and done[5][0] == "█"  # the falling loss as a sparkline
 
             await select(pilot, "broken-20250615-000000")

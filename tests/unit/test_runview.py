@@ -127,7 +127,7 @@ def test_run_info_reads_the_head_and_the_tail_of_a_long_run(tmp_path, monkeypatc
     for module in (runs, events):  # reading every event must not happen
         monkeypatch.setattr(module, "read_events", None)
     info = runlist.run_info(run)
-    assert (info.status, info.step, info.last_loss, info.model) == ("interrupted", 3000, 2.0, "m")
+    assert (info.status, info.step, info.loss_ema, info.model) == ("interrupted", 3000, 2.0, "m")
     with EventWriter(run / "events.jsonl") as w:
         w.emit(RunFinished(step=3000, best_val_loss=1.5, best_step=3000, elapsed_sec=9.0))
     assert runlist.run_info(run).status == "finished"

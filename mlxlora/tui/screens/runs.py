@@ -31,7 +31,7 @@ from mlxlora.tui.widgets.confirm import Confirm
 from mlxlora.tui.widgets.text import num, sparkline
 
 DRAW_SEC = 0.25
-COLUMNS = ("name", "status", "step", "loss", "best val", "loss curve")
+COLUMNS = ("name", "status", "step", "ema loss", "best val", "loss curve")
 RESUMABLE = ("stopped", "interrupted", "failed")
 
 
@@ -103,7 +103,7 @@ class RunsTab(Vertical):
                 self._display_name(view.path),
                 self.book.status(view.path) + flag,
                 f"{view.step}/{view.total_steps or '-'}",
-                num(view.train.last()),
+                num(view.smooth.last()),  # as `train` shows it live
                 num(best.val_loss if best else None),
                 sparkline(view.smooth.y, 12),
             )
