@@ -138,10 +138,11 @@ def print_status(name: str, members, ranked: list[dict]) -> None:
     from mlxlora.fmt import num
 
     table = Table(title=Text(f"sweep {name}"))
-    for col in ("run", "state", "run directory"):
-        table.add_column(col)
-    for m in members:
-        table.add_row(Text(m.member.name), m.state, Text(_str(m.run) or "—"))
+    for col in ("run", "state", "run directory"):  # folded, never cut: the ends tell them apart
+        table.add_column(col, overflow="fold")
+    for m in members:  # the run without its sweep's name, which the title gives
+        short = m.member.name.removeprefix(f"{name}-") or m.member.name
+        table.add_row(Text(short), m.state, Text(_str(m.run) or "—"))
     console = Console()
     console.print(table)
     if ranked:

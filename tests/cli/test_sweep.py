@@ -163,3 +163,26 @@ def test_a_grid_of_lists_splits_between_the_lists():
     loaded = sweep.validate("t", members)
     assert [c.lora.target_modules for c in loaded] == [["q_proj", "v_proj"], ["q_proj"]]
     assert sweep.parse_grid("lora.rank=8, 16")[1] == ["8", "16"]
+
+
+def test_sweep_status_rows_stay_apart_in_80_columns(monkeypatch, capsys):
+    """Two runs of a Japanese-named sweep showed as the same cut text (double-width names
+    ran out of columns before the part that differs; a QA finding)."""
+    from types import SimpleNamespace
+
+    from mlxlora.commands.sweep import print_status
+
+    monkeypatch.setenv("COLUMNS", "80")
+    sweep = "医療専門知識モデル_v1-sweep"
+    members = [
+        SimpleNamespace(
+            member=SimpleNamespace(name=f"{sweep}-learning_rate={lr}"),
+            state="finished",
+            run=Path(f"/home/user/.mlxlora/runs/{sweep}-learning_rate={lr}-20261126-120000"),
+        )
+        for lr in ("0.0001", "5e-05")
+    ]
+    print_status(sweep, members, [])
+    out = capsys.readouterr().out
+    assert "learning_rate=0.0001" in out and "learning_rate=5e-05" in out
+    assert "…" not in out
