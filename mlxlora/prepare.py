@@ -81,14 +81,26 @@ def load_records(cfg: Config) -> tuple[list[dict], list[dict], Config]:
     """
     from mlxlora.data import formats, store
 
-    meta, records = store.resolve(cfg.data.dataset)
+    meta, records = for_field("data.dataset", store.resolve, cfg.data.dataset)
     train = [formats.normalize(r, meta.type) for r in records]
     pinned = replace(cfg, data=replace(cfg.data, dataset=meta.name))
     if cfg.data.validation:
-        vmeta, vrecords = store.resolve(cfg.data.validation)
+        vmeta, vrecords = for_field("data.validation", store.resolve, cfg.data.validation)
         val = [formats.normalize(r, vmeta.type) for r in vrecords]
         return train, val, replace(pinned, data=replace(pinned.data, validation=vmeta.name))
     return *batching.split(train, cfg.data.val_split, cfg.training.seed), pinned
+
+
+def for_field(key: str, read, ref: str):
+    """read(ref), its DataError naming the config field that gave `ref` and, for a relative
+    file that is not there, where a config's paths are read from."""
+    try:
+        return read(ref)
+    except DataError as exc:
+        path = Path(ref)
+        missing = ref.lower().endswith((".json", ".jsonl")) and not path.exists()
+        hint = "; a config reads a relative path from its own folder" if missing else ""
+        raise DataError(f"{key}: {exc}{hint}") from None
 
 
 def check_references(cfg: Config) -> None:
@@ -98,9 +110,9 @@ def check_references(cfg: Config) -> None:
     from mlxlora.models.listing import known_info
     from mlxlora.models.resolve import check_model
 
-    for ref in (cfg.data.dataset, cfg.data.validation):
+    for key, ref in (("data.dataset", cfg.data.dataset), ("data.validation", cfg.data.validation)):
         if ref:
-            store.check(ref)
+            for_field(key, store.check, ref)
     check_model(cfg.model)
     if problem := layers_problem(cfg, known_info(cfg.model)):
         raise ConfigError([f"lora.num_layers: {problem}"], cfg.name)

@@ -45,7 +45,7 @@ def test_a_job_that_cannot_start_keeps_its_one_line_error_and_makes_no_run(home)
     assert queue.work(idle_exit=0) == 1
     (job,) = queue.jobs()
     assert job.state == "done" and job.exit_code == 3 and job.run_dir is None
-    assert job.error.startswith("unknown dataset 'no-such-dataset'")
+    assert job.error.startswith("data.dataset: unknown dataset 'no-such-dataset'")
     assert list_runs() == []
 
 

@@ -359,8 +359,9 @@ def test_dry_run_prints_the_breakdown_and_the_fit(home):
 
     missing = mlxlora("train", QUICK, "--dry-run", "--set", "data.dataset=無い.jsonl")
     assert missing.returncode != 0 and "verdict" not in missing.stdout  # what the run refuses
-    assert missing.stderr.strip() == (
-        "mlxlora: error: 無い.jsonl: file not found (and no dataset of that name)"
+    assert missing.stderr.strip() == (  # the field that names it, and where it was looked for
+        "mlxlora: error: data.dataset: 無い.jsonl: file not found (and no dataset of that name);"
+        " a config reads a relative path from its own folder"
     )
     assert not (home / "datasets").exists() or not any((home / "datasets").iterdir())
 
