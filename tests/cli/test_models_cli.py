@@ -124,7 +124,8 @@ def test_doctor_json_in_a_subprocess(tmp_path):
     assert set(report["versions"]) >= {"mlx", "mlx-lm", "transformers", "torch"}
     assert all(isinstance(v, str) and v for v in report["versions"].values())
     assert report["memory_total_bytes"] == machine.total_memory()
-    assert report["training_budget_bytes"] == machine.memory_budget()
+    # the memory available when asked (Linux): it moves a little between two readings
+    assert abs(report["training_budget_bytes"] - machine.memory_budget()) < 2**30
     assert report["workspace"] == str(tmp_path / "ws")
     assert report["workspace_disk_free_bytes"] > 0  # measured on the nearest existing parent
     if sys.platform.startswith("linux"):
