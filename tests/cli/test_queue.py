@@ -171,5 +171,5 @@ def test_queue_add_refuses_a_dataset_that_is_not_there(home, capsys):
     args = ["queue", "add", tiny, "--set", "data.dataset=存在しない", "--no-start"]
     assert main(args) == 3  # a data error, as `train` gives it
     err = capsys.readouterr().err.strip()
-    assert err.startswith("mlxlora: error: unknown dataset '存在しない' (")
+    assert err.startswith("mlxlora: error: data.dataset: unknown dataset '存在しない' (")
     assert queue.jobs() == []
