@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from mlxlora.memory import MemoryEstimate, TrainShape, estimate, fmt_bytes, loss_chunk_rows
+from mlxlora.memory import (
+    MemoryEstimate,
+    TrainShape,
+    estimate,
+    fmt_bytes,
+    loss_chunk_rows,
+    weight_bytes,
+)
 
 # Relative step time of the knobs fit turns (from this repo's CPU measurements: checkpointing
 # recomputes the forward pass, ~1/3 more; each extra micro-batch a step costs its overhead and
@@ -99,3 +106,54 @@ def fit_shape(info: dict, shape: TrainShape, budget: int, weights: int | None = 
         "without checkpointing"
     )
     return Fit(best, est, budget, True, why)
+
+
+def fit_advice(est: MemoryEstimate, budget: int, info: dict, shape: TrainShape) -> list[str]:
+    """Changes, in priority order and each on top of the ones before, that bring the estimate
+    under `budget`, each with the estimated total after it; [] when it already fits."""
+    if est.total <= budget:
+        return []
+    advice: list[str] = []
+    weights = est.weights  # as loaded (float32 on a CPU), not as the files hold them
+    current = shape
+    steps = []
+    if current.batch_size > 1:
+        accum = current.batch_size * current.grad_accumulation
+        steps.append(
+            (
+                f"training.batch_size=1 training.grad_accumulation={accum} (same effective batch)",
+                lambda s: replace(s, batch_size=1, grad_accumulation=accum),
+                None,
+            )
+        )
+    if current.max_length > 1024:
+        steps.append(("data.max_length=1024", lambda s: replace(s, max_length=1024), None))
+    if not current.grad_checkpoint:
+        steps.append(
+            ("training.grad_checkpoint=true", lambda s: replace(s, grad_checkpoint=True), None)
+        )
+    if not (info.get("quantization") or {}).get("bits"):
+        steps.append(
+            (
+                "a 4-bit model (e.g. the mlx-community ...-4bit version)",
+                lambda s: s,
+                weight_bytes(info, shape.dtype_bytes, bits=4),
+            )
+        )
+    layers = int(info["num_hidden_layers"])
+    if current.lora_layers < 0 or current.lora_layers > 8:
+        if layers > 8:
+            steps.append(("lora.num_layers=8", lambda s: replace(s, lora_layers=8), None))
+    for text, change, new_weights in steps:
+        current = change(current)
+        weights = new_weights if new_weights is not None else weights
+        total = estimate(info, current, weights=weights).total
+        fits = total <= budget
+        prefix = "" if not advice else "then "
+        advice.append(f"{prefix}{text}: ~{fmt_bytes(total)}" + (" (fits)" if fits else ""))
+        if fits:
+            return advice
+    advice.append(
+        f"still over the budget of {fmt_bytes(budget)}: pick a smaller model (`mlxlora models`)"
+    )
+    return advice

@@ -43,10 +43,10 @@ class MemoryGuard:
         return memory.estimate(self.info, shape, weights=self.weights)
 
     def advice(self, longest: int) -> list[str]:
-        from mlxlora import memory
+        from mlxlora import memory_fit
 
         shape = train_shape(self.config, self.backend, longest)
-        return memory.fit_advice(self.step_estimate(longest), self.budget, self.info, shape)
+        return memory_fit.fit_advice(self.step_estimate(longest), self.budget, self.info, shape)
 
 
 @dataclass
@@ -259,7 +259,7 @@ def setup_warnings(cfg: Config, n_train: int, n_val: int) -> list[str]:
 
 def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[float, list[str]]:
     """Estimated peak (GB) for the longest batch, and advice when it exceeds the budget."""
-    from mlxlora import memory
+    from mlxlora import memory, memory_fit
     from mlxlora.models.info import model_info
 
     info = model_info(model_dir)
@@ -273,7 +273,7 @@ def memory_check(cfg: Config, model_dir: Path, backend, longest: int) -> tuple[f
         f"estimated peak memory {memory.fmt_bytes(est.total)} exceeds the "
         f"{memory.fmt_bytes(budget)} {given}; try: "
     )
-    return est.total / 1e9, [head + "; ".join(memory.fit_advice(est, budget, info, shape))]
+    return est.total / 1e9, [head + "; ".join(memory_fit.fit_advice(est, budget, info, shape))]
 
 
 def train_shape(cfg: Config, backend, longest: int):
@@ -339,7 +339,7 @@ def fit_config(cfg: Config, model_dir: Path, backend):
 def memory_plan(cfg: Config, backend) -> dict:
     """What a run of `cfg` would hold at data.max_length, without loading the model: the
     estimate's breakdown, the budget, the verdict, the fit (training.fit) and advice."""
-    from mlxlora import memory
+    from mlxlora import memory, memory_fit
     from mlxlora.models.info import model_info
     from mlxlora.models.resolve import resolve_model
 
@@ -352,7 +352,7 @@ def memory_plan(cfg: Config, backend) -> dict:
     est = memory.estimate(info, shape, weights=planned_weights(cfg, info, backend))
     budget = training_budget(cfg, backend)
     verdict = memory.fit_verdict(est.total, budget)
-    advice = memory.fit_advice(est, budget, info, shape) if verdict == "will not fit" else []
+    advice = memory_fit.fit_advice(est, budget, info, shape) if verdict == "will not fit" else []
     return {
         "config": cfg,
         "estimate": est,

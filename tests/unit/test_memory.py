@@ -14,10 +14,10 @@ from mlxlora.memory import (
     TrainShape,
     estimate,
     estimate_training_memory,
-    fit_advice,
     fmt_bytes,
     weight_bytes,
 )
+from mlxlora.memory_fit import fit_advice
 from mlxlora.models.catalog import find
 
 SMALL = {

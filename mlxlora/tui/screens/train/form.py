@@ -192,7 +192,7 @@ def memory_verdict(cfg: Config, info: dict, machine_budget: int | None) -> Memor
     verdict = memory.fit_verdict(est.total, budget)
     advice, fit = [], ""
     if verdict == "will not fit":
-        advice = memory.fit_advice(est, budget, info, shape)
+        advice = memory_fit.fit_advice(est, budget, info, shape)
         chosen = memory_fit.fit_shape(info, shape, budget, weights=weights)
         if chosen.fits:
             changes = " ".join(f"{k}={v}" for k, v in chosen.changes(shape).items())
@@ -210,5 +210,5 @@ def _fitted_verdict(
     verdict = memory.fit_verdict(est.total, budget)
     changes = " ".join(f"{k}={v}" for k, v in chosen.changes(shape).items()) or "nothing"
     fit = f"fit: auto changes {changes}" if chosen.fits else f"fit: auto cannot: {chosen.reason}"
-    advice = [] if chosen.fits else memory.fit_advice(est, budget, info, chosen.shape)
+    advice = [] if chosen.fits else memory_fit.fit_advice(est, budget, info, chosen.shape)
     return MemoryVerdict(est.total, budget, verdict, advice, est.breakdown(), fit)
