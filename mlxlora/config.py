@@ -47,6 +47,14 @@ def parse_size(text: str) -> int | None:
 BACKENDS = ("auto", "mlx", "torch")
 
 
+def run_budget(cfg: Config, machine_budget: int | None) -> int | None:
+    """Bytes a run of `cfg` may use: its training.memory_budget, else `machine_budget` (what
+    the device or machine has)."""
+    if cfg.training.memory_budget:
+        return parse_size(cfg.training.memory_budget)
+    return machine_budget
+
+
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata={"help": text})

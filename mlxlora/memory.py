@@ -267,6 +267,8 @@ def estimate_training_memory(
     if "down_proj" in lora_targets:
         per_token += inter
     one_layer = tokens * per_token * dtype_bytes
+    if attention_mode not in ATTENTION_MODES:
+        raise ValueError(f"attention mode {attention_mode!r} is not one of {ATTENTION_MODES}")
     probs = batch_size * heads * max_length**2 * dtype_bytes  # one layer's
     if attention_mode == "blocked":
         attention = _blocked_attention(batch_size, heads, max_length, q, dtype_bytes)

@@ -292,11 +292,9 @@ def train_shape(cfg: Config, backend, longest: int):
 
 def training_budget(cfg: Config, backend) -> int | None:
     """Bytes the run may use: training.memory_budget, else what the device or machine has."""
-    from mlxlora.config import parse_size
+    from mlxlora.config import run_budget
 
-    if cfg.training.memory_budget:
-        return parse_size(cfg.training.memory_budget)
-    return device_budget(backend)
+    return run_budget(cfg, device_budget(backend))
 
 
 def device_budget(backend) -> int | None:

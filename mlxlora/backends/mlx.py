@@ -278,7 +278,9 @@ class MLXBackend:
         if not len(tokens):
             return None
         pad = -mask.shape[1] % self.info.pad_multiple  # the model sees mask.shape[1] positions
-        return np.pad(tokens, ((0, 0), (0, pad))), np.pad(mask, ((0, 0), (0, pad)))
+        if pad:  # CUDA's attention tile only: no copy of every batch elsewhere
+            tokens, mask = np.pad(tokens, ((0, 0), (0, pad))), np.pad(mask, ((0, 0), (0, pad)))
+        return tokens, mask
 
     def _labels(self, batch: Batch) -> tuple[mx.array, mx.array, mx.array] | None:
         """(tokens, labelled positions, their targets) of this process's rows, or None."""

@@ -173,17 +173,10 @@ class MemoryVerdict:
         return " · ".join(f"{label} {memory.fmt_bytes(n)}" for label, n in rows)
 
 
-def run_budget(cfg: Config | None, machine_budget: int | None) -> int | None:
-    """The budget a run of `cfg` is held to: its training.memory_budget, else the machine's."""
-    if cfg is not None and cfg.training.memory_budget:
-        return config.parse_size(cfg.training.memory_budget)
-    return machine_budget
-
-
 def memory_verdict(cfg: Config, info: dict, machine_budget: int | None) -> MemoryVerdict:
     """The engine's estimate of `cfg` on this machine, its verdict against the run's budget,
     what to change, and what training.fit would choose when it will not fit."""
-    budget = run_budget(cfg, machine_budget)
+    budget = config.run_budget(cfg, machine_budget)
     shape = memory.shape_here(memory.TrainShape.from_config(cfg))
     weights = memory.weights_here(info, cfg.quantized_base)
     if cfg.training.fit == "auto" and budget:

@@ -282,7 +282,8 @@ class TrainTab(Vertical):
         """The picker's fit marks follow the form's shape and budget (a preset of 4 x 256
         still showed the marks of the default 4 x 2048)."""
         shape = memory.TrainShape.from_config(self.cfg) if self.cfg else memory.TrainShape()
-        marks_for = (shape, form.run_budget(self.cfg, self.budget))
+        budget = config.run_budget(self.cfg, self.budget) if self.cfg else self.budget
+        marks_for = (shape, budget)
         if marks_for != self._marks_for:
             self._marks_for = marks_for
             self._load_model_options(*marks_for)
