@@ -160,6 +160,7 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
                 run_dir=str(paths.root),
                 dataset=cfg.data.dataset,  # the workspace name it was pinned to
                 datasets=prep.datasets,
+                sources=prep.sources,
                 model=cfg.model,
                 backend=backend.info.name,
                 device=backend.info.device,

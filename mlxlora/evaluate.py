@@ -169,11 +169,11 @@ def held_out_records(cfg, dataset: str | None) -> tuple[list[dict], str, str]:
     """(normalized records, split, dataset name): a stored dataset or file when given, else
     the run's own validation split (data.validation, or the val_split that training held out,
     drawn with the same seed)."""
-    from mlxlora.data import formats, store
+    from mlxlora.data import formats, refs
     from mlxlora.prepare import load_records
 
     if dataset:
-        meta, records = store.resolve(dataset)
+        meta, records = refs.resolve(dataset)
         return [formats.normalize(r, meta.type) for r in records], "dataset", meta.name
     _, val, pinned = load_records(cfg)
     if not val:

@@ -66,6 +66,7 @@ class Prepared:
     estimated_peak_gb: float
     model_dir: Path  # the local HF-format directory the model reference resolved to
     datasets: dict[str, str]  # the stored datasets it trains and validates on: name -> sha256
+    sources: dict[str, str]  # the files the config named for them: name -> absolute path
     fit: MemoryFit | None = None  # what training.fit chose, for the run's events
     guard: MemoryGuard | None = None  # the budget a step must not pass (training.memory_budget)
 
@@ -74,18 +75,18 @@ def load_records(cfg: Config) -> tuple[list[dict], list[dict], Config]:
     """Normalized (train, validation) records for a config, and the config with its datasets
     pinned: `data.dataset` and `data.validation` name the workspace datasets they resolved to.
 
-    A dataset file is imported into the workspace on first use (store.resolve), where its
+    A dataset file is imported into the workspace on first use (refs.resolve), where its
     records never change (other records from the same file go under another name): a run's
     pinned config resumes and evaluates on the records it trained on, even after the file
     was edited, moved or deleted.
     """
-    from mlxlora.data import formats, store
+    from mlxlora.data import formats, refs
 
-    meta, records = for_field("data.dataset", store.resolve, cfg.data.dataset)
+    meta, records = for_field("data.dataset", refs.resolve, cfg.data.dataset)
     train = [formats.normalize(r, meta.type) for r in records]
     pinned = replace(cfg, data=replace(cfg.data, dataset=meta.name))
     if cfg.data.validation:
-        vmeta, vrecords = for_field("data.validation", store.resolve, cfg.data.validation)
+        vmeta, vrecords = for_field("data.validation", refs.resolve, cfg.data.validation)
         val = [formats.normalize(r, vmeta.type) for r in vrecords]
         return train, val, replace(pinned, data=replace(pinned.data, validation=vmeta.name))
     return *batching.split(train, cfg.data.val_split, cfg.training.seed), pinned
@@ -106,13 +107,13 @@ def for_field(key: str, read, ref: str):
 def check_references(cfg: Config) -> None:
     """The datasets and the model `cfg` names exist and load, checked without storing,
     building or downloading anything: a job is refused before it is queued, not when it runs."""
-    from mlxlora.data import store
+    from mlxlora.data import refs
     from mlxlora.models.listing import known_info
     from mlxlora.models.resolve import check_model
 
     for key, ref in (("data.dataset", cfg.data.dataset), ("data.validation", cfg.data.validation)):
         if ref:
-            for_field(key, store.check, ref)
+            for_field(key, refs.check, ref)
     check_model(cfg.model)
     if problem := layers_problem(cfg, known_info(cfg.model)):
         raise ConfigError([f"lora.num_layers: {problem}"], cfg.name)
@@ -141,12 +142,12 @@ def as_run_started(cfg: Config, paths: RunPaths) -> Config:
     with: a dataset file, named by a run from before configs were pinned, becomes the stored
     dataset its first start resolved (the file may have changed since); a stored dataset that
     was imported again with other records is refused (DataError)."""
-    from mlxlora.data import store
+    from mlxlora.data import refs, store
     from mlxlora.events import RunStarted, read_events_of
 
     starts = read_events_of(paths.events, RunStarted) if paths.events.is_file() else []
     first = starts[0].dataset if starts else ""
-    if first and store.looks_like_file(cfg.data.dataset) and store.exists(first):
+    if first and refs.looks_like_file(cfg.data.dataset) and store.exists(first):
         cfg = replace(cfg, data=replace(cfg.data, dataset=first))
     now = dataset_digests(cfg.data)
     for start in starts:  # a run resumed since it began records them at each start
@@ -160,22 +161,44 @@ def as_run_started(cfg: Config, paths: RunPaths) -> Config:
     return cfg
 
 
-def changed_sources(given, pinned) -> list[str]:
-    """A warning for each dataset the config named (not a file) whose source file has changed
-    since it was stored: what a resumed run, pinned to its stored records, trains without."""
-    from mlxlora.data import store
+def source_files(given, pinned) -> dict[str, str]:
+    """stored dataset name -> the file the config named for it at this start (absolute)."""
+    from mlxlora.data import refs
 
-    refs = [(given.dataset, pinned.dataset), (given.validation, pinned.validation)]
-    named = [name for ref, name in refs if ref and not store.looks_like_file(ref)]
-    return [w for w in map(store.source_changed, named) if w]
+    refs_ = [(given.dataset, pinned.dataset), (given.validation, pinned.validation)]
+    return {
+        name: str(Path(ref).expanduser().resolve())
+        for ref, name in refs_
+        if ref and refs.looks_like_file(ref)
+    }
+
+
+def changed_sources(given, pinned, paths: RunPaths | None) -> list[str]:
+    """A warning for each file whose records now differ from the stored dataset the run trains
+    on: the files this start and the run's earlier starts named (`RunStarted.sources`), and the
+    file a dataset the config names was imported from. A run pinned to its stored records
+    trains without the edit."""
+    from mlxlora.data import refs, store
+    from mlxlora.events import RunStarted, read_events_of
+
+    pairs = set(source_files(given, pinned).items())
+    if paths is not None and paths.events.is_file():
+        pairs |= {p for s in read_events_of(paths.events, RunStarted) for p in s.sources.items()}
+    named = [(given.dataset, pinned.dataset), (given.validation, pinned.validation)]
+    pairs |= {
+        (name, store.get_meta(name).source)
+        for ref, name in named
+        if ref and not refs.looks_like_file(ref)
+    }
+    return [w for name, file in sorted(pairs) if file and (w := refs.source_changed(name, file))]
 
 
 def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     from mlxlora.models.resolve import resolve_model
 
+    given = cfg.data
     if paths is not None:  # resuming
         cfg = as_run_started(cfg, paths)
-    given = cfg.data
     train_records, val_records, cfg = load_records(cfg)
     datasets = dataset_digests(cfg.data)
     model_dir = resolve_model(cfg.model)
@@ -212,7 +235,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         warnings.append(
             f"{dropped} records had no answer tokens within max_length and were skipped"
         )
-    warnings += setup_warnings(cfg, len(train), len(val)) + changed_sources(given, cfg.data)
+    warnings += setup_warnings(cfg, len(train), len(val)) + changed_sources(given, cfg.data, paths)
     guard = None
     budget = training_budget(cfg, backend)
     if budget:  # training.memory_budget, else this device's or machine's
@@ -224,6 +247,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         config=cfg,
         paths=paths,
         datasets=datasets,
+        sources=source_files(given, cfg.data),
         backend=backend,
         train=train,
         val=val,

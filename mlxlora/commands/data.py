@@ -157,7 +157,7 @@ def load_tokenizer(model_ref: str):
 
 def _load_for_show(ref: str):
     """(title, kind, records) of a stored dataset, or of a file without storing it."""
-    from mlxlora.data import formats, store
+    from mlxlora.data import formats, refs, store
 
     if store.exists(ref):
         meta, records = store.load_dataset(ref)
@@ -167,7 +167,7 @@ def _load_for_show(ref: str):
         kind = formats.detect_format(records, ref)
         formats.validate(records, kind, ref)
         return ref, kind, records, None
-    if store.looks_like_file(ref):
+    if refs.looks_like_file(ref):
         raise DataError(f"{ref}: file not found (and no dataset of that name)")
     store.get_meta(ref)  # raises: unknown dataset, listing the available ones
     raise AssertionError("unreachable")

@@ -7,7 +7,7 @@ stores nothing.
 
 ``sha256`` is the hash of ``records.jsonl``, whose bytes are a canonical serialization of the
 records (`serialize_records`); so the same records imported from a JSON array file or from a
-JSONL file with different spacing hash the same, which is what `resolve` compares.
+JSONL file with different spacing hash the same, which is what `refs.resolve` compares.
 
 Dataset names follow `mlxlora.names` (letters and digits of any language, never a path) and are
 stored and looked up in their NFC form, so a name typed decomposed finds the stored dataset.
@@ -129,7 +129,7 @@ def exists(name: str) -> bool:
     return (dataset_dir(names.normalize(name)) / META_FILE).is_file()
 
 
-def _unknown(name: str) -> DataError:
+def unknown_dataset(name: str) -> DataError:
     available = [m.name for m in list_datasets()]
     if available:
         return DataError(f"unknown dataset {name!r} (available: {', '.join(available)})")
@@ -143,7 +143,7 @@ def get_meta(name: str) -> DatasetMeta:
     """A stored dataset's meta; DataError for an invalid or unknown name."""
     name = check_name(name)
     if not exists(name):
-        raise _unknown(name)
+        raise unknown_dataset(name)
     meta = _read_meta(dataset_dir(name))
     if meta is None:
         raise DataError(f"dataset {name!r}: {META_FILE} is unreadable; remove and re-import it")
@@ -310,99 +310,12 @@ def stem_name(path: str | Path) -> str:
             break
     slug = "".join(c if c != " " and names.is_name_char(c) else "-" for c in stem)
     slug = re.sub("-{2,}", "-", slug).lstrip("._-").rstrip("-")
-    return check_name(_fit(slug or "dataset", names.MAX_NAME_BYTES))
+    return check_name(fit_bytes(slug or "dataset", names.MAX_NAME_BYTES))
 
 
-def _fit(name: str, max_bytes: int) -> str:
+def fit_bytes(name: str, max_bytes: int) -> str:
     """`name` cut to at most `max_bytes` of UTF-8, never inside a character."""
     return names.normalize(name.encode("utf-8")[:max_bytes].decode("utf-8", "ignore"))
-
-
-def looks_like_file(ref: str) -> bool:
-    return ref.lower().endswith((".json", ".jsonl")) or os.sep in ref or "/" in ref
-
-
-def resolve(ref: str, kind: str | None = None) -> tuple[DatasetMeta, list[dict]]:
-    """A workspace dataset by name, or a .json/.jsonl file imported on first use.
-
-    A file is stored under its stem. If that name holds the same records (same sha256) it is
-    reused; if it holds different ones, the file goes under `<stem>-<first 8 hex of sha256>`
-    (reused likewise when it already exists).
-    """
-    path = _locate(str(ref))
-    return load_dataset(str(ref)) if path is None else _resolve_file(path, kind)
-
-
-def check(ref: str) -> None:
-    """The DataError resolve would raise for `ref`, found without storing anything (a job is
-    checked before it is queued): an unknown name, a missing file, a bad record."""
-    path = _locate(str(ref))
-    if path is not None:
-        records = load_records(path)
-        validate(records, detect_format(records, str(path)), str(path))
-
-
-def _locate(ref: str) -> Path | None:
-    """The file `ref` names, None for a stored dataset of that name, else DataError."""
-    p = Path(ref).expanduser()
-    if looks_like_file(ref) and p.is_file():
-        return p
-    if exists(ref):
-        return None
-    if p.is_file():
-        return p
-    if looks_like_file(ref):
-        raise DataError(f"{ref}: file not found (and no dataset of that name)")
-    raise _unknown(ref)
-
-
-def _resolve_file(path: Path, kind: str | None) -> tuple[DatasetMeta, list[dict]]:
-    source = str(path)
-    records = load_records(path)
-    kind = kind or detect_format(records, source)
-    validate(records, kind, source)
-    digest = records_sha256(records)
-    base = stem_name(path)
-    hashed = f"{_fit(base, names.MAX_NAME_BYTES - 9)}-{digest[:8]}"
-    for name in (base, hashed):
-        for _ in range(2):  # a second pass when another process imported `name` meanwhile
-            if exists(name):
-                break
-            try:
-                meta = import_records(
-                    records, name, kind, f"imported from {path.name}", source=str(path.resolve())
-                )
-            except DataError:
-                if not exists(name):
-                    raise
-                continue
-            return meta, load_records(dataset_dir(name) / RECORDS_FILE)
-        if get_meta(name).sha256 == digest:
-            return load_dataset(name)
-    raise DataError(
-        f"{source}: datasets {base!r} and {hashed!r} both exist with other records; "
-        "import the file with an explicit --name"
-    )
-
-
-def source_changed(name: str) -> str | None:
-    """A line saying the file dataset `name` was imported from now holds other records (None
-    when it is unchanged, gone, unreadable or was never a file): a run that names the stored
-    dataset keeps training on the records it was stored with."""
-    meta = get_meta(name)
-    path = Path(meta.source) if meta.source else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        current = records_sha256(load_records(path))
-    except (DataError, OSError):  # a file mid-edit: nothing to compare yet
-        return None
-    if current == meta.sha256:
-        return None
-    return (
-        f"{path} has changed since it was stored as dataset {name}: this run uses the stored "
-        "records (a new run on the file stores it as another dataset)"
-    )
 
 
 def broken_datasets() -> list[tuple[str, str]]:

@@ -148,3 +148,7 @@ def test_the_tutorials_commands_run_in_order(home, tmp_path, monkeypatch, capsys
         ran += 1
     print(f"ran {ran} tutorial commands; awaiting the CLI: {pending}")
     assert ran >= 15
+    from mlxlora.data import store
+
+    stored = [m.name for m in store.list_datasets()]  # the presets name the imported file
+    assert "医療専門知識データセット" in stored and "level3_advanced_medical" not in stored

@@ -15,7 +15,7 @@ from mlxlora.models.resolve import resolve_model
 
 @pytest.fixture
 def backend(home, quickstart_data):
-    from mlxlora.data import formats, store
+    from mlxlora.data import formats, refs
 
     cfg = config.from_dict({"data": {"dataset": "x"}, "lora": {"rank": 4, "dropout": 0.0}})
     b = mlx_backend.MLXBackend()
@@ -30,7 +30,7 @@ def backend(home, quickstart_data):
         for k, v in tree_flatten(b.model.trainable_parameters())
     ]
     b.model.update(tree_unflatten(params))
-    meta, records = store.resolve(str(quickstart_data))
+    meta, records = refs.resolve(str(quickstart_data))
     examples, _, _ = batching.encode_all(
         [formats.normalize(r, meta.type) for r in records[:6]], b.tokenizer, 128
     )

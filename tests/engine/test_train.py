@@ -117,8 +117,13 @@ def test_a_run_keeps_the_records_it_trained_on_when_its_file_changes(
     home, quickstart_data, tmp_path
 ):
     """The run's config names the workspace copy of its dataset file: resuming after the file
-    was edited, and evaluating after it was deleted, use the records the run trained on."""
-    data = tmp_path / "notes.jsonl"  # a user's file, edited while the run waits
+    was edited, and evaluating after it was deleted, use the records the run trained on. The
+    records were stored first from another file under a Japanese name, so the run trains on
+    that dataset and it is the file the config named that is watched for edits."""
+    from mlxlora.data import store
+
+    store.import_dataset(quickstart_data, "メモ")
+    data = tmp_path / "notes.jsonl"  # a user's copy, edited while the run waits
     data.write_bytes(quickstart_data.read_bytes())
     overrides = ("training.max_steps=6", "training.eval_every=3")
     full = tmp_path / "full"
@@ -130,7 +135,7 @@ def test_a_run_keeps_the_records_it_trained_on_when_its_file_changes(
             RunPaths(part).stop_request.touch()
 
     engine.train(make_config(data, *overrides), part, listeners=[stop_after_three])
-    assert config.load(RunPaths(part).config).data.dataset == "notes"
+    assert config.load(RunPaths(part).config).data.dataset == "メモ"
     with pytest.raises(RunError, match=r"already holds a run; continue it with `mlxlora train"):
         runs.check_new_run_dir(part)  # stopped: resumable, so the error says how
     lines = data.read_text(encoding="utf-8").splitlines()
@@ -138,21 +143,23 @@ def test_a_run_keeps_the_records_it_trained_on_when_its_file_changes(
     from mlxlora.prepare import as_run_started
 
     old_style = make_config(data, *overrides)  # a run from before pinning names its file
-    assert as_run_started(old_style, RunPaths(part)).data.dataset == "notes"
+    assert as_run_started(old_style, RunPaths(part)).data.dataset == "メモ"
     engine.train(None, part, resume=True)
     expected, got = steps(full), steps(part)
     np.testing.assert_allclose([got[s] for s in range(1, 7)], [expected[s] for s in range(1, 7)])
     first, resumed = [e for e in read_events(RunPaths(part).events) if isinstance(e, RunStarted)]
-    said = f"{data} has changed since it was stored as dataset notes: this run uses the stored"
+    said = f"{data} has changed since it was stored as dataset メモ: this run uses the stored"
     assert not any("has changed" in w for w in first.warnings)
-    assert any(w.startswith(said) for w in resumed.warnings), resumed.warnings
+    (changed,) = [w for w in resumed.warnings if "has changed" in w]  # one line, not one a path
+    assert changed.startswith(said)
+    assert first.sources == {"メモ": str(data.resolve())} and first.dataset == "メモ"
 
     data.unlink()
     from mlxlora.evaluate import held_out_records
 
     records, split, name = held_out_records(config.load(RunPaths(part).config), None)
-    assert (split, name, len(records)) == ("validation", "notes", first.val_records)
-    assert first.dataset == "notes"
+    assert (split, name, len(records)) == ("validation", "メモ", first.val_records)
+    assert first.dataset == "メモ"
 
 
 def test_a_run_refuses_a_dataset_imported_again_with_other_records(home, quickstart_data, tmp_path):

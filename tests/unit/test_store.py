@@ -5,7 +5,7 @@ import unicodedata
 
 import pytest
 
-from mlxlora.data import store
+from mlxlora.data import refs, store
 from mlxlora.data.formats import load_records
 from mlxlora.errors import DataError
 
@@ -119,7 +119,7 @@ def test_names_in_any_language(home, tmp_path, name):
     assert meta.name == name and stored(home) == [name]
     assert store.exists(typed) and store.exists(name)
     assert store.load_dataset(typed)[1] == RECORDS
-    assert store.resolve(typed)[0].name == name
+    assert refs.resolve(typed)[0].name == name
     with pytest.raises(DataError, match="already exists"):
         store.import_dataset(src, name)
     assert [m.name for m in store.list_datasets()] == [name]
@@ -166,11 +166,11 @@ def test_tampered_records_are_detected(home, tmp_path):
 
 def test_resolve_by_name_and_file(home, tmp_path):
     src = write_jsonl(tmp_path / "my data.jsonl", RECORDS)
-    meta, records = store.resolve(str(src))  # imported on first use under its stem
+    meta, records = refs.resolve(str(src))  # imported on first use under its stem
     assert meta.name == "my-data" and records == RECORDS
-    again, _ = store.resolve(str(src))  # same content: reused
+    again, _ = refs.resolve(str(src))  # same content: reused
     assert again.created == meta.created and stored(home) == ["my-data"]
-    by_name, _ = store.resolve("my-data")
+    by_name, _ = refs.resolve("my-data")
     assert by_name.sha256 == meta.sha256
 
 
@@ -179,33 +179,46 @@ def test_resolve_same_records_from_json_array_reuses(home, tmp_path):
     (tmp_path / "sub").mkdir()
     arr = tmp_path / "sub" / "qa.json"
     arr.write_text(json.dumps(RECORDS, indent=2, ensure_ascii=False), "utf-8")
-    m1, _ = store.resolve(str(tmp_path / "qa.jsonl"))
-    m2, _ = store.resolve(str(arr))
+    m1, _ = refs.resolve(str(tmp_path / "qa.jsonl"))
+    m2, _ = refs.resolve(str(arr))
     assert m1.name == m2.name == "qa"
     assert stored(home) == ["qa"]
 
 
+def test_a_file_whose_records_are_stored_under_any_name_reuses_that_dataset(home, tmp_path):
+    """The tutorial imports its file under a Japanese name, then the presets name the file:
+    one dataset, not the same records twice."""
+    src = write_jsonl(tmp_path / "medical.jsonl", RECORDS)
+    store.import_dataset(src, "医療QA")
+    copy = write_jsonl(tmp_path / "copy of medical.jsonl", RECORDS)  # a second copy, same records
+    assert refs.resolve(str(src))[0].name == refs.resolve(str(copy))[0].name == "医療QA"
+    assert stored(home) == ["医療QA"]
+    store.import_dataset(src, "medical")  # stored twice on purpose: the file's stem is preferred
+    assert refs.resolve(str(src))[0].name == "medical"
+    assert refs.resolve(str(copy))[0].name == "医療QA"  # else the oldest
+
+
 def test_resolve_changed_file_gets_hashed_name(home, tmp_path):
     src = write_jsonl(tmp_path / "qa.jsonl", RECORDS)
-    store.resolve(str(src))
+    refs.resolve(str(src))
     write_jsonl(src, RECORDS[:1])
-    meta, records = store.resolve(str(src))
+    meta, records = refs.resolve(str(src))
     digest = store.records_sha256(RECORDS[:1])
     assert meta.name == f"qa-{digest[:8]}" and records == RECORDS[:1]
-    again, _ = store.resolve(str(src))
+    again, _ = refs.resolve(str(src))
     assert again.name == meta.name
     assert stored(home) == ["qa", f"qa-{digest[:8]}"]
 
 
 def test_resolve_errors(home, tmp_path):
     with pytest.raises(DataError, match="file not found"):
-        store.resolve(str(tmp_path / "missing.jsonl"))
+        refs.resolve(str(tmp_path / "missing.jsonl"))
     with pytest.raises(DataError, match="unknown dataset 'nothing'"):
-        store.resolve("nothing")
+        refs.resolve("nothing")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": ""}\n')
     with pytest.raises(DataError, match='line 1: field "text": is empty'):
-        store.resolve(str(bad))
+        refs.resolve(str(bad))
     assert stored(home) == []
 
 
@@ -222,23 +235,23 @@ def test_stem_name():
 
 def test_resolve_file_with_japanese_name(home, tmp_path):
     src = write_jsonl(tmp_path / "医療専門知識データセット.jsonl", RECORDS)
-    meta, records = store.resolve(str(src))
+    meta, records = refs.resolve(str(src))
     assert meta.name == "医療専門知識データセット" and records == RECORDS
     write_jsonl(src, RECORDS[:1])
     digest = store.records_sha256(RECORDS[:1])
-    assert store.resolve(str(src))[0].name == f"医療専門知識データセット-{digest[:8]}"
+    assert refs.resolve(str(src))[0].name == f"医療専門知識データセット-{digest[:8]}"
 
 
 def test_resolve_survives_concurrent_import_of_same_file(home, tmp_path, monkeypatch):
     src = write_jsonl(tmp_path / "qa.jsonl", RECORDS)
-    real = store.import_records
+    real = refs.import_records
 
     def racing(records, name, kind, description="", source=""):
         real(records, name, kind, "the other process", source)  # another process wins the race
         return real(records, name, kind, description, source)  # ours then finds the name taken
 
-    monkeypatch.setattr(store, "import_records", racing)
-    meta, records = store.resolve(str(src))
+    monkeypatch.setattr(refs, "import_records", racing)
+    meta, records = refs.resolve(str(src))
     assert meta.name == "qa" and meta.description == "the other process" and records == RECORDS
     assert stored(home) == ["qa"]
 
@@ -281,17 +294,17 @@ def test_long_records_warn_with_their_location(tmp_path):
 
 def test_a_stored_dataset_tells_when_its_source_file_changed(home, tmp_path):
     source = write_jsonl(tmp_path / "メモ.jsonl", RECORDS)
-    meta, _ = store.resolve(str(source))
-    assert store.source_changed(meta.name) is None
+    meta, _ = refs.resolve(str(source))
+    assert refs.source_changed(meta.name) is None
     write_jsonl(source, RECORDS[:1])
-    assert store.source_changed(meta.name) == (
+    assert refs.source_changed(meta.name) == (
         f"{source.resolve()} has changed since it was stored as dataset メモ: this run uses the "
         "stored records (a new run on the file stores it as another dataset)"
     )
     source.write_text("{not json", encoding="utf-8")  # mid-edit: nothing to compare yet
-    assert store.source_changed(meta.name) is None
+    assert refs.source_changed(meta.name) is None
     source.unlink()
-    assert store.source_changed(meta.name) is None
+    assert refs.source_changed(meta.name) is None
     assert store.load_dataset("メモ")[1] == RECORDS  # the stored records never changed
 
 
