@@ -4,6 +4,7 @@ models with their estimated training memory and what fits where."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from mlxlora import machine
@@ -15,6 +16,8 @@ from mlxlora.models.listing import (
     params_text,
     rows,
 )
+
+HUB_PREFIX = "mlx-community/"
 
 
 def register(sub) -> None:
@@ -87,47 +90,111 @@ def run(args) -> int:
         return 0
 
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=160, file=sys.stdout)
-    batch = f"batch {shape.batch_size} x {shape.max_length}"
-    console.print("[bold]Built in[/] (model: ...)")
-    for row in builtins:
-        state = (
-            "[green]installed[/]"
-            if row["installed"]
-            else f"[yellow]not installed[/]: {row['install']}"
-        )
-        here = fmt_bytes(row["train_bytes_this_machine"])
-        console.print(
-            f"  {row['id']:<22} {params_text(row['params']):>6}  ~{here} to train here "
-            f"({batch})  {row['description']}; {state}",
-            highlight=False,
-            soft_wrap=True,
-        )
-    console.print(
-        f"[bold]Ollama[/] (model: ollama:NAME:TAG) — store {local['store']}", soft_wrap=True
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160, file=sys.stdout)  # a file or a pager: the full table
+    _print_local(console, shape, builtins, local)
+    table = _table(shape, b, models, compact=False)
+    unlimited = console.options.update_width(10_000)
+    if console.measure(table, options=unlimited).maximum > console.width:
+        table = _table(shape, b, models, compact=True)
+    console.print(table)
+    here = (
+        ""
+        if machine.is_apple_silicon()
+        else " (this machine: float32 on CPU, shown where it does not fit)"
     )
+    console.print(
+        f"[dim]train mem: weights + LoRA/Adam + activations + chunked-loss logits, bf16{here}. "
+        "Budget: 3/4 of unified memory on a Mac. Too big? See one shape's estimate here with "
+        "--batch-size 1 --max-length 1024 --grad-checkpoint, then train with --fit "
+        "(the same effective batch in micro-batches that fit, with accumulation and "
+        "checkpointing chosen for this machine's memory).[/]"
+    )
+    return 0
+
+
+def _print_local(console, shape: TrainShape, builtins: list[dict], local: dict) -> None:
+    """The builtin models and Ollama's, in columns whose descriptions wrap to the terminal."""
+    from rich.table import Table
+
+    console.print("[bold]Built in[/] (model: ...)")
+    grid = Table.grid(padding=(0, 2), pad_edge=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(justify="right", no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(ratio=1)
+    for row in builtins:
+        state = "[green]installed[/]" if row["installed"] else "[yellow]not installed[/]"
+        grid.add_row(
+            f" {row['id']}",
+            params_text(row["params"]),
+            f"~{fmt_bytes(row['train_bytes_this_machine'])} here",
+            f"{row['description']}; {state}",
+        )
+    console.print(grid, highlight=False)
+    for row in builtins:
+        if not row["installed"]:  # a command to copy: never broken across lines
+            console.print(f"  {row['id']}: {row['install']}", highlight=False, soft_wrap=True)
+    console.print(
+        f"[dim]  (~: the memory to train it here at batch {shape.batch_size} x "
+        f"{shape.max_length})[/]",
+        highlight=False,
+    )
+    console.print(f"[bold]Ollama[/] (model: ollama:NAME:TAG) — store {local['store']}")
     if not local["models"]:
         why = "no models" if local["exists"] else "not found (set OLLAMA_MODELS)"
-        console.print(f"  {why}; `ollama pull NAME` adds one", highlight=False, soft_wrap=True)
+        console.print(f"  {why}; `ollama pull NAME` adds one", highlight=False)
     for row in local["models"]:
         console.print(f"  {row['id']:<40} {fmt_bytes(row['size_bytes']):>9}", highlight=False)
     console.print()
-    table = Table(
-        title=f"Recommended models — LoRA r{shape.lora_rank} on q/v, all layers, "
+
+
+def _table(shape: TrainShape, budgets: dict, models: list[dict], compact: bool):
+    """The recommended models: every fact, or (`compact`, for a terminal too narrow for that)
+    the model's name, size, memory and marks; the HF id, quantization and download are in
+    `--json` and the full table."""
+    from rich.table import Table
+
+    title = (
+        f"Recommended models — LoRA r{shape.lora_rank} on q/v, all layers, "
         f"batch {shape.batch_size} x {shape.max_length} tokens"
-        + (", grad checkpointing" if shape.grad_checkpoint else ""),
-        title_justify="left",
+        + (", grad checkpointing" if shape.grad_checkpoint else "")
     )
+    mem = f"train mem\n{shape.batch_size} x {shape.max_length}"
+    if compact:
+        sizes = ", ".join(f"{n} {fmt_bytes(v)}" for n, v in budgets.items() if v is not None)
+        table = Table(
+            title=title,
+            title_justify="left",
+            caption=f"budgets: {sizes}" if sizes else None,
+            caption_justify="left",
+            box=None,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        table.add_column(f"model: {HUB_PREFIX}...", no_wrap=True)
+        table.add_column("params", justify="right", no_wrap=True)
+        table.add_column(mem, justify="right", no_wrap=True)
+        for name in budgets:
+            label = name.replace("this machine", "here").replace(" Mac", "\nMac")
+            table.add_column(label, justify="center", no_wrap=True)
+        for r in models:
+            table.add_row(
+                r["id"].removeprefix(HUB_PREFIX),
+                params_text(r["params"]),
+                fmt_bytes(r["train_bytes"]),
+                *(_fit_cell(r, name) for name in budgets),
+            )
+        return table
+    table = Table(title=title, title_justify="left")
     table.add_column("model (model: ...) / original HF id", no_wrap=True)
     table.add_column("params", justify="right")
     table.add_column("quant")
     table.add_column("download", justify="right")
-    table.add_column(f"train mem\n{shape.batch_size} x {shape.max_length}", justify="right")
-    for name, budget in b.items():
+    table.add_column(mem, justify="right")
+    for name, budget in budgets.items():
         label = name if budget is None else f"{name}\n({fmt_bytes(budget)})"
         table.add_column(label, justify="center")
     for r in models:
@@ -137,19 +204,6 @@ def run(args) -> int:
             r["quant"],
             fmt_bytes(r["download_bytes"]),
             fmt_bytes(r["train_bytes"]),
-            *(_fit_cell(r, name) for name in b),
+            *(_fit_cell(r, name) for name in budgets),
         )
-    console.print(table)
-    here = (
-        ""
-        if machine.is_apple_silicon()
-        else " (this machine: float32 on CPU, shown where it does not fit)"
-    )
-    console.print(
-        f"[dim]train mem: weights + LoRA/Adam + activations + chunked-loss logits, bf16{here}. "
-        "Budget: 3/4 of unified memory on a Mac. Too big? See the estimate with "
-        "--batch-size 1 --max-length 1024 --grad-checkpoint here, then train with "
-        "--set training.batch_size=1 --set training.grad_accumulation=4 "
-        "--set data.max_length=1024 --set training.grad_checkpoint=true.[/]"
-    )
-    return 0
+    return table
