@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mlxlora.events import Diagnosis, Eval, Event, RunFailed, RunStarted, Step
+from mlxlora.memory import fmt_bytes
 from mlxlora.metrics import ema
 
 # Thresholds, each the smallest signal worth a user's attention on a small LoRA run.
@@ -373,8 +374,8 @@ def memory(d: Diagnoser) -> Finding | None:
         "memory",
         "critical" if peak > budget else "warning",
         step,
-        f"{measured} peak {peak:.2f} GB is {peak / budget:.0%} of the {budget:.2f} GB this "
-        "device can use",
+        f"{measured} peak {fmt_bytes(peak * 1e9)} is {peak / budget:.0%} of the "
+        f"{fmt_bytes(budget * 1e9)} this device can use",
         peak_gb=round(peak, 3),
         budget_gb=round(budget, 3),
         measured=bool(d.peak_gb),

@@ -20,6 +20,7 @@ from mlxlora.events import (
     Step,
 )
 from mlxlora.fmt import clock
+from mlxlora.memory import fmt_bytes
 from mlxlora.runs import RunPaths
 
 
@@ -103,8 +104,6 @@ def memory_overrides(args) -> list[str]:
 
 def say_fit(event: Event) -> None:
     """The fit's choice, one line on stderr whatever the view (JSON goes to stdout)."""
-    from mlxlora.memory import fmt_bytes
-
     if isinstance(event, MemoryFit):
         chose = ", ".join(f"{k}={v}" for k, v in event.changes.items()) or "the config as it is"
         print(
@@ -121,7 +120,6 @@ def dry_run(cfg) -> int:
     from rich.table import Table
 
     from mlxlora.backends import select
-    from mlxlora.memory import fmt_bytes
     from mlxlora.prepare import check_references, memory_plan
 
     check_references(cfg)  # what the run would refuse first, its dataset above all
@@ -276,7 +274,7 @@ class ProgressView:
         # The smoothed loss: one micro-batch's loss jumps too much to read.
         stats = (
             f"ema loss {e.loss_ema:.3f} lr {e.lr:.1e} {e.tokens_per_sec:,.0f} tok/s"
-            f" {e.peak_memory_gb:.2f} GB"
+            f" {fmt_bytes(e.peak_memory_gb * 1e9)}"
         )
         self.progress.update(self.task, completed=e.step, stats=stats)  # also feeds the ETA
         if self.live:
@@ -298,7 +296,7 @@ class ProgressView:
         )
         self.log(
             f"  LoRA: {e.trainable_params:,} trainable of {e.total_params:,} parameters; "
-            f"estimated peak memory {e.estimated_peak_gb:.2f} GB"
+            f"estimated peak memory {fmt_bytes(e.estimated_peak_gb * 1e9)}"
         )
         for warning in e.warnings:
             self.log(f"  [yellow]warning:[/] {warning}")

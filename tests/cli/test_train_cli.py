@@ -296,7 +296,10 @@ def test_without_a_terminal_progress_is_plain_lines(home, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     # stderr is a pipe: the first and the last step print a line (10 s apart otherwise)
-    line = r"step {}/3  ema loss \d+\.\d{{3}} lr \d\.\de[-+]\d\d [\d,]+ tok/s \d+\.\d\d GB  ETA \S+"
+    line = (
+        r"step {}/3  ema loss \d+\.\d{{3}} lr \d\.\de[-+]\d\d [\d,]+ tok/s"
+        r" \d+\.\d (?:MiB|GiB)  ETA \S+"
+    )
     lines = out.stderr.splitlines()
     assert re.fullmatch(line.format(1), lines[-2]) and re.fullmatch(line.format(3), lines[-1])
     assert "warning: no validation set (data.val_split is 0)" in out.stderr
