@@ -2,7 +2,9 @@
 Monitor show), the disk a workspace uses and the space left. Imports no mlx or torch.
 
 It also gives the budget training plans against (`memory_budget`: about Metal's working set
-on Apple Silicon, the memory available now elsewhere), which `mlxlora.memory` estimates fit.
+on Apple Silicon, the memory available now elsewhere), which `mlxlora.memory` estimates fit,
+and where `backend: auto` trains (`training_device`): guessed from the platform, or as a
+`doctor` child process, which imports the backend, reported it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MEMINFO = Path("/proc/meminfo")
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # what backends.select looks for first
 # Metal's recommendedMaxWorkingSetSize, what MLX may keep resident on the GPU, is about
 # 2/3 to 3/4 of unified memory depending on the machine; we plan with 3/4 of it.
 UNIFIED_BUDGET_FRACTION = 0.75
@@ -187,3 +190,53 @@ def memory_budget() -> int | None:
         return None
     limit = _cgroup_limit()
     return min(free, limit) if limit else free
+
+
+@dataclass(frozen=True)
+class TrainingDevice:
+    """Where `backend: auto` trains on this machine, as the memory estimate needs it."""
+
+    device: str  # a BackendInfo's: "cpu", "gpu" (Metal), "gpu (CUDA, NVIDIA H100 ...)"
+    attention: str  # how training keeps attention there (memory.ATTENTION_MODES)
+    own_memory: int | None = None  # a discrete GPU's budget; None: the machine's memory
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.startswith("cpu")
+
+    @property
+    def budget(self) -> int | None:
+        """Bytes training may use there: the GPU's own memory, else `memory_budget()` now."""
+        return self.own_memory or memory_budget()
+
+
+_reported: TrainingDevice | None = None
+
+
+def training_device() -> TrainingDevice:
+    """What `doctor` reported (`learn_training_device`), else the platform's guess, which
+    imports no backend: a Mac trains on its GPU, anything else on the CPU. The guess is wrong
+    only where an NVIDIA driver is (`maybe_cuda`): there torch may train on the GPU."""
+    if _reported is not None:
+        return _reported
+    if is_apple_silicon():
+        return TrainingDevice("gpu", "unfused")
+    return TrainingDevice("cpu", "blocked")
+
+
+def maybe_cuda() -> bool:
+    return NVIDIA_DRIVER.exists() and not is_apple_silicon()
+
+
+def learn_training_device(report: dict) -> bool:
+    """Take the device `mlxlora doctor --json` reported; True when it differs from what this
+    process assumed (a CUDA GPU where the guess was the CPU)."""
+    global _reported
+    before = training_device()
+    device, attention = report.get("device"), report.get("attention")
+    if not device or not attention:  # no backend installed, or a doctor from before attention
+        return False
+    gpu_memory = not device.startswith("cpu") and not is_apple_silicon()  # a Mac's is unified
+    own = report.get("device_budget_bytes") if gpu_memory else None
+    _reported = TrainingDevice(device, attention, own)
+    return _reported != before

@@ -215,8 +215,8 @@ def planned_weights(info: dict, quantized_base: str, on_cpu: bool) -> int:
 
 
 def weights_here(info: dict, quantized_base: str = "auto") -> int:
-    """planned_weights on this machine, as shape_here sees it."""
-    return planned_weights(info, quantized_base, on_cpu=not machine.is_apple_silicon())
+    """planned_weights on this machine's training device (machine.training_device)."""
+    return planned_weights(info, quantized_base, on_cpu=machine.training_device().on_cpu)
 
 
 def estimate_training_memory(
@@ -344,8 +344,10 @@ def estimate(info: dict, shape: TrainShape, weights: int | None = None) -> Memor
 
 
 def shape_here(shape: TrainShape) -> TrainShape:
-    """`shape` as this machine trains it (see on_cpu)."""
-    return on_cpu(shape) if not machine.is_apple_silicon() else shape
+    """`shape` as this machine's training device trains it (machine.training_device): on a
+    CPU see on_cpu; on a GPU in half precision, with that device's attention."""
+    device = machine.training_device()
+    return on_cpu(shape) if device.on_cpu else replace(shape, attention=device.attention)
 
 
 def on_cpu(shape: TrainShape) -> TrainShape:

@@ -16,6 +16,15 @@ preload_openblas()  # before any test imports mlx: MLX's reference BLAS is ~30x 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _device_as_guessed(monkeypatch):
+    """Each test starts from the platform's guess of the training device: a studio's System
+    tab learns the device from doctor (machine.learn_training_device) for the whole process."""
+    from mlxlora import machine
+
+    monkeypatch.setattr(machine, "_reported", None)
+
+
 @pytest.fixture(scope="session")
 def built_tiny(tmp_path_factory):
     """builtin:tiny built once per session (it is deterministic), copied into each workspace."""

@@ -44,6 +44,7 @@ def collect() -> dict:
     report["backend"] = info.name if info else "none"
     report["device"] = info.device if info else None
     report["dtype"] = info.dtype if info else None
+    report["attention"] = info.attention if info else None  # for machine.learn_training_device
     # Asked after describe(): the backend has imported mlx by now, with whatever BLAS it got.
     report["blas"] = blas.blas_in_use()
     report["versions"] = {name: version(name) for name in PACKAGES}

@@ -38,7 +38,7 @@ def params_text(n: int) -> str:
 
 def budgets() -> dict[str, int | None]:
     """Training budgets by column name: this machine, then the Mac sizes."""
-    out: dict[str, int | None] = {"this machine": machine.memory_budget()}
+    out: dict[str, int | None] = {"this machine": machine.training_device().budget}
     for gb in MAC_SIZES_GB:
         out[f"{gb} GB Mac"] = unified_budget(gb * GIB)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -90,16 +91,33 @@ def test_models_table_says_why_and_what_train_accepts(linux_box, capsys):
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "to train here (batch 4 x 2048)" in out and "4 x 2048" in out
+    assert "to train it here at batch 4 x 2048" in out
     mistral = models_json(capsys)["models"][-2]
     assert mistral["id"].endswith("Mistral-7B-Instruct-v0.3-4bit")
     row = next(line for line in out.splitlines() if "Mistral-7B" in line)
     assert f"✗ {fmt_bytes(mistral['train_bytes_this_machine'])}" in row
-    flags = " ".join(out.split()).split("then train with ")[1].rstrip(".").split()
+    text = " ".join(out.split())
+    shape = text.split("estimate here with ")[1].split(",")[0].split()
+    assert main(["models", "--json", *shape]) == 0  # `models` takes the shape's flags
+    capsys.readouterr()
+    flags = text.split("then train with ")[1].split(" (")[0].split()
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    parser.parse_args(["train", "c.yaml", *flags])  # exits on an unknown flag
-    assert "--set" in flags and "training.batch_size=1" in flags
+    assert parser.parse_args(["train", "c.yaml", *flags]).fit  # exits on an unknown flag
+
+
+def test_models_table_fits_an_80_column_terminal(linux_box, capsys, monkeypatch):
+    """Nine columns do not fit 80: the table drops what `--json` has (HF id, quantization,
+    download) and keeps every model's name, size, memory and marks on one whole line."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 80 and "…" not in out
+    table = out.split("Recommended models")[1].splitlines()
+    for m in CATALOG:
+        row = next(line for line in table if m.id.split("/")[1] in line)
+        assert len(re.findall("[✓✗]", row)) == 4, row
+    assert "builtin:smollm2-135m" in out
 
 
 def test_budget_unknown_gives_question_mark(monkeypatch, capsys):
@@ -131,6 +149,10 @@ def test_doctor_json_in_a_subprocess(tmp_path):
     if sys.platform.startswith("linux"):
         assert report["dtype"] == "float32" and report["device"] == "cpu"
         assert report["blas"].startswith(("OpenBLAS", "reference"))
+        # what the studio learns the device from: here, the CPU it guessed
+        assert report["attention"] == "blocked"
+        assert machine.learn_training_device(report) is False
+        assert machine.training_device() == machine.TrainingDevice("cpu", "blocked")
 
 
 def test_doctor_text(monkeypatch, capsys, tmp_path):

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -312,6 +313,59 @@ def test_the_model_picker_and_the_models_own_modules(workspace, tmp_path):
             assert problems(app) == {}
 
     asyncio.run(go())
+
+
+# What `mlxlora doctor --json` says on a CUDA host with torch (an H100): the device's facts.
+CUDA_REPORT = {
+    "backend": "torch",
+    "device": "gpu (CUDA, NVIDIA H100 80GB HBM3)",
+    "dtype": "bfloat16",
+    "attention": "fused",
+    "device_budget_bytes": 84_974_239_744,
+    "training_budget_bytes": BUDGET,
+}
+
+
+def test_on_a_cuda_host_the_form_estimates_for_the_gpu_doctor_names(workspace, monkeypatch):
+    """No backend is imported in the app: where an NVIDIA driver is, the Train tab asks a
+    doctor child which device `backend: auto` trains on, then estimates for it (half
+    precision, fused attention, the card's memory), not for the CPU it guessed."""
+    from mlxlora.tui.screens.train import tab as tab_module
+
+    asked = []
+
+    async def doctor_on_an_h100():
+        asked.append(1)
+        return CUDA_REPORT
+
+    monkeypatch.setattr(machine, "maybe_cuda", lambda: True)
+    monkeypatch.setattr(tab_module, "doctor_report", doctor_on_an_h100)
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            assert asked == [1]
+            qwen = "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
+            pick = app.query_one("#train-model-pick", Select)
+            await settle(app, pilot)  # the marks reload once the device is known
+            assert _label(pick, qwen) == f"{qwen}  494M  fits"  # "too big" on the CPU
+            await type_into(pilot, app, "#f-data-max_length", "256")
+            cfg = app.query_one(TrainTab).cfg
+            shape = memory.TrainShape.from_config(cfg)
+            gpu = memory.estimate(builtin_tiny_info(), replace(shape, attention="fused"))
+            budget = memory.fmt_bytes(CUDA_REPORT["device_budget_bytes"])
+            assert text(app, "#train-memory").split("\n")[0] == (
+                f"[green]memory ~{memory.fmt_bytes(gpu.total)} of a {budget} budget: fits[/]"
+            )
+            cpu = memory.estimate(builtin_tiny_info(), memory.on_cpu(shape))
+            assert gpu.total < cpu.total  # bfloat16 weights and activations, not float32
+
+    asyncio.run(go())
+
+
+def _label(pick: Select, value: str) -> str | None:
+    return next((str(label) for label, v in pick._options if v == value), None)
 
 
 async def load_tiny_preset(app, pilot) -> None:

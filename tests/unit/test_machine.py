@@ -107,3 +107,33 @@ def test_budget_on_linux_is_the_memory_available_now(monkeypatch):
 
 def test_this_machine_has_memory():
     assert machine.total_memory() > 256 * 1024**2
+
+
+def test_the_training_device_is_guessed_then_learned_from_doctor(monkeypatch):
+    """The platform's guess imports no backend; doctor's report (a CUDA card) replaces it,
+    and the card's own memory becomes the budget (a Mac's stays its unified memory's)."""
+    from mlxlora import memory
+
+    monkeypatch.setattr(machine, "is_apple_silicon", lambda: False)
+    monkeypatch.setattr(machine, "memory_budget", lambda: 20 * GIB)
+    guess = machine.training_device()
+    assert guess == machine.TrainingDevice("cpu", "blocked") and guess.budget == 20 * GIB
+    shape = memory.TrainShape()
+    assert memory.shape_here(shape) == memory.on_cpu(shape)
+    assert machine.learn_training_device({"device": None, "attention": None}) is False  # no backend
+    cuda = {
+        "device": "gpu (CUDA, NVIDIA H100)",
+        "attention": "fused",
+        "device_budget_bytes": 80 * GIB,
+    }
+    assert machine.learn_training_device(cuda) is True
+    assert machine.training_device().budget == 80 * GIB and not machine.training_device().on_cpu
+    assert memory.shape_here(shape) == memory.TrainShape(attention="fused")  # bf16, as on a GPU
+    info = {"params": 1000, "weight_bytes": 500, "quantization": None}
+    assert memory.weights_here(info) == 500  # what the files hold, not float32
+    assert machine.learn_training_device(cuda) is False  # nothing new
+
+    monkeypatch.setattr(machine, "is_apple_silicon", lambda: True)
+    metal = {"device": "gpu", "attention": "unfused", "device_budget_bytes": 11 * GIB}
+    assert machine.learn_training_device(metal) is True
+    assert machine.training_device().budget == 20 * GIB  # unified: the machine's budget

@@ -169,6 +169,7 @@ class SystemTab(Vertical):
 
         try:
             self.doctor = await doctor_report()
+            machine.learn_training_device(self.doctor)
             rows = machine_rows(self.doctor)
         except (OSError, RuntimeError) as exc:
             self.doctor, rows = {}, [("doctor", f"failed: {exc}")]
@@ -201,10 +202,10 @@ class SystemTab(Vertical):
 
     def _budget_rows(self) -> list[tuple[str, str]]:
         if not self.doctor:
-            return [("MLX may wire", "asking doctor…" if self.doctor is None else "unknown")]
+            return [("GPU may use", "asking doctor…" if self.doctor is None else "unknown")]
         wired = self.doctor.get("device_budget_bytes")
         return [
-            ("MLX may wire", size(wired) if wired else "- (no Metal GPU)"),
+            ("GPU may use", size(wired) if wired else "- (no GPU)"),
             ("training budget", size(self.doctor.get("training_budget_bytes"))),
         ]
 

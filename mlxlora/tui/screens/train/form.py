@@ -154,6 +154,9 @@ def preset_dir() -> Path:
     return here if here.is_dir() else Path(__file__).resolve().parents[4] / "configs"
 
 
+VERDICT_STYLE = {"fits": "green", "tight": "yellow", "will not fit": "red"}
+
+
 @dataclass(frozen=True)
 class MemoryVerdict:
     total: int
@@ -171,6 +174,24 @@ class MemoryVerdict:
         """'weights 513 MiB · LoRA + optimizer ... · framework overhead ...' (no total)."""
         rows = [(label.split(" (")[0], n) for label, n in self.breakdown[:-1]]
         return " · ".join(f"{label} {memory.fmt_bytes(n)}" for label, n in rows)
+
+
+def memory_text(cfg: Config, facts: tuple | None, machine_budget: int | None) -> str:
+    """The Train tab's memory lines for a valid `cfg` whose model's facts (`models.describe`)
+    are `facts` (None while they are read): the verdict, its breakdown, what fit would choose
+    and what to change."""
+    if facts is None:
+        return "memory: reading the model…"
+    if facts[0] is None:
+        return f"memory: unknown ({facts[2]})"
+    verdict = memory_verdict(cfg, facts[0], machine_budget)
+    style = VERDICT_STYLE.get(verdict.verdict, "")
+    text = f"[{style}]{verdict.line()}[/]" if style else verdict.line()
+    text += f"\n[dim]{verdict.parts()}[/]"
+    if verdict.fit:
+        text += f"\n{verdict.fit}"
+    advice = "; ".join(verdict.advice)
+    return text + (f"\ntry: {advice}" if advice else "")
 
 
 def memory_verdict(cfg: Config, info: dict, machine_budget: int | None) -> MemoryVerdict:

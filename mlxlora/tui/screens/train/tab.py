@@ -18,6 +18,7 @@ from mlxlora.config import SCHEDULES, Config
 from mlxlora.data import store
 from mlxlora.errors import MlxloraError
 from mlxlora.prepare import layers_problem
+from mlxlora.tui.screens.system import doctor_report
 from mlxlora.tui.screens.train import form
 from mlxlora.tui.screens.train.models import describe, model_options
 from mlxlora.tui.screens.train.save_dialog import SaveYamlDialog
@@ -26,7 +27,6 @@ from mlxlora.tui.screens.train.sweep_dialog import SweepDialog
 from mlxlora.tui.widgets.field import FieldRow
 
 CUSTOM = "custom"
-VERDICT_STYLE = {"fits": "green", "tight": "yellow", "will not fit": "red"}
 
 
 PLACEHOLDERS = {"training.memory_budget": "this machine's (e.g. 12GB)"}
@@ -65,8 +65,8 @@ class TrainTab(Vertical):
         super().__init__(**kwargs)
         datasets = [m.name for m in store.list_datasets()]
         self.base = form.default_data(datasets[0] if datasets else "")
-        self.budget = machine.memory_budget()
-        self._marks_for: tuple | None = None  # the (shape, budget) the model marks are for
+        self.budget = machine.training_device().budget
+        self._marks_for: tuple | None = None  # (shape, budget, device) the model marks are for
         self.targets_lock = asyncio.Lock()
         self.checked: list[str] = []  # the targets ticked (the checkboxes are rebuilt per model)
         self.model_facts: dict[str, tuple[dict | None, list[str], str]] = {}
@@ -151,6 +151,20 @@ class TrainTab(Vertical):
         self.inputs = [box for box in self.query(Input) if box.name in form.INPUT_KEYS]
         self.rows = list(self.query(FieldRow))
         await self.fill(self.base)
+        if machine.maybe_cuda():
+            self._learn_device()
+
+    @work(exclusive=True, group="train-device", exit_on_error=False)
+    async def _learn_device(self) -> None:
+        """Where an NVIDIA driver is, `backend: auto` may train on its GPU: ask a doctor child
+        (it imports the backends; the app must not) and estimate for the device it names."""
+        try:
+            report = await doctor_report()
+        except (OSError, RuntimeError):
+            return  # the CPU's estimate stands; the System tab shows doctor's error
+        if machine.learn_training_device(report):
+            self.budget = machine.training_device().budget
+            self.validate()  # the verdict, and the picker's marks for the new budget
 
     def on_show(self) -> None:
         """Focus the preset picker (not a text field, which would take the number keys) when
@@ -283,10 +297,10 @@ class TrainTab(Vertical):
         still showed the marks of the default 4 x 2048)."""
         shape = memory.TrainShape.from_config(self.cfg) if self.cfg else memory.TrainShape()
         budget = config.run_budget(self.cfg, self.budget) if self.cfg else self.budget
-        marks_for = (shape, budget)
+        marks_for = (shape, budget, machine.training_device())
         if marks_for != self._marks_for:
             self._marks_for = marks_for
-            self._load_model_options(*marks_for)
+            self._load_model_options(shape, budget)
 
     def _say(self, selector: str, text: str) -> None:
         """Update a line only when its text changes: an update re-lays the form out."""
@@ -295,21 +309,9 @@ class TrainTab(Vertical):
             line.update(text)
 
     def _memory_text(self) -> str:
-        facts = self.model_facts.get(self.cfg.model if self.cfg else "")
         if self.cfg is None:
             return "memory: fix the problems above to see the estimate"
-        if facts is None:
-            return "memory: reading the model…"
-        if facts[0] is None:
-            return f"memory: unknown ({facts[2]})"
-        verdict = form.memory_verdict(self.cfg, facts[0], self.budget)
-        style = VERDICT_STYLE.get(verdict.verdict, "")
-        text = f"[{style}]{verdict.line()}[/]" if style else verdict.line()
-        text += f"\n[dim]{verdict.parts()}[/]"
-        if verdict.fit:
-            text += f"\n{verdict.fit}"
-        advice = "; ".join(verdict.advice)
-        return text + (f"\ntry: {advice}" if advice else "")
+        return form.memory_text(self.cfg, self.model_facts.get(self.cfg.model), self.budget)
 
     @on(Input.Changed)
     async def _input_changed(self, event: Input.Changed) -> None:
