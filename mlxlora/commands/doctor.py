@@ -28,7 +28,7 @@ def collect() -> dict:
     from mlxlora import __version__
     from mlxlora.backends import blas, select
     from mlxlora.errors import MlxloraError
-    from mlxlora.machine import disk_free, memory_budget, total_memory
+    from mlxlora.machine import disk_free, learn_training_device, total_memory, training_device
     from mlxlora.models.resolve import hub_cache_dir, hub_offline
     from mlxlora.runs import home
 
@@ -42,21 +42,30 @@ def collect() -> dict:
     except MlxloraError as exc:  # no backend installed: still report the rest
         info, report["backend_error"] = None, str(exc)
     report["backend"] = info.name if info else "none"
-    report["device"] = info.device if info else None
-    report["dtype"] = info.dtype if info else None
-    report["attention"] = info.attention if info else None  # for machine.learn_training_device
+    report.update(device_facts(info))
     # Asked after describe(): the backend has imported mlx by now, with whatever BLAS it got.
     report["blas"] = blas.blas_in_use()
     report["versions"] = {name: version(name) for name in PACKAGES}
     report["memory_total_bytes"] = total_memory()
-    report["training_budget_bytes"] = memory_budget()
-    report["device_budget_bytes"] = info.memory_budget_bytes if info else None
+    learn_training_device(device_facts(info))
+    report["training_budget_bytes"] = training_device().budget  # a CUDA card's own memory
     ws = home()
     report["workspace"] = str(ws)
     report["workspace_disk_free_bytes"] = disk_free(ws)
     report["hf_cache"] = str(hub_cache_dir())
     report["hf_offline"] = hub_offline()
     return report
+
+
+def device_facts(info) -> dict:
+    """What a BackendInfo says of its device, in doctor's keys: what
+    machine.learn_training_device takes (from a child's report, or here)."""
+    return {
+        "device": info.device if info else None,
+        "dtype": info.dtype if info else None,
+        "attention": info.attention if info else None,
+        "device_budget_bytes": info.memory_budget_bytes if info else None,
+    }
 
 
 def machine_rows(report: dict) -> list[tuple[str, str]]:
@@ -83,13 +92,16 @@ def render(report: dict) -> list[tuple[str, str]]:
     def size(n):
         return fmt_bytes(n) if n is not None else "unknown"
 
+    mac = report["platform"].startswith("Darwin")
+
     return machine_rows(report) + [
         ("memory", size(report["memory_total_bytes"])),
         (
             "training budget",
             size(report["training_budget_bytes"])
             + (
-                f" (Metal recommends {size(report['device_budget_bytes'])})"
+                f" ({'Metal recommends' if mac else 'the GPU has'} "
+                f"{size(report['device_budget_bytes'])})"
                 if report["device_budget_bytes"]
                 else ""
             ),

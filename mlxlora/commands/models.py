@@ -58,6 +58,8 @@ def run(args) -> int:
     shape = TrainShape(
         batch_size=args.batch_size, max_length=args.max_length, grad_checkpoint=args.grad_checkpoint
     )
+    if machine.maybe_cuda():  # torch may train on the GPU: ask the backend (imports it)
+        learn_device()
     b, models = rows(shape)
     tiny = estimate(builtin_tiny_info(), shape)
     builtins = builtin_rows(shape)
@@ -101,9 +103,9 @@ def run(args) -> int:
         table = _table(shape, b, models, compact=True)
     console.print(table)
     here = (
-        ""
-        if machine.is_apple_silicon()
-        else " (this machine: float32 on CPU, shown where it does not fit)"
+        " (this machine: float32 on CPU, shown where it does not fit)"
+        if machine.training_device().on_cpu
+        else ""
     )
     console.print(
         f"[dim]train mem: weights + LoRA/Adam + activations + chunked-loss logits, bf16{here}. "
@@ -207,3 +209,16 @@ def _table(shape: TrainShape, budgets: dict, models: list[dict], compact: bool):
             *(_fit_cell(r, name) for name in budgets),
         )
     return table
+
+
+def learn_device() -> None:
+    """machine.learn_training_device from the backend `auto` picks (the CPU guess stands when
+    none is installed)."""
+    from mlxlora.backends import select
+    from mlxlora.commands.doctor import device_facts
+    from mlxlora.errors import MlxloraError
+
+    try:
+        machine.learn_training_device(device_facts(select.describe("auto")))
+    except MlxloraError:
+        pass

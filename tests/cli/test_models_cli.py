@@ -164,6 +164,38 @@ def test_doctor_text(monkeypatch, capsys, tmp_path):
     assert str(tmp_path) in out
 
 
+def test_on_a_cuda_host_doctor_and_models_plan_with_the_cards_memory(
+    linux_box, monkeypatch, capsys
+):
+    """Where torch trains on a CUDA card, its memory is the training budget (the RAM was),
+    and `models` marks "this machine" with the card's half-precision estimate."""
+    from mlxlora.backends import select
+    from mlxlora.backends.base import BackendInfo
+    from mlxlora.commands.doctor import render
+
+    h100 = BackendInfo(
+        name="torch",
+        device="gpu (CUDA, NVIDIA H100 80GB HBM3)",
+        dtype="bfloat16",
+        blas="CUDA kernels",
+        versions={},
+        memory_budget_bytes=80 * GIB,
+        attention="fused",
+    )
+    monkeypatch.setattr(select, "describe", lambda requested="auto": h100)
+    monkeypatch.setattr(machine, "maybe_cuda", lambda: True)
+    assert main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["training_budget_bytes"] == report["device_budget_bytes"] == 80 * GIB
+    assert dict(render(report))["training budget"] == "80.0 GiB (the GPU has 80.0 GiB)"
+    monkeypatch.setattr(machine, "_reported", None)
+    data = models_json(capsys)
+    assert data["budgets"]["this machine"] == 80 * GIB
+    smol = next(m for m in data["models"] if m["id"].endswith("SmolLM2-135M-Instruct"))
+    gpu = estimate(find(smol["id"]).info(), TrainShape(attention="fused")).total
+    assert smol["train_bytes_this_machine"] == gpu < smol["train_bytes"]  # fused: no n^2 probs
+
+
 def test_doctor_without_a_backend(monkeypatch, capsys):
     from mlxlora.backends import select
     from mlxlora.errors import BackendUnavailable
