@@ -320,6 +320,16 @@ def quantization_config(plans: dict[str, tuple[str, int]]) -> dict | None:
     return quant
 
 
+def _count(done: int, total: int, start: float) -> None:
+    """The tensors converted so far: one line rewritten in a terminal; in a log or a pipe
+    (a studio's child, CI) only the last count, on a line of its own."""
+    line = f"  converted {done}/{total} tensors ({time.monotonic() - start:.1f}s)"
+    if sys.stderr.isatty():
+        print(f"\r{line}", end="", file=sys.stderr, flush=True)
+    elif done == total:
+        print(line, file=sys.stderr)
+
+
 def write_weights(dest: Path, reader, config: dict, arch: str, progress: bool) -> dict:
     """Write the safetensors; returns what config.json must add: `quantization` (when any
     tensor stays quantized) and `torch_dtype`."""
@@ -369,17 +379,12 @@ def write_weights(dest: Path, reader, config: dict, arch: str, progress: bool) -
                 dtypes.add(str(tensors[name].dtype))
             done += 1
             if progress and (done % 50 == 0 or done == len(todo)):
-                print(
-                    f"\r  converted {done}/{len(todo)} tensors ({time.monotonic() - start:.1f}s)",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                _count(done, len(todo), start)
         total += sum(v.nbytes for v in tensors.values())
         save_file(tensors, str(dest / file), metadata={"format": "pt"})
         del tensors
-    if progress:
-        print(file=sys.stderr)
+    if progress and sys.stderr.isatty():
+        print(file=sys.stderr)  # ends the line the counts rewrote
     if n > 1:
         index = {
             "metadata": {"total_size": total},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -642,6 +643,20 @@ def test_cache_second_convert_is_instant(tokenizers_, tmp_path, home):
     copy.write_bytes(path.read_bytes())
     assert g.convert(copy, progress=False) == first
     assert [p.name for p in (home / "models").iterdir() if p.is_dir()] == [first.name]
+
+
+def test_progress_in_a_log_is_whole_lines(tokenizers_, tmp_path, home, capsys):
+    """stderr that is no terminal (a pipe, a log, a studio's child) gets no carriage returns:
+    the counts rewritten in place ran into the next line there."""
+    meta, vocab = tokenizers_["llama"]
+    path = write_gguf(tmp_path / "m.gguf", "llama", hf_weights("llama", vocab), meta)
+    g.convert(path, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0].startswith("converting m.gguf (llama, ")
+    assert re.fullmatch(r"  converted (\d+)/\1 tensors \(\d+\.\ds\)", lines[1]), lines
+    assert lines[2].startswith("converted in ") and len(lines) == 3
 
 
 def test_gguf_source_of_a_converted_directory(tokenizers_, tmp_path, home):
