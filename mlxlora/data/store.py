@@ -271,7 +271,20 @@ def import_dataset(
     meta = import_records(
         records, name, kind, description, source=str(Path(path).expanduser().resolve())
     )
-    return meta, long_records(records, kind, source)
+    return meta, same_records(meta, source) + long_records(records, kind, source)
+
+
+def same_records(meta: DatasetMeta, source: str) -> list[str]:
+    """A warning when the records just stored as `meta` were stored already under other names
+    (a config that names the file trains on one of them: see refs.stored_as)."""
+    twins = [
+        repr(m.name)
+        for m in list_datasets()
+        if m.sha256 == meta.sha256 and m.type == meta.type and m.name != meta.name
+    ]
+    if not twins:
+        return []
+    return [f"{source}: the same records are stored already as dataset {', '.join(twins)}"]
 
 
 def long_records(records: list[dict], kind: str, source: str = "data") -> list[str]:

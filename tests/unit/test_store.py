@@ -193,7 +193,8 @@ def test_a_file_whose_records_are_stored_under_any_name_reuses_that_dataset(home
     copy = write_jsonl(tmp_path / "copy of medical.jsonl", RECORDS)  # a second copy, same records
     assert refs.resolve(str(src))[0].name == refs.resolve(str(copy))[0].name == "医療QA"
     assert stored(home) == ["医療QA"]
-    store.import_dataset(src, "medical")  # stored twice on purpose: the file's stem is preferred
+    _, said = store.import_dataset(src, "medical")  # twice on purpose: the stem is preferred
+    assert said == [f"{src}: the same records are stored already as dataset '医療QA'"]
     assert refs.resolve(str(src))[0].name == "medical"
     assert refs.resolve(str(copy))[0].name == "医療QA"  # else the oldest
 
