@@ -48,7 +48,7 @@ class RunStarted(Event):
     warnings: list[str] = field(default_factory=list)
     memory_budget_gb: float | None = None  # what training may use on this device, if known
     datasets: dict[str, str] = field(default_factory=dict)  # stored name -> sha256 of records
-    sources: dict[str, str] = field(default_factory=dict)  # stored name -> the file named for it
+    sources: dict[str, str] = field(default_factory=dict)  # config field -> the file it named
 
 
 @dataclass

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MEMINFO = Path("/proc/meminfo")
@@ -194,11 +194,13 @@ def memory_budget() -> int | None:
 
 @dataclass(frozen=True)
 class TrainingDevice:
-    """Where `backend: auto` trains on this machine, as the memory estimate needs it."""
+    """Where a backend trains on this machine, as the memory estimate needs it."""
 
     device: str  # a BackendInfo's: "cpu", "gpu" (Metal), "gpu (CUDA, NVIDIA H100 ...)"
     attention: str  # how training keeps attention there (memory.ATTENTION_MODES)
     own_memory: int | None = None  # a discrete GPU's budget; None: the machine's memory
+    # the backend doctor found there ("": the platform's guess); not what the estimate needs
+    backend: str = field(default="", compare=False)
 
     @property
     def on_cpu(self) -> bool:
@@ -213,11 +215,12 @@ class TrainingDevice:
 _reported: TrainingDevice | None = None
 
 
-def training_device() -> TrainingDevice:
-    """What `doctor` reported (`learn_training_device`), else the platform's guess, which
-    imports no backend: a Mac trains on its GPU, anything else on the CPU. The guess is wrong
-    only where an NVIDIA driver is (`maybe_cuda`): there torch may train on the GPU."""
-    if _reported is not None:
+def training_device(backend: str = "auto") -> TrainingDevice:
+    """Where a config's `backend` trains: what `doctor` reported for `auto`
+    (`learn_training_device`), else the platform's guess, which imports no backend: a Mac
+    trains on its GPU, anything else on the CPU. The guess is wrong only where an NVIDIA
+    driver is (`maybe_cuda`): there torch may train on the GPU."""
+    if _reported is not None and backend in ("auto", _reported.backend):
         return _reported
     if is_apple_silicon():
         return TrainingDevice("gpu", "unfused")
@@ -229,8 +232,8 @@ def maybe_cuda() -> bool:
 
 
 def learn_training_device(report: dict) -> bool:
-    """Take the device `mlxlora doctor --json` reported; True when it differs from what this
-    process assumed (a CUDA GPU where the guess was the CPU)."""
+    """Take the device `mlxlora doctor --json` reported for `backend: auto`; True when it
+    differs from what this process assumed (a CUDA GPU where the guess was the CPU)."""
     global _reported
     before = training_device()
     device, attention = report.get("device"), report.get("attention")
@@ -238,5 +241,5 @@ def learn_training_device(report: dict) -> bool:
         return False
     gpu_memory = not device.startswith("cpu") and not is_apple_silicon()  # a Mac's is unified
     own = report.get("device_budget_bytes") if gpu_memory else None
-    _reported = TrainingDevice(device, attention, own)
+    _reported = TrainingDevice(device, attention, own, report.get("backend", ""))
     return _reported != before

@@ -214,9 +214,10 @@ def planned_weights(info: dict, quantized_base: str, on_cpu: bool) -> int:
     return weight_bytes(info, 4 if on_cpu else 2)
 
 
-def weights_here(info: dict, quantized_base: str = "auto") -> int:
-    """planned_weights on this machine's training device (machine.training_device)."""
-    return planned_weights(info, quantized_base, on_cpu=machine.training_device().on_cpu)
+def weights_here(info: dict, quantized_base: str = "auto", device=None) -> int:
+    """planned_weights on `device` (a machine.TrainingDevice; by default `auto`'s)."""
+    device = device or machine.training_device()
+    return planned_weights(info, quantized_base, on_cpu=device.on_cpu)
 
 
 def estimate_training_memory(
@@ -343,10 +344,10 @@ def estimate(info: dict, shape: TrainShape, weights: int | None = None) -> Memor
     )
 
 
-def shape_here(shape: TrainShape) -> TrainShape:
-    """`shape` as this machine's training device trains it (machine.training_device): on a
-    CPU see on_cpu; on a GPU in half precision, with that device's attention."""
-    device = machine.training_device()
+def shape_here(shape: TrainShape, device=None) -> TrainShape:
+    """`shape` as `device` (a machine.TrainingDevice; by default `auto`'s) trains it: on a CPU
+    see on_cpu; on a GPU in half precision, with that device's attention."""
+    device = device or machine.training_device()
     return on_cpu(shape) if device.on_cpu else replace(shape, attention=device.attention)
 
 

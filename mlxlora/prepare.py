@@ -66,7 +66,7 @@ class Prepared:
     estimated_peak_gb: float
     model_dir: Path  # the local HF-format directory the model reference resolved to
     datasets: dict[str, str]  # the stored datasets it trains and validates on: name -> sha256
-    sources: dict[str, str]  # the files the config named for them: name -> absolute path
+    sources: dict[str, str]  # config field -> the file it named (absolute), where it did
     fit: MemoryFit | None = None  # what training.fit chose, for the run's events
     guard: MemoryGuard | None = None  # the budget a step must not pass (training.memory_budget)
 
@@ -161,36 +161,44 @@ def as_run_started(cfg: Config, paths: RunPaths) -> Config:
     return cfg
 
 
-def source_files(given, pinned) -> dict[str, str]:
-    """stored dataset name -> the file the config named for it at this start (absolute)."""
+DATA_FIELDS = ("data.dataset", "data.validation")
+
+
+def _refs(data) -> dict[str, str]:
+    """config field -> what `data` gives it (a stored name, a file, or "")."""
+    return {"data.dataset": data.dataset, "data.validation": data.validation or ""}
+
+
+def source_files(given) -> dict[str, str]:
+    """config field -> the file the config named for it at this start (absolute)."""
     from mlxlora.data import refs
 
-    refs_ = [(given.dataset, pinned.dataset), (given.validation, pinned.validation)]
     return {
-        name: str(Path(ref).expanduser().resolve())
-        for ref, name in refs_
+        key: str(Path(ref).expanduser().resolve())
+        for key, ref in _refs(given).items()
         if ref and refs.looks_like_file(ref)
     }
 
 
 def changed_sources(given, pinned, paths: RunPaths | None) -> list[str]:
     """A warning for each file whose records now differ from the stored dataset the run trains
-    on: the files this start and the run's earlier starts named (`RunStarted.sources`), and the
-    file a dataset the config names was imported from. A run pinned to its stored records
-    trains without the edit."""
+    on from it: the files this start and the run's earlier starts named for each field
+    (`RunStarted.sources`); for a field only ever given a stored name, the file that dataset
+    was imported from. A run pinned to its stored records trains without the edit."""
     from mlxlora.data import refs, store
     from mlxlora.events import RunStarted, read_events_of
 
-    pairs = set(source_files(given, pinned).items())
-    if paths is not None and paths.events.is_file():
-        pairs |= {p for s in read_events_of(paths.events, RunStarted) for p in s.sources.items()}
-    named = [(given.dataset, pinned.dataset), (given.validation, pinned.validation)]
-    pairs |= {
-        (name, store.get_meta(name).source)
-        for ref, name in named
-        if ref and not refs.looks_like_file(ref)
-    }
-    return [w for name, file in sorted(pairs) if file and (w := refs.source_changed(name, file))]
+    starts = read_events_of(paths.events, RunStarted) if paths and paths.events.is_file() else []
+    named = {key: set() for key in DATA_FIELDS}
+    for sources in [source_files(given), *(s.sources for s in starts)]:
+        for key, file in sources.items():
+            named[key].add(file)
+    pairs = set()
+    for key, name in _refs(pinned).items():
+        if name:
+            files = named[key] or {store.get_meta(name).source}
+            pairs |= {(name, file) for file in files if file}
+    return [w for name, file in sorted(pairs) if (w := refs.source_changed(name, file))]
 
 
 def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
@@ -247,7 +255,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         config=cfg,
         paths=paths,
         datasets=datasets,
-        sources=source_files(given, cfg.data),
+        sources=source_files(given),
         backend=backend,
         train=train,
         val=val,

@@ -18,11 +18,13 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _device_as_guessed(monkeypatch):
-    """Each test starts from the platform's guess of the training device: a studio's System
-    tab learns the device from doctor (machine.learn_training_device) for the whole process."""
+    """Each test starts from the platform's guess of the training device (a studio's System
+    tab learns the device from doctor for the whole process) and never asks a doctor child
+    about an NVIDIA card, so the tests read the same on a CUDA host."""
     from mlxlora import machine
 
     monkeypatch.setattr(machine, "_reported", None)
+    monkeypatch.setattr(machine, "maybe_cuda", lambda: False)  # a CUDA test says it is one
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import os
 import platform
 
 from mlxlora.errors import BackendUnavailable
+from mlxlora.machine import NVIDIA_DRIVER
 
 
 def mlx_available() -> bool:
@@ -28,7 +29,7 @@ def apple_silicon() -> bool:
 
 def cuda_present() -> bool:
     """An NVIDIA driver is there and torch can use it (torch is imported only then)."""
-    if not os.path.exists("/proc/driver/nvidia/version") or not torch_available():
+    if not NVIDIA_DRIVER.exists() or not torch_available():
         return False
     import torch
 

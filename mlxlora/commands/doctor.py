@@ -42,12 +42,13 @@ def collect() -> dict:
     except MlxloraError as exc:  # no backend installed: still report the rest
         info, report["backend_error"] = None, str(exc)
     report["backend"] = info.name if info else "none"
-    report.update(device_facts(info))
+    device = device_facts(info)
+    report.update(device)
     # Asked after describe(): the backend has imported mlx by now, with whatever BLAS it got.
     report["blas"] = blas.blas_in_use()
     report["versions"] = {name: version(name) for name in PACKAGES}
     report["memory_total_bytes"] = total_memory()
-    learn_training_device(device_facts(info))
+    learn_training_device({"backend": report["backend"], **device})
     report["training_budget_bytes"] = training_device().budget  # a CUDA card's own memory
     ws = home()
     report["workspace"] = str(ws)
@@ -100,8 +101,9 @@ def render(report: dict) -> list[tuple[str, str]]:
             "training budget",
             size(report["training_budget_bytes"])
             + (
-                f" ({'Metal recommends' if mac else 'the GPU has'} "
-                f"{size(report['device_budget_bytes'])})"
+                f" (Metal recommends {size(report['device_budget_bytes'])})"
+                if report["device_budget_bytes"] and mac
+                else " (the GPU's memory)"
                 if report["device_budget_bytes"]
                 else ""
             ),

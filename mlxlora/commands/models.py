@@ -166,7 +166,11 @@ def _table(shape: TrainShape, budgets: dict, models: list[dict], compact: bool):
     )
     mem = f"train mem\n{shape.batch_size} x {shape.max_length}"
     if compact:
-        sizes = ", ".join(f"{n} {fmt_bytes(v)}" for n, v in budgets.items() if v is not None)
+        sizes = ", ".join(  # an entry is never broken across lines
+            f"{n.replace('this machine', 'here')} {fmt_bytes(v)}".replace(" ", "\u00a0")
+            for n, v in budgets.items()
+            if v is not None
+        )
         table = Table(
             title=title,
             title_justify="left",
@@ -213,12 +217,12 @@ def _table(shape: TrainShape, budgets: dict, models: list[dict], compact: bool):
 
 def learn_device() -> None:
     """machine.learn_training_device from the backend `auto` picks (the CPU guess stands when
-    none is installed)."""
+    none is installed or it fails to load)."""
     from mlxlora.backends import select
     from mlxlora.commands.doctor import device_facts
-    from mlxlora.errors import MlxloraError
 
     try:
-        machine.learn_training_device(device_facts(select.describe("auto")))
-    except MlxloraError:
-        pass
+        info = select.describe("auto")
+    except Exception:  # noqa: BLE001 - a broken torch or CUDA install: the table still shows
+        return
+    machine.learn_training_device({"backend": info.name, **device_facts(info)})

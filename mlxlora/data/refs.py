@@ -78,7 +78,10 @@ def stored_as(digest: str, kind: str, prefer: str) -> str | None:
         return prefer
 
     def age(meta: DatasetMeta) -> tuple:  # `created` has whole seconds: then the folder's time
-        return meta.created, dataset_dir(meta.name).stat().st_mtime_ns
+        try:
+            return meta.created, dataset_dir(meta.name).stat().st_mtime_ns
+        except OSError:  # removed meanwhile
+            return meta.created, 0
 
     return min(same, key=age).name if same else None
 
@@ -106,7 +109,7 @@ def _resolve_file(path: Path, kind: str | None) -> tuple[DatasetMeta, list[dict]
                     raise
                 continue
             return meta, load_records(dataset_dir(name) / RECORDS_FILE)
-        if get_meta(name).sha256 == digest:
+        if (meta := get_meta(name)).sha256 == digest and meta.type == kind:
             return load_dataset(name)
     raise DataError(
         f"{source}: datasets {base!r} and {hashed!r} both exist with other records; "
@@ -130,6 +133,6 @@ def source_changed(name: str, path: str | Path | None = None) -> str | None:
     if current == meta.sha256:
         return None
     return (
-        f"{path} has changed since it was stored as dataset {name}: this run uses the stored "
-        "records (a new run on the file stores it as another dataset)"
+        f"{path} no longer holds the records of dataset {name}, which this run trains on "
+        "(a new run on the file trains on what it holds now)"
     )

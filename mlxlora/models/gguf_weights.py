@@ -27,6 +27,7 @@ import numpy as np
 from mlxlora.errors import ModelError
 
 SHARD_BYTES = 2 * 1024**3
+PIPE_PROGRESS_SECONDS = 10.0
 # general.architecture -> (model_type, architectures, llama.cpp permuted Q/K rows, norm offset)
 ARCHS = {
     "llama": ("llama", "LlamaForCausalLM", True, 0.0),
@@ -320,14 +321,22 @@ def quantization_config(plans: dict[str, tuple[str, int]]) -> dict | None:
     return quant
 
 
-def _count(done: int, total: int, start: float) -> None:
+class _Counts:
     """The tensors converted so far: one line rewritten in a terminal; in a log or a pipe
-    (a studio's child, CI) only the last count, on a line of its own."""
-    line = f"  converted {done}/{total} tensors ({time.monotonic() - start:.1f}s)"
-    if sys.stderr.isatty():
-        print(f"\r{line}", end="", file=sys.stderr, flush=True)
-    elif done == total:
-        print(line, file=sys.stderr)
+    (a studio's child, CI) a whole line every PIPE_PROGRESS_SECONDS and at the end."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.start = self.last = time.monotonic()
+
+    def show(self, done: int) -> None:
+        now = time.monotonic()
+        line = f"  converted {done}/{self.total} tensors ({now - self.start:.1f}s)"
+        if sys.stderr.isatty():
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
+        elif done == self.total or now - self.last >= PIPE_PROGRESS_SECONDS:
+            self.last = now
+            print(line, file=sys.stderr, flush=True)
 
 
 def write_weights(dest: Path, reader, config: dict, arch: str, progress: bool) -> dict:
@@ -354,7 +363,7 @@ def write_weights(dest: Path, reader, config: dict, arch: str, progress: bool) -
     weight_map = {}
     total = 0
     dtypes: set[str] = set()
-    done, start = 0, time.monotonic()
+    done, counts = 0, _Counts(len(todo))
     for k, shard in enumerate(shards, 1):
         file = "model.safetensors" if n == 1 else f"model-{k:05d}-of-{n:05d}.safetensors"
         tensors = {}
@@ -379,7 +388,7 @@ def write_weights(dest: Path, reader, config: dict, arch: str, progress: bool) -
                 dtypes.add(str(tensors[name].dtype))
             done += 1
             if progress and (done % 50 == 0 or done == len(todo)):
-                _count(done, len(todo), start)
+                counts.show(done)
         total += sum(v.nbytes for v in tensors.values())
         save_file(tensors, str(dest / file), metadata={"format": "pt"})
         del tensors

@@ -187,7 +187,7 @@ def test_on_a_cuda_host_doctor_and_models_plan_with_the_cards_memory(
     assert main(["doctor", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["training_budget_bytes"] == report["device_budget_bytes"] == 80 * GIB
-    assert dict(render(report))["training budget"] == "80.0 GiB (the GPU has 80.0 GiB)"
+    assert dict(render(report))["training budget"] == "80.0 GiB (the GPU's memory)"
     monkeypatch.setattr(machine, "_reported", None)
     data = models_json(capsys)
     assert data["budgets"]["this machine"] == 80 * GIB

@@ -148,11 +148,11 @@ def test_a_run_keeps_the_records_it_trained_on_when_its_file_changes(
     expected, got = steps(full), steps(part)
     np.testing.assert_allclose([got[s] for s in range(1, 7)], [expected[s] for s in range(1, 7)])
     first, resumed = [e for e in read_events(RunPaths(part).events) if isinstance(e, RunStarted)]
-    said = f"{data} has changed since it was stored as dataset メモ: this run uses the stored"
-    assert not any("has changed" in w for w in first.warnings)
-    (changed,) = [w for w in resumed.warnings if "has changed" in w]  # one line, not one a path
+    said = f"{data} no longer holds the records of dataset メモ, which this run trains on"
+    assert not any("no longer holds" in w for w in first.warnings)
+    (changed,) = [w for w in resumed.warnings if "no longer holds" in w]  # one line, not one a path
     assert changed.startswith(said)
-    assert first.sources == {"メモ": str(data.resolve())} and first.dataset == "メモ"
+    assert first.sources == {"data.dataset": str(data.resolve())} and first.dataset == "メモ"
 
     data.unlink()
     from mlxlora.evaluate import held_out_records

@@ -364,6 +364,48 @@ def test_on_a_cuda_host_the_form_estimates_for_the_gpu_doctor_names(workspace, m
     asyncio.run(go())
 
 
+def test_the_form_follows_the_device_the_system_tab_learned(workspace, monkeypatch):
+    """The System tab's doctor child names the CUDA card first: back on Train, the verdict
+    is the card's (its budget too), not the CPU's it showed before."""
+    from mlxlora.tui.screens import system
+
+    async def doctor_on_an_h100():
+        return CUDA_REPORT
+
+    monkeypatch.setattr(system, "doctor_report", doctor_on_an_h100)
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            assert "of a 16.0 GiB budget" in text(app, "#train-memory")  # the CPU's guess
+            await pilot.press("6")
+            await pilot.pause(0.5)
+            assert machine.training_device().own_memory == CUDA_REPORT["device_budget_bytes"]
+            await pilot.press("2")
+            await settle(app, pilot)
+            budget = memory.fmt_bytes(CUDA_REPORT["device_budget_bytes"])
+            assert f"of a {budget} budget" in text(app, "#train-memory")
+
+    asyncio.run(go())
+
+
+def test_a_config_that_forces_another_backend_is_estimated_on_its_own_device(workspace):
+    """auto trains on the learned CUDA card; `backend: mlx` there trains on the CPU (mlx[cpu]),
+    with the machine's memory: the form's verdict says so, not the card's."""
+    from mlxlora.tui.screens.train import form
+
+    machine.learn_training_device(CUDA_REPORT)
+    info = builtin_tiny_info()
+    auto = config.from_dict({"data": {"dataset": "quickstart", "max_length": 256}})
+    forced = config.from_dict({**auto.to_dict(), "backend": "mlx"})
+    card = memory.estimate(info, replace(memory.TrainShape.from_config(auto), attention="fused"))
+    assert form.memory_verdict(auto, info, CUDA_REPORT["device_budget_bytes"]).total == card.total
+    cpu = memory.estimate(info, memory.on_cpu(memory.TrainShape.from_config(forced)))
+    verdict = form.memory_verdict(forced, info, CUDA_REPORT["device_budget_bytes"])
+    assert (verdict.total, verdict.budget) == (cpu.total, BUDGET)
+
+
 def _label(pick: Select, value: str) -> str | None:
     return next((str(label) for label, v in pick._options if v == value), None)
 

@@ -126,12 +126,14 @@ def test_the_training_device_is_guessed_then_learned_from_doctor(monkeypatch):
         "attention": "fused",
         "device_budget_bytes": 80 * GIB,
     }
-    assert machine.learn_training_device(cuda) is True
+    assert machine.learn_training_device({**cuda, "backend": "torch"}) is True
     assert machine.training_device().budget == 80 * GIB and not machine.training_device().on_cpu
     assert memory.shape_here(shape) == memory.TrainShape(attention="fused")  # bf16, as on a GPU
     info = {"params": 1000, "weight_bytes": 500, "quantization": None}
     assert memory.weights_here(info) == 500  # what the files hold, not float32
-    assert machine.learn_training_device(cuda) is False  # nothing new
+    assert machine.learn_training_device({**cuda, "backend": "torch"}) is False  # nothing new
+    assert machine.training_device("torch") == machine.training_device()
+    assert machine.training_device("mlx") == guess  # a config forcing another backend: its own
 
     monkeypatch.setattr(machine, "is_apple_silicon", lambda: True)
     metal = {"device": "gpu", "attention": "unfused", "device_budget_bytes": 11 * GIB}

@@ -279,6 +279,34 @@ def test_config_finds_a_dataset_by_a_name_typed_decomposed(home, tmp_path):
     assert stored(home) == ["données médicales"]
 
 
+def test_each_config_field_watches_the_file_it_named(home, tmp_path):
+    """Training and validation files with the same records both pin to the dataset stored
+    first from a third file: an edit of either named file warns, an edit of the third (which
+    this run never named) does not."""
+    from mlxlora import config, prepare
+
+    first = write_jsonl(tmp_path / "x.jsonl", RECORDS)
+    store.import_dataset(first, "memo")
+    train = write_jsonl(tmp_path / "train.jsonl", RECORDS)
+    val = write_jsonl(tmp_path / "val.jsonl", RECORDS)
+    cfg = config.from_dict({"data": {"dataset": str(train), "validation": str(val)}})
+    _, _, pinned = prepare.load_records(cfg)
+    assert pinned.data.dataset == pinned.data.validation == "memo"
+    assert prepare.source_files(cfg.data) == {
+        "data.dataset": str(train.resolve()),
+        "data.validation": str(val.resolve()),
+    }
+    write_jsonl(first, RECORDS[:1])
+    assert prepare.changed_sources(cfg.data, pinned.data, None) == []
+    write_jsonl(train, RECORDS[:1])
+    assert prepare.changed_sources(cfg.data, pinned.data, None) == [
+        f"{train.resolve()} no longer holds the records of dataset memo, which this run trains "
+        "on (a new run on the file trains on what it holds now)"
+    ]
+    named = config.from_dict({"data": {"dataset": "memo"}})  # only ever a name: its source
+    assert "x.jsonl no longer holds" in prepare.changed_sources(named.data, named.data, None)[0]
+
+
 def test_long_records_warn_with_their_location(tmp_path):
     big = "x" * (store.LONG_RECORD_CHARS + 1)
     p = write_jsonl(tmp_path / "d.jsonl", [RECORDS[0], {"instruction": "q", "output": big}])
@@ -299,8 +327,8 @@ def test_a_stored_dataset_tells_when_its_source_file_changed(home, tmp_path):
     assert refs.source_changed(meta.name) is None
     write_jsonl(source, RECORDS[:1])
     assert refs.source_changed(meta.name) == (
-        f"{source.resolve()} has changed since it was stored as dataset メモ: this run uses the "
-        "stored records (a new run on the file stores it as another dataset)"
+        f"{source.resolve()} no longer holds the records of dataset メモ, which this run trains "
+        "on (a new run on the file trains on what it holds now)"
     )
     source.write_text("{not json", encoding="utf-8")  # mid-edit: nothing to compare yet
     assert refs.source_changed(meta.name) is None

@@ -205,7 +205,7 @@ class SystemTab(Vertical):
             return [("GPU may use", "asking doctor…" if self.doctor is None else "unknown")]
         wired = self.doctor.get("device_budget_bytes")
         return [
-            ("GPU may use", size(wired) if wired else "- (no GPU)"),
+            ("GPU may use", size(wired) if wired else "- (no GPU in use)"),
             ("training budget", size(self.doctor.get("training_budget_bytes"))),
         ]
 

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxlora import config, memory, memory_fit
+from mlxlora import config, machine, memory, memory_fit
 from mlxlora.config import Config
 from mlxlora.errors import ConfigError
 
@@ -195,11 +195,15 @@ def memory_text(cfg: Config, facts: tuple | None, machine_budget: int | None) ->
 
 
 def memory_verdict(cfg: Config, info: dict, machine_budget: int | None) -> MemoryVerdict:
-    """The engine's estimate of `cfg` on this machine, its verdict against the run's budget,
-    what to change, and what training.fit would choose when it will not fit."""
+    """The engine's estimate of `cfg` on the device its backend trains on, its verdict against
+    the run's budget (`machine_budget`: `auto`'s device's), what to change, and what
+    training.fit would choose when it will not fit."""
+    device = machine.training_device(cfg.backend)
+    if device != machine.training_device():  # another backend than auto's: its own device
+        machine_budget = device.budget
     budget = config.run_budget(cfg, machine_budget)
-    shape = memory.shape_here(memory.TrainShape.from_config(cfg))
-    weights = memory.weights_here(info, cfg.quantized_base)
+    shape = memory.shape_here(memory.TrainShape.from_config(cfg), device)
+    weights = memory.weights_here(info, cfg.quantized_base, device)
     if cfg.training.fit == "auto" and budget:
         return _fitted_verdict(info, shape, budget, weights)
     est = memory.estimate(info, shape, weights=weights)

@@ -65,7 +65,8 @@ class TrainTab(Vertical):
         super().__init__(**kwargs)
         datasets = [m.name for m in store.list_datasets()]
         self.base = form.default_data(datasets[0] if datasets else "")
-        self.budget = machine.training_device().budget
+        self.device = machine.training_device()  # backend: auto's (learned on a CUDA host)
+        self.budget = self.device.budget
         self._marks_for: tuple | None = None  # (shape, budget, device) the model marks are for
         self.targets_lock = asyncio.Lock()
         self.checked: list[str] = []  # the targets ticked (the checkboxes are rebuilt per model)
@@ -159,12 +160,18 @@ class TrainTab(Vertical):
         """Where an NVIDIA driver is, `backend: auto` may train on its GPU: ask a doctor child
         (it imports the backends; the app must not) and estimate for the device it names."""
         try:
-            report = await doctor_report()
+            machine.learn_training_device(await doctor_report())
         except (OSError, RuntimeError):
             return  # the CPU's estimate stands; the System tab shows doctor's error
-        if machine.learn_training_device(report):
-            self.budget = machine.training_device().budget
-            self.validate()  # the verdict, and the picker's marks for the new budget
+        self._follow_device()
+
+    def _follow_device(self) -> None:
+        """The budget, the verdict and the picker's marks follow the device once a doctor
+        child (this tab's or the System tab's) has named it."""
+        if machine.training_device() != self.device:
+            self.device = machine.training_device()
+            self.budget = self.device.budget
+            self.validate()
 
     def on_show(self) -> None:
         """Focus the preset picker (not a text field, which would take the number keys) when
@@ -176,6 +183,7 @@ class TrainTab(Vertical):
             self.query_one("#train-preset").focus()
         dataset = self.query_one("#f-dataset", Select).value
         self._set_datasets("" if dataset is Select.NULL else dataset)
+        self._follow_device()
 
     # --- filling the form from a config dict ----------------------------------------------
 
