@@ -21,7 +21,8 @@ from mlxlora.events import (
     Sample,
     Step,
 )
-from mlxlora.memory import GIB
+from mlxlora.fmt import NONE
+from mlxlora.memory import fmt_bytes
 from mlxlora.queue import Job
 from mlxlora.runview import RunView
 from mlxlora.scoring import score_rows
@@ -175,9 +176,14 @@ class RunDetail(Horizontal):
         return "\n".join(lines)
 
     def _memory(self, view: RunView) -> str:
+        """The run's peak against the budget it ran under (the engine's GB are 1e9 bytes)."""
+        budget = view.started.memory_budget_gb if view.started else None
+        if budget:
+            of = f" of its {fmt_bytes(budget * 1e9)} budget"
+        else:  # a run from before budgets were recorded
+            of = f" of {fmt_bytes(self.machine_bytes)} RAM" if self.machine_bytes else ""
         peak = view.peak_memory
-        machine = f" of {self.machine_bytes / GIB:.0f} GiB" if self.machine_bytes else ""
-        return f"{num(peak * 1e9 / GIB if peak else None, '.2f')} GiB peak{machine}"
+        return f"{fmt_bytes(peak * 1e9)} peak{of}" if peak else f"{NONE} (no step yet){of}"
 
     def _log(self, view: RunView) -> None:
         """Write only the events not yet written (all of the last ones for a new run)."""
