@@ -10,7 +10,7 @@ from pathlib import Path
 from mlxlora import schedules
 from mlxlora.config import Config
 from mlxlora.data import batching
-from mlxlora.errors import ConfigError, DataError
+from mlxlora.errors import ConfigError, DataError, ModelError
 from mlxlora.events import MemoryFit
 from mlxlora.runs import RunPaths
 
@@ -366,9 +366,31 @@ def fit_config(cfg: Config, model_dir: Path, backend):
     return from_dict(data), event
 
 
+def longest_record(cfg: Config, model_dir: Path) -> int:
+    """Tokens of the longest record in the config's datasets as training encodes them (at most
+    data.max_length), counted with the model's tokenizer without loading the model or storing
+    a file; data.max_length when the tokenizer cannot be read."""
+    from mlxlora.data import formats, refs
+    from mlxlora.models.info import tokenizer_of
+
+    d, encode = cfg.data, batching.encode
+    try:
+        tokenizer = tokenizer_of(model_dir, cfg.model)
+    except ModelError:
+        return d.max_length
+    longest = 0
+    for ref in filter(None, (d.dataset, d.validation)):
+        kind, records = refs.peek(ref)
+        for record in records:
+            example = encode(formats.normalize(record, kind), tokenizer, d.completions_only)
+            longest = max(longest, len(example.tokens))
+    return min(longest, d.max_length) or d.max_length
+
+
 def memory_plan(cfg: Config, backend) -> dict:
-    """What a run of `cfg` would hold at data.max_length, without loading the model: the
-    estimate's breakdown, the budget, the verdict, the fit (training.fit) and advice."""
+    """What a run of `cfg` would hold at its longest record (`longest_record`), without
+    loading the model: the estimate's breakdown, the budget, the verdict, the fit
+    (training.fit, planned at data.max_length as the run plans it) and advice."""
     from mlxlora import memory, memory_fit
     from mlxlora.models.info import model_info
     from mlxlora.models.resolve import resolve_model
@@ -378,13 +400,15 @@ def memory_plan(cfg: Config, backend) -> dict:
     if cfg.training.fit == "auto":
         cfg, fit = fit_config(cfg, model_dir, backend)
     info = model_info(model_dir)
-    shape = train_shape(cfg, backend, cfg.data.max_length)
+    longest = longest_record(cfg, model_dir)
+    shape = train_shape(cfg, backend, longest)
     est = memory.estimate(info, shape, weights=planned_weights(cfg, info, backend))
     budget = training_budget(cfg, backend)
     verdict = memory.fit_verdict(est.total, budget)
     advice = memory_fit.fit_advice(est, budget, info, shape) if verdict == "will not fit" else []
     return {
         "config": cfg,
+        "length": shape.max_length,  # the longest record's tokens, padded as the backend pads
         "estimate": est,
         "budget": budget,
         "verdict": verdict,

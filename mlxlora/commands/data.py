@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from mlxlora.errors import DataError, ModelError
+from mlxlora.errors import DataError
 
 TYPES = ("instruction", "chat", "completion", "text")
 DEFAULT_MAX_LENGTH = 2048
@@ -137,22 +136,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def load_tokenizer(model_ref: str):
     """The tokenizer of any model reference (builtin:, hub id, directory)."""
+    from mlxlora.models.info import tokenizer_of
     from mlxlora.models.resolve import resolve_model
 
-    path = resolve_model(model_ref)
-    # Only the tokenizer is needed: silence transformers' "PyTorch was not found" advisory.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise ModelError(
-            "--model needs the `transformers` package (pip install transformers)"
-        ) from None
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except Exception as exc:  # noqa: BLE001 - any loader failure is the user's directory
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"{model_ref}: cannot load a tokenizer: {first}") from None
+    return tokenizer_of(resolve_model(model_ref), model_ref)
 
 
 def _load_for_show(ref: str):

@@ -127,8 +127,10 @@ def dry_run(cfg) -> int:
     if plan["fit"] is not None:
         say_fit(plan["fit"])
     t, d = plan["config"].training, plan["config"].data
+    length = plan["length"]
+    cut = "" if length >= d.max_length else f" (the longest record; data.max_length {d.max_length})"
     table = Table(
-        title=f"memory of {cfg.model}: batch {t.batch_size} x {d.max_length}, "
+        title=f"memory of {cfg.model}: batch {t.batch_size} x {length}{cut}, "
         f"accumulation {t.grad_accumulation}, checkpointing {'on' if t.grad_checkpoint else 'off'}",
         show_header=False,
         box=None,

@@ -50,10 +50,19 @@ def resolve(ref: str, kind: str | None = None) -> tuple[DatasetMeta, list[dict]]
 def check(ref: str) -> None:
     """The DataError resolve would raise for `ref`, found without storing anything (a job is
     checked before it is queued): an unknown name, a missing file, a bad record."""
+    peek(ref)
+
+
+def peek(ref: str) -> tuple[str, list[dict]]:
+    """(type, records) that resolve would give for `ref`, without storing a file's records."""
     path = _locate(str(ref))
-    if path is not None:
-        records = load_records(path)
-        validate(records, detect_format(records, str(path)), str(path))
+    if path is None:
+        meta, records = load_dataset(str(ref))
+        return meta.type, records
+    records = load_records(path)
+    kind = detect_format(records, str(path))
+    validate(records, kind, str(path))
+    return kind, records
 
 
 def _locate(ref: str) -> Path | None:

@@ -6,6 +6,7 @@ it was converted from. Imports no mlx or torch.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -130,3 +131,19 @@ def model_info(model_dir: str | Path) -> dict:
         "weight_bytes": nbytes,
         "dtype": config.get("torch_dtype") or config.get("dtype") or st_dtype,
     }
+
+
+def tokenizer_of(model_dir: str | Path, label: str):
+    """The Hugging Face tokenizer in `model_dir` (no backend is imported); ModelError naming
+    `label` when there is none."""
+    # Only the tokenizer is needed: silence transformers' "PyTorch was not found" advisory.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ModelError("counting tokens needs the `transformers` package") from None
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as exc:  # noqa: BLE001 - any loader failure is the user's directory
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"{label}: cannot load a tokenizer: {first}") from None

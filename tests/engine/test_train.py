@@ -360,6 +360,24 @@ def test_over_the_machines_budget_a_run_warns_with_advice_and_stops_before_its_f
     assert not [e for e in events if isinstance(e, Step)]
 
 
+def test_the_dry_run_estimates_what_the_run_starts_with(home, quickstart_data, tmp_path):
+    """The records are far shorter than data.max_length: the dry run sizes for the longest
+    one, as the run does (it sized for max_length: ~3x a QA user's real peak)."""
+    from mlxlora.backends import select
+    from mlxlora.prepare import memory_plan
+
+    cfg = make_config(quickstart_data, "data.max_length=1024", "training.max_steps=1")
+    plan = memory_plan(cfg, select.create(cfg.backend))
+    assert plan["length"] < 200  # the quick start's records
+    assert not (home / "datasets").exists()  # the dry run stored nothing
+    engine.train(cfg, tmp_path / "run")
+    (started,) = [
+        e for e in read_events(RunPaths(tmp_path / "run").events) if isinstance(e, RunStarted)
+    ]
+    # the same shape; the weights are counted before loading (parameters x 4 bytes): 0.2% off
+    assert plan["estimate"].total / 1e9 == pytest.approx(started.estimated_peak_gb, rel=0.01)
+
+
 def test_gradient_checkpointing_gives_the_same_losses(home, quickstart_data, tmp_path):
     plain, ckpt = tmp_path / "plain", tmp_path / "ckpt"
     engine.train(make_config(quickstart_data, "training.max_steps=4"), plain)
