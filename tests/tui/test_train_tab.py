@@ -111,6 +111,7 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
             # the breakdown, so a user sees what to cut
             assert f"loss chunks {memory.fmt_bytes(est.loss)}" in parts
             assert f"attention {memory.fmt_bytes(est.attention)}" in parts
+            assert parts.startswith("[dim]records of 256 tokens: model weights ")  # assumed
 
             await type_into(pilot, app, "#f-training-batch_size", "256")
             await type_into(pilot, app, "#f-data-max_length", "8192")

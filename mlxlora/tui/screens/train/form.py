@@ -187,7 +187,9 @@ def memory_text(cfg: Config, facts: tuple | None, machine_budget: int | None) ->
     verdict = memory_verdict(cfg, facts[0], machine_budget)
     style = VERDICT_STYLE.get(verdict.verdict, "")
     text = f"[{style}]{verdict.line()}[/]" if style else verdict.line()
-    text += f"\n[dim]{verdict.parts()}[/]"
+    # sized as if a record filled data.max_length: the run (and `train --dry-run`) sizes for
+    # the longest record, which needs the model's tokenizer (a child's work, not the form's)
+    text += f"\n[dim]records of {cfg.data.max_length} tokens: {verdict.parts()}[/]"
     if verdict.fit:
         text += f"\n{verdict.fit}"
     advice = "; ".join(verdict.advice)
