@@ -55,13 +55,17 @@ def test_both_answers_stream_from_children(home, backend):
     run = train_tiny_run(home, backend=backend)
     from mlxlora import evaluate
 
-    prompt = "東京について教えて"
-    expected_base = evaluate.generate("builtin:tiny", prompt, max_tokens=7)
-    expected_tuned = evaluate.generate(None, prompt, adapter=str(run), max_tokens=7)
+    prompt, system = "東京について教えて", "あなたは丁寧なアシスタントです。"
+    expected_base = evaluate.generate("builtin:tiny", prompt, max_tokens=7, system=system)
+    expected_tuned = evaluate.generate(None, prompt, adapter=str(run), max_tokens=7, system=system)
+    *_, done = evaluate.generate_stream("builtin:tiny", prompt, max_tokens=7, system=system)
+    *_, plain = evaluate.generate_stream("builtin:tiny", prompt, max_tokens=7)
+    assert done["prompt_tokens"] > plain["prompt_tokens"]  # the system turn is in the prompt
 
     async def go():
         app = MlxloraApp("playground")
         async with app.run_test(size=(80, 24)) as pilot:
+            app.query_one("#play-system").value = system  # the tutorial's step 6
             base, tuned = await ask(pilot, prompt, "7")
             assert base.border_subtitle == "builtin:tiny" and tuned.border_subtitle == run.name
             tab = app.query_one(PlaygroundTab)
@@ -69,7 +73,8 @@ def test_both_answers_stream_from_children(home, backend):
             for pane, expected in ((base, expected_base), (tuned, expected_tuned)):
                 status = str(pane.query_one(".status").render())
                 assert pane.text == expected, status
-                assert status.startswith("done · 7 tokens · ") and "tokens/s" in status
+                said = f"done · 7 tokens after a {done['prompt_tokens']}-token prompt · "
+                assert status.startswith(said) and "tokens/s" in status
 
     asyncio.run(go())
 
@@ -96,6 +101,23 @@ def test_cancel_and_closing_the_app_stop_the_child(home):
             return tab.child.process.pid
 
     assert_gone(asyncio.run(go()))  # closing the app stopped it too
+
+
+def test_escape_leaves_the_prompt_when_nothing_is_answering(home):
+    """Esc cancels answers; with none coming it leaves the field, and `3` switches tabs (it
+    typed a 3 into the prompt)."""
+
+    async def go():
+        app = MlxloraApp("playground")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            app.query_one("#play-prompt").focus()
+            await pilot.press("escape", "3")
+            await pilot.pause()
+            assert app.query_one("#play-prompt").value == ""
+            assert app.query_one("TabbedContent").active == "runs"
+
+    asyncio.run(go())
 
 
 def assert_gone(pid: int, seconds: float = 5.0) -> None:

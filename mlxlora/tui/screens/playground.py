@@ -20,6 +20,7 @@ from textual.widgets import Input, Label, Select, Static
 from mlxlora.tui.children import Child
 
 DEFAULT_MAX_TOKENS = 200
+SYSTEM_PLACEHOLDER = "System prompt (optional): who the model answers as, as in training"
 REFRESH_SECONDS = 0.1  # an answer repaints at most 10 times a second, however fast it streams
 
 
@@ -73,6 +74,7 @@ class AnswerPane(Vertical):
         speed = done.get("tokens_per_sec")
         self._end(
             f"done · {done.get('generation_tokens', 0)} tokens"
+            + (f" after a {done['prompt_tokens']}-token prompt" if "prompt_tokens" in done else "")
             + (f" · {speed:.1f} tokens/s" if speed else "")
             + (" · max tokens reached" if done.get("finish_reason") == "length" else "")
         )
@@ -132,6 +134,7 @@ class PlaygroundTab(Vertical):
             yield Select([], prompt="finished run (its base model and adapter)", id="play-run")
             yield Label("max tokens")
             yield Input(str(DEFAULT_MAX_TOKENS), type="integer", id="play-max-tokens")
+        yield Input(placeholder=SYSTEM_PLACEHOLDER, id="play-system")
         yield Input(placeholder="Prompt: Enter sends, Esc cancels", id="play-prompt")
         with Horizontal(id="play-answers"):
             yield AnswerPane("Base", id="play-base")
@@ -186,13 +189,21 @@ class PlaygroundTab(Vertical):
             self.notify("No finished run to try: train one first (tab 2).", severity="warning")
         else:
             max_tokens = self.query_one("#play-max-tokens", Input).value or "0"
-            self._answer(prompt, run, max_tokens)
+            system = self.query_one("#play-system", Input).value.strip()
+            options = ["--max-tokens", max_tokens, *(["--system", system] if system else [])]
+            self._answer(prompt, run, options)
 
     def action_cancel(self) -> None:
-        self.workers.cancel_group(self, "play-generate")
+        """Esc stops the answers; with none coming, it leaves the field (as on every tab), so
+        the number keys switch tabs again."""
+        answering = [w for w in self.workers if w.group == "play-generate" and w.is_running]
+        if answering:
+            self.workers.cancel_group(self, "play-generate")
+        else:
+            self.screen.set_focus(None)
 
     @work(exclusive=True, group="play-generate", exit_on_error=False)
-    async def _answer(self, prompt: str, run, max_tokens: str) -> None:
+    async def _answer(self, prompt: str, run, options: list[str]) -> None:
         base, tuned = (
             self.query_one("#play-base", AnswerPane),
             self.query_one("#play-tuned", AnswerPane),
@@ -204,7 +215,7 @@ class PlaygroundTab(Vertical):
                 (base, ["--model", run.model]),
                 (tuned, ["--adapter", str(run.path)]),
             ):
-                await self._stream(pane, [*source, "--max-tokens", max_tokens], prompt)
+                await self._stream(pane, [*source, *options], prompt)
         except asyncio.CancelledError:
             base.cancelled()
             tuned.cancelled()
