@@ -135,9 +135,36 @@ def validate(
             checked[refs] = _problem(check_references, cfg)
         if checked.get(refs):
             problems.append(f"{m.name}: {checked[refs]}")
+    problems += _same_training(members, loaded) if len(loaded) == len(members) else []
     if problems:
         raise ConfigError(problems, f"sweep {sweep}")
     return loaded
+
+
+# Settings a staged schedule replaces with its stages' own (StageConfig).
+STAGED_SETS = ("training.learning_rate", "training.epochs")
+
+
+def _same_training(members: list[Member], loaded: list[config.Config]) -> list[str]:
+    """A problem for each member that would train exactly as an earlier one (a grid key the
+    config ignores: under schedule staged, the stages set the learning rate and epochs)."""
+    seen: dict[str, str] = {}
+    problems = []
+    for m, cfg in zip(members, loaded, strict=True):
+        data = cfg.to_dict()
+        for ignored in ("name", "sweep"):
+            data.pop(ignored, None)
+        if cfg.training.schedule == "staged":  # the stages set these (epochs: their sum)
+            for ignored in STAGED_SETS:
+                data["training"].pop(ignored.split(".")[1], None)
+        key = json.dumps(data, sort_keys=True, default=str)
+        if key not in seen:
+            seen[key] = m.name
+            continue
+        ignored = [k for k in m.values if k in STAGED_SETS and cfg.training.schedule == "staged"]
+        why = f": under schedule staged the stages set {', '.join(ignored)}" if ignored else ""
+        problems.append(f"{m.name}: trains exactly as {seen[key]}{why}")
+    return problems
 
 
 def _problem(check, *args) -> str | None:

@@ -26,6 +26,25 @@ def test_one_bad_value_queues_nothing(home, capsys):
     assert queue.jobs() == [] and sweep.sweep_names() == []
 
 
+def test_a_grid_key_the_config_ignores_queues_nothing(home, capsys):
+    """Under schedule staged the stages set the learning rate: a grid over it made runs that
+    trained alike, without a word (a QA finding)."""
+    staged = [
+        "--set", "training.schedule=staged",
+        "--set", 'training.stages=[{"epochs": 1, "learning_rate": 1e-3}]',
+    ]  # fmt: skip
+    args = ["sweep", TINY, *staged, "--grid", "lora.rank=4,8"]
+    args += ["--grid", "training.learning_rate=1e-4,2e-4", "--name", "段階", "--no-start"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mlxlora: error: sweep 段階: 2 problems: ")
+    assert (
+        "段階-rank4-learning_rate2e-4: trains exactly as 段階-rank4-learning_rate1e-4: under "
+        "schedule staged the stages set training.learning_rate"
+    ) in err
+    assert queue.jobs() == []
+
+
 def test_an_ab_test_crosses_configs_with_the_grid(home, tmp_path):
     a, b = tmp_path / "高表現力.yaml", tmp_path / "効率.yaml"
     base = yaml.safe_load(Path(TINY).read_text())
