@@ -253,6 +253,33 @@ def test_save_never_overwrites(workspace, tmp_path):
     assert taken.read_text("utf-8") == "keep me\n"
 
 
+def test_a_config_saved_or_added_to_the_presets_folder_is_offered(workspace, tmp_path, monkeypatch):
+    from mlxlora.tui.screens.train import form
+
+    presets = tmp_path / "configs"
+    presets.mkdir()
+    (presets / "tiny.yaml").write_bytes((REPO / "configs" / "tiny.yaml").read_bytes())
+    monkeypatch.setattr(form, "preset_dir", lambda: presets)
+
+    def offered(app) -> list[str]:
+        return [str(label) for label, _ in app.query_one("#train-preset", Select)._options]
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            assert offered(app) == ["custom", "tiny.yaml"]
+            await save(app, pilot, presets / "実用知識-中級.yaml")
+            assert offered(app) == ["custom", "tiny.yaml", "実用知識-中級.yaml"]
+            (presets / "added.yaml").write_bytes((presets / "tiny.yaml").read_bytes())
+            await pilot.press("1", "2")  # back on the tab: the folder is read again
+            await settle(app, pilot)
+            assert offered(app)[1:] == ["added.yaml", "tiny.yaml", "実用知識-中級.yaml"]
+            assert app.query_one("#train-preset", Select).value == "custom"
+
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
 def test_snapshot(workspace, snap_compare, size):
     async def loaded(pilot):

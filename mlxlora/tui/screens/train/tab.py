@@ -32,6 +32,10 @@ CUSTOM = "custom"
 PLACEHOLDERS = {"training.memory_budget": "this machine's (e.g. 12GB)"}
 
 
+def _preset_options() -> list[tuple[str, str]]:
+    return [(CUSTOM, CUSTOM), *((p.name, str(p)) for p in form.presets(form.preset_dir()))]
+
+
 def _input(key: str, value: str = "") -> Input:
     return Input(
         value,
@@ -85,7 +89,7 @@ class TrainTab(Vertical):
     # --- layout ---------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        presets = [(CUSTOM, CUSTOM), *((p.name, str(p)) for p in form.presets(form.preset_dir()))]
+        presets = self._presets = _preset_options()
         with VerticalScroll(id="train-form"):
             yield FieldRow(
                 "preset",
@@ -184,6 +188,7 @@ class TrainTab(Vertical):
         dataset = self.query_one("#f-dataset", Select).value
         self._set_datasets("" if dataset is Select.NULL else dataset)
         self._follow_device()
+        self._refresh_presets()
 
     # --- filling the form from a config dict ----------------------------------------------
 
@@ -410,6 +415,19 @@ class TrainTab(Vertical):
     def _saved(self, path) -> None:
         if path is not None:
             self._say("#train-status", f"saved {path}")
+            self._refresh_presets()
+
+    def _refresh_presets(self) -> None:
+        """Config files saved or added to configs/ since the tab opened join the presets."""
+        options = _preset_options()
+        if options == self._presets:
+            return
+        self._presets = options
+        picker = self.query_one("#train-preset", Select)
+        chosen = picker.value
+        with self.prevent(Select.Changed):  # the form keeps what it shows
+            picker.set_options(options)
+            picker.value = chosen if any(v == chosen for _, v in options) else CUSTOM
 
     @on(Button.Pressed, "#train-start")
     def _start_pressed(self) -> None:
