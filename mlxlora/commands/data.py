@@ -207,8 +207,9 @@ def _records(numbers: list[int], count: int) -> str:
     return ", ".join(map(str, numbers)) + (", ..." if count > len(numbers) else "")
 
 
-def render(report: dict, console) -> None:
-    """`data show`'s text view of an `analysis.analyze` report (readable at 80 columns)."""
+def render(report: dict, console, tokens_hint: str = TOKENS_HINT) -> None:
+    """`data show`'s text view of an `analysis.analyze` report (readable at 80 columns);
+    `tokens_hint` says how to get token counts where there are none."""
     from rich.markup import escape
 
     meta = report.get("meta")
@@ -216,14 +217,14 @@ def render(report: dict, console) -> None:
     if meta and meta.get("description"):
         head += f"  - {escape(meta['description'])}"
     console.print(head)
-    _render_lengths(report, console)
+    _render_lengths(report, console, tokens_hint)
     _render_histogram(report["histogram"], console)
     _render_repeats(report, console)
     if report.get("term_density") is not None:
         _render_terms(report["term_density"], console)
 
 
-def _render_lengths(report: dict, console) -> None:
+def _render_lengths(report: dict, console, tokens_hint: str) -> None:
     from rich.table import Table
 
     stats = Table(title="length per record", title_justify="left")
@@ -236,7 +237,7 @@ def _render_lengths(report: dict, console) -> None:
             stats.add_row(unit, *(_num(s[k]) for k in ("mean", "median", "p95", "min", "max")))
     console.print(stats)
     if not report.get("tokens"):
-        console.print(TOKENS_HINT)
+        console.print(tokens_hint)
     capped = report["analysed_chars"]
     if report.get("tokens") and capped["longer"]:
         console.print(

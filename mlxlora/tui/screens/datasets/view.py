@@ -24,6 +24,9 @@ def load_report(name: str) -> tuple[dict, list[dict]]:
     return report, records[:PREVIEW_RECORDS]
 
 
+TOKENS_HINT = "tokens: type a model above and press Count tokens (e.g. builtin:smollm2-135m)"
+
+
 def report_text(report: dict, width: int) -> Text:
     """The report as `mlxlora data show` prints it, `width` cells wide."""
     from mlxlora.commands.data import render
@@ -32,7 +35,7 @@ def report_text(report: dict, width: int) -> Text:
     console = Console(
         file=out, width=width, force_terminal=True, color_system="truecolor", highlight=False
     )
-    render(report, console)
+    render(report, console, TOKENS_HINT)
     return Text.from_ansi(out.getvalue().rstrip("\n"))
 
 
