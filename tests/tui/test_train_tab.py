@@ -192,6 +192,10 @@ def test_stages_validate_and_save(workspace, tmp_path):
             await settle(app, pilot)
             assert app.query_one("#train-stages").display
             assert [r.stage() for r in app.query(StageRow)] == [("0.0001", "3.0")]
+            ignored = ("#f-training-learning_rate", "#f-training-epochs")  # the stages set them
+            assert all(app.query_one(box, Input).disabled for box in ignored)
+            head = [str(label.content) for label in app.query("#stage-head Label")]
+            assert head[1:3] == ["learning rate", "epochs"]
             app.query_one("#stage-add", Button).press()
             await settle(app, pilot)
             epochs = app.query(StageRow)[1].query_one(".stage-epochs", Input)

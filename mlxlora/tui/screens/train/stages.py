@@ -39,12 +39,21 @@ class StagesEditor(Vertical):
     DEFAULT_CSS = """
     StagesEditor { height: auto; }
     StagesEditor > #stage-rows { height: auto; }
+    StagesEditor > #stage-head { height: 1; color: $text-muted; }
+    StagesEditor > #stage-head > Label { width: 1fr; margin-right: 1; }
+    StagesEditor > #stage-head > .lead { width: 8; margin-right: 0; }
+    StagesEditor > #stage-head > .tail { width: 8; }
     """
 
     class Changed(Message):
         pass
 
     def compose(self) -> ComposeResult:
+        with Horizontal(id="stage-head"):  # which box is which, above the rows' boxes
+            yield Label("", classes="lead")
+            yield Label("learning rate")
+            yield Label("epochs")
+            yield Label("", classes="tail")
         yield Vertical(id="stage-rows")
         yield Button("add stage", id="stage-add", compact=True)
 

@@ -18,6 +18,7 @@ from mlxlora.config import SCHEDULES, Config
 from mlxlora.data import store
 from mlxlora.errors import MlxloraError
 from mlxlora.prepare import layers_problem
+from mlxlora.sweep import STAGED_SETS
 from mlxlora.tui.screens.system import doctor_report
 from mlxlora.tui.screens.train import form
 from mlxlora.tui.screens.train.models import describe, model_options
@@ -141,13 +142,13 @@ class TrainTab(Vertical):
                         key=form.FIT,
                         help=form.help_text(form.FIT),
                     )
-        with Vertical(id="train-footer"):
-            yield Static("", id="train-memory")
-            yield Static("", id="train-status", markup=False)
+        with Vertical(id="train-footer"):  # the buttons first: long advice never hides them
             with Horizontal(id="train-buttons"):
                 yield Button("Start", variant="primary", id="train-start", compact=True)
                 yield Button("Sweep…", id="train-sweep", compact=True)
                 yield Button("Save as YAML", id="train-save", compact=True)
+            yield Static("", id="train-status", markup=False)
+            yield Static("", id="train-memory")
 
     def _row(self, key: str, label: str) -> FieldRow:
         return FieldRow(label, _input(key), key=key, help=form.help_text(key))
@@ -352,7 +353,10 @@ class TrainTab(Vertical):
         elif event.select.id == "train-model-pick" and event.value is not Select.NULL:
             self.query_one("#f-model", Input).value = event.value
         elif event.select.id == "f-schedule":
-            self.query_one("#train-stages").display = event.value == "staged"
+            staged = event.value == "staged"
+            self.query_one("#train-stages").display = staged
+            for key in STAGED_SETS:  # the stages set them: not editable beside them
+                self.query_one(f"#f-{key.replace('.', '-')}", Input).disabled = staged
             await self._first_stage()
             self.validate()
         else:
