@@ -179,7 +179,7 @@ class RunDetail(Horizontal):
         """The run's peak against the budget it ran under (the engine's GB are 1e9 bytes)."""
         budget = view.started.memory_budget_gb if view.started else None
         if budget:
-            of = f" of its {fmt_bytes(budget * 1e9)} budget"
+            of = f" of {fmt_bytes(budget * 1e9)}"  # its budget (the line has ~28 cells)
         else:  # a run from before budgets were recorded
             of = f" of {fmt_bytes(self.machine_bytes)} RAM" if self.machine_bytes else ""
         peak = view.peak_memory

@@ -6,6 +6,8 @@ repainted (every tab switch back to Runs), so each drawing is turned into lines 
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -117,7 +119,23 @@ class LossChart(PlotextPlot):
                 plt.plot(x, y, label=label, color=s.color, marker="braille")
         for x in readable_lines(self.vlines, self.size.width) if drawn else ():
             plt.vertical_line(x, color="gray")
+        steps = [v for s in drawn for v in (s.x[0], s.x[-1])]
+        if steps:  # whole steps on the axis (plotext put 15.8 and 31.5; one point: -1 to 1)
+            lo, hi = min(steps), max(steps)
+            lo, hi = (lo - 1, hi + 1) if lo == hi else (lo, hi)
+            plt.xlim(lo, hi)
+            plt.xticks(step_ticks(lo, hi, self.size.width))
         return super().render()
+
+
+def step_ticks(lo: float, hi: float, width: int) -> list[int]:
+    """Whole-number ticks from `lo` to `hi` a round distance apart (1, 2, 5 x 10^k), at most
+    one per 12 cells of `width`."""
+    most = max(2, width // 12)
+    span = max(hi - lo, 1)
+    gaps = (m * 10**k for k in itertools.count() for m in (1, 2, 5))
+    gap = next(g for g in gaps if span / g <= most)
+    return list(range(math.ceil(lo / gap) * gap, math.floor(hi) + 1, gap))
 
 
 def one_char_per_cell(text: str) -> str:
