@@ -17,7 +17,7 @@ from mlxlora import machine, memory, queue, runs
 from mlxlora.tui.app import MlxloraApp
 from mlxlora.tui.screens.runs import RunsTab
 from mlxlora.tui.widgets.confirm import Confirm
-from mlxlora.tui.widgets.loss_chart import LossChart, readable_lines
+from mlxlora.tui.widgets.loss_chart import LossChart, readable_lines, step_ticks
 
 
 def four_runs():
@@ -330,3 +330,11 @@ def test_a_sweeps_runs_show_together_under_its_name(home, monkeypatch):
             ]
 
     asyncio.run(go())
+
+
+def test_the_step_axis_has_whole_round_ticks():
+    """plotext put ticks at 15.8, 31.5, 47.2 and, for one evaluation, at -1 to 1."""
+    assert step_ticks(1, 63, 80) == [20, 40, 60]  # at most one per 12 cells: 6 here
+    assert step_ticks(1, 10, 40) == [5, 10]  # 3 at most
+    assert step_ticks(2, 4, 80) == [2, 3, 4]  # one point (3) widened by a step each side
+    assert step_ticks(0, 2000, 160) == list(range(0, 2001, 200))
