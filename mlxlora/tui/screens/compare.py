@@ -121,12 +121,15 @@ class CompareTab(Vertical):
         self._draw_chart(picked)
 
     def _label(self, path: Path) -> str:
-        """A run as the list shows it: a sweep's run by what tells it from the others first
-        (`rank8-<stamp>  (sweep)`): a narrow list cuts the end of a line."""
-        sweep = self._sweep_of(path)
-        if sweep and path.name.startswith(f"{sweep}-"):
-            return f"{path.name.removeprefix(f'{sweep}-')}  ({sweep})"
-        return path.name
+        """A run as the list shows it, what tells it from the others first (a narrow list
+        cuts the end of a line): its name, then when it started (`11-26 15:39`); a sweep's
+        run without the sweep's name (`rank8  (sweep, 11-26 15:39)`)."""
+        name, sweep = runs.given_name(path), self._sweep_of(path)
+        stamp = path.name.removeprefix(name).removeprefix("-")
+        when = f"{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}" if stamp else ""
+        if sweep and name.startswith(f"{sweep}-"):
+            return f"{name.removeprefix(f'{sweep}-')}  ({', '.join(filter(None, (sweep, when)))})"
+        return f"{name}  {when}".rstrip()
 
     def _draw_list(self) -> None:
         present = _newest_first(self.book.present)
