@@ -102,16 +102,15 @@ def list_runs(args) -> int:
     return 0
 
 
-MIN_COLUMN = 4  # cells the other columns of a listing keep beside its whole ones
 WORD_CAP = 12  # a longer word (a path) folds rather than squeeze the other columns
 
 
 def listing_table(title: str, columns: list[str], rows: list[list[str]], width: int, whole=1):
     """A rich table whose first `whole` columns (what a user types back: a run's name, a job's
     id and name) are never cut: they keep one line and the other columns wrap beside them,
-    each keeping its longest word when there is room (`fit_widths`). Only when the whole
-    columns alone overflow `width` do they fold too, still whole, onto more lines. No
-    borders: at 80 columns their cells are better spent on the text."""
+    each keeping its longest word (`fit_widths`). Where those words do not fit beside them,
+    the rows are `stacked` instead. No borders: at 80 columns their cells are better spent
+    on the text."""
     from rich.cells import cell_len
     from rich.table import Table
     from rich.text import Text
@@ -121,31 +120,46 @@ def listing_table(title: str, columns: list[str], rows: list[list[str]], width: 
     words = [max(cell_len(w) for text in texts for w in [*text.split(), ""]) for texts in cells]
     least = [min(WORD_CAP, w) for w in words]
     room = width - 2 * (len(columns) - 1) - sum(natural[:whole])  # 2: the gap between columns
-    fits = room >= MIN_COLUMN * (len(columns) - whole)
-    widths = natural[:whole] + fit_widths(natural[whole:], least[whole:], room) if fits else None
+    if room < sum(least[whole:]):  # the other columns would fold inside their words
+        return stacked(title, columns, rows, whole, width)
+    widths = natural[:whole] + fit_widths(natural[whole:], least[whole:], room)
     table = Table(title=title, box=None, padding=(0, 1), pad_edge=False, header_style="bold")
     for n, column in enumerate(columns):
-        table.add_column(
-            column, no_wrap=fits and n < whole, overflow="fold", width=widths and widths[n]
-        )
+        table.add_column(column, no_wrap=n < whole, overflow="fold", width=widths[n])
     for row in rows:
         table.add_row(*map(Text, row))  # text, never markup: an error may hold [brackets]
     return table
 
 
+def stacked(title: str, columns: list[str], rows: list[list[str]], whole: int, width: int):
+    """A listing too wide for the terminal: each row's whole columns on a line of their own,
+    then its other columns as `title value` pairs, indented, a line broken only between
+    pairs (rich breaks at any space, a non-breaking one too)."""
+    from rich.cells import cell_len
+    from rich.console import Group
+    from rich.text import Text
+
+    lines = [Text(title, style="italic")]
+    for row in rows:
+        lines.append(Text("  ".join(row[:whole]), style="bold"))
+        line = ""
+        for c, v in zip(columns[whole:], row[whole:], strict=True):
+            pair = f"{c} {v}" if v else ""
+            if pair and line and cell_len(f"  {line} · {pair}") > width:
+                lines.append(Text(f"  {line}"))
+                line = ""
+            line = f"{line} · {pair}" if line and pair else line or pair
+        lines.append(Text(f"  {line}"))
+    return Group(*lines)
+
+
 def fit_widths(natural: list[int], least: list[int], room: int) -> list[int]:
-    """Column widths within `room` cells: each its natural width when all fit, else at least
-    its longest word and the rest shared in proportion to what each still wants; when even
-    the words do not fit, the widest columns narrow first (their words fold): a number stays
-    whole longest."""
+    """Column widths within `room` cells (at least the sum of `least`): each its natural width
+    when all fit, else its longest word (`least`) and the rest shared in proportion to what
+    each still wants."""
     least = [min(a, b) for a, b in zip(least, natural, strict=True)]
     if sum(natural) <= room:
         return natural
-    if sum(least) >= room:
-        widths = list(least)
-        while sum(widths) > room and max(widths) > 1:  # the widest give way first
-            widths[widths.index(max(widths))] -= 1
-        return widths
     want = [n - w for n, w in zip(natural, least, strict=True)]
     spare = room - sum(least)
     return [w + spare * more // sum(want) for w, more in zip(least, want, strict=True)]

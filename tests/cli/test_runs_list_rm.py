@@ -35,6 +35,9 @@ def test_runs_list_at_80_columns_keeps_each_name_whole(home, capsys, monkeypatch
     for run in trained:  # on one line, as `runs show` and `runs rm` take it
         assert any(line.split()[:1] == [run.name] for line in out.splitlines())
     assert max(len(line) for line in out.splitlines()) <= 80
+    # beside a long name the other columns no longer fit their words (`finishe d`,
+    # `slow_c onverg ence`): each run's facts go under its name, whole
+    assert out.count("status finished") == 2 and out.count("model builtin:tiny") == 2
 
 
 def test_runs_list_shows_the_best_val_so_far_of_a_running_then_killed_run(home, capsys):
