@@ -20,3 +20,11 @@ def clock(seconds: float | None) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+BLANK_ANSWER = "(blank: only spaces and line breaks; an untrained or random model's answer)"
+
+
+def answer(text: str) -> str:
+    """A generated answer as shown: stripped, or BLANK_ANSWER when nothing but whitespace."""
+    return text.strip() or BLANK_ANSWER

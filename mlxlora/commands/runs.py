@@ -8,7 +8,7 @@ import shlex
 import time
 from pathlib import Path
 
-from mlxlora.fmt import NONE, num
+from mlxlora.fmt import NONE, answer, num
 
 
 def register(sub) -> None:
@@ -254,8 +254,8 @@ def _print_run(info, cfg, model_dir, paths, evals, samples, summary) -> None:
         table.add_row(str(e.step), f"{e.epoch:.2f}", num(e.val_loss), f"{e.perplexity:.2f}", best)
     console.print(table)
     for s in samples:
-        prompt, answer = (escape(" ".join(t.split())) for t in (s.prompt, s.answer))
-        console.print(f"[bold]{s.when} training[/] (step {s.step}) '{prompt}'\n  -> {answer}")
+        prompt, said = (escape(" ".join(t.split())) for t in (s.prompt, answer(s.answer)))
+        console.print(f"[bold]{s.when} training[/] (step {s.step}) '{prompt}'\n  -> {said}")
     console.print("summary:")
     for label, text in summary_rows(summary):
         console.print(f"  {label}: {escape(text)}")

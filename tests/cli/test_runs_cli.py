@@ -41,6 +41,8 @@ def test_show_prints_config_model_command_samples_and_dashes(
     assert not any(line.startswith("training.grad_clip") for line in lines)
     assert "before training (step 0) '日本の首都は？'" in lines
     assert "after training (step 3) '日本の首都は？'" in lines
+    answers = [lines[i + 1] for i, line in enumerate(lines) if "training (step" in line]
+    assert len(answers) == 2 and "->" not in answers  # builtin:tiny answers blank: it says so
     model_dir = summary["model_dir"]
     adapters = RunPaths(run).adapters
     command = (

@@ -21,7 +21,7 @@ from mlxlora.events import (
     Sample,
     Step,
 )
-from mlxlora.fmt import NONE
+from mlxlora.fmt import NONE, answer
 from mlxlora.memory import fmt_bytes
 from mlxlora.queue import Job
 from mlxlora.runview import RunView
@@ -216,7 +216,7 @@ def _samples(view: RunView) -> str:
         for when in ("before", "after"):
             sample = view.samples.get((when, prompt))
             if sample:
-                parts.append(f"  {when}: {sample.answer.strip()}")
+                parts.append(f"  {when}: {answer(sample.answer)}")
     return "\n".join(parts)
 
 
