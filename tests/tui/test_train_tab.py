@@ -422,6 +422,23 @@ def test_the_form_follows_the_device_the_system_tab_learned(workspace, monkeypat
     asyncio.run(go())
 
 
+def test_the_budget_is_read_again_when_the_tab_comes_back(workspace, monkeypatch):
+    """Linux's budget is the memory free now: the form said 22.9 GiB long after the System
+    tab said 22.1 (a QA finding)."""
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            assert "of a 16.0 GiB budget" in text(app, "#train-memory")
+            monkeypatch.setattr(machine, "memory_budget", lambda: 12 * memory.GIB)
+            await pilot.press("1", "2")
+            await settle(app, pilot)
+            assert "of a 12.0 GiB budget" in text(app, "#train-memory")
+
+    asyncio.run(go())
+
+
 def test_a_config_that_forces_another_backend_is_estimated_on_its_own_device(workspace):
     """auto trains on the learned CUDA card; `backend: mlx` there trains on the CPU (mlx[cpu]),
     with the machine's memory: the form's verdict says so, not the card's."""

@@ -28,6 +28,7 @@ from mlxlora.tui.screens.train.sweep_dialog import SweepDialog
 from mlxlora.tui.widgets.field import FieldRow
 
 CUSTOM = "custom"
+BUDGET_MOVE = 0.01  # the free memory changes all the time: a new verdict past 1% of it
 
 
 PLACEHOLDERS = {"training.memory_budget": "this machine's (e.g. 12GB)"}
@@ -172,10 +173,13 @@ class TrainTab(Vertical):
 
     def _follow_device(self) -> None:
         """The budget, the verdict and the picker's marks follow the device once a doctor
-        child (this tab's or the System tab's) has named it."""
-        if machine.training_device() != self.device:
-            self.device = machine.training_device()
-            self.budget = self.device.budget
+        child (this tab's or the System tab's) has named it, and the memory free now (the
+        System tab's figure) when the tab comes back into view."""
+        device = machine.training_device()
+        budget = device.budget
+        moved = budget and self.budget and abs(budget - self.budget) > BUDGET_MOVE * self.budget
+        if device != self.device or moved:
+            self.device, self.budget = device, budget
             self.validate()
 
     def on_show(self) -> None:
