@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 SHOWN_LAYERS = 5  # the worst-approximated layers printed (--json lists every layer)
@@ -46,5 +47,5 @@ def summary_lines(result: dict) -> list[str]:
         f"merged {len(result['sources'])} adapters at rank {result['rank']} into {result['out']}",
         f"relative error (Frobenius) over all {len(layers)} layers: {result['error']:.3e}",
         *(f"  {layers[module]:.3e}  {module}" for module in worst),
-        f"try it: mlxlora generate --adapter {result['out']} --prompt '...'",
+        f"try it: mlxlora generate --adapter {shlex.quote(result['out'])} --prompt '...'",
     ]

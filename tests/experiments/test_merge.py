@@ -180,3 +180,20 @@ def test_the_merged_adapter_has_the_permissions_the_umask_gives(ws, tmp_path):
     assert stat.S_IMODE(result.out.stat().st_mode) == 0o750  # not tempfile's 0700
     for path in result.out.rglob("*"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+
+
+def test_the_try_it_line_is_a_command_that_pastes():
+    """A merged adapter named with a space: the printed command quotes its path."""
+    import shlex
+
+    from mlxlora.commands.merge import summary_lines
+
+    result = {
+        "sources": ["a", "b"],
+        "rank": 8,
+        "out": "/tmp/ws/merged/基本実験 v2-merged",
+        "error": 1e-3,
+        "layer_errors": {"layers.0.q_proj": 1e-3},
+    }
+    command = summary_lines(result)[-1].removeprefix("try it: ")
+    assert shlex.split(command)[3] == "/tmp/ws/merged/基本実験 v2-merged"
