@@ -390,7 +390,7 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError([f"file not found: {p}"], source)
+            raise ConfigError(["file not found"], source)
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -200,3 +200,9 @@ def test_dataset_files_are_relative_to_the_config_and_normalised():
     repo = Path(__file__).resolve().parents[2]
     cfg = config.load(repo / "configs" / "quickstart.yaml")
     assert cfg.data.dataset == str(repo / "tutorial" / "data" / "quickstart.jsonl")
+
+
+def test_a_config_that_is_not_there_is_named_once():
+    with pytest.raises(ConfigError) as caught:
+        config.load("無い.yaml")
+    assert str(caught.value) == "無い.yaml: file not found"  # it said the path twice
