@@ -422,6 +422,24 @@ def test_the_form_follows_the_device_the_system_tab_learned(workspace, monkeypat
     asyncio.run(go())
 
 
+def test_a_dataset_removed_meanwhile_leaves_the_form(workspace):
+    """Removed from the Datasets tab, the form still chose it and said "ready"; the job then
+    failed when it was started."""
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            assert app.query_one("#f-dataset", Select).value == "quickstart"
+            store.remove_dataset("quickstart", force=True)
+            await pilot.press("1", "2")
+            await settle(app, pilot)
+            assert app.query_one("#f-dataset", Select).value is Select.NULL
+            assert "data.dataset" in problems(app)
+
+    asyncio.run(go())
+
+
 def test_the_budget_is_read_again_when_the_tab_comes_back(workspace, monkeypatch):
     """Linux's budget is the memory free now: the form said 22.9 GiB long after the System
     tab said 22.1 (a QA finding)."""

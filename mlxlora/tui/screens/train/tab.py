@@ -15,7 +15,7 @@ from textual.widgets import Button, Checkbox, Input, Select, Static
 
 from mlxlora import config, machine, memory
 from mlxlora.config import SCHEDULES, Config
-from mlxlora.data import store
+from mlxlora.data import refs, store
 from mlxlora.errors import MlxloraError
 from mlxlora.prepare import layers_problem
 from mlxlora.sweep import STAGED_SETS
@@ -222,7 +222,10 @@ class TrainTab(Vertical):
     def _set_datasets(self, current: str) -> None:
         names = [m.name for m in store.list_datasets()]
         if current and current not in names:
-            names.append(current)  # a preset's file, imported when training starts
+            if refs.looks_like_file(current):
+                names.append(current)  # a preset's file, imported when training starts
+            else:
+                current = ""  # a stored dataset removed since: the form says to choose one
         select = self.query_one("#f-dataset", Select)
         value = current if current else Select.NULL
         if names == self._dataset_names and select.value == value:
