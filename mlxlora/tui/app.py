@@ -121,13 +121,18 @@ class MlxloraApp(App):
         return lambda: self.action_show_tab(tab)
 
     def _tab_bindings(self):
-        """Bindings of the tab in view and its widgets: every action a user can take there."""
+        """Bindings of the tab in view and its widgets: every action a user can take there,
+        each once (a form's dozen inputs each bind "Copy selected text"): the focused
+        widget's where it has one, else the first."""
         active = self.query_one(TabbedContent).active
         pane = self.query_one(f"#{active}", TabPane)
+        found: dict[str, tuple[Binding, object]] = {}
         for node in pane.query("*"):
             for binding in getattr(node, "BINDINGS", []):
                 if isinstance(binding, Binding) and binding.description:
-                    yield binding, node
+                    if binding.description not in found or node is self.focused:
+                        found[binding.description] = (binding, node)
+        yield from found.values()
 
 
 def _settle_heap() -> None:

@@ -54,6 +54,20 @@ def test_palette_offers_every_tab(home):
     asyncio.run(go())
 
 
+def test_the_palette_lists_each_action_once(home):
+    """The Train form's inputs each bind copy and cut: the palette listed them three times."""
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.5)
+            titles = [c.title for c in app.get_system_commands(app.screen)]
+            assert "Start job" in titles
+            assert len(titles) == len(set(titles)), sorted(titles)
+
+    asyncio.run(go())
+
+
 def test_a_tab_is_mounted_when_first_shown(home):
     from mlxlora.tui.screens.train import TrainTab
 
