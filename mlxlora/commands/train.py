@@ -314,6 +314,8 @@ class ProgressView:
         from mlxlora.commands.runs import summary_rows
 
         table = Table(title="summary", show_header=False, box=None)
+        table.add_column(no_wrap=True)
+        table.add_column(overflow="fold")  # a path or hash folds whole, never cut to "…"
         for label, text in summary_rows(summary):
             table.add_row(label, text)
         Console().print(table)

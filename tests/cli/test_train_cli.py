@@ -309,6 +309,8 @@ def test_without_a_terminal_progress_is_plain_lines(home, tmp_path):
     assert summary["best val loss"] == "—" and summary["outcome"] == "completed"
     assert re.fullmatch(r"\d+\.\d{4}", summary["train loss ema"])
     assert "None" not in out.stdout
+    folded = "".join(out.stdout.split())  # a long path folds onto more lines, never cut to "…"
+    assert "…" not in out.stdout and str(run / "adapters") in folded
 
 
 def test_plain_progress_interval_is_an_argument(home, tmp_path, capsys):
