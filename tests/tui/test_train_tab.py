@@ -484,13 +484,19 @@ async def load_tiny_preset(app, pilot) -> None:
 
 
 def test_start_queues_the_job_and_the_runner_trains_it(workspace):
+    from run_fixtures import write_run
     from textual.widgets import TabbedContent
 
     from mlxlora import queue
 
+    write_run("前の実行")  # the Runs tab selected it: the new job's details were not shown
+
     async def go():
         app = MlxloraApp("train")
         async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("3")  # the Runs tab open on the earlier run
+            await pilot.pause(0.5)
+            await pilot.press("2")
             await load_tiny_preset(app, pilot)
             await type_into(pilot, app, "#f-name", "開始テスト")
             await type_into(pilot, app, "#f-training-epochs", "1")
@@ -498,15 +504,21 @@ def test_start_queues_the_job_and_the_runner_trains_it(workspace):
             await pilot.press("ctrl+g")
             await pilot.pause()
             assert app.query_one(TabbedContent).active == "runs"
+            (job,) = queue.jobs()
+            runs_tab = app.query_one("#runs-tab")
+            deadline = time.monotonic() + 240
+            while job.state != "done" and time.monotonic() < deadline:
+                await pilot.pause(0.5)
+                (job,) = queue.jobs()
+                if runs_tab.selected_key() not in (f"job:{job.id}", job.run_dir):
+                    raise AssertionError(f"the Runs tab selected {runs_tab.selected_key()}")
+            await pilot.pause(1.0)
+            assert runs_tab.selected_key() == job.run_dir  # the job, then the run it became
             return cfg
 
     cfg = asyncio.run(go())
     (job,) = queue.jobs()
     assert job.name == "開始テスト" and config.load(job.config) == cfg
-    deadline = time.monotonic() + 240
-    while job.state != "done" and time.monotonic() < deadline:
-        time.sleep(0.5)
-        (job,) = queue.jobs()
     assert (job.state, job.exit_code, job.error) == ("done", 0, None)
     events = [json.loads(line) for line in Path(job.run_dir, "events.jsonl").open()]
     assert events[-1]["type"] == "run_finished"

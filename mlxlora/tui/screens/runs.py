@@ -56,6 +56,7 @@ class RunsTab(Vertical):
         self._catching_up = False
         self._rows: dict[str, tuple] = {}  # row key -> cells as drawn
         self._sweeps: dict[Path, str | None] = {}  # run -> its sweep, read once
+        self._following: str | None = None  # a job id to select, then its run (`follow`)
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="runs-table", cursor_type="row")
@@ -154,6 +155,24 @@ class RunsTab(Vertical):
             if selected in rows:
                 table.move_cursor(row=list(rows).index(selected))
         self._rows = rows
+        self._follow_job(table, rows)
+
+    def follow(self, job_id: str) -> None:
+        """Select a job just queued (the Train tab's Start), then the run it becomes."""
+        self._following = job_id
+        self._dirty = True
+        self.redraw()
+
+    def _follow_job(self, table: DataTable, rows: dict) -> None:
+        job = next((j for j in self.book.jobs if j.id == self._following), None)
+        if job is None:
+            return
+        run = str(job.run_dir) if job.run_dir else None
+        key = run if run in rows else f"job:{job.id}"
+        if key in rows and self.selected_key() != key:
+            table.move_cursor(row=list(rows).index(key))
+        if key == run:
+            self._following = None  # arrived: the user's cursor from here on
 
     def _draw_detail(self) -> None:
         key, book = self.selected_key(), self.book

@@ -404,6 +404,7 @@ class TrainTab(Vertical):
         queue.ensure_runner()
         self._say("#train-status", f"queued {job.name}")
         self.app.action_show_tab("runs")
+        self.app.query_one("#runs-tab").follow(job.id)  # not the run selected before
 
     def action_save_yaml(self) -> None:
         cfg = self.validate()
