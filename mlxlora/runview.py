@@ -199,7 +199,10 @@ class RunView:
 
     @property
     def best_eval(self) -> Eval | None:
-        return min(self.evals, key=lambda e: e.val_loss, default=None)
+        """The lowest validation loss after training began, as the run's summary counts it:
+        the baseline (step 0, the untouched model) is no checkpoint to keep."""
+        trained = [e for e in self.evals if e.step > 0]
+        return min(trained, key=lambda e: e.val_loss, default=None)
 
     @property
     def mean_tokens_per_sec(self) -> float | None:

@@ -131,3 +131,13 @@ def test_run_info_reads_the_head_and_the_tail_of_a_long_run(tmp_path, monkeypatc
     with EventWriter(run / "events.jsonl") as w:
         w.emit(RunFinished(step=3000, best_val_loss=1.5, best_step=3000, elapsed_sec=9.0))
     assert runlist.run_info(run).status == "finished"
+
+
+def test_the_baseline_evaluation_is_no_best(tmp_path):
+    """Stopped right after the untouched model's evaluation (step 0): the Runs tab said best
+    val 1.6569 where runs list and the summary say none (no adapter holds it)."""
+    view = RunView(tmp_path)
+    view.add([started(), Eval(step=0, epoch=0.0, val_loss=1.6569, perplexity=5.2)])
+    assert view.best_eval is None and view.val.last() == 1.6569  # on the chart, not the best
+    view.add([Eval(step=4, epoch=0.4, val_loss=1.9, perplexity=6.7)])
+    assert view.best_eval.step == 4  # the best checkpoint, even when worse than the baseline
