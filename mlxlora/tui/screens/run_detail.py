@@ -169,7 +169,8 @@ class RunDetail(Horizontal):
             f"val     {num(view.val.last())}  best {num(best.val_loss if best else None)}"
             + (f" @{best.step}" if best else ""),
             f"lr      {num(step.lr if step else None, '.2e')}",
-            f"tok/s   {num(step.tokens_per_sec if step else None, '.0f')}",
+            f"tok/s   {num(step.tokens_per_sec if step else None, '.0f')}"  # as Compare: the mean
+            f"  mean {num(view.mean_tokens_per_sec, '.0f')}",
             f"memory  {self._memory(view)}",
             f"ETA     {clock(eta)}  elapsed {clock(view.elapsed_sec)}",
         ]
