@@ -184,8 +184,11 @@ def test_a_run_the_memory_budget_stopped_resumes_fitted(home, monkeypatch):
             await wait_for(pilot, lambda: len(rows(app)) == 1)
             await pilot.press("r")
             await wait_for(pilot, lambda: statuses(app)[path.name] == "queued")
-        (job,) = queue.jobs()
-        assert job.fit and job.command()[-3:] == [str(path.resolve()), "--fit", "--json"]
+            (job,) = queue.jobs()
+            assert job.fit and job.command()[-3:] == [str(path.resolve()), "--fit", "--json"]
+            await pilot.press("s")  # queued by mistake: s takes it off the queue
+            await wait_for(pilot, lambda: statuses(app)[path.name] == "failed")
+        assert queue.jobs() == []
 
     asyncio.run(go())
 

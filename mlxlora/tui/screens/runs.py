@@ -200,13 +200,30 @@ class RunsTab(Vertical):
         return Path(key) if key and Path(key) in self.book.views else None
 
     def action_stop_run(self) -> None:
-        """Ask the selected running run to checkpoint and stop (the STOP file)."""
+        """Ask the selected running run to checkpoint and stop (the STOP file); a run queued
+        to resume is taken off the queue (nothing else could cancel a resume queued by
+        mistake)."""
         path = self._selected_run()
+        if path is not None and self.book.status(path) == "queued":
+            self._drop_resume(path)
+            return
         if path is None or self.book.status(path) != "running":
-            self.notify("Only a running run can be stopped", severity="warning")
+            self.notify("Only a running or queued run can be stopped", severity="warning")
             return
         runs.RunPaths(path).stop_request.touch()
         self.notify(f"Stopping {path.name} after its current step (checkpoint kept)")
+
+    def _drop_resume(self, path: Path) -> None:
+        mine = str(path.resolve())
+        job = next((j for j in self.book.jobs if j.state == "queued" and j.run_dir == mine), None)
+        try:
+            if job is None:
+                raise MlxloraError(f"{path.name} is no longer queued")
+            queue.remove(job.id)
+        except MlxloraError as exc:  # the runner took it meanwhile
+            self.notify(str(exc), severity="warning")
+            return
+        self.notify(f"Resume of {path.name} taken off the queue")
 
     def action_resume_run(self) -> None:
         """Queue the selected stopped, interrupted or failed run to continue."""
