@@ -27,6 +27,9 @@ OSCILLATION_RATIO = 0.2  # scatter around the trend / mean loss beyond which los
 MAD_TO_STD = 1.4826
 SPIKE_WINDOW = 10  # a step's loss against the median of this many steps before it
 SPIKE_RATIO = 2.0
+# ... and beyond their own scatter: with a few short records a step, losses of 0.02 and 0.9
+# follow each other on a healthy run (the quick start's step 14 was flagged)
+SPIKE_MADS = 6.0
 PLATEAU_EVALS = 3  # evaluations (after the baseline) over which the best must improve
 PLATEAU_MIN_GAIN = 0.01  # relative improvement of best val loss and smoothed train loss
 SLOW_MIN_GAIN = 0.1  # after half the steps the smoothed loss should be this far below its start
@@ -44,6 +47,7 @@ REMEDIES = {
         "more training data",
     ],
     "oscillation": [
+        "more records a step: training.grad_accumulation 2-4 (a few short records scatter)",
         "lower training.learning_rate (down to 1e-5)",
         "longer training.warmup_steps",
         "training.grad_clip: 1.0 (or lower)",
@@ -251,7 +255,8 @@ def oscillation(d: Diagnoser) -> Finding | None:
 
 def lr_too_high(d: Diagnoser) -> Finding | None:
     """A non-finite loss (the run failed on it), or a step's loss SPIKE_RATIO times the
-    median of the SPIKE_WINDOW steps before it."""
+    median of the SPIKE_WINDOW steps before it and SPIKE_MADS of their median absolute
+    deviations above it."""
     if d.failed and _NON_FINITE.search(d.failed.reason):
         return _finding(
             "lr_too_high",
@@ -265,8 +270,10 @@ def lr_too_high(d: Diagnoser) -> Finding | None:
     for i in range(max(SPIKE_WINDOW, d.spikes_checked), len(d.steps)):
         d.spikes_checked = i + 1
         step, loss = d.steps[i]
-        before = statistics.median(x for _, x in d.steps[i - SPIKE_WINDOW : i])
-        if before > 0 and loss > SPIKE_RATIO * before:
+        window = [x for _, x in d.steps[i - SPIKE_WINDOW : i]]
+        before = statistics.median(window)
+        scatter = statistics.median(abs(x - before) for x in window)
+        if before > 0 and loss > max(SPIKE_RATIO * before, before + SPIKE_MADS * scatter):
             return _finding(
                 "lr_too_high",
                 "warning",

@@ -171,3 +171,12 @@ def test_finding_event_round_trips():
     assert isinstance(event, Diagnosis) and event.kind == "truncation"
     assert event.remedy == diagnosis.REMEDIES["truncation"]
     assert Diagnoser().add([event]).findings()[0].evidence == finding.evidence
+
+
+def test_a_noisy_step_among_noisy_steps_is_no_spike():
+    """The quick start's per-step losses (a few short records a step) scatter from 0.02 to
+    1.05 on a healthy run: 0.945 at step 14 was flagged as a learning rate too high."""
+    quick = [1.803, 1.687, 0.173, 1.052, 1.017, 0.728, 0.233, 0.097, 0.643, 0.381, 0.133,
+             0.122, 0.019, 0.945, 0.017, 0.022, 0.17, 0.287, 0.078, 0.659]  # fmt: skip
+    found = diagnose(run_events(steps=len(quick), loss=lambda s: quick[s - 1]))
+    assert "lr_too_high" not in [f.kind for f in found]
