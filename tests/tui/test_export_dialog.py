@@ -98,3 +98,22 @@ def test_export_dialog_says_which_ollama_name_it_used(home, fake_ollama, monkeyp
 
     asyncio.run(go())
     assert fake_ollama.calls() == []
+
+
+def test_at_80x24_the_dialog_scrolls_to_what_the_export_wrote(home, monkeypatch):
+    """The result's last lines (the `ollama create` command, the Modelfile) fell below an
+    80 x 24 screen and could not be scrolled to."""
+    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    write_run("done", end="finished")
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            dialog = await open_export(pilot, "done-20250615-000000")
+            dialog._show([f"wrote file {i}" for i in range(1, 21)], failed=False)
+            await pilot.pause(0.3)
+            assert "wrote file 20" in screen_text(app)
+
+    import asyncio
+
+    asyncio.run(go())

@@ -141,6 +141,7 @@ class ExportDialog(Dialog[None]):
         log = self.query_one("#export-log", Static)
         log.update(Text("\n".join(lines)))
         log.set_class(failed, "-failed")
+        self.call_after_refresh(self.query_one(Vertical).scroll_end, animate=False)  # the news
 
 
 def _suggested_name(run: Path) -> str:

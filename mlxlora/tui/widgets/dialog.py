@@ -10,12 +10,13 @@ from textual.widgets import Label
 
 
 class Dialog(ModalScreen[ScreenResultType]):
-    """A ModalScreen whose first child is the dialog's Vertical column."""
+    """A ModalScreen whose first child is the dialog's Vertical column; it scrolls where a
+    small terminal (80 x 24) cannot show all of it."""
 
     DEFAULT_CSS = """
     Dialog { align: center middle; }
     Dialog > Vertical {
-        width: 90%; max-width: 100; height: auto; max-height: 100%;
+        width: 90%; max-width: 100; height: auto; max-height: 100%; overflow-y: auto;
         border: thick $primary; background: $surface; padding: 0 1;
     }
     Dialog .field, Dialog .buttons { height: auto; margin-top: 1; }
