@@ -82,7 +82,7 @@ def list_jobs(args) -> int:
     console = Console()
     columns = ["id", "name", "kind", "state", "queued", "run / error"]
     title = f"jobs in {queue.root()}"
-    console.print(listing_table(title, columns, rows, console.width, whole=2))
+    console.print(listing_table(title, columns, rows, console.width, whole=2, names=(5,)))
     return 0
 
 

@@ -105,12 +105,15 @@ def list_runs(args) -> int:
 WORD_CAP = 12  # a longer word (a path) folds rather than squeeze the other columns
 
 
-def listing_table(title: str, columns: list[str], rows: list[list[str]], width: int, whole=1):
+def listing_table(
+    title: str, columns: list[str], rows: list[list[str]], width: int, whole=1, names=()
+):
     """A rich table whose first `whole` columns (what a user types back: a run's name, a job's
     id and name) are never cut: they keep one line and the other columns wrap beside them,
-    each keeping its longest word (`fit_widths`). Where those words do not fit beside them,
-    the rows are `stacked` instead. No borders: at 80 columns their cells are better spent
-    on the text."""
+    each keeping its longest word (`fit_widths`; a column in `names`, a run's name, its
+    longest word however long). Where those words do not fit beside them, the rows are
+    `stacked` instead. No borders: at 80 columns their cells are better spent on the
+    text."""
     from rich.cells import cell_len
     from rich.table import Table
     from rich.text import Text
@@ -118,7 +121,7 @@ def listing_table(title: str, columns: list[str], rows: list[list[str]], width: 
     cells = [[column, *(row[n] for row in rows)] for n, column in enumerate(columns)]
     natural = [max(map(cell_len, texts)) for texts in cells]
     words = [max(cell_len(w) for text in texts for w in [*text.split(), ""]) for texts in cells]
-    least = [min(WORD_CAP, w) for w in words]
+    least = [w if n in names else min(WORD_CAP, w) for n, w in enumerate(words)]
     room = width - 2 * (len(columns) - 1) - sum(natural[:whole])  # 2: the gap between columns
     if room < sum(least[whole:]):  # the other columns would fold inside their words
         return stacked(title, columns, rows, whole, width)
