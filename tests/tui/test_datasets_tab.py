@@ -93,6 +93,9 @@ def test_import_a_good_and_a_bad_file_from_the_form(home, tmp_path, quickstart_d
                 store.import_dataset(bad, "bad")
             assert error == str(engine.value) and "\n" not in error
             assert error.startswith(f'{bad}: line 2: field "output"')
+            app.screen.query_one("#import-path", Input).value = str(quickstart_data)
+            await pilot.pause()
+            assert text(app, "#import-error") == ""  # about the file typed before
             await pilot.press("escape")
             assert [r[0] for r in table_rows(app)] == ["クイック"]
 

@@ -56,6 +56,9 @@ class ImportDialog(Dialog[tuple[str, list[str]] | None]):
         else:
             self.dismiss(None)
 
+    def on_input_changed(self, _event: Input.Changed) -> None:
+        self._error("")  # the last import's error was about what was typed before
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         self.action_import()
