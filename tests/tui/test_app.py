@@ -111,3 +111,17 @@ def test_footer_shows_the_keys_here_redraws_only_when_they_change_and_clicks_pre
             assert app.screen.query("HelpPanel")
 
     asyncio.run(go())
+
+
+def test_at_80_columns_the_footer_shortens_descriptions_not_the_help_key(home):
+    from mlxlora.tui.widgets.keys_footer import KeysFooter
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            line = app.query_one(KeysFooter).render().plain
+            assert "s Stop " in line and "? Help" in line and line.rstrip().endswith("palette")
+            assert "…" not in line and len(line) <= 80
+
+    asyncio.run(go())

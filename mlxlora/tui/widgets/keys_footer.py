@@ -64,11 +64,19 @@ class KeysFooter(Widget, can_focus=False):
             self.refresh()
 
     def render(self) -> Text:
+        """Every key with its description; where that is wider than the screen (the Runs
+        tab at 80 columns cut "? Help"), each description's first word."""
+        line = self._line(self._keys)
+        if line.cell_len > self.size.width:
+            line = self._line(tuple((*k[:2], k[2].split(" ")[0], k[3]) for k in self._keys))
+        return line
+
+    def _line(self, keys: tuple) -> Text:
         palette_key = self.app.COMMAND_PALETTE_BINDING
         line, self._spans = Text(), []
-        for key in (k for k in self._keys if k[0] != palette_key):
+        for key in (k for k in keys if k[0] != palette_key):
             self._append(line, *key)
-        palette = [k for k in self._keys if k[0] == palette_key]
+        palette = [k for k in keys if k[0] == palette_key]
         if palette and self.app.ENABLE_COMMAND_PALETTE:
             right = self._key(*palette[0])
             line.append(" " * max(self.size.width - line.cell_len - right.cell_len, 1))
