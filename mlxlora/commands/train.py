@@ -41,7 +41,11 @@ def register(sub) -> None:
     )
     p.add_argument("--run-dir", type=Path, help="write the run here instead of the workspace")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run")
-    p.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print events as JSON lines on stdout (with --dry-run: the plan as one object)",
+    )
     p.add_argument(
         "--fit",
         action="store_true",
@@ -84,7 +88,8 @@ def run(args) -> int:
         cfg = config.load(args.config, args.overrides + memory_overrides(args))
         run_dir = args.run_dir  # None: the engine names one in the workspace once prepared
     if args.dry_run:
-        return dry_run(cfg or config.load(runs.RunPaths(run_dir).config, memory_overrides(args)))
+        cfg = cfg or config.load(runs.RunPaths(run_dir).config, memory_overrides(args))
+        return dry_run(cfg, as_json=args.json)
     view = JsonView() if args.json else ProgressView()
     ending = Ending()
     with view:
@@ -114,8 +119,9 @@ def say_fit(event: Event) -> None:
         )
 
 
-def dry_run(cfg) -> int:
-    """Print what a run of `cfg` would hold in memory, and exit 0 (1 when it will not fit)."""
+def dry_run(cfg, as_json: bool = False) -> int:
+    """Print what a run of `cfg` would hold in memory (`as_json`: as one JSON object, what
+    the studio's Train tab reads), and exit 0 (1 when it will not fit)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -124,6 +130,10 @@ def dry_run(cfg) -> int:
 
     check_references(cfg)  # what the run would refuse first, its dataset above all
     plan = memory_plan(cfg, select.create(cfg.backend))
+    if as_json:
+        facts = {k: plan[k] for k in ("length", "budget", "verdict", "advice")}
+        print(json.dumps({**facts, "total": plan["estimate"].total}, ensure_ascii=False))
+        return 1 if plan["verdict"] == "will not fit" else 0
     if plan["fit"] is not None:
         say_fit(plan["fit"])
     t, d = plan["config"].training, plan["config"].data

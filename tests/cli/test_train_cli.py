@@ -340,6 +340,8 @@ def test_dry_run_prints_the_breakdown_and_the_fit(home):
     ):
         assert row in out.stdout
     assert not (home / "runs").exists() or not any((home / "runs").iterdir())  # no run made
+    plan = json.loads(mlxlora("train", QUICK, "--dry-run", "--json").stdout)  # the studio reads it
+    assert plan["verdict"] == "fits" and 0 < plan["length"] < 256 and plan["total"] > 0
 
     tight = mlxlora(
         "train", QUICK, "--dry-run", "--set", "training.batch_size=8", "--memory-budget", "1MB"

@@ -29,7 +29,15 @@ BUDGET = 16 * memory.GIB
 
 @pytest.fixture
 def workspace(home, quickstart_data, monkeypatch):
-    """A workspace with the quick start dataset, on a pretend 16 GiB Linux box."""
+    """A workspace with the quick start dataset, on a pretend 16 GiB Linux box; the form
+    sizes for records of data.max_length (no `train --dry-run` child counts the longest
+    record but in the test of that)."""
+    from mlxlora.tui.screens.train import tab as tab_module
+
+    async def not_counted(cfg):
+        return None
+
+    monkeypatch.setattr(tab_module, "count_longest", not_counted)
     monkeypatch.setattr(machine, "memory_budget", lambda: BUDGET)
     monkeypatch.setattr(machine, "is_apple_silicon", lambda: False)
     monkeypatch.chdir(REPO)  # presets are configs/*.yaml where mlxlora runs
@@ -438,6 +446,39 @@ def test_a_dataset_removed_meanwhile_leaves_the_form(workspace):
             assert "data.dataset" in problems(app)
 
     asyncio.run(go())
+
+
+def test_the_verdict_is_for_the_longest_record_a_child_counted(workspace, monkeypatch):
+    """A child `train --dry-run --json` counts the records with the model's tokenizer (the
+    app imports no transformers); the verdict then sizes for the longest record, as the run
+    and the dry run do (the form said 5.5 GiB for a level-2 job that peaked at 1.7)."""
+    from mlxlora.prepare import longest_record
+    from mlxlora.tui.screens.train import form
+    from mlxlora.tui.screens.train import tab as tab_module
+    from mlxlora.tui.screens.train.longest import count_longest
+
+    monkeypatch.setattr(tab_module, "count_longest", count_longest)  # the real child
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            cfg = app.query_one(TrainTab).cfg
+            deadline = time.monotonic() + 120
+            while "the longest record" not in text(app, "#train-memory"):
+                assert time.monotonic() < deadline, text(app, "#train-memory")
+                await pilot.pause(0.2)
+            return cfg, text(app, "#train-memory")
+
+    cfg, shown = asyncio.run(go())
+    from mlxlora.models.resolve import resolve_model
+
+    longest = longest_record(cfg, resolve_model(cfg.model))
+    assert longest < cfg.data.max_length
+    assert f"the longest record, {longest} tokens: " in shown
+    verdict = form.memory_verdict(cfg, builtin_tiny_info(), BUDGET, longest)
+    assert shown.startswith(f"[green]{verdict.line()}[/]")
+    assert verdict.total < form.memory_verdict(cfg, builtin_tiny_info(), BUDGET).total
 
 
 def test_the_budget_is_read_again_when_the_tab_comes_back(workspace, monkeypatch):

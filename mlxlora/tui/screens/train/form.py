@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlxlora import config, machine, memory, memory_fit
@@ -176,30 +176,39 @@ class MemoryVerdict:
         return " · ".join(f"{label} {memory.fmt_bytes(n)}" for label, n in rows)
 
 
-def memory_text(cfg: Config, facts: tuple | None, machine_budget: int | None) -> str:
+def memory_text(
+    cfg: Config, facts: tuple | None, machine_budget: int | None, longest: int | None = None
+) -> str:
     """The Train tab's memory lines for a valid `cfg` whose model's facts (`models.describe`)
     are `facts` (None while they are read): the verdict, its breakdown, what fit would choose
-    and what to change."""
+    and what to change. `longest`: the tokens of the dataset's longest record, as a
+    `train --dry-run` child counted them (None until it has: records of data.max_length)."""
     if facts is None:
         return "memory: reading the model…"
     if facts[0] is None:
         return f"memory: unknown ({facts[2]})"
-    verdict = memory_verdict(cfg, facts[0], machine_budget)
+    verdict = memory_verdict(cfg, facts[0], machine_budget, longest)
     style = VERDICT_STYLE.get(verdict.verdict, "")
     text = f"[{style}]{verdict.line()}[/]" if style else verdict.line()
-    # sized as if a record filled data.max_length: the run (and `train --dry-run`) sizes for
-    # the longest record, which needs the model's tokenizer (a child's work, not the form's)
-    text += f"\n[dim]records of {cfg.data.max_length} tokens: {verdict.parts()}[/]"
+    sized = (
+        f"the longest record, {longest} tokens"
+        if longest and longest < cfg.data.max_length
+        else f"records of {cfg.data.max_length} tokens"
+    )
+    text += f"\n[dim]{sized}: {verdict.parts()}[/]"
     if verdict.fit:
         text += f"\n{verdict.fit}"
     advice = "; ".join(verdict.advice)
     return text + (f"\ntry: {advice}" if advice else "")
 
 
-def memory_verdict(cfg: Config, info: dict, machine_budget: int | None) -> MemoryVerdict:
-    """The engine's estimate of `cfg` on the device its backend trains on, its verdict against
-    the run's budget (`machine_budget`: `auto`'s device's), what to change, and what
-    training.fit would choose when it will not fit."""
+def memory_verdict(
+    cfg: Config, info: dict, machine_budget: int | None, longest: int | None = None
+) -> MemoryVerdict:
+    """The engine's estimate of `cfg` on the device its backend trains on, at its longest
+    record (`longest` tokens, else data.max_length; training.fit plans at data.max_length as
+    the run does), its verdict against the run's budget (`machine_budget`: `auto`'s
+    device's), what to change, and what training.fit would choose when it will not fit."""
     device = machine.training_device(cfg.backend)
     if device != machine.training_device():  # another backend than auto's: its own device
         machine_budget = device.budget
@@ -208,6 +217,8 @@ def memory_verdict(cfg: Config, info: dict, machine_budget: int | None) -> Memor
     weights = memory.weights_here(info, cfg.quantized_base, device)
     if cfg.training.fit == "auto" and budget:
         return _fitted_verdict(info, shape, budget, weights)
+    if longest:
+        shape = replace(shape, max_length=min(longest, shape.max_length))
     est = memory.estimate(info, shape, weights=weights)
     verdict = memory.fit_verdict(est.total, budget)
     advice, fit = [], ""

@@ -21,6 +21,7 @@ from mlxlora.prepare import layers_problem
 from mlxlora.sweep import STAGED_SETS
 from mlxlora.tui.screens.system import doctor_report
 from mlxlora.tui.screens.train import form
+from mlxlora.tui.screens.train.longest import count_longest, records_key
 from mlxlora.tui.screens.train.models import describe, model_options
 from mlxlora.tui.screens.train.save_dialog import SaveYamlDialog
 from mlxlora.tui.screens.train.stages import StagesEditor
@@ -28,6 +29,7 @@ from mlxlora.tui.screens.train.sweep_dialog import SweepDialog
 from mlxlora.tui.widgets.field import FieldRow
 
 CUSTOM = "custom"
+LONGEST_AFTER = 0.5  # seconds the form rests before a child counts its records
 BUDGET_MOVE = 0.01  # the free memory changes all the time: a new verdict past 1% of it
 
 
@@ -77,6 +79,7 @@ class TrainTab(Vertical):
         self.targets_lock = asyncio.Lock()
         self.checked: list[str] = []  # the targets ticked (the checkboxes are rebuilt per model)
         self.model_facts: dict[str, tuple[dict | None, list[str], str]] = {}
+        self.longest: dict[tuple, int | None] = {}  # records_key -> tokens (None: counting)
         self.cfg: Config | None = None
         self._dataset_names: list[str] | None = None  # the dataset choices as shown
         self.keys = (
@@ -332,7 +335,25 @@ class TrainTab(Vertical):
     def _memory_text(self) -> str:
         if self.cfg is None:
             return "memory: fix the problems above to see the estimate"
-        return form.memory_text(self.cfg, self.model_facts.get(self.cfg.model), self.budget)
+        key = records_key(self.cfg)
+        if key not in self.longest:
+            self.longest[key] = None
+            self._count_longest(self.cfg, key)
+        facts = self.model_facts.get(self.cfg.model)
+        return form.memory_text(self.cfg, facts, self.budget, self.longest[key])
+
+    @work(exclusive=True, group="train-longest", exit_on_error=False)
+    async def _count_longest(self, cfg: Config, key: tuple) -> None:
+        """The longest record's tokens from a child, once the form rests a moment (a name
+        typed letter by letter is not a child per letter)."""
+        try:
+            await asyncio.sleep(LONGEST_AFTER)
+            self.longest[key] = await count_longest(cfg)
+        except asyncio.CancelledError:
+            self.longest.pop(key, None)  # counted again when the form comes back to it
+            raise
+        if self.cfg is not None and records_key(self.cfg) == key:
+            self.validate()
 
     @on(Input.Changed)
     async def _input_changed(self, event: Input.Changed) -> None:
