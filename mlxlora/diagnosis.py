@@ -24,12 +24,17 @@ OVERFIT_EVALS = 2  # validation loss rising this many evaluations in a row (the 
 OSCILLATION_WINDOW = 20  # the latest steps whose scatter around their trend line is measured
 OSCILLATION_MIN_STEPS = 10
 OSCILLATION_RATIO = 0.2  # scatter around the trend / mean loss beyond which loss oscillates
+# ... up and down in turn: residuals correlated at most this much with the step before's
+# (a learning rate too high overshoots back and forth, -1; a few short records a step scatter
+# at random, about 0: the quick start's -0.18 was flagged)
+OSCILLATION_ALTERNATION = -0.4
 MAD_TO_STD = 1.4826
 SPIKE_WINDOW = 10  # a step's loss against the median of this many steps before it
+# a spike: SPIKE_RATIO times the highest of the SPIKE_WINDOW steps before it, and above the
+# loss the run started at (the median of its first SPIKE_WINDOW steps). Not the median of
+# the window alone: with a few short records a step, losses of 0.005 and 0.5 follow each
+# other on a healthy run near its end (the quick start was flagged at 6x and at 12x it)
 SPIKE_RATIO = 2.0
-# ... and beyond their own scatter: with a few short records a step, losses of 0.02 and 0.9
-# follow each other on a healthy run (the quick start's step 14 was flagged)
-SPIKE_MADS = 6.0
 PLATEAU_EVALS = 3  # evaluations (after the baseline) over which the best must improve
 PLATEAU_MIN_GAIN = 0.01  # relative improvement of best val loss and smoothed train loss
 SLOW_MIN_GAIN = 0.1  # after half the steps the smoothed loss should be this far below its start
@@ -225,7 +230,8 @@ def overfitting(d: Diagnoser) -> Finding | None:
 
 def oscillation(d: Diagnoser) -> Finding | None:
     """The latest losses scatter around their trend line (robust_line; robust standard
-    deviation of the residuals) by more than OSCILLATION_RATIO of their mean."""
+    deviation of the residuals) by more than OSCILLATION_RATIO of their mean, up and down in
+    turn (OSCILLATION_ALTERNATION)."""
     window = d.steps[-OSCILLATION_WINDOW:]
     if len(window) < OSCILLATION_MIN_STEPS:
         return None
@@ -239,7 +245,7 @@ def oscillation(d: Diagnoser) -> Finding | None:
     # spike (lr_too_high's finding) does not make a curve oscillate
     scatter = MAD_TO_STD * statistics.median(abs(r) for r in residuals)
     ratio = scatter / mean if mean > 0 else 0.0
-    if ratio <= OSCILLATION_RATIO:
+    if ratio <= OSCILLATION_RATIO or lag_one_correlation(residuals) > OSCILLATION_ALTERNATION:
         return None
     return _finding(
         "oscillation",
@@ -253,10 +259,18 @@ def oscillation(d: Diagnoser) -> Finding | None:
     )
 
 
+def lag_one_correlation(xs: list[float]) -> float:
+    """Correlation of each value with the one before it (-1: strictly alternating)."""
+    mean = statistics.fmean(xs)
+    spread = sum((x - mean) ** 2 for x in xs)
+    if not spread:
+        return 0.0
+    return sum((a - mean) * (b - mean) for a, b in zip(xs, xs[1:], strict=False)) / spread
+
+
 def lr_too_high(d: Diagnoser) -> Finding | None:
     """A non-finite loss (the run failed on it), or a step's loss SPIKE_RATIO times the
-    median of the SPIKE_WINDOW steps before it and SPIKE_MADS of their median absolute
-    deviations above it."""
+    highest of the SPIKE_WINDOW steps before it and above where the run started."""
     if d.failed and _NON_FINITE.search(d.failed.reason):
         return _finding(
             "lr_too_high",
@@ -272,8 +286,8 @@ def lr_too_high(d: Diagnoser) -> Finding | None:
         step, loss = d.steps[i]
         window = [x for _, x in d.steps[i - SPIKE_WINDOW : i]]
         before = statistics.median(window)
-        scatter = statistics.median(abs(x - before) for x in window)
-        if before > 0 and loss > max(SPIKE_RATIO * before, before + SPIKE_MADS * scatter):
+        start = statistics.median(x for _, x in d.steps[:SPIKE_WINDOW])
+        if before > 0 and loss > max(SPIKE_RATIO * max(window), start):
             return _finding(
                 "lr_too_high",
                 "warning",
