@@ -31,11 +31,15 @@ class Child:
         self._stderr_read = asyncio.create_task(self._read_stderr())
 
     @classmethod
-    async def start(cls, *args: str, input: str | None = None) -> Child:
-        """Start `mlxlora ARGS`; `input`, if given, goes to its stdin, which is then closed."""
+    async def start(
+        cls, *args: str, input: str | None = None, env: dict[str, str] | None = None
+    ) -> Child:
+        """Start `mlxlora ARGS`; `input`, if given, goes to its stdin, which is then closed;
+        `env`: variables set for the child over the app's environment."""
         process = await asyncio.create_subprocess_exec(
             *CLI,
             *args,
+            env={**os.environ, **env} if env else None,
             stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -481,6 +481,30 @@ def test_the_verdict_is_for_the_longest_record_a_child_counted(workspace, monkey
     assert verdict.total < form.memory_verdict(cfg, builtin_tiny_info(), BUDGET).total
 
 
+def test_a_hub_model_not_downloaded_is_not_downloaded_to_count_records(
+    workspace, tmp_path, monkeypatch
+):
+    """Picking a catalog model in the form must not start a download of its weights in a
+    counting child: the child runs offline and the form sizes for data.max_length."""
+    from mlxlora.tui.children import Child
+    from mlxlora.tui.screens.train.longest import count_longest
+
+    started, real = [], Child.start.__func__
+
+    async def recorded(cls, *args, **kw):  # the real child, its environment noted
+        started.append(kw.get("env") or {})
+        return await real(cls, *args, **kw)
+
+    monkeypatch.setattr(Child, "start", classmethod(recorded))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    cfg = config.from_dict(
+        {"model": "mlx-community/SmolLM2-135M-Instruct", "data": {"dataset": "quickstart"}}
+    )
+    assert asyncio.run(count_longest(cfg)) is None
+    assert started == [{"HF_HUB_OFFLINE": "1"}]  # this machine has no hub to fetch from
+    assert not any((tmp_path / "hub").glob("models--*"))  # nothing fetched
+
+
 def test_the_budget_is_read_again_when_the_tab_comes_back(workspace, monkeypatch):
     """Linux's budget is the memory free now: the form said 22.9 GiB long after the System
     tab said 22.1 (a QA finding)."""

@@ -17,6 +17,7 @@ from mlxlora.runs import home
 from mlxlora.tui.children import Child
 
 UNCUT = 2**20  # a max_length no record reaches: the child reports the longest whole
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 
 def records_key(cfg: Config) -> tuple:
@@ -27,7 +28,8 @@ def records_key(cfg: Config) -> tuple:
 
 async def count_longest(cfg: Config) -> int | None:
     """Tokens of `cfg`'s longest record, or None when the child cannot tell (a dataset or
-    model that is not there: the form says so on its own)."""
+    model that is not there, or a hub model not downloaded yet: the form says so on its
+    own, or sizes for data.max_length)."""
     uncut = replace(
         cfg,
         data=replace(cfg.data, max_length=UNCUT),
@@ -37,7 +39,8 @@ async def count_longest(cfg: Config) -> int | None:
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=scratch, delete=False) as f:
         f.write(uncut.to_yaml())
-    child = await Child.start("train", f.name, "--dry-run", "--json")
+    # offline: a hub model not in the cache is not downloaded for a count (GBs, unasked)
+    child = await Child.start("train", f.name, "--dry-run", "--json", env=OFFLINE)
     try:
         plan = await child.json()
     except ValueError:
