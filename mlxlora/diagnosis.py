@@ -281,12 +281,13 @@ def lr_too_high(d: Diagnoser) -> Finding | None:
             reason=d.failed.reason,
         )
     # steps already checked are not checked again: the trainer asks at every evaluation
+    first = [x for _, x in d.steps[:SPIKE_WINDOW]]
+    start = statistics.median(first) if first else 0.0
     for i in range(max(SPIKE_WINDOW, d.spikes_checked), len(d.steps)):
         d.spikes_checked = i + 1
         step, loss = d.steps[i]
         window = [x for _, x in d.steps[i - SPIKE_WINDOW : i]]
         before = statistics.median(window)
-        start = statistics.median(x for _, x in d.steps[:SPIKE_WINDOW])
         if before > 0 and loss > max(SPIKE_RATIO * max(window), start):
             return _finding(
                 "lr_too_high",

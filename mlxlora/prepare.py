@@ -113,7 +113,7 @@ def check_references(cfg: Config) -> None:
 
     for key, ref in (("data.dataset", cfg.data.dataset), ("data.validation", cfg.data.validation)):
         if ref:
-            for_field(key, refs.check, ref)
+            for_field(key, refs.peek, ref)
     check_model(cfg.model)
     if problem := layers_problem(cfg, known_info(cfg.model)):
         raise ConfigError([f"lora.num_layers: {problem}"], cfg.name)
@@ -137,15 +137,22 @@ def dataset_digests(data) -> dict[str, str]:
     return {n: store.get_meta(n).sha256 for n in refs if n and store.exists(n)}
 
 
-def as_run_started(cfg: Config, paths: RunPaths) -> Config:
+def run_starts(paths: RunPaths | None) -> list:
+    """The run_started events of an existing run (one per session; none for a new run)."""
+    from mlxlora.events import RunStarted, read_events_of
+
+    return read_events_of(paths.events, RunStarted) if paths and paths.events.is_file() else []
+
+
+def as_run_started(cfg: Config, paths: RunPaths, starts: list | None = None) -> Config:
     """An existing run's config (to resume or evaluate it) held to the records it started
     with: a dataset file, named by a run from before configs were pinned, becomes the stored
     dataset its first start resolved (the file may have changed since); a stored dataset that
-    was imported again with other records is refused (DataError)."""
+    was imported again with other records is refused (DataError). `starts`: its run_started
+    events, when the caller read them already."""
     from mlxlora.data import refs, store
-    from mlxlora.events import RunStarted, read_events_of
 
-    starts = read_events_of(paths.events, RunStarted) if paths.events.is_file() else []
+    starts = run_starts(paths) if starts is None else starts
     first = starts[0].dataset if starts else ""
     if first and refs.looks_like_file(cfg.data.dataset) and store.exists(first):
         cfg = replace(cfg, data=replace(cfg.data, dataset=first))
@@ -180,17 +187,15 @@ def source_files(given) -> dict[str, str]:
     }
 
 
-def changed_sources(given, pinned, paths: RunPaths | None) -> list[str]:
+def changed_sources(given, pinned, starts: list | None) -> list[str]:
     """A warning for each file whose records now differ from the stored dataset the run trains
-    on from it: the files this start and the run's earlier starts named for each field
-    (`RunStarted.sources`); for a field only ever given a stored name, the file that dataset
-    was imported from. A run pinned to its stored records trains without the edit."""
+    on from it: the files this start and the run's earlier starts (`starts`) named for each
+    field (`RunStarted.sources`); for a field only ever given a stored name, the file that
+    dataset was imported from. A run pinned to its stored records trains without the edit."""
     from mlxlora.data import refs, store
-    from mlxlora.events import RunStarted, read_events_of
 
-    starts = read_events_of(paths.events, RunStarted) if paths and paths.events.is_file() else []
     named = {key: set() for key in DATA_FIELDS}
-    for sources in [source_files(given), *(s.sources for s in starts)]:
+    for sources in [source_files(given), *(s.sources for s in starts or ())]:
         for key, file in sources.items():
             named[key].add(file)
     pairs = set()
@@ -204,9 +209,9 @@ def changed_sources(given, pinned, paths: RunPaths | None) -> list[str]:
 def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     from mlxlora.models.resolve import resolve_model
 
-    given = cfg.data
+    given, starts = cfg.data, run_starts(paths)
     if paths is not None:  # resuming
-        cfg = as_run_started(cfg, paths)
+        cfg = as_run_started(cfg, paths, starts)
     train_records, val_records, cfg = load_records(cfg)
     datasets = dataset_digests(cfg.data)
     model_dir = resolve_model(cfg.model)
@@ -243,7 +248,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         warnings.append(
             f"{dropped} records had no answer tokens within max_length and were skipped"
         )
-    warnings += setup_warnings(cfg, len(train), len(val)) + changed_sources(given, cfg.data, paths)
+    warnings += setup_warnings(cfg, len(train), len(val)) + changed_sources(given, cfg.data, starts)
     guard = None
     budget = training_budget(cfg, backend)
     if budget:  # training.memory_budget, else this device's or machine's

@@ -261,13 +261,22 @@ def is_run_dir(path: Path) -> bool:
 
 
 # `<name>-<YYYYmmdd-HHMMSS>`, with `-N` when two runs of one name start in the same second.
-_STAMPED = re.compile(r"(?P<name>.+)-\d{8}-\d{6}(?:-\d+)?")
+_STAMPED = re.compile(
+    r"(?P<name>.+)-\d{4}(?P<month>\d\d)(?P<day>\d\d)-(?P<hour>\d\d)(?P<minute>\d\d)\d\d(?:-\d+)?"
+)
 
 
 def given_name(path: Path) -> str:
     """The name the user gave a workspace run: its directory name without the time stamp."""
     found = _STAMPED.fullmatch(path.name)
     return found["name"] if found else path.name
+
+
+def started_text(path: Path) -> str:
+    """When a workspace run started, from its directory's time stamp: `11-26 15:39` ("" when
+    it has none)."""
+    found = _STAMPED.fullmatch(path.name)
+    return f"{found['month']}-{found['day']} {found['hour']}:{found['minute']}" if found else ""
 
 
 def find_run(ref: str) -> Path:

@@ -26,9 +26,9 @@ def version(dist: str) -> str:
 def collect() -> dict:
     """Everything doctor reports, as plain data."""
     from mlxlora import __version__
-    from mlxlora.backends import blas, select
+    from mlxlora.backends import blas
     from mlxlora.errors import MlxloraError
-    from mlxlora.machine import disk_free, learn_training_device, total_memory, training_device
+    from mlxlora.machine import disk_free, total_memory, training_device
     from mlxlora.models.resolve import hub_cache_dir, hub_offline
     from mlxlora.runs import home
 
@@ -38,17 +38,13 @@ def collect() -> dict:
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
     }
     try:
-        info = select.describe("auto")
+        report.update(learn_device())
     except MlxloraError as exc:  # no backend installed: still report the rest
-        info, report["backend_error"] = None, str(exc)
-    report["backend"] = info.name if info else "none"
-    device = device_facts(info)
-    report.update(device)
+        report.update(backend="none", backend_error=str(exc), **device_facts(None))
     # Asked after describe(): the backend has imported mlx by now, with whatever BLAS it got.
     report["blas"] = blas.blas_in_use()
     report["versions"] = {name: version(name) for name in PACKAGES}
     report["memory_total_bytes"] = total_memory()
-    learn_training_device({"backend": report["backend"], **device})
     report["training_budget_bytes"] = training_device().budget  # a CUDA card's own memory
     ws = home()
     report["workspace"] = str(ws)
@@ -56,6 +52,18 @@ def collect() -> dict:
     report["hf_cache"] = str(hub_cache_dir())
     report["hf_offline"] = hub_offline()
     return report
+
+
+def learn_device() -> dict:
+    """The backend `auto` picks and its device, in doctor's keys, taken as this process's
+    training device (machine.learn_training_device); raises what select.describe raises."""
+    from mlxlora import machine
+    from mlxlora.backends import select
+
+    info = select.describe("auto")
+    facts = {"backend": info.name, **device_facts(info)}
+    machine.learn_training_device(facts)
+    return facts
 
 
 def device_facts(info) -> dict:
@@ -93,21 +101,13 @@ def render(report: dict) -> list[tuple[str, str]]:
     def size(n):
         return fmt_bytes(n) if n is not None else "unknown"
 
-    mac = report["platform"].startswith("Darwin")
-
+    gpu, note = report["device_budget_bytes"], ""
+    if gpu:  # a Mac plans with 3/4 of unified memory; a CUDA card's budget is its memory
+        mac = report["platform"].startswith("Darwin")
+        note = f" (Metal recommends {size(gpu)})" if mac else " (the GPU's memory)"
     return machine_rows(report) + [
         ("memory", size(report["memory_total_bytes"])),
-        (
-            "training budget",
-            size(report["training_budget_bytes"])
-            + (
-                f" (Metal recommends {size(report['device_budget_bytes'])})"
-                if report["device_budget_bytes"] and mac
-                else " (the GPU's memory)"
-                if report["device_budget_bytes"]
-                else ""
-            ),
-        ),
+        ("training budget", size(report["training_budget_bytes"]) + note),
         ("workspace", report["workspace"]),
         ("disk free", size(report["workspace_disk_free_bytes"])),
         ("HF cache", report["hf_cache"] + (" (offline)" if report["hf_offline"] else "")),

@@ -59,7 +59,12 @@ def run(args) -> int:
         batch_size=args.batch_size, max_length=args.max_length, grad_checkpoint=args.grad_checkpoint
     )
     if machine.maybe_cuda():  # torch may train on the GPU: ask the backend (imports it)
-        learn_device()
+        from mlxlora.commands.doctor import learn_device
+
+        try:
+            learn_device()
+        except Exception:  # noqa: BLE001 - a broken torch or CUDA install: the CPU's guess
+            pass
     b, models = rows(shape)
     tiny = estimate(builtin_tiny_info(), shape)
     builtins = builtin_rows(shape)
@@ -213,16 +218,3 @@ def _table(shape: TrainShape, budgets: dict, models: list[dict], compact: bool):
             *(_fit_cell(r, name) for name in budgets),
         )
     return table
-
-
-def learn_device() -> None:
-    """machine.learn_training_device from the backend `auto` picks (the CPU guess stands when
-    none is installed or it fails to load)."""
-    from mlxlora.backends import select
-    from mlxlora.commands.doctor import device_facts
-
-    try:
-        info = select.describe("auto")
-    except Exception:  # noqa: BLE001 - a broken torch or CUDA install: the table still shows
-        return
-    machine.learn_training_device({"backend": info.name, **device_facts(info)})

@@ -47,20 +47,21 @@ def resolve(ref: str, kind: str | None = None) -> tuple[DatasetMeta, list[dict]]
     return load_dataset(str(ref)) if path is None else _resolve_file(path, kind)
 
 
-def check(ref: str) -> None:
-    """The DataError resolve would raise for `ref`, found without storing anything (a job is
-    checked before it is queued): an unknown name, a missing file, a bad record."""
-    peek(ref)
-
-
 def peek(ref: str) -> tuple[str, list[dict]]:
-    """(type, records) that resolve would give for `ref`, without storing a file's records."""
+    """(type, records) that resolve would give for `ref`, without storing a file's records:
+    the DataError it would raise (an unknown name, a missing file, a bad record) is found
+    before a job is queued."""
     path = _locate(str(ref))
     if path is None:
         meta, records = load_dataset(str(ref))
         return meta.type, records
+    return _read_file(path)
+
+
+def _read_file(path: Path, kind: str | None = None) -> tuple[str, list[dict]]:
+    """(type, records) of a dataset file, every record validated (DataError naming it)."""
     records = load_records(path)
-    kind = detect_format(records, str(path))
+    kind = kind or detect_format(records, str(path))
     validate(records, kind, str(path))
     return kind, records
 
@@ -96,10 +97,7 @@ def stored_as(digest: str, kind: str, prefer: str) -> str | None:
 
 
 def _resolve_file(path: Path, kind: str | None) -> tuple[DatasetMeta, list[dict]]:
-    source = str(path)
-    records = load_records(path)
-    kind = kind or detect_format(records, source)
-    validate(records, kind, source)
+    kind, records = _read_file(path, kind)
     digest = records_sha256(records)
     base = stem_name(path)
     if stored := stored_as(digest, kind, base):
@@ -121,7 +119,7 @@ def _resolve_file(path: Path, kind: str | None) -> tuple[DatasetMeta, list[dict]
         if (meta := get_meta(name)).sha256 == digest and meta.type == kind:
             return load_dataset(name)
     raise DataError(
-        f"{source}: datasets {base!r} and {hashed!r} both exist with other records; "
+        f"{path}: datasets {base!r} and {hashed!r} both exist with other records; "
         "import the file with an explicit --name"
     )
 

@@ -7,6 +7,7 @@ opened reads and watches nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterable
 
@@ -16,7 +17,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Header, TabbedContent, TabPane
 
-from mlxlora import queue
+from mlxlora import machine, queue
 from mlxlora.tui.children import Child
 from mlxlora.tui.screens import compare, datasets, playground, runs, system, train
 from mlxlora.tui.widgets.keys_footer import KeysFooter
@@ -50,6 +51,17 @@ class MlxloraApp(App):
     def __init__(self, initial: str = "datasets"):
         super().__init__()
         self.initial = initial
+        self._doctor: asyncio.Task | None = None
+
+    async def doctor(self) -> dict:
+        """`mlxlora doctor --json` from one child for the whole app (the System tab shows it;
+        on a CUDA host the Train tab needs its device, and each child imports torch): the
+        device it names becomes this process's training device."""
+        if self._doctor is None:
+            self._doctor = asyncio.ensure_future(_learned_doctor())
+            # its error is the awaiting tab's to show; none awaits after the app closed
+            self._doctor.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(self._doctor)  # a tab's worker cancelled: not the child
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -133,6 +145,12 @@ class MlxloraApp(App):
                     if binding.description not in found or node is self.focused:
                         found[binding.description] = (binding, node)
         yield from found.values()
+
+
+async def _learned_doctor() -> dict:
+    report = await system.doctor_report()
+    machine.learn_training_device(report)
+    return report
 
 
 def _settle_heap() -> None:

@@ -370,7 +370,7 @@ def test_on_a_cuda_host_the_form_estimates_for_the_gpu_doctor_names(workspace, m
     """No backend is imported in the app: where an NVIDIA driver is, the Train tab asks a
     doctor child which device `backend: auto` trains on, then estimates for it (half
     precision, fused attention, the card's memory), not for the CPU it guessed."""
-    from mlxlora.tui.screens.train import tab as tab_module
+    from mlxlora.tui.screens import system
 
     asked = []
 
@@ -379,7 +379,7 @@ def test_on_a_cuda_host_the_form_estimates_for_the_gpu_doctor_names(workspace, m
         return CUDA_REPORT
 
     monkeypatch.setattr(machine, "maybe_cuda", lambda: True)
-    monkeypatch.setattr(tab_module, "doctor_report", doctor_on_an_h100)
+    monkeypatch.setattr(system, "doctor_report", doctor_on_an_h100)
 
     async def go():
         app = MlxloraApp("train")

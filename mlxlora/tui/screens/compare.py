@@ -124,9 +124,7 @@ class CompareTab(Vertical):
         """A run as the list shows it, what tells it from the others first (a narrow list
         cuts the end of a line): its name, then when it started (`11-26 15:39`); a sweep's
         run without the sweep's name (`rank8  (sweep, 11-26 15:39)`)."""
-        name, sweep = runs.given_name(path), self._sweep_of(path)
-        stamp = path.name.removeprefix(name).removeprefix("-")
-        when = f"{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}" if stamp else ""
+        name, sweep, when = runs.given_name(path), self._sweep_of(path), runs.started_text(path)
         if sweep and name.startswith(f"{sweep}-"):
             return f"{name.removeprefix(f'{sweep}-')}  ({', '.join(filter(None, (sweep, when)))})"
         return f"{name}  {when}".rstrip()

@@ -168,8 +168,7 @@ class SystemTab(Vertical):
         from mlxlora.commands.doctor import machine_rows
 
         try:
-            self.doctor = await doctor_report()
-            machine.learn_training_device(self.doctor)
+            self.doctor = await self.app.doctor()
             rows = machine_rows(self.doctor)
         except (OSError, RuntimeError) as exc:
             self.doctor, rows = {}, [("doctor", f"failed: {exc}")]

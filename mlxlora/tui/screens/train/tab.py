@@ -19,7 +19,6 @@ from mlxlora.data import refs, store
 from mlxlora.errors import MlxloraError
 from mlxlora.prepare import layers_problem
 from mlxlora.sweep import STAGED_SETS
-from mlxlora.tui.screens.system import doctor_report
 from mlxlora.tui.screens.train import form
 from mlxlora.tui.screens.train.longest import count_longest, records_key
 from mlxlora.tui.screens.train.models import describe, model_options
@@ -169,7 +168,7 @@ class TrainTab(Vertical):
         """Where an NVIDIA driver is, `backend: auto` may train on its GPU: ask a doctor child
         (it imports the backends; the app must not) and estimate for the device it names."""
         try:
-            machine.learn_training_device(await doctor_report())
+            await self.app.doctor()
         except (OSError, RuntimeError):
             return  # the CPU's estimate stands; the System tab shows doctor's error
         self._follow_device()
@@ -321,7 +320,7 @@ class TrainTab(Vertical):
         still showed the marks of the default 4 x 2048)."""
         shape = memory.TrainShape.from_config(self.cfg) if self.cfg else memory.TrainShape()
         budget = config.run_budget(self.cfg, self.budget) if self.cfg else self.budget
-        marks_for = (shape, budget, machine.training_device())
+        marks_for = (shape, budget, self.device)
         if marks_for != self._marks_for:
             self._marks_for = marks_for
             self._load_model_options(shape, budget)
