@@ -21,7 +21,7 @@ from mlxlora.prepare import layers_problem
 from mlxlora.sweep import STAGED_SETS
 from mlxlora.tui.screens.train import form
 from mlxlora.tui.screens.train.longest import count_longest, records_key
-from mlxlora.tui.screens.train.models import describe, model_options
+from mlxlora.tui.screens.train.models import ModelField
 from mlxlora.tui.screens.train.save_dialog import SaveYamlDialog
 from mlxlora.tui.screens.train.stages import StagesEditor
 from mlxlora.tui.screens.train.sweep_dialog import SweepDialog
@@ -55,7 +55,6 @@ class TrainTab(Vertical):
     DEFAULT_CSS = """
     TrainTab #train-form { height: 1fr; }
     TrainTab .section { text-style: bold; margin-top: 1; color: $accent; }
-    TrainTab #train-model-info { padding-left: 15; color: $text-muted; }
     TrainTab #train-targets { grid-size: 4; grid-gutter: 0 1; height: auto; width: 1fr; }
     TrainTab #train-footer { height: auto; max-height: 8; border-top: solid $primary; }
     TrainTab #train-status { color: $text-muted; }
@@ -74,10 +73,8 @@ class TrainTab(Vertical):
         self.base = form.default_data(datasets[0] if datasets else "")
         self.device = machine.training_device()  # backend: auto's (learned on a CUDA host)
         self.budget = self.device.budget
-        self._marks_for: tuple | None = None  # (shape, budget, device) the model marks are for
         self.targets_lock = asyncio.Lock()
         self.checked: list[str] = []  # the targets ticked (the checkboxes are rebuilt per model)
-        self.model_facts: dict[str, tuple[dict | None, list[str], str]] = {}
         self.longest: dict[tuple, int | None] = {}  # records_key -> tokens (None: counting)
         self.cfg: Config | None = None
         self._dataset_names: list[str] | None = None  # the dataset choices as shown
@@ -102,13 +99,7 @@ class TrainTab(Vertical):
                 help="Load a config file from configs/ into the form",
             )
             yield self._row("name", "name")
-            yield self._row("model", "base model")
-            yield FieldRow(
-                "",
-                Select([], prompt="pick a model…", id="train-model-pick", compact=True),
-                key="model-pick",
-            )
-            yield Static("", id="train-model-info", markup=False)
+            yield ModelField(self._row("model", "base model"))
             yield FieldRow(
                 "dataset",
                 Select([], prompt="no stored datasets", id="f-dataset", compact=True),
@@ -157,6 +148,7 @@ class TrainTab(Vertical):
         return FieldRow(label, _input(key), key=key, help=form.help_text(key))
 
     async def on_mount(self) -> None:
+        self.models = self.query_one(ModelField)
         self.inputs = [box for box in self.query(Input) if box.name in form.INPUT_KEYS]
         self.rows = list(self.query(FieldRow))
         await self.fill(self.base)
@@ -218,7 +210,7 @@ class TrainTab(Vertical):
         self.query_one("#f-fit", Checkbox).value = form.get(data, form.FIT) == "auto"
         self.checked = list(form.get(data, form.TARGETS))
         await self._set_targets()
-        await self._describe_model(form.get(data, "model"))
+        await self.models.describe(form.get(data, "model"))
         self.validate()
 
     def _set_datasets(self, current: str) -> None:
@@ -239,7 +231,7 @@ class TrainTab(Vertical):
 
     async def _set_targets(self, choices: list[str] | None = None) -> None:
         """Checkboxes for the model's target choices plus any other name ticked."""
-        choices = choices or list(self.model_facts.get(self._model(), (None, [], ""))[1])
+        choices = choices or self.models.choices()
         checked = self.checked
         names = choices + [t for t in checked if t not in choices]
         async with self.targets_lock:  # a preset and a model read may both rebuild them
@@ -249,36 +241,9 @@ class TrainTab(Vertical):
             await grid.remove_children()
             await grid.mount_all(Checkbox(n, n in checked, name=n, compact=True) for n in names)
 
-    # --- the model ------------------------------------------------------------------------
-
-    @work(thread=True, exclusive=True, group="options", exit_on_error=False)
-    def _load_model_options(self, shape: memory.TrainShape, budget: int | None) -> None:
-        """Reads Ollama's store and the catalog: off the UI thread."""
-        options = model_options(shape, budget)
-        self.app.call_from_thread(self.query_one("#train-model-pick", Select).set_options, options)
-
-    def _model(self) -> str:
-        return self.query_one("#f-model", Input).value.strip()
-
-    async def _describe_model(self, ref: str) -> None:
-        if ref in self.model_facts:
-            await self._model_described(ref, self.model_facts[ref])
-        else:
-            self.query_one("#train-model-info", Static).update("reading the model…")
-            self._read_model(ref)
-
-    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
-    def _read_model(self, ref: str) -> None:
-        """May read a local model's safetensors headers: off the UI thread."""
-        facts = describe(ref)
-        self.app.call_from_thread(self._model_described, ref, facts)
-
-    async def _model_described(self, ref: str, facts: tuple[dict | None, list[str], str]) -> None:
-        self.model_facts[ref] = facts
-        if ref != self._model():
-            return
-        self.query_one("#train-model-info", Static).update(facts[2])
-        await self._set_targets(facts[1])
+    @on(ModelField.Described)
+    async def _model_described(self, event: ModelField.Described) -> None:
+        await self._set_targets(event.facts[1])
         self.validate()
 
     # --- validation and the memory verdict ----------------------------------------------
@@ -300,7 +265,7 @@ class TrainTab(Vertical):
     def validate(self) -> Config | None:
         """Validate the form with `config.from_dict`; show each problem under its field."""
         self.cfg, by_field, other = form.validate(self.form_data(), self.keys)
-        facts = self.model_facts.get(self.cfg.model) if self.cfg else None
+        facts = self.models.facts.get(self.cfg.model) if self.cfg else None
         if self.cfg is not None and (problem := layers_problem(self.cfg, (facts or (None,))[0])):
             by_field.setdefault("lora.num_layers", []).append(problem)
             self.cfg = None
@@ -312,18 +277,10 @@ class TrainTab(Vertical):
             "#train-status", status or "ready: ctrl+g starts, ctrl+t sweeps, ctrl+s saves as YAML"
         )
         self._say("#train-memory", self._memory_text())
-        self._refresh_model_options()
-        return self.cfg
-
-    def _refresh_model_options(self) -> None:
-        """The picker's fit marks follow the form's shape and budget (a preset of 4 x 256
-        still showed the marks of the default 4 x 2048)."""
         shape = memory.TrainShape.from_config(self.cfg) if self.cfg else memory.TrainShape()
         budget = config.run_budget(self.cfg, self.budget) if self.cfg else self.budget
-        marks_for = (shape, budget, self.device)
-        if marks_for != self._marks_for:
-            self._marks_for = marks_for
-            self._load_model_options(shape, budget)
+        self.models.mark(shape, budget, self.device)
+        return self.cfg
 
     def _say(self, selector: str, text: str) -> None:
         """Update a line only when its text changes: an update re-lays the form out."""
@@ -338,7 +295,7 @@ class TrainTab(Vertical):
         if key not in self.longest:
             self.longest[key] = None
             self._count_longest(self.cfg, key)
-        facts = self.model_facts.get(self.cfg.model)
+        facts = self.models.facts.get(self.cfg.model)
         return form.memory_text(self.cfg, facts, self.budget, self.longest[key])
 
     @work(exclusive=True, group="train-longest", exit_on_error=False)
@@ -355,9 +312,7 @@ class TrainTab(Vertical):
             self.validate()
 
     @on(Input.Changed)
-    async def _input_changed(self, event: Input.Changed) -> None:
-        if event.input.name == "model":
-            await self._describe_model(event.value.strip())
+    def _input_changed(self) -> None:
         self.validate()
 
     @on(Checkbox.Changed)
@@ -377,8 +332,6 @@ class TrainTab(Vertical):
     async def _select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "train-preset":
             await self._load_preset(event.value)
-        elif event.select.id == "train-model-pick" and event.value is not Select.NULL:
-            self.query_one("#f-model", Input).value = event.value
         elif event.select.id == "f-schedule":
             staged = event.value == "staged"
             self.query_one("#train-stages").display = staged
