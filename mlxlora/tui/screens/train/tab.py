@@ -10,7 +10,7 @@ import asyncio
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Checkbox, Input, Select, Static
 
 from mlxlora import config, machine, memory
@@ -25,6 +25,7 @@ from mlxlora.tui.screens.train.models import ModelField
 from mlxlora.tui.screens.train.save_dialog import SaveYamlDialog
 from mlxlora.tui.screens.train.stages import StagesEditor
 from mlxlora.tui.screens.train.sweep_dialog import SweepDialog
+from mlxlora.tui.screens.train.target_boxes import TargetBoxes
 from mlxlora.tui.widgets.field import FieldRow
 
 CUSTOM = "custom"
@@ -55,7 +56,6 @@ class TrainTab(Vertical):
     DEFAULT_CSS = """
     TrainTab #train-form { height: 1fr; }
     TrainTab .section { text-style: bold; margin-top: 1; color: $accent; }
-    TrainTab #train-targets { grid-size: 4; grid-gutter: 0 1; height: auto; width: 1fr; }
     TrainTab #train-footer { height: auto; max-height: 8; border-top: solid $primary; }
     TrainTab #train-status { color: $text-muted; }
     TrainTab #train-buttons { height: 1; }
@@ -73,8 +73,6 @@ class TrainTab(Vertical):
         self.base = form.default_data(datasets[0] if datasets else "")
         self.device = machine.training_device()  # backend: auto's (learned on a CUDA host)
         self.budget = self.device.budget
-        self.targets_lock = asyncio.Lock()
-        self.checked: list[str] = []  # the targets ticked (the checkboxes are rebuilt per model)
         self.longest: dict[tuple, int | None] = {}  # records_key -> tokens (None: counting)
         self.cfg: Config | None = None
         self._dataset_names: list[str] | None = None  # the dataset choices as shown
@@ -113,7 +111,7 @@ class TrainTab(Vertical):
                 if title == "LoRA":
                     yield FieldRow(
                         "targets",
-                        Grid(id="train-targets"),
+                        TargetBoxes(id="train-targets"),
                         key=form.TARGETS,
                         help=form.help_text(form.TARGETS),
                     )
@@ -149,6 +147,7 @@ class TrainTab(Vertical):
 
     async def on_mount(self) -> None:
         self.models = self.query_one(ModelField)
+        self.targets = self.query_one(TargetBoxes)
         self.inputs = [box for box in self.query(Input) if box.name in form.INPUT_KEYS]
         self.rows = list(self.query(FieldRow))
         await self.fill(self.base)
@@ -208,8 +207,8 @@ class TrainTab(Vertical):
         ]
         await self.query_one(StagesEditor).set_stages(stages)
         self.query_one("#f-fit", Checkbox).value = form.get(data, form.FIT) == "auto"
-        self.checked = list(form.get(data, form.TARGETS))
-        await self._set_targets()
+        ticked = form.get(data, form.TARGETS)
+        await self.targets.show(self.models.choices(), ticked)
         await self.models.describe(form.get(data, "model"))
         self.validate()
 
@@ -229,21 +228,9 @@ class TrainTab(Vertical):
         select.prompt = "choose a dataset" if names else "no stored datasets"
         select.value = value
 
-    async def _set_targets(self, choices: list[str] | None = None) -> None:
-        """Checkboxes for the model's target choices plus any other name ticked."""
-        choices = choices or self.models.choices()
-        checked = self.checked
-        names = choices + [t for t in checked if t not in choices]
-        async with self.targets_lock:  # a preset and a model read may both rebuild them
-            grid = self.query_one("#train-targets", Grid)
-            if [(b.name, b.value) for b in grid.children] == [(n, n in checked) for n in names]:
-                return
-            await grid.remove_children()
-            await grid.mount_all(Checkbox(n, n in checked, name=n, compact=True) for n in names)
-
     @on(ModelField.Described)
     async def _model_described(self, event: ModelField.Described) -> None:
-        await self._set_targets(event.facts[1])
+        await self.targets.show(event.facts[1])
         self.validate()
 
     # --- validation and the memory verdict ----------------------------------------------
@@ -257,7 +244,9 @@ class TrainTab(Vertical):
             texts,
             "" if dataset is Select.NULL else dataset,
             self.query_one("#f-schedule", Select).value,
-            form.ordered_targets(form.get(self.base, form.TARGETS), self.checked),
+            form.ordered_targets(
+                form.get(self.base, form.TARGETS), self.query_one(TargetBoxes).ticked
+            ),
             self.query_one(StagesEditor).stages(),
             self.query_one("#f-fit", Checkbox).value,
         )
@@ -316,12 +305,7 @@ class TrainTab(Vertical):
         self.validate()
 
     @on(Checkbox.Changed)
-    def _target_ticked(self, event: Checkbox.Changed) -> None:
-        if event.checkbox.id == "f-fit":
-            self.validate()
-            return
-        name = event.checkbox.name
-        self.checked = [t for t in self.checked if t != name] + ([name] if event.value else [])
+    def _ticked(self) -> None:
         self.validate()
 
     @on(StagesEditor.Changed)
