@@ -14,8 +14,10 @@ from collections.abc import Iterable
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.containers import ScrollableContainer
 from textual.screen import Screen
-from textual.widgets import Header, TabbedContent, TabPane
+from textual.scroll_view import ScrollView
+from textual.widgets import Header, Input, TabbedContent, TabPane, TextArea
 
 from mlxlora import machine, queue
 from mlxlora.tui.children import Child
@@ -106,9 +108,12 @@ class MlxloraApp(App):
             self.call_after_refresh(_settle_heap)
 
     def action_leave_field(self) -> None:
-        """Escape leaves a text field, so the number keys switch tabs again (a dialog's own
-        escape, which cancels it, comes first)."""
-        self.screen.set_focus(None)
+        """Escape leaves a text field for the tab's first control that takes no text, so the
+        number keys switch tabs again and the tab's own keys still work (with the focus on
+        nothing they did nothing). A dialog's own escape, which cancels it, comes first."""
+        pane = self.query_one(f"#{self.query_one(TabbedContent).active}", TabPane)
+        controls = (w for w in self.screen.focus_chain if pane in w.ancestors and _control(w))
+        self.screen.set_focus(next(controls, None))
 
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):
@@ -145,6 +150,13 @@ class MlxloraApp(App):
                     if binding.description not in found or node is self.focused:
                         found[binding.description] = (binding, node)
         yield from found.values()
+
+
+def _control(widget) -> bool:
+    """A widget that takes keys but no text. Not a scrolling container either: focusing one
+    restyles all it holds (the whole form). Tables and lists scroll too, but are controls."""
+    container = isinstance(widget, ScrollableContainer) and not isinstance(widget, ScrollView)
+    return not (container or isinstance(widget, (Input, TextArea)))
 
 
 async def _learned_doctor() -> dict:

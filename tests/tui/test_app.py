@@ -43,6 +43,30 @@ def test_escape_leaves_a_field_so_number_keys_switch_tabs_again(home):
     asyncio.run(go())
 
 
+def test_escape_keeps_the_tabs_own_keys(home):
+    """Escape left focus nowhere: the tab's keys (Train's ctrl+s, Runs' and Compare's) did
+    nothing until two tabs brought focus back, and a file name typed next switched tabs."""
+    from run_fixtures import write_run
+    from textual.widgets import Input, Select, SelectionList
+
+    write_run("一つ目", end="finished")
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            app.query_one("#f-name", Input).focus()
+            await pilot.press("escape")
+            assert isinstance(app.focused, Select)  # the preset picker: the form's first control
+            assert {"ctrl+g", "ctrl+s", "ctrl+t"} <= set(app.screen.active_bindings)
+            await pilot.press("4", "escape")
+            await pilot.pause()
+            assert isinstance(app.focused, SelectionList)  # Compare's run list
+            assert {"p", "h", "m"} <= set(app.screen.active_bindings)
+
+    asyncio.run(go())
+
+
 def test_palette_offers_every_tab(home):
     async def go():
         app = MlxloraApp()
