@@ -381,3 +381,14 @@ def test_the_chunked_loss_makes_the_gradient_autograd_makes(softcap):
     assert grad.dtype == torch.bfloat16
     torch.testing.assert_close(loss, expected, rtol=2e-2, atol=0)
     torch.testing.assert_close(grad.float(), expected_grad / 3, rtol=5e-2, atol=2e-2)
+
+
+def test_a_cpu_run_fits_a_budget_its_estimate_fits(home, quickstart_data, tmp_path):
+    """The CPU peak counted the interpreter and libraries (~470 MiB): a job estimated at
+    16 MiB failed a 200 MB budget at step 1, and so did the resume its advice gave."""
+    cfg = make_config(
+        quickstart_data, "training.max_steps=3", "training.memory_budget=200MB", "backend=torch"
+    )
+    summary = engine.train(cfg, tmp_path / "run")
+    assert summary["steps"] == 3
+    assert 0 < summary["peak_memory_gb"] < 0.1  # builtin:tiny's weights, adapter and steps
