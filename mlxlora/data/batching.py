@@ -47,15 +47,17 @@ def plain_prompt(messages: list[dict]) -> str:
 
 
 def encode(record: dict, tokenizer, completions_only: bool = True) -> Example:
-    """Token ids and loss offset for one normalized record."""
+    """Token ids and loss offset for one normalized record. Not verbose: transformers warns
+    that a record past the model's context "will result in indexing errors", where
+    encode_all truncates it and the run says so."""
     if "text" in record:
-        ids = list(tokenizer.encode(record["text"]))
+        ids = list(tokenizer.encode(record["text"], verbose=False))
         eos = getattr(tokenizer, "eos_token_id", None)
         if eos is not None and (not ids or ids[-1] != eos):
             ids.append(eos)
         return Example(tuple(ids), 0)
     prompt, full = _render_chat(tokenizer, record["messages"])
-    ids = tokenizer.encode(full, add_special_tokens=False)
+    ids = tokenizer.encode(full, add_special_tokens=False, verbose=False)
     offset = len(tokenizer.encode(prompt, add_special_tokens=False)) if completions_only else 0
     return Example(tuple(ids), min(offset, len(ids) - 1))
 

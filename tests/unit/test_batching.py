@@ -68,3 +68,28 @@ def test_split_is_deterministic_and_disjoint():
     train, val = batching.split(records, 0.1, seed=3)
     assert (train, val) == batching.split(records, 0.1, seed=3)
     assert len(val) == 5 and not set(train) & set(val) and len(train) + len(val) == 50
+
+
+def test_a_record_past_the_models_context_is_truncated_without_transformers_alarm(tokenizer):
+    """transformers warned that such a record "will result in indexing errors"; it is cut
+    to max_length and the run says so itself."""
+    import logging
+
+    class Heard(logging.Handler):
+        said: list[str] = []
+
+        def emit(self, record):
+            self.said.append(record.getMessage())
+
+    logger, heard = logging.getLogger("transformers.tokenization_utils_base"), Heard()
+    logger.addHandler(heard)
+    try:
+        long = "word " * (tokenizer.model_max_length + 10)
+        for record in (chat("Q?", long), {"text": long}):
+            (ex,), truncated, _ = batching.encode_all([record], tokenizer, 64)
+            assert len(ex.tokens) == 64 and truncated == 1
+        assert heard.said == []
+        tokenizer.encode(long)  # the alarm the handler hears, as it did from encode_all
+    finally:
+        logger.removeHandler(heard)
+    assert len(heard.said) == 1 and "indexing errors" in heard.said[0]
