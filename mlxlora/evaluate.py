@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mlxlora.errors import ModelError, RunError
+from mlxlora.fmt import counted
 from mlxlora.runs import ADAPTER_FILES
 
 
@@ -245,7 +246,7 @@ def _measure(model_ref, adapter, records, cfg, max_tokens, sampling, say):
         # an answer without a sentence gets no consistency score: drawing for it is wasted
         has_sentence = bool(scoring.sentences(answers[-1]))
         samples.append(sampling.draw(gen, messages, max_tokens) if has_sentence else [])
-        say(f"{who}: answered {i}/{len(questions)} ({1 + len(samples[-1])} generations)")
+        say(f"{who}: answered {i}/{len(questions)} ({counted(1 + len(samples[-1]), 'generation')})")
     return {"val_loss": val_loss, "perplexity": ppl}, answers, samples
 
 

@@ -17,9 +17,14 @@ def clock(seconds: float | None) -> str:
     """2:03 or 1:02:03; NONE when unknown (before the speed is known)."""
     if seconds is None:
         return NONE
-    minutes, secs = divmod(int(seconds), 60)
+    minutes, secs = divmod(round(seconds), 60)  # rounded, as Compare's seconds are
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def counted(n: int, noun: str) -> str:
+    """ "1 record", "2 records": English nouns that take an s."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 BLANK_ANSWER = "(blank: only spaces and line breaks; an untrained or random model's answer)"

@@ -12,6 +12,7 @@ from mlxlora.config import Config
 from mlxlora.data import batching
 from mlxlora.errors import ConfigError, DataError, ModelError
 from mlxlora.events import MemoryFit
+from mlxlora.fmt import counted
 from mlxlora.runs import RunPaths
 
 # Says what batching._render_chat does for a tokenizer without a chat template.
@@ -243,10 +244,14 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     ):
         warnings.append(NO_CHAT_TEMPLATE)
     if truncated:
-        warnings.append(f"{truncated} records longer than max_length={d.max_length} were truncated")
+        warnings.append(
+            f"{counted(truncated, 'record')} longer than max_length={d.max_length}"
+            f" {'was' if truncated == 1 else 'were'} truncated"
+        )
     if dropped:
         warnings.append(
-            f"{dropped} records had no answer tokens within max_length and were skipped"
+            f"{counted(dropped, 'record')} had no answer tokens within max_length and"
+            f" {'was' if dropped == 1 else 'were'} skipped"
         )
     warnings += setup_warnings(cfg, len(train), len(val)) + changed_sources(given, cfg.data, starts)
     guard = None

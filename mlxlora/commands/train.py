@@ -19,7 +19,7 @@ from mlxlora.events import (
     Sample,
     Step,
 )
-from mlxlora.fmt import clock
+from mlxlora.fmt import clock, counted
 from mlxlora.memory import fmt_bytes
 from mlxlora.runs import RunPaths
 
@@ -304,7 +304,7 @@ class ProgressView:
         self.log(f"[bold]{e.model}[/] on {e.backend} ({e.device}){resumed}")
         self.log(
             f"  dataset [bold]{e.dataset}[/]: {e.train_records} train / {e.val_records} validation"
-            f" records; {e.total_steps} steps ({e.steps_per_epoch} per epoch)"
+            f" records; {counted(e.total_steps, 'step')} ({e.steps_per_epoch} per epoch)"
         )
         self.log(
             f"  LoRA: {e.trainable_params:,} trainable of {e.total_params:,} parameters; "
