@@ -217,7 +217,7 @@ def boilerplate(split: list[list[tuple[str, str]]]) -> list[dict]:
     for pairs in split:
         for s, k in pairs:
             first_text.setdefault(k, s)
-        counts.update({k for _, k in pairs if _judgeable(k)})
+        counts.update(list(dict.fromkeys(k for _, k in pairs if _judgeable(k))))  # ties: first seen
     floor = max(BOILERPLATE_MIN_RECORDS, math.ceil(BOILERPLATE_SHARE * len(split)))
     return [
         {"key": k, "text": first_text[k], "records": n, "share": n / len(split)}

@@ -224,6 +224,14 @@ def test_boilerplate_needs_share_records_and_letters():
     assert analyze(two, "text")["boilerplate"] == []  # 100% of records, but only 2
 
 
+def test_boilerplate_as_widespread_comes_in_the_order_first_written():
+    """Ties came in set order, which differs from run to run (`data show` printed the
+    tutorial's two 100% sentences in either order)."""
+    lines = [f"Line number {w} is here." for w in "one two three four five six".split()]
+    recs = [{"text": " ".join(lines) + f" Record {i}."} for i in range(5)]
+    assert [b["text"] for b in analyze(recs, "text")["boilerplate"]] == lines
+
+
 def test_near_duplicates_beside_exact_ones():
     recs = texts("Fever is high.", "fever  is HIGH!", "Fever is high.", "Cough.", "ＣＯＵＧＨ")
     r = analyze(recs, "text")
