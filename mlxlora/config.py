@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from mlxlora import names, targets
+from mlxlora.data.formats import decode_utf8
 from mlxlora.errors import ConfigError
 
 SCHEDULES = ("constant", "linear", "cosine", "staged")
@@ -392,8 +393,12 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not p.is_file():
             raise ConfigError(["file not found"], source)
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            text = decode_utf8(p.read_bytes())
+        except ValueError as exc:  # the line, and what to do
+            raise ConfigError([str(exc)], source) from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
             raise ConfigError([_yaml_problem(exc)], source) from None
     if overrides:  # a bad value may be the command line's, not the file's
         source += f" (with --set {', '.join(o.partition('=')[0] for o in overrides)})"
@@ -404,7 +409,7 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 
 def _yaml_problem(exc: Exception) -> str:
-    """'not valid YAML at line L, column C: what' from a yaml (or decoding) error."""
+    """'not valid YAML at line L, column C: what' from a yaml error."""
     mark = getattr(exc, "problem_mark", None)
     what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     if mark is None:

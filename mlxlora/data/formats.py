@@ -109,17 +109,25 @@ def read_text(path: str | Path) -> str:
     except OSError as exc:
         raise DataError(f"{source}: cannot read: {exc.strerror or exc}") from None
     try:
-        text = raw.decode("utf-8")
+        return decode_utf8(raw)
+    except ValueError as exc:
+        raise DataError(f"{source}: {exc}") from None
+
+
+def decode_utf8(raw: bytes) -> str:
+    """A file's bytes as strict UTF-8 text, without a byte order mark; ValueError naming the
+    line and byte offset (or that the file is UTF-16) and what to do otherwise."""
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise ValueError("the file is UTF-16; save it as UTF-8") from None
         line = raw.count(b"\n", 0, exc.start) + 1
         bad = raw[exc.start : exc.start + 1].hex()
-        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-            raise DataError(f"{source}: the file is UTF-16; save it as UTF-8") from None
-        raise DataError(
-            f"{source}: line {line}: not valid UTF-8 (byte 0x{bad} at offset {exc.start}); "
+        raise ValueError(
+            f"line {line}: not valid UTF-8 (byte 0x{bad} at offset {exc.start}); "
             "save the file as UTF-8"
         ) from None
-    return text.removeprefix("\ufeff")
 
 
 def load_records(path: str | Path) -> Records:
@@ -151,7 +159,12 @@ def load_records(path: str | Path) -> Records:
                     f"{_show(item)}"
                 )
         return Records(whole, [f"record {i}" for i in range(1, len(whole) + 1)])
-    if text.lstrip().startswith("["):  # meant as one JSON array, but it does not parse
+    body = text.lstrip()
+    if body[0] not in "{[":
+        line = text[: len(text) - len(body)].count("\n") + 1
+        raise DataError(f"{source}: line {line}: {_not_json(source)}")
+    extra = isinstance(whole, json.JSONDecodeError) and whole.msg == "Extra data"
+    if body.startswith("[") and not extra:  # meant as one JSON array, but it does not parse
         exc = whole
         if isinstance(exc, json.JSONDecodeError):
             raise DataError(
@@ -159,6 +172,13 @@ def load_records(path: str | Path) -> Records:
             ) from None
         raise DataError(f"{source}: malformed JSON: {exc}") from None
     return _load_jsonl(text, source)
+
+
+def _not_json(source: str) -> str:
+    suffix = Path(source).suffix.lower()
+    if suffix in (".csv", ".tsv", ".parquet", ".xlsx"):
+        return f"{suffix[1:].upper()} is not read here; convert the file to JSON Lines"
+    return "not JSON; expected a JSON array of objects or JSON Lines (one object per line)"
 
 
 def _load_jsonl(text: str, source: str) -> Records:

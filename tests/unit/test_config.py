@@ -177,6 +177,17 @@ def test_bad_override_syntax():
         config.load(None, ["lora.rank"])
 
 
+def test_a_config_not_in_utf8_names_the_line_and_the_fix(tmp_path):
+    """Shift-JIS got Python's codec message with a byte position in the whole file."""
+    path = tmp_path / "sjis.yaml"
+    path.write_bytes("model: builtin:tiny\nname: 医療モデル\n".encode("shift_jis"))
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert str(err.value) == (
+        f"{path}: line 2: not valid UTF-8 (byte 0x88 at offset 26); save the file as UTF-8"
+    )
+
+
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     cfg = config.load(REPO / "configs" / "quickstart.yaml")
     path = tmp_path / "c.yaml"

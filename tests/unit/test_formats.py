@@ -312,6 +312,27 @@ def test_full_and_answer_text():
     assert full_text({"text": "t"}) == answer_text({"text": "t"}) == "t"
 
 
+def test_a_file_of_another_kind_is_named_as_such(tmp_path):
+    """A CSV was "line 1, column 1: malformed JSON: Expecting value"; JSON Lines whose first
+    line is an array blamed line 2 ("Extra data")."""
+    csv = tmp_path / "qa.csv"
+    csv.write_text("question,answer\nWhat?,That.\n")
+    assert error_of(load_records, csv) == (
+        f"{csv}: line 1: CSV is not read here; convert the file to JSON Lines"
+    )
+    notes = tmp_path / "notes.txt"
+    notes.write_text("\n\nplain words\n")
+    assert error_of(load_records, notes) == (
+        f"{notes}: line 3: not JSON; expected a JSON array of objects or JSON Lines"
+        " (one object per line)"
+    )
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text('[1, 2]\n{"text": "a"}\n')
+    assert error_of(load_records, lines) == (
+        f"{lines}: line 1: expected a JSON object, got an array [1, 2]"
+    )
+
+
 def test_utf16_gets_a_hint(tmp_path):
     p = tmp_path / "d.jsonl"
     p.write_bytes('{"text": "a"}\n'.encode("utf-16"))
