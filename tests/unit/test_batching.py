@@ -83,6 +83,8 @@ def test_a_record_past_the_models_context_is_truncated_without_transformers_alar
 
     logger, heard = logging.getLogger("transformers.tokenization_utils_base"), Heard()
     logger.addHandler(heard)
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # the CLI's tests leave transformers' loggers quieter
     try:
         long = "word " * (tokenizer.model_max_length + 10)
         for record in (chat("Q?", long), {"text": long}):
@@ -92,4 +94,5 @@ def test_a_record_past_the_models_context_is_truncated_without_transformers_alar
         tokenizer.encode(long)  # the alarm the handler hears, as it did from encode_all
     finally:
         logger.removeHandler(heard)
+        logger.setLevel(level)
     assert len(heard.said) == 1 and "indexing errors" in heard.said[0]
