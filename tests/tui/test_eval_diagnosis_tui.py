@@ -13,7 +13,7 @@ from test_runs_tab import rows, select
 
 from mlxlora import runs
 from mlxlora.diagnosis import diagnose
-from mlxlora.events import EventWriter, read_events
+from mlxlora.events import Diagnosis, EventWriter, read_events
 from mlxlora.tui.app import MlxloraApp
 
 EVAL = {
@@ -44,33 +44,47 @@ EVAL = {
 }
 
 
-def diagnosed_run(name: str, started: float = T0):
-    """A finished run whose events truncated records (a diagnosis event), with an eval.json."""
+PLATEAU = Diagnosis(
+    step=100,
+    kind="plateau",
+    severity="info",
+    message="the loss stopped falling",
+    remedy=["lora.rank: 20-24", "more or better training data", "a larger base model"],
+)
+
+
+def diagnosed_run(name: str, started: float = T0, *more: Diagnosis):
+    """A finished run whose events truncated records (a diagnosis event) and `more`
+    findings, with an eval.json."""
     path = write_run(name, end="finished", started=started)
     paths = runs.RunPaths(path)
     events = read_events(paths.events)
     events[0].truncated_records = 30  # what a diagnosis reads from run_started
     finding = diagnose(events)[0]
     with EventWriter(paths.events) as w:
-        w.emit(finding.event())
+        for event in (finding.event(), *more):
+            w.emit(event)
     paths.eval.write_text(json.dumps(EVAL), encoding="utf-8")
     return path
 
 
 def test_runs_tab_flags_the_run_and_shows_eval_and_diagnosis(home):
-    path = diagnosed_run("diag")
+    path = diagnosed_run("diag", T0, PLATEAU)
     write_run("plain", end="finished", started=T0 + 100)
 
     async def go():
         app = MlxloraApp(initial="runs")
         async with app.run_test(size=(120, 40)) as pilot:
             await wait_for(pilot, lambda: len(rows(app)) == 2)
-            assert rows(app)[str(path)][1] == "finished ⚠ truncation"
+            assert rows(app)[str(path)][1] == "finished ⚠ truncation +1"
             assert [c[1] for c in rows(app).values()].count("finished") == 1  # the plain run
             await select(pilot, path.name)
             diagnosis = str(app.query_one("#run-diagnosis").render())
             assert "⚠ truncation (warning) @0: 30 training records (75%) were cut" in diagnosis
             assert "try data.max_length higher" in diagnosis
+            # every remedy, as `runs show` lists them (only the first was shown)
+            assert "  try lora.rank: 20-24\n   or more or better training data\n" in diagnosis
+            assert "   or a larger base model" in diagnosis
             text = str(app.query_one("#run-eval").render())
             assert "eval quickstart (12 records)  tuned / base" in text
             assert "val loss     0.9500 / 3.7000" in text

@@ -222,12 +222,11 @@ def _samples(view: RunView) -> str:
 
 
 def _diagnosis(view: RunView) -> str:
-    """Each finding: what, where, and the first remedy to try."""
+    """Each finding: what, where, and the remedies to try, as `runs show` lists them."""
     lines = []
     for d in view.diagnoses.values():
         lines.append(f"⚠ {d.kind} ({d.severity}) @{d.step}: {d.message}")
-        if d.remedy:
-            lines.append(f"  try {d.remedy[0]}")
+        lines += [f"  {'try' if i == 0 else ' or'} {r}" for i, r in enumerate(d.remedy)]
     return "\n".join(lines)
 
 
