@@ -9,6 +9,7 @@ torch or textual.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +204,14 @@ def setting_differences(configs: list[dict]) -> dict:
     """What the runs' settings differ in, as every face shows it: the name and sweep differ by
     design, and a setting a run predates counts as its default."""
     return config_differences(configs, ("name", "sweep"), config.Config().to_dict())
+
+
+def setting_text(value) -> str:
+    """A config value as typed in YAML, the same in every face: lists and mappings compact,
+    on one line (the studio and the report showed Python's repr)."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return NONE if value is None else str(value)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import math
 import time
 from pathlib import Path
 
-from mlxlora.experiments import Comparison, Pick, shown_metrics
+from mlxlora.experiments import Comparison, Pick, setting_text, shown_metrics
 from mlxlora.fmt import num
 from mlxlora.outputs import permissions_from_umask
 from mlxlora.runs import atomic_write_text
@@ -161,20 +161,16 @@ def _legend(names: list[str]) -> list[str]:
 def table(comparison: Comparison) -> str:
     rows = comparison.runs
     metrics = shown_metrics([r.metrics for r in rows])
-    head = ["run", "status", *comparison.differences, *(title for _, title, _ in metrics)]
+    head = ["run", "status", *(title for _, title, _ in metrics), *comparison.differences]
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
-    for i, r in enumerate(rows):
+    for i, r in enumerate(rows):  # the numbers first: a differing list can be wide
         cells = [r.name, r.status]
-        cells += [_text(values[i]) for values in comparison.differences.values()]
         cells += [num(r.metrics.get(key), spec) for key, _, spec in metrics]
+        cells += [setting_text(values[i]) for values in comparison.differences.values()]
         name = f'<td style="color:{color(i)};font-weight:bold">{html.escape(cells[0])}</td>'
         out.append("<tr>" + name + "".join(f"<td>{html.escape(c)}</td>" for c in cells[1:]))
     out.append("</table>")
     return "\n".join(out)
-
-
-def _text(value) -> str:
-    return "—" if value is None else str(value)
 
 
 def answers(comparison: Comparison) -> str:

@@ -87,7 +87,7 @@ def print_table(comparison) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from mlxlora.experiments import shown_metrics
+    from mlxlora.experiments import setting_text, shown_metrics
     from mlxlora.fmt import num
 
     rows = comparison.runs
@@ -109,10 +109,3 @@ def print_table(comparison) -> None:
         for key, values in comparison.differences.items():
             settings.add_row(*map(Text, (key, *map(setting_text, values))))
         console.print(settings)
-
-
-def setting_text(value) -> str:
-    """A config value as typed in YAML: lists and mappings compact, on one line."""
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-    return "—" if value is None else str(value)

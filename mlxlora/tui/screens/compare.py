@@ -22,7 +22,7 @@ from textual.widgets import DataTable, SelectionList, Static
 
 from mlxlora import experiments, report, runs
 from mlxlora.errors import MlxloraError
-from mlxlora.experiments import run_metrics, setting_differences, shown_metrics
+from mlxlora.experiments import run_metrics, setting_differences, setting_text, shown_metrics
 from mlxlora.runview import read_config
 from mlxlora.sweep import run_sweep
 from mlxlora.tui.messages import RunsPolled
@@ -158,14 +158,14 @@ class CompareTab(Vertical):
         rows = [run_metrics(self.book.views[path]) for path in picked]
         shown = shown_metrics(rows)  # score columns only once a run has eval.json
         table.add_column("run")
+        for _, title, _ in shown:  # the numbers first: a differing list (stages) is wide
+            table.add_column(title)
         for key in _short_names(list(differing), taken={title for _, title, _ in shown}):
             table.add_column(key)
-        for _, title, _ in shown:
-            table.add_column(title)
         for i, (path, metrics) in enumerate(zip(picked, rows, strict=True)):
             cells = [Text(runs.given_name(path), style=PALETTE[i % len(PALETTE)])]
-            cells += [Text(str(values[i])) for values in differing.values()]
             cells += [Text(num(metrics.get(key), spec)) for key, _, spec in shown]
+            cells += [Text(setting_text(values[i])) for values in differing.values()]
             table.add_row(*cells, key=str(path))
 
     def _draw_chart(self, picked: list[Path]) -> None:
