@@ -167,3 +167,28 @@ def test_p_names_the_best_run_and_h_writes_the_report(home):
 
 def notes(app) -> list[str]:
     return [str(n.message) for n in app._notifications]
+
+
+def test_long_names_that_share_a_prefix_stay_apart_in_the_list(home):
+    """The list cut names at their end: the tutorial's 医療専門知識モデル_early_stop and
+    _staged both showed as 医療専門知識モデル_… at 80 and 120 columns."""
+    write_run("医療専門知識モデル_early_stop", end="finished")
+    first = write_run("医療専門知識モデル_staged", end="finished", started=T0 + 100)
+    first.rename(first.with_name("医療専門知識モデル_staged-20250615-000100"))
+    write_run("医療専門知識モデル_staged", end="finished", started=T0 + 200)
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=(80, 24)) as pilot:
+            pick = app.query_one(SelectionList)
+            await wait_for(pilot, lambda: pick.option_count == 3)
+            await pilot.pause(0.6)
+            labels = [str(pick.get_option_at_index(i).prompt) for i in range(3)]
+            assert labels[2] == "医療専門…ル_early_stop"  # cut in the middle; a unique name
+            # a name two runs have keeps the time that tells them apart
+            assert labels[0] == "医…staged  06-15 00:01"
+            assert labels[1] == "医…staged  06-15 00:00"
+            text = screen_text(app)
+            assert all(label in text for label in labels)  # whole on screen
+
+    asyncio.run(go())

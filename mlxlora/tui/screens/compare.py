@@ -11,8 +11,10 @@ directories, through the same core as `mlxlora compare`: they run in a thread wo
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -29,10 +31,11 @@ from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
 from mlxlora.tui.screens.merge import MergeDialog
 from mlxlora.tui.widgets.loss_chart import PALETTE, LossChart, Series
-from mlxlora.tui.widgets.text import num
+from mlxlora.tui.widgets.text import middle_cut, num
 
 DRAW_SEC = 0.5
 SWEEP = "sweep:"  # the value of a sweep's entry in the pick list
+CHECKBOX_CELLS = 4  # "▐X▌ " before each run in the pick list
 
 
 def _newest_first(paths: list[Path]) -> list[Path]:
@@ -46,7 +49,7 @@ class CompareTab(Vertical):
 
     DEFAULT_CSS = """
     CompareTab #compare-top { height: 1fr; }
-    CompareTab #compare-pick { width: 30; }
+    CompareTab #compare-pick { width: 30%; min-width: 30; max-width: 50; }
     CompareTab LossChart { width: 1fr; }
     CompareTab #compare-table { height: auto; max-height: 45%; }
     CompareTab #compare-verdict { height: auto; max-height: 4; background: $boost; }
@@ -62,6 +65,7 @@ class CompareTab(Vertical):
         self.book = RunBook()
         self.picked: list[Path] = []
         self._listed: list[Path] = []
+        self._room: int | None = None  # the cells a label had when the list was drawn
         self._dirty = False
         self._sweeps: dict[Path, str | None] = {}  # run -> its sweep, read once
         self._sweeps_picked: set[str] = set()
@@ -78,6 +82,9 @@ class CompareTab(Vertical):
         self.query_one("#compare-verdict").display = False
         self.watch_runs()
         self.set_interval(DRAW_SEC, self.redraw)
+
+    def on_resize(self) -> None:
+        self._dirty = True  # the labels are cut to the list's width
 
     def on_show(self) -> None:
         self.query_one(SelectionList).focus()  # space picks a run straight away
@@ -120,20 +127,30 @@ class CompareTab(Vertical):
         self._draw_table(picked)
         self._draw_chart(picked)
 
-    def _label(self, path: Path) -> str:
-        """A run as the list shows it, what tells it from the others first (a narrow list
-        cuts the end of a line): its name, then when it started (`11-26 15:39`); a sweep's
-        run without the sweep's name (`rank8  (sweep, 11-26 15:39)`)."""
+    def _label(self, path: Path, room: int | None, repeated: bool) -> str:
+        """A run as the list shows it in `room` cells, what tells it from the others first (a
+        narrow list cuts the end of a line): its name, then when it started (`11-26 15:39`); a
+        sweep's run without the sweep's name (`rank8  (sweep, 11-26 15:39)`). A name too long
+        is cut in the middle (names share prefixes and differ at the end), and the time left
+        out unless another run has the same name."""
         name, sweep, when = runs.given_name(path), self._sweep_of(path), runs.started_text(path)
         if sweep and name.startswith(f"{sweep}-"):
             return f"{name.removeprefix(f'{sweep}-')}  ({', '.join(filter(None, (sweep, when)))})"
-        return f"{name}  {when}".rstrip()
+        label = f"{name}  {when}".rstrip()
+        if room is None or cell_len(label) <= room:
+            return label
+        if not repeated:
+            return middle_cut(name, room)
+        return f"{middle_cut(name, room - len(when) - 2)}  {when}"
 
     def _draw_list(self) -> None:
         present = _newest_first(self.book.present)
-        if present == self._listed:
-            return
         pick = self.query_one(SelectionList)
+        width = pick.scrollable_content_region.width
+        room = width - CHECKBOX_CELLS if width else None  # None: not laid out yet
+        if (present, room) == (self._listed, self._room):
+            return
+        self._room = room
         highlighted = pick.highlighted or 0  # the first space picks a run, the cursor stays put
         pick.clear_options()
         self._listed = present
@@ -142,7 +159,11 @@ class CompareTab(Vertical):
             (f"▸ {s} ({len(self._members(s))} runs)", SWEEP + s, s in self._sweeps_picked)
             for s in sweeps
         )
-        pick.add_options((self._label(p), str(p), p in self.picked) for p in present)
+        names = Counter(map(runs.given_name, present))
+        pick.add_options(
+            (self._label(p, room, names[runs.given_name(p)] > 1), str(p), p in self.picked)
+            for p in present
+        )
         if pick.option_count:
             pick.highlighted = min(highlighted, pick.option_count - 1)
         self.picked = [p for p in self.picked if p in present]
