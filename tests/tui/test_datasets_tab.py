@@ -99,9 +99,16 @@ def test_import_a_good_and_a_bad_file_from_the_form(home, tmp_path, quickstart_d
             await pilot.press("escape")
             assert [r[0] for r in table_rows(app)] == ["クイック"]
 
+            # the warning that the records are stored already ends with the dataset's name,
+            # which a one-line status cut off
+            await import_from_form(app, pilot, quickstart_data, "二つ目")
+            status = text(app, "#ds-status")
+            assert status.endswith("the same records are stored already as dataset 'クイック'")
+            assert app.query_one("#ds-status").size.height == 2  # wrapped, whole
+
     asyncio.run(go())
     assert not store.exists("bad")
-    assert sorted(p.name for p in (home / "datasets").iterdir()) == ["クイック"]  # nothing else
+    assert sorted(p.name for p in (home / "datasets").iterdir()) == ["クイック", "二つ目"]
 
 
 def test_analysis_and_preview_of_the_selected_dataset(datasets):

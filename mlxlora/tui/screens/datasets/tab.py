@@ -34,7 +34,7 @@ class DatasetsTab(Vertical):
     DatasetsTab #ds-tokens { height: 1; }
     DatasetsTab #ds-model { width: 1fr; }
     DatasetsTab #ds-count { margin-left: 1; }
-    DatasetsTab #ds-status { height: 1; color: $text-muted; }
+    DatasetsTab #ds-status { height: auto; max-height: 3; color: $text-muted; }
     """
     BINDINGS = [
         Binding("i", "import_dataset", "Import"),
