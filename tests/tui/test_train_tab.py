@@ -218,6 +218,9 @@ def test_stages_validate_and_save(workspace, tmp_path):
                 (1e-4, 1.5),
             ]
             assert tab.cfg.training.epochs == 4.5
+            # the fields the stages set show what they set (epochs said 3.0, saved as 4.5)
+            shown = [app.query_one(box, Input).value for box in ignored]
+            assert shown == ["0.0001", "4.5"]
             await save(app, pilot, tmp_path / "staged.yaml")
             return tab.cfg
 

@@ -258,6 +258,7 @@ class TrainTab(Vertical):
         if self.cfg is not None and (problem := layers_problem(self.cfg, (facts or (None,))[0])):
             by_field.setdefault("lora.num_layers", []).append(problem)
             self.cfg = None
+        self._mirror_stages()
         for row in self.rows:
             row.show_problems(by_field.get(row.key, []))
         count = sum(map(len, by_field.values())) + len(other)
@@ -270,6 +271,15 @@ class TrainTab(Vertical):
         budget = config.run_budget(self.cfg, self.budget) if self.cfg else self.budget
         self.models.mark(shape, budget, self.device)
         return self.cfg
+
+    def _mirror_stages(self) -> None:
+        """Under staged, the fields the stages set show what they set: the first stage's
+        rate and the stages' epochs (they showed values the run ignores)."""
+        if self.cfg is None or self.cfg.training.schedule != "staged":
+            return
+        t = self.cfg.training
+        for key, value in zip(STAGED_SETS, (t.stages[0].learning_rate, t.epochs), strict=True):
+            self.query_one(f"#f-{key.replace('.', '-')}", Input).value = form.text_of(value)
 
     def _say(self, selector: str, text: str) -> None:
         """Update a line only when its text changes: an update re-lays the form out."""
