@@ -127,6 +127,8 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
             assert "will not fit" in verdict and "try: training.batch_size=1" in verdict
             assert "training.fit=auto fits it: training.batch_size=" in verdict  # the offer
             fit = app.query_one("#f-fit", Checkbox)
+            fit.scroll_visible(animate=False)  # below the fold at 80 x 24
+            await pilot.pause()
             await pilot.click(fit)  # taken: the verdict is the configuration the run starts as
             await settle(app, pilot)
             assert fit.value and app.query_one(TrainTab).cfg.training.fit == "auto"
@@ -145,6 +147,29 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
             assert f"of a {memory.fmt_bytes(10**6)} budget: will not fit" in verdict
             await type_into(pilot, app, "#f-training-memory_budget", "")
             assert "of a 16.0 GiB budget: fits" in text(app, "#train-memory")
+
+            # the troubleshooting keys the tutorial changes "in the Train tab's form"
+            checkpoint = app.query_one("#f-checkpoint", Checkbox)
+            checkpoint.value = True
+            await settle(app, pilot)
+            shape = memory.on_cpu(
+                memory.TrainShape(lora_rank=16, max_length=256, grad_checkpoint=True)
+            )
+            est = memory.estimate(builtin_tiny_info(), shape)
+            assert f"memory ~{memory.fmt_bytes(est.total)} of" in text(app, "#train-memory")
+            for key, value in (
+                ("training-grad_clip", "0.5"),
+                ("training-weight_decay", "0.01"),
+                ("data-val_split", "0.2"),
+                ("training-max_steps", "40"),
+                ("training-eval_every", "10"),
+            ):
+                await type_into(pilot, app, f"#f-{key}", value)
+            t, d = app.query_one(TrainTab).cfg.training, app.query_one(TrainTab).cfg.data
+            assert (t.grad_checkpoint, t.grad_clip, t.weight_decay) == (True, 0.5, 0.01)
+            assert (d.val_split, t.max_steps, t.eval_every) == (0.2, 40, 10)
+            checkpoint.value = False
+            await settle(app, pilot)
 
             targets = {box.name: box for box in app.query("#train-targets Checkbox")}
             assert list(targets) == [

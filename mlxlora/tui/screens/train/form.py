@@ -20,6 +20,7 @@ STAGES = "training.stages"
 SCHEDULE = "training.schedule"
 DATASET = "data.dataset"
 FIT = "training.fit"
+CHECKPOINT = "training.grad_checkpoint"
 
 # (section title, ((config key, label), ...)): the fields typed into an Input.
 SECTIONS = (
@@ -36,6 +37,11 @@ SECTIONS = (
         ("training.grad_accumulation", "accumulation"),
         ("data.max_length", "max length"),
         ("training.warmup_steps", "warmup steps"),
+        ("training.max_steps", "max steps"),
+        ("training.weight_decay", "weight decay"),
+        ("training.grad_clip", "grad clip"),
+        ("data.val_split", "val split"),
+        ("training.eval_every", "eval every"),
         ("training.memory_budget", "memory budget"),
     )),
     ("Early stopping and seed", (
@@ -94,10 +100,12 @@ def build(
     targets: list[str],
     stages: list[tuple[str, str]],
     fit: bool = False,
+    checkpoint: bool = False,
 ) -> dict:
     """The config dict of the form: `base` (a preset, or defaults) with the form's values."""
     data = copy.deepcopy(base)
     put(data, FIT, "auto" if fit else "off")
+    put(data, CHECKPOINT, checkpoint)
     for key, text in texts.items():
         put(data, key, text if key in TEXT_KEYS else parse_value(text))
     put(data, DATASET, dataset)

@@ -83,6 +83,7 @@ class TrainTab(Vertical):
             form.STAGES,
             form.SCHEDULE,
             form.FIT,
+            form.CHECKPOINT,
         )
 
     # --- layout ---------------------------------------------------------------------------
@@ -133,6 +134,12 @@ class TrainTab(Vertical):
                         Checkbox("fit to memory", id="f-fit", compact=True),
                         key=form.FIT,
                         help=form.help_text(form.FIT),
+                    )
+                    yield FieldRow(
+                        "",
+                        Checkbox("gradient checkpointing", id="f-checkpoint", compact=True),
+                        key=form.CHECKPOINT,
+                        help=form.help_text(form.CHECKPOINT),
                     )
         with Vertical(id="train-footer"):  # the buttons first: long advice never hides them
             with Horizontal(id="train-buttons"):
@@ -207,6 +214,7 @@ class TrainTab(Vertical):
         ]
         await self.query_one(StagesEditor).set_stages(stages)
         self.query_one("#f-fit", Checkbox).value = form.get(data, form.FIT) == "auto"
+        self.query_one("#f-checkpoint", Checkbox).value = bool(form.get(data, form.CHECKPOINT))
         ticked = form.get(data, form.TARGETS)
         await self.targets.show(self.models.choices(), ticked)
         await self.models.describe(form.get(data, "model"))
@@ -249,6 +257,7 @@ class TrainTab(Vertical):
             ),
             self.query_one(StagesEditor).stages(),
             self.query_one("#f-fit", Checkbox).value,
+            self.query_one("#f-checkpoint", Checkbox).value,
         )
 
     def validate(self) -> Config | None:
