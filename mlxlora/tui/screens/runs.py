@@ -20,11 +20,11 @@ from textual.widgets import DataTable
 from mlxlora import machine, queue, runlist, runs
 from mlxlora.diagnosis import MEMORY_STOP
 from mlxlora.errors import MlxloraError
-from mlxlora.evaluate import Sampling
 from mlxlora.sweep import run_sweep
 from mlxlora.tui.children import Child
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
+from mlxlora.tui.screens.eval_dialog import EvalChoice, EvalDialog
 from mlxlora.tui.screens.export import ExportDialog
 from mlxlora.tui.screens.run_detail import RunDetail
 from mlxlora.tui.widgets.confirm import Confirm
@@ -261,19 +261,20 @@ class RunsTab(Vertical):
         self.app.push_screen(ExportDialog(path))
 
     def action_evaluate_run(self) -> None:
-        """`mlxlora eval RUN --base` as a child process; eval.json shows when it is written."""
+        """Ask what to evaluate on (EvalDialog), then `mlxlora eval` as a child process;
+        eval.json shows when it is written."""
         path = self._selected_run()
         if path is None or self.book.status(path) not in ("finished", "early-stopped", "stopped"):
             self.notify("Evaluate a run that has trained (finished or stopped)", severity="warning")
             return
-        # eval's cost said up front: each question answered greedily plus K sampled answers
-        k = Sampling().samples
-        self.notify(f"Evaluating {path.name} (tuned and base, 1 + {k} answers per question)…")
-        self.evaluate(path)
+        self.app.push_screen(
+            EvalDialog(path), lambda choice: choice and self.evaluate(path, choice)
+        )
 
     @work(group="runs-eval", exit_on_error=False)
-    async def evaluate(self, path: Path) -> None:
-        child = await Child.start("eval", str(path), "--base", "--json")
+    async def evaluate(self, path: Path, choice: EvalChoice) -> None:
+        self.notify(f"Evaluating {path.name} {choice.describe()}…")
+        child = await Child.start(*choice.arguments(path))
         try:
             result = await child.json()  # read whole: a full stdout pipe would block the child
         except ValueError:
@@ -284,7 +285,9 @@ class RunsTab(Vertical):
             self.notify(f"{path.name}: {child.error_line()}", severity="error")
             return
         base = (result.get("base") or {}).get("val_loss")
-        self.notify(f"{path.name}: val loss {num(result['val_loss'])} (base {num(base)}); see eval")
+        versus = f" (base {num(base)})" if choice.base else ""
+        on = result["dataset"]
+        self.notify(f"{path.name} on {on}: val loss {num(result['val_loss'])}{versus}; see eval")
 
     def action_delete_run(self) -> None:
         """Delete the selected run's directory (asks first), or drop a queued job."""
