@@ -172,7 +172,8 @@ def test_evaluate_on_another_dataset_then_compare(home, tmp_path):
             await pilot.press("e")
             await wait_for(pilot, lambda: "Evaluate: " + path.name in screen_text(app))
             shown = screen_text(app)
-            assert "the run's own validation split" in shown and "X▌ measure it too" in shown
+            assert "the run's own validation split" in shown and "measure it too" in shown
+            assert app.screen.query_one("#eval-base").value  # the base too, as `e` did
             app.screen.query_one("#eval-dataset").focus()
             await pilot.press("enter", "down", "down", "enter")  # quickstart, 医療データ
             app.screen.query_one("#eval-consistency").focus()
