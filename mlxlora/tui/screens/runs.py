@@ -2,8 +2,8 @@
 
 A worker thread tails every run's events (`RunWatcher`) and posts the news; this widget folds
 it into one `RunView` per run and redraws what changed at most `DRAW_SEC` apart, however fast
-events arrive, and only while the tab is in view. Stop, Resume, Delete, Evaluate and Export
-(to Ollama) act on the selected row.
+events arrive, and only while the tab is in view. Stop, Resume, Delete, Evaluate, Export (to
+Ollama) and Fuse (into a model directory) act on the selected row.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
 from mlxlora.tui.screens.eval_dialog import EvalChoice, EvalDialog
 from mlxlora.tui.screens.export import ExportDialog
+from mlxlora.tui.screens.fuse import FuseDialog
 from mlxlora.tui.screens.run_detail import RunDetail
 from mlxlora.tui.widgets.confirm import Confirm
 from mlxlora.tui.widgets.text import num, sparkline
@@ -47,6 +48,7 @@ class RunsTab(Vertical):
         Binding("d", "delete_run", "Delete run"),
         Binding("e", "evaluate_run", "Evaluate"),
         Binding("x", "export_run", "Export to Ollama"),
+        Binding("f", "fuse_run", "Fuse model"),
     ]
 
     def __init__(self, **kwargs):
@@ -253,12 +255,22 @@ class RunsTab(Vertical):
 
     def action_export_run(self) -> None:
         """Open the Export dialog for the selected run (it runs `mlxlora export` as a child)."""
+        if path := self._trained_run("exports"):
+            self.app.push_screen(ExportDialog(path))
+
+    def action_fuse_run(self) -> None:
+        """Open the Fuse dialog for the selected run (it runs `mlxlora fuse` as a child)."""
+        if path := self._trained_run("fuses"):
+            self.app.push_screen(FuseDialog(path))
+
+    def _trained_run(self, verb: str) -> Path | None:
+        """The selected run when it has a trained adapter to use; else None, said why."""
         path = self._selected_run()
         status = self.book.status(path) if path else None
         if path is None or status in ("running", "failed"):
-            self.notify("Only a finished or stopped run exports", severity="warning")
-            return
-        self.app.push_screen(ExportDialog(path))
+            self.notify(f"Only a finished or stopped run {verb}", severity="warning")
+            return None
+        return path
 
     def action_evaluate_run(self) -> None:
         """Ask what to evaluate on (EvalDialog), then `mlxlora eval` as a child process;
