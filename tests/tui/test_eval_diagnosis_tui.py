@@ -203,6 +203,23 @@ def test_evaluate_on_another_dataset_then_compare(home, tmp_path):
     assert len(measured()["answers"]) == 5
 
 
+def test_escape_in_the_evaluate_dialog_starts_nothing(home):
+    write_run("done", end="finished")
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 1)
+            await pilot.press("e")
+            await wait_for(pilot, lambda: isinstance(app.screen, EvalDialog))
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, EvalDialog))
+            assert not [w for w in app.workers if w.group == "runs-eval"]
+            assert not app._notifications  # no "Evaluating …"
+
+    asyncio.run(go())
+
+
 def test_runs_list_flags_the_run_as_the_runs_tab_does(home, capsys):
     from mlxlora.cli import main
 
