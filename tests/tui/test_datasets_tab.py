@@ -161,8 +161,6 @@ def test_token_counts_come_from_a_data_show_child(datasets):
 def test_domain_term_density_with_a_bundled_list_or_a_file(home, tmp_path):
     """The tab showed no term density: the tutorial's 1.3 (38 and 30 medical terms per 1,000
     answer characters) came only from `data show --terms medical`."""
-    from mlxlora.tui.app import MlxloraApp
-
     store.import_dataset(MEDICAL, "医療専門知識データセット", kind="instruction")
     terms = tmp_path / "用語.txt"
     terms.write_text("# two terms\n治療\n診断\n", "utf-8")

@@ -209,7 +209,7 @@ class DatasetsTab(Vertical):
 
     def _use_terms(self, spec: str | None) -> None:
         """Analyse with this term list from now on; the selected dataset at once."""
-        if spec == self.terms_spec and spec is None:
+        if spec is None and self.terms_spec is None:
             return  # the Select's first value, or none chosen again
         try:
             terms = analysis.load_terms(spec) if spec else None
