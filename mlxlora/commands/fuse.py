@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import signal
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -23,6 +26,11 @@ def register(sub) -> None:
         action="store_true",
         help="write float weights even when the base model is quantized",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"out": DIR, "files": {name: bytes}} (the studio reads it)',
+    )
     p.set_defaults(func=run)
 
 
@@ -30,10 +38,18 @@ def run(args) -> int:
     from pathlib import Path
 
     from mlxlora.export.fuse import fuse_run
+    from mlxlora.outputs import OUTPUT_MARKER
     from mlxlora.runs import find_run
 
+    # SIGTERM (the studio's Cancel) unwinds like Ctrl-C, so the temporary directory is removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     out = fuse_run(
         find_run(args.run), Path(args.out).expanduser() if args.out else None, args.dequantize
     )
-    print(out, flush=True)
+    if args.json:
+        files = {f.name: f.stat().st_size for f in sorted(out.iterdir()) if f.is_file()}
+        files.pop(OUTPUT_MARKER, None)
+        print(json.dumps({"out": str(out), "files": files}, ensure_ascii=False), flush=True)
+    else:
+        print(out, flush=True)
     return 0

@@ -131,6 +131,24 @@ def test_fuse_command(tiny_run, tmp_path):
     assert bad.stderr.startswith("mlxlora: error: ") and bad.stderr.count("\n") == 1
 
 
+def test_fuse_command_json_names_the_directory_and_its_files(tiny_run, tmp_path):
+    """What the studio's Fuse dialog reads: the directory and each file's size."""
+    home, run = tiny_run
+    env = {**os.environ, "MLXLORA_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-m", "mlxlora", "fuse", run.name, "--out", str(tmp_path / "m"),
+         "--json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["out"] == str(tmp_path / "m")
+    written = {f.name: f.stat().st_size for f in (tmp_path / "m").iterdir()}
+    kept = {k: v for k, v in written.items() if k != ".mlxlora-output.json"}  # the marker
+    assert result["files"] == kept
+    assert "config.json" in result["files"] and "model.safetensors" in result["files"]
+
+
 def test_transformers_loads_the_fused_model_with_the_same_logits(in_tiny_home, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

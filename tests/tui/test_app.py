@@ -145,7 +145,8 @@ def test_at_80_columns_the_footer_shortens_descriptions_not_the_help_key(home):
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause()
             line = app.query_one(KeysFooter).render().plain
-            assert "s Stop " in line and "? Help" in line and line.rstrip().endswith("palette")
+            assert "s Stop " in line and "f Fuse " in line and "? Help" in line
+            assert line.rstrip().endswith("^p")  # the palette's key without its word
             assert "…" not in line and len(line) <= 80
 
     asyncio.run(go())

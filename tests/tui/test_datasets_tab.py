@@ -19,6 +19,7 @@ from mlxlora.tui.screens.datasets.import_dialog import ImportDialog
 from mlxlora.tui.widgets.confirm import Confirm
 
 CREATED = "2025-04-01T09:30:00+00:00"
+MEDICAL = Path(__file__).resolve().parents[2] / "tutorial/datasets/level3_advanced_medical.json"
 JA_RECORDS = [
     {"instruction": "糖尿病とは何ですか？", "output": "血糖値が高い状態が続く病気です。"},
     {"instruction": "発熱の目安は？", "output": "一般に37.5℃以上を発熱とします。"},
@@ -160,6 +161,56 @@ def test_token_counts_come_from_a_data_show_child(datasets):
             await pilot.click("#ds-count")
             await settle(app, pilot)
             assert "unknown builtin model" in text(app, "#ds-status")
+
+    asyncio.run(go())
+
+
+def test_domain_term_density_with_a_bundled_list_or_a_file(home, tmp_path):
+    """The tab showed no term density: the tutorial's 1.3 (38 and 30 medical terms per 1,000
+    answer characters) came only from `data show --terms medical`."""
+    store.import_dataset(MEDICAL, "医療専門知識データセット", kind="instruction")
+    terms = tmp_path / "用語.txt"
+    terms.write_text("# two terms\n治療\n診断\n", "utf-8")
+
+    async def choose(pilot, *moves: str) -> None:
+        """Open the term list's menu, move from the list chosen now, pick."""
+        pilot.app.query_one("#ds-terms").focus()
+        await pilot.press("enter", *moves, "enter")
+        await settle(pilot.app, pilot)
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(100, 40)) as pilot:
+            await settle(app, pilot)
+            assert "domain terms (" not in text(app, "#ds-report")
+            await choose(pilot, "down")  # medical (bundled)
+            report = text(app, "#ds-report")
+            assert "domain terms (medical, 108 terms): 38.47 hits per 1,000 answer" in report
+            assert "without boilerplate: 29.95 per 1,000 characters" in report
+            assert text(app, "#ds-status") == "domain terms: medical, 108 terms"
+
+            await choose(pilot, "down")  # a file of terms…: the path field appears, focused
+            assert app.focused is app.query_one("#ds-terms-file", Input)
+            await pilot.press(*str(tmp_path / "nope.txt"), "enter")
+            assert "nope.txt: terms file not found (bundled lists: medical)" in text(
+                app, "#ds-status"
+            )
+            assert "(medical, 108 terms)" in text(app, "#ds-report")  # still the last list
+            app.query_one("#ds-terms-file", Input).value = str(terms)
+            await pilot.press("enter")
+            await settle(app, pilot)
+            assert "domain terms (用語.txt, 2 terms): 11.15 hits per 1,000" in text(
+                app, "#ds-report"
+            )
+
+            app.query_one("#ds-model", Input).value = "builtin:tiny"
+            await pilot.click("#ds-count")  # the child counts with the same terms
+            await settle(app, pilot)
+            assert "histogram (tokens per record)" in text(app, "#ds-report")
+            assert "(用語.txt, 2 terms): 11.15" in text(app, "#ds-report")
+            await choose(pilot, "up", "up")  # none: the token counts stay
+            assert "domain terms (" not in text(app, "#ds-report")
+            assert "histogram (tokens per record)" in text(app, "#ds-report")
 
     asyncio.run(go())
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 import pytest
-from run_fixtures import T0, wait_for, write_run
+from run_fixtures import T0, screen_text, wait_for, write_run
 from test_compare_tab import pick_both, table
 from test_runs_tab import rows, select
 
@@ -15,6 +15,7 @@ from mlxlora import runs
 from mlxlora.diagnosis import diagnose
 from mlxlora.events import Diagnosis, EventWriter, read_events
 from mlxlora.tui.app import MlxloraApp
+from mlxlora.tui.screens.eval_dialog import EvalDialog
 
 EVAL = {
     "dataset": "quickstart",
@@ -134,18 +135,101 @@ def test_e_evaluates_the_selected_run_in_a_child(home):
             await wait_for(pilot, lambda: len(rows(app)) == 1)
             assert not app.query_one("#run-eval").display
             await select(pilot, path.name)
-            await pilot.press("e")
+            await pilot.press("e")  # the dialog; Enter with its defaults: eval RUN --base
+            await wait_for(pilot, lambda: isinstance(app.screen, EvalDialog))
+            await pilot.press("enter")
             await wait_for(pilot, lambda: app.query_one("#run-eval").display, timeout=120)
             measured = json.loads(runs.RunPaths(path).eval.read_text(encoding="utf-8"))
             panel = str(app.query_one("#run-eval").render())
             assert f"val loss     {measured['val_loss']:.4f} / " in panel
             assert measured["base"] is not None and len(measured["answers"]) == 12
+            assert measured["dataset"] == "quickstart" and measured["split"] == "validation"
+            assert measured["consistency"]["samples"] == 3
             # the worker reports and reaps its child once the child has exited
             await wait_for(
                 pilot,
                 lambda: not any(w.is_running for w in app.workers if w.group == "runs-eval"),
                 timeout=30,
             )
+
+    asyncio.run(go())
+
+
+def train_tiny(name: str, steps: int = 4):
+    from run_fixtures import REPO
+
+    from mlxlora import config, engine
+
+    overrides = [f"name={name}", f"training.max_steps={steps}"]
+    engine.train(config.load(REPO / "configs" / "tiny.yaml", overrides))  # in the workspace
+    return next(runs.runs_root().glob(f"{name}-*"))
+
+
+@pytest.mark.slow
+def test_evaluate_on_another_dataset_then_compare(home, tmp_path):
+    """The tutorial's 4.3: `e` started `eval RUN --base` at once, so a run could not be scored
+    on another dataset (`--dataset`) nor with another `--consistency K` in the studio."""
+    from mlxlora.data import store
+
+    path = train_tiny("level1")
+    write_run("level2", end="finished", started=T0)
+    data = tmp_path / "medical.jsonl"
+    records = [{"instruction": f"質問{i}は？", "output": f"治療{i}です。"} for i in range(5)]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
+    store.import_dataset(data, "医療データ")
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 2)
+            await select(pilot, path.name)
+            await pilot.press("e")
+            await wait_for(pilot, lambda: "Evaluate: " + path.name in screen_text(app))
+            shown = screen_text(app)
+            assert "the run's own validation split" in shown and "measure it too" in shown
+            assert app.screen.query_one("#eval-base").value  # the base too, as `e` did
+            app.screen.query_one("#eval-dataset").focus()
+            await pilot.press("enter", "down", "down", "enter")  # quickstart, 医療データ
+            app.screen.query_one("#eval-consistency").focus()
+            await pilot.press("backspace", "-", "enter")
+            assert "consistency: '-' is not a whole number" in screen_text(app)
+            await pilot.press("backspace", "0")
+            app.screen.query_one("#eval-base").focus()
+            await pilot.press("space")  # no base model
+            await pilot.click("#eval-start")
+            await wait_for(pilot, lambda: app.query_one("#run-eval").display, timeout=120)
+            panel = str(app.query_one("#run-eval").render())
+            assert panel.startswith("eval 医療データ (5 records)\n")  # tuned only
+            assert "consistency  —" in panel
+
+            await pilot.press("4")  # Compare: the run's scores on that dataset
+            await pick_both(pilot)
+            header, *body = table(app)
+            scored = next(dict(zip(header, r, strict=True)) for r in body if r[0] == "level1")
+            assert scored["eval val"] == f"{measured()['val_loss']:.4f}"
+
+    def measured() -> dict:
+        return json.loads(runs.RunPaths(path).eval.read_text(encoding="utf-8"))
+
+    asyncio.run(go())
+    assert measured()["dataset"] == "医療データ" and measured()["split"] == "dataset"
+    assert measured()["base"] is None and measured()["consistency"] is None
+    assert len(measured()["answers"]) == 5
+
+
+def test_escape_in_the_evaluate_dialog_starts_nothing(home):
+    write_run("done", end="finished")
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 1)
+            await pilot.press("e")
+            await wait_for(pilot, lambda: isinstance(app.screen, EvalDialog))
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, EvalDialog))
+            assert not [w for w in app.workers if w.group == "runs-eval"]
+            assert not app._notifications  # no "Evaluating …"
 
     asyncio.run(go())
 

@@ -2,8 +2,8 @@
 
 A worker thread tails every run's events (`RunWatcher`) and posts the news; this widget folds
 it into one `RunView` per run and redraws what changed at most `DRAW_SEC` apart, however fast
-events arrive, and only while the tab is in view. Stop, Resume, Delete, Evaluate and Export
-(to Ollama) act on the selected row.
+events arrive, and only while the tab is in view. Stop, Resume, Delete, Evaluate, Export (to
+Ollama) and Fuse (into a model directory) act on the selected row.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from textual.widgets import DataTable
 from mlxlora import machine, queue, runlist, runs
 from mlxlora.diagnosis import MEMORY_STOP
 from mlxlora.errors import MlxloraError
-from mlxlora.evaluate import Sampling
 from mlxlora.sweep import run_sweep
 from mlxlora.tui.children import Child
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
+from mlxlora.tui.screens.eval_dialog import EvalChoice, EvalDialog
 from mlxlora.tui.screens.export import ExportDialog
+from mlxlora.tui.screens.fuse import FuseDialog
 from mlxlora.tui.screens.run_detail import RunDetail
 from mlxlora.tui.widgets.confirm import Confirm
 from mlxlora.tui.widgets.text import num, sparkline
@@ -47,6 +48,7 @@ class RunsTab(Vertical):
         Binding("d", "delete_run", "Delete run"),
         Binding("e", "evaluate_run", "Evaluate"),
         Binding("x", "export_run", "Export to Ollama"),
+        Binding("f", "fuse_run", "Fuse model"),
     ]
 
     def __init__(self, **kwargs):
@@ -253,27 +255,38 @@ class RunsTab(Vertical):
 
     def action_export_run(self) -> None:
         """Open the Export dialog for the selected run (it runs `mlxlora export` as a child)."""
+        if path := self._trained_run("exports"):
+            self.app.push_screen(ExportDialog(path))
+
+    def action_fuse_run(self) -> None:
+        """Open the Fuse dialog for the selected run (it runs `mlxlora fuse` as a child)."""
+        if path := self._trained_run("fuses"):
+            self.app.push_screen(FuseDialog(path))
+
+    def _trained_run(self, verb: str) -> Path | None:
+        """The selected run when it has a trained adapter to use; else None, said why."""
         path = self._selected_run()
         status = self.book.status(path) if path else None
         if path is None or status in ("running", "failed"):
-            self.notify("Only a finished or stopped run exports", severity="warning")
-            return
-        self.app.push_screen(ExportDialog(path))
+            self.notify(f"Only a finished or stopped run {verb}", severity="warning")
+            return None
+        return path
 
     def action_evaluate_run(self) -> None:
-        """`mlxlora eval RUN --base` as a child process; eval.json shows when it is written."""
+        """Ask what to evaluate on (EvalDialog), then `mlxlora eval` as a child process;
+        eval.json shows when it is written."""
         path = self._selected_run()
         if path is None or self.book.status(path) not in ("finished", "early-stopped", "stopped"):
             self.notify("Evaluate a run that has trained (finished or stopped)", severity="warning")
             return
-        # eval's cost said up front: each question answered greedily plus K sampled answers
-        k = Sampling().samples
-        self.notify(f"Evaluating {path.name} (tuned and base, 1 + {k} answers per question)…")
-        self.evaluate(path)
+        self.app.push_screen(
+            EvalDialog(path), lambda choice: choice and self.evaluate(path, choice)
+        )
 
     @work(group="runs-eval", exit_on_error=False)
-    async def evaluate(self, path: Path) -> None:
-        child = await Child.start("eval", str(path), "--base", "--json")
+    async def evaluate(self, path: Path, choice: EvalChoice) -> None:
+        self.notify(f"Evaluating {path.name} {choice.describe()}…")
+        child = await Child.start(*choice.arguments(path))
         try:
             result = await child.json()  # read whole: a full stdout pipe would block the child
         except ValueError:
@@ -284,7 +297,9 @@ class RunsTab(Vertical):
             self.notify(f"{path.name}: {child.error_line()}", severity="error")
             return
         base = (result.get("base") or {}).get("val_loss")
-        self.notify(f"{path.name}: val loss {num(result['val_loss'])} (base {num(base)}); see eval")
+        versus = f" (base {num(base)})" if choice.base else ""
+        on = result["dataset"]
+        self.notify(f"{path.name} on {on}: val loss {num(result['val_loss'])}{versus}; see eval")
 
     def action_delete_run(self) -> None:
         """Delete the selected run's directory (asks first), or drop a queued job."""

@@ -65,10 +65,15 @@ class KeysFooter(Widget, can_focus=False):
 
     def render(self) -> Text:
         """Every key with its description; where that is wider than the screen (the Runs
-        tab at 80 columns cut "? Help"), each description's first word."""
-        line = self._line(self._keys)
-        if line.cell_len > self.size.width:
-            line = self._line(tuple((*k[:2], k[2].split(" ")[0], k[3]) for k in self._keys))
+        tab at 80 columns cut "? Help"), each description's first word, then the command
+        palette's key without its word."""
+        palette = self.app.COMMAND_PALETTE_BINDING
+        short = tuple((*k[:2], k[2].split(" ")[0], k[3]) for k in self._keys)
+        bare = tuple((*k[:2], "" if k[0] == palette else k[2], k[3]) for k in short)
+        for keys in (self._keys, short, bare):
+            line = self._line(keys)
+            if line.cell_len <= self.size.width:
+                break
         return line
 
     def _line(self, keys: tuple) -> Text:
@@ -93,7 +98,8 @@ class KeysFooter(Widget, can_focus=False):
         text_style = self.get_component_rich_style("keys-footer--description")
         if not enabled:
             key_style, text_style = key_style + Style(dim=True), text_style + Style(dim=True)
-        return Text.assemble((f" {shown} ", key_style), (f"{description} ", text_style))
+        words = f"{description} " if description else ""
+        return Text.assemble((f" {shown} ", key_style), (words, text_style))
 
     def on_click(self, event: Click) -> None:
         """Press the key whose text was clicked (not an @click link: links draw underlined)."""

@@ -1,6 +1,7 @@
 """The Datasets tab: a table of stored datasets; for the selected one, `data show`'s analysis
-(token counts from a child `mlxlora data show --model`, since tokenizers need transformers)
-and a preview of its first records."""
+(token counts from a child `mlxlora data show --model`, since tokenizers need transformers;
+domain-term density with the term list chosen, as `--terms`) and a preview of its first
+records."""
 
 from __future__ import annotations
 
@@ -13,16 +14,31 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Button, DataTable, Input, Static, TabbedContent, TabPane
+from textual.widgets import (
+    Button,
+    DataTable,
+    Input,
+    Label,
+    Select,
+    Static,
+    TabbedContent,
+    TabPane,
+)
 
-from mlxlora.data import store
-from mlxlora.errors import MlxloraError
+from mlxlora.data import analysis, store
+from mlxlora.errors import DataError, MlxloraError
 from mlxlora.tui.screens.datasets.import_dialog import ImportDialog
 from mlxlora.tui.screens.datasets.view import load_report, preview_text, report_text
 from mlxlora.tui.widgets.confirm import Confirm
 
 COLUMNS = ("name", "type", "records", "created", "description")
 BROKEN = "broken:"  # row key prefix of a store directory that is not a readable dataset
+NO_TERMS, TERMS_FILE = "", "file"  # the term list choices besides the bundled lists
+TERM_LISTS = [
+    ("none", NO_TERMS),
+    *((f"{name} (bundled)", name) for name in analysis.BUNDLED_TERMS),
+    ("a file of terms…", TERMS_FILE),
+]
 
 
 class DatasetsTab(Vertical):
@@ -34,6 +50,9 @@ class DatasetsTab(Vertical):
     DatasetsTab #ds-tokens { height: 1; }
     DatasetsTab #ds-model { width: 1fr; }
     DatasetsTab #ds-count { margin-left: 1; }
+    DatasetsTab #ds-terms-row { height: 1; }
+    DatasetsTab #ds-terms { width: 24; margin-left: 1; }
+    DatasetsTab #ds-terms-file { width: 1fr; margin-left: 1; display: none; }
     DatasetsTab #ds-status { height: auto; max-height: 3; color: $text-muted; }
     """
     BINDINGS = [
@@ -47,6 +66,9 @@ class DatasetsTab(Vertical):
         self.selected: str | None = None
         self.broken: dict[str, str] = {}  # row key -> why that directory is not a dataset
         self.report: dict | None = None  # the selected dataset's, re-rendered on resize
+        self.terms_spec: str | None = None  # `--terms`: a bundled list or a file
+        self.terms: tuple[str, list[str]] | None = None  # its (label, terms)
+        self.counted_with: str | None = None  # the model of the report's token counts
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="ds-table", cursor_type="row", zebra_stripes=True)
@@ -60,6 +82,16 @@ class DatasetsTab(Vertical):
                         compact=True,
                     )
                     yield Button("Count tokens", id="ds-count", compact=True)
+                with Horizontal(id="ds-terms-row"):
+                    yield Label("domain terms")
+                    yield Select(
+                        TERM_LISTS, value=NO_TERMS, allow_blank=False, id="ds-terms", compact=True
+                    )
+                    yield Input(
+                        placeholder="terms file, one term a line (Enter)",
+                        id="ds-terms-file",
+                        compact=True,
+                    )
                 with VerticalScroll(id="ds-report-scroll"):
                     yield Static("", id="ds-report")
             with TabPane("Preview", id="ds-preview"):
@@ -108,19 +140,20 @@ class DatasetsTab(Vertical):
         if key is None or key == self.selected:
             return
         self.selected = key
+        self.counted_with = None  # a new dataset is read without token counts
         if key in self.broken:
             self._show_report(Text(self.broken[key], style="red"), Text(""))
             return
         self._show_report(Text(f"reading {key}…"), Text(""))
-        self._load(key)
+        self._load(key, self.terms)
 
     # --- the selected dataset -------------------------------------------------------------
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def _load(self, name: str) -> None:
+    def _load(self, name: str, terms: tuple[str, list[str]] | None) -> None:
         """Reads and analyses every record: off the UI thread."""
         try:
-            report, records = load_report(name)
+            report, records = load_report(name, terms)
         except MlxloraError as exc:
             self.app.call_from_thread(self._loaded, name, None, [], str(exc))
             return
@@ -153,6 +186,46 @@ class DatasetsTab(Vertical):
     def _status(self, text: str) -> None:
         self.query_one("#ds-status", Static).update(text)
 
+    # --- domain terms: `data show --terms`, a bundled list or a file --------------------------
+
+    @on(Select.Changed, "#ds-terms")
+    def _terms_chosen(self, event: Select.Changed) -> None:
+        file = self.query_one("#ds-terms-file", Input)
+        file.display = event.value == TERMS_FILE
+        if event.value != TERMS_FILE:
+            self._use_terms(event.value or None)
+        elif file.value.strip():
+            self._use_terms(file.value.strip())
+        else:
+            file.focus()  # the analysis changes once a file is given
+
+    @on(Input.Submitted, "#ds-terms-file")
+    def _terms_file_given(self) -> None:
+        path = self.query_one("#ds-terms-file", Input).value.strip()
+        if path:
+            self._use_terms(path)
+        else:
+            self._status("type the path of a terms file (one term a line)")
+
+    def _use_terms(self, spec: str | None) -> None:
+        """Analyse with this term list from now on; the selected dataset at once."""
+        if spec is None and self.terms_spec is None:
+            return  # the Select's first value, or none chosen again
+        try:
+            terms = analysis.load_terms(spec) if spec else None
+        except DataError as exc:  # names the file: not found, not UTF-8, no terms
+            self._status(str(exc))
+            return
+        self.terms_spec, self.terms = spec, terms
+        self._status(f"domain terms: {terms[0]}, {len(terms[1])} terms" if terms else "")
+        name = self.selected
+        if not name or name in self.broken:
+            return
+        if self.counted_with:  # keep the token counts: the child counts them again
+            self._count_tokens(name, self.counted_with)
+        else:
+            self._load(name, terms)
+
     # --- token counts: a child process, since a tokenizer needs transformers ------------------
 
     @on(Button.Pressed, "#ds-count")
@@ -162,12 +235,14 @@ class DatasetsTab(Vertical):
         if not model or not self.selected or self.selected.startswith(BROKEN):
             self._status("pick a dataset and type a model to count tokens with")
             return
-        self._status(f"counting tokens of {self.selected} with {model}…")
         self._count_tokens(self.selected, model)
 
     @work(exclusive=True, group="tokens", exit_on_error=False)
     async def _count_tokens(self, name: str, model: str) -> None:
+        self._status(f"counting tokens of {name} with {model}…")
         command = [sys.executable, "-m", "mlxlora", "data", "show", name, "--model", model]
+        if self.terms_spec:
+            command += ["--terms", self.terms_spec]
         proc = await asyncio.create_subprocess_exec(
             *command, "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
@@ -182,6 +257,7 @@ class DatasetsTab(Vertical):
             return
         self._status(f"tokens counted with {model}")
         if name == self.selected:
+            self.counted_with = model
             self._set_report(json.loads(out))
 
     # --- import and delete ----------------------------------------------------------------

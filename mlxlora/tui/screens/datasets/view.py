@@ -14,11 +14,11 @@ PREVIEW_RECORDS = 100  # the first records shown; the analysis covers them all
 PREVIEW_CHARS = 600  # of one message: a preview, not the whole record
 
 
-def load_report(name: str) -> tuple[dict, list[dict]]:
-    """`data show NAME --json`'s report without token counts (no model needed), and the
-    dataset's first PREVIEW_RECORDS records."""
+def load_report(name: str, terms: tuple[str, list[str]] | None = None) -> tuple[dict, list[dict]]:
+    """`data show NAME [--terms T] --json`'s report without token counts (no model needed),
+    and the dataset's first PREVIEW_RECORDS records. `terms`: from `analysis.load_terms`."""
     meta, records = store.load_dataset(name)
-    report = analysis.analyze(records, meta.type)
+    report = analysis.analyze(records, meta.type, terms=terms)
     report["name"] = meta.name
     report["meta"] = meta.to_dict()
     return report, records[:PREVIEW_RECORDS]
