@@ -38,9 +38,9 @@ def register(sub) -> None:
     rm.set_defaults(func=remove_job)
     clear = qs.add_parser(
         "clear",
-        help="forget finished (done or failed) jobs; never a queued or running one",
-        description="Forget the finished jobs (done or failed) with their logs, so `queue "
-        "list` shows what is waiting and running. Their runs stay (`mlxlora runs rm`).",
+        help="forget finished (done, stopped or failed) jobs; never a queued or running one",
+        description="Forget the finished jobs (done, stopped or failed) with their logs, so "
+        "`queue list` shows what is waiting and running. Their runs stay (`mlxlora runs rm`).",
     )
     clear.set_defaults(func=clear_jobs)
     work = qs.add_parser("work", help="be the runner: train queued jobs until none is left")
@@ -78,7 +78,8 @@ def list_jobs(args) -> int:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created))
         state = j.state if j.exit_code in (None, 0) else f"{j.state} (exit {j.exit_code})"
         shown_id = short if shorts[short] == 1 else j.id  # an id shown is one that finds it
-        rows.append([shown_id, j.name, j.kind, state, when, j.error or _run_name(j.run_dir)])
+        detail = " · ".join(filter(None, (_run_name(j.run_dir), j.error)))
+        rows.append([shown_id, j.name, j.kind, state, when, detail or "—"])
     console = Console()
     columns = ["id", "name", "kind", "state", "queued", "run / error"]
     title = f"jobs in {queue.root()}"
@@ -86,12 +87,12 @@ def list_jobs(args) -> int:
     return 0
 
 
-def _run_name(run_dir: str | None) -> str:
+def _run_name(run_dir: str | None) -> str | None:
     """A workspace run by its name (what `runs show` takes), any other by its path."""
     from mlxlora.runs import runs_root
 
     if not run_dir:
-        return "—"
+        return None
     path = Path(run_dir)
     return path.name if path.parent.resolve() == runs_root().resolve() else run_dir
 

@@ -200,8 +200,8 @@ def test_a_resume_that_failed_to_start_shows_and_d_forgets_it(home):
     run = runs.runs_root().resolve() / "halted-20250615-000000"
     queue.add_resume(run)
     job = queue._claim_next()  # as the runner takes it, and the child then fails
-    job.exit_code, job.error = 3, "unknown dataset '医療QA' (no datasets yet)"
-    queue._finish(job)
+    job.exit_code = 3
+    queue._finish(job, "failed", "unknown dataset '医療QA' (no datasets yet)")
 
     async def go():
         app = MlxloraApp(initial="runs")

@@ -322,14 +322,14 @@ class RunsTab(Vertical):
     def _delete_job(self, job_id: str) -> None:
         job = next((j for j in self.book.jobs if j.id == job_id), None)
         try:
-            if job is not None and job.state == "done":  # a failed job's row: forget it
+            if job is not None and job.state in queue.ENDED:  # a failed job's row: forget it
                 queue.forget(job)
             else:
                 job = queue.remove(job_id)
         except MlxloraError as exc:
             self.notify(str(exc), severity="error")
             return
-        self.notify(f"Removed {'failed' if job.state == 'done' else 'queued'} job {job.name}")
+        self.notify(f"Removed {job.state} job {job.name}")
 
 
 def _job_status(job: queue.Job, latest_for_its_run: bool) -> str | None:
@@ -337,8 +337,8 @@ def _job_status(job: queue.Job, latest_for_its_run: bool) -> str | None:
     that failed before the run started again (its dataset removed, say) wrote nothing in
     the run: its row says so while it is the run's latest job."""
     if job.run_dir:
-        failed = job.state == "done" and job.exit_code and latest_for_its_run
+        failed = job.state == "failed" and latest_for_its_run
         return "resume failed" if failed and job.kind == "resume" else None
-    if job.state == "done":
-        return "failed" if job.exit_code else None
-    return "starting" if job.state == "running" else "queued"
+    if job.state == "running":
+        return "starting"
+    return None if job.state in ("done", "stopped") else job.state
