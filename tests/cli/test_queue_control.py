@@ -1,5 +1,5 @@
-"""What the queue says of a job that ended badly: a real runner (`queue.ensure_runner`)
-training builtin:tiny."""
+"""Stopping and resuming through the queue, and what the queue says of a job that ended
+badly: a real runner (`queue.ensure_runner`) training builtin:tiny."""
 
 from __future__ import annotations
 
@@ -62,6 +62,38 @@ def losses(run_dir: str) -> list[float]:
     return [e.loss for e in read_events(RunPaths(Path(run_dir)).events) if isinstance(e, Step)]
 
 
+def test_stop_and_resume_through_the_queue_end_as_an_uninterrupted_run(home, capsys):
+    for name in ("再開する実験", "通しの実験", "取り消す実験"):
+        queue.add_train(tiny_yaml(name), name)
+    assert queue.ensure_runner()
+    wait_until(lambda: checkpointed("再開する実験"))
+
+    assert main(["queue", "stop", "取り消す実験"]) == 0  # queued: off the queue, never run
+    assert "off the queue" in capsys.readouterr().out
+    assert main(["queue", "stop", "再開する実験"]) == 0  # running: stops with a checkpoint
+    assert "stopping 再開する実験 after its current step" in capsys.readouterr().out
+    stopped = wait_until(
+        lambda: job_named("再開する実験").state == "stopped" and job_named("再開する実験")
+    )
+    assert stopped.exit_code == 0 and stopped.error is None
+    run = Path(stopped.run_dir)
+    assert 0 < len(losses(stopped.run_dir)) < 80
+    assert "stopped" in listed(capsys)["再開する実験"].split()
+
+    assert main(["queue", "resume", run.name]) == 0
+    assert "resume " + run.name in capsys.readouterr().out
+    assert main(["queue", "resume", run.name]) == 5  # queued already: not twice
+    assert "queued already; nothing to resume" in capsys.readouterr().err
+    wait_until(lambda: [j.state for j in queue.jobs()] == ["stopped", "done", "done"])
+    assert job_named("取り消す実験") is None
+    whole = job_named("通しの実験").run_dir
+    assert len(losses(whole)) == 80
+    assert losses(str(run)) == losses(whole)  # the final loss, and every step's before it
+    assert sorted(r.status for r in list_runs()) == ["finished", "finished"]
+    assert main(["queue", "stop", run.name]) == 5
+    assert "finished, neither running nor queued; nothing to stop" in capsys.readouterr().err
+
+
 def test_a_killed_runners_job_shows_cut_off_without_a_new_runner(home, capsys):
     queue.add_train(tiny_yaml("孤児", steps=400), "孤児")
     assert queue.ensure_runner()
@@ -112,3 +144,14 @@ def test_a_readers_look_at_the_runner_lock_never_keeps_a_runner_from_starting(ho
     assert queue.ensure_runner()  # waits for the look, then starts
     reader.join()
     wait_until(lambda: [j.state for j in queue.jobs()] == ["done"])
+
+
+def test_stop_and_resume_refuse_what_they_cannot_do(home, capsys):
+    assert main(["queue", "stop", "何もない"]) == 5
+    err = capsys.readouterr().err
+    assert "何もない: no job or run with that id or name" in err
+    assert main(["queue", "resume", "何もない"]) == 5
+    assert "何もない" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["queue", "clear", "--help"])
+    assert "done, stopped or failed" in capsys.readouterr().out
