@@ -7,11 +7,13 @@ queue stays empty. Layout under `home()/queue/`:
 
     queued/<id>.json   waiting, oldest id first (a job's state is the folder it is in: moving a
     running/<id>.json  file is one atomic rename, so a job is claimed, or removed, exactly once)
-    done/<id>.json     finished, with the exit code and, for a job that failed before it
-                       started a run, the one-line error
+    done/<id>.json     ended: done, stopped (on request) or failed, with the exit code and
+                       the one-line error of a failed job
     configs/<id>.yaml  a train job's config;  logs/<id>.log  the child's stderr
+    stops/<id>         a stop asked for a running job, handed to its run once the run started
     runner.lock        an flock held by the one runner: two apps never start a job twice, and
                        a runner that dies releases it with its process
+    gate.lock          held for a moment by whoever tries runner.lock (`_gate`)
 
 Imports no mlx, torch or textual.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,10 +34,17 @@ from pathlib import Path
 
 from mlxlora import names
 from mlxlora.errors import RunError
-from mlxlora.events import RunStarted, parse
-from mlxlora.runs import atomic_write_text, home, pid_alive
+from mlxlora.events import RunFailed, RunFinished, RunStarted, parse, read_events_of
+from mlxlora.runs import (
+    RunPaths,
+    atomic_write_text,
+    home,
+    pid_alive,
+    run_status,
+)
 
-STATES = ("queued", "running", "done")
+FOLDERS = ("queued", "running", "done")
+ENDED = ("done", "stopped", "failed")  # the states of a job in done/
 IDLE_EXIT_SEC = 3.0  # a runner waits this long for a new job before it exits
 
 
@@ -46,7 +56,7 @@ class Job:
     name: str
     kind: str  # train | resume
     created: float
-    state: str = "queued"
+    state: str = "queued"  # queued | running | done | stopped | failed
     config: str | None = None  # train: the config file the job runs
     run_dir: str | None = None  # resume: the run; train: known once the child started it
     pid: int | None = None
@@ -68,7 +78,7 @@ def root() -> Path:
 
 
 def _path(job_id: str, state: str) -> Path:
-    return root() / state / f"{job_id}.json"
+    return root() / ("done" if state in ENDED else state) / f"{job_id}.json"
 
 
 def _save(job: Job) -> None:
@@ -80,9 +90,12 @@ def _load(path: Path) -> Job | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         names = {f.name for f in fields(Job)}
-        return Job(**{k: v for k, v in data.items() if k in names})
+        job = Job(**{k: v for k, v in data.items() if k in names})
     except (OSError, ValueError, TypeError):
         return None
+    if job.state == "done" and (job.exit_code or job.error):
+        job.state = "failed"  # recorded before a failed job had a state of its own
+    return job
 
 
 def _new_id() -> str:
@@ -110,12 +123,25 @@ def add_resume(run_dir: Path, fit: bool = False) -> Job:
 
 
 def jobs() -> list[Job]:
-    """Every job, oldest first."""
+    """Every job, oldest first: what `queue list` and the studio show. A job left running by
+    a runner that died is closed first, as the next runner would close it, so that no face
+    shows it running once its training child is gone too."""
+    found = _stored_jobs()
+    if any(j.state == "running" for j in found) and _close_cut_off():
+        found = _stored_jobs()
+    return found
+
+
+def _stored_jobs() -> list[Job]:
     found = []
-    for state in STATES:
+    for state in FOLDERS:
         folder = root() / state
         if folder.is_dir():
-            found += [j for j in map(_load, folder.glob("*.json")) if j and j.state == state]
+            found += [
+                j
+                for j in map(_load, folder.glob("*.json"))
+                if j and _path(j.id, j.state).parent == folder
+            ]
     return sorted(found, key=lambda j: j.id)
 
 
@@ -128,6 +154,13 @@ def short_id(job_id: str) -> str:
 def find(ref: str) -> Job:
     """A job by id, short id, name or unique id prefix; of several, the one still queued; a
     reference that fits several otherwise is refused with them listed (one line)."""
+    job = lookup(ref)
+    if job is None:
+        raise RunError(f"{ref}: no job with that id or name (see `mlxlora queue list`)")
+    return job
+
+
+def lookup(ref: str) -> Job | None:
     found = jobs()
     name = names.normalize(ref)
     for matches in (
@@ -144,20 +177,20 @@ def find(ref: str) -> Job:
             shown = ", ".join(f"{short_id(j.id)} {j.name} ({j.state})" for j in matches[:5])
             more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
             raise RunError(f"{ref}: {len(matches)} jobs match ({shown}{more}); give the job id")
-    raise RunError(f"{ref}: no job with that id or name (see `mlxlora queue list`)")
+    return None
 
 
 def remove(ref: str) -> Job:
     """Drop a queued job (by id, short id, name or id prefix). A running job is stopped
-    through its run, not here; a finished one goes with `clear_finished`."""
+    (`stop`), not removed; an ended one goes with `clear_finished`."""
     job = find(ref)
     try:
         _path(job.id, "queued").unlink()
     except FileNotFoundError:
         todo = (
             "`mlxlora queue clear` forgets finished jobs"
-            if job.state == "done"
-            else "stop its run instead (the Runs tab, or touch RUN/STOP)"
+            if job.state in ENDED
+            else f"stop it instead (`mlxlora queue stop {short_id(job.id)}`)"
         )
         raise RunError(
             f"job {short_id(job.id)} ({job.name}) is {job.state}, not queued; {todo}"
@@ -168,31 +201,47 @@ def remove(ref: str) -> Job:
 
 
 def clear_finished() -> list[Job]:
-    """Forget the finished (done or failed) jobs with their configs and logs; a queued or
-    running job is never touched. Their runs stay (`mlxlora runs rm` deletes a run)."""
-    cleared = [j for j in jobs() if j.state == "done"]
+    """Forget the ended (done, stopped or failed) jobs with their configs and logs; a queued
+    or running job is never touched. Their runs stay (`mlxlora runs rm` deletes a run)."""
+    cleared = [j for j in jobs() if j.state in ENDED]
     for job in cleared:
         forget(job)
     return cleared
 
 
 def forget(job: Job) -> None:
-    """Forget one finished job (the Runs tab's delete on a failed job's row)."""
-    if job.state != "done":
+    """Forget one ended job (the Runs tab's delete on a failed job's row)."""
+    if job.state not in ENDED:
         raise RunError(f"job {short_id(job.id)} ({job.name}) is {job.state}, not finished")
-    _path(job.id, "done").unlink(missing_ok=True)
+    _path(job.id, job.state).unlink(missing_ok=True)
     if job.config:
         Path(job.config).unlink(missing_ok=True)
     (root() / "logs" / f"{job.id}.log").unlink(missing_ok=True)
 
 
+def stop_request(job_id: str) -> Path:
+    """A stop asked for a running job: the runner hands it to the job's run (`runcontrol`)."""
+    path = root() / "stops" / job_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 # --- the runner ------------------------------------------------------------------------
 
 
-def _lock_file():
-    path = root() / "runner.lock"
+def _lock_file(name: str = "runner.lock"):
+    path = root() / name
     path.parent.mkdir(parents=True, exist_ok=True)
     return open(path, "a+")  # noqa: SIM115 (closed by the callers)
+
+
+@contextmanager
+def _gate():
+    """Held for a moment by whoever tries the runner lock: a reader holding that lock to see
+    whether a runner lives is then never taken for a runner by `ensure_runner` or `work`."""
+    with _lock_file("gate.lock") as gate:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        yield
 
 
 def _try_lock(f) -> bool:
@@ -207,13 +256,25 @@ def _try_lock(f) -> bool:
 def runner_lock(inherited_fd: int | None = None):
     """Yield True while this process holds the runner lock, False if another runner does.
     `inherited_fd`: the lock, already held, handed over by `ensure_runner`."""
-    with os.fdopen(inherited_fd, "a+") if inherited_fd is not None else _lock_file() as f:
-        held = inherited_fd is not None or _try_lock(f)
+    if inherited_fd is not None:
+        with os.fdopen(inherited_fd, "a+"):
+            yield True
+        return
+    with _lock_file() as f:
+        with _gate():
+            held = _try_lock(f)
         yield held
 
 
+@contextmanager
+def _no_runner():
+    """Yield True while no runner lives, none starting meanwhile (the gate is held)."""
+    with _gate(), _lock_file() as f:
+        yield _try_lock(f)
+
+
 def runner_alive() -> bool:
-    with runner_lock() as free:
+    with _no_runner() as free:
         return not free
 
 
@@ -224,7 +285,7 @@ def ensure_runner() -> bool:
     moment in which a second caller could also find the queue without a runner."""
     if not any(j.state == "queued" for j in jobs()):
         return False
-    with _lock_file() as f:
+    with _gate(), _lock_file() as f:
         if not _try_lock(f):
             return False
         with open(root() / "runner.log", "a") as err:
@@ -246,7 +307,7 @@ def work(idle_exit: float = IDLE_EXIT_SEC, lock_fd: int | None = None) -> int | 
     with runner_lock(lock_fd) as held:
         if not held:
             return None
-        _close_orphans()
+        _close_orphans(wait=True)
         ran, idle_since = 0, time.monotonic()
         while True:
             job = _claim_next()
@@ -275,6 +336,7 @@ def _claim_next() -> Job | None:
 def _run(job: Job) -> None:
     log = root() / "logs" / f"{job.id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    started = finished = None
     with open(log, "w", encoding="utf-8") as err:
         child = subprocess.Popen(
             job.command(), stdout=subprocess.PIPE, stderr=err, text=True, encoding="utf-8"
@@ -282,37 +344,79 @@ def _run(job: Job) -> None:
         job.pid = child.pid
         _save(job)
         for line in child.stdout:
-            event = parse(line) if job.run_dir is None else None
+            event = parse(line)
             if isinstance(event, RunStarted):
-                job.run_dir = event.run_dir
+                started, job.run_dir = event, event.run_dir
                 _save(job)
+            finished = event if isinstance(event, RunFinished) else finished
+            if started and stop_request(job.id).exists():  # after the run cleared its STOP
+                RunPaths(Path(job.run_dir)).stop_request.touch()
+                stop_request(job.id).unlink()
         job.exit_code = child.wait()
-    job.error = _error_line(log) if job.exit_code else None
-    _finish(job)
+    stopped = finished is not None and finished.stopped
+    state = "stopped" if stopped else "done" if job.exit_code == 0 else "failed"
+    _finish(job, state, _error_line(log, job.exit_code) if state == "failed" else None)
 
 
-def _error_line(log: Path) -> str | None:
-    """The child's one-line `mlxlora: error: ...`, or the last line it wrote."""
+def _error_line(log: Path, exit_code: int) -> str | None:
+    """The child's one-line `mlxlora: error: ...`, the signal that killed it, or the last
+    line it wrote."""
     lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()]
     lines = [ln for ln in lines if ln]
     errors = [ln for ln in lines if ln.startswith("mlxlora: error: ")]
     if errors:
         return errors[-1].removeprefix("mlxlora: error: ")
+    if exit_code < 0:
+        return f"killed by {signal.Signals(-exit_code).name}"
     return lines[-1] if lines else None
 
 
-def _finish(job: Job) -> None:
+def _finish(job: Job, state: str, error: str | None) -> None:
     running = _path(job.id, "running")
-    job.state, job.finished = "done", time.time()
+    job.state, job.error, job.finished = state, error, time.time()
     _save(job)
     running.unlink(missing_ok=True)
+    stop_request(job.id).unlink(missing_ok=True)
 
 
-def _close_orphans() -> None:
-    """Jobs left in running/ by a runner that died. A child still training is waited for (one
-    job at a time, always); a dead one's run is interrupted, and resumable."""
-    for job in (j for j in jobs() if j.state == "running"):
-        while job.pid and pid_alive(job.pid):
+def _close_cut_off() -> bool:
+    """Close the jobs of a runner that died (True if any), unless a runner lives."""
+    with _no_runner() as free:
+        return free and _close_orphans(wait=False)
+
+
+def _close_orphans(wait: bool) -> bool:
+    """Jobs left in running/ by a runner that died (the caller holds the runner lock). A
+    child still training is waited for (the runner: one job at a time, always) or left
+    running (a reader); a dead one's job ends as its run did, and the run is resumable."""
+    closed = False
+    for job in (j for j in _stored_jobs() if j.state == "running"):
+        while wait and job.pid and not _exited(job.pid):
             time.sleep(1.0)
-        job.error = "the runner stopped while this job ran; resume its run"
-        _finish(job)
+        if job.pid and not _exited(job.pid):
+            continue  # a reader's look: it is still training
+        _finish(job, *_cut_off_ending(job))
+        closed = True
+    return closed
+
+
+def _exited(pid: int) -> bool:
+    """The process is gone, or a zombie nobody reaps: a container's pid 1 may reap no orphan,
+    and the training child of a killed runner is one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):  # no /proc (macOS, whose launchd reaps), or no such process
+        return not pid_alive(pid)
+
+
+def _cut_off_ending(job: Job) -> tuple[str, str | None]:
+    """The state and message of a job whose runner died while it ran."""
+    if not job.run_dir:
+        return "failed", "the runner stopped before this job started a run; queue it again"
+    paths = RunPaths(Path(job.run_dir))
+    status = run_status(read_events_of(paths.events, RunStarted, RunFinished, RunFailed), False)
+    if status == "finished":
+        return "done", None
+    return "stopped" if status == "stopped" else "failed", (
+        "the runner stopped while this job ran; resume its run"
+    )

@@ -105,7 +105,9 @@ def check_deletable(paths: RunPaths) -> None:
     waiting = [
         j
         for j in queue.jobs()
-        if j.state != "done" and j.run_dir and Path(j.run_dir).resolve() == paths.root.resolve()
+        if j.state in ("queued", "running")
+        and j.run_dir
+        and Path(j.run_dir).resolve() == paths.root.resolve()
     ]
     if waiting:
         job, short = waiting[0], queue.short_id(waiting[0].id)

@@ -1,4 +1,5 @@
-"""`mlxlora queue add|list|rm|clear|work`: jobs that run one at a time in a detached runner."""
+"""`mlxlora queue add|list|rm|stop|resume|clear|work`: jobs that run one at a time in a detached
+runner."""
 
 from __future__ import annotations
 
@@ -36,11 +37,29 @@ def register(sub) -> None:
     rm = qs.add_parser("rm", help="drop a queued job")
     rm.add_argument("job", help="job id (as `queue list` shows it, or the full id) or name")
     rm.set_defaults(func=remove_job)
+    stop = qs.add_parser(
+        "stop",
+        help="stop a running job (checkpoint kept) or take a queued one off the queue",
+        description="Stop a job or a run: a queued job leaves the queue; a running one "
+        "checkpoints and stops after its current step, as the studio's s stops it, and "
+        "resumes with `queue resume RUN`.",
+    )
+    stop.add_argument("job", metavar="JOB-or-RUN", help="job id or name, or a run's name")
+    stop.set_defaults(func=stop_job)
+    resume = qs.add_parser(
+        "resume",
+        help="queue a resume of a stopped, interrupted or failed run (starts the runner)",
+        description="Queue `mlxlora train --resume RUN` for the runner, as the studio's r "
+        "does: a run the memory budget stopped resumes refitted (--fit).",
+    )
+    resume.add_argument("run", metavar="RUN", help="run name or directory (see `runs list`)")
+    resume.add_argument("--no-start", action="store_true", help="queue only; start no runner")
+    resume.set_defaults(func=resume_run)
     clear = qs.add_parser(
         "clear",
-        help="forget finished (done or failed) jobs; never a queued or running one",
-        description="Forget the finished jobs (done or failed) with their logs, so `queue "
-        "list` shows what is waiting and running. Their runs stay (`mlxlora runs rm`).",
+        help="forget finished (done, stopped or failed) jobs; never a queued or running one",
+        description="Forget the finished jobs (done, stopped or failed) with their logs, so "
+        "`queue list` shows what is waiting and running. Their runs stay (`mlxlora runs rm`).",
     )
     clear.set_defaults(func=clear_jobs)
     work = qs.add_parser("work", help="be the runner: train queued jobs until none is left")
@@ -78,7 +97,8 @@ def list_jobs(args) -> int:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created))
         state = j.state if j.exit_code in (None, 0) else f"{j.state} (exit {j.exit_code})"
         shown_id = short if shorts[short] == 1 else j.id  # an id shown is one that finds it
-        rows.append([shown_id, j.name, j.kind, state, when, j.error or _run_name(j.run_dir)])
+        detail = " · ".join(filter(None, (_run_name(j.run_dir), j.error)))
+        rows.append([shown_id, j.name, j.kind, state, when, detail or "—"])
     console = Console()
     columns = ["id", "name", "kind", "state", "queued", "run / error"]
     title = f"jobs in {queue.root()}"
@@ -86,12 +106,12 @@ def list_jobs(args) -> int:
     return 0
 
 
-def _run_name(run_dir: str | None) -> str:
+def _run_name(run_dir: str | None) -> str | None:
     """A workspace run by its name (what `runs show` takes), any other by its path."""
     from mlxlora.runs import runs_root
 
     if not run_dir:
-        return "—"
+        return None
     path = Path(run_dir)
     return path.name if path.parent.resolve() == runs_root().resolve() else run_dir
 
@@ -101,6 +121,25 @@ def remove_job(args) -> int:
 
     job = queue.remove(args.job)
     print(f"removed {queue.short_id(job.id)} ({job.name})")
+    return 0
+
+
+def stop_job(args) -> int:
+    from mlxlora import runcontrol
+
+    print(runcontrol.stop_named(args.job))
+    return 0
+
+
+def resume_run(args) -> int:
+    from mlxlora import queue, runcontrol
+    from mlxlora.runs import find_run
+
+    job = runcontrol.resume(find_run(args.run))
+    started = False if args.no_start else queue.ensure_runner()
+    note = "runner started" if started else "the runner will take it in turn"
+    fitted = " fitted to the memory budget" if job.fit else ""
+    print(f"queued {queue.short_id(job.id)}: resume {job.name}{fitted}; {note}")
     return 0
 
 

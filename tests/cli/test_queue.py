@@ -44,7 +44,7 @@ def test_a_job_that_cannot_start_keeps_its_one_line_error_and_makes_no_run(home)
     queue.add_train(tiny_yaml("broken", **{"data.dataset": "no-such-dataset"}), "broken")
     assert queue.work(idle_exit=0) == 1
     (job,) = queue.jobs()
-    assert job.state == "done" and job.exit_code == 3 and job.run_dir is None
+    assert job.state == "failed" and job.exit_code == 3 and job.run_dir is None
     assert job.error.startswith("data.dataset: unknown dataset 'no-such-dataset'")
     assert list_runs() == []
 
@@ -143,27 +143,29 @@ def test_queue_clear_forgets_finished_jobs_and_never_a_waiting_or_running_one(ho
     assert queue.work(idle_exit=0) == 2
     running = queue.add_train(tiny_yaml("running"), "running")
     waiting = queue.add_train(tiny_yaml("waiting"), "waiting")
-    claimed = queue._claim_next()  # as the runner takes it and starts its child
-    assert claimed.id == running.id
-    queue._save(claimed)
-    logs = [queue.root() / "logs" / f"{job.id}.log" for job in (ok, bad)]
-    assert all(log.exists() for log in logs)
-    assert queue.find("ok").id == ok.id
-    again = queue.add_train(tiny_yaml("ok"), "ok")  # queued again after it ran
-    assert queue.find("ok").id == again.id  # the one a user can still drop
-    queue.remove("ok")
-    assert main(["queue", "clear"]) == 0
-    assert "cleared 2 finished jobs" in capsys.readouterr().out
-    assert [(j.id, j.state) for j in queue.jobs()] == [
-        (running.id, "running"),
-        (waiting.id, "queued"),
-    ]
-    assert not any(log.exists() for log in logs)
-    assert not Path(ok.config).exists() and not Path(bad.config).exists()
-    assert Path(running.config).exists() and Path(waiting.config).exists()
-    assert [r.status for r in list_runs()] == ["finished"]  # the finished job's run stays
-    assert main(["queue", "clear"]) == 0
-    assert "cleared 0 finished jobs" in capsys.readouterr().out
+    with queue.runner_lock() as held:  # as a runner holds the queue while its job runs
+        assert held
+        claimed = queue._claim_next()  # as the runner takes it and starts its child
+        assert claimed.id == running.id
+        queue._save(claimed)
+        logs = [queue.root() / "logs" / f"{job.id}.log" for job in (ok, bad)]
+        assert all(log.exists() for log in logs)
+        assert queue.find("ok").id == ok.id
+        again = queue.add_train(tiny_yaml("ok"), "ok")  # queued again after it ran
+        assert queue.find("ok").id == again.id  # the one a user can still drop
+        queue.remove("ok")
+        assert main(["queue", "clear"]) == 0
+        assert "cleared 2 finished jobs" in capsys.readouterr().out
+        assert [(j.id, j.state) for j in queue.jobs()] == [
+            (running.id, "running"),
+            (waiting.id, "queued"),
+        ]
+        assert not any(log.exists() for log in logs)
+        assert not Path(ok.config).exists() and not Path(bad.config).exists()
+        assert Path(running.config).exists() and Path(waiting.config).exists()
+        assert [r.status for r in list_runs()] == ["finished"]  # the finished job's run stays
+        assert main(["queue", "clear"]) == 0
+        assert "cleared 0 finished jobs" in capsys.readouterr().out
 
 
 def test_queue_add_refuses_a_dataset_that_is_not_there(home, capsys):

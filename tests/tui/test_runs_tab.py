@@ -193,6 +193,30 @@ def test_a_run_the_memory_budget_stopped_resumes_fitted(home, monkeypatch):
     asyncio.run(go())
 
 
+def test_s_takes_a_queued_job_off_the_queue_and_names_a_run_it_cannot_stop(home, monkeypatch):
+    """s on a job's row stops it as `mlxlora queue stop` does (it said "only a running or
+    queued run can be stopped"); on a finished run it says why not."""
+    monkeypatch.setattr(queue, "ensure_runner", lambda: False)  # the queued job stays queued
+    write_run("done", end="finished")
+    queue.add_train((REPO / "configs" / "tiny.yaml").read_text(), "待機中")
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 2)
+            said = lambda: [str(n.message) for n in app._notifications]  # noqa: E731
+            await select(pilot, "done-20250615-000000")
+            await pilot.press("s")
+            await wait_for(pilot, lambda: any("finished, neither running nor" in m for m in said()))
+            await select(pilot, "待機中")
+            await pilot.press("s")
+            await wait_for(pilot, lambda: len(rows(app)) == 1)
+            assert any("(待機中) off the queue" in m for m in said())
+        assert queue.jobs() == []
+
+    asyncio.run(go())
+
+
 def test_a_resume_that_failed_to_start_shows_and_d_forgets_it(home):
     """A resume refused before the run started again (its dataset gone) writes nothing in
     the run: its own row says so (it was hidden behind the run's row), and d forgets it."""
@@ -200,8 +224,8 @@ def test_a_resume_that_failed_to_start_shows_and_d_forgets_it(home):
     run = runs.runs_root().resolve() / "halted-20250615-000000"
     queue.add_resume(run)
     job = queue._claim_next()  # as the runner takes it, and the child then fails
-    job.exit_code, job.error = 3, "unknown dataset '医療QA' (no datasets yet)"
-    queue._finish(job)
+    job.exit_code = 3
+    queue._finish(job, "failed", "unknown dataset '医療QA' (no datasets yet)")
 
     async def go():
         app = MlxloraApp(initial="runs")

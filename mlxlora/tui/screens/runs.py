@@ -17,8 +17,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
-from mlxlora import machine, queue, runlist, runs
-from mlxlora.diagnosis import MEMORY_STOP
+from mlxlora import machine, queue, runcontrol, runlist, runs
 from mlxlora.errors import MlxloraError
 from mlxlora.sweep import run_sweep
 from mlxlora.tui.children import Child
@@ -33,7 +32,6 @@ from mlxlora.tui.widgets.text import num, sparkline
 
 DRAW_SEC = 0.25
 COLUMNS = ("name", "status", "step", "ema loss", "best val", "loss curve")
-RESUMABLE = ("stopped", "interrupted", "failed")
 
 
 class RunsTab(Vertical):
@@ -202,30 +200,23 @@ class RunsTab(Vertical):
         return Path(key) if key and Path(key) in self.book.views else None
 
     def action_stop_run(self) -> None:
-        """Ask the selected running run to checkpoint and stop (the STOP file); a run queued
-        to resume is taken off the queue (nothing else could cancel a resume queued by
-        mistake)."""
+        """Stop the selected run or job (`runcontrol`, as `mlxlora queue stop`): a running
+        one checkpoints and stops after its current step; a queued one, a resume queued by
+        mistake included, leaves the queue."""
+        key = self.selected_key()
+        job = next((j for j in self.book.jobs if f"job:{j.id}" == key), None)
         path = self._selected_run()
-        if path is not None and self.book.status(path) == "queued":
-            self._drop_resume(path)
-            return
-        if path is None or self.book.status(path) != "running":
-            self.notify("Only a running or queued run can be stopped", severity="warning")
-            return
-        runs.RunPaths(path).stop_request.touch()
-        self.notify(f"Stopping {path.name} after its current step (checkpoint kept)")
-
-    def _drop_resume(self, path: Path) -> None:
-        mine = str(path.resolve())
-        job = next((j for j in self.book.jobs if j.state == "queued" and j.run_dir == mine), None)
         try:
-            if job is None:
-                raise MlxloraError(f"{path.name} is no longer queued")
-            queue.remove(job.id)
-        except MlxloraError as exc:  # the runner took it meanwhile
+            if job is not None:
+                done = runcontrol.stop(job)
+            elif path is not None:
+                done = runcontrol.stop_run(path)
+            else:
+                return
+        except MlxloraError as exc:  # it names the run or job and its state
             self.notify(str(exc), severity="warning")
             return
-        self.notify(f"Resume of {path.name} taken off the queue")
+        self.notify(done[:1].upper() + done[1:])
 
     def action_resume_run(self) -> None:
         """Queue the selected stopped, interrupted or failed run to continue."""
@@ -238,20 +229,15 @@ class RunsTab(Vertical):
             )
             return
         path = self._selected_run()
-        status = self.book.status(path) if path else None
-        if path is None or status not in RESUMABLE:
-            self.notify("Only a stopped, interrupted or failed run resumes", severity="warning")
+        if path is None:
             return
-        try:
-            runs.check_resumable(runs.RunPaths(path))
+        try:  # refused for a run running, queued, finished or without a checkpoint
+            job = runcontrol.resume(path)
         except MlxloraError as exc:
             self.notify(str(exc), severity="error")
             return
-        # a run the memory budget stopped resumes refitted, as its failure advises
-        fit = (self.book.views[path].failure or "").startswith(MEMORY_STOP)
-        queue.add_resume(path, fit=fit)
         queue.ensure_runner()
-        self.notify(f"Queued: resume {path.name}" + (", fitted to memory" if fit else ""))
+        self.notify(f"Queued: resume {path.name}" + (", fitted to memory" if job.fit else ""))
 
     def action_export_run(self) -> None:
         """Open the Export dialog for the selected run (it runs `mlxlora export` as a child)."""
@@ -337,14 +323,14 @@ class RunsTab(Vertical):
     def _delete_job(self, job_id: str) -> None:
         job = next((j for j in self.book.jobs if j.id == job_id), None)
         try:
-            if job is not None and job.state == "done":  # a failed job's row: forget it
+            if job is not None and job.state in queue.ENDED:  # a failed job's row: forget it
                 queue.forget(job)
             else:
                 job = queue.remove(job_id)
         except MlxloraError as exc:
             self.notify(str(exc), severity="error")
             return
-        self.notify(f"Removed {'failed' if job.state == 'done' else 'queued'} job {job.name}")
+        self.notify(f"Removed {job.state} job {job.name}")
 
 
 def _job_status(job: queue.Job, latest_for_its_run: bool) -> str | None:
@@ -352,8 +338,8 @@ def _job_status(job: queue.Job, latest_for_its_run: bool) -> str | None:
     that failed before the run started again (its dataset removed, say) wrote nothing in
     the run: its row says so while it is the run's latest job."""
     if job.run_dir:
-        failed = job.state == "done" and job.exit_code and latest_for_its_run
+        failed = job.state == "failed" and latest_for_its_run
         return "resume failed" if failed and job.kind == "resume" else None
-    if job.state == "done":
-        return "failed" if job.exit_code else None
-    return "starting" if job.state == "running" else "queued"
+    if job.state == "running":
+        return "starting"
+    return None if job.state in ("done", "stopped") else job.state

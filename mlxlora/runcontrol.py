@@ -1,0 +1,79 @@
+"""Stop and resume a job or a run: `mlxlora queue stop|resume` and the Runs tab's s and r.
+
+A running job is stopped as the studio always stopped a run: its STOP file, read at a step's
+end, so the run checkpoints and can resume. Imports no mlx, torch or textual.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlxlora import queue
+from mlxlora.diagnosis import MEMORY_STOP
+from mlxlora.errors import RunError
+from mlxlora.events import RunFailed, RunFinished, RunStarted, read_events_of
+from mlxlora.queue import Job, short_id
+from mlxlora.runs import RunPaths, check_resumable, find_run, is_locked, run_status
+
+
+def stop(job: Job) -> str:
+    """Stop a job: a queued one leaves the queue; a running one's run checkpoints and stops
+    after its current step. Returns what was done, in words."""
+    if job.state == "queued":
+        queue.remove(job.id)
+        return f"took {short_id(job.id)} ({job.name}) off the queue"
+    if job.state != "running":
+        if job.run_dir:  # a later job of its run may be running or queued
+            return stop_run(Path(job.run_dir))
+        raise RunError(f"job {short_id(job.id)} ({job.name}) is {job.state}; nothing to stop")
+    queue.stop_request(job.id).touch()  # the runner hands it on once the child's run started
+    run = RunPaths(Path(job.run_dir)) if job.run_dir else None
+    if run and is_locked(run):  # also when the runner is gone and cannot hand it on
+        run.stop_request.touch()
+    return f"stopping {job.name} after its current step (checkpoint kept)"
+
+
+def stop_run(path: Path) -> str:
+    """Stop a run: the job running or queued for it (`stop`), else its training process."""
+    paths = RunPaths(Path(path))
+    mine = str(paths.root.resolve())  # the queue records a job's run resolved
+    pending = [j for j in queue.jobs() if j.state in ("running", "queued") and j.run_dir == mine]
+    if pending:
+        return stop(min(pending, key=lambda j: j.state != "running"))
+    if is_locked(paths):  # trained outside the queue (`mlxlora train`)
+        paths.stop_request.touch()
+        return f"stopping {paths.root.name} after its current step (checkpoint kept)"
+    status = run_status(read_events_of(paths.events, RunStarted, RunFinished, RunFailed), False)
+    raise RunError(f"{paths.root.name}: {status}, neither running nor queued; nothing to stop")
+
+
+def stop_named(ref: str) -> str:
+    """`stop` a job, or `stop_run` a run, by what a user types: a job's id or name, a run's
+    name or directory."""
+    job = queue.lookup(ref)
+    if job is not None:
+        return stop(job)
+    try:
+        path = find_run(ref)
+    except RunError:
+        raise RunError(
+            f"{ref}: no job or run with that id or name (see `mlxlora queue list` and "
+            "`mlxlora runs list`)"
+        ) from None
+    return stop_run(path)
+
+
+def resume(path: Path) -> Job:
+    """Queue a resume of a stopped, interrupted or failed run; one the memory budget stopped
+    resumes refitted (`--fit`), as its failure advises. Refused for a run that is running or
+    waiting in the queue already, finished, or without a checkpoint."""
+    paths = RunPaths(Path(path))
+    check_resumable(paths)
+    mine = str(paths.root.resolve())
+    pending = [j for j in queue.jobs() if j.state in ("queued", "running") and j.run_dir == mine]
+    if pending or is_locked(paths):
+        state = pending[0].state if pending else "running"
+        raise RunError(f"{paths.root.name}: {state} already; nothing to resume")
+    endings = read_events_of(paths.events, RunFailed, RunFinished)
+    failed = endings[-1] if endings and isinstance(endings[-1], RunFailed) else None
+    return queue.add_resume(paths.root, fit=bool(failed and failed.reason.startswith(MEMORY_STOP)))
