@@ -298,8 +298,7 @@ def _reason(rows: list[Compared], order: list[int], costs: list[float], weights:
     for key in weights:
         value = _criterion(best, key)
         values = [v for v in (_criterion(r, key) for r in rows) if v is not None]
-        ranked = sorted(values, reverse=key in HIGHER_IS_BETTER)
-        place = f"{ranked.index(value) + 1} of {len(ranked)}" if value is not None else "none"
+        place = _place(key, value, values) if value is not None else "none"
         parts.append(f"{PICK_LABELS[key]} {_show(key, best.metrics[key])} ({place})")
     line = f"{best.name}: " + ", ".join(parts)
     if len(order) > 1:
@@ -311,6 +310,16 @@ def _reason(rows: list[Compared], order: list[int], costs: list[float], weights:
             + ")"
         )
     return line
+
+
+def _place(key: str, value: float, values: list[float]) -> str:
+    """`2 of 6`, by the numbers as shown: runs that show the same figure are tied (six runs
+    that all showed 0.12 GB were ranked 1 to 6 by digits nobody saw)."""
+    shown = _show(key, value)
+    sign = -1 if key in HIGHER_IS_BETTER else 1
+    ahead = sum(sign * v < sign * value and _show(key, v) != shown for v in values)
+    tied = sum(_show(key, v) == shown for v in values) - 1
+    return f"{ahead + 1} of {len(values)}" + (f", tied with {tied}" if tied else "")
 
 
 def _show(key: str, value: float | None) -> str:

@@ -112,6 +112,17 @@ def test_pick_weighs_quality_against_time_and_memory():
     assert experiments.pick(experiments.Comparison([twin, a], {})).run.name == "twin"
 
 
+def test_the_pick_ranks_by_the_figures_it_shows():
+    """Six runs that all showed 0.12 GB were ranked by digits nobody saw: '(3 of 6)'."""
+    runs = [
+        row(f"r{i}", best_val_loss=1.2 + i / 100, gap=0.1, elapsed_sec=300, peak_memory_gb=m)
+        for i, m in enumerate((0.1201, 0.1153, 0.1189, 0.1224, 0.1160, 0.1199))
+    ]
+    reason = experiments.pick(experiments.Comparison(runs, {})).reason
+    assert reason.startswith("r0: best val 1.2 (1 of 6), val-train gap +0.100 (1 of 6, tied")
+    assert "memory 0.12 GB (1 of 6, tied with 5)" in reason
+
+
 def test_a_number_one_run_lacks_is_left_out_of_the_pick_and_said_so():
     # the tutorial's A/B as measured: only v1 evaluated, v1 better on loss, v2 on the rest
     v1 = row("v1", best_val_loss=1.741, eval_score=0.0544, gap=0.304, elapsed_sec=2914)
