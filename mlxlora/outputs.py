@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 from mlxlora.errors import MlxloraError, RunError
-from mlxlora.runs import atomic_dir, is_run_dir, read_json, runs_root
+from mlxlora.runs import (
+    atomic_dir,
+    is_run_dir,
+    read_json,
+    restore_aside,
+    runs_root,
+    sweep_temps,
+)
 
 # Written into every directory that fuse, export and merge make for the user: it tells a later
 # run of the same command that it may replace the directory (and nothing else).
@@ -84,6 +92,8 @@ def output_dir(out: Path, command: str):
     OUTPUT_MARKER and the permissions the user's umask gives (tempfile's are private: 0700)."""
     from mlxlora import __version__
 
+    restore_aside(out)  # an earlier output a killed run of the command had moved aside
+    sweep_temps(out.parent, re.escape(out.name))
     with atomic_dir(out) as tmp:
         yield tmp
         marker = {"command": command, "mlxlora": __version__}

@@ -165,15 +165,26 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary sibling of `name`: it names the process writing it, so a
+    later sweep (sweep_temps) tells a killed writer's leftover from a live one's work."""
+    return f".{name}.{os.getpid()}-"
+
+
 @contextmanager
 def atomic_dir(final: Path):
-    """Yield a temporary sibling directory; on success it replaces `final` in one rename."""
+    """Yield a temporary sibling directory; on success it replaces `final` in one rename.
+
+    A replaced `final` goes aside for a moment into `.NAME.old.*/NAME`: a process killed
+    right then leaves it there, and restore_aside puts it back."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(final.name)))
     try:
         yield tmp
         if final.exists():  # aside into a fresh folder: never over a sibling of the user's
-            aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old."))
+            aside = Path(
+                tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(f"{final.name}.old"))
+            )
             os.replace(final, aside / final.name)
             os.replace(tmp, final)
             shutil.rmtree(aside, ignore_errors=True)
@@ -182,6 +193,70 @@ def atomic_dir(final: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temps(parent: Path, name_pattern: str) -> list[tuple[Path, int | None, bool]]:
+    """(path, writer pid or None for a name written before temps carried one, is an aside)
+    of the temporary siblings of the names `name_pattern` matches, as atomic_dir names them
+    (`.NAME.PID-xxxxxxxx`, `.NAME.old.PID-xxxxxxxx`)."""
+    shape = re.compile(rf"\.(?:{name_pattern})(?P<old>\.old)?\.(?:(?P<pid>\d+)-)?[a-z0-9_]{{8}}")
+    found = []
+    for path in parent.iterdir() if parent.is_dir() else ():
+        match = shape.fullmatch(path.name)
+        if match:
+            pid = int(match["pid"]) if match["pid"] else None
+            found.append((path, pid, bool(match["old"])))
+    return found
+
+
+def restore_aside(final: Path, *, held: bool = False) -> bool:
+    """Put back a `final` directory that atomic_dir had moved aside when its process was
+    killed: `final` missing, its last complete version in `.NAME.old.*/NAME` of a writer that
+    is gone (or any writer's, where the caller holds the lock every writer holds). True when
+    it restored one."""
+    if final.exists():
+        return False
+    asides = [
+        path / final.name
+        for path, pid, old in _temps(final.parent, re.escape(final.name))
+        if old and _left_behind(pid, held) and (path / final.name).is_dir()
+    ]
+    if not asides:
+        return False
+    newest = max(asides, key=lambda p: p.parent.stat().st_mtime)  # the one moved aside last
+    try:
+        os.replace(newest, final)
+    except OSError:  # another reader restored it first
+        return final.exists()
+    return True
+
+
+def _left_behind(pid: int | None, held: bool) -> bool:
+    """Whether a temporary directory written by `pid` (None: by a version that did not name
+    its writer) is no live process's work."""
+    return held or (pid is not None and not pid_alive(pid))
+
+
+def sweep_temps(parent: Path, name_pattern: str, *, held: bool = False) -> None:
+    """Remove the temporary siblings (atomic_dir's, an import's) that a killed process left
+    in `parent` for the names `name_pattern` matches: those whose writer is gone, or all of
+    them where the caller holds the lock every writer of them holds (`held`: a resumed run
+    for its own adapters)."""
+    for path, pid, _ in _temps(parent, name_pattern):
+        if _left_behind(pid, held):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def recover_run(paths: RunPaths) -> None:
+    """Undo what a killed training process left half-done in its run: best/ put back from
+    where a swap had moved it, the temporary directories of its adapters removed. Only by the
+    process that holds the run's lock (a resume), the one writer of these."""
+    restore_aside(paths.best, held=True)
+    sweep_temps(paths.adapters, re.escape(paths.best.name), held=True)
+    sweep_temps(paths.checkpoints, r"step-\d{7}", held=True)
 
 
 def pid_alive(pid: int) -> bool:

@@ -131,14 +131,16 @@ class Trainer:
                 )
             )
         s.elapsed = self.elapsed()
+        # best/ before the checkpoint that records it: a process killed between the two
+        # resumes from the checkpoint before, re-runs to this one and writes the same best/
+        if improved:
+            with atomic_dir(paths.best) as tmp:
+                backend.save_adapter(tmp)
         target = paths.checkpoint(s.step)
         with atomic_dir(target) as tmp:
             backend.save_state(tmp)
             atomic_write_text(tmp / "trainer_state.json", json.dumps(asdict(s), indent=2))
         self._publish_latest_adapter(target)
-        if improved:
-            with atomic_dir(paths.best) as tmp:
-                backend.save_adapter(tmp)
         for old in sorted(paths.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
         self.events.emit(Checkpoint(step=s.step, path=str(target), best=improved))
