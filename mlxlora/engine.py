@@ -183,6 +183,7 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
             events.emit(prep.fit)
         trainer = Trainer(prep, events, state)
         if state.step == 0:
+            trainer.checkpoint(None)  # resumable from here on, killed before any other one
             trainer.answer_samples("before")
         previous = _install_stop_handlers(trainer.stop)
         try:

@@ -144,6 +144,8 @@ class Trainer:
         for old in sorted(paths.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
         self.events.emit(Checkpoint(step=s.step, path=str(target), best=improved))
+        if not s.step:  # a run's first checkpoint, before any step: nothing to diagnose yet
+            return
         for finding in self.diagnoser.new_findings():
             self.events.emit(finding.event())
 
@@ -180,7 +182,7 @@ class Trainer:
     def run(self) -> str:
         """Train to the end, an early stop, or a stop request. Returns how it ended."""
         s, t = self.state, self.t
-        last_eval_step = s.step if s.step else -1
+        last_eval_step = s.step  # a checkpoint holds it: a fresh run's step 0 too (engine.py)
         if s.step == 0:
             self.baseline_eval()
         while s.step < self.p.total_steps:
