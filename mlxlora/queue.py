@@ -32,7 +32,8 @@ from pathlib import Path
 from mlxlora import names
 from mlxlora.errors import RunError
 from mlxlora.events import RunStarted, parse
-from mlxlora.runs import atomic_write_text, home, pid_alive
+from mlxlora.procs import pid_alive
+from mlxlora.runs import atomic_write_text, home
 
 STATES = ("queued", "running", "done")
 IDLE_EXIT_SEC = 3.0  # a runner waits this long for a new job before it exits

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxlora import names
+from mlxlora import names, procs
 from mlxlora.errors import RunError
 from mlxlora.events import (
     Event,
@@ -219,7 +219,7 @@ def restore_aside(final: Path, *, held: bool = False) -> bool:
     asides = [
         path / final.name
         for path, pid, old in _temps(final.parent, re.escape(final.name))
-        if old and _left_behind(pid, held) and (path / final.name).is_dir()
+        if old and _left_behind(path, pid, held) and (path / final.name).is_dir()
     ]
     if not asides:
         return False
@@ -231,10 +231,17 @@ def restore_aside(final: Path, *, held: bool = False) -> bool:
     return True
 
 
-def _left_behind(pid: int | None, held: bool) -> bool:
-    """Whether a temporary directory written by `pid` (None: by a version that did not name
-    its writer) is no live process's work."""
-    return held or (pid is not None and not pid_alive(pid))
+def _left_behind(path: Path, pid: int | None, held: bool) -> bool:
+    """Whether the temporary `path` written by `pid` (None: by a version that did not name
+    its writer) is no live process's work: its writer is gone, or the pid names a process
+    started after it was written."""
+    if held:
+        return True
+    try:
+        written = path.lstat().st_mtime
+    except FileNotFoundError:  # another sweep took it
+        return False
+    return pid is not None and not procs.owner_alive(pid, written=written)
 
 
 def sweep_temps(parent: Path, name_pattern: str, *, held: bool = False) -> None:
@@ -243,7 +250,7 @@ def sweep_temps(parent: Path, name_pattern: str, *, held: bool = False) -> None:
     them where the caller holds the lock every writer of them holds (`held`: a resumed run
     for its own adapters)."""
     for path, pid, _ in _temps(parent, name_pattern):
-        if _left_behind(pid, held):
+        if _left_behind(path, pid, held):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -259,42 +266,37 @@ def recover_run(paths: RunPaths) -> None:
     sweep_temps(paths.checkpoints, r"step-\d{7}", held=True)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def run_lock(paths: RunPaths):
-    """Hold the run directory for one training process; a stale lock (dead pid) is taken over."""
+    """Hold the run directory for one training process; a stale lock (its process gone, or
+    its pid now another process's) is taken over."""
     if not paths.root.is_dir():
         raise RunError(f"{paths.root}: no such run directory")
-    if paths.lock.exists():
-        try:
-            pid = int(paths.lock.read_text().strip() or 0)
-        except ValueError:
-            pid = 0
-        if pid and pid != os.getpid() and pid_alive(pid):
-            raise RunError(f"{paths.root}: run is in use by process {pid}")
-    paths.lock.write_text(str(os.getpid()))
+    pid = _lock_owner(paths)
+    if pid and pid != os.getpid():
+        raise RunError(f"{paths.root}: run is in use by process {pid}")
+    paths.lock.write_text(procs.stamp())
     try:
         yield
     finally:
         paths.lock.unlink(missing_ok=True)
 
 
+def _lock_owner(paths: RunPaths) -> int | None:
+    """The pid of the live process that holds the run's lock (`PID START`, or `PID` as
+    written before locks recorded the start), or None."""
+    try:
+        text, written = paths.lock.read_text(), paths.lock.stat().st_mtime
+        pid, *start = text.split()
+        pid, started = int(pid), float(start[0]) if start else None
+    except (OSError, ValueError):  # none, or half-written
+        return None
+    return pid if procs.owner_alive(pid, started, written) else None
+
+
 def is_locked(paths: RunPaths) -> bool:
     """A live process holds the run (a lock left by a killed one does not count)."""
-    try:
-        pid = int(paths.lock.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return False
-    return pid > 0 and pid_alive(pid)  # kill(0) would ask about our own process group
+    return _lock_owner(paths) is not None
 
 
 def running_runs(root: Path | None = None) -> list[Path]:
