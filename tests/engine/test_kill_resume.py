@@ -8,17 +8,21 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from mlxlora import engine
+from mlxlora.cli import main
 from mlxlora.events import RunStarted, Step, read_events
-from mlxlora.runs import RunPaths
+from mlxlora.runs import RunPaths, read_json
+from mlxlora.runview import RunView
 from tests.engine.test_train import make_config
 
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 OVERRIDES = ("training.max_steps=9", "training.eval_every=3")
 
 # Trains the run in argv[1] from the config JSON in argv[2] and kills itself (-9) where
 # argv[3] says: "best-swap", once the old best/ is aside and before the new one lands;
-# "step-5", once step 5 is written.
+# "step-5", once step 5 is written; "checkpoint-6", after step 6's evaluation, before its
+# checkpoint lands.
 TRAIN_AND_DIE = """
 import json, os, signal, sys
 from pathlib import Path
@@ -27,6 +31,8 @@ from mlxlora import config, engine
 run, cfg, where = Path(sys.argv[1]), config.from_dict(json.loads(sys.argv[2])), sys.argv[3]
 real = os.replace
 def replace(src, dst):
+    if where == "checkpoint-6" and Path(dst).name == "step-0000006":
+        os.kill(os.getpid(), signal.SIGKILL)
     real(src, dst)
     if where == "best-swap" and Path(dst).parent.name.startswith(".best.old."):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -41,7 +47,8 @@ engine.train(cfg, run, listeners=[at_step])
 
 def train_and_die(cfg, run, where: str) -> None:
     args = [sys.executable, "-c", TRAIN_AND_DIE, str(run), json.dumps(cfg.to_dict()), where]
-    assert subprocess.run(args, env=ENV).returncode == -9
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # the test's MLXLORA_HOME
+    assert subprocess.run(args, env=env).returncode == -9
 
 
 def hidden(paths: RunPaths) -> list[str]:
@@ -71,8 +78,15 @@ def session_losses(paths: RunPaths) -> dict[int, float]:
     return {e.step: e.loss for e in events[last_start:] if isinstance(e, Step)}
 
 
+def shown_evals(run, capsys) -> list[int]:
+    """The steps of the evaluations `runs show` lists."""
+    capsys.readouterr()
+    assert main(["runs", "show", str(run), "--json"]) == 0
+    return [e["step"] for e in json.loads(capsys.readouterr().out)["evals"]]
+
+
 def test_a_run_killed_before_its_first_regular_checkpoint_resumes_from_step_0(
-    home, quickstart_data, tmp_path
+    home, quickstart_data, tmp_path, capsys
 ):
     full, part = RunPaths(tmp_path / "full"), RunPaths(tmp_path / "part")
     overrides = ("training.max_steps=8",)  # eval_every 0: the first regular one at the end
@@ -84,3 +98,29 @@ def test_a_run_killed_before_its_first_regular_checkpoint_resumes_from_step_0(
     assert resumed.resumed_from_step == 0
     assert summary["steps"] == 8
     assert session_losses(part) == session_losses(full)  # the same numbers, bit for bit
+    assert shown_evals(part.root, capsys) == [0, 8]  # the baseline once: the resume redid it
+
+
+def test_what_a_resume_trained_again_is_shown_once(home, quickstart_data, tmp_path, capsys):
+    part = RunPaths(tmp_path / "part")
+    cfg = make_config(quickstart_data, "training.max_steps=12", "training.eval_every=3")
+    train_and_die(cfg, part.root, "checkpoint-6")  # steps 4-6 and the eval at 6 recorded
+    engine.train(None, part.root, resume=True)  # from step 3: records them again
+
+    events = read_events(part.events)
+    assert [e.step for e in events if isinstance(e, Step)].count(5) == 2
+    assert shown_evals(part.root, capsys) == [0, 3, 6, 9, 12]
+    view = RunView(part.root)
+    view.add(events)
+    view.summary = read_json(part.summary)
+    assert list(view.train.x) == list(range(1, 13)) and [e.step for e in view.evals] == [
+        0,
+        3,
+        6,
+        9,
+        12,
+    ]
+    kept = {e.step: e.tokens_per_sec for e in events if isinstance(e, Step)}  # the last of each
+    assert view.mean_tokens_per_sec == pytest.approx(sum(kept.values()) / 12)
+    assert view.elapsed_sec == read_json(part.summary)["elapsed_sec"]  # the steps kept: the
+    # resume went on from step 3's checkpoint with its elapsed time, not the killed session's
