@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from mlxlora.outputs import output_dir
 from mlxlora.runs import atomic_dir, restore_aside, sweep_temps
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -90,3 +91,15 @@ def test_a_sweep_spares_a_live_writers_directory_and_the_users_own(tmp_path):
     assert not leftover.exists()
     assert all(p.is_dir() for p in theirs)
     assert not restore_aside(tmp_path / "missing")  # nothing aside: nothing made up
+
+
+def test_an_output_moved_aside_by_a_killed_export_comes_back_and_its_leftovers_go(tmp_path):
+    out, pid = tmp_path / "export" / "model", dead_pid()
+    aside, half = (tmp_path / "export" / f".model{old}.{pid}-abcdefgh" for old in (".old", ""))
+    (aside / "model").mkdir(parents=True)  # the previous export, moved aside by the killed one
+    (aside / "model" / "Modelfile").write_text("FROM ./model.gguf\n")
+    half.mkdir()  # the killed export's half-written files
+    with pytest.raises(RuntimeError), output_dir(out, "export"):
+        raise RuntimeError("this export fails too")
+    assert (out / "Modelfile").read_text() == "FROM ./model.gguf\n"
+    assert [p.name for p in out.parent.iterdir()] == ["model"]
