@@ -46,6 +46,7 @@ def check_output_dir(
     command calls this first.
     """
     out = Path(out)
+    restore_aside(out)  # an earlier output that a killed command had moved aside: judged too
     where = out.resolve()  # links followed: a link into a run is that run
 
     def refuse(why: str) -> None:
@@ -92,8 +93,7 @@ def output_dir(out: Path, command: str):
     OUTPUT_MARKER and the permissions the user's umask gives (tempfile's are private: 0700)."""
     from mlxlora import __version__
 
-    restore_aside(out)  # an earlier output a killed run of the command had moved aside
-    sweep_temps(out.parent, re.escape(out.name))
+    sweep_temps(out.parent, re.escape(out.name))  # what killed runs of a command left
     with atomic_dir(out) as tmp:
         yield tmp
         marker = {"command": command, "mlxlora": __version__}

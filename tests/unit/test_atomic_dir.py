@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mlxlora.outputs import output_dir
+from mlxlora.outputs import OUTPUT_MARKER, check_output_dir, output_dir
 from mlxlora.runs import atomic_dir, restore_aside, sweep_temps
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -98,7 +98,9 @@ def test_an_output_moved_aside_by_a_killed_export_comes_back_and_its_leftovers_g
     aside, half = (tmp_path / "export" / f".model{old}.{pid}-abcdefgh" for old in (".old", ""))
     (aside / "model").mkdir(parents=True)  # the previous export, moved aside by the killed one
     (aside / "model" / "Modelfile").write_text("FROM ./model.gguf\n")
+    (aside / "model" / OUTPUT_MARKER).write_text('{"command": "export"}')
     half.mkdir()  # the killed export's half-written files
+    check_output_dir(out, "export")  # as every command that writes one does first
     with pytest.raises(RuntimeError), output_dir(out, "export"):
         raise RuntimeError("this export fails too")
     assert (out / "Modelfile").read_text() == "FROM ./model.gguf\n"
