@@ -140,13 +140,13 @@ class Trainer:
         with atomic_dir(target) as tmp:
             backend.save_state(tmp)
             atomic_write_text(tmp / "trainer_state.json", json.dumps(asdict(s), indent=2))
-        self._publish_latest_adapter(target)
         for old in sorted(paths.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
+        trained = s.step > 0  # step 0's checkpoint: no adapter to publish, nothing to diagnose
+        if trained:
+            self._publish_latest_adapter(target)
         self.events.emit(Checkpoint(step=s.step, path=str(target), best=improved))
-        if not s.step:  # a run's first checkpoint, before any step: nothing to diagnose yet
-            return
-        for finding in self.diagnoser.new_findings():
+        for finding in self.diagnoser.new_findings() if trained else ():
             self.events.emit(finding.event())
 
     def _record_eval(self, val_loss: float) -> bool:

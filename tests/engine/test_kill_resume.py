@@ -92,6 +92,8 @@ def test_a_run_killed_before_its_first_regular_checkpoint_resumes_from_step_0(
     overrides = ("training.max_steps=8",)  # eval_every 0: the first regular one at the end
     engine.train(make_config(quickstart_data, *overrides), full.root)
     train_and_die(make_config(quickstart_data, *overrides), part.root, "step-5")
+    assert part.latest_checkpoint() == part.checkpoint(0)
+    assert not (part.adapters / "adapters.safetensors").exists()  # none trained to show yet
 
     summary = engine.train(None, part.root, resume=True)
     (resumed,) = [e for e in read_events(part.events) if isinstance(e, RunStarted)][1:]
