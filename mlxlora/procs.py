@@ -17,6 +17,8 @@ from pathlib import Path
 # Two readings of one process's start time differ by up to this: `ps` gives whole seconds,
 # and Linux's boot time (/proc/stat btime) may move by a second.
 SAME_START_SEC = 2.0
+PS_REUSE_SEC = 5.0  # a pid's start time read with `ps` is taken as known for this long
+_ps_seen: dict[int, tuple[float, float]] = {}  # pid -> (when read, its start time)
 
 
 def pid_alive(pid: int) -> bool:
@@ -57,6 +59,15 @@ def _boot_time() -> float:
 
 
 def _started_ps(pid: int) -> float:
+    # a studio asks about each running run at every poll: one `ps` a pid per PS_REUSE_SEC
+    checked, start = _ps_seen.get(pid, (0.0, 0.0))
+    if time.monotonic() - checked > PS_REUSE_SEC:
+        start = _ps_start(pid)
+        _ps_seen[pid] = (time.monotonic(), start)
+    return start
+
+
+def _ps_start(pid: int) -> float:
     out = subprocess.run(
         ["ps", "-o", "lstart=", "-p", str(pid)],
         capture_output=True,

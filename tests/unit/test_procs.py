@@ -23,3 +23,11 @@ def test_an_owner_is_the_process_that_started_when_it_recorded():
     assert not procs.owner_alive(me, start - 3600)  # the pid of a process gone since
     assert not procs.owner_alive(me, written=start - 3600)  # written before this one began
     assert not procs.owner_alive(0)
+
+
+def test_a_studio_polling_a_running_run_asks_ps_once_a_while(monkeypatch):
+    asked = []
+    monkeypatch.setattr(procs, "_ps_start", lambda pid: asked.append(pid) or 1.0)
+    monkeypatch.setattr(procs, "_ps_seen", {})
+    assert [procs._started_ps(42) for _ in range(3)] == [1.0, 1.0, 1.0]
+    assert asked == [42]
