@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mlxlora.events import Diagnosis, Eval, Event, RunFailed, RunStarted, Step
+from mlxlora.events import Diagnosis, Eval, Event, RunFailed, RunStarted, Step, redone
 from mlxlora.memory import fmt_bytes
 from mlxlora.metrics import ema
 
@@ -168,9 +168,10 @@ class Diagnoser:
     def _restart(self, e: RunStarted) -> None:
         """A resumed session repeats the steps after its checkpoint: forget them."""
         self.started, self.failed = e, None
-        self.steps = [s for s in self.steps if s[0] <= e.resumed_from_step]
-        self.smooth = [s for s in self.smooth if s[0] <= e.resumed_from_step]
-        self.evals = [v for v in self.evals if v.step <= e.resumed_from_step]
+        resumed_from = e.resumed_from_step
+        self.steps = [s for s in self.steps if not redone(s[0], resumed_from)]
+        self.smooth = [s for s in self.smooth if not redone(s[0], resumed_from)]
+        self.evals = [v for v in self.evals if not redone(v.step, resumed_from)]
         self.spikes_checked = min(self.spikes_checked, len(self.steps))
 
     def _check(self) -> None:

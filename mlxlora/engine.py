@@ -30,6 +30,7 @@ from mlxlora.runs import (
     check_new_run_dir,
     check_resumable,
     new_run_dir,
+    recover_run,
     run_lock,
 )
 from mlxlora.trainer import Trainer, TrainerState
@@ -101,6 +102,7 @@ def train(
     if resume:
         paths = RunPaths(Path(run_dir))
         with run_lock(paths):
+            recover_run(paths)
             check_resumable(paths)
             cfg = cfg or config_mod.load(paths.config)
             prep = prepare(cfg, paths, backend or select.create(cfg.backend))
@@ -181,6 +183,7 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
             events.emit(prep.fit)
         trainer = Trainer(prep, events, state)
         if state.step == 0:
+            trainer.checkpoint(None)  # resumable from here on, killed before any other one
             trainer.answer_samples("before")
         previous = _install_stop_handlers(trainer.stop)
         try:

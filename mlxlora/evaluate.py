@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mlxlora.errors import ModelError, RunError
 from mlxlora.fmt import counted
-from mlxlora.runs import ADAPTER_FILES
+from mlxlora.runs import ADAPTER_FILES, is_run_dir
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,11 @@ def _base_model(adapter: Path) -> str | None:
 
 def resolve_adapter(ref: str) -> AdapterRef:
     """The adapter directory a `--adapter` argument names, and its run's model if it has one."""
-    from mlxlora.runs import RunPaths, find_run
+    from mlxlora.runs import RunPaths, find_run, restore_aside
 
     path = Path(ref).expanduser()
+    if RunPaths(path.parent.parent).best == path and is_run_dir(path.parent.parent):
+        restore_aside(path)  # a run's best/, where a killed swap left it aside
     if path.is_dir() and is_adapter_dir(path) and not (path / "config.yaml").exists():
         # an adapter directory; inside a run (adapters/, adapters/best, a checkpoint)?
         run = next((p for p in path.resolve().parents if (p / "config.yaml").is_file()), None)

@@ -205,7 +205,7 @@ class StepBlock:
     losses: array
     losses_ema: array
     peak_memory_gb: float
-    tokens_per_sec_sum: float
+    tokens_per_sec: array
 
     @property
     def time(self) -> float:
@@ -267,7 +267,7 @@ def _step_block(rows: list[tuple]) -> StepBlock:
         losses=array("d", map(float, column["loss"])),
         losses_ema=array("d", map(float, column["loss_ema"])),
         peak_memory_gb=max(map(float, column["peak_memory_gb"])),
-        tokens_per_sec_sum=sum(map(float, column["tokens_per_sec"])),
+        tokens_per_sec=array("d", map(float, column["tokens_per_sec"])),
     )
 
 
@@ -297,6 +297,28 @@ class EventWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def redone(step: int, resumed_from: int) -> bool:
+    """Whether what an earlier session recorded at `step` (a step, an evaluation, a sample,
+    an epoch's end) is recorded again by a session resumed from step `resumed_from`: all past
+    its checkpoint, and, from step 0, the start's too (the baseline evaluation, the samples
+    before training). A face shows each once, as the resumed session recorded it."""
+    return step > resumed_from or resumed_from == 0
+
+
+def once(events: list[Event]) -> list[Event]:
+    """`events` without what a later resume recorded again (see `redone`)."""
+    kept: list[Event] = []
+    for e in events:
+        if isinstance(e, RunStarted):
+            kept = [k for k in kept if not _recorded_again(k, e.resumed_from_step)]
+        kept.append(e)
+    return kept
+
+
+def _recorded_again(e: Event, resumed_from: int) -> bool:
+    return isinstance(e, (Step, Eval, Sample, EpochEnd)) and redone(e.step, resumed_from)
 
 
 def read_events(path: str | Path) -> list[Event]:

@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 from mlxlora.errors import MlxloraError, RunError
-from mlxlora.runs import atomic_dir, is_run_dir, read_json, runs_root
+from mlxlora.runs import (
+    atomic_dir,
+    is_run_dir,
+    read_json,
+    restore_aside,
+    runs_root,
+    sweep_temps,
+)
 
 # Written into every directory that fuse, export and merge make for the user: it tells a later
 # run of the same command that it may replace the directory (and nothing else).
@@ -38,6 +46,7 @@ def check_output_dir(
     command calls this first.
     """
     out = Path(out)
+    restore_aside(out)  # an earlier output that a killed command had moved aside: judged too
     where = out.resolve()  # links followed: a link into a run is that run
 
     def refuse(why: str) -> None:
@@ -84,6 +93,7 @@ def output_dir(out: Path, command: str):
     OUTPUT_MARKER and the permissions the user's umask gives (tempfile's are private: 0700)."""
     from mlxlora import __version__
 
+    sweep_temps(out.parent, re.escape(out.name))  # what killed runs of a command left
     with atomic_dir(out) as tmp:
         yield tmp
         marker = {"command": command, "mlxlora": __version__}

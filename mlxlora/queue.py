@@ -35,13 +35,8 @@ from pathlib import Path
 from mlxlora import names
 from mlxlora.errors import RunError
 from mlxlora.events import RunFailed, RunFinished, RunStarted, parse, read_events_of
-from mlxlora.runs import (
-    RunPaths,
-    atomic_write_text,
-    home,
-    pid_alive,
-    run_status,
-)
+from mlxlora.procs import pid_alive
+from mlxlora.runs import RunPaths, atomic_write_text, home, run_status
 
 FOLDERS = ("queued", "running", "done")
 ENDED = ("done", "stopped", "failed")  # the states of a job in done/

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxlora import names
+from mlxlora import names, procs
 from mlxlora.errors import RunError
 from mlxlora.events import (
     Event,
@@ -165,15 +165,26 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary sibling of `name`: it names the process writing it, so a
+    later sweep (sweep_temps) tells a killed writer's leftover from a live one's work."""
+    return f".{name}.{os.getpid()}-"
+
+
 @contextmanager
 def atomic_dir(final: Path):
-    """Yield a temporary sibling directory; on success it replaces `final` in one rename."""
+    """Yield a temporary sibling directory; on success it replaces `final` in one rename.
+
+    A replaced `final` goes aside for a moment into `.NAME.old.*/NAME`: a process killed
+    right then leaves it there, and restore_aside puts it back."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(final.name)))
     try:
         yield tmp
         if final.exists():  # aside into a fresh folder: never over a sibling of the user's
-            aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old."))
+            aside = Path(
+                tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(f"{final.name}.old"))
+            )
             os.replace(final, aside / final.name)
             os.replace(tmp, final)
             shutil.rmtree(aside, ignore_errors=True)
@@ -184,42 +195,108 @@ def atomic_dir(final: Path):
         raise
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def _temps(parent: Path, name_pattern: str) -> list[tuple[Path, int | None, bool]]:
+    """(path, writer pid or None for a name written before temps carried one, is an aside)
+    of the temporary siblings of the names `name_pattern` matches, as atomic_dir names them
+    (`.NAME.PID-xxxxxxxx`, `.NAME.old.PID-xxxxxxxx`)."""
+    shape = re.compile(rf"\.(?:{name_pattern})(?P<old>\.old)?\.(?:(?P<pid>\d+)-)?[a-z0-9_]{{8}}")
+    found = []
+    for path in parent.iterdir() if parent.is_dir() else ():
+        match = shape.fullmatch(path.name)
+        if match:
+            pid = int(match["pid"]) if match["pid"] else None
+            found.append((path, pid, bool(match["old"])))
+    return found
+
+
+def restore_aside(final: Path, *, held: bool = False) -> bool:
+    """Put back a `final` directory that atomic_dir had moved aside when its process was
+    killed: `final` missing, its last complete version in `.NAME.old.*/NAME` of a writer that
+    is gone (or any writer's, where the caller holds the lock every writer holds). True when
+    it restored one."""
+    if final.exists():
         return False
-    except PermissionError:
-        return True
+    asides = [
+        path / final.name
+        for path, pid, old in _temps(final.parent, re.escape(final.name))
+        if old and _left_behind(path, pid, held) and (path / final.name).is_dir()
+    ]
+    if not asides:
+        return False
+    newest = max(asides, key=lambda p: p.parent.stat().st_mtime)  # the one moved aside last
+    try:
+        os.replace(newest, final)
+    except OSError:  # another reader restored it first
+        return final.exists()
     return True
+
+
+def _left_behind(path: Path, pid: int | None, held: bool) -> bool:
+    """Whether the temporary `path` written by `pid` (None: by a version that did not name
+    its writer) is no live process's work: its writer is gone, or the pid names a process
+    started after it was written."""
+    if held:
+        return True
+    try:
+        written = path.lstat().st_mtime
+    except FileNotFoundError:  # another sweep took it
+        return False
+    return pid is not None and not procs.owner_alive(pid, written=written)
+
+
+def sweep_temps(parent: Path, name_pattern: str, *, held: bool = False) -> None:
+    """Remove the temporary siblings (atomic_dir's, an import's) that a killed process left
+    in `parent` for the names `name_pattern` matches: those whose writer is gone, or all of
+    them where the caller holds the lock every writer of them holds (`held`: a resumed run
+    for its own adapters)."""
+    for path, pid, _ in _temps(parent, name_pattern):
+        if _left_behind(path, pid, held):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def recover_run(paths: RunPaths) -> None:
+    """Undo what a killed training process left half-done in its run: best/ put back from
+    where a swap had moved it, the temporary directories of its adapters removed. Only by the
+    process that holds the run's lock (a resume), the one writer of these."""
+    restore_aside(paths.best, held=True)
+    sweep_temps(paths.adapters, re.escape(paths.best.name), held=True)
+    sweep_temps(paths.checkpoints, r"step-\d{7}", held=True)
 
 
 @contextmanager
 def run_lock(paths: RunPaths):
-    """Hold the run directory for one training process; a stale lock (dead pid) is taken over."""
+    """Hold the run directory for one training process; a stale lock (its process gone, or
+    its pid now another process's) is taken over."""
     if not paths.root.is_dir():
         raise RunError(f"{paths.root}: no such run directory")
-    if paths.lock.exists():
-        try:
-            pid = int(paths.lock.read_text().strip() or 0)
-        except ValueError:
-            pid = 0
-        if pid and pid != os.getpid() and pid_alive(pid):
-            raise RunError(f"{paths.root}: run is in use by process {pid}")
-    paths.lock.write_text(str(os.getpid()))
+    pid = _lock_owner(paths)
+    if pid and pid != os.getpid():
+        raise RunError(f"{paths.root}: run is in use by process {pid}")
+    paths.lock.write_text(procs.stamp())
     try:
         yield
     finally:
         paths.lock.unlink(missing_ok=True)
 
 
+def _lock_owner(paths: RunPaths) -> int | None:
+    """The pid of the live process that holds the run's lock (`PID START`, or `PID` as
+    written before locks recorded the start), or None."""
+    try:
+        text, written = paths.lock.read_text(), paths.lock.stat().st_mtime
+        pid, *start = text.split()
+        pid, started = int(pid), float(start[0]) if start else None
+    except (OSError, ValueError):  # none, or half-written
+        return None
+    return pid if procs.owner_alive(pid, started, written) else None
+
+
 def is_locked(paths: RunPaths) -> bool:
     """A live process holds the run (a lock left by a killed one does not count)."""
-    try:
-        pid = int(paths.lock.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return False
-    return pid > 0 and pid_alive(pid)  # kill(0) would ask about our own process group
+    return _lock_owner(paths) is not None
 
 
 def running_runs(root: Path | None = None) -> list[Path]:

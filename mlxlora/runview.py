@@ -29,6 +29,7 @@ from mlxlora.events import (
     Sample,
     Step,
     StepBlock,
+    redone,
 )
 from mlxlora.metrics import ema
 from mlxlora.runs import run_status
@@ -119,7 +120,7 @@ class RunView:
         self.first_time: float | None = None  # of the first event: when the run began
         self.events_seen = 0
         self.peak_memory_gb = 0.0
-        self._tps_sum, self._tps_count = 0.0, 0
+        self.tokens_per_sec = Curve()
 
     def add(self, events: Iterable[Event | StepBlock]) -> None:
         for event in events:
@@ -135,10 +136,15 @@ class RunView:
 
     def _started(self, e: RunStarted) -> None:
         self.started, self.ending, self.session_first_step = e, None, None
-        for curve in (self.train, self.smooth, self.val):
-            curve.drop_after(e.resumed_from_step)
-        self.evals = [v for v in self.evals if v.step <= e.resumed_from_step]
-        self.epoch_ends = [s for s in self.epoch_ends if s <= e.resumed_from_step]
+        # what the session records again goes: each step and evaluation is shown once
+        resumed_from = e.resumed_from_step
+        for curve in (self.train, self.smooth, self.tokens_per_sec):
+            curve.drop_after(resumed_from)
+        self.evals = [v for v in self.evals if not redone(v.step, resumed_from)]
+        self.val = Curve()
+        for v in self.evals:
+            self.val.append(v.step, v.val_loss)
+        self.epoch_ends = [s for s in self.epoch_ends if not redone(s, resumed_from)]
 
     def _step(self, e: Step) -> None:
         self.last_step = e
@@ -148,7 +154,7 @@ class RunView:
         self.smooth.append(e.step, smooth)
         self.train.append(e.step, e.loss)
         self.peak_memory_gb = max(self.peak_memory_gb, e.peak_memory_gb)
-        self._tps_sum, self._tps_count = self._tps_sum + e.tokens_per_sec, self._tps_count + 1
+        self.tokens_per_sec.append(e.step, e.tokens_per_sec)
 
     def _step_block(self, b: StepBlock) -> None:
         self.last_step = b.last
@@ -156,8 +162,7 @@ class RunView:
         self.smooth.extend(b.steps, b.losses_ema)  # a block's steps all carry loss_ema
         self.train.extend(b.steps, b.losses)
         self.peak_memory_gb = max(self.peak_memory_gb, b.peak_memory_gb)
-        self._tps_sum += b.tokens_per_sec_sum
-        self._tps_count += len(b)
+        self.tokens_per_sec.extend(b.steps, b.tokens_per_sec)
 
     def _eval(self, e: Eval) -> None:
         self.evals.append(e)
@@ -206,7 +211,9 @@ class RunView:
 
     @property
     def mean_tokens_per_sec(self) -> float | None:
-        return self._tps_sum / self._tps_count if self._tps_count else None
+        """The mean of the steps' tok/s (a step a resume trained again counted once)."""
+        speeds = self.tokens_per_sec.y
+        return math.fsum(speeds) / len(speeds) if speeds else None
 
     @property
     def elapsed_sec(self) -> float | None:

@@ -131,18 +131,22 @@ class Trainer:
                 )
             )
         s.elapsed = self.elapsed()
+        # best/ before the checkpoint that records it: a process killed between the two
+        # resumes from the checkpoint before, re-runs to this one and writes the same best/
+        if improved:
+            with atomic_dir(paths.best) as tmp:
+                backend.save_adapter(tmp)
         target = paths.checkpoint(s.step)
         with atomic_dir(target) as tmp:
             backend.save_state(tmp)
             atomic_write_text(tmp / "trainer_state.json", json.dumps(asdict(s), indent=2))
-        self._publish_latest_adapter(target)
-        if improved:
-            with atomic_dir(paths.best) as tmp:
-                backend.save_adapter(tmp)
         for old in sorted(paths.checkpoints.glob("step-*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
+        trained = s.step > 0  # step 0's checkpoint: no adapter to publish, nothing to diagnose
+        if trained:
+            self._publish_latest_adapter(target)
         self.events.emit(Checkpoint(step=s.step, path=str(target), best=improved))
-        for finding in self.diagnoser.new_findings():
+        for finding in self.diagnoser.new_findings() if trained else ():
             self.events.emit(finding.event())
 
     def _record_eval(self, val_loss: float) -> bool:
@@ -178,7 +182,7 @@ class Trainer:
     def run(self) -> str:
         """Train to the end, an early stop, or a stop request. Returns how it ended."""
         s, t = self.state, self.t
-        last_eval_step = s.step if s.step else -1
+        last_eval_step = s.step  # a checkpoint holds it: a fresh run's step 0 too (engine.py)
         if s.step == 0:
             self.baseline_eval()
         while s.step < self.p.total_steps:

@@ -199,7 +199,7 @@ def diagnosis_flag(path: Path) -> str:
 def show_run(args) -> int:
     from mlxlora import config, runlist, runs
     from mlxlora.diagnosis import diagnose
-    from mlxlora.events import Eval, Sample, read_events
+    from mlxlora.events import Eval, Sample, once, read_events
 
     path = runs.find_run(args.run).resolve()
     info = runlist.run_info(path)
@@ -208,7 +208,7 @@ def show_run(args) -> int:
     summary = runs.read_json(paths.summary)
     adapter_config = runs.read_json(paths.adapters / "adapter_config.json")
     model_dir = adapter_config.get("model") or summary.get("model_dir")
-    events = read_events(paths.events)
+    events = once(read_events(paths.events))  # a step a resume trained again: once
     evals = [e for e in events if isinstance(e, Eval)]
     samples = [e for e in events if isinstance(e, Sample)]
     measured = runs.read_json(paths.eval) or None

@@ -36,7 +36,7 @@ from mlxlora.data.formats import (
     where,
 )
 from mlxlora.errors import DataError
-from mlxlora.runs import home
+from mlxlora.runs import home, sweep_temps, temp_prefix
 
 RECORDS_FILE = "records.jsonl"
 META_FILE = "meta.json"
@@ -221,7 +221,8 @@ def import_records(
         source=source,
         created=_now(),
     )
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".import-{name}."))
+    sweep_temps(root, "import-.+")  # what killed imports left
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=temp_prefix(f"import-{name}")))
     try:
         (tmp / RECORDS_FILE).write_bytes(data)
         (tmp / META_FILE).write_text(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mlxlora.errors import ExportError
 from mlxlora.outputs import check_output_dir, output_dir
-from mlxlora.runs import ADAPTER_FILES, RunPaths, is_locked, run_status
+from mlxlora.runs import ADAPTER_FILES, RunPaths, is_locked, restore_aside, run_status
 
 FUSED_DIR = "fused"  # the default output: <run>/fused
 
@@ -39,6 +39,7 @@ def export_source(run: Path) -> ExportSource:
         raise ExportError(f"{paths.root}: not a run directory (no config.yaml)")
     if is_locked(paths):
         raise ExportError(f"{paths.root}: the run is still training; export it when it ends")
+    restore_aside(paths.best)  # the run's best/, where a killed swap left it aside
     if run_status(read_events(paths.events), locked=False) == "failed":
         raise ExportError(f"{paths.root}: the run failed; there is no trained adapter to export")
     if not all((paths.adapters / f).is_file() for f in ADAPTER_FILES):

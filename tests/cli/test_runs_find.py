@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import unicodedata
 
 import pytest
 
-from mlxlora import runlist, runs
+from mlxlora import procs, runlist, runs
 from mlxlora.cli import main
 from mlxlora.errors import RunError
 from mlxlora.events import EventWriter, RunStarted
@@ -99,3 +101,32 @@ def test_running_runs_are_those_a_live_process_holds(home):
             events.emit(RunStarted(str(run), "builtin:tiny", "mlx", "cpu", 8, 2, 4, 4, 10, 99, 0.1))
     assert runlist.run_info(live).status == "running"
     assert runlist.run_info(empty).status == "interrupted"
+
+
+def test_a_lock_whose_pid_names_another_process_now_is_stale(home):
+    """After a reboot a killed run's pid soon names some other process: the run reads
+    interrupted and can be resumed, not in use for ever; a live owner still holds its run."""
+    reused, owned, old_lock = make_runs("reused-1", "owned-1", "old-lock-1")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = procs.started_at(sleeper.pid)
+        (reused / ".lock").write_text(f"{sleeper.pid} {start - 3600:.2f}")  # an hour before
+        (owned / ".lock").write_text(f"{sleeper.pid} {start:.2f}")
+        (old_lock / ".lock").write_text(str(sleeper.pid))  # a lock that records no start
+        os.utime(old_lock / ".lock", (start - 3600, start - 3600))  # written before it started
+        for run in (reused, owned):
+            with EventWriter(runs.RunPaths(run).events) as events:
+                events.emit(
+                    RunStarted(str(run), "builtin:tiny", "mlx", "cpu", 8, 2, 4, 4, 10, 9, 0.1)
+                )
+        assert runs.running_runs() == [owned]
+        assert runlist.run_info(reused).status == "interrupted"
+        assert runlist.run_info(owned).status == "running"
+        with runs.run_lock(runs.RunPaths(reused)):  # what a resume takes
+            assert (reused / ".lock").read_text() == procs.stamp()
+        with pytest.raises(RunError, match=f"run is in use by process {sleeper.pid}$"):
+            with runs.run_lock(runs.RunPaths(owned)):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()

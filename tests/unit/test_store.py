@@ -1,6 +1,9 @@
 """The dataset store in $MLXLORA_HOME/datasets."""
 
 import json
+import os
+import subprocess
+import sys
 import unicodedata
 
 import pytest
@@ -346,3 +349,16 @@ def test_runs_using_a_dataset_see_its_name_typed_decomposed(home):
     (run / "config.yaml").write_text(f"data:\n  validation: {typed}\n", encoding="utf-8")
     assert store.runs_using("données médicales") == [run.name]
     assert store.runs_using("autre") == []
+
+
+def test_an_import_sweeps_what_killed_imports_left_and_spares_a_live_one(home, tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()  # its pid names no process now: a killed import's
+    root = home / "datasets"
+    killed = root / f".import-old.{child.pid}-abcdefgh"
+    live = root / f".import-other.{os.getpid()}-abcdefgh"  # an import writing right now
+    for path in (killed, live):
+        path.mkdir(parents=True)
+        (path / "records.jsonl").write_text("{}\n")
+    store.import_dataset(write_jsonl(tmp_path / "med.jsonl", RECORDS), "med")
+    assert stored(home) == [live.name, "med"]
