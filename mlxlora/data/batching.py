@@ -58,7 +58,9 @@ def encode(record: dict, tokenizer, completions_only: bool = True) -> Example:
         return Example(tuple(ids), 0)
     prompt, full = _render_chat(tokenizer, record["messages"])
     ids = tokenizer.encode(full, add_special_tokens=False, verbose=False)
-    offset = len(tokenizer.encode(prompt, add_special_tokens=False)) if completions_only else 0
+    offset = 0
+    if completions_only:
+        offset = len(tokenizer.encode(prompt, add_special_tokens=False, verbose=False))
     return Example(tuple(ids), min(offset, len(ids) - 1))
 
 

@@ -90,6 +90,7 @@ def test_a_record_past_the_models_context_is_truncated_without_transformers_alar
         for record in (chat("Q?", long), {"text": long}):
             (ex,), truncated, _ = batching.encode_all([record], tokenizer, 64)
             assert len(ex.tokens) == 64 and truncated == 1
+        assert batching.encode_all([chat(long, "A.")], tokenizer, 64)[2] == 1  # a long prompt
         assert heard.said == []
         tokenizer.encode(long)  # the alarm the handler hears, as it did from encode_all
     finally:
