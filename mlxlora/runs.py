@@ -14,7 +14,7 @@ import shlex
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,6 +228,8 @@ def restore_aside(final: Path, *, held: bool = False) -> bool:
         os.replace(newest, final)
     except OSError:  # another reader restored it first
         return final.exists()
+    with suppress(OSError):  # the aside directory, empty now
+        newest.parent.rmdir()
     return True
 
 

@@ -72,6 +72,7 @@ def test_a_swap_killed_half_way_is_restored_and_its_leftovers_swept(tmp_path):
 
     assert restore_aside(final)
     assert (final / "v.txt").read_text() == "old"  # the last complete one
+    assert len(list(tmp_path.iterdir())) == 2  # the emptied aside directory is gone too
     sweep_temps(tmp_path, "best")
     assert [p.name for p in tmp_path.iterdir()] == ["best"]
 
