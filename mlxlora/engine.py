@@ -102,6 +102,7 @@ def train(
     if resume:
         paths = RunPaths(Path(run_dir))
         with run_lock(paths):
+            paths.stop_request.unlink(missing_ok=True)  # stale: one asked from now on holds
             recover_run(paths)
             check_resumable(paths)
             cfg = cfg or config_mod.load(paths.config)
@@ -117,6 +118,7 @@ def train(
         paths = RunPaths(Path(run_dir))
         paths.root.mkdir(parents=True, exist_ok=True)
     with run_lock(paths):
+        paths.stop_request.unlink(missing_ok=True)
         atomic_write_text(paths.config, prep.config.to_yaml())  # as fitted
         return _start(replace(prep, paths=paths), listeners, resume=False)
 
@@ -131,6 +133,7 @@ def _train_secondary(cfg: Config | None, run_dir: Path | None, resume: bool, bac
         mine = Path(scratch) / "run"
         if resume:
             shutil.copytree(Path(run_dir), mine)
+            RunPaths(mine).stop_request.unlink(missing_ok=True)  # the first process stops all
             cfg = config_mod.load(RunPaths(mine).config)
         paths = RunPaths(mine)
         prep = prepare(cfg, paths if resume else None, backend or select.create(cfg.backend))
@@ -141,7 +144,6 @@ def _train_secondary(cfg: Config | None, run_dir: Path | None, resume: bool, bac
 
 
 def _start(prep: Prepared, listeners: list | None, resume: bool) -> dict:
-    prep.paths.stop_request.unlink(missing_ok=True)
     with EventWriter(prep.paths.events, listeners) as events:
         return _run(prep, events, resume)
 

@@ -429,3 +429,29 @@ def test_samples_are_answered_before_and_after(home, quickstart_data, tmp_path):
     samples = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e.type == "sample"]
     assert [(s.when, s.step) for s in samples] == [("before", 0), ("after", 3)]
     assert all(s.prompt == "What is the capital of Chile?" and s.answer for s in samples)
+
+
+def test_a_stop_asked_while_a_resume_prepares_is_honoured(
+    home, quickstart_data, tmp_path, monkeypatch
+):
+    """The run is locked while a resume loads its model; a stop asked then (the Runs tab's s,
+    `queue stop RUN`) was reported as stopping, and the resume deleted it as it started."""
+    cfg = make_config(quickstart_data, "training.max_steps=8")
+    paths = RunPaths(tmp_path / "run")
+
+    def stop_at_two(event):
+        if isinstance(event, Step) and event.step == 2:
+            paths.stop_request.touch()
+
+    assert engine.train(cfg, paths.root, listeners=[stop_at_two])["steps"] == 2
+    paths.stop_request.touch()  # a stale request a crash left: the resume clears it
+    real_prepare = engine.prepare
+
+    def stop_asked_while_preparing(*args, **kwargs):
+        assert not paths.stop_request.exists()
+        paths.stop_request.touch()
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "prepare", stop_asked_while_preparing)
+    summary = engine.train(None, paths.root, resume=True)
+    assert (summary["outcome"], summary["steps"]) == ("stopped", 3)  # its first step's end
