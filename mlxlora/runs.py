@@ -176,11 +176,14 @@ def atomic_dir(final: Path):
     """Yield a temporary sibling directory; on success it replaces `final` in one rename.
 
     A replaced `final` goes aside for a moment into `.NAME.old.*/NAME`: a process killed
-    right then leaves it there, and restore_aside puts it back."""
+    right then leaves it there, and restore_aside puts it back. The files reach the disk
+    before the rename, and the rename before this returns: after a power loss `final` is the
+    old or the new directory whole, never a new name over empty files."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(final.name)))
     try:
         yield tmp
+        _sync_tree(tmp)
         if final.exists():  # aside into a fresh folder: never over a sibling of the user's
             aside = Path(
                 tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(f"{final.name}.old"))
@@ -190,9 +193,29 @@ def atomic_dir(final: Path):
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, final)
+        _sync(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _sync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):  # files before their directories
+        _sync(path)
+    _sync(root)
+
+
+def _sync(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync records the names in it; some
+    file systems refuse it for directories, which then record them on their own)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
 
 
 def _temps(parent: Path, name_pattern: str) -> list[tuple[Path, int | None, bool]]:

@@ -106,3 +106,20 @@ def test_an_output_moved_aside_by_a_killed_export_comes_back_and_its_leftovers_g
         raise RuntimeError("this export fails too")
     assert (out / "Modelfile").read_text() == "FROM ./model.gguf\n"
     assert [p.name for p in out.parent.iterdir()] == ["model"]
+
+
+def test_a_directory_reaches_the_disk_before_its_rename(tmp_path, monkeypatch):
+    """A power loss after the rename could leave the new name over empty files."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))
+    )
+    with atomic_dir(tmp_path / "ckpt") as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "weights.bin").write_bytes(b"w")
+        (tmp / "state.json").write_text("{}")
+        assert synced == []
+    names = [os.path.basename(p) for p in synced]
+    assert {"weights.bin", "state.json", "sub"} <= set(names)  # in the temporary directory
+    assert names[-1] == tmp_path.name  # the rename itself, last
