@@ -9,35 +9,32 @@ directory) and closes the dialog.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Checkbox, Input, Static
 
 from mlxlora.export.fuse import FUSED_DIR
 from mlxlora.memory import fmt_bytes
-from mlxlora.tui.children import Child
-from mlxlora.tui.widgets.dialog import Dialog, field
+from mlxlora.tui.widgets.child_dialog import ChildDialog
+from mlxlora.tui.widgets.dialog import field
 
 
-class FuseDialog(Dialog[None]):
+class FuseDialog(ChildDialog):
     """Output directory and weights; Fuse starts the child, Escape stops it and closes."""
 
     DEFAULT_CSS = """
     FuseDialog #fuse-log { height: auto; margin-top: 1; color: $text-muted; }
     FuseDialog #fuse-log.-failed { color: $error; }
     """
-    BINDINGS = [Binding("escape", "close", "Cancel / close")]
+    COMMAND = "fuse"
 
     def __init__(self, run: Path):
         super().__init__()
         self.run = run
-        self.running = False
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -65,7 +62,9 @@ class FuseDialog(Dialog[None]):
     @on(Input.Submitted)
     def start(self) -> None:
         if not self.running:  # one fuse at a time
-            self._fuse(self._arguments())
+            self.run_child(
+                "fusing… (the base model is loaded and written whole)", self._arguments()
+            )
 
     def _arguments(self) -> list[str]:
         out = self.query_one("#fuse-out", Input).value.strip()
@@ -73,41 +72,8 @@ class FuseDialog(Dialog[None]):
         args = [str(self.run), "--json"] + (["--out", out] if out else [])
         return args + (["--dequantize"] if dequantize else [])
 
-    @on(Button.Pressed, "#fuse-close")
-    def action_close(self) -> None:
-        self.workers.cancel_group(self, "fuse")  # stops the child, see _fuse
-        self.dismiss(None)
-
-    @work(exclusive=True, group="fuse", exit_on_error=False)
-    async def _fuse(self, args: list[str]) -> None:
-        self.running = True
-        self.query_one("#fuse-start", Button).disabled = True
-        self._show("fusing… (the base model is loaded and written whole)")
-        child = await Child.start("fuse", *args)
-        try:
-            result = await child.json()  # read whole: a full stdout pipe would block the child
-        except ValueError:
-            result = None
-        except asyncio.CancelledError:
-            self._show("cancelled", failed=True)
-            raise
-        finally:
-            await child.stop()  # cancelled or not, nothing is left running
-            self.running = False
-            if self.is_attached:  # not when Escape closed the dialog
-                self.query_one("#fuse-start", Button).disabled = False
-        if result is None:
-            self._show(f"error: {child.error_line()}", failed=True)
-        else:
-            self._show("\n".join(_written(result)))
-
-    def _show(self, text: str, failed: bool = False) -> None:
-        if not self.is_attached:
-            return
-        log = self.query_one("#fuse-log", Static)
-        log.update(Text(text))
-        log.set_class(failed, "-failed")
-        self.call_after_refresh(self.query_one(Vertical).scroll_end, animate=False)  # the news
+    def result_lines(self, result: dict) -> list[str]:
+        return _written(result)
 
 
 def _written(result: dict) -> list[str]:

@@ -9,21 +9,19 @@ goes to the workspace's `merged/<name>`.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Static
 
 from mlxlora import names, runs
 from mlxlora.commands.merge import summary_lines
 from mlxlora.runview import read_config
-from mlxlora.tui.children import Child
-from mlxlora.tui.widgets.dialog import Dialog, field
+from mlxlora.tui.widgets.child_dialog import ChildDialog
+from mlxlora.tui.widgets.dialog import field
 
 
 def merged_dir(name: str) -> Path:
@@ -31,19 +29,18 @@ def merged_dir(name: str) -> Path:
     return runs.home() / "merged" / names.normalize(name)
 
 
-class MergeDialog(Dialog[None]):
+class MergeDialog(ChildDialog):
     """Rank, weights and output name; Merge starts the child, Escape stops it and closes."""
 
     DEFAULT_CSS = """
     MergeDialog #merge-log { height: auto; margin-top: 1; color: $text-muted; }
     MergeDialog #merge-log.-failed { color: $error; }
     """
-    BINDINGS = [Binding("escape", "close", "Cancel / close")]
+    COMMAND = "merge"
 
     def __init__(self, picked: list[Path]):
         super().__init__()
         self.picked = picked
-        self.running = False
 
     def compose(self) -> ComposeResult:
         given = [runs.given_name(p) for p in self.picked]
@@ -76,51 +73,19 @@ class MergeDialog(Dialog[None]):
         name = self.query_one("#merge-name", Input).value
         problem = names.name_problem(name)
         if not rank:
-            self._show("error: give the merged adapter's rank", failed=True)
+            self.show("error: give the merged adapter's rank", failed=True)
         elif problem:
-            self._show(f"error: output name {name!r}: {problem}", failed=True)
+            self.show(f"error: output name {name!r}: {problem}", failed=True)
         else:
-            self._merge(self._arguments(rank, merged_dir(name)))
+            self.run_child("merging…", self._arguments(rank, merged_dir(name)))
 
     def _arguments(self, rank: str, out: Path) -> list[str]:
         weights = self.query_one("#merge-weights", Input).value.strip()
         args = [*map(str, self.picked), "--rank", rank, "--out", str(out), "--json"]
         return args + (["--weights", weights] if weights else [])
 
-    @on(Button.Pressed, "#merge-close")
-    def action_close(self) -> None:
-        self.workers.cancel_group(self, "merge")  # stops the child, see _merge
-        self.dismiss(None)
-
-    @work(exclusive=True, group="merge", exit_on_error=False)
-    async def _merge(self, args: list[str]) -> None:
-        self.running = True
-        self.query_one("#merge-start", Button).disabled = True
-        self._show("merging…", failed=False)
-        child = await Child.start("merge", *args)
-        try:
-            result = await child.json()  # read whole: a full stdout pipe would block the child
-        except ValueError:
-            result = None
-        except asyncio.CancelledError:
-            self._show("cancelled", failed=True)
-            raise
-        finally:
-            await child.stop()  # cancelled or not, nothing is left running
-            self.running = False
-            if self.is_attached:  # not when Escape closed the dialog
-                self.query_one("#merge-start", Button).disabled = False
-        if result is None:
-            self._show(f"error: {child.error_line()}", failed=True)
-        else:
-            self._show("\n".join(summary_lines(result)))
-
-    def _show(self, text: str, failed: bool = False) -> None:
-        if not self.is_attached:
-            return
-        log = self.query_one("#merge-log", Static)
-        log.update(Text(text))
-        log.set_class(failed, "-failed")
+    def result_lines(self, result: dict) -> list[str]:
+        return summary_lines(result)
 
 
 def _largest_rank(picked: list[Path]) -> int:
