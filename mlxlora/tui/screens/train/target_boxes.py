@@ -19,14 +19,12 @@ class TargetBoxes(Grid):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.ticked: list[str] = []
-        self.choices: list[str] = []
         self._lock = asyncio.Lock()  # a preset and a model read may both rebuild the boxes
 
     async def show(self, choices: list[str], ticked: list[str] | None = None) -> None:
         """Boxes for `choices` (the model's), ticking `ticked` (by default, as they are)."""
-        self.choices = list(choices)
         self.ticked = list(self.ticked if ticked is None else ticked)
-        names = self.choices + [t for t in self.ticked if t not in self.choices]
+        names = list(choices) + [t for t in self.ticked if t not in choices]
         async with self._lock:
             if [(b.name, b.value) for b in self.children] == [(n, n in self.ticked) for n in names]:
                 return
