@@ -24,7 +24,7 @@ from pathlib import Path
 from mlxlora import procs
 from mlxlora.events import RunFailed, RunFinished, RunStarted, parse, read_events_of
 from mlxlora.queue import Job, _path, _save, _stored_jobs, jobs, root, stop_request
-from mlxlora.runs import RunPaths, run_status
+from mlxlora.runs import RunPaths, is_locked, run_status
 
 IDLE_EXIT_SEC = 3.0  # a runner waits this long for a new job before it exits
 
@@ -194,9 +194,10 @@ def _close_orphans(wait: bool) -> bool:
     running (a reader); a dead one's job ends as its run did, and the run is resumable."""
     closed = False
     for job in (j for j in _stored_jobs() if j.state == "running"):
-        while wait and _training(job):
-            time.sleep(1.0)
-        if _training(job):
+        if wait:
+            while _training(job) and _holds_its_run(job):
+                time.sleep(1.0)
+        elif _training(job):
             continue  # a reader's look: it is still training
         _finish(job, *_cut_off_ending(job))
         closed = True
@@ -214,6 +215,13 @@ def _training(job: Job) -> bool:
     except FileNotFoundError:
         return False  # closed meanwhile
     return procs.owner_alive(job.pid, job.pid_start, written)
+
+
+def _holds_its_run(job: Job) -> bool:
+    """Whether the job's run is locked, as its child holds it while it trains: where a
+    child's start time cannot be read, a pid taken over by a process that lives on must not
+    keep the runner waiting for ever."""
+    return not job.run_dir or is_locked(RunPaths(Path(job.run_dir)))
 
 
 def _cut_off_ending(job: Job) -> tuple[str, str | None]:

@@ -69,6 +69,17 @@ def test_a_job_whose_pid_now_names_another_process_is_closed_and_never_waited_fo
     assert state_of(live) == ("running", None)  # its child (this process) still trains
 
 
+def test_a_runner_stops_waiting_for_a_child_whose_run_is_not_held(home, monkeypatch):
+    """Where a start time cannot be read, a pid is taken as its child's: a process that
+    lives on with it kept the new runner waiting for ever, though no one trained the run."""
+    monkeypatch.setattr(procs, "started_at", lambda pid: None)
+    job = running(queue.add_resume(stopped_run("止まった", STOPPED)))
+    worked = threading.Thread(target=queue_runner.work, kwargs={"idle_exit": 0}, daemon=True)
+    worked.start()
+    worked.join(timeout=10)
+    assert not worked.is_alive() and state_of(job) == ("stopped", None)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc: launchd reaps")
 def test_a_zombie_child_is_not_training(home):
     """A container's pid 1 may reap no orphan: a killed runner's child stays a zombie."""
