@@ -22,13 +22,28 @@ _ps_seen: dict[int, tuple[float, float]] = {}  # pid -> (when read, its start ti
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs: a zombie does not (a container's pid 1 may reap no
+    orphan, and a killed runner's training child is one); `kill 0` alone counts it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:  # the state is the first field after the command name (which may hold spaces)
+        return _stat_fields(pid)[0] == "Z"
+    except (OSError, IndexError):  # no /proc (macOS, whose launchd reaps every orphan)
+        return False
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (in parentheses: it may hold
+    spaces), from the state on."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
 
 
 def started_at(pid: int) -> float | None:
@@ -44,10 +59,8 @@ def started_at(pid: int) -> float | None:
 
 
 def _started_linux(pid: int) -> float:
-    # the fields after the command name (in parentheses, which may hold spaces): 22nd is
-    # the start time in clock ticks since boot
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    ticks = int(_stat_fields(pid)[19])  # field 22: the start in clock ticks since boot
+    return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
 
 
 @cache

@@ -11,36 +11,26 @@ queue stays empty. Layout under `home()/queue/`:
                        the one-line error of a failed job
     configs/<id>.yaml  a train job's config;  logs/<id>.log  the child's stderr
     stops/<id>         a stop asked for a running job, handed to its run once the run started
-    runner.lock        an flock held by the one runner: two apps never start a job twice, and
-                       a runner that dies releases it with its process
-    gate.lock          held for a moment by whoever tries runner.lock (`_gate`)
 
-Imports no mlx, torch or textual.
+The runner and its locks are `queue_runner`. Imports no mlx, torch or textual.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from mlxlora import names
 from mlxlora.errors import RunError
-from mlxlora.events import RunFailed, RunFinished, RunStarted, parse, read_events_of
-from mlxlora.procs import pid_alive
-from mlxlora.runs import RunPaths, atomic_write_text, home, run_status
+from mlxlora.runs import atomic_write_text, home
 
 FOLDERS = ("queued", "running", "done")
 ENDED = ("done", "stopped", "failed")  # the states of a job in done/
-IDLE_EXIT_SEC = 3.0  # a runner waits this long for a new job before it exits
+LIVE = ("queued", "running")
 
 
 @dataclass
@@ -54,7 +44,9 @@ class Job:
     state: str = "queued"  # queued | running | done | stopped | failed
     config: str | None = None  # train: the config file the job runs
     run_dir: str | None = None  # resume: the run; train: known once the child started it
+    # (resolved; a job recorded before that may hold the run's path as the child gave it)
     pid: int | None = None
+    pid_start: float | None = None  # when that process started (`procs`: a pid is reused)
     exit_code: int | None = None
     error: str | None = None  # the child's one-line error, when it failed
     finished: float | None = None
@@ -121,8 +113,10 @@ def jobs() -> list[Job]:
     """Every job, oldest first: what `queue list` and the studio show. A job left running by
     a runner that died is closed first, as the next runner would close it, so that no face
     shows it running once its training child is gone too."""
+    from mlxlora.queue_runner import close_cut_off  # the runner's half imports this one
+
     found = _stored_jobs()
-    if any(j.state == "running" for j in found) and _close_cut_off():
+    if any(j.state == "running" for j in found) and close_cut_off():
         found = _stored_jobs()
     return found
 
@@ -155,8 +149,9 @@ def find(ref: str) -> Job:
     return job
 
 
-def lookup(ref: str) -> Job | None:
-    found = jobs()
+def lookup(ref: str, states: tuple[str, ...] = (*LIVE, *ENDED)) -> Job | None:
+    """`find`, among the jobs in `states`; None where no job fits."""
+    found = [j for j in jobs() if j.state in states]
     name = names.normalize(ref)
     for matches in (
         [j for j in found if ref in (j.id, short_id(j.id))],
@@ -175,6 +170,19 @@ def lookup(ref: str) -> Job | None:
     return None
 
 
+class NotQueued(RunError):
+    """A job to remove is running or ended (`job`, as read now): each face says what to do."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        todo = (
+            "`mlxlora queue clear` forgets finished jobs"
+            if job.state in ENDED
+            else f"stop it instead (`mlxlora queue stop {short_id(job.id)}`)"
+        )
+        super().__init__(f"job {short_id(job.id)} ({job.name}) is {job.state}, not queued; {todo}")
+
+
 def remove(ref: str) -> Job:
     """Drop a queued job (by id, short id, name or id prefix). A running job is stopped
     (`stop`), not removed; an ended one goes with `clear_finished`."""
@@ -182,14 +190,7 @@ def remove(ref: str) -> Job:
     try:
         _path(job.id, "queued").unlink()
     except FileNotFoundError:
-        todo = (
-            "`mlxlora queue clear` forgets finished jobs"
-            if job.state in ENDED
-            else f"stop it instead (`mlxlora queue stop {short_id(job.id)}`)"
-        )
-        raise RunError(
-            f"job {short_id(job.id)} ({job.name}) is {job.state}, not queued; {todo}"
-        ) from None
+        raise NotQueued(lookup(job.id) or job) from None  # it may have moved on meanwhile
     if job.config:
         Path(job.config).unlink(missing_ok=True)
     return job
@@ -214,204 +215,23 @@ def forget(job: Job) -> None:
     (root() / "logs" / f"{job.id}.log").unlink(missing_ok=True)
 
 
+def jobs_of(run: Path, found: list[Job] | None = None, states=LIVE) -> list[Job]:
+    """The jobs (of `found`, else of the queue) for the run in `run`, in `states`: the path
+    compared resolved, as a symlinked home may give it either way."""
+    mine = Path(run).resolve()
+    return [
+        j
+        for j in (jobs() if found is None else found)
+        if j.state in states and j.run_dir and Path(j.run_dir).resolve() == mine
+    ]
+
+
+def ask_stop(job_id: str) -> None:
+    """Ask a running job to stop: the runner hands it to the job's run (`runcontrol`)."""
+    stop_request(job_id).parent.mkdir(parents=True, exist_ok=True)
+    stop_request(job_id).touch()
+
+
 def stop_request(job_id: str) -> Path:
-    """A stop asked for a running job: the runner hands it to the job's run (`runcontrol`)."""
-    path = root() / "stops" / job_id
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-# --- the runner ------------------------------------------------------------------------
-
-
-def _lock_file(name: str = "runner.lock"):
-    path = root() / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "a+")  # noqa: SIM115 (closed by the callers)
-
-
-@contextmanager
-def _gate():
-    """Held for a moment by whoever tries the runner lock: a reader holding that lock to see
-    whether a runner lives is then never taken for a runner by `ensure_runner` or `work`."""
-    with _lock_file("gate.lock") as gate:
-        fcntl.flock(gate, fcntl.LOCK_EX)
-        yield
-
-
-def _try_lock(f) -> bool:
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
-@contextmanager
-def runner_lock(inherited_fd: int | None = None):
-    """Yield True while this process holds the runner lock, False if another runner does.
-    `inherited_fd`: the lock, already held, handed over by `ensure_runner`."""
-    if inherited_fd is not None:
-        with os.fdopen(inherited_fd, "a+"):
-            yield True
-        return
-    with _lock_file() as f:
-        with _gate():
-            held = _try_lock(f)
-        yield held
-
-
-@contextmanager
-def _no_runner():
-    """Yield True while no runner lives, none starting meanwhile (the gate is held)."""
-    with _gate(), _lock_file() as f:
-        yield _try_lock(f)
-
-
-def runner_alive() -> bool:
-    with _no_runner() as free:
-        return not free
-
-
-def ensure_runner() -> bool:
-    """Start a detached runner when jobs are queued and none is working; True if started.
-
-    The lock is taken here and handed to the runner as an open descriptor, so there is no
-    moment in which a second caller could also find the queue without a runner."""
-    if not any(j.state == "queued" for j in jobs()):
-        return False
-    with _gate(), _lock_file() as f:
-        if not _try_lock(f):
-            return False
-        with open(root() / "runner.log", "a") as err:
-            subprocess.Popen(
-                [sys.executable, "-m", "mlxlora", "queue", "work", "--lock-fd", str(f.fileno())],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                pass_fds=(f.fileno(),),
-                start_new_session=True,  # outlives the app and its terminal
-                cwd=root(),
-            )
-    return True  # closing our copy leaves the lock with the runner's
-
-
-def work(idle_exit: float = IDLE_EXIT_SEC, lock_fd: int | None = None) -> int | None:
-    """Run queued jobs one at a time, oldest first, until the queue stays empty for
-    `idle_exit` seconds. Returns how many jobs ran; None when another runner holds the queue."""
-    with runner_lock(lock_fd) as held:
-        if not held:
-            return None
-        _close_orphans(wait=True)
-        ran, idle_since = 0, time.monotonic()
-        while True:
-            job = _claim_next()
-            if job is None:
-                if time.monotonic() - idle_since >= idle_exit:
-                    return ran
-                time.sleep(min(0.5, idle_exit))
-                continue
-            _run(job)
-            ran, idle_since = ran + 1, time.monotonic()
-
-
-def _claim_next() -> Job | None:
-    """Move the oldest queued job to running/ (one rename: a removed job cannot start)."""
-    (root() / "running").mkdir(parents=True, exist_ok=True)
-    for job in (j for j in jobs() if j.state == "queued"):
-        try:
-            os.replace(_path(job.id, "queued"), _path(job.id, "running"))
-        except FileNotFoundError:
-            continue  # removed a moment ago
-        job.state = "running"
-        return job
-    return None
-
-
-def _run(job: Job) -> None:
-    log = root() / "logs" / f"{job.id}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    started = finished = None
-    with open(log, "w", encoding="utf-8") as err:
-        child = subprocess.Popen(
-            job.command(), stdout=subprocess.PIPE, stderr=err, text=True, encoding="utf-8"
-        )
-        job.pid = child.pid
-        _save(job)
-        for line in child.stdout:
-            event = parse(line)
-            if isinstance(event, RunStarted):
-                started, job.run_dir = event, event.run_dir
-                _save(job)
-            finished = event if isinstance(event, RunFinished) else finished
-            if started and stop_request(job.id).exists():  # after the run cleared its STOP
-                RunPaths(Path(job.run_dir)).stop_request.touch()
-                stop_request(job.id).unlink()
-        job.exit_code = child.wait()
-    stopped = finished is not None and finished.stopped
-    state = "stopped" if stopped else "done" if job.exit_code == 0 else "failed"
-    _finish(job, state, _error_line(log, job.exit_code) if state == "failed" else None)
-
-
-def _error_line(log: Path, exit_code: int) -> str | None:
-    """The child's one-line `mlxlora: error: ...`, the signal that killed it, or the last
-    line it wrote."""
-    lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()]
-    lines = [ln for ln in lines if ln]
-    errors = [ln for ln in lines if ln.startswith("mlxlora: error: ")]
-    if errors:
-        return errors[-1].removeprefix("mlxlora: error: ")
-    if exit_code < 0:
-        return f"killed by {signal.Signals(-exit_code).name}"
-    return lines[-1] if lines else None
-
-
-def _finish(job: Job, state: str, error: str | None) -> None:
-    running = _path(job.id, "running")
-    job.state, job.error, job.finished = state, error, time.time()
-    _save(job)
-    running.unlink(missing_ok=True)
-    stop_request(job.id).unlink(missing_ok=True)
-
-
-def _close_cut_off() -> bool:
-    """Close the jobs of a runner that died (True if any), unless a runner lives."""
-    with _no_runner() as free:
-        return free and _close_orphans(wait=False)
-
-
-def _close_orphans(wait: bool) -> bool:
-    """Jobs left in running/ by a runner that died (the caller holds the runner lock). A
-    child still training is waited for (the runner: one job at a time, always) or left
-    running (a reader); a dead one's job ends as its run did, and the run is resumable."""
-    closed = False
-    for job in (j for j in _stored_jobs() if j.state == "running"):
-        while wait and job.pid and not _exited(job.pid):
-            time.sleep(1.0)
-        if job.pid and not _exited(job.pid):
-            continue  # a reader's look: it is still training
-        _finish(job, *_cut_off_ending(job))
-        closed = True
-    return closed
-
-
-def _exited(pid: int) -> bool:
-    """The process is gone, or a zombie nobody reaps: a container's pid 1 may reap no orphan,
-    and the training child of a killed runner is one."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except (OSError, IndexError):  # no /proc (macOS, whose launchd reaps), or no such process
-        return not pid_alive(pid)
-
-
-def _cut_off_ending(job: Job) -> tuple[str, str | None]:
-    """The state and message of a job whose runner died while it ran."""
-    if not job.run_dir:
-        return "failed", "the runner stopped before this job started a run; queue it again"
-    paths = RunPaths(Path(job.run_dir))
-    status = run_status(read_events_of(paths.events, RunStarted, RunFinished, RunFailed), False)
-    if status == "finished":
-        return "done", None
-    return "stopped" if status == "stopped" else "failed", (
-        "the runner stopped while this job ran; resume its run"
-    )
+    """Where a stop asked for a running job waits for the runner."""
+    return root() / "stops" / job_id

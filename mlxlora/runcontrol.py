@@ -20,47 +20,59 @@ def stop(job: Job) -> str:
     """Stop a job: a queued one leaves the queue; a running one's run checkpoints and stops
     after its current step. Returns what was done, in words."""
     if job.state == "queued":
-        queue.remove(job.id)
-        return f"took {short_id(job.id)} ({job.name}) off the queue"
+        try:
+            queue.remove(job.id)
+            return f"took {short_id(job.id)} ({job.name}) off the queue"
+        except queue.NotQueued as exc:  # the runner claimed it meanwhile
+            job = exc.job
     if job.state != "running":
         if job.run_dir:  # a later job of its run may be running or queued
             return stop_run(Path(job.run_dir))
         raise RunError(f"job {short_id(job.id)} ({job.name}) is {job.state}; nothing to stop")
-    queue.stop_request(job.id).touch()  # the runner hands it on once the child's run started
+    queue.ask_stop(job.id)  # the runner hands it on once the child's run started
     run = RunPaths(Path(job.run_dir)) if job.run_dir else None
     if run and is_locked(run):  # also when the runner is gone and cannot hand it on
         run.stop_request.touch()
-    return f"stopping {job.name} after its current step (checkpoint kept)"
+    return _stopping(job.name)
+
+
+def _stopping(name: str) -> str:
+    return f"stopping {name} after its current step (checkpoint kept)"
 
 
 def stop_run(path: Path) -> str:
     """Stop a run: the job running or queued for it (`stop`), else its training process."""
     paths = RunPaths(Path(path))
-    mine = str(paths.root.resolve())  # the queue records a job's run resolved
-    pending = [j for j in queue.jobs() if j.state in ("running", "queued") and j.run_dir == mine]
+    pending = queue.jobs_of(paths.root)
     if pending:
         return stop(min(pending, key=lambda j: j.state != "running"))
     if is_locked(paths):  # trained outside the queue (`mlxlora train`)
         paths.stop_request.touch()
-        return f"stopping {paths.root.name} after its current step (checkpoint kept)"
+        return _stopping(paths.root.name)
     status = run_status(read_events_of(paths.events, RunStarted, RunFinished, RunFailed), False)
     raise RunError(f"{paths.root.name}: {status}, neither running nor queued; nothing to stop")
 
 
 def stop_named(ref: str) -> str:
     """`stop` a job, or `stop_run` a run, by what a user types: a job's id or name, a run's
-    name or directory."""
-    job = queue.lookup(ref)
+    name or directory. A job queued or running comes first; a run's ended jobs (a resume's
+    name is its run's) never hide the run."""
+    job = queue.lookup(ref, states=queue.LIVE)
     if job is not None:
         return stop(job)
     try:
         path = find_run(ref)
     except RunError:
-        raise RunError(
-            f"{ref}: no job or run with that id or name (see `mlxlora queue list` and "
-            "`mlxlora runs list`)"
-        ) from None
-    return stop_run(path)
+        path = None
+    if path is not None:
+        return stop_run(path)
+    job = queue.lookup(ref)  # an ended job: says so
+    if job is not None:
+        return stop(job)
+    raise RunError(
+        f"{ref}: no job or run with that id or name (see `mlxlora queue list` and "
+        "`mlxlora runs list`)"
+    )
 
 
 def resume(path: Path) -> Job:
@@ -69,8 +81,7 @@ def resume(path: Path) -> Job:
     waiting in the queue already, finished, or without a checkpoint."""
     paths = RunPaths(Path(path))
     check_resumable(paths)
-    mine = str(paths.root.resolve())
-    pending = [j for j in queue.jobs() if j.state in ("queued", "running") and j.run_dir == mine]
+    pending = queue.jobs_of(paths.root)
     if pending or is_locked(paths):
         state = pending[0].state if pending else "running"
         raise RunError(f"{paths.root.name}: {state} already; nothing to resume")

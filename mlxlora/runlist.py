@@ -102,13 +102,7 @@ def check_deletable(paths: RunPaths) -> None:
     a face asks its user, and again when it deletes)."""
     if not is_run_dir(paths.root):  # a project folder with a config.yaml is not a run
         raise RunError(f"{paths.root}: not a run directory (no config.yaml beside its events)")
-    waiting = [
-        j
-        for j in queue.jobs()
-        if j.state in ("queued", "running")
-        and j.run_dir
-        and Path(j.run_dir).resolve() == paths.root.resolve()
-    ]
+    waiting = queue.jobs_of(paths.root)
     if waiting:
         job, short = waiting[0], queue.short_id(waiting[0].id)
         todo = f"`mlxlora queue rm {short}` first" if job.state == "queued" else "stop it first"

@@ -244,7 +244,7 @@ class _Known:
     """The queue's waiting jobs and a sweep's runs, read once for all its members."""
 
     def __init__(self, sweep: str):
-        self.waiting = [j for j in queue.jobs() if j.state in ("queued", "running")]
+        self.waiting = [j for j in queue.jobs() if j.state in queue.LIVE]
         self.runs = _member_runs(sweep)
 
     def state(self, name: str) -> tuple[str, Path | None]:
@@ -252,8 +252,9 @@ class _Known:
         run's status (finished, early-stopped, stopped, interrupted, failed), else new."""
         from mlxlora.experiments import load_view
 
-        jobs = [j for j in self.waiting if j.name == name]
-        run = self.runs.get(name)
+        run = self.runs.get(name)  # its train job has its name; a resume, its run's
+        jobs = [j for j in self.waiting if j.name == name and j.kind == "train"]
+        jobs += queue.jobs_of(run, self.waiting) if run else []
         if jobs:
             return jobs[-1].state, run
         if run is None:

@@ -68,13 +68,13 @@ def register(sub) -> None:
 
 
 def add_job(args) -> int:
-    from mlxlora import config, queue
+    from mlxlora import config, queue, queue_runner
     from mlxlora.prepare import check_references
 
     cfg = config.load(args.config, args.overrides)
     check_references(cfg)  # what the run would refuse at its start
     job = queue.add_train(cfg.to_yaml(), cfg.name)
-    started = False if args.no_start else queue.ensure_runner()
+    started = False if args.no_start else queue_runner.ensure_runner()
     note = "runner started" if started else "the runner will take it in turn"
     print(f"queued {queue.short_id(job.id)} ({job.name}); {note}; see `mlxlora queue list`")
     return 0
@@ -132,11 +132,11 @@ def stop_job(args) -> int:
 
 
 def resume_run(args) -> int:
-    from mlxlora import queue, runcontrol
+    from mlxlora import queue, queue_runner, runcontrol
     from mlxlora.runs import find_run
 
     job = runcontrol.resume(find_run(args.run))
-    started = False if args.no_start else queue.ensure_runner()
+    started = False if args.no_start else queue_runner.ensure_runner()
     note = "runner started" if started else "the runner will take it in turn"
     fitted = " fitted to the memory budget" if job.fit else ""
     print(f"queued {queue.short_id(job.id)}: resume {job.name}{fitted}; {note}")
@@ -152,8 +152,8 @@ def clear_jobs(args) -> int:
 
 
 def work_jobs(args) -> int:
-    from mlxlora import queue
+    from mlxlora import queue_runner
 
-    ran = queue.work(lock_fd=args.lock_fd)
+    ran = queue_runner.work(lock_fd=args.lock_fd)
     print("another runner is working the queue" if ran is None else f"ran {ran} jobs")
     return 0

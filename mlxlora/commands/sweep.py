@@ -71,11 +71,11 @@ def run(args) -> int:
 
 
 def start(args, configs: list[str]) -> int:
-    from mlxlora import config, queue, sweep
+    from mlxlora import config, queue_runner, sweep
 
     name = args.name or sweep.default_name(config.load(configs[0], args.overrides).name)
     done = sweep.start(name, configs, args.grids, args.overrides)
-    started = False if args.no_start else queue.ensure_runner()
+    started = False if args.no_start else queue_runner.ensure_runner()
     if args.json:
         rows = [{"run": m.name, "values": m.values, "action": a} for m, a in done]
         print(json.dumps({"sweep": name, "members": rows}, indent=2, ensure_ascii=False))

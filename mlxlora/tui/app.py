@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.scroll_view import ScrollView
 from textual.widgets import Header, Input, TabbedContent, TabPane, TextArea
 
-from mlxlora import machine, queue
+from mlxlora import machine, queue_runner
 from mlxlora.tui.children import Child
 from mlxlora.tui.screens import compare, datasets, playground, runs, system, train
 from mlxlora.tui.widgets.keys_footer import KeysFooter
@@ -83,7 +83,7 @@ class MlxloraApp(App):
 
     @work(thread=True, exit_on_error=False, group="runner")
     def _ensure_runner(self) -> None:
-        queue.ensure_runner()  # jobs queued while no app and no runner was around
+        queue_runner.ensure_runner()  # jobs queued while no app and no runner was around
 
     def action_show_tab(self, tab: str) -> None:
         tabs = self.query_one(TabbedContent)

@@ -146,6 +146,5 @@ class RunBook:
     def status(self, path: Path) -> str:
         """The run's status; "queued" for one waiting in the queue to resume."""
         status = self.views[path].status(self.locked.get(path, False))
-        mine = str(path.resolve())  # the queue records a resume job's run resolved
-        queued = any(j.state == "queued" and j.run_dir == mine for j in self.jobs)
+        queued = bool(queue.jobs_of(path, self.jobs, states=("queued",)))
         return "queued" if queued and status != "running" else status

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from mlxlora import config, queue
+from mlxlora import config, queue, queue_runner
 from mlxlora.cli import main
 from mlxlora.events import RunStarted, read_events
 from mlxlora.runlist import list_runs
@@ -27,7 +27,7 @@ def test_jobs_run_one_at_a_time_in_order(home):
     first = queue.add_train(tiny_yaml("第一"), "第一")
     second = queue.add_train(tiny_yaml("second"), "second")
     assert [j.state for j in queue.jobs()] == ["queued", "queued"]
-    assert queue.work(idle_exit=0) == 2
+    assert queue_runner.work(idle_exit=0) == 2
     done = {j.id: j for j in queue.jobs()}
     assert [done[j.id].state for j in (first, second)] == ["done", "done"]
     assert all(done[j.id].exit_code == 0 and done[j.id].error is None for j in (first, second))
@@ -42,7 +42,7 @@ def test_jobs_run_one_at_a_time_in_order(home):
 
 def test_a_job_that_cannot_start_keeps_its_one_line_error_and_makes_no_run(home):
     queue.add_train(tiny_yaml("broken", **{"data.dataset": "no-such-dataset"}), "broken")
-    assert queue.work(idle_exit=0) == 1
+    assert queue_runner.work(idle_exit=0) == 1
     (job,) = queue.jobs()
     assert job.state == "failed" and job.exit_code == 3 and job.run_dir is None
     assert job.error.startswith("data.dataset: unknown dataset 'no-such-dataset'")
@@ -53,9 +53,9 @@ def test_removed_job_never_starts_and_running_job_cannot_be_removed(home, capsys
     job = queue.add_train(tiny_yaml("gone"), "gone")
     assert main(["queue", "rm", job.id[:12]]) == 0
     assert queue.jobs() == [] and not Path(job.config).exists()
-    assert queue.work(idle_exit=0) == 0
+    assert queue_runner.work(idle_exit=0) == 0
     done = queue.add_train(tiny_yaml("kept"), "kept")
-    queue.work(idle_exit=0)
+    queue_runner.work(idle_exit=0)
     assert main(["queue", "rm", done.id]) == 5
     assert "is done, not queued; `mlxlora queue clear`" in capsys.readouterr().err
 
@@ -74,7 +74,7 @@ def test_resume_job_continues_a_stopped_run(home, tmp_path):
     assert proc.wait(timeout=120) == 0
     assert [r.status for r in list_runs(tmp_path)] == ["stopped"]
     job = queue.add_resume(run)
-    assert queue.work(idle_exit=0) == 1
+    assert queue_runner.work(idle_exit=0) == 1
     (done,) = queue.jobs()
     assert (done.id, done.exit_code, done.run_dir) == (job.id, 0, str(run.resolve()))
     assert [r.status for r in list_runs(tmp_path)] == ["finished"]
@@ -91,18 +91,18 @@ def test_two_runners_never_start_a_job_twice(home):
 
 
 def test_ensure_runner_starts_a_detached_runner_that_drains_the_queue(home):
-    assert queue.ensure_runner() is False  # nothing queued: no runner
+    assert queue_runner.ensure_runner() is False  # nothing queued: no runner
     queue.add_train(tiny_yaml("detached"), "detached")
-    assert queue.ensure_runner() is True
-    assert queue.ensure_runner() is False  # one is working already
+    assert queue_runner.ensure_runner() is True
+    assert queue_runner.ensure_runner() is False  # one is working already
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not all(j.state == "done" for j in queue.jobs()):
         time.sleep(0.5)
     (job,) = queue.jobs()
     assert job.state == "done" and job.exit_code == 0
-    while queue.runner_alive() and time.monotonic() < deadline:
+    while queue_runner.runner_alive() and time.monotonic() < deadline:
         time.sleep(0.5)  # it exits on its own once the queue stays empty
-    assert not queue.runner_alive()
+    assert not queue_runner.runner_alive()
 
 
 def shown_rows(out: str) -> list[str]:
@@ -140,12 +140,12 @@ def test_queue_list_at_80_columns_shows_whole_ids_that_rm_takes_with_names(
 def test_queue_clear_forgets_finished_jobs_and_never_a_waiting_or_running_one(home, capsys):
     ok = queue.add_train(tiny_yaml("ok"), "ok")
     bad = queue.add_train(tiny_yaml("bad", **{"data.dataset": "no-such-dataset"}), "bad")
-    assert queue.work(idle_exit=0) == 2
+    assert queue_runner.work(idle_exit=0) == 2
     running = queue.add_train(tiny_yaml("running"), "running")
     waiting = queue.add_train(tiny_yaml("waiting"), "waiting")
-    with queue.runner_lock() as held:  # as a runner holds the queue while its job runs
+    with queue_runner.runner_lock() as held:  # as a runner holds the queue while its job runs
         assert held
-        claimed = queue._claim_next()  # as the runner takes it and starts its child
+        claimed = queue_runner._claim_next()  # as the runner takes it and starts its child
         assert claimed.id == running.id
         queue._save(claimed)
         logs = [queue.root() / "logs" / f"{job.id}.log" for job in (ok, bad)]

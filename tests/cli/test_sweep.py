@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlxlora import queue, sweep
+from mlxlora import queue, queue_runner, sweep
 from mlxlora.cli import main
 from mlxlora.runview import read_config
 
@@ -83,7 +83,7 @@ def test_a_sweep_runs_one_at_a_time_continues_and_is_ranked(home, capsys):
     first, second = queue.jobs()
     assert (first.name, second.name) == ("掃引-rank4", "掃引-rank8")
     queue.remove(second.id)  # as if the sweep had been interrupted before its second run
-    assert queue.work(idle_exit=0) == 1
+    assert queue_runner.work(idle_exit=0) == 1
     assert main(["sweep", "status", "掃引", "--json"]) == 0
     states = {m["run"]: m["state"] for m in json.loads(capsys.readouterr().out)["members"]}
     assert states == {"掃引-rank4": "finished", "掃引-rank8": "new"}
@@ -94,7 +94,7 @@ def test_a_sweep_runs_one_at_a_time_continues_and_is_ranked(home, capsys):
     assert "skipped (queued) 掃引-rank8" in capsys.readouterr().out  # never queued twice
     other = ["sweep", TINY, "--grid", "lora.rank=4,16", "--name", "掃引", "--no-start"]
     assert main(other) == 5 and "exists with other configs" in capsys.readouterr().err
-    assert queue.work(idle_exit=0) == 1
+    assert queue_runner.work(idle_exit=0) == 1
     assert main(["sweep", "status", "掃引", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [m["state"] for m in shown["members"]] == ["finished", "finished"]
@@ -140,6 +140,9 @@ def test_a_stopped_run_of_a_sweep_is_resumed_not_started_again(home, capsys):
     assert "resume queued  再開-rank4" in out and "queued         再開-rank8" in out
     resume, train = sorted(queue.jobs(), key=lambda j: j.kind)
     assert (resume.kind, resume.run_dir, train.kind) == ("resume", str(path.resolve()), "train")
+    assert main(args) == 0  # the resume job has its run's name: it was queued again
+    assert "skipped (queued) 再開-rank4" in capsys.readouterr().out
+    assert len(queue.jobs()) == 2
 
 
 def test_a_config_given_twice_is_refused(home, capsys):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxlora import queue
+from mlxlora import queue_runner
 from mlxlora.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,9 +142,9 @@ def test_the_tutorials_commands_run_in_order(home, tmp_path, monkeypatch, capsys
         out, err = capsys.readouterr()
         assert code == 0, f"{shlex.join(command)} -> exit {code}\n{err[-2000:]}"
         if command[1:3] == ["queue", "add"]:
-            assert queue.work(idle_exit=0) == 1
+            assert queue_runner.work(idle_exit=0) == 1
         if command[1] == "sweep":  # every combination trained, one at a time
-            assert queue.work(idle_exit=0) >= 2
+            assert queue_runner.work(idle_exit=0) >= 2
         ran += 1
     print(f"ran {ran} tutorial commands; awaiting the CLI: {pending}")
     assert ran >= 15

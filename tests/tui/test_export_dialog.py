@@ -10,7 +10,7 @@ import pytest
 from run_fixtures import REPO, screen_text, wait_for, write_run
 from textual.widgets import DataTable, Input
 
-from mlxlora import queue
+from mlxlora import queue_runner
 from mlxlora.tui.app import MlxloraApp
 from mlxlora.tui.screens.export import ExportDialog
 
@@ -37,7 +37,7 @@ async def open_export(pilot, name: str) -> ExportDialog:
 
 @pytest.mark.slow
 def test_export_dialog_exports_a_run_into_ollama(home, fake_ollama, monkeypatch):
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)
     train_quick(home)
 
     async def go():
@@ -63,7 +63,7 @@ def test_export_dialog_exports_a_run_into_ollama(home, fake_ollama, monkeypatch)
 
 
 def test_export_dialog_shows_the_childs_error(home, fake_ollama, monkeypatch):
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)
     write_run("done", end="finished")  # a run written by hand: no adapter files
 
     async def go():
@@ -81,7 +81,7 @@ def test_export_dialog_shows_the_childs_error(home, fake_ollama, monkeypatch):
 
 
 def test_export_dialog_says_which_ollama_name_it_used(home, fake_ollama, monkeypatch):
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)
     write_run("done", end="finished")  # no adapter: the child stops right after the name
 
     async def go():
@@ -103,7 +103,7 @@ def test_export_dialog_says_which_ollama_name_it_used(home, fake_ollama, monkeyp
 def test_at_80x24_the_dialog_scrolls_to_what_the_export_wrote(home, monkeypatch):
     """The result's last lines (the `ollama create` command, the Modelfile) fell below an
     80 x 24 screen and could not be scrolled to."""
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)
     write_run("done", end="finished")
 
     async def go():

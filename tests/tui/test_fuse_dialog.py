@@ -12,7 +12,7 @@ from run_fixtures import screen_text, wait_for, write_run
 from test_export_dialog import train_quick
 from textual.widgets import DataTable, Input, Static
 
-from mlxlora import queue
+from mlxlora import queue_runner
 from mlxlora.tui.app import MlxloraApp
 from mlxlora.tui.screens.fuse import FuseDialog
 
@@ -34,7 +34,7 @@ async def open_fuse(pilot, name: str) -> FuseDialog:
 @pytest.mark.slow
 def test_f_fuses_a_run_into_a_model_directory(home, monkeypatch):
     """`mlxlora fuse RUN` had no studio face (ctrl+p "fuse": no matches)."""
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)
     train_quick(home)
     run = home / "runs" / "quick"
     (home / "elsewhere").mkdir()
@@ -68,7 +68,7 @@ def test_f_fuses_a_run_into_a_model_directory(home, monkeypatch):
 
 
 def test_fuse_dialog_shows_the_childs_error(home, monkeypatch):
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)
     write_run("done", end="finished")  # written by hand: no adapter files
 
     async def go():
@@ -83,7 +83,7 @@ def test_fuse_dialog_shows_the_childs_error(home, monkeypatch):
 
 
 def test_a_running_run_is_not_fused(home, monkeypatch):
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)
     write_run("live", steps=12, end="running")
 
     async def go():

@@ -13,7 +13,7 @@ import pytest
 from run_fixtures import REPO, T0, screen_text, wait_for, write_run
 from textual.widgets import DataTable, ProgressBar
 
-from mlxlora import machine, memory, queue, runs
+from mlxlora import machine, memory, procs, queue, queue_runner, runs
 from mlxlora.tui.app import MlxloraApp
 from mlxlora.tui.screens.runs import RunsTab
 from mlxlora.tui.widgets.confirm import Confirm
@@ -47,7 +47,7 @@ async def select(pilot, name: str) -> None:
 
 
 def test_every_run_with_its_status_chart_samples_and_failure(home, monkeypatch):
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)  # the queued job stays queued
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)  # the queued job stays queued
     four_runs()
     job = queue.add_train((REPO / "configs" / "tiny.yaml").read_text(), "waiting")
 
@@ -152,7 +152,7 @@ def test_damaged_and_vanishing_run_directories_show_what_is_readable(home):
 def test_resume_queues_a_stopped_run(home, monkeypatch):
     write_run("halted", steps=15, end="stopped")
     started = []
-    monkeypatch.setattr(queue, "ensure_runner", lambda: started.append(1) or True)
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: started.append(1) or True)
 
     async def go():
         app = MlxloraApp(initial="runs")
@@ -176,7 +176,7 @@ def test_a_run_the_memory_budget_stopped_resumes_fitted(home, monkeypatch):
     events = runs.RunPaths(path).events
     nan = "loss became nan at step 13; lower training.learning_rate"
     events.write_text(events.read_text().replace(nan, "memory: step 16 needs ~2.1 GiB"))
-    monkeypatch.setattr(queue, "ensure_runner", lambda: True)
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: True)
 
     async def go():
         app = MlxloraApp(initial="runs")
@@ -196,7 +196,7 @@ def test_a_run_the_memory_budget_stopped_resumes_fitted(home, monkeypatch):
 def test_s_takes_a_queued_job_off_the_queue_and_names_a_run_it_cannot_stop(home, monkeypatch):
     """s on a job's row stops it as `mlxlora queue stop` does (it said "only a running or
     queued run can be stopped"); on a finished run it says why not."""
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)  # the queued job stays queued
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)  # the queued job stays queued
     write_run("done", end="finished")
     queue.add_train((REPO / "configs" / "tiny.yaml").read_text(), "待機中")
 
@@ -223,9 +223,9 @@ def test_a_resume_that_failed_to_start_shows_and_d_forgets_it(home):
     write_run("halted", steps=15, end="stopped")
     run = runs.runs_root().resolve() / "halted-20250615-000000"
     queue.add_resume(run)
-    job = queue._claim_next()  # as the runner takes it, and the child then fails
+    job = queue_runner._claim_next()  # as the runner takes it, and the child then fails
     job.exit_code = 3
-    queue._finish(job, "failed", "unknown dataset '医療QA' (no datasets yet)")
+    queue_runner._finish(job, "failed", "unknown dataset '医療QA' (no datasets yet)")
 
     async def go():
         app = MlxloraApp(initial="runs")
@@ -239,15 +239,73 @@ def test_a_resume_that_failed_to_start_shows_and_d_forgets_it(home):
             assert "failed: unknown dataset '医療QA'" in screen_text(app)
             bars = app.query(ProgressBar)
             assert bars and all(b.total == 1 and b.progress == 0 for b in bars)  # not animating
-            await pilot.press("r")  # nothing of its own to resume: says what to do
-            said = lambda: [str(n.message) for n in app._notifications]  # noqa: E731
-            await wait_for(pilot, lambda: any("wrote no run to resume" in m for m in said()))
             await pilot.press("d")
             await pilot.pause()
             if isinstance(app.screen, Confirm):
                 await pilot.press("y")
             await wait_for(pilot, lambda: len(rows(app)) == 1)
         assert queue.jobs() == []
+
+    asyncio.run(go())
+
+
+def end_resume(run, exit_code: int | None) -> queue.Job:
+    """A resume of `run` that failed: with `exit_code` from its child, or with none when a
+    killed runner's job was closed by whoever read the queue next."""
+    queue.add_resume(run)
+    job = queue_runner._claim_next()
+    job.exit_code = exit_code
+    queue_runner._finish(job, "failed", "unknown dataset '医療QA' (no datasets yet)")
+    return job
+
+
+def test_a_cut_off_resume_shows_as_its_run_and_r_on_a_failed_resume_resumes_its_run(
+    home, monkeypatch
+):
+    """A resume cut off by a killed runner had a 'resume failed' row of its own beside its
+    run's; r on a failed resume's row said 'this job wrote no run to resume'."""
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)
+    halted = write_run("halted", steps=15, end="stopped").resolve()
+    refused = write_run("refused", steps=15, end="stopped", started=T0 + 100).resolve()
+    end_resume(halted, None)
+    job = end_resume(refused, 3)
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) >= 3)
+            await pilot.pause(0.2)
+            shown = {key: cells[1] for key, cells in rows(app).items()}
+            assert shown == {
+                f"job:{job.id}": "resume failed",
+                str(refused): "stopped",
+                str(halted): "stopped",
+            }
+            table = app.query_one("#runs-table", DataTable)
+            table.move_cursor(row=0)
+            await pilot.press("r")
+            said = lambda: [str(n.message) for n in app._notifications]  # noqa: E731
+            await wait_for(pilot, lambda: f"Queued: resume {refused.name}" in said())
+        assert [j.run_dir for j in queue.jobs() if j.state == "queued"] == [str(refused)]
+
+    asyncio.run(go())
+
+
+def test_d_on_a_starting_job_says_s_stops_it(home):
+    """The studio's answer was the CLI's: 'stop it instead (`mlxlora queue stop ID`)'."""
+    queue.add_train((REPO / "configs" / "tiny.yaml").read_text(), "始動中")
+    job = queue_runner._claim_next()  # its child (this process) is starting its run
+    job.pid, job.pid_start = os.getpid(), procs.started_at(os.getpid())
+    queue._save(job)
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: statuses(app) == {"始動中": "starting"})
+            await pilot.press("d")
+            said = lambda: [str(n.message) for n in app._notifications]  # noqa: E731
+            await wait_for(pilot, lambda: "Job 始動中 is running; press s to stop it" in said())
+        assert [j.state for j in queue.jobs()] == ["running"]
 
     asyncio.run(go())
 
@@ -341,7 +399,7 @@ def test_snapshot_light_theme(home, snap_compare, monkeypatch):
 
 
 def test_a_sweeps_runs_show_together_under_its_name(home, monkeypatch):
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)
     write_run("掃引-rank4", overrides=("sweep=掃引",), started=T0)
     write_run("other", started=T0 + 100)
     write_run("掃引-rank8", overrides=("sweep=掃引",), started=T0 + 200)

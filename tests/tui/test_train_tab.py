@@ -647,10 +647,10 @@ def test_sweep_dialog_checks_the_grid_and_queues_every_combination(workspace, mo
     while a combination is invalid), then every combination queued as `mlxlora sweep` does."""
     from textual.widgets import TabbedContent
 
-    from mlxlora import queue, sweep
+    from mlxlora import queue, queue_runner, sweep
     from mlxlora.tui.screens.train.sweep_dialog import SweepDialog
 
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)  # queued, not trained
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)  # queued, not trained
 
     async def go():
         app = MlxloraApp("train")
@@ -707,10 +707,10 @@ def test_sweep_dialog_checks_the_grid_and_queues_every_combination(workspace, mo
 
 
 def test_a_sweep_queued_again_continues_and_another_base_is_refused(workspace, monkeypatch):
-    from mlxlora import queue
+    from mlxlora import queue, queue_runner
     from mlxlora.tui.screens.train.sweep_dialog import SweepDialog
 
-    monkeypatch.setattr(queue, "ensure_runner", lambda: False)
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)
 
     async def sweep_form(app, pilot) -> str:
         """Open the dialog on the form, sweep lora.rank=4,8, queue; what the dialog said."""

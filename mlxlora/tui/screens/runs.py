@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
-from mlxlora import machine, queue, runcontrol, runlist, runs
+from mlxlora import machine, queue, queue_runner, runcontrol, runlist, runs
 from mlxlora.errors import MlxloraError
 from mlxlora.sweep import run_sweep
 from mlxlora.tui.children import Child
@@ -221,14 +221,15 @@ class RunsTab(Vertical):
     def action_resume_run(self) -> None:
         """Queue the selected stopped, interrupted or failed run to continue."""
         key = self.selected_key()
-        if key and key.startswith("job:"):  # failed before a run (or its resume) began
+        job = next((j for j in self.book.jobs if f"job:{j.id}" == key), None)
+        if job is not None and not job.run_dir:  # failed before its run began
             self.notify(
                 "This job wrote no run to resume: fix what its error says, then start it "
                 "again (d forgets the job)",
                 severity="warning",
             )
             return
-        path = self._selected_run()
+        path = Path(job.run_dir) if job is not None else self._selected_run()
         if path is None:
             return
         try:  # refused for a run running, queued, finished or without a checkpoint
@@ -236,7 +237,7 @@ class RunsTab(Vertical):
         except MlxloraError as exc:
             self.notify(str(exc), severity="error")
             return
-        queue.ensure_runner()
+        queue_runner.ensure_runner()
         self.notify(f"Queued: resume {path.name}" + (", fitted to memory" if job.fit else ""))
 
     def action_export_run(self) -> None:
@@ -327,6 +328,10 @@ class RunsTab(Vertical):
                 queue.forget(job)
             else:
                 job = queue.remove(job_id)
+        except queue.NotQueued as exc:  # it started, or ran, since the row was drawn
+            todo = "press s to stop it" if exc.job.state == "running" else "d again forgets it"
+            self.notify(f"Job {exc.job.name} is {exc.job.state}; {todo}", severity="warning")
+            return
         except MlxloraError as exc:
             self.notify(str(exc), severity="error")
             return
@@ -336,9 +341,10 @@ class RunsTab(Vertical):
 def _job_status(job: queue.Job, latest_for_its_run: bool) -> str | None:
     """How a job shows as a row of its own; None for a job its run's row shows. A resume
     that failed before the run started again (its dataset removed, say) wrote nothing in
-    the run: its row says so while it is the run's latest job."""
+    the run: its row says so while it is the run's latest job. One cut off by a killed
+    runner (no exit code) ended as its run did, which the run's row shows."""
     if job.run_dir:
-        failed = job.state == "failed" and latest_for_its_run
+        failed = job.state == "failed" and job.exit_code not in (None, 0) and latest_for_its_run
         return "resume failed" if failed and job.kind == "resume" else None
     if job.state == "running":
         return "starting"

@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Static, TextArea
 
-from mlxlora import config, names, queue, sweep
+from mlxlora import config, names, queue_runner, sweep
 from mlxlora.errors import ConfigError, MlxloraError
 from mlxlora.tui.widgets.dialog import Dialog, field
 
@@ -116,7 +116,7 @@ class SweepDialog(Dialog[str | None]):
         except MlxloraError as exc:
             self._say(str(exc), failed=True)
             return
-        queue.ensure_runner()
+        queue_runner.ensure_runner()
         queued = sum(action in ("queued", "resume queued") for _, action in done)
         self.dismiss(f"sweep {names.normalize(name)}: {queued} of {len(done)} runs queued")
 

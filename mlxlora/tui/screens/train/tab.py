@@ -368,7 +368,7 @@ class TrainTab(Vertical):
         cfg = self.validate()
         if cfg is None:
             return
-        from mlxlora import queue
+        from mlxlora import queue, queue_runner
         from mlxlora.prepare import check_references
 
         try:  # what the run would refuse at its start: a missing dataset or model
@@ -377,7 +377,7 @@ class TrainTab(Vertical):
             self._say("#train-status", str(exc))
             return
         job = queue.add_train(cfg.to_yaml(), cfg.name)
-        queue.ensure_runner()
+        queue_runner.ensure_runner()
         self._say("#train-status", f"queued {job.name}")
         self.app.action_show_tab("runs")
         self.app.query_one("#runs-tab").follow(job.id)  # not the run selected before
