@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,23 @@ def random_batches(count: int, rows: int, seed: int = 0):
         ]
         out.append(collate(examples))
     return out
+
+
+NO_PROC = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc: launchd reaps")
+
+
+@contextmanager
+def zombie_pid():
+    """The pid of a child that exited and is not reaped yet: what a killed runner's child
+    stays in a container whose pid 1 reaps no orphan."""
+    from mlxlora import procs
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        while not procs._zombie(pid):  # exited, not reaped
+            time.sleep(0.01)
+        yield pid
+    finally:
+        os.waitpid(pid, 0)

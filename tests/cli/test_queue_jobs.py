@@ -7,14 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
-
-import pytest
 
 from mlxlora import config, procs, queue, queue_runner, runcontrol, runs
 from mlxlora.cli import main
 from mlxlora.events import EventWriter, RunFailed, RunFinished, RunStarted
+from tests.conftest import NO_PROC, zombie_pid
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
 ME = os.getpid()
@@ -80,19 +78,12 @@ def test_a_runner_stops_waiting_for_a_child_whose_run_is_not_held(home, monkeypa
     assert not worked.is_alive() and state_of(job) == ("stopped", None)
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc: launchd reaps")
+@NO_PROC
 def test_a_zombie_child_is_not_training(home):
     """A container's pid 1 may reap no orphan: a killed runner's child stays a zombie."""
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    try:
-        while not procs._zombie(pid):  # exited, not reaped
-            time.sleep(0.01)
+    with zombie_pid() as pid:
         job = running(queue.add_train("{}", "ゾンビ"), pid=pid, pid_start=procs.started_at(pid))
         assert state_of(job)[0] == "failed"
-    finally:
-        os.waitpid(pid, 0)
 
 
 def test_a_cut_off_job_ends_as_its_run_did(home):

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from pathlib import Path
 
 import pytest
 
 from mlxlora import procs
+from tests.conftest import NO_PROC, zombie_pid
 
 
 @pytest.mark.skipif(not shutil.which("ps"), reason="no ps")
@@ -35,16 +34,9 @@ def test_a_studio_polling_a_running_run_asks_ps_once_a_while(monkeypatch):
     assert asked == [42]
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc: launchd reaps")
+@NO_PROC
 def test_a_zombie_is_not_alive_and_owns_nothing():
     """A container's pid 1 may reap no orphan: `kill 0` called its zombie alive, so a
     killed trainer held its run's lock for ever."""
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    try:
-        while not procs._zombie(pid):  # exited, not reaped
-            time.sleep(0.01)
+    with zombie_pid() as pid:
         assert not procs.pid_alive(pid) and not procs.owner_alive(pid, procs.started_at(pid))
-    finally:
-        os.waitpid(pid, 0)
