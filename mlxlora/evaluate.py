@@ -10,6 +10,8 @@ torch at module level; the backend is loaded on the first call.
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -337,5 +339,19 @@ def evaluate_run(
         "adapter": str(paths.adapters),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    _keep_earlier(paths)
     atomic_write_text(paths.eval, json.dumps(result, indent=2, ensure_ascii=False))
     return result
+
+
+def _keep_earlier(paths) -> None:
+    """Move the run's eval.json into evals/ before a new one replaces it: scored on the
+    medical data, a run kept no trace of the scores on its own split."""
+    from mlxlora.runs import read_json
+
+    earlier = read_json(paths.eval)
+    if not earlier:
+        return
+    stamp = re.sub(r"\D", "", str(earlier.get("created", "")))[:14] or "earlier"
+    paths.evals.mkdir(exist_ok=True)
+    os.replace(paths.eval, paths.evals / f"{stamp}-{earlier.get('dataset', 'eval')}.json")

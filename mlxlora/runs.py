@@ -77,6 +77,11 @@ class RunPaths:
         return self.root / "eval.json"
 
     @property
+    def evals(self) -> Path:
+        """The evaluations a later one replaced as eval.json, kept as `STAMP-DATASET.json`."""
+        return self.root / "evals"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".lock"
 

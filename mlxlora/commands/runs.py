@@ -212,6 +212,7 @@ def show_run(args) -> int:
     evals = [e for e in events if isinstance(e, Eval)]
     samples = [e for e in events if isinstance(e, Sample)]
     measured = runs.read_json(paths.eval) or None
+    earlier = sorted(p.name for p in paths.evals.glob("*.json"))
     findings = [vars(f) for f in diagnose(events)]  # the trainer's, and any found since
     if args.json:
         shown = {
@@ -222,12 +223,15 @@ def show_run(args) -> int:
             "evals": [e.to_dict() for e in evals],
             "samples": [e.to_dict() for e in samples],
             "eval": measured,
+            "earlier_evals": earlier,
             "diagnosis": findings,
         }
         print(json.dumps(shown, indent=2, ensure_ascii=False))
         return 0
     _print_run(info, cfg, model_dir, paths, evals, samples, summary)
     _print_eval(measured)
+    if earlier:  # a later evaluation replaced them as eval.json
+        print(f"earlier evaluations in {paths.evals}: {', '.join(earlier)}")
     _print_diagnosis(findings)
     return 0
 

@@ -105,6 +105,12 @@ def test_eval_without_validation_split_needs_a_dataset(home, tmp_path, capsys):
     assert result["scores"]["safety_rate"] == pytest.approx(sum(safety) / 2)
     assert main(["eval", str(run), "--dataset", str(data), "--max-records", "1"]) == 0
     assert json.loads(RunPaths(run).eval.read_text(encoding="utf-8"))["records"] == 1
+    # the evaluation it replaced is kept, and runs show says where
+    (kept,) = RunPaths(run).evals.iterdir()
+    assert kept.name.endswith("-医療.json") and json.loads(kept.read_text("utf-8")) == result
+    capsys.readouterr()
+    assert main(["runs", "show", str(run)]) == 0
+    assert f"earlier evaluations in {RunPaths(run).evals}: {kept.name}" in capsys.readouterr().out
 
 
 def test_truncating_run_emits_its_diagnosis_once(home, tmp_path, capsys):
