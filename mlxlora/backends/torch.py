@@ -10,7 +10,9 @@ Under torchrun each process trains its share of every batch (backends/torch_dist
 from __future__ import annotations
 
 import platform
+import re
 import resource
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +151,7 @@ class TorchBackend:
         self._trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = MLXAdamW(self._trainable, config.training.weight_decay)
         # what the process held besides the model's weights once loaded: see peak_memory_bytes
+        _reset_resident_peak()
         self._resident_before = psutil.Process().memory_info().rss - self.weight_bytes()
 
     def weight_bytes(self) -> int:
@@ -311,13 +314,28 @@ class TorchBackend:
         failed its budget at step 1)."""
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device)
-        scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes vs KiB
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-        return max(0, peak - self._resident_before)
+        return max(0, _resident_peak() - self._resident_before)
 
     def reset_peak_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+
+
+def _reset_resident_peak() -> None:
+    """Linux: the peak resident size counts from now (what loading the model or earlier work
+    in this process peaked at is not this run's; a test process had trained other runs)."""
+    with suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _resident_peak() -> int:
+    """The process's peak resident size in bytes: since _reset_resident_peak on Linux
+    (/proc's VmHWM), since it started elsewhere (macOS: a run is a process of its own)."""
+    with suppress(OSError, TypeError):
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)[1]) * 1024
+    scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes vs KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def packed(tokens: np.ndarray, mask: np.ndarray):
