@@ -78,6 +78,18 @@ def runner_alive() -> bool:
         return not free
 
 
+def stalled() -> str | None:
+    """Why queued jobs wait with no runner to train them (one that died as it started says
+    why in runner.log: its last line), or None while a runner works or nothing waits."""
+    if not any(j.state == "queued" for j in jobs()) or runner_alive():
+        return None
+    log = root() / "runner.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    said = f"; it last said ({log}): {last}" if last else ""
+    return f"no runner is working the queue{said}; `mlxlora queue work` runs it here"
+
+
 def ensure_runner() -> bool:
     """Start a detached runner when jobs are queued and none is working; True if started.
 

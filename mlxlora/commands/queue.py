@@ -83,7 +83,7 @@ def add_job(args) -> int:
 def list_jobs(args) -> int:
     from rich.console import Console
 
-    from mlxlora import queue
+    from mlxlora import queue, queue_runner
     from mlxlora.commands.runs import listing_table
 
     found = queue.jobs()
@@ -103,6 +103,8 @@ def list_jobs(args) -> int:
     columns = ["id", "name", "kind", "state", "queued", "run / error"]
     title = f"jobs in {queue.root()}"
     console.print(listing_table(title, columns, rows, console.width, whole=2, names=(5,)))
+    if why := queue_runner.stalled():
+        print(why)
     return 0
 
 

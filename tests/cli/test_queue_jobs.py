@@ -149,3 +149,22 @@ def test_a_run_under_a_symlinked_home_is_matched_to_its_job(home, tmp_path, monk
     assert runcontrol.stop_run(run) == "stopping リンク after its current step (checkpoint kept)"
     assert queue.stop_request(job.id).exists()
     assert [j.id for j in queue.jobs_of(run.resolve())] == [job.id]
+
+
+def test_jobs_waiting_for_a_runner_that_died_say_why(home, capsys):
+    """A runner that died as it started (an install that lost its package) left the jobs
+    queued, with nothing anywhere to say so: the studio's Start waited for ever."""
+    queue.add_train("{}", "待機")
+    assert queue_runner.stalled() == (
+        "no runner is working the queue; `mlxlora queue work` runs it here"
+    )
+    log = queue.root() / "runner.log"
+    log.write_text("/usr/bin/python3: No module named mlxlora\n\n")
+    why = f"no runner is working the queue; it last said ({log}): "
+    assert queue_runner.stalled() == (
+        why + "/usr/bin/python3: No module named mlxlora; `mlxlora queue work` runs it here"
+    )
+    assert main(["queue", "list"]) == 0
+    assert "No module named mlxlora; `mlxlora queue work` runs it here" in capsys.readouterr().out
+    with queue_runner._lock_file() as f:  # a runner at work: nothing to say
+        assert queue_runner._try_lock(f) and queue_runner.stalled() is None

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 from run_fixtures import REPO, T0, screen_text, wait_for, write_run
-from textual.widgets import DataTable, ProgressBar
+from textual.widgets import DataTable, ProgressBar, Static
 
 from mlxlora import machine, memory, procs, queue, queue_runner, runs
 from mlxlora.tui.app import MlxloraApp
@@ -86,6 +86,11 @@ def test_every_run_with_its_status_chart_samples_and_failure(home, monkeypatch):
             await select(pilot, "live-20250615-000000")
             assert "ETA     0:36" in screen_text(app)  # 18 steps at 2 s each
             assert app.query_one("#total-progress", ProgressBar).percentage == 0.4
+
+            # no runner works the queue (ensure_runner started none): the job says so
+            await select(pilot, "waiting")
+            failure = str(app.query_one("#run-failure", Static).content)
+            assert failure.startswith("no runner is working the queue")
         assert job.id in [j.id for j in queue.jobs()]
 
     asyncio.run(go())

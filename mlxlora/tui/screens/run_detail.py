@@ -124,13 +124,14 @@ class RunDetail(Horizontal):
             vlines=[s for s in view.epoch_ends if s < view.step],  # not the last step's
         )
 
-    def show_job(self, job: Job, status: str) -> None:
-        """A queued job, or one that failed before it started a run."""
+    def show_job(self, job: Job, status: str, stalled: str | None = None) -> None:
+        """A queued job (`stalled`: why no runner trains it), or one that failed before it
+        started a run."""
         self._put("run-stats", f"{job.name}\nstatus  {status}\njob     {job.id} ({job.kind})")
         waiting = job.state not in ENDED  # a bar that moves only for a job yet to start
         for bar in self.query(ProgressBar):
             bar.update(total=None if waiting else 1, progress=0)
-        self._put("run-failure", f"failed: {job.error}" if job.error else "")
+        self._put("run-failure", f"failed: {job.error}" if job.error else stalled or "")
         self._put_optional("run-diagnosis", "")
         self._put_optional("run-eval", "")
         self._put("run-samples", "")

@@ -179,7 +179,8 @@ class RunsTab(Vertical):
         detail = self.query_one(RunDetail)
         job = next((j for j in book.jobs if f"job:{j.id}" == key), None)
         if job:
-            detail.show_job(job, _job_status(job, True) or job.state)
+            stalled = queue_runner.stalled() if job.state == "queued" else None
+            detail.show_job(job, _job_status(job, True) or job.state, stalled)
         elif key and Path(key) in book.views:
             path = Path(key)
             detail.show(book.views[path], book.status(path))
