@@ -10,6 +10,7 @@ import shutil
 import signal
 import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,8 +102,7 @@ def train(
         return _train_secondary(cfg, run_dir, resume, backend)
     if resume:
         paths = RunPaths(Path(run_dir))
-        with run_lock(paths):
-            paths.stop_request.unlink(missing_ok=True)  # stale: one asked from now on holds
+        with _training_lock(paths):
             recover_run(paths)
             check_resumable(paths)
             cfg = cfg or config_mod.load(paths.config)
@@ -117,10 +117,18 @@ def train(
     else:
         paths = RunPaths(Path(run_dir))
         paths.root.mkdir(parents=True, exist_ok=True)
-    with run_lock(paths):
-        paths.stop_request.unlink(missing_ok=True)
+    with _training_lock(paths):
         atomic_write_text(paths.config, prep.config.to_yaml())  # as fitted
         return _start(replace(prep, paths=paths), listeners, resume=False)
+
+
+@contextmanager
+def _training_lock(paths: RunPaths):
+    """The run's lock, with a stop asked before it cleared (stale): one asked from here on,
+    while the model loads too, is honoured at the first step's end."""
+    with run_lock(paths):
+        paths.stop_request.unlink(missing_ok=True)
+        yield
 
 
 def _train_secondary(cfg: Config | None, run_dir: Path | None, resume: bool, backend) -> dict:

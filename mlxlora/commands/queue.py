@@ -147,9 +147,10 @@ def resume_run(args) -> int:
 
 def clear_jobs(args) -> int:
     from mlxlora import queue
+    from mlxlora.fmt import counted
 
     cleared = queue.clear_finished()
-    print(f"cleared {len(cleared)} finished job{'' if len(cleared) == 1 else 's'}")
+    print(f"cleared {counted(len(cleared), 'finished job')}")
     return 0
 
 
