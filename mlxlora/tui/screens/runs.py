@@ -177,8 +177,7 @@ class RunsTab(Vertical):
     def _draw_detail(self) -> None:
         key, book = self.selected_key(), self.book
         detail = self.query_one(RunDetail)
-        job = next((j for j in book.jobs if f"job:{j.id}" == key), None)
-        if job:
+        if job := self._selected_job():
             stalled = queue_runner.stalled() if job.state == "queued" else None
             detail.show_job(job, _job_status(job, True) or job.state, stalled)
         elif key and Path(key) in book.views:
@@ -200,12 +199,16 @@ class RunsTab(Vertical):
         key = self.selected_key()
         return Path(key) if key and Path(key) in self.book.views else None
 
+    def _selected_job(self) -> queue.Job | None:
+        """The job whose own row is selected (a queued one, or one that failed to start)."""
+        key = self.selected_key()
+        return next((j for j in self.book.jobs if f"job:{j.id}" == key), None)
+
     def action_stop_run(self) -> None:
         """Stop the selected run or job (`runcontrol`, as `mlxlora queue stop`): a running
         one checkpoints and stops after its current step; a queued one, a resume queued by
         mistake included, leaves the queue."""
-        key = self.selected_key()
-        job = next((j for j in self.book.jobs if f"job:{j.id}" == key), None)
+        job = self._selected_job()
         path = self._selected_run()
         try:
             if job is not None:
@@ -221,8 +224,7 @@ class RunsTab(Vertical):
 
     def action_resume_run(self) -> None:
         """Queue the selected stopped, interrupted or failed run to continue."""
-        key = self.selected_key()
-        job = next((j for j in self.book.jobs if f"job:{j.id}" == key), None)
+        job = self._selected_job()
         if job is not None and not job.run_dir:  # failed before its run began
             self.notify(
                 "This job wrote no run to resume: fix what its error says, then start it "
