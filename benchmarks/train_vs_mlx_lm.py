@@ -18,15 +18,16 @@ same hyperparameters, each in its own fresh subprocess (so peaks never mix):
   `backend.load(model_dir, cfg)`, then for each batch of `batching.batch_order` (one order per
   epoch, seed 0) `batching.collate`, `backend.accumulate` and `backend.update` (constant
   learning rate, grad_accumulation 1, no validation: `data.val_split=0`). Its batches are padded
-  as `batching.collate` pads them (to the longest sequence of the batch; on CUDA the backend
-  pads on to a multiple of 128 positions, CUDA_ATTENTION_TILE). Gradient clipping is
+  as `batching.collate` pads them (to the longest sequence of the batch). Gradient clipping is
   off (`training.grad_clip=0`) because stock mlx-lm does not clip. It also reports the memory
   estimate a run would show for the shape (batch x the longest sequence) beside its peak.
 * mlxlora-compiled (--compiled): the same with `training.compile` (mx.compile'd loss and
   gradient, batches padded to a multiple of 64 positions); its first graph compiles in the
   warm-up step, later lengths compile inside the timing, as stock's do.
-* mlxlora-untiled (--untiled): mlxlora without the padding to 128 positions (on a CPU the
-  same as mlxlora), its estimate with the unfused attention rule.
+* mlxlora-tiled (--tiled): mlxlora with CUDA batches padded on to a multiple of 128 positions
+  so that cuDNN's fused attention trains them (mlx.PAD_FOR_CUDNN_ATTENTION, off by default:
+  on an H100 the Qwen2.5-0.5B shape's padded step ran out of the card's 80 GB); its estimate
+  with the fused attention rule. On a CPU the same as mlxlora.
 
 Each side trains whole epochs (iters = epochs x batches per epoch) over a sequence count that is a
 multiple of the batch size, so both train on every sequence exactly `epochs` times, in batches
@@ -83,7 +84,7 @@ from mlxlora.backends.blas import blas_in_use, preload_openblas  # noqa: E402
 preload_openblas()  # before the first `import mlx.core` (mlx_lm imports it too)
 
 SEED = 0
-SIDES = ("stock", "mlxlora", "mlxlora-compiled", "mlxlora-untiled")  # see --compiled, --untiled
+SIDES = ("stock", "mlxlora", "mlxlora-compiled", "mlxlora-tiled")  # see --compiled, --tiled
 SHAPES = {
     "tiny": {
         "batch_size": 4,
@@ -257,22 +258,21 @@ def shortest(seqs: list, n: int) -> list[int]:
     return sorted(range(len(seqs)), key=lambda i: (len(seqs[i][0]), i))[:n]
 
 
-def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool, untiled: bool) -> dict:
+def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool, tiled: bool) -> dict:
     import mlx.core as mx
 
     from mlxlora import memory
-    from mlxlora.backends.mlx import MLXBackend
+    from mlxlora.backends import mlx as mlx_backend
     from mlxlora.data import batching
     from mlxlora.models.info import model_info
     from mlxlora.prepare import train_shape
 
     cfg = mlxlora_config(spec, compiled)
-    backend = MLXBackend()
+    mlx_backend.PAD_FOR_CUDNN_ATTENTION = tiled  # before load, which reads it
+    backend = mlx_backend.MLXBackend()
     backend.load(model_dir, cfg)
     if (backend._compiled is not None) != compiled:  # the side must be what its name says
         raise SystemExit(f"training.compile={compiled} but the backend compiled: {not compiled}")
-    if untiled and backend.info.pad_multiple > 1:  # padded to their longest only: on CUDA,
-        backend.info.pad_multiple, backend.info.attention = 1, "unfused"  # the unfused VJP
     work = trained_weights(backend.model)  # before any step: the weights both sides start from
     longest = min(max(len(t) for t, _ in seqs), spec["max_length"])
     shape = train_shape(cfg, backend, longest)  # what a run's memory check estimates
@@ -282,14 +282,19 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool, untiled
 
     def step(idx, seed):
         batch = batching.collate([examples[j] for j in idx])
-        loss = backend.accumulate(batch, seed=seed)
-        backend.update(lr, 0.0)
+        try:
+            loss = backend.accumulate(batch, seed=seed)
+            backend.update(lr, 0.0)
+        except RuntimeError:  # out of a GPU's memory, say: what MLX held when it failed
+            print(f"step {steps} failed: batch {batch.tokens.shape}, {memory_now()}", flush=True)
+            raise
         return loss, batch.real_tokens
 
+    steps = "warm-up"
     step(shortest(seqs, bs), seed=12345)  # warm-up, untimed
     mx.synchronize()
     mx.reset_peak_memory()
-    tokens, losses, steps, step_seconds = 0, [], 0, []
+    tokens, losses, steps, step_seconds = 0, [], 0, []  # steps: the one running
     tic = time.perf_counter()
     for epoch in range(spec["epochs"]):
         for idx in batching.batch_order(examples, bs, SEED, epoch):
@@ -314,6 +319,18 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool, untiled
         "last_loss": losses[-1],
         "work": work,
     }
+
+
+def memory_now() -> str:
+    """MLX's active, peak and cached memory, in GB."""
+    import mlx.core as mx
+
+    figures = {
+        "active": mx.get_active_memory(),
+        "peak": mx.get_peak_memory(),
+        "cache": mx.get_cache_memory(),
+    }
+    return ", ".join(f"{name} {value / 1e9:.2f} GB" for name, value in figures.items())
 
 
 def trained_weights(model) -> dict:
@@ -468,8 +485,8 @@ def child(args) -> None:
     if args.side == "stock":
         out = run_stock(spec, Path(args.model_dir), seqs, workdir)
     else:
-        compiled, untiled = args.side.endswith("compiled"), args.side.endswith("untiled")
-        out = run_mlxlora(spec, Path(args.model_dir), seqs, compiled, untiled)
+        compiled, tiled = args.side.endswith("compiled"), args.side.endswith("tiled")
+        out = run_mlxlora(spec, Path(args.model_dir), seqs, compiled, tiled)
     out.update(side=args.side, shape=args.shape, tokens_per_s=out["tokens"] / out["wall_s"])
     out["blas"] = blas_in_use()
     print("RESULT " + json.dumps(out), flush=True)
@@ -478,9 +495,12 @@ def child(args) -> None:
 # --- parent -------------------------------------------------------------------------------
 
 
-def run_side(side: str, shape: str, model_dir: Path, data: Path, steps: int) -> dict | None:
-    """The side's result, or None when it failed (its output goes to stderr): the other sides
-    still run (on a GPU lease the next side's figure is worth having)."""
+def run_side(
+    side: str, shape: str, model_dir: Path, data: Path, steps: int, timeout: float | None
+) -> dict | None:
+    """The side's result, or None when it failed or ran past `timeout` seconds (then it is
+    killed); its output goes to stderr. The other sides still run (on a GPU lease the next
+    side's figure is worth having)."""
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -496,7 +516,11 @@ def run_side(side: str, shape: str, model_dir: Path, data: Path, steps: int) -> 
     if steps:
         cmd += ["--steps", str(steps)]
     print(f"  running {shape} / {side} in a fresh subprocess ...", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"    {side} side ran past {timeout:.0f} s on shape {shape}", flush=True)
+        return None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
@@ -529,10 +553,11 @@ def main(argv=None) -> int:
         "--compiled", action="store_true", help="also mlxlora with training.compile (mx.compile)"
     )
     p.add_argument(
-        "--untiled",
+        "--tiled",
         action="store_true",
-        help="also mlxlora without CUDA's padding to 128 positions (CUDA_ATTENTION_TILE)",
+        help="also mlxlora with CUDA's batches padded to 128 positions for cuDNN's attention",
     )
+    p.add_argument("--side-timeout", type=float, help="seconds per side (then it is killed)")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -559,8 +584,11 @@ def main(argv=None) -> int:
             workdir = Path(tmp) / shape
             workdir.mkdir()
             model_dir, data = prepare(shape, workdir)
-            sides = [*SIDES[:2], *SIDES[2:3] * args.compiled, *SIDES[3:] * args.untiled]
-            res = {side: run_side(side, shape, model_dir, data, args.steps) for side in sides}
+            sides = [*SIDES[:2], *SIDES[2:3] * args.compiled, *SIDES[3:] * args.tiled]
+            res = {
+                side: run_side(side, shape, model_dir, data, args.steps, args.side_timeout)
+                for side in sides
+            }
             failed += [f"{shape} / {side}" for side, r in res.items() if r is None]
             res = {side: r for side, r in res.items() if r is not None}
             if "stock" in res:

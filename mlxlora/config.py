@@ -131,8 +131,8 @@ class TrainingConfig:
     seed: int = _help("Seed for data order, splits, LoRA init and dropout.", 0)
     grad_checkpoint: bool = _help("Recompute activations in backward to save memory.", False)
     compile: bool | str = _help(
-        "Compile the step: true, false, or auto (backend mlx on a GPU, as mlx-lm compiles its"
-        " step; not yet timed there). torch.compile of the transformer blocks (backend torch),"
+        "Compile the step: true, false, or auto (nothing yet: no GPU has timed the compiled"
+        " step). torch.compile of the transformer blocks (backend torch),"
         " mx.compile of the loss and gradient with batches padded to a multiple of 64 tokens"
         " (backend mlx). The first step of each new shape waits while it compiles; a CPU needs"
         " a C++ compiler.",

@@ -65,15 +65,15 @@ BLOCKED_ATTENTION_FACTOR = 1.3
 # How a training step's attention holds its (batch x heads x len x len) probabilities:
 # * "unfused": MLX on Metal, which trains with mx.fast's unfused fallback for forward and
 #   backward ("faster for training", MLX's ScaledDotProductAttention::use_fallback), and on
-#   CUDA where cuDNN's attention does not apply (mlx_attention.takes_cudnn_attention): every
+#   CUDA (its batches are not padded for cuDNN's kernel: mlx.PAD_FOR_CUDNN_ATTENTION): every
 #   layer that takes a gradient keeps its probabilities, and the layer in backward
 #   UNFUSED_BACKWARD_COPIES more (their gradient and the softmax's; checkpointed, one layer's
 #   two, as fused). Measured on a CPU, which differentiates the same unfused graph
 #   (`benchmarks/memory_matrix.py --unfused`); on Metal not yet;
 # * "blocked": the MLX backend on a CPU (blocked_causal_attention, causal blocks only);
-# * "fused": a flash kernel with its own backward (torch's SDPA on CUDA; MLX on CUDA with
-#   cuDNN's, its batches padded to 128 positions): one layer's scores and probabilities while
-#   it runs backward. Not yet measured on a GPU.
+# * "fused": a flash kernel with its own backward (torch's SDPA on CUDA; MLX on CUDA only
+#   where its batches are padded for cuDNN's, which is off): one layer's scores and
+#   probabilities while it runs backward. Not yet measured on a GPU.
 ATTENTION_MODES = ("unfused", "blocked", "fused")
 UNFUSED_BACKWARD_COPIES = 2
 # MLX's own: the buffers of the gathers and reshapes, the embedding output, the backward's

@@ -41,6 +41,11 @@ from mlxlora.targets import TargetMatch, match_targets  # noqa: E402
 
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
 COMPILE_BUCKET = 64  # training.compile pads batches to a multiple of this many positions
+# Padding CUDA batches to CUDA_ATTENTION_TILE so that cuDNN's fused attention trains them: off.
+# On an H100 (2026-11-26) the padded Qwen2.5-0.5B-shape step ran out of the card's 80 GB and the
+# 1B shape's 20 steps did not end in two minutes, where the unpadded step had peaked at 23 and
+# 29 GB on an H200. The benchmark's mlxlora-tiled side turns it on to measure it again.
+PAD_FOR_CUDNN_ATTENTION = False
 
 
 def select_device() -> tuple[str, mx.Dtype | None]:
@@ -119,7 +124,7 @@ def describe() -> BackendInfo:
         },
         memory_budget_bytes=budget,
         # how training keeps attention (memory.ATTENTION_MODES): the CPU's blocked attention,
-        # else mx.fast's, unfused while differentiated (CUDA: until load finds cuDNN's kernel)
+        # else mx.fast's, unfused while differentiated (CUDA too: PAD_FOR_CUDNN_ATTENTION)
         attention="blocked" if device == "cpu" else "unfused",
     )
 
@@ -184,7 +189,11 @@ class MLXBackend:
         model = fit_to_device(model, config.quantized_base, device, dtype)
         if device == "cpu":  # Metal/CUDA keep mx.fast's (memory.ATTENTION_MODES)
             use_blocked_attention(model)
-        elif device == "gpu (CUDA)" and takes_cudnn_attention(model, model_config):
+        elif (
+            PAD_FOR_CUDNN_ATTENTION
+            and device == "gpu (CUDA)"
+            and takes_cudnn_attention(model, model_config)
+        ):
             self.info.attention, self.info.pad_multiple = "fused", CUDA_ATTENTION_TILE
         model.freeze()
         lora = config.lora
@@ -215,10 +224,8 @@ class MLXBackend:
         )
         self.optimizer = optim.AdamW(learning_rate=0.0, weight_decay=config.training.weight_decay)
         self._value_and_grad = nn.value_and_grad(model, self._loss)
-        compile_step = config.training.compile
-        if compile_step == "auto":  # a GPU, as mlx-lm compiles; a CPU would JIT C++ first
-            compile_step = device.startswith("gpu")
-        self._compiled = self._compile_loss_and_grad() if compile_step else None
+        # auto: eager until a GPU measures what compiling pays (a CPU would JIT C++ first)
+        self._compiled = self._compile_loss_and_grad() if config.training.compile is True else None
 
     def _compile_loss_and_grad(self):
         """The loss and its gradient as one mx.compile'd graph (fused elementwise kernels), as

@@ -1,5 +1,6 @@
 """How the MLX backend's training attention runs: on a CPU through blocked causal attention
-(MLX has no fused kernel there); on CUDA through cuDNN's fused kernels where they apply.
+(MLX has no fused kernel there); on CUDA through cuDNN's fused kernels where batches are
+padded for them (mlx.PAD_FOR_CUDNN_ATTENTION, off: the padded step ran out of an H100's memory).
 
 Metal and CUDA keep mx.fast.scaled_dot_product_attention. Metal differentiates its unfused
 fallback; CUDA uses cuDNN's fused backward for lengths that are a multiple of
@@ -14,7 +15,8 @@ import mlx.nn as nn
 
 from mlxlora.memory import ATTENTION_BLOCK
 
-# CUDA batches are padded to a multiple of this many positions where cuDNN's attention applies:
+# With mlx.PAD_FOR_CUDNN_ATTENTION, CUDA batches are padded to a multiple of this many positions
+# where cuDNN's attention applies:
 # unlabelled positions after the last token, which causal attention keeps out of every real
 # position's result.
 CUDA_ATTENTION_TILE = 128

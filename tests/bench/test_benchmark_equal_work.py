@@ -75,9 +75,7 @@ def test_the_compiled_side_trains_compiled(bench, home, tmp_path):
     spec = bench.SHAPES["tiny"]
     model_dir, data = bench.prepare("tiny", tmp_path)
     seqs = json.loads(data.read_text())[: 2 * spec["batch_size"]]
+    assert bench.run_mlxlora(spec, model_dir, seqs, compiled=True, tiled=False)["compiled"] is True
     assert (
-        bench.run_mlxlora(spec, model_dir, seqs, compiled=True, untiled=False)["compiled"] is True
-    )
-    assert (
-        bench.run_mlxlora(spec, model_dir, seqs, compiled=False, untiled=False)["compiled"] is False
+        bench.run_mlxlora(spec, model_dir, seqs, compiled=False, tiled=False)["compiled"] is False
     )

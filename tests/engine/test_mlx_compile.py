@@ -51,9 +51,10 @@ def test_compiled_dropout_is_the_same_for_the_same_seed(home):
     assert first == second
 
 
-def test_auto_compiles_on_a_gpu_only(home, monkeypatch):
-    """training.compile: auto (the default) leaves a CPU uncompiled (MLX would first build
-    its kernels with the C++ compiler); on a GPU it compiles, as mlx-lm compiles its step."""
+def test_auto_stays_eager_until_a_gpu_measures_compiling(home, monkeypatch):
+    """training.compile: auto (the default) leaves the step uncompiled on a CPU (MLX would
+    first build its kernels with the C++ compiler) and on a GPU too: no GPU has yet timed the
+    compiled step (an H100 lease ran out before it, 2026-11-26)."""
     from mlxlora.backends import mlx as mlx_backend
 
     def loaded():
@@ -64,4 +65,4 @@ def test_auto_compiles_on_a_gpu_only(home, monkeypatch):
 
     assert loaded()._compiled is None
     monkeypatch.setattr(mlx_backend, "select_device", lambda: ("gpu (Metal)", None))
-    assert loaded()._compiled is not None
+    assert loaded()._compiled is None

@@ -241,6 +241,25 @@ def test_cudnn_attention_needs_mx_fast_half_precision_narrow_heads_and_ampere(mo
     assert not takes(llama, cfg)
 
 
+def test_cuda_batches_are_not_padded_for_cudnn_unless_asked(home, monkeypatch):
+    """Padding CUDA batches to 128 positions for cuDNN's fused attention ran out of an H100's
+    80 GB on the Qwen2.5-0.5B shape (2026-11-26): a CUDA load leaves batches unpadded and
+    counts attention as unfused, even where cuDNN's kernel would apply, unless the flag the
+    benchmark's tiled side sets is on."""
+    monkeypatch.setattr(mlx_backend, "select_device", lambda: ("gpu (CUDA)", None))
+    monkeypatch.setattr(mlx_backend, "takes_cudnn_attention", lambda *_: True)
+    cfg = config.from_dict({"model": "builtin:tiny", "data": {"dataset": "x"}})
+
+    def loaded():
+        b = mlx_backend.MLXBackend()
+        b.load(resolve_model("builtin:tiny", progress=False), cfg)
+        return b.info.attention, b.info.pad_multiple
+
+    assert loaded() == ("unfused", 1)
+    monkeypatch.setattr(mlx_backend, "PAD_FOR_CUDNN_ATTENTION", True)
+    assert loaded() == ("fused", 128)
+
+
 def test_padding_to_the_attention_tile_changes_no_loss_or_gradient(backend):
     """CUDA's batches are padded to a multiple of 128 positions (CUDA_ATTENTION_TILE): the
     padded positions come after every real token and are unlabelled, so the step's loss and
