@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxlora import config, runs
-from mlxlora.events import EventTail
+from mlxlora.event_tail import EventTail
 from mlxlora.fmt import NONE
 from mlxlora.runview import RunView, read_config
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from mlxlora.diagnosis import flag as diagnosis_flag
+from mlxlora.event_tail import StepBlock
 from mlxlora.events import (
     Diagnosis,
     EarlyStop,
@@ -28,7 +29,6 @@ from mlxlora.events import (
     RunStarted,
     Sample,
     Step,
-    StepBlock,
     redone,
 )
 from mlxlora.metrics import ema

@@ -17,7 +17,8 @@ from textual.message_pump import MessagePump
 from textual.worker import get_current_worker
 
 from mlxlora import queue, runs
-from mlxlora.events import Event, EventTail, StepBlock
+from mlxlora.event_tail import EventTail, StepBlock
+from mlxlora.events import Event
 from mlxlora.runs import read_json
 from mlxlora.runview import LOG_SIZE, RunView
 from mlxlora.tui.messages import RunsPolled

@@ -55,7 +55,7 @@ def test_follow_sees_appended_events_until_finish(tmp_path):
 
 
 def test_tail_reads_only_what_was_appended(tmp_path):
-    from mlxlora.events import EventTail
+    from mlxlora.event_tail import EventTail
 
     path = tmp_path / "events.jsonl"
     tail = EventTail(path)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from mlxlora import events, runlist, runs
+from mlxlora.event_tail import EventTail, StepBlock, parse_bulk
 from mlxlora.events import (
     Eval,
-    EventTail,
     EventWriter,
     RunFinished,
     RunStarted,
     Step,
-    StepBlock,
-    parse_bulk,
     read_events,
 )
 from mlxlora.metrics import ema

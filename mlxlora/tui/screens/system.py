@@ -23,7 +23,8 @@ from textual.timer import Timer
 from textual.widgets import Static
 
 from mlxlora import machine
-from mlxlora.events import EventTail, RunStarted, Step
+from mlxlora.event_tail import EventTail
+from mlxlora.events import RunStarted, Step
 from mlxlora.memory import fmt_bytes
 from mlxlora.runs import RunPaths, home, running_runs
 from mlxlora.tui.children import Child
