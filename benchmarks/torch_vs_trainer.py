@@ -262,7 +262,7 @@ def timed_steps(step, order: list, seqs: list[list[int]], pack: bool, profile: b
     result["step_seconds"] = [b - a for a, b in zip([tic, *step_ends[:-1]], step_ends, strict=True)]
     result["graphs_compiled_while_timed"] = compiled_graphs() - graphs_before
     if profile:
-        print_profile(profiler, result["seconds"])
+        print_profile(profiler, result["seconds"], len(order))
     return result
 
 
@@ -282,15 +282,30 @@ def profiled():
     return profile(activities=activities)
 
 
-def print_profile(profiler, seconds: float) -> None:
-    """The operators with the most self device time (CPU time without a GPU), and the share of
-    the wall time the device computed: far under 1 means the GPU waits for Python."""
+def print_profile(profiler, seconds: float, steps: int) -> None:
+    """The operators with the most self device time (CPU time without a GPU), and the device
+    time a step holds: against the unprofiled step's time, how long the GPU waits for Python."""
     events = profiler.key_averages()
     device = "device" if device_and_dtype()[0].type == "cuda" else "cpu"
     key = f"self_{device}_time_total"
-    busy = sum(getattr(e, key) for e in events) / 1e6
     print(events.table(sort_by=key, row_limit=30))
-    print(f"{device} busy {busy:.2f} s of {seconds:.2f} s wall ({busy / seconds:.0%})")
+    busy = busy_seconds(events, device)
+    print(
+        f"{device} busy {busy:.3f} s of {seconds:.2f} s profiled wall ({busy / seconds:.0%}),"
+        f" {busy / steps:.3f} s a step"
+    )
+
+
+def busy_seconds(events, device: str) -> float:
+    """The device's own time in a profile. On a GPU each kernel's time appears twice, as the
+    kernel and as the self device time of the operator that launched it: only kernels count
+    (as the profiler's own table total counts them)."""
+    from torch.autograd import DeviceType
+
+    if device == "cpu":
+        return sum(e.self_cpu_time_total for e in events) / 1e6
+    kernels = (e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation)
+    return sum(e.self_device_time_total for e in kernels) / 1e6
 
 
 def timed_result(seqs, tic: float, padding: float | None) -> dict:

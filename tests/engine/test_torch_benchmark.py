@@ -4,6 +4,7 @@ trains the same sequences and reports throughput, peak memory and its ratios to 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -19,7 +20,8 @@ def test_tiny_benchmark_reports_both_sides(home, tmp_path):
     out = tmp_path / "bench.json"
     script = REPO / "benchmarks" / "torch_vs_trainer.py"
     command = [sys.executable, str(script), "--tiny", "--steps", "2", "--json", str(out)]
-    command += ["--sides", "stock,mlxlora,mlxlora-packed,mlxlora-cudnn,mlxlora-fp32lora"]
+    sides = "stock,mlxlora,mlxlora-packed,mlxlora-cudnn,mlxlora-fp32lora,mlxlora-profiled"
+    command += ["--sides", sides]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x speed" in proc.stdout and "x peak memory" in proc.stdout
@@ -32,6 +34,10 @@ def test_tiny_benchmark_reports_both_sides(home, tmp_path):
     assert len(ours["step_seconds"]) == 2 and sum(ours["step_seconds"]) <= ours["seconds"]
     assert ours["graphs_compiled_while_timed"] == 0  # eager: no graph at all
     assert "step median" in proc.stdout
+    busy = re.search(
+        r"cpu busy ([0-9.]+) s of ([0-9.]+) s profiled wall .*, ([0-9.]+) s a step", proc.stdout
+    )
+    assert busy and 0 < float(busy[1]) <= 1.05 * float(busy[2])  # no time counted twice
     for undone in ("mlxlora-cudnn", "mlxlora-fp32lora"):  # a backend choice undone: same work
         assert result[undone]["tokens"] == ours["tokens"]
     assert result["speed_ratio"] == pytest.approx(ours["tokens_per_sec"] / stock["tokens_per_sec"])
