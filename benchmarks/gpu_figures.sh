@@ -21,11 +21,12 @@ torch)
     python3 -c "import torch, transformers, peft; print('torch', torch.__version__,
         'transformers', transformers.__version__, 'peft', peft.__version__)"
     # 2026-11-26, H100 (the third lease): the 0.5B shape 3.25x stock, the 1B shape 2.40x; the
-    # four 0.5B sides took ~130 s, the 1B compiled side was cut off by the shape's 170 s. Next:
-    # the 1B profile (what keeps it under 2.5x), the 1B compiled side given its time, the 0.5B
-    # figure on another machine.
+    # four 0.5B sides took ~130 s, the 1B compiled side was cut off by the shape's 170 s; the
+    # 0.5B step kept the GPU busy half its time. Next: the 1B profile (what keeps it under
+    # 2.5x), the compiled step's profile (why it ran 0.25x eager with flash attention: which
+    # attention kernel, graphs compiled again), the 0.5B figure on another machine.
     timeout 190 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 100 \
-        --sides stock,mlxlora,mlxlora-profiled,mlxlora-compiled \
+        --sides stock,mlxlora,mlxlora-profiled,mlxlora-compiled-profiled \
         --json "$out/torch-llama.json" 2>&1 | tee "$out/torch-llama.log"
     timeout 80 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --side-timeout 40 \
         --sides stock,mlxlora --json "$out/torch-qwen.json" 2>&1 | tee "$out/torch-qwen.log"

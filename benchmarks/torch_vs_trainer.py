@@ -28,9 +28,10 @@ gradient clipping at 1.0 (the Trainer's default), one pass over batch x steps se
   layer's input cast up to the float32 LoRA weights, no autocast), which the backend avoids on a
   half-precision base (torch_peft.half_precision_forward); the same as mlxlora on a CPU.
 * mlxlora-profiled: mlxlora's first PROFILED_STEPS timed steps under torch.profiler (not a
-  speed figure); prints the operators that took the most device time and how busy the device
-  was over the wall time. Few steps: on an H200, 20 profiled steps of the 1B shape did not
-  finish in 85 s.
+  speed figure); prints the operators that took the most device time and the device time a
+  step holds. Few steps: on an H200, 20 profiled steps of the 1B shape did not finish in 85 s.
+* mlxlora-compiled-profiled: the same profile of the compiled step (which attention kernel
+  the compiled blocks run, whether graphs are compiled again).
 
 Each side runs in its own subprocess (peaks never mix), after one untimed warm-up step; a side
 that fails or passes --side-timeout is reported as such and the others still run.
@@ -67,6 +68,7 @@ SIDES = (
     "mlxlora-cudnn",
     "mlxlora-fp32lora",
     "mlxlora-profiled",
+    "mlxlora-compiled-profiled",
 )
 PROFILED_STEPS = 3
 SHAPES = {
@@ -325,9 +327,9 @@ def child(args) -> None:
     if args.side == "stock":
         result = run_stock(Path(args.model_dir), seqs, Path(args.data).parent)
     else:
-        pack, compiled = args.side.endswith("packed"), args.side.endswith("compiled")
-        profile, cudnn = args.side.endswith("profiled"), args.side.endswith("cudnn")
-        fp32_lora = args.side.endswith("fp32lora")
+        flags = set(args.side.split("-")[1:])  # mlxlora-compiled-profiled: both
+        pack, compiled = "packed" in flags, "compiled" in flags
+        profile, cudnn, fp32_lora = "profiled" in flags, "cudnn" in flags, "fp32lora" in flags
         result = run_mlxlora(Path(args.model_dir), seqs, pack, compiled, profile, cudnn, fp32_lora)
     print("RESULT " + json.dumps(result), flush=True)
 
