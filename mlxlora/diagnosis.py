@@ -173,6 +173,9 @@ class Diagnoser:
         self.smooth = [s for s in self.smooth if not redone(s[0], resumed_from)]
         self.evals = [v for v in self.evals if not redone(v.step, resumed_from)]
         self.spikes_checked = min(self.spikes_checked, len(self.steps))
+        # found again, or not, from the steps trained again: shown again when found again
+        self.found = {k: f for k, f in self.found.items() if not redone(f.step, resumed_from)}
+        self.shown &= self.found.keys()
 
     def _check(self) -> None:
         for check in CHECKS:

@@ -219,9 +219,10 @@ class EventWriter:
 
 def redone(step: int, resumed_from: int) -> bool:
     """Whether what an earlier session recorded at `step` (a step, an evaluation, a sample,
-    an epoch's end) is recorded again by a session resumed from step `resumed_from`: all past
-    its checkpoint, and, from step 0, the start's too (the baseline evaluation, the samples
-    before training). A face shows each once, as the resumed session recorded it."""
+    an epoch's end, a diagnosis) is recorded again by a session resumed from step
+    `resumed_from`: all past its checkpoint, and, from step 0, the start's too (the baseline
+    evaluation, the samples before training). A face shows each once, as the resumed
+    session recorded it."""
     return step > resumed_from or resumed_from == 0
 
 
@@ -236,7 +237,7 @@ def once(events: list[Event]) -> list[Event]:
 
 
 def _recorded_again(e: Event, resumed_from: int) -> bool:
-    return isinstance(e, (Step, Eval, Sample, EpochEnd)) and redone(e.step, resumed_from)
+    return isinstance(e, (Step, Eval, Sample, EpochEnd, Diagnosis)) and redone(e.step, resumed_from)
 
 
 def read_events(path: str | Path) -> list[Event]:

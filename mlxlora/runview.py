@@ -145,6 +145,10 @@ class RunView:
         for v in self.evals:
             self.val.append(v.step, v.val_loss)
         self.epoch_ends = [s for s in self.epoch_ends if not redone(s, resumed_from)]
+        # a finding from steps the session trains again is found again, or (a resume with
+        # another configuration) not at all
+        kept = self.diagnoses.items()
+        self.diagnoses = {k: d for k, d in kept if not redone(d.step, resumed_from)}
 
     def _step(self, e: Step) -> None:
         self.last_step = e

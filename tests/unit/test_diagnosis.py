@@ -165,6 +165,19 @@ def test_new_findings_once_each_and_resumed_history_counts():
     assert again.new_findings() == []
 
 
+def test_a_resume_forgets_the_findings_of_the_steps_it_trains_again():
+    """A finding an earlier session recorded after the checkpoint a session resumes from is
+    checked again on the steps trained again (a resume with --fit trains them otherwise), and
+    emitted again only if found again: it is neither kept nor counted as shown."""
+    plateau = Diagnosis(step=8, kind="plateau", severity="info", message="flat")
+    resumed = Diagnoser().add([*run_events(steps=10), plateau])
+    assert [f.kind for f in resumed.findings()] == ["plateau"]
+    resumed.add([started(resumed_from_step=5)])
+    assert resumed.findings() == [] and resumed.new_findings() == []
+    kept = Diagnoser().add([*run_events(steps=10), plateau, started(resumed_from_step=8)])
+    assert [f.kind for f in kept.findings()] == ["plateau"]  # recorded at the checkpoint
+
+
 def test_finding_event_round_trips():
     finding = diagnose(run_events(truncated=30))[0]
     event = finding.event()

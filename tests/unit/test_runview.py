@@ -5,6 +5,7 @@ from __future__ import annotations
 from mlxlora import events, runlist, runs
 from mlxlora.event_tail import EventTail, StepBlock, parse_bulk
 from mlxlora.events import (
+    Diagnosis,
     Eval,
     EventWriter,
     RunFinished,
@@ -47,6 +48,22 @@ def test_a_resumed_run_drops_the_steps_it_repeats(tmp_path):
     assert view.smooth.y[-1] == ema(ema(2.0, 1.0), 1.0)
     assert view.eta_seconds() == 93 * 2.0  # this session's pace: 2 s a step
     assert view.status(locked=False) == "interrupted"
+
+
+def test_a_resumed_run_drops_the_findings_of_the_steps_it_repeats(tmp_path):
+    """A finding recorded after the checkpoint a run resumes from is found again by the
+    steps trained again, or not at all (a resume with --fit trains them otherwise): the
+    earlier session's is not shown; one from before the checkpoint stays."""
+
+    def finding(kind: str, at: int) -> Diagnosis:
+        return Diagnosis(step=at, kind=kind, severity="warning", message=kind)
+
+    view = RunView(tmp_path)
+    view.add([started(), *(step(n, 2.0, n) for n in range(1, 8))])
+    view.add([finding("truncation", 4), finding("plateau", 7)])  # killed after step 7
+    view.add([started(resumed_from=5), step(6, 1.0, 100)])
+    assert list(view.diagnoses) == ["truncation"]
+    assert [e.kind for e in events.once(view.log) if isinstance(e, Diagnosis)] == ["truncation"]
 
 
 def test_downsample_keeps_the_mean_of_each_bucket():
