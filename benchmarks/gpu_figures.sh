@@ -9,7 +9,14 @@
 # The mlx phase installs mlx[cuda13] from wheels: mlx and mlx-lm, and mlx-cuda-13 split into
 # mlx-cuda-13.part-* files, in folders named .whl* (the whole wheel is over one call's 64 MiB,
 # so each phase's call carries a part, kept in /tmp between the calls). mlx-cuda links the
-# CUDA libraries torch's wheels installed (nvidia/*/lib beside torch).
+# CUDA libraries torch's wheels installed (nvidia/*/lib beside torch). To make them (list
+# /.whl1/ and /.whl2/ in .git/info/exclude, so that they travel only when carried):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_35_x86_64 -d /tmp/wheels mlx==0.32.4 mlx-cuda-13==0.32.4
+#   pip download --no-deps -d /tmp/wheels mlx-lm==0.32.2
+#   split -b 45000000 -d -a 2 /tmp/wheels/mlx_cuda_13-*.whl /tmp/wheels/mlx-cuda-13.part-
+#   mkdir .whl1 .whl2; mv /tmp/wheels/*part-00 .whl1; mv /tmp/wheels/*part-01 /tmp/wheels/mlx-0* \
+#       /tmp/wheels/mlx_lm-* .whl2
 set -u
 phase=$1 out=$2
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
