@@ -19,7 +19,8 @@ def register(sub) -> None:
     p.add_argument(
         "--out",
         metavar="DIR",
-        help="where to write the model (default: RUN/fused); only an earlier fuse is replaced",
+        help="where to write the model (default: RUN/fused); only an earlier fuse "
+        "that nobody added to or edited is replaced",
     )
     p.add_argument(
         "--dequantize",

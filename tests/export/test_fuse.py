@@ -216,6 +216,9 @@ def test_an_earlier_fuse_output_is_replaced_but_not_another_commands(in_tiny_hom
 
     out = fuse_run(in_tiny_home, tmp_path / "model")
     assert json.loads((out / OUTPUT_MARKER).read_text())["command"] == "fuse"
+    assert fuse_run(in_tiny_home, out) == out
+    # a marker from before markers listed their files: its directory is replaced whole
+    (out / OUTPUT_MARKER).write_text(json.dumps({"command": "fuse"}))
     (out / "stale.bin").write_bytes(b"old")
     assert fuse_run(in_tiny_home, out) == out
     assert not (out / "stale.bin").exists() and (out / "config.json").is_file()
@@ -230,6 +233,20 @@ def test_an_earlier_fuse_output_is_replaced_but_not_another_commands(in_tiny_hom
     (run / "fused").mkdir()
     (run / "fused" / "config.json").write_text("{}")
     assert fuse_run(run) == run / "fused" and (run / "fused" / OUTPUT_MARKER).is_file()
+
+
+def test_an_earlier_fuse_output_that_the_user_added_to_or_edited_is_kept(in_tiny_home, tmp_path):
+    out = fuse_run(in_tiny_home, tmp_path / "融合モデル")
+    (out / "NOTES.md").write_text("私のメモ", "utf-8")
+    with pytest.raises(ExportError, match="NOTES.md in it was added or changed after"):
+        fuse_run(in_tiny_home, out)
+    assert (out / "NOTES.md").read_text("utf-8") == "私のメモ"
+    (out / "NOTES.md").unlink()
+    config = out / "config.json"
+    config.write_text(config.read_text().replace('"llama"', '"llama" '))  # a user's edit
+    with pytest.raises(ExportError, match="config.json in it was added or changed after"):
+        fuse_run(in_tiny_home, out)
+    assert '"llama" ' in config.read_text()
 
 
 def test_the_fused_directory_has_the_permissions_the_umask_gives(in_tiny_home, tmp_path):
