@@ -50,8 +50,11 @@ def test_4bit_base_stays_4bit_unless_dequantized(in_tiny_home, tmp_path, quickst
     q4 = tmp_path / "tiny-4bit"
     convert(str(resolve_model("builtin:tiny")), mlx_path=str(q4), quantize=True, q_group_size=32)
     run = train_run(os.environ["MLXLORA_HOME"], tmp_path / "run", quickstart_data, str(q4), 2)
-    kept = fuse_run(run, tmp_path / "kept")
-    floats = fuse_run(run, tmp_path / "floats", dequantize=True)
+    warnings = []
+    kept = fuse_run(run, tmp_path / "kept", warn=warnings.append)
+    floats = fuse_run(run, tmp_path / "floats", dequantize=True, warn=warnings.append)
+    loss = _requantization_loss(q4, kept, floats, run)
+    assert len(warnings) == 1 and f"by {loss:.0%} of" in warnings[0]  # the quantized fuse's
     assert json.loads((kept / "config.json").read_text())["quantization"]["bits"] == 4
     assert "quantization" not in json.loads((floats / "config.json").read_text())
     ids = hf_tokenizer(q4).encode("The capital of France is Paris.")
@@ -71,6 +74,32 @@ def test_4bit_base_stays_4bit_unless_dequantized(in_tiny_home, tmp_path, quickst
     assert (kept / "model.safetensors").stat().st_size < (
         floats / "model.safetensors"
     ).stat().st_size / 3
+
+
+def _requantization_loss(base, kept, floats, run) -> float:
+    """|kept - floats| / |floats - base| over the adapted layers, read from the files."""
+    import mlx.core as mx
+
+    def dense(folder):
+        weights = {}
+        for file in folder.glob("*.safetensors"):
+            weights.update(mx.load(str(file)))
+        return weights
+
+    def weight(tensors, layer):
+        if f"{layer}.scales" not in tensors:
+            return tensors[f"{layer}.weight"].astype(mx.float32)
+        return mx.dequantize(
+            tensors[f"{layer}.weight"], tensors[f"{layer}.scales"], tensors[f"{layer}.biases"],
+            group_size=32, bits=4,
+        )  # fmt: skip
+
+    lora = mx.load(str(RunPaths(run).adapters / "adapters.safetensors"))
+    adapted = {name.rsplit(".", 1)[0] for name in lora}  # ...q_proj.lora_a -> ...q_proj
+    b, k, f = dense(base), dense(kept), dense(floats)
+    error = sum(mx.sum((weight(k, m) - weight(f, m)) ** 2).item() for m in adapted)
+    update = sum(mx.sum((weight(f, m) - weight(b, m)) ** 2).item() for m in adapted)
+    return (error / update) ** 0.5
 
 
 def _runs_like(run, tmp_path, name):
