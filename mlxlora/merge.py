@@ -95,6 +95,7 @@ def sources(refs: list[str]) -> list[Source]:
     found = []
     for ref in refs:
         adapter = resolve_adapter(ref)
+        _refuse_training(adapter)
         cfg = read_json(adapter.path / CONFIG_FILE)
         base = adapter.model or cfg.get("base_model") or cfg.get("model") or "?"
         found.append(Source(ref, adapter.path, base, cfg))
@@ -109,6 +110,17 @@ def sources(refs: list[str]) -> list[Source]:
         kind = first.config.get("fine_tune_type")
         raise RunError(f"{first.ref}: only LoRA adapters can be merged (this one is {kind})")
     return found
+
+
+def _refuse_training(adapter) -> None:
+    """A run's final adapter while the run still trains is one of its checkpoints, replaced
+    as it goes: refused, as fuse and export refuse it (a checkpoint named by its directory
+    is taken as asked)."""
+    from mlxlora.runs import RunPaths, is_locked
+
+    paths = RunPaths(adapter.run) if adapter.run else None
+    if paths and adapter.path == paths.adapters.resolve() and is_locked(paths):
+        raise RunError(f"{paths.root}: the run is still training; merge it when it ends")
 
 
 def _lora(source: Source) -> dict:

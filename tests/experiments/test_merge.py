@@ -137,6 +137,20 @@ def test_adapters_of_other_bases_or_targets_are_refused_in_one_line(
     assert not (tmp_path / "x").exists()
 
 
+def test_a_run_still_training_is_refused_in_one_line(ws, tmp_path, capsys):
+    from mlxlora.runs import RunPaths, run_lock
+
+    live = shutil.copytree(ws[0], tmp_path / "live")
+    with run_lock(RunPaths(live)):  # what a training process holds
+        code = main(["merge", str(live), "rank4", "--rank", "8", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert (
+        code == 5
+        and err == f"mlxlora: error: {live}: the run is still training; merge it when it ends\n"
+    )
+    assert not (tmp_path / "x").exists()
+
+
 def test_weights_must_match_the_adapters(ws, tmp_path, capsys):
     code = main(
         ["merge", "基準", "rank4", "--weights", "1", "--rank", "4", "--out", str(tmp_path / "x")]
