@@ -25,6 +25,9 @@ from mlxlora.runs import (
 # Written into every directory that fuse, export and merge make for the user: it tells a later
 # run of the same command that it may replace the directory (and nothing else).
 OUTPUT_MARKER = ".mlxlora-output.json"
+# What a file manager writes into a folder it shows (Finder, Explorer): not the user's data,
+# so an earlier output holding them is still replaced.
+FILE_MANAGER_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
 def check_output_dir(
@@ -112,6 +115,8 @@ def _file_stamps(folder: Path) -> dict[str, list[int]]:
     added or edited something there."""
     stamps = {}
     for path in sorted(folder.rglob("*")):
+        if path.name in FILE_MANAGER_FILES or path.name.startswith("._"):  # macOS AppleDouble
+            continue
         if path.is_file() and path.name != OUTPUT_MARKER:
             stat = path.stat()
             stamps[path.relative_to(folder).as_posix()] = [stat.st_size, stat.st_mtime_ns]

@@ -266,6 +266,8 @@ def test_an_earlier_fuse_output_is_replaced_but_not_another_commands(in_tiny_hom
 
 def test_an_earlier_fuse_output_that_the_user_added_to_or_edited_is_kept(in_tiny_home, tmp_path):
     out = fuse_run(in_tiny_home, tmp_path / "融合モデル")
+    (out / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # Finder showed the folder: no user data
+    assert fuse_run(in_tiny_home, out) == out and not (out / ".DS_Store").exists()
     (out / "NOTES.md").write_text("私のメモ", "utf-8")
     with pytest.raises(ExportError, match="NOTES.md in it was added or changed after"):
         fuse_run(in_tiny_home, out)
