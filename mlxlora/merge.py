@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mlxlora.errors import ConfigError, RunError
+from mlxlora.models.info import safetensors_problem
 from mlxlora.outputs import check_output_dir, output_dir
 from mlxlora.runs import ADAPTER_FILES, read_json
 
@@ -96,6 +97,8 @@ def sources(refs: list[str]) -> list[Source]:
     for ref in refs:
         adapter = resolve_adapter(ref)
         _refuse_training(adapter)
+        if problem := safetensors_problem(adapter.path / WEIGHTS_FILE):
+            raise RunError(f"{adapter.path / WEIGHTS_FILE}: {problem}; the adapter cannot be read")
         cfg = read_json(adapter.path / CONFIG_FILE)
         base = adapter.model or cfg.get("base_model") or cfg.get("model") or "?"
         found.append(Source(ref, adapter.path, base, cfg))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlxlora.errors import ExportError
+from mlxlora.models.info import safetensors_problem
 from mlxlora.outputs import check_output_dir, output_dir
 from mlxlora.runs import ADAPTER_FILES, RunPaths, is_locked, restore_aside, run_status
 
@@ -47,6 +48,9 @@ def export_source(run: Path) -> ExportSource:
         raise ExportError(
             f"{paths.root}: no adapter saved (nothing in {paths.adapters}); train it first"
         )
+    weights = paths.adapters / ADAPTER_FILES[0]
+    if problem := safetensors_problem(weights):
+        raise ExportError(f"{weights}: {problem}; the adapter cannot be read")
     return ExportSource(paths.root, paths.adapters, config.load(paths.config).model)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -148,6 +149,17 @@ def test_a_run_still_training_is_refused_in_one_line(ws, tmp_path, capsys):
         code == 5
         and err == f"mlxlora: error: {live}: the run is still training; merge it when it ends\n"
     )
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_adapter_cut_short_is_refused_in_one_line(ws, tmp_path, capsys):
+    skip = shutil.ignore_patterns("best", "checkpoints")
+    cut = shutil.copytree(ws[1] / "adapters", tmp_path / "cut", ignore=skip)
+    weights = cut / "adapters.safetensors"
+    os.truncate(weights, weights.stat().st_size - 1)
+    code = main(["merge", "基準", str(cut), "--rank", "8", "--out", str(tmp_path / "x")])
+    said = f"mlxlora: error: {weights}: cut short ({weights.stat().st_size} bytes of "
+    assert code == 5 and capsys.readouterr().err.startswith(said)
     assert not (tmp_path / "x").exists()
 
 

@@ -117,11 +117,17 @@ def test_runs_that_cannot_be_fused_are_refused_on_one_line(in_tiny_home, tmp_pat
         f.write(json.dumps({"type": "run_failed", "time": 1.0, "reason": "loss is nan"}) + "\n")
     running = _runs_like(run, tmp_path, "running")
     (running / ".lock").write_text(str(os.getpid()))
+    cut_header, cut_weights = (_runs_like(run, tmp_path, n) for n in ("cut-header", "cut-weights"))
+    weights = [c / "adapters" / "adapters.safetensors" for c in (cut_header, cut_weights)]
+    os.truncate(weights[0], 100)  # copies cut short: in the header, in the tensors
+    os.truncate(weights[1], weights[1].stat().st_size - 100)
     cases = {
         no_adapter: "no adapter saved",
         failed: "the run failed",
         running: "still training",
         tmp_path: "not a run directory",
+        cut_header: "adapters.safetensors: cut short (100 bytes; its header alone takes",
+        cut_weights: "adapters.safetensors: cut short (",
     }
     for path, words in cases.items():
         with pytest.raises(ExportError) as err:
