@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mlxlora.errors import ConfigError, RunError
+from mlxlora.models.info import safetensors_problem
 from mlxlora.outputs import check_output_dir, output_dir
 from mlxlora.runs import ADAPTER_FILES, read_json
 
@@ -95,6 +96,9 @@ def sources(refs: list[str]) -> list[Source]:
     found = []
     for ref in refs:
         adapter = resolve_adapter(ref)
+        _refuse_training(adapter)
+        if problem := safetensors_problem(adapter.path / WEIGHTS_FILE):
+            raise RunError(f"{adapter.path / WEIGHTS_FILE}: {problem}; the adapter cannot be read")
         cfg = read_json(adapter.path / CONFIG_FILE)
         base = adapter.model or cfg.get("base_model") or cfg.get("model") or "?"
         found.append(Source(ref, adapter.path, base, cfg))
@@ -109,6 +113,17 @@ def sources(refs: list[str]) -> list[Source]:
         kind = first.config.get("fine_tune_type")
         raise RunError(f"{first.ref}: only LoRA adapters can be merged (this one is {kind})")
     return found
+
+
+def _refuse_training(adapter) -> None:
+    """A run's final adapter while the run still trains is one of its checkpoints, replaced
+    as it goes: refused, as fuse and export refuse it (a checkpoint named by its directory
+    is taken as asked)."""
+    from mlxlora.runs import RunPaths, is_locked
+
+    paths = RunPaths(adapter.run) if adapter.run else None
+    if paths and adapter.path == paths.adapters.resolve() and is_locked(paths):
+        raise RunError(f"{paths.root}: the run is still training; merge it when it ends")
 
 
 def _lora(source: Source) -> dict:

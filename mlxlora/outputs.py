@@ -25,6 +25,9 @@ from mlxlora.runs import (
 # Written into every directory that fuse, export and merge make for the user: it tells a later
 # run of the same command that it may replace the directory (and nothing else).
 OUTPUT_MARKER = ".mlxlora-output.json"
+# What a file manager writes into a folder it shows (Finder, Explorer): not the user's data,
+# so an earlier output holding them is still replaced.
+FILE_MANAGER_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
 def check_output_dir(
@@ -42,8 +45,9 @@ def check_output_dir(
     runs or datasets folder (`default`, the command's own place inside its run, is allowed);
     an existing non-empty directory unless `replace` and it is an earlier output of `command`:
     it holds that command's OUTPUT_MARKER, or (written before the marker) it is `default` or
-    `earlier(out)` recognises it. atomic_dir replaces whatever it is given, so each user-facing
-    command calls this first.
+    `earlier(out)` recognises it; and one holding a file that the command did not write, or
+    that changed since (a user's notes, an edited Modelfile). atomic_dir replaces whatever it
+    is given, so each user-facing command calls this first.
     """
     out = Path(out)
     restore_aside(out)  # an earlier output that a killed command had moved aside: judged too
@@ -82,6 +86,10 @@ def check_output_dir(
         ours = is_default or bool(earlier and earlier(out))
     if not ours:
         refuse(f"exists and is not an earlier `mlxlora {command}` output")
+    # Markers written before they listed the files carry no list: nothing to compare.
+    changed = _changed_since(out, marker["files"]) if "files" in marker else None
+    if changed:
+        refuse(f"{changed} in it was added or changed after `mlxlora {command}` wrote it")
     inner = next((p.parent for p in out.rglob("config.yaml") if is_run_dir(p.parent)), None)
     if inner is not None:
         refuse(f"contains the run directory {inner}")
@@ -96,9 +104,32 @@ def output_dir(out: Path, command: str):
     sweep_temps(out.parent, re.escape(out.name))  # what killed runs of a command left
     with atomic_dir(out) as tmp:
         yield tmp
-        marker = {"command": command, "mlxlora": __version__}
+        marker = {"command": command, "mlxlora": __version__, "files": _file_stamps(tmp)}
         (tmp / OUTPUT_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
         permissions_from_umask(tmp)
+
+
+def _file_stamps(folder: Path) -> dict[str, list[int]]:
+    """Each file under `folder` but the marker, with its size and modification time (which
+    the rename into place and chmod keep): what tells a later run of the command that a user
+    added or edited something there."""
+    stamps = {}
+    for path in sorted(folder.rglob("*")):
+        if path.name in FILE_MANAGER_FILES or path.name.startswith("._"):  # macOS AppleDouble
+            continue
+        if path.is_file() and path.name != OUTPUT_MARKER:
+            stat = path.stat()
+            stamps[path.relative_to(folder).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+    return stamps
+
+
+def _changed_since(folder: Path, written: dict) -> str | None:
+    """The first file in `folder` that is not as its command wrote it (`written`, from the
+    marker), or None."""
+    return next(
+        (name for name, stamp in _file_stamps(folder).items() if written.get(name) != stamp),
+        None,
+    )
 
 
 def current_umask() -> int:

@@ -47,7 +47,8 @@ def register(sub) -> None:
     p.add_argument(
         "--out",
         metavar="DIR",
-        help="where to write (default: RUN/export/NAME); only an earlier export is replaced",
+        help="where to write (default: RUN/export/NAME); only an earlier export "
+        "that nobody added to or edited is replaced",
     )
     p.add_argument(
         "--json",

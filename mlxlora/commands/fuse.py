@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 
 
 def register(sub) -> None:
@@ -19,7 +20,8 @@ def register(sub) -> None:
     p.add_argument(
         "--out",
         metavar="DIR",
-        help="where to write the model (default: RUN/fused); only an earlier fuse is replaced",
+        help="where to write the model (default: RUN/fused); only an earlier fuse "
+        "that nobody added to or edited is replaced",
     )
     p.add_argument(
         "--dequantize",
@@ -29,7 +31,7 @@ def register(sub) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help='print {"out": DIR, "files": {name: bytes}} (the studio reads it)',
+        help='print {"out": DIR, "files": {name: bytes}, "warnings": [...]} (the studio reads it)',
     )
     p.set_defaults(func=run)
 
@@ -43,13 +45,20 @@ def run(args) -> int:
 
     # SIGTERM (the studio's Cancel) unwinds like Ctrl-C, so the temporary directory is removed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    warnings = []
     out = fuse_run(
-        find_run(args.run), Path(args.out).expanduser() if args.out else None, args.dequantize
+        find_run(args.run),
+        Path(args.out).expanduser() if args.out else None,
+        args.dequantize,
+        warnings.append,
     )
     if args.json:
         files = {f.name: f.stat().st_size for f in sorted(out.iterdir()) if f.is_file()}
         files.pop(OUTPUT_MARKER, None)
-        print(json.dumps({"out": str(out), "files": files}, ensure_ascii=False), flush=True)
+        result = {"out": str(out), "files": files, "warnings": warnings}
+        print(json.dumps(result, ensure_ascii=False), flush=True)
     else:
+        for text in warnings:
+            print(f"warning: {text}", file=sys.stderr, flush=True)
         print(out, flush=True)
     return 0

@@ -9,10 +9,12 @@ place). Imports no mlx at module level.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlxlora.errors import ExportError
+from mlxlora.models.info import safetensors_problem
 from mlxlora.outputs import check_output_dir, output_dir
 from mlxlora.runs import ADAPTER_FILES, RunPaths, is_locked, restore_aside, run_status
 
@@ -46,14 +48,23 @@ def export_source(run: Path) -> ExportSource:
         raise ExportError(
             f"{paths.root}: no adapter saved (nothing in {paths.adapters}); train it first"
         )
+    weights = paths.adapters / ADAPTER_FILES[0]
+    if problem := safetensors_problem(weights):
+        raise ExportError(f"{weights}: {problem}; the adapter cannot be read")
     return ExportSource(paths.root, paths.adapters, config.load(paths.config).model)
 
 
-def fuse_run(run: Path, out: Path | None = None, dequantize: bool = False) -> Path:
+def fuse_run(
+    run: Path,
+    out: Path | None = None,
+    dequantize: bool = False,
+    warn: Callable[[str], None] = lambda text: None,
+) -> Path:
     """Write the run's base model with its final adapter merged in to `out` (default
     `<run>/fused`) and return that directory. A quantized base stays quantized (the same bits
-    and group size) unless `dequantize`. An existing `out` is replaced only when it is an
-    earlier fuse output (outputs.check_output_dir)."""
+    and group size) unless `dequantize`; `warn` then gets a line saying how much of the
+    adapter's update the re-quantization lost. An existing `out` is replaced only when it is
+    an earlier fuse output (outputs.check_output_dir)."""
     from mlxlora.models.resolve import resolve_model
 
     source = export_source(run)
@@ -64,5 +75,15 @@ def fuse_run(run: Path, out: Path | None = None, dequantize: bool = False) -> Pa
     from mlxlora.backends.mlx_fuse import fuse_adapter
 
     with output_dir(out, "fuse") as tmp:
-        fuse_adapter(model_dir, source.adapter, tmp, dequantize=dequantize)
+        loss = fuse_adapter(model_dir, source.adapter, tmp, dequantize=dequantize)
+    if loss is not None:
+        warn(requantized_warning(loss))
     return out
+
+
+def requantized_warning(loss: float) -> str:
+    return (
+        f"the fused weights are quantized again like the base: they differ from base + "
+        f"adapter by {loss:.0%} of the adapter's update; --dequantize writes float weights "
+        "that hold it exactly"
+    )

@@ -284,11 +284,37 @@ def llama_cpp_quantize(src: Path, dst: Path, quantize: str) -> None:
         raise ExportError(f"{quantize} is quantized by llama.cpp itself: {EXPORT_EXTRA}") from None
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[quantize]
-    status = llama_cpp.llama_model_quantize(
-        str(src).encode(), str(dst).encode(), llama_cpp.byref(params)
-    )
+    log: list[str] = []
+    with _llama_cpp_log_into(log):
+        status = llama_cpp.llama_model_quantize(
+            str(src).encode(), str(dst).encode(), llama_cpp.byref(params)
+        )
     if status != 0:
-        raise ExportError(f"{src}: llama.cpp could not quantize it to {quantize} (status {status})")
+        last = next((line.strip() for line in reversed(log) if line.strip()), "no message")
+        raise ExportError(
+            f"{src}: llama.cpp could not quantize it to {quantize} (status {status}): {last}"
+        )
+
+
+@contextmanager
+def _llama_cpp_log_into(lines: list[str]):
+    """llama.cpp's log collected into `lines` rather than printed: its quantizer writes a few
+    lines per tensor (hundreds for a real model) around an export's own stage lines.
+    llama-cpp-python's own log callback is put back after (or llama.cpp's default)."""
+    import ctypes
+
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        lines.append(text.decode("utf-8", errors="replace"))
+
+    own = getattr(getattr(llama_cpp, "_logger", None), "llama_log_callback", None)
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        llama_cpp.llama_log_set(own, ctypes.c_void_p(0))  # `collect` is freed after this
 
 
 # --- LoRA adapters ---------------------------------------------------------------------------

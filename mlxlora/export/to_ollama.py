@@ -19,7 +19,7 @@ from pathlib import Path
 from mlxlora.errors import ExportError
 from mlxlora.export import ollama, templates
 from mlxlora.export.fuse import ExportSource, export_source
-from mlxlora.export.gguf_writer import QUANTIZATIONS, check_supported
+from mlxlora.export.gguf_writer import QUANTIZATIONS, check_quantization, check_supported
 from mlxlora.export.modelfile import Modelfile, name_is_hashed, ollama_model_name
 from mlxlora.outputs import OUTPUT_MARKER, check_output_dir, output_dir
 
@@ -67,6 +67,8 @@ def export_ollama(request: ExportRequest, report: Report = lambda stage, text: N
         )
     base_ollama = source.model_ref.removeprefix("ollama:") if _is_ollama(source.model_ref) else None
     adapter_only = request.adapter_only if request.adapter_only is not None else bool(base_ollama)
+    if not (adapter_only and base_ollama):  # the weights go into a GGUF of this quantization
+        check_quantization(request.quantize)  # before the fuse: llama.cpp missing for q4_k_m
     from mlxlora.models.resolve import resolve_model
 
     default = source.run / EXPORT_DIR / _folder(name)

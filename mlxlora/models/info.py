@@ -42,6 +42,22 @@ def safetensors_header(path: Path) -> dict:
     return header
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a whole safetensors file (cut short, not one at all), or None: mlx's
+    loader fails on one with a traceback."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            size = os.fstat(f.fileno()).st_size
+        if 8 + n > size:
+            return f"cut short ({size} bytes; its header alone takes {8 + n})"
+        tensors = safetensors_header(path).values()
+        end = 8 + n + max((int(t["data_offsets"][1]) for t in tensors), default=0)
+    except (OSError, ValueError, struct.error, ModelError, KeyError, TypeError, IndexError):
+        return "not a safetensors file"
+    return f"cut short ({size} bytes of {end})" if size < end else None
+
+
 def _prod(shape: list[int]) -> int:
     out = 1
     for s in shape:

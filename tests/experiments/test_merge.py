@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -134,6 +135,31 @@ def test_adapters_of_other_bases_or_targets_are_refused_in_one_line(
     code = main(["merge", "基準", str(other), "--rank", "8", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 5 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_run_still_training_is_refused_in_one_line(ws, tmp_path, capsys):
+    from mlxlora.runs import RunPaths, run_lock
+
+    live = shutil.copytree(ws[0], tmp_path / "live")
+    with run_lock(RunPaths(live)):  # what a training process holds
+        code = main(["merge", str(live), "rank4", "--rank", "8", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert (
+        code == 5
+        and err == f"mlxlora: error: {live}: the run is still training; merge it when it ends\n"
+    )
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_adapter_cut_short_is_refused_in_one_line(ws, tmp_path, capsys):
+    skip = shutil.ignore_patterns("best", "checkpoints")
+    cut = shutil.copytree(ws[1] / "adapters", tmp_path / "cut", ignore=skip)
+    weights = cut / "adapters.safetensors"
+    os.truncate(weights, weights.stat().st_size - 1)
+    code = main(["merge", "基準", str(cut), "--rank", "8", "--out", str(tmp_path / "x")])
+    said = f"mlxlora: error: {weights}: cut short ({weights.stat().st_size} bytes of "
+    assert code == 5 and capsys.readouterr().err.startswith(said)
     assert not (tmp_path / "x").exists()
 
 

@@ -50,8 +50,11 @@ def test_4bit_base_stays_4bit_unless_dequantized(in_tiny_home, tmp_path, quickst
     q4 = tmp_path / "tiny-4bit"
     convert(str(resolve_model("builtin:tiny")), mlx_path=str(q4), quantize=True, q_group_size=32)
     run = train_run(os.environ["MLXLORA_HOME"], tmp_path / "run", quickstart_data, str(q4), 2)
-    kept = fuse_run(run, tmp_path / "kept")
-    floats = fuse_run(run, tmp_path / "floats", dequantize=True)
+    warnings = []
+    kept = fuse_run(run, tmp_path / "kept", warn=warnings.append)
+    floats = fuse_run(run, tmp_path / "floats", dequantize=True, warn=warnings.append)
+    loss = _requantization_loss(q4, kept, floats, run)
+    assert len(warnings) == 1 and f"by {loss:.0%} of" in warnings[0]  # the quantized fuse's
     assert json.loads((kept / "config.json").read_text())["quantization"]["bits"] == 4
     assert "quantization" not in json.loads((floats / "config.json").read_text())
     ids = hf_tokenizer(q4).encode("The capital of France is Paris.")
@@ -73,6 +76,32 @@ def test_4bit_base_stays_4bit_unless_dequantized(in_tiny_home, tmp_path, quickst
     ).stat().st_size / 3
 
 
+def _requantization_loss(base, kept, floats, run) -> float:
+    """|kept - floats| / |floats - base| over the adapted layers, read from the files."""
+    import mlx.core as mx
+
+    def dense(folder):
+        weights = {}
+        for file in folder.glob("*.safetensors"):
+            weights.update(mx.load(str(file)))
+        return weights
+
+    def weight(tensors, layer):
+        if f"{layer}.scales" not in tensors:
+            return tensors[f"{layer}.weight"].astype(mx.float32)
+        return mx.dequantize(
+            tensors[f"{layer}.weight"], tensors[f"{layer}.scales"], tensors[f"{layer}.biases"],
+            group_size=32, bits=4,
+        )  # fmt: skip
+
+    lora = mx.load(str(RunPaths(run).adapters / "adapters.safetensors"))
+    adapted = {name.rsplit(".", 1)[0] for name in lora}  # ...q_proj.lora_a -> ...q_proj
+    b, k, f = dense(base), dense(kept), dense(floats)
+    error = sum(mx.sum((weight(k, m) - weight(f, m)) ** 2).item() for m in adapted)
+    update = sum(mx.sum((weight(f, m) - weight(b, m)) ** 2).item() for m in adapted)
+    return (error / update) ** 0.5
+
+
 def _runs_like(run, tmp_path, name):
     copy = tmp_path / name
     shutil.copytree(run, copy)
@@ -88,11 +117,17 @@ def test_runs_that_cannot_be_fused_are_refused_on_one_line(in_tiny_home, tmp_pat
         f.write(json.dumps({"type": "run_failed", "time": 1.0, "reason": "loss is nan"}) + "\n")
     running = _runs_like(run, tmp_path, "running")
     (running / ".lock").write_text(str(os.getpid()))
+    cut_header, cut_weights = (_runs_like(run, tmp_path, n) for n in ("cut-header", "cut-weights"))
+    weights = [c / "adapters" / "adapters.safetensors" for c in (cut_header, cut_weights)]
+    os.truncate(weights[0], 100)  # copies cut short: in the header, in the tensors
+    os.truncate(weights[1], weights[1].stat().st_size - 100)
     cases = {
         no_adapter: "no adapter saved",
         failed: "the run failed",
         running: "still training",
         tmp_path: "not a run directory",
+        cut_header: "adapters.safetensors: cut short (100 bytes; its header alone takes",
+        cut_weights: "adapters.safetensors: cut short (",
     }
     for path, words in cases.items():
         with pytest.raises(ExportError) as err:
@@ -216,6 +251,9 @@ def test_an_earlier_fuse_output_is_replaced_but_not_another_commands(in_tiny_hom
 
     out = fuse_run(in_tiny_home, tmp_path / "model")
     assert json.loads((out / OUTPUT_MARKER).read_text())["command"] == "fuse"
+    assert fuse_run(in_tiny_home, out) == out
+    # a marker from before markers listed their files: its directory is replaced whole
+    (out / OUTPUT_MARKER).write_text(json.dumps({"command": "fuse"}))
     (out / "stale.bin").write_bytes(b"old")
     assert fuse_run(in_tiny_home, out) == out
     assert not (out / "stale.bin").exists() and (out / "config.json").is_file()
@@ -230,6 +268,22 @@ def test_an_earlier_fuse_output_is_replaced_but_not_another_commands(in_tiny_hom
     (run / "fused").mkdir()
     (run / "fused" / "config.json").write_text("{}")
     assert fuse_run(run) == run / "fused" and (run / "fused" / OUTPUT_MARKER).is_file()
+
+
+def test_an_earlier_fuse_output_that_the_user_added_to_or_edited_is_kept(in_tiny_home, tmp_path):
+    out = fuse_run(in_tiny_home, tmp_path / "融合モデル")
+    (out / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # Finder showed the folder: no user data
+    assert fuse_run(in_tiny_home, out) == out and not (out / ".DS_Store").exists()
+    (out / "NOTES.md").write_text("私のメモ", "utf-8")
+    with pytest.raises(ExportError, match="NOTES.md in it was added or changed after"):
+        fuse_run(in_tiny_home, out)
+    assert (out / "NOTES.md").read_text("utf-8") == "私のメモ"
+    (out / "NOTES.md").unlink()
+    config = out / "config.json"
+    config.write_text(config.read_text().replace('"llama"', '"llama" '))  # a user's edit
+    with pytest.raises(ExportError, match="config.json in it was added or changed after"):
+        fuse_run(in_tiny_home, out)
+    assert '"llama" ' in config.read_text()
 
 
 def test_the_fused_directory_has_the_permissions_the_umask_gives(in_tiny_home, tmp_path):

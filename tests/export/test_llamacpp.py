@@ -101,6 +101,15 @@ def test_fused_logits_match_mlx(tiny_fused, tmp_path, quantize):
     assert_close(llama_logits(llm, ids), mlx_logits(tiny_fused, ids), quantize)
 
 
+def test_k_quants_keep_llama_cpps_log_to_themselves(tiny_fused, tmp_path, capfd):
+    """llama.cpp's quantizer logs a few lines per tensor (about 600 for SmolLM2); an export
+    shows its own stage lines only, and llama-cpp-python's logging works after it."""
+    path = write_gguf(tiny_fused, tmp_path / "m.gguf", "q4_k_m")
+    assert capfd.readouterr().err == ""
+    llm = llama(path)
+    assert llm.tokenize(b"hello") and capfd.readouterr().err == ""  # verbose=False is quiet
+
+
 def test_base_plus_lora_gguf_matches_mlx_base_plus_adapter(tiny_run, tmp_path):
     from mlxlora.models.resolve import builtin_dir
 

@@ -80,6 +80,8 @@ def _written(result: dict) -> list[str]:
     """The directory and its files with sizes, as `mlxlora fuse --json` reports them."""
     files = result.get("files", {})
     width = max(map(len, files), default=0)
-    return [f"wrote {result['out']}"] + [
-        f"  {name:<{width}} {fmt_bytes(size):>10}" for name, size in files.items()
-    ]
+    return (
+        [f"wrote {result['out']}"]
+        + [f"  {name:<{width}} {fmt_bytes(size):>10}" for name, size in files.items()]
+        + [f"warning: {text}" for text in result.get("warnings", [])]
+    )

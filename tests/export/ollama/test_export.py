@@ -123,8 +123,12 @@ def add_ollama_model(store, name: str, gguf_file) -> None:
     manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [layer]}))
 
 
-def test_bad_input_is_refused_on_one_line_before_any_work(run, tmp_path, fake_ollama):
+def test_bad_input_is_refused_on_one_line_before_any_work(run, tmp_path, fake_ollama, monkeypatch):
+    from mlxlora.export import gguf_writer
+
+    monkeypatch.setattr(gguf_writer, "_has_llama_cpp", lambda: False)
     cases = {"a name Ollama cannot take": ExportRequest(run, "!!!")}
+    cases["q4_k_m without llama.cpp"] = ExportRequest(run, "ok", quantize="q4_k_m")
     cases["an unquotable system"] = ExportRequest(run, "ok", system='a\n"""\nb')
     no_adapter = shutil.copytree(run, tmp_path / "no-adapter")
     for file in (no_adapter / "adapters").glob("adapters.safetensors"):
@@ -133,7 +137,8 @@ def test_bad_input_is_refused_on_one_line_before_any_work(run, tmp_path, fake_ol
     cases["an unsupported architecture"] = ExportRequest(unsupported_run(run, tmp_path), "ok")
     expected = {"a name Ollama cannot take": "Ollama model name", "no adapter": "no adapter",
                 "an unsupported architecture": "does not support model_type 'gpt2'",
-                "an unquotable system": "SYSTEM: a Modelfile cannot hold"}  # fmt: skip
+                "an unquotable system": "SYSTEM: a Modelfile cannot hold",
+                "q4_k_m without llama.cpp": r"pip install 'mlxlora\[export\]'"}  # fmt: skip
     for case, request in cases.items():
         with pytest.raises(ExportError, match=expected[case]) as caught:
             export_ollama(request)
