@@ -6,6 +6,7 @@ the GGUF writer.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlxlora.backends.blas import preload_openblas
@@ -18,10 +19,25 @@ from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 
 from mlxlora.errors import ExportError  # noqa: E402
 
+# A quantized base keeps its bits (auto) while quantizing the merge again moves the weights by
+# less than this share of the adapter's own update; past it the fine-tune is mostly rounded
+# away (the SmolLM2 quickstart run: about 21, its logits as far from base + adapter as the
+# untuned base's), and the merge is written as float weights.
+KEEP_QUANTIZED_LOSS = 0.5
+
+
+@dataclass(frozen=True)
+class Fused:
+    """What fuse_adapter wrote: float weights or the base's bits, and where a merge was
+    quantized again, or would have been, how far that moved it (QuantizationLoss)."""
+
+    dequantized: bool
+    requantization_loss: float | None
+
 
 def fuse_adapter(
-    model_dir: Path, adapter_dir: Path, out: Path, dequantize: bool = False
-) -> float | None:
+    model_dir: Path, adapter_dir: Path, out: Path, dequantize: bool | None = None
+) -> Fused:
     """Write `model_dir` with the adapter in `adapter_dir` merged into its weights to `out`.
 
     mlx-lm's LoRA, DoRA and embedding layers each know how to fold themselves into the layer
@@ -29,9 +45,9 @@ def fuse_adapter(
     unless asked not to; `mlx_lm.utils.save` then writes weights, config and tokenizer (with
     its chat template) the way `mlx_lm.load` and transformers read them.
 
-    Returns, where layers were quantized again, how far their weights are from the float
-    merge relative to the adapter's update, over every merged layer (QuantizationLoss);
-    None where nothing was.
+    A quantized base: `dequantize` True writes float weights, False keeps the base's bits,
+    None (auto) keeps them unless quantizing the merge again loses more than
+    KEEP_QUANTIZED_LOSS of the adapter's update.
     """
     from mlx_lm.utils import dequantize_model, load, save
 
@@ -42,21 +58,25 @@ def fuse_adapter(
     except (FileNotFoundError, ValueError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"cannot load {model_dir} with adapter {adapter_dir}: {first}") from None
-    merged, loss = [], QuantizationLoss()
-    for name, module in model.named_modules():
-        if hasattr(module, "fuse"):
-            merged.append((name, module.fuse(dequantize=dequantize)))
-            if "scales" in merged[-1][1]:  # quantized again: measured against the float merge
-                loss.add(module, merged[-1][1])
-    if not merged:
+    adapted = [(name, module) for name, module in model.named_modules() if hasattr(module, "fuse")]
+    if not adapted:
         raise ExportError(f"{adapter_dir}: the adapter adapts no layer of {model_dir}")
+    merged = [(name, module.fuse(dequantize=dequantize is True)) for name, module in adapted]
+    loss = QuantizationLoss()
+    for (_, module), (_, layer) in zip(adapted, merged, strict=True):
+        if "scales" in layer:  # quantized again: measured against the float merge
+            loss.add(module, layer)
+    lost = loss.relative()
+    if dequantize is None and lost is not None and lost > KEEP_QUANTIZED_LOSS:
+        dequantize = True
+        merged = [(name, module.fuse(dequantize=True)) for name, module in adapted]
     model.update_modules(tree_unflatten(merged))
     if dequantize:
         model = dequantize_model(model)
         for key in ("quantization", "quantization_config"):
             config.pop(key, None)
     save(out, model_dir, model, tokenizer, config, donate_model=False)
-    return loss.relative()
+    return Fused(bool(dequantize), lost)
 
 
 class QuantizationLoss:

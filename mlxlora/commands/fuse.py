@@ -13,7 +13,8 @@ def register(sub) -> None:
         help="merge a run's adapter into its base model (an HF-format model directory)",
         description="Merge the run's final adapter into the base weights and write a model "
         "directory (safetensors, config.json, tokenizer files with the chat template) that "
-        "mlx-lm and transformers load. A quantized base stays quantized unless --dequantize. "
+        "mlx-lm and transformers load. A quantized base keeps its bits unless quantizing the "
+        "merge again would round most of the adapter away (then the weights are float). "
         "Example: mlxlora fuse my-run --out ./my-model",
     )
     p.add_argument("run", metavar="RUN", help="a run (name, name prefix or directory)")
@@ -23,10 +24,17 @@ def register(sub) -> None:
         help="where to write the model (default: RUN/fused); only an earlier fuse "
         "that nobody added to or edited is replaced",
     )
-    p.add_argument(
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument(
         "--dequantize",
         action="store_true",
-        help="write float weights even when the base model is quantized",
+        help="write float weights even when quantizing the merge again would lose little",
+    )
+    weights.add_argument(
+        "--keep-quantized",
+        action="store_true",
+        help="keep a quantized base's bits even when quantizing the merge again rounds most "
+        "of the adapter away",
     )
     p.add_argument(
         "--json",
@@ -49,7 +57,7 @@ def run(args) -> int:
     out = fuse_run(
         find_run(args.run),
         Path(args.out).expanduser() if args.out else None,
-        args.dequantize,
+        True if args.dequantize else False if args.keep_quantized else None,
         warnings.append,
     )
     if args.json:

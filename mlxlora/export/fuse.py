@@ -57,14 +57,15 @@ def export_source(run: Path) -> ExportSource:
 def fuse_run(
     run: Path,
     out: Path | None = None,
-    dequantize: bool = False,
+    dequantize: bool | None = None,
     warn: Callable[[str], None] = lambda text: None,
 ) -> Path:
     """Write the run's base model with its final adapter merged in to `out` (default
-    `<run>/fused`) and return that directory. A quantized base stays quantized (the same bits
-    and group size) unless `dequantize`; `warn` then gets a line saying how much of the
-    adapter's update the re-quantization lost. An existing `out` is replaced only when it is
-    an earlier fuse output (outputs.check_output_dir)."""
+    `<run>/fused`) and return that directory. A quantized base: `dequantize` True writes float
+    weights, False keeps its bits and group size, None keeps them unless quantizing the merge
+    again would round most of the adapter away (mlx_fuse.KEEP_QUANTIZED_LOSS); `warn` gets a
+    line saying what the re-quantization did or would have done. An existing `out` is
+    replaced only when it is an earlier fuse output (outputs.check_output_dir)."""
     from mlxlora.models.resolve import resolve_model
 
     source = export_source(run)
@@ -75,13 +76,19 @@ def fuse_run(
     from mlxlora.backends.mlx_fuse import fuse_adapter
 
     with output_dir(out, "fuse") as tmp:
-        loss = fuse_adapter(model_dir, source.adapter, tmp, dequantize=dequantize)
-    if loss is not None:
-        warn(requantized_warning(loss))
+        fused = fuse_adapter(model_dir, source.adapter, tmp, dequantize=dequantize)
+    if fused.requantization_loss is not None:
+        warn(requantized_warning(fused.requantization_loss, fused.dequantized))
     return out
 
 
-def requantized_warning(loss: float) -> str:
+def requantized_warning(loss: float, dequantized: bool) -> str:
+    if dequantized:  # auto, for a merge quantizing again would have lost
+        return (
+            f"the base is quantized, but quantized again the fused weights would differ from "
+            f"base + adapter by {loss:.0%} of the adapter's update: they are written as float "
+            "weights (--keep-quantized keeps the base's bits)"
+        )
     return (
         f"the fused weights are quantized again like the base: they differ from base + "
         f"adapter by {loss:.0%} of the adapter's update; --dequantize writes float weights "

@@ -42,21 +42,36 @@ def test_fused_model_equals_base_plus_adapter(in_tiny_home, tmp_path):
 
 
 @pytest.mark.slow
-def test_4bit_base_stays_4bit_unless_dequantized(in_tiny_home, tmp_path, quickstart_data):
+def test_4bit_base_stays_4bit_unless_dequantized(
+    in_tiny_home, tmp_path, quickstart_data, monkeypatch
+):
+    """A 4-bit base's merge is quantized again only where that keeps most of the adapter's
+    update (mlx_fuse.KEEP_QUANTIZED_LOSS), else written as float weights; the flags force
+    either."""
     from mlx_lm.convert import convert
 
+    import mlxlora.backends.mlx_fuse as mlx_fuse
     from mlxlora.models.resolve import resolve_model
 
     q4 = tmp_path / "tiny-4bit"
     convert(str(resolve_model("builtin:tiny")), mlx_path=str(q4), quantize=True, q_group_size=32)
     run = train_run(os.environ["MLXLORA_HOME"], tmp_path / "run", quickstart_data, str(q4), 2)
     warnings = []
-    kept = fuse_run(run, tmp_path / "kept", warn=warnings.append)
+    kept = fuse_run(run, tmp_path / "kept", dequantize=False, warn=warnings.append)
     floats = fuse_run(run, tmp_path / "floats", dequantize=True, warn=warnings.append)
     loss = _requantization_loss(q4, kept, floats, run)
     assert len(warnings) == 1 and f"by {loss:.0%} of" in warnings[0]  # the quantized fuse's
     assert json.loads((kept / "config.json").read_text())["quantization"]["bits"] == 4
     assert "quantization" not in json.loads((floats / "config.json").read_text())
+    # by default: kept at 4 bits where that keeps most of the update (this one: ~8% lost)
+    assert loss < mlx_fuse.KEEP_QUANTIZED_LOSS
+    little = fuse_run(run, tmp_path / "little", warn=warnings.append)
+    assert f"by {loss:.0%} of" in warnings[-1] and "--dequantize" in warnings[-1]
+    assert json.loads((little / "config.json").read_text())["quantization"]["bits"] == 4
+    monkeypatch.setattr(mlx_fuse, "KEEP_QUANTIZED_LOSS", loss / 2)  # and where it loses more
+    auto = fuse_run(run, tmp_path / "auto", warn=warnings.append)
+    assert "quantization" not in json.loads((auto / "config.json").read_text())
+    assert "written as float weights" in warnings[-1] and f"by {loss:.0%} of" in warnings[-1]
     ids = hf_tokenizer(q4).encode("The capital of France is Paris.")
     tuned = mlx_logits(q4, ids, adapter=RunPaths(run).adapters)
     assert np.abs(mlx_logits(floats, ids) - tuned).max() < 1e-4  # exactly base + adapter
@@ -139,7 +154,7 @@ def test_runs_that_cannot_be_fused_are_refused_on_one_line(in_tiny_home, tmp_pat
 def test_interrupted_fuse_leaves_nothing(in_tiny_home, tmp_path, monkeypatch):
     import mlxlora.backends.mlx_fuse as mlx_fuse
 
-    def disk_full(model_dir, adapter, out, dequantize=False):
+    def disk_full(model_dir, adapter, out, dequantize=None):
         (out / "model.safetensors").write_bytes(b"half")
         raise OSError(28, "No space left on device")
 

@@ -10,7 +10,7 @@ import json
 import pytest
 from run_fixtures import screen_text, wait_for, write_run
 from test_export_dialog import train_quick
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input, Select, Static
 
 from mlxlora import queue_runner
 from mlxlora.tui.app import MlxloraApp
@@ -75,6 +75,11 @@ def test_fuse_dialog_shows_the_childs_error(home, monkeypatch):
         app = MlxloraApp(initial="runs")
         async with app.run_test(size=(80, 24)) as pilot:
             await open_fuse(pilot, "done-20250615-000000")
+            dialog = app.screen
+            assert dialog._arguments()[-1] == "--json"  # a quantized base: fuse decides
+            dialog.query_one("#fuse-weights", Select).value = "--keep-quantized"
+            assert dialog._arguments()[-1] == "--keep-quantized"
+            await pilot.pause()
             await pilot.click("#fuse-start")
             await wait_for(pilot, lambda: "error: " in screen_text(app), timeout=120)
             assert "no adapter saved" in log(app)

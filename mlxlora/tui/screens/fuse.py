@@ -1,10 +1,10 @@
 """The Fuse dialog (key `f` on the Runs tab): the selected run's adapter merged into its base
 model, a normal HF-format directory that mlx-lm and transformers load (`mlxlora fuse`).
 
-It runs `mlxlora fuse RUN [--out DIR] [--dequantize] --json` as a child process (the merge
-loads the model: never in the app), then shows the directory written with its files, or the
-child's one-line error. Escape cancels a running fuse (the child removes its temporary
-directory) and closes the dialog.
+It runs `mlxlora fuse RUN [--out DIR] [--dequantize | --keep-quantized] --json` as a child
+process (the merge loads the model: never in the app), then shows the directory written with
+its files, or the child's one-line error. Escape cancels a running fuse (the child removes its
+temporary directory) and closes the dialog.
 """
 
 from __future__ import annotations
@@ -15,12 +15,19 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Checkbox, Input, Static
+from textual.widgets import Button, Input, Select, Static
 
 from mlxlora.export.fuse import FUSED_DIR
 from mlxlora.memory import fmt_bytes
 from mlxlora.tui.widgets.child_dialog import ChildDialog
 from mlxlora.tui.widgets.dialog import field
+
+# A quantized base's weights: the flag each choice passes (none: fuse decides).
+WEIGHTS = [
+    ("as the base; float where its bits would lose the adapter", ""),
+    ("float (--dequantize)", "--dequantize"),
+    ("the base's bits (--keep-quantized)", "--keep-quantized"),
+]
 
 
 class FuseDialog(ChildDialog):
@@ -48,7 +55,7 @@ class FuseDialog(ChildDialog):
             yield field("Output", Input(placeholder=placeholder, id="fuse-out"))
             yield field(
                 "Weights",
-                Checkbox("float, also for a quantized base (--dequantize)", id="fuse-dequantize"),
+                Select(WEIGHTS, value="", allow_blank=False, compact=True, id="fuse-weights"),
             )
             with Horizontal(classes="buttons"):
                 yield Button("Fuse", variant="primary", id="fuse-start", compact=True)
@@ -68,9 +75,9 @@ class FuseDialog(ChildDialog):
 
     def _arguments(self) -> list[str]:
         out = self.query_one("#fuse-out", Input).value.strip()
-        dequantize = self.query_one("#fuse-dequantize", Checkbox).value
+        weights = self.query_one("#fuse-weights", Select).value
         args = [str(self.run), "--json"] + (["--out", out] if out else [])
-        return args + (["--dequantize"] if dequantize else [])
+        return args + ([weights] if weights else [])
 
     def result_lines(self, result: dict) -> list[str]:
         return _written(result)
