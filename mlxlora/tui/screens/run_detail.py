@@ -23,7 +23,7 @@ from mlxlora.events import (
 )
 from mlxlora.fmt import NONE, answer
 from mlxlora.memory import fmt_bytes
-from mlxlora.queue import ENDED, Job
+from mlxlora.queue import ENDED, Job, short_id
 from mlxlora.runview import RunView
 from mlxlora.scoring import score_rows
 from mlxlora.tui.widgets.loss_chart import LossChart, Series
@@ -127,7 +127,9 @@ class RunDetail(Horizontal):
     def show_job(self, job: Job, status: str, stalled: str | None = None) -> None:
         """A queued job (`stalled`: why no runner trains it), or one that failed before it
         started a run."""
-        self._put("run-stats", f"{job.name}\nstatus  {status}\njob     {job.id} ({job.kind})")
+        # the id `queue list` shows and `queue stop` takes (the whole id wrapped at 80 columns)
+        stats = f"{job.name}\nstatus  {status}\njob     {short_id(job.id)} ({job.kind})"
+        self._put("run-stats", stats)
         waiting = job.state not in ENDED  # a bar that moves only for a job yet to start
         for bar in self.query(ProgressBar):
             bar.update(total=None if waiting else 1, progress=0)
