@@ -348,3 +348,22 @@ def test_a_dataset_imported_from_the_shell_shows_when_the_tab_comes_back(dataset
             assert names == ["medical-ja", "quickstart", "実用知識チャット"]
 
     asyncio.run(go())
+
+
+def test_importing_under_a_taken_name_says_what_to_do_in_the_studio(datasets, tmp_path):
+    """The store's message (`choose another --name or ... mlxlora data rm`) is the CLI's;
+    the form has a name field and the table a delete key."""
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            path = write_jsonl(tmp_path / "again.jsonl", JA_RECORDS)
+            await import_from_form(app, pilot, path, "medical-ja")
+            assert isinstance(app.screen, ImportDialog)  # stays open, showing why
+            error = text(app, "#import-error")
+            assert error == (
+                "dataset medical-ja exists already: change the name, or cancel and delete it (d)"
+            )
+
+    asyncio.run(go())
