@@ -446,3 +446,32 @@ def test_a_queued_job_shows_the_id_queue_list_shows(home, monkeypatch):
             assert job.id not in text
 
     asyncio.run(go())
+
+
+def test_no_runs_says_how_to_start_one_until_a_run_arrives_and_again_once_deleted(home):
+    """A new workspace showed an empty chart beside two bars that seemed to wait; deleting
+    the last run left its numbers on screen."""
+    from mlxlora import config, engine
+
+    def train_tiny() -> None:
+        overrides = ["name=最初の実行", "training.max_steps=2"]
+        cfg = config.load(REPO / "configs" / "tiny.yaml", overrides)
+        engine.train(cfg, runs.new_run_dir(cfg.name))
+
+    hint = "no runs yet: press 2 to train one"
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: hint in screen_text(app))
+            await pilot.pause()
+            assert "epoch" not in screen_text(app)  # no progress bars of nothing
+            await asyncio.to_thread(train_tiny)
+            await wait_for(pilot, lambda: len(rows(app)) == 1)
+            await wait_for(pilot, lambda: "status  finished" in screen_text(app))
+            assert hint not in screen_text(app) and "epoch" in screen_text(app)
+            await pilot.press("d", "y")
+            await wait_for(pilot, lambda: hint in screen_text(app))
+            assert "最初の実行" not in screen_text(app)
+
+    asyncio.run(go())
