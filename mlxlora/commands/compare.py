@@ -87,25 +87,30 @@ def print_table(comparison) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from mlxlora.commands.runs import listing_table
     from mlxlora.experiments import setting_text, shown_metrics
     from mlxlora.fmt import num
 
     rows = comparison.runs
     metrics = shown_metrics([r.metrics for r in rows])
-    table = Table(title="compare")
-    for title in ("#", "run", "status", *(t for _, t, _ in metrics)):
-        table.add_column(title)
-    for i, r in enumerate(rows, 1):
-        cells = [str(i), r.name, r.status, *(num(r.metrics.get(k), spec) for k, _, spec in metrics)]
-        table.add_row(*map(Text, cells))  # names and values are text, never markup
+    columns = ["#", "run", "status", *(t for _, t, _ in metrics)]
+    cells = [
+        [str(i), r.name, r.status, *(num(r.metrics.get(k), spec) for k, _, spec in metrics)]
+        for i, r in enumerate(rows, 1)
+    ]
     console = Console()
     if not console.is_terminal:
         console.width = max(console.width, 200)  # a pipe or log keeps every column readable
-    console.print(table)
+    # as `runs list`: the runs' names and numbers whole (at 80 columns a bordered table cut
+    # level1-basic and level2-intermediate to the same `leve…`), stacked where they do not fit
+    console.print(listing_table("compare", columns, cells, console.width, whole=2))
     if comparison.differences:
         settings = Table(title="settings that differ")
-        for title in ("setting", *(f"#{i}" for i in range(1, len(rows) + 1))):
-            settings.add_column(title)
+        # a key is never cut (training.early_stopping.patience and .min_delta read alike
+        # cut); long values wrap rather than end in `…`
+        settings.add_column("setting", no_wrap=True)
+        for i in range(1, len(rows) + 1):
+            settings.add_column(f"#{i}", overflow="fold")
         for key, values in comparison.differences.items():
             settings.add_row(*map(Text, (key, *map(setting_text, values))))
         console.print(settings)

@@ -124,7 +124,7 @@ def run(args) -> int:
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # a path folds whole at 80 columns, never cut to "…"
     for key, value in render(report):
         style = "red" if value == "not installed" and key in ("mlx", "mlx-lm") else ""
         table.add_row(key, f"[{style}]{value}[/]" if style else value)

@@ -164,6 +164,23 @@ def test_doctor_text(monkeypatch, capsys, tmp_path):
     assert str(tmp_path) in out
 
 
+def test_doctor_in_an_80_column_terminal_folds_long_paths_whole(monkeypatch, capsys):
+    """The BLAS library's path (/usr/lib/x86_64-linux-gnu/openblas-pthread/...) was cut to
+    `libopenblasp-r0.3.…`: a path folds onto the next line instead."""
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: a terminal (a pipe is printed 160 wide)
+    monkeypatch.setenv("TERM", "dumb")  # a terminal, but no colour codes in the text
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and max(map(len, out.splitlines())) <= 80
+    from mlxlora.commands.doctor import collect, render
+
+    blas = dict(render(collect()))["BLAS"]
+    start = out.index("BLAS") + len("BLAS")
+    folded = "".join(line.strip() for line in out[start:].split("\nmlx ")[0].splitlines())
+    assert folded == blas.replace(" ", "")
+
+
 def test_on_a_cuda_host_doctor_and_models_plan_with_the_cards_memory(
     linux_box, monkeypatch, capsys
 ):

@@ -325,3 +325,45 @@ def test_the_file_picker_opens_where_the_typed_path_points_and_climbs_up(home, t
             assert app.screen.query_one("#import-path", Input).value == str(files / "a.jsonl")
 
     asyncio.run(go())
+
+
+def test_a_dataset_imported_from_the_shell_shows_when_the_tab_comes_back(datasets, tmp_path):
+    """Tutorial level 2, step 1 done from the shell while the studio is open: the table
+    lists the new dataset once the tab is shown again, without a refresh key."""
+    from mlxlora.cli import main
+
+    chat = Path(__file__).resolve().parents[2] / "tutorial/datasets/level2_intermediate.json"
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            await pilot.press("4")
+            await pilot.pause()
+            args = ["data", "import", str(chat), "--name", "実用知識チャット", "--type", "chat"]
+            assert main(args) == 0
+            await pilot.press("1")
+            await settle(app, pilot)
+            names = [row[0] for row in table_rows(app)]
+            assert names == ["medical-ja", "quickstart", "実用知識チャット"]
+
+    asyncio.run(go())
+
+
+def test_importing_under_a_taken_name_says_what_to_do_in_the_studio(datasets, tmp_path):
+    """The store's message (`choose another --name or ... mlxlora data rm`) is the CLI's;
+    the form has a name field and the table a delete key."""
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            path = write_jsonl(tmp_path / "again.jsonl", JA_RECORDS)
+            await import_from_form(app, pilot, path, "medical-ja")
+            assert isinstance(app.screen, ImportDialog)  # stays open, showing why
+            error = text(app, "#import-error")
+            assert error == (
+                "dataset medical-ja exists already: change the name, or cancel and delete it (d)"
+            )
+
+    asyncio.run(go())

@@ -428,3 +428,50 @@ def test_the_step_axis_has_whole_round_ticks():
     assert step_ticks(1, 10, 40) == [5, 10]  # 3 at most
     assert step_ticks(2, 4, 80) == [2, 3, 4]  # one point (3) widened by a step each side
     assert step_ticks(0, 2000, 160) == list(range(0, 2001, 200))
+
+
+def test_a_queued_job_shows_the_id_queue_list_shows(home, monkeypatch):
+    """The Runs tab named a job by its whole id (`01795729683361930898-8eabdd`, wrapped at 80
+    columns) where `queue list` and `queue stop` use the short one (`8eabdd`)."""
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)  # the job stays queued
+    job = queue.add_train((REPO / "configs" / "tiny.yaml").read_text(), "待ちジョブ")
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 1)
+            await select(pilot, "待ちジョブ")
+            text = screen_text(app)
+            assert f"job     {queue.short_id(job.id)} (train)" in text
+            assert job.id not in text
+
+    asyncio.run(go())
+
+
+def test_no_runs_says_how_to_start_one_until_a_run_arrives_and_again_once_deleted(home):
+    """A new workspace showed an empty chart beside two bars that seemed to wait; deleting
+    the last run left its numbers on screen."""
+    from mlxlora import config, engine
+
+    def train_tiny() -> None:
+        overrides = ["name=最初の実行", "training.max_steps=2"]
+        cfg = config.load(REPO / "configs" / "tiny.yaml", overrides)
+        engine.train(cfg, runs.new_run_dir(cfg.name))
+
+    hint = "no runs yet: press 2 to train one"
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: hint in screen_text(app))
+            await pilot.pause()
+            assert "epoch" not in screen_text(app)  # no progress bars of nothing
+            await asyncio.to_thread(train_tiny)
+            await wait_for(pilot, lambda: len(rows(app)) == 1)
+            await wait_for(pilot, lambda: "status  finished" in screen_text(app))
+            assert hint not in screen_text(app) and "epoch" in screen_text(app)
+            await pilot.press("d", "y")
+            await wait_for(pilot, lambda: hint in screen_text(app))
+            assert "最初の実行" not in screen_text(app)
+
+    asyncio.run(go())

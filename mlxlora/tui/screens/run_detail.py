@@ -23,7 +23,7 @@ from mlxlora.events import (
 )
 from mlxlora.fmt import NONE, answer
 from mlxlora.memory import fmt_bytes
-from mlxlora.queue import ENDED, Job
+from mlxlora.queue import ENDED, Job, short_id
 from mlxlora.runview import RunView
 from mlxlora.scoring import score_rows
 from mlxlora.tui.widgets.loss_chart import LossChart, Series
@@ -104,6 +104,7 @@ class RunDetail(Horizontal):
             yield Log(id="run-log", max_lines=LOG_LINES)
 
     def show(self, view: RunView, status: str) -> None:
+        self._show_bars(True)
         self._put("run-stats", self._stats(view, status))
         epoch_done, _ = view.epoch_progress()
         self.query_one("#epoch-progress", ProgressBar).update(total=1.0, progress=epoch_done)
@@ -127,7 +128,10 @@ class RunDetail(Horizontal):
     def show_job(self, job: Job, status: str, stalled: str | None = None) -> None:
         """A queued job (`stalled`: why no runner trains it), or one that failed before it
         started a run."""
-        self._put("run-stats", f"{job.name}\nstatus  {status}\njob     {job.id} ({job.kind})")
+        # the id `queue list` shows and `queue stop` takes (the whole id wrapped at 80 columns)
+        stats = f"{job.name}\nstatus  {status}\njob     {short_id(job.id)} ({job.kind})"
+        self._put("run-stats", stats)
+        self._show_bars(True)
         waiting = job.state not in ENDED  # a bar that moves only for a job yet to start
         for bar in self.query(ProgressBar):
             bar.update(total=None if waiting else 1, progress=0)
@@ -138,6 +142,23 @@ class RunDetail(Horizontal):
         self.query_one(Log).clear()
         self._logged = (job, 0)
         self.query_one(LossChart).plot([])
+
+    def show_nothing(self) -> None:
+        """No run and no job (a new workspace, the last run deleted): what to do, not an
+        empty chart beside two bars that seem to wait for something."""
+        self._put("run-stats", "no runs yet: press 2 to train one")
+        self._show_bars(False)
+        for panel in ("run-failure", "run-samples"):
+            self._put(panel, "")
+        for panel in ("run-diagnosis", "run-eval"):
+            self._put_optional(panel, "")
+        self.query_one(Log).clear()
+        self._logged = (None, 0)
+        self.query_one(LossChart).plot([])
+
+    def _show_bars(self, shown: bool) -> None:
+        for bar in self.query(".bar"):
+            bar.display = shown
 
     def _put(self, panel: str, text: str) -> None:
         """Show `text` in a panel; without a layout pass when its height stays the same (a

@@ -52,8 +52,9 @@ class RunsTab(Vertical):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.book = RunBook()
-        self._dirty = False  # news arrived since the last redraw
-        self._catching_up = False
+        # the first poll draws, whatever it holds (none: "no runs yet"); nothing before it
+        self._dirty = True  # news arrived since the last redraw
+        self._catching_up = True
         self._rows: dict[str, tuple] = {}  # row key -> cells as drawn
         self._sweeps: dict[Path, str | None] = {}  # run -> its sweep, read once
         self._following: str | None = None  # a job id to select, then its run (`follow`)
@@ -183,6 +184,8 @@ class RunsTab(Vertical):
         elif key and Path(key) in book.views:
             path = Path(key)
             detail.show(book.views[path], book.status(path))
+        elif key is None:
+            detail.show_nothing()
 
     def selected_key(self) -> str | None:
         table = self.query_one(DataTable)

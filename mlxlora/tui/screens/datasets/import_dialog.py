@@ -81,6 +81,10 @@ class ImportDialog(Dialog[tuple[str, list[str]] | None]):
             self._error("choose a file to import")
             return
         name = self.query_one("#import-name", Input).value.strip() or store.stem_name(path)
+        if store.exists(name):  # the store's message names the CLI's --name and `data rm`
+            taken = f"dataset {name} exists already"
+            self._error(f"{taken}: change the name, or cancel and delete it (d)")
+            return
         kind = self.query_one("#import-type", Select).value
         self._error("importing…")
         self._import(path, name, self.query_one("#import-description", Input).value, kind)

@@ -103,9 +103,12 @@ class DatasetsTab(Vertical):
         self.action_refresh()
 
     def on_show(self) -> None:
-        """Focus the table when the tab comes into view, so its keys work at once."""
+        """Focus the table when the tab comes into view, so its keys work at once. Datasets
+        imported or deleted meanwhile (`mlxlora data import` in another terminal, as the
+        tutorial shows beside each studio step) join the table, as the Train tab's choices."""
         if self.app.focused is None or self.app.focused not in self.query("*"):
             self.query_one("#ds-table", DataTable).focus()
+        self.action_refresh()
 
     # --- the table ------------------------------------------------------------------------
 

@@ -1,0 +1,38 @@
+"""`mlxlora compare` as level 2 of the tutorial runs it, in an 80-column terminal: each run's
+name and numbers whole, and every differing setting's key whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlxlora import config, engine, runs
+from mlxlora.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def train(name: str, *overrides: str) -> Path:
+    cfg = config.load(TINY, [f"name={name}", "training.max_steps=2", *overrides])
+    run = runs.new_run_dir(name)
+    engine.train(cfg, run)
+    return run
+
+
+def test_compare_in_an_80_column_terminal_keeps_names_numbers_and_keys_whole(
+    home, capsys, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: a terminal (a pipe is printed 200 wide)
+    monkeypatch.setenv("TERM", "dumb")  # a terminal, but no colour codes in the text
+    train("level1-basic")
+    stopping = ["training.early_stopping.patience=3", "training.early_stopping.min_delta=0.01"]
+    train("level2-intermediate", *stopping)
+    assert main(["compare", "level1-basic", "level2-intermediate"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and max(map(len, out.splitlines())) <= 80
+    lines = [line.split() for line in out.splitlines()]
+    assert ["1", "level1-basic"] in lines and ["2", "level2-intermediate"] in lines
+    assert out.count("status finished") == 2 and "best val" in out
+    for key in ("training.early_stopping.patience", "training.early_stopping.min_delta"):
+        assert key in out
