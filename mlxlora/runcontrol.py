@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlxlora import queue
+from mlxlora import names, queue
 from mlxlora.diagnosis import MEMORY_STOP
 from mlxlora.errors import RunError
 from mlxlora.events import RunFailed, RunFinished, RunStarted, read_events_of
 from mlxlora.queue import Job, short_id
-from mlxlora.runs import RunPaths, check_resumable, find_run, is_locked, run_status
+from mlxlora.runs import RunPaths, check_resumable, find_run, is_locked, run_status, runs_named
 
 
 def stop(job: Job) -> str:
@@ -75,16 +75,34 @@ def stop_named(ref: str) -> str:
     )
 
 
+def resume_named(ref: str) -> Job:
+    """`resume` a run by what a user types. A name several runs share (a config trained
+    again) means the one of them that can resume, where only one can."""
+    matches = runs_named(names.normalize(ref))
+    resumable = [p for p in matches if _resume_refusal(RunPaths(p)) is None]
+    return resume(resumable[0] if len(matches) > 1 and len(resumable) == 1 else find_run(ref))
+
+
 def resume(path: Path) -> Job:
     """Queue a resume of a stopped, interrupted or failed run; one the memory budget stopped
     resumes refitted (`--fit`), as its failure advises. Refused for a run that is running or
     waiting in the queue already, finished, or without a checkpoint."""
     paths = RunPaths(Path(path))
-    check_resumable(paths)
-    pending = queue.jobs_of(paths.root)
-    if pending or is_locked(paths):
-        state = pending[0].state if pending else "running"
-        raise RunError(f"{paths.root.name}: {state} already; nothing to resume")
+    if refusal := _resume_refusal(paths):
+        raise RunError(refusal)
     endings = read_events_of(paths.events, RunFailed, RunFinished)
     failed = endings[-1] if endings and isinstance(endings[-1], RunFailed) else None
     return queue.add_resume(paths.root, fit=bool(failed and failed.reason.startswith(MEMORY_STOP)))
+
+
+def _resume_refusal(paths: RunPaths) -> str | None:
+    """Why the run cannot resume now, or None."""
+    try:
+        check_resumable(paths)
+    except RunError as exc:
+        return str(exc)
+    pending = queue.jobs_of(paths.root)
+    if pending or is_locked(paths):
+        state = pending[0].state if pending else "running"
+        return f"{paths.root.name}: {state} already; nothing to resume"
+    return None

@@ -398,10 +398,22 @@ def find_run(ref: str) -> Path:
     if os.sep in ref or ref.startswith("~"):  # a path (a name never holds a separator)
         problem = "not a run directory (no config.yaml)" if path.exists() else "no such directory"
         raise RunError(f"{ref}: {problem}")
-    return _find_by_name(names.normalize(ref))
+    ref = names.normalize(ref)
+    matches = runs_named(ref)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = ", ".join(m.name for m in matches[:5])
+        more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+        raise RunError(
+            f"{ref}: {len(matches)} runs match ({shown}{more}); give the full directory name"
+        )
+    raise RunError(f"{ref}: no such run (see `mlxlora runs list`)")
 
 
-def _find_by_name(ref: str) -> Path:
+def runs_named(ref: str) -> list[Path]:
+    """The workspace's runs a name means: the one with that directory name, else those the
+    user gave that name, else those whose directory name begins with it."""
     root = runs_root()
     found = (
         sorted(p for p in root.iterdir() if (p / "config.yaml").is_file()) if root.is_dir() else []
@@ -411,12 +423,6 @@ def _find_by_name(ref: str) -> Path:
         [p for p in found if given_name(p) == ref],
         [p for p in found if ref and p.name.startswith(ref)],
     ):
-        if len(matches) == 1:
-            return matches[0]
         if matches:
-            shown = ", ".join(m.name for m in matches[:5])
-            more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
-            raise RunError(
-                f"{ref}: {len(matches)} runs match ({shown}{more}); give the full directory name"
-            )
-    raise RunError(f"{ref}: no such run (see `mlxlora runs list`)")
+            return matches
+    return []

@@ -135,9 +135,8 @@ def stop_job(args) -> int:
 
 def resume_run(args) -> int:
     from mlxlora import queue, queue_runner, runcontrol
-    from mlxlora.runs import find_run
 
-    job = runcontrol.resume(find_run(args.run))
+    job = runcontrol.resume_named(args.run)
     started = False if args.no_start else queue_runner.ensure_runner()
     note = "runner started" if started else "the runner will take it in turn"
     fitted = " fitted to the memory budget" if job.fit else ""

@@ -175,3 +175,29 @@ def test_queue_add_refuses_a_dataset_that_is_not_there(home, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("mlxlora: error: data.dataset: unknown dataset '存在しない' (")
     assert queue.jobs() == []
+
+
+def test_queue_resume_by_a_name_several_runs_share_takes_the_one_that_can(home, capsys):
+    """Level 2 of the tutorial trains its config more than once: `queue resume NAME` refused
+    ("3 runs match") where only one of them could resume; `queue stop NAME` already found it."""
+    queue.add_train(tiny_yaml("二回目"), "二回目")  # finished: cannot resume
+    queue_runner.work(idle_exit=0)
+    cmd = [sys.executable, "-m", "mlxlora", "train", "--json"]
+    proc = subprocess.Popen(
+        [*cmd, str(TINY), "--set", "name=二回目", "--set", "training.max_steps=20"]
+        + ["--set", "training.eval_every=2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:  # stopped after its first checkpoint: can resume
+        if json.loads(line)["type"] == "checkpoint":
+            running = next(r.path for r in list_runs() if r.status == "running")
+            RunPaths(running).stop_request.touch()
+    assert proc.wait(timeout=120) == 0
+    stopped = next(r.path for r in list_runs() if r.status == "stopped")
+    assert main(["queue", "resume", "二回目", "--no-start"]) == 0
+    assert "resume " in capsys.readouterr().out
+    (job,) = [j for j in queue.jobs() if j.state == "queued"]
+    assert Path(job.run_dir).resolve() == Path(stopped).resolve()
+    assert main(["queue", "resume", "二回目", "--no-start"]) == 5  # queued already: refused
+    assert "2 runs match" in capsys.readouterr().err
