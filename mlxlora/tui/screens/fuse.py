@@ -24,7 +24,7 @@ from mlxlora.tui.widgets.dialog import field
 
 # A quantized base's weights: the flag each choice passes (none: fuse decides).
 WEIGHTS = [
-    ("as the base; float where its bits would lose the adapter", ""),
+    ("auto: float where the base's bits lose the adapter", ""),
     ("float (--dequantize)", "--dequantize"),
     ("the base's bits (--keep-quantized)", "--keep-quantized"),
 ]
