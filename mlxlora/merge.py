@@ -96,7 +96,7 @@ def sources(refs: list[str]) -> list[Source]:
     found = []
     for ref in refs:
         adapter = resolve_adapter(ref)
-        _refuse_training(adapter)
+        _refuse_unfinished(adapter)
         if problem := safetensors_problem(adapter.path / WEIGHTS_FILE):
             raise RunError(f"{adapter.path / WEIGHTS_FILE}: {problem}; the adapter cannot be read")
         cfg = read_json(adapter.path / CONFIG_FILE)
@@ -115,15 +115,20 @@ def sources(refs: list[str]) -> list[Source]:
     return found
 
 
-def _refuse_training(adapter) -> None:
+def _refuse_unfinished(adapter) -> None:
     """A run's final adapter while the run still trains is one of its checkpoints, replaced
-    as it goes: refused, as fuse and export refuse it (a checkpoint named by its directory
-    is taken as asked)."""
-    from mlxlora.runs import RunPaths, is_locked
+    as it goes, and a failed run has no trained one: both refused, as fuse and export refuse
+    them (a checkpoint named by its directory is taken as asked)."""
+    from mlxlora.events import read_events
+    from mlxlora.runs import RunPaths, is_locked, run_status
 
     paths = RunPaths(adapter.run) if adapter.run else None
-    if paths and adapter.path == paths.adapters.resolve() and is_locked(paths):
+    if not paths or adapter.path != paths.adapters.resolve():
+        return
+    if is_locked(paths):
         raise RunError(f"{paths.root}: the run is still training; merge it when it ends")
+    if run_status(read_events(paths.events), locked=False) == "failed":
+        raise RunError(f"{paths.root}: the run failed; there is no trained adapter to merge")
 
 
 def _lora(source: Source) -> dict:

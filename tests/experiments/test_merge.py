@@ -152,6 +152,20 @@ def test_a_run_still_training_is_refused_in_one_line(ws, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_failed_run_is_refused_in_one_line(ws, tmp_path, capsys):
+    """fuse and export refuse a failed run; merge took its adapters/ as if it had trained."""
+    from mlxlora.events import EventWriter, RunFailed
+    from mlxlora.runs import RunPaths
+
+    failed = shutil.copytree(ws[0], tmp_path / "failed")
+    with EventWriter(RunPaths(failed).events) as events:
+        events.emit(RunFailed(reason="loss became NaN", step=3))
+    code = main(["merge", str(failed), "rank4", "--rank", "8", "--out", str(tmp_path / "x")])
+    said = f"mlxlora: error: {failed}: the run failed; there is no trained adapter to merge\n"
+    assert code == 5 and capsys.readouterr().err == said
+    assert not (tmp_path / "x").exists()
+
+
 def test_an_adapter_cut_short_is_refused_in_one_line(ws, tmp_path, capsys):
     skip = shutil.ignore_patterns("best", "checkpoints")
     cut = shutil.copytree(ws[1] / "adapters", tmp_path / "cut", ignore=skip)
