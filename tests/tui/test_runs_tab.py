@@ -441,9 +441,12 @@ def test_a_queued_job_shows_the_id_queue_list_shows(home, monkeypatch):
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: len(rows(app)) == 1)
             await select(pilot, "待ちジョブ")
-            text = screen_text(app)
-            assert f"job     {queue.short_id(job.id)} (train)" in text
-            assert job.id not in text
+            shown = f"job     {queue.short_id(job.id)} (train)"
+            stats = app.query_one("#run-stats", Static)
+            # the panel's text, not the screen: on a new workspace the panel sometimes keeps
+            # the one-line height of the "no runs yet" it showed before (left open)
+            await wait_for(pilot, lambda: shown in str(stats.render()))
+            assert job.id not in screen_text(app)
 
     asyncio.run(go())
 
