@@ -119,16 +119,15 @@ def _refuse_unfinished(adapter) -> None:
     """A run's final adapter while the run still trains is one of its checkpoints, replaced
     as it goes, and a failed run has no trained one: both refused, as fuse and export refuse
     them (a checkpoint named by its directory is taken as asked)."""
-    from mlxlora.events import read_events
-    from mlxlora.runs import RunPaths, is_locked, run_status
+    from mlxlora.runs import RunPaths, unfinished
 
     paths = RunPaths(adapter.run) if adapter.run else None
-    if not paths or adapter.path != paths.adapters.resolve():
-        return
-    if is_locked(paths):
-        raise RunError(f"{paths.root}: the run is still training; merge it when it ends")
-    if run_status(read_events(paths.events), locked=False) == "failed":
-        raise RunError(f"{paths.root}: the run failed; there is no trained adapter to merge")
+    if (
+        paths
+        and adapter.path == paths.adapters.resolve()
+        and (refusal := unfinished(paths, "merge"))
+    ):
+        raise RunError(refusal)
 
 
 def _lora(source: Source) -> dict:

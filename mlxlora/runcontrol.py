@@ -79,8 +79,11 @@ def resume_named(ref: str) -> Job:
     """`resume` a run by what a user types. A name several runs share (a config trained
     again) means the one of them that can resume, where only one can."""
     matches = runs_named(names.normalize(ref))
-    resumable = [p for p in matches if _resume_refusal(RunPaths(p)) is None]
-    return resume(resumable[0] if len(matches) > 1 and len(resumable) == 1 else find_run(ref))
+    if len(matches) > 1:  # else find_run's answer, or its one-line refusal
+        resumable = [p for p in matches if _resume_refusal(RunPaths(p)) is None]
+        if len(resumable) == 1:
+            return resume(resumable[0])
+    return resume(find_run(ref))
 
 
 def resume(path: Path) -> Job:

@@ -136,6 +136,17 @@ def check_new_run_dir(path: Path) -> None:
         raise RunError(f"{path}: not empty; choose a new or empty --run-dir")
 
 
+def unfinished(paths: RunPaths, verb: str) -> str | None:
+    """Why the run's final adapter cannot be taken to `verb` (fuse, export, merge): while it
+    trains it is one of its checkpoints, replaced as it goes, and a failed run trained none.
+    None for a run that ended otherwise."""
+    if is_locked(paths):
+        return f"{paths.root}: the run is still training; {verb} it when it ends"
+    if run_status(read_events(paths.events), locked=False) == "failed":
+        return f"{paths.root}: the run failed; there is no trained adapter to {verb}"
+    return None
+
+
 def check_resumable(paths: RunPaths) -> None:
     """Refuse to resume a run that has finished or has no checkpoint to continue from."""
     if not paths.config.is_file():

@@ -16,7 +16,7 @@ from pathlib import Path
 from mlxlora.errors import ExportError
 from mlxlora.models.info import safetensors_problem
 from mlxlora.outputs import check_output_dir, output_dir
-from mlxlora.runs import ADAPTER_FILES, RunPaths, is_locked, restore_aside, run_status
+from mlxlora.runs import ADAPTER_FILES, RunPaths, restore_aside, unfinished
 
 FUSED_DIR = "fused"  # the default output: <run>/fused
 
@@ -34,16 +34,13 @@ def export_source(run: Path) -> ExportSource:
     """The run's final adapter and model, or ExportError (one line) when the run cannot be
     exported: not a run, still running, failed, or no adapter saved."""
     from mlxlora import config
-    from mlxlora.events import read_events
 
     paths = RunPaths(Path(run))
     if not paths.config.is_file():
         raise ExportError(f"{paths.root}: not a run directory (no config.yaml)")
-    if is_locked(paths):
-        raise ExportError(f"{paths.root}: the run is still training; export it when it ends")
+    if refusal := unfinished(paths, "export"):
+        raise ExportError(refusal)
     restore_aside(paths.best)  # the run's best/, where a killed swap left it aside
-    if run_status(read_events(paths.events), locked=False) == "failed":
-        raise ExportError(f"{paths.root}: the run failed; there is no trained adapter to export")
     if not all((paths.adapters / f).is_file() for f in ADAPTER_FILES):
         raise ExportError(
             f"{paths.root}: no adapter saved (nothing in {paths.adapters}); train it first"
