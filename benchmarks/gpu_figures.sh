@@ -29,14 +29,17 @@ torch)
         'transformers', transformers.__version__, 'peft', peft.__version__)"
     # 2026-11-26, H100 (the third lease): the 0.5B shape 3.25x stock, the 1B shape 2.40x; the
     # four 0.5B sides took ~130 s, the 1B compiled side was cut off by the shape's 170 s; the
-    # 0.5B step kept the GPU busy half its time. Next: the 1B profile (what keeps it under
-    # 2.5x), the compiled step's profile (why it ran 0.25x eager with flash attention: which
-    # attention kernel, graphs compiled again), the 0.5B figure on another machine.
-    timeout 190 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 100 \
-        --sides stock,mlxlora,mlxlora-profiled,mlxlora-compiled-profiled \
+    # 0.5B step kept the GPU busy half its time, waiting on the host's ~5,000 launches.
+    # Next: fewer launches (torch_fused): the LoRA layers against PEFT's forward
+    # (mlxlora-peftlora) on both shapes, torch's rms_norm against transformers' (plainnorm);
+    # the 1B profile; the compiled step's profile (why it ran 0.25x eager with flash
+    # attention: which attention kernel, graphs compiled again).
+    timeout 290 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 100 \
+        --sides stock,mlxlora,mlxlora-peftlora,mlxlora-plainnorm,mlxlora-profiled,mlxlora-compiled-profiled \
         --json "$out/torch-llama.json" 2>&1 | tee "$out/torch-llama.log"
-    timeout 80 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --side-timeout 40 \
-        --sides stock,mlxlora --json "$out/torch-qwen.json" 2>&1 | tee "$out/torch-qwen.log"
+    timeout 110 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --side-timeout 40 \
+        --sides stock,mlxlora,mlxlora-peftlora --json "$out/torch-qwen.json" 2>&1 |
+        tee "$out/torch-qwen.log"
     ;;
 mlx)
     site=/tmp/mlx-site
@@ -53,8 +56,9 @@ mlx)
     # The H100 lease: both mlxlora sides padded for cuDNN's attention (now the tiled side, off
     # by default) failed: the 0.5B step ran out of the card's 80 GB, the 1B one did not end in
     # two minutes, which left no time for the sides after it. Each side now has its own time
-    # limit, and a failed step prints what MLX held.
-    timeout 200 python3 benchmarks/train_vs_mlx_lm.py --shape qwen-0.5b --tiled --compiled \
+    # limit, and a failed step prints what MLX held. This lease: the unpadded step and the
+    # compiled one (never timed on a GPU), and the estimate against their peaks.
+    timeout 160 python3 benchmarks/train_vs_mlx_lm.py --shape qwen-0.5b --compiled \
         --side-timeout 45 2>&1 | tee "$out/mlx-qwen.log"
     timeout 170 python3 benchmarks/train_vs_mlx_lm.py --shape llama-1b --compiled \
         --side-timeout 50 2>&1 | tee "$out/mlx-llama.log"

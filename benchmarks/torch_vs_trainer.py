@@ -24,9 +24,14 @@ gradient clipping at 1.0 (the Trainer's default), one pass over batch x steps se
 * mlxlora-cudnn: mlxlora with SDPA free to take its cuDNN kernel (torch's choice on Hopper),
   which the backend avoids: it builds a plan for every new sequence length, and here every
   batch has one (2026-11-26, H200: the 1B shape 17.3k tokens/s with it, 29.9k without).
-* mlxlora-fp32lora: mlxlora with PEFT's default precision for the LoRA products (each adapted
-  layer's input cast up to the float32 LoRA weights, no autocast), which the backend avoids on a
-  half-precision base (torch_peft.half_precision_forward); the same as mlxlora on a CPU.
+* mlxlora-fp32lora: mlxlora with PEFT's forward and default precision for the LoRA products
+  (each adapted layer's input cast up to the float32 LoRA weights, no autocast), which the
+  backend avoids on a half-precision base (torch_peft.half_precision_forward).
+* mlxlora-peftlora: mlxlora with PEFT's own forward for the LoRA layers (four modules and
+  ~17 kernels each, with backward) instead of the backend's fused one (torch_fused: 12), in the
+  same precision.
+* mlxlora-plainnorm: mlxlora with transformers' own RMSNorm (~8 kernels forward, ~12 backward)
+  instead of torch's rms_norm (torch_fused.fuse_rms_norms; one kernel each way on CUDA).
 * mlxlora-profiled: mlxlora's first PROFILED_STEPS timed steps under torch.profiler (not a
   speed figure); prints the operators that took the most device time and the device time a
   step holds. Few steps: on an H200, 20 profiled steps of the 1B shape did not finish in 85 s.
@@ -67,6 +72,8 @@ SIDES = (
     "mlxlora-compiled",
     "mlxlora-cudnn",
     "mlxlora-fp32lora",
+    "mlxlora-peftlora",
+    "mlxlora-plainnorm",
     "mlxlora-profiled",
     "mlxlora-compiled-profiled",
 )
@@ -193,17 +200,10 @@ def run_stock(model_dir: Path, seqs: list[list[int]], workdir: Path) -> dict:
     return timed_result(seqs, tic, padding=None)
 
 
-def run_mlxlora(
-    model_dir: Path,
-    seqs: list[list[int]],
-    pack: bool,
-    compile: bool,
-    profile: bool = False,
-    cudnn: bool = False,
-    fp32_lora: bool = False,
-) -> dict:
+def run_mlxlora(model_dir: Path, seqs: list[list[int]], flags: set[str]) -> dict:
+    """The mlxlora side; `flags` are its name's parts after mlxlora- (see the docstring)."""
     from mlxlora import config
-    from mlxlora.backends import torch_peft
+    from mlxlora.backends import torch_fused, torch_peft
     from mlxlora.backends.torch import TorchBackend
     from mlxlora.data import batching
 
@@ -218,16 +218,20 @@ def run_mlxlora(
                 "learning_rate": LR,
                 "grad_clip": 1.0,
                 "seed": 0,
-                "compile": compile,
+                "compile": "compiled" in flags,
             },
         }
     )
     # the sides that undo one of the backend's choices, before load sets them up
-    if cudnn:  # SDPA as torch picks its kernel
+    if "cudnn" in flags:  # SDPA as torch picks its kernel
         torch_peft.varying_length_attention = contextlib.nullcontext
-    if fp32_lora:  # PEFT's own precision for the LoRA products
+    if flags & {"fp32lora", "peftlora"}:  # PEFT's own forward for the LoRA layers
+        torch_fused.fuse_lora = lambda model: 0
+    if "plainnorm" in flags:  # transformers' own RMSNorm
+        torch_fused.fuse_rms_norms = lambda model: 0
+    if "fp32lora" in flags:  # and PEFT's own precision for the LoRA products
         torch_peft.half_precision_forward = lambda *_: contextlib.nullcontext
-    backend = TorchBackend(pack=pack)
+    backend = TorchBackend(pack="packed" in flags)
     backend.load(model_dir, cfg)
     examples = [batching.Example(tuple(s), 0) for s in seqs]
     order = batching.batch_order(examples, BATCH, 0, 0)
@@ -236,7 +240,7 @@ def run_mlxlora(
         backend.accumulate(batching.collate([examples[i] for i in idx]), seed=0)
         backend.update(LR, 1.0)
 
-    return timed_steps(step, order, seqs, pack, profile)
+    return timed_steps(step, order, seqs, "packed" in flags, "profiled" in flags)
 
 
 def timed_steps(step, order: list, seqs: list[list[int]], pack: bool, profile: bool) -> dict:
@@ -328,9 +332,7 @@ def child(args) -> None:
         result = run_stock(Path(args.model_dir), seqs, Path(args.data).parent)
     else:
         flags = set(args.side.split("-")[1:])  # mlxlora-compiled-profiled: both
-        pack, compiled = "packed" in flags, "compiled" in flags
-        profile, cudnn, fp32_lora = "profiled" in flags, "cudnn" in flags, "fp32lora" in flags
-        result = run_mlxlora(Path(args.model_dir), seqs, pack, compiled, profile, cudnn, fp32_lora)
+        result = run_mlxlora(Path(args.model_dir), seqs, flags)
     print("RESULT " + json.dumps(result), flush=True)
 
 

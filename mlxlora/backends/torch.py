@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from mlxlora.adapters_convert import MLX_WEIGHTS
-from mlxlora.backends import torch_dist, torch_loss, torch_peft
+from mlxlora.backends import torch_dist, torch_fused, torch_loss, torch_peft
 from mlxlora.backends.base import (
     CHUNKABLE_TYPES,
     BackendInfo,
@@ -133,6 +133,8 @@ class TorchBackend:
         }
         torch.manual_seed(config.training.seed)
         self.model = torch_peft.add_lora(base, paths, lora.rank, lora.alpha, lora.dropout)
+        torch_fused.fuse_lora(self.model)
+        torch_fused.fuse_rms_norms(self.model)
         self._precision = torch_peft.half_precision_forward(self.model, self.device, self.dtype)
         if config.training.grad_checkpoint:  # transformers 5.2x renamed it (the old name warns)
             enable = getattr(base, "activation_checkpointing_enable", None)
