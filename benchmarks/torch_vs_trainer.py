@@ -24,12 +24,9 @@ gradient clipping at 1.0 (the Trainer's default), one pass over batch x steps se
 * mlxlora-cudnn: mlxlora with SDPA free to take its cuDNN kernel (torch's choice on Hopper),
   which the backend avoids: it builds a plan for every new sequence length, and here every
   batch has one (2026-11-26, H200: the 1B shape 17.3k tokens/s with it, 29.9k without).
-* mlxlora-fp32lora: mlxlora with PEFT's forward and default precision for the LoRA products
-  (each adapted layer's input cast up to the float32 LoRA weights, no autocast), which the
-  backend avoids on a half-precision base (torch_peft.half_precision_forward).
-* mlxlora-peftlora: mlxlora with PEFT's own forward for the LoRA layers (four modules and
-  ~17 kernels each, with backward) instead of the backend's fused one (torch_fused: 12), in the
-  same precision.
+* mlxlora-fp32lora: mlxlora with PEFT's default precision for the LoRA products (each adapted
+  layer's input cast up to the float32 LoRA weights, no autocast), which the backend avoids on
+  a half-precision base (torch_peft.half_precision_forward); the same as mlxlora on a CPU.
 * mlxlora-plainnorm: mlxlora with transformers' own RMSNorm (~8 kernels forward, ~12 backward)
   instead of torch's rms_norm (torch_fused.fuse_rms_norms; one kernel each way on CUDA).
 * mlxlora-profiled: mlxlora's first PROFILED_STEPS timed steps under torch.profiler (not a
@@ -72,7 +69,6 @@ SIDES = (
     "mlxlora-compiled",
     "mlxlora-cudnn",
     "mlxlora-fp32lora",
-    "mlxlora-peftlora",
     "mlxlora-plainnorm",
     "mlxlora-profiled",
     "mlxlora-compiled-profiled",
@@ -225,11 +221,9 @@ def run_mlxlora(model_dir: Path, seqs: list[list[int]], flags: set[str]) -> dict
     # the sides that undo one of the backend's choices, before load sets them up
     if "cudnn" in flags:  # SDPA as torch picks its kernel
         torch_peft.varying_length_attention = contextlib.nullcontext
-    if flags & {"fp32lora", "peftlora"}:  # PEFT's own forward for the LoRA layers
-        torch_fused.fuse_lora = lambda model: 0
     if "plainnorm" in flags:  # transformers' own RMSNorm
         torch_fused.fuse_rms_norms = lambda model: 0
-    if "fp32lora" in flags:  # and PEFT's own precision for the LoRA products
+    if "fp32lora" in flags:  # PEFT's own precision for the LoRA products
         torch_peft.half_precision_forward = lambda *_: contextlib.nullcontext
     backend = TorchBackend(pack="packed" in flags)
     backend.load(model_dir, cfg)

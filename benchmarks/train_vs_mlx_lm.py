@@ -265,12 +265,13 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool, tiled: 
     from mlxlora.backends import mlx as mlx_backend
     from mlxlora.data import batching
     from mlxlora.models.info import model_info
-    from mlxlora.prepare import train_shape
+    from mlxlora.prepare import device_budget, train_shape
 
     cfg = mlxlora_config(spec, compiled)
     mlx_backend.PAD_FOR_CUDNN_ATTENTION = tiled  # before load, which reads it
     backend = mlx_backend.MLXBackend()
     backend.load(model_dir, cfg)
+    backend.limit_memory(device_budget(backend))  # as a run does
     if (backend._compiled is not None) != compiled:  # the side must be what its name says
         raise SystemExit(f"training.compile={compiled} but the backend compiled: {not compiled}")
     work = trained_weights(backend.model)  # before any step: the weights both sides start from

@@ -159,7 +159,7 @@ class Backend(Protocol):
 
     def limit_memory(self, budget: int) -> None:
         """Keep the framework's own allocations and caches within `budget` bytes, where the
-        device lets us (Apple Silicon)."""
+        device lets us (a GPU)."""
         ...
 
     def update(self, lr: float, grad_clip: float) -> float:

@@ -398,11 +398,14 @@ class MLXBackend:
         mx.eval(self.model.parameters(), self.optimizer.state)
 
     def limit_memory(self, budget: int) -> None:
-        """On Metal, MLX's memory limit (allocations past it wait for buffers to free, or
-        fail cleanly, instead of swapping the machine) and a cache limit of a quarter of it,
-        as mlx-lm sets the wired limit from the working set. Metal only: on a CPU MLX's limit
-        would be the machine's RAM, which the run already stops short of."""
-        if mx.metal.is_available():
+        """On a GPU, MLX's memory limit (allocations past it wait for buffers to free, or
+        fail cleanly, instead of swapping a Mac) and a cache limit of a quarter of it, as
+        mlx-lm sets the wired limit from the working set. Without the cache limit, on CUDA,
+        MLX kept the freed buffers of every batch length for reuse: on an H100 its cache held
+        73-79 GB beside 1.4-4.7 GB in use when an allocation failed, at step 4-7 (stock
+        mlx-lm clears its cache every step). Not on a CPU: there MLX's limit would be the
+        machine's RAM, which the run already stops short of."""
+        if self.info.device.startswith("gpu"):
             mx.set_memory_limit(budget)
             mx.set_cache_limit(budget // 4)
 

@@ -133,7 +133,6 @@ class TorchBackend:
         }
         torch.manual_seed(config.training.seed)
         self.model = torch_peft.add_lora(base, paths, lora.rank, lora.alpha, lora.dropout)
-        torch_fused.fuse_lora(self.model)
         torch_fused.fuse_rms_norms(self.model)
         self._precision = torch_peft.half_precision_forward(self.model, self.device, self.dtype)
         if config.training.grad_checkpoint:  # transformers 5.2x renamed it (the old name warns)

@@ -326,10 +326,10 @@ def test_a_half_precision_base_computes_lora_in_half_precision(home, quickstart_
             for name, value in init.items():
                 if "lora_" in name:
                     backend.model.state_dict()[name].copy_(value)
-        lora_inputs = []  # and outputs: the adapted layer computes in the base's precision
-        adapted = next(m for n, m in backend.model.named_modules() if n.endswith("q_proj"))
-        adapted.register_forward_hook(
-            lambda _m, args, out, seen=lora_inputs: seen.extend((args[0].dtype, out.dtype))
+        lora_inputs = []
+        lora_a = next(m for n, m in backend.model.named_modules() if n.endswith("lora_A.default"))
+        lora_a.register_forward_hook(
+            lambda _m, args, _o, seen=lora_inputs: seen.append(args[0].dtype)
         )
         losses[dtype] = []
         for step in range(4):  # one batch again and again: its loss must fall
