@@ -404,10 +404,13 @@ class MLXBackend:
         MLX kept the freed buffers of every batch length for reuse: on an H100 its cache held
         73-79 GB beside 1.4-4.7 GB in use when an allocation failed, at step 4-7 (stock
         mlx-lm clears its cache every step). Not on a CPU: there MLX's limit would be the
-        machine's RAM, which the run already stops short of."""
+        machine's RAM, which the run already stops short of. Never above MLX's own limit:
+        on CUDA it keeps a fifth of the card for what it does not count (CUDA's context,
+        cuBLAS's workspaces), where the budget is the whole card."""
         if self.info.device.startswith("gpu"):
-            mx.set_memory_limit(budget)
-            mx.set_cache_limit(budget // 4)
+            limit = min(budget, mx.set_memory_limit(budget))  # set returns MLX's own limit
+            mx.set_memory_limit(limit)
+            mx.set_cache_limit(limit // 4)
 
     def peak_memory_bytes(self) -> int:
         return mx.get_peak_memory()

@@ -230,12 +230,20 @@ def test_an_estimate_that_under_promises_is_corrected_by_the_measured_steps(home
     )
 
 
-@pytest.mark.parametrize("device", ["gpu (CUDA)", "gpu (Metal)", "cpu"])
-def test_a_gpu_run_caps_mlx_s_memory_and_buffer_cache(device):
+@pytest.mark.parametrize(
+    ("device", "budget", "limits"),
+    [
+        ("gpu (CUDA)", 2**33, (2**33, 2**31)),
+        ("gpu (Metal)", 2**33, (2**33, 2**31)),
+        ("gpu (CUDA)", 2**41, (2**40, 2**38)),  # the whole card: MLX's own limit stays
+        ("cpu", 2**33, (2**40, 2**39)),
+    ],
+)
+def test_a_gpu_run_caps_mlx_s_memory_and_buffer_cache(device, budget, limits):
     """On CUDA MLX's cache kept the freed buffers of every batch length until an allocation
     failed (an H100: 73-79 GB cached, 1.4-4.7 GB in use, at step 4-7): a run on any GPU sets
-    MLX's memory limit to its budget and the cache's to a quarter of it; a CPU run leaves
-    both (there the limit would be the machine's RAM)."""
+    MLX's memory limit to its budget (never above MLX's own) and the cache's to a quarter of
+    it; a CPU run leaves both (there the limit would be the machine's RAM)."""
     import mlx.core as mx
 
     from mlxlora.backends.mlx import MLXBackend
@@ -244,9 +252,7 @@ def test_a_gpu_run_caps_mlx_s_memory_and_buffer_cache(device):
     backend.info.device = device  # what describe() finds; this machine has no GPU
     memory, cache = mx.set_memory_limit(2**40), mx.set_cache_limit(2**39)
     try:
-        backend.limit_memory(8 * 2**30)
-        limits = mx.set_memory_limit(memory), mx.set_cache_limit(cache)
+        backend.limit_memory(budget)
+        assert (mx.set_memory_limit(memory), mx.set_cache_limit(cache)) == limits
     finally:
         mx.set_memory_limit(memory), mx.set_cache_limit(cache)
-    gpu = (8 * 2**30, 2 * 2**30)
-    assert limits == (gpu if device.startswith("gpu") else (2**40, 2**39))
