@@ -111,6 +111,18 @@ def messages_for(prompt: str, system: str | None = None) -> list[dict]:
     return messages + [{"role": "user", "content": prompt}]
 
 
+def shared_system_prompt(records: list[dict]) -> str | None:
+    """The system message every record opens with, where they all open with the same one (a
+    run's samples are asked as its records ask); None where any record has none or another."""
+    openings = {_opening_system(record) for record in records}
+    return openings.pop() if len(openings) == 1 else None
+
+
+def _opening_system(record: dict) -> str | None:
+    first = (record.get("messages") or [{}])[0]
+    return first.get("content") if first.get("role") == "system" else None
+
+
 def generate(
     model_ref: str | None,
     prompt: str,

@@ -11,6 +11,7 @@ from mlxlora import schedules
 from mlxlora.config import Config
 from mlxlora.data import batching
 from mlxlora.errors import ConfigError, DataError, ModelError
+from mlxlora.evaluate import shared_system_prompt
 from mlxlora.events import MemoryFit
 from mlxlora.fmt import counted
 from mlxlora.runs import RunPaths
@@ -70,6 +71,7 @@ class Prepared:
     sources: dict[str, str]  # config field -> the file it named (absolute), where it did
     fit: MemoryFit | None = None  # what training.fit chose, for the run's events
     guard: MemoryGuard | None = None  # the budget a step must not pass (training.memory_budget)
+    system_prompt: str | None = None  # the one every training record opens with, if they share it
 
 
 def load_records(cfg: Config) -> tuple[list[dict], list[dict], Config]:
@@ -278,6 +280,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         model_dir=model_dir,
         fit=fit,
         guard=guard,
+        system_prompt=shared_system_prompt(train_records),
     )
 
 

@@ -296,7 +296,8 @@ class Trainer:
 
     def answer_samples(self, when: str) -> None:
         for prompt in self.cfg.samples:
-            answer = self.p.backend.generate(messages_for(prompt), SAMPLE_MAX_TOKENS)
+            messages = messages_for(prompt, self.p.system_prompt)  # as the records ask
+            answer = self.p.backend.generate(messages, SAMPLE_MAX_TOKENS)
             self.events.emit(Sample(step=self.state.step, when=when, prompt=prompt, answer=answer))
 
     def should_stop_early(self) -> bool:

@@ -431,6 +431,31 @@ def test_samples_are_answered_before_and_after(home, quickstart_data, tmp_path):
     assert all(s.prompt == "What is the capital of Chile?" and s.answer for s in samples)
 
 
+def test_samples_are_asked_with_the_system_prompt_every_record_opens_with(
+    home, tmp_path, monkeypatch
+):
+    """The level-2 tutorial's records all open with one system prompt: the run's samples are
+    asked with it (what the backend's generator was asked is recorded on the way through;
+    builtin:tiny answers the same newlines either way). Records without one: no system."""
+    from mlxlora.backends.mlx import MLXBackend
+
+    asked = []
+    real = MLXBackend.generate
+    monkeypatch.setattr(
+        MLXBackend, "generate", lambda self, m, n: asked.append(m) or real(self, m, n)
+    )
+    system, prompt = "あなたは丁寧な医療アシスタントです。", "What is the capital of Chile?"
+    for name, opening in (("with", [{"role": "system", "content": system}]), ("without", [])):
+        data = tmp_path / f"{name}.jsonl"
+        turns = [[*opening, {"role": "user", "content": f"q{i}"},
+                  {"role": "assistant", "content": f"answer {i}"}] for i in range(12)]  # fmt: skip
+        data.write_text("\n".join(json.dumps({"messages": t}, ensure_ascii=False) for t in turns))
+        cfg = make_config(data, "training.max_steps=1", f"samples=['{prompt}']")
+        engine.train(cfg, tmp_path / name)
+    user = {"role": "user", "content": prompt}
+    assert asked == [[{"role": "system", "content": system}, user]] * 2 + [[user]] * 2
+
+
 def test_a_stop_asked_while_a_resume_prepares_is_honoured(
     home, quickstart_data, tmp_path, monkeypatch
 ):
