@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
+import pytest
 from run_fixtures import T0, screen_text, wait_for, write_run
 from textual.widgets import DataTable, SelectionList, Static
 
+from mlxlora import runs
 from mlxlora.experiments import config_differences
 from mlxlora.tui.app import MlxloraApp
 from mlxlora.tui.widgets.loss_chart import LossChart
@@ -163,6 +166,36 @@ def test_p_names_the_best_run_and_h_writes_the_report(home):
     page = report.read_text("utf-8")
     assert "<svg" in page and page.count("<polyline") == 2 and "rank16" in page
     assert '<p class="pick">rank16: best val 0.757' in page
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_the_verdict_keeps_its_last_line_on_screen(home, size):
+    """The verdict's last line, what the pick left out ("not weighed: eval score ..."), was
+    cut off at 80x24 and at 120x40: the box held 4 lines (a QA finding, tutorial step 5.3)."""
+    write_run("医療専門知識モデル_v1", end="finished")
+    v2 = write_run("医療専門知識モデル_v2_optimized", end="finished", started=T0 + 100)
+    runs.RunPaths(v2).eval.write_text(json.dumps(EVAL_WITH_SCORES), encoding="utf-8")
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=size) as pilot:
+            await settle(pilot)
+            await pilot.press("p")
+            verdict = app.query_one("#compare-verdict")
+            await wait_for(pilot, lambda: verdict.display)
+            await pilot.pause(0.3)
+            shown = re.sub(r"\s+", " ", screen_text(app))
+            assert "pick 医療専門知識モデル_" in shown
+            assert "not weighed: eval score (医療専門知識モデル_v1 has none" in shown
+            assert "`mlxlora eval 医療専門知識モデル_v1`)" in shown
+
+    asyncio.run(go())
+
+
+EVAL_WITH_SCORES = {
+    "val_loss": 0.95,
+    "scores": {"term_recall": 0.5, "token_f1": 0.4, "safety_rate": 1.0, "consistency": 0.75},
+}
 
 
 def notes(app) -> list[str]:

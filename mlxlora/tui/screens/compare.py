@@ -52,7 +52,9 @@ class CompareTab(Vertical):
     CompareTab #compare-pick { width: 30%; min-width: 30; max-width: 50; }
     CompareTab LossChart { width: 1fr; }
     CompareTab #compare-table { height: auto; max-height: 45%; }
-    CompareTab #compare-verdict { height: auto; max-height: 4; background: $boost; }
+    CompareTab #compare-verdict {
+        height: auto; max-height: 50%; overflow-y: auto; background: $boost;
+    }
     """
     BINDINGS = [
         Binding("p", "pick_best", "Pick the best"),
