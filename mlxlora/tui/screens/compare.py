@@ -36,6 +36,7 @@ from mlxlora.tui.widgets.text import middle_cut, num
 DRAW_SEC = 0.5
 SWEEP = "sweep:"  # the value of a sweep's entry in the pick list
 CHECKBOX_CELLS = 4  # "▐X▌ " before each run in the pick list
+SWEEP_HINT_CELLS = 6  # after a sweep's run cut to fit: "  (" and the start of the sweep's name
 
 
 def _newest_first(paths: list[Path]) -> list[Path]:
@@ -133,11 +134,14 @@ class CompareTab(Vertical):
         """A run as the list shows it in `room` cells, what tells it from the others first (a
         narrow list cuts the end of a line): its name, then when it started (`11-26 15:39`); a
         sweep's run without the sweep's name (`rank8  (sweep, 11-26 15:39)`). A name too long
-        is cut in the middle (names share prefixes and differ at the end), and the time left
-        out unless another run has the same name."""
+        (of a sweep's run, its own part) is cut in the middle (names share prefixes and differ
+        at the end), and the time left out unless another run has the same name."""
         name, sweep, when = runs.given_name(path), self._sweep_of(path), runs.started_text(path)
         if sweep and name.startswith(f"{sweep}-"):
-            return f"{name.removeprefix(f'{sweep}-')}  ({', '.join(filter(None, (sweep, when)))})"
+            own = name.removeprefix(f"{sweep}-")
+            if room is not None and cell_len(own) > room - SWEEP_HINT_CELLS:
+                own = middle_cut(own, room - SWEEP_HINT_CELLS)  # grid values end the name
+            return f"{own}  ({', '.join(filter(None, (sweep, when)))})"
         label = f"{name}  {when}".rstrip()
         if room is None or cell_len(label) <= room:
             return label
