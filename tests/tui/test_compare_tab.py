@@ -219,6 +219,28 @@ def test_a_sweeps_runs_stay_apart_in_a_narrow_list(home):
     asyncio.run(go())
 
 
+def test_names_fit_the_list_once_it_scrolls(home):
+    """The labels were cut for the list's width before its scrollbar appeared: with the
+    tutorial's runs (more than the list shows) 医療専門…ル_early_stop read 医療専門…ル_early_s…
+    at 80x24 (a QA finding)."""
+    write_run("医療専門知識モデル_early_stop", end="finished")
+    for i in range(20):
+        write_run(f"run-{i:02}", end="finished")
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=(80, 24)) as pilot:
+            pick = app.query_one(SelectionList)
+            await wait_for(pilot, lambda: pick.option_count == 21)
+            await pilot.pause(1.2)
+            assert pick.show_vertical_scrollbar
+            label = str(pick.get_option_at_index(0).prompt)
+            assert label.startswith("医療") and label.endswith("ル_early_stop")
+            assert f"▐X▌ {label} " in screen_text(app)  # whole: not cut again by the list
+
+    asyncio.run(go())
+
+
 def notes(app) -> list[str]:
     return [str(n.message) for n in app._notifications]
 

@@ -122,7 +122,8 @@ class CompareTab(Vertical):
 
     def redraw(self) -> None:
         """Draw what changed; nothing while another tab is in view."""
-        if not self._dirty or not self.is_on_screen:
+        # the list's room also changes when its scrollbar appears: the labels are cut again
+        if not (self._dirty or self._list_room() != self._room) or not self.is_on_screen:
             return
         self._dirty = False
         self._draw_list()
@@ -152,8 +153,7 @@ class CompareTab(Vertical):
     def _draw_list(self) -> None:
         present = _newest_first(self.book.present)
         pick = self.query_one(SelectionList)
-        width = pick.scrollable_content_region.width
-        room = width - CHECKBOX_CELLS if width else None  # None: not laid out yet
+        room = self._list_room()
         if (present, room) == (self._listed, self._room):
             return
         self._room = room
@@ -173,6 +173,11 @@ class CompareTab(Vertical):
         if pick.option_count:
             pick.highlighted = min(highlighted, pick.option_count - 1)
         self.picked = [p for p in self.picked if p in present]
+
+    def _list_room(self) -> int | None:
+        """The cells a label has in the pick list (None: not laid out yet)."""
+        width = self.query_one(SelectionList).scrollable_content_region.width
+        return width - CHECKBOX_CELLS if width else None
 
     def _draw_table(self, picked: list[Path]) -> None:
         table = self.query_one(DataTable)
