@@ -241,6 +241,28 @@ def test_names_fit_the_list_once_it_scrolls(home):
     asyncio.run(go())
 
 
+def test_sweeps_named_alike_stay_apart_in_a_narrow_list(home):
+    """The tutorial's sweeps are named after their first config (医療専門知識モデル_sweep, and
+    the A/B test's 医療専門知識モデル_v1-sweep): both read `▸ 医療専門知識モデ …` at 80x24
+    (a QA finding)."""
+    for i, sweep in enumerate(("医療専門知識モデル_sweep", "医療専門知識モデル_v1-sweep")):
+        write_run(f"{sweep}-rank8", overrides=(f"sweep={sweep}",), started=T0 + i)
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=(80, 24)) as pilot:
+            pick = app.query_one(SelectionList)
+            await wait_for(pilot, lambda: pick.option_count == 4)
+            await pilot.pause(0.6)
+            shown = [line for line in screen_text(app).splitlines() if "▐X▌ ▸" in line]
+            heads = [line.split("▐X▌ ▸")[1].split("▎")[0].strip() for line in shown]
+            # each ends as its name does: what tells them apart
+            assert all(h.endswith("_sweep") or h.endswith("_v1-sweep") for h in heads), heads
+            assert sorted(h.endswith("_v1-sweep") for h in heads) == [False, True], heads
+
+    asyncio.run(go())
+
+
 def notes(app) -> list[str]:
     return [str(n.message) for n in app._notifications]
 

@@ -162,8 +162,7 @@ class CompareTab(Vertical):
         self._listed = present
         sweeps = dict.fromkeys(s for s in map(self._sweep_of, present) if s)  # newest first
         pick.add_options(
-            (f"▸ {s} ({len(self._members(s))} runs)", SWEEP + s, s in self._sweeps_picked)
-            for s in sweeps
+            (self._sweep_label(s, room), SWEEP + s, s in self._sweeps_picked) for s in sweeps
         )
         names = Counter(map(runs.given_name, present))
         pick.add_options(
@@ -173,6 +172,15 @@ class CompareTab(Vertical):
         if pick.option_count:
             pick.highlighted = min(highlighted, pick.option_count - 1)
         self.picked = [p for p in self.picked if p in present]
+
+    def _sweep_label(self, sweep: str, room: int | None) -> str:
+        """A sweep's entry, `▸ 掃引 (4 runs)`; where that does not fit, its name cut in the
+        middle to the room: sweeps named after their first config share its prefix
+        (医療専門知識モデル_sweep, 医療専門知識モデル_v1-sweep)."""
+        label = f"▸ {sweep} ({len(self._members(sweep))} runs)"
+        if room is None or cell_len(label) <= room:
+            return label
+        return f"▸ {middle_cut(sweep, room - 2)}"
 
     def _list_room(self) -> int | None:
         """The cells a label has in the pick list (None: not laid out yet)."""
