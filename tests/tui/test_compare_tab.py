@@ -202,19 +202,21 @@ def test_a_sweeps_runs_stay_apart_in_a_narrow_list(home):
     """At 80x24 the tutorial's sweep runs all read `rank16-learning_rat…`: a sweep's run
     was cut at its end, where its grid values are (a QA finding, tutorial step 6.3)."""
     sweep = "医療専門知識モデル_sweep"
-    for i, member in enumerate(("rank16-learning_rate5e-5", "rank16-learning_rate1e-4")):
-        write_run(f"{sweep}-{member}", overrides=(f"sweep={sweep}",), started=T0 + i)
+    for rank in ("rank16", "rank8"):
+        for lr in ("5e-5", "1e-4"):
+            write_run(f"{sweep}-{rank}-learning_rate{lr}", overrides=(f"sweep={sweep}",))
 
     async def go():
         app = MlxloraApp(initial="compare")
         async with app.run_test(size=(80, 24)) as pilot:
-            await wait_for(pilot, lambda: app.query_one(SelectionList).option_count == 3)
+            await wait_for(pilot, lambda: app.query_one(SelectionList).option_count == 5)
             await pilot.pause(0.6)
             shown = [line for line in screen_text(app).splitlines() if "▐X▌" in line]
             members = [line.split("▐X▌")[1].split("▎")[0].strip() for line in shown[1:]]
             # each with its grid values whole: its rank and, at the end, its learning rate
-            assert sorted(m.split("  ")[0][-8:] for m in members) == ["rate1e-4", "rate5e-5"]
-            assert all(m.startswith("rank1") for m in members), members
+            owns = sorted(m.split("  ")[0].removesuffix("…") for m in members)  # the list's …
+            assert [o[:6] for o in owns] == ["rank16", "rank16", "rank8-", "rank8-"], members
+            assert [o[-8:] for o in owns] == ["rate1e-4", "rate5e-5"] * 2, members
 
     asyncio.run(go())
 

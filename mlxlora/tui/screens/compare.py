@@ -36,7 +36,7 @@ from mlxlora.tui.widgets.text import middle_cut, num
 DRAW_SEC = 0.5
 SWEEP = "sweep:"  # the value of a sweep's entry in the pick list
 CHECKBOX_CELLS = 4  # "▐X▌ " before each run in the pick list
-SWEEP_HINT_CELLS = 6  # after a sweep's run cut to fit: "  (" and the start of the sweep's name
+SWEEP_HINT_CELLS = 6  # "  (" and the start of the sweep's name, after a sweep's run cut to fit
 
 
 def _newest_first(paths: list[Path]) -> list[Path]:
@@ -131,17 +131,25 @@ class CompareTab(Vertical):
         self._draw_table(picked)
         self._draw_chart(picked)
 
+    def _own_name(self, path: Path) -> str:
+        """A run's name as the list gives it: a sweep's run without the sweep's name."""
+        name, sweep = runs.given_name(path), self._sweep_of(path)
+        return name.removeprefix(f"{sweep}-") if sweep else name
+
     def _label(self, path: Path, room: int | None, repeated: bool) -> str:
         """A run as the list shows it in `room` cells, what tells it from the others first (a
         narrow list cuts the end of a line): its name, then when it started (`11-26 15:39`); a
         sweep's run without the sweep's name (`rank8  (sweep, 11-26 15:39)`). A name too long
-        (of a sweep's run, its own part) is cut in the middle (names share prefixes and differ
-        at the end), and the time left out unless another run has the same name."""
+        is cut in the middle (names share prefixes and differ at the end), and the time left
+        out unless another run has the same name; a sweep's run keeps the start of its sweep's
+        name where another sweep has a run of the same name."""
         name, sweep, when = runs.given_name(path), self._sweep_of(path), runs.started_text(path)
         if sweep and name.startswith(f"{sweep}-"):
-            own = name.removeprefix(f"{sweep}-")
-            if room is not None and cell_len(own) > room - SWEEP_HINT_CELLS:
-                own = middle_cut(own, room - SWEEP_HINT_CELLS)  # grid values end the name
+            own = self._own_name(path)
+            # the list cuts what follows with "…": one cell, or a few more to show the sweep
+            fits = None if room is None else room - (SWEEP_HINT_CELLS if repeated else 1)
+            if fits is not None and cell_len(own) > fits:
+                own = middle_cut(own, fits)
             return f"{own}  ({', '.join(filter(None, (sweep, when)))})"
         label = f"{name}  {when}".rstrip()
         if room is None or cell_len(label) <= room:
@@ -164,9 +172,9 @@ class CompareTab(Vertical):
         pick.add_options(
             (self._sweep_label(s, room), SWEEP + s, s in self._sweeps_picked) for s in sweeps
         )
-        names = Counter(map(runs.given_name, present))
+        names = Counter(map(self._own_name, present))
         pick.add_options(
-            (self._label(p, room, names[runs.given_name(p)] > 1), str(p), p in self.picked)
+            (self._label(p, room, names[self._own_name(p)] > 1), str(p), p in self.picked)
             for p in present
         )
         if pick.option_count:
