@@ -25,6 +25,7 @@ Formats (extra keys in a record are allowed and ignored):
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,10 @@ def _reject_constant(name: str):
 
 
 def _loads(text: str) -> Any:
-    return json.loads(text, parse_constant=_reject_constant)
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:  # json's decoder recurses once per [ or {
+        raise ValueError("arrays or objects nested too deeply") from None
 
 
 # --- reading files --------------------------------------------------------------------------
@@ -134,6 +138,13 @@ def load_records(path: str | Path) -> Records:
     """Read a JSON array file or a JSON Lines file into a list of dicts (see module docstring)."""
     source = str(path)
     text = read_text(path)
+    records = _parse_records(text, source)
+    if _SURROGATE_ESCAPE.search(text):
+        _refuse_lone_surrogates(records, source)
+    return records
+
+
+def _parse_records(text: str, source: str) -> Records:
     if not text.strip():
         raise DataError(f"{source}: file is empty (expected a JSON array or JSON Lines)")
     try:
@@ -172,6 +183,39 @@ def load_records(path: str | Path) -> Records:
             ) from None
         raise DataError(f"{source}: malformed JSON: {exc}") from None
     return _load_jsonl(text, source)
+
+
+# json reads the escape of half a UTF-16 surrogate pair ("\\ud800") into a str that is no text:
+# it cannot be written as UTF-8, so storing or tokenizing the record would fail later.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_lone_surrogates(records: Records, source: str) -> None:
+    for i, record in enumerate(records):
+        found = _surrogate_in(record, "")
+        if found:
+            field, char = found
+            raise DataError(
+                f'{source}: {where(records, i)}: field "{field}": holds \\u{ord(char):04x}, '
+                "half of a UTF-16 surrogate pair, not a character; remove or complete the escape"
+            )
+
+
+def _surrogate_in(value: Any, path: str) -> tuple[str, str] | None:
+    """(field path, character) of the first lone surrogate in a key or string of `value`."""
+    if isinstance(value, str):
+        bad = [c for c in value if "\ud800" <= c <= "\udfff"]
+        return (path, bad[0]) if bad else None
+    if isinstance(value, list):
+        items = ((f"{path}[{j}]", item) for j, item in enumerate(value))
+    elif isinstance(value, dict):
+        items = ((f"{path}.{key}" if path else key, item) for key, item in value.items())
+    else:
+        return None
+    for inner, item in items:
+        if found := _surrogate_in(inner, inner) or _surrogate_in(item, inner):  # key, value
+            return found
+    return None
 
 
 def _not_json(source: str) -> str:

@@ -79,6 +79,16 @@ BAD_INPUTS = {
         ["line 2", "not valid UTF-8", "offset 27"],
     ),
     "not_records": ("scalar.json", b'"just a string"', ["top-level JSON is a string"]),
+    # json reads a lone surrogate escape into a str that cannot be stored as UTF-8
+    "lone_surrogate": (
+        "surrogate.jsonl",
+        b'{"messages": [{"role": "user", "content": "q"}, '
+        b'{"role": "assistant", "content": "a pair is fine: \\ud83d\\ude00"}]}\n'
+        b'{"messages": [{"role": "user", "content": "q"}, '
+        b'{"role": "assistant", "content": "a \\udc00"}]}\n',
+        ["line 2", 'field "messages[1].content"', "\\udc00", "surrogate"],
+    ),
+    "nested_too_deeply": ("deep.json", b"[" * 100_000, ["nested too deeply"]),
 }
 
 
