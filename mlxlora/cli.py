@@ -77,6 +77,10 @@ def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
     if argv is None and len(sys.argv) == 1 and tui.interactive():
         argv = ["tui"]  # `mlxlora` alone in a terminal opens the studio
+    for arg in sys.argv[1:] if argv is None else argv:
+        if problem := _undecodable(arg):
+            print(f"mlxlora: error: {problem}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -89,6 +93,21 @@ def _dispatch(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("mlxlora: interrupted", file=sys.stderr)
         return 130
+
+
+def _undecodable(arg: str) -> str | None:
+    """Why an argument is no text: bytes that are not UTF-8 (a name typed in a Shift_JIS or
+    Latin-1 terminal) reach Python as lone surrogates, which no file, name or config can hold."""
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(arg)
+        shown = raw.decode("utf-8", "backslashreplace")
+        return (
+            f"argument '{shown}' is not UTF-8 text; set the terminal's encoding to UTF-8 "
+            "(or rename the file)"
+        )
+    return None
 
 
 if __name__ == "__main__":

@@ -362,3 +362,18 @@ def test_subprocess_import_then_duplicate(tmp_path):
         "(`mlxlora data rm med`)"
     ]
     assert stored(home) == ["med"]
+
+
+def test_subprocess_name_typed_in_a_shift_jis_terminal(tmp_path):
+    """A name whose bytes are not UTF-8 (医療 typed in a Shift_JIS terminal) is refused on one
+    line naming it, and nothing is stored; it was a UnicodeEncodeError traceback."""
+    home = tmp_path / "home"
+    src = jsonl(tmp_path / "med.jsonl", GOOD)
+    sjis = "医療".encode("shift_jis")
+    proc = run_cli("data", "import", str(src), "--name", sjis, home=home)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "mlxlora: error: argument '\\x88\\xe3\\x97\\xc3' is not UTF-8 text; set the terminal's "
+        "encoding to UTF-8 (or rename the file)"
+    ]
+    assert stored(home) == []
