@@ -7,6 +7,7 @@ what is allowed. Unknown keys are errors. Imports no mlx, torch or textual.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -221,12 +222,16 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         items = [_coerce(v, inner, f"{key}[{i}]", problems) for i, v in enumerate(value)]
         return _INVALID if _INVALID in items else items
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads "5e-5" as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        # YAML's .inf and .nan: no setting means them (epochs: .inf crashed the step count)
+        problems.append(f"{key}: expected a finite number, got {value!r}")
+        return _INVALID
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
         return _INVALID

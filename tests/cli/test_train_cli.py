@@ -55,6 +55,21 @@ def test_bad_config_is_one_line_without_traceback(home, tmp_path):
     assert "lora.rank" in out.stderr and "training.schedule" in out.stderr
 
 
+def test_infinite_and_nan_values_are_refused_on_one_line(home):
+    """YAML's .inf and .nan are floats: epochs: .inf crashed counting the steps (OverflowError)
+    and learning_rate: .inf trained into a NaN loss."""
+    out = mlxlora(
+        "train", QUICK, "--set", "training.epochs=.inf", "--set", "training.learning_rate=.inf"
+    )
+    assert out.returncode == 2
+    assert one_line_error(out).strip() == (
+        f"mlxlora: error: {QUICK} (with --set training.epochs, training.learning_rate): "
+        "2 problems: training.learning_rate: expected a finite number, got inf; "
+        "training.epochs: expected a finite number, got inf"
+    )
+    assert not (home / "runs").exists()
+
+
 def test_killed_run_resumes_from_last_checkpoint(home, tmp_path):
     run = tmp_path / "run"
     args = [
