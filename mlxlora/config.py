@@ -395,6 +395,8 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     source = str(path) if path else "config"
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(["is a directory, expected a YAML config file"], source)
         if not p.is_file():
             raise ConfigError(["file not found"], source)
         try:
@@ -405,6 +407,10 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError([_yaml_problem(exc)], source) from None
+        except RecursionError:  # the parser recurses once per [ or {
+            raise ConfigError(
+                ["not valid YAML: lists or mappings nested too deeply"], source
+            ) from None
     if overrides:  # a bad value may be the command line's, not the file's
         source += f" (with --set {', '.join(o.partition('=')[0] for o in overrides)})"
     cfg = from_dict(apply_overrides(data, list(overrides)), source)

@@ -70,6 +70,20 @@ def test_infinite_and_nan_values_are_refused_on_one_line(home):
     assert not (home / "runs").exists()
 
 
+def test_a_config_nested_too_deeply_or_a_directory_is_one_line(home, tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: " + "[" * 5000)  # PyYAML recursed into a RecursionError traceback
+    out = mlxlora("train", str(deep))
+    assert out.returncode == 2
+    assert one_line_error(out).strip() == (
+        f"mlxlora: error: {deep}: not valid YAML: lists or mappings nested too deeply"
+    )
+    out = mlxlora("train", str(tmp_path))  # it said "file not found"
+    assert one_line_error(out).strip() == (
+        f"mlxlora: error: {tmp_path}: is a directory, expected a YAML config file"
+    )
+
+
 def test_killed_run_resumes_from_last_checkpoint(home, tmp_path):
     run = tmp_path / "run"
     args = [
