@@ -5,6 +5,7 @@ It talks to the world only through events (events.jsonl) and the files of the ru
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import signal
@@ -32,9 +33,30 @@ from mlxlora.runs import (
     check_resumable,
     new_run_dir,
     recover_run,
+    resume_command,
     run_lock,
 )
 from mlxlora.trainer import Trainer, TrainerState
+
+# Writing the run failed for a reason of the machine's, not ours: a full disk or quota, a
+# file system gone read-only, permissions taken away.
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _disk_failure(exc: OSError, paths: RunPaths, step: int, events: EventWriter):
+    """The TrainingFailed for a write the disk refused, recorded as the run's failure where
+    the disk still takes it; every checkpoint is whole (atomic_dir), so the last one is good."""
+    last = paths.latest_checkpoint()
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = f"cannot write the run at step {step}: {exc.strerror}{where}"
+    try:
+        events.emit(
+            RunFailed(reason=reason, step=step, last_checkpoint=str(last) if last else None)
+        )
+    except OSError:
+        pass  # the same full disk: the error below still tells the user
+    kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
+    return TrainingFailed(f"{reason}; free space, then `{resume_command(paths.root)}`{kept}")
 
 
 def _install_stop_handlers(handler) -> dict:
@@ -209,6 +231,11 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
     except MlxloraError as exc:
         events.emit(RunFailed(reason=str(exc), step=state.step))
         raise
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            events.emit(RunFailed(reason=f"internal error: {exc!r}", step=state.step))
+            raise
+        raise _disk_failure(exc, paths, state.step, events) from None
     except Exception as exc:  # our bug: the faces still learn the run ended; traceback kept
         events.emit(RunFailed(reason=f"internal error: {exc!r}", step=state.step))
         raise

@@ -214,7 +214,13 @@ class EventWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        try:
+            self.close()
+        except OSError:
+            if exc[0] is None:
+                raise
+            # the lines still buffered met the error already on its way (a full disk): that
+            # error, not this one, says what happened
 
 
 def redone(step: int, resumed_from: int) -> bool:

@@ -167,7 +167,11 @@ class Trainer:
         peft = [PEFT_ADAPTER_FILE] if (checkpoint / PEFT_ADAPTER_FILE).exists() else []
         for name in (*ADAPTER_FILES, *peft):
             tmp = self.p.paths.adapters / f".{name}.tmp"
-            tmp.write_bytes((checkpoint / name).read_bytes())
+            try:
+                tmp.write_bytes((checkpoint / name).read_bytes())
+            except OSError:
+                tmp.unlink(missing_ok=True)  # half a file on a full disk: give its space back
+                raise
             os.replace(tmp, self.p.paths.adapters / name)
 
     def elapsed(self) -> float:

@@ -129,6 +129,14 @@ def describe() -> BackendInfo:
     )
 
 
+def _save_safetensors(path: Path, arrays: dict) -> None:
+    """mx.save_safetensors through a Python file: a full disk raises OSError(ENOSPC), which the
+    engine reports as one, where mlx's own writer raises a bare RuntimeError or, on some
+    files, nothing at all (a checkpoint cut short but taken for whole)."""
+    with open(path, "wb") as f:
+        mx.save_safetensors(f, arrays)
+
+
 def lora_keys(layers: list[nn.Module], targets: list[str]) -> TargetMatch:
     """The linear layers of `layers` (the adapted blocks) that `targets` name (see targets.py)."""
     linear = {
@@ -374,7 +382,7 @@ class MLXBackend:
         """mlx-lm's adapter layout: loadable by `mlx_lm.generate --adapter-path`."""
         directory.mkdir(parents=True, exist_ok=True)
         weights = dict(tree_flatten(self.model.trainable_parameters()))
-        mx.save_safetensors(str(directory / "adapters.safetensors"), weights)
+        _save_safetensors(directory / "adapters.safetensors", weights)
         config = {
             "model": str(self.model_dir),  # as in mlx-lm's own adapter configs
             **gguf_source(self.model_dir),
@@ -388,7 +396,7 @@ class MLXBackend:
     def save_state(self, directory: Path) -> None:
         self.save_adapter(directory)
         state = dict(tree_flatten(self.optimizer.state))
-        mx.save_safetensors(str(directory / "optimizer.safetensors"), state)
+        _save_safetensors(directory / "optimizer.safetensors", state)
 
     def load_state(self, directory: Path) -> None:
         weights = mx.load(str(directory / "adapters.safetensors"))

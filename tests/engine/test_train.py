@@ -294,6 +294,56 @@ def test_nan_loss_fails_cleanly_and_keeps_last_good_checkpoint(home, quickstart_
     assert (paths.latest_checkpoint() / "adapters.safetensors").exists()
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_fails_the_run_on_one_line_and_it_resumes(home, quickstart_data, tmp_path):
+    """A write refused with ENOSPC ended the run in an OSError traceback, its run_failed
+    naming no checkpoint; /dev/full refuses every write as a full disk does."""
+    cfg = make_config(quickstart_data, "training.max_steps=6", "training.eval_every=3")
+    run = tmp_path / "run"
+    paths = RunPaths(run)
+    publishing = paths.adapters / ".adapters.safetensors.tmp"  # written at each checkpoint
+
+    def fill_the_disk(event):
+        if isinstance(event, Step) and event.step == 2:
+            publishing.symlink_to("/dev/full")
+
+    with pytest.raises(TrainingFailed) as failed:
+        engine.train(cfg, run, listeners=[fill_the_disk])
+    last = paths.checkpoints / "step-0000003"
+    assert str(failed.value) == (
+        "cannot write the run at step 3: No space left on device; free space, then "
+        f"`mlxlora train --resume {run}`; last good checkpoint: {last}"
+    )
+    failure = read_events(paths.events)[-1]
+    assert isinstance(failure, RunFailed) and failure.last_checkpoint == str(last)
+    assert not publishing.is_symlink()  # a half-written file gives its space back
+
+    summary = engine.train(None, run, resume=True)
+    assert summary["steps"] == 6 and sorted(steps(run)) == list(range(1, 7))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_checkpoint_file_the_disk_refuses_raises_no_space_left(home, quickstart_data, tmp_path):
+    """mlx's own writer, given a path, returned without a word when /dev/full refused every
+    byte: a checkpoint cut short, taken for whole. Written through a Python file, the disk's
+    ENOSPC reaches the engine, which fails the run on one line (test above)."""
+    import errno
+
+    from mlxlora.backends.mlx import MLXBackend
+    from mlxlora.models.resolve import resolve_model
+
+    cfg = make_config(quickstart_data)
+    backend = MLXBackend()
+    backend.load(resolve_model(cfg.model), cfg)
+    for name in ("adapters.safetensors", "optimizer.safetensors"):
+        checkpoint = tmp_path / name
+        checkpoint.mkdir()
+        (checkpoint / name).symlink_to("/dev/full")
+        with pytest.raises(OSError) as refused:
+            backend.save_state(checkpoint)
+        assert refused.value.errno == errno.ENOSPC
+
+
 def test_early_stopping_keeps_best(home, quickstart_data, tmp_path):
     # min_delta larger than any possible drop: patience runs out two evaluations after the
     # first, while the best adapter still follows the lowest loss
