@@ -55,8 +55,10 @@ def _disk_failure(exc: OSError, paths: RunPaths, step: int, events: EventWriter)
         )
     except OSError:
         pass  # the same full disk: the error below still tells the user
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = "free space" if full else "make the run directory writable"
     kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
-    return TrainingFailed(f"{reason}; free space, then `{resume_command(paths.root)}`{kept}")
+    return TrainingFailed(f"{reason}; {fix}, then `{resume_command(paths.root)}`{kept}")
 
 
 def _install_stop_handlers(handler) -> dict:
