@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import mmap
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -196,6 +197,8 @@ class EventWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        if _ends_mid_line(self.path):  # a write a full disk cut short: the next event on its own
+            self._file.write("\n")
         self.listeners = list(listeners or [])
 
     def emit(self, event: Event) -> Event:
@@ -221,6 +224,14 @@ class EventWriter:
                 raise
             # the lines still buffered met the error already on its way (a full disk): that
             # error, not this one, says what happened
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def redone(step: int, resumed_from: int) -> bool:

@@ -322,6 +322,28 @@ def test_a_full_disk_fails_the_run_on_one_line_and_it_resumes(home, quickstart_d
     assert summary["steps"] == 6 and sorted(steps(run)) == list(range(1, 7))
 
 
+def test_an_event_line_cut_short_leaves_the_resumed_runs_events_whole(
+    home, quickstart_data, tmp_path
+):
+    """A full disk cuts the last event line short; the resume's run_started was appended to
+    that half line and lost with it, so the views took the resumed steps for new ones."""
+    cfg = make_config(quickstart_data, "training.max_steps=6", "training.eval_every=3")
+    run = tmp_path / "run"
+    paths = RunPaths(run)
+
+    def stop_at_four(event):
+        if isinstance(event, Step) and event.step == 4:
+            paths.stop_request.touch()
+
+    engine.train(cfg, run, listeners=[stop_at_four])
+    text = paths.events.read_text()
+    paths.events.write_text(text[: len(text) - 40])  # the run's last line, cut short
+    engine.train(None, run, resume=True)
+    started = [e for e in read_events(paths.events) if isinstance(e, RunStarted)]
+    assert [e.resumed_from_step for e in started] == [0, 4]
+    assert sorted(steps(run)) == list(range(1, 7))
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 def test_a_checkpoint_file_the_disk_refuses_raises_no_space_left(home, quickstart_data, tmp_path):
     """mlx's own writer, given a path, returned without a word when /dev/full refused every
