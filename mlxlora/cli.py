@@ -1,5 +1,6 @@
 """The `mlxlora` command. Each subcommand lives in `mlxlora/commands/<name>.py` and registers
-itself; this module only builds the parser and turns user errors into one line and an exit code.
+itself; this module only builds the parser and turns user errors into one line and an exit code:
+an MlxloraError, or a path the file system refuses.
 
 Imports no mlx, torch or textual at module level, so `mlxlora --help` is instant.
 """
@@ -7,8 +8,10 @@ Imports no mlx, torch or textual at module level, so `mlxlora --help` is instant
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+from pathlib import Path
 
 from mlxlora import __version__
 from mlxlora.commands import (
@@ -93,6 +96,37 @@ def _dispatch(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("mlxlora: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _REFUSED_BY_THE_SYSTEM:
+            raise
+        print(f"mlxlora: error: {_os_problem(exc)}", file=sys.stderr)
+        return 1
+
+
+# A path the user gave that the file system refuses (a file where a directory must go, a
+# directory where a file must go, no permission, a read-only or full disk): the user's to fix.
+_REFUSED_BY_THE_SYSTEM = {
+    errno.EEXIST,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENAMETOOLONG,
+}
+
+
+def _os_problem(exc: OSError) -> str:
+    path = exc.filename2 or exc.filename  # a rename names its target second
+    if path is None:
+        return exc.strerror or str(exc)
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # mkdir(parents=True) met a file
+        for part in (Path(path), *Path(path).parents):
+            if part.is_file():
+                return f"{part}: is a file, where a directory is needed"
+    return f"{path}: {exc.strerror}"
 
 
 def _undecodable(arg: str) -> str | None:

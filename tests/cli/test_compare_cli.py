@@ -36,3 +36,27 @@ def test_compare_in_an_80_column_terminal_keeps_names_numbers_and_keys_whole(
     assert out.count("status finished") == 2 and "best val" in out
     for key in ("training.early_stopping.patience", "training.early_stopping.min_delta"):
         assert key in out
+
+
+def test_outputs_the_file_system_refuses_are_one_line_errors(home, capsys, tmp_path):
+    """An output path under a file, or a report path that is a directory: each was an
+    OSError traceback (FileExistsError, NotADirectoryError, IsADirectoryError)."""
+    run = train("refused")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    a_dir = tmp_path / "reports"
+    a_dir.mkdir()
+    adapters = str(run / "adapters")
+    under_a_file = f"{a_file}: is a file, where a directory is needed"
+    cases = [
+        (["compare", run.name, "--report", str(a_file / "r.html")], under_a_file),
+        (["merge", run.name, run.name, "--rank", "2", "--out", str(a_file / "m")], under_a_file),
+        (["adapter", "convert", adapters, str(a_file / "peft")], under_a_file),
+        (["train", str(TINY), "--run-dir", str(a_file / "run")], under_a_file),
+        (["compare", run.name, "--report", str(a_dir)], f"{a_dir}: Is a directory"),
+    ]
+    capsys.readouterr()
+    for argv, said in cases:
+        assert main(argv) == 1, argv
+        assert capsys.readouterr().err == f"mlxlora: error: {said}\n", argv
+    assert a_file.read_text() == "mine" and list(a_dir.iterdir()) == []
