@@ -92,7 +92,13 @@ def load_records(cfg: Config) -> tuple[list[dict], list[dict], Config]:
         vmeta, vrecords = for_field("data.validation", refs.resolve, cfg.data.validation)
         val = [formats.normalize(r, vmeta.type) for r in vrecords]
         return train, val, replace(pinned, data=replace(pinned.data, validation=vmeta.name))
-    return *batching.split(train, cfg.data.val_split, cfg.training.seed), pinned
+    train, val = batching.split(train, cfg.data.val_split, cfg.training.seed)
+    if not train:  # the split's rounding up took every record (2 records, val_split 0.9)
+        raise DataError(
+            f"{meta.name}: data.val_split={cfg.data.val_split} sets all {len(val)} records "
+            "aside for validation, leaving none to train on; lower it or set data.validation"
+        )
+    return train, val, pinned
 
 
 def for_field(key: str, read, ref: str):

@@ -222,6 +222,8 @@ def broken_model(tmp_path) -> str:
         ("model={broken}", 4, "cannot load model", True),
         ("data.dataset=no-such-dataset", 3, "unknown dataset", False),
         ("data.max_length=8", 3, "no record fits", True),
+        # it said "no record fits data.max_length=256"
+        ("data.val_split=0.999", 3, "sets all 120 records aside for validation", True),
     ],
 )
 def test_errors_before_training_leave_no_run_directory(
