@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mlxlora import config as config_mod
 from mlxlora.config import Config
-from mlxlora.errors import TrainingFailed
+from mlxlora.errors import RunError, TrainingFailed
 from mlxlora.events import (
     EventWriter,
     RunFailed,
@@ -59,6 +59,24 @@ def _disk_failure(exc: OSError, paths: RunPaths, step: int, events: EventWriter)
     fix = "free space" if full else "make the run directory writable"
     kept = f"; last good checkpoint: {last}" if last else "; no checkpoint was written yet"
     return TrainingFailed(f"{reason}; {fix}, then `{resume_command(paths.root)}`{kept}")
+
+
+def _load_last_good_checkpoint(paths: RunPaths, backend) -> tuple[TrainerState, list[str]]:
+    """The state of the newest checkpoint that loads (into `backend` too), and a warning for
+    each newer one that did not: a file cut short (copied in part, a full disk) or removed.
+    A run keeps two checkpoints, so it resumes from the one before rather than not at all."""
+    unreadable = []
+    for ckpt in sorted(paths.checkpoints.glob("step-*"), reverse=True):
+        try:
+            state = TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
+            backend.load_state(ckpt)
+            warnings = [
+                f"{why}; resumed from {ckpt.name}, the checkpoint before" for why in unreadable
+            ]
+            return state, warnings
+        except Exception as exc:  # whatever the loaders say of a damaged file
+            unreadable.append(f"checkpoint {ckpt.name} cannot be read ({exc})")
+    raise RunError(f"{paths.root}: no checkpoint can be read: {'; '.join(unreadable)}")
 
 
 def _install_stop_handlers(handler) -> dict:
@@ -185,11 +203,10 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
 
     cfg, paths, backend = prep.config, prep.paths, prep.backend
     state = TrainerState()
+    unreadable: list[str] = []
     try:
         if resume:
-            ckpt = paths.latest_checkpoint()
-            state = TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
-            backend.load_state(ckpt)
+            state, unreadable = _load_last_good_checkpoint(paths, backend)
         trainable, total = backend.param_counts()
         events.emit(
             RunStarted(
@@ -209,7 +226,7 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
                 estimated_peak_gb=prep.estimated_peak_gb,
                 truncated_records=prep.truncated,
                 resumed_from_step=state.step,
-                warnings=prep.warnings,
+                warnings=prep.warnings + unreadable,
                 memory_budget_gb=_budget_gb(cfg, backend),
             )
         )

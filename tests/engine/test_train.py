@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -342,6 +343,35 @@ def test_an_event_line_cut_short_leaves_the_resumed_runs_events_whole(
     started = [e for e in read_events(paths.events) if isinstance(e, RunStarted)]
     assert [e.resumed_from_step for e in started] == [0, 4]
     assert sorted(steps(run)) == list(range(1, 7))
+
+
+def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before(home, quickstart_data, tmp_path):
+    """A checkpoint file cut short (copied in part, written to a full disk) made resume fail
+    with mlx's RuntimeError traceback although the checkpoint before it was whole."""
+    cfg = make_config(quickstart_data, "training.max_steps=6", "training.eval_every=3")
+    run = tmp_path / "run"
+    paths = RunPaths(run)
+
+    def stop_at_four(event):
+        if isinstance(event, Step) and event.step == 4:
+            paths.stop_request.touch()
+
+    engine.train(cfg, run, listeners=[stop_at_four])
+    ruined = tmp_path / "ruined"
+    shutil.copytree(run, ruined)
+    optimizer = paths.checkpoints / "step-0000004" / "optimizer.safetensors"
+    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    summary = engine.train(None, run, resume=True)
+    resumed = [e for e in read_events(paths.events) if isinstance(e, RunStarted)][-1]
+    assert resumed.resumed_from_step == 3 and summary["steps"] == 6
+    (warning,) = [w for w in resumed.warnings if "step-0000004" in w]
+    assert warning.startswith("checkpoint step-0000004 cannot be read ([load_safetensors]")
+    assert warning.endswith("; resumed from step-0000003, the checkpoint before")
+
+    for checkpoint in RunPaths(ruined).checkpoints.glob("step-*"):
+        (checkpoint / "trainer_state.json").write_text('{"step": ')
+    with pytest.raises(RunError, match="no checkpoint can be read: checkpoint step-0000004"):
+        engine.train(None, ruined, resume=True)
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
