@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,7 +270,7 @@ def _left_out(rows: list[Compared]) -> str:
                 f"\ncounted as behind on {PICK_LABELS[key]}: {', '.join(missing)} has none"
             )
             continue
-        hint = f": `mlxlora eval {missing[0]}`" if key == "eval_score" else ""
+        hint = f": `mlxlora eval {shlex.quote(missing[0])}`" if key == "eval_score" else ""
         lines.append(f"\nnot weighed: {PICK_LABELS[key]} ({', '.join(missing)} has none{hint})")
     return "".join(lines)
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
@@ -162,7 +163,7 @@ def load_dataset(name: str) -> tuple[DatasetMeta, list[dict]]:
     if digest != meta.sha256:
         raise DataError(
             f"dataset {name!r}: {path} changed since it was imported (sha256 mismatch); "
-            f"remove it with `mlxlora data rm {name}` and import the file again"
+            f"remove it with `mlxlora data rm {shlex.quote(name)}` and import the file again"
         )
     return meta, load_records(path)
 
@@ -193,7 +194,7 @@ def remove_dataset(name: str, force: bool = False) -> DatasetMeta:
         more = f" and {len(users) - 3} more" if len(users) > 3 else ""
         raise DataError(
             f"dataset {name} is used by run {', '.join(users[:3])}{more} (resume and eval read "
-            f"it); `mlxlora data rm {name} --force` removes it anyway"
+            f"it); `mlxlora data rm {shlex.quote(name)} --force` removes it anyway"
         )
     target = dataset_dir(name)
     trash = Path(tempfile.mkdtemp(dir=datasets_root(), prefix=f".rm-{name}."))
@@ -249,7 +250,7 @@ def import_records(
 def _duplicate(name: str) -> DataError:
     return DataError(
         f"dataset {name!r} already exists; choose another --name or remove it first "
-        f"(`mlxlora data rm {name}`)"
+        f"(`mlxlora data rm {shlex.quote(name)}`)"
     )
 
 

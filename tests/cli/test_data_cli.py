@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import unicodedata
@@ -120,6 +121,19 @@ def test_duplicate_name(home, tmp_path, capsys):
     assert err.count("\n") == 1 and "'med' already exists" in err and "Traceback" not in err
     assert stored(home) == ["med"]
     assert (home / "datasets" / "med" / "meta.json").read_text() == meta_before
+
+
+def test_the_advice_for_a_name_with_a_space_is_a_command_that_runs(home, tmp_path, capsys):
+    """`mlxlora data rm 医療 データ` (unquoted, as the error gave it) removes nothing: argparse
+    refuses the second word."""
+    src = jsonl(tmp_path / "med.jsonl", GOOD)
+    assert main(["data", "import", str(src), "--name", "医療 データ"]) == 0
+    assert main(["data", "import", str(src), "--name", "医療 データ"]) == 3
+    err = capsys.readouterr().err
+    advice = err[err.index("`") + 1 : err.rindex("`")]
+    assert advice == "mlxlora data rm '医療 データ'"
+    assert main(shlex.split(advice)[1:]) == 0
+    assert stored(home) == []
 
 
 @pytest.mark.parametrize(
