@@ -25,6 +25,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from mlxlora.errors import ModelError
+from mlxlora.models.info import safetensors_problem
 
 MLX_WEIGHTS = "adapters.safetensors"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -127,16 +128,23 @@ def convert(source: Path, target: Path, total_layers: int | None = None) -> str:
     config_path = source / CONFIG
     if not config_path.is_file():
         raise ModelError(f"{source}: no {CONFIG}")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # an adapter copied in part, or edited by hand
+        raise ModelError(f"{config_path}: not valid JSON ({exc})") from None
     if (source / MLX_WEIGHTS).is_file():
-        layout, weights = "mlx", load_file(str(source / MLX_WEIGHTS))
+        layout, weights_path = "mlx", source / MLX_WEIGHTS
     elif (source / PEFT_WEIGHTS).is_file():
-        layout, peft = "peft", load_file(str(source / PEFT_WEIGHTS))
-        modules = adapted_modules(peft)
-        config = {**config, **mlx_config(config, modules, layers_from_end(modules, total_layers))}
-        weights = peft_to_mlx(peft)
+        layout, weights_path = "peft", source / PEFT_WEIGHTS
     else:
         raise ModelError(f"{source}: neither {MLX_WEIGHTS} nor {PEFT_WEIGHTS}")
+    if problem := safetensors_problem(weights_path):  # safetensors' loader: a traceback
+        raise ModelError(f"{weights_path}: {problem}")
+    weights = load_file(str(weights_path))
+    if layout == "peft":
+        modules = adapted_modules(weights)
+        config = {**config, **mlx_config(config, modules, layers_from_end(modules, total_layers))}
+        weights = peft_to_mlx(weights)
     if target.exists():
         raise ModelError(f"{target}: already exists")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -63,3 +63,18 @@ def test_bad_source_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"mlxlora: error: {tmp_path / 'empty'}: no adapter_config.json"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_source_cut_short_is_one_line(tmp_path, capsys):
+    """An adapter copied in part: safetensors' SafetensorError or json's JSONDecodeError
+    traceback before."""
+    mlx_adapter(tmp_path / "mlx")
+    weights = tmp_path / "mlx" / "adapters.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])
+    assert main(["adapter", "convert", str(tmp_path / "mlx"), str(tmp_path / "out")]) == 4
+    assert capsys.readouterr().err.startswith(f"mlxlora: error: {weights}: cut short (500 bytes")
+    config = tmp_path / "mlx" / "adapter_config.json"
+    config.write_text('{"model": ')
+    assert main(["adapter", "convert", str(tmp_path / "mlx"), str(tmp_path / "out")]) == 4
+    assert capsys.readouterr().err.startswith(f"mlxlora: error: {config}: not valid JSON (")
+    assert not (tmp_path / "out").exists()
