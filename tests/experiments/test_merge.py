@@ -177,6 +177,19 @@ def test_an_adapter_cut_short_is_refused_in_one_line(ws, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_an_adapter_config_cut_short_is_refused_in_one_line(ws, tmp_path, capsys):
+    """It merged as if the config were empty: the merge lost the scale and num_layers, and
+    generate with it failed on an AttributeError traceback."""
+    skip = shutil.ignore_patterns("best", "checkpoints")
+    cut = shutil.copytree(ws[1] / "adapters", tmp_path / "cut", ignore=skip)
+    config = cut / "adapter_config.json"
+    config.write_text('{"model": ')
+    code = main(["merge", str(cut), str(cut), "--rank", "8", "--out", str(tmp_path / "x")])
+    said = f"mlxlora: error: {config}: not a JSON object; the adapter cannot be read\n"
+    assert code == 5 and capsys.readouterr().err == said
+    assert not (tmp_path / "x").exists()
+
+
 def test_weights_must_match_the_adapters(ws, tmp_path, capsys):
     code = main(
         ["merge", "基準", "rank4", "--weights", "1", "--rank", "4", "--out", str(tmp_path / "x")]
