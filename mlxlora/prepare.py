@@ -92,13 +92,17 @@ def load_records(cfg: Config) -> tuple[list[dict], list[dict], Config]:
         vmeta, vrecords = for_field("data.validation", refs.resolve, cfg.data.validation)
         val = [formats.normalize(r, vmeta.type) for r in vrecords]
         return train, val, replace(pinned, data=replace(pinned.data, validation=vmeta.name))
-    train, val = batching.split(train, cfg.data.val_split, cfg.training.seed)
-    if not train:  # the split's rounding up took every record (2 records, val_split 0.9)
+    _check_split(meta.name, len(train), cfg.data.val_split)
+    return *batching.split(train, cfg.data.val_split, cfg.training.seed), pinned
+
+
+def _check_split(dataset: str, n_records: int, val_split: float) -> None:
+    """DataError when the split's rounding up takes every record (2 records, val_split 0.9)."""
+    if batching.validation_count(n_records, val_split) >= n_records:
         raise DataError(
-            f"{meta.name}: data.val_split={cfg.data.val_split} sets all {len(val)} records "
-            "aside for validation, leaving none to train on; lower it or set data.validation"
+            f"{dataset}: data.val_split={val_split} sets all {n_records} records aside for "
+            "validation, leaving none to train on; lower it or set data.validation"
         )
-    return train, val, pinned
 
 
 def for_field(key: str, read, ref: str):
@@ -122,7 +126,9 @@ def check_references(cfg: Config) -> None:
 
     for key, ref in (("data.dataset", cfg.data.dataset), ("data.validation", cfg.data.validation)):
         if ref:
-            for_field(key, refs.peek, ref)
+            _, records = for_field(key, refs.peek, ref)
+            if key == "data.dataset" and not cfg.data.validation:
+                _check_split(ref, len(records), cfg.data.val_split)
     check_model(cfg.model)
     if problem := layers_problem(cfg, known_info(cfg.model)):
         raise ConfigError([f"lora.num_layers: {problem}"], cfg.name)

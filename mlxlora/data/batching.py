@@ -116,13 +116,20 @@ def micro_batches_per_epoch(n_examples: int, batch_size: int) -> int:
     return -(-n_examples // batch_size)
 
 
+def validation_count(n_records: int, fraction: float) -> int:
+    """How many of `n_records` `split` sets aside: at least one when asked for."""
+    if fraction <= 0 or n_records < 2:
+        return 0
+    return max(1, round(n_records * fraction))
+
+
 def split(records: list, fraction: float, seed: int) -> tuple[list, list]:
     """Deterministic train/validation split; at least one validation record when asked for."""
-    if fraction <= 0 or len(records) < 2:
+    n_val = validation_count(len(records), fraction)
+    if not n_val:
         return list(records), []
     rng = np.random.default_rng([seed, 7919])
     order = rng.permutation(len(records))
-    n_val = max(1, round(len(records) * fraction))
     val_idx = set(order[:n_val].tolist())
     train = [r for i, r in enumerate(records) if i not in val_idx]
     val = [r for i, r in enumerate(records) if i in val_idx]

@@ -177,6 +177,18 @@ def test_queue_add_refuses_a_dataset_that_is_not_there(home, capsys):
     assert queue.jobs() == []
 
 
+def test_queue_add_refuses_a_val_split_that_leaves_nothing_to_train_on(home, capsys):
+    """It was queued, and the job failed when the runner took it."""
+    args = ["queue", "add", str(TINY), "--set", "data.val_split=0.999", "--no-start"]
+    assert main(args) == 3
+    data = REPO / "tutorial" / "data" / "quickstart.jsonl"
+    assert capsys.readouterr().err == (
+        f"mlxlora: error: {data}: data.val_split=0.999 sets all 120 records aside for "
+        "validation, leaving none to train on; lower it or set data.validation\n"
+    )
+    assert queue.jobs() == []
+
+
 def test_queue_resume_by_a_name_several_runs_share_takes_the_one_that_can(home, capsys):
     """Level 2 of the tutorial trains its config more than once: `queue resume NAME` refused
     ("3 runs match") where only one of them could resume; `queue stop NAME` already found it."""
