@@ -130,7 +130,9 @@ def validate(
             problems += [f"{m.name}: {p}" for p in exc.problems]
             continue
         loaded.append(cfg)
+        # what check_references reads: a grid over val_split or num_layers checks each value
         refs = (cfg.data.dataset, cfg.data.validation, cfg.model)
+        refs += (cfg.data.val_split, cfg.lora.num_layers)
         if references and refs not in checked:
             checked[refs] = _problem(check_references, cfg)
         if checked.get(refs):

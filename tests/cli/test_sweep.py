@@ -178,6 +178,17 @@ def test_a_sweep_naming_a_missing_dataset_or_model_queues_nothing(home, capsys):
     assert queue.jobs() == [] and sweep.sweep_names() == []
 
 
+@pytest.mark.parametrize("grid", ["lora.num_layers=2,999", "data.val_split=0.1,0.999"])
+def test_each_value_of_a_grid_the_references_check_reads_is_checked(home, capsys, grid):
+    """The check ran once per dataset and model: the grid's second value was queued unchecked
+    and its run failed when the runner took it."""
+    assert main(["sweep", TINY, "--grid", grid, "--no-start", "--name", "格子"]) == 2
+    err = capsys.readouterr().err
+    bad = "格子-" + grid.split("=")[0].split(".")[1] + grid.split(",")[1]
+    assert err.startswith(f"mlxlora: error: sweep 格子: {bad}: ") and err.count("\n") == 1
+    assert queue.jobs() == [] and sweep.sweep_names() == []
+
+
 def test_a_grid_of_lists_splits_between_the_lists():
     key, values = sweep.parse_grid("lora.target_modules=[q_proj,v_proj],[q_proj]")
     assert (key, values) == ("lora.target_modules", ["[q_proj,v_proj]", "[q_proj]"])
