@@ -67,16 +67,30 @@ def half_precision_forward(model, device: torch.device, dtype: torch.dtype):
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
+def transformers_dir(model_dir: Path) -> Path:
+    """The directory transformers loads for `model_dir`: itself, or for MLX-quantized weights
+    converted from a GGUF (the embedded SmolLM2, a GGUF or Ollama model) the float twin
+    converted from that GGUF (MLX's packed quantization has no torch kernels), so that the
+    quick start's config trains on a CUDA host too."""
+    from mlxlora.models import gguf
+    from mlxlora.models.info import gguf_source
+
+    config = json.loads((model_dir / "config.json").read_text())
+    if "quantization" not in config or "quantization_config" in config:
+        return model_dir
+    source = gguf_source(model_dir).get("gguf")
+    if source and Path(source).is_file():
+        return gguf.convert(source, progress=False, quantized=False)
+    raise ModelError(
+        f"{model_dir}: MLX-quantized weights cannot train with backend torch; "
+        "use backend: mlx or the unquantized model"
+    )
+
+
 def is_bnb_quantized(model_dir: Path) -> bool:
     """True for an HF bitsandbytes 4-bit checkpoint (trains as QLoRA: transformers loads it
-    quantized, as its config says); False for a float one. MLX's packed quantization has no
-    torch kernels, so such a directory is refused with what to do instead."""
+    quantized, as its config says); False for a float one."""
     config = json.loads((model_dir / "config.json").read_text())
-    if "quantization" in config and "quantization_config" not in config:
-        raise ModelError(
-            f"{model_dir}: MLX-quantized weights cannot train with backend torch; "
-            "use backend: mlx or the unquantized model"
-        )
     method = (config.get("quantization_config") or {}).get("quant_method")
     if method is None:
         return False
@@ -95,6 +109,7 @@ def load_base(model_dir: Path, device: torch.device, dtype: torch.dtype):
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # the run's events report progress; stderr stays quiet
+    model_dir = transformers_dir(model_dir)
     quantized = is_bnb_quantized(model_dir)
     try:
         config = AutoConfig.from_pretrained(model_dir)

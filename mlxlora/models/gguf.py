@@ -217,8 +217,8 @@ def _remember_hash(path: Path, digest: str) -> None:
     os.replace(tmp, file)
 
 
-def cache_dir(digest: str) -> Path:
-    return _models_root() / f"gguf-{digest[:16]}"
+def cache_dir(digest: str, quantized: bool = True) -> Path:
+    return _models_root() / f"gguf-{digest[:16]}{'' if quantized else '-float'}"
 
 
 def _complete(final: Path) -> bool:
@@ -232,13 +232,15 @@ def _complete(final: Path) -> bool:
 # --- conversion ---------------------------------------------------------------------------
 
 
-def _build(dest: Path, path: Path, digest: str, reader, meta: dict, progress: bool) -> None:
+def _build(
+    dest: Path, path: Path, digest: str, reader, meta: dict, progress: bool, quantized: bool
+) -> None:
     from mlxlora.models.gguf_tokenizer import write_tokenizer
 
     arch = meta["general.architecture"]
     config = hf_config(meta, reader)
     config["mlxlora_gguf"] = {"file": path.name, "sha256": digest}
-    config.update(write_weights(dest, reader, config, arch, progress))
+    config.update(write_weights(dest, reader, config, arch, progress, quantized))
     write_tokenizer(dest, meta, config["max_position_embeddings"])
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     source = {
@@ -252,15 +254,17 @@ def _build(dest: Path, path: Path, digest: str, reader, meta: dict, progress: bo
     (dest / "source.json").write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
 
 
-def convert(path: str | Path, progress: bool = True) -> Path:
-    """The HF-format directory converted from the GGUF file at `path` (cached by content)."""
+def convert(path: str | Path, progress: bool = True, quantized: bool = True) -> Path:
+    """The HF-format directory converted from the GGUF file at `path` (cached by content):
+    Q4_0/Q4_1/Q8_0 projections kept in MLX's quantization, or every weight float where not
+    `quantized` (what transformers loads: the torch backend's)."""
     from mlxlora.runs import atomic_dir
 
     path = Path(path).expanduser()
     _check_magic(path)
     digest = _known_hash(path)
-    if digest and _complete(cache_dir(digest)):
-        return cache_dir(digest)
+    if digest and _complete(cache_dir(digest, quantized)):
+        return cache_dir(digest, quantized)
     reader, meta = _open(path)
     info = _summary(path, reader, meta)
     problem = _problem(info, reader, meta)
@@ -269,7 +273,7 @@ def convert(path: str | Path, progress: bool = True) -> Path:
     if digest is None:
         digest = file_sha256(path)
         _remember_hash(path, digest)
-    final = cache_dir(digest)
+    final = cache_dir(digest, quantized)
     if _complete(final):
         return final
     start = time.monotonic()
@@ -281,7 +285,7 @@ def convert(path: str | Path, progress: bool = True) -> Path:
             file=sys.stderr,
         )
     with atomic_dir(final) as tmp:
-        _build(tmp, path, digest, reader, meta, progress)
+        _build(tmp, path, digest, reader, meta, progress, quantized)
     if progress:
         print(f"converted in {time.monotonic() - start:.1f}s", file=sys.stderr)
     return final

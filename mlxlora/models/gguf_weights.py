@@ -268,16 +268,17 @@ def module_of(name: str) -> str | None:
     return None
 
 
-def plan(t, name: str) -> tuple[str, int]:
+def plan(t, name: str, quantized: bool = True) -> tuple[str, int]:
     """How a tensor is written -- 'q4' / 'q8' (kept quantized), 'f32' or 'f16' -- and its bytes.
 
-    Only 2-D tensors of quantizable modules stay quantized: 1-D quantized tensors (llama.cpp
-    writes none) and the rest are dequantized.
+    Only 2-D tensors of quantizable modules stay quantized (none where not `quantized`): 1-D
+    quantized tensors (llama.cpp writes none) and the rest are dequantized.
     """
     kind = t.tensor_type.name
     n = int(t.n_elements)
     if (
-        kind in KEPT_TYPES
+        quantized
+        and kind in KEPT_TYPES
         and module_of(name)
         and len(t.shape) == 2
         and int(t.shape[0]) % GROUP_SIZE == 0
@@ -339,9 +340,11 @@ class _Counts:
             print(line, file=sys.stderr, flush=True)
 
 
-def write_weights(dest: Path, reader, config: dict, arch: str, progress: bool) -> dict:
-    """Write the safetensors; returns what config.json must add: `quantization` (when any
-    tensor stays quantized) and `torch_dtype`."""
+def write_weights(
+    dest: Path, reader, config: dict, arch: str, progress: bool, quantized: bool = True
+) -> dict:
+    """Write the safetensors (every tensor float where not `quantized`); returns what
+    config.json must add: `quantization` (when any tensor stays quantized) and `torch_dtype`."""
     from safetensors.numpy import save_file
 
     todo = []
@@ -349,7 +352,7 @@ def write_weights(dest: Path, reader, config: dict, arch: str, progress: bool) -
         name = hf_name(t.name)
         if name is None or (name == "lm_head.weight" and config["tie_word_embeddings"]):
             continue
-        kind, nbytes = plan(t, name)
+        kind, nbytes = plan(t, name, quantized)
         todo.append((name, t, kind, nbytes))
     shards: list[list] = [[]]
     size = 0

@@ -158,12 +158,13 @@ def test_engine_trains_stops_and_resumes_on_torch_like_on_mlx(home, quickstart_d
 
 
 def test_quantized_bases_need_bitsandbytes_or_mlx(tmp_path):
-    from mlxlora.backends.torch_peft import is_bnb_quantized
+    """MLX-quantized weights with no GGUF to convert float again are refused on one line."""
+    from mlxlora.backends.torch_peft import is_bnb_quantized, transformers_dir
     from mlxlora.errors import BackendUnavailable, ModelError
 
     (tmp_path / "config.json").write_text('{"quantization": {"bits": 4, "group_size": 64}}')
     with pytest.raises(ModelError, match="MLX-quantized weights cannot train with backend torch"):
-        is_bnb_quantized(tmp_path)
+        transformers_dir(tmp_path)
     bnb = '{"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": true}}'
     (tmp_path / "config.json").write_text(bnb)
     if importlib.util.find_spec("bitsandbytes") is None:
