@@ -15,6 +15,7 @@ a run's `adapters/` loads in `mlx_lm` and in `PeftModel.from_pretrained`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -85,13 +86,20 @@ def peft_config(mlx_config: dict, modules: list[str]) -> dict:
 def mlx_config(peft: dict, modules: list[str], num_layers: int) -> dict:
     """mlx-lm's adapter config keys for a PEFT config adapting `modules` (full paths)."""
     keys = sorted({_LAYER.split(m)[-1] for m in modules})
+    if peft.get("rank_pattern") or peft.get("alpha_pattern"):
+        raise ModelError(
+            "adapter: PEFT's rank_pattern/alpha_pattern has no mlx-lm form (one rank and one"
+            " scale for every adapted layer)"
+        )
+    # rsLoRA scales the update by alpha / sqrt(r), not alpha / r
+    scale = peft["lora_alpha"] / (math.sqrt(peft["r"]) if peft.get("use_rslora") else peft["r"])
     return {
         "model": peft.get("base_model_name_or_path"),
         "fine_tune_type": "lora",
         "num_layers": num_layers,
         "lora_parameters": {
             "rank": peft["r"],
-            "scale": peft["lora_alpha"] / peft["r"],
+            "scale": scale,
             "dropout": peft.get("lora_dropout", 0.0),
             "keys": keys,
         },

@@ -95,6 +95,59 @@ def test_same_adapter_gives_the_same_logits_in_mlx_and_torch(home, quickstart_da
     assert config["num_layers"] == 3 and config["lora_parameters"]["scale"] == 2.0
 
 
+def peft_adapter(directory, **lora):
+    """A PEFT adapter on builtin:tiny as PEFT itself saves it, with a non-zero B."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(
+        resolve_model("builtin:tiny", progress=False), dtype=torch.float32
+    )
+    model = get_peft_model(hf, LoraConfig(task_type="CAUSAL_LM", **lora))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    model.save_pretrained(directory)
+    return model.eval()
+
+
+def test_an_rslora_peft_adapter_converts_to_the_same_logits_in_mlx(home, tmp_path):
+    """rsLoRA scales by alpha / sqrt(r): converted as alpha / r, mlx-lm's logits moved by
+    half the adapter's own change."""
+    import mlx.core as mx
+    import torch
+    from mlx_lm.utils import load
+
+    targets = ["q_proj", "up_proj"]
+    tuned = peft_adapter(tmp_path / "peft", r=4, lora_alpha=8, use_rslora=True,
+                         target_modules=targets)  # fmt: skip
+    assert adapters_convert.convert(tmp_path / "peft", tmp_path / "both") == "peft"
+
+    base_dir = resolve_model("builtin:tiny", progress=False)
+    model, tok = load(str(base_dir), adapter_path=str(tmp_path / "both"))
+    ids = tok.encode("What is the capital of France? Paris.")
+    mlx_logits = np.array(model(mx.array([ids])).astype(mx.float32))[0]
+    with torch.no_grad():
+        peft_logits = tuned(torch.tensor([ids])).logits[0].numpy()
+        with tuned.disable_adapter():
+            plain = tuned(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(peft_logits - plain).max() > 1e-2  # the adapter matters
+    np.testing.assert_allclose(mlx_logits, peft_logits, atol=LOGITS_ATOL, rtol=0)
+
+
+def test_a_per_layer_rank_peft_adapter_is_refused(home, tmp_path):
+    from mlxlora.errors import ModelError
+
+    peft_adapter(tmp_path / "peft", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                 alpha_pattern={"v_proj": 16})  # fmt: skip
+    with pytest.raises(ModelError, match="rank_pattern/alpha_pattern has no mlx-lm form"):
+        adapters_convert.convert(tmp_path / "peft", tmp_path / "both")
+    assert not (tmp_path / "both").exists()
+
+
 def test_first_steps_lose_the_same_on_mlx_and_torch(home, quickstart_data):
     cfg = make_config(quickstart_data, ALL_TARGETS, "training.weight_decay=0.01")
     mlx_backend, torch_backend = backends(cfg)
