@@ -70,6 +70,7 @@ def run(args) -> int:
     """Train or resume; exit 0 when the run ends (or a STOP file stops it), 128 + the signal's
     number when SIGINT or SIGTERM stopped it (130, 143)."""
     from mlxlora import config, engine, runs
+    from mlxlora.backends import select
     from mlxlora.errors import ConfigError
 
     if args.resume:
@@ -96,7 +97,7 @@ def run(args) -> int:
         summary = engine.train(
             cfg, run_dir, resume=bool(args.resume), listeners=[view.on_event, ending, say_fit]
         )
-    if not args.json:
+    if not args.json and select.process_rank() == 0:  # the others' runs are deleted scratch
         view.print_summary(summary)
     return ending.exit_code()
 

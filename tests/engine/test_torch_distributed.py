@@ -41,6 +41,8 @@ def test_two_gloo_processes_train_like_one_with_the_whole_batch(home, quickstart
     command += ["-m", "mlxlora", "train", str(tmp_path / "job.yaml"), "--run-dir", str(two)]
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count(" summary ") == 1  # the first process's, naming the run
+    assert "mlxlora-rank-" not in out.stdout
     engine.train(cfg, tmp_path / "one")
 
     got, expected = step_events(two), step_events(tmp_path / "one")
