@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
+from mlxlora.adapters_convert import PEFT_WEIGHTS, mlx_to_peft, peft_config
 from mlxlora.errors import ConfigError, RunError
 from mlxlora.models.info import safetensors_problem
 from mlxlora.outputs import check_output_dir, output_dir
@@ -171,9 +173,13 @@ def merge(refs: list[str], weights: list[float], rank: int, out: Path) -> MergeR
         result.layer_errors[module] = math.sqrt(dropped / total) if total else 0.0
         dropped_all, total_all = dropped_all + dropped, total_all + total
     result.error = math.sqrt(dropped_all / total_all) if total_all else 0.0
+    config = _config(found, result)
     with output_dir(out, "merge") as tmp:
         save_arrays(tmp / WEIGHTS_FILE, merged)
-        (tmp / CONFIG_FILE).write_text(json.dumps(_config(found, result), indent=2), "utf-8")
+        if "peft_type" in config:  # torch runs: PEFT's layout too, as their own adapters/ hold
+            as_float32 = {k: v.astype(np.float32) for k, v in merged.items()}  # as the mlx file
+            save_file(mlx_to_peft(as_float32), str(tmp / PEFT_WEIGHTS))
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), "utf-8")
     return result
 
 
@@ -206,6 +212,8 @@ def _config(found: list[Source], result: MergeResult) -> dict:
     """The first adapter's config with the merged rank, scale 1, and where it came from."""
     cfg = dict(found[0].config)
     cfg["lora_parameters"] = {**_lora(found[0]), "rank": result.rank, "scale": 1.0}
+    if "peft_type" in cfg:  # a torch run's PEFT keys gave the first adapter's rank and alpha
+        cfg.update(peft_config(cfg, sorted(result.layer_errors)), use_rslora=False)
     cfg["base_model"] = found[0].base
     cfg["merged_from"] = {
         "adapters": result.sources,

@@ -250,3 +250,34 @@ def test_the_try_it_line_is_a_command_that_pastes():
     }
     command = summary_lines(result)[-1].removeprefix("try it: ")
     assert shlex.split(command)[3] == "/tmp/ws/merged/基本実験 v2-merged"
+
+
+def test_merged_torch_runs_load_in_peft_as_in_mlx_lm(ws, tmp_path):
+    """A torch run's adapter config carries PEFT's keys: the merge kept the first run's rank
+    and alpha there (PEFT's scale 4 on weights of scale 1) and wrote no PEFT weights."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    import mlx.core as mx
+    from mlx_lm.utils import load
+    from transformers import AutoModelForCausalLM
+
+    from mlxlora import config, engine
+    from tests.experiments.conftest import TINY
+
+    cfg = config.load(TINY, ["backend=torch", "lora.rank=4", "training.max_steps=2"])
+    run = Path(engine.train(cfg, tmp_path / "torch-run")["adapter"]).parent
+    out = tmp_path / "merged"
+    merge.merge([str(run), str(perturbed(run, tmp_path / "other"))], [0.5, 0.5], 4, out)
+
+    model_dir = read_json(run / "summary.json")["model_dir"]
+    tokens = [1, 5, 9, 14, 3, 7, 2, 11]
+    mlx_model, _ = load(model_dir, adapter_path=str(out))
+    want = np.array(mlx_model(mx.array([tokens])))[0]
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tuned = peft.PeftModel.from_pretrained(hf, out).eval()
+    with torch.no_grad():
+        got = tuned(torch.tensor([tokens])).logits[0].numpy()
+        with tuned.disable_adapter():
+            plain = tuned(torch.tensor([tokens])).logits[0].numpy()
+    assert np.abs(want - plain).max() > 1e-2  # the merged update changes the logits
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
