@@ -150,9 +150,9 @@ def convert(source: Path, target: Path, total_layers: int | None = None) -> str:
         raise ModelError(f"{weights_path}: {problem}")
     weights = load_file(str(weights_path))
     if layout == "peft":
-        modules = adapted_modules(weights)
+        peft, weights = weights, peft_to_mlx(weights)  # first: it names a tensor not LoRA's
+        modules = adapted_modules(peft)
         config = {**config, **mlx_config(config, modules, layers_from_end(modules, total_layers))}
-        weights = peft_to_mlx(weights)
     if target.exists():
         raise ModelError(f"{target}: already exists")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -78,3 +78,24 @@ def test_a_source_cut_short_is_one_line(tmp_path, capsys):
     assert main(["adapter", "convert", str(tmp_path / "mlx"), str(tmp_path / "out")]) == 4
     assert capsys.readouterr().err.startswith(f"mlxlora: error: {config}: not valid JSON (")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tensor_that_is_not_lora_s_is_one_line(tmp_path, capsys):
+    """A DoRA adapter's magnitude vector (PEFT's use_dora) has no mlx-lm form."""
+    (tmp_path / "dora").mkdir()
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    weights = {
+        f"{prefix}.lora_A.weight": np.zeros((4, 16), np.float32),
+        f"{prefix}.lora_B.weight": np.zeros((16, 4), np.float32),
+        f"{prefix}.lora_magnitude_vector": np.ones(16, np.float32),
+    }
+    save_file(weights, str(tmp_path / "dora" / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True}
+    (tmp_path / "dora" / "adapter_config.json").write_text(json.dumps(config))
+    assert main(["adapter", "convert", str(tmp_path / "dora"), str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"mlxlora: error: {prefix}.lora_magnitude_vector: not a PEFT LoRA tensor"
+        " (...lora_A.weight|lora_B.weight)"
+    )
+    assert not (tmp_path / "out").exists()
