@@ -11,7 +11,6 @@ directories, through the same core as `mlxlora compare`: they run in a thread wo
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 
 from rich.cells import cell_len
@@ -31,12 +30,11 @@ from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
 from mlxlora.tui.screens.merge import MergeDialog
 from mlxlora.tui.widgets.loss_chart import PALETTE, LossChart, Series
-from mlxlora.tui.widgets.text import middle_cut, num
+from mlxlora.tui.widgets.text import middle_cut, num, run_labels
 
 DRAW_SEC = 0.5
 SWEEP = "sweep:"  # the value of a sweep's entry in the pick list
 CHECKBOX_CELLS = 4  # "▐X▌ " before each run in the pick list
-SWEEP_HINT_CELLS = 6  # "  (" and the start of the sweep's name, after a sweep's run cut to fit
 
 
 def _newest_first(paths: list[Path]) -> list[Path]:
@@ -131,33 +129,6 @@ class CompareTab(Vertical):
         self._draw_table(picked)
         self._draw_chart(picked)
 
-    def _own_name(self, path: Path) -> str:
-        """A run's name as the list gives it: a sweep's run without the sweep's name."""
-        name, sweep = runs.given_name(path), self._sweep_of(path)
-        return name.removeprefix(f"{sweep}-") if sweep else name
-
-    def _label(self, path: Path, room: int | None, repeated: bool) -> str:
-        """A run as the list shows it in `room` cells, what tells it from the others first (a
-        narrow list cuts the end of a line): its name, then when it started (`11-26 15:39`); a
-        sweep's run without the sweep's name (`rank8  (sweep, 11-26 15:39)`). A name too long
-        is cut in the middle (names share prefixes and differ at the end), and the time left
-        out unless another run has the same name; a sweep's run keeps the start of its sweep's
-        name where another sweep has a run of the same name."""
-        name, sweep, when = runs.given_name(path), self._sweep_of(path), runs.started_text(path)
-        if sweep and name.startswith(f"{sweep}-"):
-            own = self._own_name(path)
-            # the list cuts what follows with "…": one cell, or a few more to show the sweep
-            fits = None if room is None else room - (SWEEP_HINT_CELLS if repeated else 1)
-            if fits is not None and cell_len(own) > fits:
-                own = middle_cut(own, fits)
-            return f"{own}  ({', '.join(filter(None, (sweep, when)))})"
-        label = f"{name}  {when}".rstrip()
-        if room is None or cell_len(label) <= room:
-            return label
-        if not repeated:
-            return middle_cut(name, room)
-        return f"{middle_cut(name, room - len(when) - 2)}  {when}"
-
     def _draw_list(self) -> None:
         present = _newest_first(self.book.present)
         pick = self.query_one(SelectionList)
@@ -172,10 +143,9 @@ class CompareTab(Vertical):
         pick.add_options(
             (self._sweep_label(s, room), SWEEP + s, s in self._sweeps_picked) for s in sweeps
         )
-        names = Counter(map(self._own_name, present))
+        labels = run_labels(present, self._sweep_of, room)
         pick.add_options(
-            (self._label(p, room, names[self._own_name(p)] > 1), str(p), p in self.picked)
-            for p in present
+            (label, str(p), p in self.picked) for label, p in zip(labels, present, strict=True)
         )
         if pick.option_count:
             pick.highlighted = min(highlighted, pick.option_count - 1)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from rich.cells import cell_len
 
+from mlxlora import runs
 from mlxlora.fmt import clock, num  # noqa: F401 (the tabs import them from here)
 from mlxlora.runview import downsample
 
 BARS = "▁▂▃▄▅▆▇█"
+SWEEP_HINT_CELLS = 6  # "  (" and the start of the sweep's name, after a sweep's run cut to fit
 
 
 def sparkline(values: Sequence[float], width: int = 12) -> str:
@@ -40,3 +44,43 @@ def middle_cut(text: str, cells: int) -> str:
             break
         head += char
     return head + "…" + tail
+
+
+def _own_name(path: Path, sweep: str | None) -> str:
+    """A run's given name; a sweep's run's without the sweep's name."""
+    name = runs.given_name(path)
+    return name.removeprefix(f"{sweep}-") if sweep else name
+
+
+def run_labels(
+    paths: Sequence[Path], sweep_of: Callable[[Path], str | None], room: int | None
+) -> list[str]:
+    """Each run as a list shows it in `room` cells (None: whole), what tells it from the
+    others first (what does not fit is cut at the end of the line): its name, then when it started
+    (`11-26 15:39`); a sweep's run without the sweep's name (`rank8  (sweep, 11-26 15:39)`).
+    A name too long is cut in the middle (names share prefixes and differ at the end), and
+    the time left out unless another run has the same name; a sweep's run keeps the start of
+    its sweep's name where another sweep has a run of the same name."""
+    owns = [_own_name(path, sweep_of(path)) for path in paths]
+    alike = Counter(owns)
+    return [
+        _run_label(path, sweep_of(path), room, alike[own] > 1)
+        for path, own in zip(paths, owns, strict=True)
+    ]
+
+
+def _run_label(path: Path, sweep: str | None, room: int | None, repeated: bool) -> str:
+    name, when = runs.given_name(path), runs.started_text(path)
+    if sweep and name.startswith(f"{sweep}-"):
+        own = _own_name(path, sweep)
+        # the list cuts what follows with "…": one cell, or a few more to show the sweep
+        fits = None if room is None else room - (SWEEP_HINT_CELLS if repeated else 1)
+        if fits is not None and cell_len(own) > fits:
+            own = middle_cut(own, fits)
+        return f"{own}  ({', '.join(filter(None, (sweep, when)))})"
+    label = f"{name}  {when}".rstrip()
+    if room is None or cell_len(label) <= room:
+        return label
+    if not repeated:
+        return middle_cut(name, room)
+    return f"{middle_cut(name, room - len(when) - 2)}  {when}"
