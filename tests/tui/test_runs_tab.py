@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from run_fixtures import REPO, T0, screen_text, wait_for, write_run
@@ -15,7 +16,7 @@ from textual.widgets import DataTable, ProgressBar, Static
 
 from mlxlora import machine, memory, procs, queue, queue_runner, runs
 from mlxlora.tui.app import MlxloraApp
-from mlxlora.tui.screens.runs import RunsTab
+from mlxlora.tui.screens.runs import COLUMNS, RunsTab
 from mlxlora.tui.widgets.confirm import Confirm
 from mlxlora.tui.widgets.loss_chart import LossChart, readable_lines, step_ticks
 
@@ -35,13 +36,18 @@ def rows(app) -> dict[str, list[str]]:
     }
 
 
+def row_name(key: str, cells: list[str]) -> str:
+    """A row by its job's name, or by its run's directory name (the table shows less)."""
+    return cells[0] if key.startswith("job:") else Path(key).name
+
+
 def statuses(app) -> dict[str, str]:
-    return {cells[0]: cells[1] for cells in rows(app).values()}
+    return {row_name(key, cells): cells[1] for key, cells in rows(app).items()}
 
 
 async def select(pilot, name: str) -> None:
     table = pilot.app.query_one("#runs-table", DataTable)
-    names = [cells[0] for cells in rows(pilot.app).values()]
+    names = [row_name(key, cells) for key, cells in rows(pilot.app).items()]
     table.move_cursor(row=names.index(name))
     await pilot.pause(0.1)
 
@@ -413,11 +419,9 @@ def test_a_sweeps_runs_show_together_under_its_name(home, monkeypatch):
         app = MlxloraApp(initial="runs")
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: len(rows(app)) == 3)
-            assert list(statuses(app)) == [
-                "掃引 ▸ rank8-20250615-000000",
-                "掃引 ▸ rank4-20250615-000000",
-                "other-20250615-000000",
-            ]
+            names = [cells[0] for cells in rows(app).values()]
+            heads = [n.split(",")[0] for n in names]
+            assert heads == ["rank8  (掃引", "rank4  (掃引", "other  06-15 00:00"], names
 
     asyncio.run(go())
 
@@ -476,5 +480,69 @@ def test_no_runs_says_how_to_start_one_until_a_run_arrives_and_again_once_delete
             await pilot.press("d", "y")
             await wait_for(pilot, lambda: hint in screen_text(app))
             assert "最初の実行" not in screen_text(app)
+
+    asyncio.run(go())
+
+
+def tutorial_runs() -> tuple[Path, Path]:
+    """The level-3 tutorial's runs: a sweep's four, a long name, and two runs of one name."""
+    sweep = "医療専門知識モデル_v1-sweep"
+    for i, rank in enumerate(("rank16", "rank8")):
+        for j, lr in enumerate(("5e-5", "1e-4")):
+            name = f"{sweep}-{rank}-learning_rate{lr}"
+            write_run(name, overrides=(f"sweep={sweep}",), started=T0 + 2 * i + j)
+    write_run("医療専門知識モデル_early_stop", end="early_stop", started=T0 + 10)
+    first = write_run("医療専門知識モデル_staged", end="stopped", started=T0 + 20)
+    first = first.rename(first.with_name("医療専門知識モデル_staged-20250615-000100"))
+    second = write_run("医療専門知識モデル_staged", started=T0 + 30)
+    return first, second
+
+
+def table_lines(app) -> tuple[str, list[str]]:
+    """The table's header line and its rows' lines as the screen shows them."""
+    table = app.query_one("#runs-table", DataTable)
+    lines = screen_text(app).splitlines()[table.region.y : table.region.bottom]
+    return lines[0], lines[1:]
+
+
+@pytest.mark.parametrize("sizes", [((80, 24), (120, 40)), ((120, 40), (80, 24))])
+def test_every_column_shows_beside_long_names_and_sweeps(home, sizes):
+    """A run's name was its whole directory name (`医療専門知識モデル_v1-sweep ▸
+    rank16-learning_rate1e-4-20250615-000000`): status, step and the losses sat off screen at
+    80x24, the losses and the curve at 120x40 (a QA finding). Names now fit beside the other
+    columns, again once the terminal is resized, and two runs of one name still differ."""
+    first, second = tutorial_runs()
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=sizes[0]) as pilot:
+            table = app.query_one("#runs-table", DataTable)
+            await wait_for(pilot, lambda: len(rows(app)) == 7)
+            for size in sizes:
+                await pilot.resize_terminal(*size)
+                await pilot.pause(0.6)
+                header, _ = table_lines(app)
+                assert all(title in header for title in COLUMNS), header
+                assert table.max_scroll_x == 0  # nothing to scroll sideways to
+                for i, cells in enumerate(rows(app).values()):
+                    table.move_cursor(row=i)  # scrolls the table to the row
+                    await pilot.pause(0.1)
+                    line = next(ln for ln in table_lines(app)[1] if cells[0] in ln)
+                    assert all(cell in line for cell in cells[1:]), (line, cells)
+                shown = rows(app)
+                # the two runs named alike, told apart by when they started
+                assert shown[str(first)][0].endswith("ged  06-15 00:01"), shown[str(first)]
+                assert shown[str(second)][0].endswith("ged  06-15 00:00"), shown[str(second)]
+                names = [cells[0] for cells in shown.values()]
+                assert len(set(names)) == 7, names
+                # a sweep's runs together, each with its grid values kept (a list's … after)
+                owns = [n.split("  ")[0].removesuffix("…") for n in names[3:]]
+                assert [o[:5] for o in owns] == ["rank8", "rank8", "rank1", "rank1"], names
+                assert [o[-8:] for o in owns] == ["rate1e-4", "rate5e-5"] * 2, names
+
+            await select(pilot, first.name)  # the row's run, whatever its cell shows
+            await pilot.press("d", "y")
+            await wait_for(pilot, lambda: not first.exists())
+            assert second.is_dir()
 
     asyncio.run(go())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -28,10 +29,11 @@ from mlxlora.tui.screens.export import ExportDialog
 from mlxlora.tui.screens.fuse import FuseDialog
 from mlxlora.tui.screens.run_detail import RunDetail
 from mlxlora.tui.widgets.confirm import Confirm
-from mlxlora.tui.widgets.text import num, sparkline
+from mlxlora.tui.widgets.text import end_cut, middle_cut, num, run_labels, sparkline
 
 DRAW_SEC = 0.25
 COLUMNS = ("name", "status", "step", "ema loss", "best val", "loss curve")
+NAME_MIN_CELLS = 12  # a name is cut no shorter: past it the table scrolls sideways
 
 
 class RunsTab(Vertical):
@@ -58,6 +60,7 @@ class RunsTab(Vertical):
         self._rows: dict[str, tuple] = {}  # row key -> cells as drawn
         self._sweeps: dict[Path, str | None] = {}  # run -> its sweep, read once
         self._following: str | None = None  # a job id to select, then its run (`follow`)
+        self._width = 0  # the table's width its names were cut for
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="runs-table", cursor_type="row")
@@ -91,25 +94,46 @@ class RunsTab(Vertical):
     # --- drawing --------------------------------------------------------------------------
 
     def rows(self) -> dict[str, tuple]:
-        """Cells of every row by key: jobs without a run first, then runs newest first."""
-        rows = {}
+        """Cells of every row by key: jobs without a run first, then runs newest first, each
+        named in the room the other columns leave (they all stay on screen)."""
+        jobs, rest = {}, {}  # row key -> a job's name; every row's cells after its name
         latest = {j.run_dir: j for j in self.book.jobs if j.run_dir}  # jobs come oldest first
         for job in self.book.jobs:
             status = _job_status(job, latest.get(job.run_dir) is job)
             if status:
-                rows[f"job:{job.id}"] = (job.name, status, "", "", "", "")
-        for view in self._grouped():
-            best = view.best_eval
-            flag = f" ⚠ {view.flag}" if view.flag else ""  # the diagnosis, worst first
-            rows[str(view.path)] = (
-                self._display_name(view.path),
-                self.book.status(view.path) + flag,
-                f"{view.step}/{view.total_steps or '-'}",
-                num(view.smooth.last()),  # as `train` shows it live
-                num(best.val_loss if best else None),
-                sparkline(view.smooth.y, 12),
-            )
-        return rows
+                jobs[f"job:{job.id}"] = job.name
+                rest[f"job:{job.id}"] = (status, "", "", "", "")
+        views = self._grouped()
+        rest |= {str(view.path): self._cells(view) for view in views}
+        room = self._name_room(list(rest.values()))
+        names = {key: middle_cut(name, room) for key, name in jobs.items()}
+        labels = run_labels([view.path for view in views], self._sweep_of, room)
+        # a sweep's run's label runs on past the room (its sweep, its time): cut as a list would
+        for view, label in zip(views, labels, strict=True):
+            names[str(view.path)] = end_cut(label, room)
+        return {key: (name, *rest[key]) for key, name in names.items()}
+
+    def _cells(self, view) -> tuple:
+        """A run's cells after its name."""
+        best = view.best_eval
+        flag = f" ⚠ {view.flag}" if view.flag else ""  # the diagnosis, worst first
+        return (
+            self.book.status(view.path) + flag,
+            f"{view.step}/{view.total_steps or '-'}",
+            num(view.smooth.last()),  # as `train` shows it live
+            num(best.val_loss if best else None),
+            sparkline(view.smooth.y, 12),
+        )
+
+    def _name_room(self, rest: list[tuple]) -> int:
+        """The cells a name has: the table's width less the other columns at their widest
+        (each padded both sides), never under NAME_MIN_CELLS."""
+        table = self.query_one(DataTable)
+        padding = 2 * table.cell_padding
+        columns = zip(COLUMNS[1:], *rest, strict=True)  # each column's title and cells
+        others = sum(max(map(cell_len, column)) + padding for column in columns)
+        room = table.scrollable_content_region.width - padding - others
+        return max(room, NAME_MIN_CELLS)
 
     def _grouped(self) -> list:
         """Runs newest first, a sweep's runs together where its newest run is."""
@@ -125,17 +149,13 @@ class RunsTab(Vertical):
             self._sweeps[path] = run_sweep(path)
         return self._sweeps[path]
 
-    def _display_name(self, path: Path) -> str:
-        """A sweep's run as `sweep ▸ the rest of its name`."""
-        sweep = self._sweep_of(path)
-        if sweep and path.name.startswith(f"{sweep}-"):
-            return f"{sweep} ▸ {path.name.removeprefix(f'{sweep}-')}"
-        return path.name
-
     def redraw(self) -> None:
         """Draw what changed; nothing while another tab is in view (news is still folded)."""
-        if not self._dirty or self._catching_up or not self.is_on_screen:
+        # the names are cut to the table's width: a resize, or its scrollbar showing, redraws
+        width = self.query_one(DataTable).scrollable_content_region.width
+        if not (self._dirty or width != self._width) or self._catching_up or not self.is_on_screen:
             return
+        self._width = width
         self._draw_table()
         self._draw_detail()
         self._dirty = False

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.cells import cell_len
+from rich.text import Text
 
 from mlxlora import runs
 from mlxlora.fmt import clock, num  # noqa: F401 (the tabs import them from here)
@@ -44,6 +45,13 @@ def middle_cut(text: str, cells: int) -> str:
             break
         head += char
     return head + "…" + tail
+
+
+def end_cut(text: str, cells: int) -> str:
+    """`text` in at most `cells` terminal cells, its end cut with "…" (as a list cuts a label)."""
+    cut = Text(text)
+    cut.truncate(cells, overflow="ellipsis")
+    return cut.plain
 
 
 def _own_name(path: Path, sweep: str | None) -> str:
