@@ -187,7 +187,7 @@ def test_the_verdict_keeps_its_last_line_on_screen(home, size):
             shown = re.sub(r"\s+", " ", screen_text(app))
             assert "pick 医療専門知識モデル_" in shown
             assert "not weighed: eval score (医療専門知識モデル_v1 has none" in shown
-            assert "`mlxlora eval 医療専門知識モデル_v1`)" in shown
+            assert "`mlxlora eval '医療専門知識モデル_v1'`)" in shown  # quoted, as advice is
 
     asyncio.run(go())
 
