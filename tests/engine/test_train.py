@@ -41,6 +41,16 @@ def steps(run_dir):
     return {e.step: e.loss for e in read_events(RunPaths(run_dir).events) if isinstance(e, Step)}
 
 
+def stop_at(run_dir, at: int):
+    """A listener that asks the run at `run_dir` to stop once step `at` is done."""
+
+    def listener(event):
+        if isinstance(event, Step) and event.step == at:
+            RunPaths(run_dir).stop_request.touch()
+
+    return listener
+
+
 def test_loss_falls_and_adapter_loads_in_mlx_lm(home, quickstart_data, tmp_path):
     cfg = make_config(quickstart_data, "training.epochs=3")
     summary = engine.train(cfg, tmp_path / "run")
@@ -86,12 +96,8 @@ def test_resume_after_stop_matches_uninterrupted_run(home, quickstart_data, tmp_
     part = tmp_path / "part"
     paths = RunPaths(part)
 
-    def stop_after_five(event):
-        if isinstance(event, Step) and event.step == 5:
-            paths.stop_request.touch()
-
     summary = engine.train(
-        make_config(quickstart_data, *overrides), part, listeners=[stop_after_five]
+        make_config(quickstart_data, *overrides), part, listeners=[stop_at(paths.root, 5)]
     )
     assert summary["outcome"] == "stopped" and summary["steps"] == 5
     assert paths.latest_checkpoint().name == "step-0000005"
@@ -131,11 +137,7 @@ def test_a_run_keeps_the_records_it_trained_on_when_its_file_changes(
     engine.train(make_config(data, *overrides), full)
     part = tmp_path / "part"
 
-    def stop_after_three(event):
-        if isinstance(event, Step) and event.step == 3:
-            RunPaths(part).stop_request.touch()
-
-    engine.train(make_config(data, *overrides), part, listeners=[stop_after_three])
+    engine.train(make_config(data, *overrides), part, listeners=[stop_at(part, 3)])
     assert config.load(RunPaths(part).config).data.dataset == "メモ"
     with pytest.raises(RunError, match=r"already holds a run; continue it with `mlxlora train"):
         runs.check_new_run_dir(part)  # stopped: resumable, so the error says how
@@ -271,11 +273,7 @@ def test_nan_loss_fails_cleanly_and_keeps_last_good_checkpoint(home, quickstart_
     run = tmp_path / "run"
     paths = RunPaths(run)
 
-    def stop_after_two(event):
-        if isinstance(event, Step) and event.step == 2:
-            paths.stop_request.touch()
-
-    engine.train(good, run, listeners=[stop_after_two])
+    engine.train(good, run, listeners=[stop_at(paths.root, 2)])
     # resume the stopped run with an absurd learning rate: it must fail, not save
     bad = paths.config.read_text().replace("learning_rate: 0.005", "learning_rate: 1.0e+30")
     bad = bad.replace("grad_clip: 1.0", "grad_clip: 0.0")
@@ -332,11 +330,7 @@ def test_an_event_line_cut_short_leaves_the_resumed_runs_events_whole(
     run = tmp_path / "run"
     paths = RunPaths(run)
 
-    def stop_at_four(event):
-        if isinstance(event, Step) and event.step == 4:
-            paths.stop_request.touch()
-
-    engine.train(cfg, run, listeners=[stop_at_four])
+    engine.train(cfg, run, listeners=[stop_at(paths.root, 4)])
     text = paths.events.read_text()
     paths.events.write_text(text[: len(text) - 40])  # the run's last line, cut short
     engine.train(None, run, resume=True)
@@ -352,11 +346,7 @@ def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before(home, quicksta
     run = tmp_path / "run"
     paths = RunPaths(run)
 
-    def stop_at_four(event):
-        if isinstance(event, Step) and event.step == 4:
-            paths.stop_request.touch()
-
-    engine.train(cfg, run, listeners=[stop_at_four])
+    engine.train(cfg, run, listeners=[stop_at(paths.root, 4)])
     ruined = tmp_path / "ruined"
     shutil.copytree(run, ruined)
     optimizer = paths.checkpoints / "step-0000004" / "optimizer.safetensors"
@@ -566,11 +556,7 @@ def test_a_stop_asked_while_a_resume_prepares_is_honoured(
     cfg = make_config(quickstart_data, "training.max_steps=8")
     paths = RunPaths(tmp_path / "run")
 
-    def stop_at_two(event):
-        if isinstance(event, Step) and event.step == 2:
-            paths.stop_request.touch()
-
-    assert engine.train(cfg, paths.root, listeners=[stop_at_two])["steps"] == 2
+    assert engine.train(cfg, paths.root, listeners=[stop_at(paths.root, 2)])["steps"] == 2
     paths.stop_request.touch()  # a stale request a crash left: the resume clears it
     real_prepare = engine.prepare
 
