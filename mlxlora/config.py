@@ -47,6 +47,10 @@ def parse_size(text: str) -> int | None:
 
 
 BACKENDS = ("auto", "mlx", "torch")
+# The update B @ A has rank at most min(in, out) of the layer it adapts, so a rank above the
+# widest model's hidden size (about 16k for Llama 3.1 405B) adds nothing; 65536 leaves room for
+# wider models and refuses a mistyped rank before mlx overflows its 32-bit shape.
+MAX_LORA_RANK = 2**16
 
 
 def run_budget(cfg: Config, machine_budget: int | None) -> int | None:
@@ -277,6 +281,7 @@ def _check(cfg: Config, problems: list[str]) -> None:
     need(0.0 <= d.val_split < 1.0, "data.val_split", d.val_split, "0 <= val_split < 1")
     need(d.max_length >= 8, "data.max_length", d.max_length, ">= 8")
     need(lo.rank >= 1, "lora.rank", lo.rank, ">= 1")
+    need(lo.rank <= MAX_LORA_RANK, "lora.rank", lo.rank, f"<= {MAX_LORA_RANK}")
     need(lo.alpha > 0, "lora.alpha", lo.alpha, "> 0")
     need(0.0 <= lo.dropout < 1.0, "lora.dropout", lo.dropout, "0 <= dropout < 1")
     need(lo.num_layers == -1 or lo.num_layers >= 1, "lora.num_layers", lo.num_layers, "-1 or >= 1")

@@ -55,6 +55,15 @@ def test_bad_config_is_one_line_without_traceback(home, tmp_path):
     assert "lora.rank" in out.stderr and "training.schedule" in out.stderr
 
 
+def test_an_absurd_rank_is_one_line_not_an_overflow_traceback(home):
+    out = mlxlora("train", QUICK, "--set", "lora.rank=99999999999")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"mlxlora: error: {QUICK} (with --set lora.rank):"
+        " lora.rank: 99999999999 is not allowed (<= 65536)"
+    ]
+
+
 def test_infinite_and_nan_values_are_refused_on_one_line(home):
     """YAML's .inf and .nan are floats: epochs: .inf crashed counting the steps (OverflowError)
     and learning_rate: .inf trained into a NaN loss."""

@@ -123,6 +123,19 @@ def test_a_bad_value_from_the_command_line_is_not_blamed_on_the_file(tmp_path):
     )
 
 
+@pytest.mark.parametrize("rank", [256, 512, 4096, config.MAX_LORA_RANK])
+def test_ranks_real_adapters_use_are_allowed(rank):
+    assert config.from_dict({"data": {"dataset": "x"}, "lora": {"rank": rank}}).lora.rank == rank
+
+
+@pytest.mark.parametrize("rank", [config.MAX_LORA_RANK + 1, 99999999999])
+def test_an_absurd_rank_is_refused_naming_the_field(rank):
+    """99999999999 passed the check and mlx raised an OverflowError making the LoRA matrices."""
+    with pytest.raises(ConfigError) as err:
+        config.from_dict({"data": {"dataset": "x"}, "lora": {"rank": rank}})
+    assert err.value.problems == [f"lora.rank: {rank} is not allowed (<= 65536)"]
+
+
 @pytest.mark.parametrize("budget", ["0GB", "0", "-1GB", "lots"])
 def test_a_memory_budget_must_be_a_size_above_zero(budget):
     with pytest.raises(ConfigError) as err:
