@@ -197,6 +197,10 @@ def _type_name(tp: Any) -> str:
 # What _coerce returns for a value it could not use; the field keeps its default.
 _INVALID = object()
 
+# How to write a value whose wrong type needs more than "expected str": YAML reads
+# `memory_budget: 12` as a number, which says no unit.
+_HOW_TO_WRITE = {"training.memory_budget": "a size with its unit, such as 12GB or 512MB"}
+
 
 def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     """Turn a YAML value into `tp`, or record a problem and return _INVALID."""
@@ -237,7 +241,8 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         problems.append(f"{key}: expected a finite number, got {value!r}")
         return _INVALID
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        expected = _HOW_TO_WRITE.get(key, _type_name(tp))
+        problems.append(f"{key}: expected {expected}, got {value!r}")
         return _INVALID
     return value
 

@@ -145,6 +145,23 @@ def test_a_memory_budget_must_be_a_size_above_zero(budget):
     ]
 
 
+@pytest.mark.parametrize(
+    ("yaml_budget", "overrides"),
+    [("12", []), ("", ["training.memory_budget=12"]), ("", ["training.memory_budget=1.5"])],
+)
+def test_a_memory_budget_without_its_unit_says_how_to_write_it(tmp_path, yaml_budget, overrides):
+    """YAML reads a bare 12 as a number: the error said only "expected str, got 12"."""
+    path = tmp_path / "c.yaml"
+    budget = f"  memory_budget: {yaml_budget}\n" if yaml_budget else ""
+    path.write_text(f"data:\n  dataset: x\ntraining:\n{budget}  epochs: 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        config.load(path, overrides)
+    got = yaml_budget or overrides[0].partition("=")[2]
+    assert err.value.problems == [
+        f"training.memory_budget: expected a size with its unit, such as 12GB or 512MB, got {got}"
+    ]
+
+
 @pytest.mark.parametrize("name", ["qkv_proj", "gate_up_proj", "mlp.c_fc", "c_proj", "w1"])
 def test_a_model_s_own_module_names_are_valid_targets(name):
     cfg = config.from_dict({"data": {"dataset": "x"}, "lora": {"target_modules": [name]}})
