@@ -49,6 +49,26 @@ def _base_model(adapter: Path) -> str | None:
     return read_json(adapter / "adapter_config.json").get("base_model")
 
 
+def _check_adapter_config(adapter: Path) -> None:
+    """Refuse an adapter_config.json (a hand-written one) that lacks a key mlx-lm's
+    load_adapters reads with no default: it ended in an AttributeError or a KeyError."""
+    path = adapter / "adapter_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # cut short by a copy, or edited by hand
+        config = None
+    if not isinstance(config, dict):
+        raise RunError(f"{path}: not a JSON object; the adapter cannot be read")
+    if config.get("fine_tune_type", "lora") == "full":  # full weights: no LoRA settings
+        return
+    missing = [key for key in ("num_layers", "lora_parameters") if key not in config]
+    params = config.get("lora_parameters")
+    if isinstance(params, dict):
+        missing += [f"lora_parameters.{k}" for k in ("rank", "scale", "dropout") if k not in params]
+    if missing:
+        raise RunError(f"{path}: no {', '.join(missing)} (mlx-lm needs it to load the adapter)")
+
+
 def resolve_adapter(ref: str) -> AdapterRef:
     """The adapter directory a `--adapter` argument names, and its run's model if it has one."""
     from mlxlora.runs import RunPaths, find_run, restore_aside
@@ -63,6 +83,7 @@ def resolve_adapter(ref: str) -> AdapterRef:
             run = None
         # outside a run, a merged adapter names its base (`mlxlora merge` writes base_model)
         model, backend = _run_config(run) if run else (_base_model(path), "auto")
+        _check_adapter_config(path)
         return AdapterRef(path.resolve(), run, model, backend)
     try:
         run = find_run(ref)
@@ -77,6 +98,7 @@ def resolve_adapter(ref: str) -> AdapterRef:
     if not is_adapter_dir(adapters):
         raise RunError(f"{run}: no adapter saved yet (nothing in {adapters})")
     model, backend = _run_config(run)
+    _check_adapter_config(adapters)
     return AdapterRef(adapters.resolve(), run, model, backend)
 
 

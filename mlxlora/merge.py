@@ -101,11 +101,7 @@ def sources(refs: list[str]) -> list[Source]:
         _refuse_unfinished(adapter)
         if problem := safetensors_problem(adapter.path / WEIGHTS_FILE):
             raise RunError(f"{adapter.path / WEIGHTS_FILE}: {problem}; the adapter cannot be read")
-        cfg = read_json(adapter.path / CONFIG_FILE)
-        if not cfg:  # merged as if empty, it lost the scale and layers: a wrong adapter
-            raise RunError(
-                f"{adapter.path / CONFIG_FILE}: not a JSON object; the adapter cannot be read"
-            )
+        cfg = read_json(adapter.path / CONFIG_FILE)  # a JSON object: resolve_adapter checked
         base = adapter.model or cfg.get("base_model") or cfg.get("model") or "?"
         found.append(Source(ref, adapter.path, base, cfg))
     first = found[0]

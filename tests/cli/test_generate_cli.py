@@ -162,6 +162,31 @@ def test_adapter_errors(trained, tmp_path):
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.parametrize("missing", ["num_layers", "lora_parameters", "lora_parameters.scale"])
+def test_a_hand_written_adapter_config_missing_a_key_is_one_line(trained, tmp_path, missing):
+    """mlx-lm reads num_layers and lora_parameters with no default: an AttributeError
+    traceback (a KeyError for lora_parameters' scale)."""
+    home, run = trained
+    config = json.loads((run / "adapters" / "adapter_config.json").read_text())
+    section, _, key = missing.rpartition(".")
+    del (config[section] if section else config)[key]
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "adapter_config.json").write_text(json.dumps(config))
+    (loose / "adapters.safetensors").write_bytes(
+        (run / "adapters/adapters.safetensors").read_bytes()
+    )
+    out = cli(
+        "generate", "--adapter", str(loose), "--model", "builtin:tiny", "--prompt", "hi",
+        home=home,
+    )  # fmt: skip
+    assert out.returncode == 5, out.stderr
+    assert out.stderr.splitlines() == [
+        f"mlxlora: error: {loose / 'adapter_config.json'}: no {missing}"
+        " (mlx-lm needs it to load the adapter)"
+    ]
+
+
 def test_generate_errors_are_one_line(home):
     for args, code, words in (
         (["--model", "not a model!", "--prompt", "hi"], 4, "accepted:"),
