@@ -6,6 +6,7 @@ import json
 import platform
 import sys
 from importlib import metadata
+from pathlib import Path
 
 PACKAGES = ("mlx", "mlx-lm", "transformers", "torch", "tokenizers", "huggingface-hub", "textual")
 
@@ -48,10 +49,21 @@ def collect() -> dict:
     report["training_budget_bytes"] = training_device().budget  # a CUDA card's own memory
     ws = home()
     report["workspace"] = str(ws)
+    report["workspace_problem"] = workspace_problem(ws)
     report["workspace_disk_free_bytes"] = disk_free(ws)
     report["hf_cache"] = str(hub_cache_dir())
     report["hf_offline"] = hub_offline()
     return report
+
+
+def workspace_problem(ws: Path) -> str | None:
+    """Why no command can keep anything in `ws`: it, or the nearest part of it that exists, is
+    a file (every command that writes stops there); None when it is or can be a directory."""
+    existing = next(p for p in (ws, *ws.parents) if p.exists())
+    if existing.is_dir():
+        return None
+    what = "it is a file" if existing == ws else f"{existing} is a file"
+    return f"{what}, not a directory: set MLXLORA_HOME to a directory"
 
 
 def learn_device() -> dict:
@@ -101,6 +113,7 @@ def render(report: dict) -> list[tuple[str, str]]:
     def size(n):
         return fmt_bytes(n) if n is not None else "unknown"
 
+    problem = report["workspace_problem"]
     gpu, note = report["device_budget_bytes"], ""
     if gpu:  # a Mac plans with 3/4 of unified memory; a CUDA card's budget is its memory
         mac = report["platform"].startswith("Darwin")
@@ -108,7 +121,7 @@ def render(report: dict) -> list[tuple[str, str]]:
     return machine_rows(report) + [
         ("memory", size(report["memory_total_bytes"])),
         ("training budget", size(report["training_budget_bytes"]) + note),
-        ("workspace", report["workspace"]),
+        ("workspace", report["workspace"] + (f" ({problem})" if problem else "")),
         ("disk free", size(report["workspace_disk_free_bytes"])),
         ("HF cache", report["hf_cache"] + (" (offline)" if report["hf_offline"] else "")),
     ]
@@ -126,7 +139,8 @@ def run(args) -> int:
     table.add_column(style="bold")
     table.add_column(overflow="fold")  # a path folds whole at 80 columns, never cut to "…"
     for key, value in render(report):
-        style = "red" if value == "not installed" and key in ("mlx", "mlx-lm") else ""
+        missing = value == "not installed" and key in ("mlx", "mlx-lm")
+        style = "red" if missing or (key == "workspace" and report["workspace_problem"]) else ""
         table.add_row(key, f"[{style}]{value}[/]" if style else value)
     console = Console()
     if not console.is_terminal:

@@ -164,6 +164,24 @@ def test_doctor_text(monkeypatch, capsys, tmp_path):
     assert str(tmp_path) in out
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_doctor_flags_a_workspace_that_is_a_file(monkeypatch, capsys, tmp_path, inside):
+    """It printed the file's path as the workspace, where every command that writes stops."""
+    from mlxlora.commands.doctor import collect, render
+
+    file = tmp_path / "home"
+    file.write_text("x")
+    ws = file / "sub" if inside else file
+    monkeypatch.setenv("MLXLORA_HOME", str(ws))
+    what = f"{file} is a file" if inside else "it is a file"
+    problem = f"{what}, not a directory: set MLXLORA_HOME to a directory"
+    assert dict(render(collect()))["workspace"] == f"{ws} ({problem})"
+    assert main(["doctor", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["workspace_problem"] == problem
+    monkeypatch.setenv("MLXLORA_HOME", str(tmp_path / "new"))  # made on first use: fine
+    assert dict(render(collect()))["workspace"] == str(tmp_path / "new")
+
+
 def test_doctor_in_an_80_column_terminal_folds_long_paths_whole(monkeypatch, capsys):
     """The BLAS library's path (/usr/lib/x86_64-linux-gnu/openblas-pthread/...) was cut to
     `libopenblasp-r0.3.…`: a path folds onto the next line instead."""
