@@ -617,6 +617,30 @@ def test_start_queues_the_job_and_the_runner_trains_it(workspace):
     assert events[-1]["type"] == "run_finished"
 
 
+def test_the_first_start_opens_the_runs_tab_on_the_job(workspace, monkeypatch):
+    """The tutorial's first Start, the Runs tab never opened: the studio crashed (NoMatches:
+    the tab, mounted that moment, was asked for its table before it had one)."""
+    from textual.widgets import TabbedContent
+
+    from mlxlora import queue, queue_runner
+
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)  # the job stays queued
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await load_tiny_preset(app, pilot)
+            await type_into(pilot, app, "#f-name", "最初の実行")
+            await pilot.press("ctrl+g")
+            await pilot.pause(0.5)
+            assert app.query_one(TabbedContent).active == "runs"
+            (job,) = queue.jobs()
+            assert app.query_one("#runs-tab").selected_key() == f"job:{job.id}"
+            assert "job     " + queue.short_id(job.id) in str(app.query_one("#run-stats").render())
+
+    asyncio.run(go())
+
+
 def test_start_refuses_a_model_that_is_not_there_and_queues_nothing(workspace):
     from mlxlora import queue
 

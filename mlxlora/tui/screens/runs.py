@@ -151,9 +151,12 @@ class RunsTab(Vertical):
 
     def redraw(self) -> None:
         """Draw what changed; nothing while another tab is in view (news is still folded)."""
+        # first: the Train tab's Start mounts this tab and follows its job before it has a table
+        if self._catching_up or not self.is_on_screen:
+            return
         # the names are cut to the table's width: a resize, or its scrollbar showing, redraws
         width = self.query_one(DataTable).scrollable_content_region.width
-        if not (self._dirty or width != self._width) or self._catching_up or not self.is_on_screen:
+        if not (self._dirty or width != self._width):
             return
         self._width = width
         self._draw_table()
