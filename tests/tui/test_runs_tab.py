@@ -16,6 +16,7 @@ from textual.widgets import DataTable, ProgressBar, Static
 
 from mlxlora import machine, memory, procs, queue, queue_runner, runs
 from mlxlora.tui.app import MlxloraApp
+from mlxlora.tui.screens.run_detail import RunDetail
 from mlxlora.tui.screens.runs import COLUMNS, RunsTab
 from mlxlora.tui.widgets.confirm import Confirm
 from mlxlora.tui.widgets.loss_chart import LossChart, readable_lines, step_ticks
@@ -446,11 +447,35 @@ def test_a_queued_job_shows_the_id_queue_list_shows(home, monkeypatch):
             await wait_for(pilot, lambda: len(rows(app)) == 1)
             await select(pilot, "待ちジョブ")
             shown = f"job     {queue.short_id(job.id)} (train)"
-            stats = app.query_one("#run-stats", Static)
-            # the panel's text, not the screen: on a new workspace the panel sometimes keeps
-            # the one-line height of the "no runs yet" it showed before (left open)
-            await wait_for(pilot, lambda: shown in str(stats.render()))
+            await wait_for(pilot, lambda: shown in screen_text(app))
             assert job.id not in screen_text(app)
+
+    asyncio.run(go())
+
+
+def test_a_job_that_arrives_while_the_panel_waits_for_a_layout_shows_all_its_lines(
+    home, monkeypatch
+):
+    """On a new workspace the side panel sometimes kept the one-line height of "no runs yet"
+    when a queued job arrived, cutting its lines: the job's text came while the panel's own
+    layout was still pending and a layout pass had run meanwhile (as when the studio opens)."""
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)  # the job stays queued
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            stats = app.query_one("#run-stats", Static)
+            await wait_for(pilot, lambda: "no runs yet" in str(stats.render()))
+            job = queue.add_train((REPO / "configs" / "tiny.yaml").read_text(), "待ちジョブ")
+            # the order the race took, made certain: a layout asked of the panel, a layout
+            # pass (another widget's beside it) before the panel gets to it, then the job's text
+            stats.refresh(layout=True)
+            app.query_one("#run-side")._clear_arrangement_cache()
+            app.screen._refresh_layout()
+            app.query_one(RunDetail).show_job(job, "queued")
+            await pilot.pause(0.2)
+            assert stats.region.height == 3
+            assert f"job     {queue.short_id(job.id)} (train)" in screen_text(app)
 
     asyncio.run(go())
 

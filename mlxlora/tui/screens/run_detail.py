@@ -168,7 +168,14 @@ class RunDetail(Horizontal):
             return
         static = self.query_one(f"#{panel}", Static)
         rows = _rows(text, static.size.width)
-        static.update(Content(text), layout=rows is None or rows != _rows(old, static.size.width))
+        layout = rows is None or rows != _rows(old, static.size.width)
+        if layout:
+            # Textual (8.2) keeps a widget's box model until its count of layouts asked goes
+            # up, which a layout asked while an earlier one is pending does not do: a layout
+            # pass run meanwhile kept the panel at its earlier height (on a new workspace the
+            # one line of "no runs yet" cut a queued job's lines)
+            static._box_model_cache.clear()
+        static.update(Content(text), layout=layout)
         self._texts[panel] = text
 
     def _put_optional(self, panel: str, text: str) -> None:
