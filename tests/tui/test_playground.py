@@ -120,6 +120,29 @@ def test_escape_leaves_the_prompt_when_nothing_is_answering(home):
     asyncio.run(go())
 
 
+def test_with_no_run_picked_it_asks_for_one_rather_than_a_new_run(home):
+    """The picker's empty choice (its first line) said "No finished run to try: train one
+    first" beside a list of finished runs."""
+    from textual.widgets import Select
+
+    train_tiny_run(home)
+
+    async def go():
+        app = MlxloraApp("playground")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.query_one(PlaygroundTab).runs)
+            app.query_one("#play-run", Select).clear()
+            app.query_one("#play-prompt").value = "イタリアの首都はどこですか？"
+            app.query_one("#play-prompt").focus()
+            await pilot.press("enter")
+            await pilot.pause()
+            assert [str(n.message) for n in app._notifications] == [
+                "Pick a run first (the list above the prompt)."
+            ]
+
+    asyncio.run(go())
+
+
 def assert_gone(pid: int, seconds: float = 5.0) -> None:
     """The child's process group has ended (within a few seconds: a signalled process is
     reaped by asyncio's watcher thread)."""

@@ -185,6 +185,8 @@ class PlaygroundTab(Vertical):
         run = self.runs.get(self.query_one("#play-run", Select).value)
         if not prompt.strip():
             self.notify("Type a prompt first.", severity="warning")
+        elif run is None and self.runs:  # the picker's empty first line chosen
+            self.notify("Pick a run first (the list above the prompt).", severity="warning")
         elif run is None:
             self.notify("No finished run to try: train one first (tab 2).", severity="warning")
         else:
