@@ -363,10 +363,12 @@ def device_budget(backend) -> int | None:
 
 def planned_weights(cfg: Config, info: dict, backend) -> int:
     """Bytes the weights will take once loaded, before loading: float32 on a CPU unless a
-    quantized base is kept, else what the files hold."""
+    quantized base is kept, else what the files hold. Backend torch trains MLX-quantized
+    weights from a float copy (torch_peft.transformers_dir): dequantized, whatever the config."""
     from mlxlora import memory
 
-    return memory.planned_weights(info, cfg.quantized_base, backend.info.device.startswith("cpu"))
+    policy = "dequantize" if backend.info.name == "torch" else cfg.quantized_base
+    return memory.planned_weights(info, policy, backend.info.device.startswith("cpu"))
 
 
 def fit_config(cfg: Config, model_dir: Path, backend):

@@ -273,3 +273,23 @@ def test_fit_advice_counts_the_weights_the_estimate_counted():
     assert advice[0].startswith("training.batch_size=1 training.grad_accumulation=4")
     assert advice[0].split("~")[1].split(" (")[0] == memory.fmt_bytes(one.total)
     assert one.total > loaded
+
+
+def test_a_quantized_base_dequantized_on_a_gpu_plans_half_precision_weights():
+    """dequantize on a GPU (and backend torch, which trains MLX-quantized weights from a float
+    copy whatever the config says) loads half-precision weights: the 4-bit size under-counted
+    them by about 3.5x."""
+    from types import SimpleNamespace
+
+    from mlxlora.backends.base import BackendInfo
+    from mlxlora.prepare import planned_weights
+
+    info = {"params": 1_000_000, "quantization": {"bits": 4, "group_size": 64}}
+    four_bit = memory.weight_bytes(info, 2)
+    assert memory.planned_weights(info, "auto", on_cpu=False) == four_bit  # kept: QLoRA
+    assert memory.planned_weights(info, "dequantize", on_cpu=False) == 2_000_000
+    assert memory.planned_weights(info, "keep", on_cpu=True) == memory.weight_bytes(info, 4)
+    cfg = Config()  # quantized_base: auto
+    for name, planned in (("mlx", four_bit), ("torch", 2_000_000)):
+        gpu = BackendInfo(name, "gpu (CUDA, H100)", "bfloat16", "CUDA kernels", {}, 80e9)
+        assert planned_weights(cfg, info, SimpleNamespace(info=gpu)) == planned
