@@ -335,7 +335,16 @@ def test_snapshot_160x48(home, snap_compare, monkeypatch):
 
 
 async def settle(pilot) -> None:
-    await wait_for(pilot, lambda: len(rows(pilot.app)) == 4)
+    """Four rows, named for the table's laid-out width: the first draw may come before the
+    table has one, and the names are cut again at the next tick (a fixed pause after the
+    rows came was too short under load: a CI snapshot caught the first draw)."""
+    tab, table = pilot.app.query_one(RunsTab), pilot.app.query_one("#runs-table", DataTable)
+
+    def named_for_its_width() -> bool:
+        width = table.scrollable_content_region.width
+        return len(rows(pilot.app)) == 4 and width > 0 and tab._width == width and not tab._dirty
+
+    await wait_for(pilot, named_for_its_width)
     await pilot.pause(0.5)
 
 
