@@ -31,7 +31,7 @@ from mlxlora.commands import (
     tui,
 )
 from mlxlora.commands import eval as evaluation  # `eval` would hide the builtin
-from mlxlora.errors import MlxloraError
+from mlxlora.errors import DISK_REFUSED, MlxloraError
 
 COMMANDS = (
     train,
@@ -104,16 +104,11 @@ def _dispatch(argv: list[str] | None) -> int:
 
 
 # A path the user gave that the file system refuses (a file where a directory must go, a
-# directory where a file must go, no permission, a read-only or full disk): the user's to fix.
-_REFUSED_BY_THE_SYSTEM = {
+# directory where a file must go, a name too long) or a disk that refuses it: the user's to fix.
+_REFUSED_BY_THE_SYSTEM = DISK_REFUSED | {
     errno.EEXIST,
     errno.ENOTDIR,
     errno.EISDIR,
-    errno.EACCES,
-    errno.EPERM,
-    errno.EROFS,
-    errno.ENOSPC,
-    errno.EDQUOT,
     errno.ENAMETOOLONG,
 }
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mlxlora import config as config_mod
 from mlxlora.config import Config
-from mlxlora.errors import RunError, TrainingFailed
+from mlxlora.errors import DISK_REFUSED, RunError, TrainingFailed
 from mlxlora.events import (
     EventWriter,
     RunFailed,
@@ -37,10 +37,6 @@ from mlxlora.runs import (
     run_lock,
 )
 from mlxlora.trainer import Trainer, TrainerState
-
-# Writing the run failed for a reason of the machine's, not ours: a full disk or quota, a
-# file system gone read-only, permissions taken away.
-_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _disk_failure(exc: OSError, paths: RunPaths, step: int, events: EventWriter):
@@ -251,7 +247,7 @@ def _run(prep: Prepared, events: EventWriter, resume: bool) -> dict:
         events.emit(RunFailed(reason=str(exc), step=state.step))
         raise
     except OSError as exc:
-        if exc.errno not in _DISK_ERRORS:
+        if exc.errno not in DISK_REFUSED:
             events.emit(RunFailed(reason=f"internal error: {exc!r}", step=state.step))
             raise
         raise _disk_failure(exc, paths, state.step, events) from None

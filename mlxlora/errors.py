@@ -1,7 +1,14 @@
 """User-facing errors. Each maps to an exit code; the CLI prints them on one line, no traceback.
 
-Anything that is not an MlxloraError is our own bug and keeps its traceback.
+Anything that is not an MlxloraError is our own bug and keeps its traceback, but for an OSError
+the machine's disk gave (DISK_REFUSED): that one is the user's to fix, and said on one line.
 """
+
+import errno
+
+# The disk refused a write for a reason of the machine's, not ours: full, over quota, gone
+# read-only, or permission taken away.
+DISK_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 class MlxloraError(Exception):
