@@ -17,6 +17,9 @@
 #   split -b 45000000 -d -a 2 /tmp/wheels/mlx_cuda_13-*.whl /tmp/wheels/mlx-cuda-13.part-
 #   mkdir .whl1 .whl2; mv /tmp/wheels/*part-00 .whl1; mv /tmp/wheels/*part-01 /tmp/wheels/mlx-0* \
 #       /tmp/wheels/mlx_lm-* .whl2
+# and pytest for the GPU tests (tests/gpu), in case the machine has none:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl1 pytest==8.4.2 \
+#       pluggy iniconfig pygments
 set -u
 phase=$1 out=$2
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -25,6 +28,18 @@ mkdir -p /tmp/mlx-cuda-parts && cp .whl*/mlx-cuda-13.part-* /tmp/mlx-cuda-parts/
 # MLX's CUDA kernels compiled by an earlier lease (the mlx phase returns them as
 # OUT/mlx-ptx.tar.xz; put that in a folder .mlx-ptx, also excluded, and carry it with a phase)
 cp .mlx-ptx/mlx-ptx.tar.xz /tmp/ 2>/dev/null
+
+gpu_tests() {  # the tests marked gpu, with pytest from carried wheels where the machine has none
+    if ! python3 -c "import pytest" 2>/dev/null && [ ! -d /tmp/test-site ]; then
+        for wheel in .whl*/pytest-*.whl .whl*/pluggy-*.whl .whl*/iniconfig-*.whl \
+            .whl*/pygments-*.whl; do
+            python3 -m zipfile -e "$wheel" /tmp/test-site
+        done
+    fi
+    PYTHONPATH="$PYTHONPATH:/tmp/test-site" MLXLORA_HOME=/tmp/gpu-tests-home timeout "$2" \
+        python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 | tail -20 |
+        tee "$out/gpu-tests-$1.log"
+}
 
 case $phase in
 torch)
@@ -37,15 +52,20 @@ torch)
     # step 1.14x (plainnorm); one autograd function per LoRA layer 0.93x (1B) and 1.05x (0.5B),
     # not kept. The compiled side ran past 100 s again (left out until understood).
     # The fifth lease (H100, after this warm-up): 1B 2.84x stock at 0.44x memory (norms 1.22x);
-    # 0.5B 2.27x at 0.35x (norms 1.04x, noise).
+    # 0.5B 2.27x at 0.35x (norms 1.04x, noise). Next: how much the step's reads back cost (the
+    # unsynced side), the 0.5B profile, and the 1B compiled with both graphs built untimed.
+    gpu_tests torch 120
     timeout 70 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --steps 2 \
         --sides stock,mlxlora >"$out/torch-warm-up.log" 2>&1
-    timeout 150 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 45 \
-        --sides stock,mlxlora,mlxlora-plainnorm,mlxlora-profiled \
-        --json "$out/torch-llama.json" 2>&1 | tee "$out/torch-llama.log"
-    timeout 110 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --side-timeout 40 \
-        --sides stock,mlxlora,mlxlora-plainnorm --json "$out/torch-qwen.json" 2>&1 |
-        tee "$out/torch-qwen.log"
+    timeout 110 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 40 \
+        --sides stock,mlxlora,mlxlora-unsynced --json "$out/torch-llama.json" 2>&1 |
+        tee "$out/torch-llama.log"
+    timeout 130 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --side-timeout 40 \
+        --sides stock,mlxlora,mlxlora-unsynced,mlxlora-profiled \
+        --json "$out/torch-qwen.json" 2>&1 | tee "$out/torch-qwen.log"
+    timeout 170 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 150 \
+        --sides mlxlora-compiled --json "$out/torch-llama-compiled.json" 2>&1 |
+        tee "$out/torch-llama-compiled.log"
     ;;
 mlx)
     site=/tmp/mlx-site
@@ -67,7 +87,6 @@ mlx)
     mkdir -p $MLX_PTX_CACHE_DIR
     [ -f /tmp/mlx-ptx.tar.xz ] && tar -xJf /tmp/mlx-ptx.tar.xz -C $MLX_PTX_CACHE_DIR
     kernels() { echo "MLX kernel cache: $(ls $MLX_PTX_CACHE_DIR | grep -c '\.ptx$') modules $1"; }
-    kernels "before the 0.5B shape"
     # The fourth lease (H100): every side failed. Stock mlx-lm ran past 45 s (0.5B) and 50 s
     # (1B), where the third lease's stock sides trained in 13-17 s (not understood); mlxlora
     # ran out of the card's memory at step 4-7 with 1.4-4.7 GB in use and 73-79 GB in MLX's
@@ -76,12 +95,13 @@ mlx)
     # The fifth lease (H100): capped, mlxlora trained both shapes (0.5B 10,257 tokens/s; 1B
     # 11,037, 1.46x stock's 7,578); stock 0.5B, first on the machine, ran past 80 s, stock 1B
     # after it took 12 s; neither compiled side reported (kernels compiled while timed?).
-    timeout 200 python3 benchmarks/train_vs_mlx_lm.py --shape qwen-0.5b --compiled \
-        --side-timeout 80 2>&1 | tee "$out/mlx-qwen.log"
-    kernels "before the 1B shape"
-    timeout 170 python3 benchmarks/train_vs_mlx_lm.py --shape llama-1b --compiled \
-        --side-timeout 60 2>&1 | tee "$out/mlx-llama.log"
-    kernels "after both"
+    # Next: the GPU tests, then the 0.5B shape alone (its stock side first on the machine
+    # compiles most kernels; the cache it leaves is returned for the lease after).
+    gpu_tests mlx 150
+    kernels "before the 0.5B shape"
+    timeout 240 python3 benchmarks/train_vs_mlx_lm.py --shape qwen-0.5b --compiled \
+        --side-timeout 100 2>&1 | tee "$out/mlx-qwen.log"
+    kernels "after it"
     tar -cJf "$out/mlx-ptx.tar.xz" --exclude='*.cu' -C $MLX_PTX_CACHE_DIR .
     ;;
 esac

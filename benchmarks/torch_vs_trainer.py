@@ -29,13 +29,19 @@ gradient clipping at 1.0 (the Trainer's default), one pass over batch x steps se
   a half-precision base (torch_peft.half_precision_forward); the same as mlxlora on a CPU.
 * mlxlora-plainnorm: mlxlora with transformers' own RMSNorm (~8 kernels forward, ~12 backward)
   instead of torch's rms_norm (torch_fused.fuse_rms_norms; one kernel each way on CUDA).
+* mlxlora-unsynced: mlxlora with the two values a step reads back (the loss, the gradient
+  norm), each a wait for the GPU to finish, left unread: not a run (a run reports them and
+  stops on a NaN), but the most that reading them a step late could gain, where the host
+  queues the next step while the GPU computes this one. Its step times are the host's.
 * mlxlora-profiled: mlxlora's first PROFILED_STEPS timed steps under torch.profiler (not a
   speed figure); prints the operators that took the most device time and the device time a
   step holds. Few steps: on an H200, 20 profiled steps of the 1B shape did not finish in 85 s.
 * mlxlora-compiled-profiled: the same profile of the compiled step (which attention kernel
   the compiled blocks run, whether graphs are compiled again).
 
-Each side runs in its own subprocess (peaks never mix), after one untimed warm-up step; a side
+Each side runs in its own subprocess (peaks never mix), after untimed warm-up steps (the
+longest batch and the shortest: torch.compile builds its graph for the first length it sees
+and a dynamic one at the second, both before the timing); a side
 that fails or passes --side-timeout is reported as such and the others still run.
 Effective tokens/s: the real (non-padding) tokens of every sequence over the timed wall time.
 Peak memory: CUDA `max_memory_allocated`; on a CPU the process's peak RSS (includes Python).
@@ -70,6 +76,7 @@ SIDES = (
     "mlxlora-cudnn",
     "mlxlora-fp32lora",
     "mlxlora-plainnorm",
+    "mlxlora-unsynced",
     "mlxlora-profiled",
     "mlxlora-compiled-profiled",
 )
@@ -225,6 +232,8 @@ def run_mlxlora(model_dir: Path, seqs: list[list[int]], flags: set[str]) -> dict
         torch_fused.fuse_rms_norms = lambda model: 0
     if "fp32lora" in flags:  # PEFT's own precision for the LoRA products
         torch_peft.half_precision_forward = lambda *_: contextlib.nullcontext
+    if "unsynced" in flags:
+        leave_reads_on_device()
     backend = TorchBackend(pack="packed" in flags)
     backend.load(model_dir, cfg)
     examples = [batching.Example(tuple(s), 0) for s in seqs]
@@ -237,11 +246,45 @@ def run_mlxlora(model_dir: Path, seqs: list[list[int]], flags: set[str]) -> dict
     return timed_steps(step, order, seqs, "packed" in flags, "profiled" in flags)
 
 
-def timed_steps(step, order: list, seqs: list[list[int]], pack: bool, profile: bool) -> dict:
-    """One untimed warm-up step (the longest batch), then the batches of `order`, timed."""
+class _Unread:
+    """A value the backend would read back from the device, left there (`item` says 0)."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def item(self) -> float:
+        return 0.0
+
+
+def leave_reads_on_device() -> None:
+    """The mlxlora-unsynced side: the step's loss (summed over ranks: one process here) and
+    gradient norm stay unread."""
     import torch
 
-    step(min(order, key=lambda idx: max(len(seqs[i]) for i in idx)))  # warm-up
+    from mlxlora.backends import torch_dist
+
+    clip = torch.nn.utils.clip_grad_norm_
+    torch_dist.sum_over_ranks = _Unread
+    torch.nn.utils.clip_grad_norm_ = lambda *args, **kwargs: _Unread(clip(*args, **kwargs))
+
+
+def timed_steps(step, order: list, seqs: list[list[int]], pack: bool, profile: bool) -> dict:
+    """Untimed warm-up steps (the longest batch, then the shortest), then the batches of
+    `order`, timed."""
+    import torch
+
+    def longest(idx):
+        return max(len(seqs[i]) for i in idx)
+
+    for idx in (max(order, key=longest), min(order, key=longest)):
+        tic = time.perf_counter()
+        step(idx)  # a line each, so that a side cut off by its time limit says where it was
+        print(
+            f"warm-up step of {longest(idx)} tokens: {time.perf_counter() - tic:.1f} s, "
+            f"{compiled_graphs()} graphs compiled",
+            file=sys.stderr,
+            flush=True,
+        )
     reset_peak()
     profiler = profiled() if profile else contextlib.nullcontext()
     order = order[:PROFILED_STEPS] if profile else order
@@ -336,8 +379,10 @@ def run_side(side: str, model_dir: Path, data: Path, timeout: float) -> dict:
     command += ["--data", str(data)]
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"ran past {timeout:.0f} s"}
+    except subprocess.TimeoutExpired as cut:
+        stderr = cut.stderr.decode() if isinstance(cut.stderr, bytes) else cut.stderr or ""
+        warm_ups = "; ".join(x for x in stderr.splitlines() if x.startswith("warm-up step"))
+        return {"error": f"ran past {timeout:.0f} s" + (f" ({warm_ups})" if warm_ups else "")}
     if out.returncode != 0:
         print(f"{side} failed:\n{out.stderr[-4000:]}", file=sys.stderr)
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}

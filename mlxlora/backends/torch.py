@@ -197,9 +197,19 @@ class TorchBackend:
             inputs, position_ids = tokens[:, :-1], None
             targets = tokens[:, 1:].reshape(-1)[positions]
         return tuple(
-            None if a is None else torch.from_numpy(np.asarray(a, np.int64)).to(self.device)
+            None if a is None else self._on_device(a)
             for a in (inputs, position_ids, positions, targets)
         )
+
+    def _on_device(self, array) -> torch.Tensor:
+        """`array` as int64 on the training device. On CUDA through pinned memory without
+        blocking: a copy from ordinary memory synchronizes the stream, waiting for the GPU to
+        finish every kernel queued before it, so the host could not queue a step's work while
+        the GPU still computes the last one."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array, np.int64))
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     # --- steps ------------------------------------------------------------------------
 

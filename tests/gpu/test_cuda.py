@@ -1,0 +1,94 @@
+"""On a CUDA GPU: the torch backend trains in bf16 and queues a step's inputs without waiting
+for the GPU; MLX's CUDA build trains with its memory and buffer cache capped. Skipped without
+CUDA; `benchmarks/gpu_figures.sh` runs them on the lent machine (`pytest -m gpu tests/gpu`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlxlora import config, engine, machine
+from mlxlora.events import Step, read_events
+from tests.conftest import random_batches
+
+pytestmark = pytest.mark.gpu
+
+
+def cuda_torch():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    return torch
+
+
+def cuda_mlx():
+    mx = pytest.importorskip("mlx.core")
+    if not (hasattr(mx, "cuda") and mx.cuda.is_available()):
+        pytest.skip("no MLX CUDA build with a GPU")
+    return mx
+
+
+@pytest.fixture
+def on_cuda(monkeypatch):
+    monkeypatch.setattr(machine, "maybe_cuda", lambda: True)
+
+
+def tiny_config(data, backend: str, **training):
+    return config.from_dict(
+        {
+            "name": "gpu",
+            "model": "builtin:tiny",
+            "backend": backend,
+            "data": {"dataset": str(data), "val_split": 0.1, "max_length": 128},
+            "lora": {"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+            "training": {"learning_rate": 5e-3, "epochs": 3, "batch_size": 4, "seed": 3} | training,
+        }
+    )
+
+
+def assert_loss_falls(run_dir) -> list[float]:
+    losses = [e.loss for e in read_events(run_dir / "events.jsonl") if isinstance(e, Step)]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.2
+    return losses
+
+
+def test_torch_trains_in_bf16_on_cuda(home, quickstart_data, tmp_path, on_cuda):
+    cuda_torch()
+    from mlxlora.backends.torch import describe
+
+    assert describe().dtype == "bfloat16"
+    summary = engine.train(tiny_config(quickstart_data, "torch"), tmp_path / "run")
+    assert len(assert_loss_falls(tmp_path / "run")) == summary["steps"]
+    assert summary["peak_memory_gb"] > 0
+
+
+def test_a_torch_step_s_inputs_reach_the_gpu_without_waiting_for_it(home, quickstart_data):
+    torch = cuda_torch()
+    from mlxlora.backends.torch import TorchBackend
+    from mlxlora.models.resolve import resolve_model
+
+    backend = TorchBackend()
+    backend.load(
+        resolve_model("builtin:tiny", progress=False), tiny_config(quickstart_data, "torch")
+    )
+    batch = random_batches(1, 4)[0]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a synchronizing call raises
+    try:
+        inputs, _, positions, targets = backend._labels(batch, slice(None))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert inputs.is_cuda and positions.is_cuda
+    assert targets.cpu().tolist() == batch.tokens[:, 1:][batch.loss_mask].tolist()
+
+
+def test_mlx_trains_on_cuda_with_its_memory_and_cache_capped(
+    home, quickstart_data, tmp_path, on_cuda
+):
+    mx = cuda_mlx()
+    cfg = tiny_config(quickstart_data, "mlx", memory_budget="2GB")
+    summary = engine.train(cfg, tmp_path / "run")
+    assert_loss_falls(tmp_path / "run")
+    assert 0 < summary["peak_memory_gb"] < 2
+    assert mx.set_cache_limit(0) == 2 * 10**9 // 4  # set returns the limit it replaces
