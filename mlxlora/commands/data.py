@@ -144,7 +144,7 @@ def load_tokenizer(model_ref: str):
 
 def _load_for_show(ref: str):
     """(title, kind, records) of a stored dataset, or of a file without storing it."""
-    from mlxlora.data import formats, refs, store
+    from mlxlora.data import formats, refs, store, validation
 
     if store.exists(ref):
         meta, records = store.load_dataset(ref)
@@ -152,7 +152,7 @@ def _load_for_show(ref: str):
     if Path(ref).expanduser().is_file():
         records = formats.load_records(Path(ref).expanduser())
         kind = formats.detect_format(records, ref)
-        formats.validate(records, kind, ref)
+        validation.validate(records, kind, ref)
         return ref, kind, records, None
     if refs.looks_like_file(ref):
         raise DataError(f"{ref}: file not found (and no dataset of that name)")

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from mlxlora import names
-from mlxlora.data.formats import detect_format, load_records, validate
+from mlxlora.data.formats import detect_format, load_records
 from mlxlora.data.store import (
     RECORDS_FILE,
     DatasetMeta,
@@ -28,6 +28,7 @@ from mlxlora.data.store import (
     stem_name,
     unknown_dataset,
 )
+from mlxlora.data.validation import validate
 from mlxlora.errors import DataError
 
 

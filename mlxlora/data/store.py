@@ -28,14 +28,13 @@ from pathlib import Path
 
 from mlxlora import names
 from mlxlora.data.formats import (
-    check_kind,
     detect_format,
     full_text,
     load_records,
     normalize,
-    validate,
     where,
 )
+from mlxlora.data.validation import check_kind, validate
 from mlxlora.errors import DataError
 from mlxlora.runs import home, sweep_temps, temp_prefix
 

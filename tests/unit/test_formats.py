@@ -10,8 +10,8 @@ from mlxlora.data.formats import (
     full_text,
     load_records,
     normalize,
-    validate,
 )
+from mlxlora.data.validation import validate
 from mlxlora.errors import DataError
 
 INSTR = {"instruction": "Define anemia.", "input": "", "output": "A low red cell count."}
