@@ -318,7 +318,7 @@ def evaluate_run(
     """
     from mlxlora import config, scoring
     from mlxlora.data.analysis import TermMatcher, load_terms
-    from mlxlora.prepare import as_run_started
+    from mlxlora.run_datasets import as_run_started
     from mlxlora.runs import RunPaths, atomic_write_text, find_run
 
     run = find_run(run_ref).resolve()

@@ -143,7 +143,7 @@ def test_a_run_keeps_the_records_it_trained_on_when_its_file_changes(
         runs.check_new_run_dir(part)  # stopped: resumable, so the error says how
     lines = data.read_text(encoding="utf-8").splitlines()
     data.write_text("\n".join(lines[len(lines) // 2 :]) + "\n", encoding="utf-8")  # half gone
-    from mlxlora.prepare import as_run_started
+    from mlxlora.run_datasets import as_run_started
 
     old_style = make_config(data, *overrides)  # a run from before pinning names its file
     assert as_run_started(old_style, RunPaths(part)).data.dataset == "メモ"

@@ -287,6 +287,7 @@ def test_each_config_field_watches_the_file_it_named(home, tmp_path):
     first from a third file: an edit of either named file warns, an edit of the third (which
     this run never named) does not."""
     from mlxlora import config, prepare
+    from mlxlora.run_datasets import changed_sources, source_files
 
     first = write_jsonl(tmp_path / "x.jsonl", RECORDS)
     store.import_dataset(first, "memo")
@@ -295,19 +296,19 @@ def test_each_config_field_watches_the_file_it_named(home, tmp_path):
     cfg = config.from_dict({"data": {"dataset": str(train), "validation": str(val)}})
     _, _, pinned = prepare.load_records(cfg)
     assert pinned.data.dataset == pinned.data.validation == "memo"
-    assert prepare.source_files(cfg.data) == {
+    assert source_files(cfg.data) == {
         "data.dataset": str(train.resolve()),
         "data.validation": str(val.resolve()),
     }
     write_jsonl(first, RECORDS[:1])
-    assert prepare.changed_sources(cfg.data, pinned.data, None) == []
+    assert changed_sources(cfg.data, pinned.data, None) == []
     write_jsonl(train, RECORDS[:1])
-    assert prepare.changed_sources(cfg.data, pinned.data, None) == [
+    assert changed_sources(cfg.data, pinned.data, None) == [
         f"{train.resolve()} no longer holds the records of dataset memo, which this run trains "
         "on (a new run on the file trains on what it holds now)"
     ]
     named = config.from_dict({"data": {"dataset": "memo"}})  # only ever a name: its source
-    assert "x.jsonl no longer holds" in prepare.changed_sources(named.data, named.data, None)[0]
+    assert "x.jsonl no longer holds" in changed_sources(named.data, named.data, None)[0]
 
 
 def test_long_records_warn_with_their_location(tmp_path):
