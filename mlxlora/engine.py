@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mlxlora import config as config_mod
+from mlxlora.atomic import atomic_write_text
 from mlxlora.config import Config
 from mlxlora.errors import DISK_REFUSED, RunError, TrainingFailed
 from mlxlora.events import (
@@ -28,7 +29,6 @@ from mlxlora.models.info import gguf_source
 from mlxlora.prepare import Prepared, prepare, training_budget
 from mlxlora.runs import (
     RunPaths,
-    atomic_write_text,
     check_new_run_dir,
     check_resumable,
     new_run_dir,

@@ -71,7 +71,8 @@ def _check_adapter_config(adapter: Path) -> None:
 
 def resolve_adapter(ref: str) -> AdapterRef:
     """The adapter directory a `--adapter` argument names, and its run's model if it has one."""
-    from mlxlora.runs import RunPaths, find_run, restore_aside
+    from mlxlora.atomic import restore_aside
+    from mlxlora.runs import RunPaths, find_run
 
     path = Path(ref).expanduser()
     if RunPaths(path.parent.parent).best == path and is_run_dir(path.parent.parent):
@@ -317,9 +318,10 @@ def evaluate_run(
         say: Receives a line of progress at each stage.
     """
     from mlxlora import config, scoring
+    from mlxlora.atomic import atomic_write_text
     from mlxlora.data.analysis import TermMatcher, load_terms
     from mlxlora.run_datasets import as_run_started
-    from mlxlora.runs import RunPaths, atomic_write_text, find_run
+    from mlxlora.runs import RunPaths, find_run
 
     run = find_run(run_ref).resolve()
     paths = RunPaths(run)

@@ -12,15 +12,9 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from mlxlora.atomic import atomic_dir, restore_aside, sweep_temps
 from mlxlora.errors import MlxloraError, RunError
-from mlxlora.runs import (
-    atomic_dir,
-    is_run_dir,
-    read_json,
-    restore_aside,
-    runs_root,
-    sweep_temps,
-)
+from mlxlora.runs import is_run_dir, read_json, runs_root
 
 # Written into every directory that fuse, export and merge make for the user: it tells a later
 # run of the same command that it may replace the directory (and nothing else).

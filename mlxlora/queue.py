@@ -25,8 +25,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from mlxlora import names
+from mlxlora.atomic import atomic_write_text
 from mlxlora.errors import RunError
-from mlxlora.runs import atomic_write_text, home
+from mlxlora.runs import home
 
 FOLDERS = ("queued", "running", "done")
 ENDED = ("done", "stopped", "failed")  # the states of a job in done/

@@ -15,10 +15,10 @@ import math
 import time
 from pathlib import Path
 
+from mlxlora.atomic import atomic_write_text
 from mlxlora.experiments import Comparison, Pick, setting_text, shown_metrics
 from mlxlora.fmt import num
 from mlxlora.outputs import permissions_from_umask
-from mlxlora.runs import atomic_write_text
 from mlxlora.runview import downsample
 
 # Distinct on white and for the common colour blindnesses (Okabe-Ito), one per run.

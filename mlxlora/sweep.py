@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlxlora import config, names, queue, runlist, runs
+from mlxlora.atomic import atomic_write_text
 from mlxlora.errors import ConfigError, MlxloraError, RunError
 from mlxlora.runview import read_config
 
@@ -199,7 +200,7 @@ def save_base(sweep: str, text: str) -> Path:
             f"sweep {names.normalize(sweep)} exists with another base config ({path}); "
             "choose another name"
         )
-    runs.atomic_write_text(path, text)
+    atomic_write_text(path, text)
     return path
 
 
@@ -226,7 +227,7 @@ def start(
     if not record:
         record = {"name": sweep, "created": time.time(), **definition}
         record["members"] = [asdict(m) for m in members]
-        runs.atomic_write_text(record_path(sweep), json.dumps(record, indent=2, ensure_ascii=False))
+        atomic_write_text(record_path(sweep), json.dumps(record, indent=2, ensure_ascii=False))
     known = _Known(sweep)
     return [(m, _advance(m, cfg, known)) for m, cfg in zip(members, loaded, strict=True)]
 

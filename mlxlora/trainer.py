@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mlxlora import metrics
+from mlxlora.atomic import atomic_dir, atomic_write_text
 from mlxlora.data import batching
 from mlxlora.diagnosis import MEMORY_STOP, Diagnoser
 from mlxlora.errors import TrainingFailed
@@ -31,7 +32,7 @@ from mlxlora.events import (
     read_events,
 )
 from mlxlora.prepare import Prepared
-from mlxlora.runs import ADAPTER_FILES, PEFT_ADAPTER_FILE, RunPaths, atomic_dir, atomic_write_text
+from mlxlora.runs import ADAPTER_FILES, PEFT_ADAPTER_FILE, RunPaths
 
 KEEP_CHECKPOINTS = 2  # rolling step checkpoints kept besides best/
 SAMPLE_MAX_TOKENS = 64

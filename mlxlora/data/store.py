@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mlxlora import names
+from mlxlora.atomic import sweep_temps, temp_prefix
 from mlxlora.data.formats import (
     detect_format,
     full_text,
@@ -36,7 +37,7 @@ from mlxlora.data.formats import (
 )
 from mlxlora.data.validation import check_kind, validate
 from mlxlora.errors import DataError
-from mlxlora.runs import home, sweep_temps, temp_prefix
+from mlxlora.runs import home
 
 RECORDS_FILE = "records.jsonl"
 META_FILE = "meta.json"

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlxlora.atomic import restore_aside
 from mlxlora.errors import ExportError
 from mlxlora.models.info import safetensors_problem
 from mlxlora.outputs import check_output_dir, output_dir
-from mlxlora.runs import ADAPTER_FILES, RunPaths, restore_aside, unfinished
+from mlxlora.runs import ADAPTER_FILES, RunPaths, unfinished
 
 FUSED_DIR = "fused"  # the default output: <run>/fused
 

@@ -258,7 +258,7 @@ def convert(path: str | Path, progress: bool = True, quantized: bool = True) -> 
     """The HF-format directory converted from the GGUF file at `path` (cached by content):
     Q4_0/Q4_1/Q8_0 projections kept in MLX's quantization, or every weight float where not
     `quantized` (what transformers loads: the torch backend's)."""
-    from mlxlora.runs import atomic_dir
+    from mlxlora.atomic import atomic_dir
 
     path = Path(path).expanduser()
     _check_magic(path)

@@ -1,4 +1,4 @@
-"""runs.atomic_dir: a directory replaced in one rename, nothing beside it touched; what a
+"""atomic.atomic_dir: a directory replaced in one rename, nothing beside it touched; what a
 killed writer leaves is put back (restore_aside) or swept (sweep_temps)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from mlxlora.atomic import atomic_dir, restore_aside, sweep_temps
 from mlxlora.outputs import OUTPUT_MARKER, check_output_dir, output_dir
-from mlxlora.runs import atomic_dir, restore_aside, sweep_temps
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -42,7 +42,7 @@ def test_a_failed_write_keeps_the_old_directory(tmp_path):
 KILL_IN_SWAP = """
 import os, signal, sys
 from pathlib import Path
-from mlxlora.runs import atomic_dir
+from mlxlora.atomic import atomic_dir
 
 real = os.replace
 def replace(src, dst):  # killed (-9) once the old directory is aside, before the new lands
