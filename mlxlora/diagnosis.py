@@ -1,6 +1,6 @@
 """The tutorial's monitoring and troubleshooting, computed from a run's events: overfitting,
 oscillation, plateau, slow convergence, a learning rate too high, truncation, memory near the
-limit. Each finding names its evidence and the remedy in mlxlora's config keys.
+limit. Each finding names its evidence and the remedy in mlxlora's config keys (findings.py).
 
 `Diagnoser` folds events one at a time (the trainer feeds it live, a face after the fact);
 `diagnose(events)` is the whole run at once. Pure; imports no mlx, torch or textual.
@@ -13,9 +13,9 @@ import math
 import re
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from mlxlora.events import Diagnosis, Eval, Event, RunFailed, RunStarted, Step, redone
+from mlxlora.findings import REMEDIES, Finding
 from mlxlora.memory import fmt_bytes
 from mlxlora.metrics import ema
 
@@ -44,86 +44,7 @@ TRUNCATION_WARN_SHARE = 0.1
 MEMORY_NEAR_SHARE = 0.9
 MEMORY_STOP = "memory: "  # how the trainer's run_failed reason begins when the budget stopped it
 
-REMEDIES = {
-    "overfitting": [
-        "training.early_stopping.patience: 2 (keeps adapters/best at the lowest val loss)",
-        "fewer training.epochs",
-        "lora.dropout: 0.1-0.15",
-        "more training data",
-    ],
-    "oscillation": [
-        "more records a step: training.grad_accumulation 2-4 (a few short records scatter)",
-        "lower training.learning_rate (down to 1e-5)",
-        "longer training.warmup_steps",
-        "training.grad_clip: 1.0 (or lower)",
-    ],
-    "lr_too_high": [
-        "lower training.learning_rate (down to 1e-5)",
-        "longer training.warmup_steps",
-        "training.grad_clip: 1.0 (or lower)",
-    ],
-    "plateau": [
-        "lora.rank: 20-24 (more capacity for domain terms)",
-        "more or better training data (check term density: mlxlora data show --terms)",
-        "a larger or different base model",
-    ],
-    "slow_convergence": [
-        "a larger or different base model",
-        "more training data",
-        "training.learning_rate higher if it is 1e-5 or below",
-    ],
-    "truncation": [
-        "data.max_length higher if memory allows (mlxlora doctor), or shorter records",
-    ],
-    "memory": [
-        "training.batch_size: 1 with training.grad_accumulation: 4",
-        "data.max_length: 1024",
-        "training.grad_checkpoint: true",
-    ],
-}
-SEVERITIES = ("info", "warning", "critical")
-
-
-def severity_rank(severity: str) -> int:
-    """0 for info up to 2 for critical (an unknown severity ranks as info)."""
-    return SEVERITIES.index(severity) if severity in SEVERITIES else 0
-
-
-def flag(diagnoses: Iterable[Diagnosis]) -> str:
-    """A run's diagnosis in a word or two for a list (the TUI's Runs tab, `runs list`): the
-    worst finding's kind (the first finding of each kind counts), with how many other kinds
-    there are; "" when none."""
-    first: dict[str, Diagnosis] = {}
-    for d in diagnoses:
-        first.setdefault(d.kind, d)
-    if not first:
-        return ""
-    worst = max(first.values(), key=lambda d: severity_rank(d.severity))
-    more = len(first) - 1
-    return worst.kind + (f" +{more}" if more else "")
-
-
 _NON_FINITE = re.compile(r"became (nan|inf|-inf)", re.IGNORECASE)
-
-
-@dataclass
-class Finding:
-    kind: str
-    severity: str  # info | warning | critical
-    step: int  # where it was first seen
-    message: str
-    evidence: dict = field(default_factory=dict)
-    remedy: list[str] = field(default_factory=list)
-
-    def event(self) -> Diagnosis:
-        return Diagnosis(
-            step=self.step,
-            kind=self.kind,
-            severity=self.severity,
-            message=self.message,
-            evidence=self.evidence,
-            remedy=self.remedy,
-        )
 
 
 def _finding(kind: str, severity: str, step: int, message: str, **evidence) -> Finding:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import yaml
 
-from mlxlora.diagnosis import flag as diagnosis_flag
 from mlxlora.event_tail import StepBlock
 from mlxlora.events import (
     Diagnosis,
@@ -31,6 +30,7 @@ from mlxlora.events import (
     Step,
     redone,
 )
+from mlxlora.findings import flag as diagnosis_flag
 from mlxlora.metrics import ema
 from mlxlora.runs import run_status
 

@@ -189,11 +189,11 @@ def remove_run(args) -> int:
 def diagnosis_flag(path: Path) -> str:
     """The run's diagnosis flag as the TUI's Runs tab shows it, from the `diagnosis` events
     the run wrote (only those lines are parsed); "" when none."""
-    from mlxlora import diagnosis
+    from mlxlora import findings
     from mlxlora.events import Diagnosis, read_events_of
     from mlxlora.runs import RunPaths
 
-    return diagnosis.flag(read_events_of(RunPaths(path).events, Diagnosis))
+    return findings.flag(read_events_of(RunPaths(path).events, Diagnosis))
 
 
 def show_run(args) -> int:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mlxlora import diagnosis
+from mlxlora import diagnosis, findings
 from mlxlora.diagnosis import Diagnoser, diagnose
 from mlxlora.events import Diagnosis, Eval, RunFailed, RunStarted, Step
 
@@ -182,7 +182,7 @@ def test_finding_event_round_trips():
     finding = diagnose(run_events(truncated=30))[0]
     event = finding.event()
     assert isinstance(event, Diagnosis) and event.kind == "truncation"
-    assert event.remedy == diagnosis.REMEDIES["truncation"]
+    assert event.remedy == findings.REMEDIES["truncation"]
     assert Diagnoser().add([event]).findings()[0].evidence == finding.evidence
 
 
