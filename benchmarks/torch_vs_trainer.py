@@ -29,10 +29,10 @@ gradient clipping at 1.0 (the Trainer's default), one pass over batch x steps se
   a half-precision base (torch_peft.half_precision_forward); the same as mlxlora on a CPU.
 * mlxlora-plainnorm: mlxlora with transformers' own RMSNorm (~8 kernels forward, ~12 backward)
   instead of torch's rms_norm (torch_fused.fuse_rms_norms; one kernel each way on CUDA).
-* mlxlora-unsynced: mlxlora with the two values a step reads back (the loss, the gradient
-  norm), each a wait for the GPU to finish, left unread: not a run (a run reports them and
-  stops on a NaN), but the most that reading them a step late could gain, where the host
-  queues the next step while the GPU computes this one. Its step times are the host's.
+* mlxlora-unsynced: mlxlora with a step's loss and gradient norm never read back (a run
+  reads them once the next step is queued, each a wait for the GPU): not a run (a run
+  reports them and stops on a NaN), but the bound on what that reading costs. Its step
+  times are the host's.
 * mlxlora-profiled: mlxlora's first PROFILED_STEPS timed steps under torch.profiler (not a
   speed figure); prints the operators that took the most device time and the device time a
   step holds. Few steps: on an H200, 20 profiled steps of the 1B shape did not finish in 85 s.
@@ -239,33 +239,23 @@ def run_mlxlora(model_dir: Path, seqs: list[list[int]], flags: set[str]) -> dict
     examples = [batching.Example(tuple(s), 0) for s in seqs]
     order = batching.batch_order(examples, BATCH, 0, 0)
 
-    def step(idx):
-        backend.accumulate(batching.collate([examples[i] for i in idx]), seed=0)
-        backend.update(LR, 1.0)
+    unread = []
+
+    def step(idx):  # as the engine steps: this step's numbers are read once the next is queued
+        loss = backend.accumulate(batching.collate([examples[i] for i in idx]), seed=0)
+        norm = backend.update(LR, 1.0)
+        for value in unread:
+            float(value)
+        unread[:] = [loss, norm]
 
     return timed_steps(step, order, seqs, "packed" in flags, "profiled" in flags)
 
 
-class _Unread:
-    """A value the backend would read back from the device, left there (`item` says 0)."""
-
-    def __init__(self, tensor):
-        self.tensor = tensor
-
-    def item(self) -> float:
-        return 0.0
-
-
 def leave_reads_on_device() -> None:
-    """The mlxlora-unsynced side: the step's loss (summed over ranks: one process here) and
-    gradient norm stay unread."""
-    import torch
+    """The mlxlora-unsynced side: a step's loss and gradient norm are never read."""
+    from mlxlora.backends.torch import TorchBackend
 
-    from mlxlora.backends import torch_dist
-
-    clip = torch.nn.utils.clip_grad_norm_
-    torch_dist.sum_over_ranks = _Unread
-    torch.nn.utils.clip_grad_norm_ = lambda *args, **kwargs: _Unread(clip(*args, **kwargs))
+    TorchBackend._read = lambda self, scalar, divisor=1: 0.0
 
 
 def timed_steps(step, order: list, seqs: list[list[int]], pack: bool, profile: bool) -> dict:
@@ -295,7 +285,7 @@ def timed_steps(step, order: list, seqs: list[list[int]], pack: bool, profile: b
     with profiler:
         for idx in order:
             padded += len(idx) * max(len(seqs[i]) for i in idx)
-            step(idx)  # its loss and norm are read back: each step ends synchronized
+            step(idx)  # reads the numbers of the step before it (as a run does)
             step_ends.append(time.perf_counter())
         if torch.cuda.is_available():
             torch.cuda.synchronize()

@@ -64,6 +64,25 @@ class TrainerState:
         return self.completed_epoch_loss
 
 
+@dataclass
+class QueuedStep:
+    """A step the backend was given, with its numbers as the backend returned them: floats,
+    or values a GPU still computes (backends/base.py: Reading), read by finish_pending once
+    the next step is queued, so that the device has work while the host waits for them."""
+
+    step: int
+    lr: float
+    losses: list = field(default_factory=list)
+    norm: object = 0.0
+    real: int = 0  # real tokens
+    padded: int = 0  # token slots, padding included
+    queued_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def deferred(self) -> bool:
+        return not all(isinstance(x, float) for x in (*self.losses, self.norm))
+
+
 class StopFlag:
     """Set by SIGINT/SIGTERM or by a STOP file in the run directory (how the TUI asks)."""
 
@@ -89,6 +108,8 @@ class Trainer:
         self.diagnoser = Diagnoser().add(read_events(prep.paths.events))
         events.listeners.append(lambda event: self.diagnoser.add([event]))
         self._trained_estimate = 0  # the largest estimate of a step this session trained
+        self._pending: QueuedStep | None = None  # queued, its numbers not yet read
+        self._last_read = 0.0  # when finish_pending last read a step's numbers
 
     # --- evaluation and checkpoints --------------------------------------------------
 
@@ -115,6 +136,7 @@ class Trainer:
             self.events.emit(Eval(step=0, epoch=0.0, val_loss=val_loss, perplexity=ppl))
 
     def checkpoint(self, val_loss: float | None) -> None:
+        self.finish_pending()  # the state it saves holds the last step's numbers
         s, paths, backend = self.state, self.p.paths, self.p.backend
         if val_loss is not None and not math.isfinite(val_loss):
             self.fail(
@@ -186,6 +208,11 @@ class Trainer:
 
     def run(self) -> str:
         """Train to the end, an early stop, or a stop request. Returns how it ended."""
+        outcome = self._train()
+        self.finish_pending()
+        return outcome
+
+    def _train(self) -> str:
         s, t = self.state, self.t
         last_eval_step = s.step  # a checkpoint holds it: a fresh run's step 0 too (engine.py)
         if s.step == 0:
@@ -201,7 +228,11 @@ class Trainer:
                 group = [
                     records[i : i + t.batch_size] for i in range(0, len(records), t.batch_size)
                 ]
-                self.train_step(group)
+                queued = self.queue_step(group)
+                self.finish_pending()  # the step before, read now that this one is queued
+                self._pending = queued
+                if not queued.deferred:
+                    self.finish_pending()
                 s.batch_in_epoch += 1
                 if t.eval_every and s.step % t.eval_every == 0:
                     self.checkpoint(self.evaluate())
@@ -213,6 +244,7 @@ class Trainer:
                         self.checkpoint(None)
                     return "stopped"
             if s.batch_in_epoch >= len(order):
+                self.finish_pending()
                 loss = sum(s.epoch_losses) / max(len(s.epoch_losses), 1)
                 self.events.emit(EpochEnd(epoch=s.epoch + 1, step=s.step, train_loss=loss))
                 s.epoch, s.batch_in_epoch, s.epoch_losses = s.epoch + 1, 0, []
@@ -226,43 +258,63 @@ class Trainer:
             self.checkpoint(self.evaluate())
         return "completed"
 
-    def train_step(self, group: list[list[int]]) -> None:
+    def queue_step(self, group: list[list[int]]) -> QueuedStep:
+        """Gives the backend a step's micro-batches and its update; their numbers are read
+        by finish_pending."""
         s, t, backend = self.state, self.t, self.p.backend
-        tic = time.perf_counter()
-        losses, real, pad_total = [], 0, 0
+        queued = QueuedStep(step=s.step + 1, lr=self.p.schedule(s.step + 1))
         for i, idx in enumerate(group):
             batch = batching.collate([self.p.train[j] for j in idx])
-            loss = backend.accumulate(batch, seed=(t.seed * 1_000_003 + s.step) * 64 + i)
+            queued.losses.append(
+                backend.accumulate(batch, seed=(t.seed * 1_000_003 + s.step) * 64 + i)
+            )
+            queued.real += batch.real_tokens
+            queued.padded += batch.tokens.size
+        queued.norm = backend.update(queued.lr, t.grad_clip)
+        s.step += 1
+        return queued
+
+    def finish_pending(self) -> None:
+        """Reads the numbers of the step queued last, if not yet read (waiting for the device
+        to compute them), stops on a non-finite one, and records and reports them."""
+        queued, self._pending = self._pending, None
+        if queued is None:
+            return
+        s, t = self.state, self.t
+        done = queued.step - 1  # the steps a failure leaves done
+        losses = [float(loss) for loss in queued.losses]
+        for loss in losses:
             if not math.isfinite(loss):
-                self.fail(f"loss became {loss} at step {s.step + 1}; lower training.learning_rate")
-            losses.append(loss)
-            real += batch.real_tokens
-            pad_total += batch.tokens.size
-        lr = self.p.schedule(s.step + 1)
-        norm = backend.update(lr, t.grad_clip)
+                self.fail(
+                    f"loss became {loss} at step {queued.step}; lower training.learning_rate", done
+                )
+        norm = float(queued.norm)
         if not math.isfinite(norm):
             self.fail(
-                f"gradient norm became {norm} at step {s.step + 1}; lower training.learning_rate"
+                f"gradient norm became {norm} at step {queued.step}; lower training.learning_rate",
+                done,
             )
-        s.step += 1
         loss = sum(losses) / len(losses)
         s.last_train_loss = loss
         s.loss_ema = metrics.ema(s.loss_ema, loss)
         s.epoch_losses.append(loss)
-        if s.step % t.log_every == 0 or s.step == self.p.total_steps:
-            dt = time.perf_counter() - tic
+        now = time.perf_counter()
+        # the time since the step before was read: with steps queued ahead, a step's own
+        # queueing overlaps the one before it
+        seconds, self._last_read = now - max(queued.queued_at, self._last_read), now
+        if queued.step % t.log_every == 0 or queued.step == self.p.total_steps:
             self.events.emit(
                 Step(
-                    step=s.step,
-                    epoch=round(self._epoch_float(), 4),
+                    step=queued.step,
+                    epoch=round(queued.step / self.p.steps_per_epoch, 4),
                     loss=loss,
                     loss_ema=s.loss_ema,
-                    lr=lr,
-                    tokens=real,
-                    tokens_per_sec=real / dt,
+                    lr=queued.lr,
+                    tokens=queued.real,
+                    tokens_per_sec=queued.real / seconds,
                     grad_norm=norm,
-                    peak_memory_gb=backend.peak_memory_bytes() / 1e9,
-                    padding_fraction=1 - real / pad_total,
+                    peak_memory_gb=self.p.backend.peak_memory_bytes() / 1e9,
+                    padding_fraction=1 - queued.real / queued.padded,
                 )
             )
 
@@ -319,11 +371,11 @@ class Trainer:
             return True
         return False
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, step: int | None = None) -> None:
+        """Ends the run with `reason`; `step`: the steps done, if not the state's."""
         last = self.p.paths.latest_checkpoint()
-        failed = RunFailed(
-            reason=reason, step=self.state.step, last_checkpoint=str(last) if last else None
-        )
+        step = self.state.step if step is None else step
+        failed = RunFailed(reason=reason, step=step, last_checkpoint=str(last) if last else None)
         # what the failure shows (a NaN: the learning rate) goes first: a reader stops at it
         self.diagnoser.add([failed])
         for finding in self.diagnoser.new_findings():

@@ -135,6 +135,14 @@ class BackendInfo:
     pad_multiple: int = 1  # the backend pads a batch's positions to a multiple of this
 
 
+class Reading(Protocol):
+    """A number the device may still be computing (a step's loss or gradient norm on a
+    GPU): float() waits for it. The engine reads a step's once the next step is queued, so
+    that the device computes while the host waits (trainer.finish_pending)."""
+
+    def __float__(self) -> float: ...
+
+
 class Backend(Protocol):
     """Loads a model with LoRA layers and runs forward/backward/update on host batches."""
 
@@ -152,9 +160,9 @@ class Backend(Protocol):
         """(trainable, total) parameter counts."""
         ...
 
-    def accumulate(self, batch: Batch, seed: int) -> float:
+    def accumulate(self, batch: Batch, seed: int) -> float | Reading:
         """Forward and backward on one micro-batch; add the gradient of its summed loss; return
-        its mean loss."""
+        its mean loss (a Reading where the device may still be computing it)."""
         ...
 
     def limit_memory(self, budget: int) -> None:
@@ -162,9 +170,9 @@ class Backend(Protocol):
         device lets us (a GPU)."""
         ...
 
-    def update(self, lr: float, grad_clip: float) -> float:
+    def update(self, lr: float, grad_clip: float) -> float | Reading:
         """Apply the accumulated gradient, averaged over every labelled token of the step (so
-        the micro-batch size does not change it); return its norm."""
+        the micro-batch size does not change it); return its norm (a float or a Reading)."""
         ...
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:

@@ -40,6 +40,23 @@ from mlxlora.models.info import gguf_source
 COMPILE_BACKEND = "inductor"
 
 
+class DeviceScalar:
+    """A scalar a CUDA step computes, copied into pinned host memory behind the step's
+    kernels: float() waits for those kernels only, where `.item()` on the tensor would also
+    wait for everything queued after them (the next step). A backends/base.py Reading."""
+
+    def __init__(self, scalar: torch.Tensor, divisor: int = 1):
+        self._host = torch.empty((), dtype=scalar.dtype, pin_memory=True)
+        self._host.copy_(scalar, non_blocking=True)
+        self._copied = torch.cuda.Event()
+        self._copied.record()
+        self._divisor = divisor
+
+    def __float__(self) -> float:
+        self._copied.synchronize()
+        return self._host.item() / self._divisor
+
+
 class MLXAdamW(torch.optim.Optimizer):
     """AdamW computed as mlx.optimizers.AdamW does: decay `p *= 1 - lr * wd`, then
     `p -= lr * m / (sqrt(v) + eps)` with no bias correction (MLX's default). torch's AdamW
@@ -227,7 +244,7 @@ class TorchBackend:
                     loss_sum = self._loss(*self._labels(batch, rows))
                 loss_sum.backward()
         self._labelled += n
-        return torch_dist.sum_over_ranks(loss_sum.detach()).item() / n
+        return self._read(torch_dist.sum_over_ranks(loss_sum.detach()), divisor=n)
 
     def update(self, lr: float, grad_clip: float) -> float:
         params = self._trainable
@@ -243,7 +260,15 @@ class TorchBackend:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm.item()
+        return self._read(norm)
+
+    def _read(self, scalar: torch.Tensor, divisor: int = 1):
+        """`scalar / divisor` as a float, or on CUDA a DeviceScalar the engine reads once it
+        has queued the next step: reading it here would wait for the GPU to finish this
+        step, leaving it idle while the host prepares and queues the next."""
+        if self.device.type != "cuda":
+            return scalar.item() / divisor
+        return DeviceScalar(scalar, divisor)
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self.model.eval()
