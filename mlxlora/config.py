@@ -25,7 +25,6 @@ SCHEDULES = ("constant", "linear", "cosine", "staged")
 QUANTIZED_BASE = ("auto", "keep", "dequantize")
 FIT_MODES = ("off", "auto")
 _SIZE_UNITS = {
-    "": 1,
     "B": 1,
     "KB": 1e3,
     "MB": 1e6,
@@ -37,7 +36,9 @@ _SIZE_UNITS = {
 
 
 def parse_size(text: str) -> int | None:
-    """'12GB' -> 12e9 bytes ('1.5 GiB', '512MB', '800000000' too); None when it is no size."""
+    """'12GB' -> 12e9 bytes ('1.5 GiB', '512MB', '800000000B' too); None when it is no size.
+
+    A bare number is no size: '12' means 12GB to whoever wrote it, never 12 bytes."""
     import re
 
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
@@ -262,6 +263,14 @@ def _build(cls: type, data: dict, prefix: str, problems: list[str]):
     return cls(**kwargs)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _check(cfg: Config, problems: list[str]) -> None:
     def need(ok: bool, key: str, value: Any, allowed: str) -> None:
         if not ok:
@@ -317,12 +326,18 @@ def _check(cfg: Config, problems: list[str]) -> None:
     need(t.loss_chunk_rows >= 0, "training.loss_chunk_rows", t.loss_chunk_rows, ">= 0")
     need(t.fit in FIT_MODES, "training.fit", t.fit, " | ".join(FIT_MODES))
     need(t.compile in (True, False, "auto"), "training.compile", t.compile, "auto | true | false")
-    need(
-        not t.memory_budget or (parse_size(t.memory_budget) or 0) > 0,
-        "training.memory_budget",
-        t.memory_budget,
-        "a size above 0 such as 12GB or 512MB",
-    )
+    if _is_number(t.memory_budget):  # quoted "12": the same unit message as an unquoted 12
+        problems.append(
+            f"training.memory_budget: expected {_HOW_TO_WRITE['training.memory_budget']},"
+            f" got {t.memory_budget!r}"
+        )
+    else:
+        need(
+            not t.memory_budget or (parse_size(t.memory_budget) or 0) > 0,
+            "training.memory_budget",
+            t.memory_budget,
+            "a size above 0 such as 12GB or 512MB",
+        )
     need(t.log_every >= 1, "training.log_every", t.log_every, ">= 1")
     need(
         t.early_stopping.patience >= 0,

@@ -136,7 +136,7 @@ def test_an_absurd_rank_is_refused_naming_the_field(rank):
     assert err.value.problems == [f"lora.rank: {rank} is not allowed (<= 65536)"]
 
 
-@pytest.mark.parametrize("budget", ["0GB", "0", "-1GB", "lots"])
+@pytest.mark.parametrize("budget", ["0GB", "0B", "-1GB", "lots"])
 def test_a_memory_budget_must_be_a_size_above_zero(budget):
     with pytest.raises(ConfigError) as err:
         config.from_dict({"data": {"dataset": "x"}, "training": {"memory_budget": budget}})
@@ -147,16 +147,24 @@ def test_a_memory_budget_must_be_a_size_above_zero(budget):
 
 @pytest.mark.parametrize(
     ("yaml_budget", "overrides"),
-    [("12", []), ("", ["training.memory_budget=12"]), ("", ["training.memory_budget=1.5"])],
+    [
+        ("12", []),
+        ('"12"', []),
+        ("'0'", []),
+        ("", ["training.memory_budget=12"]),
+        ("", ["training.memory_budget=1.5"]),
+        ("", ["training.memory_budget='12'"]),
+    ],
 )
 def test_a_memory_budget_without_its_unit_says_how_to_write_it(tmp_path, yaml_budget, overrides):
-    """YAML reads a bare 12 as a number: the error said only "expected str, got 12"."""
+    """YAML reads a bare 12 as a number: the error said only "expected str, got 12"; a quoted
+    "12" passed as 12 bytes, so the run planned for a budget no one means."""
     path = tmp_path / "c.yaml"
     budget = f"  memory_budget: {yaml_budget}\n" if yaml_budget else ""
     path.write_text(f"data:\n  dataset: x\ntraining:\n{budget}  epochs: 1\n", encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         config.load(path, overrides)
-    got = yaml_budget or overrides[0].partition("=")[2]
+    got = (yaml_budget or overrides[0].partition("=")[2]).replace('"', "'")
     assert err.value.problems == [
         f"training.memory_budget: expected a size with its unit, such as 12GB or 512MB, got {got}"
     ]
