@@ -115,6 +115,25 @@ def test_a_failing_doctor_is_shown_not_raised(home, monkeypatch):
     asyncio.run(go())
 
 
+def test_a_workspace_that_is_a_file_is_flagged_as_doctor_flags_it(tmp_path, monkeypatch):
+    """MLXLORA_HOME naming a file: `mlxlora doctor` said so, the System tab showed the path
+    with 0 B used as if all were well."""
+    workspace = tmp_path / "mlxlora-home"
+    workspace.write_text("", encoding="utf-8")
+    monkeypatch.setenv("MLXLORA_HOME", str(workspace))
+
+    async def go():
+        app = MlxloraApp("system")
+        async with app.run_test(size=(80, 24)) as pilot:
+            disk = app.query_one("#sys-disk", Facts)
+            await until(pilot, lambda: "path" in disk.rows)
+            assert disk.rows["path"] == (
+                f"{workspace} (it is a file, not a directory: set MLXLORA_HOME to a directory)"
+            )
+
+    asyncio.run(go())
+
+
 # --- snapshots ------------------------------------------------------------------------------
 
 DOCTOR = {

@@ -211,13 +211,16 @@ class SystemTab(Vertical):
 
     @work(thread=True, exclusive=True, group="sys-disk", exit_on_error=False)
     def _sample_disk(self) -> None:
+        from mlxlora.commands.doctor import workspace_problem
+
         root = home()
         used = machine.disk_use(root)
+        problem = workspace_problem(root)  # a file there: every command that writes stops
         self.post_message(
             self.Sampled(
                 "sys-disk",
                 [
-                    ("path", str(root)),
+                    ("path", str(root) + (f" ({problem})" if problem else "")),
                     ("disk use", size(used.bytes) + ("" if used.complete else "+ (counting cut)")),
                     ("free", size(machine.disk_free(root))),
                 ],
