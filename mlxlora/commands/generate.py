@@ -61,8 +61,12 @@ def run(args) -> int:
     from mlxlora.errors import MlxloraError
 
     if not args.stream:
+        from mlxlora import fmt
+
         answer = evaluate.generate(**_request(args))
         print(answer, flush=True)  # exactly the new text (a trailing newline added)
+        if not answer.strip():  # said on stderr: stdout stays the text a script reads
+            print(fmt.answer(answer), file=sys.stderr, flush=True)
         return 0
     try:
         # no download progress bars: a reader of the stream shows its own "loading" state

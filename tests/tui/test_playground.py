@@ -195,6 +195,24 @@ def finished_run(name: str) -> None:
         events.emit(RunFinished(3, 6.7, 6.9, 3, 1.0, time=T0 + 60))
 
 
+def test_a_blank_answer_says_so_as_runs_show_does(home):
+    """builtin:tiny answers line breaks only: the pane stayed empty under "done · 5 tokens"."""
+    from mlxlora import fmt
+
+    finished_run("quick")
+
+    async def go():
+        app = MlxloraApp("playground")
+        async with app.run_test(size=(80, 24)) as pilot:
+            base, _ = await ask(pilot, "hi", "5")
+            await until(pilot, lambda: base.over)
+            await pilot.pause(0.2)
+            assert base.text and not base.text.strip()  # what the model said, kept
+            assert str(base.query_one(".answer").render()) == fmt.BLANK_ANSWER
+
+    asyncio.run(go())
+
+
 async def answered(pilot) -> None:
     """Both panes filled through their own methods with fixed text: a generation's tokens/s
     differ from run to run, and what a snapshot tests is the layout."""

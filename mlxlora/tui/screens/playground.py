@@ -17,6 +17,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 
+from mlxlora.fmt import answer
 from mlxlora.tui.children import Child
 
 DEFAULT_MAX_TOKENS = 200
@@ -41,8 +42,9 @@ class AnswerPane(Vertical):
     def __init__(self, title: str, **kwargs):
         super().__init__(**kwargs)
         self.border_title = title
-        self.text = ""
+        self.text = ""  # what the model said, as it said it
         self.over = True  # no answer under way
+        self.finished = False  # the whole answer came: shown as `runs show` shows one
         self._dirty = False
 
     def compose(self) -> ComposeResult:
@@ -56,7 +58,7 @@ class AnswerPane(Vertical):
     def expect(self, subtitle: str) -> None:
         """Clear the pane for a new answer from `subtitle` (the model or the run)."""
         self.border_subtitle = subtitle
-        self.text, self.over, self._dirty = "", False, True
+        self.text, self.over, self.finished, self._dirty = "", False, False, True
         self.remove_class("-failed")
         self._status("waiting")
 
@@ -70,7 +72,7 @@ class AnswerPane(Vertical):
         self._dirty = True
 
     def finish(self, done: dict) -> None:
-        self.text, self._dirty = done.get("text", self.text), True
+        self.text, self.finished, self._dirty = done.get("text", self.text), True, True
         speed = done.get("tokens_per_sec")
         self._end(
             f"done · {done.get('generation_tokens', 0)} tokens"
@@ -98,7 +100,9 @@ class AnswerPane(Vertical):
     def _repaint(self) -> None:
         if self._dirty:
             self._dirty = False
-            self.query_one(".answer", Static).update(Text(self.text))
+            # a finished answer of only whitespace says so (an empty pane looked broken)
+            shown = answer(self.text) if self.finished else self.text
+            self.query_one(".answer", Static).update(Text(shown))
             self.query_one(VerticalScroll).scroll_end(animate=False)
 
 
