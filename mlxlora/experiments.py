@@ -18,7 +18,8 @@ from typing import Any
 
 from mlxlora import config, runs
 from mlxlora.event_tail import EventTail
-from mlxlora.fmt import NONE
+from mlxlora.fmt import NONE, num
+from mlxlora.memory import fmt_bytes
 from mlxlora.runview import RunView, read_config
 
 # eval.json's specialist scores that say "better" when higher (answer length says nothing).
@@ -40,7 +41,7 @@ METRICS = (
     ("epochs", "epochs", ".2f"),
     ("elapsed_sec", "time s", ".0f"),
     ("tokens_per_sec", "tok/s", ".0f"),
-    ("peak_memory_gb", "peak GB", ".2f"),
+    ("peak_memory_gb", "peak mem", ""),  # no spec: metric_text shows it with fmt_bytes
 )
 
 # compare --pick: each criterion's share of a run's cost, after the tutorial's "choosing the
@@ -114,6 +115,14 @@ def run_metrics(view: RunView, evaluation: dict | None = None) -> dict[str, floa
     quality = [metrics[k] for k in QUALITY_SCORES if metrics[k] is not None]
     metrics["eval_score"] = sum(quality) / len(quality) if quality else None
     return metrics
+
+
+def metric_text(key: str, value: float | None, spec: str) -> str:
+    """A METRICS cell: memory as the Runs and System tabs show it (fmt_bytes: MiB, GiB); the
+    engine's GB (1e9 bytes) to two decimals showed a tiny run's peak as 0.01 or 0.00."""
+    if key == "peak_memory_gb" and value is not None:
+        return fmt_bytes(value * 1e9)
+    return num(value, spec)
 
 
 def shown_metrics(rows: list[dict]) -> list[tuple[str, str, str]]:
@@ -329,5 +338,5 @@ def _show(key: str, value: float | None) -> str:
     if key == "elapsed_sec":
         return f"{value:.0f} s"
     if key == "peak_memory_gb":
-        return f"{value:.2f} GB"
+        return metric_text(key, value, "")
     return f"{value:+.3f}" if key == "gap" else f"{value:.4g}"

@@ -88,14 +88,18 @@ def print_table(comparison) -> None:
     from rich.text import Text
 
     from mlxlora.commands.runs import listing_table
-    from mlxlora.experiments import setting_text, shown_metrics
-    from mlxlora.fmt import num
+    from mlxlora.experiments import metric_text, setting_text, shown_metrics
 
     rows = comparison.runs
     metrics = shown_metrics([r.metrics for r in rows])
     columns = ["#", "run", "status", *(t for _, t, _ in metrics)]
     cells = [
-        [str(i), r.name, r.status, *(num(r.metrics.get(k), spec) for k, _, spec in metrics)]
+        [
+            str(i),
+            r.name,
+            r.status,
+            *(metric_text(k, r.metrics.get(k), spec) for k, _, spec in metrics),
+        ]
         for i, r in enumerate(rows, 1)
     ]
     console = Console()

@@ -113,14 +113,15 @@ def test_pick_weighs_quality_against_time_and_memory():
 
 
 def test_the_pick_ranks_by_the_figures_it_shows():
-    """Six runs that all showed 0.12 GB were ranked by digits nobody saw: '(3 of 6)'."""
+    """Six runs that all showed 0.12 GB were ranked by digits nobody saw: '(3 of 6)'. Memory
+    reads as the tabs show it (fmt_bytes): these six all show 1.2 GiB."""
     runs = [
         row(f"r{i}", best_val_loss=1.2 + i / 100, gap=0.1, elapsed_sec=300, peak_memory_gb=m)
-        for i, m in enumerate((0.1201, 0.1153, 0.1189, 0.1224, 0.1160, 0.1199))
+        for i, m in enumerate((1.301, 1.253, 1.289, 1.324, 1.260, 1.299))
     ]
     reason = experiments.pick(experiments.Comparison(runs, {})).reason
     assert reason.startswith("r0: best val 1.2 (1 of 6), val-train gap +0.100 (1 of 6, tied")
-    assert "memory 0.12 GB (1 of 6, tied with 5)" in reason
+    assert "memory 1.2 GiB (1 of 6, tied with 5)" in reason
 
 
 def test_a_number_one_run_lacks_is_left_out_of_the_pick_and_said_so():

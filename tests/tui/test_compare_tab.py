@@ -63,6 +63,31 @@ def test_two_runs_side_by_side(home):
     asyncio.run(go())
 
 
+def test_memory_reads_as_the_runs_tab_shows_it(home, quickstart_data):
+    """Two real builtin:tiny runs: Compare showed their peak as "peak GB 0.01" where the Runs
+    tab showed "12.4 MiB peak" for the same figure."""
+    from mlxlora import config, engine
+    from mlxlora.memory import fmt_bytes
+
+    peaks = {}
+    for name in ("a", "b"):
+        cfg = config.load(None, [f"data.dataset={quickstart_data}", "training.max_steps=2"])
+        summary = engine.train(cfg, runs.runs_root() / name)
+        peaks[name] = fmt_bytes(summary["peak_memory_gb"] * 1e9)
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pick_both(pilot)
+            header, *body = table(app)
+            memory = header.index("peak mem")
+            assert {row[0]: row[memory] for row in body} == peaks
+            await pilot.press("3")  # the Runs tab, the newest run ("b") shown
+            await wait_for(pilot, lambda: f"memory  {peaks['b']} peak" in screen_text(app))
+
+    asyncio.run(go())
+
+
 def test_a_setting_never_takes_a_metric_columns_title(home):
     """Runs that differ in training.epochs showed two columns titled "epochs": the setting
     and the epochs each run trained (a QA finding)."""

@@ -23,14 +23,20 @@ from textual.widgets import DataTable, SelectionList, Static
 
 from mlxlora import experiments, report, runs
 from mlxlora.errors import MlxloraError
-from mlxlora.experiments import run_metrics, setting_differences, setting_text, shown_metrics
+from mlxlora.experiments import (
+    metric_text,
+    run_metrics,
+    setting_differences,
+    setting_text,
+    shown_metrics,
+)
 from mlxlora.runview import read_config
 from mlxlora.sweep import run_sweep
 from mlxlora.tui.messages import RunsPolled
 from mlxlora.tui.runwatch import RunBook, watch
 from mlxlora.tui.screens.merge import MergeDialog
 from mlxlora.tui.widgets.loss_chart import PALETTE, LossChart, Series
-from mlxlora.tui.widgets.text import middle_cut, num, run_labels
+from mlxlora.tui.widgets.text import middle_cut, run_labels
 
 DRAW_SEC = 0.5
 SWEEP = "sweep:"  # the value of a sweep's entry in the pick list
@@ -182,7 +188,7 @@ class CompareTab(Vertical):
             table.add_column(key)
         for i, (path, metrics) in enumerate(zip(picked, rows, strict=True)):
             cells = [Text(runs.given_name(path), style=PALETTE[i % len(PALETTE)])]
-            cells += [Text(num(metrics.get(key), spec)) for key, _, spec in shown]
+            cells += [Text(metric_text(key, metrics.get(key), spec)) for key, _, spec in shown]
             cells += [Text(setting_text(values[i])) for values in differing.values()]
             table.add_row(*cells, key=str(path))
 
