@@ -181,7 +181,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     if fit is not None and not fit.fits and warnings:  # the run would fail at its first step
         raise ConfigError([f"training.fit=auto: {fit.reason}; at the longest record ({longest} "
                            f"tokens) the {warnings[0]}"])  # fmt: skip
-    warnings += backend.lora_targets.warnings()
+    warnings += backend.lora_targets.warnings() + ignored_settings(cfg, model_dir, backend)
     if not getattr(tok, "chat_template", None) and any(
         "messages" in r for r in train_records + val_records
     ):
@@ -300,6 +300,20 @@ def planned_weights(cfg: Config, info: dict, backend) -> int:
     return memory.planned_weights(info, policy, backend.info.device.startswith("cpu"))
 
 
+def ignored_settings(cfg: Config, model_dir: Path, backend) -> list[str]:
+    """Settings this backend cannot follow for this model, said rather than silently dropped."""
+    if backend.info.name != "torch" or cfg.quantized_base != "keep":
+        return []
+    from mlxlora.backends.torch_peft import is_mlx_quantized
+
+    if not is_mlx_quantized(model_dir):  # float, or bitsandbytes 4-bit: torch keeps that
+        return []
+    return [
+        "quantized_base=keep is ignored: backend torch trains MLX-quantized weights from a"
+        " float copy"
+    ]
+
+
 def fit_config(cfg: Config, model_dir: Path, backend):
     """`cfg` with the fastest micro-batch, accumulation, checkpointing and loss chunk that fit
     the budget (memory_fit.fit_shape) at data.max_length, and the event that says why."""
@@ -370,4 +384,5 @@ def memory_plan(cfg: Config, backend) -> dict:
         "verdict": verdict,
         "fit": fit,
         "advice": advice,
+        "warnings": ignored_settings(cfg, model_dir, backend),
     }

@@ -75,8 +75,7 @@ def transformers_dir(model_dir: Path) -> Path:
     from mlxlora.models import gguf
     from mlxlora.models.info import gguf_source
 
-    config = json.loads((model_dir / "config.json").read_text())
-    if "quantization" not in config or "quantization_config" in config:
+    if not is_mlx_quantized(model_dir):
         return model_dir
     source = gguf_source(model_dir).get("gguf")
     if source and Path(source).is_file():
@@ -85,6 +84,13 @@ def transformers_dir(model_dir: Path) -> Path:
         f"{model_dir}: MLX-quantized weights cannot train with backend torch; "
         "use backend: mlx or the unquantized model"
     )
+
+
+def is_mlx_quantized(model_dir: Path) -> bool:
+    """MLX's packed quantization (mlx-lm's "quantization" block, no HF "quantization_config"):
+    no torch kernel runs it, so backend torch trains a float copy (transformers_dir)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return "quantization" in config and "quantization_config" not in config
 
 
 def is_bnb_quantized(model_dir: Path) -> bool:

@@ -152,6 +152,8 @@ def dry_run(cfg, as_json: bool = False) -> int:
     table.add_row("budget", budget)
     table.add_row("verdict", plan["verdict"])
     Console().print(table)
+    for line in plan["warnings"]:
+        print(f"  warning: {line}")
     for line in plan["advice"]:
         print(f"  try: {line}")
     return 1 if plan["verdict"] == "will not fit" else 0

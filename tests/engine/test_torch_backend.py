@@ -210,6 +210,31 @@ def test_engine_trains_stops_and_resumes_on_torch_like_on_mlx(home, quickstart_d
     assert run_files(full) == run_files(mlx_run) | peft_files
 
 
+def test_keeping_a_quantized_base_on_torch_is_said_to_be_ignored(
+    home, quickstart_data, tmp_path, capsys
+):
+    """quantized_base=keep on backend torch trained the float copy without a word."""
+    from mlxlora.cli import main
+    from mlxlora.export.gguf_writer import write_gguf
+    from mlxlora.models.resolve import builtin_dir
+
+    resolve_model("builtin:tiny")
+    q8 = write_gguf(builtin_dir(), tmp_path / "tiny-q8.gguf", "q8_0")  # MLX-quantized once read
+    said = "quantized_base=keep is ignored: backend torch trains MLX-quantized weights from a "
+    said += "float copy"
+    for keep, backend in (("keep", "torch"), ("auto", "torch"), ("keep", "mlx")):
+        sets = [f"model={q8}", f"backend={backend}", f"quantized_base={keep}"]
+        cfg = make_config(quickstart_data, *sets, "training.max_steps=1")
+        run = tmp_path / f"{keep}-{backend}"
+        engine.train(cfg, run)
+        started = next(e for e in read_events(RunPaths(run).events) if e.type == "run_started")
+        assert (said in started.warnings) == (keep == "keep" and backend == "torch")
+    capsys.readouterr()
+    args = [f"--set={s}" for s in (f"model={q8}", "backend=torch", "quantized_base=keep")]
+    assert main(["train", "configs/tiny.yaml", *args, "--dry-run"]) == 0
+    assert f"  warning: {said}" in capsys.readouterr().out.splitlines()
+
+
 def test_quantized_bases_need_bitsandbytes_or_mlx(tmp_path):
     """MLX-quantized weights with no GGUF to convert float again are refused on one line."""
     from mlxlora.backends.torch_peft import is_bnb_quantized, transformers_dir
