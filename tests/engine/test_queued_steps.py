@@ -13,9 +13,9 @@ pytest.importorskip("peft")
 
 from mlxlora import engine  # noqa: E402
 from mlxlora.errors import TrainingFailed  # noqa: E402
-from mlxlora.events import RunFailed, Step, read_events  # noqa: E402
+from mlxlora.events import RunFailed, read_events  # noqa: E402
 from mlxlora.runs import RunPaths  # noqa: E402
-from tests.engine.test_train import make_config, steps  # noqa: E402
+from tests.engine.test_train import make_config, steps, stop_at  # noqa: E402
 
 OVERRIDES = ("backend=torch", "training.max_steps=8", "training.eval_every=4")
 
@@ -75,13 +75,8 @@ def test_a_stop_and_resume_with_late_reads_match_an_uninterrupted_run(
     cfg = make_config(quickstart_data, *OVERRIDES, "lora.dropout=0.1")
     full, part = tmp_path / "full", tmp_path / "part"
     engine.train(cfg, full)
-
-    def stop_after_three(event):
-        if isinstance(event, Step) and event.step == 3:
-            RunPaths(part).stop_request.touch()
-
     # step 3's event comes once step 4 is queued: the run stops with step 4 done
-    assert engine.train(cfg, part, listeners=[stop_after_three])["steps"] == 4
+    assert engine.train(cfg, part, listeners=[stop_at(part, 3)])["steps"] == 4
     engine.train(None, part, resume=True)
     expected, got = steps(full), steps(part)
     assert sorted(got) == list(range(1, 9))
@@ -93,13 +88,8 @@ def test_a_non_finite_loss_read_late_fails_the_run_at_its_own_step(
 ):
     run = tmp_path / "run"
     paths = RunPaths(run)
-
-    def stop_after_two(event):
-        if isinstance(event, Step) and event.step == 2:
-            paths.stop_request.touch()
-
     good = make_config(quickstart_data, "backend=torch", "training.max_steps=6")
-    assert engine.train(good, run, listeners=[stop_after_two])["steps"] == 3
+    assert engine.train(good, run, listeners=[stop_at(run, 2)])["steps"] == 3
     # resumed with an absurd learning rate, step 4's update ruins the weights: step 5's
     # numbers are read once step 6 is queued, and the run fails at step 5
     bad = paths.config.read_text().replace("learning_rate: 0.005", "learning_rate: 1.0e+30")
