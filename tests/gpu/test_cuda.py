@@ -4,6 +4,8 @@ CUDA; `benchmarks/gpu_figures.sh` runs them on the lent machine (`pytest -m gpu 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,15 @@ def tiny_config(data, backend: str, **training):
     )
 
 
+def tiny_torch_backend(data):
+    from mlxlora.backends.torch import TorchBackend
+    from mlxlora.models.resolve import resolve_model
+
+    backend = TorchBackend()
+    backend.load(resolve_model("builtin:tiny", progress=False), tiny_config(data, "torch"))
+    return backend
+
+
 def assert_loss_falls(run_dir) -> list[float]:
     losses = [e.loss for e in read_events(run_dir / "events.jsonl") if isinstance(e, Step)]
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.2
@@ -65,13 +76,7 @@ def test_torch_trains_in_bf16_on_cuda(home, quickstart_data, tmp_path, on_cuda):
 
 def test_a_torch_step_s_inputs_reach_the_gpu_without_waiting_for_it(home, quickstart_data):
     torch = cuda_torch()
-    from mlxlora.backends.torch import TorchBackend
-    from mlxlora.models.resolve import resolve_model
-
-    backend = TorchBackend()
-    backend.load(
-        resolve_model("builtin:tiny", progress=False), tiny_config(quickstart_data, "torch")
-    )
+    backend = tiny_torch_backend(quickstart_data)
     batch = random_batches(1, 4)[0]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # a synchronizing call raises
@@ -81,6 +86,27 @@ def test_a_torch_step_s_inputs_reach_the_gpu_without_waiting_for_it(home, quicks
         torch.cuda.set_sync_debug_mode("default")
     assert inputs.is_cuda and positions.is_cuda
     assert targets.cpu().tolist() == batch.tokens[:, 1:][batch.loss_mask].tolist()
+
+
+def test_a_torch_step_is_queued_without_waiting_for_the_gpu(home, quickstart_data):
+    """accumulate and update return at once, the GPU still computing (trainer.finish_pending
+    reads their numbers a step later); a failure lists where the step synchronized."""
+    torch = cuda_torch()
+    backend = tiny_torch_backend(quickstart_data)
+    first, second = random_batches(2, 4)
+    backend.accumulate(first, seed=0)
+    float(backend.update(1e-3, 1.0))  # the first step sets up cuBLAS, the allocator, the state
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            loss = backend.accumulate(second, seed=1)
+            norm = backend.update(1e-3, 1.0)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    assert not syncs, syncs
+    assert np.isfinite(float(loss)) and np.isfinite(float(norm))
 
 
 def test_mlx_trains_on_cuda_with_its_memory_and_cache_capped(
