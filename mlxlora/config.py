@@ -1,4 +1,5 @@
 """Run configuration: typed dataclasses, YAML loading, `key.sub=value` overrides, validation.
+mlxlora.config_build turns the YAML's plain data into the dataclasses.
 
 Validation collects every problem into one ConfigError that names the key, the bad value and
 what is allowed. Unknown keys are errors. Imports no mlx, torch or textual.
@@ -7,10 +8,7 @@ what is allowed. Unknown keys are errors. Imports no mlx, torch or textual.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import yaml
 
 from mlxlora import names, targets
+from mlxlora.config_build import HOW_TO_WRITE, build
 from mlxlora.data.formats import decode_utf8
 from mlxlora.errors import ConfigError
 
@@ -188,81 +187,6 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-# --- building from plain data -------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-# What _coerce returns for a value it could not use; the field keeps its default.
-_INVALID = object()
-
-# How to write a value whose wrong type needs more than "expected str": YAML reads
-# `memory_budget: 12` as a number, which says no unit.
-_HOW_TO_WRITE = {"training.memory_budget": "a size with its unit, such as 12GB or 512MB"}
-
-
-def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
-    """Turn a YAML value into `tp`, or record a problem and return _INVALID."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _coerce(value, inner[0], key, problems)
-        if any(isinstance(value, a) for a in inner):  # e.g. bool | str: true, false or "auto"
-            return value
-        expected = " or ".join(_type_name(a) for a in inner)
-        problems.append(f"{key}: expected {expected}, got {value!r}")
-        return _INVALID
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            problems.append(f"{key}: expected a mapping, got {value!r}")
-            return tp()
-        return _build(tp, value, key + ".", problems)
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            problems.append(f"{key}: expected a list, got {value!r}")
-            return _INVALID
-        items = [_coerce(v, inner, f"{key}[{i}]", problems) for i, v in enumerate(value)]
-        return _INVALID if _INVALID in items else items
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "5e-5" as a string
-            value = float(value)
-        except ValueError:
-            pass
-    if tp is float and isinstance(value, float) and not math.isfinite(value):
-        # YAML's .inf and .nan: no setting means them (epochs: .inf crashed the step count)
-        problems.append(f"{key}: expected a finite number, got {value!r}")
-        return _INVALID
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        expected = _HOW_TO_WRITE.get(key, _type_name(tp))
-        problems.append(f"{key}: expected {expected}, got {value!r}")
-        return _INVALID
-    return value
-
-
-def _build(cls: type, data: dict, prefix: str, problems: list[str]):
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
-            problems.append(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(known))})")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            value = _coerce(data[f.name], hints[f.name], prefix + f.name, problems)
-            if value is not _INVALID:
-                kwargs[f.name] = value
-    return cls(**kwargs)
-
-
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -328,7 +252,7 @@ def _check(cfg: Config, problems: list[str]) -> None:
     need(t.compile in (True, False, "auto"), "training.compile", t.compile, "auto | true | false")
     if _is_number(t.memory_budget):  # quoted "12": the same unit message as an unquoted 12
         problems.append(
-            f"training.memory_budget: expected {_HOW_TO_WRITE['training.memory_budget']},"
+            f"training.memory_budget: expected {HOW_TO_WRITE['training.memory_budget']},"
             f" got {t.memory_budget!r}"
         )
     else:
@@ -367,7 +291,7 @@ def from_dict(data: dict, source: str = "config") -> Config:
         raise ConfigError(
             [f"expected a mapping at the top level, got {type(data).__name__}"], source
         )
-    cfg = _build(Config, data, "", problems)
+    cfg = build(Config, data, "", problems)
     # A value that failed to coerce kept its default, so checking is safe, but a default can
     # itself be invalid (dataset ""): report each key once.
     failed = {_key(p) for p in problems}
