@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 12's GPU figures, sized for one 15-minute lease of a CUDA machine with no registry
 # (the `device` tool: about 13 minutes with a start). Two phases, run from the repository
-# root, each writing under OUT:
+# root, each writing under OUT (at most ~500 s and ~330 s: run torch with timeout_s 520, mlx with
+# what is left):
 #
 #   bash benchmarks/gpu_figures.sh torch OUT   # stock Trainer + PEFT vs mlxlora's torch backend
 #   bash benchmarks/gpu_figures.sh mlx OUT     # stock mlx-lm vs mlxlora's MLX backend (CUDA)
@@ -54,16 +55,16 @@ torch)
     # The fifth lease (H100, after this warm-up): 1B 2.84x stock at 0.44x memory (norms 1.22x);
     # 0.5B 2.27x at 0.35x (norms 1.04x, noise). Next: how much the step's reads back cost (the
     # unsynced side), the 0.5B profile, and the 1B compiled with both graphs built untimed.
-    gpu_tests torch 120
-    timeout 70 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --steps 2 \
+    gpu_tests torch 90
+    timeout 60 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --steps 2 \
         --sides stock,mlxlora >"$out/torch-warm-up.log" 2>&1
-    timeout 110 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 40 \
+    timeout 100 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 35 \
         --sides stock,mlxlora,mlxlora-unsynced --json "$out/torch-llama.json" 2>&1 |
         tee "$out/torch-llama.log"
-    timeout 130 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --side-timeout 40 \
+    timeout 120 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --side-timeout 35 \
         --sides stock,mlxlora,mlxlora-unsynced,mlxlora-profiled \
         --json "$out/torch-qwen.json" 2>&1 | tee "$out/torch-qwen.log"
-    timeout 170 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 150 \
+    timeout 130 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 120 \
         --sides mlxlora-compiled --json "$out/torch-llama-compiled.json" 2>&1 |
         tee "$out/torch-llama-compiled.log"
     ;;
@@ -97,10 +98,10 @@ mlx)
     # after it took 12 s; neither compiled side reported (kernels compiled while timed?).
     # Next: the GPU tests, then the 0.5B shape alone (its stock side first on the machine
     # compiles most kernels; the cache it leaves is returned for the lease after).
-    gpu_tests mlx 150
+    gpu_tests mlx 120
     kernels "before the 0.5B shape"
-    timeout 240 python3 benchmarks/train_vs_mlx_lm.py --shape qwen-0.5b --compiled \
-        --side-timeout 100 2>&1 | tee "$out/mlx-qwen.log"
+    timeout 200 python3 benchmarks/train_vs_mlx_lm.py --shape qwen-0.5b --compiled \
+        --side-timeout 80 2>&1 | tee "$out/mlx-qwen.log"
     kernels "after it"
     tar -cJf "$out/mlx-ptx.tar.xz" --exclude='*.cu' -C $MLX_PTX_CACHE_DIR .
     ;;
