@@ -38,8 +38,8 @@ gpu_tests() {  # the tests marked gpu, with pytest from carried wheels where the
         done
     fi
     PYTHONPATH="$PYTHONPATH:/tmp/test-site" MLXLORA_HOME=/tmp/gpu-tests-home timeout "$2" \
-        python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu 2>&1 | tail -20 |
-        tee "$out/gpu-tests-$1.log"
+        python3 -m pytest -p no:cacheprovider -o addopts= -rfEs -vv --tb=short -m gpu \
+        -k "$3" tests/gpu 2>&1 | tee "$out/gpu-tests-$1.log" | tail -40
 }
 
 case $phase in
@@ -55,7 +55,7 @@ torch)
     # The fifth lease (H100, after this warm-up): 1B 2.84x stock at 0.44x memory (norms 1.22x);
     # 0.5B 2.27x at 0.35x (norms 1.04x, noise). Next: how much the step's reads back cost (the
     # unsynced side), the 0.5B profile, and the 1B compiled with both graphs built untimed.
-    gpu_tests torch 90
+    gpu_tests torch 90 torch
     timeout 60 python3 benchmarks/torch_vs_trainer.py --shape qwen2.5-0.5b --steps 2 \
         --sides stock,mlxlora >"$out/torch-warm-up.log" 2>&1
     timeout 100 python3 benchmarks/torch_vs_trainer.py --shape llama-3.2-1b --side-timeout 35 \
@@ -98,11 +98,12 @@ mlx)
     # after it took 12 s; neither compiled side reported (kernels compiled while timed?).
     # Next: the GPU tests, then the 0.5B shape alone (its stock side first on the machine
     # compiles most kernels; the cache it leaves is returned for the lease after).
-    gpu_tests mlx 120
+    gpu_tests mlx 120 "not torch"
     kernels "before the 0.5B shape"
     timeout 200 python3 benchmarks/train_vs_mlx_lm.py --shape qwen-0.5b --compiled \
         --side-timeout 80 2>&1 | tee "$out/mlx-qwen.log"
     kernels "after it"
-    tar -cJf "$out/mlx-ptx.tar.xz" --exclude='*.cu' -C $MLX_PTX_CACHE_DIR .
+    tar -cf - --exclude='*.cu' -C $MLX_PTX_CACHE_DIR . | xz -T0 -6 >"$out/mlx-ptx.tar.xz"
+    ls -l "$out/mlx-ptx.tar.xz"
     ;;
 esac

@@ -127,6 +127,10 @@ class Trainer:
             total, tokens = total + loss, tokens + n
         return total / max(tokens, 1)
 
+    def evaluate_and_checkpoint(self) -> None:
+        self.finish_pending()  # first: the step's time (tokens/s) is its own, not the eval's
+        self.checkpoint(self.evaluate())
+
     def baseline_eval(self) -> None:
         """Validation loss of the untouched model: the number every later eval is read against.
         Reported only; it is not a checkpoint and does not count for early stopping."""
@@ -235,7 +239,7 @@ class Trainer:
                     self.finish_pending()
                 s.batch_in_epoch += 1
                 if t.eval_every and s.step % t.eval_every == 0:
-                    self.checkpoint(self.evaluate())
+                    self.evaluate_and_checkpoint()
                     last_eval_step = s.step
                     if self.should_stop_early():
                         return "early_stop"
@@ -250,12 +254,12 @@ class Trainer:
                 s.epoch, s.batch_in_epoch, s.epoch_losses = s.epoch + 1, 0, []
                 s.completed_epoch_loss = loss
                 if not t.eval_every:
-                    self.checkpoint(self.evaluate())
+                    self.evaluate_and_checkpoint()
                     last_eval_step = s.step
                     if self.should_stop_early():
                         return "early_stop"
         if last_eval_step != s.step:
-            self.checkpoint(self.evaluate())
+            self.evaluate_and_checkpoint()
         return "completed"
 
     def queue_step(self, group: list[list[int]]) -> QueuedStep:

@@ -49,7 +49,7 @@ class DeviceScalar:
         self._host = torch.empty((), dtype=scalar.dtype, pin_memory=True)
         self._host.copy_(scalar, non_blocking=True)
         self._copied = torch.cuda.Event()
-        self._copied.record()
+        self._copied.record(torch.cuda.current_stream(scalar.device))  # the copy's stream
         self._divisor = divisor
 
     def __float__(self) -> float:
@@ -239,7 +239,7 @@ class TorchBackend:
         loss_sum = torch.zeros((), device=self.device)
         if len(batch.tokens[rows]):
             # backward too: gradient checkpointing runs the forward again in it
-            with torch_peft.varying_length_attention():
+            with torch_peft.varying_length_attention(), torch_peft.known_packing(self.pack):
                 with self._precision():  # the forward only, as autocast asks
                     loss_sum = self._loss(*self._labels(batch, rows))
                 loss_sum.backward()
@@ -274,7 +274,8 @@ class TorchBackend:
         self.model.eval()
         rows = torch_dist.my_rows(len(batch.tokens))
         loss_sum = torch.zeros((), device=self.device)
-        with torch.no_grad(), torch_peft.varying_length_attention(), self._precision():
+        attention = torch_peft.varying_length_attention()
+        with torch.no_grad(), attention, torch_peft.known_packing(self.pack), self._precision():
             if len(batch.tokens[rows]):
                 loss_sum = self._loss(*self._labels(batch, rows))
         self.model.train()

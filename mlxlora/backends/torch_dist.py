@@ -28,8 +28,12 @@ def local_rank() -> int:
 
 
 def init() -> None:
-    """Join the process group torchrun describes (once); nothing for a single process."""
+    """Join the process group torchrun describes (once); nothing for a single process. On
+    GPUs each process's current device is its own (cuda:LOCAL_RANK), where its streams,
+    events and NCCL's communicator live."""
     if world_size() > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 

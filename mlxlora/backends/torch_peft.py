@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,30 @@ def varying_length_attention():
 
     kernels = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     return sdpa_kernel(kernels)
+
+
+@contextmanager
+def known_packing(packed: bool):
+    """transformers' causal mask asks of the position ids whether a row packs several
+    sequences (masking_utils.find_packed_sequence_indices) with an `.all()` the host reads
+    back: a wait for the GPU in every forward pass, which leaves it idle while the host
+    queues the step (the engine reads a step's numbers late for that). The backend knows
+    whether it packed the batch, so it answers without asking the GPU: the sequence index of
+    each position (where the ids restart) when packed, else None, as transformers does."""
+    from transformers import masking_utils
+
+    def answer(position_ids: torch.Tensor) -> torch.Tensor | None:
+        if not packed:
+            return None
+        starts = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1) != 1
+        return starts.cumsum(-1)
+
+    asked = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = answer
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = asked
 
 
 def half_precision_forward(model, device: torch.device, dtype: torch.dtype):

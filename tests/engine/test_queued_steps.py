@@ -6,6 +6,8 @@ and a non-finite loss that fails the run at its own step."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -13,11 +15,12 @@ pytest.importorskip("peft")
 
 from mlxlora import engine  # noqa: E402
 from mlxlora.errors import TrainingFailed  # noqa: E402
-from mlxlora.events import RunFailed, read_events  # noqa: E402
+from mlxlora.events import RunFailed, Step, read_events  # noqa: E402
 from mlxlora.runs import RunPaths  # noqa: E402
 from tests.engine.test_train import make_config, steps, stop_at  # noqa: E402
 
 OVERRIDES = ("backend=torch", "training.max_steps=8", "training.eval_every=4")
+EVAL_SECONDS = 0.5
 
 
 class LateScalar:
@@ -51,10 +54,22 @@ def late_reads(monkeypatch):
 
 
 def test_a_step_is_read_once_the_next_is_queued_and_loses_nothing(
-    home, quickstart_data, tmp_path, late_reads
+    home, quickstart_data, tmp_path, late_reads, monkeypatch
 ):
+    from mlxlora.trainer import Trainer
+
+    evaluate = Trainer.evaluate
+
+    def slow_evaluate(self):
+        time.sleep(EVAL_SECONDS)
+        return evaluate(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
     cfg = make_config(quickstart_data, *OVERRIDES)
     engine.train(cfg, tmp_path / "late")
+    # a step's time is its own: the evaluation after steps 4 and 8 is not in theirs
+    timed = [e for e in read_events(tmp_path / "late" / "events.jsonl") if isinstance(e, Step)]
+    assert max(e.tokens / e.tokens_per_sec for e in timed) < EVAL_SECONDS
     # the first step's two numbers (loss, norm) were read after the second step was queued,
     # and every step's were read before the run ended
     assert late_reads[:4] == ["queued", "queued", "read", "read"]

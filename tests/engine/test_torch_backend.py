@@ -293,10 +293,20 @@ def test_a_bitsandbytes_4bit_base_trains_as_qlora(home, tmp_path):
     assert saved["peft_type"] == "LORA" and saved["r"] == 8
 
 
-def test_packed_batches_lose_and_learn_like_padded_ones(home, quickstart_data):
+def test_packed_batches_lose_and_learn_like_padded_ones(home, quickstart_data, monkeypatch):
     """Packing (no padding, position ids restarting per sequence) gives the padded path's
-    loss and gradients: each sequence still attends only to itself."""
+    loss and gradients: each sequence still attends only to itself. The backend says which
+    rows pack (torch_peft.known_packing): transformers' own probe, never asked, reads its
+    answer back from the device in every forward pass."""
+    from transformers import masking_utils
+
     from mlxlora.backends.torch import TorchBackend
+
+    asked = []
+    probe = masking_utils.find_packed_sequence_indices
+    monkeypatch.setattr(
+        masking_utils, "find_packed_sequence_indices", lambda ids: asked.append(ids) or probe(ids)
+    )
 
     cfg = make_config(quickstart_data, ALL_TARGETS)
     model_dir = resolve_model(cfg.model, progress=False)
@@ -312,6 +322,7 @@ def test_packed_batches_lose_and_learn_like_padded_ones(home, quickstart_data):
     for a, b in zip(padded._trainable, packed._trainable, strict=True):
         np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=1e-3, atol=1e-6)
     assert padded.eval_loss(batch) == pytest.approx(packed.eval_loss(batch), rel=1e-5)
+    assert not asked
 
 
 def test_compiled_forward_loses_like_eager(home, quickstart_data, monkeypatch):

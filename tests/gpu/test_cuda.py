@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from mlxlora import config, engine, machine
+from mlxlora import config, engine
 from mlxlora.events import Step, read_events
 from tests.conftest import random_batches
 
@@ -29,11 +29,6 @@ def cuda_mlx():
     if not (hasattr(mx, "cuda") and mx.cuda.is_available()):
         pytest.skip("no MLX CUDA build with a GPU")
     return mx
-
-
-@pytest.fixture
-def on_cuda(monkeypatch):
-    monkeypatch.setattr(machine, "maybe_cuda", lambda: True)
 
 
 def tiny_config(data, backend: str, **training):
@@ -64,7 +59,7 @@ def assert_loss_falls(run_dir) -> list[float]:
     return losses
 
 
-def test_torch_trains_in_bf16_on_cuda(home, quickstart_data, tmp_path, on_cuda):
+def test_torch_trains_in_bf16_on_cuda(home, quickstart_data, tmp_path):
     cuda_torch()
     from mlxlora.backends.torch import describe
 
@@ -109,9 +104,7 @@ def test_a_torch_step_is_queued_without_waiting_for_the_gpu(home, quickstart_dat
     assert np.isfinite(float(loss)) and np.isfinite(float(norm))
 
 
-def test_mlx_trains_on_cuda_with_its_memory_and_cache_capped(
-    home, quickstart_data, tmp_path, on_cuda
-):
+def test_mlx_trains_on_cuda_with_its_memory_and_cache_capped(home, quickstart_data, tmp_path):
     mx = cuda_mlx()
     cfg = tiny_config(quickstart_data, "mlx", memory_budget="2GB")
     summary = engine.train(cfg, tmp_path / "run")
