@@ -232,7 +232,11 @@ class Trainer:
                 group = [
                     records[i : i + t.batch_size] for i in range(0, len(records), t.batch_size)
                 ]
-                queued = self.queue_step(group)
+                try:
+                    queued = self.queue_step(group)
+                except Exception:
+                    self._record_pending_after_failure()
+                    raise
                 self.finish_pending()  # the step before, read now that this one is queued
                 self._pending = queued
                 if not queued.deferred:
@@ -277,6 +281,17 @@ class Trainer:
         queued.norm = backend.update(queued.lr, t.grad_clip)
         s.step += 1
         return queued
+
+    def _record_pending_after_failure(self) -> None:
+        """A step failed to queue (a GPU out of memory): the step before it is done, so its
+        numbers are recorded, unless the device that failed cannot give them back either. A
+        non-finite one fails the run first: it came first."""
+        try:
+            self.finish_pending()
+        except TrainingFailed:
+            raise
+        except Exception:
+            pass
 
     def finish_pending(self) -> None:
         """Reads the numbers of the step queued last, if not yet read (waiting for the device

@@ -115,3 +115,22 @@ def test_a_non_finite_loss_read_late_fails_the_run_at_its_own_step(
     assert " at step 5;" in failed.reason and failed.step == 4  # done before the failed one
     assert failed.last_checkpoint == str(paths.latest_checkpoint())
     assert paths.latest_checkpoint().name == "step-0000003"
+
+
+def test_a_step_that_fails_to_queue_leaves_the_step_before_recorded(
+    home, quickstart_data, tmp_path, late_reads, monkeypatch
+):
+    from mlxlora.backends.torch import TorchBackend
+
+    accumulate, calls = TorchBackend.accumulate, []
+
+    def out_of_memory_at_the_third(self, batch, seed):
+        calls.append(seed)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA out of memory (a stand-in)")
+        return accumulate(self, batch, seed)
+
+    monkeypatch.setattr(TorchBackend, "accumulate", out_of_memory_at_the_third)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        engine.train(make_config(quickstart_data, *OVERRIDES), tmp_path / "run")
+    assert sorted(steps(tmp_path / "run")) == [1, 2]  # step 2 was still unread
