@@ -134,3 +134,23 @@ def test_a_step_that_fails_to_queue_leaves_the_step_before_recorded(
     with pytest.raises(RuntimeError, match="out of memory"):
         engine.train(make_config(quickstart_data, *OVERRIDES), tmp_path / "run")
     assert sorted(steps(tmp_path / "run")) == [1, 2]  # step 2 was still unread
+
+
+def test_an_epoch_ends_with_every_step_of_it_read(home, quickstart_data, tmp_path, late_reads):
+    """The last step of an epoch is still unread when the epoch ends: its loss counts in the
+    epoch's mean all the same, as when every step is read at once."""
+    from mlxlora.backends.torch import TorchBackend
+    from mlxlora.events import EpochEnd
+
+    cfg = make_config(quickstart_data, "backend=torch", "training.epochs=2")
+    engine.train(cfg, tmp_path / "late")
+    with pytest.MonkeyPatch.context() as undo:
+        undo.setattr(TorchBackend, "_read", lambda self, s, divisor=1: s.item() / divisor)
+        engine.train(cfg, tmp_path / "at-once")
+    late, at_once = (
+        [e for e in read_events(tmp_path / run / "events.jsonl") if isinstance(e, EpochEnd)]
+        for run in ("late", "at-once")
+    )
+    assert [e.epoch for e in late] == [1, 2]
+    assert [e.train_loss for e in late] == [e.train_loss for e in at_once]
+    assert steps(tmp_path / "late") == steps(tmp_path / "at-once")
