@@ -41,7 +41,7 @@ METRICS = (
     ("epochs", "epochs", ".2f"),
     ("elapsed_sec", "time s", ".0f"),
     ("tokens_per_sec", "tok/s", ".0f"),
-    ("peak_memory_gb", "peak mem", ""),  # no spec: metric_text shows it with fmt_bytes
+    ("peak_memory_gb", "peak mem", "GB"),  # GB: a size, shown by metric_text with fmt_bytes
 )
 
 # compare --pick: each criterion's share of a run's cost, after the tutorial's "choosing the
@@ -117,10 +117,11 @@ def run_metrics(view: RunView, evaluation: dict | None = None) -> dict[str, floa
     return metrics
 
 
-def metric_text(key: str, value: float | None, spec: str) -> str:
-    """A METRICS cell: memory as the Runs and System tabs show it (fmt_bytes: MiB, GiB); the
-    engine's GB (1e9 bytes) to two decimals showed a tiny run's peak as 0.01 or 0.00."""
-    if key == "peak_memory_gb" and value is not None:
+def metric_text(value: float | None, spec: str) -> str:
+    """A METRICS cell by its spec; a size in GB (spec "GB") as the Runs and System tabs show
+    memory (fmt_bytes: MiB, GiB): the engine's GB to two decimals showed a tiny run's peak as
+    0.01 or 0.00."""
+    if spec == "GB" and value is not None:
         return fmt_bytes(value * 1e9)
     return num(value, spec)
 
@@ -338,5 +339,5 @@ def _show(key: str, value: float | None) -> str:
     if key == "elapsed_sec":
         return f"{value:.0f} s"
     if key == "peak_memory_gb":
-        return metric_text(key, value, "")
+        return metric_text(value, "GB")
     return f"{value:+.3f}" if key == "gap" else f"{value:.4g}"

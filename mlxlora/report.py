@@ -164,7 +164,7 @@ def table(comparison: Comparison) -> str:
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for i, r in enumerate(rows):  # the numbers first: a differing list can be wide
         cells = [r.name, r.status]
-        cells += [metric_text(key, r.metrics.get(key), spec) for key, _, spec in metrics]
+        cells += [metric_text(r.metrics.get(key), spec) for key, _, spec in metrics]
         cells += [setting_text(values[i]) for values in comparison.differences.values()]
         name = f'<td style="color:{color(i)};font-weight:bold">{html.escape(cells[0])}</td>'
         out.append("<tr>" + name + "".join(f"<td>{html.escape(c)}</td>" for c in cells[1:]))

@@ -232,15 +232,7 @@ class Trainer:
                 group = [
                     records[i : i + t.batch_size] for i in range(0, len(records), t.batch_size)
                 ]
-                try:
-                    queued = self.queue_step(group)
-                except Exception:
-                    self._record_pending_after_failure()
-                    raise
-                self.finish_pending()  # the step before, read now that this one is queued
-                self._pending = queued
-                if not queued.deferred:
-                    self.finish_pending()
+                self.train_step(group)
                 s.batch_in_epoch += 1
                 if t.eval_every and s.step % t.eval_every == 0:
                     self.evaluate_and_checkpoint()
@@ -266,9 +258,21 @@ class Trainer:
             self.evaluate_and_checkpoint()
         return "completed"
 
+    def train_step(self, group: list[list[int]]) -> None:
+        """Queues a step, then reads the numbers of the step before it (finish_pending): by
+        then the device has this one to compute. Plain floats are read at once."""
+        try:
+            queued = self.queue_step(group)
+        except Exception:
+            self._record_pending_after_failure()
+            raise
+        self.finish_pending()
+        self._pending = queued
+        if not queued.deferred:
+            self.finish_pending()
+
     def queue_step(self, group: list[list[int]]) -> QueuedStep:
-        """Gives the backend a step's micro-batches and its update; their numbers are read
-        by finish_pending."""
+        """Gives the backend a step's micro-batches and its update."""
         s, t, backend = self.state, self.t, self.p.backend
         queued = QueuedStep(step=s.step + 1, lr=self.p.schedule(s.step + 1))
         for i, idx in enumerate(group):

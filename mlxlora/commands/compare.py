@@ -98,7 +98,7 @@ def print_table(comparison) -> None:
             str(i),
             r.name,
             r.status,
-            *(metric_text(k, r.metrics.get(k), spec) for k, _, spec in metrics),
+            *(metric_text(r.metrics.get(k), spec) for k, _, spec in metrics),
         ]
         for i, r in enumerate(rows, 1)
     ]

@@ -188,7 +188,7 @@ class CompareTab(Vertical):
             table.add_column(key)
         for i, (path, metrics) in enumerate(zip(picked, rows, strict=True)):
             cells = [Text(runs.given_name(path), style=PALETTE[i % len(PALETTE)])]
-            cells += [Text(metric_text(key, metrics.get(key), spec)) for key, _, spec in shown]
+            cells += [Text(metric_text(metrics.get(key), spec)) for key, _, spec in shown]
             cells += [Text(setting_text(values[i])) for values in differing.values()]
             table.add_row(*cells, key=str(path))
 
