@@ -76,6 +76,7 @@ class QueuedStep:
     norm: object = 0.0
     real: int = 0  # real tokens
     padded: int = 0  # token slots, padding included
+    peak: int = 0  # the backend's peak memory once this step was queued, not the next one
     queued_at: float = field(default_factory=time.perf_counter)
 
     @property
@@ -283,6 +284,8 @@ class Trainer:
             queued.real += batch.real_tokens
             queued.padded += batch.tokens.size
         queued.norm = backend.update(queued.lr, t.grad_clip)
+        # a GPU's allocator counts a step's memory as it is queued: read now, before the next
+        queued.peak = backend.peak_memory_bytes()
         s.step += 1
         return queued
 
@@ -336,7 +339,7 @@ class Trainer:
                     tokens=queued.real,
                     tokens_per_sec=queued.real / seconds,
                     grad_norm=norm,
-                    peak_memory_gb=self.p.backend.peak_memory_bytes() / 1e9,
+                    peak_memory_gb=queued.peak / 1e9,
                     padding_fraction=1 - queued.real / queued.padded,
                 )
             )

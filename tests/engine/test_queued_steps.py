@@ -154,3 +154,19 @@ def test_an_epoch_ends_with_every_step_of_it_read(home, quickstart_data, tmp_pat
     assert [e.epoch for e in late] == [1, 2]
     assert [e.train_loss for e in late] == [e.train_loss for e in at_once]
     assert steps(tmp_path / "late") == steps(tmp_path / "at-once")
+
+
+def test_a_step_s_peak_memory_is_its_own_not_the_next_step_s(
+    home, quickstart_data, tmp_path, late_reads, monkeypatch
+):
+    """A GPU's allocator counts a step's memory as it is queued: read once the next step is
+    queued too, the peak was that step's (a review finding)."""
+    from mlxlora.backends.torch import TorchBackend
+
+    # a stand-in peak that grows by 1 GB with each step queued
+    monkeypatch.setattr(
+        TorchBackend, "peak_memory_bytes", lambda self: int(late_reads.count("queued") * 1e9)
+    )
+    engine.train(make_config(quickstart_data, *OVERRIDES), tmp_path / "run")
+    timed = [e for e in read_events(tmp_path / "run" / "events.jsonl") if isinstance(e, Step)]
+    assert [e.peak_memory_gb for e in timed] == [float(e.step) for e in timed]
