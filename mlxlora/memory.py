@@ -209,7 +209,10 @@ def weight_bytes(info: dict, dtype_bytes: int, bits: int | None = None) -> int:
 def planned_weights(info: dict, quantized_base: str, on_cpu: bool) -> int:
     """Bytes the weights will take once loaded, before loading: float32 on a CPU unless a
     quantized base is kept (the MLX backend dequantizes there); on a GPU half precision for
-    a quantized base dequantized, else what the files hold."""
+    a quantized base dequantized, else what the files hold. A bitsandbytes base stays
+    quantized whatever the policy: backend torch, the one that loads it, trains it as QLoRA."""
+    if (info.get("quantization") or {}).get("method") == "bitsandbytes":
+        return weight_bytes(info, 4 if on_cpu else 2)
     if on_cpu and not (quantized_base == "keep" and info.get("quantization")):
         return int(info["params"]) * 4
     if quantized_base == "dequantize" and info.get("quantization"):

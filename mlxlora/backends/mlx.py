@@ -36,7 +36,7 @@ from mlxlora.backends.mlx_loss import (  # noqa: E402
 )
 from mlxlora.errors import ModelError  # noqa: E402
 from mlxlora.memory import loss_chunk_rows  # noqa: E402
-from mlxlora.models.info import gguf_source  # noqa: E402
+from mlxlora.models.info import gguf_source, refuse_bitsandbytes_in_mlx  # noqa: E402
 from mlxlora.targets import TargetMatch, match_targets  # noqa: E402
 
 QUANTIZED = (nn.QuantizedLinear, nn.QuantizedEmbedding)
@@ -190,10 +190,12 @@ class MLXBackend:
         device, dtype = select_device()
         if device.startswith("gpu"):
             maybe_set_recommended_wired_limit()
+        refuse_bitsandbytes_in_mlx(model_dir)
         try:
             model, tokenizer, model_config = load(str(model_dir), return_config=True)
         except (FileNotFoundError, ValueError) as exc:
-            raise ModelError(f"{model_dir}: cannot load model: {exc}") from None
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"{model_dir}: cannot load model: {first}") from None
         model = fit_to_device(model, config.quantized_base, device, dtype)
         if device == "cpu":  # Metal/CUDA keep mx.fast's (memory.ATTENTION_MODES)
             use_blocked_attention(model)

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 
 from mlxlora.errors import ExportError  # noqa: E402
+from mlxlora.models.info import refuse_bitsandbytes_in_mlx  # noqa: E402
 
 # A quantized base keeps its bits (auto) while quantizing the merge again moves the weights by
 # less than this share of the adapter's own update; past it the fine-tune is mostly rounded
@@ -51,6 +52,7 @@ def fuse_adapter(
     """
     from mlx_lm.utils import dequantize_model, load, save
 
+    refuse_bitsandbytes_in_mlx(model_dir)
     try:
         model, tokenizer, config = load(
             str(model_dir), adapter_path=str(adapter_dir), return_config=True

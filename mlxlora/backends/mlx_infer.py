@@ -21,6 +21,7 @@ import mlx.nn as nn  # noqa: E402
 from mlxlora.backends.base import END_OF_TURN, Generator, uncut  # noqa: E402
 from mlxlora.backends.mlx import fit_to_device, select_device  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
+from mlxlora.models.info import refuse_bitsandbytes_in_mlx  # noqa: E402
 
 
 def add_end_of_turn_tokens(tokenizer) -> None:
@@ -77,6 +78,7 @@ class MLXGenerator(Generator):
         from mlx_lm.utils import load
 
         self.device, dtype = select_device()
+        refuse_bitsandbytes_in_mlx(model_dir)
         try:
             model, tokenizer = load(
                 str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None

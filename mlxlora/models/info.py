@@ -70,10 +70,12 @@ def count_parameters(
 ) -> tuple[int, int, str | None]:
     """(parameters, bytes of tensors, dominant float dtype) from the safetensors headers.
 
-    A quantized linear stores `W.weight` as uint32 words packing 32/bits values, plus
-    `W.scales` and `W.biases` per group; it counts as the unpacked weight, and its scales and
-    biases count as bytes but not as parameters. `quantization` (mlx-lm's config block) may
-    give a module its own width: `{"model.layers.3.mlp.down_proj": {"bits": 8, ...}}`.
+    An MLX-quantized linear stores `W.weight` as uint32 words packing 32/bits values, plus
+    `W.scales` and `W.biases` per group; bitsandbytes stores `W.weight` as bytes packing
+    8/bits values, plus `W.weight.absmax`, `W.weight.quant_map` and its quant state. Either
+    counts as the unpacked weight, and the rest count as bytes but not as parameters.
+    `quantization` (mlx-lm's config block) may give a module its own width:
+    `{"model.layers.3.mlp.down_proj": {"bits": 8, ...}}`.
     """
     tensors: dict[str, dict] = {}
     for file in sorted(Path(model_dir).glob("*.safetensors")):
@@ -90,15 +92,48 @@ def count_parameters(
         )
         if packed and name.endswith((".scales", ".biases")):
             continue
+        if _bnb_state_of(name, tensors):
+            continue
         if packed and name.endswith(".weight"):
             own = quantization.get(base)
             width = own.get("bits") if isinstance(own, dict) else None
             n = n * 32 // (width or bits or 4)
+        elif f"{name}.absmax" in tensors:  # bitsandbytes: bytes of 8/bits values
+            n = n * 8 // (bits or 4)
         elif t["dtype"] in _DTYPE_NAMES:
             float_elems[t["dtype"]] = float_elems.get(t["dtype"], 0) + n
         params += n
     dominant = max(float_elems, key=float_elems.get) if float_elems else None
     return params, nbytes, _DTYPE_NAMES.get(dominant) if dominant else None
+
+
+def _bnb_state_of(name: str, tensors: dict) -> bool:
+    """True for a bitsandbytes weight's state (`W.weight.absmax`, `W.weight.quant_state.*`)."""
+    head, _, _ = name.partition(".weight.")
+    return bool(_) and f"{head}.weight.absmax" in tensors
+
+
+def bnb_bits(quant: dict) -> int | None:
+    """The width of an HF bitsandbytes quantization_config: 4 or 8; None for another method."""
+    if quant.get("quant_method") != "bitsandbytes":
+        return None
+    return 4 if quant.get("load_in_4bit") else 8 if quant.get("load_in_8bit") else None
+
+
+def refuse_bitsandbytes_in_mlx(model_dir: str | Path) -> None:
+    """ModelError for an HF bitsandbytes checkpoint, which mlx-lm cannot load (it listed
+    every layer's quantization state as unknown parameters, 85 lines for builtin:tiny)."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # mlx-lm says what is wrong with it
+    quant = config.get("quantization_config") if isinstance(config, dict) else None
+    if isinstance(quant, dict) and bnb_bits(quant):
+        raise ModelError(
+            f"{model_dir}: a bitsandbytes {bnb_bits(quant)}-bit checkpoint runs on backend"
+            " torch only (QLoRA: pip install 'mlxlora[torch,qlora]', backend: torch); on MLX"
+            " use its float model or an MLX-quantized one (mlx-community's ...-4bit)"
+        )
 
 
 def gguf_source(model_dir: str | Path) -> dict:
@@ -126,12 +161,11 @@ def model_info(model_dir: str | Path) -> dict:
         raise ModelError(f"{model_dir}/config.json: not valid JSON ({exc})") from None
     text = {**config, **config.get("text_config", {})}  # multimodal configs nest the LM
     quant = config.get("quantization") or config.get("quantization_config") or None
-    bits = quant.get("bits") if isinstance(quant, dict) else None
+    quant = quant if isinstance(quant, dict) else None
+    bits = (quant.get("bits") or bnb_bits(quant)) if quant else None
     heads = text.get("num_attention_heads")
     hidden = text.get("hidden_size")
-    params, nbytes, st_dtype = count_parameters(
-        model_dir, bits, quant if isinstance(quant, dict) else None
-    )
+    params, nbytes, st_dtype = count_parameters(model_dir, bits, quant)
     return {
         "model_type": text.get("model_type") or config.get("model_type"),
         "hidden_size": hidden,
@@ -142,11 +176,21 @@ def model_info(model_dir: str | Path) -> dict:
         "intermediate_size": text.get("intermediate_size"),
         "head_dim": text.get("head_dim") or (hidden // heads if hidden and heads else None),
         "tie_word_embeddings": bool(config.get("tie_word_embeddings", False)),
-        "quantization": ({"bits": bits, "group_size": quant.get("group_size")} if bits else None),
+        "quantization": _quantization(quant, bits),
         "params": params,
         "weight_bytes": nbytes,
         "dtype": config.get("torch_dtype") or config.get("dtype") or st_dtype,
     }
+
+
+def _quantization(quant: dict | None, bits: int | None) -> dict | None:
+    """{"bits", "group_size"} of a quantized model, and "method": "bitsandbytes" for an HF
+    bitsandbytes one (torch keeps it quantized: QLoRA; its blocks of 64 values share a scale)."""
+    if not bits:
+        return None
+    if bnb_bits(quant):
+        return {"bits": bits, "group_size": 64, "method": "bitsandbytes"}
+    return {"bits": bits, "group_size": quant.get("group_size")}
 
 
 def tokenizer_of(model_dir: str | Path, label: str):

@@ -293,6 +293,56 @@ def test_a_bitsandbytes_4bit_base_trains_as_qlora(home, tmp_path):
     assert saved["peft_type"] == "LORA" and saved["r"] == 8
 
 
+def test_a_bitsandbytes_base_is_planned_as_the_4_bit_weights_it_loads(home, tmp_path):
+    """The memory estimate counted a bitsandbytes checkpoint's packed bytes as parameters
+    (half the model's) and planned them as float32 on a CPU: 1.86x what loads (a review
+    finding). Now its parameters are the float model's, and its weights what torch loads."""
+    pytest.importorskip("bitsandbytes")
+    import itertools
+
+    import torch
+
+    from mlxlora import memory
+    from mlxlora.backends import torch_peft
+    from mlxlora.models.info import model_info
+
+    model_dir = bnb_4bit_tiny(tmp_path / "tiny-bnb-4bit")
+    info = model_info(model_dir)
+    assert info["params"] == model_info(resolve_model("builtin:tiny", progress=False))["params"]
+    assert info["quantization"] == {"bits": 4, "group_size": 64, "method": "bitsandbytes"}
+    model, _ = torch_peft.load_base(model_dir, torch.device("cpu"), torch.float32)
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    loaded = sum(t.numel() * t.element_size() for t in tensors)
+    for policy in ("auto", "dequantize"):  # torch keeps it 4-bit whatever the policy
+        assert loaded <= memory.planned_weights(info, policy, on_cpu=True) <= 1.1 * loaded
+
+
+def test_mlx_refuses_a_bitsandbytes_base_on_one_line(home, tmp_path):
+    """mlx-lm cannot load a bitsandbytes checkpoint: `mlxlora train` printed 85 lines of its
+    unknown parameters. Now one line says which backend trains it."""
+    pytest.importorskip("bitsandbytes")
+    import subprocess
+    import sys
+
+    from mlxlora.backends.mlx_infer import MLXGenerator
+    from mlxlora.errors import ModelError
+
+    model_dir = bnb_4bit_tiny(tmp_path / "tiny-bnb-4bit")
+    config = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+    out = subprocess.run(
+        [sys.executable, "-m", "mlxlora", "train", str(config), "--set", f"model={model_dir}"]
+        + ["--set", "backend=mlx", "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 4 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "bitsandbytes 4-bit checkpoint runs on backend torch only" in out.stderr
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ModelError, match="bitsandbytes 4-bit"):
+        MLXGenerator(model_dir)
+
+
 def test_packed_batches_lose_and_learn_like_padded_ones(home, quickstart_data, monkeypatch):
     """Packing (no padding, position ids restarting per sequence) gives the padded path's
     loss and gradients: each sequence still attends only to itself. The backend says which
