@@ -18,7 +18,7 @@ from pathlib import Path
 from mlxlora import config as config_mod
 from mlxlora.atomic import atomic_write_text
 from mlxlora.config import Config
-from mlxlora.errors import DISK_REFUSED, RunError, TrainingFailed
+from mlxlora.errors import DISK_REFUSED, CheckpointUnreadable, RunError, TrainingFailed
 from mlxlora.events import (
     EventWriter,
     RunFailed,
@@ -64,15 +64,21 @@ def _load_last_good_checkpoint(paths: RunPaths, backend) -> tuple[TrainerState, 
     unreadable = []
     for ckpt in sorted(paths.checkpoints.glob("step-*"), reverse=True):
         try:
-            state = TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
+            state = _trainer_state(ckpt)
             backend.load_state(ckpt)
-            warnings = [
-                f"{why}; resumed from {ckpt.name}, the checkpoint before" for why in unreadable
-            ]
-            return state, warnings
-        except Exception as exc:  # whatever the loaders say of a damaged file
+        except CheckpointUnreadable as exc:
             unreadable.append(f"checkpoint {ckpt.name} cannot be read ({exc})")
+            continue
+        warnings = [f"{why}; resumed from {ckpt.name}, the checkpoint before" for why in unreadable]
+        return state, warnings
     raise RunError(f"{paths.root}: no checkpoint can be read: {'; '.join(unreadable)}")
+
+
+def _trainer_state(ckpt: Path) -> TrainerState:
+    try:
+        return TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
+    except (OSError, ValueError, TypeError) as exc:  # cut short, missing, or another shape
+        raise CheckpointUnreadable(str(exc)) from exc
 
 
 def _install_stop_handlers(handler) -> dict:

@@ -47,6 +47,11 @@ class RunError(MlxloraError):
     exit_code = 5
 
 
+class CheckpointUnreadable(RunError):
+    """A checkpoint's files are cut short, damaged or missing: what a backend's load_state
+    raises for them (anything else it raises is a bug, and says so)."""
+
+
 class TrainingFailed(MlxloraError):
     """Training stopped on a numerical problem (NaN/inf loss); the last good checkpoint is kept."""
 

@@ -34,7 +34,7 @@ from mlxlora.backends.mlx_loss import (  # noqa: E402
     chunked_cross_entropy_for_training,
     output_head,
 )
-from mlxlora.errors import ModelError  # noqa: E402
+from mlxlora.errors import CheckpointUnreadable, ModelError  # noqa: E402
 from mlxlora.memory import loss_chunk_rows  # noqa: E402
 from mlxlora.models.info import gguf_source, refuse_bitsandbytes_in_mlx  # noqa: E402
 from mlxlora.targets import TargetMatch, match_targets  # noqa: E402
@@ -401,9 +401,12 @@ class MLXBackend:
         _save_safetensors(directory / "optimizer.safetensors", state)
 
     def load_state(self, directory: Path) -> None:
-        weights = mx.load(str(directory / "adapters.safetensors"))
-        self.model.load_weights(list(weights.items()), strict=False)
-        state = mx.load(str(directory / "optimizer.safetensors"))
+        try:  # mlx's loaders raise these for a file cut short or missing
+            weights = mx.load(str(directory / "adapters.safetensors"))
+            self.model.load_weights(list(weights.items()), strict=False)
+            state = mx.load(str(directory / "optimizer.safetensors"))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointUnreadable(str(exc)) from exc
         self.optimizer.state = tree_unflatten(list(state.items()))
         mx.eval(self.model.parameters(), self.optimizer.state)
 

@@ -30,7 +30,7 @@ from mlxlora.backends.base import (
     package_version,
     prompt_tokens,
 )
-from mlxlora.errors import ModelError
+from mlxlora.errors import CheckpointUnreadable
 from mlxlora.memory import loss_chunk_rows
 from mlxlora.models.info import gguf_source
 
@@ -324,16 +324,20 @@ class TorchBackend:
         )
 
     def load_state(self, directory: Path) -> None:
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file as load_numpy
 
-        torch_peft.load_mlx_weights(self.model, load_numpy(str(directory / MLX_WEIGHTS)))
-        state = load_file(directory / "optimizer.safetensors")
-        torch.set_rng_state(state.pop("rng"))
+        try:  # the loaders raise these for a file cut short or missing
+            torch_peft.load_mlx_weights(self.model, load_numpy(str(directory / MLX_WEIGHTS)))
+            state = load_file(directory / "optimizer.safetensors")
+            torch.set_rng_state(state.pop("rng"))
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+            raise CheckpointUnreadable(str(exc)) from exc
         params = dict(self.model.named_parameters())
         for key, value in state.items():
             name, moment = key.rsplit(".", 1)
             if name not in params:
-                raise ModelError(f"{directory}: optimizer state for unknown parameter {name}")
+                raise CheckpointUnreadable(f"optimizer state for unknown parameter {name}")
             self.optimizer.state[params[name]][moment] = value.to(self.device)
 
     def limit_memory(self, budget: int) -> None:

@@ -339,10 +339,17 @@ def test_an_event_line_cut_short_leaves_the_resumed_runs_events_whole(
     assert sorted(steps(run)) == list(range(1, 7))
 
 
-def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before(home, quickstart_data, tmp_path):
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before(
+    home, quickstart_data, tmp_path, backend
+):
     """A checkpoint file cut short (copied in part, written to a full disk) made resume fail
     with mlx's RuntimeError traceback although the checkpoint before it was whole."""
-    cfg = make_config(quickstart_data, "training.max_steps=6", "training.eval_every=3")
+    if backend == "torch":
+        pytest.importorskip("peft")
+    cfg = make_config(
+        quickstart_data, "training.max_steps=6", "training.eval_every=3", f"backend={backend}"
+    )
     run = tmp_path / "run"
     paths = RunPaths(run)
 
@@ -355,13 +362,33 @@ def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before(home, quicksta
     resumed = [e for e in read_events(paths.events) if isinstance(e, RunStarted)][-1]
     assert resumed.resumed_from_step == 3 and summary["steps"] == 6
     (warning,) = [w for w in resumed.warnings if "step-0000004" in w]
-    assert warning.startswith("checkpoint step-0000004 cannot be read ([load_safetensors]")
+    said = "[load_safetensors]" if backend == "mlx" else "Error while deserializing"
+    assert warning.startswith(f"checkpoint step-0000004 cannot be read ({said}"), warning
     assert warning.endswith("; resumed from step-0000003, the checkpoint before")
 
     for checkpoint in RunPaths(ruined).checkpoints.glob("step-*"):
         (checkpoint / "trainer_state.json").write_text('{"step": ')
     with pytest.raises(RunError, match="no checkpoint can be read: checkpoint step-0000004"):
         engine.train(None, ruined, resume=True)
+
+
+def test_a_bug_in_loading_a_checkpoint_is_not_taken_for_a_damaged_file(
+    home, quickstart_data, tmp_path, monkeypatch
+):
+    """Whatever load_state raised was read as a damaged checkpoint: a bug in it resumed from
+    the checkpoint before, or said no checkpoint could be read. It now shows as a bug."""
+    from mlxlora.backends.mlx import MLXBackend
+
+    run = tmp_path / "run"
+    cfg = make_config(quickstart_data, "training.max_steps=6", "training.eval_every=3")
+    engine.train(cfg, run, listeners=[stop_at(run, 4)])
+
+    def load_state_with_a_bug(self, directory):
+        raise AttributeError("a stand-in bug")
+
+    monkeypatch.setattr(MLXBackend, "load_state", load_state_with_a_bug)
+    with pytest.raises(AttributeError, match="a stand-in bug"):
+        engine.train(None, run, resume=True)
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
