@@ -8,7 +8,8 @@ import shlex
 import time
 from pathlib import Path
 
-from mlxlora.fmt import NONE, answer, num
+from mlxlora.fmt import NONE, answer, clock, num
+from mlxlora.memory import fmt_bytes
 
 
 def register(sub) -> None:
@@ -46,8 +47,18 @@ def fmt_value(value) -> str:
 
 
 def summary_rows(summary: dict) -> list[tuple[str, str]]:
-    """(label, text) for each entry of a summary.json."""
-    return [(key.replace("_", " "), fmt_value(value)) for key, value in summary.items()]
+    """(label, text) for each entry of a summary.json; sizes as the studio shows them (a tiny
+    run's peak read "peak memory gb: 0.0140") and durations as a clock."""
+    return [_summary_row(key, value) for key, value in summary.items()]
+
+
+def _summary_row(key: str, value) -> tuple[str, str]:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and key.endswith("_gb"):
+        return key.removesuffix("_gb").replace("_", " "), fmt_bytes(value * 1e9)
+    if number and key.endswith("_sec"):
+        return key.removesuffix("_sec").replace("_", " "), clock(value)
+    return key.replace("_", " "), fmt_value(value)
 
 
 def config_changes(cfg) -> dict:

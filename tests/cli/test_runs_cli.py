@@ -34,7 +34,10 @@ def test_show_prints_config_model_command_samples_and_dashes(
     lines = [line.strip() for line in out.splitlines()]
     assert "best val loss: —" in lines and "outcome: completed" in lines
     assert any(re.fullmatch(r"train loss ema: \d+\.\d{4}", line) for line in lines)
-    assert "elapsed sec" in out and not re.search(r"\d\.\d{5}", out)
+    assert not re.search(r"\d\.\d{5}", out)
+    # a size and a duration as the studio shows them, not "peak memory gb: 0.0140"
+    assert any(re.fullmatch(r"peak memory: [\d.]+ MiB", line) for line in lines), lines
+    assert any(re.fullmatch(r"elapsed: 0:\d\d", line) for line in lines), lines
     # the config's differences from the defaults, and only those
     for line in ("training.max_steps: 3", "lora.rank: 4", "data.val_split: 0.0"):
         assert line in lines
