@@ -162,14 +162,24 @@ def _write_weights(
         write_lora_gguf(source.run, model_dir, tmp / "adapter.gguf")
         if modelfile.source == "./base.gguf":
             report("gguf", f"writing the base model as GGUF ({quantize})")
-            write_gguf(model_dir, tmp / "base.gguf", quantize, jinja)
+            _say_stored_types(
+                write_gguf(model_dir, tmp / "base.gguf", quantize, jinja), quantize, report
+            )
         return
     report("fuse", "merging the adapter into the base model")
     fused = tmp / "fused"  # an intermediate inside the export's temporary directory
     fuse_adapter(model_dir, source.adapter, fused, dequantize=True)
     report("gguf", f"writing GGUF ({quantize})")
-    write_gguf(fused, tmp / "model.gguf", quantize, jinja)
+    written = write_gguf(fused, tmp / "model.gguf", quantize, jinja)
     shutil.rmtree(fused)  # the GGUF holds everything Ollama needs
+    _say_stored_types(written, quantize, report)
+
+
+def _say_stored_types(path: Path, quantize: str, report: Report) -> None:
+    from mlxlora.export.stored_types import quantization_notice
+
+    if notice := quantization_notice(path, quantize):
+        report("gguf", notice)
 
 
 def _create(result: ExportResult, report: Report) -> None:

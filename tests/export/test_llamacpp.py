@@ -110,6 +110,31 @@ def test_k_quants_keep_llama_cpps_log_to_themselves(tiny_fused, tmp_path, capfd)
     assert llm.tokenize(b"hello") and capfd.readouterr().err == ""  # verbose=False is quiet
 
 
+def test_an_export_says_which_weights_its_quantization_could_not_hold(
+    tiny_run, tmp_path, monkeypatch, no_ollama
+):
+    """llama.cpp stores a tensor whose rows are not whole 256-value blocks (builtin:tiny's 128,
+    SmolLM2's 576) as Q5_0 or Q8_0: a q4_k_m export came out larger than 4 bits, silently."""
+    from mlxlora.export.stored_types import quantization_notice
+    from mlxlora.export.to_ollama import ExportRequest, export_ollama
+    from mlxlora.models.resolve import builtin_dir
+
+    monkeypatch.setenv("MLXLORA_HOME", str(tiny_run[0]))
+    said = []
+    request = ExportRequest(tiny_run[1], "tiny", quantize="q4_k_m", out=tmp_path / "q4_k_m")
+    export_ollama(request, lambda stage, text: said.append((stage, text)))
+    notices = [text for stage, text in said if "instead" in text]
+    assert notices == [
+        "q4_k_m: 83% of the weights are stored as Q5_0/Q8_0 instead, since q4_k_m takes rows"
+        " of whole 256-value blocks and theirs hold 128 values; the file is larger than q4_k_m"
+        " would make it"
+    ]
+    for quantize in ("f16", "q8_0", "q4_0"):  # every weight as asked: nothing said
+        base = tiny_run[0] / "models" / builtin_dir().name
+        path = write_gguf(base, tmp_path / f"{quantize}.gguf", quantize)
+        assert quantization_notice(path, quantize) is None
+
+
 def test_base_plus_lora_gguf_matches_mlx_base_plus_adapter(tiny_run, tmp_path):
     from mlxlora.models.resolve import builtin_dir
 
