@@ -43,12 +43,18 @@ class Modelfile:
         return "\n".join(lines) + "\n"
 
 
+def _character_name(c: str) -> str:
+    return unicodedata.name(c, "").lower() or "a control character"
+
+
 def quote(value: str, field: str) -> str:
     """`value` written so that Ollama's Modelfile parser reads it back unchanged."""
     dropped = sorted({c for c in value if not _kept_by_ollama(c)})
     if dropped:
-        shown = ", ".join(f"U+{ord(c):04X}" for c in dropped)
-        raise ExportError(f"{field}: Ollama's Modelfile parser would drop {shown}; remove them")
+        shown = ", ".join(f"U+{ord(c):04X} ({_character_name(c)})" for c in dropped)
+        # a full-width space, typed with a Japanese IME, reads as a space: say which to type
+        fix = "type plain spaces instead" if all(c.isspace() for c in dropped) else "remove them"
+        raise ExportError(f"{field}: Ollama's Modelfile parser would drop {shown}; {fix}")
     if "\n" not in value and "\r" not in value and not value.startswith('""'):
         return f'"{value}"'
     if UNQUOTABLE.search(value):

@@ -50,8 +50,8 @@ def test_quoting(value, written):
     [
         ('one\n"""\ntwo', "cannot hold"),
         ('"""\nat the start', "cannot hold"),
-        ("全角\u3000スペース", "U+3000"),
-        ("bell\x07", "U+0007"),
+        ("全角\u3000スペース", "U+3000 (ideographic space); type plain spaces instead"),
+        ("bell\x07", "U+0007 (a control character); remove them"),
     ],
 )
 def test_text_a_modelfile_cannot_hold_is_refused(value, problem):
