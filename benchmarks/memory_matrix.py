@@ -119,7 +119,7 @@ def run_case(case: dict) -> dict:
     if case.get("unfused"):
         shape = replace(shape, attention="unfused")
     if os.environ.get("MLX_BFS_MAX_WIDTH", "1") != "1":  # breadth-first, as MLX on a GPU
-        shape = replace(shape, depth_first=False)
+        shape = replace(shape, evaluation="breadth-first")
     est = memory.estimate(info, shape, weights=backend.weight_bytes())
     rng = np.random.default_rng(0)
     B, L = case["batch"], case["max_length"]

@@ -201,6 +201,7 @@ class TrainingDevice:
     own_memory: int | None = None  # a discrete GPU's budget; None: the machine's memory
     # the backend doctor found there ("": the platform's guess); not what the estimate needs
     backend: str = field(default="", compare=False)
+    evaluation: str = "gpu"  # how that backend evaluates a step there (memory.EVALUATIONS)
 
     @property
     def on_cpu(self) -> bool:
@@ -224,7 +225,7 @@ def training_device(backend: str = "auto") -> TrainingDevice:
         return _reported
     if is_apple_silicon():
         return TrainingDevice("gpu", "unfused")
-    return TrainingDevice("cpu", "blocked")
+    return TrainingDevice("cpu", "blocked", evaluation="depth-first")
 
 
 def maybe_cuda() -> bool:
@@ -241,5 +242,6 @@ def learn_training_device(report: dict) -> bool:
         return False
     gpu_memory = not device.startswith("cpu") and not is_apple_silicon()  # a Mac's is unified
     own = report.get("device_budget_bytes") if gpu_memory else None
-    _reported = TrainingDevice(device, attention, own, report.get("backend", ""))
+    evaluation = report.get("evaluation") or ("depth-first" if device.startswith("cpu") else "gpu")
+    _reported = TrainingDevice(device, attention, own, report.get("backend", ""), evaluation)
     return _reported != before

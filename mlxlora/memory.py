@@ -40,21 +40,36 @@ def causal_block_fraction(length: int, block: int = ATTENTION_BLOCK) -> float:
 
 
 # The fused loss keeps three float32 (rows x vocab) arrays per chunk: logits, softmax and its
-# gradient. How many chunks are live at once depends on the order MLX evaluates the lazy graph
-# in (measured, fused loss alone and whole steps; benchmarks/README.md):
-# * breadth-first up to a frontier of MLX_BFS_MAX_WIDTH=20 (MLX's default, kept on a GPU): the
-#   first SIDE_BY_SIDE_CHUNKS chunks are live together and each row beyond them adds about
-#   half a row of logits (measured on a CPU: 32 chunks held 24.6 chunk-sized arrays);
+# gradient. How many chunks are live at once depends on how the step is evaluated (a
+# TrainShape's `evaluation`, one of EVALUATIONS; measured, fused loss alone and whole steps;
+# benchmarks/README.md):
+# * "breadth-first", MLX's default order up to a frontier of MLX_BFS_MAX_WIDTH=20, on a CPU
+#   (the benchmarks' stand-in for a GPU): the first SIDE_BY_SIDE_CHUNKS chunks are live
+#   together and each row beyond them adds about half a row of logits (measured on a CPU: 32
+#   chunks held 24.6 chunk-sized arrays);
+# * "gpu", MLX on a GPU: breadth-first, and the host queues kernels ahead of the device, whose
+#   buffers are freed once the kernels reading them have run. Each row beyond the first
+#   chunks holds GPU_LATER_ROW_COPIES: fitted to the H100's capped peaks (Qwen2.5-0.5B and
+#   Llama-3.2-1B shapes, 8 x up to 1024 tokens: 0.5 left both ~1.9 GB under, 0.91x / 0.93x;
+#   1.0 gives 1.02x / 1.00x). tests/gpu measures the chunks there;
 # * depth-first (MLX_BFS_MAX_WIDTH=1, which the MLX backend sets on a CPU, where it costs no
 #   time): DEPTH_FIRST_LIVE_CHUNKS chunks, whatever their number (MLX's CPU stream runs a few
 #   operations ahead of the one it computes), plus HIDDEN_GRADIENTS_LIVE hidden-sized
 #   gradients (tokens x hidden) that the chunks' slices of the hidden states hand back to
 #   autograd. The fused loss alone holds one per chunk (the probe's peak grows with the square
 #   of their number); whole steps do not: counted per chunk, checkpointed SmolLM2 and
-#   qwen-layout steps of 4-16k tokens came out over-estimated by about that term (1.16-1.25).
+#   qwen-layout steps of 4-16k tokens came out over-estimated by about that term (1.16-1.25);
+# * "eager", torch (backends/torch_loss.py): a chunk's logits and softmax are freed before
+#   the next chunk starts, and each chunk keeps its d(hidden) (rows x hidden) for backward.
+#   EAGER_CHUNK_COPIES float32 chunks are live at the peak (logsumexp's temporary beside the
+#   float32 logits; in half precision the bf16 logits and their float32 copy are less):
+#   measured on a CPU, 2.01-2.10 chunks for 220-682-row chunks of 49k-152k vocabularies.
+EVALUATIONS = ("gpu", "breadth-first", "depth-first", "eager")
 LOGIT_COPIES = 3
 SIDE_BY_SIDE_CHUNKS = 4
 LATER_ROW_COPIES = 0.5
+GPU_LATER_ROW_COPIES = 1.0
+EAGER_CHUNK_COPIES = 2
 DEPTH_FIRST_LIVE_CHUNKS = 3
 HIDDEN_GRADIENTS_LIVE = 2  # the sum so far and the one being added
 UNCHUNKED_LOGIT_COPIES = 4  # the model's own logits through nn.losses.cross_entropy
@@ -107,7 +122,7 @@ class TrainShape:
     # backend on a CPU, "fused" a flash kernel with its own backward (torch or cuDNN on CUDA).
     attention: str = "unfused"
     loss_chunk_rows: int = 0  # 0: loss_chunk_rows(vocab)
-    depth_first: bool = False  # MLX evaluates depth-first (on a CPU, see LOGIT_COPIES)
+    evaluation: str = "gpu"  # how the step is evaluated (EVALUATIONS, see LOGIT_COPIES)
 
     @classmethod
     def from_config(cls, cfg, dtype_bytes: int = 2) -> TrainShape:
@@ -239,7 +254,7 @@ def estimate_training_memory(
     attention_mode: str = "unfused",
     weights: int | None = None,
     chunk_rows: int = 0,
-    depth_first: bool = False,
+    evaluation: str = "gpu",
 ) -> MemoryEstimate:
     """Peak memory of one LoRA training step, worst case: every sequence `max_length` long.
 
@@ -285,12 +300,13 @@ def estimate_training_memory(
     else:  # the layer in backward only (fused, or the one a checkpoint rebuilt)
         attention = 2 * probs
     rows = (chunk_rows or loss_chunk_rows(vocab)) if chunked_loss else 0
-    loss = loss_bytes(tokens, rows, vocab, depth_first, hidden_row_bytes=h * dtype_bytes)
+    loss = loss_bytes(tokens, rows, vocab, evaluation, hidden_row_bytes=h * dtype_bytes)
     if grad_checkpoint:
         # The rebuilt block: breadth-first, on top of the loss chunks; depth-first only its
         # attention is (the rest comes once the chunks are gone, counted as far as it
         # outgrows them).
-        rebuilt = max(0, one_layer - loss) if depth_first else one_layer
+        one_at_a_time = evaluation in ("depth-first", "eager")
+        rebuilt = max(0, one_layer - loss) if one_at_a_time else one_layer
         activations = adapted * tokens * h * dtype_bytes + rebuilt
     else:
         activations = adapted * one_layer
@@ -309,19 +325,28 @@ def estimate_training_memory(
 
 
 def loss_bytes(
-    tokens: int, chunk_rows: int, vocab: int, depth_first: bool = False, hidden_row_bytes: int = 0
+    tokens: int,
+    chunk_rows: int,
+    vocab: int,
+    evaluation: str = "gpu",
+    hidden_row_bytes: int = 0,
 ) -> int:
-    """The live float32 logits of the loss over `tokens` labelled rows (see LOGIT_COPIES;
-    chunk_rows 0: the model's own unchunked logits), and depth-first the hidden-sized
-    gradients the chunks hand back (`hidden_row_bytes` a row)."""
+    """The live float32 logits of the loss over `tokens` labelled rows as `evaluation` holds
+    them (see LOGIT_COPIES; chunk_rows 0: the model's own unchunked logits), and depth-first
+    or eager the hidden-sized gradients the chunks hand back (`hidden_row_bytes` a row)."""
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"evaluation {evaluation!r} is not one of {EVALUATIONS}")
     if not chunk_rows:
         return tokens * vocab * 4 * UNCHUNKED_LOGIT_COPIES
-    if depth_first:
+    if evaluation == "eager":
+        return min(tokens, chunk_rows) * EAGER_CHUNK_COPIES * vocab * 4 + tokens * hidden_row_bytes
+    if evaluation == "depth-first":
         logits = min(tokens, DEPTH_FIRST_LIVE_CHUNKS * chunk_rows) * LOGIT_COPIES * vocab * 4
         chunks = -(-tokens // chunk_rows)
         return logits + min(chunks, HIDDEN_GRADIENTS_LIVE) * tokens * hidden_row_bytes
+    later = GPU_LATER_ROW_COPIES if evaluation == "gpu" else LATER_ROW_COPIES
     side_by_side = min(tokens, SIDE_BY_SIDE_CHUNKS * chunk_rows)
-    copies = side_by_side * LOGIT_COPIES + (tokens - side_by_side) * LATER_ROW_COPIES
+    copies = side_by_side * LOGIT_COPIES + (tokens - side_by_side) * later
     return int(copies * vocab * 4)
 
 
@@ -346,21 +371,22 @@ def estimate(info: dict, shape: TrainShape, weights: int | None = None) -> Memor
         attention_mode=shape.attention,
         weights=weights,
         chunk_rows=shape.loss_chunk_rows,
-        depth_first=shape.depth_first,
+        evaluation=shape.evaluation,
     )
 
 
 def shape_here(shape: TrainShape, device=None) -> TrainShape:
     """`shape` as `device` (a machine.TrainingDevice; by default `auto`'s) trains it: on a CPU
-    see on_cpu; on a GPU in half precision, with that device's attention."""
+    see on_cpu; on a GPU in half precision; with that device's attention and evaluation."""
     device = device or machine.training_device()
-    return on_cpu(shape) if device.on_cpu else replace(shape, attention=device.attention)
+    shape = on_cpu(shape) if device.on_cpu else shape
+    return replace(shape, attention=device.attention, evaluation=device.evaluation)
 
 
 def on_cpu(shape: TrainShape) -> TrainShape:
     """`shape` as MLX's CPU backend trains it: float32 (bf16 matmuls are slow there), the
     blocked attention, and depth-first evaluation."""
-    return replace(shape, dtype_bytes=4, attention="blocked", depth_first=True)
+    return replace(shape, dtype_bytes=4, attention="blocked", evaluation="depth-first")
 
 
 # Share of the budget above which an estimate is "tight": it fits, with little to spare.

@@ -273,7 +273,12 @@ def train_shape(cfg: Config, backend, longest: int):
         shape = memory.on_cpu(shape)
     length = min(longest, cfg.data.max_length)
     length += -length % backend.info.pad_multiple
-    return replace(shape, max_length=length, attention=backend.info.attention)
+    return replace(
+        shape,
+        max_length=length,
+        attention=backend.info.attention,
+        evaluation=backend.info.evaluation,
+    )
 
 
 def training_budget(cfg: Config, backend) -> int | None:

@@ -133,6 +133,7 @@ class BackendInfo:
     memory_budget_bytes: int | None  # what training may use on this device, if known
     attention: str = "unfused"  # how training keeps attention (memory.ATTENTION_MODES)
     pad_multiple: int = 1  # the backend pads a batch's positions to a multiple of this
+    evaluation: str = "gpu"  # how a step is evaluated, which decides its peak (memory.EVALUATIONS)
 
 
 class Reading(Protocol):

@@ -126,6 +126,7 @@ def describe() -> BackendInfo:
         # how training keeps attention (memory.ATTENTION_MODES): the CPU's blocked attention,
         # else mx.fast's, unfused while differentiated (CUDA too: PAD_FOR_CUDNN_ATTENTION)
         attention="blocked" if device == "cpu" else "unfused",
+        evaluation="depth-first" if device == "cpu" else "gpu",  # select_device's order
     )
 
 

@@ -112,6 +112,7 @@ def describe() -> BackendInfo:
         },
         memory_budget_bytes=budget,
         attention="fused" if budget else "blocked",  # SDPA's flash kernels have a backward
+        evaluation="eager",
     )
 
 

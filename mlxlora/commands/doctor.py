@@ -85,6 +85,7 @@ def device_facts(info) -> dict:
         "device": info.device if info else None,
         "dtype": info.dtype if info else None,
         "attention": info.attention if info else None,
+        "evaluation": info.evaluation if info else None,
         "device_budget_bytes": info.memory_budget_bytes if info else None,
     }
 

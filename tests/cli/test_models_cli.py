@@ -150,9 +150,10 @@ def test_doctor_json_in_a_subprocess(tmp_path):
         assert report["dtype"] == "float32" and report["device"] == "cpu"
         assert report["blas"].startswith(("OpenBLAS", "reference"))
         # what the studio learns the device from: here, the CPU it guessed
-        assert report["attention"] == "blocked"
+        assert (report["attention"], report["evaluation"]) == ("blocked", "depth-first")
         assert machine.learn_training_device(report) is False
-        assert machine.training_device() == machine.TrainingDevice("cpu", "blocked")
+        cpu = machine.TrainingDevice("cpu", "blocked", evaluation="depth-first")
+        assert machine.training_device() == cpu
 
 
 def test_doctor_text(monkeypatch, capsys, tmp_path):

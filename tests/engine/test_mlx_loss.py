@@ -165,7 +165,7 @@ def test_on_a_cpu_the_loss_holds_three_chunks_however_many_there_are():
     from mlxlora import memory
 
     measured = loss_peak(8) - 8 * 2048 * 64 * 4
-    expected = memory.loss_bytes(2048, 256, 8192, depth_first=True)
+    expected = memory.loss_bytes(2048, 256, 8192, "depth-first")
     assert measured < 10 * CHUNK
     assert 0.95 <= expected / measured <= 1.1
 
@@ -176,7 +176,7 @@ def test_breadth_first_the_loss_chunks_run_side_by_side_as_the_estimate_says():
     from mlxlora import memory
 
     measured = loss_peak(32, bfs_width="20")
-    expected = memory.loss_bytes(32 * 256, 256, 8192, depth_first=False)
+    expected = memory.loss_bytes(32 * 256, 256, 8192, "breadth-first")
     assert 20 * CHUNK < measured < 30 * CHUNK
     assert 0.95 <= expected / measured <= 1.1
 

@@ -122,6 +122,16 @@ def test_on_a_gpu_the_loss_chunks_hold_what_the_estimate_says():
     from tests.engine.test_mlx_loss import CHUNK, loss_peak
 
     measured = loss_peak(32)  # as a run evaluates on this device: breadth-first
-    expected = memory.loss_bytes(32 * 256, 256, 8192, depth_first=False)
+    expected = memory.loss_bytes(32 * 256, 256, 8192, "gpu")
     held = f"32 chunks held {measured / CHUNK:.1f} chunk-sized arrays"
     assert 0.95 <= expected / measured <= 1.1, held
+
+
+def test_on_a_gpu_the_torch_loss_holds_what_the_eager_estimate_says():
+    """On a CPU the chunked loss peaks at two float32 chunks (memory.EAGER_CHUNK_COPIES); in
+    bf16 on a GPU its bf16 logits, their float32 copy and logsumexp's temporary come and go."""
+    torch = cuda_torch()
+    from tests.engine.test_torch_backend import torch_loss_peak
+
+    measured, expected = torch_loss_peak("cuda", torch.bfloat16)
+    assert 0.95 <= expected / measured <= 1.15, (measured, expected)

@@ -117,18 +117,21 @@ def test_the_training_device_is_guessed_then_learned_from_doctor(monkeypatch):
     monkeypatch.setattr(machine, "is_apple_silicon", lambda: False)
     monkeypatch.setattr(machine, "memory_budget", lambda: 20 * GIB)
     guess = machine.training_device()
-    assert guess == machine.TrainingDevice("cpu", "blocked") and guess.budget == 20 * GIB
+    cpu = machine.TrainingDevice("cpu", "blocked", evaluation="depth-first")
+    assert guess == cpu and guess.budget == 20 * GIB
     shape = memory.TrainShape()
     assert memory.shape_here(shape) == memory.on_cpu(shape)
     assert machine.learn_training_device({"device": None, "attention": None}) is False  # no backend
     cuda = {
         "device": "gpu (CUDA, NVIDIA H100)",
         "attention": "fused",
+        "evaluation": "eager",
         "device_budget_bytes": 80 * GIB,
     }
     assert machine.learn_training_device({**cuda, "backend": "torch"}) is True
     assert machine.training_device().budget == 80 * GIB and not machine.training_device().on_cpu
-    assert memory.shape_here(shape) == memory.TrainShape(attention="fused")  # bf16, as on a GPU
+    # bf16, as on a GPU, evaluated as torch does
+    assert memory.shape_here(shape) == memory.TrainShape(attention="fused", evaluation="eager")
     info = {"params": 1000, "weight_bytes": 500, "quantization": None}
     assert memory.weights_here(info) == 500  # what the files hold, not float32
     assert machine.learn_training_device({**cuda, "backend": "torch"}) is False  # nothing new

@@ -195,7 +195,7 @@ def test_shape_here_is_float32_blocked_off_a_mac(monkeypatch):
     assert memory.shape_here(shape) == shape
     monkeypatch.setattr(machine, "is_apple_silicon", lambda: False)
     here = memory.shape_here(shape)
-    assert (here.dtype_bytes, here.attention, here.depth_first) == (4, "blocked", True)
+    assert (here.dtype_bytes, here.attention, here.evaluation) == (4, "blocked", "depth-first")
     assert here.batch_size == 2
 
 
@@ -219,17 +219,32 @@ def test_fit_keeps_the_effective_batch_and_takes_the_fastest_that_fits():
     assert impossible.estimate.total == least
 
 
-def test_smaller_loss_chunks_hold_fewer_logits_beyond_four_chunks():
-    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4)  # 2048 labelled rows
-    rows = memory.loss_chunk_rows(SMALL["vocab_size"])
+@pytest.mark.parametrize("evaluation, later", [("breadth-first", 0.5), ("gpu", 1.0)])
+def test_smaller_loss_chunks_hold_fewer_logits_beyond_four_chunks(evaluation, later):
+    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4, evaluation=evaluation)
+    rows = memory.loss_chunk_rows(SMALL["vocab_size"])  # 2048 labelled rows: 2, 4 or 8 chunks
     loss = {d: estimate(SMALL, replace(shape, loss_chunk_rows=rows // d)).loss for d in (1, 2, 4)}
     assert loss[1] == loss[2] == 2048 * 3 * 1000 * 4  # 2 or 4 chunks, all live side by side
-    # 8 chunks of 256: four side by side (3 copies), the other 1024 rows half a copy each
-    assert loss[4] == (4 * 256 * 3 + 1024 * 0.5) * 1000 * 4
+    # 8 chunks of 256: four side by side (3 copies); the other 1024 rows half a copy each on a
+    # CPU made to evaluate breadth-first, a whole copy on a GPU (its kernels queued ahead)
+    assert loss[4] == (4 * 256 * 3 + 1024 * later) * 1000 * 4
+
+
+def test_eager_torch_holds_one_chunk_at_a_time_and_every_chunk_s_hidden_gradient():
+    """torch frees a chunk's logits before the next (backends/torch_loss.py): the depth-first
+    rule counted three chunks' three copies, 4.5x what the loss holds."""
+    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4, evaluation="eager")
+    rows = memory.loss_chunk_rows(SMALL["vocab_size"])  # 1024 of 2048 labelled rows
+    hidden_row = SMALL["hidden_size"] * shape.dtype_bytes
+    for d in (1, 4):
+        loss = estimate(SMALL, replace(shape, loss_chunk_rows=rows // d)).loss
+        assert loss == rows // d * 2 * 1000 * 4 + 2048 * hidden_row
 
 
 def test_depth_first_three_loss_chunks_are_live_whatever_their_number():
-    shape = TrainShape(batch_size=8, max_length=256, lora_rank=4, depth_first=True)  # 2048 rows
+    shape = TrainShape(
+        batch_size=8, max_length=256, lora_rank=4, evaluation="depth-first"
+    )  # 2048 rows
     rows = memory.loss_chunk_rows(SMALL["vocab_size"])  # 1024
     hidden_row = SMALL["hidden_size"] * shape.dtype_bytes
     loss = {d: estimate(SMALL, replace(shape, loss_chunk_rows=rows // d)).loss for d in (1, 2, 8)}
@@ -245,12 +260,15 @@ def test_depth_first_three_loss_chunks_are_live_whatever_their_number():
 
 def test_depth_first_checkpointing_counts_the_rebuilt_blocks_attention_not_its_activations():
     shape = TrainShape(batch_size=8, max_length=256, lora_rank=4, grad_checkpoint=True)
-    breadth, depth = estimate(SMALL, shape), estimate(SMALL, replace(shape, depth_first=True))
+    breadth, depth = (
+        estimate(SMALL, shape),
+        estimate(SMALL, replace(shape, evaluation="depth-first")),
+    )
     inputs = 4 * 2048 * 64 * 2
     assert breadth.activations == inputs + 2048 * 768 * 2  # + the rebuilt block
     assert depth.activations == inputs  # the block's activations come after the loss chunks
     assert depth.attention == breadth.attention
-    small_vocab = estimate({**SMALL, "vocab_size": 10}, replace(shape, depth_first=True))
+    small_vocab = estimate({**SMALL, "vocab_size": 10}, replace(shape, evaluation="depth-first"))
     assert small_vocab.activations == inputs + 2048 * 768 * 2 - small_vocab.loss  # outgrows it
 
 
