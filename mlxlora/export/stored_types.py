@@ -42,8 +42,11 @@ def quantization_notice(path: Path, quantize: str) -> str | None:
     kinds = "/".join(sorted(other))
     lengths = ", ".join(str(n) for n, _ in rows.most_common())
     block = "256-value blocks" if quantize == "q4_k_m" else "32-value blocks"
+    advice = ""
+    if quantize == "q4_k_m" and all(n % 32 == 0 for n in rows):
+        advice = " (q4_0 keeps them at 4 bits: its blocks hold 32 values)"
     return (
         f"{quantize}: {share:.0%} of the weights are stored as {kinds} instead, since"
         f" {quantize} takes rows of whole {block} and theirs hold {lengths} values; the file"
-        f" is larger than {quantize} would make it"
+        f" is larger than {quantize} would make it{advice}"
     )

@@ -127,7 +127,7 @@ def test_an_export_says_which_weights_its_quantization_could_not_hold(
     assert notices == [
         "q4_k_m: 83% of the weights are stored as Q5_0/Q8_0 instead, since q4_k_m takes rows"
         " of whole 256-value blocks and theirs hold 128 values; the file is larger than q4_k_m"
-        " would make it"
+        " would make it (q4_0 keeps them at 4 bits: its blocks hold 32 values)"
     ]
     for quantize in ("f16", "q8_0", "q4_0"):  # every weight as asked: nothing said
         base = tiny_run[0] / "models" / builtin_dir().name
