@@ -97,10 +97,13 @@ mlx)
     # 11,037, 1.46x stock's 7,578); stock 0.5B, first on the machine, ran past 80 s, stock 1B
     # after it took 12 s; neither compiled side reported (kernels compiled while timed?).
     # Next: the GPU tests, then the 0.5B shape alone (its stock side first on the machine
-    # compiles most kernels; the cache it leaves is returned for the lease after).
+    # compiles most kernels; the cache it leaves is returned for the lease after). Its
+    # depth-first side (MLX_BFS_MAX_WIDTH=1, as on a CPU) before the compiled one: the peaks
+    # sat ~1.9 GB over the estimate, the loss chunks held breadth-first the likely cause
+    # (memory.GPU_LATER_ROW_COPIES); what depth-first saves a Mac, and what it costs in speed.
     gpu_tests mlx 120 "not torch"
     kernels "before the 0.5B shape"
-    timeout 200 python3 benchmarks/train_vs_mlx_lm.py --shape qwen-0.5b --compiled \
+    timeout 200 python3 benchmarks/train_vs_mlx_lm.py --shape qwen-0.5b --depth-first --compiled \
         --side-timeout 80 2>&1 | tee "$out/mlx-qwen.log"
     kernels "after it"
     tar -cf - --exclude='*.cu' -C $MLX_PTX_CACHE_DIR . | xz -T0 -6 >"$out/mlx-ptx.tar.xz"

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,8 +117,6 @@ def run_case(case: dict) -> dict:
     shape = train_shape(cfg, backend, case["max_length"])
     if case.get("unfused"):
         shape = replace(shape, attention="unfused")
-    if os.environ.get("MLX_BFS_MAX_WIDTH", "1") != "1":  # breadth-first, as MLX on a GPU
-        shape = replace(shape, evaluation="breadth-first")
     est = memory.estimate(info, shape, weights=backend.weight_bytes())
     rng = np.random.default_rng(0)
     B, L = case["batch"], case["max_length"]

@@ -1,6 +1,7 @@
 """LoRA training throughput and peak memory: mlxlora's MLX backend against stock mlx-lm.
 
     python benchmarks/train_vs_mlx_lm.py [--shape tiny|qwen|all] [--steps N] [--compiled]
+    python benchmarks/train_vs_mlx_lm.py --shape qwen-0.5b --depth-first  # + MLX depth-first
     python benchmarks/train_vs_mlx_lm.py --shape gpu --compiled   # issue 12's shapes, on a GPU
 
 Both sides train the SAME model, the SAME token sequences (with the same prompt offsets) and the
@@ -21,6 +22,10 @@ same hyperparameters, each in its own fresh subprocess (so peaks never mix):
   as `batching.collate` pads them (to the longest sequence of the batch). Gradient clipping is
   off (`training.grad_clip=0`) because stock mlx-lm does not clip. It also reports the memory
   estimate a run would show for the shape (batch x the longest sequence) beside its peak.
+* mlxlora-depthfirst (--depth-first): mlxlora with MLX_BFS_MAX_WIDTH=1, the depth-first order
+  the backend sets on a CPU. On a GPU MLX's default is breadth-first (a frontier of 20), which
+  keeps more of the loss chunks live at once (memory.GPU_LATER_ROW_COPIES): what depth-first
+  saves there, and what it costs in speed. Its estimate with the depth-first rules.
 * mlxlora-compiled (--compiled): the same with `training.compile` (mx.compile'd loss and
   gradient, batches padded to a multiple of 64 positions); its first graph compiles in the
   warm-up step, later lengths compile inside the timing, as stock's do.
@@ -84,7 +89,8 @@ from mlxlora.backends.blas import blas_in_use, preload_openblas  # noqa: E402
 preload_openblas()  # before the first `import mlx.core` (mlx_lm imports it too)
 
 SEED = 0
-SIDES = ("stock", "mlxlora", "mlxlora-compiled", "mlxlora-tiled")  # see --compiled, --tiled
+# see --depth-first, --compiled, --tiled
+SIDES = ("stock", "mlxlora", "mlxlora-depthfirst", "mlxlora-compiled", "mlxlora-tiled")
 SHAPES = {
     "tiny": {
         "batch_size": 4,
@@ -314,6 +320,7 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool, tiled: 
         "peak_bytes": mx.get_peak_memory(),
         "estimate_bytes": estimate.total,
         "compiled": backend._compiled is not None,
+        "evaluation": backend.info.evaluation,  # the order its estimate counts
         # a compiled step traces again for each new batch shape: spikes show where
         "step_seconds": step_seconds,
         "first_loss": losses[0],
@@ -479,6 +486,8 @@ def child(args) -> None:
     seqs = json.loads(Path(args.data).read_text())
     if args.steps:
         seqs = seqs[: args.steps * spec["batch_size"]]
+    if args.side == "mlxlora-depthfirst":  # MLX reads it at the first evaluation, not yet made
+        os.environ["MLX_BFS_MAX_WIDTH"] = "1"
     from mlxlora.backends.mlx import select_device
 
     select_device()  # both sides on the device mlxlora picks (a GPU where MLX has one)
@@ -551,6 +560,12 @@ def main(argv=None) -> int:
         help="train only this many batches, one epoch (quick check); 0: the default",
     )
     p.add_argument(
+        "--depth-first",
+        action="store_true",
+        help="also mlxlora with MLX_BFS_MAX_WIDTH=1 (depth-first, as on a CPU; a GPU's default"
+        " is breadth-first): its speed and its peak",
+    )
+    p.add_argument(
         "--compiled", action="store_true", help="also mlxlora with training.compile (mx.compile)"
     )
     p.add_argument(
@@ -585,7 +600,8 @@ def main(argv=None) -> int:
             workdir = Path(tmp) / shape
             workdir.mkdir()
             model_dir, data = prepare(shape, workdir)
-            sides = [*SIDES[:2], *SIDES[2:3] * args.compiled, *SIDES[3:] * args.tiled]
+            wanted = (True, True, args.depth_first, args.compiled, args.tiled)
+            sides = [side for side, want in zip(SIDES, wanted, strict=True) if want]
             res = {
                 side: run_side(side, shape, model_dir, data, args.steps, args.side_timeout)
                 for side in sides
@@ -597,7 +613,7 @@ def main(argv=None) -> int:
             rows.append((shape, res))
     print()
     header = (
-        f"{'shape':9} {'side':16} {'steps':>5} {'tokens':>7} {'wall s':>8} {'tokens/s':>9}"
+        f"{'shape':9} {'side':18} {'steps':>5} {'tokens':>7} {'wall s':>8} {'tokens/s':>9}"
         f" {'peak GB':>8}"
     )
     print(header)
@@ -605,7 +621,7 @@ def main(argv=None) -> int:
     for shape, res in rows:
         for side, r in res.items():
             print(
-                f"{shape:9} {side:16} {r['steps']:>5} {r['tokens']:>7} {r['wall_s']:>8.2f} "
+                f"{shape:9} {side:18} {r['steps']:>5} {r['tokens']:>7} {r['wall_s']:>8.2f} "
                 f"{r['tokens_per_s']:>9.1f} {r['peak_bytes'] / 1e9:>8.3f}"
             )
     print()

@@ -126,8 +126,17 @@ def describe() -> BackendInfo:
         # how training keeps attention (memory.ATTENTION_MODES): the CPU's blocked attention,
         # else mx.fast's, unfused while differentiated (CUDA too: PAD_FOR_CUDNN_ATTENTION)
         attention="blocked" if device == "cpu" else "unfused",
-        evaluation="depth-first" if device == "cpu" else "gpu",  # select_device's order
+        evaluation=evaluation_order(device),
     )
+
+
+def evaluation_order(device: str) -> str:
+    """How MLX evaluates a step here (memory.EVALUATIONS): depth-first where
+    MLX_BFS_MAX_WIDTH is 1 (select_device sets it on a CPU), else breadth-first; on a GPU with
+    kernels queued ahead of the device."""
+    if os.environ.get("MLX_BFS_MAX_WIDTH") == "1":
+        return "depth-first"
+    return "breadth-first" if device == "cpu" else "gpu"
 
 
 def _save_safetensors(path: Path, arrays: dict) -> None:

@@ -79,3 +79,18 @@ def test_the_compiled_side_trains_compiled(bench, home, tmp_path):
     assert (
         bench.run_mlxlora(spec, model_dir, seqs, compiled=False, tiled=False)["compiled"] is False
     )
+
+
+def test_the_depth_first_side_evaluates_depth_first(bench, home, tmp_path, monkeypatch):
+    """mlxlora-depthfirst sets MLX_BFS_MAX_WIDTH=1 in its process, as the backend does on a
+    CPU: with a breadth-first width set for the benchmark (as a GPU's default is), the plain
+    side evaluates breadth-first and the depth-first side does not, and each one's estimate
+    counts the order it ran in."""
+    monkeypatch.setenv("MLX_BFS_MAX_WIDTH", "20")
+    model_dir, data = bench.prepare("tiny", tmp_path)
+    results = {
+        side: bench.run_side(side, "tiny", model_dir, data, steps=2, timeout=300)
+        for side in ("mlxlora", "mlxlora-depthfirst")
+    }
+    assert results["mlxlora"]["evaluation"] == "breadth-first"
+    assert results["mlxlora-depthfirst"]["evaluation"] == "depth-first"
