@@ -6,6 +6,7 @@
     python benchmarks/memory_matrix.py --axes          # one more cell per axis, one step each
     python benchmarks/memory_matrix.py --fit           # SmolLM2 4 x 1024 fitted to 2/4/8 GB
     python benchmarks/memory_matrix.py --unfused       # a GPU's attention rule, on the CPU
+    python benchmarks/memory_matrix.py --torch         # the torch backend (its CPU peak)
     python benchmarks/memory_matrix.py --case '{...}'  # one case (what each subprocess runs)
 
 Each case runs in a fresh subprocess: the MLX backend loads the model as a run would
@@ -76,6 +77,7 @@ def model_dir(name: str, cache: Path) -> Path:
 def case_config(case: dict) -> dict:
     return {
         "model": case["model_dir"],
+        "backend": case.get("backend", "mlx"),
         # SmolLM2's GGUF converts to 4 bits: float32 weights unless the case keeps them
         "quantized_base": "keep" if case["model"].endswith("4bit") else "dequantize",
         "data": {"dataset": "x", "max_length": case["max_length"]},
@@ -111,7 +113,12 @@ def run_case(case: dict) -> dict:
     if case.get("unfused"):  # mx.fast's attention, as on a GPU
         backend_mod.use_blocked_attention = lambda model: False
     cfg = config.from_dict(case_config(case))
-    backend = backend_mod.MLXBackend()
+    if cfg.backend == "torch":
+        from mlxlora.backends.torch import TorchBackend
+
+        backend = TorchBackend()
+    else:
+        backend = backend_mod.MLXBackend()
     backend.load(Path(case["model_dir"]), cfg)
     info = model_info(case["model_dir"])
     shape = train_shape(cfg, backend, case["max_length"])
@@ -131,7 +138,8 @@ def run_case(case: dict) -> dict:
     return {
         "estimate": est.total,
         "breakdown": est.breakdown(),
-        "measured": mx.get_peak_memory(),
+        # MLX's allocator peak; torch on a CPU: the process's resident peak since loading
+        "measured": mx.get_peak_memory() if cfg.backend == "mlx" else backend.peak_memory_bytes(),
         "losses": losses,
     }
 
@@ -217,6 +225,18 @@ def unfused() -> list[dict]:
     return [{**base, "model": m, "batch": b, "max_length": n, "unfused": True} for m, b, n in cells]
 
 
+def torch_cells() -> list[dict]:
+    """The torch backend on this CPU: SmolLM2 with and without checkpointing, and builtin:tiny
+    (what the CI test measures)."""
+    base = {"backend": "torch", "rank": 16, "targets": ALL_LINEAR[:6], "steps": 2}
+    cells = [("smollm2", 2, 512), ("smollm2", 4, 1024), ("tiny", 4, 512)]
+    return [
+        {**base, "model": m, "batch": b, "max_length": n, "ckpt": ckpt}
+        for m, b, n in cells
+        for ckpt in (False, True)
+    ]
+
+
 def fitted(budget_gb: float) -> dict:
     """SmolLM2 at 4 x 1024 (r16, q/k/v/o/gate/up) as training.fit chooses it for a budget."""
     from mlxlora import config
@@ -281,6 +301,7 @@ def fit_table(budgets: list[float], cache: Path) -> None:
 def describe(case: dict) -> str:
     targets = "attn" if case["targets"] == ATTENTION else f"{len(case['targets'])} linear"
     targets += ", unfused attention" if case.get("unfused") else ""
+    targets += ", torch" if case.get("backend") == "torch" else ""
     accum = f" x{case['accum']} acc" if case.get("accum", 1) > 1 else ""
     return (
         f"{case['model']} | {case['batch']} x {case['max_length']}{accum} | "
@@ -295,6 +316,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="five cells, one step each")
     p.add_argument("--axes", action="store_true", help="one more cell per axis, one step each")
     p.add_argument("--unfused", action="store_true", help="a GPU's attention rule, on the CPU")
+    p.add_argument("--torch", action="store_true", help="the torch backend's cells")
     p.add_argument(
         "--fit",
         nargs="*",
@@ -313,7 +335,7 @@ def main(argv=None) -> int:
     print("| model | batch x length | ckpt | LoRA | estimate GB | measured GB | ratio |")
     print("|---|---|---|---|---:|---:|---:|")
     ratios = []
-    chosen = {"quick": quick, "axes": axes, "unfused": unfused}
+    chosen = {"quick": quick, "axes": axes, "unfused": unfused, "torch": torch_cells}
     picked = next((cells for flag, cells in chosen.items() if getattr(args, flag)), None)
     cases = picked() if picked else matrix(args.thin)
     for case in cases:

@@ -82,13 +82,16 @@ BLOCKED_ATTENTION_FACTOR = 1.3
 #   backward ("faster for training", MLX's ScaledDotProductAttention::use_fallback), and on
 #   CUDA (its batches are not padded for cuDNN's kernel: mlx.PAD_FOR_CUDNN_ATTENTION): every
 #   layer that takes a gradient keeps its probabilities, and the layer in backward
-#   UNFUSED_BACKWARD_COPIES more (their gradient and the softmax's; checkpointed, one layer's
-#   two, as fused). Measured on a CPU, which differentiates the same unfused graph
+#   UNFUSED_BACKWARD_COPIES more (their gradient and the softmax's; checkpointed, the rebuilt
+#   layer's two). Measured on a CPU, which differentiates the same unfused graph
 #   (`benchmarks/memory_matrix.py --unfused`); on Metal not yet;
 # * "blocked": the MLX backend on a CPU (blocked_causal_attention, causal blocks only);
-# * "fused": a flash kernel with its own backward (torch's SDPA on CUDA; MLX on CUDA only
-#   where its batches are padded for cuDNN's, which is off): one layer's scores and
-#   probabilities while it runs backward. Not yet measured on a GPU.
+# * "fused": a flash kernel with its own backward (torch's SDPA, on a CPU as on CUDA; MLX on
+#   CUDA only where its batches are padded for cuDNN's, which is off): no probabilities are
+#   kept, the backward recomputes them a tile at a time; each layer keeps the logsumexp of
+#   its rows (float32, batch x heads x len). Measured on a CPU with torch: SmolLM2 at 2 x 512
+#   and 4 x 1024, checkpointed or not, 1.00-1.03x with this rule, where one layer's
+#   probabilities and scores made the checkpointed 4 x 1024 1.26x (benchmarks/README.md).
 ATTENTION_MODES = ("unfused", "blocked", "fused")
 UNFUSED_BACKWARD_COPIES = 2
 # MLX's own: the buffers of the gathers and reshapes, the embedding output, the backward's
@@ -264,8 +267,9 @@ def estimate_training_memory(
     (q_dim + 2*kv_dim) + 3*intermediate (gate, up, silu(gate)), plus the input of o_proj or
     down_proj when those are adapted. Layers below the first adapted one keep nothing.
     Attention (batch*heads*len^2 in the model dtype), by `attention_mode` (ATTENTION_MODES):
-    unfused, every adapted layer's probabilities and the backward's copies of one layer; fused
-    or checkpointed, the scores and probabilities of the one layer in backward; blocked (the
+    unfused, every adapted layer's probabilities and the backward's copies of one layer
+    (checkpointed: the scores and probabilities of the one layer in backward); fused, no
+    probabilities, each kept layer's float32 logsumexp (batch*heads*len); blocked (the
     MLX backend on a CPU), in every adapted layer (checkpointed: one) the probabilities of the
     causal blocks only (causal_block_fraction of len^2) and two copies of q, with
     BLOCKED_ATTENTION_FACTOR for their backward.
@@ -295,9 +299,11 @@ def estimate_training_memory(
     if attention_mode == "blocked":
         attention = _blocked_attention(batch_size, heads, max_length, q, dtype_bytes)
         attention *= 1 if grad_checkpoint else adapted
-    elif attention_mode == "unfused" and not grad_checkpoint:
+    elif attention_mode == "fused":  # each kept layer's logsumexp
+        attention = (1 if grad_checkpoint else adapted) * batch_size * heads * max_length * 4
+    elif not grad_checkpoint:
         attention = (adapted + UNFUSED_BACKWARD_COPIES) * probs
-    else:  # the layer in backward only (fused, or the one a checkpoint rebuilt)
+    else:  # the layer a checkpoint rebuilt, in backward
         attention = 2 * probs
     rows = (chunk_rows or loss_chunk_rows(vocab)) if chunked_loss else 0
     loss = loss_bytes(tokens, rows, vocab, evaluation, hidden_row_bytes=h * dtype_bytes)

@@ -111,7 +111,7 @@ def describe() -> BackendInfo:
             "python": platform.python_version(),
         },
         memory_budget_bytes=budget,
-        attention="fused" if budget else "blocked",  # SDPA's flash kernels have a backward
+        attention="fused",  # SDPA's flash kernels (CPU and CUDA) have their own backward
         evaluation="eager",
     )
 

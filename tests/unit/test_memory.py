@@ -60,10 +60,12 @@ def test_estimate_arithmetic():
     subtotal = 200_000 + 57_344 + 393_216 + 98_304 + 768_000
     assert est.overhead == int(subtotal * memory.FRAMEWORK_OVERHEAD)
     assert est.total == subtotal + est.overhead
-    # a flash kernel's backward (torch), or a checkpoint's rebuilt layer: one layer's scores and
-    # probabilities
-    assert small(attention_mode="fused").attention == 2 * 2 * 4 * 32 * 32 * 2
+    # a checkpoint's rebuilt layer: one layer's scores and probabilities
     assert small(grad_checkpoint=True).attention == 2 * 2 * 4 * 32 * 32 * 2
+    # a flash kernel (torch's SDPA): no probabilities, each layer's float32 logsumexp (one
+    # layer's, checkpointed)
+    assert small(attention_mode="fused").attention == 4 * 2 * 4 * 32 * 4
+    assert small(attention_mode="fused", grad_checkpoint=True).attention == 2 * 4 * 32 * 4
     labels = [label for label, _ in est.breakdown()]
     assert labels[0] == "model weights" and labels[-1] == "total" and "3,584" in labels[1]
     assert est.breakdown()[-1][1] == est.total
