@@ -590,3 +590,34 @@ def test_every_column_shows_beside_long_names_and_sweeps(home, sizes):
             assert second.is_dir()
 
     asyncio.run(go())
+
+
+def diagnosed_run(name: str, started: float) -> Path:
+    """A run whose events carry the finding every short builtin:tiny run gets."""
+    from mlxlora.events import Diagnosis, EventWriter
+
+    path = write_run(name, started=started)
+    with EventWriter(runs.RunPaths(path).events) as w:
+        w.emit(Diagnosis(step=27, kind="slow_convergence", severity="info", message="slow"))
+    return path
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_a_diagnosis_leaves_the_names_whole_at_80_columns(home, size):
+    """Two tutorial runs, each flagged `⚠ slow_convergence`, read `医療…デル_v1` and
+    `段…率テスト` at 80x24 and the loss curve was off screen (a QA finding): the flag gives
+    way to the names there (`finished ⚠`), and keeps its kind where the names fit."""
+    v1 = diagnosed_run("医療専門知識モデル_v1", T0)
+    staged = diagnosed_run("段階学習率テスト", T0 + 10)
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 2 and every_column_shows(app))
+            shown = rows(app)
+            assert shown[str(v1)][0].startswith("医療専門知識モデル_v1"), shown
+            assert shown[str(staged)][0].startswith("段階学習率テスト"), shown
+            flag = "finished ⚠" if size[0] == 80 else "finished ⚠ slow_convergence"
+            assert [cells[1] for cells in shown.values()] == [flag, flag]
+
+    asyncio.run(go())

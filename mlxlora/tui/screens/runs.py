@@ -29,7 +29,7 @@ from mlxlora.tui.screens.export import ExportDialog
 from mlxlora.tui.screens.fuse import FuseDialog
 from mlxlora.tui.screens.run_detail import RunDetail
 from mlxlora.tui.widgets.confirm import Confirm
-from mlxlora.tui.widgets.text import end_cut, middle_cut, num, run_labels, sparkline
+from mlxlora.tui.widgets.text import end_cut, middle_cut, num, own_name, run_labels, sparkline
 
 DRAW_SEC = 0.25
 COLUMNS = ("name", "status", "step", "ema loss", "best val", "loss curve")
@@ -104,8 +104,15 @@ class RunsTab(Vertical):
                 jobs[f"job:{job.id}"] = job.name
                 rest[f"job:{job.id}"] = (status, "", "", "", "")
         views = self._grouped()
-        rest |= {str(view.path): self._cells(view) for view in views}
-        room = self._name_room(list(rest.values()))
+        runs_rest = {str(view.path): self._cells(view) for view in views}
+        room = self._name_room([*rest.values(), *runs_rest.values()])
+        if room < self._widest_name(jobs, views):
+            # a diagnosis's kind (`⚠ slow_convergence`) left the names a dozen cells at 80
+            # columns (`医療…デル_v1`) and pushed the curve off screen: the name matters more,
+            # and the selected run's panel names its findings
+            runs_rest = {str(view.path): self._cells(view, kind=False) for view in views}
+            room = self._name_room([*rest.values(), *runs_rest.values()])
+        rest |= runs_rest
         names = {key: middle_cut(name, room) for key, name in jobs.items()}
         labels = run_labels([view.path for view in views], self._sweep_of, room)
         # a sweep's run's label runs on past the room (its sweep, its time): cut as a list would
@@ -113,10 +120,10 @@ class RunsTab(Vertical):
             names[str(view.path)] = end_cut(label, room)
         return {key: (name, *rest[key]) for key, name in names.items()}
 
-    def _cells(self, view) -> tuple:
-        """A run's cells after its name."""
+    def _cells(self, view, kind: bool = True) -> tuple:
+        """A run's cells after its name; `kind`: the diagnosis flag names its worst kind."""
         best = view.best_eval
-        flag = f" ⚠ {view.flag}" if view.flag else ""  # the diagnosis, worst first
+        flag = (f" ⚠ {view.flag}" if kind else " ⚠") if view.flag else ""
         return (
             self.book.status(view.path) + flag,
             f"{view.step}/{view.total_steps or '-'}",
@@ -124,6 +131,11 @@ class RunsTab(Vertical):
             num(best.val_loss if best else None),
             sparkline(view.smooth.y, 12),
         )
+
+    def _widest_name(self, jobs: dict[str, str], views: list) -> int:
+        """The cells the widest name takes whole (a sweep's run's without its sweep's)."""
+        names = [own_name(view.path, self._sweep_of(view.path)) for view in views]
+        return max(map(cell_len, [*jobs.values(), *names]), default=0)
 
     def _name_room(self, rest: list[tuple]) -> int:
         """The cells a name has: the table's width less the other columns at their widest

@@ -54,7 +54,7 @@ def end_cut(text: str, cells: int) -> str:
     return cut.plain
 
 
-def _own_name(path: Path, sweep: str | None) -> str:
+def own_name(path: Path, sweep: str | None) -> str:
     """A run's given name; a sweep's run's without the sweep's name."""
     name = runs.given_name(path)
     return name.removeprefix(f"{sweep}-") if sweep else name
@@ -69,7 +69,7 @@ def run_labels(
     A name too long is cut in the middle (names share prefixes and differ at the end), and
     the time left out unless another run has the same name; a sweep's run keeps the start of
     its sweep's name where another sweep has a run of the same name."""
-    owns = [_own_name(path, sweep_of(path)) for path in paths]
+    owns = [own_name(path, sweep_of(path)) for path in paths]
     alike = Counter(owns)
     return [
         _run_label(path, sweep_of(path), room, alike[own] > 1)
@@ -80,7 +80,7 @@ def run_labels(
 def _run_label(path: Path, sweep: str | None, room: int | None, repeated: bool) -> str:
     name, when = runs.given_name(path), runs.started_text(path)
     if sweep and name.startswith(f"{sweep}-"):
-        own = _own_name(path, sweep)
+        own = own_name(path, sweep)
         # the list cuts what follows with "…": one cell, or a few more to show the sweep
         fits = None if room is None else room - (SWEEP_HINT_CELLS if repeated else 1)
         if fits is not None and cell_len(own) > fits:
