@@ -102,9 +102,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from rich.markup import escape
-    from rich.table import Table
-
+    from mlxlora.commands.runs import listing_table
     from mlxlora.data import store
 
     console = _console()
@@ -112,15 +110,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not found:
         console.print("no datasets yet; add one with `mlxlora data import FILE --name NAME`")
         return 0
-    table = Table(title=f"datasets in {store.datasets_root()}")
-    table.add_column("name", style="bold")
-    table.add_column("type")
-    table.add_column("records", justify="right")
-    table.add_column("description")
-    table.add_column("created")
-    for m in found:
-        table.add_row(escape(m.name), m.type, str(m.records), escape(m.description), m.created[:19])
-    console.print(table)
+    # as `runs list`: the name whole, as it is typed back (a bordered table cut
+    # 医療専門知識データセット to `医療専門知識デ…` at 80 columns beside its description)
+    columns = ["name", "type", "records", "created", "description"]
+    rows = [
+        [m.name, m.type, str(m.records), m.created[:16].replace("T", " "), m.description]
+        for m in found
+    ]
+    console.print(
+        listing_table(f"datasets in {store.datasets_root()}", columns, rows, console.width)
+    )
     return 0
 
 

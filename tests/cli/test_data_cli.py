@@ -176,6 +176,20 @@ def test_names_in_any_language(home, tmp_path, capsys):
     assert stored(home) == []
 
 
+def test_list_shows_a_japanese_name_whole_at_80_columns(home, monkeypatch, capsys):
+    """The tutorial's dataset, with its description, listed as `医療専門知識デ…` at 80
+    columns (a QA finding): the name a user types back into `data show` is never cut."""
+    monkeypatch.setenv("COLUMNS", "80")
+    src = REPO / "tutorial" / "datasets" / "level3_advanced_medical.json"
+    name, description = "医療専門知識データセット", "医学診断と治療に関する専門的な質問応答データ"
+    assert main(["data", "import", str(src), "--name", name, "--description", description]) == 0
+    capsys.readouterr()
+    assert main(["data", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith(f"{name}  instruction  20") for line in lines), lines
+    assert "…" not in "".join(lines)
+
+
 def test_name_defaults_to_the_stem_in_any_language(home, tmp_path, capsys):
     src = jsonl(tmp_path / "医療専門知識データセット.jsonl", GOOD)
     assert main(["data", "import", str(src)]) == 0
