@@ -224,7 +224,7 @@ def test_stages_validate_and_save(workspace, tmp_path):
             app.query_one("#f-schedule", Select).value = "staged"
             await settle(app, pilot)
             assert app.query_one("#train-stages").display
-            assert [r.stage() for r in app.query(StageRow)] == [("0.0001", "3.0")]
+            assert [r.stage() for r in app.query(StageRow)] == [("0.0001", "3")]
             ignored = ("#f-training-learning_rate", "#f-training-epochs")  # the stages set them
             assert all(app.query_one(box, Input).disabled for box in ignored)
             head = [str(label.content) for label in app.query("#stage-head Label")]
@@ -270,6 +270,12 @@ def test_a_preset_loads_and_saves_unchanged(workspace, tmp_path, preset):
             assert sorted(checked) == sorted(expected.lora.target_modules)
             stages = [r.stage() for r in app.query(StageRow)]
             assert len(stages) == len(expected.training.stages)
+            # whole numbers as the YAML has them (the fields showed 32.0, 5.0 and 2.0)
+            assert app.query_one("#f-lora-alpha", Input).value == str(int(expected.lora.alpha))
+            epochs = str(int(expected.training.epochs))
+            assert app.query_one("#f-training-epochs", Input).value == epochs
+            if expected.training.stages:
+                assert stages == [("0.0001", "2"), ("5e-05", "2"), ("1e-05", "1")]
             assert problems(app) == {}
             await save(app, pilot, tmp_path / "again.yaml")
 

@@ -77,6 +77,10 @@ def help_text(key: str) -> str:
 
 
 def text_of(value) -> str:
+    """A value as a field shows it: a whole float as the YAML wrote it (`epochs: 5` showed
+    5.0, `alpha: 32` 32.0: the config holds them as floats)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return "" if value is None else str(value)
 
 
