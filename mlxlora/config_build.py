@@ -59,6 +59,11 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
             value = float(value)
         except ValueError:
             pass
+    if tp is int and isinstance(value, str):
+        try:  # full-width digits (１０２４, what a Japanese IME types), as float() reads them
+            value = int(value)
+        except ValueError:
+            pass
     if tp is float and isinstance(value, float) and not math.isfinite(value):
         # YAML's .inf and .nan: no setting means them (epochs: .inf crashed the step count)
         problems.append(f"{key}: expected a finite number, got {value!r}")

@@ -364,6 +364,22 @@ def test_plain_progress_interval_is_an_argument(home, tmp_path, capsys):
     assert [int(s) for s in re.findall(r"^step (\d+)/4 ", err, re.M)] == [1, 2, 3, 4]
 
 
+def test_full_width_digits_set_an_int_as_they_set_a_float(home):
+    """`--set data.max_length=１０２４` (an IME's full-width digits, which look like 1024) was
+    refused as "expected int, got '１０２４'" while `lora.alpha=４８` was taken as 48.0 (a QA
+    finding): whole-number keys read them too, as the same numbers."""
+
+    def plan(rank: str, max_length: str) -> dict:
+        sets = ["--set", f"lora.rank={rank}", "--set", f"data.max_length={max_length}"]
+        out = mlxlora("train", QUICK, "--dry-run", "--json", *sets)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    typed, ascii_, default = plan("２４", "３２"), plan("24", "32"), plan("8", "32")
+    assert (typed["total"], typed["length"]) == (ascii_["total"], 32), (typed, ascii_)
+    assert typed["total"] != default["total"]  # the rank was read, not dropped
+
+
 def test_dry_run_prints_the_breakdown_and_the_fit(home):
     out = mlxlora("train", QUICK, "--dry-run", "--set", "training.batch_size=8")
     assert out.returncode == 0, out.stderr
