@@ -213,9 +213,11 @@ def render(report: dict, console, tokens_hint: str = TOKENS_HINT) -> None:
 
     meta = report.get("meta")
     head = f"[bold]{escape(report['name'])}[/]  {report['type']}, {report['records']:,} records"
-    if meta and meta.get("description"):
-        head += f"  - {escape(meta['description'])}"
     console.print(head)
+    if meta and meta.get("description"):
+        # a line of its own: after the head a Japanese description (no spaces to break at)
+        # wrapped whole to the next line, leaving the head ending in a dangling "  -"
+        console.print(f"  {escape(meta['description'])}")
     _render_lengths(report, console, tokens_hint)
     _render_histogram(report["histogram"], console)
     _render_repeats(report, console)

@@ -190,6 +190,19 @@ def test_list_shows_a_japanese_name_whole_at_80_columns(home, monkeypatch, capsy
     assert "…" not in "".join(lines)
 
 
+def test_show_puts_a_japanese_description_on_its_own_line(home, monkeypatch, capsys):
+    """At 80 columns the head read `医療専門知識データセット  instruction, 20 records  -` with
+    the description wrapped below it (a QA finding): the description has its own line."""
+    monkeypatch.setenv("COLUMNS", "80")
+    src = REPO / "tutorial" / "datasets" / "level3_advanced_medical.json"
+    name, description = "医療専門知識データセット", "医学診断と治療に関する専門的な質問応答データ"
+    assert main(["data", "import", str(src), "--name", name, "--description", description]) == 0
+    capsys.readouterr()
+    assert main(["data", "show", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"{name}  instruction, 20 records", f"  {description}"], lines[:2]
+
+
 def test_name_defaults_to_the_stem_in_any_language(home, tmp_path, capsys):
     src = jsonl(tmp_path / "医療専門知識データセット.jsonl", GOOD)
     assert main(["data", "import", str(src)]) == 0
