@@ -75,8 +75,7 @@ def add_job(args) -> int:
     check_references(cfg)  # what the run would refuse at its start
     job = queue.add_train(cfg.to_yaml(), cfg.name)
     started = False if args.no_start else queue_runner.ensure_runner()
-    note = "runner started" if started else "the runner will take it in turn"
-    print(f"queued {queue.short_id(job.id)} ({job.name}); {note}; see `mlxlora queue list`")
+    print(f"queued {queue.short_id(job.id)} ({job.name}); {_runner_note(started)}")
     return 0
 
 
@@ -138,10 +137,19 @@ def resume_run(args) -> int:
 
     job = runcontrol.resume_named(args.run)
     started = False if args.no_start else queue_runner.ensure_runner()
-    note = "runner started" if started else "the runner will take it in turn"
     fitted = " fitted to the memory budget" if job.fit else ""
-    print(f"queued {queue.short_id(job.id)}: resume {job.name}{fitted}; {note}")
+    print(f"queued {queue.short_id(job.id)}: resume {job.name}{fitted}; {_runner_note(started)}")
     return 0
+
+
+def _runner_note(started: bool) -> str:
+    """Who trains a job just queued: `--no-start` with no runner alive was told "the runner
+    will take it in turn", and the job waited for none."""
+    from mlxlora import queue_runner
+
+    if started:
+        return "runner started; see `mlxlora queue list`"
+    return queue_runner.stalled() or "the runner will take it in turn; see `mlxlora queue list`"
 
 
 def clear_jobs(args) -> int:

@@ -208,7 +208,10 @@ def test_queue_resume_by_a_name_several_runs_share_takes_the_one_that_can(home, 
     assert proc.wait(timeout=120) == 0
     stopped = next(r.path for r in list_runs() if r.status == "stopped")
     assert main(["queue", "resume", "二回目", "--no-start"]) == 0
-    assert "resume " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # no runner: it says so and how to run the queue (it said "the runner will take it in turn")
+    assert "resume " in out and "no runner is working the queue" in out, out
+    assert "`mlxlora queue work` runs it here" in out and "will take it in turn" not in out
     (job,) = [j for j in queue.jobs() if j.state == "queued"]
     assert Path(job.run_dir).resolve() == Path(stopped).resolve()
     assert main(["queue", "resume", "二回目", "--no-start"]) == 5  # queued already: refused
