@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -99,6 +100,9 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
             await settle(app, pilot)
             options = app.query_one("#f-dataset", Select)._options
             assert [v for _, v in options if v is not Select.NULL] == ["quickstart", "後から"]
+            # each with its records, as the tutorial picks `医療専門知識データセット (20)`
+            labels = [str(label) for label, v in options if v is not Select.NULL]
+            assert labels[1] == "後から (1)" and re.fullmatch(r"quickstart \(\d+\)", labels[0])
             assert app.query_one("#f-dataset", Select).value == "quickstart"
             await type_into(pilot, app, "#f-name", "医療テスト")
             assert app.query_one("#f-name", Input).value == "医療テスト"

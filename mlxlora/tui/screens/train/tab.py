@@ -75,7 +75,7 @@ class TrainTab(Vertical):
         self.budget = self.device.budget
         self.longest: dict[tuple, int | None] = {}  # records_key -> tokens (None: counting)
         self.cfg: Config | None = None
-        self._dataset_names: list[str] | None = None  # the dataset choices as shown
+        self._dataset_choices: list[tuple[str, str]] | None = None  # (name, label) as shown
         self.keys = (
             *form.INPUT_KEYS,
             form.DATASET,
@@ -221,19 +221,21 @@ class TrainTab(Vertical):
         self.validate()
 
     def _set_datasets(self, current: str) -> None:
-        names = [m.name for m in store.list_datasets()]
-        if current and current not in names:
+        # each with its records, as the tutorial's `医療専門知識データセット (20)` picks it
+        labels = {m.name: f"{m.name} ({m.records})" for m in store.list_datasets()}
+        if current and current not in labels:
             if refs.looks_like_file(current):
-                names.append(current)  # a preset's file, imported when training starts
+                labels[current] = current  # a preset's file, imported when training starts
             else:
                 current = ""  # a stored dataset removed since: the form says to choose one
         select = self.query_one("#f-dataset", Select)
         value = current if current else Select.NULL
-        if names == self._dataset_names and select.value == value:
+        choices = list(labels.items())
+        if choices == self._dataset_choices and select.value == value:
             return  # as shown (setting the options re-lays the form out)
-        self._dataset_names = names
-        select.set_options((n, n) for n in names)
-        select.prompt = "choose a dataset" if names else "no stored datasets"
+        self._dataset_choices = choices
+        select.set_options((label, name) for name, label in labels.items())
+        select.prompt = "choose a dataset" if labels else "no stored datasets"
         select.value = value
 
     @on(ModelField.Described)
