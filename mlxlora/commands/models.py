@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 
 from mlxlora import machine
 from mlxlora.memory import TrainShape, estimate, fmt_bytes
@@ -25,13 +26,18 @@ def register(sub) -> None:
         "models",
         help="recommended models and whether training them fits in memory",
         description="Recommended hub models with their estimated LoRA training memory "
-        "(rank 8 on q_proj/v_proj over all layers) and whether that fits on this machine and "
-        "on 16 / 24 / 32 GB M4 MacBook Airs (budget: 3/4 of unified memory).",
+        "(rank 8 on q_proj/v_proj over all layers, or a config's LoRA) and whether that fits "
+        "on this machine and on 16 / 24 / 32 GB M4 MacBook Airs (budget: 3/4 of unified "
+        "memory).",
     )
-    p.add_argument("--batch-size", type=int, default=4, help="sequences per batch (default 4)")
     p.add_argument(
-        "--max-length", type=int, default=2048, help="tokens per sequence (default 2048)"
+        "--config",
+        metavar="FILE",
+        help="estimate for this config's LoRA (rank, target modules, layers), batch, "
+        "accumulation, max length and checkpointing; the options below change it",
     )
+    p.add_argument("--batch-size", type=int, help="sequences per batch (default 4)")
+    p.add_argument("--max-length", type=int, help="tokens per sequence (default 2048)")
     p.add_argument("--grad-checkpoint", action="store_true", help="estimate with checkpointing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -54,10 +60,21 @@ def _fit_cell(row: dict, column: str) -> str:
     return _mark(ok)
 
 
+def _shape(args) -> TrainShape:
+    """The shape to estimate: a config's (the tutorial's level-3 LoRA, r16 on six
+    projections, which the defaults' r8 on q/v under-counted), then the options."""
+    shape = TrainShape()
+    if args.config:
+        from mlxlora import config
+
+        shape = TrainShape.from_config(config.load(args.config))
+    given = {"batch_size": args.batch_size, "max_length": args.max_length}
+    shape = replace(shape, **{key: value for key, value in given.items() if value is not None})
+    return replace(shape, grad_checkpoint=args.grad_checkpoint or shape.grad_checkpoint)
+
+
 def run(args) -> int:
-    shape = TrainShape(
-        batch_size=args.batch_size, max_length=args.max_length, grad_checkpoint=args.grad_checkpoint
-    )
+    shape = _shape(args)
     if machine.maybe_cuda():  # torch may train on the GPU: ask the backend (imports it)
         from mlxlora.commands.doctor import learn_device
 
@@ -158,6 +175,13 @@ def _print_local(console, shape: TrainShape, builtins: list[dict], local: dict) 
     console.print()
 
 
+def _targets_text(shape: TrainShape) -> str:
+    """`q/v, all layers`, `q/v/k/o/gate/up, the last 8 layers`."""
+    modules = "/".join(t.removesuffix("_proj") for t in shape.lora_targets)
+    layers = "all layers" if shape.lora_layers < 0 else f"the last {shape.lora_layers} layers"
+    return f"{modules}, {layers}"
+
+
 def _table(shape: TrainShape, budgets: dict, models: list[dict], compact: bool):
     """The recommended models: every fact, or (`compact`, for a terminal too narrow for that)
     the model's name, size, memory and marks; the HF id, quantization and download are in
@@ -165,7 +189,7 @@ def _table(shape: TrainShape, budgets: dict, models: list[dict], compact: bool):
     from rich.table import Table
 
     title = (
-        f"Recommended models — LoRA r{shape.lora_rank} on q/v, all layers, "
+        f"Recommended models — LoRA r{shape.lora_rank} on {_targets_text(shape)}, "
         f"batch {shape.batch_size} x {shape.max_length} tokens"
         + (", grad checkpointing" if shape.grad_checkpoint else "")
     )

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,8 @@ from mlxlora.cli import main
 from mlxlora.memory import GIB, TrainShape, estimate
 from mlxlora.models import listing
 from mlxlora.models.catalog import CATALOG, find
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -71,6 +74,27 @@ def test_smaller_batches_fit_more(linux_box, capsys):
         assert s["train_bytes"] < b["train_bytes"]
     qwen7 = next(m for m in small["models"] if m["id"].endswith("Qwen2.5-7B-Instruct-4bit"))
     assert qwen7["fits"]["16 GB Mac"] is True
+
+
+def test_a_config_sets_the_lora_and_shape_the_tutorial_table_quotes(linux_box, capsys):
+    """The level-3 tutorial quotes 17.5 / 26.1 / 38.4 GiB (2 x 2048) and 9.9 / 14.7 / 22.2
+    (1 x 2048) for its LoRA, r16 on six projections; the command it showed, `models
+    --batch-size 2 --max-length 2048`, estimated r8 on q/v: 17.0 / 25.1 / 37.2, and nothing
+    gave the second column (a QA finding). `--config` estimates the preset's LoRA and shape."""
+    level3 = str(REPO / "configs" / "level3_medical.yaml")
+    tutorial = [f"{m}-Instruct-4bit" for m in ("Qwen2.5-1.5B", "Llama-3.2-3B", "Qwen2.5-7B")]
+
+    def quoted(*args: str) -> list[str]:
+        data = models_json(capsys, "--config", level3, *args)
+        by_id = {m["id"].split("/")[1]: m["train_bytes"] for m in data["models"]}
+        return [memory.fmt_bytes(by_id[name]) for name in tutorial]
+
+    data = models_json(capsys, "--config", level3)
+    assert (data["batch_size"], data["max_length"], data["lora"]["rank"]) == (2, 2048, 16)
+    assert quoted() == ["17.5 GiB", "26.1 GiB", "38.4 GiB"]
+    assert quoted("--batch-size", "1") == ["9.9 GiB", "14.7 GiB", "22.2 GiB"]
+    assert main(["models", "--config", level3]) == 0
+    assert "LoRA r16 on q/v/k/o/gate/up, all layers" in capsys.readouterr().out
 
 
 def test_models_table(linux_box, capsys):
