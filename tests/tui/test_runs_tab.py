@@ -245,6 +245,8 @@ def test_a_resume_that_failed_to_start_shows_and_d_forgets_it(home):
             await wait_for(pilot, lambda: len(rows(app)) == 2)
             shown = {key: cells[1] for key, cells in rows(app).items()}
             assert shown == {f"job:{job.id}": "resume failed", str(run): "stopped"}
+            # named as its run is (it showed the directory, `メモ…61127-074135` at 80 columns)
+            assert rows(app)[f"job:{job.id}"][0] == "halted"
             table = app.query_one("#runs-table", DataTable)
             table.move_cursor(row=list(shown).index(f"job:{job.id}"))
             await pilot.pause(0.1)

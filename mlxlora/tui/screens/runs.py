@@ -101,7 +101,10 @@ class RunsTab(Vertical):
         for job in self.book.jobs:
             status = _job_status(job, latest.get(job.run_dir) is job)
             if status:
-                jobs[f"job:{job.id}"] = job.name
+                # a resume's job is named by its run's directory: shown cut in the middle,
+                # that read `メモ…61127-074135`; by the run's name it reads as the run's row
+                own = runs.given_name(Path(job.run_dir)) if job.run_dir else job.name
+                jobs[f"job:{job.id}"] = own
                 rest[f"job:{job.id}"] = (status, "", "", "", "")
         views = self._grouped()
         runs_rest = {str(view.path): self._cells(view) for view in views}
