@@ -14,6 +14,7 @@ from pathlib import Path
 from mlxlora import queue
 from mlxlora.errors import RunError
 from mlxlora.events import (
+    EarlyStop,
     Eval,
     Event,
     RunFailed,
@@ -73,6 +74,8 @@ def run_info(path: Path) -> RunInfo:
     started = first if isinstance(first, RunStarted) else None
     steps = [e for e in events if isinstance(e, Step)]
     status = run_status(events, is_locked(paths))
+    if status == "finished" and any(isinstance(e, EarlyStop) for e in events):
+        status = "early-stopped"  # as the Runs tab says (runs list said finished)
     return RunInfo(
         path=path,
         name=path.name,
@@ -90,7 +93,7 @@ def best_val_loss(paths: RunPaths, status: str) -> float | None:
     best of the evaluations so far (a running or killed run has no summary, or an earlier
     session's), folded as the Runs tab folds them; only eval and run_started lines are read."""
     summary = read_json(paths.summary)
-    if status in ("finished", "stopped") and "best_val_loss" in summary:
+    if status in ("finished", "early-stopped", "stopped") and "best_val_loss" in summary:
         return summary["best_val_loss"]
     view = RunView(paths.root)
     view.add(read_events_of(paths.events, RunStarted, Eval))

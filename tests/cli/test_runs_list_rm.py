@@ -40,6 +40,21 @@ def test_runs_list_at_80_columns_keeps_each_name_whole(home, capsys, monkeypatch
     assert out.count("status finished") == 2 and out.count("model builtin:tiny") == 2
 
 
+def test_runs_list_and_show_say_early_stopped_as_the_runs_tab_does(home, capsys):
+    """The tutorial's early-stopping step: the Runs tab said `early-stopped`, `runs list` and
+    `runs show` said `finished` (a QA finding)."""
+    sets = ["name=早期停止_発動", "training.eval_every=2", "training.max_steps=12"]
+    sets += ["training.early_stopping.patience=2", "training.early_stopping.min_delta=100.0"]
+    run = runs.new_run_dir("早期停止_発動")
+    assert engine.train(config.load(TINY, sets), run)["outcome"] == "early_stop"
+    assert main(["runs", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert main(["runs", "show", run.name]) == 0
+    shown = capsys.readouterr().out.splitlines()[0]
+    assert shown.startswith(f"{run.name}  early-stopped  step 6"), shown
+    assert "status early-stopped" in listed and "best val —" not in listed, listed
+
+
 def test_runs_list_shows_the_best_val_so_far_of_a_running_then_killed_run(home, capsys):
     child = subprocess.Popen(
         [sys.executable, "-m", "mlxlora", "train", str(TINY), "--json"]

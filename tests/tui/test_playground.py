@@ -234,3 +234,25 @@ async def answered(pilot) -> None:
 def test_playground_snapshot(home, snap_compare, size):
     finished_run("医療専門知識モデル_v1-20261125-093000")
     assert snap_compare(MlxloraApp("playground"), terminal_size=size, run_before=answered)
+
+
+def test_an_early_stopped_run_is_offered(home):
+    """The tutorial's early-stopping run has a finished adapter: `runs list` now says
+    early-stopped, as the Runs tab did, and the Playground still offers it to try."""
+    subprocess.run(
+        [sys.executable, "-m", "mlxlora", "train", "configs/tiny.yaml", "--set",
+         "name=早期停止_発動", "--set", "training.eval_every=2", "--set",
+         "training.max_steps=12", "--set", "training.early_stopping.patience=2", "--set",
+         "training.early_stopping.min_delta=100.0"],
+        capture_output=True, text=True, cwd=REPO, timeout=300, check=True,
+    )  # fmt: skip
+
+    async def go():
+        app = MlxloraApp("playground")
+        async with app.run_test(size=(80, 24)) as pilot:
+            tab = app.query_one(PlaygroundTab)
+            await until(pilot, lambda: tab.runs, seconds=20)
+            (run,) = tab.runs.values()
+            assert run.status == "early-stopped" and run.name.startswith("早期停止_発動-")
+
+    asyncio.run(go())

@@ -162,7 +162,8 @@ class PlaygroundTab(Vertical):
         found = [
             run
             for run in list_runs()
-            if run.status in ("finished", "stopped") and is_adapter_dir(RunPaths(run.path).adapters)
+            if run.status in ("finished", "early-stopped", "stopped")
+            and is_adapter_dir(RunPaths(run.path).adapters)
         ]
         self.post_message(self.RunsFound(found))
 
