@@ -7,7 +7,7 @@ import json
 import sys
 
 from mlxlora.evaluate import Sampling
-from mlxlora.fmt import NONE
+from mlxlora.fmt import NONE, counted
 
 
 def register(sub) -> None:
@@ -93,8 +93,8 @@ def print_result(result: dict) -> None:
     sampling = result.get("consistency")
     if sampling:
         table.caption = (
-            f"consistency: {sampling['samples']} sampled answers per question at temperature "
-            f"{sampling['temperature']:g}, seeds from {sampling['seed']}"
+            f"consistency: {counted(sampling['samples'], 'sampled answer')} per question at "
+            f"temperature {sampling['temperature']:g}, seeds from {sampling['seed']}"
         )
     for column in ("measure", "tuned", "base"):
         table.add_column(column)

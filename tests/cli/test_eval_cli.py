@@ -163,6 +163,8 @@ def test_consistency_is_reproducible_and_counts_sampled_answers(home, tmp_path, 
     # at temperature 0 a sample is the greedy answer: every sentence supported (the tiny model's
     # samples at 0.7 are noise, hence the score under 1 above)
     assert evaluate("--consistency", "2", "--temperature", "0")["scores"]["consistency"] == 1.0
+    assert main([*args[:-1], "--consistency", "1"]) == 0  # it said "1 sampled answers"
+    assert "consistency: 1 sampled answer per question at" in capsys.readouterr().out
     off = evaluate("--consistency", "0")
     assert off["scores"]["consistency"] is None and off["consistency"] is None
     assert all(a["tuned_samples"] == [] for a in off["answers"])
