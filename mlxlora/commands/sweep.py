@@ -34,7 +34,8 @@ def register(sub) -> None:
         action="append",
         default=[],
         metavar="KEY=V1,V2,...",
-        help="values to try for a config key, split at commas (repeatable: every combination runs)",
+        help="values to try for a config key, split at commas (, 、 or ，; repeatable: every "
+        "combination runs)",
     )
     p.add_argument(
         "--set",

@@ -198,6 +198,17 @@ def test_a_grid_of_lists_splits_between_the_lists():
     assert sweep.parse_grid("lora.rank=8, 16")[1] == ["8", "16"]
 
 
+def test_a_grid_typed_with_japanese_commas_splits_there(home, capsys):
+    """`--grid lora.rank=8、12、16` (an IME's commas) was one value, refused as "expected int,
+    got '8、12、16'" (a QA finding): 、 and ， split values as , does."""
+    medical_sweep = str(REPO / "configs" / "level3_medical_sweep.yaml")
+    grids = ["--grid", "lora.rank=8、12、16", "--grid", "training.learning_rate=5e-5，3e-5"]
+    assert main(["sweep", medical_sweep, *grids, "--no-start", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert len(planned["members"]) == 6
+    assert planned["members"][0]["run"] == "医療専門知識モデル_sweep-rank8-learning_rate5e-5"
+
+
 def test_sweep_status_rows_stay_apart_in_80_columns(monkeypatch, capsys):
     """Two runs of a Japanese-named sweep showed as the same cut text (double-width names
     ran out of columns before the part that differs; a QA finding)."""
