@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 
+from mlxlora import names
 from mlxlora.adapters_convert import PEFT_WEIGHTS, mlx_to_peft, peft_config
 from mlxlora.errors import ConfigError, RunError
 from mlxlora.models.info import safetensors_problem
@@ -80,8 +82,8 @@ def parse_weights(text: str | None, count: int) -> list[float]:
     """`0.7,0.3` -> [0.7, 0.3]; None: equal weights summing to 1."""
     if text is None:
         return [1.0 / count] * count
-    try:
-        weights = [float(w) for w in text.split(",")]
+    try:  # split at , and at what a Japanese IME types for it (0.7、0.3), as sweep grids are
+        weights = [float(w) for w in re.split(f"[{names.COMMAS}]", text)]
     except ValueError:
         raise ConfigError([f"--weights {text!r}: expected numbers like 0.5,0.5"], "merge") from None
     if len(weights) != count or not all(math.isfinite(w) for w in weights):

@@ -13,6 +13,9 @@ import unicodedata
 # character takes 3 in UTF-8, and a run directory appends a 20-byte time stamp.
 MAX_NAME_BYTES = 200
 PUNCTUATION = "._- "
+# What separates typed values (a sweep's grid, merge's weights): a comma, or the ones a
+# Japanese IME types for it (`8、12、16` was read as one value)
+COMMAS = ",、，"
 RULE = "use letters and digits of any language, '.', '_', '-' or spaces; no leading dot"
 
 

@@ -52,16 +52,13 @@ def parse_grid(text: str) -> tuple[str, list[str]]:
     return key.strip(), values
 
 
-COMMAS = ",、，"  # a Japanese IME types 、 or ， (`lora.rank=8、12、16` was one value)
-
-
 def _top_level_split(raw: str) -> list[str]:
     """`[q_proj,v_proj],[q_proj]` -> ["[q_proj,v_proj]", "[q_proj]"]: commas inside brackets
     belong to a list value (lora.target_modules), not between values."""
     parts, depth, start = [], 0, 0
     for i, c in enumerate(raw):
         depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(c, 0)
-        if c in COMMAS and depth == 0:
+        if c in names.COMMAS and depth == 0:
             parts.append(raw[start:i])
             start = i + 1
     return [*parts, raw[start:]]

@@ -38,10 +38,9 @@ def perturbed(run: Path, out: Path, seed: int = 1) -> Path:
 
 def test_an_adapter_merged_with_itself_at_half_weights_is_itself(ws, tmp_path, capsys):
     out = tmp_path / "同じ"
-    assert (
-        main(["merge", "基準", "基準", "--weights", "0.5,0.5", "--rank", "8", "--out", str(out)])
-        == 0
-    )
+    # weights typed with an IME's comma (、): refused as "expected numbers like 0.5,0.5" before
+    weights = ["--weights", "0.5、0.5"]
+    assert main(["merge", "基準", "基準", *weights, "--rank", "8", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "over all 28 layers" in printed  # 4 blocks x 7 projections of builtin:tiny
     result = merge.merge(["基準", "基準"], [0.5, 0.5], 8, tmp_path / "again")
