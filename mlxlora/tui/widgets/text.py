@@ -14,6 +14,7 @@ from mlxlora.fmt import clock, num  # noqa: F401 (the tabs import them from here
 from mlxlora.runview import downsample
 
 BARS = "▁▂▃▄▅▆▇█"
+REPEATED_NAME_CELLS = 8  # a name two runs share keeps this much beside when each started
 SWEEP_HINT_CELLS = 6  # "  (" and the start of the sweep's name, after a sweep's run cut to fit
 
 
@@ -71,13 +72,23 @@ def run_labels(
     its sweep's name where another sweep has a run of the same name."""
     owns = [own_name(path, sweep_of(path)) for path in paths]
     alike = Counter(owns)
+    owned_at = [(own, _clock(path)) for path, own in zip(paths, owns, strict=True)]
+    at_once = Counter(owned_at)
     return [
-        _run_label(path, sweep_of(path), room, alike[own] > 1)
-        for path, own in zip(paths, owns, strict=True)
+        _run_label(path, sweep_of(path), room, alike[own] > 1, at_once[(own, at)] == 1)
+        for path, (own, at) in zip(paths, owned_at, strict=True)
     ]
 
 
-def _run_label(path: Path, sweep: str | None, room: int | None, repeated: bool) -> str:
+def _clock(path: Path) -> str:
+    """The time of day a run started (`07:43`), "" when its directory does not say."""
+    return runs.started_text(path)[-5:]
+
+
+def _run_label(
+    path: Path, sweep: str | None, room: int | None, repeated: bool, clock_apart: bool = False
+) -> str:
+    """`clock_apart`: the time of day alone tells the run from others of its name."""
     name, when = runs.given_name(path), runs.started_text(path)
     if sweep and name.startswith(f"{sweep}-"):
         own = own_name(path, sweep)
@@ -91,4 +102,6 @@ def _run_label(path: Path, sweep: str | None, room: int | None, repeated: bool) 
         return label
     if not repeated:
         return middle_cut(name, room)
+    if clock_apart and room - len(when) - 2 < REPEATED_NAME_CELLS:
+        when = _clock(path)  # the time of day alone: `11-27 07:43` left `…v1` of the name
     return f"{middle_cut(name, room - len(when) - 2)}  {when}"
