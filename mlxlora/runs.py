@@ -161,8 +161,14 @@ def check_resumable(paths: RunPaths) -> None:
 
 def resume_command(path: Path) -> str:
     """The command that resumes the run in `path`: by name in the workspace, else by path."""
+    return f"mlxlora train --resume {run_argument(path)}"
+
+
+def run_argument(path: Path) -> str:
+    """The run in `path` as a command takes it, quoted: by name in the workspace, else by
+    path."""
     in_workspace = path.resolve().parent == runs_root().resolve()
-    return f"mlxlora train --resume {shlex.quote(path.name if in_workspace else str(path))}"
+    return shlex.quote(path.name if in_workspace else str(path))
 
 
 def recover_run(paths: RunPaths) -> None:

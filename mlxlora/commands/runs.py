@@ -240,7 +240,7 @@ def show_run(args) -> int:
         print(json.dumps(shown, indent=2, ensure_ascii=False))
         return 0
     _print_run(info, cfg, model_dir, paths, evals, samples, summary)
-    _print_eval(measured)
+    _print_eval(measured, path)
     if earlier:  # a later evaluation replaced them as eval.json
         print(f"earlier evaluations in {paths.evals}: {', '.join(earlier)}")
     _print_diagnosis(findings)
@@ -279,14 +279,15 @@ def _print_run(info, cfg, model_dir, paths, evals, samples, summary) -> None:
         console.print(f"  {label}: {escape(text)}")
 
 
-def _print_eval(measured: dict | None) -> None:
+def _print_eval(measured: dict | None, path: Path) -> None:
     from mlxlora.commands.eval import print_result
+    from mlxlora.runs import run_argument
 
     if measured and measured.get("answers") is not None:
         print(f"eval ({measured.get('created', NONE)}):")
         print_result(measured)
-    else:
-        print("eval: none yet (mlxlora eval RUN)")
+    else:  # the command for this run (it said `mlxlora eval RUN`), as compare --pick gives it
+        print(f"eval: none yet (`mlxlora eval {run_argument(path)}`)")
 
 
 def _print_diagnosis(findings: list[dict]) -> None:

@@ -33,6 +33,7 @@ def test_show_prints_config_model_command_samples_and_dashes(
     assert "None" not in out
     lines = [line.strip() for line in out.splitlines()]
     assert "best val loss: —" in lines and "outcome: completed" in lines
+    assert f"eval: none yet (`mlxlora eval {shlex.quote(str(run))}`)" in lines  # not `eval RUN`
     assert any(re.fullmatch(r"train loss ema: \d+\.\d{4}", line) for line in lines)
     assert not re.search(r"\d\.\d{5}", out)
     # a size and a duration as the studio shows them, not "peak memory gb: 0.0140"
