@@ -127,12 +127,27 @@ def decode_utf8(raw: bytes) -> str:
     except UnicodeDecodeError as exc:
         if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise ValueError("the file is UTF-16; save it as UTF-8") from None
+        if _looks_like_shift_jis(raw):
+            raise ValueError(
+                "the file looks like Shift_JIS (cp932, as Windows tools save Japanese); "
+                "save it as UTF-8"
+            ) from None
         line = raw.count(b"\n", 0, exc.start) + 1
         bad = raw[exc.start : exc.start + 1].hex()
         raise ValueError(
             f"line {line}: not valid UTF-8 (byte 0x{bad} at offset {exc.start}); "
             "save the file as UTF-8"
         ) from None
+
+
+def _looks_like_shift_jis(raw: bytes) -> bool:
+    """The bytes read as cp932 and hold kana: Japanese text in Shift_JIS (a Latin-1 é before
+    a letter can read as a kanji, never as kana)."""
+    try:
+        text = raw.decode("cp932")
+    except UnicodeDecodeError:
+        return False
+    return any("\u3041" <= c <= "\u30ff" for c in text)
 
 
 def load_records(path: str | Path) -> Records:

@@ -203,6 +203,24 @@ def test_show_puts_a_japanese_description_on_its_own_line(home, monkeypatch, cap
     assert lines[:2] == [f"{name}  instruction, 20 records", f"  {description}"], lines[:2]
 
 
+def test_a_shift_jis_file_is_named_as_such(home, tmp_path, capsys):
+    """A file Windows saved in Shift_JIS was refused as "not valid UTF-8 (byte 0x93 at offset
+    18)" (a QA finding): the error names the encoding; a Latin-1 file is not taken for it."""
+    sjis = tmp_path / "医療.json"
+    sjis.write_bytes(json.dumps(GOOD, ensure_ascii=False).encode("cp932"))
+    assert main(["data", "import", str(sjis)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"mlxlora: error: {sjis}: the file looks like Shift_JIS (cp932, as Windows "
+        "tools save Japanese); save it as UTF-8"
+    )
+    latin = tmp_path / "fiancée.json"  # é before e reads as a kanji in cp932
+    latin.write_bytes('[{"text": "Fiancée"}]'.encode("latin-1"))
+    assert main(["data", "import", str(latin)]) == 3
+    assert "not valid UTF-8" in capsys.readouterr().err
+    assert stored(home) == []
+
+
 def test_name_defaults_to_the_stem_in_any_language(home, tmp_path, capsys):
     src = jsonl(tmp_path / "医療専門知識データセット.jsonl", GOOD)
     assert main(["data", "import", str(src)]) == 0
