@@ -36,8 +36,12 @@ def register(sub) -> None:
         help="estimate for this config's LoRA (rank, target modules, layers), batch, "
         "accumulation, max length and checkpointing; the options below change it",
     )
-    p.add_argument("--batch-size", type=int, help="sequences per batch (default 4)")
-    p.add_argument("--max-length", type=int, help="tokens per sequence (default 2048)")
+    p.add_argument(
+        "--batch-size", type=int, help="sequences per batch (default 4, or the config's)"
+    )
+    p.add_argument(
+        "--max-length", type=int, help="tokens per sequence (default 2048, or the config's)"
+    )
     p.add_argument("--grad-checkpoint", action="store_true", help="estimate with checkpointing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
