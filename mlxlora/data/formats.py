@@ -127,15 +127,15 @@ def decode_utf8(raw: bytes) -> str:
     except UnicodeDecodeError as exc:
         if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
             raise ValueError("the file is UTF-16; save it as UTF-8") from None
-        if _looks_like_shift_jis(raw):
-            raise ValueError(
-                "the file looks like Shift_JIS (cp932, as Windows tools save Japanese); "
-                "save it as UTF-8"
-            ) from None
         line = raw.count(b"\n", 0, exc.start) + 1
         bad = raw[exc.start : exc.start + 1].hex()
+        encoding = (
+            ": it looks like Shift_JIS (cp932, as Windows tools save Japanese)"
+            if _looks_like_shift_jis(raw)
+            else ""
+        )
         raise ValueError(
-            f"line {line}: not valid UTF-8 (byte 0x{bad} at offset {exc.start}); "
+            f"line {line}: not valid UTF-8 (byte 0x{bad} at offset {exc.start}){encoding}; "
             "save the file as UTF-8"
         ) from None
 

@@ -210,14 +210,14 @@ def test_a_shift_jis_file_is_named_as_such(home, tmp_path, capsys):
     sjis.write_bytes(json.dumps(GOOD, ensure_ascii=False).encode("cp932"))
     assert main(["data", "import", str(sjis)]) == 3
     err = capsys.readouterr().err.strip()
-    assert (
-        err == f"mlxlora: error: {sjis}: the file looks like Shift_JIS (cp932, as Windows "
-        "tools save Japanese); save it as UTF-8"
+    assert err == (
+        f"mlxlora: error: {sjis}: line 1: not valid UTF-8 (byte 0x93 at offset 18): it looks "
+        "like Shift_JIS (cp932, as Windows tools save Japanese); save the file as UTF-8"
     )
     latin = tmp_path / "fiancée.json"  # é before e reads as a kanji in cp932
     latin.write_bytes('[{"text": "Fiancée"}]'.encode("latin-1"))
     assert main(["data", "import", str(latin)]) == 3
-    assert "not valid UTF-8" in capsys.readouterr().err
+    assert "Shift_JIS" not in capsys.readouterr().err
     assert stored(home) == []
 
 

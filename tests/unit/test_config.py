@@ -222,7 +222,8 @@ def test_a_config_not_in_utf8_names_the_line_and_the_fix(tmp_path):
     with pytest.raises(ConfigError) as err:
         config.load(path)
     assert str(err.value) == (
-        f"{path}: line 2: not valid UTF-8 (byte 0x88 at offset 26); save the file as UTF-8"
+        f"{path}: line 2: not valid UTF-8 (byte 0x88 at offset 26): it looks like Shift_JIS "
+        "(cp932, as Windows tools save Japanese); save the file as UTF-8"
     )
 
 
