@@ -222,6 +222,8 @@ def setting_text(value) -> str:
     on one line (the studio and the report showed Python's repr)."""
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # `alpha: 32` as written, not 32.0 (the config holds a float)
     return NONE if value is None else str(value)
 
 

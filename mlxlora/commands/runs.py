@@ -252,6 +252,8 @@ def _print_run(info, cfg, model_dir, paths, evals, samples, summary) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from mlxlora.experiments import setting_text
+
     console = Console(highlight=False, soft_wrap=True)  # paths and commands stay whole
     console.print(f"[bold]{escape(info.name)}[/]  {info.status}  step {info.step}")
     console.print(f"directory {escape(str(paths.root))}")
@@ -261,9 +263,8 @@ def _print_run(info, cfg, model_dir, paths, evals, samples, summary) -> None:
         command = generate_command(model_dir, paths.adapters, prompt)
         console.print(f"  {escape(command)}")
     console.print("config (changes from the defaults):")
-    for key, value in config_changes(cfg).items():
-        text = json.dumps(value, ensure_ascii=False) if isinstance(value, list) else value
-        console.print(f"  {key}: {escape(str(text))}")
+    for key, value in config_changes(cfg).items():  # as compare shows a setting
+        console.print(f"  {key}: {escape(setting_text(value))}")
     table = Table(title="evaluations")
     for col in ("step", "epoch", "val loss", "perplexity", "best"):
         table.add_column(col)

@@ -36,6 +36,12 @@ def test_compare_in_an_80_column_terminal_keeps_names_numbers_and_keys_whole(
     assert out.count("status finished") == 2 and "best val" in out
     for key in ("training.early_stopping.patience", "training.early_stopping.min_delta"):
         assert key in out
+    # whole floats as the YAML writes them: tiny.yaml's `epochs: 6` was shown as 6.0
+    train("level1-epochs", "training.epochs=4")
+    assert main(["compare", "level1-basic", "level1-epochs"]) == 0
+    rows = [line.split("│") for line in capsys.readouterr().out.splitlines()]
+    (epochs,) = [[c.strip() for c in cells[1:-1]] for cells in rows if len(cells) > 3]
+    assert epochs == ["training.epochs", "6", "4"], epochs
 
 
 def test_outputs_the_file_system_refuses_are_one_line_errors(home, capsys, tmp_path):
