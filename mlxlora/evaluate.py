@@ -270,12 +270,14 @@ class Sampling:
 
 def _measure(model_ref, adapter, records, cfg, max_tokens, sampling, say):
     """(val_loss and perplexity, greedy answers to the records' questions, each question's
-    sampled answers) of one model."""
+    sampled answers) of one model, on the backend the run trained with (`cfg.backend`): the
+    base too, which `auto` loaded on MLX beside a torch run's tuned model (a bitsandbytes
+    base, which MLX refuses, failed `eval --base`)."""
     from mlxlora import scoring
 
     who = "tuned" if adapter else "base"
     say(f"{who}: loading")
-    gen, _, _ = load_generator(model_ref, adapter, progress=False)
+    gen, _, _ = load_generator(model_ref, adapter, progress=False, backend=cfg.backend)
     val_loss, ppl = held_out_loss(gen, records, cfg)
     say(f"{who}: val loss {val_loss:.4f}, perplexity {ppl:.2f}")
     answers, samples = [], []

@@ -170,3 +170,19 @@ def test_consistency_is_reproducible_and_counts_sampled_answers(home, tmp_path, 
     assert all(a["tuned_samples"] == [] for a in off["answers"])
     assert main([*args, "--temperature", "-1"]) == 2
     assert "--temperature must be 0 or more" in capsys.readouterr().err
+
+
+def test_eval_base_of_a_torch_run_is_measured_on_torch(home, tmp_path, capsys):
+    """`eval --base` loaded a torch run's base model on backend auto (MLX here) beside the
+    tuned model on torch: a bitsandbytes 4-bit base, which only torch loads, failed the eval.
+    Now both sides run on the run's backend: the base is the run's step-0 baseline."""
+    pytest.importorskip("bitsandbytes")
+    from tests.engine.test_torch_backend import bnb_4bit_tiny
+
+    model = bnb_4bit_tiny(tmp_path / "tiny-bnb-4bit")
+    run, events = train(tmp_path, "量子化モデル_torch", "backend=torch", f"model={model}")
+    baseline = next(e for e in events if isinstance(e, Eval))
+    args = ["eval", str(run), "--base", "--max-tokens", "4", "--consistency", "0", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["base"]["val_loss"] == pytest.approx(baseline.val_loss, rel=1e-4)
