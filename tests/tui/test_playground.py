@@ -16,13 +16,13 @@ from mlxlora.tui.screens.playground import AnswerPane, PlaygroundTab
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
-def train_tiny_run(home, name="quick", backend="auto"):
+def train_tiny_run(home, name="quick", backend="auto", model="builtin:tiny"):
     """A real 3-step run on builtin:tiny in the workspace: what the Playground offers."""
     run = home / "runs" / name
     out = subprocess.run(
         [sys.executable, "-m", "mlxlora", "train", "configs/tiny.yaml", "--set",
          "training.max_steps=3", "--set", "training.learning_rate=0.01", "--set",
-         f"backend={backend}", "--run-dir", str(run), "--json"],
+         f"backend={backend}", "--set", f"model={model}", "--run-dir", str(run), "--json"],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -75,6 +75,29 @@ def test_both_answers_stream_from_children(home, backend):
                 assert pane.text == expected, status
                 said = f"done · 7 tokens after a {done['prompt_tokens']}-token prompt · "
                 assert status.startswith(said) and "tokens/s" in status
+
+    asyncio.run(go())
+
+
+def test_the_base_answers_on_the_backend_of_a_torch_run(home, tmp_path):
+    """The base pane asked `generate --model` on backend auto (MLX here) beside the tuned pane
+    on torch: a torch run's bitsandbytes base, which MLX refuses, failed with an error."""
+    pytest.importorskip("bitsandbytes")
+    from mlxlora import evaluate
+    from tests.engine.test_torch_backend import bnb_4bit_tiny
+
+    model = str(bnb_4bit_tiny(tmp_path / "tiny-bnb-4bit"))
+    train_tiny_run(home, name="量子化モデル_torch", backend="torch", model=model)
+    expected = evaluate.generate(model, "こんにちは", max_tokens=3, backend="torch")
+
+    async def go():
+        app = MlxloraApp("playground")
+        async with app.run_test(size=(80, 24)) as pilot:
+            base, tuned = await ask(pilot, "こんにちは", "3")
+            await until(pilot, lambda: base.over and tuned.over)
+            status = str(base.query_one(".status").render())
+            assert status.startswith("done · 3 tokens"), status
+            assert base.text == expected
 
     asyncio.run(go())
 

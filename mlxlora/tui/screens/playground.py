@@ -8,7 +8,9 @@ on a small CPU two models generating together each run at half speed and hold tw
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import yaml
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -18,11 +20,23 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 
 from mlxlora.fmt import answer
+from mlxlora.runs import RunPaths
 from mlxlora.tui.children import Child
 
 DEFAULT_MAX_TOKENS = 200
 SYSTEM_PLACEHOLDER = "System prompt (optional): who the model answers as, as in training"
 REFRESH_SECONDS = 0.1  # an answer repaints at most 10 times a second, however fast it streams
+
+
+def config_backend(run_dir: Path) -> str:
+    """The backend a run's config names (auto | mlx | torch), which `generate --adapter RUN`
+    answers on: the base answers there too. On `auto` a torch run's base answered on MLX beside
+    its tuned model on torch, and a bitsandbytes base (only torch loads one) not at all."""
+    try:
+        data = yaml.safe_load(RunPaths(run_dir).config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return "auto"  # the tuned side says what is wrong with the run
+    return str(data.get("backend", "auto")) if isinstance(data, dict) else "auto"
 
 
 class AnswerPane(Vertical):
@@ -219,7 +233,7 @@ class PlaygroundTab(Vertical):
         tuned.expect(run.name)
         try:
             for pane, source in (
-                (base, ["--model", run.model]),
+                (base, ["--model", run.model, "--backend", config_backend(run.path)]),
                 (tuned, ["--adapter", str(run.path)]),
             ):
                 await self._stream(pane, [*source, *options], prompt)
