@@ -52,7 +52,7 @@ def fuse_adapter(
     """
     from mlx_lm.utils import dequantize_model, load, save
 
-    refuse_bitsandbytes_in_mlx(model_dir)
+    refuse_bitsandbytes_in_mlx(model_dir, merging=True)
     try:
         model, tokenizer, config = load(
             str(model_dir), adapter_path=str(adapter_dir), return_config=True
@@ -123,6 +123,7 @@ def float_weights(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
     """
     from mlx_lm.utils import dequantize_model, load_model
 
+    refuse_bitsandbytes_in_mlx(model_dir, merging=True)  # mlx-lm's error listed every layer
     model, _ = load_model(Path(model_dir), lazy=True)
     model = dequantize_model(model)
     for name, value in tree_flatten(model.parameters()):

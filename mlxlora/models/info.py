@@ -120,14 +120,22 @@ def bnb_bits(quant: dict) -> int | None:
     return 4 if quant.get("load_in_4bit") else 8 if quant.get("load_in_8bit") else None
 
 
-def refuse_bitsandbytes_in_mlx(model_dir: str | Path) -> None:
+def refuse_bitsandbytes_in_mlx(model_dir: str | Path, merging: bool = False) -> None:
     """ModelError for an HF bitsandbytes checkpoint, which mlx-lm cannot load (it listed
-    every layer's quantization state as unknown parameters, 85 lines for builtin:tiny)."""
+    every layer's quantization state as unknown parameters, 85 lines for builtin:tiny).
+    `merging`: for fuse and export, which read the base with MLX whichever backend trained
+    the run (advice to train on backend torch sent a torch run's user in a circle)."""
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # mlx-lm says what is wrong with it
     quant = config.get("quantization_config") if isinstance(config, dict) else None
+    if isinstance(quant, dict) and bnb_bits(quant) and merging:
+        raise ModelError(
+            f"{model_dir}: a bitsandbytes {bnb_bits(quant)}-bit base cannot be fused or"
+            " exported: both read its weights with MLX, which cannot load it; a run trained on"
+            " its float model can be"
+        )
     if isinstance(quant, dict) and bnb_bits(quant):
         raise ModelError(
             f"{model_dir}: a bitsandbytes {bnb_bits(quant)}-bit checkpoint runs on backend"

@@ -312,3 +312,26 @@ def test_the_fused_directory_has_the_permissions_the_umask_gives(in_tiny_home, t
     assert stat.S_IMODE(out.stat().st_mode) == 0o750  # not tempfile's 0700
     for path in out.rglob("*"):
         assert stat.S_IMODE(path.stat().st_mode) == (0o750 if path.is_dir() else 0o640), path
+
+
+def test_a_bitsandbytes_base_is_refused_on_one_line_by_fuse_and_export(
+    home, tmp_path, quickstart_data, capsys
+):
+    """A torch run on a bitsandbytes base (QLoRA): fuse told its user to train on backend
+    torch, which they had; `export --adapter-only` ended in mlx-lm's traceback listing 84
+    parameters. Both read the base with MLX: each says so on one line."""
+    pytest.importorskip("bitsandbytes")
+    from mlxlora.cli import main
+    from tests.engine.test_torch_backend import bnb_4bit_tiny
+
+    model = bnb_4bit_tiny(tmp_path / "tiny-bnb-4bit")
+    run = tmp_path / "量子化モデル_torch"
+    train_run(home, run, quickstart_data, str(model), steps=2, backend="torch")
+    for args in (["fuse", str(run)], ["export", str(run), "--ollama", "qlora", "--adapter-only"]):
+        assert main(args) != 0
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err == (
+            f"mlxlora: error: {model}: a bitsandbytes 4-bit base cannot be fused or exported:"
+            " both read its weights with MLX, which cannot load it; a run trained on its float"
+            " model can be"
+        )
