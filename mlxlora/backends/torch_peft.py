@@ -252,6 +252,15 @@ def load_mlx_weights(peft_model, weights: dict[str, np.ndarray]) -> None:
     if set(given) != set(live):
         missing = sorted(set(live) ^ set(given))[:3]
         raise ModelError(f"adapter does not fit this model's LoRA layers: {', '.join(missing)}")
+    # the same names on a model of another width (an adapter tried on another base): copy_
+    # raised torch's size error as a traceback
+    for name, value in given.items():
+        if tuple(live[name].shape) != value.shape:
+            raise ModelError(
+                f"adapter does not fit this model's LoRA layers: {name} is"
+                f" {'x'.join(map(str, value.shape))} in the adapter,"
+                f" {'x'.join(map(str, live[name].shape))} in the model"
+            )
     with torch.no_grad():
         for name, value in given.items():
             live[name].copy_(torch.from_numpy(value))

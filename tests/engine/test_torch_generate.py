@@ -215,3 +215,24 @@ def test_streamed_answers_read_the_same_from_both(torch_run, tmp_path):
     assert plain.stdout == torch_done["text"] + "\n"
     bad = cli("generate", *args, "--temperature", "-1", home=home)
     assert bad.returncode == 2 and "--temperature" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_an_adapter_on_a_model_of_another_width_is_refused_on_one_line(
+    torch_run, built_tiny, tmp_path
+):
+    """`generate --adapter RUN --model OTHER` where OTHER has the same layer names but another
+    width (SmolLM2 under a tiny run's adapter): torch's size error came as a traceback."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    home, run, _ = torch_run
+    wider = AutoConfig.from_pretrained(built_tiny)
+    wider.hidden_size, wider.intermediate_size = 2 * wider.hidden_size, 2 * wider.intermediate_size
+    AutoModelForCausalLM.from_config(wider).save_pretrained(tmp_path / "wider")
+    AutoTokenizer.from_pretrained(built_tiny).save_pretrained(tmp_path / "wider")
+    out = cli(
+        "generate", "--adapter", str(run), "--model", str(tmp_path / "wider"), "--prompt", "hi",
+        "--backend", "torch", home=home,
+    )  # fmt: skip
+    assert out.returncode == 4 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("mlxlora: error: adapter does not fit this model's LoRA layers:")
+    assert "is 4x256 in the adapter, 4x512 in the model" in out.stderr
