@@ -15,7 +15,9 @@ def register(sub) -> None:
         "adapter_config.json) and write TARGET holding both layouts: mlx_lm --adapter-path "
         "and PeftModel.from_pretrained both load it.",
     )
-    convert.add_argument("source", type=Path)
+    convert.add_argument(
+        "source", type=Path, help="an adapter directory, or a run (name, prefix or directory)"
+    )
     convert.add_argument("target", type=Path, help="a new directory")
     convert.add_argument(
         "--layers",
@@ -26,10 +28,20 @@ def register(sub) -> None:
     convert.set_defaults(func=run_convert)
 
 
+def adapter_source(source: Path) -> Path:
+    """SOURCE, or the adapter of the run it names, as every other command takes a run (a run's
+    name or directory was refused with "no adapter_config.json")."""
+    from mlxlora.runs import RunPaths, find_run, is_run_dir
+
+    if source.is_dir() and not is_run_dir(source):
+        return source  # an adapter directory: convert says what it lacks, if anything
+    return RunPaths(find_run(str(source))).adapters
+
+
 def run_convert(args) -> int:
     from mlxlora.adapters_convert import convert
 
-    layout = convert(args.source, args.target, args.layers)
+    layout = convert(adapter_source(args.source), args.target, args.layers)
     other = "PEFT" if layout == "mlx" else "mlx-lm"
     print(f"{args.target}: {layout} adapter written with its {other} copy")
     return 0

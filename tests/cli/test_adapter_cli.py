@@ -99,3 +99,27 @@ def test_a_tensor_that_is_not_lora_s_is_one_line(tmp_path, capsys):
         " (...lora_A.weight|lora_B.weight)"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_converts_by_its_name_or_directory(home, capsys):
+    """SOURCE as a run, as every other command takes one: a run's name or directory said "no
+    adapter_config.json" (it is in the run's adapters/)."""
+    from mlxlora import config, engine
+    from mlxlora.runs import RunPaths, runs_root
+    from tests.conftest import REPO
+
+    cfg = config.load(REPO / "configs" / "tiny.yaml", ["name=医療モデル", "training.max_steps=2"])
+    engine.train(cfg)
+    (run,) = runs_root().iterdir()
+    trained = load_file(str(RunPaths(run).adapters / "adapters.safetensors"))
+    key = "model.layers.0.self_attn.q_proj"
+    for source, out in (("医療モデル", home / "by-name"), (str(run), home / "by-directory")):
+        assert main(["adapter", "convert", source, str(out)]) == 0
+        assert "mlx adapter written with its PEFT copy" in capsys.readouterr().out
+        peft = load_file(str(out / "adapter_model.safetensors"))
+        assert np.array_equal(
+            peft[f"base_model.model.{key}.lora_A.weight"], trained[f"{key}.lora_a"].T
+        )
+    assert main(["adapter", "convert", "存在しない", str(home / "none")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err == "mlxlora: error: 存在しない: no such run (see `mlxlora runs list`)"
