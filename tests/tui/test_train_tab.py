@@ -330,6 +330,37 @@ def test_a_config_saved_or_added_to_the_presets_folder_is_offered(workspace, tmp
     asyncio.run(go())
 
 
+def test_the_form_picks_the_backend_a_job_trains_on(workspace, monkeypatch):
+    """The form had no backend: a torch job (PyTorch + PEFT) could start from the Train tab
+    only through a preset that said so. Now torch is picked in the form, and estimated and
+    queued with it; a preset's backend shows in the field."""
+    from mlxlora import queue, queue_runner
+
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)  # the job stays queued
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await load_tiny_preset(app, pilot)
+            backend = app.query_one("#f-backend", Select)
+            assert backend.value == "auto"
+            await type_into(pilot, app, "#f-name", "医療モデル_torch")
+            backend.value = "torch"
+            await settle(app, pilot)
+            assert app.query_one(TrainTab).cfg.backend == "torch"
+            await pilot.press("ctrl+g")
+            await pilot.pause(0.5)
+            (job,) = queue.jobs()
+            assert config.load(job.config).backend == "torch"
+            await pilot.press("2")
+            preset = {**config.load(REPO / "configs" / "tiny.yaml").to_dict(), "backend": "mlx"}
+            await app.query_one(TrainTab).fill(preset)
+            await settle(app, pilot)
+            assert backend.value == "mlx" and app.query_one(TrainTab).cfg.backend == "mlx"
+
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
 def test_snapshot(workspace, snap_compare, size):
     async def loaded(pilot):

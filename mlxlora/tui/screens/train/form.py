@@ -21,6 +21,7 @@ SCHEDULE = "training.schedule"
 DATASET = "data.dataset"
 FIT = "training.fit"
 CHECKPOINT = "training.grad_checkpoint"
+BACKEND = "backend"
 
 # (section title, ((config key, label), ...)): the fields typed into an Input.
 SECTIONS = (
@@ -105,9 +106,11 @@ def build(
     stages: list[tuple[str, str]],
     fit: bool = False,
     checkpoint: bool = False,
+    backend: str = "auto",
 ) -> dict:
     """The config dict of the form: `base` (a preset, or defaults) with the form's values."""
     data = copy.deepcopy(base)
+    put(data, BACKEND, backend)
     put(data, FIT, "auto" if fit else "off")
     put(data, CHECKPOINT, checkpoint)
     for key, text in texts.items():

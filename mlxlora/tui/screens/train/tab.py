@@ -14,7 +14,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Checkbox, Input, Select, Static
 
 from mlxlora import config, machine, memory
-from mlxlora.config import SCHEDULES, Config
+from mlxlora.config import BACKENDS, SCHEDULES, Config
 from mlxlora.data import refs, store
 from mlxlora.errors import MlxloraError
 from mlxlora.prepare import layers_problem
@@ -84,6 +84,7 @@ class TrainTab(Vertical):
             form.SCHEDULE,
             form.FIT,
             form.CHECKPOINT,
+            form.BACKEND,
         )
 
     # --- layout ---------------------------------------------------------------------------
@@ -99,6 +100,13 @@ class TrainTab(Vertical):
             )
             yield self._row("name", "name")
             yield ModelField(self._row("model", "base model"))
+            # backend torch (PyTorch + PEFT) was only reachable through a preset saying so
+            yield FieldRow(
+                "backend",
+                Select([(b, b) for b in BACKENDS], allow_blank=False, id="f-backend", compact=True),
+                key=form.BACKEND,
+                help=form.help_text(form.BACKEND),
+            )
             yield FieldRow(
                 "dataset",
                 Select([], prompt="no stored datasets", id="f-dataset", compact=True),
@@ -206,6 +214,7 @@ class TrainTab(Vertical):
                 form.get(data, key)
             )
         self._set_datasets(form.get(data, form.DATASET))
+        self.query_one("#f-backend", Select).value = form.get(data, form.BACKEND)
         self.query_one("#f-schedule", Select).value = form.get(data, form.SCHEDULE)
         self.query_one("#train-stages").display = form.get(data, form.SCHEDULE) == "staged"
         stages = [
@@ -260,6 +269,7 @@ class TrainTab(Vertical):
             self.query_one(StagesEditor).stages(),
             self.query_one("#f-fit", Checkbox).value,
             self.query_one("#f-checkpoint", Checkbox).value,
+            self.query_one("#f-backend", Select).value,
         )
 
     def validate(self) -> Config | None:
