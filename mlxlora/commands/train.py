@@ -130,7 +130,8 @@ def dry_run(cfg, as_json: bool = False) -> int:
     from mlxlora.prepare import check_references, memory_plan
 
     check_references(cfg)  # what the run would refuse first, its dataset above all
-    plan = memory_plan(cfg, select.create(cfg.backend))
+    backend = select.create(cfg.backend)
+    plan = memory_plan(cfg, backend)
     if as_json:
         facts = {k: plan[k] for k in ("length", "budget", "verdict", "advice")}
         print(json.dumps({**facts, "total": plan["estimate"].total}, ensure_ascii=False))
@@ -141,7 +142,9 @@ def dry_run(cfg, as_json: bool = False) -> int:
     length = plan["length"]
     cut = "" if length >= d.max_length else f" (the longest record; data.max_length {d.max_length})"
     table = Table(
-        title=f"memory of {cfg.model}: batch {t.batch_size} x {length}{cut}, "
+        # the backend as the run's first line names it: `--set backend=torch` went unconfirmed
+        title=f"memory of {cfg.model} on {backend.info.name} ({backend.info.device}): "
+        f"batch {t.batch_size} x {length}{cut}, "
         f"accumulation {t.grad_accumulation}, checkpointing {'on' if t.grad_checkpoint else 'off'}",
         show_header=False,
         box=None,

@@ -380,6 +380,17 @@ def test_full_width_digits_set_an_int_as_they_set_a_float(home):
     assert typed["total"] != default["total"]  # the rank was read, not dropped
 
 
+def test_dry_run_names_the_backend_it_estimates_for(home):
+    """`--set backend=torch --dry-run` printed the same table as MLX's: nothing said which
+    backend (and device) the estimate was for."""
+    pytest.importorskip("peft")
+    wide = {**os.environ, "COLUMNS": "200"}
+    for backend in ("torch", "mlx"):
+        out = mlxlora("train", QUICK, "--dry-run", "--set", f"backend={backend}", env=wide)
+        assert out.returncode == 0, out.stderr
+        assert f"memory of builtin:tiny on {backend} (cpu): batch 4 x " in out.stdout
+
+
 def test_dry_run_prints_the_breakdown_and_the_fit(home):
     out = mlxlora("train", QUICK, "--dry-run", "--set", "training.batch_size=8")
     assert out.returncode == 0, out.stderr
