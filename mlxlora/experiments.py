@@ -265,7 +265,22 @@ def pick(comparison: Comparison) -> Pick:
         best,
         costs,
         weights,
-        _reason(rows, order, costs, weights) + _left_out(rows),
+        _reason(rows, order, costs, weights) + _left_out(rows) + _mixed_backends(rows),
+    )
+
+
+def _mixed_backends(rows: list[Compared]) -> str:
+    """'\nmixed backends (A on mlx, B on torch): ...' when the runs trained on more than one
+    backend: the pick weighed them as one benchmark (MLX's allocator peak against torch's
+    resident size on a CPU) and nothing said so."""
+    started = {r.name: r.view.started for r in rows if r.view is not None}  # None: built bare
+    trained = {name: e.backend for name, e in started.items() if e is not None}
+    if len(set(trained.values())) < 2:
+        return ""
+    each = ", ".join(f"{name} on {backend}" for name, backend in trained.items())
+    return (
+        f"\nmixed backends ({each}): one config trains a little differently on each, and each"
+        " measures memory its own way; compare runs of one backend"
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from mlxlora import config, engine, runs
 from mlxlora.cli import main
 
@@ -66,3 +68,21 @@ def test_outputs_the_file_system_refuses_are_one_line_errors(home, capsys, tmp_p
         assert main(argv) == 1, argv
         assert capsys.readouterr().err == f"mlxlora: error: {said}\n", argv
     assert a_file.read_text() == "mine" and list(a_dir.iterdir()) == []
+
+
+def test_the_pick_says_when_the_runs_trained_on_different_backends(home, capsys):
+    """The README says to compare runs of one backend, but `compare --pick` of an MLX run and
+    a torch run weighed them as one benchmark (memory measured two ways) and said nothing."""
+    pytest.importorskip("peft")
+    train("医療モデル_mlx", "backend=mlx")
+    train("医療モデル_torch", "backend=torch")
+    assert main(["compare", "医療モデル_mlx", "医療モデル_torch", "--pick"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == (
+        "mixed backends (医療モデル_mlx on mlx, 医療モデル_torch on torch): one config trains a"
+        " little differently on each, and each measures memory its own way; compare runs of one"
+        " backend"
+    )
+    train("医療モデル_mlx2", "backend=mlx")
+    assert main(["compare", "医療モデル_mlx", "医療モデル_mlx2", "--pick"]) == 0
+    assert "mixed backends" not in capsys.readouterr().out
