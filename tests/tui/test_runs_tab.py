@@ -364,6 +364,27 @@ def train(home, *overrides: str) -> subprocess.Popen:
     )
 
 
+def test_the_log_says_which_backend_the_run_trained_on(home):
+    """A torch run's log began "started builtin:tiny on cpu", as an MLX run's did: nothing in
+    the studio said a job started with backend torch trained on torch."""
+    pytest.importorskip("peft")
+    from textual.widgets import Log
+
+    from mlxlora import config, engine
+
+    overrides = ["name=医療モデル_torch", "backend=torch", "training.max_steps=2"]
+    engine.train(config.load(REPO / "configs" / "tiny.yaml", overrides))
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(120, 40)) as pilot:
+            log = app.query_one("#run-log", Log)
+            await wait_for(pilot, lambda: log.lines)
+            assert log.lines[0].endswith("started builtin:tiny on torch (cpu)")
+
+    asyncio.run(go())
+
+
 @pytest.mark.slow
 def test_a_live_run_moves_to_finished(home):
     async def go():

@@ -45,7 +45,8 @@ def describe(event: Event) -> str:
             resumed = (
                 f" resumed at step {event.resumed_from_step}" if event.resumed_from_step else ""
             )
-            return f"started {event.model} on {event.device}{resumed}"
+            # the backend as `train` names it: a torch job showed "on cpu", as an MLX one did
+            return f"started {event.model} on {event.backend} ({event.device}){resumed}"
         case EpochEnd():
             return f"epoch {event.epoch} ended, train loss {event.train_loss:.4f}"
         case Checkpoint():
