@@ -275,7 +275,8 @@ def _print_run(info, cfg, model_dir, paths, evals, samples, summary) -> None:
     for s in samples:
         prompt, said = (escape(" ".join(t.split())) for t in (s.prompt, answer(s.answer)))
         console.print(f"[bold]{s.when} training[/] (step {s.step}) '{prompt}'\n  -> {said}")
-    console.print("summary:")
+    # a failed or killed run has none: the heading stood alone, over nothing
+    console.print("summary:" if summary else "summary: none (written when a run finishes or stops)")
     for label, text in summary_rows(summary):
         console.print(f"  {label}: {escape(text)}")
 

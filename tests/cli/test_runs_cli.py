@@ -6,8 +6,11 @@ import json
 import re
 import shlex
 
+import pytest
+
 from mlxlora import config, engine
 from mlxlora.cli import main
+from mlxlora.errors import MlxloraError
 from mlxlora.runs import RunPaths
 
 
@@ -63,3 +66,19 @@ def test_show_prints_config_model_command_samples_and_dashes(
     assert shown["config"] == json.loads(json.dumps(expected))
     assert shown["model_dir"] == model_dir
     assert [s["when"] for s in shown["samples"]] == ["before", "after"]
+
+
+def test_show_of_a_failed_run_says_it_has_no_summary(home, quickstart_data, tmp_path, capsys):
+    """A run the memory budget stopped writes no summary.json: `runs show` printed a bare
+    "summary:" heading over nothing."""
+    cfg = config.load(
+        None, [f"data.dataset={quickstart_data}", "training.memory_budget=1MB", "name=予算失敗"]
+    )
+    run = tmp_path / "予算失敗"
+    with pytest.raises(MlxloraError, match="over the budget"):
+        engine.train(cfg, run)
+    assert not RunPaths(run).summary.exists()
+    assert main(["runs", "show", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "summary: none (written when a run finishes or stops)" in lines
+    assert "summary:" not in lines
