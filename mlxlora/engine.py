@@ -60,18 +60,29 @@ def _disk_failure(exc: OSError, paths: RunPaths, step: int, events: EventWriter)
 def _load_last_good_checkpoint(paths: RunPaths, backend) -> tuple[TrainerState, list[str]]:
     """The state of the newest checkpoint that loads (into `backend` too), and a warning for
     each newer one that did not: a file cut short (copied in part, a full disk) or removed.
-    A run keeps two checkpoints, so it resumes from the one before rather than not at all."""
+    A run keeps two checkpoints, so it resumes from the one before rather than not at all.
+    The unreadable ones move to checkpoints/unreadable/: left among the two the run keeps, they
+    pushed the good checkpoint it resumed from out at its next checkpoint."""
     unreadable = []
     for ckpt in sorted(paths.checkpoints.glob("step-*"), reverse=True):
         try:
             state = _trainer_state(ckpt)
             backend.load_state(ckpt)
         except CheckpointUnreadable as exc:
-            unreadable.append(f"checkpoint {ckpt.name} cannot be read ({exc})")
+            unreadable.append((ckpt, f"checkpoint {ckpt.name} cannot be read ({exc})"))
             continue
-        warnings = [f"{why}; resumed from {ckpt.name}, the checkpoint before" for why in unreadable]
+        aside = paths.checkpoints / "unreadable"
+        for bad, _ in unreadable:
+            aside.mkdir(exist_ok=True)
+            shutil.rmtree(aside / bad.name, ignore_errors=True)  # set aside by an earlier resume
+            bad.rename(aside / bad.name)
+        warnings = [
+            f"{why}; resumed from {ckpt.name}, the checkpoint before ({bad.name} moved to {aside})"
+            for bad, why in unreadable
+        ]
         return state, warnings
-    raise RunError(f"{paths.root}: no checkpoint can be read: {'; '.join(unreadable)}")
+    whys = "; ".join(why for _, why in unreadable)
+    raise RunError(f"{paths.root}: no checkpoint can be read: {whys}")
 
 
 def _trainer_state(ckpt: Path) -> TrainerState:

@@ -357,14 +357,25 @@ def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before(
     ruined = tmp_path / "ruined"
     shutil.copytree(run, ruined)
     optimizer = paths.checkpoints / "step-0000004" / "optimizer.safetensors"
-    optimizer.write_bytes(optimizer.read_bytes()[:100])
+    optimizer_head = optimizer.read_bytes()[:100]
+    optimizer.write_bytes(optimizer_head)
     summary = engine.train(None, run, resume=True)
     resumed = [e for e in read_events(paths.events) if isinstance(e, RunStarted)][-1]
     assert resumed.resumed_from_step == 3 and summary["steps"] == 6
     (warning,) = [w for w in resumed.warnings if "step-0000004" in w]
     said = "[load_safetensors]" if backend == "mlx" else "Error while deserializing"
     assert warning.startswith(f"checkpoint step-0000004 cannot be read ({said}"), warning
-    assert warning.endswith("; resumed from step-0000003, the checkpoint before")
+    aside = paths.checkpoints / "unreadable"
+    assert warning.endswith(
+        f"; resumed from step-0000003, the checkpoint before (step-0000004 moved to {aside})"
+    )
+    # out of the two checkpoints a run keeps: left there, the damaged step 4 outlived the good
+    # step 3 (the run's last checkpoints were 4, unreadable, and 6), its optimizer file kept
+    assert [c.name for c in sorted(paths.checkpoints.glob("step-*"))] == [
+        "step-0000003",
+        "step-0000006",
+    ]
+    assert (aside / "step-0000004" / "optimizer.safetensors").read_bytes() == optimizer_head
 
     for checkpoint in RunPaths(ruined).checkpoints.glob("step-*"):
         (checkpoint / "trainer_state.json").write_text('{"step": ')
