@@ -89,12 +89,14 @@ def print_result(result: dict) -> None:
     from mlxlora.scoring import score_rows
 
     console = Console(highlight=False, soft_wrap=True)
-    table = Table(title=f"{result['dataset']} ({result['split']}, {result['records']} records)")
+    records = counted(result["records"], "record")  # "1 records" for --max-records 1
+    table = Table(title=f"{result['dataset']} ({result['split']}, {records})")
     sampling = result.get("consistency")
     if sampling:
+        samples = counted(sampling["samples"], "sampled answer")
         table.caption = (
-            f"consistency: {counted(sampling['samples'], 'sampled answer')} per question at "
-            f"temperature {sampling['temperature']:g}, seeds from {sampling['seed']}"
+            f"consistency: {samples} per question at temperature "
+            f"{sampling['temperature']:g}, seeds from {sampling['seed']}"
         )
     for column in ("measure", "tuned", "base"):
         table.add_column(column)

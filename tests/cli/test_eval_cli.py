@@ -186,3 +186,14 @@ def test_eval_base_of_a_torch_run_is_measured_on_torch(home, tmp_path, capsys):
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["base"]["val_loss"] == pytest.approx(baseline.val_loss, rel=1e-4)
+
+
+def test_one_record_and_one_sample_read_in_the_singular(home, tmp_path, capsys):
+    """`eval --max-records 1 --consistency 1` printed "(validation, 1 records)" and
+    "consistency: 1 sampled answers per question"."""
+    run, _ = train(tmp_path, "単数")
+    args = ["eval", str(run), "--max-records", "1", "--max-tokens", "4", "--consistency", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "quickstart (validation, 1 record)" in out
+    assert "consistency: 1 sampled answer per question at temperature 0.7, seeds from 0" in out
