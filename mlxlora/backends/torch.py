@@ -137,6 +137,7 @@ class TorchBackend:
     def load(self, model_dir: Path, config) -> None:
         self.model_dir = Path(model_dir)
         base, self.tokenizer = torch_peft.load_base(self.model_dir, self.device, self.dtype)
+        torch_peft.keep_4bit_layers_trainable(base)
         lora = config.lora
         n_blocks = len(torch_peft.blocks(base))
         self.num_layers = n_blocks if lora.num_layers == -1 else lora.num_layers

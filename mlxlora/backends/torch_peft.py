@@ -160,6 +160,17 @@ def load_base(model_dir: Path, device: torch.device, dtype: torch.dtype):
     return model, tokenizer
 
 
+def keep_4bit_layers_trainable(model) -> None:
+    """bitsandbytes repacks a 4-bit layer's weights for its CPU inference kernel the first
+    time the layer runs in eval mode (a run's baseline validation) and from then on computes
+    the layer with that kernel, which has no backward: the LoRA layers behind it got no
+    gradient (q/v only: a TypeError at step 1) or part of theirs. Training keeps the layout
+    its autograd path reads; a generator (inference only) keeps the fast kernel."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes' Linear4bit
+            module.support_avx512bf16_for_cpu = False
+
+
 def from_pretrained(model_dir: Path, **kwargs):
     """The model with SDPA attention, or transformers' default where a family has none
     (gemma2's soft-capped attention)."""

@@ -293,6 +293,31 @@ def test_a_bitsandbytes_4bit_base_trains_as_qlora(home, tmp_path):
     assert saved["peft_type"] == "LORA" and saved["r"] == 8
 
 
+def test_a_bitsandbytes_base_trains_after_an_evaluation_as_before_it(home, tmp_path):
+    """On a CPU bitsandbytes repacks a 4-bit layer for its inference kernel the first time the
+    layer runs in eval mode (a run's baseline validation) and computes it with that kernel
+    from then on, which has no backward: with LoRA on q and v only (the default targets) no
+    LoRA weight got a gradient and every QLoRA run ended in a TypeError at step 1; with more
+    targets they got part of theirs. A step after an evaluation has the gradient it had."""
+    pytest.importorskip("bitsandbytes")
+    from mlxlora import config
+    from mlxlora.backends.torch import TorchBackend
+
+    model_dir = bnb_4bit_tiny(tmp_path / "tiny-bnb-4bit")
+    cfg = config.from_dict({"model": str(model_dir), "backend": "torch", "data": {"dataset": "x"}})
+    backend = TorchBackend()
+    backend.load(model_dir, cfg)
+    (batch,) = random_batches(1, rows=3)
+
+    def gradient_norm() -> float:
+        backend.accumulate(batch, seed=0)
+        return backend.update(lr=0.0, grad_clip=0.0)  # lr 0: the weights stay as they are
+
+    before = gradient_norm()
+    backend.eval_loss(batch)
+    assert before > 0 and gradient_norm() == pytest.approx(before, rel=1e-5)
+
+
 def test_a_bitsandbytes_base_is_planned_as_the_4_bit_weights_it_loads(home, tmp_path):
     """The memory estimate counted a bitsandbytes checkpoint's packed bytes as parameters
     (half the model's) and planned them as float32 on a CPU: 1.86x what loads (a review
