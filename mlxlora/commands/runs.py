@@ -80,7 +80,17 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 
 def generate_command(model_dir: str, adapters: Path, prompt: str) -> str:
-    """The mlx-lm command line that answers `prompt` with this run's adapter."""
+    """The mlx-lm command line that answers `prompt` with this run's adapter; for a base
+    mlx-lm cannot load (a bitsandbytes QLoRA base, which trains on torch only), mlxlora's own,
+    which answers on the run's backend (mlx-lm's failed on it)."""
+    from mlxlora.errors import ModelError
+    from mlxlora.models.info import refuse_bitsandbytes_in_mlx
+
+    try:
+        refuse_bitsandbytes_in_mlx(model_dir)
+    except ModelError:
+        run = adapters.parent
+        return f"mlxlora generate --adapter {shlex.quote(str(run))} --prompt {shlex.quote(prompt)}"
     return (
         f"mlx_lm.generate --model {shlex.quote(model_dir)} "
         f"--adapter-path {shlex.quote(str(adapters))} --prompt {shlex.quote(prompt)}"

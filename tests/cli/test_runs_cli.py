@@ -82,3 +82,21 @@ def test_show_of_a_failed_run_says_it_has_no_summary(home, quickstart_data, tmp_
     lines = capsys.readouterr().out.splitlines()
     assert "summary: none (written when a run finishes or stops)" in lines
     assert "summary:" not in lines
+
+
+def test_show_of_a_qlora_run_prints_a_command_that_answers(home, quickstart_data, tmp_path, capsys):
+    """A torch run on a bitsandbytes base: `runs show` printed `mlx_lm.generate --model BASE
+    --adapter-path ...`, which cannot load that base. Now it prints mlxlora's, which answers
+    on the run's backend; the printed command runs."""
+    pytest.importorskip("bitsandbytes")
+    from tests.engine.test_torch_backend import bnb_4bit_tiny
+
+    model = bnb_4bit_tiny(tmp_path / "tiny-bnb-4bit")
+    overrides = [f"data.dataset={quickstart_data}", "training.max_steps=2", "backend=torch"]
+    run = tmp_path / "量子化モデル_torch"
+    engine.train(config.load(None, [*overrides, f"model={model}"]), run)
+    assert main(["runs", "show", str(run)]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    command = f"mlxlora generate --adapter {shlex.quote(str(run))} --prompt Hello"
+    assert command in lines and not any(line.startswith("mlx_lm.generate") for line in lines)
+    assert main([*shlex.split(command)[1:], "--max-tokens", "3"]) == 0
