@@ -8,7 +8,19 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("mlx", "mlx-lm", "transformers", "torch", "tokenizers", "huggingface-hub", "textual")
+# peft and bitsandbytes: backend torch trains through PEFT, QLoRA through bitsandbytes; doctor
+# listed torch alone, so a torch run failing on either left it unasked
+PACKAGES = (
+    "mlx",
+    "mlx-lm",
+    "transformers",
+    "torch",
+    "peft",
+    "bitsandbytes",
+    "tokenizers",
+    "huggingface-hub",
+    "textual",
+)
 
 
 def register(sub) -> None:

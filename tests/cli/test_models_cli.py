@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -163,7 +165,9 @@ def test_doctor_json_in_a_subprocess(tmp_path):
     report = json.loads(out.stdout)
     assert report["mlxlora"] == __import__("mlxlora").__version__
     assert report["backend"] == "mlx" and report["device"]
-    assert set(report["versions"]) >= {"mlx", "mlx-lm", "transformers", "torch"}
+    assert set(report["versions"]) >= {"mlx", "mlx-lm", "transformers", "torch", "peft"}
+    peft = metadata.version("peft") if importlib.util.find_spec("peft") else "not installed"
+    assert report["versions"]["peft"] == peft  # backend torch's LoRA
     assert all(isinstance(v, str) and v for v in report["versions"].values())
     assert report["memory_total_bytes"] == machine.total_memory()
     # the memory available when asked (Linux): it moves a little between two readings
