@@ -226,8 +226,9 @@ def unfused() -> list[dict]:
 
 
 def torch_cells() -> list[dict]:
-    """The torch backend on this CPU: SmolLM2 with and without checkpointing, and builtin:tiny
-    (what the CI test measures)."""
+    """The torch backend on this CPU: SmolLM2 with and without checkpointing, and builtin:tiny.
+    Its measured peak is the process's resident one, glibc's heap included (benchmarks/README:
+    run under MALLOC_MMAP_THRESHOLD_=131072 for the live peak)."""
     base = {"backend": "torch", "rank": 16, "targets": ALL_LINEAR[:6], "steps": 2}
     cells = [("smollm2", 2, 512), ("smollm2", 4, 1024), ("tiny", 4, 512)]
     return [

@@ -89,9 +89,11 @@ BLOCKED_ATTENTION_FACTOR = 1.3
 # * "fused": a flash kernel with its own backward (torch's SDPA, on a CPU as on CUDA; MLX on
 #   CUDA only where its batches are padded for cuDNN's, which is off): no probabilities are
 #   kept, the backward recomputes them a tile at a time; each layer keeps the logsumexp of
-#   its rows (float32, batch x heads x len). Measured on a CPU with torch: SmolLM2 at 2 x 512
-#   and 4 x 1024, checkpointed or not, 1.00-1.03x with this rule, where one layer's
-#   probabilities and scores made the checkpointed 4 x 1024 1.26x (benchmarks/README.md).
+#   its rows (float32, batch x heads x len). Measured on a CPU with torch (its live peak,
+#   glibc's mmap threshold held fixed): SmolLM2 at 2 x 512 and 4 x 1024, checkpointed or not,
+#   1.02-1.04x with this rule, where one layer's probabilities and scores made the
+#   checkpointed 4 x 1024 1.26x (benchmarks/README.md). torch on a CPU is estimated with the
+#   blocked rule: its resident peak keeps freed tensors (backends/torch.py describe).
 ATTENTION_MODES = ("unfused", "blocked", "fused")
 UNFUSED_BACKWARD_COPIES = 2
 # MLX's own: the buffers of the gathers and reshapes, the embedding output, the backward's

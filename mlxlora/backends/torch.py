@@ -111,8 +111,13 @@ def describe() -> BackendInfo:
             "python": platform.python_version(),
         },
         memory_budget_bytes=budget,
-        attention="fused",  # SDPA's flash kernels (CPU and CUDA) have their own backward
-        evaluation="eager",
+        # On CUDA what torch keeps live: SDPA's flash kernels keep no probabilities, and a loss
+        # chunk is freed before the next (memory.EVALUATIONS). On a Linux CPU glibc's heap keeps
+        # the step's freed tensors in the process: its resident peak ran 1.5-1.75x the live
+        # one (SmolLM2 2 x 512 and 4 x 1024), about what MLX's CPU rules count (1.01-1.02x;
+        # benchmarks/README.md, memory_matrix.py --torch).
+        attention="fused" if budget else "blocked",
+        evaluation="eager" if budget else "depth-first",
     )
 
 
