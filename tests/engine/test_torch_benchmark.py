@@ -20,8 +20,9 @@ def test_tiny_benchmark_reports_both_sides(home, tmp_path):
     out = tmp_path / "bench.json"
     script = REPO / "benchmarks" / "torch_vs_trainer.py"
     command = [sys.executable, str(script), "--tiny", "--steps", "2", "--json", str(out)]
-    sides = "stock,mlxlora,mlxlora-packed,mlxlora-cudnn,mlxlora-fp32lora,mlxlora-plainnorm"
-    sides += ",mlxlora-unsynced,mlxlora-profiled"
+    # the sides gpu_figures.sh runs (compiled: its own test); cudnn, fp32lora and plainnorm
+    # are switches of the same step, left to the GPU (each side here costs a process's start)
+    sides = "stock,mlxlora,mlxlora-packed,mlxlora-unsynced,mlxlora-profiled"
     command += ["--sides", sides]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -39,8 +40,7 @@ def test_tiny_benchmark_reports_both_sides(home, tmp_path):
         r"cpu busy ([0-9.]+) s of ([0-9.]+) s profiled wall .*, ([0-9.]+) s a step", proc.stdout
     )
     assert busy and 0 < float(busy[1]) <= 1.05 * float(busy[2])  # no time counted twice
-    for undone in ("mlxlora-cudnn", "mlxlora-fp32lora", "mlxlora-unsynced"):  # same work
-        assert result[undone]["tokens"] == ours["tokens"]
+    assert result["mlxlora-unsynced"]["tokens"] == ours["tokens"]  # same work
     assert result["speed_ratio"] == pytest.approx(ours["tokens_per_sec"] / stock["tokens_per_sec"])
     assert result["packed_speed_ratio"] == pytest.approx(
         packed["tokens_per_sec"] / stock["tokens_per_sec"]
