@@ -201,10 +201,13 @@ def test_queue_resume_by_a_name_several_runs_share_takes_the_one_that_can(home, 
         stdout=subprocess.PIPE,
         text=True,
     )
+    asked = False
     for line in proc.stdout:  # stopped after its first checkpoint: can resume
-        if json.loads(line)["type"] == "checkpoint":
+        # only at the first: the stop writes a checkpoint too, when the run is no longer running
+        if not asked and json.loads(line)["type"] == "checkpoint":
             running = next(r.path for r in list_runs() if r.status == "running")
             RunPaths(running).stop_request.touch()
+            asked = True
     assert proc.wait(timeout=120) == 0
     stopped = next(r.path for r in list_runs() if r.status == "stopped")
     assert main(["queue", "resume", "二回目", "--no-start"]) == 0
