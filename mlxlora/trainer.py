@@ -285,9 +285,14 @@ class Trainer:
             queued.padded += batch.tokens.size
         queued.norm = backend.update(queued.lr, t.grad_clip)
         # a GPU's allocator counts a step's memory as it is queued: read now, before the next
-        queued.peak = backend.peak_memory_bytes()
+        if self._reported(queued.step):  # a CPU's is a /proc read: only for the steps logged
+            queued.peak = backend.peak_memory_bytes()
         s.step += 1
         return queued
+
+    def _reported(self, step: int) -> bool:
+        """Whether `step` is one the run emits as a Step event."""
+        return step % self.t.log_every == 0 or step == self.p.total_steps
 
     def _record_pending_after_failure(self) -> None:
         """A step failed to queue (a GPU out of memory): the step before it is done, so its
@@ -306,7 +311,7 @@ class Trainer:
         queued, self._pending = self._pending, None
         if queued is None:
             return
-        s, t = self.state, self.t
+        s = self.state
         done = queued.step - 1  # the steps a failure leaves done
         losses = [float(loss) for loss in queued.losses]
         for loss in losses:
@@ -328,7 +333,7 @@ class Trainer:
         # the time since the step before was read: with steps queued ahead, a step's own
         # queueing overlaps the one before it
         seconds, self._last_read = now - max(queued.queued_at, self._last_read), now
-        if queued.step % t.log_every == 0 or queued.step == self.p.total_steps:
+        if self._reported(queued.step):
             self.events.emit(
                 Step(
                     step=queued.step,

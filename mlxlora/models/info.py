@@ -109,8 +109,8 @@ def count_parameters(
 
 def _bnb_state_of(name: str, tensors: dict) -> bool:
     """True for a bitsandbytes weight's state (`W.weight.absmax`, `W.weight.quant_state.*`)."""
-    head, _, _ = name.partition(".weight.")
-    return bool(_) and f"{head}.weight.absmax" in tensors
+    head, sep, _ = name.partition(".weight.")
+    return bool(sep) and f"{head}.weight.absmax" in tensors
 
 
 def bnb_bits(quant: dict) -> int | None:
