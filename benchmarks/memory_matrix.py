@@ -7,6 +7,7 @@
     python benchmarks/memory_matrix.py --fit           # SmolLM2 4 x 1024 fitted to 2/4/8 GB
     python benchmarks/memory_matrix.py --unfused       # a GPU's attention rule, on the CPU
     python benchmarks/memory_matrix.py --torch         # the torch backend (its CPU peak)
+    python benchmarks/memory_matrix.py --largest       # 4 x 2048, 8 x 2048 on 8 of 30 layers
     python benchmarks/memory_matrix.py --case '{...}'  # one case (what each subprocess runs)
 
 Each case runs in a fresh subprocess: the MLX backend loads the model as a run would
@@ -55,6 +56,21 @@ QWEN_LAYOUT = {
     "max_position_embeddings": 4096,
     "tie_word_embeddings": True,
 }
+# SmolLM2-135M's layout with random weights, for cells that SmolLM2 at its 30 layers would
+# take past this machine's memory: `smollm2-layers-N` keeps N of them
+SMOLLM2_LAYOUT = {
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "vocab_size": 49152,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 1e5,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+}
 GB = 1e9
 
 
@@ -71,6 +87,9 @@ def model_dir(name: str, cache: Path) -> Path:
         return dest
     if name == "qwen-layout":
         return random_models.random_model(QWEN_LAYOUT, dest)
+    if name.startswith("smollm2-layers-"):
+        layers = int(name.removeprefix("smollm2-layers-"))
+        return random_models.random_model({**SMOLLM2_LAYOUT, "num_hidden_layers": layers}, dest)
     raise SystemExit(f"unknown model {name}")
 
 
@@ -225,6 +244,17 @@ def unfused() -> list[dict]:
     return [{**base, "model": m, "batch": b, "max_length": n, "unfused": True} for m, b, n in cells]
 
 
+def largest() -> list[dict]:
+    """The whole matrix's two largest cells, SmolLM2 4 x 2048 and 8 x 2048 without
+    checkpointing (estimates 24 and 47 GB at its 30 layers), on its layout with 8 layers: what
+    grows with the layers (saved activations, attention) is counted per layer, and what does
+    not (weights aside, the loss chunks) is the same. 8 x 1024, measured at 30 layers
+    (1.09), is the control: the shallow model must read the ratio the whole one did."""
+    base = {"model": "smollm2-layers-8", "rank": 16, "targets": ALL_LINEAR[:6], "steps": 1}
+    cells = [(8, 1024), (4, 2048), (8, 2048)]
+    return [{**base, "batch": b, "max_length": n, "ckpt": False} for b, n in cells]
+
+
 def torch_cells() -> list[dict]:
     """The torch backend on this CPU: SmolLM2 with and without checkpointing, and builtin:tiny.
     Its measured peak is the process's resident one, glibc's heap included (benchmarks/README:
@@ -318,6 +348,7 @@ def main(argv=None) -> int:
     p.add_argument("--axes", action="store_true", help="one more cell per axis, one step each")
     p.add_argument("--unfused", action="store_true", help="a GPU's attention rule, on the CPU")
     p.add_argument("--torch", action="store_true", help="the torch backend's cells")
+    p.add_argument("--largest", action="store_true", help="the two largest cells, 8 layers")
     p.add_argument(
         "--fit",
         nargs="*",
@@ -336,7 +367,13 @@ def main(argv=None) -> int:
     print("| model | batch x length | ckpt | LoRA | estimate GB | measured GB | ratio |")
     print("|---|---|---|---|---:|---:|---:|")
     ratios = []
-    chosen = {"quick": quick, "axes": axes, "unfused": unfused, "torch": torch_cells}
+    chosen = {
+        "quick": quick,
+        "axes": axes,
+        "unfused": unfused,
+        "torch": torch_cells,
+        "largest": largest,
+    }
     picked = next((cells for flag, cells in chosen.items() if getattr(args, flag)), None)
     cases = picked() if picked else matrix(args.thin)
     for case in cases:
