@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
 # isort: off
 from mlxlora.backends import mlx as backend_mod  # noqa: E402  (preloads OpenBLAS before mlx)
 from mlxlora.backends.mlx_attention import blocked_causal_attention  # noqa: E402
+from mlxlora.backends.mlx_loss import fused_cross_entropy  # noqa: E402
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
         ("LoRALinear 576->1536 (frozen W + A, B)", lin, (hid,), gate, 2 * n_all),
         (
             f"fused loss chunk ({chunk} rows x vocab)",
-            lambda h: backend_mod.fused_cross_entropy(b._head, h, t_chunk),
+            lambda h: fused_cross_entropy(b._head, h, t_chunk),
             (h_chunk,),
             None,
             1,

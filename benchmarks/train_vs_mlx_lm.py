@@ -396,7 +396,8 @@ def run_stock(spec: dict, model_dir: Path, seqs: list, workdir: Path) -> dict:
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load
 
-    from mlxlora.backends.mlx import lora_keys, select_device
+    from mlxlora.backends.mlx import lora_keys
+    from mlxlora.backends.mlx_device import select_device
 
     model, _tokenizer = load(str(model_dir))
     _, dtype = select_device()  # float32 on a CPU, as mlxlora casts it; else the model's own
@@ -488,7 +489,7 @@ def child(args) -> None:
         seqs = seqs[: args.steps * spec["batch_size"]]
     if args.side == "mlxlora-depthfirst":  # MLX reads it at the first evaluation, not yet made
         os.environ["MLX_BFS_MAX_WIDTH"] = "1"
-    from mlxlora.backends.mlx import select_device
+    from mlxlora.backends.mlx_device import select_device
 
     select_device()  # both sides on the device mlxlora picks (a GPU where MLX has one)
     workdir = Path(args.data).parent

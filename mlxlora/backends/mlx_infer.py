@@ -1,6 +1,6 @@
 """Inference with MLX: greedy chat generation and perplexity, optionally through a LoRA adapter.
 
-The device is chosen by `mlxlora.backends.mlx.select_device` (the one place that decides); on
+The device is chosen by `mlxlora.backends.mlx_device.select_device` (the one place that decides); on
 a CPU floating weights are cast to float32 as in training, so a trained adapter sees the same
 numbers it was trained with.
 """
@@ -19,7 +19,7 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
 from mlxlora.backends.base import END_OF_TURN, Generator, uncut  # noqa: E402
-from mlxlora.backends.mlx import fit_to_device, select_device  # noqa: E402
+from mlxlora.backends.mlx_device import fit_to_device, select_device  # noqa: E402
 from mlxlora.errors import ModelError  # noqa: E402
 from mlxlora.models.info import refuse_bitsandbytes_in_mlx  # noqa: E402
 

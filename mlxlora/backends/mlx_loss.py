@@ -6,7 +6,7 @@ Full-vocabulary logits are the largest tensor of a LoRA step (4 x 1024 x 151,936
 training each chunk's loss and its gradient with respect to the hidden states are made in the
 forward pass (fused_cross_entropy), so no chunk's logits wait for the backward pass. How many
 chunks MLX still holds at once depends on the order it evaluates the lazy graph in (see
-memory.loss_bytes and mlx.select_device).
+memory.loss_bytes and mlx_device.select_device).
 """
 
 from __future__ import annotations

@@ -74,9 +74,9 @@ def describe(requested: str = "auto"):
         from mlxlora.backends import torch as torch_backend
 
         return torch_backend.describe()
-    from mlxlora.backends import mlx
+    from mlxlora.backends import mlx_device
 
-    return mlx.describe()
+    return mlx_device.describe()
 
 
 def generator(requested: str, model_dir, adapter_dir=None):

@@ -86,7 +86,7 @@ def test_the_depth_first_side_evaluates_depth_first(bench, home, tmp_path, monke
     CPU: with a breadth-first width set for the benchmark (as a GPU's default is), the plain
     side evaluates breadth-first and the depth-first side does not, and each one's estimate
     counts the order it ran in."""
-    from mlxlora.backends.mlx import evaluation_order
+    from mlxlora.backends.mlx_device import evaluation_order
 
     monkeypatch.setenv("MLX_BFS_MAX_WIDTH", "20")
     assert evaluation_order("cpu") == "breadth-first" and evaluation_order("gpu (Metal)") == "gpu"

@@ -56,6 +56,7 @@ def test_auto_stays_eager_until_a_gpu_measures_compiling(home, monkeypatch):
     first build its kernels with the C++ compiler) and on a GPU too: no GPU has yet timed the
     compiled step (an H100 lease ran out before it, 2026-11-26)."""
     from mlxlora.backends import mlx as mlx_backend
+    from mlxlora.backends import mlx_device
 
     def loaded():
         cfg = config.from_dict({"model": "builtin:tiny", "data": {"dataset": "unused.jsonl"}})
@@ -64,5 +65,5 @@ def test_auto_stays_eager_until_a_gpu_measures_compiling(home, monkeypatch):
         return backend
 
     assert loaded()._compiled is None
-    monkeypatch.setattr(mlx_backend, "select_device", lambda: ("gpu (Metal)", None))
+    monkeypatch.setattr(mlx_device, "select_device", lambda: ("gpu (Metal)", None))
     assert loaded()._compiled is None

@@ -8,7 +8,7 @@ import pytest
 
 from mlxlora import config
 from mlxlora.backends import mlx as mlx_backend
-from mlxlora.backends import mlx_attention
+from mlxlora.backends import mlx_attention, mlx_device
 from mlxlora.data import batching
 from mlxlora.models.resolve import resolve_model
 
@@ -111,18 +111,18 @@ def test_gpu_fit_gives_one_half_dtype_to_every_floating_weight(home):
     model, _ = load(str(resolve_model("builtin:tiny")))
     model.set_dtype(mx.float16)
     model.model.norm.weight = model.model.norm.weight.astype(mx.float32)  # as a GGUF's norms
-    model = mlx_backend.fit_to_device(model, "keep", "gpu (Metal)", None)
+    model = mlx_device.fit_to_device(model, "keep", "gpu (Metal)", None)
     assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float16}
-    model = mlx_backend.fit_to_device(model, "keep", "cpu", mx.float32)
+    model = mlx_device.fit_to_device(model, "keep", "cpu", mx.float32)
     assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float32}
 
 
 LOSS_MEMORY_PROBE = """
 import sys
-from mlxlora.backends import mlx as backend
+from mlxlora.backends import mlx_device
 from mlxlora.backends.mlx_loss import chunked_cross_entropy_for_training
 import mlx.core as mx
-backend.select_device()
+mlx_device.select_device()
 vocab, hidden, rows, chunks = 8192, 64, 256, int(sys.argv[1])
 mx.random.seed(0)
 w = mx.random.normal((vocab, hidden)) * 0.02
@@ -185,9 +185,9 @@ def test_a_gpu_backend_describes_itself(monkeypatch):
     """On a GPU select_device keeps the model's dtype (None): describing the backend compared
     None with mx.float32 and raised, so no GPU run could start (found on a CUDA GPU); its
     memory budget is the GPU's (MLX's CUDA device_info names it total_memory)."""
-    monkeypatch.setattr(mlx_backend, "select_device", lambda: ("gpu (CUDA)", None))
-    monkeypatch.setattr(mlx_backend.mx, "device_info", lambda: {"total_memory": 80 * 2**30})
-    info = mlx_backend.describe()
+    monkeypatch.setattr(mlx_device, "select_device", lambda: ("gpu (CUDA)", None))
+    monkeypatch.setattr(mlx_device.mx, "device_info", lambda: {"total_memory": 80 * 2**30})
+    info = mlx_device.describe()
     assert (info.device, info.dtype, info.blas) == (
         "gpu (CUDA)",
         "model dtype",
@@ -197,9 +197,9 @@ def test_a_gpu_backend_describes_itself(monkeypatch):
     # unfused until load finds cuDNN's attention (takes_cudnn_attention); Metal: always
     assert (info.attention, info.pad_multiple) == ("unfused", 1)
     metal = {"max_recommended_working_set_size": 11 * 2**30, "memory_size": 16 * 2**30}
-    monkeypatch.setattr(mlx_backend.mx, "device_info", lambda: metal)
-    monkeypatch.setattr(mlx_backend, "select_device", lambda: ("gpu (Metal)", None))
-    info = mlx_backend.describe()
+    monkeypatch.setattr(mlx_device.mx, "device_info", lambda: metal)
+    monkeypatch.setattr(mlx_device, "select_device", lambda: ("gpu (Metal)", None))
+    info = mlx_device.describe()
     assert info.memory_budget_bytes == 11 * 2**30
     assert (info.attention, info.pad_multiple) == ("unfused", 1)
 
@@ -246,7 +246,7 @@ def test_cuda_batches_are_not_padded_for_cudnn_unless_asked(home, monkeypatch):
     80 GB on the Qwen2.5-0.5B shape (2026-11-26): a CUDA load leaves batches unpadded and
     counts attention as unfused, even where cuDNN's kernel would apply, unless the flag the
     benchmark's tiled side sets is on."""
-    monkeypatch.setattr(mlx_backend, "select_device", lambda: ("gpu (CUDA)", None))
+    monkeypatch.setattr(mlx_device, "select_device", lambda: ("gpu (CUDA)", None))
     monkeypatch.setattr(mlx_backend, "takes_cudnn_attention", lambda *_: True)
     cfg = config.from_dict({"model": "builtin:tiny", "data": {"dataset": "x"}})
 
