@@ -246,6 +246,23 @@ def weights_here(info: dict, quantized_base: str = "auto", device=None) -> int:
     return planned_weights(info, quantized_base, on_cpu=device.on_cpu)
 
 
+def lora_param_count(info: dict, rank: int, targets, lora_layers: int) -> int:
+    """Trainable parameters of LoRA at `rank` on `targets` in the last `lora_layers` (-1: all)."""
+    layers = _dims(info)[1]
+    adapted = layers if lora_layers < 0 else min(lora_layers, layers)
+    shapes = lora_shapes(info)
+    # A model's own module name (qkv_proj) has no shape here; LoRA weights are tiny anyway.
+    return adapted * sum(rank * sum(shapes.get(t, ())) for t in targets)
+
+
+def lora_weight_bytes(info: dict, shape: TrainShape) -> int:
+    """The LoRA layers' weights (float32 on both backends, whatever the base's dtype). Once
+    loaded they are among the model's parameters, which a run counts as its weights
+    (Backend.weight_bytes) and which the estimate's factors were measured with: an estimate
+    made before loading adds them to the planned weights to say what the run will say."""
+    return 4 * lora_param_count(info, shape.lora_rank, shape.lora_targets, shape.lora_layers)
+
+
 def estimate_training_memory(
     info: dict,
     batch_size: int,
@@ -284,9 +301,7 @@ def estimate_training_memory(
     """
     h, layers, vocab, heads, kv, q, inter = _dims(info)
     adapted = layers if lora_layers < 0 else min(lora_layers, layers)
-    shapes = lora_shapes(info)
-    # A model's own module name (qkv_proj) has no shape here; LoRA weights are tiny anyway.
-    lora_params = adapted * sum(lora_rank * sum(shapes.get(t, ())) for t in lora_targets)
+    lora_params = lora_param_count(info, lora_rank, lora_targets, lora_layers)
     tokens = batch_size * max_length
 
     per_token = 4 * h + q + 2 * kv + 3 * inter

@@ -305,6 +305,15 @@ def planned_weights(cfg: Config, info: dict, backend) -> int:
     return memory.planned_weights(info, policy, backend.info.device.startswith("cpu"))
 
 
+def loaded_weights(cfg: Config, info: dict, backend) -> int:
+    """The model's parameters once loaded, as the run counts them: the planned base weights and
+    the LoRA layers' (memory.lora_weight_bytes). A dry run and a fit say what the run will."""
+    from mlxlora import memory
+
+    shape = memory.TrainShape.from_config(cfg)
+    return planned_weights(cfg, info, backend) + memory.lora_weight_bytes(info, shape)
+
+
 def ignored_settings(cfg: Config, model_dir: Path, backend) -> list[str]:
     """Settings this backend cannot follow for this model, said rather than silently dropped."""
     if backend.info.name != "torch" or cfg.quantized_base != "keep":
@@ -331,7 +340,7 @@ def fit_config(cfg: Config, model_dir: Path, backend):
     if not budget:
         return cfg, None
     shape = train_shape(cfg, backend, cfg.data.max_length)
-    fit = memory_fit.fit_shape(info, shape, budget, weights=planned_weights(cfg, info, backend))
+    fit = memory_fit.fit_shape(info, shape, budget, weights=loaded_weights(cfg, info, backend))
     changes = fit.changes(shape)
     data = cfg.to_dict()
     for key, value in changes.items():
@@ -377,7 +386,7 @@ def memory_plan(cfg: Config, backend) -> dict:
     info = model_info(model_dir)
     longest = longest_record(cfg, model_dir)
     shape = train_shape(cfg, backend, longest)
-    est = memory.estimate(info, shape, weights=planned_weights(cfg, info, backend))
+    est = memory.estimate(info, shape, weights=loaded_weights(cfg, info, backend))
     budget = training_budget(cfg, backend)
     verdict = memory.fit_verdict(est.total, budget)
     advice = memory_fit.fit_advice(est, budget, info, shape) if verdict == "will not fit" else []

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mlxlora.events import Checkpoint, RunFinished, Sample, Step, read_events
+from mlxlora.memory import fmt_bytes
 from mlxlora.runs import RunPaths
 
 REPO = Path(__file__).resolve().parents[2]
@@ -389,6 +390,33 @@ def test_dry_run_names_the_backend_it_estimates_for(home):
         out = mlxlora("train", QUICK, "--dry-run", "--set", f"backend={backend}", env=wide)
         assert out.returncode == 0, out.stderr
         assert f"memory of builtin:tiny on {backend} (cpu): batch 4 x " in out.stdout
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_a_run_starts_with_the_estimate_its_dry_run_printed(home, tmp_path, backend):
+    """The dry run printed 15.4 MiB for configs/tiny.yaml and the run's header 15.7 MiB (a QA
+    finding): the run counts the model's parameters as loaded, its LoRA layers' weights among
+    them, and the dry run planned the base's alone. One job has one estimate, in the Train
+    tab's form too."""
+    from mlxlora.config import load
+    from mlxlora.models.info import model_info
+    from mlxlora.models.resolve import resolve_model
+    from mlxlora.tui.screens.train.form import memory_verdict
+
+    if backend == "torch":
+        pytest.importorskip("peft")
+    sets = ["--set", f"backend={backend}", "--set", "name=医療-基礎"]
+    plan = json.loads(mlxlora("train", QUICK, "--dry-run", "--json", *sets).stdout)
+    run = tmp_path / "run"
+    out = mlxlora("train", QUICK, *sets, "--set", "training.max_steps=1", "--run-dir", str(run))
+    assert out.returncode == 0, out.stderr
+    started = next(e for e in read_events(run / "events.jsonl") if e.type == "run_started")
+    assert round(started.estimated_peak_gb * 1e9) == plan["total"]
+    total = fmt_bytes(plan["total"])
+    assert f"estimated peak memory {total}" in out.stderr  # the run's header, as the user sees it
+    cfg = load(QUICK, [f"backend={backend}"])
+    form = memory_verdict(cfg, model_info(resolve_model(cfg.model)), None, plan["length"])
+    assert form.total == plan["total"]
 
 
 def test_dry_run_prints_the_breakdown_and_the_fit(home):

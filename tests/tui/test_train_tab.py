@@ -116,7 +116,7 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
 
             # The verdict is the engine's estimate for this form on this (pretend) machine.
             shape = memory.on_cpu(memory.TrainShape(lora_rank=16, max_length=256))
-            est = memory.estimate(builtin_tiny_info(), shape)
+            est = run_estimate(builtin_tiny_info(), shape)
             expected = f"memory ~{memory.fmt_bytes(est.total)} of a 16.0 GiB budget: fits"
             verdict, parts = text(app, "#train-memory").split("\n")
             assert verdict == f"[green]{expected}[/]"
@@ -159,7 +159,7 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
             shape = memory.on_cpu(
                 memory.TrainShape(lora_rank=16, max_length=256, grad_checkpoint=True)
             )
-            est = memory.estimate(builtin_tiny_info(), shape)
+            est = run_estimate(builtin_tiny_info(), shape)
             assert f"memory ~{memory.fmt_bytes(est.total)} of" in text(app, "#train-memory")
             for key, value in (
                 ("training-grad_clip", "0.5"),
@@ -462,12 +462,12 @@ def test_on_a_cuda_host_the_form_estimates_for_the_gpu_doctor_names(workspace, m
             await type_into(pilot, app, "#f-data-max_length", "256")
             cfg = app.query_one(TrainTab).cfg
             shape = memory.TrainShape.from_config(cfg)
-            gpu = memory.estimate(builtin_tiny_info(), replace(shape, attention="fused"))
+            gpu = run_estimate(builtin_tiny_info(), replace(shape, attention="fused"))
             budget = memory.fmt_bytes(CUDA_REPORT["device_budget_bytes"])
             assert text(app, "#train-memory").split("\n")[0] == (
                 f"[green]memory ~{memory.fmt_bytes(gpu.total)} of a {budget} budget: fits[/]"
             )
-            cpu = memory.estimate(builtin_tiny_info(), memory.on_cpu(shape))
+            cpu = run_estimate(builtin_tiny_info(), memory.on_cpu(shape))
             assert gpu.total < cpu.total  # bfloat16 weights and activations, not float32
 
     asyncio.run(go())
@@ -600,11 +600,18 @@ def test_a_config_that_forces_another_backend_is_estimated_on_its_own_device(wor
     info = builtin_tiny_info()
     auto = config.from_dict({"data": {"dataset": "quickstart", "max_length": 256}})
     forced = config.from_dict({**auto.to_dict(), "backend": "mlx"})
-    card = memory.estimate(info, replace(memory.TrainShape.from_config(auto), attention="fused"))
+    card = run_estimate(info, replace(memory.TrainShape.from_config(auto), attention="fused"))
     assert form.memory_verdict(auto, info, CUDA_REPORT["device_budget_bytes"]).total == card.total
-    cpu = memory.estimate(info, memory.on_cpu(memory.TrainShape.from_config(forced)))
+    cpu = run_estimate(info, memory.on_cpu(memory.TrainShape.from_config(forced)))
     verdict = form.memory_verdict(forced, info, CUDA_REPORT["device_budget_bytes"])
     assert (verdict.total, verdict.budget) == (cpu.total, BUDGET)
+
+
+def run_estimate(info: dict, shape: memory.TrainShape) -> memory.MemoryEstimate:
+    """The estimate a run of `shape` starts with: the model's weights as loaded (builtin:tiny's
+    are float), its LoRA layers' among them."""
+    loaded = memory.weight_bytes(info, shape.dtype_bytes) + memory.lora_weight_bytes(info, shape)
+    return memory.estimate(info, shape, weights=loaded)
 
 
 def _label(pick: Select, value: str) -> str | None:
