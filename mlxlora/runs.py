@@ -243,6 +243,17 @@ def read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def model_dir_of(paths: RunPaths, summary: dict) -> str | None:
+    """The model directory the run trained on (`summary`: its summary.json), as its adapter's
+    config names it: the published adapter's, else its latest checkpoint's (a run that ended
+    at step 0, failed or stopped, published none: step 0's adapter is untrained)."""
+    latest = paths.latest_checkpoint()
+    for adapter in (paths.adapters, latest):
+        if adapter and (found := read_json(adapter / "adapter_config.json").get("model")):
+            return found
+    return summary.get("model_dir")
+
+
 def is_run_dir(path: Path) -> bool:
     """A run's directory: its config.yaml (common in a user's project folder too) beside its
     events, lock or adapters."""

@@ -227,8 +227,7 @@ def show_run(args) -> int:
     paths = runs.RunPaths(path)
     cfg = config.load(paths.config)
     summary = runs.read_json(paths.summary)
-    adapter_config = runs.read_json(paths.adapters / "adapter_config.json")
-    model_dir = adapter_config.get("model") or summary.get("model_dir")
+    model_dir = runs.model_dir_of(paths, summary)
     events = once(read_events(paths.events))  # a step a resume trained again: once
     evals = [e for e in events if isinstance(e, Eval)]
     samples = [e for e in events if isinstance(e, Sample)]
@@ -263,15 +262,18 @@ def _print_run(info, cfg, model_dir, paths, evals, samples, summary) -> None:
     from rich.table import Table
 
     from mlxlora.experiments import setting_text
+    from mlxlora.runs import ADAPTER_FILES
 
     console = Console(highlight=False, soft_wrap=True)  # paths and commands stay whole
     console.print(f"[bold]{escape(info.name)}[/]  {info.status}  step {info.step}")
     console.print(f"directory {escape(str(paths.root))}")
     console.print(f"model {escape(cfg.model)}: {escape(model_dir or NONE)}")
-    if model_dir:
+    if model_dir and (paths.adapters / ADAPTER_FILES[0]).exists():
         prompt = cfg.samples[0] if cfg.samples else "Hello"
         command = generate_command(model_dir, paths.adapters, prompt)
         console.print(f"  {escape(command)}")
+    elif model_dir:  # the command would name an adapter that is not there
+        console.print("  no trained adapter to try: the run kept no checkpoint past step 0")
     console.print("config (changes from the defaults):")
     for key, value in config_changes(cfg).items():  # as compare shows a setting
         console.print(f"  {key}: {escape(setting_text(value))}")

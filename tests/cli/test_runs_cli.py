@@ -11,6 +11,7 @@ import pytest
 from mlxlora import config, engine
 from mlxlora.cli import main
 from mlxlora.errors import MlxloraError
+from mlxlora.models.resolve import resolve_model
 from mlxlora.runs import RunPaths
 
 
@@ -68,9 +69,12 @@ def test_show_prints_config_model_command_samples_and_dashes(
     assert [s["when"] for s in shown["samples"]] == ["before", "after"]
 
 
-def test_show_of_a_failed_run_says_it_has_no_summary(home, quickstart_data, tmp_path, capsys):
+def test_show_of_a_failed_run_names_its_model_and_has_no_summary(
+    home, quickstart_data, tmp_path, capsys
+):
     """A run the memory budget stopped writes no summary.json: `runs show` printed a bare
-    "summary:" heading over nothing."""
+    "summary:" heading over nothing. Stopped before its first step, it has published no
+    adapter: its model directory showed as "—" (a QA finding), though its checkpoint names it."""
     cfg = config.load(
         None, [f"data.dataset={quickstart_data}", "training.memory_budget=1MB", "name=予算失敗"]
     )
@@ -82,6 +86,13 @@ def test_show_of_a_failed_run_says_it_has_no_summary(home, quickstart_data, tmp_
     lines = capsys.readouterr().out.splitlines()
     assert "summary: none (written when a run finishes or stops)" in lines
     assert "summary:" not in lines
+    model_dir = str(resolve_model("builtin:tiny"))
+    assert f"model builtin:tiny: {model_dir}" in lines
+    # no mlx_lm command naming adapters/, where no adapter is
+    assert "  no trained adapter to try: the run kept no checkpoint past step 0" in lines
+    assert not [line for line in lines if "mlx_lm.generate" in line]
+    assert main(["runs", "show", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model_dir"] == model_dir
 
 
 def test_show_of_a_qlora_run_prints_a_command_that_answers(home, quickstart_data, tmp_path, capsys):
