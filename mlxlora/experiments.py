@@ -220,11 +220,22 @@ def setting_differences(configs: list[dict]) -> dict:
 def setting_text(value) -> str:
     """A config value as typed in YAML, the same in every face: lists and mappings compact,
     on one line (the studio and the report showed Python's repr)."""
+    value = _as_typed(value)
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # `alpha: 32` as written, not 32.0 (the config holds a float)
     return NONE if value is None else str(value)
+
+
+def _as_typed(value):
+    """`value` with each whole float as an int, in lists and mappings too: `alpha: 32` and a
+    stage's `epochs: 2` as written, not 32.0 and 2.0 (the config holds floats)."""
+    if isinstance(value, list):
+        return [_as_typed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_typed(v) for k, v in value.items()}
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 @dataclass

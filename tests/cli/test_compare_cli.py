@@ -86,3 +86,17 @@ def test_the_pick_says_when_the_runs_trained_on_different_backends(home, capsys)
     train("医療モデル_mlx2", "backend=mlx")
     assert main(["compare", "医療モデル_mlx", "医療モデル_mlx2", "--pick"]) == 0
     assert "mixed backends" not in capsys.readouterr().out
+
+
+def test_stage_lists_show_whole_epochs_as_typed(home, capsys):
+    """`stages: [{learning_rate: 1e-4, epochs: 2}]` showed as `"epochs": 2.0` in compare's
+    differing settings and in `runs show` (a QA finding): the config holds floats, and only a
+    setting that is one number was shown as typed."""
+    for lr in ("1e-4", "2e-4"):
+        stages = f"[{{learning_rate: {lr}, epochs: 2}}, {{learning_rate: 1e-5, epochs: 1.5}}]"
+        train(f"段階-{lr}", "training.schedule=staged", f"training.stages={stages}")
+    assert main(["compare", "段階-1e-4", "段階-2e-4"]) == 0
+    assert main(["runs", "show", "段階-1e-4"]) == 0
+    out = "".join(capsys.readouterr().out.split())  # the cells a narrow table wraps, joined
+    typed = '[{"learning_rate":0.0001,"epochs":2},{"learning_rate":1e-05,"epochs":1.5}]'
+    assert out.count(typed) == 2 and '"epochs":2.0' not in out
