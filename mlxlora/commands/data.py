@@ -117,9 +117,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         [m.name, m.type, str(m.records), m.created[:16].replace("T", " "), m.description]
         for m in found
     ]
-    console.print(
-        listing_table(f"datasets in {store.datasets_root()}", columns, rows, console.width)
-    )
+    title = f"datasets in {store.datasets_root()}"
+    # the date and time on one line (`2026-11-27` over `10:18` read as two values)
+    console.print(listing_table(title, columns, rows, console.width, unbroken=(3,)))
     return 0
 
 

@@ -127,14 +127,20 @@ WORD_CAP = 12  # a longer word (a path) folds rather than squeeze the other colu
 
 
 def listing_table(
-    title: str, columns: list[str], rows: list[list[str]], width: int, whole=1, names=()
+    title: str,
+    columns: list[str],
+    rows: list[list[str]],
+    width: int,
+    whole=1,
+    names=(),
+    unbroken=(),
 ):
     """A rich table whose first `whole` columns (what a user types back: a run's name, a job's
     id and name) are never cut: they keep one line and the other columns wrap beside them,
     each keeping its longest word (`fit_widths`; a column in `names`, a run's name, its
-    longest word however long). Where those words do not fit beside them, the rows are
-    `stacked` instead. No borders: at 80 columns their cells are better spent on the
-    text."""
+    longest word however long; a column in `unbroken`, a date and time, its whole text).
+    Where those do not fit beside them, the rows are `stacked` instead. No borders: at 80
+    columns their cells are better spent on the text."""
     from rich.cells import cell_len
     from rich.table import Table
     from rich.text import Text
@@ -143,6 +149,7 @@ def listing_table(
     natural = [max(map(cell_len, texts)) for texts in cells]
     words = [max(cell_len(w) for text in texts for w in [*text.split(), ""]) for texts in cells]
     least = [w if n in names else min(WORD_CAP, w) for n, w in enumerate(words)]
+    least = [natural[n] if n in unbroken else w for n, w in enumerate(least)]
     room = width - 2 * (len(columns) - 1) - sum(natural[:whole])  # 2: the gap between columns
     if room < sum(least[whole:]):  # the other columns would fold inside their words
         return stacked(title, columns, rows, whole, width)
@@ -163,7 +170,7 @@ def stacked(title: str, columns: list[str], rows: list[list[str]], whole: int, w
     from rich.console import Group
     from rich.text import Text
 
-    lines = [Text(title, style="italic")]
+    lines = [Text(title, style="italic")] if title else []
     for row in rows:
         lines.append(Text("  ".join(row[:whole]), style="bold"))
         line = ""

@@ -136,6 +136,7 @@ def print_status(name: str, members, ranked: list[dict]) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from mlxlora.commands.runs import listing_table
     from mlxlora.fmt import num
 
     table = Table(title=Text(f"sweep {name}"))
@@ -147,10 +148,13 @@ def print_status(name: str, members, ranked: list[dict]) -> None:
     console = Console()
     console.print(table)
     if ranked:
+        # as the table above, each run without its sweep's name: a line with it passed 80
+        # columns and wrapped; never cut, the rows stack where even they do not fit
+        rows = [
+            [str(i), r["run"].removeprefix(f"{name}-"), f"{r['cost']:.3f}", num(r["best_val_loss"])]
+            for i, r in enumerate(ranked, 1)
+        ]
         console.print("ranked (compare --pick's weighted cost, lower is better):")
-        for i, r in enumerate(ranked, 1):
-            console.print(
-                f"  {i}. {r['run']}  cost {r['cost']:.3f}  best val {num(r['best_val_loss'])}",
-                markup=False,
-            )
+        columns = ["#", "run", "cost", "best val"]
+        console.print(listing_table("", columns, rows, console.width, whole=2))
         console.print(f"pick: {ranked[0]['why']}", markup=False)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+from rich.cells import cell_len
 
 from mlxlora.cli import main
 
@@ -188,6 +190,10 @@ def test_list_shows_a_japanese_name_whole_at_80_columns(home, monkeypatch, capsy
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith(f"{name}  instruction  20") for line in lines), lines
     assert "…" not in "".join(lines)
+    # its creation's date and time on one line: `2026-11-27` over `10:18` wrapped (QA)
+    row = rf"{name}  instruction  20 +\d{{4}}-\d\d-\d\d \d\d:\d\d  "
+    assert any(re.match(row, line) for line in lines), lines
+    assert max(cell_len(line) for line in lines) <= 80
 
 
 def test_show_puts_a_japanese_description_on_its_own_line(home, monkeypatch, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,25 @@ def test_sweep_status_rows_stay_apart_in_80_columns(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "learning_rate=0.0001" in out and "learning_rate=5e-05" in out
     assert "…" not in out
+
+
+def test_the_ranked_runs_of_a_japanese_sweep_fit_80_columns(home, capsys, monkeypatch):
+    """`sweep status` ranked each run on a line with the sweep's name, which passed 80
+    columns and wrapped its best val onto a line of its own (a QA finding)."""
+    args = ["sweep", TINY, "--grid", "lora.rank=4,8", "--grid", "training.learning_rate=5e-4,1e-4"]
+    name = "医療専門知識モデル_v1-sweep"
+    assert main([*args, "--set", "training.max_steps=1", "--name", name, "--no-start"]) == 0
+    assert queue_runner.work(idle_exit=0) == 4
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["sweep", "status", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ranked = lines[lines.index("ranked (compare --pick's weighted cost, lower is better):") + 1 :]
+    assert ranked[0].split() == ["#", "run", "cost", "best", "val"]
+    rows = [line.split() for line in ranked[1:5]]
+    assert [row[0] for row in rows] == ["1", "2", "3", "4"]
+    own = {f"rank{r}-learning_rate{lr}" for r in (4, 8) for lr in ("5e-4", "1e-4")}
+    assert {row[1] for row in rows} == own  # the run without the sweep's name, whole
+    numbers = [(row[2], row[3]) for row in rows]  # cost and best val beside the run
+    assert all(re.fullmatch(r"\d\.\d{3} \d\.\d{4}", " ".join(pair)) for pair in numbers)
+    assert ranked[5].startswith(f"pick: {name}-rank")
