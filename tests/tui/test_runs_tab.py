@@ -15,8 +15,9 @@ import pytest
 from run_fixtures import REPO, T0, screen_text, wait_for, write_run
 from textual.widgets import DataTable, ProgressBar, Static
 
-from mlxlora import machine, memory, procs, queue, queue_runner, runs
-from mlxlora.events import Diagnosis, EventWriter
+from mlxlora import config, engine, machine, memory, procs, queue, queue_runner, runs
+from mlxlora.errors import MlxloraError
+from mlxlora.events import Diagnosis, EventWriter, RunStarted, read_events
 from mlxlora.tui.app import MlxloraApp
 from mlxlora.tui.screens.run_detail import RunDetail
 from mlxlora.tui.screens.runs import COLUMNS, RunsTab
@@ -273,6 +274,33 @@ def end_resume(run, exit_code: int | None) -> queue.Job:
     job.exit_code = exit_code
     queue_runner._finish(job, "failed", "unknown dataset '医療QA' (no datasets yet)")
     return job
+
+
+def test_a_resume_that_failed_in_its_run_shows_once_as_its_run(home):
+    """A resume that started again and failed there (over its memory budget) showed as a
+    'resume failed' row beside its run's 'failed' row: one run twice (a QA finding). The
+    run's row alone shows it, failed as the session ended."""
+    cfg = config.load(REPO / "configs" / "tiny.yaml", ["name=医療-基礎", "training.max_steps=5"])
+    cfg.training.memory_budget = "13MB"  # over it before the first step, as is every resume
+    run = runs.runs_root().resolve() / "医療-基礎"
+    with pytest.raises(MlxloraError, match="over the budget"):
+        engine.train(cfg, run)
+    queue.add_resume(run)
+    assert queue_runner.work(idle_exit=0) == 1
+    (job,) = queue.jobs()
+    assert (job.state, job.exit_code) == ("failed", 6) and "over the budget" in job.error
+    started = [e for e in read_events(runs.RunPaths(run).events) if isinstance(e, RunStarted)]
+    assert started[-1].time >= job.created  # the resume wrote its session in the run
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) >= 1)
+            await pilot.pause(0.3)
+            shown = {key: cells[:2] for key, cells in rows(app).items()}
+            assert shown == {str(run): ["医療-基礎", "failed ⚠ memory"]}
+
+    asyncio.run(go())
 
 
 def test_a_cut_off_resume_shows_as_its_run_and_r_on_a_failed_resume_resumes_its_run(

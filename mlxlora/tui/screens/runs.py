@@ -99,7 +99,7 @@ class RunsTab(Vertical):
         jobs, rest = {}, {}  # row key -> a job's name; every row's cells after its name
         latest = {j.run_dir: j for j in self.book.jobs if j.run_dir}  # jobs come oldest first
         for job in self.book.jobs:
-            status = _job_status(job, latest.get(job.run_dir) is job)
+            status = _job_status(job, latest.get(job.run_dir) is job and not self._wrote(job))
             if status:
                 # a resume's job is named by its run's directory: shown cut in the middle,
                 # that read `メモ…61127-074135`; by the run's name it reads as the run's row
@@ -122,6 +122,16 @@ class RunsTab(Vertical):
         for view, label in zip(views, labels, strict=True):
             names[str(view.path)] = end_cut(label, room)
         return {key: (name, *rest[key]) for key, name in names.items()}
+
+    def _wrote(self, job: queue.Job) -> bool:
+        """A failed resume that started a session in its run (a `run_started` since it was
+        queued): the run's row shows how that session ended, and a row of the job's own
+        beside it showed one run twice (`resume failed` and `failed`)."""
+        if job.kind != "resume" or job.state != "failed":
+            return False
+        mine = Path(job.run_dir).resolve()
+        view = next((v for p, v in self.book.views.items() if p.resolve() == mine), None)
+        return bool(view and view.started and view.started.time >= job.created)
 
     def _cells(self, view, kind: bool = True) -> tuple:
         """A run's cells after its name; `kind`: the diagnosis flag names its worst kind."""
@@ -382,13 +392,14 @@ class RunsTab(Vertical):
         self.notify(f"Removed {job.state} job {job.name}")
 
 
-def _job_status(job: queue.Job, latest_for_its_run: bool) -> str | None:
+def _job_status(job: queue.Job, alone: bool) -> str | None:
     """How a job shows as a row of its own; None for a job its run's row shows. A resume
     that failed before the run started again (its dataset removed, say) wrote nothing in
-    the run: its row says so while it is the run's latest job. One cut off by a killed
-    runner (no exit code) ended as its run did, which the run's row shows."""
+    the run: its row says so while it is the run's latest job and wrote nothing (`alone`).
+    One cut off by a killed runner (no exit code) ended as its run did, which the run's
+    row shows."""
     if job.run_dir:
-        failed = job.state == "failed" and job.exit_code not in (None, 0) and latest_for_its_run
+        failed = job.state == "failed" and job.exit_code not in (None, 0) and alone
         return "resume failed" if failed and job.kind == "resume" else None
     if job.state == "running":
         return "starting"
