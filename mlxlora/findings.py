@@ -41,10 +41,14 @@ REMEDIES = {
     "truncation": [
         "data.max_length higher if memory allows (mlxlora doctor), or shorter records",
     ],
+    # No fixed numbers: a finding reads no config, and "data.max_length: 1024" told a run of
+    # 256 to raise it. training.fit chooses from the run's own config.
     "memory": [
-        "training.batch_size: 1 with training.grad_accumulation: 4",
-        "data.max_length: 1024",
+        "training.fit: auto (or --fit): a batch, accumulation and checkpointing that fit, "
+        "the effective batch kept",
+        "a lower training.batch_size with training.grad_accumulation raised by as much",
         "training.grad_checkpoint: true",
+        "a lower data.max_length (the longest records set the peak), or shorter records",
     ],
 }
 SEVERITIES = ("info", "warning", "critical")
