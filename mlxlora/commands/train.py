@@ -141,20 +141,22 @@ def dry_run(cfg, as_json: bool = False) -> int:
     t, d = plan["config"].training, plan["config"].data
     length = plan["length"]
     cut = "" if length >= d.max_length else f" (the longest record; data.max_length {d.max_length})"
-    table = Table(
-        # the backend as the run's first line names it: `--set backend=torch` went unconfirmed
-        title=f"memory of {cfg.model} on {backend.info.name} ({backend.info.device}): "
+    # the backend as the run's first line names it: `--set backend=torch` went unconfirmed.
+    # A line of its own: as the table's title it wrapped to the table's ~45 columns.
+    heading = (
+        f"memory of {cfg.model} on {backend.info.name} ({backend.info.device}): "
         f"batch {t.batch_size} x {length}{cut}, "
-        f"accumulation {t.grad_accumulation}, checkpointing {'on' if t.grad_checkpoint else 'off'}",
-        show_header=False,
-        box=None,
+        f"accumulation {t.grad_accumulation}, checkpointing {'on' if t.grad_checkpoint else 'off'}"
     )
+    table = Table(show_header=False, box=None)
     for label, n in plan["estimate"].breakdown():
         table.add_row(label, fmt_bytes(n))
     budget = fmt_bytes(plan["budget"]) if plan["budget"] else "unknown"
     table.add_row("budget", budget)
     table.add_row("verdict", plan["verdict"])
-    Console().print(table)
+    console = Console()
+    console.print(heading, markup=False, highlight=False)
+    console.print(table)
     for line in plan["warnings"]:
         print(f"  warning: {line}")
     for line in plan["advice"]:
