@@ -240,10 +240,14 @@ def planned_weights(info: dict, quantized_base: str, on_cpu: bool) -> int:
     return weight_bytes(info, 4 if on_cpu else 2)
 
 
-def weights_here(info: dict, quantized_base: str = "auto", device=None) -> int:
-    """planned_weights on `device` (a machine.TrainingDevice; by default `auto`'s)."""
+def weights_here(
+    info: dict, shape: TrainShape | None = None, quantized_base: str = "auto", device=None
+) -> int:
+    """planned_weights on `device` (a machine.TrainingDevice; by default `auto`'s), and with
+    `shape` its LoRA layers' (lora_weight_bytes): the weights as that run counts them loaded."""
     device = device or machine.training_device()
-    return planned_weights(info, quantized_base, on_cpu=device.on_cpu)
+    lora = lora_weight_bytes(info, shape) if shape else 0
+    return planned_weights(info, quantized_base, on_cpu=device.on_cpu) + lora
 
 
 def lora_param_count(info: dict, rank: int, targets, lora_layers: int) -> int:

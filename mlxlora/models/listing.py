@@ -70,7 +70,7 @@ def builtin_rows(shape: TrainShape) -> list[dict]:
     here = memory.shape_here(shape)
 
     def sizes(info: dict) -> dict:
-        local = estimate(info, here, weights=memory.weights_here(info))
+        local = estimate(info, here, weights=memory.weights_here(info, here))
         return {"train_bytes": estimate(info, shape).total, "train_bytes_this_machine": local.total}
 
     return [
@@ -112,7 +112,7 @@ def rows(shape: TrainShape) -> tuple[dict[str, int | None], list[dict]]:
     out = []
     for m in CATALOG:
         mac = estimate(m.info(), shape)
-        local = estimate(m.info(), here, weights=memory.weights_here(m.info()))
+        local = estimate(m.info(), here, weights=memory.weights_here(m.info(), here))
         fits = {
             name: (
                 None

@@ -47,9 +47,12 @@ def test_models_json_numbers_and_marks(linux_box, capsys):
     for row in data["models"]:
         entry = find(row["id"])
         mac = estimate(entry.info(), TrainShape()).total
+        here = memory.on_cpu(TrainShape())
         weights = memory.weights_here(entry.info())  # float32 here: the CPU dequantizes
         assert weights == entry.info()["params"] * 4
-        local = estimate(entry.info(), memory.on_cpu(TrainShape()), weights=weights).total
+        # as a run counts its loaded weights (and its dry run says): its LoRA layers' too
+        weights += memory.lora_weight_bytes(entry.info(), here)
+        local = estimate(entry.info(), here, weights=weights).total
         assert (row["train_bytes"], row["train_bytes_this_machine"]) == (mac, local)
         assert row["fits"] == {
             "this machine": local <= 20 * GIB,
@@ -256,7 +259,9 @@ def test_on_a_cuda_host_doctor_and_models_plan_with_the_cards_memory(
     data = models_json(capsys)
     assert data["budgets"]["this machine"] == 80 * GIB
     smol = next(m for m in data["models"] if m["id"].endswith("SmolLM2-135M-Instruct"))
-    gpu = estimate(find(smol["id"]).info(), TrainShape(attention="fused")).total
+    info, fused = find(smol["id"]).info(), TrainShape(attention="fused")
+    # half-precision weights, as a run on the card counts them loaded: its LoRA layers' too
+    gpu = estimate(info, fused, weights=memory.weights_here(info, fused)).total
     assert smol["train_bytes_this_machine"] == gpu < smol["train_bytes"]  # fused: no n^2 probs
 
 

@@ -229,10 +229,7 @@ def memory_verdict(
         machine_budget = device.budget
     budget = config.run_budget(cfg, machine_budget)
     shape = memory.shape_here(memory.TrainShape.from_config(cfg), device)
-    # as the run will count them: its LoRA layers' weights among them
-    weights = memory.weights_here(info, cfg.quantized_base, device) + memory.lora_weight_bytes(
-        info, shape
-    )
+    weights = memory.weights_here(info, shape, cfg.quantized_base, device)
     if cfg.training.fit == "auto" and budget:
         return _fitted_verdict(info, shape, budget, weights)
     if longest:
