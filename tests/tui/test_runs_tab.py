@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -299,6 +300,26 @@ def test_a_resume_that_failed_in_its_run_shows_once_as_its_run(home):
             await pilot.pause(0.3)
             shown = {key: cells[:2] for key, cells in rows(app).items()}
             assert shown == {str(run): ["医療-基礎", "failed ⚠ memory"]}
+
+    asyncio.run(go())
+
+
+def test_a_resume_killed_mid_session_keeps_its_row_and_its_error(home, monkeypatch):
+    """A resume killed after it started its session (SIGKILL: no `run_failed`) lost its row
+    with the run's row hiding it, and its error showed nowhere (a review finding)."""
+    monkeypatch.setattr(queue_runner, "ensure_runner", lambda: False)
+    run = write_run("医療-中断", steps=15, end="stopped").resolve()
+    job = end_resume(run, -9)
+    with EventWriter(runs.RunPaths(run).events) as w:  # its session began, and never ended
+        w.emit(replace(read_events(runs.RunPaths(run).events)[0], time=job.created + 1))
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) >= 2)
+            await pilot.pause(0.2)
+            shown = {key: cells[1] for key, cells in rows(app).items()}
+            assert shown[f"job:{job.id}"] == "resume failed", shown
 
     asyncio.run(go())
 

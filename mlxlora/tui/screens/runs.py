@@ -20,6 +20,7 @@ from textual.widgets import DataTable
 
 from mlxlora import machine, queue, queue_runner, runcontrol, runlist, runs
 from mlxlora.errors import MlxloraError
+from mlxlora.events import RunFailed
 from mlxlora.sweep import run_sweep
 from mlxlora.tui.children import Child
 from mlxlora.tui.messages import RunsPolled
@@ -124,14 +125,16 @@ class RunsTab(Vertical):
         return {key: (name, *rest[key]) for key, name in names.items()}
 
     def _wrote(self, job: queue.Job) -> bool:
-        """A failed resume that started a session in its run (a `run_started` since it was
-        queued): the run's row shows how that session ended, and a row of the job's own
-        beside it showed one run twice (`resume failed` and `failed`)."""
+        """A failed resume whose session in its run ended failed (a `run_failed` since its
+        child started): the run's row shows that ending, and a row of the job's own beside it
+        showed one run twice (`resume failed` and `failed`). A child killed mid-session wrote
+        no ending: its row stays, the only place its error shows."""
         if job.kind != "resume" or job.state != "failed":
             return False
         mine = Path(job.run_dir).resolve()
         view = next((v for p, v in self.book.views.items() if p.resolve() == mine), None)
-        return bool(view and view.started and view.started.time >= job.created)
+        ending = view.ending if view else None
+        return isinstance(ending, RunFailed) and ending.time >= (job.pid_start or job.created)
 
     def _cells(self, view, kind: bool = True) -> tuple:
         """A run's cells after its name; `kind`: the diagnosis flag names its worst kind."""
