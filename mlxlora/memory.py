@@ -226,13 +226,17 @@ def weight_bytes(info: dict, dtype_bytes: int, bits: int | None = None) -> int:
     return int(params * bits / 8 + params / group * 2 * dtype_bytes)  # + a scale and bias per group
 
 
-def planned_weights(info: dict, quantized_base: str, on_cpu: bool) -> int:
+def planned_weights(info: dict, quantized_base: str, on_cpu: bool, backend: str = "mlx") -> int:
     """Bytes the weights will take once loaded, before loading: float32 on a CPU unless a
     quantized base is kept (the MLX backend dequantizes there); on a GPU half precision for
     a quantized base dequantized, else what the files hold. A bitsandbytes base stays
-    quantized whatever the policy: backend torch, the one that loads it, trains it as QLoRA."""
+    quantized whatever the policy: backend torch, the one that loads it, trains it as QLoRA.
+    Backend torch trains an MLX-quantized base from a float copy (torch_peft.transformers_dir):
+    dequantized, whatever the policy."""
     if (info.get("quantization") or {}).get("method") == "bitsandbytes":
         return weight_bytes(info, 4 if on_cpu else 2)
+    if backend == "torch":
+        quantized_base = "dequantize"
     if on_cpu and not (quantized_base == "keep" and info.get("quantization")):
         return int(info["params"]) * 4
     if quantized_base == "dequantize" and info.get("quantization"):
@@ -241,13 +245,20 @@ def planned_weights(info: dict, quantized_base: str, on_cpu: bool) -> int:
 
 
 def weights_here(
-    info: dict, shape: TrainShape | None = None, quantized_base: str = "auto", device=None
+    info: dict,
+    shape: TrainShape | None = None,
+    *,
+    quantized_base: str = "auto",
+    backend: str = "auto",
+    device=None,
 ) -> int:
-    """planned_weights on `device` (a machine.TrainingDevice; by default `auto`'s), and with
-    `shape` its LoRA layers' (lora_weight_bytes): the weights as that run counts them loaded."""
+    """planned_weights for `backend` on `device` (a machine.TrainingDevice; by default
+    `auto`'s, whose backend doctor names), and with `shape` its LoRA layers'
+    (lora_weight_bytes): the weights as that run counts them once loaded."""
     device = device or machine.training_device()
+    backend = device.backend if backend == "auto" else backend
     lora = lora_weight_bytes(info, shape) if shape else 0
-    return planned_weights(info, quantized_base, on_cpu=device.on_cpu) + lora
+    return planned_weights(info, quantized_base, device.on_cpu, backend) + lora
 
 
 def lora_param_count(info: dict, rank: int, targets, lora_layers: int) -> int:

@@ -296,13 +296,12 @@ def device_budget(backend) -> int | None:
 
 
 def planned_weights(cfg: Config, info: dict, backend) -> int:
-    """Bytes the weights will take once loaded, before loading: float32 on a CPU unless a
-    quantized base is kept, else what the files hold. Backend torch trains MLX-quantized
-    weights from a float copy (torch_peft.transformers_dir): dequantized, whatever the config."""
+    """Bytes the weights will take once loaded on `backend`, before loading
+    (memory.planned_weights)."""
     from mlxlora import memory
 
-    policy = "dequantize" if backend.info.name == "torch" else cfg.quantized_base
-    return memory.planned_weights(info, policy, backend.info.device.startswith("cpu"))
+    on_cpu = backend.info.device.startswith("cpu")
+    return memory.planned_weights(info, cfg.quantized_base, on_cpu, backend.info.name)
 
 
 def loaded_weights(cfg: Config, info: dict, backend) -> int:

@@ -422,6 +422,27 @@ def test_a_run_starts_with_the_estimate_its_dry_run_printed(home, tmp_path, back
     assert form.total == plan["total"]
 
 
+@pytest.mark.smollm2
+def test_the_train_tab_plans_torch_s_float_copy_of_a_quantized_base_as_the_dry_run(home):
+    """SmolLM2 (4-bit MLX weights) on backend torch with quantized_base: keep: torch trains
+    a float copy, as the dry run counted, while the Train tab's form counted the 4-bit files
+    (a review finding: 16.4 against 13.8 MB on a 4-bit tiny)."""
+    pytest.importorskip("peft")
+    from mlxlora.config import load
+    from mlxlora.models.info import model_info
+    from mlxlora.models.resolve import resolve_model
+    from mlxlora.tui.screens.train.form import memory_verdict
+
+    sets = ["model=builtin:smollm2-135m", "backend=torch", "quantized_base=keep"]
+    out = mlxlora("train", QUICK, "--dry-run", "--json", *(a for s in sets for a in ("--set", s)))
+    plan = json.loads(out.stdout)
+    cfg = load(QUICK, sets)
+    info = model_info(resolve_model(cfg.model))
+    assert info["quantization"]  # the files hold 4-bit weights
+    form = memory_verdict(cfg, info, None, plan["length"])
+    assert form.total == plan["total"]
+
+
 def test_dry_run_prints_the_breakdown_and_the_fit(home):
     out = mlxlora("train", QUICK, "--dry-run", "--set", "training.batch_size=8")
     assert out.returncode == 0, out.stderr

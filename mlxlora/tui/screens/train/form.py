@@ -229,7 +229,9 @@ def memory_verdict(
         machine_budget = device.budget
     budget = config.run_budget(cfg, machine_budget)
     shape = memory.shape_here(memory.TrainShape.from_config(cfg), device)
-    weights = memory.weights_here(info, shape, cfg.quantized_base, device)
+    weights = memory.weights_here(
+        info, shape, quantized_base=cfg.quantized_base, backend=cfg.backend, device=device
+    )
     if cfg.training.fit == "auto" and budget:
         return _fitted_verdict(info, shape, budget, weights)
     if longest:
