@@ -101,7 +101,9 @@ def list_jobs(args) -> int:
     console = Console()
     columns = ["id", "name", "kind", "state", "queued", "run / error"]
     title = f"jobs in {queue.root()}"
-    console.print(listing_table(title, columns, rows, console.width, whole=2, names=(5,)))
+    console.print(
+        listing_table(title, columns, rows, console.width, whole=2, names=(5,), unbroken=(4,))
+    )
     if why := queue_runner.stalled():
         print(why)
     return 0

@@ -119,7 +119,8 @@ def list_runs(args) -> int:
         )
     console = Console()
     columns = ["name", "status", "model", "step", "ema loss", "best val", "started"]
-    console.print(listing_table(f"runs in {runs.runs_root()}", columns, rows, console.width))
+    title = f"runs in {runs.runs_root()}"
+    console.print(listing_table(title, columns, rows, console.width, unbroken=(6,)))
     return 0
 
 

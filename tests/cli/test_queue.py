@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -124,6 +125,9 @@ def test_queue_list_at_80_columns_shows_whole_ids_that_rm_takes_with_names(
         (row,) = [r for r in rows if r.split()[1] == job.name and queue.find(r.split()[0]) == job]
         ids.append(row.split()[0])
     assert len(set(ids)) == 4 and all(len(i) < 12 for i in ids)
+    # each queued time whole on its row: `2026-11-27` over `11:10` wrapped (a review finding)
+    stamped = [r for r in rows if re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", r)]
+    assert len(stamped) == 4, rows
 
     assert main(["queue", "rm", ids[0]]) == 0
     assert main(["queue", "rm", "beta"]) == 0  # by name

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from rich.cells import cell_len
 
 from mlxlora import config, engine, queue, runlist, runs
 from mlxlora.cli import main
@@ -38,6 +41,21 @@ def test_runs_list_at_80_columns_keeps_each_name_whole(home, capsys, monkeypatch
     # beside a long name the other columns no longer fit their words (`finishe d`,
     # `slow_c onverg ence`): each run's facts go under its name, whole
     assert out.count("status finished") == 2 and out.count("model builtin:tiny") == 2
+
+
+def test_runs_list_at_80_columns_keeps_each_start_s_date_and_time_on_one_line(
+    home, capsys, monkeypatch
+):
+    """Two runs of short Japanese names: `2025-06-15` over `15:06` (a review finding, as
+    `data list`'s was)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    trained = [train("医療v1"), train("医療v2")]
+    assert main(["runs", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(any(line.startswith(run.name) for line in lines) for run in trained), lines
+    stamped = [line for line in lines if re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", line)]
+    assert len(stamped) == 2, lines  # whole, in the row or in the facts under its name
+    assert max(cell_len(line) for line in lines) <= 80
 
 
 def test_runs_list_and_show_say_early_stopped_as_the_runs_tab_does(home, capsys):
