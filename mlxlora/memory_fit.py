@@ -11,6 +11,7 @@ from mlxlora.memory import (
     TrainShape,
     estimate,
     fmt_bytes,
+    lora_weight_bytes,
     loss_chunk_rows,
     weight_bytes,
 )
@@ -114,7 +115,9 @@ def fit_advice(est: MemoryEstimate, budget: int, info: dict, shape: TrainShape) 
     if est.total <= budget:
         return []
     advice: list[str] = []
-    weights = est.weights  # as loaded (float32 on a CPU), not as the files hold them
+    # the base's weights as loaded (float32 on a CPU), not as the files hold them; the LoRA
+    # layers' are among a run's weights, and a step may change them (lora.num_layers)
+    base = est.weights - lora_weight_bytes(info, shape)
     current = shape
     steps = []
     if current.batch_size > 1:
@@ -144,10 +147,10 @@ def fit_advice(est: MemoryEstimate, budget: int, info: dict, shape: TrainShape) 
     if current.lora_layers < 0 or current.lora_layers > 8:
         if layers > 8:
             steps.append(("lora.num_layers=8", lambda s: replace(s, lora_layers=8), None))
-    for text, change, new_weights in steps:
+    for text, change, new_base in steps:
         current = change(current)
-        weights = new_weights if new_weights is not None else weights
-        total = estimate(info, current, weights=weights).total
+        base = new_base if new_base is not None else base
+        total = estimate(info, current, weights=base + lora_weight_bytes(info, current)).total
         fits = total <= budget
         prefix = "" if not advice else "then "
         advice.append(f"{prefix}{text}: ~{fmt_bytes(total)}" + (" (fits)" if fits else ""))

@@ -1,8 +1,8 @@
 """Where MLX trains and in which dtype: the one place that picks the device.
 
-On Apple Silicon the model keeps its own dtype on the GPU and the wired-memory limit is raised
-as mlx-lm does; on a CPU, bf16 matmuls are ~25x slower than float32, so floating weights are
-cast to float32.
+On Apple Silicon the model keeps its own dtype on the GPU (MLXBackend.load raises the
+wired-memory limit there, as mlx-lm does); on a CPU, bf16 matmuls are ~25x slower than float32,
+so floating weights are cast to float32.
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ import sys
 from dataclasses import replace
 
 from mlxlora import machine
-from mlxlora.memory import TrainShape, estimate, fmt_bytes
+from mlxlora.memory import TrainShape, fmt_bytes
 from mlxlora.models.listing import (
     builtin_rows,
     builtin_tiny_info,
     ollama_rows,
+    on_a_mac,
     params_text,
     rows,
 )
@@ -87,7 +88,7 @@ def run(args) -> int:
         except Exception:  # noqa: BLE001 - a broken torch or CUDA install: the CPU's guess
             pass
     b, models = rows(shape)
-    tiny = estimate(builtin_tiny_info(), shape)
+    tiny = on_a_mac(builtin_tiny_info(), shape)
     builtins = builtin_rows(shape)
     local = ollama_rows()
     if args.json:

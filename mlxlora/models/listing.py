@@ -61,6 +61,15 @@ def builtin_tiny_info() -> dict:
     }
 
 
+def on_a_mac(info: dict, shape: TrainShape):
+    """The estimate on a Mac's GPU, its weights as a run there counts them loaded: what the
+    files hold in half precision, and its LoRA layers'."""
+    weights = memory.planned_weights(info, "auto", on_cpu=False) + memory.lora_weight_bytes(
+        info, shape
+    )
+    return estimate(info, shape, weights=weights)
+
+
 def builtin_rows(shape: TrainShape) -> list[dict]:
     """builtin:tiny and builtin:smollm2-135m: size, training memory (on a Mac with `shape`,
     and on this machine as it trains), installed or how to."""
@@ -71,7 +80,7 @@ def builtin_rows(shape: TrainShape) -> list[dict]:
 
     def sizes(info: dict) -> dict:
         local = estimate(info, here, weights=memory.weights_here(info, here))
-        return {"train_bytes": estimate(info, shape).total, "train_bytes_this_machine": local.total}
+        return {"train_bytes": on_a_mac(info, shape).total, "train_bytes_this_machine": local.total}
 
     return [
         {
@@ -111,7 +120,7 @@ def rows(shape: TrainShape) -> tuple[dict[str, int | None], list[dict]]:
     here = memory.shape_here(shape)
     out = []
     for m in CATALOG:
-        mac = estimate(m.info(), shape)
+        mac = on_a_mac(m.info(), shape)
         local = estimate(m.info(), here, weights=memory.weights_here(m.info(), here))
         fits = {
             name: (

@@ -504,8 +504,9 @@ def test_the_dry_run_estimates_what_the_run_starts_with(home, quickstart_data, t
     (started,) = [
         e for e in read_events(RunPaths(tmp_path / "run").events) if isinstance(e, RunStarted)
     ]
-    # the same shape and the same weights: planned (parameters x 4 bytes) before loading, the
-    # base's as loaded (its LoRA weights counted once, with their optimizer state) in the run
+    # the same shape and the same weights: planned before loading (the base's parameters x 4
+    # bytes and its LoRA layers'), as loaded in the run; the LoRA weights count in both the
+    # weights and the LoRA + optimizer row, as the memory factors were measured
     assert plan["estimate"].total / 1e9 == started.estimated_peak_gb
 
 

@@ -15,6 +15,7 @@ from mlxlora.memory import (
     estimate,
     estimate_training_memory,
     fmt_bytes,
+    lora_weight_bytes,
     weight_bytes,
 )
 from mlxlora.memory_fit import fit_advice
@@ -150,22 +151,27 @@ def test_advice_offers_checkpointing_4bit_and_fewer_layers():
     info = find("mlx-community/SmolLM2-360M-Instruct").info()  # bf16, 32 layers
     shape = TrainShape(batch_size=1, max_length=1024)
     ckpt = TrainShape(batch_size=1, max_length=1024, grad_checkpoint=True)
-    q4 = weight_bytes(info, 2, bits=4)
+    eight = TrainShape(1, 1024, grad_checkpoint=True, lora_layers=8)
+    # the weights as a run counts them loaded: the base's and its LoRA layers' (fewer of
+    # them with lora.num_layers=8; a 4-bit model's advice kept them)
+    lora, lora8 = lora_weight_bytes(info, shape), lora_weight_bytes(info, eight)
+    bf16, q4 = weight_bytes(info, 2) + lora, weight_bytes(info, 2, bits=4)
     totals = [
-        estimate(info, ckpt).total,
-        estimate(info, ckpt, weights=q4).total,
-        estimate(info, TrainShape(1, 1024, grad_checkpoint=True, lora_layers=8), weights=q4).total,
+        estimate(info, ckpt, weights=bf16).total,
+        estimate(info, ckpt, weights=q4 + lora).total,
+        estimate(info, eight, weights=q4 + lora8).total,
     ]
     assert totals == sorted(totals, reverse=True) and len(set(totals)) == 3
     budget = 100 * 1024**2
-    assert fit_advice(estimate(info, shape), budget, info, shape) == [
+    est = estimate(info, shape, weights=bf16)
+    assert fit_advice(est, budget, info, shape) == [
         f"training.grad_checkpoint=true: ~{fmt_bytes(totals[0])}",
         f"then a 4-bit model (e.g. the mlx-community ...-4bit version): ~{fmt_bytes(totals[1])}",
         f"then lora.num_layers=8: ~{fmt_bytes(totals[2])}",
         "still over the budget of 100.0 MiB: pick a smaller model (`mlxlora models`)",
     ]
     # With a budget just above the 4-bit total the advice stops there.
-    advice = fit_advice(estimate(info, shape), totals[1], info, shape)
+    advice = fit_advice(est, totals[1], info, shape)
     assert len(advice) == 2 and advice[-1].endswith("(fits)")
 
 
