@@ -6,15 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from mlxlora.memory import (
-    MemoryEstimate,
-    TrainShape,
-    estimate,
-    fmt_bytes,
-    lora_weight_bytes,
-    loss_chunk_rows,
-    weight_bytes,
-)
+from mlxlora.memory import MemoryEstimate, TrainShape, estimate, fmt_bytes, loss_chunk_rows
+from mlxlora.memory_weights import lora_weight_bytes, weight_bytes
 
 # Relative step time of the knobs fit turns (from this repo's CPU measurements: checkpointing
 # recomputes the forward pass, ~1/3 more; each extra micro-batch a step costs its overhead and

@@ -297,20 +297,21 @@ def device_budget(backend) -> int | None:
 
 def planned_weights(cfg: Config, info: dict, backend) -> int:
     """Bytes the weights will take once loaded on `backend`, before loading
-    (memory.planned_weights)."""
-    from mlxlora import memory
+    (memory_weights.planned_weights)."""
+    from mlxlora import memory_weights
 
     on_cpu = backend.info.device.startswith("cpu")
-    return memory.planned_weights(info, cfg.quantized_base, on_cpu, backend.info.name)
+    return memory_weights.planned_weights(info, cfg.quantized_base, on_cpu, backend.info.name)
 
 
 def loaded_weights(cfg: Config, info: dict, backend) -> int:
     """The model's parameters once loaded, as the run counts them: the planned base weights and
-    the LoRA layers' (memory.lora_weight_bytes). A dry run and a fit say what the run will."""
-    from mlxlora import memory
+    the LoRA layers' (memory_weights.lora_weight_bytes). A dry run and a fit say what the run
+    will."""
+    from mlxlora import memory, memory_weights
 
     shape = memory.TrainShape.from_config(cfg)
-    return planned_weights(cfg, info, backend) + memory.lora_weight_bytes(info, shape)
+    return planned_weights(cfg, info, backend) + memory_weights.lora_weight_bytes(info, shape)
 
 
 def ignored_settings(cfg: Config, model_dir: Path, backend) -> list[str]:

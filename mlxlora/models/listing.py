@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mlxlora import machine, memory, targets
+from mlxlora import machine, memory, memory_weights, targets
 from mlxlora.errors import ModelError
 from mlxlora.machine import unified_budget
 from mlxlora.memory import GIB, TrainShape, estimate
@@ -64,9 +64,9 @@ def builtin_tiny_info() -> dict:
 def on_a_mac(info: dict, shape: TrainShape):
     """The estimate on a Mac's GPU, its weights as a run there counts them loaded: what the
     files hold in half precision, and its LoRA layers'."""
-    weights = memory.planned_weights(info, "auto", on_cpu=False) + memory.lora_weight_bytes(
-        info, shape
-    )
+    weights = memory_weights.planned_weights(
+        info, "auto", on_cpu=False
+    ) + memory_weights.lora_weight_bytes(info, shape)
     return estimate(info, shape, weights=weights)
 
 
@@ -79,7 +79,7 @@ def builtin_rows(shape: TrainShape) -> list[dict]:
     here = memory.shape_here(shape)
 
     def sizes(info: dict) -> dict:
-        local = estimate(info, here, weights=memory.weights_here(info, here))
+        local = estimate(info, here, weights=memory_weights.weights_here(info, here))
         return {"train_bytes": on_a_mac(info, shape).total, "train_bytes_this_machine": local.total}
 
     return [
@@ -121,7 +121,7 @@ def rows(shape: TrainShape) -> tuple[dict[str, int | None], list[dict]]:
     out = []
     for m in CATALOG:
         mac = on_a_mac(m.info(), shape)
-        local = estimate(m.info(), here, weights=memory.weights_here(m.info(), here))
+        local = estimate(m.info(), here, weights=memory_weights.weights_here(m.info(), here))
         fits = {
             name: (
                 None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxlora import machine, memory
+from mlxlora import machine, memory, memory_weights
 from mlxlora.cli import main
 from mlxlora.memory import GIB, TrainShape, estimate
 from mlxlora.models import listing
@@ -46,15 +46,15 @@ def test_models_json_numbers_and_marks(linux_box, capsys):
     assert [m["id"] for m in data["models"]] == [m.id for m in CATALOG]
     for row in data["models"]:
         entry = find(row["id"])
-        mac_weights = entry.info()["weight_bytes"] + memory.lora_weight_bytes(
+        mac_weights = entry.info()["weight_bytes"] + memory_weights.lora_weight_bytes(
             entry.info(), TrainShape()
         )  # what the files hold (half precision or 4-bit) and the LoRA layers', as loaded
         mac = estimate(entry.info(), TrainShape(), weights=mac_weights).total
         here = memory.on_cpu(TrainShape())
-        weights = memory.weights_here(entry.info())  # float32 here: the CPU dequantizes
+        weights = memory_weights.weights_here(entry.info())  # float32 here: the CPU dequantizes
         assert weights == entry.info()["params"] * 4
         # as a run counts its loaded weights (and its dry run says): its LoRA layers' too
-        weights += memory.lora_weight_bytes(entry.info(), here)
+        weights += memory_weights.lora_weight_bytes(entry.info(), here)
         local = estimate(entry.info(), here, weights=weights).total
         assert (row["train_bytes"], row["train_bytes_this_machine"]) == (mac, local)
         assert row["fits"] == {
@@ -264,7 +264,7 @@ def test_on_a_cuda_host_doctor_and_models_plan_with_the_cards_memory(
     smol = next(m for m in data["models"] if m["id"].endswith("SmolLM2-135M-Instruct"))
     info, fused = find(smol["id"]).info(), TrainShape(attention="fused")
     # half-precision weights, as a run on the card counts them loaded: its LoRA layers' too
-    gpu = estimate(info, fused, weights=memory.weights_here(info, fused)).total
+    gpu = estimate(info, fused, weights=memory_weights.weights_here(info, fused)).total
     assert smol["train_bytes_this_machine"] == gpu < smol["train_bytes"]  # fused: no n^2 probs
 
 

@@ -327,7 +327,7 @@ def test_a_bitsandbytes_base_is_planned_as_the_4_bit_weights_it_loads(home, tmp_
 
     import torch
 
-    from mlxlora import memory
+    from mlxlora import memory_weights
     from mlxlora.backends import torch_peft
     from mlxlora.models.info import model_info
 
@@ -339,7 +339,7 @@ def test_a_bitsandbytes_base_is_planned_as_the_4_bit_weights_it_loads(home, tmp_
     tensors = itertools.chain(model.parameters(), model.buffers())
     loaded = sum(t.numel() * t.element_size() for t in tensors)
     for policy in ("auto", "dequantize"):  # torch keeps it 4-bit whatever the policy
-        assert loaded <= memory.planned_weights(info, policy, on_cpu=True) <= 1.1 * loaded
+        assert loaded <= memory_weights.planned_weights(info, policy, on_cpu=True) <= 1.1 * loaded
 
 
 def test_mlx_refuses_a_bitsandbytes_base_on_one_line(home, tmp_path):

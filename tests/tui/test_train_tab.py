@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Checkbox, Input, Select, Static
 
-from mlxlora import config, machine, memory
+from mlxlora import config, machine, memory, memory_weights
 from mlxlora.data import store
 from mlxlora.models.listing import builtin_tiny_info
 from mlxlora.tui.app import MlxloraApp
@@ -610,7 +610,9 @@ def test_a_config_that_forces_another_backend_is_estimated_on_its_own_device(wor
 def run_estimate(info: dict, shape: memory.TrainShape) -> memory.MemoryEstimate:
     """The estimate a run of `shape` starts with: the model's weights as loaded (builtin:tiny's
     are float), its LoRA layers' among them."""
-    loaded = memory.weight_bytes(info, shape.dtype_bytes) + memory.lora_weight_bytes(info, shape)
+    loaded = memory_weights.weight_bytes(
+        info, shape.dtype_bytes
+    ) + memory_weights.lora_weight_bytes(info, shape)
     return memory.estimate(info, shape, weights=loaded)
 
 

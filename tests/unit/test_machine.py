@@ -112,7 +112,7 @@ def test_this_machine_has_memory():
 def test_the_training_device_is_guessed_then_learned_from_doctor(monkeypatch):
     """The platform's guess imports no backend; doctor's report (a CUDA card) replaces it,
     and the card's own memory becomes the budget (a Mac's stays its unified memory's)."""
-    from mlxlora import memory
+    from mlxlora import memory, memory_weights
 
     monkeypatch.setattr(machine, "is_apple_silicon", lambda: False)
     monkeypatch.setattr(machine, "memory_budget", lambda: 20 * GIB)
@@ -133,7 +133,7 @@ def test_the_training_device_is_guessed_then_learned_from_doctor(monkeypatch):
     # bf16, as on a GPU, evaluated as torch does
     assert memory.shape_here(shape) == memory.TrainShape(attention="fused", evaluation="eager")
     info = {"params": 1000, "weight_bytes": 500, "quantization": None}
-    assert memory.weights_here(info) == 500  # what the files hold, not float32
+    assert memory_weights.weights_here(info) == 500  # what the files hold, not float32
     assert machine.learn_training_device({**cuda, "backend": "torch"}) is False  # nothing new
     assert machine.training_device("torch") == machine.training_device()
     assert machine.training_device("mlx") == guess  # a config forcing another backend: its own

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from mlxlora import machine, memory, memory_fit
+from mlxlora import machine, memory, memory_fit, memory_weights
 from mlxlora.config import Config
 from mlxlora.memory import (
     GIB,
@@ -15,10 +15,9 @@ from mlxlora.memory import (
     estimate,
     estimate_training_memory,
     fmt_bytes,
-    lora_weight_bytes,
-    weight_bytes,
 )
 from mlxlora.memory_fit import fit_advice
+from mlxlora.memory_weights import lora_weight_bytes, weight_bytes
 from mlxlora.models.catalog import find
 
 SMALL = {
@@ -94,7 +93,9 @@ def test_lora_params_match_mlx_lm_for_llama_1b():
     info = find("mlx-community/Llama-3.2-1B-Instruct-4bit").info()
     qv = estimate(info, TrainShape(lora_rank=8))
     assert qv.lora_params == 851_968  # mlx-lm: "Trainable parameters: ... (0.852M/1235.814M)"
-    every = estimate(info, TrainShape(lora_rank=8, lora_targets=tuple(memory.lora_shapes(info))))
+    every = estimate(
+        info, TrainShape(lora_rank=8, lora_targets=tuple(memory_weights.lora_shapes(info)))
+    )
     assert every.lora_params == 16 * 8 * (4096 + 2 * 2560 + 4096 + 3 * 10240) == 5_636_096
     assert qv.weights == info["weight_bytes"]  # the measured download size when known
 
@@ -311,10 +312,12 @@ def test_a_quantized_base_dequantized_on_a_gpu_plans_half_precision_weights():
     from mlxlora.prepare import planned_weights
 
     info = {"params": 1_000_000, "quantization": {"bits": 4, "group_size": 64}}
-    four_bit = memory.weight_bytes(info, 2)
-    assert memory.planned_weights(info, "auto", on_cpu=False) == four_bit  # kept: QLoRA
-    assert memory.planned_weights(info, "dequantize", on_cpu=False) == 2_000_000
-    assert memory.planned_weights(info, "keep", on_cpu=True) == memory.weight_bytes(info, 4)
+    four_bit = memory_weights.weight_bytes(info, 2)
+    assert memory_weights.planned_weights(info, "auto", on_cpu=False) == four_bit  # kept: QLoRA
+    assert memory_weights.planned_weights(info, "dequantize", on_cpu=False) == 2_000_000
+    assert memory_weights.planned_weights(info, "keep", on_cpu=True) == memory_weights.weight_bytes(
+        info, 4
+    )
     cfg = Config()  # quantized_base: auto
     for name, planned in (("mlx", four_bit), ("torch", 2_000_000)):
         gpu = BackendInfo(name, "gpu (CUDA, H100)", "bfloat16", "CUDA kernels", {}, 80e9)

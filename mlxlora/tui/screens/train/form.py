@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mlxlora import config, machine, memory, memory_fit
+from mlxlora import config, machine, memory, memory_fit, memory_weights
 from mlxlora.config import Config
 from mlxlora.errors import ConfigError
 
@@ -229,7 +229,7 @@ def memory_verdict(
         machine_budget = device.budget
     budget = config.run_budget(cfg, machine_budget)
     shape = memory.shape_here(memory.TrainShape.from_config(cfg), device)
-    weights = memory.weights_here(
+    weights = memory_weights.weights_here(
         info, shape, quantized_base=cfg.quantized_base, backend=cfg.backend, device=device
     )
     if cfg.training.fit == "auto" and budget:
