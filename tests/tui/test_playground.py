@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +30,27 @@ def train_tiny_run(home, name="quick", backend="auto", model="builtin:tiny"):
     return run
 
 
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory, built_tiny):
+    """The 3-step MLX run trained once for the module, in a workspace of its own."""
+    from mlxlora.models.resolve import builtin_dir
+
+    workspace = tmp_path_factory.mktemp("playground-home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLXLORA_HOME", str(workspace))
+        shutil.copytree(built_tiny, builtin_dir())
+        train_tiny_run(workspace, backend="mlx")
+    return workspace
+
+
+@pytest.fixture
+def quick(home, trained_once):
+    """A copy of that run (and the dataset it names) in the test's workspace: each test gets
+    what `train_tiny_run(home, backend="mlx")` would give it, and may spoil its copy."""
+    shutil.copytree(trained_once / "datasets", home / "datasets", dirs_exist_ok=True)
+    return shutil.copytree(trained_once / "runs" / "quick", home / "runs" / "quick")
+
+
 async def until(pilot, condition, seconds=120.0):
     deadline = time.monotonic() + seconds
     while not condition():
@@ -48,11 +70,13 @@ async def ask(pilot, prompt: str, max_tokens: str):
 
 
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
-def test_both_answers_stream_from_children(home, backend):
+def test_both_answers_stream_from_children(home, request, backend):
     """The tuned answer streams from the backend the run trained on (torch: torch_infer)."""
     if backend == "torch":
         pytest.importorskip("peft")
-    run = train_tiny_run(home, backend=backend)
+        run = train_tiny_run(home, backend=backend)
+    else:
+        run = request.getfixturevalue("quick")
     from mlxlora import evaluate
 
     prompt, system = "東京について教えて", "あなたは丁寧なアシスタントです。"
@@ -102,9 +126,7 @@ def test_the_base_answers_on_the_backend_of_a_torch_run(home, tmp_path):
     asyncio.run(go())
 
 
-def test_cancel_and_closing_the_app_stop_the_child(home):
-    train_tiny_run(home)
-
+def test_cancel_and_closing_the_app_stop_the_child(quick):
     async def go():
         app = MlxloraApp("playground")
         async with app.run_test(size=(80, 24)) as pilot:
@@ -143,12 +165,10 @@ def test_escape_leaves_the_prompt_when_nothing_is_answering(home):
     asyncio.run(go())
 
 
-def test_with_no_run_picked_it_asks_for_one_rather_than_a_new_run(home):
+def test_with_no_run_picked_it_asks_for_one_rather_than_a_new_run(quick):
     """The picker's empty choice (its first line) said "No finished run to try: train one
     first" beside a list of finished runs."""
     from textual.widgets import Select
-
-    train_tiny_run(home)
 
     async def go():
         app = MlxloraApp("playground")
@@ -179,9 +199,8 @@ def assert_gone(pid: int, seconds: float = 5.0) -> None:
     raise AssertionError(f"process group {pid} still alive")
 
 
-def test_a_failed_child_shows_its_error_in_its_pane(home):
-    run = train_tiny_run(home)
-    (run / "adapters" / "adapters.safetensors").write_bytes(b"not weights")
+def test_a_failed_child_shows_its_error_in_its_pane(quick):
+    (quick / "adapters" / "adapters.safetensors").write_bytes(b"not weights")
 
     async def go():
         app = MlxloraApp("playground")
