@@ -69,6 +69,12 @@ def test_generate_builtin_tiny(home):
     assert out.stderr == fmt.BLANK_ANSWER + "\n"
     # five tokens at most: the random model's favourite is one character
     assert len(expected) <= 5 * 16
+    # the prompt read from stdin (`--prompt -`) answers as the same prompt typed
+    piped = cli(
+        "generate", "--model", "builtin:tiny", "--prompt", "-", "--max-tokens", "5", home=home,
+        input="hi",
+    )  # fmt: skip
+    assert piped.returncode == 0 and piped.stdout == out.stdout
 
 
 def test_generate_in_process_options(home, capsys):
@@ -118,19 +124,21 @@ def test_generator_tokens_and_stops(home):
     assert 1.0 < ppl < 1536 * 4  # a random model: about the vocabulary size
 
 
-def test_adapter_run_uses_the_run_model(trained):
+def test_adapter_run_uses_the_run_model_and_streams(trained):
     home, run = trained
-    out = cli("generate", "--adapter", "quick", "--prompt", "hi", "--max-tokens", "5", home=home)
+    args = ("--prompt", "What is LoRA?", "--max-tokens", "6")
+    out = cli("generate", "--adapter", "quick", *args, home=home)
     assert out.returncode == 0, out.stderr
-    out_dir = cli(
-        "generate", "--adapter", str(run), "--prompt", "hi", "--max-tokens", "5", home=home
-    )
+    out_dir = cli("generate", "--adapter", str(run), *args, home=home)
     assert out_dir.returncode == 0 and out_dir.stdout == out.stdout
-    best = cli(
-        "generate", "--adapter", str(run / "adapters" / "best"), "--prompt", "hi",
-        "--max-tokens", "5", home=home,
-    )  # fmt: skip
+    best = cli("generate", "--adapter", str(run / "adapters" / "best"), *args, home=home)
     assert best.returncode == 0, best.stderr
+    # streamed through the adapter: the pieces make the plain answer
+    *tokens, done = stream_events(
+        cli("generate", "--adapter", "quick", *args, "--stream", home=home)
+    )
+    assert done["type"] == "done" and "".join(e["text"] for e in tokens) == done["text"]
+    assert out.stdout == done["text"] + "\n"
 
 
 def test_adapter_changes_the_model(trained, monkeypatch):
@@ -207,25 +215,18 @@ def stream_events(out) -> list[dict]:
 
 
 @pytest.mark.parametrize("mode", [[], ["--raw"]])
-def test_stream_pieces_make_the_plain_answer(home, mode):
+def test_stream_pieces_make_the_plain_answer(home, mode, capsys):
     args = ("--model", "builtin:tiny", "--prompt", "The capital of Japan is", "--max-tokens", "9")
-    plain = cli("generate", *args, *mode, home=home)
+    assert main(["generate", *args, *mode]) == 0  # the plain answer: this process, not a child
+    plain = capsys.readouterr().out
     out = cli("generate", *args, *mode, "--stream", home=home)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     *tokens, done = stream_events(out)
     assert len(tokens) > 1 and {e["type"] for e in tokens} == {"token"}
     assert done["type"] == "done" and "".join(e["text"] for e in tokens) == done["text"]
-    assert plain.stdout == done["text"] + "\n"
+    assert plain == done["text"] + "\n"
     assert done["generation_tokens"] == 9 and done["finish_reason"] == "length"
     assert done["prompt_tokens"] >= 5 and done["tokens_per_sec"] > 0
-
-
-def test_stream_through_an_adapter(trained):
-    home, _ = trained
-    args = ("--adapter", "quick", "--prompt", "What is LoRA?", "--max-tokens", "6")
-    *tokens, done = stream_events(cli("generate", *args, "--stream", home=home))
-    assert done["type"] == "done" and "".join(e["text"] for e in tokens) == done["text"]
-    assert cli("generate", *args, home=home).stdout == done["text"] + "\n"
 
 
 def test_stream_errors(home):
@@ -238,22 +239,6 @@ def test_stream_errors(home):
         [error] = stream_events(out)
         assert error["type"] == "error" and error["message"]
         assert out.stderr == f"mlxlora: error: {error['message']}\n"
-
-
-def test_prompt_from_stdin(home):
-    a = cli(
-        "generate",
-        "--model",
-        "builtin:tiny",
-        "--prompt",
-        "-",
-        "--max-tokens",
-        "3",
-        home=home,
-        input="hi",
-    )
-    b = cli("generate", "--model", "builtin:tiny", "--prompt", "hi", "--max-tokens", "3", home=home)
-    assert a.returncode == 0 and a.stdout == b.stdout
 
 
 @pytest.mark.smollm2
