@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mlxlora.cli import main
 from mlxlora.events import Checkpoint, RunFinished, Sample, Step, read_events
 from mlxlora.memory import fmt_bytes
 from mlxlora.runs import RunPaths
@@ -26,6 +27,16 @@ def mlxlora(*args, **kw):
     return subprocess.run(
         [sys.executable, "-m", "mlxlora", *args], capture_output=True, text=True, timeout=300, **kw
     )
+
+
+def dry_run(capsys, *args) -> subprocess.CompletedProcess:
+    """`mlxlora train QUICK --dry-run ARGS` in this process, read as `mlxlora(...)` reads a
+    child: a dry run trains nothing, and each child spent most of its seconds importing the
+    frameworks (test_dry_run_prints_the_breakdown_and_the_fit runs one as a user does)."""
+    capsys.readouterr()
+    code = main(["train", QUICK, "--dry-run", *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def test_help_imports_no_heavy_framework():
@@ -94,7 +105,7 @@ def test_a_config_nested_too_deeply_or_a_directory_is_one_line(home, tmp_path):
     )
 
 
-def test_killed_run_resumes_from_last_checkpoint(home, tmp_path):
+def test_killed_run_resumes_from_last_checkpoint(home, tmp_path, capsys):
     run = tmp_path / "run"
     args = [
         "train",
@@ -129,9 +140,8 @@ def test_killed_run_resumes_from_last_checkpoint(home, tmp_path):
     resumed = [e for e in events if getattr(e, "resumed_from_step", 0)]
     assert resumed and resumed[0].resumed_from_step in (6, 9)
 
-    reference = tmp_path / "reference"
-    ref = mlxlora(*args[:-3], "--run-dir", str(reference))
-    assert ref.returncode == 0, ref.stderr
+    reference = tmp_path / "reference"  # uninterrupted, trained in this process (no child start)
+    assert main([*args[:-3], "--run-dir", str(reference)]) == 0, capsys.readouterr().err
     final = {e.step: e.loss for e in read_events(run / "events.jsonl") if isinstance(e, Step)}
     expected = {
         e.step: e.loss for e in read_events(reference / "events.jsonl") if isinstance(e, Step)
@@ -365,14 +375,14 @@ def test_plain_progress_interval_is_an_argument(home, tmp_path, capsys):
     assert [int(s) for s in re.findall(r"^step (\d+)/4 ", err, re.M)] == [1, 2, 3, 4]
 
 
-def test_full_width_digits_set_an_int_as_they_set_a_float(home):
+def test_full_width_digits_set_an_int_as_they_set_a_float(home, capsys):
     """`--set data.max_length=１０２４` (an IME's full-width digits, which look like 1024) was
     refused as "expected int, got '１０２４'" while `lora.alpha=４８` was taken as 48.0 (a QA
     finding): whole-number keys read them too, as the same numbers."""
 
     def plan(rank: str, max_length: str) -> dict:
         sets = ["--set", f"lora.rank={rank}", "--set", f"data.max_length={max_length}"]
-        out = mlxlora("train", QUICK, "--dry-run", "--json", *sets)
+        out = dry_run(capsys, "--json", *sets)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
@@ -381,13 +391,13 @@ def test_full_width_digits_set_an_int_as_they_set_a_float(home):
     assert typed["total"] != default["total"]  # the rank was read, not dropped
 
 
-def test_dry_run_names_the_backend_it_estimates_for(home):
+def test_dry_run_names_the_backend_it_estimates_for(home, capsys, monkeypatch):
     """`--set backend=torch --dry-run` printed the same table as MLX's: nothing said which
     backend (and device) the estimate was for."""
     pytest.importorskip("peft")
-    wide = {**os.environ, "COLUMNS": "200"}
+    monkeypatch.setenv("COLUMNS", "200")
     for backend in ("torch", "mlx"):
-        out = mlxlora("train", QUICK, "--dry-run", "--set", f"backend={backend}", env=wide)
+        out = dry_run(capsys, "--set", f"backend={backend}")
         assert out.returncode == 0, out.stderr
         (heading,) = [line for line in out.stdout.splitlines() if "memory of " in line]
         assert heading.startswith(f"memory of builtin:tiny on {backend} (cpu): batch 4 x ")
@@ -443,7 +453,7 @@ def test_the_train_tab_plans_torch_s_float_copy_of_a_quantized_base_as_the_dry_r
     assert form.total == plan["total"]
 
 
-def test_dry_run_prints_the_breakdown_and_the_fit(home):
+def test_dry_run_prints_the_breakdown_and_the_fit(home, capsys):
     out = mlxlora("train", QUICK, "--dry-run", "--set", "training.batch_size=8")
     assert out.returncode == 0, out.stderr
     for row in (
@@ -459,18 +469,14 @@ def test_dry_run_prints_the_breakdown_and_the_fit(home):
     ):
         assert row in out.stdout
     assert not (home / "runs").exists() or not any((home / "runs").iterdir())  # no run made
-    plan = json.loads(mlxlora("train", QUICK, "--dry-run", "--json").stdout)  # the studio reads it
+    plan = json.loads(dry_run(capsys, "--json").stdout)  # the studio reads it
     assert plan["verdict"] == "fits" and 0 < plan["length"] < 256 and plan["total"] > 0
 
-    tight = mlxlora(
-        "train", QUICK, "--dry-run", "--set", "training.batch_size=8", "--memory-budget", "1MB"
-    )
+    tight = dry_run(capsys, "--set", "training.batch_size=8", "--memory-budget", "1MB")
     assert tight.returncode == 1 and "will not fit" in tight.stdout and "try:" in tight.stdout
 
-    fitted = mlxlora(
-        "train",
-        QUICK,
-        "--dry-run",
+    fitted = dry_run(
+        capsys,
         "--set",
         "training.batch_size=8",
         "--set",
@@ -483,7 +489,7 @@ def test_dry_run_prints_the_breakdown_and_the_fit(home):
     line = next(x for x in fitted.stderr.splitlines() if x.startswith("fit: "))
     assert "training.batch_size=" in line and "fastest of" in line
 
-    missing = mlxlora("train", QUICK, "--dry-run", "--set", "data.dataset=無い.jsonl")
+    missing = dry_run(capsys, "--set", "data.dataset=無い.jsonl")
     assert missing.returncode != 0 and "verdict" not in missing.stdout  # what the run refuses
     assert missing.stderr.strip() == (  # the field that names it, and where it was looked for
         "mlxlora: error: data.dataset: 無い.jsonl: file not found (and no dataset of that name);"
