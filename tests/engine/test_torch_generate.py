@@ -18,6 +18,7 @@ pytest.importorskip("mlx_lm")
 
 from mlxlora import engine, evaluate  # noqa: E402
 from mlxlora.backends import select, torch_infer  # noqa: E402
+from mlxlora.cli import main  # noqa: E402
 from mlxlora.evaluate import messages_for  # noqa: E402
 from mlxlora.events import Sample, read_events  # noqa: E402
 from mlxlora.runs import RunPaths  # noqa: E402
@@ -191,7 +192,7 @@ def cli(*args, home):
 
 
 @pytest.mark.slow
-def test_streamed_answers_read_the_same_from_both(torch_run, tmp_path):
+def test_streamed_answers_read_the_same_from_both(torch_run, tmp_path, monkeypatch, capsys):
     home, run, _ = torch_run
     noisy = noisy_copy(RunPaths(run).adapters, tmp_path / "noisy")
     args = ("--adapter", str(noisy), "--model", "builtin:tiny", "--prompt", SAMPLES[1])
@@ -211,8 +212,9 @@ def test_streamed_answers_read_the_same_from_both(torch_run, tmp_path):
     assert torch_done["tokens_per_sec"] > 0
     for key in ("text", "prompt_tokens", "generation_tokens", "finish_reason"):
         assert torch_done[key] == mlx_done[key], key
-    plain = cli("generate", *args, "--max-tokens", "16", "--backend", "torch", home=home)
-    assert plain.stdout == torch_done["text"] + "\n"
+    monkeypatch.setenv("MLXLORA_HOME", str(home))  # the plain answer: this process, not a child
+    assert main(["generate", *args, "--max-tokens", "16", "--backend", "torch"]) == 0
+    assert capsys.readouterr().out == torch_done["text"] + "\n"
     bad = cli("generate", *args, "--temperature", "-1", home=home)
     assert bad.returncode == 2 and "--temperature" in bad.stderr and bad.stderr.count("\n") == 1
 
