@@ -1,6 +1,7 @@
 """The tutorials cannot rot: every `mlxlora ...` command in their code blocks runs, in order,
-with builtin:tiny in place of the model and two optimizer steps per training run; the English
-and Japanese texts run the same commands; every tutorial dataset imports with its type."""
+with builtin:tiny in place of the model, two optimizer steps per training run and three
+questions per evaluation; the English and Japanese texts run the same commands; every
+tutorial dataset imports with its type."""
 
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ def for_tiny(argv: list[str]) -> list[str]:
         out.append("--no-start")  # the test drains the queue itself, no detached runner
     if words[:1] in (("generate",), ("eval",)):  # eval answers each question 1 + 3 times
         out += ["--max-tokens", "8"]
+    if words[:1] == ("eval",):  # a whole dataset (20 questions) as many as a run's held-out 3
+        out += ["--max-records", "3"]
     return out
 
 
