@@ -31,7 +31,8 @@ def cli(*args, home, timeout=300, input=None):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, built_tiny):
-    """A 3-step quickstart run on builtin:tiny in its own workspace."""
+    """A 3-step quickstart run on builtin:tiny in its own workspace (trained in this process:
+    the tests run the CLI's children on it)."""
     import shutil
 
     from mlxlora.models.builtin import BUILTIN_TINY_VERSION
@@ -39,18 +40,13 @@ def trained(tmp_path_factory, built_tiny):
     home = tmp_path_factory.mktemp("gen-home")
     shutil.copytree(built_tiny, home / "models" / f"builtin-tiny-v{BUILTIN_TINY_VERSION}")
     run = home / "runs" / "quick"
-    out = cli(
-        "train",
-        "configs/tiny.yaml",
-        "--set",
-        "training.max_steps=3",
-        "--set",
-        "training.learning_rate=0.01",
-        "--run-dir",
-        str(run),
-        home=home,
-    )
-    assert out.returncode == 0, out.stderr
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLXLORA_HOME", str(home))
+        code = main(
+            ["train", str(REPO / "configs" / "tiny.yaml"), "--set", "training.max_steps=3",
+             "--set", "training.learning_rate=0.01", "--run-dir", str(run)]
+        )  # fmt: skip
+    assert code == 0
     return home, run
 
 

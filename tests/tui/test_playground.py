@@ -17,13 +17,20 @@ from mlxlora.tui.screens.playground import AnswerPane, PlaygroundTab
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
+def tiny_run_argv(run, backend="auto", model="builtin:tiny") -> list[str]:
+    """`mlxlora train` of a real 3-step run on builtin:tiny: what the Playground offers."""
+    return [
+        "train", str(REPO / "configs" / "tiny.yaml"), "--set", "training.max_steps=3", "--set",
+        "training.learning_rate=0.01", "--set", f"backend={backend}", "--set", f"model={model}",
+        "--run-dir", str(run), "--json",
+    ]  # fmt: skip
+
+
 def train_tiny_run(home, name="quick", backend="auto", model="builtin:tiny"):
-    """A real 3-step run on builtin:tiny in the workspace: what the Playground offers."""
+    """That run in the workspace, trained in a child."""
     run = home / "runs" / name
     out = subprocess.run(
-        [sys.executable, "-m", "mlxlora", "train", "configs/tiny.yaml", "--set",
-         "training.max_steps=3", "--set", "training.learning_rate=0.01", "--set",
-         f"backend={backend}", "--set", f"model={model}", "--run-dir", str(run), "--json"],
+        [sys.executable, "-m", "mlxlora", *tiny_run_argv(run, backend, model)],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -32,21 +39,23 @@ def train_tiny_run(home, name="quick", backend="auto", model="builtin:tiny"):
 
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory, built_tiny):
-    """The 3-step MLX run trained once for the module, in a workspace of its own."""
+    """The 3-step MLX run trained once for the module, in a workspace of its own (in this
+    process: a child would spend its seconds importing the frameworks)."""
+    from mlxlora.cli import main
     from mlxlora.models.resolve import builtin_dir
 
     workspace = tmp_path_factory.mktemp("playground-home")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLXLORA_HOME", str(workspace))
         shutil.copytree(built_tiny, builtin_dir())
-        train_tiny_run(workspace, backend="mlx")
+        assert main(tiny_run_argv(workspace / "runs" / "quick", backend="mlx")) == 0
     return workspace
 
 
 @pytest.fixture
 def quick(home, trained_once):
     """A copy of that run (and the dataset it names) in the test's workspace: each test gets
-    what `train_tiny_run(home, backend="mlx")` would give it, and may spoil its copy."""
+    what `train_tiny_run(home, backend="mlx")` gives, and may spoil its copy."""
     shutil.copytree(trained_once / "datasets", home / "datasets", dirs_exist_ok=True)
     return shutil.copytree(trained_once / "runs" / "quick", home / "runs" / "quick")
 
