@@ -5,50 +5,40 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
 
+from mlxlora.cli import main
 from mlxlora.tui.app import MlxloraApp
 from mlxlora.tui.screens.playground import AnswerPane, PlaygroundTab
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
-def tiny_run_argv(run, backend="auto", model="builtin:tiny") -> list[str]:
-    """`mlxlora train` of a real 3-step run on builtin:tiny: what the Playground offers."""
-    return [
-        "train", str(REPO / "configs" / "tiny.yaml"), "--set", "training.max_steps=3", "--set",
-        "training.learning_rate=0.01", "--set", f"backend={backend}", "--set", f"model={model}",
-        "--run-dir", str(run), "--json",
-    ]  # fmt: skip
-
-
 def train_tiny_run(home, name="quick", backend="auto", model="builtin:tiny"):
-    """That run in the workspace, trained in a child."""
+    """A real 3-step run on builtin:tiny in the workspace: what the Playground offers. Trained
+    by `mlxlora train` in this process: a child spent its seconds importing the frameworks,
+    and the Playground's own children are what these tests watch."""
     run = home / "runs" / name
-    out = subprocess.run(
-        [sys.executable, "-m", "mlxlora", *tiny_run_argv(run, backend, model)],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    assert main(
+        ["train", str(REPO / "configs" / "tiny.yaml"), "--set", "training.max_steps=3", "--set",
+         "training.learning_rate=0.01", "--set", f"backend={backend}", "--set", f"model={model}",
+         "--run-dir", str(run), "--json"]
+    ) == 0  # fmt: skip
     return run
 
 
 @pytest.fixture(scope="module")
 def trained_once(tmp_path_factory, built_tiny):
-    """The 3-step MLX run trained once for the module, in a workspace of its own (in this
-    process: a child would spend its seconds importing the frameworks)."""
-    from mlxlora.cli import main
+    """The 3-step MLX run trained once for the module, in a workspace of its own."""
     from mlxlora.models.resolve import builtin_dir
 
     workspace = tmp_path_factory.mktemp("playground-home")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLXLORA_HOME", str(workspace))
         shutil.copytree(built_tiny, builtin_dir())
-        assert main(tiny_run_argv(workspace / "runs" / "quick", backend="mlx")) == 0
+        train_tiny_run(workspace, backend="mlx")
     return workspace
 
 
@@ -290,13 +280,11 @@ def test_playground_snapshot(home, snap_compare, size):
 def test_an_early_stopped_run_is_offered(home):
     """The tutorial's early-stopping run has a finished adapter: `runs list` now says
     early-stopped, as the Runs tab did, and the Playground still offers it to try."""
-    subprocess.run(
-        [sys.executable, "-m", "mlxlora", "train", "configs/tiny.yaml", "--set",
-         "name=早期停止_発動", "--set", "training.eval_every=2", "--set",
-         "training.max_steps=12", "--set", "training.early_stopping.patience=2", "--set",
-         "training.early_stopping.min_delta=100.0"],
-        capture_output=True, text=True, cwd=REPO, timeout=300, check=True,
-    )  # fmt: skip
+    assert main(
+        ["train", str(REPO / "configs" / "tiny.yaml"), "--set", "name=早期停止_発動", "--set",
+         "training.eval_every=2", "--set", "training.max_steps=12", "--set",
+         "training.early_stopping.patience=2", "--set", "training.early_stopping.min_delta=100.0"]
+    ) == 0  # in this process, as train_tiny_run trains  # fmt: skip
 
     async def go():
         app = MlxloraApp("playground")
