@@ -102,6 +102,21 @@ def fit_shape(info: dict, shape: TrainShape, budget: int, weights: int | None = 
     return Fit(best, est, budget, True, why)
 
 
+def outgrowth(events) -> float:
+    """How far a run's steps so far outgrew its estimate: the highest peak a step measured over
+    the estimate its session started with (at least 1). A resume fitted to the budget alone
+    chose what had just failed, one step a session (torch on a CPU: glibc's heap, 1.5-3.8x)."""
+    from mlxlora.events import RunStarted, Step
+
+    ratio, started = 1.0, None
+    for e in events:
+        if isinstance(e, RunStarted):
+            started = e.estimated_peak_gb
+        elif isinstance(e, Step) and started:
+            ratio = max(ratio, e.peak_memory_gb / started)
+    return ratio
+
+
 def fit_advice(est: MemoryEstimate, budget: int, info: dict, shape: TrainShape) -> list[str]:
     """Changes, in priority order and each on top of the ones before, that bring the estimate
     under `budget`, each with the estimated total after it; [] when it already fits."""

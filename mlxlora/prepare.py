@@ -160,8 +160,9 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     datasets = dataset_digests(cfg.data)
     model_dir = resolve_model(cfg.model)
     fit = None
+    outgrew = resumed_outgrowth(paths)
     if cfg.training.fit == "auto":
-        cfg, fit = fit_config(cfg, model_dir, backend)
+        cfg, fit = fit_config(cfg, model_dir, backend, outgrew)
     backend.load(model_dir, cfg)
     d, t = cfg.data, cfg.training
     tok = backend.tokenizer
@@ -178,9 +179,10 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
         total = min(total, t.max_steps)
     longest = max(len(e.tokens) for e in train + val)
     estimated_gb, warnings = memory_check(cfg, model_dir, backend, longest)
-    if fit is not None and not fit.fits and warnings:  # the run would fail at its first step
-        raise ConfigError([f"training.fit=auto: {fit.reason}; at the longest record ({longest} "
-                           f"tokens) the {warnings[0]}"])  # fmt: skip
+    if fit is not None and not fit.fits and (warnings or outgrew > 1.0):
+        # it would fail at its first step, or (a resume) at the rate its steps so far grew
+        why = f"; at the longest record ({longest} tokens) the {warnings[0]}" if warnings else ""
+        raise ConfigError([f"training.fit=auto: {fit.reason}{why}"])
     warnings += backend.lora_targets.warnings() + ignored_settings(cfg, model_dir, backend)
     if not getattr(tok, "chat_template", None) and any(
         "messages" in r for r in train_records + val_records
@@ -328,11 +330,22 @@ def ignored_settings(cfg: Config, model_dir: Path, backend) -> list[str]:
     ]
 
 
-def fit_config(cfg: Config, model_dir: Path, backend):
+def resumed_outgrowth(paths: RunPaths | None) -> float:
+    """memory_fit.outgrowth of the run being resumed (1 for a new run)."""
+    from mlxlora.events import read_events
+    from mlxlora.memory_fit import outgrowth
+
+    return outgrowth(read_events(paths.events)) if paths and paths.events.is_file() else 1.0
+
+
+def fit_config(cfg: Config, model_dir: Path, backend, outgrew: float = 1.0):
     """`cfg` with the fastest micro-batch, accumulation, checkpointing and loss chunk that fit
-    the budget (memory_fit.fit_shape) at data.max_length, and the event that says why."""
+    the budget (memory_fit.fit_shape) at data.max_length, and the event that says why.
+    `outgrew`: how far a resumed run's steps outgrew their estimate; the estimates must fit
+    the budget at that rate."""
     from mlxlora import memory_fit
     from mlxlora.config import from_dict
+    from mlxlora.memory import fmt_bytes
     from mlxlora.models.info import model_info
 
     info = model_info(model_dir)
@@ -340,13 +353,20 @@ def fit_config(cfg: Config, model_dir: Path, backend):
     if not budget:
         return cfg, None
     shape = train_shape(cfg, backend, cfg.data.max_length)
-    fit = memory_fit.fit_shape(info, shape, budget, weights=loaded_weights(cfg, info, backend))
+    weights = loaded_weights(cfg, info, backend)
+    fit = memory_fit.fit_shape(info, shape, int(budget / outgrew), weights=weights)
+    reason = fit.reason
+    if outgrew > 1.0:
+        reason += (
+            f" (its steps so far peaked at {outgrew:.2f}x their estimate: fitted to "
+            f"{fmt_bytes(budget / outgrew)} of the {fmt_bytes(budget)} budget)"
+        )
     changes = fit.changes(shape)
     data = cfg.to_dict()
     for key, value in changes.items():
         section, name = key.split(".")
         data[section][name] = value
-    event = MemoryFit(budget, fit.estimate.total, changes, fit.fits, fit.reason)
+    event = MemoryFit(budget, int(fit.estimate.total * outgrew), changes, fit.fits, reason)
     return from_dict(data), event
 
 

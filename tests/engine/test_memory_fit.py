@@ -256,3 +256,24 @@ def test_a_gpu_run_caps_mlx_s_memory_and_buffer_cache(device, budget, limits):
         assert (mx.set_memory_limit(memory), mx.set_cache_limit(cache)) == limits
     finally:
         mx.set_memory_limit(memory), mx.set_cache_limit(cache)
+
+
+def test_a_resume_fits_at_the_rate_its_steps_outgrew_their_estimate(home, tmp_path):
+    """torch on a CPU peaks at 1.5-3.8x its estimate (glibc's heap keeps freed tensors):
+    `--resume RUN --fit`, fitted to the budget alone, chose the configuration that had just
+    failed, and each resume trained one step and failed again (a QA finding). It now fits at
+    the rate the run's steps outgrew their estimate, and says it cannot rather than loop."""
+    pytest.importorskip("peft")
+    tiny = str(MATRIX.parents[1] / "configs" / "tiny.yaml")
+    run = tmp_path / "run"
+    train = [sys.executable, "-m", "mlxlora", "train"]
+    job = [tiny, "--set", "backend=torch", "--memory-budget", "20MB", "--fit"]
+    job += ["--run-dir", str(run)]
+    first = subprocess.run([*train, *job], capture_output=True, text=True)
+    assert first.returncode != 0 and "memory: step" in first.stderr, first.stderr[-2000:]
+    trained = [e.step for e in read_events(RunPaths(run).events) if isinstance(e, Step)]
+    again = subprocess.run([*train, "--resume", str(run), "--fit"], capture_output=True, text=True)
+    assert again.returncode != 0, again.stderr[-2000:]
+    (line,) = again.stderr.strip().splitlines()  # one line, no traceback
+    assert "training.fit=auto: nothing" in line and "x their estimate" in line, line
+    assert [e.step for e in read_events(RunPaths(run).events) if isinstance(e, Step)] == trained
