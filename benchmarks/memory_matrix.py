@@ -13,7 +13,7 @@
 Each case runs in a fresh subprocess: the MLX backend loads the model as a run would
 (MLXBackend.load with the case's config), trains `steps` optimizer steps on synthetic batches
 of `max_length` random tokens, every position labelled (the estimate's worst case), and
-prints the estimate (memory.estimate on the shape prepare.memory_check builds) and
+prints the estimate (memory.estimate on the shape run_memory.memory_check builds) and
 mx.get_peak_memory() over the whole process (loading included, as the run summary reports).
 Models: SmolLM2-135M (builtin:smollm2-135m, vocab 49,152), the same quantized to 4 bits and
 kept quantized, and a random qwen2 model with Qwen2.5's vocabulary (151,936) and a small
@@ -127,7 +127,7 @@ def run_case(case: dict) -> dict:
     from mlxlora import config, memory
     from mlxlora.backends.base import Batch
     from mlxlora.models.info import model_info
-    from mlxlora.prepare import train_shape
+    from mlxlora.run_memory import train_shape
 
     if case.get("unfused"):  # mx.fast's attention, as on a GPU
         backend_mod.use_blocked_attention = lambda model: False
@@ -272,7 +272,7 @@ def fitted(budget_gb: float) -> dict:
     """SmolLM2 at 4 x 1024 (r16, q/k/v/o/gate/up) as training.fit chooses it for a budget."""
     from mlxlora import config
     from mlxlora.backends import select
-    from mlxlora.prepare import fit_config
+    from mlxlora.run_memory import fit_config
 
     case = {
         "model": "smollm2",

@@ -271,7 +271,7 @@ def run_mlxlora(spec: dict, model_dir: Path, seqs: list, compiled: bool, tiled: 
     from mlxlora.backends import mlx as mlx_backend
     from mlxlora.data import batching
     from mlxlora.models.info import model_info
-    from mlxlora.prepare import device_budget, train_shape
+    from mlxlora.run_memory import device_budget, train_shape
 
     cfg = mlxlora_config(spec, compiled)
     mlx_backend.PAD_FOR_CUDNN_ATTENTION = tiled  # before load, which reads it

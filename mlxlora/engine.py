@@ -26,7 +26,8 @@ from mlxlora.events import (
     RunStarted,
 )
 from mlxlora.models.info import gguf_source
-from mlxlora.prepare import Prepared, prepare, training_budget
+from mlxlora.prepare import Prepared, prepare
+from mlxlora.run_memory import training_budget
 from mlxlora.runs import (
     RunPaths,
     check_new_run_dir,

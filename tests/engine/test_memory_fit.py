@@ -187,10 +187,10 @@ def test_budget_stop_checkpoints_and_resumes_fitted(home, tmp_path):
 
 UNDER_PROMISING_TRAIN = """
 import dataclasses, sys
-from mlxlora import prepare
+from mlxlora import run_memory
 from mlxlora.cli import main
 
-real = prepare.MemoryGuard.step_estimate
+real = run_memory.MemoryGuard.step_estimate
 
 def under_promising(self, longest):  # a quarter of the truth, as a GPU's estimate can be
     est = real(self, longest)
@@ -198,7 +198,7 @@ def under_promising(self, longest):  # a quarter of the truth, as a GPU's estima
         est, **{f.name: getattr(est, f.name) // 4 for f in dataclasses.fields(est)}
     )
 
-prepare.MemoryGuard.step_estimate = under_promising
+run_memory.MemoryGuard.step_estimate = under_promising
 sys.exit(main(["train", *sys.argv[1:]]))
 """
 

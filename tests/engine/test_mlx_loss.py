@@ -267,7 +267,7 @@ def test_padding_to_the_attention_tile_changes_no_loss_or_gradient(backend):
     length."""
     from mlx.utils import tree_flatten
 
-    from mlxlora.prepare import train_shape
+    from mlxlora.run_memory import train_shape
 
     b, batch = backend
     assert batch.loss_mask.shape[1] % 128  # the batch is not a multiple already

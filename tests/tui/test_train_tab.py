@@ -521,7 +521,7 @@ def test_the_verdict_is_for_the_longest_record_a_child_counted(workspace, monkey
     """A child `train --dry-run --json` counts the records with the model's tokenizer (the
     app imports no transformers); the verdict then sizes for the longest record, as the run
     and the dry run do (the form said 5.5 GiB for a level-2 job that peaked at 1.7)."""
-    from mlxlora.prepare import longest_record
+    from mlxlora.run_memory import longest_record
     from mlxlora.tui.screens.train import form
     from mlxlora.tui.screens.train import tab as tab_module
     from mlxlora.tui.screens.train.longest import count_longest

@@ -309,7 +309,7 @@ def test_a_quantized_base_dequantized_on_a_gpu_plans_half_precision_weights():
     from types import SimpleNamespace
 
     from mlxlora.backends.base import BackendInfo
-    from mlxlora.prepare import planned_weights
+    from mlxlora.run_memory import planned_weights
 
     info = {"params": 1_000_000, "quantization": {"bits": 4, "group_size": 64}}
     four_bit = memory_weights.weight_bytes(info, 2)

@@ -1,7 +1,7 @@
 """The tokens of a job's longest record, for the Train tab's memory verdict.
 
 Counting needs the model's tokenizer (transformers), which the app never imports: a child
-`mlxlora train CONFIG --dry-run --json` counts them as the run will (`prepare.longest_record`)
+`mlxlora train CONFIG --dry-run --json` counts them as the run will (`run_memory.longest_record`)
 and the form sizes its estimate for that record instead of a record of data.max_length (a
 level-2 preset said 5.5 GiB at 1024 tokens; its longest record is 294: 1.7 GiB).
 """
