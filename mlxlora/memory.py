@@ -337,15 +337,15 @@ def on_cpu(shape: TrainShape) -> TrainShape:
 TIGHT_FRACTION = 0.8
 
 
-def calibrated_need(estimate: int, peak: int, trained_estimate: int) -> int:
+def calibrated_need(estimate: int, peak: int, trained_estimate: int, outgrew: float = 1.0) -> int:
     """A coming step's need: its estimate, scaled up by how far the measured peak of the steps
-    so far passed their own estimate (`trained_estimate`, 0 before the first step). Where the
+    so far passed their own estimate (`trained_estimate`, 0 before the first step), and at
+    least by `outgrew` (a resumed run's earlier sessions: memory_fit.outgrowth). Where the
     estimate under-promises (on a CUDA GPU: 0.6x before attention counted as MLX trains it,
-    0.84-0.92x recomputed since) a run still stops before a longer batch would pass its
-    budget; where it over-promises it is left as is."""
-    if not trained_estimate:
-        return estimate
-    return int(estimate * max(1.0, peak / trained_estimate))
+    0.84-0.92x recomputed since; torch on a CPU: glibc's heap) a run still stops before a
+    longer batch would pass its budget; where it over-promises it is left as is."""
+    grown = peak / trained_estimate if trained_estimate else 1.0
+    return int(estimate * max(1.0, outgrew, grown))
 
 
 def fit_verdict(total: int, budget: int | None) -> str:

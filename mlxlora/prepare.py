@@ -186,7 +186,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     if budget:  # training.memory_budget, else this device's or machine's
         from mlxlora.models.info import model_info
 
-        guard = MemoryGuard(budget, model_info(model_dir), cfg, backend)
+        guard = MemoryGuard(budget, model_info(model_dir), cfg, backend, outgrew)
         backend.limit_memory(budget)
     return Prepared(
         config=cfg,

@@ -24,6 +24,7 @@ class MemoryGuard:
     info: dict
     config: Config
     backend: object
+    outgrew: float = 1.0  # a resumed run's: how far its steps so far outgrew their estimate
 
     def __post_init__(self):
         # the loaded weights do not change while training: summed once, not before every step

@@ -361,7 +361,7 @@ class Trainer:
         longest = max(len(self.p.train[i].tokens) for i in records)
         peak = self.p.backend.peak_memory_bytes()
         estimate = guard.step_estimate(longest).total
-        need = calibrated_need(estimate, peak, self._trained_estimate)
+        need = calibrated_need(estimate, peak, self._trained_estimate, guard.outgrew)
         if need <= guard.budget and peak <= guard.budget:
             self._trained_estimate = max(self._trained_estimate, estimate)
             return

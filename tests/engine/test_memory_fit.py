@@ -262,7 +262,8 @@ def test_a_resume_fits_at_the_rate_its_steps_outgrew_their_estimate(home, tmp_pa
     """torch on a CPU peaks at 1.5-3.8x its estimate (glibc's heap keeps freed tensors):
     `--resume RUN --fit`, fitted to the budget alone, chose the configuration that had just
     failed, and each resume trained one step and failed again (a QA finding). It now fits at
-    the rate the run's steps outgrew their estimate, and says it cannot rather than loop."""
+    the rate the run's steps outgrew their estimate, and says it cannot rather than loop; the
+    guard of a resume counts that rate from its first step."""
     pytest.importorskip("peft")
     tiny = str(MATRIX.parents[1] / "configs" / "tiny.yaml")
     run = tmp_path / "run"
@@ -277,3 +278,13 @@ def test_a_resume_fits_at_the_rate_its_steps_outgrew_their_estimate(home, tmp_pa
     (line,) = again.stderr.strip().splitlines()  # one line, no traceback
     assert "training.fit=auto: nothing" in line and "x their estimate" in line, line
     assert [e.step for e in read_events(RunPaths(run).events) if isinstance(e, Step)] == trained
+    # unfitted, the guard counts that rate from a resume's first step: it stops before it
+    plain = tmp_path / "plain"
+    job = [tiny, "--set", "backend=torch", "--memory-budget", "20MB", "--run-dir", str(plain)]
+    first = subprocess.run([*train, *job], capture_output=True, text=True)
+    assert first.returncode != 0 and "memory: step" in first.stderr, first.stderr[-2000:]
+    trained = [e.step for e in read_events(RunPaths(plain).events) if isinstance(e, Step)]
+    again = subprocess.run([*train, "--resume", str(plain)], capture_output=True, text=True)
+    assert again.returncode != 0 and f"memory: step {trained[-1] + 1} " in again.stderr
+    assert "needs ~" in again.stderr, again.stderr[-2000:]
+    assert [e.step for e in read_events(RunPaths(plain).events) if isinstance(e, Step)] == trained

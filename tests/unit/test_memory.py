@@ -285,6 +285,9 @@ def test_a_coming_steps_need_grows_by_how_far_the_steps_so_far_outgrew_their_est
     assert memory.calibrated_need(1000, peak=5000, trained_estimate=0) == 1000  # no step yet
     assert memory.calibrated_need(1000, peak=1600, trained_estimate=1000) == 1600  # 0.6x short
     assert memory.calibrated_need(1000, peak=900, trained_estimate=1000) == 1000  # never less
+    # a resume's first step: at the rate its earlier sessions outgrew the estimate
+    assert memory.calibrated_need(1000, peak=0, trained_estimate=0, outgrew=1.5) == 1500
+    assert memory.calibrated_need(1000, peak=1600, trained_estimate=1000, outgrew=1.2) == 1600
 
 
 def test_fit_advice_counts_the_weights_the_estimate_counted():
