@@ -7,6 +7,7 @@ naming its key and keeps the field's default, so that every problem is reported 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -82,7 +83,11 @@ def build(cls: type, data: dict, prefix: str, problems: list[str]):
     known = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in known:
-            problems.append(f"{prefix}{key}: unknown key (allowed: {', '.join(sorted(known))})")
+            # a typo (learnng_rate, rnak) is the usual cause: name the key it most likely meant
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            guess = f"did you mean {prefix}{close[0]}? " if close else ""
+            allowed = ", ".join(sorted(known))
+            problems.append(f"{prefix}{key}: unknown key ({guess}allowed: {allowed})")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:

@@ -514,3 +514,19 @@ def test_a_json_reader_that_goes_away_stops_the_run_resumably(home):
     finished = [e for e in read_events(paths.events) if isinstance(e, RunFinished)]
     assert len(finished) == 1 and finished[0].stopped
     assert paths.latest_checkpoint() is not None and finished[0].step < 400
+
+
+def test_a_mistyped_key_names_the_key_it_most_likely_meant(home, tmp_path, capsys):
+    """`training.learnng_rate: 1e-4` (in the file or in --set) listed the twenty allowed keys
+    of the section and left the user to spot learning_rate among them (a QA finding)."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(Path(QUICK).read_text().replace("rank:", "rnak:"), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["train", str(typo), "--dry-run"]) != 0
+    err = capsys.readouterr().err
+    assert "typo.yaml: lora.rnak: unknown key (did you mean lora.rank? " in err
+    assert len(err.splitlines()) == 1
+    out = dry_run(capsys, "--set", "training.learnng_rate=1e-4")
+    assert "did you mean training.learning_rate? " in one_line_error(out)
+    far = dry_run(capsys, "--set", "training.zzz=1")  # nothing close: no guess
+    assert "training.zzz: unknown key (allowed: " in one_line_error(far)

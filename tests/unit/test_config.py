@@ -68,8 +68,8 @@ def test_unknown_keys_and_bad_values_are_reported_together():
             }
         )
     assert err.value.problems == [
-        "data.max_len: unknown key (allowed: completions_only, dataset, max_length, val_split,"
-        " validation)",
+        "data.max_len: unknown key (did you mean data.max_length? allowed: completions_only,"
+        " dataset, max_length, val_split, validation)",
         "data.max_length: expected int, got None",
         "lora.alpha: expected float, got 'big'",
         "lora.target_modules[0]: expected str, got 3",
