@@ -295,6 +295,34 @@ def test_the_file_picker_offers_only_data_files(home, tmp_path, monkeypatch):
     asyncio.run(go())
 
 
+def test_enter_after_picking_a_file_imports_it(home, tmp_path, quickstart_data, monkeypatch):
+    """Keyboard only: i, Browse…, pick the file, Enter. Focus stayed on Browse… after the
+    pick, so that Enter opened the picker again instead of importing (a QA finding)."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    shutil.copy(quickstart_data, folder / "quickstart.jsonl")
+    monkeypatch.chdir(folder)
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            await pilot.press("i", "tab", "enter")  # Tab from the file field to Browse…
+            tree = app.screen.query_one("#picker-tree")
+            for _ in range(100):  # the tree loads in a worker that never completes
+                if tree.root.children:
+                    break
+                await pilot.pause(0.05)
+            tree.select_node(tree.root.children[0])  # as enter on it
+            await pilot.pause()
+            await pilot.press("enter")
+            await settle(app, pilot)
+            assert not isinstance(app.screen, ImportDialog)
+            assert [r[:3] for r in table_rows(app)] == [["quickstart", "instruction", "120"]]
+
+    asyncio.run(go())
+
+
 def test_the_file_picker_opens_where_the_typed_path_points_and_climbs_up(home, tmp_path):
     """Browse… opened at the working directory only: a file elsewhere could not be reached."""
     files = tmp_path / "データ"

@@ -74,6 +74,9 @@ class ImportDialog(Dialog[tuple[str, list[str]] | None]):
     def _picked(self, path: Path | None) -> None:
         if path is not None:
             self.query_one("#import-path", Input).value = str(path)
+            # focus stayed on Browse…, so the Enter that should import reopened the picker;
+            # on the name field, Enter imports (under the file's name unless one is typed)
+            self.query_one("#import-name", Input).focus()
 
     def action_import(self) -> None:
         path = self.query_one("#import-path", Input).value.strip()
