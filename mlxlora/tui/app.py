@@ -46,6 +46,8 @@ class MlxloraApp(App):
             for i, (tab, title, _) in enumerate(TABS, 1)
         ),
         Binding("question_mark", "toggle_help", "Help"),
+        # in a text field ? is typed, not pressed: F1 opens the help from anywhere
+        Binding("f1", "toggle_help", "Help", show=False),
         Binding("ctrl+q", "quit", "Quit"),
         Binding("escape", "leave_field", "Leave the field", show=False),
     ]
@@ -110,7 +112,11 @@ class MlxloraApp(App):
     def action_leave_field(self) -> None:
         """Escape leaves a text field for the tab's first control that takes no text, so the
         number keys switch tabs again and the tab's own keys still work (with the focus on
-        nothing they did nothing). A dialog's own escape, which cancels it, comes first."""
+        nothing they did nothing). A dialog's own escape, which cancels it, comes first; an
+        open help panel closes first, as escape closes what was opened last."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+            return
         pane = self.query_one(f"#{self.query_one(TabbedContent).active}", TabPane)
         controls = (w for w in self.screen.focus_chain if pane in w.ancestors and _control(w))
         self.screen.set_focus(next(controls, None))

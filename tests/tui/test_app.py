@@ -25,6 +25,31 @@ def test_number_keys_switch_tabs(home):
     asyncio.run(go())
 
 
+def test_f1_opens_the_help_from_a_text_field_and_escape_closes_it(home):
+    """In a text field ? is typed into it, and F1 did nothing, so the help could not be
+    opened from a field; the panel, once open, ignored escape (only ? closed it)."""
+    from textual.widgets import Input
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            field = app.query_one("#f-name", Input)
+            field.focus()
+            await pilot.press("f1")
+            await pilot.pause()
+            assert app.screen.query("HelpPanel")
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not app.screen.query("HelpPanel")
+            assert app.focused is field  # that escape closed the panel only
+            await pilot.press("escape", "f1")
+            await pilot.pause()
+            assert app.screen.query("HelpPanel")
+
+    asyncio.run(go())
+
+
 def test_escape_leaves_a_field_so_number_keys_switch_tabs_again(home):
     from textual.widgets import Input
 
