@@ -63,6 +63,26 @@ def test_two_runs_side_by_side(home):
     asyncio.run(go())
 
 
+def test_runs_of_one_name_are_told_apart_in_the_table_and_the_legend(home):
+    """Every job the Train form starts is named "run" until renamed: two of them showed as
+    "run" and "run" in the table and the chart's legend (the pick list shows when each
+    started)."""
+    for hour in ("09", "10"):
+        path = write_run("run", end="finished")
+        path.rename(path.with_name(f"run-20250615-{hour}0000"))
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pick_both(pilot)
+            names = [row[0] for row in table(app)[1:]]
+            assert names == ["run  06-15 10:00", "run  06-15 09:00"]
+            chart = app.query_one("#compare-chart", LossChart)
+            assert [s.label for s in chart.series if s.label] == names
+
+    asyncio.run(go())
+
+
 def test_memory_reads_as_the_runs_tab_shows_it(home, quickstart_data):
     """Two real builtin:tiny runs: Compare showed their peak as "peak GB 0.01" where the Runs
     tab showed "12.4 MiB peak" for the same figure."""

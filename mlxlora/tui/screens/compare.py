@@ -11,6 +11,7 @@ directories, through the same core as `mlxlora compare`: they run in a thread wo
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from rich.cells import cell_len
@@ -186,17 +187,17 @@ class CompareTab(Vertical):
             table.add_column(title)
         for key in _short_names(list(differing), taken={title for _, title, _ in shown}):
             table.add_column(key)
+        names = _names(picked)
         for i, (path, metrics) in enumerate(zip(picked, rows, strict=True)):
-            cells = [Text(runs.given_name(path), style=PALETTE[i % len(PALETTE)])]
+            cells = [Text(names[i], style=PALETTE[i % len(PALETTE)])]
             cells += [Text(metric_text(metrics.get(key), spec)) for key, _, spec in shown]
             cells += [Text(setting_text(values[i])) for values in differing.values()]
             table.add_row(*cells, key=str(path))
 
     def _draw_chart(self, picked: list[Path]) -> None:
         series = []
-        for i, path in enumerate(picked):
+        for i, (path, name) in enumerate(zip(picked, _names(picked), strict=True)):
             view, color = self.book.views[path], PALETTE[i % len(PALETTE)]
-            name = runs.given_name(path)
             series.append(Series(name, view.smooth.x, view.smooth.y, color))
             series.append(Series("", view.val.x, view.val.y, color, points=True))
         self.query_one(LossChart).plot(series)
@@ -244,6 +245,17 @@ class CompareTab(Vertical):
         """The merge dialog for the picked runs' adapters (`mlxlora merge` as a child)."""
         if paths := self._two_or_more("merge their adapters"):
             self.app.push_screen(MergeDialog(paths))
+
+
+def _names(paths: list[Path]) -> list[str]:
+    """Each run's name, and when it started where runs share the name (every job the Train
+    form starts is named "run" until renamed): the table and the legend said "run" twice."""
+    names = [runs.given_name(p) for p in paths]
+    alike = Counter(names)
+    return [
+        f"{name}  {runs.started_text(path)}".rstrip() if alike[name] > 1 else name
+        for name, path in zip(names, paths, strict=True)
+    ]
 
 
 def _short_names(keys: list[str], taken: set[str]) -> list[str]:
