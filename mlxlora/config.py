@@ -353,7 +353,7 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
         except ValueError as exc:  # the line, and what to do
             raise ConfigError([str(exc)], source) from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError([_yaml_problem(exc)], source) from None
         except RecursionError:  # the parser recurses once per [ or {
@@ -366,6 +366,27 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     if path is not None:
         _resolve_relative_files(cfg, Path(path).resolve().parent)
     return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: it keeps the last,
+    so `epochs: 6` and, below it, a pasted `epochs: 60` trained 60 epochs without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line: dict[str, int] = {}
+        for key_node, _ in node.value:  # before `<<:` merges, whose keys may be overridden
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"{key} is given twice (first on line {first_line[key]})",
+                    key_node.start_mark,
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def _yaml_problem(exc: Exception) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mlxlora import config
 from mlxlora.errors import ConfigError
@@ -190,6 +191,20 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path):
     assert str(err.value) == (
         f"{path}: not valid YAML at line 5, column 9: mapping values are not allowed here"
     )
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    """PyYAML keeps the last of two `epochs:` in a section: the run trained the pasted
+    value without a word (a QA finding). A `<<:` merge may still be overridden."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("data:\n  dataset: x\ntraining:\n  epochs: 6\n  epochs: 60\n", "utf-8")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert str(err.value) == (
+        f"{path}: not valid YAML at line 5, column 3: epochs is given twice (first on line 4)"
+    )
+    merge = "a: &x {k: 1}\nb:\n  <<: *x\n  k: 2\n"
+    assert yaml.load(merge, Loader=config._UniqueKeyLoader) == {"a": {"k": 1}, "b": {"k": 2}}
 
 
 def test_staged_schedule_sets_epochs_from_stages():
