@@ -393,6 +393,8 @@ def _yaml_problem(exc: Exception) -> str:
     """'not valid YAML at line L, column C: what' from a yaml error."""
     mark = getattr(exc, "problem_mark", None)
     what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if "'\\t'" in what:  # PyYAML's words do not say what to do about an editor's tab
+        what += " (YAML indents with spaces, not tabs)"
     if mark is None:
         return f"not valid YAML: {what}"
     return f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {what}"

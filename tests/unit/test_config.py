@@ -193,6 +193,17 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path):
     )
 
 
+def test_a_tab_in_the_indentation_says_to_indent_with_spaces(tmp_path):
+    path = tmp_path / "tab.yaml"
+    path.write_text("data:\n\tdataset: x\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert str(err.value) == (
+        f"{path}: not valid YAML at line 2, column 1: found character '\\t' that cannot start"
+        " any token (YAML indents with spaces, not tabs)"
+    )
+
+
 def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
     """PyYAML keeps the last of two `epochs:` in a section: the run trained the pasted
     value without a word (a QA finding). A `<<:` merge may still be overridden."""
