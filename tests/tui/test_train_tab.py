@@ -517,6 +517,27 @@ def test_a_dataset_removed_meanwhile_leaves_the_form(workspace):
     asyncio.run(go())
 
 
+def test_without_a_dataset_the_form_says_where_to_get_one(workspace, tmp_path):
+    """A first launch (no datasets) said "data.dataset: '' is not allowed (a dataset name or
+    file)" under a picker that takes no file name: nothing said to import one first."""
+
+    async def go():
+        app = MlxloraApp("train")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            store.remove_dataset("quickstart", force=True)
+            await pilot.press("1", "2")
+            await settle(app, pilot)
+            want = "no datasets yet: import one on the Datasets tab (1, then i)"
+            assert problems(app)["data.dataset"] == want
+            store.import_dataset(REPO / "tutorial/data/quickstart.jsonl", "qs")
+            await pilot.press("1", "2")
+            await settle(app, pilot)
+            assert problems(app)["data.dataset"] == "choose a dataset"
+
+    asyncio.run(go())
+
+
 def test_the_verdict_is_for_the_longest_record_a_child_counted(workspace, monkeypatch):
     """A child `train --dry-run --json` counts the records with the model's tokenizer (the
     app imports no transformers); the verdict then sizes for the longest record, as the run

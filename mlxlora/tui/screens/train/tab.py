@@ -246,6 +246,8 @@ class TrainTab(Vertical):
         select.set_options((label, name) for name, label in labels.items())
         select.prompt = "choose a dataset" if labels else "no stored datasets"
         select.value = value
+        if value is Select.NULL:  # no change to announce, but the problem shown names the choices
+            self.validate()
 
     @on(ModelField.Described)
     async def _model_described(self, event: ModelField.Described) -> None:
@@ -279,6 +281,14 @@ class TrainTab(Vertical):
         if self.cfg is not None and (problem := layers_problem(self.cfg, (facts or (None,))[0])):
             by_field.setdefault("lora.num_layers", []).append(problem)
             self.cfg = None
+        if "data.dataset" in by_field and self.query_one("#f-dataset", Select).value is Select.NULL:
+            # the config's words ("'' is not allowed (a dataset name or file)") are about a
+            # YAML file; here the dataset is picked from the stored ones, or there are none yet
+            by_field["data.dataset"] = [
+                "choose a dataset"
+                if self._dataset_choices
+                else "no datasets yet: import one on the Datasets tab (1, then i)"
+            ]
         self._mirror_stages()
         for row in self.rows:
             row.show_problems(by_field.get(row.key, []))
