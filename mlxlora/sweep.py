@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,12 +124,12 @@ def validate(
     problem = names.name_problem(sweep)
     if problem:
         raise ConfigError([f"sweep name {sweep!r}: {problem}"], "sweep")
-    loaded, problems, checked = [], [], {}
+    loaded, found, checked = [], [], {}  # found: (member's name, problem)
     for m in members:
         try:
             cfg = load(m.config, m.overrides)
         except ConfigError as exc:
-            problems += [f"{m.name}: {p}" for p in exc.problems]
+            found += [(m.name, p) for p in exc.problems]
             continue
         loaded.append(cfg)
         # what check_references reads: a grid over val_split or num_layers checks each value
@@ -137,11 +138,26 @@ def validate(
         if references and refs not in checked:
             checked[refs] = _problem(check_references, cfg)
         if checked.get(refs):
-            problems.append(f"{m.name}: {checked[refs]}")
+            found.append((m.name, checked[refs]))
+    problems = _each_once(found, len(members))
     problems += _same_training(members, loaded) if len(loaded) == len(members) else []
     if problems:
         raise ConfigError(problems, f"sweep {sweep}")
     return loaded
+
+
+def _each_once(found: list[tuple[str, str]], members: int) -> list[str]:
+    """`member: problem`, and a problem every member has (a key mistyped in --grid or --set,
+    a missing dataset) once as `every run: problem`: a 3x3 grid said it nine times."""
+    everywhere = {p for p, n in Counter(p for _, p in set(found)).items() if n == members > 1}
+    said, out = set(), []
+    for name, problem in found:
+        if problem not in everywhere:
+            out.append(f"{name}: {problem}")
+        elif problem not in said:
+            said.add(problem)
+            out.append(f"every run: {problem}")
+    return out
 
 
 # Settings a staged schedule replaces with its stages' own (StageConfig).

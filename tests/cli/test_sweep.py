@@ -27,6 +27,17 @@ def test_one_bad_value_queues_nothing(home, capsys):
     assert queue.jobs() == [] and sweep.sweep_names() == []
 
 
+def test_a_mistyped_grid_key_is_said_once_not_once_per_run(home, capsys):
+    args = ["sweep", TINY, "--grid", "lora.rnak=4,8", "--grid", "lora.dropout=0,0.1,0.2"]
+    assert main([*args, "--name", "typo", "--no-start"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "mlxlora: error: sweep typo: every run: lora.rnak: unknown key (did you mean lora.rank?"
+        " allowed: alpha, dropout, num_layers, rank, target_modules)"
+    )
+    assert queue.jobs() == []
+
+
 def test_a_grid_key_the_config_ignores_queues_nothing(home, capsys):
     """Under schedule staged the stages set the learning rate: a grid over it made runs that
     trained alike, without a word (a QA finding)."""
@@ -170,8 +181,9 @@ def test_a_sweep_naming_a_missing_dataset_or_model_queues_nothing(home, capsys):
     args = ["sweep", TINY, "--grid", "lora.rank=4,8", "--no-start", "--name", "欠け"]
     assert main([*args, "--set", "data.dataset=存在しない"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("mlxlora: error: sweep 欠け: 2 problems: 欠け-rank4: ")
-    assert "unknown dataset '存在しない'" in err and len(err.splitlines()) == 1
+    # every run's problem, said once (a 3x3 grid said it nine times)
+    assert err.startswith("mlxlora: error: sweep 欠け: every run: data.dataset: unknown dataset")
+    assert err.count("存在しない") == 1 and len(err.splitlines()) == 1
     assert main([*args, "--set", "model=builtin:nope"]) == 2
     assert "builtin:nope: unknown builtin model" in capsys.readouterr().err
     assert main([*args, "--set", "lora.num_layers=999"]) == 2  # builtin:tiny has 4
