@@ -13,9 +13,12 @@ import types
 import typing
 from typing import Any
 
+# Numbers in words a user reads (`epochs: two` said "expected float", Python's word)
+_NUMBER_WORDS = {int: "a whole number", float: "a number"}
+
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+    return _NUMBER_WORDS.get(tp) or getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
 # What _coerce returns for a value it could not use; the field keeps its default.

@@ -56,7 +56,14 @@ def test_unknown_and_mistyped_keys_are_errors():
             {"data": {"dataset": "x"}, "lora": {"rnk": 8}, "training": {"epochs": "many"}}
         )
     text = str(err.value)
-    assert "lora.rnk: unknown key" in text and "training.epochs: expected float" in text
+    assert "lora.rnk: unknown key" in text and "training.epochs: expected a number" in text
+    # Python's "expected float" and "expected int" were the words a newcomer read
+    with pytest.raises(ConfigError) as err:
+        config.from_dict({"data": {"dataset": "x"}, "training": {"learning_rate": "学習率"}})
+    assert err.value.problems == ["training.learning_rate: expected a number, got '学習率'"]
+    with pytest.raises(ConfigError) as err:
+        config.from_dict({"data": {"dataset": "x"}, "lora": {"rank": 8.5}})
+    assert err.value.problems == ["lora.rank: expected a whole number, got 8.5"]
 
 
 def test_unknown_keys_and_bad_values_are_reported_together():
@@ -71,10 +78,10 @@ def test_unknown_keys_and_bad_values_are_reported_together():
     assert err.value.problems == [
         "data.max_len: unknown key (did you mean data.max_length? allowed: completions_only,"
         " dataset, max_length, val_split, validation)",
-        "data.max_length: expected int, got None",
-        "lora.alpha: expected float, got 'big'",
+        "data.max_length: expected a whole number, got None",
+        "lora.alpha: expected a number, got 'big'",
         "lora.target_modules[0]: expected str, got 3",
-        "training.epochs: expected float, got None",
+        "training.epochs: expected a number, got None",
         "training.stages: expected a list, got 5",
         "lora.rank: 0 is not allowed (>= 1)",
         "training.batch_size: 0 is not allowed (>= 1)",
