@@ -52,7 +52,9 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, list):
-            problems.append(f"{key}: expected a list, got {value!r}")
+            # a single name where a list of them goes: show how to write the list
+            example = f" (a list in brackets: [{value}])" if isinstance(value, str) else ""
+            problems.append(f"{key}: expected a list, got {value!r}{example}")
             return _INVALID
         items = [_coerce(v, inner, f"{key}[{i}]", problems) for i, v in enumerate(value)]
         return _INVALID if _INVALID in items else items

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlxlora.commands import actions
+
 
 def register(sub) -> None:
     p = sub.add_parser("adapter", help="convert LoRA adapters between mlx-lm and PEFT")
-    actions = p.add_subparsers(dest="adapter_command", metavar="ACTION", required=True)
-    convert = actions.add_parser(
+    convert = actions(p, "adapter_command").add_parser(
         "convert",
         help="write an adapter directory (mlx-lm or PEFT layout) in both layouts",
         description="Read SOURCE (adapters.safetensors or adapter_model.safetensors, with "

@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mlxlora.commands import actions
 from mlxlora.errors import DataError
 
 TYPES = ("instruction", "chat", "completion", "text")
@@ -23,8 +24,7 @@ def register(sub) -> None:
         help="import, list, inspect and remove datasets",
         description="Datasets live in the workspace ($MLXLORA_HOME/datasets) by name.",
     )
-    p.set_defaults(func=lambda args: p.print_help() or 0)
-    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub = actions(p, "data_command")
 
     imp = dsub.add_parser(
         "import",

@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+from mlxlora.commands import actions
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -18,7 +20,7 @@ def register(sub) -> None:
         description="Queue training jobs. A detached runner (started when a job is added) "
         "trains them one at a time, in order, and outlives the terminal and the app.",
     )
-    qs = p.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    qs = actions(p, "queue_command")
     add = qs.add_parser("add", help="queue a training job (starts the runner if needed)")
     add.add_argument("config", help="YAML config (see configs/)")
     add.add_argument(

@@ -8,13 +8,14 @@ import shlex
 import time
 from pathlib import Path
 
+from mlxlora.commands import actions
 from mlxlora.fmt import NONE, answer, clock, num
 from mlxlora.memory import fmt_bytes
 
 
 def register(sub) -> None:
     p = sub.add_parser("runs", help="list, inspect and delete training runs")
-    rs = p.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    rs = actions(p, "runs_command")
     ls = rs.add_parser("list", help="all runs in the workspace, newest first")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=list_runs)

@@ -111,3 +111,15 @@ def test_show_of_a_qlora_run_prints_a_command_that_answers(home, quickstart_data
     command = f"mlxlora generate --adapter {shlex.quote(str(run))} --prompt Hello"
     assert command in lines and not any(line.startswith("mlx_lm.generate") for line in lines)
     assert main([*shlex.split(command)[1:], "--max-tokens", "3"]) == 0
+
+
+GROUPS = [("runs", "list"), ("queue", "add"), ("adapter", "convert"), ("data", "import")]
+
+
+@pytest.mark.parametrize(("group", "an_action"), GROUPS)
+def test_a_command_group_alone_prints_its_actions(home, capsys, group, an_action):
+    """Bare `mlxlora runs` / `queue` / `adapter` said "the following arguments are required:
+    ACTION" where bare `data` printed its help (a QA finding): each prints its help."""
+    assert main([group]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: mlxlora {group} ") and an_action in out

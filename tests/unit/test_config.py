@@ -289,3 +289,12 @@ def test_a_config_that_is_not_there_is_named_once():
     with pytest.raises(ConfigError) as caught:
         config.load("無い.yaml")
     assert str(caught.value) == "無い.yaml: file not found"  # it said the path twice
+
+
+def test_a_single_name_where_a_list_goes_shows_how_to_write_the_list():
+    """`--set lora.target_modules=q_proj` said only "expected a list" (a QA finding)."""
+    with pytest.raises(ConfigError) as err:
+        config.load(None, ["data.dataset=x", "lora.target_modules=q_proj"])
+    assert "expected a list, got 'q_proj' (a list in brackets: [q_proj])" in str(err.value)
+    cfg = config.load(None, ["data.dataset=x", "lora.target_modules=[q_proj]"])
+    assert cfg.lora.target_modules == ["q_proj"]
