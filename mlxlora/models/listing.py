@@ -62,12 +62,9 @@ def builtin_tiny_info() -> dict:
 
 
 def on_a_mac(info: dict, shape: TrainShape):
-    """The estimate on a Mac's GPU, its weights as a run there counts them loaded: what the
-    files hold in half precision, and its LoRA layers'."""
-    weights = memory_weights.planned_weights(
-        info, "auto", on_cpu=False
-    ) + memory_weights.lora_weight_bytes(info, shape)
-    return estimate(info, shape, weights=weights)
+    """The estimate on a Mac's GPU, its weights as a run there counts them loaded."""
+    mac = machine.TrainingDevice("gpu", "unfused")  # what training_device() is on a Mac
+    return estimate(info, shape, weights=memory_weights.weights_here(info, shape, device=mac))
 
 
 def builtin_rows(shape: TrainShape) -> list[dict]:
