@@ -36,9 +36,11 @@ def params_text(n: int) -> str:
     return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
 
-def budgets() -> dict[str, int | None]:
-    """Training budgets by column name: this machine, then the Mac sizes."""
-    out: dict[str, int | None] = {"this machine": machine.training_device().budget}
+def budgets(device=None) -> dict[str, int | None]:
+    """Training budgets by column name: this machine (`device`, a machine.TrainingDevice; by
+    default `auto`'s), then the Mac sizes."""
+    device = device or machine.training_device()
+    out: dict[str, int | None] = {"this machine": device.budget}
     for gb in MAC_SIZES_GB:
         out[f"{gb} GB Mac"] = unified_budget(gb * GIB)
     return out
@@ -67,16 +69,16 @@ def on_a_mac(info: dict, shape: TrainShape):
     return estimate(info, shape, weights=memory_weights.weights_here(info, shape, device=mac))
 
 
-def builtin_rows(shape: TrainShape) -> list[dict]:
+def builtin_rows(shape: TrainShape, device=None) -> list[dict]:
     """builtin:tiny and builtin:smollm2-135m: size, training memory (on a Mac with `shape`,
-    and on this machine as it trains), installed or how to."""
+    and on this machine as it trains: on `device`, by default `auto`'s), installed or how to."""
     tiny = builtin_tiny_info()
     smol = find(SMOLLM2_HF)
     smol_file = find_smollm2_gguf()
-    here = memory.shape_here(shape)
+    here = memory.shape_here(shape, device)
 
     def sizes(info: dict) -> dict:
-        local = estimate(info, here, weights=memory_weights.weights_here(info, here))
+        local = estimate(info, here, weights=memory_weights.weights_here(info, here, device=device))
         return {"train_bytes": on_a_mac(info, shape).total, "train_bytes_this_machine": local.total}
 
     return [
@@ -111,14 +113,16 @@ def ollama_rows() -> dict:
     return {"store": str(store), "exists": store.is_dir(), "models": models}
 
 
-def rows(shape: TrainShape) -> tuple[dict[str, int | None], list[dict]]:
-    """(budgets, one dict per catalog model) — what the table and --json show."""
-    b = budgets()
-    here = memory.shape_here(shape)
+def rows(shape: TrainShape, device=None) -> tuple[dict[str, int | None], list[dict]]:
+    """(budgets, one dict per catalog model) — what the table and --json show; "this machine"
+    trains on `device` (by default `auto`'s)."""
+    b = budgets(device)
+    here = memory.shape_here(shape, device)
     out = []
     for m in CATALOG:
         mac = on_a_mac(m.info(), shape)
-        local = estimate(m.info(), here, weights=memory_weights.weights_here(m.info(), here))
+        weights = memory_weights.weights_here(m.info(), here, device=device)
+        local = estimate(m.info(), here, weights=weights)
         fits = {
             name: (
                 None

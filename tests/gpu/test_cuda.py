@@ -131,7 +131,7 @@ def test_on_a_gpu_the_torch_loss_holds_what_the_eager_estimate_says():
     """On a CPU the chunked loss peaks at two float32 chunks (memory.EAGER_CHUNK_COPIES); in
     bf16 on a GPU its bf16 logits, their float32 copy and logsumexp's temporary come and go."""
     torch = cuda_torch()
-    from tests.engine.test_torch_backend import torch_loss_peak
+    from tests.engine.torch_memory import torch_loss_peak
 
     measured, expected = torch_loss_peak("cuda", torch.bfloat16)
     assert 0.95 <= expected / measured <= 1.15, (measured, expected)

@@ -17,9 +17,11 @@ from textual.widgets import Button, Checkbox, Input, Select, Static
 
 from mlxlora import config, machine, memory, memory_weights
 from mlxlora.data import store
+from mlxlora.models import listing
 from mlxlora.models.listing import builtin_tiny_info
 from mlxlora.tui.app import MlxloraApp
 from mlxlora.tui.screens.train import TrainTab
+from mlxlora.tui.screens.train.models import ModelField
 from mlxlora.tui.screens.train.save_dialog import SaveYamlDialog
 from mlxlora.tui.screens.train.stages import StageRow
 from mlxlora.tui.widgets.field import FieldRow
@@ -63,7 +65,7 @@ async def settle(app, pilot):
     """Wait for this tab's workers (other tabs run watchers that never end)."""
     await pilot.pause()
     await app.workers.wait_for_complete(
-        w for w in app.workers if isinstance(w.node, (TrainTab, SaveYamlDialog))
+        w for w in app.workers if isinstance(w.node, (TrainTab, ModelField, SaveYamlDialog))
     )
     await pilot.pause()
 
@@ -438,7 +440,9 @@ CUDA_REPORT = {
 def test_on_a_cuda_host_the_form_estimates_for_the_gpu_doctor_names(workspace, monkeypatch):
     """No backend is imported in the app: where an NVIDIA driver is, the Train tab asks a
     doctor child which device `backend: auto` trains on, then estimates for it (half
-    precision, fused attention, the card's memory), not for the CPU it guessed."""
+    precision, fused attention, the card's memory), not for the CPU it guessed. The marks
+    read before the doctor answered, for the CPU's budget, never land after the card's (in
+    CI, with 16 GB free, the card's estimate against the CPU's budget said "tight")."""
     from mlxlora.tui.screens import system
 
     asked = []
@@ -448,7 +452,17 @@ def test_on_a_cuda_host_the_form_estimates_for_the_gpu_doctor_names(workspace, m
         return CUDA_REPORT
 
     monkeypatch.setattr(machine, "maybe_cuda", lambda: True)
+    monkeypatch.setattr(machine, "memory_budget", lambda: BUDGET)
     monkeypatch.setattr(system, "doctor_report", doctor_on_an_h100)
+    read_rows, first = listing.builtin_rows, []
+
+    def first_read_slowly(*args):
+        if not first:
+            first.append(1)
+            time.sleep(1.0)  # the first marks' thread ends after the card's
+        return read_rows(*args)
+
+    monkeypatch.setattr(listing, "builtin_rows", first_read_slowly)
 
     async def go():
         app = MlxloraApp("train")
@@ -457,7 +471,7 @@ def test_on_a_cuda_host_the_form_estimates_for_the_gpu_doctor_names(workspace, m
             assert asked == [1]
             qwen = "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
             pick = app.query_one("#train-model-pick", Select)
-            await settle(app, pilot)  # the marks reload once the device is known
+            await pilot.pause(1.5)  # a cancelled thread runs on
             assert _label(pick, qwen) == f"{qwen}  494M  fits"  # "too big" on the CPU
             await type_into(pilot, app, "#f-data-max_length", "256")
             cfg = app.query_one(TrainTab).cfg

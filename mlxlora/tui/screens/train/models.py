@@ -20,18 +20,18 @@ def _fit(total: int, budget: int | None) -> str:
     return memory.fit_verdict(total, budget).replace("will not fit", "too big")
 
 
-def model_options(shape: memory.TrainShape, budget: int | None) -> list[tuple[str, str]]:
+def model_options(shape: memory.TrainShape, budget: int | None, device) -> list[tuple[str, str]]:
     """(label, reference) for the builtins, Ollama's models and the catalog; the label has the
-    size and the verdict of training it here with `shape`."""
+    size and the verdict of training it here with `shape` on `device` (machine.TrainingDevice)."""
     options = []
-    for row in listing.builtin_rows(shape):
+    for row in listing.builtin_rows(shape, device):
         fit = _fit(row["train_bytes_this_machine"], budget)
         state = fit if row["installed"] else "not installed"
         options.append((f"{row['id']}  {listing.params_text(row['params'])}  {state}", row["id"]))
     for row in listing.ollama_rows()["models"]:
         size = memory.fmt_bytes(row["size_bytes"])
         options.append((f"{row['id']}  GGUF {size}", row["id"]))
-    for row in listing.rows(shape)[1]:
+    for row in listing.rows(shape, device)[1]:
         fit = _fit(row["train_bytes_this_machine"], budget)
         options.append((f"{row['id']}  {listing.params_text(row['params'])}  {fit}", row["id"]))
     return options
@@ -114,13 +114,18 @@ class ModelField(Vertical):
         still showed the marks of the default 4 x 2048)."""
         if (shape, budget, device) != self._marks_for:
             self._marks_for = (shape, budget, device)
-            self._load_options(shape, budget)
+            self._load_options(shape, budget, device)
 
     @work(thread=True, exclusive=True, group="options", exit_on_error=False)
-    def _load_options(self, shape: memory.TrainShape, budget: int | None) -> None:
-        """Reads Ollama's store and the catalog."""
-        options = model_options(shape, budget)
-        self.app.call_from_thread(self.query_one("#train-model-pick", Select).set_options, options)
+    def _load_options(self, shape: memory.TrainShape, budget: int | None, device) -> None:
+        """Reads Ollama's store and the catalog. A thread runs on when a newer mark cancels
+        it: its marks, for an older budget or device, must not land after the newer ones."""
+        options = model_options(shape, budget, device)
+        self.app.call_from_thread(self._set_options, (shape, budget, device), options)
+
+    def _set_options(self, marks_for: tuple, options: list[tuple[str, str]]) -> None:
+        if marks_for == self._marks_for:
+            self.query_one("#train-model-pick", Select).set_options(options)
 
     @on(Input.Changed, "#f-model")
     async def _typed(self, event: Input.Changed) -> None:
