@@ -195,6 +195,18 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def memory_budget_problem(budget: Any) -> str | None:
+    """Why `budget` is no memory budget, or None; empty is the machine's budget. Also what
+    `train --memory-budget` checks, so its error names the flag rather than a --set."""
+    if budget in (None, ""):  # not given
+        return None
+    if _is_number(budget):  # quoted "12": the same unit message as an unquoted 12
+        return f"expected {HOW_TO_WRITE['training.memory_budget']}, got {budget!r}"
+    if not (parse_size(budget) or 0) > 0:
+        return f"{budget!r} is not allowed (a size above 0 such as 12GB or 512MB)"
+    return None
+
+
 def _check(cfg: Config, problems: list[str]) -> None:
     def need(ok: bool, key: str, value: Any, allowed: str) -> None:
         if not ok:
@@ -250,18 +262,8 @@ def _check(cfg: Config, problems: list[str]) -> None:
     need(t.loss_chunk_rows >= 0, "training.loss_chunk_rows", t.loss_chunk_rows, ">= 0")
     need(t.fit in FIT_MODES, "training.fit", t.fit, " | ".join(FIT_MODES))
     need(t.compile in (True, False, "auto"), "training.compile", t.compile, "auto | true | false")
-    if _is_number(t.memory_budget):  # quoted "12": the same unit message as an unquoted 12
-        problems.append(
-            f"training.memory_budget: expected {HOW_TO_WRITE['training.memory_budget']},"
-            f" got {t.memory_budget!r}"
-        )
-    else:
-        need(
-            not t.memory_budget or (parse_size(t.memory_budget) or 0) > 0,
-            "training.memory_budget",
-            t.memory_budget,
-            "a size above 0 such as 12GB or 512MB",
-        )
+    if problem := memory_budget_problem(t.memory_budget):
+        problems.append(f"training.memory_budget: {problem}")
     need(t.log_every >= 1, "training.log_every", t.log_every, ">= 1")
     need(
         t.early_stopping.patience >= 0,

@@ -103,7 +103,13 @@ def run(args) -> int:
 
 
 def memory_overrides(args) -> list[str]:
-    """--fit and --memory-budget as config overrides."""
+    """--fit and --memory-budget as config overrides; a bad --memory-budget is refused here,
+    naming the flag the user typed (as an override it read as `--set training.memory_budget`)."""
+    from mlxlora.config import memory_budget_problem
+    from mlxlora.errors import ConfigError
+
+    if problem := memory_budget_problem(args.memory_budget):
+        raise ConfigError([f"--memory-budget: {problem}"], "train")
     out = ["training.fit=auto"] if args.fit else []
     return out + ([f"training.memory_budget={args.memory_budget}"] if args.memory_budget else [])
 

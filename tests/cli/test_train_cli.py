@@ -498,6 +498,16 @@ def test_dry_run_prints_the_breakdown_and_the_fit(home, capsys):
     assert not (home / "datasets").exists() or not any((home / "datasets").iterdir())
 
 
+@pytest.mark.parametrize("budget", ["0", "lots", "-5GB"])
+def test_a_bad_memory_budget_names_the_flag_the_user_typed(home, capsys, budget):
+    """`--memory-budget 0` was reported as `tiny.yaml (with --set training.memory_budget)`: a
+    --set the user never typed."""
+    out = dry_run(capsys, f"--memory-budget={budget}")
+    assert out.returncode == 2 and "verdict" not in out.stdout
+    assert out.stderr.startswith("mlxlora: error: train: --memory-budget: "), out.stderr
+    assert "--set" not in out.stderr and "12GB" in out.stderr  # and how to write one
+
+
 def test_a_json_reader_that_goes_away_stops_the_run_resumably(home):
     """`train --json | head -2`: the run stops at a step's end with its checkpoint, as a STOP
     file stops it (it failed with an internal BrokenPipeError and no checkpoint before)."""
