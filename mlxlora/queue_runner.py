@@ -167,7 +167,10 @@ def _run(job: Job) -> None:
         job.exit_code = child.wait()
     stopped = finished is not None and finished.stopped
     state = "stopped" if stopped else "done" if job.exit_code == 0 else "failed"
-    _finish(job, state, _error_line(log, job.exit_code) if state == "failed" else None)
+    error = _error_line(log, job.exit_code) if state == "failed" else None
+    if error and job.config:  # the queue's copy of the config: a file the user never named
+        error = error.removeprefix(f"{job.config}: ")
+    _finish(job, state, error)
 
 
 def _error_line(log: Path, exit_code: int) -> str | None:

@@ -6,3 +6,38 @@ def actions(parser, dest: str):
     and what each does) rather than argparse's 'the following arguments are required'."""
     parser.set_defaults(func=lambda args: parser.print_help() or 0)
     return parser.add_subparsers(dest=dest, metavar="ACTION")
+
+
+class ConfigFileErrors:
+    """Names the config file in what its values are refused for once it has loaded: a dataset
+    or model it names that is not there, a value the model refuses. `data.dataset: unknown
+    dataset` alone did not say which of a user's YAML files was wrong.
+
+    A context manager around the work that checks or prepares the file's job, and a run's
+    listener: once the run has started, its errors are the run's, not the file's.
+    """
+
+    def __init__(self, path: str | None):
+        self.path = path  # None: no file of the user's (a resume runs the run's own config)
+        self.started = False
+
+    def __call__(self, event) -> None:
+        from mlxlora.events import RunStarted
+
+        if isinstance(event, RunStarted):
+            self.started = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        from mlxlora.errors import ConfigError, DataError, ModelError
+
+        named = (ConfigError, DataError, ModelError)
+        if not self.path or self.started or not isinstance(exc, named):
+            return False
+        if isinstance(exc, ConfigError):
+            if exc.source.startswith(self.path):  # the load's own: it names the file already
+                return False
+            raise ConfigError(exc.problems, self.path) from None
+        raise type(exc)(f"{self.path}: {exc}") from None

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from mlxlora.commands import actions
+from mlxlora.commands import ConfigFileErrors, actions
 
 
 def register(sub) -> None:
@@ -74,7 +74,8 @@ def add_job(args) -> int:
     from mlxlora.prepare import check_references
 
     cfg = config.load(args.config, args.overrides)
-    check_references(cfg)  # what the run would refuse at its start
+    with ConfigFileErrors(args.config):
+        check_references(cfg)  # what the run would refuse at its start
     job = queue.add_train(cfg.to_yaml(), cfg.name)
     started = False if args.no_start else queue_runner.ensure_runner()
     print(f"queued {queue.short_id(job.id)} ({job.name}); {_runner_note(started)}")

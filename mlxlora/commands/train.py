@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from mlxlora.commands import ConfigFileErrors
 from mlxlora.events import (
     EarlyStop,
     Eval,
@@ -88,15 +89,16 @@ def run(args) -> int:
             )
         cfg = config.load(args.config, args.overrides + memory_overrides(args))
         run_dir = args.run_dir  # None: the engine names one in the workspace once prepared
+    named = ConfigFileErrors(args.config)  # None with --resume: the run's own config
     if args.dry_run:
         cfg = cfg or config.load(runs.RunPaths(run_dir).config, memory_overrides(args))
-        return dry_run(cfg, as_json=args.json)
+        with named:
+            return dry_run(cfg, as_json=args.json)
     view = JsonView() if args.json else ProgressView()
     ending = Ending()
-    with view:
-        summary = engine.train(
-            cfg, run_dir, resume=bool(args.resume), listeners=[view.on_event, ending, say_fit]
-        )
+    listeners = [view.on_event, ending, say_fit, named]
+    with view, named:
+        summary = engine.train(cfg, run_dir, resume=bool(args.resume), listeners=listeners)
     if not args.json and select.process_rank() == 0:  # the others' runs are deleted scratch
         view.print_summary(summary)
     return ending.exit_code()

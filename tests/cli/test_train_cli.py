@@ -258,6 +258,22 @@ def test_errors_before_training_leave_no_run_directory(
     assert not run_dir.exists() and not (home / "runs").exists()
 
 
+def test_a_dataset_that_is_not_there_names_the_config_file_that_names_it(home, tmp_path, capsys):
+    """`data.dataset: unknown dataset 'nosuch'` did not say which of a user's YAML files was
+    wrong: the config keeps no path, so the command that loaded the file names it."""
+    bad = tmp_path / "実験b.yaml"
+    bad.write_text("model: builtin:tiny\ndata:\n  dataset: nosuch\n", encoding="utf-8")
+    said = (
+        f"mlxlora: error: {bad}: data.dataset: unknown dataset 'nosuch' (no datasets yet; "
+        "add one with `mlxlora data import FILE --name NAME`)"
+    )
+    trained = mlxlora("train", str(bad))
+    assert trained.returncode == 3 and one_line_error(trained).strip() == said
+    assert not (home / "runs").exists()
+    assert main(["train", str(bad), "--dry-run"]) == 3
+    assert capsys.readouterr().err.strip() == said
+
+
 def test_ctrl_c_stops_with_a_checkpoint_exit_130_and_resumes(home, tmp_path):
     run = tmp_path / "my runs" / "first"
     proc = subprocess.Popen(
@@ -491,9 +507,9 @@ def test_dry_run_prints_the_breakdown_and_the_fit(home, capsys):
 
     missing = dry_run(capsys, "--set", "data.dataset=無い.jsonl")
     assert missing.returncode != 0 and "verdict" not in missing.stdout  # what the run refuses
-    assert missing.stderr.strip() == (  # the field that names it, and where it was looked for
-        "mlxlora: error: data.dataset: 無い.jsonl: file not found (and no dataset of that name);"
-        " a config reads a relative path from its own folder"
+    assert missing.stderr.strip() == (  # the file and field that name it, where it was looked
+        f"mlxlora: error: {QUICK}: data.dataset: 無い.jsonl: file not found (and no dataset of"
+        " that name); a config reads a relative path from its own folder"
     )
     assert not (home / "datasets").exists() or not any((home / "datasets").iterdir())
 
