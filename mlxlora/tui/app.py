@@ -48,7 +48,9 @@ class MlxloraApp(App):
         Binding("question_mark", "toggle_help", "Help"),
         # in a text field ? is typed, not pressed: F1 opens the help from anywhere
         Binding("f1", "toggle_help", "Help", show=False),
-        Binding("ctrl+q", "quit", "Quit"),
+        # in the help panel and the palette, not the footer (as Textual's own ctrl+q): shown,
+        # it left the Runs tab's six keys no room for "^p palette" at 80 columns
+        Binding("ctrl+q", "quit", "Quit", show=False),
         Binding("escape", "leave_field", "Leave the field", show=False),
     ]
 

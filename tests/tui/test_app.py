@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 from textual.widgets import TabbedContent
 
@@ -162,16 +163,39 @@ def test_footer_shows_the_keys_here_redraws_only_when_they_change_and_clicks_pre
     asyncio.run(go())
 
 
-def test_at_80_columns_the_footer_shortens_descriptions_not_the_help_key(home):
+def test_at_80_columns_every_tab_shows_its_keys_and_the_palette_s_word(home):
+    """The Runs tab's footer cut "^p palette" to "^p" at 80 columns; ctrl+q, out of the
+    footer for the room, is still in the help panel."""
     from mlxlora.tui.widgets.keys_footer import KeysFooter
 
     async def go():
         app = MlxloraApp(initial="runs")
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause()
-            line = app.query_one(KeysFooter).render().plain
-            assert "s Stop " in line and "f Fuse " in line and "? Help" in line
-            assert line.rstrip().endswith("^p")  # the palette's key without its word
-            assert "…" not in line and len(line) <= 80
+            footer = app.query_one(KeysFooter)
+            line = footer.render().plain
+            for key in ("s Stop", "r Resume", "d Delete", "e Evaluate", "x Export", "f Fuse"):
+                assert key in line, line
+            for i, (tab, _, _) in enumerate(TABS, 1):
+                await pilot.press(str(i))
+                await pilot.pause()
+                line = footer.render().plain
+                assert line.rstrip().endswith("^p palette"), (tab, line)
+                assert "? Help" in line and len(line) <= 80, (tab, line)
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert re.search(r"\^q +Quit", _help_text(app))
 
     asyncio.run(go())
+
+
+def _help_text(app) -> str:
+    """The open help panel's table of keys, as the screen shows it."""
+    import io
+
+    from rich.console import Console
+    from textual.widgets._key_panel import BindingsTable
+
+    console = Console(file=io.StringIO(), width=80)
+    console.print(app.screen.query_one(BindingsTable).render_bindings_table())
+    return console.file.getvalue()
