@@ -193,7 +193,8 @@ def remove_dataset(name: str, force: bool = False) -> DatasetMeta:
     if users and not force:
         more = f" and {len(users) - 3} more" if len(users) > 3 else ""
         raise DataError(
-            f"dataset {name} is used by run {', '.join(users[:3])}{more} (resume and eval read "
+            f"dataset {name} is used by {'run' if len(users) == 1 else 'runs'} "
+            f"{', '.join(users[:3])}{more} (resume and eval read "
             f"it); `mlxlora data rm {shlex.quote(name)} --force` removes it anyway"
         )
     target = dataset_dir(name)

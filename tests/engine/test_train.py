@@ -165,6 +165,20 @@ def test_a_run_keeps_the_records_it_trained_on_when_its_file_changes(
     assert first.dataset == "メモ"
 
 
+def test_a_dataset_two_runs_use_is_refused_naming_both_as_runs(home, quickstart_data):
+    """It said "is used by run 実験1-..., 実験2-..." for two."""
+    from mlxlora.data import store
+    from mlxlora.errors import DataError
+
+    store.import_dataset(quickstart_data, "医療QA")
+    for name in ("実験1", "実験2"):
+        engine.train(make_config("医療QA", "training.max_steps=1", f"name={name}"), None)
+    with pytest.raises(DataError) as err:
+        store.remove_dataset("医療QA")
+    assert str(err.value).startswith("dataset 医療QA is used by runs 実験")
+    assert str(err.value).count("実験") == 2
+
+
 def test_a_run_refuses_a_dataset_imported_again_with_other_records(home, quickstart_data, tmp_path):
     from mlxlora.data import store
     from mlxlora.errors import DataError
