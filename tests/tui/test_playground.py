@@ -254,6 +254,28 @@ def test_a_blank_answer_says_so_as_runs_show_does(home):
     asyncio.run(go())
 
 
+def test_enter_in_the_system_prompt_sends_as_in_the_prompt(home):
+    """A question typed into the system prompt's field and Enter: nothing, without a word."""
+    finished_run("quick")
+
+    async def go():
+        app = MlxloraApp("playground")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.query_one(PlaygroundTab).runs)
+            app.query_one("#play-system").focus()
+            await pilot.press(*"医師", "enter")
+            await pilot.pause()
+            assert [str(n.message) for n in app._notifications] == ["Type a prompt first."]
+            app.query_one("#play-max-tokens").value = "2"
+            app.query_one("#play-prompt").value = "hi"
+            await pilot.press("enter")
+            base = app.query_one("#play-base", AnswerPane)
+            await until(pilot, lambda: base.over)
+            assert str(base.query_one(".status").render()).startswith("done · 2 tokens")
+
+    asyncio.run(go())
+
+
 async def answered(pilot) -> None:
     """Both panes filled through their own methods with fixed text: a generation's tokens/s
     differ from run to run, and what a snapshot tests is the layout."""

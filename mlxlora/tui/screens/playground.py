@@ -195,7 +195,9 @@ class PlaygroundTab(Vertical):
         elif self.runs:
             picker.value = next(iter(self.runs))  # the newest
 
-    @on(Input.Submitted, "#play-prompt")
+    # Enter in any field sends: in the system prompt or max tokens it did nothing, without a
+    # word, to a question typed there by mistake
+    @on(Input.Submitted)
     def _submitted(self) -> None:
         self.action_send()
 
