@@ -110,12 +110,14 @@ class RunsTab(Vertical):
         views = self._grouped()
         runs_rest = {str(view.path): self._cells(view) for view in views}
         room = self._name_room([*rest.values(), *runs_rest.values()])
-        if room < self._widest_name(jobs, views):
+        if room < max(self._widest_name(jobs, views), NAME_MIN_CELLS):
             # a diagnosis's kind (`⚠ slow_convergence`) left the names a dozen cells at 80
             # columns (`医療…デル_v1`) and pushed the curve off screen: the name matters more,
-            # and the selected run's panel names its findings
+            # and the selected run's panel names its findings. Short names too: they are cut
+            # no shorter than NAME_MIN_CELLS, and `⚠ slow_convergence +1` left them less
             runs_rest = {str(view.path): self._cells(view, kind=False) for view in views}
             room = self._name_room([*rest.values(), *runs_rest.values()])
+        room = max(room, NAME_MIN_CELLS)
         rest |= runs_rest
         names = {key: middle_cut(name, room) for key, name in jobs.items()}
         labels = run_labels([view.path for view in views], self._sweep_of, room)
@@ -155,13 +157,12 @@ class RunsTab(Vertical):
 
     def _name_room(self, rest: list[tuple]) -> int:
         """The cells a name has: the table's width less the other columns at their widest
-        (each padded both sides), never under NAME_MIN_CELLS."""
+        (each padded both sides); under NAME_MIN_CELLS where they leave less."""
         table = self.query_one(DataTable)
         padding = 2 * table.cell_padding
         columns = zip(COLUMNS[1:], *rest, strict=True)  # each column's title and cells
         others = sum(max(map(cell_len, column)) + padding for column in columns)
-        room = table.scrollable_content_region.width - padding - others
-        return max(room, NAME_MIN_CELLS)
+        return table.scrollable_content_region.width - padding - others
 
     def _grouped(self) -> list:
         """Runs newest first, a sweep's runs together where its newest run is."""
