@@ -714,6 +714,23 @@ def test_two_findings_give_way_beside_short_names_at_80_columns(home):
     asyncio.run(go())
 
 
+def test_a_row_that_widens_a_column_narrows_the_names_on_screen(home):
+    """A run added beside a long name (here `early-stopped`, wider than `finished`) cut the
+    name shorter, but its column kept the width it had: DataTable's clear() keeps each
+    column's widest cell, and the loss curve went off screen at 80 columns (a QA finding)."""
+    write_run("医療専門知識モデル_v1_学習率の比較実験", started=T0)
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 1 and every_column_shows(app))
+            write_run("早期停止", end="early_stop", started=T0 + 10)
+            await wait_for(pilot, lambda: len(rows(app)) == 2)
+            await wait_for(pilot, lambda: every_column_shows(app))
+
+    asyncio.run(go())
+
+
 def test_a_rerun_s_name_stays_readable_beside_its_start_at_80_columns(home):
     """A second run of 医療専門知識モデル_v1, beside an early-stopped and flagged run, read
     `…v1  11-27 07:43` at 80x24 (a QA finding): where the date would leave the name a few

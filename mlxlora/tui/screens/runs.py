@@ -68,9 +68,7 @@ class RunsTab(Vertical):
         yield RunDetail(id="run-detail")
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        for column in COLUMNS:
-            table.add_column(column, key=column)
+        _add_columns(self.query_one(DataTable))
         self.query_one(RunDetail).machine_bytes = machine.total_memory()
         self.watch_runs()
         self.set_interval(DRAW_SEC, self.redraw)
@@ -202,7 +200,10 @@ class RunsTab(Vertical):
                         table.update_cell(key, column, Text(new), update_width=True)
         else:
             selected = self.selected_key()
-            table.clear()
+            # the columns too: clear() keeps each column as wide as its widest cell ever, so
+            # a name cut shorter since (beside a wider status) pushed the curve off screen
+            table.clear(columns=True)
+            _add_columns(table)
             for key, cells in rows.items():
                 table.add_row(*map(Text, cells), key=key)
             if selected in rows:
@@ -394,6 +395,11 @@ class RunsTab(Vertical):
             self.notify(str(exc), severity="error")
             return
         self.notify(f"Removed {job.state} job {job.name}")
+
+
+def _add_columns(table: DataTable) -> None:
+    for column in COLUMNS:
+        table.add_column(column, key=column)
 
 
 def _job_status(job: queue.Job, alone: bool) -> str | None:
