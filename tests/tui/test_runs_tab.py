@@ -107,6 +107,23 @@ def test_every_run_with_its_status_chart_samples_and_failure(home, monkeypatch):
     asyncio.run(go())
 
 
+def test_after_a_delete_the_row_in_its_place_is_selected(home):
+    """Deleting 実験2 of three selected the first row, 実験3, as if the list started over: the
+    next row, 実験1, is where the cursor was, as in any list."""
+    made = [write_run(f"実験{i}", started=T0 + 10 * i) for i in (1, 2, 3)]
+
+    async def go():
+        app = MlxloraApp(initial="runs")
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: len(rows(app)) == 3)
+            await select(pilot, made[1].name)
+            await pilot.press("d", "y")
+            await wait_for(pilot, lambda: len(rows(app)) == 2)
+            assert app.query_one(RunsTab).selected_key() == str(made[0])
+
+    asyncio.run(go())
+
+
 def test_delete_asks_and_never_removes_a_running_run(home):
     four_runs()
     done = runs.runs_root() / "done-20250615-000000"

@@ -199,7 +199,7 @@ class RunsTab(Vertical):
                     if old != new:
                         table.update_cell(key, column, Text(new), update_width=True)
         else:
-            selected = self.selected_key()
+            selected, at = self.selected_key(), table.cursor_row
             # the columns too: clear() keeps each column as wide as its widest cell ever, so
             # a name cut shorter since (beside a wider status) pushed the curve off screen
             table.clear(columns=True)
@@ -208,6 +208,8 @@ class RunsTab(Vertical):
                 table.add_row(*map(Text, cells), key=key)
             if selected in rows:
                 table.move_cursor(row=list(rows).index(selected))
+            elif rows:  # its row went (deleted): the row now in its place, not the first
+                table.move_cursor(row=min(at, len(rows) - 1))
         self._rows = rows
         self._follow_job(table, rows)
 
