@@ -233,6 +233,27 @@ def test_delete_asks_first(datasets):
     assert not store.exists("medical-ja") and store.exists("quickstart")
 
 
+def test_one_dataset_and_the_one_run_using_it_are_said_as_one(home, quickstart_data):
+    """`1 datasets (i import, d delete)`, and `Runs 実験1-… use it: they could not…` for one."""
+    from mlxlora.cli import main
+
+    store.import_dataset(quickstart_data, "医療QA")
+    tiny = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
+    sets = ["data.dataset=医療QA", "training.max_steps=1", "name=実験1"]
+    assert main(["train", tiny, *(a for s in sets for a in ("--set", s))]) == 0
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            assert text(app, "#ds-status") == "1 dataset (i import, d delete)"
+            await pilot.press("d")
+            question = app.screen.question
+            assert " Run 実験1-" in question and " uses it: it could not resume " in question
+
+    asyncio.run(go())
+
+
 def test_broken_datasets_show_as_errors_not_crashes(datasets):
     root = datasets / "datasets"
     (root / "half").mkdir()  # an import interrupted before meta.json was written

@@ -27,6 +27,7 @@ from textual.widgets import (
 
 from mlxlora.data import analysis, store
 from mlxlora.errors import DataError, MlxloraError
+from mlxlora.fmt import counted
 from mlxlora.tui.screens.datasets.import_dialog import ImportDialog
 from mlxlora.tui.screens.datasets.view import load_report, preview_text, report_text
 from mlxlora.tui.widgets.confirm import Confirm
@@ -132,7 +133,7 @@ class DatasetsTab(Vertical):
             self._status("no datasets yet: press i to import a .json or .jsonl file")
             self._show_report(Text(""), Text(""))
             return
-        self._status(f"{table.row_count} datasets (i import, d delete)")
+        self._status(f"{counted(table.row_count, 'dataset')} (i import, d delete)")
         wanted = select or self.selected
         keys = [row.value for row in table.rows]
         table.move_cursor(row=keys.index(wanted) if wanted in keys else 0)
@@ -280,7 +281,12 @@ class DatasetsTab(Vertical):
             return
         question = f"Delete dataset {name}? Its stored records are removed from the workspace."
         if users := store.runs_using(name):
-            question += f" Runs {', '.join(users)} use it: they could not resume or be evaluated."
+            if len(users) == 1:
+                question += f" Run {users[0]} uses it: it could not resume or be evaluated."
+            else:
+                question += (
+                    f" Runs {', '.join(users)} use it: they could not resume or be evaluated."
+                )
         self.app.push_screen(Confirm(question), lambda yes: self._delete(name, yes))
 
     def _delete(self, name: str, yes: bool | None) -> None:
