@@ -7,7 +7,7 @@ import json
 import sys
 
 from mlxlora.evaluate import Sampling
-from mlxlora.fmt import NONE, counted
+from mlxlora.fmt import NONE, answer, counted
 
 
 def register(sub) -> None:
@@ -107,7 +107,9 @@ def print_result(result: dict) -> None:
         console.print(f"[bold]Q:[/] {_line(a['prompt'])}")
         for who in ("reference", "tuned", "base"):
             if a.get(who) is not None:
-                console.print(f"  {who}: {_line(a[who])}")
+                # a model's blank answer said as generate and runs show say it, not as `—`
+                text = a[who] if who == "reference" else answer(a[who])
+                console.print(f"  {who}: {_line(text)}")
 
 
 def _line(text: str) -> str:

@@ -197,3 +197,15 @@ def test_one_record_and_one_sample_read_in_the_singular(home, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "quickstart (validation, 1 record)" in out
     assert "consistency: 1 sampled answer per question at temperature 0.7, seeds from 0" in out
+
+
+def test_a_blank_answer_says_so_as_runs_show_does(home, tmp_path, capsys):
+    """The tiny model's answer of line breaks only read `tuned: —`, the mark of a score not
+    measured; runs show, generate and the studio say what it is."""
+    from mlxlora.fmt import BLANK_ANSWER
+
+    run, _ = train(tmp_path, "空白")
+    args = ["eval", str(run), "--base", "--max-records", "1", "--max-tokens", "4"]
+    assert main([*args, "--consistency", "0"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"tuned: {BLANK_ANSWER} base: {BLANK_ANSWER}" in said, said
