@@ -111,6 +111,7 @@ def test_job_on_tiny_typed_into_the_form(workspace, tmp_path):
 
             await type_into(pilot, app, "#f-lora-rank", "0")
             assert problems(app) == {"lora.rank": "lora.rank: 0 is not allowed (>= 1)"}
+            assert text(app, "#train-status") == "1 problem to fix"  # not "1 problem(s)"
             assert text(app, "#train-memory").startswith("memory: fix the problems above")
             await type_into(pilot, app, "#f-lora-rank", "16")
             await type_into(pilot, app, "#f-data-max_length", "256")

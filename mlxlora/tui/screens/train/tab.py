@@ -17,6 +17,7 @@ from mlxlora import config, machine, memory
 from mlxlora.config import BACKENDS, SCHEDULES, Config
 from mlxlora.data import refs, store
 from mlxlora.errors import MlxloraError
+from mlxlora.fmt import counted
 from mlxlora.prepare import layers_problem
 from mlxlora.sweep import STAGED_SETS
 from mlxlora.tui.screens.train import form
@@ -293,7 +294,8 @@ class TrainTab(Vertical):
         for row in self.rows:
             row.show_problems(by_field.get(row.key, []))
         count = sum(map(len, by_field.values())) + len(other)
-        status = "; ".join(other) if other else (f"{count} problem(s) to fix" if count else "")
+        to_fix = f"{counted(count, 'problem')} to fix" if count else ""
+        status = "; ".join(other) if other else to_fix
         self._say(
             "#train-status", status or "ready: ctrl+g starts, ctrl+t sweeps, ctrl+s saves as YAML"
         )
