@@ -254,6 +254,25 @@ def test_one_dataset_and_the_one_run_using_it_are_said_as_one(home, quickstart_d
     asyncio.run(go())
 
 
+def test_after_a_delete_the_dataset_in_its_place_is_selected(datasets, tmp_path):
+    """Deleting the middle one of three selected the first, as if the list started over."""
+    store.import_dataset(write_jsonl(tmp_path / "z.jsonl", JA_RECORDS[:1]), "医療QA")
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            names = [r[0] for r in table_rows(app)]
+            app.query_one("#ds-table", DataTable).move_cursor(row=1)
+            await settle(app, pilot)
+            await pilot.press("d", "y")
+            await settle(app, pilot)
+            assert app.query_one(DatasetsTab).selected == names[2]
+            assert [r[0] for r in table_rows(app)] == [names[0], names[2]]
+
+    asyncio.run(go())
+
+
 def test_broken_datasets_show_as_errors_not_crashes(datasets):
     root = datasets / "datasets"
     (root / "half").mkdir()  # an import interrupted before meta.json was written

@@ -297,6 +297,10 @@ class DatasetsTab(Vertical):
         except MlxloraError as exc:
             self._status(str(exc))
             return
+        table = self.query_one("#ds-table", DataTable)
+        keys = [row.value for row in table.rows]
+        # the row that takes its place (the one before, for the last), not the first
+        rest = [key for key in keys if key != name]
         self.selected = None
-        self.action_refresh()
+        self.action_refresh(select=rest[min(keys.index(name), len(rest) - 1)] if rest else None)
         self._status(f"deleted {name}")
