@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mlxlora.commands import actions
+from mlxlora.commands import ConfigFileErrors, actions
 from mlxlora.errors import DataError
 
 TYPES = ("instruction", "chat", "completion", "text")
@@ -180,7 +180,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     max_length, model = _length_and_model(args)
     title, kind, records, meta = _load_for_show(args.name)
     terms = analysis.load_terms(args.terms) if args.terms else None
-    tokenizer = load_tokenizer(model) if model else None
+    # a model the config names and that is not there: the config named, as `train` names it
+    with ConfigFileErrors(None if args.model else args.config):
+        tokenizer = load_tokenizer(model) if model else None
     report = analysis.analyze(
         records, kind, tokenizer=tokenizer, max_length=max_length, terms=terms
     )

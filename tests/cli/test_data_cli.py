@@ -331,6 +331,10 @@ def test_show_takes_max_length_and_model_from_a_config(home, tmp_path, capsys):
     assert "tokens: pass --model REF (e.g. builtin:smollm2-135m)" in capsys.readouterr().out
     assert main(["data", "show", str(src), "--config", str(tmp_path / "none.yaml")]) == 2
     assert "file not found" in capsys.readouterr().err
+    # a model the config names that is not there: the config named, as `train` names it
+    cfg.write_text("model: /no/such/model\ndata:\n  dataset: t.jsonl\n")
+    assert main(["data", "show", str(src), "--config", str(cfg)]) == 4
+    assert capsys.readouterr().err.startswith(f"mlxlora: error: {cfg}: /no/such/model")
 
 
 def caution_records(n=10):
