@@ -82,12 +82,22 @@ def plan(sweep: str, configs: list[str], grids: list[str], sets: list[str]) -> l
     if len(set(keys)) != len(keys):
         raise ConfigError(["--grid: the same key is given twice"], "sweep")
     short = _short_keys(keys)
-    members = []
+    members, labelled = [], {}  # labelled: a config's part of its runs' names -> the config
     for path in configs:
-        label = [_name_part(Path(path).stem)] if len(configs) > 1 else []
+        label = _name_part(Path(path).stem)
+        if len(configs) > 1 and label in labelled:  # its runs would be another's, by name
+            raise ConfigError(
+                [
+                    f"{path}: its runs would be named as those of {labelled[label]} "
+                    f"({sweep}-{label}); give each config a file name of its own"
+                ],
+                "sweep",
+            )
+        labelled[label] = path
         for combo in itertools.product(*(values for _, values in grid)):
             values = dict(zip(keys, combo, strict=True))
-            parts = label + [_name_part(f"{short[k]}{v}") for k, v in values.items()]
+            parts = [label] if len(configs) > 1 else []
+            parts += [_name_part(f"{short[k]}{v}") for k, v in values.items()]
             name = "-".join([sweep, *parts]) if parts else sweep
             grid_sets = [f"{k}={v}" for k, v in values.items()]
             overrides = [*sets, *grid_sets, f"name={name}", f"sweep={sweep}"]

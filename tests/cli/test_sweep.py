@@ -86,6 +86,23 @@ def test_an_ab_test_crosses_configs_with_the_grid(home, tmp_path):
     )
 
 
+def test_two_configs_of_one_file_name_are_refused_not_run_under_one_name(home, tmp_path, capsys):
+    """`sweep a/実験.yaml --config b/実験.yaml` queued two runs both named `…-実験`: sweep
+    status could not tell them apart, and a problem in one did not say which file."""
+    for folder, epochs in (("a", 6), ("b", 5)):
+        (tmp_path / folder).mkdir()
+        text = Path(TINY).read_text().replace("epochs: 6", f"epochs: {epochs}")
+        text = text.replace("../tutorial", str(REPO / "tutorial"))
+        (tmp_path / folder / "実験.yaml").write_text(text, encoding="utf-8")
+    a, b = (str(tmp_path / folder / "実験.yaml") for folder in ("a", "b"))
+    assert main(["sweep", a, "--config", b, "--name", "同名", "--no-start"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mlxlora: error: sweep: {b}: its runs would be named as those of {a} (同名-実験); "
+        "give each config a file name of its own"
+    )
+    assert queue.jobs() == []
+
+
 @pytest.mark.slow
 def test_a_sweep_runs_one_at_a_time_continues_and_is_ranked(home, capsys):
     args = ["sweep", TINY, "--grid", "lora.rank=4,8", "--set", "training.max_steps=2"]
