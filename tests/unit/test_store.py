@@ -75,6 +75,21 @@ def test_unknown_name_lists_available(home, tmp_path):
             fn("nope")
 
 
+@pytest.mark.parametrize("typed", ["医療ＱＡ", "医療qa"])
+def test_a_name_typed_in_full_width_or_another_case_is_pointed_to_the_stored_one(
+    home, tmp_path, typed
+):
+    """An IME's full-width 医療ＱＡ for the stored 医療QA read `unknown dataset '医療ＱＡ'
+    (available: 医療QA)`: two names that look alike, and no word on which was meant."""
+    store.import_dataset(write_jsonl(tmp_path / "x.jsonl", RECORDS), "医療QA")
+    store.import_dataset(write_jsonl(tmp_path / "y.jsonl", RECORDS), "y")
+    with pytest.raises(DataError) as err:
+        store.load_dataset(typed)
+    assert str(err.value) == (
+        f"unknown dataset '{typed}' (did you mean '医療QA'? available: y, 医療QA)"
+    )
+
+
 def test_duplicate_name(home, tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", RECORDS)
     store.import_dataset(src, "d")
