@@ -24,6 +24,12 @@ def normalize(name: str) -> str:
     return unicodedata.normalize("NFC", name).strip()
 
 
+def folded(name: str) -> str:
+    """How a name reads: an IME's full-width 医療ＱＡ２ and 医療qa2 read as 医療QA2. Only for
+    saying which stored name was meant; names are found by their NFC form (`normalize`)."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
+
+
 def name_problem(name: object) -> str | None:
     """Why `name` cannot name a dataset or run (one phrase), or None when it can."""
     if not isinstance(name, str) or not normalize(name):

@@ -303,16 +303,29 @@ def find_run(ref: str) -> Path:
         raise RunError(
             f"{ref}: {len(matches)} runs match ({shown}{more}); give the full directory name"
         )
-    raise RunError(f"{ref}: no such run (see `mlxlora runs list`)")
+    raise RunError(f"{ref}: no such run ({_alike(ref)}see `mlxlora runs list`)")
+
+
+def _workspace_runs() -> list[Path]:
+    root = runs_root()
+    return (
+        sorted(p for p in root.iterdir() if (p / "config.yaml").is_file()) if root.is_dir() else []
+    )
+
+
+def _alike(ref: str) -> str:
+    """`did you mean 実験2? ` for 実験２ (an IME's full-width digit) or another case: a run
+    whose name or directory name reads as `ref` does; else nothing."""
+    found = _workspace_runs()
+    meant = [given_name(p) for p in found if names.folded(given_name(p)) == names.folded(ref)]
+    meant += [p.name for p in found if names.folded(p.name).startswith(names.folded(ref))]
+    return f"did you mean {meant[0]}? " if meant else ""
 
 
 def runs_named(ref: str) -> list[Path]:
     """The workspace's runs a name means: the one with that directory name, else those the
     user gave that name, else those whose directory name begins with it."""
-    root = runs_root()
-    found = (
-        sorted(p for p in root.iterdir() if (p / "config.yaml").is_file()) if root.is_dir() else []
-    )
+    found = _workspace_runs()
     for matches in (
         [p for p in found if p.name == ref],
         [p for p in found if given_name(p) == ref],

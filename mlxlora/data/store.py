@@ -22,7 +22,6 @@ import re
 import shlex
 import shutil
 import tempfile
-import unicodedata
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,17 +134,13 @@ def unknown_dataset(name: str) -> DataError:
     available = [m.name for m in list_datasets()]
     if available:
         # 医療ＱＡ (an IME's full-width letters) or 医療qa typed for 医療QA: they read alike
-        alike = [n for n in available if _folded(n) == _folded(name)]
+        alike = [n for n in available if names.folded(n) == names.folded(name)]
         hint = f"did you mean {alike[0]!r}? " if alike else ""
         return DataError(f"unknown dataset {name!r} ({hint}available: {', '.join(available)})")
     return DataError(
         f"unknown dataset {name!r} (no datasets yet; add one with "
         "`mlxlora data import FILE --name NAME`)"
     )
-
-
-def _folded(name: str) -> str:
-    return unicodedata.normalize("NFKC", name).casefold()
 
 
 def get_meta(name: str) -> DatasetMeta:

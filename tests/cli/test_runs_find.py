@@ -38,6 +38,17 @@ def test_japanese_name_finds_its_run_before_longer_names_that_start_with_it(home
     assert v1.name in str(err.value) and v10.name in str(err.value)
 
 
+def test_a_name_typed_in_full_width_points_to_the_run_meant(home, capsys):
+    """`runs show 実験２` (an IME's full-width digit) said only `no such run` beside 実験2."""
+    make_runs("実験2-20261127-133141", "実験10-20261127-140000")
+    assert main(["runs", "show", "実験２"]) == 5
+    assert capsys.readouterr().err == (
+        "mlxlora: error: 実験２: no such run (did you mean 実験2? see `mlxlora runs list`)\n"
+    )
+    with pytest.raises(RunError, match=r"no such run \(see"):
+        runs.find_run("実験3")  # nothing reads alike: nothing offered
+
+
 def test_runs_sharing_a_name_are_listed(home):
     first, second = make_runs("llama3 日本語-20261125-093000", "llama3 日本語-20261125-093000-1")
     with pytest.raises(RunError) as err:
