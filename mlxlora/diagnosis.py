@@ -247,8 +247,10 @@ def plateau(d: Diagnoser) -> Finding | None:
         "plateau",
         "info",
         steps[1],
-        f"no progress over steps {steps[0]}-{steps[1]}: best val loss {best_before:.4f} -> "
-        f"{best_now:.4f}, smoothed train loss {train[0]:.4f} -> {train[1]:.4f}",
+        # "no progress" read wrong beside a val loss that fell a little at every evaluation
+        f"under {PLATEAU_MIN_GAIN:.0%} progress over steps {steps[0]}-{steps[1]}: best val "
+        f"loss {best_before:.4f} -> {best_now:.4f}, smoothed train loss {train[0]:.4f} -> "
+        f"{train[1]:.4f}",
         steps=steps,
         best_val_loss=[round(best_before, 4), round(best_now, 4)],
         train_loss=[round(t, 4) for t in train],

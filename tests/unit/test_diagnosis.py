@@ -116,6 +116,7 @@ def test_plateau_after_an_early_fall():
     assert [f.kind for f in found] == ["plateau"]
     # the smoothed train loss (EMA, about 10 steps' memory) settles by step 70
     assert found[0].step == 100 and found[0].evidence["steps"] == [70, 100]
+    assert found[0].message.startswith("under 1% progress over steps 70-100: best val loss")
     before, now = found[0].evidence["best_val_loss"]
     assert before - now < diagnosis.PLATEAU_MIN_GAIN * before
 
