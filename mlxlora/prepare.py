@@ -119,7 +119,11 @@ def check_references(cfg: Config) -> None:
             if key == "data.dataset" and not cfg.data.validation:
                 _check_split(ref, len(records), cfg.data.val_split)
     check_model(cfg.model)
-    if problem := layers_problem(cfg, known_info(cfg.model)):
+    check_layers(cfg, known_info(cfg.model))
+
+
+def check_layers(cfg: Config, info: dict | None) -> None:
+    if problem := layers_problem(cfg, info):
         raise ConfigError([f"lora.num_layers: {problem}"], cfg.name)
 
 
@@ -133,6 +137,7 @@ def layers_problem(cfg: Config, info: dict | None) -> str | None:
 
 
 def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
+    from mlxlora.models.info import model_info
     from mlxlora.models.resolve import resolve_model
 
     given, starts = cfg.data, run_starts(paths)
@@ -141,6 +146,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     train_records, val_records, cfg = load_records(cfg)
     datasets = dataset_digests(cfg.data)
     model_dir = resolve_model(cfg.model)
+    check_layers(cfg, model_info(model_dir))  # as the dry run says it (the backend: a guard)
     fit = None
     outgrew = resumed_outgrowth(paths)
     if cfg.training.fit == "auto":
@@ -184,8 +190,6 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     guard = None
     budget = training_budget(cfg, backend)
     if budget:  # training.memory_budget, else this device's or machine's
-        from mlxlora.models.info import model_info
-
         guard = MemoryGuard(budget, model_info(model_dir), cfg, backend, outgrew)
         backend.limit_memory(budget)
     return Prepared(
@@ -250,6 +254,7 @@ def memory_plan(cfg: Config, backend) -> dict:
     from mlxlora.models.resolve import resolve_model
 
     model_dir = resolve_model(cfg.model)
+    check_layers(cfg, model_info(model_dir))  # as the dry run says it (the backend: a guard)
     fit = None
     if cfg.training.fit == "auto":
         cfg, fit = fit_config(cfg, model_dir, backend)

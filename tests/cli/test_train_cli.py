@@ -239,7 +239,7 @@ def broken_model(tmp_path) -> str:
     "override, code, says, in_run_dir",
     [
         ("model=/no/such/model", 4, "no such directory", False),
-        ("model={broken}", 4, "cannot load model", True),
+        ("model={broken}", 4, "broken-model/config.json: not valid JSON", True),
         ("data.dataset=no-such-dataset", 3, "unknown dataset", False),
         ("data.max_length=8", 3, "no record fits", True),
         # it said "no record fits data.max_length=256"
@@ -272,6 +272,18 @@ def test_a_dataset_that_is_not_there_names_the_config_file_that_names_it(home, t
     assert not (home / "runs").exists()
     assert main(["train", str(bad), "--dry-run"]) == 3
     assert capsys.readouterr().err.strip() == said
+
+
+def test_too_many_lora_layers_are_refused_by_train_as_by_its_dry_run(home, capsys):
+    """train said 'lora.num_layers=99 but the model has 4 layers' (the backend's words, exit
+    4), its dry run and queue add 'lora.num_layers: 99 is more than ...' (exit 2)."""
+    too_many = ["--set", "lora.num_layers=99"]  # builtin:tiny has 4
+    refused = dry_run(capsys, *too_many)
+    assert refused.returncode == 2
+    assert "lora.num_layers: 99 is more than the model's 4 layers (-1: all)" in refused.stderr
+    assert main(["train", QUICK, *too_many]) == 2
+    assert capsys.readouterr().err == refused.stderr
+    assert not (home / "runs").exists()
 
 
 def test_ctrl_c_stops_with_a_checkpoint_exit_130_and_resumes(home, tmp_path):
