@@ -58,18 +58,27 @@ def test_a_step_is_read_once_the_next_is_queued_and_loses_nothing(
 ):
     from mlxlora.trainer import Trainer
 
-    evaluate = Trainer.evaluate
+    evaluate, evaluations = Trainer.evaluate, []
 
     def slow_evaluate(self):
+        start = time.time()  # the clock of the events' times
         time.sleep(EVAL_SECONDS)
-        return evaluate(self)
+        loss = evaluate(self)
+        evaluations.append((start, time.time()))
+        return loss
 
     monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
     cfg = make_config(quickstart_data, *OVERRIDES)
     engine.train(cfg, tmp_path / "late")
-    # a step's time is its own: the evaluation after steps 4 and 8 is not in theirs
+    # a step's time is its own: the evaluation after steps 4 and 8 is not in theirs. Each
+    # step's time ends as its event is made, and overlaps no evaluation (its length against
+    # EVAL_SECONDS told it on an idle machine only: a step took 2-4 s on two busy cores)
     timed = [e for e in read_events(tmp_path / "late" / "events.jsonl") if isinstance(e, Step)]
-    assert max(e.tokens / e.tokens_per_sec for e in timed) < EVAL_SECONDS
+    spans = {e.step: (e.time - e.tokens / e.tokens_per_sec, e.time) for e in timed}
+    assert evaluations
+    for start, end in evaluations:
+        overlaps = {s: min(b, end) - max(a, start) for s, (a, b) in spans.items()}
+        assert max(overlaps.values()) < EVAL_SECONDS / 2, overlaps
     # the first step's two numbers (loss, norm) were read after the second step was queued,
     # and every step's were read before the run ended
     assert late_reads[:4] == ["queued", "queued", "read", "read"]
