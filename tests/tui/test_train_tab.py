@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from run_fixtures import wait_for
 from textual.widgets import Button, Checkbox, Input, Select, Static
 
 from mlxlora import config, machine, memory, memory_weights
@@ -504,7 +505,8 @@ def test_the_form_follows_the_device_the_system_tab_learned(workspace, monkeypat
             await settle(app, pilot)
             assert "of a 16.0 GiB budget" in text(app, "#train-memory")  # the CPU's guess
             await pilot.press("6")
-            await pilot.pause(0.5)
+            # the tab mounts, then its worker asks doctor: on two busy cores 0.5 s was not enough
+            await wait_for(pilot, lambda: app.query_one("#system-tab").doctor is not None)
             assert machine.training_device().own_memory == CUDA_REPORT["device_budget_bytes"]
             await pilot.press("2")
             await settle(app, pilot)
