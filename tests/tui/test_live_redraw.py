@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from array import array
+from types import SimpleNamespace
 
 from run_fixtures import wait_for
 from textual.app import App
@@ -20,7 +21,15 @@ class ChartApp(App):
 
 def test_growing_curves_redraw_at_a_bounded_rate_and_charts_shown_again_are_kept(monkeypatch):
     monkeypatch.setattr(loss_chart, "GROWING_REDRAW_SEC", 0.5)
-    plotted = []
+    # the chart's clock and its timer are the test's: five pauses took over 0.5 s on a slow
+    # machine, and the redraw they deferred came before the test looked
+    now = [1000.0]
+    monkeypatch.setattr(loss_chart, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    plotted, timers = [], []
+
+    def set_timer(delay, callback):
+        timers.append((delay, callback))
+        return SimpleNamespace(stop=lambda: None)
 
     async def go():
         app = ChartApp()
@@ -28,6 +37,7 @@ def test_growing_curves_redraw_at_a_bounded_rate_and_charts_shown_again_are_kept
             chart = app.query_one(LossChart)
             draw = chart._draw
             monkeypatch.setattr(chart, "_draw", lambda: plotted.append(1) or draw())
+            monkeypatch.setattr(chart, "set_timer", set_timer)
             x, y = array("d", [1, 2]), array("d", [3.0, 2.0])
             chart.plot([Series("train", x, y, "cyan")])
             await pilot.pause()
@@ -38,6 +48,9 @@ def test_growing_curves_redraw_at_a_bounded_rate_and_charts_shown_again_are_kept
                 chart.plot([Series("train", x, y, "cyan")])
                 await pilot.pause()
             assert len(plotted) == 1  # not yet: the last drawing is younger than 0.5 s
+            assert [delay for delay, _ in timers] == [0.5]  # one redraw, when it is 0.5 s old
+            now[0] += 0.5
+            timers[0][1]()  # the timer fires
             await wait_for(pilot, lambda: len(plotted) == 2, timeout=2.0)  # then the latest
             other = (array("d", [1.0]), array("d", [5.0]))
             chart.plot([Series("train", *other, "cyan")])  # another run: drawn at once
