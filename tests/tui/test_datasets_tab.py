@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
+from run_fixtures import wait_for
 from textual.widgets import DataTable, Input, Static, TabbedContent
 
 from mlxlora.data import store
@@ -161,6 +163,43 @@ def test_token_counts_come_from_a_data_show_child(datasets):
             await pilot.click("#ds-count")
             await settle(app, pilot)
             assert "unknown builtin model" in text(app, "#ds-status")
+
+    asyncio.run(go())
+
+
+def test_the_term_list_chosen_last_has_the_last_word(home, monkeypatch):
+    """A thread worker a newer choice cancelled runs on: the analysis with the list chosen
+    before came after the one with the list chosen last, and the report showed the density
+    of a list no longer chosen (the Train tab's model marks raced so, in CI)."""
+    from mlxlora.tui.screens.datasets import tab as tab_module
+
+    store.import_dataset(MEDICAL, "医療専門知識データセット", kind="instruction")
+    read, loaded, handed = tab_module.load_report, DatasetsTab._loaded, []
+
+    def medical_read_slowly(name, terms):
+        if terms:
+            time.sleep(1.0)  # the medical list's analysis ends after none's
+        return read(name, terms)
+
+    def hand(self, *args):
+        handed.append(args)
+        loaded(self, *args)
+
+    monkeypatch.setattr(tab_module, "load_report", medical_read_slowly)
+    monkeypatch.setattr(DatasetsTab, "_loaded", hand)
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(100, 40)) as pilot:
+            await settle(app, pilot)
+            app.query_one("#ds-terms").focus()
+            await pilot.press("enter", "down", "enter")  # medical
+            await pilot.press("enter", "up", "enter")  # none, before medical's analysis ended
+            # the analyses at the start, with none, and with medical (its thread runs on)
+            await wait_for(pilot, lambda: len(handed) == 3)
+            await pilot.pause()
+            assert text(app, "#ds-status") == ""
+            assert "domain terms (" not in text(app, "#ds-report")
 
     asyncio.run(go())
 

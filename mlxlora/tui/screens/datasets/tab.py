@@ -155,16 +155,18 @@ class DatasetsTab(Vertical):
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def _load(self, name: str, terms: tuple[str, list[str]] | None) -> None:
-        """Reads and analyses every record: off the UI thread."""
+        """Reads and analyses every record: off the UI thread. A thread runs on when a newer
+        load cancels it: its analysis, for another dataset or term list, must not land after
+        the newer one."""
         try:
             report, records = load_report(name, terms)
         except MlxloraError as exc:
-            self.app.call_from_thread(self._loaded, name, None, [], str(exc))
+            self.app.call_from_thread(self._loaded, (name, terms), None, [], str(exc))
             return
-        self.app.call_from_thread(self._loaded, name, report, records, None)
+        self.app.call_from_thread(self._loaded, (name, terms), report, records, None)
 
-    def _loaded(self, name: str, report: dict | None, records: list, error: str | None) -> None:
-        if name != self.selected:  # the user moved on meanwhile
+    def _loaded(self, read: tuple, report: dict | None, records: list, error: str | None) -> None:
+        if read != (self.selected, self.terms):  # the user moved on meanwhile
             return
         if report is None:
             self._show_report(Text(error or "", style="red"), Text(""))
