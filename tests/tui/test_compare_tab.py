@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,43 @@ def test_a_whole_sweep_is_picked_at_once(home):
             assert sorted([r[0], r[-1]] for r in body) == [["掃引-rank4", "4"], ["掃引-rank8", "8"]]
             await pilot.press("space")  # dropped again: its runs with it
             await wait_for(pilot, lambda: len(table(app)) == 1)
+
+    asyncio.run(go())
+
+
+def test_a_verdict_for_runs_no_longer_picked_is_not_shown(home, monkeypatch):
+    """`p`, then a run picked before its verdict came: the verdict, for the runs picked
+    before, showed beside the runs picked now (a thread worker runs on once it is done for)."""
+    from mlxlora.tui.screens import compare
+
+    two_runs()
+    write_run("rank4", end="finished", overrides=("lora.rank=4",), started=T0 + 200)
+    reads, shown = compare.experiments.compare, []
+
+    def read_slowly(paths):
+        time.sleep(1.0)  # the runs are picked again meanwhile
+        return reads(paths)
+
+    show = compare.CompareTab._show_verdict
+
+    def handed(self, *args):
+        shown.append(args)
+        show(self, *args)
+
+    monkeypatch.setattr(compare.experiments, "compare", read_slowly)
+    monkeypatch.setattr(compare.CompareTab, "_show_verdict", handed)
+
+    async def go():
+        app = MlxloraApp(initial="compare")
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: app.query_one(SelectionList).option_count == 3)
+            await pilot.press("space", "down", "space")
+            await wait_for(pilot, lambda: len(table(app)) == 3)
+            await pilot.press("p", "down", "space")  # a third run, before the verdict came
+            await wait_for(pilot, lambda: len(table(app)) == 4)
+            await wait_for(pilot, lambda: shown)
+            await pilot.pause()
+            assert not app.query_one("#compare-verdict", Static).display
 
     asyncio.run(go())
 

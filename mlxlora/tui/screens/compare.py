@@ -223,7 +223,9 @@ class CompareTab(Vertical):
 
     @work(thread=True, exclusive=True, group="compare-pick", exit_on_error=False)
     def _compare(self, paths: list[Path], report_path: Path | None) -> None:
-        """Reads every picked run's events whole: off the UI thread."""
+        """Reads every picked run's events whole: off the UI thread. A thread runs on when a
+        newer one cancels it, and the runs picked may change meanwhile: its verdict is shown
+        only for the runs picked now."""
         try:
             comparison = experiments.compare(paths)
             chosen = experiments.pick(comparison)
@@ -232,13 +234,14 @@ class CompareTab(Vertical):
         except (MlxloraError, OSError) as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error")
             return
-        self.app.call_from_thread(self._show_verdict, chosen.reason, report_path)
+        self.app.call_from_thread(self._show_verdict, paths, chosen.reason, report_path)
 
-    def _show_verdict(self, reason: str, report_path: Path | None) -> None:
-        verdict = self.query_one("#compare-verdict", Static)
-        verdict.update(Text.assemble(("pick ", "bold green"), reason))
-        verdict.display = True
-        if report_path is not None:
+    def _show_verdict(self, paths: list[Path], reason: str, report_path: Path | None) -> None:
+        if set(paths) == set(self.picked):
+            verdict = self.query_one("#compare-verdict", Static)
+            verdict.update(Text.assemble(("pick ", "bold green"), reason))
+            verdict.display = True
+        if report_path is not None:  # written all the same
             self.notify(f"Report written: {report_path}", title="compare --report", timeout=10)
 
     def action_merge_runs(self) -> None:
