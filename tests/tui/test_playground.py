@@ -317,3 +317,36 @@ def test_an_early_stopped_run_is_offered(home):
             assert run.status == "early-stopped" and run.name.startswith("早期停止_発動-")
 
     asyncio.run(go())
+
+
+def test_an_older_runs_list_does_not_land_after_a_newer_one(home, monkeypatch):
+    """A thread worker a newer listing cancelled runs on: the list read before a run finished
+    came after the one read since, and the picker lost the run until the tab was shown again
+    (as the Train tab's model marks raced in CI)."""
+    from mlxlora import runlist
+
+    listed, calls, first_done = runlist.list_runs, [], []
+
+    def first_listed_slowly():
+        calls.append(None)
+        found = listed()
+        if len(calls) == 1:
+            time.sleep(1.0)  # the run finishes and ctrl+r lists again meanwhile
+            first_done.append(found)
+        return found
+
+    monkeypatch.setattr(runlist, "list_runs", first_listed_slowly)
+
+    async def go():
+        app = MlxloraApp("playground")
+        async with app.run_test(size=(80, 24)) as pilot:
+            tab = app.query_one(PlaygroundTab)
+            finished_run("quick")
+            await pilot.press("ctrl+r")
+            await until(pilot, lambda: tab.runs, seconds=20)
+            await until(pilot, lambda: first_done, seconds=20)
+            await pilot.pause(0.3)
+            assert first_done == [[]]  # the first list was read before the run finished
+            assert [run.name for run in tab.runs.values()] == ["quick"]
+
+    asyncio.run(go())

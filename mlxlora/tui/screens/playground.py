@@ -8,6 +8,7 @@ on a small CPU two models generating together each run at half speed and hold tw
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import yaml
@@ -138,13 +139,14 @@ class PlaygroundTab(Vertical):
     ]
 
     class RunsFound(Message):
-        def __init__(self, runs: list):
+        def __init__(self, runs: list, listed_at: float):
             super().__init__()
-            self.runs = runs
+            self.runs, self.listed_at = runs, listed_at
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.runs: dict[str, object] = {}  # run directory -> RunInfo
+        self.runs_listed_at = 0.0  # when the runs in the picker were listed (monotonic)
         self.child: Child | None = None  # the child generating now
 
     def compose(self) -> ComposeResult:
@@ -169,20 +171,26 @@ class PlaygroundTab(Vertical):
 
     @work(thread=True, exclusive=True, group="play-runs", exit_on_error=False)
     def _find_runs(self) -> None:
+        """A thread runs on when a newer listing cancels it: its list, older, must not land
+        after the newer one (a run finished between them would leave the picker)."""
         from mlxlora.evaluate import is_adapter_dir
         from mlxlora.runlist import list_runs
         from mlxlora.runs import RunPaths
 
+        listed_at = time.monotonic()
         found = [
             run
             for run in list_runs()
             if run.status in ("finished", "early-stopped", "stopped")
             and is_adapter_dir(RunPaths(run.path).adapters)
         ]
-        self.post_message(self.RunsFound(found))
+        self.post_message(self.RunsFound(found, listed_at))
 
     @on(RunsFound)
     def _show_runs(self, message: RunsFound) -> None:
+        if message.listed_at < self.runs_listed_at:
+            return  # listed before the runs shown
+        self.runs_listed_at = message.listed_at
         runs = {str(run.path): run for run in message.runs}
         if runs == self.runs:
             return  # the picker as it is (setting its options re-lays the tab out)
