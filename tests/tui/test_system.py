@@ -181,3 +181,33 @@ async def settled(pilot) -> None:
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
 def test_system_snapshot(fixed_machine, snap_compare, size):
     assert snap_compare(MlxloraApp("system"), terminal_size=size, run_before=settled)
+
+
+def test_an_older_memory_sample_does_not_land_after_a_newer_one(home, monkeypatch):
+    """A thread worker a newer sample cancelled runs on: a sample slow to read (`vm_stat` on a
+    busy Mac) came after the one taken since, and the box showed figures 2 s old."""
+    calls, first_done = [], []
+
+    def first_read_slowly() -> machine.MemoryUsage:
+        calls.append(None)
+        if len(calls) == 1:
+            usage = machine.MemoryUsage(16 * 2**30, 1 * 2**30)  # read before memory was freed
+            time.sleep(1.0)  # ctrl+r samples again meanwhile
+            first_done.append(usage)
+            return usage
+        return machine.MemoryUsage(16 * 2**30, 5 * 2**30)
+
+    monkeypatch.setattr(machine, "memory_usage", first_read_slowly)
+    monkeypatch.setattr(system, "MEMORY_SECONDS", 600.0)  # no timer's sample in between
+
+    async def go():
+        app = MlxloraApp("system")
+        async with app.run_test(size=(80, 24)) as pilot:
+            memory = app.query_one("#sys-memory", Facts)
+            await pilot.press("ctrl+r")
+            await until(pilot, lambda: memory.rows.get("available") == fmt_bytes(5 * 2**30))
+            await until(pilot, lambda: first_done)
+            await pilot.pause(0.3)
+            assert memory.rows["available"] == fmt_bytes(5 * 2**30)
+
+    asyncio.run(go())

@@ -9,6 +9,7 @@ imports mlx).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,17 +126,18 @@ class SystemTab(Vertical):
     BINDINGS = [Binding("ctrl+r", "refresh_all", "Refresh now")]
 
     class Sampled(Message):
-        """New rows for one box (`target` is its id)."""
+        """New rows for one box (`target` is its id), read from `read_at` (monotonic) on."""
 
-        def __init__(self, target: str, rows: list[tuple[str, str]]):
+        def __init__(self, target: str, rows: list[tuple[str, str]], read_at: float):
             super().__init__()
-            self.target, self.rows = target, rows
+            self.target, self.rows, self.read_at = target, rows, read_at
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.jobs = JobWatch()
         self.doctor: dict | None = None
         self.timers: list[Timer] = []
+        self.shown_read_at: dict[str, float] = {}  # box id -> when its rows were read
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="sys-scroll"):  # at 80x24 the versions are a scroll away
@@ -173,12 +175,15 @@ class SystemTab(Vertical):
             rows = machine_rows(self.doctor)
         except (OSError, RuntimeError) as exc:
             self.doctor, rows = {}, [("doctor", f"failed: {exc}")]
-        self.post_message(self.Sampled("sys-machine", rows))
+        self.post_message(self.Sampled("sys-machine", rows, time.monotonic()))
         self._sample_memory()  # the rows that come from doctor
 
     @work(thread=True, exclusive=True, group="sys-memory", exit_on_error=False)
     def _sample_memory(self) -> None:
-        self.post_message(self.Sampled("sys-memory", self.memory_rows()))
+        """A thread runs on when a newer sample cancels it (a slow `vm_stat`, the timer's
+        next tick): its figures, older, must not land after the newer ones."""
+        read_at = time.monotonic()
+        self.post_message(self.Sampled("sys-memory", self.memory_rows(), read_at))
 
     def memory_rows(self) -> list[tuple[str, str]]:
         usage = machine.memory_usage()
@@ -213,6 +218,8 @@ class SystemTab(Vertical):
     def _sample_disk(self) -> None:
         from mlxlora.commands.doctor import workspace_problem
 
+        # a walk of the workspace: one started before may end after (see _sample_memory)
+        read_at = time.monotonic()
         root = home()
         used = machine.disk_use(root)
         problem = workspace_problem(root)  # a file there: every command that writes stops
@@ -224,9 +231,13 @@ class SystemTab(Vertical):
                     ("disk use", size(used.bytes) + ("" if used.complete else "+ (counting cut)")),
                     ("free", size(machine.disk_free(root))),
                 ],
+                read_at,
             )
         )
 
     @on(Sampled)
     def _show(self, message: Sampled) -> None:
+        if message.read_at < self.shown_read_at.get(message.target, 0.0):
+            return  # read before the rows shown
+        self.shown_read_at[message.target] = message.read_at
         self.query_one(f"#{message.target}", Facts).show(message.rows)
