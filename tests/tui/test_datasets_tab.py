@@ -8,6 +8,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from threading import Event
 
 import pytest
 from run_fixtures import wait_for
@@ -200,6 +201,45 @@ def test_the_term_list_chosen_last_has_the_last_word(home, monkeypatch):
             await pilot.pause()
             assert text(app, "#ds-status") == ""
             assert "domain terms (" not in text(app, "#ds-report")
+
+    asyncio.run(go())
+
+
+def test_an_analysis_still_running_leaves_the_token_counts(datasets, monkeypatch):
+    """A term list chosen, then "Count tokens" before its analysis ended: the analysis (a
+    thread worker), without token counts, came after the child's report and replaced it."""
+    from mlxlora.tui.screens.datasets import tab as tab_module
+
+    read, loaded, counted, handed = tab_module.load_report, DatasetsTab._loaded, Event(), []
+
+    def read_after_the_count(name, terms):
+        if terms:
+            counted.wait(60)  # the medical list's analysis ends after the token counts
+        return read(name, terms)
+
+    def hand(self, *args):
+        handed.append(args)
+        loaded(self, *args)
+
+    monkeypatch.setattr(tab_module, "load_report", read_after_the_count)
+    monkeypatch.setattr(DatasetsTab, "_loaded", hand)
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(100, 40)) as pilot:
+            await settle(app, pilot)
+            app.query_one("#ds-terms").focus()
+            await pilot.press("enter", "down", "enter")  # medical
+            app.query_one("#ds-model", Input).value = "builtin:tiny"
+            await pilot.click("#ds-count")
+            counting = "tokens counted with builtin:tiny"
+            await wait_for(pilot, lambda: text(app, "#ds-status") == counting, timeout=60)
+            counted.set()
+            await wait_for(pilot, lambda: len(handed) == 2)  # at the start, with medical
+            await pilot.pause()
+            report = text(app, "#ds-report")
+            assert "│ tokens │" in report and "domain terms (" in report, report
+            assert text(app, "#ds-records").startswith("record 1\n")
 
     asyncio.run(go())
 

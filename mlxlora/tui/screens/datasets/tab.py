@@ -171,7 +171,12 @@ class DatasetsTab(Vertical):
         if report is None:
             self._show_report(Text(error or "", style="red"), Text(""))
             return
-        self._show_report(Text(""), preview_text(records, report["type"]))
+        preview = preview_text(records, report["type"])
+        if self.counted_with:
+            # the report with token counts came first (no read starts once it has): it stays
+            self.query_one("#ds-records", Static).update(preview)
+            return
+        self._show_report(Text(""), preview)
         self._set_report(report)
 
     def _set_report(self, report: dict | None) -> None:
