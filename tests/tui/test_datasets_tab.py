@@ -244,6 +244,41 @@ def test_an_analysis_still_running_leaves_the_token_counts(datasets, monkeypatch
     asyncio.run(go())
 
 
+def test_token_counts_for_a_term_list_no_longer_chosen_are_not_shown(datasets, monkeypatch):
+    """ "Count tokens", then a term list chosen before the counts came: the child's report,
+    without the list, came after the analysis with it and replaced it."""
+    from mlxlora.tui.screens.datasets import tab as tab_module
+
+    start, analysed = asyncio.create_subprocess_exec, []
+
+    async def start_slowly(*command, **kwargs):
+        await asyncio.sleep(1.0)  # a term list is chosen meanwhile
+        return await start(*command, **kwargs)
+
+    loaded = DatasetsTab._loaded
+
+    def hand(self, *args):
+        analysed.append(args)
+        loaded(self, *args)
+
+    monkeypatch.setattr(tab_module.asyncio, "create_subprocess_exec", start_slowly)
+    monkeypatch.setattr(DatasetsTab, "_loaded", hand)
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(100, 40)) as pilot:
+            await settle(app, pilot)
+            app.query_one("#ds-model", Input).value = "builtin:tiny"
+            await pilot.click("#ds-count")
+            app.query_one("#ds-terms").focus()
+            await pilot.press("enter", "down", "enter")  # medical, while counting
+            await wait_for(pilot, lambda: len(analysed) == 2)  # at the start, with medical
+            await settle(app, pilot)  # the count too
+            assert "domain terms (" in text(app, "#ds-report")
+
+    asyncio.run(go())
+
+
 def test_domain_term_density_with_a_bundled_list_or_a_file(home, tmp_path):
     """The tab showed no term density: the tutorial's 1.3 (38 and 30 medical terms per 1,000
     answer characters) came only from `data show --terms medical`."""

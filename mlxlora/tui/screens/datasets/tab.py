@@ -251,9 +251,10 @@ class DatasetsTab(Vertical):
     @work(exclusive=True, group="tokens", exit_on_error=False)
     async def _count_tokens(self, name: str, model: str) -> None:
         self._status(f"counting tokens of {name} with {model}…")
+        terms_spec = self.terms_spec
         command = [sys.executable, "-m", "mlxlora", "data", "show", name, "--model", model]
-        if self.terms_spec:
-            command += ["--terms", self.terms_spec]
+        if terms_spec:
+            command += ["--terms", terms_spec]
         proc = await asyncio.create_subprocess_exec(
             *command, "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
@@ -267,7 +268,8 @@ class DatasetsTab(Vertical):
             self._status(lines[-1].removeprefix("mlxlora: error: "))
             return
         self._status(f"tokens counted with {model}")
-        if name == self.selected:
+        # a term list chosen meanwhile was analysed without token counts: that report stays
+        if (name, terms_spec) == (self.selected, self.terms_spec):
             self.counted_with = model
             self._set_report(json.loads(out))
 
