@@ -123,6 +123,7 @@ def check_references(cfg: Config) -> None:
 
 
 def check_layers(cfg: Config, info: dict | None) -> None:
+    """Refuses more LoRA layers than the model has, as a config error naming the field."""
     if problem := layers_problem(cfg, info):
         raise ConfigError([f"lora.num_layers: {problem}"], cfg.name)
 
@@ -146,7 +147,8 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     train_records, val_records, cfg = load_records(cfg)
     datasets = dataset_digests(cfg.data)
     model_dir = resolve_model(cfg.model)
-    check_layers(cfg, model_info(model_dir))  # as the dry run says it (the backend: a guard)
+    info = model_info(model_dir)
+    check_layers(cfg, info)  # as the dry run says it (the backend's check: a guard)
     fit = None
     outgrew = resumed_outgrowth(paths)
     if cfg.training.fit == "auto":
@@ -190,7 +192,7 @@ def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     guard = None
     budget = training_budget(cfg, backend)
     if budget:  # training.memory_budget, else this device's or machine's
-        guard = MemoryGuard(budget, model_info(model_dir), cfg, backend, outgrew)
+        guard = MemoryGuard(budget, info, cfg, backend, outgrew)
         backend.limit_memory(budget)
     return Prepared(
         config=cfg,
@@ -254,7 +256,6 @@ def memory_plan(cfg: Config, backend) -> dict:
     from mlxlora.models.resolve import resolve_model
 
     model_dir = resolve_model(cfg.model)
-    check_layers(cfg, model_info(model_dir))  # as the dry run says it (the backend: a guard)
     fit = None
     if cfg.training.fit == "auto":
         cfg, fit = fit_config(cfg, model_dir, backend)

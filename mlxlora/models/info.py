@@ -165,8 +165,10 @@ def model_info(model_dir: str | Path) -> dict:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"{model_dir}: config.json is missing") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{model_dir}/config.json: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{model_dir}/config.json: expected a JSON object")
     text = {**config, **config.get("text_config", {})}  # multimodal configs nest the LM
     quant = config.get("quantization") or config.get("quantization_config") or None
     quant = quant if isinstance(quant, dict) else None

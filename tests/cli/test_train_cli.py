@@ -226,12 +226,16 @@ def test_run_dir_holding_a_run_is_refused_and_a_finished_run_is_not_resumed(home
     assert fresh.returncode == 0 and (empty / "summary.json").exists()
 
 
-def broken_model(tmp_path) -> str:
+BROKEN_CONFIGS = {"broken": b"{not json", "latin1": b'{"model_type": "llama", "name": "caf\xe9"}'}
+
+
+def broken_model(tmp_path, kind: str) -> str:
+    """builtin:tiny with a config.json that is not JSON, or not UTF-8 (it tracebacked)."""
     from mlxlora.models.resolve import resolve_model
 
-    model = tmp_path / "broken-model"
+    model = tmp_path / f"{kind}-model"
     __import__("shutil").copytree(resolve_model("builtin:tiny"), model)
-    (model / "config.json").write_text("{not json")
+    (model / "config.json").write_bytes(BROKEN_CONFIGS[kind])
     return str(model)
 
 
@@ -240,6 +244,7 @@ def broken_model(tmp_path) -> str:
     [
         ("model=/no/such/model", 4, "no such directory", False),
         ("model={broken}", 4, "broken-model/config.json: not valid JSON", True),
+        ("model={latin1}", 4, "latin1-model/config.json: not valid JSON", True),
         ("data.dataset=no-such-dataset", 3, "unknown dataset", False),
         ("data.max_length=8", 3, "no record fits", True),
         # it said "no record fits data.max_length=256"
@@ -249,7 +254,8 @@ def broken_model(tmp_path) -> str:
 def test_errors_before_training_leave_no_run_directory(
     home, tmp_path, override, code, says, in_run_dir
 ):
-    override = override.format(broken=broken_model(tmp_path) if "broken" in override else "")
+    kind = next((k for k in BROKEN_CONFIGS if "{" + k + "}" in override), None)
+    override = override.format(**({kind: broken_model(tmp_path, kind)} if kind else {}))
     run_dir = tmp_path / "run"
     where = ["--run-dir", str(run_dir)] if in_run_dir else []
     out = mlxlora("train", QUICK, "--set", override, *where)
