@@ -55,11 +55,12 @@ def causal_block_fraction(length: int, block: int = ATTENTION_BLOCK) -> float:
 #   1.0 gives 1.02x / 1.00x). tests/gpu measures the chunks there;
 # * depth-first (MLX_BFS_MAX_WIDTH=1, which the MLX backend sets on a CPU, where it costs no
 #   time): DEPTH_FIRST_LIVE_CHUNKS chunks, whatever their number (MLX's CPU stream runs a few
-#   operations ahead of the one it computes), plus HIDDEN_GRADIENTS_LIVE hidden-sized
-#   gradients (tokens x hidden) that the chunks' slices of the hidden states hand back to
-#   autograd. The fused loss alone holds one per chunk (the probe's peak grows with the square
-#   of their number); whole steps do not: counted per chunk, checkpointed SmolLM2 and
-#   qwen-layout steps of 4-16k tokens came out over-estimated by about that term (1.16-1.25);
+#   operations ahead of the one it computes), plus one hidden-sized gradient (tokens x
+#   hidden) per chunk, which each chunk's slice of the hidden states hands back to autograd
+#   (the probe's peak grows with the square of their number; whole steps' too: counting two
+#   of them, qwen-layout's 75 chunks at 8 x 2048 checkpointed peaked at 1.39x the estimate).
+#   Once they are summed (SUMMED_GRADIENTS_LIVE) a checkpointed step rebuilds its last block
+#   beside the rest of the loss: see estimate_training_memory;
 # * "eager", torch (backends/torch_loss.py): a chunk's logits and softmax are freed before
 #   the next chunk starts, and each chunk keeps its d(hidden) (rows x hidden) for backward.
 #   EAGER_CHUNK_COPIES float32 chunks are live at the peak (logsumexp's temporary beside the
@@ -72,7 +73,7 @@ LATER_ROW_COPIES = 0.5
 GPU_LATER_ROW_COPIES = 1.0
 EAGER_CHUNK_COPIES = 2
 DEPTH_FIRST_LIVE_CHUNKS = 3
-HIDDEN_GRADIENTS_LIVE = 2  # the sum so far and the one being added
+SUMMED_GRADIENTS_LIVE = 2  # of the chunks' hidden gradients once summed: the sum, the last
 UNCHUNKED_LOGIT_COPIES = 4  # the model's own logits through nn.losses.cross_entropy
 LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
 # The CPU's blocked attention keeps each layer's causal probabilities for backward, and its
@@ -214,10 +215,13 @@ def estimate_training_memory(
     causal blocks only (causal_block_fraction of len^2) and two copies of q, with
     BLOCKED_ATTENTION_FACTOR for their backward.
     Gradient checkpointing (mx.checkpoint around each block) keeps only each adapted block's
-    input (tokens x hidden); MLX starts rebuilding the last block while the loss chunks are
-    still live: breadth-first its activations and attention, depth-first (a CPU) its
-    attention only, so that much is counted on top (measured: no block's attention
-    probabilities outlive its backward).
+    input (tokens x hidden) and rebuilds one block at a time in backward: breadth-first (a
+    GPU) MLX starts on the last block while the loss chunks are live, so its activations and
+    attention count on top of them; depth-first (a CPU) it starts once the chunks' hidden
+    gradients are summed, its attention on top of the rest of the loss, its activations as
+    far as they outgrow it, and that phase counts as far as it outgrows the loss's own peak
+    (_rebuilt_after_the_sum); torch (eager) keeps the attention beside the chunks. No
+    block's attention outlives its backward (measured: benchmarks/README.md).
     Loss: see loss_bytes.
     """
     h, layers, vocab, heads, kv, q, inter = model_dims(info)
@@ -246,11 +250,13 @@ def estimate_training_memory(
     rows = (chunk_rows or loss_chunk_rows(vocab)) if chunked_loss else 0
     loss = loss_bytes(tokens, rows, vocab, evaluation, hidden_row_bytes=h * dtype_bytes)
     if grad_checkpoint:
-        # The rebuilt block: breadth-first, on top of the loss chunks; depth-first only its
-        # attention is (the rest comes once the chunks are gone, counted as far as it
-        # outgrows them).
-        one_at_a_time = evaluation in ("depth-first", "eager")
-        rebuilt = max(0, one_layer - loss) if one_at_a_time else one_layer
+        rebuilt = one_layer  # breadth-first, on top of the loss chunks
+        if evaluation == "depth-first":
+            chunks = -(-tokens // rows) if rows else 0
+            summed = max(0, chunks - SUMMED_GRADIENTS_LIVE) * tokens * h * dtype_bytes
+            attention, rebuilt = _rebuilt_after_the_sum(loss, loss - summed, attention, one_layer)
+        elif evaluation == "eager":  # its attention beside the chunks, the rest once they go
+            rebuilt = max(0, one_layer - loss)
         activations = adapted * tokens * h * dtype_bytes + rebuilt
     else:
         activations = adapted * one_layer
@@ -287,11 +293,21 @@ def loss_bytes(
     if evaluation == "depth-first":
         logits = min(tokens, DEPTH_FIRST_LIVE_CHUNKS * chunk_rows) * LOGIT_COPIES * vocab * 4
         chunks = -(-tokens // chunk_rows)
-        return logits + min(chunks, HIDDEN_GRADIENTS_LIVE) * tokens * hidden_row_bytes
+        return logits + chunks * tokens * hidden_row_bytes
     later = GPU_LATER_ROW_COPIES if evaluation == "gpu" else LATER_ROW_COPIES
     side_by_side = min(tokens, SIDE_BY_SIDE_CHUNKS * chunk_rows)
     copies = side_by_side * LOGIT_COPIES + (tokens - side_by_side) * later
     return int(copies * vocab * 4)
+
+
+def _rebuilt_after_the_sum(loss: int, beside: int, attention: int, one_layer: int):
+    """(attention, rebuilt activations) at a depth-first checkpointed step's peak: the last
+    block rebuilt beside what the loss holds once its gradients are summed (`beside`), its
+    attention on top, its activations as far as they outgrow it; both as far as that phase
+    outgrows the loss's own peak (`loss`: a large vocabulary's many chunks outgrow it)."""
+    rebuild = beside + attention + max(0, one_layer - beside)
+    shown = min(attention, max(0, rebuild - loss))
+    return shown, max(0, rebuild - loss) - shown
 
 
 def _blocked_attention(batch, heads, length, q_dim, dtype_bytes) -> int:
