@@ -343,7 +343,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config (or start from defaults when path is None) and apply overrides."""
     data: dict = {}
-    source = str(path) if path else "config"
+    source = str(path) if path else "config"  # the file's own problems: the file alone
     if path is not None:
         p = Path(path)
         if p.is_dir():
@@ -362,12 +362,20 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(
                 ["not valid YAML: lists or mappings nested too deeply"], source
             ) from None
-    if overrides:  # a bad value may be the command line's, not the file's
-        source += f" (with --set {', '.join(o.partition('=')[0] for o in overrides)})"
-    cfg = from_dict(apply_overrides(data, list(overrides)), source)
+    cfg = from_dict(apply_overrides(data, list(overrides)), source_name(path, overrides))
     if path is not None:
         _resolve_relative_files(cfg, Path(path).resolve().parent)
     return cfg
+
+
+def source_name(path: str | Path | None, overrides: list[str] = ()) -> str:
+    """What a config's problems are said of: its file (`config` without one), and the keys
+    --set gave it (`tiny.yaml (with --set data.dataset)`): a bad value may be the command
+    line's, not the file's."""
+    source = str(path) if path else "config"
+    if overrides:
+        source += f" (with --set {', '.join(o.partition('=')[0] for o in overrides)})"
+    return source
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -17,8 +17,12 @@ class ConfigFileErrors:
     listener: once the run has started, its errors are the run's, not the file's.
     """
 
-    def __init__(self, path: str | None):
+    def __init__(self, path: str | None, overrides: list[str] = ()):
+        from mlxlora.config import source_name
+
         self.path = path  # None: no file of the user's (a resume runs the run's own config)
+        # a value --set gave may be what is refused: said as the config's load says it
+        self.source = source_name(path, overrides)
         self.started = False
 
     def __call__(self, event) -> None:
@@ -39,5 +43,5 @@ class ConfigFileErrors:
         if isinstance(exc, ConfigError):
             if exc.source.startswith(self.path):  # the load's own: it names the file already
                 return False
-            raise ConfigError(exc.problems, self.path) from None
-        raise type(exc)(f"{self.path}: {exc}") from None
+            raise ConfigError(exc.problems, self.source) from None
+        raise type(exc)(f"{self.source}: {exc}") from None

@@ -74,7 +74,7 @@ def add_job(args) -> int:
     from mlxlora.prepare import check_references
 
     cfg = config.load(args.config, args.overrides)
-    with ConfigFileErrors(args.config):
+    with ConfigFileErrors(args.config, args.overrides):
         check_references(cfg)  # what the run would refuse at its start
     job = queue.add_train(cfg.to_yaml(), cfg.name)
     started = False if args.no_start else queue_runner.ensure_runner()

@@ -89,7 +89,7 @@ def run(args) -> int:
             )
         cfg = config.load(args.config, args.overrides + memory_overrides(args))
         run_dir = args.run_dir  # None: the engine names one in the workspace once prepared
-    named = ConfigFileErrors(args.config)  # None with --resume: the run's own config
+    named = ConfigFileErrors(args.config, args.overrides)  # None with --resume: its own
     if args.dry_run:
         cfg = cfg or config.load(runs.RunPaths(run_dir).config, memory_overrides(args))
         with named:

@@ -286,7 +286,10 @@ def test_too_many_lora_layers_are_refused_by_train_as_by_its_dry_run(home, capsy
     too_many = ["--set", "lora.num_layers=99"]  # builtin:tiny has 4
     refused = dry_run(capsys, *too_many)
     assert refused.returncode == 2
-    assert "lora.num_layers: 99 is more than the model's 4 layers (-1: all)" in refused.stderr
+    assert refused.stderr == (  # the value --set gave: not the file's
+        f"mlxlora: error: {QUICK} (with --set lora.num_layers): lora.num_layers: 99 is more"
+        " than the model's 4 layers (-1: all)\n"
+    )
     assert main(["train", QUICK, *too_many]) == 2
     assert capsys.readouterr().err == refused.stderr
     assert not (home / "runs").exists()
@@ -525,8 +528,9 @@ def test_dry_run_prints_the_breakdown_and_the_fit(home, capsys):
 
     missing = dry_run(capsys, "--set", "data.dataset=無い.jsonl")
     assert missing.returncode != 0 and "verdict" not in missing.stdout  # what the run refuses
-    assert missing.stderr.strip() == (  # the file and field that name it, where it was looked
-        f"mlxlora: error: {QUICK}: data.dataset: 無い.jsonl: file not found (and no dataset of"
+    assert missing.stderr.strip() == (  # the file, the --set and the field that name it
+        f"mlxlora: error: {QUICK} (with --set data.dataset): data.dataset: 無い.jsonl: file"
+        " not found (and no dataset of"
         " that name); a config reads a relative path from its own folder"
     )
     assert not (home / "datasets").exists() or not any((home / "datasets").iterdir())
