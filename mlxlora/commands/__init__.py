@@ -1,5 +1,8 @@
 """Subcommands of the `mlxlora` CLI: each module has `register(subparsers)`."""
 
+from mlxlora.errors import ConfigError, DataError, ModelError
+from mlxlora.events import RunStarted  # light: the standard library alone, as errors
+
 
 def actions(parser, dest: str):
     """The ACTION subparsers of a command group: the group alone prints its help (its actions
@@ -26,8 +29,6 @@ class ConfigFileErrors:
         self.started = False
 
     def __call__(self, event) -> None:
-        from mlxlora.events import RunStarted
-
         if isinstance(event, RunStarted):
             self.started = True
 
@@ -35,8 +36,6 @@ class ConfigFileErrors:
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:
-        from mlxlora.errors import ConfigError, DataError, ModelError
-
         named = (ConfigError, DataError, ModelError)
         if not self.path or self.started or not isinstance(exc, named):
             return False
