@@ -200,6 +200,8 @@ def _problem(check, *args) -> str | None:
     """What `check(*args)` refuses (its error's message), or None."""
     try:
         check(*args)
+    except ConfigError as exc:  # its source is the member's name: said once, before it
+        return "; ".join(exc.problems)
     except MlxloraError as exc:
         return str(exc)
     return None
