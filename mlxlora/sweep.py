@@ -85,15 +85,16 @@ def plan(sweep: str, configs: list[str], grids: list[str], sets: list[str]) -> l
     members, labelled = [], {}  # labelled: a config's part of its runs' names -> the config
     for path in configs:
         label = _name_part(Path(path).stem)
-        if len(configs) > 1 and label in labelled:  # its runs would be another's, by name
+        key = names.normalize(label)  # one name as macOS spells it (NFD: ガ as カ and ゙) or not
+        if len(configs) > 1 and key in labelled:  # its runs would be another's, by name
             raise ConfigError(
                 [
-                    f"{path}: its runs would be named as those of {labelled[label]} "
-                    f"({sweep}-{label}); give each config a file name of its own"
+                    f"{path}: its runs would be named as those of {labelled[key]} "
+                    f"({sweep}-{key}); give each config a file name of its own"
                 ],
                 "sweep",
             )
-        labelled[label] = path
+        labelled[key] = path
         for combo in itertools.product(*(values for _, values in grid)):
             values = dict(zip(keys, combo, strict=True))
             parts = [label] if len(configs) > 1 else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -86,18 +87,24 @@ def test_an_ab_test_crosses_configs_with_the_grid(home, tmp_path):
     )
 
 
-def test_two_configs_of_one_file_name_are_refused_not_run_under_one_name(home, tmp_path, capsys):
-    """`sweep a/実験.yaml --config b/実験.yaml` queued two runs both named `…-実験`: sweep
-    status could not tell them apart, and a problem in one did not say which file."""
-    for folder, epochs in (("a", 6), ("b", 5)):
+@pytest.mark.parametrize("b_spelling", ["NFC", "NFD"])
+def test_two_configs_of_one_file_name_are_refused_not_run_under_one_name(
+    home, tmp_path, capsys, b_spelling
+):
+    """`sweep a/実験ガ.yaml --config b/実験ガ.yaml` queued two runs both named `…-実験ガ`: sweep
+    status could not tell them apart, and a problem in one did not say which file. Also where
+    one is spelled NFD (ガ as カ and ゙), as macOS spells file names."""
+    files = []
+    for folder, epochs, form in (("a", 6, "NFC"), ("b", 5, b_spelling)):
         (tmp_path / folder).mkdir()
         text = Path(TINY).read_text().replace("epochs: 6", f"epochs: {epochs}")
         text = text.replace("../tutorial", str(REPO / "tutorial"))
-        (tmp_path / folder / "実験.yaml").write_text(text, encoding="utf-8")
-    a, b = (str(tmp_path / folder / "実験.yaml") for folder in ("a", "b"))
+        files.append(tmp_path / folder / unicodedata.normalize(form, "実験ガ.yaml"))
+        files[-1].write_text(text, encoding="utf-8")
+    a, b = map(str, files)
     assert main(["sweep", a, "--config", b, "--name", "同名", "--no-start"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"mlxlora: error: sweep: {b}: its runs would be named as those of {a} (同名-実験); "
+        f"mlxlora: error: sweep: {b}: its runs would be named as those of {a} (同名-実験ガ); "
         "give each config a file name of its own"
     )
     assert queue.jobs() == []
