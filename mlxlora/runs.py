@@ -316,9 +316,12 @@ def _workspace_runs() -> list[Path]:
 def _alike(ref: str) -> str:
     """`did you mean 実験2? ` for 実験２ (an IME's full-width digit) or another case: a run
     whose name or directory name reads as `ref` does; else nothing."""
+    typed = names.folded(ref)
+    if not typed:  # a blank reference begins every name: it means none of them
+        return ""
     found = _workspace_runs()
-    meant = [given_name(p) for p in found if names.folded(given_name(p)) == names.folded(ref)]
-    meant += [p.name for p in found if names.folded(p.name).startswith(names.folded(ref))]
+    meant = [given_name(p) for p in found if names.folded(given_name(p)) == typed]
+    meant += [p.name for p in found if names.folded(p.name).startswith(typed)]
     return f"did you mean {meant[0]}? " if meant else ""
 
 

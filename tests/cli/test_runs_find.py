@@ -49,6 +49,15 @@ def test_a_name_typed_in_full_width_points_to_the_run_meant(home, capsys):
         runs.find_run("実験3")  # nothing reads alike: nothing offered
 
 
+@pytest.mark.parametrize("blank", [" ", "\u3000"])  # a space; an IME's full-width one
+def test_a_blank_name_points_to_no_run(home, capsys, blank):
+    """`runs show " "` asked `did you mean 実験1-20261127-133141?`: a run picked at random."""
+    make_runs("実験1-20261127-133141")
+    assert main(["runs", "show", blank]) == 5
+    err = capsys.readouterr().err
+    assert "no such run (see `mlxlora runs list`)" in err and "did you mean" not in err
+
+
 def test_runs_sharing_a_name_are_listed(home):
     first, second = make_runs("llama3 日本語-20261125-093000", "llama3 日本語-20261125-093000-1")
     with pytest.raises(RunError) as err:
