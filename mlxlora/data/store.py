@@ -135,7 +135,7 @@ def unknown_dataset(name: str) -> DataError:
     if available:
         # 医療ＱＡ (an IME's full-width letters) or 医療qa typed for 医療QA: they read alike
         alike = [n for n in available if names.folded(n) == names.folded(name)]
-        hint = f"did you mean {alike[0]!r}? " if alike else ""
+        hint = f"did you mean {alike[0]}? " if alike else ""  # as runs and config keys say it
         return DataError(f"unknown dataset {name!r} ({hint}available: {', '.join(available)})")
     return DataError(
         f"unknown dataset {name!r} (no datasets yet; add one with "

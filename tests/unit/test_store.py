@@ -86,7 +86,7 @@ def test_a_name_typed_in_full_width_or_another_case_is_pointed_to_the_stored_one
     with pytest.raises(DataError) as err:
         store.load_dataset(typed)
     assert str(err.value) == (
-        f"unknown dataset '{typed}' (did you mean '医療QA'? available: y, 医療QA)"
+        f"unknown dataset '{typed}' (did you mean 医療QA? available: y, 医療QA)"
     )
 
 
