@@ -713,19 +713,23 @@ def test_a_diagnosis_leaves_the_names_whole_at_80_columns(home, size):
     asyncio.run(go())
 
 
-def test_two_findings_give_way_beside_short_names_at_80_columns(home):
+@pytest.mark.parametrize(
+    ("width", "flag"), [(80, "finished ⚠"), (84, "finished ⚠ slow_convergence +1")]
+)
+def test_two_findings_give_way_beside_short_names_at_80_columns(home, width, flag):
     """`実験1` and `実験2`, each `finished ⚠ slow_convergence +1` (a QA finding): the names
     fitted whole, so the flag kept its kind, but the columns beside them left the names less
-    than they are cut to, and the loss curve sat off screen."""
+    than they are cut to, and the loss curve sat off screen. A few columns more, the flag
+    keeps its kind beside the whole names (it gave way wherever they had under 12 cells)."""
     for i, name in enumerate(("実験1", "実験2")):
         with EventWriter(runs.RunPaths(diagnosed_run(name, T0 + i)).events) as w:
             w.emit(Diagnosis(step=28, kind="plateau", severity="info", message="flat"))
 
     async def go():
         app = MlxloraApp(initial="runs")
-        async with app.run_test(size=(80, 24)) as pilot:
+        async with app.run_test(size=(width, 24)) as pilot:
             await wait_for(pilot, lambda: len(rows(app)) == 2 and every_column_shows(app))
-            assert [cells[1] for cells in rows(app).values()] == ["finished ⚠"] * 2
+            assert [cells[1] for cells in rows(app).values()] == [flag] * 2
             assert [cells[0][:3] for cells in rows(app).values()] == ["実験2", "実験1"]
 
     asyncio.run(go())

@@ -108,11 +108,12 @@ class RunsTab(Vertical):
         views = self._grouped()
         runs_rest = {str(view.path): self._cells(view) for view in views}
         room = self._name_room([*rest.values(), *runs_rest.values()])
-        if room < max(self._widest_name(jobs, views), NAME_MIN_CELLS):
+        if room < self._widest_name(jobs, views):
             # a diagnosis's kind (`⚠ slow_convergence`) left the names a dozen cells at 80
             # columns (`医療…デル_v1`) and pushed the curve off screen: the name matters more,
-            # and the selected run's panel names its findings. Short names too: they are cut
-            # no shorter than NAME_MIN_CELLS, and `⚠ slow_convergence +1` left them less
+            # and the selected run's panel names its findings. Short names too, by their own
+            # width, not NAME_MIN_CELLS: `⚠ slow_convergence +1` left `実験1` less at 80
+            # columns, and 82-88 columns, where it fits whole, lost the kind for nothing
             runs_rest = {str(view.path): self._cells(view, kind=False) for view in views}
             room = self._name_room([*rest.values(), *runs_rest.values()])
         room = max(room, NAME_MIN_CELLS)
