@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -456,15 +457,23 @@ def test_on_a_cuda_host_the_form_estimates_for_the_gpu_doctor_names(workspace, m
     monkeypatch.setattr(machine, "maybe_cuda", lambda: True)
     monkeypatch.setattr(machine, "memory_budget", lambda: BUDGET)
     monkeypatch.setattr(system, "doctor_report", doctor_on_an_h100)
-    read_rows, first = listing.builtin_rows, []
+    read_rows, first, card_marks = listing.builtin_rows, [], threading.Event()
 
     def first_read_slowly(*args):
-        if not first:
-            first.append(1)
-            time.sleep(1.0)  # the first marks' thread ends after the card's
+        if not first:  # the CPU's marks, read before the doctor answered
+            first.append(args[1])
+            card_marks.wait(timeout=60)  # a cancelled thread runs on: it ends after the card's
         return read_rows(*args)
 
     monkeypatch.setattr(listing, "builtin_rows", first_read_slowly)
+    landed, set_options = [], ModelField._set_options  # the device of each marks' answer
+
+    def set_options_seen(field, marks_for, options):
+        landed.append(marks_for[2])
+        card_marks.set()  # the first to land is a newer thread's: the first read still waits
+        set_options(field, marks_for, options)
+
+    monkeypatch.setattr(ModelField, "_set_options", set_options_seen)
 
     async def go():
         app = MlxloraApp("train")
@@ -473,7 +482,7 @@ def test_on_a_cuda_host_the_form_estimates_for_the_gpu_doctor_names(workspace, m
             assert asked == [1]
             qwen = "mlx-community/Qwen2.5-0.5B-Instruct-4bit"
             pick = app.query_one("#train-model-pick", Select)
-            await pilot.pause(1.5)  # a cancelled thread runs on
+            await wait_for(pilot, lambda: first[0] in landed[1:])  # the CPU's, after the card's
             assert _label(pick, qwen) == f"{qwen}  494M  fits"  # "too big" on the CPU
             await type_into(pilot, app, "#f-data-max_length", "256")
             cfg = app.query_one(TrainTab).cfg
