@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -187,10 +187,10 @@ def test_a_verdict_for_runs_no_longer_picked_is_not_shown(home, monkeypatch):
 
     two_runs()
     write_run("rank4", end="finished", overrides=("lora.rank=4",), started=T0 + 200)
-    reads, shown = compare.experiments.compare, []
+    reads, shown, picked_again = compare.experiments.compare, [], threading.Event()
 
     def read_slowly(paths):
-        time.sleep(1.0)  # the runs are picked again meanwhile
+        picked_again.wait(timeout=60)  # the verdict comes once the runs are picked again
         return reads(paths)
 
     show = compare.CompareTab._show_verdict
@@ -210,6 +210,7 @@ def test_a_verdict_for_runs_no_longer_picked_is_not_shown(home, monkeypatch):
             await wait_for(pilot, lambda: len(table(app)) == 3)
             await pilot.press("p", "down", "space")  # a third run, before the verdict came
             await wait_for(pilot, lambda: len(table(app)) == 4)
+            picked_again.set()
             await wait_for(pilot, lambda: shown)
             await pilot.pause()
             assert not app.query_one("#compare-verdict", Static).display

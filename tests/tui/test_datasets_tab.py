@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import time
+import threading
 from pathlib import Path
 from threading import Event
 
@@ -176,15 +176,18 @@ def test_the_term_list_chosen_last_has_the_last_word(home, monkeypatch):
 
     store.import_dataset(MEDICAL, "医療専門知識データセット", kind="instruction")
     read, loaded, handed = tab_module.load_report, DatasetsTab._loaded, []
+    none_handed = threading.Event()
 
     def medical_read_slowly(name, terms):
         if terms:
-            time.sleep(1.0)  # the medical list's analysis ends after none's
+            none_handed.wait(timeout=60)  # the medical list's analysis ends after none's
         return read(name, terms)
 
-    def hand(self, *args):
-        handed.append(args)
-        loaded(self, *args)
+    def hand(self, read: tuple, *args):
+        handed.append((read, *args))
+        if len(handed) > 1 and read[1] is None:  # none's, chosen after medical (not the first)
+            none_handed.set()
+        loaded(self, read, *args)
 
     monkeypatch.setattr(tab_module, "load_report", medical_read_slowly)
     monkeypatch.setattr(DatasetsTab, "_loaded", hand)
