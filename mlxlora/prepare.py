@@ -139,16 +139,18 @@ def layers_problem(cfg: Config, info: dict | None) -> str | None:
 
 def prepare(cfg: Config, paths: RunPaths | None, backend) -> Prepared:
     from mlxlora.models.info import model_info
+    from mlxlora.models.listing import known_info
     from mlxlora.models.resolve import resolve_model
 
     given, starts = cfg.data, run_starts(paths)
     if paths is not None:  # resuming
         cfg = as_run_started(cfg, paths, starts)
+    check_layers(cfg, known_info(cfg.model))  # before the records are stored: nothing is
     train_records, val_records, cfg = load_records(cfg)
     datasets = dataset_digests(cfg.data)
     model_dir = resolve_model(cfg.model)
     info = model_info(model_dir)
-    check_layers(cfg, info)  # as the dry run says it (the backend's check: a guard)
+    check_layers(cfg, info)  # a model known only once fetched (the backend's check: a guard)
     fit = None
     outgrew = resumed_outgrowth(paths)
     if cfg.training.fit == "auto":

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mlxlora.cli import main
+from mlxlora.data import store
 from mlxlora.events import Checkpoint, RunFinished, Sample, Step, read_events
 from mlxlora.memory import fmt_bytes
 from mlxlora.runs import RunPaths
@@ -293,6 +294,7 @@ def test_too_many_lora_layers_are_refused_by_train_as_by_its_dry_run(home, capsy
     assert main(["train", QUICK, *too_many]) == 2
     assert capsys.readouterr().err == refused.stderr
     assert not (home / "runs").exists()
+    assert store.list_datasets() == []  # the config's JSONL was stored before the refusal
 
 
 def test_ctrl_c_stops_with_a_checkpoint_exit_130_and_resumes(home, tmp_path):
