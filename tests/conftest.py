@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import os
 import shutil
@@ -28,15 +27,6 @@ def _device_as_guessed(monkeypatch):
 
     monkeypatch.setattr(machine, "_reported", None)
     monkeypatch.setattr(machine, "maybe_cuda", lambda: False)  # a CUDA test says it is one
-
-
-@pytest.fixture(autouse=True)
-def _heap_thawed_after_each_test():
-    """A studio freezes what it has built for the rest of its process (app._settle_heap): in
-    the test process, every earlier test's app stayed frozen, never collected (1.2 million
-    objects, ~100 MB after 24 studio tests), and a later test ran on the heap they left."""
-    yield
-    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")
