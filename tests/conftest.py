@@ -29,6 +29,14 @@ def _device_as_guessed(monkeypatch):
     monkeypatch.setattr(machine, "maybe_cuda", lambda: False)  # a CUDA test says it is one
 
 
+@pytest.fixture(autouse=True)
+def _no_terminal_size(monkeypatch):
+    """Output goes to a capture, not a terminal, whatever the shell or pytest-xdist's workers
+    (which set COLUMNS=80) say: a test that reads a width sets COLUMNS itself."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+
+
 @pytest.fixture(scope="session")
 def built_tiny(tmp_path_factory):
     """builtin:tiny built once per session (it is deterministic), copied into each workspace."""
