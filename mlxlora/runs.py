@@ -294,6 +294,8 @@ def find_run(ref: str) -> Path:
         problem = "not a run directory (no config.yaml)" if path.exists() else "no such directory"
         raise RunError(f"{ref}: {problem}")
     ref = names.normalize(ref)
+    if not ref:
+        raise RunError("the run name is blank (see `mlxlora runs list`)")
     matches = runs_named(ref)
     if len(matches) == 1:
         return matches[0]

@@ -110,7 +110,10 @@ def memory_overrides(args) -> list[str]:
     from mlxlora.config import memory_budget_problem
     from mlxlora.errors import ConfigError
 
-    if problem := memory_budget_problem(args.memory_budget):
+    budget = args.memory_budget
+    if budget is not None and not budget.strip():  # the config's blank means "not given"
+        raise ConfigError(["--memory-budget: blank (a size such as 12GB)"], "train")
+    if problem := memory_budget_problem(budget):
         raise ConfigError([f"--memory-budget: {problem}"], "train")
     out = ["training.fit=auto"] if args.fit else []
     return out + ([f"training.memory_budget={args.memory_budget}"] if args.memory_budget else [])

@@ -51,11 +51,12 @@ def test_a_name_typed_in_full_width_points_to_the_run_meant(home, capsys):
 
 @pytest.mark.parametrize("blank", [" ", "\u3000"])  # a space; an IME's full-width one
 def test_a_blank_name_points_to_no_run(home, capsys, blank):
-    """`runs show " "` asked `did you mean 実験1-20261127-133141?`: a run picked at random."""
+    """`runs show " "` asked `did you mean 実験1-20261127-133141?`: a run picked at random;
+    then it said `mlxlora: error: : no such run`, naming nothing."""
     make_runs("実験1-20261127-133141")
     assert main(["runs", "show", blank]) == 5
     err = capsys.readouterr().err
-    assert "no such run (see `mlxlora runs list`)" in err and "did you mean" not in err
+    assert err == "mlxlora: error: the run name is blank (see `mlxlora runs list`)\n"
 
 
 def test_runs_sharing_a_name_are_listed(home):

@@ -538,7 +538,7 @@ def test_dry_run_prints_the_breakdown_and_the_fit(home, capsys):
     assert not (home / "datasets").exists() or not any((home / "datasets").iterdir())
 
 
-@pytest.mark.parametrize("budget", ["0", "lots", "-5GB"])
+@pytest.mark.parametrize("budget", ["0", "lots", "-5GB", "", " "])  # blank: it was ignored
 def test_a_bad_memory_budget_names_the_flag_the_user_typed(home, capsys, budget):
     """`--memory-budget 0` was reported as `tiny.yaml (with --set training.memory_budget)`: a
     --set the user never typed."""
