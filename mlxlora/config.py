@@ -340,8 +340,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML config (or start from defaults when path is None) and apply overrides."""
+def load(path: str | Path | None, overrides: list[str] = (), flags: list[str] = ()) -> Config:
+    """Read a YAML config (or start from defaults when path is None) and apply overrides (the
+    user's --set) and then `flags` (overrides of checked flags such as --fit: not named as a
+    --set in the config's problems)."""
     data: dict = {}
     source = str(path) if path else "config"  # the file's own problems: the file alone
     if path is not None:
@@ -362,7 +364,8 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(
                 ["not valid YAML: lists or mappings nested too deeply"], source
             ) from None
-    cfg = from_dict(apply_overrides(data, list(overrides)), source_name(path, overrides))
+    data = apply_overrides(data, [*overrides, *flags])
+    cfg = from_dict(data, source_name(path, overrides))
     if path is not None:
         _resolve_relative_files(cfg, Path(path).resolve().parent)
     return cfg

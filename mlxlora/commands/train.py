@@ -81,17 +81,17 @@ def run(args) -> int:
             )
         run_dir, cfg = runs.find_run(args.resume), None
         if memory_overrides(args):  # refit the run's own config (after a budget stop)
-            cfg = config.load(runs.RunPaths(run_dir).config, memory_overrides(args))
+            cfg = config.load(runs.RunPaths(run_dir).config, flags=memory_overrides(args))
     else:
         if not args.config:
             raise ConfigError(
                 ["give a CONFIG file (try configs/quickstart.yaml) or --resume RUN"], "train"
             )
-        cfg = config.load(args.config, args.overrides + memory_overrides(args))
+        cfg = config.load(args.config, args.overrides, flags=memory_overrides(args))
         run_dir = args.run_dir  # None: the engine names one in the workspace once prepared
     named = ConfigFileErrors(args.config, args.overrides)  # None with --resume: its own
     if args.dry_run:
-        cfg = cfg or config.load(runs.RunPaths(run_dir).config, memory_overrides(args))
+        cfg = cfg or config.load(runs.RunPaths(run_dir).config, flags=memory_overrides(args))
         with named:
             return dry_run(cfg, as_json=args.json)
     view = JsonView() if args.json else ProgressView()

@@ -548,6 +548,16 @@ def test_a_bad_memory_budget_names_the_flag_the_user_typed(home, capsys, budget)
     assert "--set" not in out.stderr and "12GB" in out.stderr  # and how to write one
 
 
+def test_a_bad_value_in_the_file_names_no_set_the_user_did_not_type(home, capsys, tmp_path):
+    """Under --fit a bad value of the file's was `設定.yaml (with --set training.fit)`."""
+    job = tmp_path / "設定.yaml"
+    job.write_text(Path(QUICK).read_text(encoding="utf-8").replace("5.0e-4", "-1"))
+    for flags in (["--fit"], ["--memory-budget", "2GB"], ["--set", "training.seed=1", "--fit"]):
+        assert main(["train", str(job), "--dry-run", *flags]) == 2
+        said = f"{job} (with --set training.seed)" if "--set" in flags else str(job)
+        assert capsys.readouterr().err.startswith(f"mlxlora: error: {said}: training.learning_rate")
+
+
 def test_a_json_reader_that_goes_away_stops_the_run_resumably(home):
     """`train --json | head -2`: the run stops at a step's end with its checkpoint, as a STOP
     file stops it (it failed with an internal BrokenPipeError and no checkpoint before)."""
