@@ -278,6 +278,10 @@ def test_token_counts_for_a_term_list_no_longer_chosen_are_not_shown(datasets, m
             await wait_for(pilot, lambda: len(analysed) == 2)  # at the start, with medical
             await settle(app, pilot)  # the count too
             assert "domain terms (" in text(app, "#ds-report")
+            # the status said "tokens counted with builtin:tiny" beside a report without them
+            assert text(app, "#ds-status").startswith("domain terms: medical"), text(
+                app, "#ds-status"
+            )
 
     asyncio.run(go())
 

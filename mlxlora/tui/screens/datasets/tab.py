@@ -267,10 +267,11 @@ class DatasetsTab(Vertical):
             lines = err.decode("utf-8", "replace").strip().splitlines() or ["failed"]
             self._status(lines[-1].removeprefix("mlxlora: error: "))
             return
-        self._status(f"tokens counted with {model}")
-        # a term list chosen meanwhile was analysed without token counts: that report stays
+        # a term list chosen meanwhile was analysed without token counts: that report stays,
+        # and what the status said of it
         if (name, terms_spec) == (self.selected, self.terms_spec):
             self.counted_with = model
+            self._status(f"tokens counted with {model}")
             self._set_report(json.loads(out))
 
     # --- import and delete ----------------------------------------------------------------
