@@ -23,6 +23,9 @@ NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # what backends.select look
 # Metal's recommendedMaxWorkingSetSize, what MLX may keep resident on the GPU, is about
 # 2/3 to 3/4 of unified memory depending on the machine; we plan with 3/4 of it.
 UNIFIED_BUDGET_FRACTION = 0.75
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+CGROUP_NO_LIMIT = 1 << 62  # v1 writes "no limit" as 2**63 - 1 rounded down to a page
 
 
 @dataclass(frozen=True)
@@ -157,12 +160,42 @@ def total_memory() -> int | None:
         return None
 
 
-def _cgroup_limit() -> int | None:
+def cgroup_room(root: Path = CGROUP_ROOT, proc: Path = PROC_CGROUP) -> int | None:
+    """Bytes this process's memory cgroup, and each group above it, leaves before its limit:
+    the limit less what the group uses, its inactive file cache aside (reclaimed first, as
+    `docker stats` counts it); None where no group sets one. cgroup v2, or v1 (a container on
+    an older host, or this process's group seen from the host)."""
     try:
-        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        lines = proc.read_text().splitlines()
     except OSError:
         return None
-    return int(raw) if raw.isdigit() else None
+    rooms = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if not controllers:  # v2's unified hierarchy
+            rooms += _rooms(root, path, "memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+            rooms += _rooms(root / "memory", path, *files)
+    return min(rooms) if rooms else None
+
+
+def _rooms(mount: Path, path: str, limit_file: str, usage_file: str, inactive_key: str):
+    """The room under each limit from the group at `path` up to the mount's root (in a
+    container the host's path is not there: its root is the container's group)."""
+    group = mount / path.strip("/")
+    group = group if group.is_dir() else mount
+    for folder in (group, *group.parents):
+        try:
+            limit = int((folder / limit_file).read_text())
+            usage = int((folder / usage_file).read_text())
+            stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
+        except (OSError, ValueError):  # v2 writes "max" for no limit
+            limit = None
+        if limit is not None and limit < CGROUP_NO_LIMIT:
+            yield limit - max(0, usage - int(stat.get(inactive_key, 0)))
+        if folder == mount:
+            return
 
 
 def is_apple_silicon() -> bool:
@@ -180,7 +213,7 @@ def memory_budget() -> int | None:
     """Bytes training may use here: 3/4 of unified memory on Apple Silicon (about Metal's
     recommended working set, the GPU's share), else the memory available now (MemAvailable:
     what the system and other programs leave; all of the RAM let a fit plan 23.3 of 23.5 GiB
-    on a machine without swap), capped by a cgroup limit."""
+    on a machine without swap), capped by the room a cgroup limit leaves (a container's)."""
     if is_apple_silicon():
         total = total_memory()
         return unified_budget(total) if total else None
@@ -188,8 +221,8 @@ def memory_budget() -> int | None:
     free = usage.available if usage else total_memory()
     if free is None:
         return None
-    limit = _cgroup_limit()
-    return min(free, limit) if limit else free
+    room = cgroup_room()
+    return free if room is None else min(free, max(0, room))
 
 
 @dataclass(frozen=True)

@@ -94,15 +94,56 @@ def test_budget_on_linux_is_the_memory_available_now(monkeypatch):
     swap, with the system and other programs in the rest (a QA finding)."""
     monkeypatch.setattr(machine, "is_apple_silicon", lambda: False)
     monkeypatch.setattr(machine, "memory_usage", lambda: machine.MemoryUsage(64 * GIB, 40 * GIB))
-    monkeypatch.setattr(machine, "_cgroup_limit", lambda: None)
+    monkeypatch.setattr(machine, "cgroup_room", lambda: None)
     assert machine.memory_budget() == 40 * GIB
-    monkeypatch.setattr(machine, "_cgroup_limit", lambda: 8 * GIB)
+    monkeypatch.setattr(machine, "cgroup_room", lambda: 8 * GIB)
     assert machine.memory_budget() == 8 * GIB
     monkeypatch.setattr(machine, "memory_usage", lambda: None)  # unknown: the RAM
     monkeypatch.setattr(machine, "total_memory", lambda: 16 * GIB)
     assert machine.memory_budget() == 8 * GIB
     monkeypatch.setattr(machine, "total_memory", lambda: None)
     assert machine.memory_budget() is None
+
+
+def group(folder, limit, usage, inactive=0, v1=False):
+    """A memory cgroup's files as the kernel writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = (
+        ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        if v1
+        else ("memory.max", "memory.current")
+    )
+    (folder / names[0]).write_text(f"{limit}\n")
+    (folder / names[1]).write_text(f"{usage}\n")
+    key = "total_inactive_file" if v1 else "inactive_file"
+    (folder / "memory.stat").write_text(f"active_file 5\n{key} {inactive}\nunevictable 0\n")
+
+
+def test_a_containers_cgroup_v2_limit_leaves_its_room(tmp_path):
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/\n")
+    group(tmp_path / "fs", 4 * GIB, 3 * GIB, inactive=GIB)  # its file cache is reclaimed first
+    assert machine.cgroup_room(tmp_path / "fs", proc) == 2 * GIB
+    (tmp_path / "fs" / "memory.max").write_text("max\n")
+    assert machine.cgroup_room(tmp_path / "fs", proc) is None
+
+
+def test_a_cgroup_v1_limit_is_read_and_the_tightest_group_above_counts(tmp_path):
+    """Only v2's memory.max was read: in a v1 container (an older host; this machine is one)
+    the budget was MemAvailable, the whole host's."""
+    proc = tmp_path / "cgroup"
+    proc.write_text("9:name=systemd:/\n4:memory:/docker/abc\n1:cpu:/\n0::/\n")
+    root = tmp_path / "fs"
+    group(root / "memory", 9223372036854771712, 9 * GIB, v1=True)  # v1's "no limit"
+    group(root / "memory" / "docker", 9223372036854771712, 5 * GIB, v1=True)
+    group(root / "memory" / "docker" / "abc", 8 * GIB, 2 * GIB, v1=True)
+    assert machine.cgroup_room(root, proc) == 6 * GIB
+    group(root / "memory" / "docker", 7 * GIB, 6 * GIB, v1=True)  # every container's limit
+    assert machine.cgroup_room(root, proc) == GIB
+    seen_inside = tmp_path / "inside"  # the container's own view: its group is the root
+    group(seen_inside / "memory", 8 * GIB, 2 * GIB, inactive=GIB, v1=True)
+    assert machine.cgroup_room(seen_inside, proc) == 7 * GIB
+    assert machine.cgroup_room(tmp_path / "none", proc) is None
 
 
 def test_this_machine_has_memory():
