@@ -8,6 +8,7 @@
     python benchmarks/memory_matrix.py --unfused       # a GPU's attention rule, on the CPU
     python benchmarks/memory_matrix.py --torch         # the torch backend (its CPU peak)
     python benchmarks/memory_matrix.py --largest       # 4 x 2048, 8 x 2048 on 8 of 30 layers
+    python benchmarks/memory_matrix.py --rebuilt       # 2 x 4096, 1 x 8192 checkpointed, ...
     python benchmarks/memory_matrix.py --case '{...}'  # one case (what each subprocess runs)
 
 Each case runs in a fresh subprocess: the MLX backend loads the model as a run would
@@ -255,6 +256,14 @@ def largest() -> list[dict]:
     return [{**base, "batch": b, "max_length": n, "ckpt": False} for b, n in cells]
 
 
+def rebuilt() -> list[dict]:
+    """Checkpointed SmolLM2 where the block rebuilt in backward outgrows the loss (its
+    attention at 4096 and 8192 tokens a sequence), and with loss chunks set smaller by hand."""
+    base = {"model": "smollm2", "rank": 16, "targets": ALL_LINEAR[:6], "steps": 1, "ckpt": True}
+    cells = [{**base, "batch": 2, "max_length": 4096}, {**base, "batch": 1, "max_length": 8192}]
+    return cells + [{**base, "batch": 4, "max_length": 1024, "chunk": rows} for rows in (64, 170)]
+
+
 def torch_cells() -> list[dict]:
     """The torch backend on this CPU: SmolLM2 with and without checkpointing, and builtin:tiny.
     Its measured peak is the process's resident one, glibc's heap included (benchmarks/README:
@@ -334,6 +343,7 @@ def describe(case: dict) -> str:
     targets += ", unfused attention" if case.get("unfused") else ""
     targets += ", torch" if case.get("backend") == "torch" else ""
     accum = f" x{case['accum']} acc" if case.get("accum", 1) > 1 else ""
+    targets += f", {case['chunk']}-row loss chunks" if case.get("chunk") else ""
     return (
         f"{case['model']} | {case['batch']} x {case['max_length']}{accum} | "
         f"{'on' if case['ckpt'] else 'off'} | r{case['rank']} {targets}"
@@ -349,6 +359,7 @@ def main(argv=None) -> int:
     p.add_argument("--unfused", action="store_true", help="a GPU's attention rule, on the CPU")
     p.add_argument("--torch", action="store_true", help="the torch backend's cells")
     p.add_argument("--largest", action="store_true", help="the two largest cells, 8 layers")
+    p.add_argument("--rebuilt", action="store_true", help="checkpointed, the rebuilt block large")
     p.add_argument(
         "--fit",
         nargs="*",
@@ -373,6 +384,7 @@ def main(argv=None) -> int:
         "unfused": unfused,
         "torch": torch_cells,
         "largest": largest,
+        "rebuilt": rebuilt,
     }
     picked = next((cells for flag, cells in chosen.items() if getattr(args, flag)), None)
     cases = picked() if picked else matrix(args.thin)

@@ -60,7 +60,7 @@ def causal_block_fraction(length: int, block: int = ATTENTION_BLOCK) -> float:
 #   (the probe's peak grows with the square of their number; whole steps' too: counting two
 #   of them, qwen-layout's 75 chunks at 8 x 2048 checkpointed peaked at 1.39x the estimate).
 #   Once they are summed (SUMMED_GRADIENTS_LIVE) a checkpointed step rebuilds its last block
-#   beside the rest of the loss: see estimate_training_memory;
+#   beside part of the loss (REBUILT_BESIDE_CHUNKS): see estimate_training_memory;
 # * "eager", torch (backends/torch_loss.py): a chunk's logits and softmax are freed before
 #   the next chunk starts, and each chunk keeps its d(hidden) (rows x hidden) for backward.
 #   EAGER_CHUNK_COPIES float32 chunks are live at the peak (logsumexp's temporary beside the
@@ -74,6 +74,10 @@ GPU_LATER_ROW_COPIES = 1.0
 EAGER_CHUNK_COPIES = 2
 DEPTH_FIRST_LIVE_CHUNKS = 3
 SUMMED_GRADIENTS_LIVE = 2  # of the chunks' hidden gradients once summed: the sum, the last
+# Chunks whose logits are still live beside the block a checkpointed depth-first step rebuilds
+# (fitted: SmolLM2 peaks alike at 4 x 2048 and 8 x 1024, where the longer batch's attention on
+# top of three would add 0.4 GB; builtin:tiny's two chunks are both live; benchmarks/README.md)
+REBUILT_BESIDE_CHUNKS = 2
 UNCHUNKED_LOGIT_COPIES = 4  # the model's own logits through nn.losses.cross_entropy
 LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v
 # The CPU's blocked attention keeps each layer's causal probabilities for backward, and its
@@ -218,10 +222,11 @@ def estimate_training_memory(
     input (tokens x hidden) and rebuilds one block at a time in backward: breadth-first (a
     GPU) MLX starts on the last block while the loss chunks are live, so its activations and
     attention count on top of them; depth-first (a CPU) it starts once the chunks' hidden
-    gradients are summed, its attention on top of the rest of the loss, its activations as
-    far as they outgrow it, and that phase counts as far as it outgrows the loss's own peak
-    (_rebuilt_after_the_sum); torch (eager) keeps the attention beside the chunks. No
-    block's attention outlives its backward (measured: benchmarks/README.md).
+    gradients are summed, its attention on top of what the loss still holds
+    (_beside_the_rebuilt_block), its activations as far as they outgrow that, and that phase
+    counts as far as it outgrows the loss's own peak (_rebuilt_after_the_sum); torch (eager)
+    keeps the attention beside the chunks. No block's attention outlives its backward
+    (measured: benchmarks/README.md).
     Loss: see loss_bytes.
     """
     h, layers, vocab, heads, kv, q, inter = model_dims(info)
@@ -252,9 +257,8 @@ def estimate_training_memory(
     if grad_checkpoint:
         rebuilt = one_layer  # breadth-first, on top of the loss chunks
         if evaluation == "depth-first":
-            chunks = -(-tokens // rows) if rows else 0
-            summed = max(0, chunks - SUMMED_GRADIENTS_LIVE) * tokens * h * dtype_bytes
-            attention, rebuilt = _rebuilt_after_the_sum(loss, loss - summed, attention, one_layer)
+            beside = _beside_the_rebuilt_block(tokens, rows, vocab, tokens * h * dtype_bytes, loss)
+            attention, rebuilt = _rebuilt_after_the_sum(loss, beside, attention, one_layer)
         elif evaluation == "eager":  # its attention beside the chunks, the rest once they go
             rebuilt = max(0, one_layer - loss)
         activations = adapted * tokens * h * dtype_bytes + rebuilt
@@ -298,6 +302,17 @@ def loss_bytes(
     side_by_side = min(tokens, SIDE_BY_SIDE_CHUNKS * chunk_rows)
     copies = side_by_side * LOGIT_COPIES + (tokens - side_by_side) * later
     return int(copies * vocab * 4)
+
+
+def _beside_the_rebuilt_block(tokens: int, rows: int, vocab: int, gradient: int, loss: int):
+    """What a depth-first loss still holds when a checkpointed step rebuilds its last block:
+    REBUILT_BESIDE_CHUNKS chunks' logits and SUMMED_GRADIENTS_LIVE hidden-sized gradients
+    (`gradient` bytes each); unchunked, the whole `loss`."""
+    if not rows:
+        return loss
+    chunks = -(-tokens // rows)
+    logits = min(tokens, REBUILT_BESIDE_CHUNKS * rows) * LOGIT_COPIES * vocab * 4
+    return logits + min(chunks, SUMMED_GRADIENTS_LIVE) * gradient
 
 
 def _rebuilt_after_the_sum(loss: int, beside: int, attention: int, one_layer: int):
