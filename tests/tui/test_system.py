@@ -73,9 +73,10 @@ def test_memory_doctor_disk_and_the_running_job(home):
             )
             shown, kib = memory.rows, meminfo_kib()
             assert shown["total"] == fmt_bytes(kib["MemTotal"] * 1024)
-            assert abs(as_bytes(shown["available"]) - kib["MemAvailable"] * 1024) < 2**28
+            # read moments apart, while another test (xdist's other worker) may take a GB
+            assert abs(as_bytes(shown["available"]) - kib["MemAvailable"] * 1024) < 2**31
             used = (kib["MemTotal"] - kib["MemAvailable"]) * 1024
-            assert abs(as_bytes(shown["used"]) - used) < 2**28
+            assert abs(as_bytes(shown["used"]) - used) < 2**31
             assert shown["GPU may use"] == "- (no GPU in use)"  # the CPU trains here
             assert (
                 machine_box.rows["device"] == "cpu" and machine_box.rows["backend (auto)"] == "mlx"
