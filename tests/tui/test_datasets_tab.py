@@ -286,6 +286,37 @@ def test_token_counts_for_a_term_list_no_longer_chosen_are_not_shown(datasets, m
     asyncio.run(go())
 
 
+def test_token_counts_of_a_dataset_no_longer_selected_leave_no_status(datasets, monkeypatch):
+    """ "Count tokens", then another dataset picked before the counts came: the status said
+    "counting tokens of medical-ja…" for good (the dropped counts said nothing more)."""
+    from mlxlora.tui.screens.datasets import tab as tab_module
+
+    start, moved = asyncio.create_subprocess_exec, asyncio.Event()
+
+    async def start_after_the_move(*command, **kwargs):
+        await moved.wait()
+        return await start(*command, **kwargs)
+
+    monkeypatch.setattr(tab_module.asyncio, "create_subprocess_exec", start_after_the_move)
+
+    async def go():
+        app = MlxloraApp()
+        async with app.run_test(size=(100, 40)) as pilot:
+            await settle(app, pilot)
+            app.query_one("#ds-model", Input).value = "builtin:tiny"
+            await pilot.click("#ds-count")
+            await pilot.pause()
+            assert text(app, "#ds-status").startswith("counting tokens of ")
+            app.query_one("#ds-table").focus()
+            await pilot.press("down")  # the other dataset
+            moved.set()
+            await settle(app, pilot)
+            assert text(app, "#ds-status") == ""
+            assert "│ tokens │" not in text(app, "#ds-report")
+
+    asyncio.run(go())
+
+
 def test_domain_term_density_with_a_bundled_list_or_a_file(home, tmp_path):
     """The tab showed no term density: the tutorial's 1.3 (38 and 30 medical terms per 1,000
     answer characters) came only from `data show --terms medical`."""

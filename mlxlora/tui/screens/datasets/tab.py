@@ -70,6 +70,7 @@ class DatasetsTab(Vertical):
         self.terms_spec: str | None = None  # `--terms`: a bundled list or a file
         self.terms: tuple[str, list[str]] | None = None  # its (label, terms)
         self.counted_with: str | None = None  # the model of the report's token counts
+        self.status_text = ""  # what #ds-status says
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="ds-table", cursor_type="row", zebra_stripes=True)
@@ -195,6 +196,7 @@ class DatasetsTab(Vertical):
         self.query_one("#ds-records", Static).update(records)
 
     def _status(self, text: str) -> None:
+        self.status_text = text
         self.query_one("#ds-status", Static).update(text)
 
     # --- domain terms: `data show --terms`, a bundled list or a file --------------------------
@@ -250,7 +252,8 @@ class DatasetsTab(Vertical):
 
     @work(exclusive=True, group="tokens", exit_on_error=False)
     async def _count_tokens(self, name: str, model: str) -> None:
-        self._status(f"counting tokens of {name} with {model}…")
+        counting = f"counting tokens of {name} with {model}…"
+        self._status(counting)
         terms_spec = self.terms_spec
         command = [sys.executable, "-m", "mlxlora", "data", "show", name, "--model", model]
         if terms_spec:
@@ -263,16 +266,19 @@ class DatasetsTab(Vertical):
         except asyncio.CancelledError:
             proc.kill()
             raise
+        if (name, terms_spec) != (self.selected, self.terms_spec):
+            # a dataset or term list chosen meanwhile (analysed without token counts): its
+            # report stays, and what the status said of it
+            if self.status_text == counting:
+                self._status("")
+            return
         if proc.returncode != 0:
             lines = err.decode("utf-8", "replace").strip().splitlines() or ["failed"]
             self._status(lines[-1].removeprefix("mlxlora: error: "))
             return
-        # a term list chosen meanwhile was analysed without token counts: that report stays,
-        # and what the status said of it
-        if (name, terms_spec) == (self.selected, self.terms_spec):
-            self.counted_with = model
-            self._status(f"tokens counted with {model}")
-            self._set_report(json.loads(out))
+        self.counted_with = model
+        self._status(f"tokens counted with {model}")
+        self._set_report(json.loads(out))
 
     # --- import and delete ----------------------------------------------------------------
 
