@@ -25,7 +25,7 @@ NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # what backends.select look
 UNIFIED_BUDGET_FRACTION = 0.75
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_CGROUP = Path("/proc/self/cgroup")
-CGROUP_NO_LIMIT = 1 << 62  # v1 writes "no limit" as 2**63 - 1 rounded down to a page
+CGROUP_UNLIMITED_ABOVE = 1 << 62  # v1 writes "no limit" as 2**63 - 1 rounded down to a page
 
 
 @dataclass(frozen=True)
@@ -163,14 +163,17 @@ def total_memory() -> int | None:
 def cgroup_room(root: Path = CGROUP_ROOT, proc: Path = PROC_CGROUP) -> int | None:
     """Bytes this process's memory cgroup, and each group above it, leaves before its limit:
     the limit less what the group uses, its inactive file cache aside (reclaimed first, as
-    `docker stats` counts it); None where no group sets one. cgroup v2, or v1 (a container on
-    an older host, or this process's group seen from the host)."""
+    `docker stats` counts it; the active cache is counted as used: on the safe side); None
+    where no group sets one. cgroup v2, or v1 (a container on an older host, or this
+    process's group seen from the host)."""
     try:
         lines = proc.read_text().splitlines()
     except OSError:
         return None
     rooms = []
     for line in lines:
+        if line.count(":") < 2:  # not "id:controllers:path"
+            continue
         _, controllers, path = line.split(":", 2)
         if not controllers:  # v2's unified hierarchy
             rooms += _rooms(root, path, "memory.max", "memory.current", "inactive_file")
@@ -189,13 +192,22 @@ def _rooms(mount: Path, path: str, limit_file: str, usage_file: str, inactive_ke
         try:
             limit = int((folder / limit_file).read_text())
             usage = int((folder / usage_file).read_text())
-            stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
         except (OSError, ValueError):  # v2 writes "max" for no limit
             limit = None
-        if limit is not None and limit < CGROUP_NO_LIMIT:
-            yield limit - max(0, usage - int(stat.get(inactive_key, 0)))
+        if limit is not None and limit < CGROUP_UNLIMITED_ABOVE:
+            yield limit - max(0, usage - _inactive_file(folder, inactive_key))
         if folder == mount:
             return
+
+
+def _inactive_file(folder: Path, key: str) -> int:
+    """The group's inactive file cache (memory.stat), 0 where it does not say."""
+    try:
+        lines = (folder / "memory.stat").read_text().splitlines()
+    except OSError:
+        return 0
+    found = [line.split()[1] for line in lines if line.startswith(f"{key} ")]
+    return int(found[0]) if found and found[0].isdigit() else 0
 
 
 def is_apple_silicon() -> bool:
@@ -222,7 +234,7 @@ def memory_budget() -> int | None:
     if free is None:
         return None
     room = cgroup_room()
-    return free if room is None else min(free, max(0, room))
+    return free if room is None else min(free, max(1, room))  # 0 would read as "no budget"
 
 
 @dataclass(frozen=True)

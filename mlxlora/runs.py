@@ -287,6 +287,8 @@ def find_run(ref: str) -> Path:
 
     Names are compared as text, never as patterns: a `[` or `*` in a reference is a character.
     """
+    if not names.normalize(ref):  # Path("") is the working directory
+        raise RunError("the run name is blank (see `mlxlora runs list`)")
     path = Path(ref).expanduser()
     if (path / "config.yaml").is_file():
         return path
@@ -294,8 +296,6 @@ def find_run(ref: str) -> Path:
         problem = "not a run directory (no config.yaml)" if path.exists() else "no such directory"
         raise RunError(f"{ref}: {problem}")
     ref = names.normalize(ref)
-    if not ref:
-        raise RunError("the run name is blank (see `mlxlora runs list`)")
     matches = runs_named(ref)
     if len(matches) == 1:
         return matches[0]

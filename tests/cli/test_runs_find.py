@@ -59,6 +59,14 @@ def test_a_blank_name_points_to_no_run(home, capsys, blank):
     assert err == "mlxlora: error: the run name is blank (see `mlxlora runs list`)\n"
 
 
+def test_an_empty_name_is_not_the_working_directory(home, tmp_path, monkeypatch, capsys):
+    """`train --resume "$RUN"` with RUN unset resumed a run in the working directory."""
+    (tmp_path / "config.yaml").write_text("model: builtin:tiny\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["runs", "show", ""]) == 5
+    assert "the run name is blank" in capsys.readouterr().err
+
+
 def test_runs_sharing_a_name_are_listed(home):
     first, second = make_runs("llama3 日本語-20261125-093000", "llama3 日本語-20261125-093000-1")
     with pytest.raises(RunError) as err:

@@ -144,6 +144,18 @@ def test_a_cgroup_v1_limit_is_read_and_the_tightest_group_above_counts(tmp_path)
     group(seen_inside / "memory", 8 * GIB, 2 * GIB, inactive=GIB, v1=True)
     assert machine.cgroup_room(seen_inside, proc) == 7 * GIB
     assert machine.cgroup_room(tmp_path / "none", proc) is None
+    (seen_inside / "memory" / "memory.stat").unlink()  # the limit holds without the cache
+    proc.write_text("\ngarbage\n4:memory:/docker/abc\n")  # lines not id:controllers:path
+    assert machine.cgroup_room(seen_inside, proc) == 6 * GIB
+
+
+def test_a_full_cgroup_leaves_a_budget_of_one_byte_not_none(monkeypatch):
+    """Room 0 (or less) was a budget of 0, which every guard reads as "no budget"."""
+    monkeypatch.setattr(machine, "is_apple_silicon", lambda: False)
+    monkeypatch.setattr(machine, "memory_usage", lambda: machine.MemoryUsage(64 * GIB, 40 * GIB))
+    for room in (0, -GIB):
+        monkeypatch.setattr(machine, "cgroup_room", lambda room=room: room)
+        assert machine.memory_budget() == 1
 
 
 def test_this_machine_has_memory():
