@@ -75,8 +75,8 @@ EAGER_CHUNK_COPIES = 2
 DEPTH_FIRST_LIVE_CHUNKS = 3
 SUMMED_GRADIENTS_LIVE = 2  # of the chunks' hidden gradients once summed: the sum, the last
 # Chunks whose logits are still live beside the block a checkpointed depth-first step rebuilds
-# (fitted: SmolLM2 peaks alike at 4 x 2048 and 8 x 1024, where the longer batch's attention on
-# top of three would add 0.4 GB; builtin:tiny's two chunks are both live; benchmarks/README.md)
+# (fitted: SmolLM2 peaks alike at 8 x 1024, 4 x 2048 and 2 x 4096, whose attention on top of
+# three chunks read 1.16x and 1.31x; builtin:tiny's two chunks are both live; benchmarks/README.md)
 REBUILT_BESIDE_CHUNKS = 2
 UNCHUNKED_LOGIT_COPIES = 4  # the model's own logits through nn.losses.cross_entropy
 LORA_BYTES_PER_PARAM = 16  # float32 weight, gradient, Adam m and v

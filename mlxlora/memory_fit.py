@@ -15,10 +15,11 @@ from mlxlora.memory_weights import lora_weight_bytes, weight_bytes
 CHECKPOINT_COST = 4 / 3
 MICRO_BATCH_COST = 0.08
 CHUNK_HALVING_COST = 0.02
-# Depth-first (a CPU), loss chunks whose logits are smaller than this lowered no measured peak
-# (builtin:tiny 4 x 512 checkpointed: 62.2 MB at its 1,024-row chunks, 56.8-57.0 MB at 512, 256
-# and 128 rows, where the estimate fell 20-27 MB; a random 8,192-token vocabulary 4 x 1024:
-# 131.0 MB at 4 MiB chunks, 131.1 at 8 MiB): fit does not halve a chunk below it.
+# Depth-first (a CPU), halving loss chunks whose logits are smaller than this lowered the
+# measured peak far less than the estimate (builtin:tiny 4 x 512 checkpointed: 62.2 MB at its
+# 1,024-row chunks, 56.8-57.0 MB at 512, 256 and 128 rows, where the estimate fell 20-27 MB; a
+# random 8,192-token vocabulary 4 x 1024: 131.0 MB at 4 MiB chunks, 131.1 at 8 MiB): fit does
+# not halve a chunk below it.
 DEPTH_FIRST_MIN_CHUNK_BYTES = 8 * 2**20
 
 
