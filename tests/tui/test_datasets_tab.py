@@ -152,8 +152,7 @@ def test_token_counts_come_from_a_data_show_child(datasets):
             await settle(app, pilot)
             before = text(app, "#ds-report")
             assert "│ tokens │" not in before and "histogram (chars per record)" in before
-            app.query_one("#ds-model", Input).value = "builtin:tiny"
-            await pilot.click("#ds-count")
+            await count_tokens(app, pilot, "builtin:tiny")
             await settle(app, pilot)
             report = text(app, "#ds-report")
             assert "histogram (tokens per record)" in report, report
@@ -233,8 +232,7 @@ def test_an_analysis_still_running_leaves_the_token_counts(datasets, monkeypatch
             await settle(app, pilot)
             app.query_one("#ds-terms").focus()
             await pilot.press("enter", "down", "enter")  # medical
-            app.query_one("#ds-model", Input).value = "builtin:tiny"
-            await pilot.click("#ds-count")
+            await count_tokens(app, pilot, "builtin:tiny")
             counting = "tokens counted with builtin:tiny"
             await wait_for(pilot, lambda: text(app, "#ds-status") == counting, timeout=60)
             counted.set()
@@ -247,35 +245,45 @@ def test_an_analysis_still_running_leaves_the_token_counts(datasets, monkeypatch
     asyncio.run(go())
 
 
+async def count_tokens(app, pilot, model: str) -> None:
+    app.query_one("#ds-model", Input).value = model
+    await pilot.click("#ds-count")
+
+
+def hold_the_count_child(monkeypatch) -> asyncio.Event:
+    """Child processes (the count's `data show`) start only once the event returned is set."""
+    from mlxlora.tui.screens.datasets import tab as tab_module
+
+    start, told = asyncio.create_subprocess_exec, asyncio.Event()
+
+    async def start_when_told(*command, **kwargs):
+        await told.wait()
+        return await start(*command, **kwargs)
+
+    monkeypatch.setattr(tab_module.asyncio, "create_subprocess_exec", start_when_told)
+    return told
+
+
 def test_token_counts_for_a_term_list_no_longer_chosen_are_not_shown(datasets, monkeypatch):
     """ "Count tokens", then a term list chosen before the counts came: the child's report,
     without the list, came after the analysis with it and replaced it."""
-    from mlxlora.tui.screens.datasets import tab as tab_module
-
-    start, analysed = asyncio.create_subprocess_exec, []
-
-    async def start_slowly(*command, **kwargs):
-        await asyncio.sleep(1.0)  # a term list is chosen meanwhile
-        return await start(*command, **kwargs)
-
-    loaded = DatasetsTab._loaded
+    chosen, analysed, loaded = hold_the_count_child(monkeypatch), [], DatasetsTab._loaded
 
     def hand(self, *args):
         analysed.append(args)
         loaded(self, *args)
 
-    monkeypatch.setattr(tab_module.asyncio, "create_subprocess_exec", start_slowly)
     monkeypatch.setattr(DatasetsTab, "_loaded", hand)
 
     async def go():
         app = MlxloraApp()
         async with app.run_test(size=(100, 40)) as pilot:
             await settle(app, pilot)
-            app.query_one("#ds-model", Input).value = "builtin:tiny"
-            await pilot.click("#ds-count")
+            await count_tokens(app, pilot, "builtin:tiny")
             app.query_one("#ds-terms").focus()
             await pilot.press("enter", "down", "enter")  # medical, while counting
             await wait_for(pilot, lambda: len(analysed) == 2)  # at the start, with medical
+            chosen.set()
             await settle(app, pilot)  # the count too
             assert "domain terms (" in text(app, "#ds-report")
             # the status said "tokens counted with builtin:tiny" beside a report without them
@@ -289,22 +297,13 @@ def test_token_counts_for_a_term_list_no_longer_chosen_are_not_shown(datasets, m
 def test_token_counts_of_a_dataset_no_longer_selected_leave_no_status(datasets, monkeypatch):
     """ "Count tokens", then another dataset picked before the counts came: the status said
     "counting tokens of medical-ja…" for good (the dropped counts said nothing more)."""
-    from mlxlora.tui.screens.datasets import tab as tab_module
-
-    start, moved = asyncio.create_subprocess_exec, asyncio.Event()
-
-    async def start_after_the_move(*command, **kwargs):
-        await moved.wait()
-        return await start(*command, **kwargs)
-
-    monkeypatch.setattr(tab_module.asyncio, "create_subprocess_exec", start_after_the_move)
+    moved = hold_the_count_child(monkeypatch)
 
     async def go():
         app = MlxloraApp()
         async with app.run_test(size=(100, 40)) as pilot:
             await settle(app, pilot)
-            app.query_one("#ds-model", Input).value = "builtin:tiny"
-            await pilot.click("#ds-count")
+            await count_tokens(app, pilot, "builtin:tiny")
             await pilot.pause()
             assert text(app, "#ds-status").startswith("counting tokens of ")
             app.query_one("#ds-table").focus()
