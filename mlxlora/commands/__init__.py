@@ -1,5 +1,8 @@
 """Subcommands of the `mlxlora` CLI: each module has `register(subparsers)`."""
 
+from argparse import ArgumentTypeError
+from pathlib import Path
+
 from mlxlora.errors import ConfigError, DataError, ModelError
 from mlxlora.events import RunStarted  # light: the standard library alone, as errors
 
@@ -9,6 +12,14 @@ def actions(parser, dest: str):
     and what each does) rather than argparse's 'the following arguments are required'."""
     parser.set_defaults(func=lambda args: parser.print_help() or 0)
     return parser.add_subparsers(dest=dest, metavar="ACTION")
+
+
+def path_arg(text: str) -> Path:
+    """A path argument that refuses a blank one: Path("") is the working directory, where
+    `--run-dir ""` trained a run and `--out ""` would write into whatever is there."""
+    if not text.strip():
+        raise ArgumentTypeError("the path is blank")
+    return Path(text)
 
 
 class ConfigFileErrors:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlxlora.commands import actions
+from mlxlora.commands import actions, path_arg
 
 
 def register(sub) -> None:
@@ -17,9 +17,9 @@ def register(sub) -> None:
         "and PeftModel.from_pretrained both load it.",
     )
     convert.add_argument(
-        "source", type=Path, help="an adapter directory, or a run (name, prefix or directory)"
+        "source", type=path_arg, help="an adapter directory, or a run (name, prefix or directory)"
     )
-    convert.add_argument("target", type=Path, help="a new directory")
+    convert.add_argument("target", type=path_arg, help="a new directory")
     convert.add_argument(
         "--layers",
         type=int,

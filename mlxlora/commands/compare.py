@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlxlora.commands import path_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -24,7 +26,7 @@ def register(sub) -> None:
         help="add a sweep's finished runs (repeatable; see `mlxlora sweep status`)",
     )
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    p.add_argument("--report", type=Path, metavar="FILE.html", help="write an HTML report")
+    p.add_argument("--report", type=path_arg, metavar="FILE.html", help="write an HTML report")
     p.add_argument(
         "--pick",
         action="store_true",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
+
+from mlxlora.commands import path_arg
 
 SHOWN_LAYERS = 5  # the worst-approximated layers printed (--json lists every layer)
 
@@ -21,7 +22,9 @@ def register(sub) -> None:
     p.add_argument("adapters", nargs="+", metavar="RUN", help="runs or adapter directories")
     p.add_argument("--weights", metavar="W1,W2,...", help="one weight per adapter (default equal)")
     p.add_argument("--rank", type=int, required=True, help="rank of the merged adapter")
-    p.add_argument("--out", type=Path, required=True, help="new directory for the merged adapter")
+    p.add_argument(
+        "--out", type=path_arg, required=True, help="new directory for the merged adapter"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from mlxlora.commands import ConfigFileErrors
+from mlxlora.commands import ConfigFileErrors, path_arg
 from mlxlora.events import (
     EarlyStop,
     Eval,
@@ -40,7 +40,7 @@ def register(sub) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set lora.rank=16 (repeatable)",
     )
-    p.add_argument("--run-dir", type=Path, help="write the run here instead of the workspace")
+    p.add_argument("--run-dir", type=path_arg, help="write the run here instead of the workspace")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run")
     p.add_argument(
         "--json",

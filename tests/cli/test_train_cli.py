@@ -227,6 +227,29 @@ def test_run_dir_holding_a_run_is_refused_and_a_finished_run_is_not_resumed(home
     assert fresh.returncode == 0 and (empty / "summary.json").exists()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", QUICK, "--set", "training.max_steps=1", "--run-dir", ""],
+        ["train", QUICK, "--set", "training.max_steps=1", "--run-dir", "\u3000"],
+        ["merge", "a", "b", "--rank", "2", "--out", ""],
+        ["adapter", "convert", "a", " "],
+    ],
+)
+def test_a_blank_path_argument_is_refused_not_read_as_the_working_directory(
+    home, tmp_path, monkeypatch, capsys, args
+):
+    """`--run-dir ""` trained a run into the working directory (Path("") is ".")."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert "the path is blank" in capsys.readouterr().err
+    assert not any(cwd.iterdir()) and not (home / "runs").exists()
+
+
 BROKEN_CONFIGS = {"broken": b"{not json", "latin1": b'{"model_type": "llama", "name": "caf\xe9"}'}
 
 
