@@ -22,6 +22,15 @@ def path_arg(text: str) -> Path:
     return Path(text)
 
 
+def nonblank_arg(text: str) -> str:
+    """An option's value that refuses a blank one, which read as the option left out:
+    `generate --adapter "$RUN"` with RUN unset answered with the base model, and
+    `eval --dataset ""` scored the run's own validation split, neither saying so."""
+    if not text.strip():
+        raise ArgumentTypeError("the value is blank")
+    return text
+
+
 class ConfigFileErrors:
     """Names the config file in what its values are refused for once it has loaded: a dataset
     or model it names that is not there, a value the model refuses. `data.dataset: unknown

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from mlxlora.commands import nonblank_arg
 from mlxlora.evaluate import Sampling
 from mlxlora.fmt import NONE, answer, counted
 
@@ -23,7 +24,10 @@ def register(sub) -> None:
     )
     p.add_argument("run", help="run name (or unique prefix) or directory")
     p.add_argument(
-        "--dataset", metavar="D", help="a stored dataset or a file (default: the run's val split)"
+        "--dataset",
+        type=nonblank_arg,
+        metavar="D",
+        help="a stored dataset or a file (default: the run's val split)",
     )
     p.add_argument("--base", action="store_true", help="also measure the untrained base model")
     p.add_argument("--max-records", type=int, metavar="N", help="only the first N records")

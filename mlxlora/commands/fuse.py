@@ -6,6 +6,8 @@ import json
 import signal
 import sys
 
+from mlxlora.commands import path_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -20,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("run", metavar="RUN", help="a run (name, name prefix or directory)")
     p.add_argument(
         "--out",
+        type=path_arg,
         metavar="DIR",
         help="where to write the model (default: RUN/fused); only an earlier fuse "
         "that nobody added to or edited is replaced",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+from mlxlora.commands import nonblank_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -18,6 +20,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--model",
+        type=nonblank_arg,
         metavar="REF",
         help="builtin:NAME, ollama:NAME[:TAG], a .gguf file, a model directory or an HF repo id "
         "(default: the model of the --adapter run)",
@@ -25,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", required=True, help="the user message ('-' reads stdin)")
     p.add_argument(
         "--adapter",
+        type=nonblank_arg,
         metavar="RUN",
         help="a run (name prefix or directory: its latest adapter) or an adapter directory",
     )

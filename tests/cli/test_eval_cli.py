@@ -209,3 +209,25 @@ def test_a_blank_answer_says_so_as_runs_show_does(home, tmp_path, capsys):
     assert main([*args, "--consistency", "0"]) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert f"tuned: {BLANK_ANSWER} base: {BLANK_ANSWER}" in said, said
+
+
+def test_a_blank_value_for_what_to_evaluate_or_generate_with_is_refused(home, tmp_path, capsys):
+    """A blank --dataset or --adapter read as the option left out: eval scored the run's own
+    validation split and generate answered with the base model, neither saying so."""
+    run, _ = train(tmp_path, "blank", "training.max_steps=1")
+    commands = [
+        (["eval", str(run), "--dataset", ""], "argument --dataset: the value is blank"),
+        (["eval", str(run), "--dataset", "\u3000"], "argument --dataset: the value is blank"),
+        (
+            ["generate", "--model", "builtin:tiny", "--adapter", " ", "--prompt", "Hi"],
+            "argument --adapter: the value is blank",
+        ),
+        (["fuse", str(run), "--out", ""], "argument --out: the path is blank"),
+    ]
+    for args, says in commands:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        out, err = capsys.readouterr()
+        assert exit_.value.code == 2 and says in err and out == "", (args, out, err)
+    assert not (run / "eval.json").exists() and not (run / "fused").exists()
