@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mlxlora.commands import ConfigFileErrors, actions
+from mlxlora.commands import ConfigFileErrors, actions, nonblank_arg
 from mlxlora.errors import DataError
 
 TYPES = ("instruction", "chat", "completion", "text")
@@ -33,7 +33,9 @@ def register(sub) -> None:
         "Formats: instruction (instruction, input, output), chat (messages), completion "
         "(prompt, completion), text (text).",
     )
-    imp.add_argument("file", metavar="FILE", help="a .json (array) or .jsonl file")
+    imp.add_argument(
+        "file", type=nonblank_arg, metavar="FILE", help="a .json (array) or .jsonl file"
+    )
     imp.add_argument("--name", help="dataset name (default: the file name without extension)")
     imp.add_argument("--description", default="", help="a short description")
     imp.add_argument("--type", choices=TYPES, help="record format (default: detected from keys)")
@@ -154,7 +156,7 @@ def _load_for_show(ref: str):
         validation.validate(records, kind, ref)
         return ref, kind, records, None
     if refs.looks_like_file(ref):
-        raise DataError(f"{ref}: file not found (and no dataset of that name)")
+        raise refs.missing_file(ref)
     store.get_meta(ref)  # raises: unknown dataset, listing the available ones
     raise AssertionError("unreachable")
 

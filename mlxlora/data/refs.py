@@ -77,8 +77,15 @@ def _locate(ref: str) -> Path | None:
     if p.is_file():
         return p
     if looks_like_file(ref):
-        raise DataError(f"{ref}: file not found (and no dataset of that name)")
+        raise missing_file(ref)
     raise unknown_dataset(ref)
+
+
+def missing_file(ref: str) -> DataError:
+    """Why the file `ref` names cannot be read: a folder named like a file is not "not found"."""
+    if Path(ref).expanduser().is_dir():
+        return DataError(f"{ref}: is a directory, expected a .json or .jsonl file")
+    return DataError(f"{ref}: file not found (and no dataset of that name)")
 
 
 def stored_as(digest: str, kind: str, prefer: str) -> str | None:

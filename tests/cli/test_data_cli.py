@@ -284,6 +284,23 @@ def test_show_unknown_and_file_without_storing(home, tmp_path, capsys):
     assert "file not found" in capsys.readouterr().err
 
 
+def test_a_folder_or_a_blank_name_where_a_file_is_expected_says_so(
+    home, tmp_path, capsys, monkeypatch
+):
+    folder = tmp_path / "医療 データ.jsonl"
+    folder.mkdir()
+    assert main(["data", "show", str(folder)]) == 3
+    err = capsys.readouterr().err
+    assert err == f"mlxlora: error: {folder}: is a directory, expected a .json or .jsonl file\n"
+
+    monkeypatch.chdir(tmp_path)  # a blank FILE read as "." here: ": is a directory"
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "import", ""])
+    assert exit_.value.code == 2
+    assert "argument FILE: the value is blank" in capsys.readouterr().err
+    assert stored(home) == []
+
+
 def test_show_terms_file_and_missing_terms(home, tmp_path, capsys):
     src = jsonl(tmp_path / "med.jsonl", GOOD)
     terms = tmp_path / "mine.txt"
