@@ -91,9 +91,21 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    # json keeps the last of two equal keys: the first value was dropped without a word
+    record: dict = {}
+    for key, value in pairs:
+        if key in record:
+            raise ValueError(f'key "{key}" is given twice in one object')
+        record[key] = value
+    return record
+
+
 def _loads(text: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(
+            text, parse_constant=_reject_constant, object_pairs_hook=_refuse_duplicate_keys
+        )
     except RecursionError:  # json's decoder recurses once per [ or {
         raise ValueError("arrays or objects nested too deeply") from None
 
@@ -195,7 +207,8 @@ def _parse_records(text: str, source: str) -> Records:
         exc = whole
         if isinstance(exc, json.JSONDecodeError):
             raise DataError(
-                f"{source}: line {exc.lineno}, column {exc.colno}: malformed JSON: {exc.msg}"
+                f"{source}: line {exc.lineno}, column {exc.colno}: "
+                f"malformed JSON: {_decode_problem(exc)}"
             ) from None
         raise DataError(f"{source}: malformed JSON: {exc}") from None
     return _load_jsonl(text, source)
@@ -234,6 +247,13 @@ def _surrogate_in(value: Any, path: str) -> tuple[str, str] | None:
     return None
 
 
+def _decode_problem(exc: json.JSONDecodeError) -> str:
+    # json says "Invalid control character at", the position being appended by str(exc) only
+    if exc.msg == "Invalid control character at":
+        return f"control character U+{ord(exc.doc[exc.pos]):04X} inside a string (escape it)"
+    return exc.msg
+
+
 def _not_json(source: str) -> str:
     suffix = Path(source).suffix.lower()
     if suffix in (".csv", ".tsv", ".parquet", ".xlsx"):
@@ -251,7 +271,7 @@ def _load_jsonl(text: str, source: str) -> Records:
             value = _loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(
-                f"{source}: line {n}, column {exc.colno}: malformed JSON: {exc.msg}"
+                f"{source}: line {n}, column {exc.colno}: malformed JSON: {_decode_problem(exc)}"
             ) from None
         except ValueError as exc:
             raise DataError(f"{source}: line {n}: malformed JSON: {exc}") from None

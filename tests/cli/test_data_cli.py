@@ -76,6 +76,16 @@ BAD_INPUTS = {
         ["line 1", 'field "messages[1].content"', "is empty"],
     ),
     "empty_file": ("empty.jsonl", b"", ["file is empty"]),
+    "duplicate_key": (  # json kept the last value: "b" was dropped without a word
+        "twice.jsonl",
+        b'{"text": "ok"}\n{"instruction": "a", "output": "b", "output": "c"}\n',
+        ["line 2", 'key "output" is given twice'],
+    ),
+    "control_character": (  # it said "Invalid control character at", the rest cut off
+        "nul.jsonl",
+        b'{"text": "ok"}\n{"text": "a\x00b"}\n',
+        ["line 2, column 12", "control character U+0000 inside a string"],
+    ),
     "non_utf8": (
         "latin1.jsonl",
         b'{"text": "ok"}\n{"text": "na\xefve"}\n',
