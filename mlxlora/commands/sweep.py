@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mlxlora.commands import nonblank_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -47,6 +49,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--name",
+        type=nonblank_arg,  # blank read as left out: the default name, maybe an existing sweep
         help="the sweep's name (default: the first config's name + -sweep, unless it ends so)",
     )
     p.add_argument("--no-start", action="store_true", help="queue only; start no runner")

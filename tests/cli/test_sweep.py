@@ -28,6 +28,16 @@ def test_one_bad_value_queues_nothing(home, capsys):
     assert queue.jobs() == [] and sweep.sweep_names() == []
 
 
+def test_a_blank_sweep_name_queues_nothing(home, capsys):
+    """`--name ""` read as no --name: the runs were queued as tiny-sweep, a sweep the user
+    may have run before with other values."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", TINY, "--grid", "lora.rank=4,8", "--name", "", "--no-start"])
+    assert exit_.value.code == 2
+    assert "argument --name: the value is blank" in capsys.readouterr().err
+    assert queue.jobs() == [] and sweep.sweep_names() == []
+
+
 def test_a_mistyped_grid_key_is_said_once_not_once_per_run(home, capsys):
     args = ["sweep", TINY, "--grid", "lora.rnak=4,8", "--grid", "lora.dropout=0,0.1,0.2"]
     assert main([*args, "--name", "typo", "--no-start"]) == 2
