@@ -262,7 +262,8 @@ def read_events(path: str | Path) -> list[Event]:
     p = Path(path)
     if not p.exists():
         return []
-    with open(p, encoding="utf-8") as f:
+    # a line of other bytes (a disk error, a hand edit) is skipped as parse skips a partial one
+    with open(p, encoding="utf-8", errors="replace") as f:
         return [e for e in map(parse, f) if e is not None]
 
 

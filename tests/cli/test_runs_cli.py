@@ -95,6 +95,19 @@ def test_show_of_a_failed_run_names_its_model_and_has_no_summary(
     assert json.loads(capsys.readouterr().out)["model_dir"] == model_dir
 
 
+def test_show_reads_past_an_event_line_of_other_bytes(home, quickstart_data, tmp_path, capsys):
+    """A line of events.jsonl that is not UTF-8 (a disk error, a hand edit) made `runs show`
+    end in a UnicodeDecodeError traceback; the line is skipped as a partial one is."""
+    cfg = config.load(None, [f"data.dataset={quickstart_data}", "training.max_steps=2"])
+    run = tmp_path / "壊れた 記録"
+    engine.train(cfg, run)
+    with open(RunPaths(run).events, "ab") as events:
+        events.write(b'{"type": "step", "step": 3, "loss": "\xff\xfe"}\n')
+    assert main(["runs", "show", str(run)]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert "outcome: completed" in lines
+
+
 def test_show_of_a_qlora_run_prints_a_command_that_answers(home, quickstart_data, tmp_path, capsys):
     """A torch run on a bitsandbytes base: `runs show` printed `mlx_lm.generate --model BASE
     --adapter-path ...`, which cannot load that base. Now it prints mlxlora's, which answers
