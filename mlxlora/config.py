@@ -51,6 +51,9 @@ BACKENDS = ("auto", "mlx", "torch")
 # widest model's hidden size (about 16k for Llama 3.1 405B) adds nothing; 65536 leaves room for
 # wider models and refuses a mistyped rank before mlx overflows its 32-bit shape.
 MAX_LORA_RANK = 2**16
+# Each step seeds its dropout with (seed * 1_000_003 + step) * 64 + micro-batch, which
+# mx.random.seed takes as an unsigned 64-bit number: a 32-bit seed leaves room for any step.
+MAX_SEED = 2**32 - 1
 
 
 def run_budget(cfg: Config, machine_budget: int | None) -> int | None:
@@ -246,6 +249,8 @@ def _check(cfg: Config, problems: list[str]) -> None:
     need(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "> 0")
     need(t.epochs > 0, "training.epochs", t.epochs, "> 0")
     need(t.max_steps >= 0, "training.max_steps", t.max_steps, ">= 0")
+    # a negative or huge seed failed the run in a traceback at its first step
+    need(0 <= t.seed <= MAX_SEED, "training.seed", t.seed, f"0 to {MAX_SEED}")
     need(t.batch_size >= 1, "training.batch_size", t.batch_size, ">= 1")
     need(t.grad_accumulation >= 1, "training.grad_accumulation", t.grad_accumulation, ">= 1")
     need(t.warmup_steps >= 0, "training.warmup_steps", t.warmup_steps, ">= 0")

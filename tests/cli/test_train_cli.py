@@ -273,6 +273,9 @@ def broken_model(tmp_path, kind: str) -> str:
         ("data.max_length=8", 3, "no record fits", True),
         # it said "no record fits data.max_length=256"
         ("data.val_split=0.999", 3, "sets all 120 records aside for validation", True),
+        # mlx's seed refused them at the first step: a traceback and a failed run directory
+        ("training.seed=-1", 2, "training.seed: -1 is not allowed (0 to 4294967295)", True),
+        ("training.seed=99999999999999999999", 2, "training.seed: 99999999999999999999", False),
     ],
 )
 def test_errors_before_training_leave_no_run_directory(
