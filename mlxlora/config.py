@@ -54,6 +54,7 @@ MAX_LORA_RANK = 2**16
 # Each step seeds its dropout with (seed * 1_000_003 + step) * 64 + micro-batch, which
 # mx.random.seed takes as an unsigned 64-bit number: a 32-bit seed leaves room for any step.
 MAX_SEED = 2**32 - 1
+MAX_INT32 = 2**31 - 1
 
 
 def run_budget(cfg: Config, machine_budget: int | None) -> int | None:
@@ -265,6 +266,13 @@ def _check(cfg: Config, problems: list[str]) -> None:
         "-1 or >= 1",
     )
     need(t.loss_chunk_rows >= 0, "training.loss_chunk_rows", t.loss_chunk_rows, ">= 0")
+    # mlx slices with 32-bit indices: a larger chunk failed the run in a traceback
+    need(
+        t.loss_chunk_rows <= MAX_INT32,
+        "training.loss_chunk_rows",
+        t.loss_chunk_rows,
+        f"<= {MAX_INT32}",
+    )
     need(t.fit in FIT_MODES, "training.fit", t.fit, " | ".join(FIT_MODES))
     need(t.compile in (True, False, "auto"), "training.compile", t.compile, "auto | true | false")
     if problem := memory_budget_problem(t.memory_budget):

@@ -276,6 +276,8 @@ def broken_model(tmp_path, kind: str) -> str:
         # mlx's seed refused them at the first step: a traceback and a failed run directory
         ("training.seed=-1", 2, "training.seed: -1 is not allowed (0 to 4294967295)", True),
         ("training.seed=99999999999999999999", 2, "training.seed: 99999999999999999999", False),
+        # mlx's 32-bit slice indices refused it in the loss: a traceback (std::bad_cast)
+        ("training.loss_chunk_rows=4294967296", 2, "is not allowed (<= 2147483647)", True),
     ],
 )
 def test_errors_before_training_leave_no_run_directory(
