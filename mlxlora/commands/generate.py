@@ -4,6 +4,7 @@ optionally through an adapter, on MLX or torch."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from mlxlora.commands import nonblank_arg
@@ -84,12 +85,18 @@ def run(args) -> int:
 
 def _request(args) -> dict:
     """evaluate.generate's arguments from the command line, checked."""
+    from mlxlora.config import MAX_SEED
     from mlxlora.errors import ConfigError
 
     if args.max_tokens < 1:
         raise ConfigError([f"--max-tokens must be at least 1 (got {args.max_tokens})"], "generate")
-    if args.temperature < 0:
-        raise ConfigError([f"--temperature must be 0 or more (got {args.temperature})"], "generate")
+    if not 0 <= args.temperature < math.inf:  # nan sampled from "temperature nan" as if valid
+        raise ConfigError(
+            [f"--temperature must be a finite number, 0 or more (got {args.temperature})"],
+            "generate",
+        )
+    if not 0 <= args.seed <= MAX_SEED:  # mx.random.seed refused it in a traceback
+        raise ConfigError([f"--seed must be 0 to {MAX_SEED} (got {args.seed})"], "generate")
     return {
         "model_ref": args.model,
         "prompt": sys.stdin.read() if args.prompt == "-" else args.prompt,

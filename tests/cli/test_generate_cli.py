@@ -199,6 +199,14 @@ def test_generate_errors_are_one_line(home):
         (["--model", "not a model!", "--prompt", "hi"], 4, "accepted:"),
         (["--prompt", "hi"], 4, "--model"),
         (["--model", "builtin:tiny", "--prompt", "hi", "--max-tokens", "0"], 2, "--max-tokens"),
+        # mx.random.seed refused it: a traceback
+        (
+            ["--model", "builtin:tiny", "--prompt", "hi", "--temperature", "1", "--seed", "-1"],
+            2,
+            "--seed must be 0 to",
+        ),
+        # nan was sampled with as if it were a temperature
+        (["--model", "builtin:tiny", "--prompt", "hi", "--temperature", "nan"], 2, "(got nan)"),
         (["--model", "ollama:nothing-here", "--prompt", "hi"], 4, "ollama pull nothing-here"),
     ):
         out = cli("generate", *args, home=home)
