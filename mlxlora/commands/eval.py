@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from mlxlora.commands import nonblank_arg
@@ -60,6 +61,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from mlxlora.config import MAX_SEED
     from mlxlora.errors import ConfigError
     from mlxlora.evaluate import evaluate_run
 
@@ -67,8 +69,10 @@ def run(args) -> int:
         if value is not None and value < 1:
             raise ConfigError([f"{flag} must be at least 1 (got {value})"], "eval")
     for flag, value in (("--consistency", args.consistency), ("--temperature", args.temperature)):
-        if value < 0:
+        if not 0 <= value < math.inf:  # nan sampled "at temperature nan" as if it were one
             raise ConfigError([f"{flag} must be 0 or more (got {value})"], "eval")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:  # mx.random.seed refuses it
+        raise ConfigError([f"--seed must be 0 to {MAX_SEED} (got {args.seed})"], "eval")
     result = evaluate_run(
         args.run,
         dataset=args.dataset,

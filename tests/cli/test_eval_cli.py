@@ -231,3 +231,17 @@ def test_a_blank_value_for_what_to_evaluate_or_generate_with_is_refused(home, tm
         out, err = capsys.readouterr()
         assert exit_.value.code == 2 and says in err and out == "", (args, out, err)
     assert not (run / "eval.json").exists() and not (run / "fused").exists()
+
+
+def test_a_seed_or_temperature_no_sampler_takes_is_refused(home, tmp_path, capsys):
+    """`--seed -1` (mx.random.seed takes none below 0) and `--temperature nan` were taken:
+    "consistency: 2 sampled answers per question at temperature nan"."""
+    run, _ = train(tmp_path, "sampling", "training.max_steps=1")
+    for flags, says in (
+        (["--seed", "-1"], "eval: --seed must be 0 to 4294967295 (got -1)"),
+        (["--temperature", "nan"], "eval: --temperature must be 0 or more (got nan)"),
+    ):
+        capsys.readouterr()
+        assert main(["eval", str(run), "--consistency", "2", "--max-records", "1", *flags]) == 2
+        assert says in capsys.readouterr().err
+    assert not (run / "eval.json").exists()
