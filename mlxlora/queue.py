@@ -152,12 +152,14 @@ def find(ref: str) -> Job:
 
 def lookup(ref: str, states: tuple[str, ...] = (*LIVE, *ENDED)) -> Job | None:
     """`find`, among the jobs in `states`; None where no job fits."""
-    found = [j for j in jobs() if j.state in states]
     name = names.normalize(ref)
+    if not name:  # else the error names nothing: `: no job with that id or name`
+        raise RunError("the job name is blank (see `mlxlora queue list`)")
+    found = [j for j in jobs() if j.state in states]
     for matches in (
         [j for j in found if ref in (j.id, short_id(j.id))],
         [j for j in found if names.normalize(j.name) == name],
-        [j for j in found if ref and j.id.startswith(ref)],
+        [j for j in found if j.id.startswith(ref)],
     ):
         waiting = [j for j in matches if j.state == "queued"]
         if len(matches) > 1 and len(waiting) == 1:  # a name queued again after it ran

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from mlxlora import config, queue, queue_runner
 from mlxlora.cli import main
 from mlxlora.events import RunStarted, read_events
@@ -226,3 +228,15 @@ def test_queue_resume_by_a_name_several_runs_share_takes_the_one_that_can(home, 
     assert Path(job.run_dir).resolve() == Path(stopped).resolve()
     assert main(["queue", "resume", "二回目", "--no-start"]) == 5  # queued already: refused
     assert "2 runs match" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["rm", "stop"])
+def test_a_blank_job_name_says_so(home, capsys, action):
+    """`queue stop ""` said `mlxlora: error: : no job or run with that id or name`, naming
+    nothing."""
+    queue.add_train(tiny_yaml("waiting"), "waiting")
+    assert main(["queue", action, ""]) == 5
+    assert capsys.readouterr().err == (
+        "mlxlora: error: the job name is blank (see `mlxlora queue list`)\n"
+    )
+    assert [j.state for j in queue.jobs()] == ["queued"]
