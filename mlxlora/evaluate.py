@@ -72,8 +72,9 @@ def _check_adapter_config(adapter: Path) -> None:
 def resolve_adapter(ref: str) -> AdapterRef:
     """The adapter directory a `--adapter` argument names, and its run's model if it has one."""
     from mlxlora.atomic import restore_aside
-    from mlxlora.runs import RunPaths, find_run
+    from mlxlora.runs import RunPaths, find_run, refuse_blank
 
+    refuse_blank(ref)
     path = Path(ref).expanduser()
     if RunPaths(path.parent.parent).best == path and is_run_dir(path.parent.parent):
         restore_aside(path)  # a run's best/, where a killed swap left it aside
@@ -114,7 +115,7 @@ def load_generator(
     from mlxlora.backends import select
     from mlxlora.models.resolve import resolve_model
 
-    found = resolve_adapter(adapter) if adapter else None
+    found = resolve_adapter(adapter) if adapter is not None else None  # "": refused
     ref = model_ref or (found.model if found else None)
     if not ref:
         if found is not None:

@@ -281,14 +281,19 @@ def started_text(path: Path) -> str:
     return f"{found['month']}-{found['day']} {found['hour']}:{found['minute']}" if found else ""
 
 
+def refuse_blank(ref: str) -> None:
+    """Refuse a blank run reference: as a path, "" would be the working directory."""
+    if not names.normalize(ref):
+        raise RunError("the run name is blank (see `mlxlora runs list`)")
+
+
 def find_run(ref: str) -> Path:
     """A run by directory, or in the workspace by its full directory name, the name the user
     gave it (NFC-normalised), or a unique prefix of its directory name.
 
     Names are compared as text, never as patterns: a `[` or `*` in a reference is a character.
     """
-    if not names.normalize(ref):  # Path("") is the working directory
-        raise RunError("the run name is blank (see `mlxlora runs list`)")
+    refuse_blank(ref)
     path = Path(ref).expanduser()
     if (path / "config.yaml").is_file():
         return path

@@ -74,7 +74,7 @@ def run(args) -> int:
     from mlxlora.backends import select
     from mlxlora.errors import ConfigError
 
-    if args.resume:
+    if args.resume is not None:  # an empty one too: `--resume "$RUN"` with RUN unset
         if args.config or args.overrides:
             raise ConfigError(
                 ["--resume takes the run's own config; drop CONFIG and --set"], "train"
@@ -98,7 +98,7 @@ def run(args) -> int:
     ending = Ending()
     listeners = [view.on_event, ending, say_fit, named]
     with view, named:
-        summary = engine.train(cfg, run_dir, resume=bool(args.resume), listeners=listeners)
+        summary = engine.train(cfg, run_dir, resume=args.resume is not None, listeners=listeners)
     if not args.json and select.process_rank() == 0:  # the others' runs are deleted scratch
         view.print_summary(summary)
     return ending.exit_code()

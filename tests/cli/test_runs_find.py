@@ -67,6 +67,31 @@ def test_an_empty_name_is_not_the_working_directory(home, tmp_path, monkeypatch,
     assert "the run name is blank" in capsys.readouterr().err
 
 
+def test_an_empty_resume_is_refused_not_a_fresh_run(home, capsys):
+    """`train CONFIG --resume "$RUN"` with RUN unset trained a new run from CONFIG, and
+    `train --resume ""` asked for a CONFIG file or --resume: an empty --resume read as none."""
+    tiny = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny.yaml")
+    assert main(["train", tiny, "--resume", "", "--dry-run"]) == 2
+    assert "--resume takes the run's own config" in capsys.readouterr().err
+    assert main(["train", "--resume", ""]) == 5
+    assert "the run name is blank" in capsys.readouterr().err
+    assert not runs.runs_root().exists() or not any(runs.runs_root().iterdir())
+
+
+def test_an_empty_adapter_is_refused_not_the_base_model(home, tmp_path, monkeypatch, capsys):
+    """`generate --model M --adapter "$RUN"` with RUN unset answered from the base model, and
+    in an adapter directory `--adapter ""` loaded that directory's adapter."""
+    (tmp_path / "adapters.safetensors").write_bytes(b"")
+    (tmp_path / "adapter_config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    for adapter in ("", " "):
+        assert (
+            main(["generate", "--model", "builtin:tiny", "--adapter", adapter, "--prompt", "hi"])
+            == 5
+        )
+        assert "the run name is blank" in capsys.readouterr().err
+
+
 def test_runs_sharing_a_name_are_listed(home):
     first, second = make_runs("llama3 日本語-20261125-093000", "llama3 日本語-20261125-093000-1")
     with pytest.raises(RunError) as err:
