@@ -54,6 +54,9 @@ def check_output_dir(
         refuse("is a symbolic link")
     if out.exists() and not out.is_dir():
         refuse("is a file, not a directory")
+    here = Path.cwd().resolve()
+    if where == here or where in here.parents:  # "." cannot be renamed aside or into
+        refuse("is or holds the working directory")
     is_default = default is not None and where == Path(default).resolve()
     if not is_default:
         from mlxlora.data.store import datasets_root

@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from mlxlora.atomic import atomic_dir, restore_aside, sweep_temps
+from mlxlora.errors import RunError
 from mlxlora.outputs import OUTPUT_MARKER, check_output_dir, output_dir
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -123,3 +125,14 @@ def test_a_directory_reaches_the_disk_before_its_rename(tmp_path, monkeypatch):
     names = [os.path.basename(p) for p in synced]
     assert {"weights.bin", "state.json", "sub"} <= set(names)  # in the temporary directory
     assert names[-1] == tmp_path.name  # the rename itself, last
+
+
+@pytest.mark.parametrize("out", [".", "", "..", "sub/.."])
+def test_the_working_directory_is_no_output_directory(tmp_path, monkeypatch, out):
+    """`merge A B --out .` in an empty folder ended in a traceback (the rename of "." into a
+    `..old.*` folder: Device or resource busy) and left that folder behind."""
+    (tmp_path / "cwd" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(RunError, match=r"the working directory; choose another --out directory"):
+        check_output_dir(Path(out), "merge", replace=False)
+    assert sorted(os.listdir()) == ["sub"]
