@@ -213,7 +213,7 @@ def held_out_records(cfg, dataset: str | None) -> tuple[list[dict], str, str]:
     from mlxlora.data import formats, refs
     from mlxlora.prepare import load_records
 
-    if dataset:
+    if dataset is not None:  # "" too: refused by name, not read as "the run's own"
         meta, records = refs.resolve(dataset)
         return [formats.normalize(r, meta.type) for r in records], "dataset", meta.name
     _, val, pinned = load_records(cfg)
@@ -329,11 +329,11 @@ def evaluate_run(
     run = find_run(run_ref).resolve()
     paths = RunPaths(run)
     cfg = config.load(paths.config)
-    if not dataset:  # its own validation records: the ones it was measured on in training
+    if dataset is None:  # its own validation records: the ones it was measured on in training
         cfg = as_run_started(cfg, paths)
     records, split, name = held_out_records(cfg, dataset)
     records = records[:max_records] if max_records else records
-    matcher = TermMatcher(load_terms(terms)[1]) if terms else None
+    matcher = TermMatcher(load_terms(terms)[1]) if terms is not None else None
     if sampling.seed is None:
         sampling = replace(sampling, seed=cfg.training.seed)
     say(f"{len(records)} held-out records of {name} ({split})")

@@ -35,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=128, help="new tokens per answer (128)")
     p.add_argument(
         "--terms",
+        type=nonblank_arg,  # blank measured no term recall, as 'none' does, without a word
         default="medical",
         help="term list for term recall: a bundled list (medical) or a file; 'none' for none",
     )

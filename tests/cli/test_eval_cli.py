@@ -212,12 +212,14 @@ def test_a_blank_answer_says_so_as_runs_show_does(home, tmp_path, capsys):
 
 
 def test_a_blank_value_for_what_to_evaluate_or_generate_with_is_refused(home, tmp_path, capsys):
-    """A blank --dataset or --adapter read as the option left out: eval scored the run's own
-    validation split and generate answered with the base model, neither saying so."""
+    """A blank --dataset, --terms or --adapter read as the option left out (or as none): eval
+    scored the run's own validation split or no term recall, generate answered with the base
+    model, none of them saying so."""
     run, _ = train(tmp_path, "blank", "training.max_steps=1")
     commands = [
         (["eval", str(run), "--dataset", ""], "argument --dataset: the value is blank"),
         (["eval", str(run), "--dataset", "\u3000"], "argument --dataset: the value is blank"),
+        (["eval", str(run), "--terms", ""], "argument --terms: the value is blank"),  # no recall
         (
             ["generate", "--model", "builtin:tiny", "--adapter", " ", "--prompt", "Hi"],
             "argument --adapter: the value is blank",
