@@ -73,7 +73,7 @@ def run(args) -> int:
         args.quantize,
         args.system,
         args.adapter_only,
-        Path(args.out).expanduser() if args.out else None,
+        Path(args.out).expanduser() if args.out is not None else None,  # "": refused
     )
     result = export_ollama(request, _reporter(args.json))
     if args.json:

@@ -59,7 +59,7 @@ def run(args) -> int:
     warnings = []
     out = fuse_run(
         find_run(args.run),
-        Path(args.out).expanduser() if args.out else None,
+        Path(args.out).expanduser() if args.out is not None else None,  # "": refused
         True if args.dequantize else False if args.keep_quantized else None,
         warnings.append,
     )
