@@ -6,6 +6,8 @@ import json
 import signal
 import sys
 
+from mlxlora.commands import path_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -46,6 +48,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--out",
+        type=path_arg,
         metavar="DIR",
         help="where to write (default: RUN/export/NAME); only an earlier export "
         "that nobody added to or edited is replaced",
@@ -60,7 +63,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
 
     from mlxlora.export.to_ollama import ExportRequest, export_ollama
     from mlxlora.runs import find_run
@@ -73,7 +75,7 @@ def run(args) -> int:
         args.quantize,
         args.system,
         args.adapter_only,
-        Path(args.out).expanduser() if args.out is not None else None,  # "": refused
+        args.out.expanduser() if args.out else None,
     )
     result = export_ollama(request, _reporter(args.json))
     if args.json:

@@ -48,7 +48,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
 
     from mlxlora.export.fuse import fuse_run
     from mlxlora.outputs import OUTPUT_MARKER
@@ -59,7 +58,7 @@ def run(args) -> int:
     warnings = []
     out = fuse_run(
         find_run(args.run),
-        Path(args.out).expanduser() if args.out is not None else None,  # "": refused
+        args.out.expanduser() if args.out else None,
         True if args.dequantize else False if args.keep_quantized else None,
         warnings.append,
     )

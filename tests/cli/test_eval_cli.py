@@ -225,6 +225,7 @@ def test_a_blank_value_for_what_to_evaluate_or_generate_with_is_refused(home, tm
             "argument --adapter: the value is blank",
         ),
         (["fuse", str(run), "--out", ""], "argument --out: the path is blank"),
+        (["export", str(run), "--ollama", "x", "--out", ""], "argument --out: the path is blank"),
     ]
     for args, says in commands:
         capsys.readouterr()

@@ -261,25 +261,6 @@ def test_fuse_command_refuses_the_runs_own_directory(tiny_run, tmp_path):
     assert _state(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["テスト実行"]
 
 
-def test_an_empty_out_is_refused_not_the_default(tiny_run, tmp_path):
-    """`fuse RUN --out "$DIR"` with DIR unset fused into the run's default directory (and
-    `export` into its own), saying nothing: an empty --out read as none."""
-    home, trained = tiny_run
-    run = _runs_like(trained, tmp_path, "空の出力")
-    before = _state(run)
-    env = {**os.environ, "MLXLORA_HOME": str(home)}
-    for command in (["fuse"], ["export", "--ollama", "empty-out"]):
-        out = subprocess.run(
-            [sys.executable, "-m", "mlxlora", *command, str(run), "--out", ""],
-            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
-        )  # fmt: skip
-        assert out.returncode == ExportError.exit_code
-        assert out.stderr.splitlines() == [
-            "mlxlora: error: .: is or holds the working directory; choose another --out directory"
-        ]
-    assert _state(run) == before and sorted(p.name for p in tmp_path.iterdir()) == ["空の出力"]
-
-
 def test_an_earlier_fuse_output_is_replaced_but_not_another_commands(in_tiny_home, tmp_path):
     from mlxlora.outputs import OUTPUT_MARKER
 
