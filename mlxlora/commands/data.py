@@ -56,7 +56,10 @@ def register(sub) -> None:
         help="take --max-length and --model from this training config (data.max_length, model)",
     )
     show.add_argument(
-        "--model", metavar="REF", help="count tokens with this model's tokenizer (any model ref)"
+        "--model",
+        type=nonblank_arg,  # blank read as left out: no token counts, without a word
+        metavar="REF",
+        help="count tokens with this model's tokenizer (any model ref)",
     )
     show.add_argument(
         "--max-length",
@@ -65,7 +68,10 @@ def register(sub) -> None:
         f"{DEFAULT_MAX_LENGTH})",
     )
     show.add_argument(
-        "--terms", metavar="medical|FILE", help="domain terms: a bundled list or a file"
+        "--terms",
+        type=nonblank_arg,
+        metavar="medical|FILE",
+        help="domain terms: a bundled list or a file",
     )
     show.add_argument("--json", action="store_true", help="print the analysis as JSON")
     show.set_defaults(func=cmd_show)

@@ -311,6 +311,16 @@ def test_a_folder_or_a_blank_name_where_a_file_is_expected_says_so(
     assert stored(home) == []
 
 
+@pytest.mark.parametrize("flag", ["--model", "--terms"])
+def test_a_blank_model_or_term_list_for_show_is_refused(home, tmp_path, capsys, flag):
+    """`data show D --model "$M"` with M unset showed no token counts (no terms), as if the
+    option were left out, without a word."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "show", str(jsonl(tmp_path / "d.jsonl", GOOD)), flag, " "])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: the value is blank" in capsys.readouterr().err
+
+
 def test_show_terms_file_and_missing_terms(home, tmp_path, capsys):
     src = jsonl(tmp_path / "med.jsonl", GOOD)
     terms = tmp_path / "mine.txt"
