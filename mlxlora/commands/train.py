@@ -80,6 +80,7 @@ def run(args) -> int:
                 ["--resume takes the run's own config; drop CONFIG and --set"], "train"
             )
         run_dir, cfg = runs.find_run(args.resume), None
+        runs.check_resumable(runs.RunPaths(run_dir))  # before a dry run plans a run that cannot
         if memory_overrides(args):  # refit the run's own config (after a budget stop)
             cfg = config.load(runs.RunPaths(run_dir).config, flags=memory_overrides(args))
     else:

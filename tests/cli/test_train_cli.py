@@ -219,6 +219,9 @@ def test_run_dir_holding_a_run_is_refused_and_a_finished_run_is_not_resumed(home
     resumed = mlxlora("train", "--resume", str(run))
     assert resumed.returncode == 5
     assert "has finished" in one_line_error(resumed)
+    # the dry run said what such a run would need, not that it would not run
+    planned = mlxlora("train", "--resume", str(run), "--dry-run")
+    assert planned.returncode == 5 and "has finished" in one_line_error(planned)
     assert file_bytes(run) == before
 
     empty = tmp_path / "empty"
