@@ -358,7 +358,7 @@ def load(path: str | Path | None, overrides: list[str] = (), flags: list[str] = 
     user's --set) and then `flags` (overrides of checked flags such as --fit: not named as a
     --set in the config's problems)."""
     data: dict = {}
-    source = str(path) if path else "config"  # the file's own problems: the file alone
+    source = source_name(path)  # the file's own problems: the file alone
     if path is not None:
         p = Path(path)
         if p.is_dir():

@@ -74,6 +74,7 @@ def run(args) -> int:
     from mlxlora.backends import select
     from mlxlora.errors import ConfigError
 
+    flags = memory_overrides(args)
     if args.resume is not None:  # an empty one too: `--resume "$RUN"` with RUN unset
         if args.config or args.overrides:
             raise ConfigError(
@@ -81,18 +82,18 @@ def run(args) -> int:
             )
         run_dir, cfg = runs.find_run(args.resume), None
         runs.check_resumable(runs.RunPaths(run_dir))  # before a dry run plans a run that cannot
-        if memory_overrides(args):  # refit the run's own config (after a budget stop)
-            cfg = config.load(runs.RunPaths(run_dir).config, flags=memory_overrides(args))
+        if flags:  # refit the run's own config (after a budget stop)
+            cfg = config.load(runs.RunPaths(run_dir).config, flags=flags)
     else:
         if not args.config:
             raise ConfigError(
                 ["give a CONFIG file (try configs/quickstart.yaml) or --resume RUN"], "train"
             )
-        cfg = config.load(args.config, args.overrides, flags=memory_overrides(args))
+        cfg = config.load(args.config, args.overrides, flags=flags)
         run_dir = args.run_dir  # None: the engine names one in the workspace once prepared
     named = ConfigFileErrors(args.config, args.overrides)  # None with --resume: its own
     if args.dry_run:
-        cfg = cfg or config.load(runs.RunPaths(run_dir).config, flags=memory_overrides(args))
+        cfg = cfg or config.load(runs.RunPaths(run_dir).config)
         with named:
             return dry_run(cfg, as_json=args.json)
     view = JsonView() if args.json else ProgressView()
