@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import threading
 from pathlib import Path
 from threading import Event
 
@@ -71,6 +70,58 @@ async def import_from_form(app, pilot, path, name: str) -> None:
     await pilot.press(*name)
     await pilot.click("#import-ok")
     await settle(app, pilot)
+
+
+async def pick_term_list(pilot, *moves: str) -> None:
+    """Open the term list's menu, move from the list chosen now, pick."""
+    pilot.app.query_one("#ds-terms").focus()
+    await pilot.press("enter", *moves, "enter")
+
+
+async def count_tokens(app, pilot, model: str) -> None:
+    app.query_one("#ds-model", Input).value = model
+    await pilot.click("#ds-count")
+
+
+def hold_the_count_child(monkeypatch) -> asyncio.Event:
+    """Child processes (the count's `data show`) start only once the event returned is set."""
+    from mlxlora.tui.screens.datasets import tab as tab_module
+
+    start, told = asyncio.create_subprocess_exec, asyncio.Event()
+
+    async def start_when_told(*command, **kwargs):
+        await told.wait()
+        return await start(*command, **kwargs)
+
+    monkeypatch.setattr(tab_module.asyncio, "create_subprocess_exec", start_when_told)
+    return told
+
+
+def hold_term_analyses(monkeypatch, until: Event) -> None:
+    """An analysis with a term list (a thread worker) ends only once `until` is set."""
+    from mlxlora.tui.screens.datasets import tab as tab_module
+
+    read = tab_module.load_report
+
+    def read_when_told(name, terms):
+        if terms:
+            until.wait(60)
+        return read(name, terms)
+
+    monkeypatch.setattr(tab_module, "load_report", read_when_told)
+
+
+def record_analyses(monkeypatch, after_each=lambda handed: None) -> list:
+    """The analyses handed to the tab, in order (`after_each` sees the list after each)."""
+    handed, loaded = [], DatasetsTab._loaded
+
+    def hand(self, *args):
+        handed.append(args)
+        after_each(handed)
+        loaded(self, *args)
+
+    monkeypatch.setattr(DatasetsTab, "_loaded", hand)
+    return handed
 
 
 def test_import_a_good_and_a_bad_file_from_the_form(home, tmp_path, quickstart_data):
@@ -171,32 +222,22 @@ def test_the_term_list_chosen_last_has_the_last_word(home, monkeypatch):
     """A thread worker a newer choice cancelled runs on: the analysis with the list chosen
     before came after the one with the list chosen last, and the report showed the density
     of a list no longer chosen (the Train tab's model marks raced so, in CI)."""
-    from mlxlora.tui.screens.datasets import tab as tab_module
-
     store.import_dataset(MEDICAL, "医療専門知識データセット", kind="instruction")
-    read, loaded, handed = tab_module.load_report, DatasetsTab._loaded, []
-    none_handed = threading.Event()
+    none_handed = Event()
+    hold_term_analyses(monkeypatch, none_handed)  # the medical list's ends after none's
 
-    def medical_read_slowly(name, terms):
-        if terms:
-            none_handed.wait(timeout=60)  # the medical list's analysis ends after none's
-        return read(name, terms)
-
-    def hand(self, read: tuple, *args):
-        handed.append((read, *args))
+    def after_each(handed: list) -> None:
+        read = handed[-1][0]
         if len(handed) > 1 and read[1] is None:  # none's, chosen after medical (not the first)
             none_handed.set()
-        loaded(self, read, *args)
 
-    monkeypatch.setattr(tab_module, "load_report", medical_read_slowly)
-    monkeypatch.setattr(DatasetsTab, "_loaded", hand)
+    handed = record_analyses(monkeypatch, after_each)
 
     async def go():
         app = MlxloraApp()
         async with app.run_test(size=(100, 40)) as pilot:
             await settle(app, pilot)
-            app.query_one("#ds-terms").focus()
-            await pilot.press("enter", "down", "enter")  # medical
+            await pick_term_list(pilot, "down")  # medical
             await pilot.press("enter", "up", "enter")  # none, before medical's analysis ended
             # the analyses at the start, with none, and with medical (its thread runs on)
             await wait_for(pilot, lambda: len(handed) == 3)
@@ -210,28 +251,15 @@ def test_the_term_list_chosen_last_has_the_last_word(home, monkeypatch):
 def test_an_analysis_still_running_leaves_the_token_counts(datasets, monkeypatch):
     """A term list chosen, then "Count tokens" before its analysis ended: the analysis (a
     thread worker), without token counts, came after the child's report and replaced it."""
-    from mlxlora.tui.screens.datasets import tab as tab_module
-
-    read, loaded, counted, handed = tab_module.load_report, DatasetsTab._loaded, Event(), []
-
-    def read_after_the_count(name, terms):
-        if terms:
-            counted.wait(60)  # the medical list's analysis ends after the token counts
-        return read(name, terms)
-
-    def hand(self, *args):
-        handed.append(args)
-        loaded(self, *args)
-
-    monkeypatch.setattr(tab_module, "load_report", read_after_the_count)
-    monkeypatch.setattr(DatasetsTab, "_loaded", hand)
+    counted = Event()
+    hold_term_analyses(monkeypatch, counted)  # the medical list's ends after the token counts
+    handed = record_analyses(monkeypatch)
 
     async def go():
         app = MlxloraApp()
         async with app.run_test(size=(100, 40)) as pilot:
             await settle(app, pilot)
-            app.query_one("#ds-terms").focus()
-            await pilot.press("enter", "down", "enter")  # medical
+            await pick_term_list(pilot, "down")  # medical
             await count_tokens(app, pilot, "builtin:tiny")
             counting = "tokens counted with builtin:tiny"
             await wait_for(pilot, lambda: text(app, "#ds-status") == counting, timeout=60)
@@ -245,43 +273,17 @@ def test_an_analysis_still_running_leaves_the_token_counts(datasets, monkeypatch
     asyncio.run(go())
 
 
-async def count_tokens(app, pilot, model: str) -> None:
-    app.query_one("#ds-model", Input).value = model
-    await pilot.click("#ds-count")
-
-
-def hold_the_count_child(monkeypatch) -> asyncio.Event:
-    """Child processes (the count's `data show`) start only once the event returned is set."""
-    from mlxlora.tui.screens.datasets import tab as tab_module
-
-    start, told = asyncio.create_subprocess_exec, asyncio.Event()
-
-    async def start_when_told(*command, **kwargs):
-        await told.wait()
-        return await start(*command, **kwargs)
-
-    monkeypatch.setattr(tab_module.asyncio, "create_subprocess_exec", start_when_told)
-    return told
-
-
 def test_token_counts_for_a_term_list_no_longer_chosen_are_not_shown(datasets, monkeypatch):
     """ "Count tokens", then a term list chosen before the counts came: the child's report,
     without the list, came after the analysis with it and replaced it."""
-    chosen, analysed, loaded = hold_the_count_child(monkeypatch), [], DatasetsTab._loaded
-
-    def hand(self, *args):
-        analysed.append(args)
-        loaded(self, *args)
-
-    monkeypatch.setattr(DatasetsTab, "_loaded", hand)
+    chosen, analysed = hold_the_count_child(monkeypatch), record_analyses(monkeypatch)
 
     async def go():
         app = MlxloraApp()
         async with app.run_test(size=(100, 40)) as pilot:
             await settle(app, pilot)
             await count_tokens(app, pilot, "builtin:tiny")
-            app.query_one("#ds-terms").focus()
-            await pilot.press("enter", "down", "enter")  # medical, while counting
+            await pick_term_list(pilot, "down")  # medical, while counting
             await wait_for(pilot, lambda: len(analysed) == 2)  # at the start, with medical
             chosen.set()
             await settle(app, pilot)  # the count too
@@ -324,9 +326,8 @@ def test_domain_term_density_with_a_bundled_list_or_a_file(home, tmp_path):
     terms.write_text("# two terms\n治療\n診断\n", "utf-8")
 
     async def choose(pilot, *moves: str) -> None:
-        """Open the term list's menu, move from the list chosen now, pick."""
-        pilot.app.query_one("#ds-terms").focus()
-        await pilot.press("enter", *moves, "enter")
+        """pick_term_list, and its analysis."""
+        await pick_term_list(pilot, *moves)
         await settle(pilot.app, pilot)
 
     async def go():
